@@ -1,0 +1,38 @@
+# landscope — README command 1: `make run`; README command 2: `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+SWEEP  ?= optimizer=sgd,adam,momentum seed=0,1,2,3,4
+
+.PHONY: install run test test-fast bench clean
+
+install: $(STAMP)
+
+# A fresh virtual environment with landscope (editable) and the test tools.
+# Plain torch/torchvision requirements resolve to a matching pair; the import
+# check below fails loudly if they do not (e.g. a CPU-only torch without torchvision ops).
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip >/dev/null
+	$(PY) -m pip install -e ".[test]"
+	$(PY) -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	touch $(STAMP)
+
+# The main job: the default 15-job sweep on MNIST-1D (resumes if interrupted).
+run: install
+	$(PY) -m runner -m $(SWEEP)
+
+test: install
+	$(PY) -m pytest -q
+
+# Everything except the end-to-end tests marked slow.
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+bench: install
+	$(PY) scripts/bench_train.py
+
+clean:
+	rm -rf outputs .pytest_cache build dist src/*.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""Hydra sweeper plugin for landscope (``hydra/sweeper=landscope``)."""

@@ -1,0 +1,84 @@
+"""A Hydra sweeper that validates every job up front and survives failing jobs.
+
+Hydra's basic sweeper re-raises the first failed job's exception once a batch has
+run, which aborts the sweep.  This sweeper:
+
+1. expands the sweep exactly like the basic sweeper (same overrides, same
+   ``hydra.sweeper.params`` support, any launcher: basic, joblib, submitit, ray);
+2. composes and checks every job's config (``landscope.jobs.check_inputs``)
+   before any job starts or any directory is written, so a bad value anywhere in
+   the sweep is one error line and an untouched output tree;
+3. runs all batches; a job that raised through the launcher is recorded as
+   ``failed`` instead of stopping the sweep;
+4. prints a table of job statuses and records it in :data:`LAST_SWEEP` for the
+   runner, which exits non-zero when any job failed.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, List, Optional
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobStatus
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+
+#: Summaries of the last sweep run in this process (read by runner.app).
+LAST_SWEEP: Optional[List[dict]] = None
+
+
+class LandscopeSweeper(BasicSweeper):
+    def sweep(self, arguments: List[str]) -> Any:
+        global LAST_SWEEP
+        from landscope.errors import LandscopeError
+        from landscope.io import atomic_write_text
+        from landscope.jobs import FAILED, check_inputs, format_status_table
+
+        assert self.config is not None and self.launcher is not None
+        assert self.hydra_context is not None
+        params = self._parse_config() + list(arguments)
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        self.overrides = self.split_arguments(parser.parse_overrides(params), self.max_batch_size)
+
+        loader = self.hydra_context.config_loader
+        for batch in self.overrides:
+            for job_overrides in batch:
+                job_cfg = loader.load_sweep_config(self.config, list(job_overrides))
+                try:
+                    check_inputs(job_cfg)
+                except LandscopeError as exc:
+                    raise LandscopeError(f"job [{','.join(job_overrides)}]: {exc}") from None
+
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        try:
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config))
+        except OSError as exc:
+            raise LandscopeError(f"cannot write the sweep directory {sweep_dir}: "
+                                 f"{exc.strerror or exc}") from None
+
+        returns, summaries, idx = [], [], 0
+        while not self.is_done():
+            batch = self.get_job_batch()
+            results = self.launcher.launch(batch, initial_job_idx=idx)
+            for job_overrides, r in zip(batch, results):
+                summaries.append(_summary(job_overrides, r, FAILED))
+            idx += len(batch)
+            returns.append(results)
+
+        LAST_SWEEP = summaries
+        print("\n" + format_status_table(summaries) + f"\nsweep directory: {sweep_dir}", flush=True)
+        return returns
+
+
+def _summary(job_overrides: List[str], r: Any, failed: str) -> dict:
+    if r.status == JobStatus.COMPLETED and isinstance(r._return_value, dict):
+        return r._return_value
+    err = r._return_value
+    msg = " ".join(str(err).split()) if err is not None else "job did not return"
+    return {"job": ",".join(job_overrides), "status": failed,
+            "message": f"{type(err).__name__}: {msg}"}

@@ -1,0 +1,224 @@
+"""Structured-config schemas for the runner, registered in Hydra's ConfigStore.
+
+``conf/config.yaml`` starts its defaults list with ``landscope_schema``: every
+group file is merged onto these typed dataclasses, so a misspelled key or a value
+of the wrong type fails at composition and the message names the key (and, for
+enum-typed fields, the allowed values).  Value checks that types cannot express
+(lr > 0, width >= 1, ...) live in :func:`validate`, which the runner calls before
+any job writes a file.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, List, Optional
+
+from landscope.errors import ConfigError
+
+
+class DatasetName(str, Enum):
+    mnist1d = "mnist1d"
+    digits = "digits"
+    mnist = "mnist"
+    fashion_mnist = "fashion_mnist"
+    cifar10 = "cifar10"
+    cifar100 = "cifar100"
+
+
+class ModelName(str, Enum):
+    mlp = "mlp"
+    cnn = "cnn"
+    resnet = "resnet"
+    vit = "vit"
+
+
+class Norm(str, Enum):
+    none = "none"
+    batch = "batch"
+    layer = "layer"
+
+
+class Activation(str, Enum):
+    relu = "relu"
+    gelu = "gelu"
+    tanh = "tanh"
+    silu = "silu"
+    elu = "elu"
+    leaky_relu = "leaky_relu"
+
+
+class OptimizerName(str, Enum):
+    sgd = "sgd"
+    momentum = "momentum"
+    adam = "adam"
+    adamw = "adamw"
+    sam = "sam"
+
+
+class BaseOptimizerName(str, Enum):
+    """Optimizers SAM can wrap."""
+
+    sgd = "sgd"
+    momentum = "momentum"
+    adam = "adam"
+    adamw = "adamw"
+
+
+class Schedule(str, Enum):
+    constant = "constant"
+    cosine = "cosine"
+    step = "step"
+
+
+class ProbeName(str, Enum):
+    none = "none"
+
+
+class LoggerName(str, Enum):
+    none = "none"
+
+
+@dataclass
+class DatasetConfig:
+    """Which data, and how much of it.
+
+    ``seed`` fixes the train subset and the label noise; it is separate from the
+    job seed so that a multi-seed sweep trains every seed on the same data.
+    """
+
+    name: DatasetName = DatasetName.mnist1d
+    data_dir: str = "data"
+    download: bool = False
+    train_size: Optional[int] = None  # seeded subset of the training set; null = all
+    test_size: Optional[int] = None  # seeded subset of the test set; null = all
+    label_noise: float = 0.0  # fraction of training labels replaced by another class
+    normalize: bool = True  # standardize inputs per channel with training statistics
+    in_memory: Optional[bool] = None  # null = auto (tensors when small, streamed when large)
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    name: ModelName = ModelName.mlp
+    width: int = 128
+    depth: int = 3
+    norm: Norm = Norm.none
+    skip: bool = False
+    activation: Activation = Activation.relu
+    init_scale: float = 1.0
+    patch_size: int = 4  # vit: patch length (1-D) or side (images)
+    heads: int = 4  # vit: attention heads (must divide width)
+    kernel_size: int = 3  # cnn / resnet
+
+
+@dataclass
+class OptimizerConfig:
+    name: OptimizerName = OptimizerName.sgd
+    lr: float = 0.05
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    # SAM (Foret et al. 2021): two-step ascent/descent around a base optimizer.
+    rho: float = 0.05
+    adaptive: bool = False  # ASAM (Kwon et al. 2021): perturbation scaled by |theta|
+    base: BaseOptimizerName = BaseOptimizerName.momentum
+    # learning-rate schedule, stepped once per epoch
+    schedule: Schedule = Schedule.constant
+    step_size: int = 10  # step: epochs between decays
+    gamma: float = 0.1  # step: decay factor
+    min_lr: float = 0.0  # cosine: final learning rate
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 64
+    full_batch: bool = False  # one gradient step per epoch on the whole training set
+    grad_clip: Optional[float] = None  # max global gradient norm; null = off
+    target_train_loss: Optional[float] = None  # stop once train cross-entropy <= this
+    eval_batch_size: int = 2048
+    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always saves)
+    keep_checkpoints: int = 2
+    threads: Optional[int] = None  # torch intra-op threads; null = auto
+    progress: Optional[bool] = None  # tqdm bar; null = only on an interactive terminal
+    device: str = "cpu"
+
+
+@dataclass
+class ProbeConfig:
+    name: ProbeName = ProbeName.none
+
+
+@dataclass
+class LoggerConfig:
+    name: LoggerName = LoggerName.none
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    name: str = "default"  # sweep name: outputs/sweeps/<name>/<overrides>
+    resume: bool = True  # resume from the job directory's checkpoint if one exists
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def register_configs() -> None:
+    """Register the schema as ``landscope_schema`` (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="landscope_schema", node=Config)
+
+
+def _check(ok: bool, key: str, requirement: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key} must be {requirement} (got {value!r})")
+
+
+def validate(cfg: Any) -> None:
+    """Reject values that compose but make no sense; raise :class:`ConfigError`."""
+    d, m, o, t = cfg.dataset, cfg.model, cfg.optimizer, cfg.train
+    _check(cfg.seed >= 0, "seed", ">= 0", cfg.seed)
+    _check(math.isfinite(o.lr) and o.lr > 0, "optimizer.lr", "> 0", o.lr)
+    _check(o.weight_decay >= 0, "optimizer.weight_decay", ">= 0", o.weight_decay)
+    _check(0 <= o.momentum < 1, "optimizer.momentum", "in [0, 1)", o.momentum)
+    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optimizer.betas",
+           "two values in [0, 1)", list(o.betas))
+    _check(o.eps > 0, "optimizer.eps", "> 0", o.eps)
+    _check(o.rho > 0, "optimizer.rho", "> 0", o.rho)
+    _check(o.step_size >= 1, "optimizer.step_size", ">= 1", o.step_size)
+    _check(0 < o.gamma <= 1, "optimizer.gamma", "in (0, 1]", o.gamma)
+    _check(0 <= o.min_lr <= o.lr, "optimizer.min_lr", "in [0, lr]", o.min_lr)
+    _check(t.epochs >= 0, "train.epochs", ">= 0", t.epochs)
+    _check(t.batch_size >= 1, "train.batch_size", ">= 1", t.batch_size)
+    _check(t.eval_batch_size >= 1, "train.eval_batch_size", ">= 1", t.eval_batch_size)
+    _check(t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", "> 0 or null", t.grad_clip)
+    _check(t.target_train_loss is None or t.target_train_loss > 0, "train.target_train_loss",
+           "> 0 or null", t.target_train_loss)
+    _check(t.checkpoint_every >= 1, "train.checkpoint_every", ">= 1", t.checkpoint_every)
+    _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", ">= 1", t.keep_checkpoints)
+    _check(t.threads is None or t.threads >= 1, "train.threads", ">= 1 or null", t.threads)
+    _check(m.width >= 1, "model.width", ">= 1", m.width)
+    _check(m.depth >= 1, "model.depth", ">= 1", m.depth)
+    _check(m.init_scale > 0, "model.init_scale", "> 0", m.init_scale)
+    _check(m.patch_size >= 1, "model.patch_size", ">= 1", m.patch_size)
+    _check(m.heads >= 1, "model.heads", ">= 1", m.heads)
+    _check(m.kernel_size >= 1 and m.kernel_size % 2 == 1, "model.kernel_size", "odd and >= 1",
+           m.kernel_size)
+    if m.name == ModelName.vit:
+        _check(m.width % m.heads == 0, "model.width", f"divisible by model.heads={m.heads}",
+               m.width)
+    _check(0 <= d.label_noise <= 1, "dataset.label_noise", "in [0, 1]", d.label_noise)
+    _check(d.train_size is None or d.train_size >= 1, "dataset.train_size", ">= 1 or null",
+           d.train_size)
+    _check(d.test_size is None or d.test_size >= 1, "dataset.test_size", ">= 1 or null",
+           d.test_size)
+    _check(d.seed >= 0, "dataset.seed", ">= 0", d.seed)

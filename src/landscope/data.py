@@ -1,0 +1,416 @@
+"""Datasets as tensors plus metadata.
+
+:func:`load_data` turns a :class:`~landscope.config.DatasetConfig` into a
+:class:`DataBundle` (train split, test split, :class:`DatasetMeta`).  Sources:
+
+* ``mnist1d`` -- generated locally with the ``mnist1d`` package (never
+  downloaded) and cached as ``<data_dir>/mnist1d/mnist1d_<hash>.npz``;
+* ``digits`` -- scikit-learn's bundled 8x8 digits, fixed stratified 80/20 split,
+  pixels scaled from 0..16 to 0..1;
+* ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100`` -- torchvision's
+  on-disk formats under ``data_dir`` (downloaded only with ``download=true``),
+  pixels scaled from 0..255 to 0..1.
+
+Then, in order: seeded train subset (``train_size``, seed ``cfg.seed``; subsets
+are nested: a smaller size is a prefix of a larger one's selection), test subset
+(``test_size``, fixed seed so the test set does not depend on ``cfg.seed``),
+label noise on the training labels only, and per-channel standardization with
+training statistics.  A split is a :class:`TensorSplit` (all in memory) or,
+when large, a :class:`StreamSplit` that keeps the raw uint8 pixels and converts
+each batch; both give identical values and batch orders.
+
+Results are cached per process (a sweep loads the same data many times), so the
+returned tensors are shared: callers must never modify them in place.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import io
+import json
+import os
+import random
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Callable, Iterator, NamedTuple, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from landscope.errors import DataError
+from landscope.io import atomic_write_bytes
+
+Batch = tuple[Tensor, Tensor]
+
+MAX_IN_MEMORY_FLOATS = 64_000_000  # auto mode: larger splits are streamed
+_TEST_SUBSET_SEED = 1234  # test subsets never depend on cfg.seed
+_DIGITS_SPLIT_SEED = 0
+_CHUNK = 4096  # samples per chunk when computing statistics
+
+
+@dataclass(frozen=True)
+class DatasetMeta:
+    """Shape and sizes of a loaded dataset (sizes after subsetting)."""
+
+    name: str
+    input_shape: tuple[int, ...]  # (C, L) for 1-D data, (C, H, W) for images
+    num_classes: int
+    train_size: int
+    test_size: int
+
+
+class Split:
+    """A labelled split; iterate it with :meth:`batches`."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def batches(self, batch_size: int, *, shuffle: bool = False,
+                generator: Optional[torch.Generator] = None) -> Iterator[Batch]:
+        """Yield ``(x float32 (b, *input_shape), y int64 (b,))``; the last batch may be short.
+
+        With ``shuffle`` the order is ``torch.randperm(n, generator=generator)``.
+        """
+        raise NotImplementedError
+
+    def _order(self, batch_size: int, shuffle: bool,
+               generator: Optional[torch.Generator]) -> Optional[Tensor]:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
+        return torch.randperm(len(self), generator=generator) if shuffle else None
+
+
+class TensorSplit(Split):
+    """In-memory split: ``.x`` float32 and ``.y`` int64; batches are index slices (shared, read-only)."""
+
+    def __init__(self, x: Tensor, y: Tensor) -> None:
+        if len(x) != len(y):
+            raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def batches(self, batch_size: int, *, shuffle: bool = False,
+                generator: Optional[torch.Generator] = None) -> Iterator[Batch]:
+        order = self._order(batch_size, shuffle, generator)
+        for start in range(0, len(self), batch_size):
+            if order is None:
+                yield self.x[start:start + batch_size], self.y[start:start + batch_size]
+            else:
+                idx = order[start:start + batch_size]
+                yield self.x[idx], self.y[idx]
+
+
+class _RawDataset(Dataset):
+    """Raw (uint8 or float) samples and labels; ``__getitems__`` fetches whole batches."""
+
+    def __init__(self, data: Tensor, targets: Tensor) -> None:
+        self.data, self.targets = data, targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.data[index], self.targets[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return self.data[idx], self.targets[idx]
+
+
+class StreamSplit(Split):
+    """Large split: keeps a raw torch Dataset and converts each batch in a DataLoader (no workers)."""
+
+    def __init__(self, dataset: _RawDataset, convert: Callable[[Tensor], Tensor]) -> None:
+        self.dataset, self.convert = dataset, convert
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _collate(self, batch: tuple[Tensor, Tensor]) -> Batch:
+        raw, y = batch
+        return self.convert(raw), y
+
+    def batches(self, batch_size: int, *, shuffle: bool = False,
+                generator: Optional[torch.Generator] = None) -> Iterator[Batch]:
+        order = self._order(batch_size, shuffle, generator)
+        loader = DataLoader(self.dataset, batch_size=batch_size, shuffle=False,
+                            sampler=None if order is None else order.tolist(),
+                            num_workers=0, drop_last=False, collate_fn=self._collate)
+        yield from loader
+
+
+@dataclass
+class DataBundle:
+    """Train and test splits plus metadata; the tensors are shared (do not modify in place)."""
+
+    train: Split
+    test: Split
+    meta: DatasetMeta
+
+
+@dataclass(frozen=True)
+class _Spec:
+    shape: tuple[int, ...]
+    num_classes: int
+    folder: str = ""  # torchvision: directory under data_dir holding the files
+    files: tuple[str, ...] = ()  # torchvision: files its existence check needs
+    tv_class: str = ""
+
+
+_IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_SPECS: dict[str, _Spec] = {
+    "mnist1d": _Spec((1, 40), 10),
+    "digits": _Spec((1, 8, 8), 10),
+    "mnist": _Spec((1, 28, 28), 10, "MNIST/raw", _IDX, "MNIST"),
+    "fashion_mnist": _Spec((1, 28, 28), 10, "FashionMNIST/raw", _IDX, "FashionMNIST"),
+    "cifar10": _Spec((3, 32, 32), 10, "cifar-10-batches-py",
+                     tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta"),
+                     "CIFAR10"),
+    "cifar100": _Spec((3, 32, 32), 100, "cifar-100-python", ("train", "test", "meta"), "CIFAR100"),
+}
+
+
+def _name(cfg: Any) -> str:
+    value = cfg.name
+    name = value.value if isinstance(value, Enum) else str(value)
+    if name not in _SPECS:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(_SPECS)}")
+    return name
+
+
+def check_available(cfg: Any) -> None:
+    """Raise a one-line :class:`DataError` if the dataset is not on disk and download is off."""
+    name = _name(cfg)
+    spec = _SPECS[name]
+    if not spec.files or cfg.download:
+        return
+    root = str(cfg.data_dir)
+    missing = [f for f in spec.files if not os.path.isfile(os.path.join(root, spec.folder, f))]
+    if missing:
+        raise DataError(
+            f"dataset '{name}' not found under {root.rstrip('/')}/ (expected torchvision's "
+            f"{spec.folder} files; {spec.folder}/{missing[0]} is missing); "
+            "put the files there or set dataset.download=true")
+
+
+class _Key(NamedTuple):
+    name: str
+    data_dir: str
+    download: bool
+    train_size: Optional[int]
+    test_size: Optional[int]
+    label_noise: float
+    normalize: bool
+    in_memory: Optional[bool]
+    seed: int
+
+
+def _opt(value: Any, kind: type) -> Any:
+    return None if value is None else kind(value)
+
+
+def load_data(cfg: Any) -> DataBundle:
+    """Load the dataset ``cfg`` describes (cached per process; never modify the tensors in place)."""
+    key = _Key(_name(cfg), os.path.abspath(str(cfg.data_dir)), bool(cfg.download),
+               _opt(cfg.train_size, int), _opt(cfg.test_size, int), float(cfg.label_noise),
+               bool(cfg.normalize), _opt(cfg.in_memory, bool), int(cfg.seed))
+    check_available(cfg)
+    return _load_cached(key)
+
+
+def clear_cache() -> None:
+    """Forget the datasets cached by :func:`load_data`."""
+    _load_cached.cache_clear()
+
+
+class _Raw(NamedTuple):
+    data: Tensor  # (N, *shape), uint8 or float32
+    targets: Tensor  # (N,) int64
+    divisor: Optional[float]  # raw -> float: x / divisor
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(key: _Key) -> DataBundle:
+    spec = _SPECS[key.name]
+    if key.name == "mnist1d":
+        train, test = _mnist1d(key.data_dir)
+    elif key.name == "digits":
+        train, test = _digits()
+    else:
+        train, test = (_torchvision(key, spec, is_train) for is_train in (True, False))
+
+    train = _subset(train, key.train_size, np.random.default_rng([key.seed, 0]), "train", key.name)
+    test = _subset(test, key.test_size, np.random.default_rng([_TEST_SUBSET_SEED, 1]), "test",
+                   key.name)
+    if key.label_noise > 0:
+        rng = np.random.default_rng([key.seed, 2])
+        train = train._replace(targets=_noisy(train.targets, key.label_noise, spec.num_classes, rng))
+
+    convert = _converter(train.divisor, None, None)
+    if key.normalize:
+        mean, std = _channel_stats(train.data, convert)
+        convert = _converter(train.divisor, mean, std)
+
+    meta = DatasetMeta(key.name, spec.shape, spec.num_classes, len(train.targets),
+                       len(test.targets))
+    return DataBundle(_make_split(train, convert, key.in_memory),
+                      _make_split(test, convert, key.in_memory), meta)
+
+
+def _converter(divisor: Optional[float], mean: Optional[Tensor],
+               std: Optional[Tensor]) -> Callable[[Tensor], Tensor]:
+    """Elementwise raw -> float32 map, so whole-split and per-batch results are bit-identical."""
+
+    def convert(raw: Tensor) -> Tensor:
+        x = raw.to(torch.float32)
+        if divisor is not None:
+            x = x / divisor
+        if mean is not None and std is not None:
+            x = (x - mean) / std
+        return x.contiguous()
+
+    return convert
+
+
+def _channel_stats(data: Tensor, convert: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and population std (two passes, float64, in chunks)."""
+    c = data.shape[1]
+    count = data.numel() // c
+    dims = [0] + list(range(2, data.dim()))
+    view = (c,) + (1,) * (data.dim() - 2)
+    total = torch.zeros(c, dtype=torch.float64)
+    for start in range(0, len(data), _CHUNK):
+        total += convert(data[start:start + _CHUNK]).double().sum(dim=dims)
+    mean = total / count
+    sq = torch.zeros(c, dtype=torch.float64)
+    for start in range(0, len(data), _CHUNK):
+        chunk = convert(data[start:start + _CHUNK]).double() - mean.view(view)
+        sq += chunk.square().sum(dim=dims)
+    std = (sq / count).sqrt()
+    std = torch.where(std > 0, std, torch.ones_like(std))  # constant channel: only centre it
+    return mean.float().view(view), std.float().view(view)
+
+
+def _make_split(raw: _Raw, convert: Callable[[Tensor], Tensor], in_memory: Optional[bool]) -> Split:
+    if in_memory is None:
+        in_memory = raw.data.numel() <= MAX_IN_MEMORY_FLOATS
+    if in_memory:
+        return TensorSplit(convert(raw.data), raw.targets)
+    return StreamSplit(_RawDataset(raw.data, raw.targets), convert)
+
+
+def _subset(raw: _Raw, size: Optional[int], rng: np.random.Generator, which: str,
+            name: str) -> _Raw:
+    n = len(raw.targets)
+    if size is None or size == n:
+        return raw
+    if size > n:
+        raise DataError(f"dataset.{which}_size={size} exceeds the {n} {which} examples of '{name}'")
+    idx = torch.from_numpy(np.sort(rng.permutation(n)[:size]))
+    return _Raw(raw.data[idx], raw.targets[idx], raw.divisor)
+
+
+def _noisy(y: Tensor, p: float, num_classes: int, rng: np.random.Generator) -> Tensor:
+    """Replace exactly round(p*n) labels by a different class chosen uniformly."""
+    k = int(round(p * len(y)))
+    idx = torch.from_numpy(rng.permutation(len(y))[:k])
+    shift = torch.from_numpy(rng.integers(1, num_classes, size=k))
+    out = y.clone()
+    out[idx] = (y[idx] + shift) % num_classes
+    return out
+
+
+def _mnist1d(data_dir: str) -> tuple[_Raw, _Raw]:
+    """MNIST-1D from the npz cache, generating (and caching) it when absent or unreadable.
+
+    The file is keyed by the installed ``mnist1d`` version, whose default arguments
+    we generate with (stored inside as ``args``), so a cache hit never imports the
+    package (it pulls in matplotlib and scipy: seconds per process).
+    """
+    try:
+        version = importlib.metadata.version("mnist1d")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    digest = hashlib.sha256(f"mnist1d=={version};default-args".encode()).hexdigest()[:12]
+    path = os.path.join(data_dir, "mnist1d", f"mnist1d_{digest}.npz")
+    arrays = _read_npz(path)
+    if arrays is None:
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        np_state, py_state = np.random.get_state(), random.getstate()
+        try:  # make_dataset reseeds numpy's and Python's global RNGs
+            d = make_dataset(get_dataset_args())
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+        arrays = {"x": d["x"], "y": d["y"], "x_test": d["x_test"], "y_test": d["y_test"]}
+        args = json.dumps(get_dataset_args(as_dict=True), sort_keys=True)
+        buf = io.BytesIO()
+        np.savez(buf, args=np.array(args), **arrays)
+        atomic_write_bytes(path, buf.getvalue())
+
+    def raw(x: np.ndarray, y: np.ndarray) -> _Raw:
+        return _Raw(torch.from_numpy(np.asarray(x, np.float32)[:, None, :].copy()),
+                    torch.from_numpy(np.asarray(y, np.int64)), None)
+
+    return raw(arrays["x"], arrays["y"]), raw(arrays["x_test"], arrays["y_test"])
+
+
+def _read_npz(path: str) -> Optional[dict[str, np.ndarray]]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in ("x", "y", "x_test", "y_test")}
+    except Exception:  # missing, truncated or corrupted: regenerate
+        return None
+    length = _SPECS["mnist1d"].shape[-1]
+    ok = all(arrays[x].ndim == 2 and arrays[x].shape[1] == length and arrays[y].ndim == 1
+             and len(arrays[x]) == len(arrays[y]) and np.isfinite(arrays[x]).all()
+             for x, y in (("x", "y"), ("x_test", "y_test")))
+    return arrays if ok else None
+
+
+def _digits() -> tuple[_Raw, _Raw]:
+    """scikit-learn digits, fixed stratified 80/20 split (independent of cfg.seed)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x = x.astype(np.uint8).reshape(-1, 1, 8, 8)
+    xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.2, stratify=y,
+                                          random_state=_DIGITS_SPLIT_SEED)
+
+    def raw(xs: np.ndarray, ys: np.ndarray) -> _Raw:
+        return _Raw(torch.from_numpy(np.ascontiguousarray(xs)),
+                    torch.from_numpy(ys.astype(np.int64)), 16.0)
+
+    return raw(xtr, ytr), raw(xte, yte)
+
+
+def _torchvision(key: _Key, spec: _Spec, train: bool) -> _Raw:
+    """Raw uint8 (N, C, H, W) pixels and labels through torchvision's dataset class."""
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, spec.tv_class)
+    try:
+        ds = cls(root=key.data_dir, train=train, download=key.download)
+    except Exception as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise DataError(f"dataset '{key.name}' under {key.data_dir}/ could not be loaded "
+                        f"({reason[:200]}); replace the files or set dataset.download=true") from exc
+    data = torch.as_tensor(np.asarray(ds.data))
+    data = data.unsqueeze(1) if data.dim() == 3 else data.permute(0, 3, 1, 2)  # HWC -> CHW
+    targets = torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
+    if tuple(data.shape[1:]) != spec.shape or len(data) != len(targets):
+        raise DataError(f"dataset '{key.name}' under {key.data_dir}/ has images of shape "
+                        f"{tuple(data.shape[1:])}, expected {spec.shape}")
+    if len(targets) and (targets.min() < 0 or targets.max() >= spec.num_classes):
+        raise DataError(f"dataset '{key.name}' under {key.data_dir}/ has labels outside "
+                        f"0..{spec.num_classes - 1}")
+    return _Raw(data.contiguous(), targets, 255.0)

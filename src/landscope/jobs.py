@@ -1,0 +1,293 @@
+"""One job = validate -> train (resumable) -> results contract -> status.
+
+Results contract of a job directory (see README):
+
+- ``config.yaml``      the resolved config; ``overrides.yaml`` the command-line overrides
+- ``metrics.jsonl``    one JSON object per completed epoch
+- ``result.json``      status, stop reason, final metrics, wall time, parameter count,
+                       seed, package versions, git commit, config fingerprint
+- ``checkpoints/``     ``epoch_NNNNNN.pt`` (atomic, checksummed, newest few kept)
+- ``traceback.txt``    only when the job failed
+
+Statuses: ``completed`` (stopped at max epochs or the target train loss),
+``diverged`` (the loss became non-finite: a result, not a failure), ``failed``
+(an exception; traceback saved) and ``invalid`` (bad input, detected before
+anything was written).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import random
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from landscope import __version__
+from landscope.checkpoint import capture_rng, load_latest, restore_rng, save_checkpoint
+from landscope.config import validate
+from landscope.data import check_available, load_data
+from landscope.errors import CheckpointError, LandscopeError
+from landscope.io import atomic_write_text, read_json, read_jsonl, write_json, write_jsonl
+from landscope.models import build_model, count_parameters
+from landscope.optim import build_optimizer, build_scheduler
+from landscope.train import STOP_DIVERGED, TrainState, evaluate, fit
+
+log = logging.getLogger("landscope")
+
+COMPLETED, DIVERGED, FAILED, INVALID = "completed", "diverged", "failed", "invalid"
+# Keys that do not change what a job computes; excluded from the fingerprint.
+_NON_RESULT_KEYS = ("name", "resume", "logger", "train.progress")
+
+
+def check_inputs(cfg: DictConfig) -> None:
+    """Every check that can run before a job writes anything (raises LandscopeError)."""
+    validate(cfg)
+    check_available(cfg.dataset)
+
+
+def fingerprint(cfg: DictConfig) -> str:
+    """Hash of the result-relevant part of the resolved config."""
+    c = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    for key in _NON_RESULT_KEYS:
+        *parents, leaf = key.split(".")
+        node = c
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    text = OmegaConf.to_yaml(OmegaConf.create(c), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@lru_cache(maxsize=1)
+def package_versions() -> dict:
+    import hydra
+    import torchvision
+
+    return {"landscope": __version__, "python": platform.python_version(),
+            "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "numpy": np.__version__, "hydra": hydra.__version__}
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> Optional[str]:
+    """Commit of the checkout landscope runs from (``+dirty`` when modified), else None."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True, timeout=10).stdout
+        return sha + ("+dirty" if dirty.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _progress_factory(cfg: DictConfig, steps_per_epoch: int):
+    show = cfg.train.progress
+    if show is None:
+        show = sys.stderr.isatty()
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return lambda epoch, epochs: tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}",
+                                      leave=False, dynamic_ncols=True)
+
+
+def _final_metrics(row: dict) -> dict:
+    keys = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "grad_evals")
+    out = {k: row.get(k) for k in keys}
+    if out["train_acc"] is not None and out["test_acc"] is not None:
+        out["generalization_gap"] = out["train_acc"] - out["test_acc"]
+    return out
+
+
+def train_job(cfg: DictConfig, job_dir: Path, overrides: list[str]) -> dict:
+    """Train one job in ``job_dir`` (resuming or skipping as the directory says) and
+    write its results contract. Returns ``result.json``'s content."""
+    job_dir = Path(job_dir)
+    fp = fingerprint(cfg)
+    result_path = job_dir / "result.json"
+    if result_path.exists():
+        previous = read_json(result_path)
+        if previous.get("fingerprint") != fp:
+            raise LandscopeError(
+                f"{job_dir} holds a job with a different config (fingerprint "
+                f"{previous.get('fingerprint')} != {fp}); use another hydra.sweep.dir / "
+                "hydra.run.dir or delete that directory")
+        if previous.get("status") in (COMPLETED, DIVERGED) and cfg.resume:
+            log.info("%s: already %s, skipped", job_dir, previous["status"])
+            return {**previous, "skipped": True}
+
+    job_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(job_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(job_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
+    ckpt_dir = job_dir / "checkpoints"
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    tic = time.perf_counter()
+
+    data = load_data(cfg.dataset)
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model, data.meta).to(cfg.train.device)
+    optimizer = build_optimizer(model.parameters(), cfg.optimizer)
+    scheduler = build_scheduler(optimizer, cfg.optimizer, cfg.train.epochs)
+    state = TrainState(model, optimizer, scheduler)
+    prior_seconds, resumed_from = 0.0, None
+
+    ckpt = load_latest(ckpt_dir, warn=lambda m: log.warning("warning: %s", m)) \
+        if cfg.resume else None
+    if ckpt is not None:
+        if ckpt.get("fingerprint") != fp:
+            raise CheckpointError(f"checkpoint in {ckpt_dir} was written by a different config")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        state.epoch, state.grad_evals = ckpt["epoch"], ckpt["grad_evals"]
+        state.history = list(ckpt["history"])
+        restore_rng(ckpt["rng"])
+        prior_seconds, resumed_from = ckpt["seconds"], ckpt["epoch"]
+        log.info("%s: resuming from epoch %d", job_dir, ckpt["epoch"])
+    write_jsonl(job_dir / "metrics.jsonl", state.history)
+
+    def on_epoch_end(st: TrainState, row: dict) -> None:
+        last = row["stop_reason"] is not None or st.epoch == cfg.train.epochs
+        if last or st.epoch % cfg.train.checkpoint_every == 0:
+            save_checkpoint(ckpt_dir, st.epoch, {
+                "epoch": st.epoch, "grad_evals": st.grad_evals, "history": st.history,
+                "model": st.model.state_dict(), "optimizer": st.optimizer.state_dict(),
+                "scheduler": st.scheduler.state_dict(), "rng": capture_rng(),
+                "seconds": prior_seconds + time.perf_counter() - tic, "fingerprint": fp,
+            }, keep=cfg.train.keep_checkpoints)
+        write_jsonl(job_dir / "metrics.jsonl", st.history)
+        log.info("epoch %d/%d  train_loss %.4f  train_acc %.4f  test_loss %.4f  test_acc %.4f",
+                 st.epoch, cfg.train.epochs, row["train_loss"], row["train_acc"],
+                 row["test_loss"], row["test_acc"])
+
+    n_train = len(data.train)
+    batch_size = n_train if cfg.train.full_batch else min(cfg.train.batch_size, n_train)
+    stop = fit(state, data.train, data.test, epochs=cfg.train.epochs, batch_size=batch_size,
+               seed=cfg.seed, eval_batch_size=cfg.train.eval_batch_size,
+               grad_clip=cfg.train.grad_clip, target_train_loss=cfg.train.target_train_loss,
+               on_epoch_end=on_epoch_end,
+               progress_factory=_progress_factory(cfg, -(-n_train // batch_size)))
+
+    if state.history:
+        final = _final_metrics(state.history[-1])
+    else:  # epochs=0: report the initial model
+        train_loss, train_acc = evaluate(model, data.train, cfg.train.eval_batch_size)
+        test_loss, test_acc = evaluate(model, data.test, cfg.train.eval_batch_size)
+        final = _final_metrics({"epoch": 0, "train_loss": train_loss, "train_acc": train_acc,
+                                "test_loss": test_loss, "test_acc": test_acc, "grad_evals": 0})
+    result = {
+        "status": DIVERGED if stop == STOP_DIVERGED else COMPLETED,
+        "stop_reason": stop, "final": final, "epochs_completed": state.epoch,
+        "wall_time_s": prior_seconds + time.perf_counter() - tic,
+        "resumed_from_epoch": resumed_from, "started": started,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "n_params": count_parameters(model), "seed": cfg.seed, "overrides": overrides,
+        "dataset": {"name": data.meta.name, "train_size": data.meta.train_size,
+                    "test_size": data.meta.test_size},
+        "fingerprint": fp, "versions": package_versions(), "git_commit": git_commit(),
+        "host": socket.gethostname(), "torch_threads": torch.get_num_threads(),
+    }
+    write_json(result_path, result)
+    return result
+
+
+def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str],
+            threads: Optional[int] = None) -> dict:
+    """Run one job and never raise (except KeyboardInterrupt): returns a summary
+    ``{"job", "dir", "status", "message", ...}`` for the sweep's status table."""
+    job_dir = Path(job_dir)
+    name = ",".join(overrides) or "(defaults)"
+    summary = {"job": name, "dir": str(job_dir)}
+    existed = job_dir.exists() and any(job_dir.iterdir())
+    try:
+        check_inputs(cfg)
+    except LandscopeError as exc:
+        _remove_if_empty(job_dir, existed)
+        return {**summary, "status": INVALID, "message": str(exc)}
+    if threads is not None:
+        torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        result = train_job(cfg, job_dir, overrides)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        message = _one_line(exc)
+        user_error = isinstance(exc, LandscopeError)
+        log.error("error: %s: %s", name, message)
+        if job_dir.is_dir():
+            atomic_write_text(job_dir / "traceback.txt", traceback.format_exc())
+            if not (user_error and (job_dir / "result.json").exists()):
+                write_json(job_dir / "result.json", {
+                    "status": FAILED, "error": message, "seed": cfg.seed,
+                    "overrides": overrides, "fingerprint": fingerprint(cfg),
+                    "versions": package_versions(), "git_commit": git_commit()})
+        return {**summary, "status": FAILED, "message": message}
+    final = result.get("final", {})
+    note = "skipped: already done" if result.get("skipped") else result.get("stop_reason", "")
+    return {**summary, "status": result["status"], "message": note,
+            "epochs": result.get("epochs_completed"), "test_acc": final.get("test_acc"),
+            "train_loss": final.get("train_loss")}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if isinstance(exc, LandscopeError) else f"{type(exc).__name__}: {text}"
+
+
+def _remove_if_empty(job_dir: Path, existed: bool) -> None:
+    """Undo the empty directory a launcher created for a job that never started."""
+    if not existed:
+        try:
+            job_dir.rmdir()
+        except OSError:
+            pass
+
+
+def format_status_table(summaries: list[dict]) -> str:
+    """Plain-text table of job statuses for the end of a multirun."""
+    rows = [("job", "status", "epochs", "test_acc", "note")]
+    for s in summaries:
+        acc = s.get("test_acc")
+        rows.append((s["job"], s["status"], "" if s.get("epochs") is None else str(s["epochs"]),
+                     "" if acc is None else f"{acc:.4f}", s.get("message") or ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
+    counts: dict[str, int] = {}
+    for s in summaries:
+        counts[s["status"]] = counts.get(s["status"], 0) + 1
+    total = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:], f"{len(summaries)} jobs: {total}"])
+
+
+def auto_threads(n_parallel: int) -> int:
+    """Torch threads per job when ``n_parallel`` jobs share this machine."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // max(1, n_parallel))
+
+
+def metrics_of(job_dir: Path) -> list[dict]:
+    return read_jsonl(Path(job_dir) / "metrics.jsonl")

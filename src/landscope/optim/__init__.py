@@ -1,0 +1,103 @@
+r"""Optimizers and learning-rate schedules built from an ``OptimizerConfig``.
+
+``cfg`` is :class:`landscope.config.OptimizerConfig` or the matching omegaconf
+``DictConfig``; enum fields are str-Enums (or plain strings) and are compared by
+value.
+
+Optimizers (:func:`build_optimizer`), with :math:`g_t` the gradient plus
+:math:`\lambda w` when ``weight_decay`` :math:`\lambda` is an L2 penalty:
+
+* ``sgd``: plain SGD, :math:`w \leftarrow w - \eta\, g_t`.  Momentum is always 0
+  and ``nesterov`` is ignored, whatever the config says (a preset that inherits a
+  non-zero ``momentum`` still means plain SGD under this name).
+* ``momentum``: heavy ball (Polyak 1964) as in ``torch.optim.SGD``,
+  :math:`b_t = \mu b_{t-1} + g_t`, :math:`w \leftarrow w - \eta\, b_t`; with
+  ``nesterov`` (Sutskever et al. 2013) the step uses :math:`g_t + \mu b_t`.
+  ``momentum == 0`` is a :class:`~landscope.errors.ConfigError` (use ``sgd``).
+* ``adam``: Adam (Kingma & Ba 2015), ``betas``, ``eps``; weight decay is the
+  coupled L2 penalty added to the gradient.
+* ``adamw``: AdamW (Loshchilov & Hutter 2019), decoupled weight decay
+  :math:`w \leftarrow w - \eta\lambda w` next to the Adam step.
+* ``sam``: :class:`~landscope.optim.sam.SAM` (Foret et al. 2021; ASAM of Kwon et
+  al. 2021 when ``adaptive``) with radius ``rho`` around the base optimizer
+  ``cfg.base`` in {sgd, momentum, adam, adamw}, built with the rules above.
+
+Schedules (:func:`build_scheduler`), stepped once per *epoch*, :math:`e` the epoch:
+
+* ``constant``: :math:`\eta_e = \eta_0` (``ConstantLR`` with factor 1).
+* ``cosine``: :math:`\eta_e = \eta_{min} + \tfrac12(\eta_0 - \eta_{min})(1 + \cos(\pi e / T))`,
+  :math:`T = \max(\text{epochs}, 1)` (Loshchilov & Hutter 2017, SGDR without restarts).
+* ``step``: :math:`\eta_e = \eta_0\, \gamma^{\lfloor e / \text{step\_size} \rfloor}`.
+
+All three are torch schedulers whose ``state_dict`` holds only plain data, so a
+checkpoint round-trips.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+import torch
+from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LRScheduler, StepLR
+
+from landscope.errors import ConfigError
+from landscope.optim.sam import SAM
+
+__all__ = ["SAM", "build_optimizer", "build_scheduler", "is_sam"]
+
+
+def _value(x: Any) -> str:
+    """The plain string of a str-Enum member (or of a string)."""
+    return str(x.value) if isinstance(x, Enum) else str(x)
+
+
+def _base_spec(name: str, cfg: Any, key: str) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    """``(class, kwargs)`` for a non-SAM optimizer; ``key`` names the config field in errors."""
+    lr, wd = float(cfg.lr), float(cfg.weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD, dict(lr=lr, momentum=0.0, nesterov=False, weight_decay=wd)
+    if name == "momentum":
+        momentum = float(cfg.momentum)
+        if momentum == 0.0:
+            raise ConfigError(
+                f"optimizer.momentum must be > 0 when {key}=momentum (got {momentum!r}); "
+                f"use {key}=sgd for plain SGD"
+            )
+        return torch.optim.SGD, dict(lr=lr, momentum=momentum, nesterov=bool(cfg.nesterov),
+                                     weight_decay=wd)
+    if name in ("adam", "adamw"):
+        betas = tuple(float(b) for b in cfg.betas)
+        if len(betas) != 2:
+            raise ConfigError(f"optimizer.betas must be two values (got {list(betas)!r})")
+        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        return cls, dict(lr=lr, betas=betas, eps=float(cfg.eps), weight_decay=wd)
+    allowed = "sgd, momentum, adam, adamw" + (", sam" if key == "optimizer.name" else "")
+    raise ConfigError(f"{key} must be one of {allowed} (got {name!r})")
+
+
+def build_optimizer(params: Any, cfg: Any) -> torch.optim.Optimizer:
+    """The optimizer named by ``cfg.name`` over ``params`` (tensors or param groups)."""
+    name = _value(cfg.name)
+    if name == "sam":
+        cls, kwargs = _base_spec(_value(cfg.base), cfg, "optimizer.base")
+        return SAM(params, cls, rho=float(cfg.rho), adaptive=bool(cfg.adaptive), **kwargs)
+    cls, kwargs = _base_spec(name, cfg, "optimizer.name")
+    return cls(params, **kwargs)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Any, epochs: int) -> LRScheduler:
+    """The per-epoch LR schedule named by ``cfg.schedule`` (call ``.step()`` once per epoch)."""
+    schedule = _value(cfg.schedule)
+    if schedule == "constant":
+        return ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if schedule == "cosine":
+        return CosineAnnealingLR(optimizer, T_max=max(int(epochs), 1), eta_min=float(cfg.min_lr))
+    if schedule == "step":
+        return StepLR(optimizer, step_size=int(cfg.step_size), gamma=float(cfg.gamma))
+    raise ConfigError(f"optimizer.schedule must be one of constant, cosine, step (got {schedule!r})")
+
+
+def is_sam(optimizer: Any) -> bool:
+    """Whether ``optimizer`` is a two-step :class:`SAM` (the training loop needs a closure)."""
+    return isinstance(optimizer, SAM)

@@ -1,0 +1,148 @@
+"""The training loop: pure and resumable, with no file I/O inside.
+
+:func:`fit` runs epochs from ``state.epoch`` to ``epochs`` and hands every epoch's
+metrics to a callback (the job layer checkpoints and writes files there).  All
+randomness is explicit: the batch order of epoch ``e`` comes from a generator
+seeded with ``(seed, e)``, so a run resumed from an epoch-boundary checkpoint
+sees exactly the batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from landscope.optim import is_sam
+
+STOP_MAX_EPOCHS = "max_epochs"
+STOP_TARGET_LOSS = "target_train_loss"
+STOP_DIVERGED = "diverged"
+
+
+@dataclass
+class TrainState:
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    epoch: int = 0  # completed epochs
+    grad_evals: int = 0  # forward+backward passes over a mini-batch so far
+    history: list = field(default_factory=list)  # one metrics dict per completed epoch
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """Generator for the batch order of one epoch, independent of any global RNG."""
+    s = int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0])
+    return torch.Generator().manual_seed(s)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split, batch_size: int) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over a whole split, in eval mode."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct, n = 0.0, 0, 0
+    for x, y in split.batches(batch_size, shuffle=False):
+        logits = model(x)
+        total_loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        n += y.numel()
+    model.train(was_training)
+    return total_loss / n, correct / n
+
+
+def train_epoch(state: TrainState, split, batch_size: int, generator: torch.Generator,
+                grad_clip: Optional[float] = None, progress: Any = None) -> dict:
+    """One pass over ``split``. Returns the running (mini-batch mean) loss and the
+    number of steps; the loss is non-finite if training diverged (stops early)."""
+    model, opt = state.model, state.optimizer
+    sam = is_sam(opt)
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    loss_sum, n_seen, steps = 0.0, 0, 0
+    for x, y in split.batches(batch_size, shuffle=True, generator=generator):
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        state.grad_evals += 1
+        if sam:
+            opt.first_step()
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            state.grad_evals += 1
+            if grad_clip is not None:
+                nn.utils.clip_grad_norm_(params, grad_clip)
+            opt.second_step()
+        else:
+            if grad_clip is not None:
+                nn.utils.clip_grad_norm_(params, grad_clip)
+            opt.step()
+        value = loss.item()
+        steps += 1
+        loss_sum += value * y.numel()
+        n_seen += y.numel()
+        if progress is not None:
+            progress.update(1)
+        if not math.isfinite(value):
+            break
+    return {"running_loss": loss_sum / max(n_seen, 1), "steps": steps}
+
+
+def fit(state: TrainState, train_split, test_split, *, epochs: int, batch_size: int, seed: int,
+        eval_batch_size: int = 2048, grad_clip: Optional[float] = None,
+        target_train_loss: Optional[float] = None,
+        on_epoch_end: Optional[Callable[[TrainState, dict], None]] = None,
+        progress_factory: Optional[Callable[[int, int], Any]] = None) -> str:
+    """Train until ``epochs``, the target train loss, or divergence; return the stop reason.
+
+    ``batch_size`` larger than the training set means full-batch gradient descent.
+    Metrics per epoch: train/test loss and accuracy (exact, eval mode, whole splits),
+    the running mini-batch loss, learning rate, steps, gradient evaluations, seconds.
+    """
+    if state.history:
+        last = state.history[-1]
+        if last.get("stop_reason"):
+            return last["stop_reason"]
+    for epoch in range(state.epoch, epochs):
+        tic = time.perf_counter()
+        lr = state.optimizer.param_groups[0]["lr"]
+        bar = progress_factory(epoch, epochs) if progress_factory else None
+        try:
+            run = train_epoch(state, train_split, batch_size, epoch_generator(seed, epoch),
+                              grad_clip, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        state.scheduler.step()
+        diverged = not math.isfinite(run["running_loss"])
+        if diverged:
+            train_loss = train_acc = test_loss = test_acc = float("nan")
+        else:
+            train_loss, train_acc = evaluate(state.model, train_split, eval_batch_size)
+            test_loss, test_acc = evaluate(state.model, test_split, eval_batch_size)
+            diverged = not math.isfinite(train_loss)
+        stop = None
+        if diverged:
+            stop = STOP_DIVERGED
+        elif target_train_loss is not None and train_loss <= target_train_loss:
+            stop = STOP_TARGET_LOSS
+        elif epoch + 1 == epochs:
+            stop = STOP_MAX_EPOCHS
+        state.epoch = epoch + 1
+        row = {"epoch": state.epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
+               "test_loss": test_loss, "test_acc": test_acc,
+               "running_loss": run["running_loss"], "steps": run["steps"],
+               "grad_evals": state.grad_evals, "seconds": time.perf_counter() - tic,
+               "stop_reason": stop}
+        state.history.append(row)
+        if on_epoch_end is not None:
+            on_epoch_end(state, row)
+        if stop is not None:
+            return stop
+    return STOP_MAX_EPOCHS

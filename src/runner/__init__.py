@@ -1,0 +1,1 @@
+"""The Hydra app behind ``python -m runner``: compose -> landscope.jobs -> exit code."""

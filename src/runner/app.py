@@ -1,0 +1,127 @@
+"""Hydra entry point: ``python -m runner [overrides]`` / ``python -m runner -m [sweeps]``.
+
+Thin by design: Hydra composes the config, :func:`landscope.jobs.run_job` does the
+work, and :func:`main` turns the outcome into an exit code:
+
+- 0  every job completed or diverged (divergence is a result);
+- 1  some job failed (its traceback is in its directory; the others still ran);
+- 2  bad input (unknown option, wrong type, impossible value, missing data,
+     unwritable output): one ``error:`` line on stderr and nothing written.
+
+The ``@hydra.main`` function lives here rather than in ``__main__`` so that job
+names and pickling work with the joblib and submitit launchers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from landscope.config import register_configs
+
+
+def _conf_dir() -> str:
+    env = os.environ.get("LANDSCOPE_CONF")
+    if env:
+        return str(Path(env).resolve())
+    for candidate in (Path(__file__).resolve().parents[2] / "conf",
+                      Path(__file__).resolve().parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    return str(Path.cwd() / "conf")
+
+
+register_configs()
+log = logging.getLogger("landscope")
+
+
+class JobFailed(SystemExit):
+    """Raised at the end of a single run whose job failed or was invalid."""
+
+
+def _threads(cfg: DictConfig) -> int | None:
+    from landscope.jobs import auto_threads
+
+    if cfg.train.threads is not None:
+        return int(cfg.train.threads)
+    launcher = HydraConfig.get().launcher
+    n_jobs = launcher.get("n_jobs") if "n_jobs" in launcher else None
+    if n_jobs is None:
+        return None  # in-process launcher: torch's default (all cores)
+    cores = os.cpu_count() or 1
+    n = int(n_jobs)
+    return auto_threads(cores + 1 + n if n < 0 else n)  # joblib: -1 = all cores
+
+
+@hydra.main(version_base="1.3", config_path=_conf_dir(), config_name="config")
+def hydra_main(cfg: DictConfig) -> dict:
+    from landscope.jobs import FAILED, INVALID, run_job
+
+    hc = HydraConfig.get()
+    summary = run_job(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task), _threads(cfg))
+    if hc.mode == RunMode.RUN:
+        if summary["status"] == INVALID:
+            print(f"error: {summary['message']}", file=sys.stderr)
+            raise JobFailed(2)
+        print(f"{summary['status']}: {summary['dir']}" +
+              (f" ({summary['message']})" if summary.get("message") else ""), flush=True)
+        if summary["status"] == FAILED:
+            raise JobFailed(1)
+    return summary
+
+
+def one_line(exc: BaseException) -> str:
+    """Condense Hydra/OmegaConf multi-line messages into one line."""
+    parts, options = [], []
+    for exc_i in (exc, exc.__cause__):
+        if exc_i is None:
+            continue
+        for raw in str(exc_i).splitlines():
+            line = raw.strip()
+            if line.startswith("Config search path"):
+                break
+            if not line or line.startswith(("Set the environment variable", "object_type=",
+                                            "reference_type=")):
+                continue
+            if raw.startswith("\t"):  # Hydra lists available options tab-indented
+                options.append(line)
+            elif line not in parts:
+                parts.append(line)
+    text = "; ".join(p.rstrip(":") if options and i == len(parts) - 1 else p
+                     for i, p in enumerate(parts))
+    if options:
+        text += ": " + ", ".join(options)
+    return text or type(exc).__name__
+
+
+def main() -> None:
+    from hydra_plugins.landscope_sweeper import landscope_sweeper
+    from landscope.errors import LandscopeError
+
+    user_full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us; we print one line
+    landscope_sweeper.LAST_SWEEP = None
+    try:
+        hydra_main()
+    except LandscopeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as exc:
+        if user_full_error:
+            raise
+        if isinstance(exc, OSError) and exc.filename:
+            msg = f"cannot create output directory {exc.filename}: {exc.strerror}"
+        else:
+            msg = one_line(exc)
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)
+    sweep = landscope_sweeper.LAST_SWEEP
+    if sweep is not None and any(s["status"] in ("failed", "invalid") for s in sweep):
+        sys.exit(1)

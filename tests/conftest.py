@@ -1,0 +1,54 @@
+"""Shared fixtures: in-process config composition and a subprocess runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """One data directory per test session, so MNIST-1D is generated once."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture
+def compose(data_dir):
+    """compose(overrides) -> DictConfig, exactly as `python -m runner` would build it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from landscope.config import register_configs
+
+    register_configs()
+
+    def _compose(overrides=(), with_data_dir=True):
+        extra = [f"dataset.data_dir={data_dir}"] if with_data_dir else []
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=[*overrides, *extra])
+
+    return _compose
+
+
+def run_cli(args, cwd, *, data_dir=None, timeout=300, env=None) -> subprocess.CompletedProcess:
+    """Run `python -m runner ARGS` in ``cwd`` and capture its output."""
+    extra = [f"dataset.data_dir={data_dir}"] if data_dir is not None else []
+    full_env = {**os.environ, "PYTHONPATH": str(REPO / "src"), **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", "runner", *args, *extra], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def metrics_without_time(job_dir: Path) -> list[dict]:
+    """metrics.jsonl minus wall-clock fields (everything else must be reproducible)."""
+    from landscope.io import read_jsonl
+
+    return [{k: v for k, v in row.items() if k != "seconds"}
+            for row in read_jsonl(Path(job_dir) / "metrics.jsonl")]
