@@ -46,18 +46,16 @@ class JobFailed(SystemExit):
     """Raised at the end of a single run whose job failed or was invalid."""
 
 
-def _threads(cfg: DictConfig) -> int | None:
-    from landscope.jobs import auto_threads
+def _parallel_jobs() -> int:
+    """How many jobs the launcher runs at once on this machine (joblib's n_jobs)."""
+    from landscope.jobs import available_cores
 
-    if cfg.train.threads is not None:
-        return int(cfg.train.threads)
     launcher = HydraConfig.get().launcher
     n_jobs = launcher.get("n_jobs") if "n_jobs" in launcher else None
     if n_jobs is None:
-        return None  # in-process launcher: torch's default (all cores)
-    cores = os.cpu_count() or 1
+        return 1
     n = int(n_jobs)
-    return auto_threads(cores + 1 + n if n < 0 else n)  # joblib: -1 = all cores
+    return available_cores() + 1 + n if n < 0 else n  # joblib: -1 = all cores
 
 
 @hydra.main(version_base="1.3", config_path=_conf_dir(), config_name="config")
@@ -65,15 +63,17 @@ def hydra_main(cfg: DictConfig) -> dict:
     from landscope.jobs import FAILED, INVALID, run_job
 
     hc = HydraConfig.get()
-    summary = run_job(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task), _threads(cfg))
+    summary = run_job(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task),
+                      _parallel_jobs())
     if hc.mode == RunMode.RUN:
         if summary["status"] == INVALID:
             print(f"error: {summary['message']}", file=sys.stderr)
             raise JobFailed(2)
-        print(f"{summary['status']}: {summary['dir']}" +
-              (f" ({summary['message']})" if summary.get("message") else ""), flush=True)
         if summary["status"] == FAILED:
+            print(f"failed: {summary['dir']} (traceback.txt there has the details)",
+                  file=sys.stderr)
             raise JobFailed(1)
+        print(f"{summary['status']}: {summary['dir']} ({summary['message']})", flush=True)
     return summary
 
 

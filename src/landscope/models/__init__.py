@@ -15,8 +15,9 @@ Architectures: :mod:`~landscope.models.mlp`, :mod:`~landscope.models.cnn`,
 :mod:`~landscope.models.resnet`, :mod:`~landscope.models.vit`.  No dropout anywhere and no
 in-place ops on activations, so models work under ``torch.func.functional_call``,
 ``grad``, ``jvp``, ``hessian`` and ``vmap``.  With ``norm=batch`` in train mode the forward
-updates running statistics in place, which ``vmap`` rejects: probe in ``eval()`` mode or
-use ``torch.func.replace_all_batch_norm_modules_``.  ``build_model`` does not seed: call
+updates running statistics in place, which the ``torch.func`` transforms reject: probe in
+``eval()`` mode or inside :func:`frozen_batchnorm_stats` (batch statistics, no buffer
+writes).  ``build_model`` does not seed: call
 ``torch.manual_seed`` first for a reproducible initialisation.
 """
 
@@ -30,14 +31,15 @@ from torch import nn
 
 from landscope.config import ModelConfig
 from landscope.errors import ConfigError
-from landscope.models.blocks import (ACTIVATIONS, NORMS, enum_value, scale_weights,
-                                     spatial_dims_of)
+from landscope.models.blocks import (ACTIVATIONS, NORMS, enum_value, frozen_batchnorm_stats,
+                                     scale_weights, spatial_dims_of)
 from landscope.models.cnn import CNN
 from landscope.models.mlp import MLP
 from landscope.models.resnet import ResNet
 from landscope.models.vit import ViT
 
-__all__ = ["MODEL_NAMES", "build_model", "count_parameters", "MLP", "CNN", "ResNet", "ViT"]
+__all__ = ["MODEL_NAMES", "build_model", "count_parameters", "frozen_batchnorm_stats", "MLP",
+           "CNN", "ResNet", "ViT"]
 
 MODEL_NAMES: tuple[str, ...] = ("mlp", "cnn", "resnet", "vit")
 _DEFAULTS = ModelConfig()

@@ -14,13 +14,17 @@
   factor after its default initialisation; biases and norm affine parameters are untouched.
 * :func:`conv_nd` / :func:`max_pool_nd` / :func:`global_avg_pool` -- 1-D vs 2-D helpers:
   ``spatial_dims = len(input_shape) - 1`` picks ``Conv1d``/``Conv2d`` etc.
+* :func:`frozen_batchnorm_stats` -- context in which train-mode BatchNorm normalizes with
+  batch statistics but does not update its running statistics, so the forward is pure
+  and works under ``torch.func`` transforms (grad/jvp/hessian/vmap).
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from enum import Enum
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -121,6 +125,26 @@ def scale_weights(model: nn.Module, scale: float) -> None:
         for p in model.parameters():
             if p.dim() > 1:
                 p.mul_(scale)
+
+
+@contextmanager
+def frozen_batchnorm_stats(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, BatchNorm layers leave running stats (and their counter) untouched.
+
+    Train-mode BatchNorm still normalizes with the batch statistics (the loss being
+    trained), eval-mode BatchNorm still uses the running statistics.  Without this, a
+    train-mode forward writes to buffers in place, which ``torch.func.grad``/``jvp``/``vmap``
+    reject.  The previous ``track_running_stats`` flags are restored on exit.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [bn.track_running_stats for bn in bns]
+    try:
+        for bn in bns:
+            bn.track_running_stats = False
+        yield model
+    finally:
+        for bn, flag in zip(bns, saved):
+            bn.track_running_stats = flag
 
 
 def spatial_dims_of(input_shape: Sequence[int], model: str) -> int:

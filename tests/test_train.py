@@ -1,0 +1,127 @@
+"""Training jobs in-process: every architecture, determinism, resume, stop rules."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import metrics_without_time
+from landscope.io import read_json
+from landscope.jobs import COMPLETED, DIVERGED, FAILED, INVALID, run_job, train_job
+
+TINY = ["dataset.train_size=256", "dataset.test_size=128", "train.batch_size=32"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("dataset", ["mnist1d", "digits"])
+@pytest.mark.parametrize("skip", [True, False])
+@pytest.mark.parametrize("norm", ["none", "batch", "layer"])
+@pytest.mark.parametrize("model", ["mlp", "cnn", "resnet", "vit"])
+def test_one_epoch_job_every_architecture(compose, tmp_path, model, norm, skip, dataset):
+    overrides = [f"model={model}", f"model.norm={norm}", f"model.skip={skip}",
+                 f"dataset={dataset}", "model.width=8", "model.depth=2", "model.heads=2",
+                 "train.epochs=1", *TINY]
+    result = train_job(compose(overrides), tmp_path, overrides)
+    assert result["status"] == COMPLETED and result["epochs_completed"] == 1
+    assert math.isfinite(result["final"]["train_loss"]) and result["n_params"] > 0
+    assert {p.name for p in tmp_path.iterdir()} >= {"config.yaml", "metrics.jsonl",
+                                                    "result.json", "checkpoints"}
+
+
+def test_same_seed_same_metrics_other_seed_differs(compose, tmp_path):
+    runs = {}
+    for name, seed in [("a", 0), ("b", 0), ("c", 1)]:
+        overrides = [f"seed={seed}", "train.epochs=3", *TINY]
+        train_job(compose(overrides), tmp_path / name, overrides)
+        runs[name] = metrics_without_time(tmp_path / name)
+    assert runs["a"] == runs["b"] and len(runs["a"]) == 3
+    assert runs["a"] != runs["c"]
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "adam", "sam"])
+@pytest.mark.parametrize("model", ["mlp", "resnet"])
+def test_resume_matches_uninterrupted(compose, tmp_path, optimizer, model):
+    base = [f"optimizer={optimizer}", f"model={model}", "model.width=8", "model.depth=2",
+            "optimizer.schedule=cosine", *TINY]
+    full = [*base, "train.epochs=4", "train.keep_checkpoints=4"]
+    train_job(compose(full), tmp_path / "full", full)
+    # first two epochs as their own job, then the same directory continues to epoch 4:
+    # everything else in the config is the same, so it resumes from the epoch-2 checkpoint.
+    part = tmp_path / "part"
+    train_job(compose(full), part, full)
+    for ckpt in ("epoch_000004.pt", "epoch_000003.pt"):
+        (part / "checkpoints" / ckpt).unlink()
+    (part / "result.json").unlink()
+    result = train_job(compose(full), part, full)
+    assert result["resumed_from_epoch"] == 2
+    assert metrics_without_time(part) == metrics_without_time(tmp_path / "full")
+
+
+def test_completed_job_is_skipped(compose, tmp_path):
+    overrides = ["train.epochs=1", *TINY]
+    first = train_job(compose(overrides), tmp_path, overrides)
+    again = train_job(compose(overrides), tmp_path, overrides)
+    assert again["skipped"] and again["finished"] == first["finished"]
+
+
+def test_other_config_in_same_directory_is_refused(compose, tmp_path):
+    train_job(compose(["train.epochs=1", *TINY]), tmp_path, [])
+    summary = run_job(compose(["train.epochs=1", "seed=5", *TINY]), tmp_path, [])
+    assert summary["status"] == FAILED and "different config" in summary["message"]
+    assert read_json(tmp_path / "result.json")["status"] == COMPLETED  # old result kept
+
+
+def test_divergence_is_a_status_not_a_failure(compose, tmp_path):
+    overrides = ["optimizer.lr=1e6", "train.epochs=5", *TINY]
+    summary = run_job(compose(overrides), tmp_path, overrides)
+    result = read_json(tmp_path / "result.json")
+    assert summary["status"] == DIVERGED == result["status"]
+    assert result["epochs_completed"] < 5 or result["final"]["train_loss"] is None
+
+
+def test_target_train_loss_stops_early(compose, tmp_path):
+    overrides = ["train.epochs=50", "train.target_train_loss=1.5", "optimizer=adam",
+                 "optimizer.lr=0.003", *TINY]
+    result = train_job(compose(overrides), tmp_path, overrides)
+    assert result["stop_reason"] == "target_train_loss" and result["epochs_completed"] < 50
+    assert result["final"]["train_loss"] <= 1.5
+
+
+def test_full_batch_gradient_descent_one_step_per_epoch(compose, tmp_path):
+    overrides = ["train.full_batch=true", "train.epochs=3", *TINY]
+    train_job(compose(overrides), tmp_path, overrides)
+    rows = metrics_without_time(tmp_path)
+    assert [r["steps"] for r in rows] == [1, 1, 1] and rows[-1]["grad_evals"] == 3
+
+
+def test_sam_counts_two_gradient_evaluations(compose, tmp_path):
+    overrides = ["optimizer=sam", "train.epochs=1", *TINY]
+    train_job(compose(overrides), tmp_path, overrides)
+    row = metrics_without_time(tmp_path)[0]
+    assert row["grad_evals"] == 2 * row["steps"] == 2 * 8
+
+
+def test_grad_clip_and_step_schedule(compose, tmp_path):
+    overrides = ["train.grad_clip=0.5", "optimizer.schedule=step", "optimizer.step_size=1",
+                 "optimizer.gamma=0.5", "train.epochs=3", *TINY]
+    train_job(compose(overrides), tmp_path, overrides)
+    assert [r["lr"] for r in metrics_without_time(tmp_path)] == pytest.approx([0.05, 0.025, 0.0125])
+
+
+def test_zero_epochs_reports_initial_model(compose, tmp_path):
+    result = train_job(compose(["train.epochs=0", *TINY]), tmp_path, [])
+    assert result["epochs_completed"] == 0 and 0 <= result["final"]["test_acc"] <= 1
+
+
+def test_invalid_input_writes_nothing(compose, tmp_path):
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    summary = run_job(compose(["optimizer.lr=-1"]), job_dir, ["optimizer.lr=-1"])
+    assert summary["status"] == INVALID and "optimizer.lr" in summary["message"]
+    assert not job_dir.exists()
