@@ -1,4 +1,4 @@
-"""Tests for landscope.models: shapes, knobs (norm/skip/activation/init_scale), errors, torch.func."""
+"""Tests for landscope.models: shapes, norm/skip/activation/init_scale, errors, torch.func."""
 
 from __future__ import annotations
 

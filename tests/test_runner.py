@@ -134,7 +134,7 @@ def _wait_for_epochs(job: Path, n: int, proc: subprocess.Popen, timeout: float =
 @pytest.mark.slow
 def test_sigkill_and_rerun_gives_identical_metrics(tmp_path, warm_data):
     args = ["dataset.train_size=2000", "train.epochs=6", "optimizer=momentum",
-            "optimizer.schedule=cosine", "model.width=64"]
+            "optimizer.schedule=cosine", "model.width=64", "train.checkpoint_interval_s=0"]
     ref = run_cli([*args, "hydra.run.dir=ref"], tmp_path, data_dir=warm_data)
     assert ref.returncode == 0, ref.stderr
     job = tmp_path / "killed"
@@ -160,7 +160,7 @@ def test_sigkill_and_rerun_gives_identical_metrics(tmp_path, warm_data):
 
 
 def test_corrupted_checkpoint_falls_back_with_one_warning(tmp_path, warm_data):
-    args = [*SMOKE, "train.epochs=3", "hydra.run.dir=job"]
+    args = [*SMOKE, "train.epochs=3", "train.checkpoint_interval_s=0", "hydra.run.dir=job"]
     assert run_cli(args, tmp_path, data_dir=warm_data).returncode == 0
     job = tmp_path / "job"
     reference = metrics_without_time(job)

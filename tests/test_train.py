@@ -49,7 +49,7 @@ def test_same_seed_same_metrics_other_seed_differs(compose, tmp_path):
 def test_resume_matches_uninterrupted(compose, tmp_path, optimizer, model):
     base = [f"optimizer={optimizer}", f"model={model}", "model.width=8", "model.depth=2",
             "optimizer.schedule=cosine", *TINY]
-    full = [*base, "train.epochs=4", "train.keep_checkpoints=4"]
+    full = [*base, "train.epochs=4", "train.keep_checkpoints=4", "train.checkpoint_interval_s=0"]
     train_job(compose(full), tmp_path / "full", full)
     # first two epochs as their own job, then the same directory continues to epoch 4:
     # everything else in the config is the same, so it resumes from the epoch-2 checkpoint.

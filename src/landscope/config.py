@@ -141,7 +141,11 @@ class TrainConfig:
     grad_clip: Optional[float] = None  # max global gradient norm; null = off
     target_train_loss: Optional[float] = None  # stop once train cross-entropy <= this
     eval_batch_size: int = 2048
-    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always saves)
+    # A checkpoint is written at the end of an epoch that is a multiple of
+    # checkpoint_every once checkpoint_interval_s have passed since the last one, and
+    # always after the last epoch. Resuming from any of them gives identical results.
+    checkpoint_every: int = 1
+    checkpoint_interval_s: float = 10.0
     keep_checkpoints: int = 2
     threads: Optional[int] = None  # torch intra-op threads; null = auto
     progress: Optional[bool] = None  # tqdm bar; null = only on an interactive terminal
@@ -204,6 +208,8 @@ def validate(cfg: Any) -> None:
     _check(t.target_train_loss is None or t.target_train_loss > 0, "train.target_train_loss",
            "> 0 or null", t.target_train_loss)
     _check(t.checkpoint_every >= 1, "train.checkpoint_every", ">= 1", t.checkpoint_every)
+    _check(t.checkpoint_interval_s >= 0, "train.checkpoint_interval_s", ">= 0",
+           t.checkpoint_interval_s)
     _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", ">= 1", t.keep_checkpoints)
     _check(t.threads is None or t.threads >= 1, "train.threads", ">= 1 or null", t.threads)
     _check(m.width >= 1, "model.width", ">= 1", m.width)

@@ -1,8 +1,8 @@
 """Atomic file writes and JSON helpers.
 
 Every file the runner writes goes through :func:`atomic_write_bytes`: the data
-goes to a temporary file in the target directory, is flushed and fsynced, and
-then ``os.replace`` swaps it in.  A reader (or a job killed with SIGKILL at any
+goes to a temporary file in the target directory and ``os.replace`` swaps it in.
+A reader (or a job killed with SIGKILL at any
 moment) therefore sees either the old file or the new one, never a torn write.
 """
 
@@ -16,15 +16,24 @@ from pathlib import Path
 from typing import Any, Iterable
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = False) -> None:
+    """Replace ``path`` with ``data`` atomically.
+
+    The swap is atomic with respect to the writing process dying (SIGKILL, OOM):
+    readers see the old or the new content.  ``durable=True`` also fsyncs the file
+    before the swap, which guards against power loss at a cost of milliseconds per
+    write on this kind of disk; the runner does not need it because checkpoints carry
+    checksums and every other file is rebuilt from the newest valid checkpoint.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -51,7 +51,8 @@ log = logging.getLogger("landscope")
 COMPLETED, DIVERGED, FAILED, INVALID = "completed", "diverged", "failed", "invalid"
 # Keys that do not change what a job computes; excluded from the fingerprint.
 _NON_RESULT_KEYS = ("name", "resume", "logger", "train.progress", "train.threads",
-                    "train.checkpoint_every", "train.keep_checkpoints", "dataset.data_dir",
+                    "train.checkpoint_every", "train.checkpoint_interval_s",
+                    "train.keep_checkpoints", "dataset.data_dir",
                     "dataset.download")
 
 
@@ -172,9 +173,14 @@ def train_job(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: 
         log.info("%s: resuming from epoch %d", job_dir, ckpt["epoch"])
     write_jsonl(job_dir / "metrics.jsonl", state.history)
 
+    last_save = [time.perf_counter()]
+
     def on_epoch_end(st: TrainState, row: dict) -> None:
         last = row["stop_reason"] is not None or st.epoch == cfg.train.epochs
-        if last or st.epoch % cfg.train.checkpoint_every == 0:
+        due = (st.epoch % cfg.train.checkpoint_every == 0 and
+               time.perf_counter() - last_save[0] >= cfg.train.checkpoint_interval_s)
+        if last or due:
+            last_save[0] = time.perf_counter()
             save_checkpoint(ckpt_dir, st.epoch, {
                 "epoch": st.epoch, "grad_evals": st.grad_evals, "history": st.history,
                 "model": st.model.state_dict(), "optimizer": st.optimizer.state_dict(),
