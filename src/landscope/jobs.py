@@ -59,6 +59,10 @@ _NON_RESULT_KEYS = ("name", "resume", "logger", "train.progress", "train.threads
 def check_inputs(cfg: DictConfig) -> None:
     """Every check that can run before a job writes anything (raises LandscopeError)."""
     validate(cfg)
+    device = str(cfg.train.device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LandscopeError(f"train.device={device!r} but no CUDA device is available here; "
+                             "use train.device=cpu")
     check_available(cfg.dataset)
 
 

@@ -42,13 +42,20 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(s)
 
 
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, split, batch_size: int) -> tuple[float, float]:
     """Mean cross-entropy and accuracy over a whole split, in eval mode."""
     was_training = model.training
     model.eval()
+    device = _device_of(model)
     total_loss, correct, n = 0.0, 0, 0
     for x, y in split.batches(batch_size, shuffle=False):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits = model(x)
         total_loss += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
@@ -65,8 +72,10 @@ def train_epoch(state: TrainState, split, batch_size: int, generator: torch.Gene
     sam = is_sam(opt)
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
+    device = _device_of(model)
     loss_sum, n_seen, steps = 0.0, 0, 0
     for x, y in split.batches(batch_size, shuffle=True, generator=generator):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x), y)
         loss.backward()
