@@ -111,7 +111,7 @@ def test_grad_clip_and_step_schedule(compose, tmp_path):
     overrides = ["train.grad_clip=0.5", "optimizer.schedule=step", "optimizer.step_size=1",
                  "optimizer.gamma=0.5", "train.epochs=3", *TINY]
     train_job(compose(overrides), tmp_path, overrides)
-    assert [r["lr"] for r in metrics_without_time(tmp_path)] == pytest.approx([0.05, 0.025, 0.0125])
+    assert [r["lr"] for r in metrics_without_time(tmp_path)] == pytest.approx([0.1, 0.05, 0.025])
 
 
 def test_zero_epochs_reports_initial_model(compose, tmp_path):
@@ -125,3 +125,14 @@ def test_invalid_input_writes_nothing(compose, tmp_path):
     summary = run_job(compose(["optimizer.lr=-1"]), job_dir, ["optimizer.lr=-1"])
     assert summary["status"] == INVALID and "optimizer.lr" in summary["message"]
     assert not job_dir.exists()
+
+
+def test_progress_bar_when_asked_plain_log_lines_otherwise(compose, tmp_path, capfd, caplog):
+    caplog.set_level("INFO", logger="landscope")
+    train_job(compose(["train.epochs=2", "train.progress=true", *TINY]), tmp_path / "bar", [])
+    err = capfd.readouterr().err
+    assert "epoch 2/2" in err and "it/s" in err  # tqdm's bar on stderr
+    train_job(compose(["train.epochs=2", "train.progress=false", *TINY]), tmp_path / "plain", [])
+    assert "it/s" not in capfd.readouterr().err
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(lines) == 4 and "test_acc" in lines[-1]

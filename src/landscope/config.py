@@ -116,7 +116,7 @@ class ModelConfig:
 @dataclass
 class OptimizerConfig:
     name: OptimizerName = OptimizerName.sgd
-    lr: float = 0.05
+    lr: float = 0.1
     momentum: float = 0.0
     nesterov: bool = False
     weight_decay: float = 0.0
@@ -135,7 +135,7 @@ class OptimizerConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 20
+    epochs: int = 50
     batch_size: int = 64
     full_batch: bool = False  # one gradient step per epoch on the whole training set
     grad_clip: Optional[float] = None  # max global gradient norm; null = off
