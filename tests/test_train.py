@@ -136,3 +136,11 @@ def test_progress_bar_when_asked_plain_log_lines_otherwise(compose, tmp_path, ca
     assert "it/s" not in capfd.readouterr().err
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
     assert len(lines) == 4 and "test_acc" in lines[-1]
+
+
+def test_unreadable_result_file_means_rerun(compose, tmp_path):
+    overrides = ["train.epochs=1", *TINY]
+    first = train_job(compose(overrides), tmp_path, overrides)
+    (tmp_path / "result.json").write_text('{"status": "compl')  # torn by hand
+    again = train_job(compose(overrides), tmp_path, overrides)
+    assert "skipped" not in again and again["final"] == first["final"]

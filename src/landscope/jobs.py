@@ -135,8 +135,8 @@ def train_job(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: 
     job_dir = Path(job_dir)
     fp = fingerprint(cfg)
     result_path = job_dir / "result.json"
-    if result_path.exists():
-        previous = read_json(result_path)
+    previous = _read_result(result_path)
+    if previous is not None:
         if previous.get("fingerprint") != fp:
             raise LandscopeError(
                 f"{job_dir} holds a job with a different config (fingerprint "
@@ -262,6 +262,18 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: in
     return {**summary, "status": result["status"], "message": note,
             "epochs": result.get("epochs_completed"), "test_acc": final.get("test_acc"),
             "train_loss": final.get("train_loss")}
+
+
+def _read_result(path: Path) -> Optional[dict]:
+    """A job's result.json, or None when absent or unreadable (then the job reruns)."""
+    try:
+        result = read_json(path)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("warning: ignoring unreadable %s (%s)", path, exc)
+        return None
+    return result if isinstance(result, dict) else None
 
 
 def _one_line(exc: BaseException) -> str:

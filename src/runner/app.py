@@ -110,6 +110,9 @@ def main() -> None:
     landscope_sweeper.LAST_SWEEP = None
     try:
         hydra_main()
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        sys.exit(130)
     except LandscopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
