@@ -144,3 +144,26 @@ def test_unreadable_result_file_means_rerun(compose, tmp_path):
     (tmp_path / "result.json").write_text('{"status": "compl')  # torn by hand
     again = train_job(compose(overrides), tmp_path, overrides)
     assert "skipped" not in again and again["final"] == first["final"]
+
+
+def test_sam_updates_batchnorm_statistics_from_the_unperturbed_point(compose):
+    import copy
+    from types import SimpleNamespace
+
+    from landscope.data import TensorSplit
+    from landscope.models import build_model
+    from landscope.optim import build_optimizer, build_scheduler
+    from landscope.train import TrainState, epoch_generator, train_epoch
+
+    cfg = compose(["model.norm=batch", "optimizer=sam", "model.width=8"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, SimpleNamespace(input_shape=(1, 40), num_classes=10))
+    reference = copy.deepcopy(model).train()
+    x, y = torch.randn(16, 1, 40), torch.randint(0, 10, (16,))
+    reference(x)  # one forward at w: what the running statistics should see
+    opt = build_optimizer(model.parameters(), cfg.optimizer)
+    state = TrainState(model, opt, build_scheduler(opt, cfg.optimizer, 1))
+    train_epoch(state, TensorSplit(x, y), 16, epoch_generator(0, 0))
+    ours, ref = dict(model.named_buffers()), dict(reference.named_buffers())
+    for name in (n for n in ours if "running" in n):
+        torch.testing.assert_close(ours[name], ref[name], rtol=1e-6, atol=1e-7)

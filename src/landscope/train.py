@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -40,6 +41,20 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """Generator for the batch order of one epoch, independent of any global RNG."""
     s = int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0])
     return torch.Generator().manual_seed(s)
+
+
+@contextmanager
+def _running_stats_frozen(model: nn.Module) -> Iterator[None]:
+    """Batch statistics still normalize, but running averages are not updated (momentum 0)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -83,7 +98,8 @@ def train_epoch(state: TrainState, split, batch_size: int, generator: torch.Gene
         if sam:
             opt.first_step()
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
+            with _running_stats_frozen(model):  # BatchNorm statistics come from w, not w + e
+                F.cross_entropy(model(x), y).backward()
             state.grad_evals += 1
             if grad_clip is not None:
                 nn.utils.clip_grad_norm_(params, grad_clip)
