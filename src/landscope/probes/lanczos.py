@@ -1,0 +1,285 @@
+"""Extreme eigenpairs of a symmetric operator: Lanczos (full reorthogonalization) and power iteration.
+
+Lanczos (Lanczos 1950; Golub & Van Loan, *Matrix Computations*, §10.1) builds an orthonormal
+basis ``Q_m = [q_1 … q_m]`` of the Krylov space ``K_m(A, q_1)`` with
+``A Q_m = Q_m T_m + β_m q_{m+1} e_mᵀ``, ``T_m`` tridiagonal (diagonal α, off-diagonal β).
+The Ritz pairs ``(θ_i, y_i = Q_m s_i)`` from ``T_m s_i = θ_i s_i`` approximate the extreme
+eigenpairs, and the Ritz residual is available without products:
+``‖A y_i − θ_i y_i‖ = β_m |e_mᵀ s_i|`` (Parlett, *The Symmetric Eigenvalue Problem*, §13.2).
+Every new vector is orthogonalized against the whole basis twice (classical Gram–Schmidt
+twice, "twice is enough", Giraud et al. 2005), which removes the ghost copies of converged
+eigenvalues that plain Lanczos produces. Vectors are stored in the operator's dtype; the
+tridiagonal eigenproblem is solved in float64 (``scipy.linalg.eigh_tridiagonal``).
+
+Convergence (GUIDE §3): pair i is converged when ``‖A y_i − θ_i y_i‖ ≤ max(tol·|θ_i|, atol,
+floor)`` with ``floor = 100·eps(dtype)·‖T‖`` (the working-precision limit, which only matters in
+float32). For a symmetric A a residual r puts an exact eigenvalue within r of θ (and within
+r²/gap), so the default ``tol = 1e-6`` guarantees relative eigenvalue error ≤ 1e-6 even for
+clustered spectra, where the r²/gap bound is weak. Looser stops fail there by *mis-convergence*
+(a cluster member not yet in the Krylov space is skipped, which no residual can reveal). Measured
+worst relative error / products over 10 seeds (float64, no verification products):
+
+    tol     decay top-5 (D=500)   10 − 0.01i top-5   10 − 0.001i top-5   bottom-3 (D=300)
+    1e-3    4e-6 / 21             2e-3 / 40          5e-4 / 59           8e-7 / 55
+    1e-4    1e-8 / 22             1e-3 / 47          2e-4 / 120          6e-9 / 57
+    1e-6    1e-12 / 25            9e-13 / 52         3e-12 / 133         4e-13 / 62
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import scipy.linalg
+import torch
+from torch import Tensor
+
+from landscope.probes.operator import Operator
+
+Which = Literal["largest", "smallest"]
+
+
+@dataclass
+class EigResult:
+    """k eigenpairs: ``eigenvalues`` (k,) float64, sorted descending for "largest", ascending for
+    "smallest"; ``eigenvectors`` (dim, k) unit columns in the operator's dtype (None if not asked);
+    ``residuals`` ‖A v − λ v‖ (true residuals if verified, else Lanczos estimates); ``converged``
+    (k,) bool; ``n_matvecs`` products used; ``iterations`` Krylov dimension (Lanczos) or total
+    power steps; ``n_restarts`` invariant-subspace restarts."""
+
+    eigenvalues: Tensor
+    eigenvectors: Tensor | None
+    residuals: Tensor
+    converged: Tensor
+    n_matvecs: int
+    iterations: int
+    which: str = "largest"
+    n_restarts: int = 0
+
+
+def _random_vector(op: Operator, gen: torch.Generator) -> Tensor:
+    return torch.randn(op.dim, generator=gen, dtype=op.dtype).to(op.device)
+
+
+class _Lanczos:
+    """The Lanczos recurrence with full (CGS2) reorthogonalization, one step at a time.
+
+    After ``m`` steps: basis ``V[:m]`` (rows), ``alpha`` (m), ``beta`` (m; ``beta[j]`` couples
+    q_j and q_{j+1}, ``beta[m-1]`` is the β_m of the residual formula). On breakdown
+    (``β ≤ 100·eps·‖T‖``: the Krylov space is invariant) β is set to 0 and, if ``restart``, a
+    random vector orthogonal to the basis starts a new block (T stays block-tridiagonal, the
+    Lanczos relation still holds); otherwise the recurrence stops (``exhausted``), which is what
+    quadrature wants (the rule is then exact for every moment).
+    """
+
+    def __init__(self, op: Operator, v0: Tensor, *, restart: bool, capacity: int,
+                 gen: torch.Generator | None = None) -> None:
+        self.op, self.restart, self.gen = op, restart, gen
+        self.V = torch.empty(max(1, min(capacity, op.dim)), op.dim, dtype=op.dtype, device=op.device)
+        self.alpha: list[float] = []
+        self.beta: list[float] = []
+        self.m, self.n_restarts, self.anorm, self.exhausted = 0, 0, 0.0, False
+        self.tiny = 100.0 * torch.finfo(op.dtype).eps
+        self._next = v0 / torch.linalg.vector_norm(v0)
+
+    def _orthogonalize(self, w: Tensor, upto: int) -> tuple[Tensor, float]:
+        """Classical Gram–Schmidt twice against ``V[:upto]``; returns w and its coefficient on
+        the last basis vector (α when w = A q_last)."""
+        basis = self.V[:upto]
+        h = torch.mv(basis, w)
+        w = w - torch.mv(basis.T, h)
+        h2 = torch.mv(basis, w)
+        w = w - torch.mv(basis.T, h2)
+        return w, float(h[-1] + h2[-1])
+
+    def step(self) -> None:
+        j = self.m
+        if j == self.V.shape[0]:  # grow the basis buffer geometrically
+            grown = torch.empty(min(2 * j, self.op.dim), self.op.dim, dtype=self.V.dtype, device=self.V.device)
+            grown[:j] = self.V
+            self.V = grown
+        self.V[j] = self._next
+        w, a = self._orthogonalize(self.op.matvec(self.V[j]), j + 1)
+        b = float(torch.linalg.vector_norm(w))
+        self.alpha.append(a)
+        self.anorm = max(self.anorm, abs(a) + b + (self.beta[-1] if self.beta else 0.0))
+        self.m += 1
+        if self.m == self.op.dim:
+            self.beta.append(0.0)
+            self.exhausted = True
+        elif b > self.tiny * self.anorm:
+            self.beta.append(b)
+            self._next = w / b
+        else:
+            self.beta.append(0.0)
+            if not self.restart or self.gen is None:
+                self.exhausted = True
+                return
+            r, _ = self._orthogonalize(_random_vector(self.op, self.gen), self.m)
+            self._next = r / torch.linalg.vector_norm(r)
+            self.n_restarts += 1
+
+    def ritz(self) -> tuple[np.ndarray, np.ndarray]:
+        """Eigen-decomposition of T_m in float64: ascending θ and eigenvectors S (m×m)."""
+        d = np.asarray(self.alpha, dtype=np.float64)
+        if len(d) == 1:
+            return d.copy(), np.ones((1, 1))
+        return scipy.linalg.eigh_tridiagonal(d, np.asarray(self.beta[:-1], dtype=np.float64))
+
+
+def lanczos_eigs(op: Operator, k: int = 5, which: Which = "largest", tol: float = 1e-6, *,
+                 atol: float = 0.0, max_iter: int | None = None, seed: int = 0,
+                 return_vectors: bool = True, verify: bool = True) -> EigResult:
+    """The k algebraically largest (``which="largest"``, top-k) or smallest (``"smallest"``, the
+    most negative) eigenpairs of the symmetric operator by Lanczos with full reorthogonalization.
+
+    The Krylov space grows one product at a time from a seeded Gaussian start vector until the k
+    wanted Ritz pairs satisfy ``β_m |s_{m,i}| ≤ max(tol·|θ_i|, atol, floor)`` (module docstring),
+    or ``max_iter`` (default ``min(dim, 50 + 20k)``) is reached. With ``verify`` the true residuals
+    ``‖A y_i − θ_i y_i‖`` are then computed with k extra products (counted in ``n_matvecs``) and
+    decide ``converged``; without it the (free) Lanczos estimates are reported, which agree with the
+    true residuals up to roundoff.
+
+    Repeated eigenvalues: the Krylov space of one start vector holds only the start vector's
+    projection onto an eigenspace, so an exactly repeated eigenvalue is found once (its eigenvector
+    is that projection, normalized) in exact arithmetic (unless the Krylov space becomes invariant
+    and a restart reaches the other copies). In floating point, roundoff (~eps·‖A‖ per product)
+    seeds the other copies once the first has converged, and full reorthogonalization lets them
+    grow and converge after roughly as many further steps again. So a repeated eigenvalue is listed with its multiplicity only if the
+    wanted pairs take long enough to converge; otherwise it is listed once and the list goes on
+    with the next distinct eigenvalue. Measured (D = 400, bulk in [0, 1]): spectrum 8, 8, 6, bulk:
+    k=2 returns [8, 6] (10 products), k=3 returns [8, 8, 6] (22–24 products). Every returned value
+    is an eigenvalue to within its residual either way; ask for more pairs than needed (or compare
+    two seeds) when multiplicity matters.
+    """
+    if which not in ("largest", "smallest"):
+        raise ValueError(f"which must be 'largest' or 'smallest', got {which!r}")
+    if not 1 <= k <= op.dim:
+        raise ValueError(f"need 1 <= k <= dim={op.dim}, got k={k}")
+    max_iter = min(op.dim, max_iter if max_iter is not None else 50 + 20 * k)
+    max_iter = max(max_iter, k)
+    start = op.n_matvecs
+    gen = torch.Generator().manual_seed(seed)
+    lz = _Lanczos(op, _random_vector(op, gen), restart=True, capacity=min(max_iter, 2 * k + 20), gen=gen)
+    floor_c = 100.0 * torch.finfo(op.dtype).eps
+
+    def wanted(theta: np.ndarray) -> np.ndarray:
+        order = np.argsort(-theta if which == "largest" else theta, kind="stable")
+        return order[:k]
+
+    def thresholds(theta_k: np.ndarray) -> np.ndarray:
+        return np.maximum(np.maximum(tol * np.abs(theta_k), atol), floor_c * lz.anorm)
+
+    while lz.m < max_iter and not lz.exhausted:
+        lz.step()
+        if lz.m >= k:
+            theta, s = lz.ritz()
+            idx = wanted(theta)
+            est = abs(lz.beta[-1]) * np.abs(s[-1, idx])
+            if np.all(est <= thresholds(theta[idx])):
+                break
+    theta, s = lz.ritz()
+    idx = wanted(theta)
+    m = lz.m
+    vals = theta[idx]
+    est = abs(lz.beta[-1]) * np.abs(s[-1, idx])
+    vecs = None
+    if return_vectors or verify:
+        coeffs = torch.from_numpy(np.ascontiguousarray(s[:, idx])).to(dtype=op.dtype, device=op.device)
+        vecs = lz.V[:m].T @ coeffs
+        vecs = vecs / torch.linalg.vector_norm(vecs, dim=0, keepdim=True)
+    if verify:
+        assert vecs is not None
+        res = np.array([float(torch.linalg.vector_norm(op.matvec(vecs[:, i]) - float(vals[i]) * vecs[:, i]))
+                        for i in range(k)])
+    else:
+        res = est
+    return EigResult(
+        eigenvalues=torch.from_numpy(vals.copy()),
+        eigenvectors=vecs if return_vectors else None,
+        residuals=torch.from_numpy(np.asarray(res, dtype=np.float64)),
+        converged=torch.from_numpy(res <= thresholds(vals)),
+        n_matvecs=op.n_matvecs - start, iterations=m, which=which, n_restarts=lz.n_restarts)
+
+
+def power_iteration(op: Operator, k: int = 1, tol: float = 1e-6, max_iter: int = 1000, *,
+                    seed: int = 0) -> EigResult:
+    """Baseline: power iteration with projection deflation, v ← P A v / ‖P A v‖ with
+    ``P = I − V Vᵀ`` over the pairs already found, λ = vᵀAv (Rayleigh quotient).
+
+    Finds eigenvalues in order of *magnitude* (dominant first). Pair i is ``converged`` when the
+    residual of the *deflated* problem ``‖P A v − λ v‖ ≤ max(tol·|λ|, floor)``; the reported
+    ``residuals`` are the true ``‖Av − λv‖``, which for i > 1 also contain ``‖Vᵀ A v‖ ≤`` the
+    earlier pairs' residuals (the usual accuracy limit of deflation). Converges like
+    ``(|λ_{i+1}|/|λ_i|)^t``, so it is only a reference for well-separated top eigenvalues.
+    One product per step; residuals come from the same Av (no extra products).
+    """
+    if not 1 <= k <= op.dim:
+        raise ValueError(f"need 1 <= k <= dim={op.dim}, got k={k}")
+    start = op.n_matvecs
+    gen = torch.Generator().manual_seed(seed)
+    floor_c = 100.0 * torch.finfo(op.dtype).eps
+    basis = torch.empty(op.dim, 0, dtype=op.dtype, device=op.device)
+    vals, res, conv, total = [], [], [], 0
+
+    def deflate(x: Tensor) -> Tensor:
+        return x - basis @ (basis.T @ x) if basis.shape[1] else x
+
+    for _ in range(k):
+        v = deflate(_random_vector(op, gen))
+        v = v / torch.linalg.vector_norm(v)
+        lam, r, ok = math.nan, math.inf, False
+        for _ in range(max_iter):
+            av = op.matvec(v)
+            total += 1
+            lam = float(v @ av)
+            r = float(torch.linalg.vector_norm(av - lam * v))
+            w = deflate(deflate(av))
+            if float(torch.linalg.vector_norm(w - lam * v)) <= max(tol * abs(lam), floor_c * abs(lam)):
+                ok = True
+                break
+            v = w / torch.linalg.vector_norm(w)
+        vals.append(lam)
+        res.append(r)
+        conv.append(ok)
+        basis = torch.cat([basis, v[:, None]], dim=1)
+    return EigResult(eigenvalues=torch.tensor(vals, dtype=torch.float64), eigenvectors=basis,
+                     residuals=torch.tensor(res, dtype=torch.float64), converged=torch.tensor(conv),
+                     n_matvecs=op.n_matvecs - start, iterations=total, which="largest")
+
+
+def spectral_summary(top: EigResult, bottom: EigResult | None = None) -> dict[str, float]:
+    """Scalar curvature summaries from a top-k (and optional bottom-k) result.
+
+    - ``lambda_max`` = λ1, ``lambda_2`` = λ2 (NaN if k = 1), ``spectral_gap`` = λ1 − λ2,
+      ``gap_ratio`` = λ2/λ1;
+    - with ``bottom``: ``lambda_min`` and ``negative_ratio`` = |λmin/λmax| (the Ghorbani et al. 2019
+      measure of negative curvature);
+    - ``condition_number`` = max R / min R over R = the *converged* eigenvalues > 0 in top ∪ bottom
+      ("resolved positive spectrum"), with ``lambda_min_positive`` = min R. When ``bottom`` reaches the
+      smallest positive eigenvalue (positive-definite A) this is the true κ(A); otherwise it is
+      λ1/λk, a lower bound on the condition number of the positive part. NaN if R is empty.
+    - ``all_converged``: 1.0 if every reported pair converged, else 0.0.
+    """
+    nan = math.nan
+    t = top.eigenvalues.tolist()
+    out: dict[str, float] = {
+        "lambda_max": t[0],
+        "lambda_2": t[1] if len(t) > 1 else nan,
+        "spectral_gap": t[0] - t[1] if len(t) > 1 else nan,
+        "gap_ratio": t[1] / t[0] if len(t) > 1 and t[0] != 0 else nan,
+    }
+    resolved = [lam for lam, ok in zip(t, top.converged.tolist()) if ok and lam > 0]
+    flags = top.converged.tolist()
+    if bottom is not None:
+        b = bottom.eigenvalues.tolist()
+        out["lambda_min"] = b[0]
+        out["negative_ratio"] = abs(b[0] / t[0]) if t[0] != 0 else nan
+        resolved += [lam for lam, ok in zip(b, bottom.converged.tolist()) if ok and lam > 0]
+        flags += bottom.converged.tolist()
+    out["lambda_min_positive"] = min(resolved) if resolved else nan
+    out["condition_number"] = max(resolved) / min(resolved) if resolved else nan
+    out["all_converged"] = float(all(flags))
+    return out

@@ -1,0 +1,52 @@
+"""The symmetric linear-operator interface every curvature estimator takes.
+
+An operator maps a flat vector ``v`` of shape ``(dim,)`` to ``A v`` and counts how
+many products it has computed (``n_matvecs``), so every estimator can report its
+cost in products, the unit that matters for Hessians.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+
+@runtime_checkable
+class Operator(Protocol):
+    dim: int
+    dtype: torch.dtype
+    device: torch.device
+    n_matvecs: int
+
+    def matvec(self, v: Tensor) -> Tensor:
+        """``A @ v`` for ``v`` of shape ``(dim,)``; increments ``n_matvecs``."""
+        ...
+
+
+class DenseOperator:
+    """A symmetric matrix held in memory (exact references, tests, small problems)."""
+
+    def __init__(self, matrix: Tensor) -> None:
+        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+            raise ValueError(f"expected a square matrix, got shape {tuple(matrix.shape)}")
+        self.matrix = matrix
+        self.dim = matrix.shape[0]
+        self.dtype = matrix.dtype
+        self.device = matrix.device
+        self.n_matvecs = 0
+
+    def matvec(self, v: Tensor) -> Tensor:
+        self.n_matvecs += 1
+        return self.matrix @ v
+
+
+def quadratic_with_spectrum(eigenvalues: Tensor, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """``(A, Q)`` with ``A = Q diag(eigenvalues) Q^T`` for a seeded random orthogonal ``Q``:
+    an analytic oracle for every spectral estimator."""
+    g = torch.Generator().manual_seed(seed)
+    n = eigenvalues.numel()
+    q, r = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=eigenvalues.dtype))
+    q = q * torch.sign(torch.diagonal(r))
+    return (q * eigenvalues) @ q.T, q

@@ -1,0 +1,156 @@
+"""Stochastic trace estimators for a symmetric operator, each with a standard error.
+
+- Hutchinson (Hutchinson 1990; Avron & Toledo 2011): ``tr A = E[zᵀ A z]`` for probes with
+  ``E[z zᵀ] = I``. Rademacher z (default) has the smallest variance among i.i.d. probes,
+  ``Var = 2(‖A‖_F² − Σ_i A_ii²)``; Gaussian z has ``Var = 2‖A‖_F²``.
+- Hutch++ (Meyer, Musco, Musco & Woodruff 2021, "Hutch++: optimal stochastic trace estimation"):
+  with budget m, sketch ``S`` (dim × m/3 Rademacher), ``Q = orth(A S)``, then
+  ``tr A = tr(Qᵀ A Q) + tr((I − QQᵀ) A (I − QQᵀ))``, the second term by Hutchinson with the
+  remaining m/3 products. Error O(1/m) instead of O(1/√m) for spectra with a few large eigenvalues.
+- Deflated trace (GUIDE §6): the top-k eigenpairs ``(Λ, V)`` computed anyway give
+  ``tr A = Σ λ_i + tr((I − VVᵀ) A (I − VVᵀ))``, the remainder by Hutchinson.
+
+Every estimator reports ``n_matvecs`` (products used, from the operator's counter) and a standard
+error ``stderr = std(samples, ddof=1)/√n`` of its stochastic part (deterministic parts add none).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from landscope.probes.lanczos import EigResult
+from landscope.probes.operator import Operator
+
+Dist = Literal["rademacher", "gaussian"]
+
+
+@dataclass
+class TraceResult:
+    """``estimate`` of tr A with its ``stderr``; ``samples`` (n,) float64 are the stochastic terms
+    ``zᵀ A z`` (of the deflated/projected operator for Hutch++ and deflated traces), ``exact_part``
+    the deterministic term added to their mean (0 for plain Hutchinson)."""
+
+    estimate: float
+    stderr: float
+    n_samples: int
+    n_matvecs: int
+    samples: Tensor
+    exact_part: float = 0.0
+
+    @property
+    def rse(self) -> float:
+        """Relative standard error ``stderr / |estimate|`` (inf when the estimate is 0)."""
+        return self.stderr / abs(self.estimate) if self.estimate != 0 else math.inf
+
+
+def probe_vector(dim: int, gen: torch.Generator, dist: Dist, dtype: torch.dtype,
+                 device: torch.device | str = "cpu") -> Tensor:
+    """One probe with ``E[z zᵀ] = I``: Rademacher (±1) or standard Gaussian, drawn on the CPU from
+    ``gen`` (so results depend only on the seed) and moved to ``device``."""
+    if dist == "rademacher":
+        z = torch.randint(0, 2, (dim,), generator=gen).to(dtype) * 2 - 1
+    elif dist == "gaussian":
+        z = torch.randn(dim, generator=gen, dtype=dtype)
+    else:
+        raise ValueError(f"dist must be 'rademacher' or 'gaussian', got {dist!r}")
+    return z.to(device)
+
+
+def _stderr(samples: list[float]) -> float:
+    n = len(samples)
+    if n < 2:
+        return math.inf
+    return float(torch.tensor(samples, dtype=torch.float64).std(correction=1)) / math.sqrt(n)
+
+
+def _hutchinson(op: Operator, *, n_samples: int | None, gen: torch.Generator, dist: Dist,
+                target_rse: float | None, min_samples: int, max_samples: int,
+                project: Callable[[Tensor], Tensor] | None, exact_part: float,
+                start: int) -> TraceResult:
+    """Core loop: samples ``(Pz)ᵀ A (Pz)`` until ``n_samples`` (fixed mode) or until
+    ``stderr/|estimate| ≤ target_rse`` with at least ``min_samples`` (auto-stop mode)."""
+    samples: list[float] = []
+    limit = max_samples if target_rse is not None else int(n_samples or 0)
+    while len(samples) < limit:
+        z = probe_vector(op.dim, gen, dist, op.dtype, op.device)
+        if project is not None:
+            z = project(z)
+        samples.append(float(z @ op.matvec(z)))
+        if target_rse is not None and len(samples) >= min_samples:
+            est = exact_part + sum(samples) / len(samples)
+            if est != 0 and _stderr(samples) <= target_rse * abs(est):
+                break
+    n = len(samples)
+    mean = sum(samples) / n if n else 0.0
+    return TraceResult(estimate=exact_part + mean, stderr=_stderr(samples) if n else math.inf,
+                       n_samples=n, n_matvecs=op.n_matvecs - start,
+                       samples=torch.tensor(samples, dtype=torch.float64), exact_part=exact_part)
+
+
+def hutchinson(op: Operator, n_samples: int | None = None, seed: int = 0, dist: Dist = "rademacher", *,
+               target_rse: float | None = None, min_samples: int = 10,
+               max_samples: int = 10_000) -> TraceResult:
+    """Hutchinson's estimator ``tr A ≈ (1/n) Σ z_iᵀ A z_i`` (one product per sample).
+
+    Fixed mode: ``n_samples`` samples (default 100). Auto-stop mode (``target_rse`` given, then
+    ``n_samples`` must be None): draw until the relative standard error ``stderr/|estimate|`` is at
+    most ``target_rse`` with at least ``min_samples`` samples (the stderr of a handful of samples is
+    itself too noisy to stop on), or ``max_samples`` is reached (check ``result.rse``).
+    """
+    if target_rse is not None and n_samples is not None:
+        raise ValueError("give either n_samples (fixed) or target_rse (auto-stop), not both")
+    if target_rse is None and n_samples is None:
+        n_samples = 100
+    if n_samples is not None and n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    return _hutchinson(op, n_samples=n_samples, gen=torch.Generator().manual_seed(seed), dist=dist,
+                       target_rse=target_rse, min_samples=max(2, min_samples), max_samples=max_samples,
+                       project=None, exact_part=0.0, start=op.n_matvecs)
+
+
+def _projector(basis: Tensor) -> Callable[[Tensor], Tensor]:
+    """``z ↦ (I − B Bᵀ) z`` for orthonormal columns B, applied twice for orthogonality."""
+    def project(z: Tensor) -> Tensor:
+        for _ in range(2):
+            z = z - basis @ (basis.T @ z)
+        return z
+    return project
+
+
+def hutchpp(op: Operator, n_matvecs_budget: int, seed: int = 0, dist: Dist = "rademacher") -> TraceResult:
+    """Hutch++ (Meyer et al. 2021, Algorithm 1) with ``n_matvecs_budget = m`` products:
+    ``s = ⌊m/3⌋`` for the sketch ``A S``, ``s`` for ``tr(Qᵀ A Q)`` and ``m − 2s`` Hutchinson samples of
+    the projected remainder ``(I − QQᵀ) A (I − QQᵀ)``. ``exact_part = tr(Qᵀ A Q)``; the stderr is that
+    of the Hutchinson part (the sketch part is exact given Q, and the estimator is unbiased for any Q).
+    """
+    if n_matvecs_budget < 4:
+        raise ValueError(f"Hutch++ needs a budget of at least 4 products, got {n_matvecs_budget}")
+    start = op.n_matvecs
+    gen = torch.Generator().manual_seed(seed)
+    s = min(n_matvecs_budget // 3, op.dim)
+    sketch = torch.stack([op.matvec(probe_vector(op.dim, gen, dist, op.dtype, op.device)) for _ in range(s)], 1)
+    q, _ = torch.linalg.qr(sketch)
+    exact = float(sum(float(q[:, i] @ op.matvec(q[:, i])) for i in range(q.shape[1])))
+    return _hutchinson(op, n_samples=n_matvecs_budget - 2 * s, gen=gen, dist=dist, target_rse=None,
+                       min_samples=2, max_samples=0, project=_projector(q), exact_part=exact, start=start)
+
+
+def deflated_trace(op: Operator, eig: EigResult, n_samples: int = 30, seed: int = 0,
+                   dist: Dist = "rademacher") -> TraceResult:
+    """``tr A ≈ Σ_i λ_i + Hutchinson[(I − VVᵀ) A (I − VVᵀ)]`` from eigenpairs already computed
+    (no products spent on them). Unbiased for any orthonormal V whose λ_i are the Rayleigh quotients
+    ``v_iᵀ A v_i`` (Ritz pairs are), since ``tr A = tr(VᵀAV) + tr(PAP)`` for ``P = I − VVᵀ``; the
+    variance drops to that of the deflated remainder (zero when V spans A's range).
+    """
+    if eig.eigenvectors is None:
+        raise ValueError("deflated_trace needs eigenvectors (call lanczos_eigs with return_vectors=True)")
+    v = eig.eigenvectors.to(dtype=op.dtype, device=op.device)
+    return _hutchinson(op, n_samples=n_samples, gen=torch.Generator().manual_seed(seed), dist=dist,
+                       target_rse=None, min_samples=2, max_samples=0, project=_projector(v),
+                       exact_part=float(eig.eigenvalues.sum()), start=op.n_matvecs)

@@ -1,0 +1,224 @@
+"""Spectral estimators (Lanczos, power iteration, Hutchinson/Hutch++/deflated trace, SLQ) against
+dense matrices with chosen spectra (``quadratic_with_spectrum``: the analytic oracle), float64."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from landscope.probes.density import _lanczos_quadrature, slq
+from landscope.probes.lanczos import lanczos_eigs, power_iteration, spectral_summary
+from landscope.probes.operator import DenseOperator, quadratic_with_spectrum
+from landscope.probes.trace import deflated_trace, hutchinson, hutchpp
+
+F64 = torch.float64
+
+
+def _uniform(n: int, lo: float, hi: float, seed: int) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=torch.Generator().manual_seed(seed), dtype=F64)
+
+
+def _op(eigs: torch.Tensor, seed: int = 1) -> tuple[DenseOperator, torch.Tensor]:
+    a, q = quadratic_with_spectrum(eigs, seed=seed)
+    return DenseOperator(a), q
+
+
+DECAY = 100.0 * 0.9 ** torch.arange(500, dtype=F64)                                # D = 500
+CLUSTER = torch.cat([10.0 - 0.01 * torch.arange(10, dtype=F64), _uniform(390, 0, 5, 0)])  # 10, 9.99, …
+NEGATIVE = torch.cat([torch.tensor([-3.0, -2.5, -2.5], dtype=F64), torch.linspace(-1, 5, 297, dtype=F64)])
+
+
+def _check_pairs(op: DenseOperator, res, expected: torch.Tensor) -> None:
+    assert res.converged.all()
+    assert ((res.eigenvalues - expected).abs() / expected.abs()).max() <= 1e-6
+    a, v = op.matrix, res.eigenvectors
+    assert torch.allclose(v.norm(dim=0), torch.ones(v.shape[1], dtype=F64), atol=1e-12)
+    true_res = (a @ v - v * res.eigenvalues).norm(dim=0)
+    assert (true_res <= res.residuals * (1 + 1e-6) + 1e-12).all()
+
+
+@pytest.mark.parametrize("name,eigs,k,which", [
+    ("decay", DECAY, 5, "largest"), ("cluster", CLUSTER, 5, "largest"),
+    ("negative-bottom", NEGATIVE, 3, "smallest"), ("cluster-bottom", -CLUSTER, 3, "smallest")])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_lanczos_top_and_bottom_eigenvalues(name, eigs, k, which, seed):
+    op, q = _op(eigs)
+    res = lanczos_eigs(op, k=k, which=which, seed=seed)
+    expected = torch.sort(eigs, descending=(which == "largest")).values[:k]
+    _check_pairs(op, res, expected)
+    assert res.n_matvecs == res.iterations + k          # Krylov steps + k verification products
+    # eigenvectors span the right eigenspaces (simple eigenvalues here, except -2.5 twice)
+    order = torch.argsort(eigs, descending=(which == "largest"))
+    for j in range(k):
+        space = q[:, (eigs - res.eigenvalues[j]).abs() < 1e-9]
+        assert (space.T @ res.eigenvectors[:, j]).norm() >= 1 - 1e-9, (name, j, order[j])
+    if name == "decay":
+        assert res.n_matvecs < 60
+
+
+def test_lanczos_repeated_eigenvalue_behaviour():
+    """Documented: a repeated eigenvalue is listed once when the wanted pairs converge before
+    roundoff seeds its other copies (k=2), with multiplicity when they take longer (k=3)."""
+    eigs = torch.cat([torch.tensor([8.0, 8.0, 6.0], dtype=F64), _uniform(397, 0, 1, 0)])
+    op, q = _op(eigs, seed=3)
+    two = lanczos_eigs(op, k=2, seed=0)
+    assert two.converged.all() and torch.allclose(two.eigenvalues, torch.tensor([8.0, 6.0], dtype=F64), rtol=1e-6)
+    assert (q[:, :2].T @ two.eigenvectors[:, 0]).norm() >= 1 - 1e-9  # inside the 2-d eigenspace
+    three = lanczos_eigs(op, k=3, seed=0)
+    _check_pairs(op, three, torch.tensor([8.0, 8.0, 6.0], dtype=F64))
+    v = three.eigenvectors[:, :2]                      # both copies: an orthonormal basis of the space
+    assert torch.allclose(v.T @ v, torch.eye(2, dtype=F64), atol=1e-8)
+    assert torch.linalg.svdvals(q[:, :2].T @ v).min() >= 1 - 1e-8
+
+
+def test_lanczos_float32_and_invariant_subspace_restart():
+    op32 = DenseOperator(_op(DECAY)[0].matrix.float())
+    res = lanczos_eigs(op32, k=5, seed=0)
+    assert res.converged.all() and res.eigenvectors.dtype == torch.float32
+    assert ((res.eigenvalues - DECAY[:5]) / DECAY[:5]).abs().max() <= 1e-5
+    # rank-3 matrix: the Krylov space is invariant after 4 steps -> restart, still exact
+    eigs = torch.cat([torch.tensor([3.0, 2.0, 1.0], dtype=F64), torch.zeros(97, dtype=F64)])
+    op, _ = _op(eigs)
+    res = lanczos_eigs(op, k=3, seed=0)
+    _check_pairs(op, res, eigs[:3])
+    # smallest 5: the first block holds one null vector; each restart (orthogonal to the basis,
+    # so inside the null space) adds one more -> [0, 0, 1, 2, 3]: true eigenvalues, not all zeros
+    low = lanczos_eigs(op, k=5, which="smallest", seed=0, atol=1e-10)
+    assert low.n_restarts >= 1 and low.converged.all()
+    assert torch.allclose(low.eigenvalues, torch.tensor([0.0, 0, 1, 2, 3], dtype=F64), atol=1e-10)
+
+
+def test_power_iteration_agrees_on_separated_top():
+    eigs = torch.cat([torch.tensor([10.0, 5.0], dtype=F64), _uniform(298, 0, 2, 1)])
+    op, _ = _op(eigs)
+    pw = power_iteration(op, k=2, seed=0)
+    lz = lanczos_eigs(op, k=2, seed=0)
+    assert pw.converged.all()
+    assert torch.allclose(pw.eigenvalues, lz.eigenvalues, rtol=1e-9)
+    assert abs(float(pw.eigenvectors[:, 0] @ lz.eigenvectors[:, 0])) >= 1 - 1e-9
+    assert pw.n_matvecs > lz.n_matvecs
+
+
+def test_spectral_summary():
+    op, _ = _op(NEGATIVE)
+    top, bottom = lanczos_eigs(op, k=3, seed=0), lanczos_eigs(op, k=2, which="smallest", seed=0)
+    s = spectral_summary(top, bottom)
+    assert s["lambda_max"] == pytest.approx(5.0, rel=1e-9) and s["lambda_min"] == pytest.approx(-3.0, rel=1e-9)
+    assert s["spectral_gap"] == pytest.approx(6 / 296, rel=1e-5)
+    assert s["negative_ratio"] == pytest.approx(0.6, rel=1e-9)
+    assert s["condition_number"] == pytest.approx(5.0 / (5.0 - 12 / 296), rel=1e-6)  # λ1/λ3: bottom is negative
+    pd, _ = _op(torch.cat([torch.tensor([1.0, 2.0, 20.0], dtype=F64), _uniform(197, 4, 10, 11)]))
+    s = spectral_summary(lanczos_eigs(pd, k=2, seed=0), lanczos_eigs(pd, k=2, which="smallest", seed=0))
+    assert s["condition_number"] == pytest.approx(20.0, rel=1e-6)
+    assert s["all_converged"] == 1.0 and math.isnan(spectral_summary(lanczos_eigs(pd, k=1))["lambda_2"])
+
+
+# ---------------------------------------------------------------- trace
+
+
+def test_hutchinson_unbiased_and_stderr_calibrated():
+    eigs = _uniform(200, -1, 3, 2)
+    op, _ = _op(eigs)
+    tr = float(eigs.sum())
+    runs = [hutchinson(op, n_samples=20, seed=s) for s in range(100)]
+    ests = torch.tensor([r.estimate for r in runs], dtype=F64)
+    assert abs(float(ests.mean()) - tr) <= 3 * float(ests.std()) / 10  # mean of 100 runs
+    single = hutchinson(op, n_samples=50, seed=123)
+    assert single.n_matvecs == 50 and abs(single.estimate - tr) <= 3 * single.stderr
+    covered = sum(abs(r.estimate - tr) <= 2 * r.stderr for r in runs)
+    assert covered >= 85  # ~95% nominal coverage of ±2 stderr
+    g = hutchinson(op, n_samples=50, seed=5, dist="gaussian")
+    assert abs(g.estimate - tr) <= 3 * g.stderr
+
+
+def test_hutchinson_auto_stop_reaches_target():
+    eigs = _uniform(300, 0.5, 2.0, 3)
+    op, _ = _op(eigs)
+    res = hutchinson(op, seed=0, target_rse=0.01, min_samples=10)
+    assert 10 <= res.n_samples < 10_000 and res.rse <= 0.01
+    assert abs(res.estimate - float(eigs.sum())) <= 4 * res.stderr
+    with pytest.raises(ValueError):
+        hutchinson(op, n_samples=5, target_rse=0.01)
+
+
+def test_hutchpp_beats_hutchinson_on_low_rank_plus_noise():
+    eigs = torch.cat([_uniform(10, 50, 100, 4), _uniform(390, 0, 0.1, 5)])
+    op, _ = _op(eigs)
+    tr = float(eigs.sum())
+    err_h = [abs(hutchinson(op, n_samples=60, seed=s).estimate - tr) for s in range(10)]
+    pp = [hutchpp(op, 60, seed=s) for s in range(10)]
+    err_pp = [abs(r.estimate - tr) for r in pp]
+    assert all(r.n_matvecs == 60 for r in pp)
+    assert sum(err_pp) * 20 <= sum(err_h)
+    assert sum(abs(r.estimate - tr) <= 3 * r.stderr for r in pp) >= 8  # stderr of 20 samples is itself noisy
+
+
+def test_deflated_trace():
+    rank = torch.cat([_uniform(8, 1, 10, 6), torch.zeros(192, dtype=F64)])
+    op, _ = _op(rank)
+    eig = lanczos_eigs(op, k=8, seed=0)
+    res = deflated_trace(op, eig, n_samples=10, seed=0)
+    assert res.n_matvecs == 10 and abs(res.estimate - float(rank.sum())) <= 1e-9 * float(rank.sum())
+    assert res.stderr <= 1e-9
+    eigs = torch.cat([_uniform(10, 50, 100, 4), _uniform(390, 0, 0.1, 5)])
+    op, _ = _op(eigs)
+    top = lanczos_eigs(op, k=10, seed=0)
+    d, h = deflated_trace(op, top, n_samples=30, seed=1), hutchinson(op, n_samples=30, seed=1)
+    assert abs(d.estimate - float(eigs.sum())) <= 3 * d.stderr and d.stderr * 50 <= h.stderr
+
+
+# ---------------------------------------------------------------- SLQ
+
+
+def test_quadrature_moments_exact():
+    eigs = _uniform(300, -1.0, 2.0, 7)
+    op, _ = _op(eigs)
+    v = torch.randn(300, generator=torch.Generator().manual_seed(0), dtype=F64)
+    m = 8
+    nodes, weights = _lanczos_quadrature(op, v, m)
+    assert op.n_matvecs == m and weights.sum() == pytest.approx(1.0, abs=1e-13)
+    u, a = v / v.norm(), op.matrix
+    apu = u.clone()                                    # A^p u
+    for p in range(2 * m):
+        exact = float(u @ apu)
+        apu = a @ apu
+        quad = float((weights * nodes**p).sum())
+        assert quad == pytest.approx(exact, rel=1e-8, abs=1e-10 * 2.0**p), p
+    # beyond 2m-1 the rule is no longer exact
+    exact = float(u @ torch.linalg.matrix_power(a, 2 * m) @ u)
+    assert abs(float((weights * nodes ** (2 * m)).sum()) - exact) > 1e-8 * abs(exact)
+
+
+def test_slq_trace_logdet_density():
+    eigs = _uniform(400, 0.1, 10.0, 8)
+    op, _ = _op(eigs)
+    res = slq(op, n_probes=10, m_steps=30, seed=0)
+    assert res.nodes.shape == (10, 30) and res.n_matvecs == 300
+    assert torch.allclose(res.weights.sum(1), torch.ones(10, dtype=F64), atol=1e-12)
+    tr = res.trace_estimate()
+    assert abs(tr.estimate - float(eigs.sum())) <= 3 * tr.stderr
+    eps = 1e-3
+    ld, exact = res.logdet(eps), float(torch.log(eigs + eps).sum())
+    assert abs(ld.estimate - exact) <= 0.05 * abs(exact) and abs(ld.estimate - exact) <= 3 * ld.stderr
+    assert res.moment(0) == pytest.approx(1.0)
+    grid = torch.linspace(-2, 12, 2001, dtype=F64)
+    dens = res.density(grid, sigma=0.1)
+    assert float(torch.trapezoid(dens, grid)) == pytest.approx(1.0, abs=1e-6)
+    with pytest.raises(ValueError):
+        res.logdet(-1.0)
+
+
+def test_slq_negative_mass_and_outliers():
+    eigs = torch.cat([_uniform(80, -2.0, -0.5, 9), _uniform(317, 0.5, 3.0, 10),
+                      torch.tensor([8.0, 15.0, 30.0], dtype=F64)])
+    op, _ = _op(eigs)
+    res = slq(op, n_probes=10, m_steps=30, seed=0)
+    assert res.negative_mass() == pytest.approx(80 / 400, abs=0.03)
+    out = res.outliers()
+    assert out.count == 3
+    assert torch.allclose(out.locations, torch.tensor([30.0, 15.0, 8.0], dtype=F64), rtol=1e-6)
+    assert ((out.multiplicities - 1).abs() <= 1.5).all() and 2.5 <= out.bulk_edge <= out.threshold < 8.0
+    bulk_only = slq(_op(eigs[:397])[0], n_probes=10, m_steps=30, seed=0).outliers()
+    assert bulk_only.count == 0
