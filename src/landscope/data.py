@@ -402,8 +402,10 @@ def _torchvision(key: _Key, spec: _Spec, train: bool) -> _Raw:
         ds = cls(root=key.data_dir, train=train, download=key.download)
     except Exception as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
+        hint = ("the download failed: this machine may be offline; put the files there "
+                "instead" if key.download else "replace the files or set dataset.download=true")
         raise DataError(f"dataset '{key.name}' under {key.data_dir}/ could not be loaded "
-                        f"({reason[:200]}); replace the files or set dataset.download=true") from exc
+                        f"({reason[:200]}); {hint}") from exc
     data = torch.as_tensor(np.asarray(ds.data))
     data = data.unsqueeze(1) if data.dim() == 3 else data.permute(0, 3, 1, 2)  # HWC -> CHW
     targets = torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
