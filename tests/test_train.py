@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -167,3 +168,38 @@ def test_sam_updates_batchnorm_statistics_from_the_unperturbed_point(compose):
     ours, ref = dict(model.named_buffers()), dict(reference.named_buffers())
     for name in (n for n in ours if "running" in n):
         torch.testing.assert_close(ours[name], ref[name], rtol=1e-6, atol=1e-7)
+
+
+def test_probes_on_final_checkpoint_verified_against_dense_hessian(compose, tmp_path):
+    overrides = ["probe=full", "probe.verify=true", "probe.data_size=200", "model.width=8",
+                 "model.depth=2", "train.epochs=2", "probe.every_n_epochs=1", *TINY]
+    result = train_job(compose(overrides), tmp_path, overrides)
+    p = result["probes"]
+    assert p["eig_all_converged"] and p["probe_mode"] == "eval" and p["probe_data_size"] == 200
+    # float32 model and operator against the float64 dense reference
+    assert p["verify_top_max_rel_error"] < 1e-4 and p["verify_bottom_max_abs_error"] < 1e-4
+    assert abs(p["verify_trace_error_in_stderr"]) < 4
+    assert p["lambda_max"] >= p["lambda_2"] and p["trace_stderr"] <= 0.011 * abs(p["trace"])
+    arrays = np.load(tmp_path / "probes" / f"{result['probe_fingerprint']}.npz")
+    assert arrays["eigenvalues_top"].shape == (5,) and arrays["eigenvectors_top"].shape[1] == 5
+    assert np.isclose(np.trapezoid(arrays["density"], arrays["density_grid"]), 1, atol=0.05)
+    rows = metrics_without_time(tmp_path)
+    assert all(r["curv_lambda_max"] > 0 and "curv_trace" in r for r in rows)
+
+
+def test_probes_added_to_a_finished_job_without_retraining(compose, tmp_path):
+    overrides = ["train.epochs=1", *TINY]
+    first = train_job(compose(overrides), tmp_path, overrides)
+    ckpt = tmp_path / "checkpoints" / "epoch_000001.pt"
+    stamp = ckpt.stat().st_mtime_ns
+    probed = train_job(compose([*overrides, "probe=basic"]), tmp_path, overrides)
+    assert probed["final"] == first["final"] and ckpt.stat().st_mtime_ns == stamp
+    assert probed["probes"]["lambda_max"] > 0 and "trace" in probed["probes"]
+    again = train_job(compose([*overrides, "probe=basic"]), tmp_path, overrides)
+    assert again["skipped"] and again["probes"] == probed["probes"]
+
+
+def test_diverged_jobs_are_not_probed(compose, tmp_path):
+    overrides = ["optimizer.lr=1e6", "train.epochs=3", "probe=basic", *TINY]
+    result = train_job(compose(overrides), tmp_path, overrides)
+    assert result["status"] == DIVERGED and result["probes"] == {"skipped": "diverged"}

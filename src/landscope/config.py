@@ -74,6 +74,24 @@ class Schedule(str, Enum):
 
 class ProbeName(str, Enum):
     none = "none"
+    basic = "basic"
+    standard = "standard"
+    full = "full"
+
+
+class NoiseAlignment(str, Enum):
+    """How tr(H Sigma) is computed: exact (n HVPs), hutchinson (30), lowrank (top-5 of Sigma)."""
+
+    exact = "exact"
+    hutchinson = "hutchinson"
+    lowrank = "lowrank"
+
+
+class ProbeMode(str, Enum):
+    """BatchNorm/dropout semantics of the probed loss."""
+
+    eval = "eval"
+    train = "train"  # batch statistics over a fixed micro-batch partition
 
 
 class LoggerName(str, Enum):
@@ -154,7 +172,33 @@ class TrainConfig:
 
 @dataclass
 class ProbeConfig:
+    """Curvature probes on the final checkpoint (and optionally during training).
+
+    The presets in ``conf/probe`` switch estimators on; every field can be overridden.
+    """
+
     name: ProbeName = ProbeName.none
+    data_size: Optional[int] = 1000  # seeded subset of the training set; null = all
+    micro_batch: int = 1000  # samples per forward/backward pass (bounds memory)
+    mode: ProbeMode = ProbeMode.eval
+    seed: int = 0
+    top_k: int = 0  # largest eigenpairs (Lanczos); 0 = off
+    bottom_k: int = 0  # most negative eigenpairs; 0 = off
+    lanczos_tol: float = 1e-6  # converged when ||Hv - lambda v|| <= tol * |lambda|
+    trace: bool = False  # Hutchinson, deflated by the top-k pairs, to a target rel. stderr
+    trace_rse: float = 0.01
+    density: bool = False  # stochastic Lanczos quadrature
+    slq_probes: int = 10
+    slq_steps: int = 30
+    density_grid: int = 400
+    density_sigma: float = 0.01  # Gaussian broadening, as a fraction of the spectral range
+    logdet_eps: float = 0.0  # > 0: log det(H + eps I) from the quadrature
+    noise: bool = False  # gradient-noise covariance from per-sample gradients
+    noise_samples: int = 256  # per-sample gradients held in memory (n x D)
+    noise_alignment: NoiseAlignment = NoiseAlignment.lowrank  # how tr(H Sigma) is computed
+    every_n_epochs: int = 0  # > 0: lambda_max and trace into metrics.jsonl during training
+    verify: bool = False  # compare every estimate with the dense float64 Hessian
+    verify_max_params: int = 5000
 
 
 @dataclass
@@ -228,3 +272,17 @@ def validate(cfg: Any) -> None:
     _check(d.test_size is None or d.test_size >= 1, "dataset.test_size", ">= 1 or null",
            d.test_size)
     _check(d.seed >= 0, "dataset.seed", ">= 0", d.seed)
+    p = cfg.probe
+    _check(p.data_size is None or p.data_size >= 1, "probe.data_size", ">= 1 or null",
+           p.data_size)
+    _check(p.micro_batch >= 1, "probe.micro_batch", ">= 1", p.micro_batch)
+    for key in ("top_k", "bottom_k", "every_n_epochs", "seed"):
+        _check(getattr(p, key) >= 0, f"probe.{key}", ">= 0", getattr(p, key))
+    _check(0 < p.lanczos_tol < 1, "probe.lanczos_tol", "in (0, 1)", p.lanczos_tol)
+    _check(0 < p.trace_rse < 1, "probe.trace_rse", "in (0, 1)", p.trace_rse)
+    _check(p.slq_probes >= 1 and p.slq_steps >= 2, "probe.slq_probes/slq_steps",
+           ">= 1 and >= 2", (p.slq_probes, p.slq_steps))
+    _check(p.density_grid >= 2 and p.density_sigma > 0, "probe.density_grid/density_sigma",
+           ">= 2 and > 0", (p.density_grid, p.density_sigma))
+    _check(p.logdet_eps >= 0, "probe.logdet_eps", ">= 0", p.logdet_eps)
+    _check(p.noise_samples >= 2, "probe.noise_samples", ">= 2", p.noise_samples)

@@ -18,6 +18,7 @@ anything was written).
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import platform
@@ -41,16 +42,19 @@ from landscope.checkpoint import capture_rng, load_latest, restore_rng, save_che
 from landscope.config import validate
 from landscope.data import check_available, load_data
 from landscope.errors import CheckpointError, LandscopeError
-from landscope.io import atomic_write_text, read_json, read_jsonl, write_json, write_jsonl
+from landscope.io import (atomic_write_bytes, atomic_write_text, read_json, read_jsonl,
+                          write_json, write_jsonl)
 from landscope.models import build_model, count_parameters
 from landscope.optim import build_optimizer, build_scheduler
+from landscope.probes.suite import curvature_during_training, probe_data, run_probes
 from landscope.train import STOP_DIVERGED, TrainState, evaluate, fit
 
 log = logging.getLogger("landscope")
 
 COMPLETED, DIVERGED, FAILED, INVALID = "completed", "diverged", "failed", "invalid"
 # Keys that do not change what a job computes; excluded from the fingerprint.
-_NON_RESULT_KEYS = ("name", "resume", "logger", "train.progress", "train.threads",
+# Probes are run (and cached) separately from training: see probe_fingerprint.
+_NON_RESULT_KEYS = ("name", "resume", "logger", "probe", "train.progress", "train.threads",
                     "train.checkpoint_every", "train.checkpoint_interval_s",
                     "train.keep_checkpoints", "dataset.data_dir",
                     "dataset.download")
@@ -66,8 +70,18 @@ def check_inputs(cfg: DictConfig) -> None:
     check_available(cfg.dataset)
 
 
+def probe_fingerprint(cfg: DictConfig) -> Optional[str]:
+    """Hash of the probe config (None when probes are off): a completed job whose
+    result.json carries another one gets its probes (re)computed, without retraining."""
+    if str(getattr(cfg.probe.name, "value", cfg.probe.name)) == "none":
+        return None
+    text = OmegaConf.to_yaml(OmegaConf.create(
+        OmegaConf.to_container(cfg.probe, resolve=True, enum_to_str=True)), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def fingerprint(cfg: DictConfig) -> str:
-    """Hash of the result-relevant part of the resolved config."""
+    """Hash of the training-relevant part of the resolved config."""
     c = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     for key in _NON_RESULT_KEYS:
         *parents, leaf = key.split(".")
@@ -143,6 +157,8 @@ def train_job(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: 
                 f"{previous.get('fingerprint')} != {fp}); use another hydra.sweep.dir / "
                 "hydra.run.dir or delete that directory")
         if previous.get("status") in (COMPLETED, DIVERGED) and cfg.resume:
+            if probe_fingerprint(cfg) not in (None, previous.get("probe_fingerprint")):
+                return probe_finished_job(cfg, job_dir, previous)
             log.info("%s: already %s, skipped", job_dir, previous["status"])
             return {**previous, "skipped": True}
 
@@ -178,9 +194,13 @@ def train_job(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: 
     write_jsonl(job_dir / "metrics.jsonl", state.history)
 
     last_save = [time.perf_counter()]
+    every = cfg.probe.every_n_epochs if probe_fingerprint(cfg) else 0
+    curvature_data = probe_data(data.train, cfg.probe) if every else None
 
     def on_epoch_end(st: TrainState, row: dict) -> None:
         last = row["stop_reason"] is not None or st.epoch == cfg.train.epochs
+        if every and st.epoch % every == 0 and row["stop_reason"] != STOP_DIVERGED:
+            row.update(curvature_during_training(st.model, curvature_data, cfg.probe))
         due = (st.epoch % cfg.train.checkpoint_every == 0 and
                time.perf_counter() - last_save[0] >= cfg.train.checkpoint_interval_s)
         if last or due:
@@ -223,7 +243,49 @@ def train_job(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: 
         "fingerprint": fp, "versions": package_versions(), "git_commit": git_commit(),
         "host": socket.gethostname(), "torch_threads": torch.get_num_threads(),
     }
+    result.update(_probe_results(cfg, job_dir, model, data, result["status"]))
     write_json(result_path, result)
+    return result
+
+
+def _probe_results(cfg: DictConfig, job_dir: Path, model, data, status: str) -> dict:
+    """``{"probes": scalars, "probe_fingerprint": pfp}`` for result.json.
+
+    Each probe config's results are cached in ``probes/<pfp>.json`` (scalars and the
+    probe config) and ``probes/<pfp>.npz`` (eigenvalues, eigenvectors, density), so
+    asking again for a config already run on this final checkpoint costs nothing."""
+    pfp = probe_fingerprint(cfg)
+    if pfp is None:
+        return {}
+    if status == DIVERGED:
+        return {"probes": {"skipped": "diverged"}, "probe_fingerprint": pfp}
+    cache = job_dir / "probes" / f"{pfp}.json"
+    try:
+        return {"probes": read_json(cache)["scalars"], "probe_fingerprint": pfp}
+    except (OSError, ValueError, KeyError):
+        pass
+    log.info("%s: running probes (%s)", job_dir, getattr(cfg.probe.name, "value", cfg.probe.name))
+    report = run_probes(model, data.train, cfg.probe)
+    buf = io.BytesIO()
+    np.savez(buf, **report.arrays)
+    atomic_write_bytes(job_dir / "probes" / f"{pfp}.npz", buf.getvalue())
+    write_json(cache, {"scalars": report.scalars, "arrays": sorted(report.arrays),
+                       "probe": OmegaConf.to_container(cfg.probe, resolve=True,
+                                                       enum_to_str=True)})
+    return {"probes": report.scalars, "probe_fingerprint": pfp}
+
+
+def probe_finished_job(cfg: DictConfig, job_dir: Path, previous: dict) -> dict:
+    """Run the configured probes on a finished job's final checkpoint (no retraining)
+    and update its result.json."""
+    ckpt = load_latest(Path(job_dir) / "checkpoints", warn=lambda m: log.warning("warning: %s", m))
+    if ckpt is None or ckpt.get("epoch") != previous.get("epochs_completed"):
+        raise CheckpointError(f"{job_dir} has no final checkpoint to probe")
+    data = load_data(cfg.dataset)
+    model = build_model(cfg.model, data.meta)
+    model.load_state_dict(ckpt["model"])
+    result = {**previous, **_probe_results(cfg, Path(job_dir), model, data, previous["status"])}
+    write_json(Path(job_dir) / "result.json", result)
     return result
 
 

@@ -141,16 +141,22 @@ def hutchpp(op: Operator, n_matvecs_budget: int, seed: int = 0, dist: Dist = "ra
                        min_samples=2, max_samples=0, project=_projector(q), exact_part=exact, start=start)
 
 
-def deflated_trace(op: Operator, eig: EigResult, n_samples: int = 30, seed: int = 0,
-                   dist: Dist = "rademacher") -> TraceResult:
+def deflated_trace(op: Operator, eig: EigResult, n_samples: int | None = 30, seed: int = 0,
+                   dist: Dist = "rademacher", *, target_rse: float | None = None,
+                   min_samples: int = 10, max_samples: int = 10_000) -> TraceResult:
     """``tr A ≈ Σ_i λ_i + Hutchinson[(I − VVᵀ) A (I − VVᵀ)]`` from eigenpairs already computed
     (no products spent on them). Unbiased for any orthonormal V whose λ_i are the Rayleigh quotients
     ``v_iᵀ A v_i`` (Ritz pairs are), since ``tr A = tr(VᵀAV) + tr(PAP)`` for ``P = I − VVᵀ``; the
     variance drops to that of the deflated remainder (zero when V spans A's range).
+    With ``target_rse`` (then ``n_samples`` is ignored) it samples until the relative standard
+    error of the whole estimate is at most ``target_rse``, as :func:`hutchinson` does.
     """
     if eig.eigenvectors is None:
         raise ValueError("deflated_trace needs eigenvectors (call lanczos_eigs with return_vectors=True)")
     v = eig.eigenvectors.to(dtype=op.dtype, device=op.device)
-    return _hutchinson(op, n_samples=n_samples, gen=torch.Generator().manual_seed(seed), dist=dist,
-                       target_rse=None, min_samples=2, max_samples=0, project=_projector(v),
+    auto = target_rse is not None
+    return _hutchinson(op, n_samples=None if auto else n_samples,
+                       gen=torch.Generator().manual_seed(seed), dist=dist, target_rse=target_rse,
+                       min_samples=max(2, min_samples) if auto else 2,
+                       max_samples=max_samples if auto else 0, project=_projector(v),
                        exact_part=float(eig.eigenvalues.sum()), start=op.n_matvecs)

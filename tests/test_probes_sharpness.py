@@ -1,0 +1,214 @@
+"""Tests for landscope.probes.sharpness: every measure against a closed form on float64
+quadratics, plus a tiny MLP through ModelObjective (finite, ordered, model untouched)."""
+
+from __future__ import annotations
+
+import math
+import types
+
+import pytest
+import torch
+
+from landscope.errors import LandscopeError
+from landscope.models import build_model
+from landscope.probes.hvp import HessianOperator
+from landscope.probes.operator import quadratic_with_spectrum
+from landscope.probes.probe_data import ProbeData
+from landscope.probes.sharpness import (ModelObjective, QuadraticObjective, average_sharpness,
+                                        keskar_sharpness, pac_bayes_flatness,
+                                        worst_case_sharpness)
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+torch.set_num_threads(1)
+
+F64 = torch.float64
+LAM = torch.tensor([4.0, 2.0, 1.5, 1.0, 0.8, 0.5, 0.3, 0.2, 0.1, 0.0], dtype=F64)
+DIAG = torch.tensor([3.0, 2.0, 1.0, 0.5, 0.25, 0.1, 0.0, 1.5], dtype=F64)
+
+
+def vec(n: int, seed: int) -> torch.Tensor:
+    return torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=F64)
+
+
+def trust_region_max(A: torch.Tensor, theta: torch.Tensor, rho: float) -> float:
+    """``max_{||d|| <= rho} 1/2 (theta+d)^T A (theta+d) - 1/2 theta^T A theta`` (A PSD), from
+    the secular equation ``sum (lam_i t_i / (mu - lam_i))^2 = rho^2``, ``mu > lam_max``."""
+    lam, Q = torch.linalg.eigh(A)
+    t = Q.T @ theta
+    if float(t.norm()) == 0.0:
+        return 0.5 * rho ** 2 * float(lam.max())
+    lo, hi = float(lam.max()), float(lam.max()) * (1 + float(t.norm()) / rho) + 1e-12
+    for _ in range(200):
+        mu = 0.5 * (lo + hi)
+        if float(((lam * t / (mu - lam)) ** 2).sum()) > rho ** 2:
+            lo = mu
+        else:
+            hi = mu
+    x = t + lam * t / (mu - lam)
+    return float(0.5 * (lam * x * x).sum() - 0.5 * (lam * t * t).sum())
+
+
+def box_max_diag(a: torch.Tensor, theta: torch.Tensor, half: torch.Tensor) -> float:
+    """``max_{|y_i| <= half_i} 1/2 sum a_i (theta_i+y_i)^2 - ...`` for ``a >= 0`` (a corner)."""
+    return float(0.5 * (a * ((theta.abs() + half) ** 2 - theta ** 2)).sum())
+
+
+# ----------------------------------------------------------------------------- worst case
+def test_worst_case_at_minimum_is_half_rho2_lambda_max() -> None:
+    A, _ = quadratic_with_spectrum(LAM, seed=1)
+    obj = QuadraticObjective(A)
+    res = worst_case_sharpness(obj, [0.1, 0.5], steps=30, seed=3)
+    for rho, v in zip(res.rhos, res.values):
+        assert v == pytest.approx(0.5 * rho ** 2 * 4.0, rel=1e-6)
+    assert res.one_step == [0.0, 0.0]  # zero gradient: SAM's step is delta = 0
+    assert res.n_grad_evals == 1 + 2 * res.restarts * res.steps
+    assert torch.equal(obj.theta0, torch.zeros(10, dtype=F64))
+
+
+@pytest.mark.parametrize("rho", [0.05, 0.3, 2.0])
+def test_worst_case_matches_trust_region(rho: float) -> None:
+    A, _ = quadratic_with_spectrum(LAM, seed=2)
+    theta = vec(10, 4)
+    obj = QuadraticObjective(A, theta0=theta)
+    res = worst_case_sharpness(obj, [rho], steps=40)
+    exact = trust_region_max(A, theta, rho)
+    assert res.values[0] == pytest.approx(exact, rel=1e-6)
+    assert 0 < res.one_step[0] <= res.values[0] + 1e-15
+    assert torch.equal(obj.theta0, theta)
+
+
+def test_adaptive_l2_matches_scaled_trust_region() -> None:
+    A, _ = quadratic_with_spectrum(LAM, seed=5)
+    theta, eta, rho = vec(10, 6), 0.1, 0.2
+    res = worst_case_sharpness(QuadraticObjective(A, theta0=theta), [rho], adaptive=True,
+                               eta=eta, steps=60)
+    c = theta.abs() + eta  # theta + c*z = C (theta/c + z): trust region for C A C
+    exact = trust_region_max(c[:, None] * A * c[None, :], theta / c, rho)
+    assert res.values[0] == pytest.approx(exact, rel=1e-6)
+    assert res.scale == "adaptive" and res.one_step[0] <= res.values[0] + 1e-15
+
+
+def test_adaptive_linf_diagonal_is_box_corner() -> None:
+    theta, eta, rho = vec(8, 7), 0.05, 0.1
+    res = worst_case_sharpness(QuadraticObjective(torch.diag(DIAG), theta0=theta), [rho],
+                               p="inf", adaptive=True, eta=eta, steps=5)
+    exact = box_max_diag(DIAG, theta, rho * (theta.abs() + eta))
+    assert res.values[0] == pytest.approx(exact, rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- Keskar
+def test_keskar_at_zero_is_corner_value() -> None:
+    res = keskar_sharpness(QuadraticObjective(torch.diag(DIAG)), [1e-3, 5e-3], steps=5)
+    for eps, v in zip(res.epsilons, res.values):
+        assert v == pytest.approx(100 * 0.5 * float(DIAG.sum()) * eps ** 2, rel=1e-12)
+
+
+def test_keskar_away_from_zero_with_offset() -> None:
+    theta, eps, c0 = vec(8, 8), 5e-3, 0.7
+    obj = QuadraticObjective(torch.diag(DIAG), c=c0, theta0=theta)
+    res = keskar_sharpness(obj, [eps], steps=5)
+    base = 0.5 * float((DIAG * theta ** 2).sum()) + c0
+    assert res.base_loss == pytest.approx(base, rel=1e-12)
+    inc = box_max_diag(DIAG, theta, eps * (theta.abs() + 1))
+    assert res.max_increase[0] == pytest.approx(inc, rel=1e-12)
+    assert res.values[0] == pytest.approx(100 * inc / (1 + base), rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- average
+def test_random_average_sharpness_is_half_rho2_trace() -> None:
+    A, _ = quadratic_with_spectrum(LAM, seed=9)
+    theta = vec(10, 10)  # the linear term averages out: independent of theta
+    res = average_sharpness(QuadraticObjective(A, theta0=theta), [0.1, 0.3], n_samples=400,
+                            seed=1)
+    for rho, m, s in zip(res.rhos, res.means, res.stderrs):
+        assert abs(m - 0.5 * rho ** 2 * float(LAM.sum())) <= 4 * s
+    assert res.n_loss_evals == 1 + 2 * 400
+
+
+def test_adaptive_average_sharpness_is_weighted_diagonal() -> None:
+    A, _ = quadratic_with_spectrum(LAM, seed=11)
+    theta, eta, rho = vec(10, 12), 0.2, 0.3
+    res = average_sharpness(QuadraticObjective(A, theta0=theta), [rho], adaptive=True,
+                            eta=eta, n_samples=400, seed=2)
+    c = theta.abs() + eta
+    exact = 0.5 * rho ** 2 * float((torch.diagonal(A) * c ** 2).sum())
+    assert abs(res.means[0] - exact) <= 4 * res.stderrs[0]
+    again = average_sharpness(QuadraticObjective(A, theta0=theta), [rho], adaptive=True,
+                              eta=eta, n_samples=400, seed=2)
+    assert again.means == res.means  # seeded
+
+
+# ----------------------------------------------------------------------------- PAC-Bayes
+def test_pac_bayes_loss_target_on_quadratic() -> None:
+    A, _ = quadratic_with_spectrum(LAM, seed=13)
+    target = 0.05
+    res = pac_bayes_flatness(QuadraticObjective(A), target=target, n_draws=800, seed=4)
+    assert res.criterion == "loss" and res.bracketed
+    exact = math.sqrt(2 * target / float(LAM.sum()))
+    assert res.sigma == pytest.approx(exact, rel=0.05)
+    assert res.measure == pytest.approx(1 / res.sigma ** 2)
+
+
+def test_pac_bayes_magnitude_aware_on_quadratic() -> None:
+    theta, target, eps = vec(8, 14), 0.02, 1e-2
+    res = pac_bayes_flatness(QuadraticObjective(torch.diag(DIAG), theta0=theta),
+                             target=target, magnitude_aware=True, eps=eps, n_draws=800)
+    # E[L(theta+u)] - L(theta) = 1/2 sum a_i (sigma^2 theta_i^2 + eps^2)
+    exact = math.sqrt((2 * target - eps ** 2 * float(DIAG.sum()))
+                      / float((DIAG * theta ** 2).sum()))
+    assert res.sigma == pytest.approx(exact, rel=0.05)
+
+
+def test_errors() -> None:
+    obj = QuadraticObjective(torch.diag(DIAG))
+    with pytest.raises(LandscopeError):
+        worst_case_sharpness(obj, [])
+    with pytest.raises(LandscopeError):
+        worst_case_sharpness(obj, [0.1], p="1")  # type: ignore[arg-type]
+    with pytest.raises(LandscopeError):
+        keskar_sharpness(obj, [-1e-3])
+    with pytest.raises(LandscopeError):
+        pac_bayes_flatness(obj, criterion="accuracy")
+    with pytest.raises(LandscopeError):
+        average_sharpness(obj, [0.1], n_samples=1)
+
+
+# ----------------------------------------------------------------------------- a network
+def test_mlp_model_objective() -> None:
+    torch.manual_seed(0)
+    meta = types.SimpleNamespace(input_shape=(1, 12), num_classes=3)
+    model = build_model(dict(name="mlp", width=6, depth=2), meta).double().train()
+    x, y = torch.randn(20, 1, 12, dtype=F64), torch.randint(0, 3, (20,))
+    data = ProbeData.from_tensors(x, y, micro_batch=8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    obj = ModelObjective(model, data)
+
+    op = HessianOperator(model, data, check_determinism=False)
+    loss, grad = obj.loss_and_grad(obj.theta0)
+    assert loss == pytest.approx(op.loss(), rel=1e-12)
+    assert torch.allclose(grad, op.gradient(), rtol=1e-10, atol=1e-12)
+    assert obj.accuracy(obj.theta0) == float((model.eval()(x).argmax(-1) == y).double().mean())
+    model.train()
+
+    rhos = [0.01, 0.05, 0.2]
+    wc = worst_case_sharpness(obj, rhos, steps=8, restarts=2)
+    assert all(math.isfinite(v) and v >= 0 for v in wc.values)
+    assert all(a <= b for a, b in zip(wc.values, wc.values[1:]))
+    assert all(o <= v + 1e-12 for o, v in zip(wc.one_step, wc.values))
+    asam = worst_case_sharpness(obj, rhos, adaptive=True, p="inf", steps=5, restarts=1)
+    assert all(math.isfinite(v) and v >= 0 for v in asam.values)
+    assert all(a <= b for a, b in zip(asam.values, asam.values[1:]))
+    ks = keskar_sharpness(obj, [1e-3, 5e-3], steps=5, restarts=1)
+    assert all(math.isfinite(v) and v >= 0 for v in ks.values) and ks.values[0] <= ks.values[1]
+    avg = average_sharpness(obj, rhos, n_samples=8)
+    assert all(math.isfinite(m) and math.isfinite(s) for m, s in zip(avg.means, avg.stderrs))
+    pb = pac_bayes_flatness(obj, target=0.1, n_draws=4, rtol=1e-2)
+    assert pb.criterion == "accuracy" and 0 < pb.sigma <= 10 and math.isfinite(pb.measure)
+    pbm = pac_bayes_flatness(obj, magnitude_aware=True, n_draws=4, rtol=1e-2)
+    assert pbm.criterion == "accuracy" and math.isfinite(pbm.measure)
+
+    assert model.training  # flags restored
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert torch.equal(obj.theta0, torch.cat([p.detach().reshape(-1)
+                                              for p in model.parameters()]))
