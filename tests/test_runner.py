@@ -188,3 +188,24 @@ def test_joblib_launcher_matches_basic_launcher(tmp_path, warm_data):
         assert metrics_without_time(tmp_path / "par" / seed) == \
             metrics_without_time(tmp_path / "basic" / seed)
     assert "2 jobs: 2 completed" in par.stdout
+
+
+def test_probe_command_on_a_finished_sweep(tmp_path, warm_data):
+    assert run_cli(["-m", *SMOKE, "seed=0,1"], tmp_path, data_dir=warm_data).returncode == 0
+    sweep = tmp_path / "outputs" / "sweeps" / "smoke"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+
+    def probe(*args):
+        return subprocess.run([sys.executable, "-m", "runner.probe", str(sweep), *args],
+                              cwd=tmp_path, capture_output=True, text=True, env=env)
+
+    first = probe("probe=basic", "probe.data_size=128")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count("probed:") == 2 and "running probes" in first.stderr + first.stdout
+    again = probe("probe=basic", "probe.data_size=128")
+    assert again.returncode == 0 and "running probes" not in again.stderr + again.stdout  # cached
+    result = read_json(sweep / "seed=0" / "result.json")
+    assert result["probes"]["lambda_max"] > 0 and result["status"] == "completed"
+    bad = probe("probe=sharpest")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and \
+        len(bad.stderr.strip().splitlines()) == 1

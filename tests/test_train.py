@@ -180,6 +180,11 @@ def test_probes_on_final_checkpoint_verified_against_dense_hessian(compose, tmp_
     assert p["verify_top_max_rel_error"] < 1e-4 and p["verify_bottom_max_abs_error"] < 1e-4
     assert abs(p["verify_trace_error_in_stderr"]) < 4
     assert p["lambda_max"] >= p["lambda_2"] and p["trace_stderr"] <= 0.011 * abs(p["trace"])
+    assert 0 <= p["sharpness_l2_onestep_rho0.01"] <= p["sharpness_l2_rho0.01"] \
+        <= p["sharpness_l2_rho0.05"]
+    assert p["pac_bayes_sigma"] > 0 and "sharpness_keskar_eps0.001" in p
+    assert p["noise_trace_sigma"] > 0 and p["noise_alignment"] == "hutchinson"
+    assert p["difficulty_index"] > 0
     arrays = np.load(tmp_path / "probes" / f"{result['probe_fingerprint']}.npz")
     assert arrays["eigenvalues_top"].shape == (5,) and arrays["eigenvectors_top"].shape[1] == 5
     assert np.isclose(np.trapezoid(arrays["density"], arrays["density_grid"]), 1, atol=0.05)

@@ -79,6 +79,14 @@ class ProbeName(str, Enum):
     full = "full"
 
 
+class PerBlock(str, Enum):
+    """Diagonal Hessian blocks probed one by one: none, per layer (owning module), per block."""
+
+    none = "none"
+    layer = "layer"
+    block = "block"
+
+
 class NoiseAlignment(str, Enum):
     """How tr(H Sigma) is computed: exact (n HVPs), hutchinson (30), lowrank (top-5 of Sigma)."""
 
@@ -193,9 +201,18 @@ class ProbeConfig:
     density_grid: int = 400
     density_sigma: float = 0.01  # Gaussian broadening, as a fraction of the spectral range
     logdet_eps: float = 0.0  # > 0: log det(H + eps I) from the quadrature
+    # sharpness: worst-case l2 (SAM) at sharpness_rhos always; the family adds adaptive
+    # (ASAM), Keskar epsilon-sharpness, average sharpness and PAC-Bayes flatness
+    sharpness: bool = False
+    sharpness_family: bool = False
+    sharpness_rhos: List[float] = field(default_factory=lambda: [0.05])
+    keskar_epsilons: List[float] = field(default_factory=lambda: [1e-3, 5e-3])
+    sharpness_samples: int = 32  # Monte Carlo draws for average sharpness
     noise: bool = False  # gradient-noise covariance from per-sample gradients
     noise_samples: int = 256  # per-sample gradients held in memory (n x D)
     noise_alignment: NoiseAlignment = NoiseAlignment.lowrank  # how tr(H Sigma) is computed
+    per_block: PerBlock = PerBlock.none  # top-k eigenvalues and trace of each diagonal block
+    block_top_k: int = 3
     every_n_epochs: int = 0  # > 0: lambda_max and trace into metrics.jsonl during training
     verify: bool = False  # compare every estimate with the dense float64 Hessian
     verify_max_params: int = 5000
@@ -286,3 +303,9 @@ def validate(cfg: Any) -> None:
            ">= 2 and > 0", (p.density_grid, p.density_sigma))
     _check(p.logdet_eps >= 0, "probe.logdet_eps", ">= 0", p.logdet_eps)
     _check(p.noise_samples >= 2, "probe.noise_samples", ">= 2", p.noise_samples)
+    _check(len(p.sharpness_rhos) >= 1 and all(r > 0 for r in p.sharpness_rhos),
+           "probe.sharpness_rhos", "a non-empty list of values > 0", list(p.sharpness_rhos))
+    _check(len(p.keskar_epsilons) >= 1 and all(e > 0 for e in p.keskar_epsilons),
+           "probe.keskar_epsilons", "a non-empty list of values > 0", list(p.keskar_epsilons))
+    _check(p.block_top_k >= 1, "probe.block_top_k", ">= 1", p.block_top_k)
+    _check(p.sharpness_samples >= 2, "probe.sharpness_samples", ">= 2", p.sharpness_samples)

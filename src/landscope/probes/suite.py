@@ -10,10 +10,16 @@ Scalar names: ``lambda_max``, ``lambda_2``, ``spectral_gap``, ``negative_ratio``
 ``condition_number``, ``lambda_min`` (bottom-k), ``eig_max_residual``,
 ``eig_all_converged``, ``trace``, ``trace_stderr``, ``density_negative_mass``,
 ``density_n_outliers``, ``density_outlier_mass``, ``logdet``, ``logdet_stderr``,
+``sharpness_l2_rho<r>`` and ``sharpness_l2_onestep_rho<r>`` (SAM), with the family
+``sharpness_adaptive_l2_rho<r>``, ``sharpness_keskar_eps<e>``,
+``sharpness_average_{random,adaptive}_rho<r>`` (+ ``_stderr``),
+``pac_bayes[_magnitude]_sigma`` / ``_measure`` (1/sigma'^2),
 ``noise_trace_sigma``, ``noise_sigma_max``, ``noise_trace_h_sigma``,
 ``noise_alignment_ratio`` (kappa = tr(H Sigma) / ((tr Sigma / D) tr H)),
 ``noise_top_k_energy_share``, ``difficulty_index`` (lambda_max^2 / tr H * kappa),
-``hvps`` (products used by all probes), ``probe_seconds``, ``probe_data_size``,
+``per_block`` and ``blocks`` ({name: {n_params, lambda_max, lambda_max_share, trace,
+trace_stderr, converged, hvps}}, see :mod:`~landscope.probes.blocks`), ``block_hvps``,
+``hvps`` (products used by the full-Hessian probes), ``probe_seconds``, ``probe_data_size``,
 ``probe_mode``, ``n_params``; with verify mode ``verify_*`` errors against the
 dense float64 Hessian.
 """
@@ -29,11 +35,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from landscope.probes.blocks import block_spectra, parameter_groups
 from landscope.probes.density import slq
 from landscope.probes.hvp import HessianOperator
 from landscope.probes.lanczos import lanczos_eigs, spectral_summary
 from landscope.probes.noise import gradient_noise
 from landscope.probes.probe_data import ProbeData
+from landscope.probes.sharpness import (ModelObjective, average_sharpness, keskar_sharpness,
+                                        pac_bayes_flatness, worst_case_sharpness)
 from landscope.probes.trace import deflated_trace, hutchinson
 from landscope.probes.verify import dense_hessian, spectrum
 
@@ -105,6 +114,10 @@ def run_probes(model: nn.Module, train_split, cfg: Any) -> ProbeReport:
             ld = q.logdet(cfg.logdet_eps)
             s.update(logdet=ld.estimate, logdet_stderr=ld.stderr)
 
+    if _value(cfg.per_block) != "none":
+        _per_block(model, data, op.mode, cfg, s, a)
+    if cfg.sharpness or cfg.sharpness_family:
+        s.update(_sharpness(model, data, op.mode, cfg))
     if cfg.noise:
         s.update(_noise(model, train_split, cfg, op, top, s, a))
     s["hvps"] = op.n_matvecs
@@ -115,6 +128,56 @@ def run_probes(model: nn.Module, train_split, cfg: Any) -> ProbeReport:
         if isinstance(value, float) and not math.isfinite(value):
             s[key] = None
     return rep
+
+
+def _per_block(model: nn.Module, data: ProbeData, mode: str, cfg: Any, s: dict, a: dict) -> None:
+    """Top-k eigenvalues and trace of each diagonal block (``probe.per_block``): a nested
+    ``blocks`` scalar {name: {n_params, lambda_max, lambda_max_share, trace, ...}} and
+    ``block_*`` arrays (eigenvalues padded with NaN to ``block_top_k``)."""
+    groups = parameter_groups(model, _value(cfg.per_block))
+    spectra = block_spectra(model, data, groups, k=cfg.block_top_k, mode=mode,
+                            tol=cfg.lanczos_tol, trace_rse=cfg.trace_rse, trace=cfg.trace,
+                            seed=cfg.seed)
+    s["per_block"] = _value(cfg.per_block)
+    s["blocks"] = {b.name: b.summary(s.get("lambda_max")) for b in spectra}
+    s["block_hvps"] = sum(b.n_matvecs for b in spectra)
+    eigs = np.full((len(spectra), cfg.block_top_k), np.nan)
+    for i, b in enumerate(spectra):
+        eigs[i, : len(b.eigenvalues)] = b.eigenvalues.numpy()
+    a.update(block_names=np.array([b.name for b in spectra]), block_eigenvalues=eigs,
+             block_n_params=np.array([b.n_params for b in spectra]),
+             block_trace=np.array([b.trace for b in spectra]),
+             block_trace_stderr=np.array([b.trace_stderr for b in spectra]))
+
+
+def _sharpness(model: nn.Module, data: ProbeData, mode: str, cfg: Any) -> dict[str, Any]:
+    """Sharpness scalars; each name carries its radius, e.g. ``sharpness_l2_rho0.05``."""
+    obj = ModelObjective(model, data, mode=mode)
+    rhos = [float(r) for r in cfg.sharpness_rhos]
+    out: dict[str, Any] = {}
+    wc = worst_case_sharpness(obj, rhos, seed=cfg.seed)
+    for r, v, v1 in zip(rhos, wc.values, wc.one_step):
+        out[f"sharpness_l2_rho{r:g}"] = v
+        out[f"sharpness_l2_onestep_rho{r:g}"] = v1
+    if cfg.sharpness_family:
+        asam = worst_case_sharpness(obj, rhos, adaptive=True, seed=cfg.seed)
+        for r, v in zip(rhos, asam.values):
+            out[f"sharpness_adaptive_l2_rho{r:g}"] = v
+        eps = [float(e) for e in cfg.keskar_epsilons]
+        for e, v in zip(eps, keskar_sharpness(obj, eps, seed=cfg.seed).values):
+            out[f"sharpness_keskar_eps{e:g}"] = v
+        for adaptive, name in ((False, "random"), (True, "adaptive")):
+            avg = average_sharpness(obj, rhos, adaptive=adaptive,
+                                    n_samples=cfg.sharpness_samples, seed=cfg.seed)
+            for r, m, se in zip(rhos, avg.means, avg.stderrs):
+                out[f"sharpness_average_{name}_rho{r:g}"] = m
+                out[f"sharpness_average_{name}_rho{r:g}_stderr"] = se
+        for aware, name in ((False, "pac_bayes"), (True, "pac_bayes_magnitude")):
+            pb = pac_bayes_flatness(obj, magnitude_aware=aware, seed=cfg.seed)
+            out.update({f"{name}_sigma": pb.sigma, f"{name}_measure": pb.measure,
+                        f"{name}_bracketed": pb.bracketed})
+    out["sharpness_loss_evals"], out["sharpness_grad_evals"] = obj.n_loss, obj.n_grad
+    return out
 
 
 def _noise(model: nn.Module, train_split, cfg: Any, op: HessianOperator, top: Any, s: dict,
@@ -142,7 +205,8 @@ def _verify(model: nn.Module, data: ProbeData, mode: str, cfg: Any, s: dict,
     if n_params > cfg.verify_max_params:
         return {"verify_skipped": f"{n_params} parameters > probe.verify_max_params="
                                   f"{cfg.verify_max_params}"}
-    eig = spectrum(dense_hessian(model, data, mode=mode, max_params=cfg.verify_max_params))
+    hessian = dense_hessian(model, data, mode=mode, max_params=cfg.verify_max_params)
+    eig = spectrum(hessian)
     out: dict[str, Any] = {"verify_trace_exact": float(eig.sum())}
     if "eigenvalues_top" in a:
         k = len(a["eigenvalues_top"])
@@ -153,10 +217,33 @@ def _verify(model: nn.Module, data: ProbeData, mode: str, cfg: Any, s: dict,
         k = len(a["eigenvalues_bottom"])
         exact = eig[:k].numpy()
         out["verify_bottom_max_abs_error"] = float(np.max(np.abs(a["eigenvalues_bottom"] - exact)))
+    if "block_eigenvalues" in a:
+        out.update(_verify_blocks(model, hessian, _value(cfg.per_block), a))
     if "trace" in s:
         err = s["trace"] - out["verify_trace_exact"]
         out["verify_trace_error_in_stderr"] = float(err / max(s["trace_stderr"], 1e-300))
     return out
+
+
+def _verify_blocks(model: nn.Module, hessian: torch.Tensor, level: str, a: dict
+                   ) -> dict[str, float]:
+    """Block eigenvalues and traces against the dense diagonal blocks ``H[b, b]``."""
+    offsets, at = {}, 0
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            offsets[n], at = (at, at + p.numel()), at + p.numel()
+    eig_err, tr_err = 0.0, 0.0
+    for i, members in enumerate(parameter_groups(model, level).values()):
+        idx = torch.cat([torch.arange(*offsets[p]) for p in members])
+        exact = spectrum(hessian[idx][:, idx]).flip(0)
+        est = a["block_eigenvalues"][i]
+        k = int(np.sum(np.isfinite(est)))
+        ref = exact[:k].numpy()
+        eig_err = max(eig_err, float(np.max(np.abs(est[:k] - ref) / np.maximum(np.abs(ref), 1e-12))))
+        if np.isfinite(a["block_trace"][i]):
+            exact_tr = float(exact.sum())
+            tr_err = max(tr_err, abs(float(a["block_trace"][i]) - exact_tr) / max(abs(exact_tr), 1e-12))
+    return {"verify_block_top_max_rel_error": eig_err, "verify_block_trace_max_rel_error": tr_err}
 
 
 def curvature_during_training(model: nn.Module, data: ProbeData, cfg: Any) -> dict[str, float]:
