@@ -93,7 +93,7 @@ def bench_loop(args) -> None:
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
     overrides = [f"train.epochs={args.epochs}", f"dataset.data_dir={tmp / 'data'}",
-                 "optimizer=sgd", f"model={args.model}"]
+                 "optimizer=sgd", f"model={args.model}", "probe=none"]
     cfg = compose_cfg(overrides)
     data = load_data(cfg.dataset)
     seed_everything(cfg.seed)
@@ -121,7 +121,7 @@ def bench_loop(args) -> None:
 def bench_sweep(args) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_sweep_"))
     sweep = ["-m", "optimizer=sgd,adam,momentum", "seed=0,1,2,3,4", f"dataset.data_dir={tmp}/data"]
-    subprocess.run([sys.executable, "-m", "runner", "train.epochs=0",
+    subprocess.run([sys.executable, "-m", "runner", "train.epochs=0", "probe=none",
                     f"dataset.data_dir={tmp}/data", "hydra.run.dir=warm"], cwd=tmp,
                    check=True, capture_output=True)  # generate the dataset cache first
     rows = []
@@ -131,7 +131,8 @@ def bench_sweep(args) -> None:
                                f"hydra.sweep.dir=sweep_{len(rows)}"], cwd=tmp,
                               capture_output=True, text=True)
         rows.append((label, time.perf_counter() - tic, proc.returncode))
-    print("\ndefault sweep: optimizer=sgd,adam,momentum x seed=0..4 (15 jobs), goal <= 300 s")
+    print("\ndefault sweep: optimizer=sgd,adam,momentum x seed=0..4 (15 jobs, probe=standard "
+          "on each final checkpoint), goal <= 300 s")
     print(f"{'launcher':<22}{'seconds':>10}{'speedup':>9}  exit")
     for label, sec, rc in rows:
         print(f"{label:<22}{sec:>10.1f}{rows[0][1] / sec:>9.2f}  {rc}")

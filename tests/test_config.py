@@ -39,7 +39,8 @@ def test_launcher_and_sweeper_presets_compose(compose):
 def test_default_config_values(compose):
     cfg = compose()
     assert (cfg.dataset.name, cfg.model.name, cfg.optimizer.name) == ("mnist1d", "mlp", "sgd")
-    assert cfg.seed == 0 and cfg.probe.name == "none" and cfg.logger.name == "none"
+    assert cfg.seed == 0 and cfg.probe.name == "standard" and cfg.logger.name == "none"
+    assert compose(["experiment=smoke"]).probe.name == "none"
 
 
 def test_unknown_group_option_lists_allowed_values(compose):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, metrics_without_time, run_cli
+from landscope.checkpoint import list_checkpoints
 from landscope.io import read_json, read_jsonl
 
 SMOKE = ["experiment=smoke"]
@@ -134,7 +135,8 @@ def _wait_for_epochs(job: Path, n: int, proc: subprocess.Popen, timeout: float =
 @pytest.mark.slow
 def test_sigkill_and_rerun_gives_identical_metrics(tmp_path, warm_data):
     args = ["dataset.train_size=2000", "train.epochs=6", "optimizer=momentum",
-            "optimizer.schedule=cosine", "model.width=64", "train.checkpoint_interval_s=0"]
+            "optimizer.schedule=cosine", "model.width=64", "train.checkpoint_interval_s=0",
+            "probe=none"]
     ref = run_cli([*args, "hydra.run.dir=ref"], tmp_path, data_dir=warm_data)
     assert ref.returncode == 0, ref.stderr
     job = tmp_path / "killed"
@@ -191,21 +193,47 @@ def test_joblib_launcher_matches_basic_launcher(tmp_path, warm_data):
 
 
 def test_probe_command_on_a_finished_sweep(tmp_path, warm_data):
-    assert run_cli(["-m", *SMOKE, "seed=0,1"], tmp_path, data_dir=warm_data).returncode == 0
+    assert run_cli(["-m", *SMOKE, "seed=0,1", "train.checkpoint_interval_s=0"], tmp_path,
+                   data_dir=warm_data).returncode == 0
     sweep = tmp_path / "outputs" / "sweeps" / "smoke"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
 
-    def probe(*args):
-        return subprocess.run([sys.executable, "-m", "runner.probe", str(sweep), *args],
+    def probe(target, *args):
+        return subprocess.run([sys.executable, "-m", "runner.probe", str(target), *args],
                               cwd=tmp_path, capture_output=True, text=True, env=env)
 
-    first = probe("probe=basic", "probe.data_size=128")
+    first = probe(sweep, "probe=basic", "probe.data_size=128")
     assert first.returncode == 0, first.stderr
     assert first.stdout.count("probed:") == 2 and "running probes" in first.stderr + first.stdout
-    again = probe("probe=basic", "probe.data_size=128")
+    again = probe(sweep, "probe=basic", "probe.data_size=128")
     assert again.returncode == 0 and "running probes" not in again.stderr + again.stdout  # cached
-    result = read_json(sweep / "seed=0" / "result.json")
+    job = next(sweep.glob("seed=0,*"))  # seed=0,train.checkpoint_interval_s=0
+    result = read_json(job / "result.json")
     assert result["probes"]["lambda_max"] > 0 and result["status"] == "completed"
-    bad = probe("probe=sharpest")
+    pfp = result["probe_fingerprint"]
+    assert (job / "probes" / f"{pfp}.json").is_file() and (job / "probes" / f"{pfp}.npz").is_file()
+    bad = probe(sweep, "probe=sharpest")
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and \
         len(bad.stderr.strip().splitlines()) == 1
+    off = probe(sweep, "probe=none")
+    assert off.returncode == 2 and "probe=none" in off.stderr
+
+    # one checkpoint file (the oldest kept, not the final one): its own cache, result.json untouched
+    ckpt = list_checkpoints(job / "checkpoints")[-1]
+    epoch = int(ckpt.stem.split("_")[1])
+    assert epoch < result["epochs_completed"]
+    one = probe(ckpt, "probe=basic", "probe.data_size=128")
+    assert one.returncode == 0, one.stderr
+    assert f"(epoch {epoch})" in one.stdout and "running probes" in one.stderr + one.stdout
+    cached = read_json(job / "probes" / f"{pfp}_{ckpt.stem}.json")
+    assert cached["checkpoint"] == ckpt.name and cached["scalars"]["lambda_max"] > 0
+    assert cached["scalars"]["lambda_max"] != result["probes"]["lambda_max"]
+    assert read_json(job / "result.json") == result
+    assert "running probes" not in (lambda r: r.stdout + r.stderr)(
+        probe(ckpt, "probe=basic", "probe.data_size=128"))
+    # a corrupted checkpoint file: one failure line, exit 1, nothing written for it
+    broken = job / "checkpoints" / "epoch_000099.pt"
+    broken.write_bytes(ckpt.read_bytes()[:-10])
+    bad_ckpt = probe(broken, "probe=basic", "probe.data_size=128")
+    assert bad_ckpt.returncode == 1 and bad_ckpt.stderr.count("failed:") == 1
+    assert not list((job / "probes").glob(f"*{broken.stem}*"))

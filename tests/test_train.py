@@ -20,6 +20,15 @@ def one_thread():
     torch.set_num_threads(1)
 
 
+@pytest.fixture
+def compose(compose):
+    """Probes off unless a test chooses them (the default config probes every job)."""
+    def _compose(overrides=(), **kw):
+        off = [] if any(str(o).startswith("probe=") for o in overrides) else ["probe=none"]
+        return compose([*overrides, *off], **kw)
+    return _compose
+
+
 @pytest.mark.parametrize("dataset", ["mnist1d", "digits"])
 @pytest.mark.parametrize("skip", [True, False])
 @pytest.mark.parametrize("norm", ["none", "batch", "layer"])

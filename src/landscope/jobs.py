@@ -38,10 +38,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from landscope import __version__
-from landscope.checkpoint import capture_rng, load_latest, restore_rng, save_checkpoint
+from landscope.checkpoint import (capture_rng, load_checkpoint, load_latest, restore_rng,
+                                 save_checkpoint)
 from landscope.config import validate
 from landscope.data import check_available, load_data
-from landscope.errors import CheckpointError, LandscopeError
+from landscope.errors import CheckpointError, ConfigError, LandscopeError
 from landscope.io import (atomic_write_bytes, atomic_write_text, read_json, read_jsonl,
                           write_json, write_jsonl)
 from landscope.models import build_model, count_parameters
@@ -251,28 +252,61 @@ def train_job(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: 
 def _probe_results(cfg: DictConfig, job_dir: Path, model, data, status: str) -> dict:
     """``{"probes": scalars, "probe_fingerprint": pfp}`` for result.json.
 
-    Each probe config's results are cached in ``probes/<pfp>.json`` (scalars and the
-    probe config) and ``probes/<pfp>.npz`` (eigenvalues, eigenvectors, density), so
-    asking again for a config already run on this final checkpoint costs nothing."""
+    Each probe config's results on the final checkpoint are cached in ``probes/<pfp>.json``
+    (scalars and the probe config) and ``probes/<pfp>.npz`` (eigenvalues, eigenvectors,
+    density), so asking again for a config already run costs nothing."""
     pfp = probe_fingerprint(cfg)
     if pfp is None:
         return {}
     if status == DIVERGED:
         return {"probes": {"skipped": "diverged"}, "probe_fingerprint": pfp}
-    cache = job_dir / "probes" / f"{pfp}.json"
+    return {"probes": _cached_probes(cfg, job_dir, model, data, pfp), "probe_fingerprint": pfp}
+
+
+def _cached_probes(cfg: DictConfig, job_dir: Path, model, data, stem: str,
+                   key: Optional[dict] = None) -> dict:
+    """Probe scalars from ``probes/<stem>.json`` when it exists and matches ``key``,
+    else run the probes and write ``<stem>.npz`` then ``<stem>.json`` (atomically)."""
+    cache = job_dir / "probes" / f"{stem}.json"
     try:
-        return {"probes": read_json(cache)["scalars"], "probe_fingerprint": pfp}
+        cached = read_json(cache)
+        if all(cached.get(k) == v for k, v in (key or {}).items()):
+            return cached["scalars"]
     except (OSError, ValueError, KeyError):
         pass
     log.info("%s: running probes (%s)", job_dir, getattr(cfg.probe.name, "value", cfg.probe.name))
     report = run_probes(model, data.train, cfg.probe)
     buf = io.BytesIO()
     np.savez(buf, **report.arrays)
-    atomic_write_bytes(job_dir / "probes" / f"{pfp}.npz", buf.getvalue())
+    atomic_write_bytes(job_dir / "probes" / f"{stem}.npz", buf.getvalue())
     write_json(cache, {"scalars": report.scalars, "arrays": sorted(report.arrays),
                        "probe": OmegaConf.to_container(cfg.probe, resolve=True,
-                                                       enum_to_str=True)})
-    return {"probes": report.scalars, "probe_fingerprint": pfp}
+                                                       enum_to_str=True), **(key or {})})
+    return report.scalars
+
+
+def probe_checkpoint(cfg: DictConfig, ckpt_path: Path) -> dict:
+    """Run the configured probes on one checkpoint file of a job (any epoch, e.g. one
+    kept during training); ``result.json`` is left alone.
+
+    Results go to ``probes/<pfp>_<checkpoint stem>.json/.npz`` in the job directory,
+    keyed by the checkpoint's SHA-256, so asking again costs nothing.
+    Returns ``{"epoch", "checkpoint", "probes", "probe_fingerprint"}``."""
+    ckpt_path = Path(ckpt_path)
+    job_dir = ckpt_path.parent.parent
+    pfp = probe_fingerprint(cfg)
+    if pfp is None:
+        raise ConfigError("probe=none switches every probe off; choose probe=basic, standard "
+                          "or full")
+    ckpt = load_checkpoint(ckpt_path)
+    data = load_data(cfg.dataset)
+    model = build_model(cfg.model, data.meta)
+    model.load_state_dict(ckpt["model"])
+    key = {"checkpoint": ckpt_path.name,
+           "checkpoint_sha256": hashlib.sha256(ckpt_path.read_bytes()).hexdigest()}
+    scalars = _cached_probes(cfg, job_dir, model, data, f"{pfp}_{ckpt_path.stem}", key)
+    return {"epoch": ckpt.get("epoch"), "checkpoint": str(ckpt_path), "probes": scalars,
+            "probe_fingerprint": pfp}
 
 
 def probe_finished_job(cfg: DictConfig, job_dir: Path, previous: dict) -> dict:

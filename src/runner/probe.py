@@ -1,11 +1,13 @@
-"""Probe finished jobs without retraining: ``python -m runner.probe DIR... [overrides]``.
+"""Probe finished jobs without retraining: ``python -m runner.probe PATH... [overrides]``.
 
-``DIR`` is a job directory (it holds ``result.json``) or a sweep directory (every
-job below it). Overrides choose the probe config exactly as for the runner, e.g.
-``probe=standard probe.top_k=10 probe.verify=true``. Each job's final checkpoint
-is probed and its ``result.json`` updated; results are cached per (checkpoint,
-probe config) in the job's ``probes/`` directory, so asking again costs nothing.
-Exit codes as for the runner: 0 all probed, 1 a job failed, 2 bad input.
+``PATH`` is a job directory (it holds ``result.json``), a sweep directory (every
+job below it) or one checkpoint file of a job (``JOB/checkpoints/epoch_NNNNNN.pt``).
+Overrides choose the probe config exactly as for the runner (default
+``probe=standard``), e.g. ``probe=full probe.top_k=10 probe.verify=true``.
+A job's final checkpoint is probed and its ``result.json`` updated; a checkpoint
+file is probed on its own and ``result.json`` is left alone. Results are cached
+per (checkpoint, probe config) in the job's ``probes/`` directory, so asking again
+costs nothing. Exit codes as for the runner: 0 all probed, 1 a job failed, 2 bad input.
 """
 
 from __future__ import annotations
@@ -20,19 +22,25 @@ from landscope.config import Config, register_configs
 from landscope.errors import LandscopeError
 
 
-def _job_dirs(paths: list[str]) -> list[Path]:
-    dirs: list[Path] = []
+def _job_dirs(paths: list[str]) -> list[tuple[Path, Path | None]]:
+    """``(job directory, checkpoint file or None for the final one)`` per target."""
+    dirs: list[tuple[Path, Path | None]] = []
     for raw in paths:
         p = Path(raw)
-        if (p / "result.json").is_file():
-            dirs.append(p)
+        if p.is_file():
+            if not (p.parent.parent / "config.yaml").is_file():
+                raise LandscopeError(f"{p} is not a checkpoint in a job directory "
+                                     f"(expected JOB/checkpoints/<file> next to JOB/config.yaml)")
+            dirs.append((p.parent.parent, p))
+        elif (p / "result.json").is_file():
+            dirs.append((p, None))
         elif p.is_dir():
             found = sorted(r.parent for r in p.glob("*/result.json"))
             if not found:
                 raise LandscopeError(f"{p} holds no job directories (no */result.json)")
-            dirs.extend(found)
+            dirs.extend((d, None) for d in found)
         else:
-            raise LandscopeError(f"{p} is not a job or sweep directory")
+            raise LandscopeError(f"{p} is not a job directory, sweep directory or checkpoint file")
     return dirs
 
 
@@ -46,8 +54,13 @@ def _probe_config(overrides: list[str]):
         return compose(config_name="config", overrides=overrides).probe
 
 
+def _shown(probes: dict) -> dict:
+    return {k: probes[k] for k in ("lambda_max", "trace", "hvps") if k in probes}
+
+
 def main(argv: list[str] | None = None) -> None:
-    from landscope.jobs import COMPLETED, DIVERGED, check_inputs, probe_finished_job
+    from landscope.jobs import (COMPLETED, DIVERGED, check_inputs, probe_checkpoint,
+                                probe_finished_job)
     from runner.app import one_line
 
     args = sys.argv[1:] if argv is None else argv
@@ -64,11 +77,14 @@ def main(argv: list[str] | None = None) -> None:
         jobs = _job_dirs(paths)
         probe_cfg = _probe_config(overrides)
         plans = []
-        for job in jobs:
+        if str(getattr(probe_cfg.name, "value", probe_cfg.name)) == "none":
+            raise LandscopeError("probe=none switches every probe off; choose probe=basic, "
+                                 "standard or full")
+        for job, ckpt in jobs:
             cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(job / "config.yaml"))
             cfg.probe = probe_cfg
             check_inputs(cfg)
-            plans.append((job, cfg))
+            plans.append((job, ckpt, cfg))
     except LandscopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -76,9 +92,18 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         sys.exit(2)
     failed = 0
-    for job, cfg in plans:
+    for job, ckpt, cfg in plans:
         from landscope.io import read_json
 
+        if ckpt is not None:
+            try:
+                result = probe_checkpoint(cfg, ckpt)
+            except Exception as exc:
+                failed += 1
+                print(f"failed: {ckpt}: {one_line(exc)}", file=sys.stderr)
+                continue
+            print(f"probed: {ckpt} (epoch {result['epoch']}) {_shown(result['probes'])}")
+            continue
         previous = read_json(job / "result.json")
         if previous.get("status") not in (COMPLETED, DIVERGED):
             print(f"skipped: {job} (status {previous.get('status')})")
@@ -89,9 +114,7 @@ def main(argv: list[str] | None = None) -> None:
             failed += 1
             print(f"failed: {job}: {one_line(exc)}", file=sys.stderr)
             continue
-        probes = result.get("probes", {})
-        shown = {k: probes[k] for k in ("lambda_max", "trace", "hvps") if k in probes}
-        print(f"probed: {job} {shown}")
+        print(f"probed: {job} {_shown(result.get('probes', {}))}")
     sys.exit(1 if failed else 0)
 
 

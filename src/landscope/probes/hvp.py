@@ -154,7 +154,8 @@ class HessianOperator:
         self._weights = data.weights
         self.n_matvecs = 0
         self.n_check_matvecs = 0
-        self._cache: Optional[list[tuple[Tensor, int]]] = None
+        self._cache: Optional[Tensor] = None  # cached method: the flat gradient graph
+        self._theta: Optional[Tensor] = None
         self._cached_loss: Optional[float] = None
         self._cached_grad: Optional[Tensor] = None
         self.method: str = chosen
@@ -217,27 +218,40 @@ class HessianOperator:
 
     # ----------------------------------------------------------------- products
     def _build_cache(self) -> None:
-        """Each micro-batch's weighted gradient graph, kept for reuse (one backward each)."""
-        cache: list[tuple[Tensor, int]] = []
+        """The weighted gradient graph of every micro-batch, summed and kept for reuse.
+
+        The parameters enter the graph as views of one flat leaf ``theta`` (one split), so the
+        cached gradient is one flat tensor and a product is a single backward pass from flat
+        ``v`` to flat ``H v``: the split of ``v`` and the concatenation of ``H v`` run inside
+        autograd instead of per parameter in Python."""
+        theta = self.flat_params().requires_grad_(True)
+        views = {n: c.view(s) for n, c, s in zip(self.param_names, theta.split(self._numels),
+                                                  self._shapes)}
+        graph: Optional[Tensor] = None
         loss = 0.0
-        grad = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
         with torch.enable_grad(), forward_mode(self.model, self.mode):
             for (x, y), w in zip(self.data.batches, self._weights):
-                lb = w * self._batch_loss(self._leaf_dict(), x, y)
-                gs = torch.autograd.grad(lb, self._leaves, create_graph=True, allow_unused=True)
-                cache += [(g, i) for i, g in enumerate(gs) if g is not None and g.requires_grad]
+                lb = self._batch_loss(views, x, y)
+                lb = lb if w == 1.0 else w * lb
+                (g,) = torch.autograd.grad(lb, theta, create_graph=True, allow_unused=True)
+                if g is not None:
+                    graph = g if graph is None else graph + g
                 loss += float(lb.detach())
-                grad += self._flatten([torch.zeros_like(p) if g is None else g.detach()
-                                       for g, p in zip(gs, self._leaves)])
-        self._cache, self._cached_loss, self._cached_grad = cache, loss, grad
+        self._theta = theta
+        self._cache = graph if graph is not None and graph.requires_grad else None
+        self._cached_loss = loss
+        self._cached_grad = (torch.zeros(self.dim, dtype=self.dtype, device=self.device)
+                             if graph is None else graph.detach().clone())
 
-    def _cached_product(self, vs: list[Tensor]) -> list[Tensor]:
-        assert self._cache is not None
-        if not self._cache:
-            return [torch.zeros_like(p) for p in self._leaves]
+    def _cached_product(self, v: Tensor) -> Tensor:
+        if self._cache is None:  # the gradient does not depend on the parameters: H = 0
+            return torch.zeros(self.dim, dtype=self.dtype, device=self.device)
         with torch.enable_grad():
-            return self._grads([g for g, _ in self._cache],
-                               grad_outputs=[vs[i] for _, i in self._cache], retain_graph=True)
+            (hv,) = torch.autograd.grad(self._cache, self._theta, grad_outputs=v,
+                                        retain_graph=True, allow_unused=True)
+        if hv is None:
+            return torch.zeros_like(v)
+        return hv.clone() if hv.data_ptr() == v.data_ptr() else hv  # never alias the input
 
     def _double_backward_product(self, vs: list[Tensor]) -> list[Tensor]:
         out = [torch.zeros_like(p) for p in self._leaves]
@@ -270,10 +284,11 @@ class HessianOperator:
     def _product(self, v: Tensor, method: str) -> Tensor:
         if v.shape != (self.dim,):
             raise LandscopeError(f"expected a vector of shape ({self.dim},), got {tuple(v.shape)}")
-        vs = list(self.unflatten(v.detach().to(device=self.device, dtype=self.dtype)).values())
-        if method == "cached":
-            hv = self._cached_product(vs)
-        elif method == "double_backward":
+        v = v.detach().to(device=self.device, dtype=self.dtype)
+        if method == "cached" and self.method == "cached":
+            return self._cached_product(v)
+        vs = list(self.unflatten(v).values())
+        if method == "double_backward":
             hv = self._double_backward_product(vs)
         else:
             hv = self._forward_over_reverse_product(vs)

@@ -39,6 +39,8 @@ from torch import Tensor
 from landscope.probes.operator import Operator
 
 Which = Literal["largest", "smallest"]
+# lanczos_eigs(verify=True) keeps A q_j for explicit residuals when they take at most this much
+KEEP_PRODUCTS_BYTES = 1 << 30
 
 
 @dataclass
@@ -75,9 +77,11 @@ class _Lanczos:
     """
 
     def __init__(self, op: Operator, v0: Tensor, *, restart: bool, capacity: int,
-                 gen: torch.Generator | None = None) -> None:
+                 gen: torch.Generator | None = None, keep_products: bool = False) -> None:
         self.op, self.restart, self.gen = op, restart, gen
         self.V = torch.empty(max(1, min(capacity, op.dim)), op.dim, dtype=op.dtype, device=op.device)
+        # AV[j] = A q_j as returned by the operator (before orthogonalization), when kept
+        self.AV = torch.empty_like(self.V) if keep_products else None
         self.alpha: list[float] = []
         self.beta: list[float] = []
         self.m, self.n_restarts, self.anorm, self.exhausted = 0, 0, 0.0, False
@@ -96,12 +100,15 @@ class _Lanczos:
 
     def step(self) -> None:
         j = self.m
-        if j == self.V.shape[0]:  # grow the basis buffer geometrically
-            grown = torch.empty(min(2 * j, self.op.dim), self.op.dim, dtype=self.V.dtype, device=self.V.device)
-            grown[:j] = self.V
-            self.V = grown
+        if j == self.V.shape[0]:  # grow the basis buffers geometrically
+            self.V = self._grown(self.V, j)
+            if self.AV is not None:
+                self.AV = self._grown(self.AV, j)
         self.V[j] = self._next
-        w, a = self._orthogonalize(self.op.matvec(self.V[j]), j + 1)
+        av = self.op.matvec(self.V[j])
+        if self.AV is not None:
+            self.AV[j] = av
+        w, a = self._orthogonalize(av, j + 1)
         b = float(torch.linalg.vector_norm(w))
         self.alpha.append(a)
         self.anorm = max(self.anorm, abs(a) + b + (self.beta[-1] if self.beta else 0.0))
@@ -121,6 +128,11 @@ class _Lanczos:
             self._next = r / torch.linalg.vector_norm(r)
             self.n_restarts += 1
 
+    def _grown(self, buf: Tensor, j: int) -> Tensor:
+        grown = torch.empty(min(2 * j, self.op.dim), self.op.dim, dtype=buf.dtype, device=buf.device)
+        grown[:j] = buf
+        return grown
+
     def ritz(self) -> tuple[np.ndarray, np.ndarray]:
         """Eigen-decomposition of T_m in float64: ascending θ and eigenvectors S (m×m)."""
         d = np.asarray(self.alpha, dtype=np.float64)
@@ -138,9 +150,12 @@ def lanczos_eigs(op: Operator, k: int = 5, which: Which = "largest", tol: float 
     The Krylov space grows one product at a time from a seeded Gaussian start vector until the k
     wanted Ritz pairs satisfy ``β_m |s_{m,i}| ≤ max(tol·|θ_i|, atol, floor)`` (module docstring),
     or ``max_iter`` (default ``min(dim, 50 + 20k)``) is reached. With ``verify`` the true residuals
-    ``‖A y_i − θ_i y_i‖`` are then computed with k extra products (counted in ``n_matvecs``) and
-    decide ``converged``; without it the (free) Lanczos estimates are reported, which agree with the
-    true residuals up to roundoff.
+    ``‖A y_i − θ_i y_i‖`` are then computed explicitly and decide ``converged``: from the products
+    ``A q_j`` kept during the recurrence (``A y_i = Σ_j s_ji A q_j``, no extra products) when they
+    fit in ``KEEP_PRODUCTS_BYTES``, else with k extra products (counted in ``n_matvecs``). Unlike the
+    Lanczos estimate ``β_m |s_{m,i}|`` this does not rely on the recurrence's orthogonality.
+    Without ``verify`` the (free) Lanczos estimates are reported, which agree with the true
+    residuals up to roundoff.
 
     Repeated eigenvalues: the Krylov space of one start vector holds only the start vector's
     projection onto an eigenspace, so an exactly repeated eigenvalue is found once (its eigenvector
@@ -162,7 +177,10 @@ def lanczos_eigs(op: Operator, k: int = 5, which: Which = "largest", tol: float 
     max_iter = max(max_iter, k)
     start = op.n_matvecs
     gen = torch.Generator().manual_seed(seed)
-    lz = _Lanczos(op, _random_vector(op, gen), restart=True, capacity=min(max_iter, 2 * k + 20), gen=gen)
+    itemsize = torch.empty((), dtype=op.dtype).element_size()
+    keep = verify and max_iter * op.dim * itemsize <= KEEP_PRODUCTS_BYTES
+    lz = _Lanczos(op, _random_vector(op, gen), restart=True, capacity=min(max_iter, 2 * k + 20),
+                  gen=gen, keep_products=keep)
     floor_c = 100.0 * torch.finfo(op.dtype).eps
 
     def wanted(theta: np.ndarray) -> np.ndarray:
@@ -189,8 +207,14 @@ def lanczos_eigs(op: Operator, k: int = 5, which: Which = "largest", tol: float 
     if return_vectors or verify:
         coeffs = torch.from_numpy(np.ascontiguousarray(s[:, idx])).to(dtype=op.dtype, device=op.device)
         vecs = lz.V[:m].T @ coeffs
-        vecs = vecs / torch.linalg.vector_norm(vecs, dim=0, keepdim=True)
-    if verify:
+        norms = torch.linalg.vector_norm(vecs, dim=0, keepdim=True)
+        vecs = vecs / norms
+    if verify and lz.AV is not None:
+        assert vecs is not None
+        ay = (lz.AV[:m].T @ coeffs) / norms
+        theta = torch.as_tensor(vals, dtype=op.dtype, device=op.device)
+        res = torch.linalg.vector_norm(ay - vecs * theta, dim=0).double().cpu().numpy()
+    elif verify:
         assert vecs is not None
         res = np.array([float(torch.linalg.vector_norm(op.matvec(vecs[:, i]) - float(vals[i]) * vecs[:, i]))
                         for i in range(k)])
