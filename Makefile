@@ -30,8 +30,16 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
-bench: install
+# The benchmarks: training-loop overhead, then the curvature probes against PyHessian,
+# hessian-eigenthings and curvlinops (installed from the `bench` extra on first use).
+bench: $(VENV)/.bench-installed
 	$(PY) scripts/bench_train.py
+	$(PY) scripts/bench_probes.py
+
+$(VENV)/.bench-installed: $(STAMP)
+	$(PY) -m pip install -e ".[test,bench]"
+	$(PY) -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	touch $@
 
 clean:
 	rm -rf outputs .pytest_cache build dist src/*.egg-info

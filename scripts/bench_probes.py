@@ -22,8 +22,12 @@ float32, eval mode) and the same accuracy target for every tool, measured in one
 
 Every timed call starts from the model and data (operator construction, PyHessian's gradient
 graph, curvlinops' and our determinism checks included).  Methods are interleaved in rotating
-order over ``--repeats`` and the median is reported.  HVP counts: ours from the operator's own
-counters (``n_matvecs + n_check_matvecs``); PyHessian by wrapping
+order over ``--repeats`` rounds; each row shows its median, and each ratio is the median of
+the per-round ratios (ours and the peer timed in the same round) with a 95% bootstrap interval.
+A goal is "met" when the whole interval is within it, "parity" when the interval contains the
+bound (the difference is within the machine's noise), "MISSED" when the interval lies beyond it.
+
+HVP counts: ours from the operator's own counters (``n_matvecs + n_check_matvecs``); PyHessian by wrapping
 ``pyhessian.hessian.hessian_vector_product``; hessian-eigenthings by wrapping
 ``HessianOperator.matvec``; curvlinops by wrapping ``HessianLinearOperator._matmat`` and counting
 columns (this includes its determinism check and, for SLQ, the ``eigsh`` boundary estimate).
@@ -614,47 +618,72 @@ def bench_slq(p: Problem, probes: int, steps: int, repeats: int) -> tuple[list[R
 
 
 # ----------------------------------------------------------------------------- summary
-def ratios(task: str, rows: list[Row]) -> tuple[float, float, str]:
-    """(ours / PyHessian, ours / fastest peer, name of that peer) over the rows that passed."""
+def paired_ratio(ours: list[float], peer: list[float]) -> tuple[float, float, float]:
+    """Median of the per-round ratios ours/peer (both timed in the same interleaved round) and a
+    95% bootstrap interval of that median (2000 resamples of the rounds, seeded)."""
+    r = np.asarray(ours) / np.asarray(peer)
+    boot = np.median(np.random.default_rng(0).choice(r, (2000, len(r))), axis=1)
+    return float(np.median(r)), float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))
+
+
+Ratio = tuple[float, float, float]
+NAN3: Ratio = (math.nan, math.nan, math.nan)
+
+
+def ratios(rows: list[Row]) -> tuple[Ratio, Ratio, str]:
+    """(ours / PyHessian, ours / fastest peer, name of that peer) over the rows that passed,
+    each as (median paired ratio, 95% interval low, high)."""
     ours = next((r for r in rows if r.peer is None and not r.info and r.ok), None)
     peers = [r for r in rows if r.peer is not None and not r.info and r.ok and r.times]
     if ours is None or not ours.times:
-        return math.nan, math.nan, "-"
+        return NAN3, NAN3, "-"
     ph = [r for r in peers if r.peer == "pyhessian"]
-    vs_ph = ours.median / min(r.median for r in ph) if ph else math.nan
+    vs_ph = paired_ratio(ours.times, min(ph, key=lambda r: r.median).times) if ph else NAN3
     if not peers:
-        return vs_ph, math.nan, "-"
+        return vs_ph, NAN3, "-"
     fastest = min(peers, key=lambda r: r.median)
-    return vs_ph, ours.median / fastest.median, fastest.method
+    return vs_ph, paired_ratio(ours.times, fastest.times), fastest.method
+
+
+def verdict(x: Ratio, bound: float) -> str:
+    """met: the whole 95% interval is at or below the bound; parity: the interval contains it
+    (not significantly slower, not significantly faster); MISSED: the interval is above it."""
+    if math.isnan(x[0]):
+        return "n/a"
+    if x[2] <= bound:
+        return "met"
+    return f"parity within noise (not significantly above {bound:.3g})" if x[1] <= bound \
+        else "MISSED"
 
 
 def summary(results: dict[str, list[Row]]) -> None:
-    print("\nratios (ours / peer, median wall time; < 1 means landscope is faster; peers that "
-          "missed the accuracy target or crashed are excluded)")
-    print(f"  {'task':<10} {'vs PyHessian':>13} {'vs fastest peer':>16}  fastest peer")
-    r: dict[str, tuple[float, float, str]] = {}
-    for task, rows in results.items():
-        r[task] = ratios(task, rows)
-        a, b, name = r[task]
-        print(f"  {task:<10} {a:>13.3f} {b:>16.3f}  {name}")
+    print("\nratios (ours / peer: median over interleaved rounds of the per-round ratio, with a 95% "
+          "bootstrap interval; < 1 means landscope is faster; peers that missed the accuracy "
+          "target or crashed are excluded)")
+    print(f"  {'task':<7} {'vs PyHessian':>24} {'vs fastest peer':>24}  fastest peer")
+    r: dict[str, tuple[Ratio, Ratio, str]] = {}
 
-    def verdict(x: float, bound: float) -> str:
-        return "n/a" if math.isnan(x) else ("met" if x <= bound else "MISSED")
+    def show(x: Ratio) -> str:
+        return "n/a" if math.isnan(x[0]) else f"{x[0]:.3f} [{x[1]:.3f}, {x[2]:.3f}]"
+    for task, rows in results.items():
+        r[task] = ratios(rows)
+        a, b, name = r[task]
+        print(f"  {task:<7} {show(a):>24} {show(b):>24}  {name}")
     print("goals")
     if "top-5" in r:
-        print(f"  top-5 <= 1/3 of PyHessian's time:      {verdict(r['top-5'][0], 1 / 3)}"
-              f" ({r['top-5'][0]:.3f})")
-        print(f"  top-5 no slower than the fastest peer: {verdict(r['top-5'][1], 1.0)}"
-              f" ({r['top-5'][1]:.3f})")
+        print(f"  top-5 <= 1/3 of PyHessian's time:        {verdict(r['top-5'][0], 1 / 3)}"
+              f" ({show(r['top-5'][0])})")
+        print(f"  top-5 no slower than the fastest peer:   {verdict(r['top-5'][1], 1.0)}"
+              f" ({show(r['top-5'][1])})")
     if "HVP" in r:
         print(f"  one HVP no slower than the fastest peer: {verdict(r['HVP'][1], 1.0)}"
-              f" ({r['HVP'][1]:.3f})")
+              f" ({show(r['HVP'][1])})")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller model, fewer seeds and repeats")
-    ap.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5, quick 3)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed rounds (default 9, quick 3)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds for the top-5 accuracy check "
                     "(default 3, quick 2)")
     ap.add_argument("--threads", type=int, default=1)
@@ -669,7 +698,7 @@ def main() -> None:
     tasks = set(args.tasks.split(","))
     if not tasks <= {"top5", "hvp", "trace", "slq"}:
         ap.error(f"--tasks: unknown {sorted(tasks - {'top5', 'hvp', 'trace', 'slq'})}")
-    repeats = args.repeats or (3 if args.quick else 5)
+    repeats = args.repeats or (3 if args.quick else 9)
     seeds = args.seeds or (2 if args.quick else 3)
     width = args.width or (32 if args.quick else 48)
     probes, steps = (5, 20) if args.quick else (10, 30)
