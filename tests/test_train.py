@@ -217,3 +217,21 @@ def test_diverged_jobs_are_not_probed(compose, tmp_path):
     overrides = ["optimizer.lr=1e6", "train.epochs=3", "probe=basic", *TINY]
     result = train_job(compose(overrides), tmp_path, overrides)
     assert result["status"] == DIVERGED and result["probes"] == {"skipped": "diverged"}
+
+
+def test_train_mode_probes_on_batchnorm_are_recorded_and_differ_from_eval(compose, tmp_path):
+    """probe.mode=train: batch statistics over the fixed partition, running stats untouched;
+    the mode is recorded and each mode's results are cached under their own fingerprint."""
+    base = ["model=cnn", "model.norm=batch", "model.width=8", "model.depth=2", "train.epochs=1",
+            "probe=basic", "probe.data_size=128", "probe.micro_batch=64", *TINY]
+    ev = train_job(compose(base), tmp_path, base)
+    ckpt = tmp_path / "checkpoints" / "epoch_000001.pt"
+    stamp = ckpt.stat().st_mtime_ns
+    tr = train_job(compose([*base, "probe.mode=train"]), tmp_path, base)
+    assert ev["probes"]["probe_mode"] == "eval" and tr["probes"]["probe_mode"] == "train"
+    assert tr["probe_fingerprint"] != ev["probe_fingerprint"]
+    assert tr["probes"]["lambda_max"] > 0
+    assert abs(tr["probes"]["lambda_max"] - ev["probes"]["lambda_max"]) > \
+        1e-3 * ev["probes"]["lambda_max"]
+    assert tr["final"] == ev["final"] and ckpt.stat().st_mtime_ns == stamp  # no retraining
+    assert len(list((tmp_path / "probes").glob("*.json"))) == 2
