@@ -109,6 +109,8 @@ def _bad_dir(tmp_path: Path) -> str:
     ("unwritable", "cannot create output directory"),
     (["-m", "optimizer.lr=0.1,-1"], "optimizer.lr"),
     (["-m", "dataset=digits,cifar100"], "cifar100"),
+    (["-m", *SMOKE, "train.progress=true,false"], "same job directory"),
+    (["-m", *SMOKE, "seed=1,1"], "same job directory"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, warm_data, args, needle):
     if args == "unwritable":

@@ -5,9 +5,10 @@ run, which aborts the sweep.  This sweeper:
 
 1. expands the sweep exactly like the basic sweeper (same overrides, same
    ``hydra.sweeper.params`` support, any launcher: basic, joblib, submitit, ray);
-2. composes and checks every job's config (``landscope.jobs.check_inputs``)
-   before any job starts or any directory is written, so a bad value anywhere in
-   the sweep is one error line and an untouched output tree;
+2. composes and checks every job's config (``landscope.jobs.check_inputs``), and
+   that no two jobs map to the same job directory, before any job starts or any
+   directory is written, so a bad value anywhere in the sweep is one error line
+   and an untouched output tree;
 3. runs all batches; a job that raised through the launcher is recorded as
    ``failed`` instead of stopping the sweep;
 4. prints a table of job statuses and records it in :data:`LAST_SWEEP` for the
@@ -45,6 +46,7 @@ class LandscopeSweeper(BasicSweeper):
         self.overrides = self.split_arguments(parser.parse_overrides(params), self.max_batch_size)
 
         loader = self.hydra_context.config_loader
+        dirs: dict = {}
         for batch in self.overrides:
             for job_overrides in batch:
                 job_cfg = loader.load_sweep_config(self.config, list(job_overrides))
@@ -52,6 +54,14 @@ class LandscopeSweeper(BasicSweeper):
                     check_inputs(job_cfg)
                 except LandscopeError as exc:
                     raise LandscopeError(f"job [{','.join(job_overrides)}]: {exc}") from None
+                subdir = str(job_cfg.hydra.sweep.subdir)
+                if subdir in dirs:
+                    raise LandscopeError(
+                        f"jobs [{','.join(dirs[subdir])}] and [{','.join(job_overrides)}] map to "
+                        f"the same job directory {subdir!r} (a repeated value, or a swept key "
+                        f"that hydra.job.config.override_dirname.exclude_keys leaves out of the "
+                        f"name)")
+                dirs[subdir] = list(job_overrides)
 
         sweep_dir = Path(self.config.hydra.sweep.dir)
         try:
