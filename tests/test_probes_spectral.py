@@ -239,3 +239,21 @@ def test_slq_negative_mass_and_outliers():
     assert ((out.multiplicities - 1).abs() <= 1.5).all() and 2.5 <= out.bulk_edge <= out.threshold < 8.0
     bulk_only = slq(_op(eigs[:397])[0], n_probes=10, m_steps=30, seed=0).outliers()
     assert bulk_only.count == 0
+    assert out.tail_mass <= 1.5 / 400 and bulk_only.tail_mass <= 1.5 / 400
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_slq_outliers_stop_where_an_unresolved_tail_begins(seed):
+    """Three isolated outliers above 10 eigenvalues packed into [2.0, 2.2] (too dense for 30
+    Lanczos steps to separate) over a bulk in [0, 0.01], D = 2000. Without the multiplicity
+    rule the packed group would be a 4th "outlier" standing for ~10 eigenvalues; with it the
+    outliers are the 3 isolated ones and the group is tail_mass (~10 / D)."""
+    eigs = torch.cat([_uniform(1987, 0.0, 0.01, 11), torch.linspace(2.0, 2.2, 10, dtype=F64),
+                      torch.tensor([12.0, 20.0, 30.0], dtype=F64)])
+    op, _ = _op(eigs)
+    res = slq(op, n_probes=10, m_steps=30, seed=seed)
+    out = res.outliers()
+    assert out.count == 3 and (out.multiplicities <= 3.0).all()
+    assert torch.allclose(out.locations, torch.tensor([30.0, 20.0, 12.0], dtype=F64), rtol=1e-6)
+    assert 6 <= out.tail_mass * 2000 <= 15 and out.threshold < 2.0
+    assert res.outliers(max_multiplicity=1e9).count == 4  # the old rule's extra "outlier"

@@ -41,7 +41,8 @@ def _lanczos_quadrature(op: Operator, v: Tensor, m: int) -> tuple[Tensor, Tensor
 class Outliers:
     """Eigenvalues split off above the bulk (see :meth:`SLQResult.outliers`): ``locations``
     (descending), ``masses`` (fraction of spectral weight), ``multiplicities`` (= D × mass, the
-    estimated number of eigenvalues at each location), ``bulk_edge`` and ``threshold``."""
+    estimated number of eigenvalues at each location), ``bulk_edge``, ``threshold`` and
+    ``tail_mass`` (weight above the threshold that is not in an outlier: a continuous upper tail)."""
 
     count: int
     locations: Tensor
@@ -49,6 +50,7 @@ class Outliers:
     multiplicities: Tensor
     bulk_edge: float
     threshold: float
+    tail_mass: float = 0.0
 
 
 @dataclass
@@ -110,7 +112,7 @@ class SLQResult:
         return float(self._per_probe((self.nodes < below).to(torch.float64)).mean())
 
     def outliers(self, *, alpha: float = 0.01, gap: float = 0.5, min_probe_frac: float = 0.5,
-                 cluster_rtol: float = 1e-3) -> Outliers:
+                 cluster_rtol: float = 1e-3, max_multiplicity: float = 3.0) -> Outliers:
         """Bulk/outlier split of the upper spectrum.
 
         Rule: pool every probe's nodes with weights w/n_probes (the SLQ spectral measure μ).
@@ -120,8 +122,18 @@ class SLQResult:
         least ``min_probe_frac`` of the probes have a node in it: an isolated eigenvalue is a converged
         Ritz value of every probe, while a gap between bulk and outliers holds at most one wandering
         node per probe. Assumes the outliers carry less than α of the weight (a few eigenvalues out of
-        D ≫ 1/α) and a bulk without a heavy upper tail. Location = weighted mean of the cluster's
-        nodes; mass = its weight/n_probes; multiplicity = D · mass (≈1 per eigenvalue, noisy).
+        D ≫ 1/α). Location = weighted mean of the cluster's nodes; mass = its weight/n_probes;
+        multiplicity = D · mass (≈1 per eigenvalue; for one eigenvalue its spread over n probes is
+        about sqrt(2/n)).
+
+        Heavy upper tails: when the spectrum decays smoothly above the bulk (no gap), the nodes
+        below the top few stand for groups of eigenvalues, not single ones, and their estimated
+        multiplicities grow. Walking down from the largest, the outliers stop at the first cluster
+        whose multiplicity exceeds ``max_multiplicity``; the weight above the threshold from there
+        down is ``tail_mass``. (A group of more than ``max_multiplicity`` equal outliers is then
+        reported as tail; raise it when such groups are expected.) Measured on the default
+        MNIST-1D MLP after training: 25 clusters above the threshold, of which the top 14 have
+        multiplicity ≤ 2.1 (the first 11 match Lanczos eigenvalues to 4 digits) and the rest 2.8–90.
         """
         x, w = self.nodes.reshape(-1), self.weights.reshape(-1) / self.n_probes
         probe = torch.arange(self.n_probes).repeat_interleave(self.nodes.shape[1])
@@ -143,11 +155,16 @@ class SLQResult:
         for c in clusters:
             idx = torch.tensor(c)
             if len(set(probe[idx].tolist())) >= min_probe_frac * self.n_probes:
+                mass = float(w[idx].sum())
+                if self.dim * mass > max_multiplicity:
+                    break  # a node carrying many eigenvalues: the continuous tail starts here
                 locs.append(float((x[idx] * w[idx]).sum() / w[idx].sum()))
-                masses.append(float(w[idx].sum()))
+                masses.append(mass)
         m = torch.tensor(masses, dtype=torch.float64)
+        above = float(w[keep].sum()) if len(keep) else 0.0
         return Outliers(count=len(locs), locations=torch.tensor(locs, dtype=torch.float64), masses=m,
-                        multiplicities=self.dim * m, bulk_edge=hi, threshold=threshold)
+                        multiplicities=self.dim * m, bulk_edge=hi, threshold=threshold,
+                        tail_mass=max(0.0, above - float(m.sum())))
 
 
 def slq(op: Operator, n_probes: int = 10, m_steps: int = 30, seed: int = 0,

@@ -9,7 +9,7 @@ arrays (eigenvalues, eigenvectors, density grid) for the job layer to save.
 Scalar names: ``lambda_max``, ``lambda_2``, ``spectral_gap``, ``negative_ratio``,
 ``condition_number``, ``lambda_min`` (bottom-k), ``eig_max_residual``,
 ``eig_all_converged``, ``trace``, ``trace_stderr``, ``density_negative_mass``,
-``density_n_outliers``, ``density_outlier_mass``, ``logdet``, ``logdet_stderr``,
+``density_n_outliers``, ``density_outlier_mass``, ``density_bulk_edge``, ``density_tail_mass``, ``logdet``, ``logdet_stderr``,
 ``sharpness_l2_rho<r>`` and ``sharpness_l2_onestep_rho<r>`` (SAM), with the family
 ``sharpness_adaptive_l2_rho<r>``, ``sharpness_keskar_eps<e>``,
 ``sharpness_average_{random,adaptive}_rho<r>`` (+ ``_stderr``),
@@ -109,7 +109,7 @@ def run_probes(model: nn.Module, train_split, cfg: Any) -> ProbeReport:
         out = q.outliers()
         s.update(density_negative_mass=q.negative_mass(), density_n_outliers=out.count,
                  density_outlier_mass=float(out.masses.sum()) if out.count else 0.0,
-                 density_bulk_edge=out.bulk_edge)
+                 density_bulk_edge=out.bulk_edge, density_tail_mass=out.tail_mass)
         if cfg.logdet_eps > 0 and float(q.nodes.min()) + cfg.logdet_eps > 0:
             ld = q.logdet(cfg.logdet_eps)
             s.update(logdet=ld.estimate, logdet_stderr=ld.stderr)
