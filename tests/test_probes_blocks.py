@@ -113,3 +113,14 @@ def test_per_block_in_the_probe_suite_with_verify():
     assert s["verify_block_top_max_rel_error"] < 1e-3  # float32 model, float64 reference
     assert s["block_hvps"] > 0
 
+
+
+def test_suite_trace_stops_at_trace_max_samples():
+    """An unreachable target RSE runs to probe.trace_max_samples, and trace_stderr tells."""
+    model, data = make("mlp", n=40)
+    x = torch.cat([b[0] for b in data.batches]).float()
+    split = TensorSplit(x, torch.cat([b[1] for b in data.batches]))
+    cfg = ProbeConfig(top_k=0, trace=True, trace_rse=1e-9, trace_max_samples=25,
+                      data_size=None, micro_batch=40)
+    s = run_probes(model.float(), split, cfg).scalars
+    assert s["trace_samples"] == 25 and s["trace_stderr"] > 1e-9 * abs(s["trace"])

@@ -195,6 +195,7 @@ class ProbeConfig:
     lanczos_tol: float = 1e-6  # converged when ||Hv - lambda v|| <= tol * |lambda|
     trace: bool = False  # Hutchinson, deflated by the top-k pairs, to a target rel. stderr
     trace_rse: float = 0.01
+    trace_max_samples: int = 2000  # cap on Hutchinson samples (trace_stderr shows the RSE reached)
     density: bool = False  # stochastic Lanczos quadrature
     slq_probes: int = 10
     slq_steps: int = 30
@@ -297,6 +298,7 @@ def validate(cfg: Any) -> None:
         _check(getattr(p, key) >= 0, f"probe.{key}", ">= 0", getattr(p, key))
     _check(0 < p.lanczos_tol < 1, "probe.lanczos_tol", "in (0, 1)", p.lanczos_tol)
     _check(0 < p.trace_rse < 1, "probe.trace_rse", "in (0, 1)", p.trace_rse)
+    _check(p.trace_max_samples >= 2, "probe.trace_max_samples", ">= 2", p.trace_max_samples)
     _check(p.slq_probes >= 1 and p.slq_steps >= 2, "probe.slq_probes/slq_steps",
            ">= 1 and >= 2", (p.slq_probes, p.slq_steps))
     _check(p.density_grid >= 2 and p.density_sigma > 0, "probe.density_grid/density_sigma",

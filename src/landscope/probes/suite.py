@@ -94,8 +94,10 @@ def run_probes(model: nn.Module, train_split, cfg: Any) -> ProbeReport:
 
     if cfg.trace:
         # the top-k pairs computed anyway deflate the estimator's variance (GUIDE §6)
-        tr = (deflated_trace(op, top, seed=cfg.seed, target_rse=cfg.trace_rse)
-              if top is not None else hutchinson(op, seed=cfg.seed, target_rse=cfg.trace_rse))
+        cap = cfg.trace_max_samples
+        tr = (deflated_trace(op, top, seed=cfg.seed, target_rse=cfg.trace_rse, max_samples=cap)
+              if top is not None else hutchinson(op, seed=cfg.seed, target_rse=cfg.trace_rse,
+                                                 max_samples=cap))
         s.update(trace=tr.estimate, trace_stderr=tr.stderr, trace_samples=tr.n_samples)
 
     if cfg.density:
