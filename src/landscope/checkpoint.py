@@ -107,6 +107,14 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
+def payload_digest(path: Path) -> str:
+    """Hex SHA-256 of a checkpoint's payload, read from its header (only the header is read;
+    :func:`load_checkpoint` is what verifies it against the payload)."""
+    with open(path, "rb") as fh:
+        head = fh.read(len(MAGIC) + 32)
+    return head[len(MAGIC):].hex()
+
+
 def load_latest(ckpt_dir: Path, warn: Optional[Callable[[str], None]] = None) -> Optional[dict]:
     """Newest checkpoint that verifies, or ``None`` when none is usable.
 

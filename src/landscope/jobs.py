@@ -38,8 +38,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from landscope import __version__
-from landscope.checkpoint import (capture_rng, load_checkpoint, load_latest, restore_rng,
-                                 save_checkpoint)
+from landscope.checkpoint import (capture_rng, load_checkpoint, load_latest, payload_digest,
+                                 restore_rng, save_checkpoint)
 from landscope.config import validate
 from landscope.data import check_available, load_data
 from landscope.errors import CheckpointError, ConfigError, LandscopeError
@@ -285,6 +285,14 @@ def _cached_probes(cfg: DictConfig, job_dir: Path, model, data, stem: str,
     return report.scalars
 
 
+def _model_from_state(cfg: DictConfig, state: dict):
+    """``(model, data)``: the job's dataset and its model with the saved weights."""
+    data = load_data(cfg.dataset)
+    model = build_model(cfg.model, data.meta)
+    model.load_state_dict(state)
+    return model, data
+
+
 def probe_checkpoint(cfg: DictConfig, ckpt_path: Path) -> dict:
     """Run the configured probes on one checkpoint file of a job (any epoch, e.g. one
     kept during training); ``result.json`` is left alone.
@@ -299,11 +307,8 @@ def probe_checkpoint(cfg: DictConfig, ckpt_path: Path) -> dict:
         raise ConfigError("probe=none switches every probe off; choose probe=basic, standard "
                           "or full")
     ckpt = load_checkpoint(ckpt_path)
-    data = load_data(cfg.dataset)
-    model = build_model(cfg.model, data.meta)
-    model.load_state_dict(ckpt["model"])
-    key = {"checkpoint": ckpt_path.name,
-           "checkpoint_sha256": hashlib.sha256(ckpt_path.read_bytes()).hexdigest()}
+    model, data = _model_from_state(cfg, ckpt["model"])
+    key = {"checkpoint": ckpt_path.name, "checkpoint_sha256": payload_digest(ckpt_path)}
     scalars = _cached_probes(cfg, job_dir, model, data, f"{pfp}_{ckpt_path.stem}", key)
     return {"epoch": ckpt.get("epoch"), "checkpoint": str(ckpt_path), "probes": scalars,
             "probe_fingerprint": pfp}
@@ -315,9 +320,7 @@ def probe_finished_job(cfg: DictConfig, job_dir: Path, previous: dict) -> dict:
     ckpt = load_latest(Path(job_dir) / "checkpoints", warn=lambda m: log.warning("warning: %s", m))
     if ckpt is None or ckpt.get("epoch") != previous.get("epochs_completed"):
         raise CheckpointError(f"{job_dir} has no final checkpoint to probe")
-    data = load_data(cfg.dataset)
-    model = build_model(cfg.model, data.meta)
-    model.load_state_dict(ckpt["model"])
+    model, data = _model_from_state(cfg, ckpt["model"])
     result = {**previous, **_probe_results(cfg, Path(job_dir), model, data, previous["status"])}
     write_json(Path(job_dir) / "result.json", result)
     return result

@@ -249,9 +249,7 @@ class HessianOperator:
         with torch.enable_grad():
             (hv,) = torch.autograd.grad(self._cache, self._theta, grad_outputs=v,
                                         retain_graph=True, allow_unused=True)
-        if hv is None:
-            return torch.zeros_like(v)
-        return hv.clone() if hv.data_ptr() == v.data_ptr() else hv  # never alias the input
+        return torch.zeros_like(v) if hv is None else hv  # a new tensor (the split's backward)
 
     def _double_backward_product(self, vs: list[Tensor]) -> list[Tensor]:
         out = [torch.zeros_like(p) for p in self._leaves]
@@ -285,7 +283,7 @@ class HessianOperator:
         if v.shape != (self.dim,):
             raise LandscopeError(f"expected a vector of shape ({self.dim},), got {tuple(v.shape)}")
         v = v.detach().to(device=self.device, dtype=self.dtype)
-        if method == "cached" and self.method == "cached":
+        if method == "cached":
             return self._cached_product(v)
         vs = list(self.unflatten(v).values())
         if method == "double_backward":
