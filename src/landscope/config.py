@@ -102,6 +102,36 @@ class ProbeMode(str, Enum):
     train = "train"  # batch statistics over a fixed micro-batch partition
 
 
+class LandscapeName(str, Enum):
+    none = "none"
+    basic = "basic"
+    full = "full"
+
+
+class DirectionNorm(str, Enum):
+    """How random directions are scaled to the weights (Li et al. 2018)."""
+
+    filter = "filter"  # each filter / output row to the norm of the weights' filter
+    layer = "layer"  # each parameter tensor to its norm
+    model = "model"  # the whole direction to the norm of the whole parameter vector
+    none = "none"  # raw N(0, 1) entries
+
+
+class BNStats(str, Enum):
+    """BatchNorm running statistics at an evaluated point."""
+
+    keep = "keep"  # those of the trained model
+    recompute = "recompute"  # re-estimated at every point on the slice data
+
+
+class Projection(str, Enum):
+    """Random projection P of intrinsic-dimension training (theta = theta0 + P theta_d)."""
+
+    dense = "dense"
+    sparse = "sparse"
+    fastfood = "fastfood"
+
+
 class LoggerName(str, Enum):
     none = "none"
 
@@ -220,6 +250,51 @@ class ProbeConfig:
 
 
 @dataclass
+class LandscapeConfig:
+    """Loss-landscape geometry on the final checkpoint (slices, trajectory, intrinsic dim).
+
+    The presets in ``conf/landscape`` switch parts on; every field can be overridden.
+    Pairwise mode connectivity runs over a finished sweep (``python -m runner.connect``).
+    """
+
+    name: LandscapeName = LandscapeName.none
+    data_size: Optional[int] = 1000  # seeded subset of train and of test; null = whole sets
+    seed: int = 0  # directions and data subsets
+    batch_size: int = 2048  # samples per forward pass
+    normalization: DirectionNorm = DirectionNorm.filter
+    include_bias_norm: bool = False  # give biases and norm parameters direction components
+    bn: BNStats = BNStats.keep
+    workers: int = 1  # processes evaluating grid points (joblib)
+    # 1-D slices: theta0 + a d, a in [-line_range, line_range]
+    line: bool = False
+    line_directions: int = 3  # random directions (a band over them)
+    line_eigen: int = 0  # also along the top Hessian eigenvectors (needs probe.top_k >= this)
+    line_points: int = 51
+    line_range: float = 1.0
+    # 2-D slice: theta0 + a d1 + b d2 on a plane_points x plane_points grid
+    plane: bool = False
+    plane_points: int = 21
+    plane_range: float = 1.0
+    plane_eigen: bool = False  # d1, d2 = top two Hessian eigenvectors instead of random
+    # trajectory: parameter snapshots during training, PCA, path on the PC-plane contour
+    trajectory: bool = False
+    snapshot_every_steps: Optional[int] = None  # null: one snapshot per epoch
+    trajectory_points: int = 21  # contour grid per side
+    # intrinsic dimension: training in random subspaces of these dimensions
+    intrinsic_dim: bool = False
+    intrinsic_dims: List[int] = field(default_factory=lambda: [10, 30, 100, 300, 1000])
+    intrinsic_projection: Projection = Projection.sparse
+    intrinsic_epochs: int = 10
+    intrinsic_lr: float = 0.01  # Adam on theta_d
+    # mode connectivity (python -m runner.connect): linear path and a trained Bezier curve
+    path_points: int = 21
+    bezier: bool = True
+    bezier_epochs: int = 10
+    bezier_lr: float = 0.01
+    figures: bool = True  # PNG figures into the job's figures/ directory
+
+
+@dataclass
 class LoggerConfig:
     name: LoggerName = LoggerName.none
 
@@ -234,6 +309,7 @@ class Config:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    landscape: LandscapeConfig = field(default_factory=LandscapeConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 

@@ -55,7 +55,7 @@ log = logging.getLogger("landscope")
 COMPLETED, DIVERGED, FAILED, INVALID = "completed", "diverged", "failed", "invalid"
 # Keys that do not change what a job computes; excluded from the fingerprint.
 # Probes are run (and cached) separately from training: see probe_fingerprint.
-_NON_RESULT_KEYS = ("name", "resume", "logger", "probe", "train.progress", "train.threads",
+_NON_RESULT_KEYS = ("name", "resume", "logger", "probe", "landscape", "train.progress", "train.threads",
                     "train.checkpoint_every", "train.checkpoint_interval_s",
                     "train.keep_checkpoints", "dataset.data_dir",
                     "dataset.download")

@@ -17,9 +17,9 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from landscope.losses import n_correct, task_loss
 from landscope.optim import is_sam
 
 STOP_MAX_EPOCHS = "max_epochs"
@@ -72,8 +72,8 @@ def evaluate(model: nn.Module, split, batch_size: int) -> tuple[float, float]:
     for x, y in split.batches(batch_size, shuffle=False):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits = model(x)
-        total_loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
+        total_loss += task_loss(model, logits, y, "sum").item()
+        correct += n_correct(model, logits, y)
         n += y.numel()
     model.train(was_training)
     return total_loss / n, correct / n
@@ -92,14 +92,14 @@ def train_epoch(state: TrainState, split, batch_size: int, generator: torch.Gene
     for x, y in split.batches(batch_size, shuffle=True, generator=generator):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y)
+        loss = task_loss(model, model(x), y)
         loss.backward()
         state.grad_evals += 1
         if sam:
             opt.first_step()
             opt.zero_grad(set_to_none=True)
             with _running_stats_frozen(model):  # BatchNorm statistics come from w, not w + e
-                F.cross_entropy(model(x), y).backward()
+                task_loss(model, model(x), y).backward()
             state.grad_evals += 1
             if grad_clip is not None:
                 nn.utils.clip_grad_norm_(params, grad_clip)

@@ -41,11 +41,11 @@ import contextlib
 from typing import Any, Iterator, Literal, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from landscope.errors import LandscopeError
+from landscope.losses import task_loss
 from landscope.models import frozen_batchnorm_stats
 from landscope.probes.probe_data import ProbeData
 
@@ -186,7 +186,7 @@ class HessianOperator:
     # ----------------------------------------------------------------- loss pieces
     def _batch_loss(self, params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         logits = functional_call(self.model, {**self._fixed, **params}, (x,))
-        return F.cross_entropy(logits, y)
+        return task_loss(self.model, logits, y)
 
     def _leaf_dict(self) -> dict[str, Tensor]:
         return dict(zip(self.param_names, self._leaves))

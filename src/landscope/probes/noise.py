@@ -48,11 +48,11 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from landscope.errors import LandscopeError
+from landscope.losses import task_loss
 from landscope.probes.hvp import HessianOperator, Mode, fixed_tensors, forward_mode, resolve_params
 from landscope.probes.lanczos import EigResult, lanczos_eigs
 from landscope.probes.operator import Operator
@@ -88,7 +88,7 @@ def per_sample_gradients(model: nn.Module, data: ProbeData,
 
     def sample_loss(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         logits = functional_call(model, {**fixed, **p}, (x.unsqueeze(0),))
-        return F.cross_entropy(logits, y.unsqueeze(0))
+        return task_loss(model, logits, y.unsqueeze(0))
 
     def flat(gs: dict[str, Tensor], rows: int) -> Tensor:
         return torch.cat([gs[n].reshape(rows, -1) for n in names], 1)

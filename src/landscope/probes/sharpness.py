@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from landscope.errors import LandscopeError
+from landscope.losses import n_correct, task_loss
 from landscope.probes.hvp import Mode, fixed_tensors, forward_mode, resolve_params
 from landscope.probes.probe_data import ProbeData
 
@@ -120,7 +120,7 @@ class ModelObjective(Objective):
         with torch.no_grad(), forward_mode(self.model, self.mode):
             params = self._params(theta.detach())
             for (x, y), w in zip(self.data.batches, self.data.weights):
-                total += w * float(F.cross_entropy(functional_call(self.model, params, (x,)), y))
+                total += w * float(task_loss(self.model, functional_call(self.model, params, (x,)), y))
         return total
 
     def loss_and_grad(self, theta: Tensor) -> tuple[float, Tensor]:
@@ -131,7 +131,7 @@ class ModelObjective(Objective):
         with torch.enable_grad(), forward_mode(self.model, self.mode):
             params = self._params(leaf)
             for (x, y), w in zip(self.data.batches, self.data.weights):
-                lb = w * F.cross_entropy(functional_call(self.model, params, (x,)), y)
+                lb = w * task_loss(self.model, functional_call(self.model, params, (x,)), y)
                 grad += torch.autograd.grad(lb, leaf)[0]
                 total += float(lb.detach())
         return total, grad
@@ -142,7 +142,7 @@ class ModelObjective(Objective):
         with torch.no_grad(), forward_mode(self.model, self.mode):
             params = self._params(theta.detach())
             for x, y in self.data.batches:
-                correct += int((functional_call(self.model, params, (x,)).argmax(-1) == y).sum())
+                correct += n_correct(self.model, functional_call(self.model, params, (x,)), y)
         return correct / self.data.n
 
 

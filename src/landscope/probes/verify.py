@@ -23,11 +23,11 @@ import copy
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from landscope.errors import LandscopeError
+from landscope.losses import task_loss
 from landscope.probes.hvp import Mode, fixed_tensors, forward_mode, resolve_params
 from landscope.probes.probe_data import ProbeData
 
@@ -64,7 +64,7 @@ def dense_hessian(model: nn.Module, data: ProbeData, params: Optional[dict[str, 
     def batch_loss(theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
         parts = torch.split(theta, numels)
         params_ = {n: p.view(s) for n, p, s in zip(names, parts, shapes)}
-        return F.cross_entropy(functional_call(model64, {**fixed, **params_}, (x,)), y)
+        return task_loss(model64, functional_call(model64, {**fixed, **params_}, (x,)), y)
 
     hessian = torch.zeros(dim, dim, dtype=torch.float64, device=device)
     leaf = flat.detach().clone().requires_grad_(True)

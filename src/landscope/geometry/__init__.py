@@ -1,0 +1,1 @@
+"""Landscape geometry: directions, slices, connectivity, trajectories, intrinsic dimension."""

@@ -1,0 +1,191 @@
+"""A model's parameter space as one flat vector, and exact evaluation at any point of it.
+
+Every geometry measure (slices, interpolation paths, trajectories on a plane, subspace
+training) evaluates one architecture at many parameter vectors. :class:`ParamSpace` makes
+that cheap and safe:
+
+* it builds **one** private working copy of the model whose parameters are views into a
+  single flat buffer, so moving to a point is one vector copy (``set_point``) and the
+  forward pass that follows is a bare ``model(x)``: no per-point model copies, no
+  ``functional_call`` re-parametrization, no Python loop over parameters;
+* the model passed in is never modified (not its parameters, buffers or train/eval mode);
+* the centre point is the model's own vector, so a coordinate of exactly 0 evaluates the
+  model exactly (``theta0 + 0 * d == theta0`` bit for bit);
+* BatchNorm running statistics either stay those of the trained model (``bn="keep"``) or
+  are re-estimated at every point (``bn="recompute"``): reset, then one cumulative-average
+  pass in train mode over a fixed data set (PyTorch's ``momentum=None``), as Garipov et
+  al. (2018) do along connecting curves. Models without BatchNorm ignore the option.
+
+Losses are the exact mean over all samples of the data (batches weighted by their sizes),
+with the model's task loss from :mod:`landscope.losses`.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Iterable, Literal, Mapping, Optional
+
+import torch
+from torch import Tensor, nn
+
+from landscope.errors import LandscopeError
+from landscope.losses import n_correct, task_loss
+from landscope.probes.probe_data import ProbeData
+
+BNMode = Literal["keep", "recompute"]
+BN_MODES: tuple[str, ...] = ("keep", "recompute")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Mean task loss and accuracy of one parameter vector on one data set."""
+
+    loss: float
+    acc: float
+
+
+def batchnorm_modules(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+class ParamSpace:
+    """The trainable parameters of ``model`` as a flat vector of length :attr:`dim`.
+
+    ``names``/``shapes``/``numels`` follow ``model.named_parameters()`` order (the order
+    of :func:`flatten` and :meth:`unflatten`). :attr:`theta0` is the model's own point
+    (a detached copy). The working copy has the model's dtype and device.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        named = [(n, p) for n, p in model.named_parameters()]
+        if not named:
+            raise LandscopeError("the model has no parameters")
+        self.names = [n for n, _ in named]
+        self.shapes = [tuple(p.shape) for _, p in named]
+        self.numels = [p.numel() for _, p in named]
+        self.dim = sum(self.numels)
+        self.dtype = named[0][1].dtype
+        self.device = named[0][1].device
+        self.theta0 = flatten(p for _, p in named).detach().clone()
+        self.buffers0 = {n: b.detach().clone() for n, b in model.named_buffers()}
+
+        work = copy.deepcopy(model)
+        work.requires_grad_(False)
+        self._flat = self.theta0.clone()
+        views = self.unflatten(self._flat)
+        for name, view in views.items():
+            owner, leaf = _owner(work, name)
+            owner._parameters[leaf] = nn.Parameter(view, requires_grad=False)
+        work.eval()
+        self._work = work
+        self._norms = batchnorm_modules(work)
+        self._custom_task = hasattr(model, "task_loss")
+
+    # ------------------------------------------------------------------ vectors
+    @property
+    def has_batchnorm(self) -> bool:
+        return bool(self._norms)
+
+    def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
+        """``{name: view}`` of a flat vector (views share its storage)."""
+        if flat.shape != (self.dim,):
+            raise LandscopeError(f"expected a flat vector of shape ({self.dim},), "
+                                 f"got {tuple(flat.shape)}")
+        parts = torch.split(flat, self.numels)
+        return {n: p.view(s) for n, p, s in zip(self.names, parts, self.shapes)}
+
+    def flatten_params(self, params: Mapping[str, Tensor]) -> Tensor:
+        """A parameter dict (e.g. a checkpoint's ``state_dict``) as a flat vector."""
+        missing = [n for n in self.names if n not in params]
+        if missing:
+            raise LandscopeError(f"parameters missing: {', '.join(missing[:5])}")
+        for n, s in zip(self.names, self.shapes):
+            if tuple(params[n].shape) != s:
+                raise LandscopeError(f"parameter {n} has shape {tuple(params[n].shape)}, "
+                                     f"expected {s}")
+        return flatten(params[n] for n in self.names).detach().to(self.dtype, copy=True)
+
+    # ------------------------------------------------------------------ evaluation
+    @property
+    def working_model(self) -> nn.Module:
+        """The private copy whose parameters are views of the current point (read-only use)."""
+        return self._work
+
+    def set_point(self, theta: Tensor, buffers: Optional[Mapping[str, Tensor]] = None) -> None:
+        """Move the working copy to ``theta`` (and to ``buffers``, default the model's own)."""
+        if theta.shape != (self.dim,):
+            raise LandscopeError(f"expected a flat vector of shape ({self.dim},), "
+                                 f"got {tuple(theta.shape)}")
+        with torch.no_grad():
+            self._flat.copy_(theta)
+            src = self.buffers0 if buffers is None else buffers
+            for name, buf in self._work.named_buffers():
+                if name in src:
+                    buf.copy_(src[name])
+
+    @torch.no_grad()
+    def recompute_batchnorm(self, data: ProbeData) -> dict[str, Tensor]:
+        """Re-estimate BatchNorm running statistics at the current point: reset them, then
+        average the batch statistics of ``data`` over all its batches (cumulative mean).
+        Returns the new buffers (copies)."""
+        if not self._norms:
+            return {}
+        saved = [m.momentum for m in self._norms]
+        self._work.train()
+        try:
+            for m in self._norms:
+                m.reset_running_stats()
+                m.momentum = None
+            for x, _ in data.batches:
+                self._work(x.to(self.device, self.dtype))
+        finally:
+            for m, momentum in zip(self._norms, saved):
+                m.momentum = momentum
+            self._work.eval()
+        return {n: b.detach().clone() for n, b in self._work.named_buffers()}
+
+    @torch.no_grad()
+    def evaluate_current(self, data: ProbeData) -> Evaluation:
+        """Loss and accuracy of the working copy as it stands (eval mode)."""
+        if self._work.training:
+            self._work.eval()
+        total, correct = 0.0, 0
+        for x, y in data.batches:
+            out = self._work(x.to(self.device, self.dtype))
+            y = y.to(self.device)
+            if self._custom_task:
+                total += float(task_loss(self._work, out, y, "sum"))
+                correct += n_correct(self._work, out, y)
+            else:  # cross-entropy via logsumexp: ~2x cheaper than F.cross_entropy on CPU
+                top, pred = out.max(-1)
+                lse = top + (out - top.unsqueeze(-1)).exp().sum(-1).log()
+                total += float((lse - out.gather(-1, y.unsqueeze(-1)).squeeze(-1)).sum())
+                correct += int((pred == y).sum())
+        return Evaluation(total / data.n, correct / data.n)
+
+    def evaluate(self, theta: Tensor, data: ProbeData | Iterable[ProbeData],
+                 bn: BNMode = "keep", bn_data: Optional[ProbeData] = None
+                 ) -> list[Evaluation]:
+        """Evaluate ``theta`` on one or several data sets (eval mode, exact means).
+
+        ``bn="recompute"`` re-estimates BatchNorm statistics at ``theta`` on ``bn_data``
+        first (default: the first data set). Returns one :class:`Evaluation` per data set.
+        """
+        sets = [data] if isinstance(data, ProbeData) else list(data)
+        if bn not in BN_MODES:
+            raise LandscopeError(f"bn must be one of {', '.join(BN_MODES)} (got {bn!r})")
+        self.set_point(theta)
+        if bn == "recompute" and self._norms:
+            self.recompute_batchnorm(bn_data if bn_data is not None else sets[0])
+        return [self.evaluate_current(d) for d in sets]
+
+
+def flatten(tensors: Iterable[Tensor]) -> Tensor:
+    return torch.cat([t.detach().reshape(-1) for t in tensors])
+
+
+def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    path, _, leaf = name.rpartition(".")
+    return (model.get_submodule(path) if path else model), leaf
