@@ -9,8 +9,9 @@ from omegaconf.errors import ValidationError
 from conftest import CONF
 from landscope.config import validate
 from landscope.errors import ConfigError
+from landscope.synthetic import SYNTHETIC
 
-GROUPS = ["dataset", "model", "optimizer", "probe", "logger", "experiment"]
+GROUPS = ["dataset", "model", "optimizer", "probe", "landscape", "logger", "experiment"]
 
 
 def options(group: str) -> list[str]:
@@ -19,8 +20,9 @@ def options(group: str) -> list[str]:
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_composes_and_validates(compose, group, option):
-    cfg = compose([f"{group}={option}"])
-    if group in ("dataset", "model", "optimizer", "probe", "logger"):
+    pair = [f"model={option}"] if group == "dataset" and option in SYNTHETIC else []
+    cfg = compose([f"{group}={option}", *pair])  # a synthetic dataset needs its own model
+    if group in ("dataset", "model", "optimizer", "probe", "landscape", "logger"):
         assert cfg[group].name == option
     validate(cfg)
 

@@ -25,6 +25,8 @@ class DatasetName(str, Enum):
     fashion_mnist = "fashion_mnist"
     cifar10 = "cifar10"
     cifar100 = "cifar100"
+    quadratic = "quadratic"  # synthetic, closed-form answers (landscope.synthetic)
+    two_basin = "two_basin"  # synthetic, closed-form answers (landscope.synthetic)
 
 
 class ModelName(str, Enum):
@@ -32,6 +34,8 @@ class ModelName(str, Enum):
     cnn = "cnn"
     resnet = "resnet"
     vit = "vit"
+    quadratic = "quadratic"  # only with dataset=quadratic
+    two_basin = "two_basin"  # only with dataset=two_basin
 
 
 class Norm(str, Enum):
@@ -153,6 +157,19 @@ class DatasetConfig:
     normalize: bool = True  # standardize inputs per channel with training statistics
     in_memory: Optional[bool] = None  # null = auto (tensors when small, streamed when large)
     seed: int = 0
+    # Synthetic problems (landscope.synthetic; ignored by the other datasets). Their
+    # train_size/test_size are the generated sample counts (null = 256).
+    noise: float = 0.5  # quadratic: target noise sigma; two_basin: gradient-noise std
+    test_shift: float = 0.3  # test optimum moved by this (quadratic: norm; two_basin: along v)
+    spectrum: Optional[List[float]] = None  # quadratic: eigenvalues of A; null = generated:
+    dim: int = 20  # ... outliers, then dim - len(outliers) values from 1 down to 1/condition
+    condition: float = 100.0
+    outliers: List[float] = field(default_factory=lambda: [10.0, 5.0])
+    tolerance: float = 0.5  # quadratic: correct iff |noise-free residual| < tolerance
+    sharp_curvature: float = 10.0  # two_basin: d2L/dv2 at the sharp minimum (-1, 0)
+    flat_curvature: float = 1.0  # two_basin: d2L/dv2 at the flat minimum (1, 0)
+    barrier: float = 0.125  # two_basin: saddle loss minus the mean of the minima's losses
+    tilt: float = 0.0  # two_basin: saddle at u = tilt in (-1, 1); > 0: sharp minimum deeper
 
 
 @dataclass
@@ -366,6 +383,10 @@ def validate(cfg: Any) -> None:
     _check(d.test_size is None or d.test_size >= 1, "dataset.test_size", ">= 1 or null",
            d.test_size)
     _check(d.seed >= 0, "dataset.seed", ">= 0", d.seed)
+    if any(str(getattr(x, "value", x)) in ("quadratic", "two_basin") for x in (d.name, m.name)):
+        from landscope.synthetic import validate_synthetic
+
+        validate_synthetic(cfg)  # the dataset/model pair and the synthetic fields
     p = cfg.probe
     _check(p.data_size is None or p.data_size >= 1, "probe.data_size", ">= 1 or null",
            p.data_size)

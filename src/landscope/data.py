@@ -9,7 +9,9 @@
   pixels scaled from 0..16 to 0..1;
 * ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100`` -- torchvision's
   on-disk formats under ``data_dir`` (downloaded only with ``download=true``),
-  pixels scaled from 0..255 to 0..1.
+  pixels scaled from 0..255 to 0..1;
+* ``quadratic``, ``two_basin`` -- synthetic problems with closed-form answers, generated
+  in float64 by :mod:`landscope.synthetic` (none of the steps below apply to them).
 
 Then, in order: seeded train subset (``train_size``, seed ``cfg.seed``; subsets
 are nested: a smaller size is a prefix of a larger one's selection), test subset
@@ -41,6 +43,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from landscope import synthetic
 from landscope.errors import DataError
 from landscope.io import atomic_write_bytes
 
@@ -61,6 +64,7 @@ class DatasetMeta:
     num_classes: int
     train_size: int
     test_size: int
+    problem: Any = None  # synthetic datasets: what their model needs (landscope.synthetic)
 
 
 class Split:
@@ -180,16 +184,17 @@ _SPECS: dict[str, _Spec] = {
 def _name(cfg: Any) -> str:
     value = cfg.name
     name = value.value if isinstance(value, Enum) else str(value)
-    if name not in _SPECS:
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(_SPECS)}")
+    if name not in _SPECS and not synthetic.is_synthetic(name):
+        raise DataError(f"unknown dataset {name!r}; choose one of "
+                        f"{', '.join([*_SPECS, *synthetic.SYNTHETIC])}")
     return name
 
 
 def check_available(cfg: Any) -> None:
     """Raise a one-line :class:`DataError` if the dataset is not on disk and download is off."""
     name = _name(cfg)
-    spec = _SPECS[name]
-    if not spec.files or cfg.download:
+    spec = _SPECS.get(name)
+    if spec is None or not spec.files or cfg.download:  # synthetic: generated
         return
     root = str(cfg.data_dir)
     missing = [f for f in spec.files if not os.path.isfile(os.path.join(root, spec.folder, f))]
@@ -218,6 +223,8 @@ def _opt(value: Any, kind: type) -> Any:
 
 def load_data(cfg: Any) -> DataBundle:
     """Load the dataset ``cfg`` describes (cached per process; never modify the tensors in place)."""
+    if synthetic.is_synthetic(_name(cfg)):
+        return synthetic.load_synthetic(cfg)
     key = _Key(_name(cfg), os.path.abspath(str(cfg.data_dir)), bool(cfg.download),
                _opt(cfg.train_size, int), _opt(cfg.test_size, int), float(cfg.label_noise),
                bool(cfg.normalize), _opt(cfg.in_memory, bool), int(cfg.seed))
@@ -228,6 +235,7 @@ def load_data(cfg: Any) -> DataBundle:
 def clear_cache() -> None:
     """Forget the datasets cached by :func:`load_data`."""
     _load_cached.cache_clear()
+    synthetic.clear_cache()
 
 
 class _Raw(NamedTuple):

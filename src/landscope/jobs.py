@@ -48,6 +48,7 @@ from landscope.io import (atomic_write_bytes, atomic_write_text, read_json, read
 from landscope.models import build_model, count_parameters
 from landscope.optim import build_optimizer, build_scheduler
 from landscope.probes.suite import curvature_during_training, probe_data, run_probes
+from landscope.synthetic import DATASET_FIELDS, SYNTHETIC
 from landscope.train import STOP_DIVERGED, TrainState, evaluate, fit
 
 log = logging.getLogger("landscope")
@@ -90,6 +91,9 @@ def fingerprint(cfg: DictConfig) -> str:
         for p in parents:
             node = node.get(p, {})
         node.pop(leaf, None)
+    if c.get("dataset", {}).get("name") not in SYNTHETIC:  # fields only synthetic data read
+        for key in DATASET_FIELDS:
+            c["dataset"].pop(key, None)
     text = OmegaConf.to_yaml(OmegaConf.create(c), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -35,6 +35,8 @@ class TrainState:
     epoch: int = 0  # completed epochs
     grad_evals: int = 0  # forward+backward passes over a mini-batch so far
     history: list = field(default_factory=list)  # one metrics dict per completed epoch
+    # optimizer steps so far; on resume: sum(row["steps"] for row in history)
+    step: int = 0
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -80,9 +82,11 @@ def evaluate(model: nn.Module, split, batch_size: int) -> tuple[float, float]:
 
 
 def train_epoch(state: TrainState, split, batch_size: int, generator: torch.Generator,
-                grad_clip: Optional[float] = None, progress: Any = None) -> dict:
+                grad_clip: Optional[float] = None, progress: Any = None,
+                on_step: Optional[Callable[[TrainState], None]] = None) -> dict:
     """One pass over ``split``. Returns the running (mini-batch mean) loss and the
-    number of steps; the loss is non-finite if training diverged (stops early)."""
+    number of steps; the loss is non-finite if training diverged (stops early).
+    ``on_step(state)`` runs after every optimizer step (``state.step`` already counts it)."""
     model, opt = state.model, state.optimizer
     sam = is_sam(opt)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -108,6 +112,9 @@ def train_epoch(state: TrainState, split, batch_size: int, generator: torch.Gene
             if grad_clip is not None:
                 nn.utils.clip_grad_norm_(params, grad_clip)
             opt.step()
+        state.step += 1
+        if on_step is not None:
+            on_step(state)
         value = loss.item()
         steps += 1
         loss_sum += value * y.numel()
@@ -123,12 +130,15 @@ def fit(state: TrainState, train_split, test_split, *, epochs: int, batch_size: 
         eval_batch_size: int = 2048, grad_clip: Optional[float] = None,
         target_train_loss: Optional[float] = None,
         on_epoch_end: Optional[Callable[[TrainState, dict], None]] = None,
+        on_step: Optional[Callable[[TrainState], None]] = None,
         progress_factory: Optional[Callable[[int, int], Any]] = None) -> str:
     """Train until ``epochs``, the target train loss, or divergence; return the stop reason.
 
     ``batch_size`` larger than the training set means full-batch gradient descent.
     Metrics per epoch: train/test loss and accuracy (exact, eval mode, whole splits),
     the running mini-batch loss, learning rate, steps, gradient evaluations, seconds.
+    ``on_step(state)`` runs after every optimizer step, ``on_epoch_end(state, row)``
+    after every epoch.
     """
     if state.history:
         last = state.history[-1]
@@ -140,7 +150,7 @@ def fit(state: TrainState, train_split, test_split, *, epochs: int, batch_size: 
         bar = progress_factory(epoch, epochs) if progress_factory else None
         try:
             run = train_epoch(state, train_split, batch_size, epoch_generator(seed, epoch),
-                              grad_clip, bar)
+                              grad_clip, bar, on_step)
         finally:
             if bar is not None:
                 bar.close()

@@ -12,8 +12,10 @@ for what ``width`` and ``depth`` mean there):
 * ``kernel_size`` (cnn, resnet), ``patch_size`` and ``heads`` (vit).
 
 Architectures: :mod:`~landscope.models.mlp`, :mod:`~landscope.models.cnn`,
-:mod:`~landscope.models.resnet`, :mod:`~landscope.models.vit`.  No dropout anywhere and no
-in-place ops on activations, so models work under ``torch.func.functional_call``,
+:mod:`~landscope.models.resnet`, :mod:`~landscope.models.vit`; ``quadratic`` and ``two_basin``
+are the models of the synthetic datasets of the same names (:mod:`landscope.synthetic`: a
+parameter vector, ``init_scale * N(0, I)``; they run on their own dataset only).  No dropout
+anywhere and no in-place ops on activations, so models work under ``torch.func.functional_call``,
 ``grad``, ``jvp``, ``hessian`` and ``vmap``.  With ``norm=batch`` in train mode the forward
 updates running statistics in place, which the ``torch.func`` transforms reject: probe in
 ``eval()`` mode or inside :func:`frozen_batchnorm_stats` (batch statistics, no buffer
@@ -29,6 +31,7 @@ from typing import Any
 
 from torch import nn
 
+from landscope import synthetic
 from landscope.config import ModelConfig
 from landscope.errors import ConfigError
 from landscope.models.blocks import (ACTIVATIONS, NORMS, enum_value, frozen_batchnorm_stats,
@@ -41,7 +44,7 @@ from landscope.models.vit import ViT
 __all__ = ["MODEL_NAMES", "build_model", "count_parameters", "frozen_batchnorm_stats", "MLP",
            "CNN", "ResNet", "ViT"]
 
-MODEL_NAMES: tuple[str, ...] = ("mlp", "cnn", "resnet", "vit")
+MODEL_NAMES: tuple[str, ...] = ("mlp", "cnn", "resnet", "vit", *synthetic.SYNTHETIC)
 _DEFAULTS = ModelConfig()
 
 
@@ -86,6 +89,11 @@ def build_model(cfg: Any, meta: Any) -> nn.Module:
     _require(isinstance(init_scale, (int, float)) and math.isfinite(init_scale)
              and init_scale > 0, "init_scale", "finite and > 0", init_scale)
 
+    if synthetic.is_synthetic(name):
+        return synthetic.build_synthetic_model(name, meta, float(init_scale))
+    if getattr(meta, "problem", None) is not None:
+        raise ConfigError(f"dataset={meta.name} runs only with model={meta.name} (got "
+                          f"model={name})")
     input_shape = tuple(int(s) for s in meta.input_shape)
     num_classes = int(meta.num_classes)
     if num_classes < 1 or not input_shape or min(input_shape) < 1:

@@ -223,7 +223,11 @@ def _verify(model: nn.Module, data: ProbeData, mode: str, cfg: Any, s: dict,
         out.update(_verify_blocks(model, hessian, _value(cfg.per_block), a))
     if "trace" in s:
         err = s["trace"] - out["verify_trace_exact"]
-        out["verify_trace_error_in_stderr"] = float(err / max(s["trace_stderr"], 1e-300))
+        exact = out["verify_trace_exact"]
+        out["verify_trace_rel_error"] = float(abs(err) / max(abs(exact), 1e-300))
+        # a trace deflated over the whole space has stderr ~0: floor it at rounding level
+        floor = max(1e-6 * abs(exact), 1e-300)
+        out["verify_trace_error_in_stderr"] = float(err / max(s["trace_stderr"], floor))
     return out
 
 

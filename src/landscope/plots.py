@@ -1,0 +1,350 @@
+"""Every figure landscope draws, each from saved data only (PNG, matplotlib's Agg backend).
+
+A figure function takes plain arrays (as stored in a job's ``.npz`` files or read from
+``metrics.jsonl``) and a path, and writes the PNG atomically; nothing here touches a model.
+:func:`job_figures` redraws every figure a job directory has data for, which is what the
+runner calls at the end of a job and what ``python -m runner.figures JOB...`` does.
+
+Figures and the data they come from:
+
+==============================  ==========================================================
+``training.png``                ``metrics.jsonl``: train/test loss and accuracy per epoch
+``curvature.png``               ``metrics.jsonl`` ``curv_*`` columns (``probe.every_n_epochs``)
+``density.png``                 ``probes/<pfp>.npz``: ``density_grid``, ``density``
+``line.png``                    ``landscape/<lfp>.npz``: ``line_*`` (1-D slices with a band)
+``line_eigen.png``              ``landscape/<lfp>.npz``: ``eigline_*`` (along eigenvectors)
+``plane_contour.png``           ``landscape/<lfp>.npz``: ``plane_*`` (2-D slice, contours)
+``plane_surface.png``           the same grid as a 3-D surface
+``trajectory.png``              ``landscape/<lfp>.npz``: ``traj_*`` (path on its PCA plane)
+``intrinsic_dim.png``           ``landscape/<lfp>.npz``: ``intrinsic_*``
+``<pair>.png`` (connectivity)   ``connectivity/<group>/<pair>.npz``: linear and Bezier paths
+==============================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from landscope.io import atomic_write_bytes, read_json, read_jsonl
+
+Arrays = Mapping[str, np.ndarray]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    path = Path(path)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _sub(arrays: Arrays, prefix: str) -> dict[str, np.ndarray]:
+    """Keys ``<prefix>_<name>`` as ``{name: array}``."""
+    p = prefix + "_"
+    return {k[len(p):]: np.asarray(v) for k, v in arrays.items() if k.startswith(p)}
+
+
+# ----------------------------------------------------------------------------- training
+def plot_training(rows: Sequence[Mapping[str, Any]], path: Path, title: str = "") -> Path:
+    """Train/test loss (left) and accuracy (right) per epoch."""
+    plt = _plt()
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(9, 3.4))
+    ep = [r["epoch"] for r in rows]
+    for split, style in (("train", "-"), ("test", "--")):
+        ax_l.plot(ep, [r.get(f"{split}_loss", math.nan) for r in rows], style, label=split)
+        ax_a.plot(ep, [r.get(f"{split}_acc", math.nan) for r in rows], style, label=split)
+    ax_l.set(xlabel="epoch", ylabel="loss", yscale="log")
+    ax_a.set(xlabel="epoch", ylabel="accuracy")
+    ax_l.legend()
+    fig.suptitle(title or "training curves")
+    return _save(fig, path)
+
+
+def plot_curvature(rows: Sequence[Mapping[str, Any]], path: Path, lr: Optional[float] = None,
+                   title: str = "") -> Path:
+    """λmax and the Hutchinson trace through training; the edge-of-stability line 2/η."""
+    plt = _plt()
+    got = [r for r in rows if r.get("curv_lambda_max") is not None]
+    fig, (ax_l, ax_t) = plt.subplots(1, 2, figsize=(9, 3.4))
+    ep = [r["epoch"] for r in got]
+    ax_l.plot(ep, [r["curv_lambda_max"] for r in got], "o-", label="λmax")
+    if lr:
+        ax_l.axhline(2.0 / lr, color="grey", ls=":", label="2/η")
+    ax_l.set(xlabel="epoch", ylabel="λmax")
+    ax_l.legend()
+    tr = np.array([r.get("curv_trace", math.nan) for r in got], dtype=float)
+    se = np.array([r.get("curv_trace_stderr", 0.0) or 0.0 for r in got], dtype=float)
+    ax_t.errorbar(ep, tr, yerr=se, fmt="o-", capsize=2)
+    ax_t.set(xlabel="epoch", ylabel="trace (± s.e.)")
+    fig.suptitle(title or "curvature through training")
+    return _save(fig, path)
+
+
+def plot_density(grid: np.ndarray, density: np.ndarray, path: Path,
+                 eigenvalues: Optional[np.ndarray] = None, title: str = "") -> Path:
+    """SLQ spectral density (log scale), with the Lanczos top eigenvalues marked."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    ax.semilogy(grid, np.maximum(density, 1e-12))
+    if eigenvalues is not None:
+        for i, lam in enumerate(np.ravel(eigenvalues)):
+            ax.axvline(float(lam), color="C3", lw=0.7, ls="--", label="top-k" if i == 0 else None)
+        ax.legend()
+    ax.set(xlabel="eigenvalue", ylabel="density", ylim=(1e-8, None))
+    ax.set_title(title or "Hessian spectral density (SLQ)")
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- slices
+def plot_line(a: Mapping[str, np.ndarray], path: Path, title: str = "",
+              labels: Optional[Sequence[str]] = None) -> Path:
+    """1-D slices: loss and accuracy against the coordinate.
+
+    ``a`` holds ``coords (P,)`` and ``train_loss``/``train_acc`` (and optionally
+    ``test_*``) of shape ``(K, P)``. With ``labels`` each direction is drawn on its own
+    (e.g. eigenvectors); otherwise the mean over directions with a min-max band."""
+    plt = _plt()
+    x = np.asarray(a["coords"])
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for j, split in enumerate(s for s in ("train", "test") if f"{s}_loss" in a):
+        for ax, what in ((ax_l, "loss"), (ax_a, "acc")):
+            v = np.atleast_2d(a[f"{split}_{what}"])
+            if labels is not None:
+                for i, lab in enumerate(labels[:len(v)]):
+                    ax.plot(x, v[i], ls="-" if split == "train" else "--", color=f"C{i}",
+                            label=f"{split} {lab}")
+            else:
+                ax.plot(x, v.mean(0), ls="-" if split == "train" else "--", color=f"C{j}",
+                        label=f"{split} (mean of {len(v)})")
+                ax.fill_between(x, v.min(0), v.max(0), color=f"C{j}", alpha=0.2)
+    ax_l.set(xlabel="coordinate α", ylabel="loss")
+    ax_a.set(xlabel="coordinate α", ylabel="accuracy")
+    ax_l.legend(fontsize=7)
+    fig.suptitle(title or "1-D loss slices")
+    return _save(fig, path)
+
+
+def plot_plane_contour(a: Mapping[str, np.ndarray], path: Path, key: str = "train_loss",
+                       title: str = "") -> Path:
+    """2-D slice as filled contours of ``key`` (log-spaced levels for losses)."""
+    plt = _plt()
+    x, y, z = np.asarray(a["x"]), np.asarray(a["y"]), np.asarray(a[key])
+    fig, ax = plt.subplots(figsize=(5, 4.3))
+    cs = ax.contourf(x, y, z.T, levels=_levels(z, key), cmap="viridis")
+    ax.contour(x, y, z.T, levels=cs.levels, colors="k", linewidths=0.3)
+    fig.colorbar(cs, ax=ax, label=key.replace("_", " "))
+    ax.plot([0], [0], "r*", ms=10, label="trained point")
+    ax.set(xlabel="α (direction 1)", ylabel="β (direction 2)", aspect="equal")
+    ax.legend(fontsize=7)
+    ax.set_title(title or f"2-D slice: {key.replace('_', ' ')}")
+    return _save(fig, path)
+
+
+def plot_plane_surface(a: Mapping[str, np.ndarray], path: Path, key: str = "train_loss",
+                       title: str = "") -> Path:
+    """2-D slice as a 3-D surface."""
+    plt = _plt()
+    x, y, z = np.asarray(a["x"]), np.asarray(a["y"]), np.asarray(a[key])
+    fig = plt.figure(figsize=(5.5, 4.5))
+    ax = fig.add_subplot(projection="3d")
+    xx, yy = np.meshgrid(x, y, indexing="ij")
+    ax.plot_surface(xx, yy, z, cmap="viridis", linewidth=0, antialiased=True)
+    ax.set(xlabel="α", ylabel="β", zlabel=key.replace("_", " "))
+    ax.set_title(title or f"2-D slice: {key.replace('_', ' ')}")
+    return _save(fig, path)
+
+
+def _levels(z: np.ndarray, key: str, n: int = 25) -> Any:
+    finite = z[np.isfinite(z)]
+    if finite.size == 0 or finite.min() == finite.max():
+        return n
+    lo, hi = float(finite.min()), float(finite.max())
+    if "loss" in key and lo > 0:
+        return np.geomspace(lo, hi, n)
+    return np.linspace(lo, hi, n)
+
+
+# ----------------------------------------------------------------------------- trajectory
+def plot_trajectory(a: Mapping[str, np.ndarray], path: Path, title: str = "") -> Path:
+    """The training path on the loss contour of its PCA plane, and the fidelity check:
+    true loss along the path against the contour value at each projected point, with the
+    relative off-plane residual."""
+    plt = _plt()
+    fig, (ax_c, ax_f) = plt.subplots(1, 2, figsize=(10, 4.2))
+    gx, gy, gz = (np.asarray(a[k]) for k in ("grid_x", "grid_y", "grid_loss"))
+    # grid_loss[j, i] is the loss at (grid_x[i], grid_y[j]): contourf's own layout
+    cs = ax_c.contourf(gx, gy, gz, levels=_levels(gz, "loss"), cmap="viridis")
+    fig.colorbar(cs, ax=ax_c, label="train loss")
+    pc = np.asarray(a["pc_coords"])
+    ax_c.plot(pc[:, 0], pc[:, 1], "w.-", ms=4, lw=1)
+    ax_c.plot(pc[:1, 0], pc[:1, 1], "wo", ms=6, label="start")
+    ax_c.plot([0], [0], "r*", ms=10, label="final")
+    evr = np.asarray(a.get("explained_variance_ratio", [math.nan, math.nan]))
+    ax_c.set(xlabel=f"PC1 ({evr[0]:.1%})", ylabel=f"PC2 ({evr[1]:.1%})" if len(evr) > 1 else "PC2")
+    ax_c.legend(fontsize=7)
+    ax_c.set_title("path on the PCA-plane contour")
+    steps = np.asarray(a["steps"])
+    ax_f.plot(steps, a["path_loss"], "-", label="true loss at snapshot")
+    ax_f.plot(steps, a["path_contour_loss"], "--", label="contour at projection")
+    ax_f.set(xlabel="step", ylabel="train loss", yscale="log")
+    ax_r = ax_f.twinx()
+    ax_r.plot(steps, a["off_plane"], ":", color="C3", label="off-plane (relative)")
+    ax_r.set_ylabel("relative off-plane residual", color="C3")
+    ax_f.legend(fontsize=7, loc="upper center")
+    ax_f.set_title("fidelity of the 2-D picture")
+    fig.suptitle(title or "training trajectory")
+    return _save(fig, path)
+
+
+def plot_intrinsic(a: Mapping[str, np.ndarray], path: Path, reference_acc: Optional[float] = None,
+                   title: str = "") -> Path:
+    """Test accuracy of subspace training against the subspace dimension d."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.semilogx(a["dims"], a["test_acc"], "o-", label="test accuracy")
+    if "train_acc" in a:
+        ax.semilogx(a["dims"], a["train_acc"], "s--", label="train accuracy")
+    if reference_acc is not None and math.isfinite(reference_acc):
+        ax.axhline(reference_acc, color="grey", ls="-", lw=0.8, label="full model")
+        ax.axhline(0.9 * reference_acc, color="grey", ls=":", label="90% of full")
+    ax.set(xlabel="subspace dimension d", ylabel="accuracy")
+    ax.legend(fontsize=7)
+    ax.set_title(title or "intrinsic dimension")
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- connectivity
+def plot_path(paths: Mapping[str, Mapping[str, np.ndarray]], path: Path, title: str = "") -> Path:
+    """Loss and error along connecting paths, e.g. ``{"linear": {...}, "bezier": {...}}``
+    each with ``t`` and ``train_loss``/``train_acc`` (and optionally ``test_*``)."""
+    plt = _plt()
+    fig, (ax_l, ax_e) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for i, (name, a) in enumerate(paths.items()):
+        for split, style in (("train", "-"), ("test", "--")):
+            if f"{split}_loss" not in a:
+                continue
+            ax_l.plot(a["t"], a[f"{split}_loss"], style, color=f"C{i}", label=f"{name} {split}")
+            ax_e.plot(a["t"], 1 - np.asarray(a[f"{split}_acc"]), style, color=f"C{i}",
+                      label=f"{name} {split}")
+    ax_l.set(xlabel="t", ylabel="loss")
+    ax_e.set(xlabel="t", ylabel="error")
+    ax_l.legend(fontsize=7)
+    fig.suptitle(title or "mode connectivity")
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- job level
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _newest(paths: Sequence[Path]) -> Optional[Path]:
+    return max(paths, key=lambda p: p.stat().st_mtime) if paths else None
+
+
+def job_figures(job_dir: Path, out_dir: Optional[Path] = None) -> list[Path]:
+    """Draw every figure ``job_dir`` has saved data for into ``out_dir`` (default
+    ``job_dir/figures``); returns the written paths. Uses the newest probe and landscape
+    result files when several configs were run."""
+    job_dir = Path(job_dir)
+    out = Path(out_dir) if out_dir is not None else job_dir / "figures"
+    name = job_dir.name
+    written: list[Path] = []
+    rows = read_jsonl(job_dir / "metrics.jsonl") if (job_dir / "metrics.jsonl").is_file() else []
+    if rows:
+        written.append(plot_training(rows, out / "training.png", f"training: {name}"))
+        if any(r.get("curv_lambda_max") is not None for r in rows):
+            written.append(plot_curvature(rows, out / "curvature.png", _lr(job_dir),
+                                          f"curvature: {name}"))
+    probes = _newest([p for p in (job_dir / "probes").glob("*.npz") if "_" not in p.stem]) \
+        if (job_dir / "probes").is_dir() else None
+    if probes is not None:
+        a = _load_npz(probes)
+        if "density" in a and "density_grid" in a:
+            written.append(plot_density(a["density_grid"], a["density"], out / "density.png",
+                                        a.get("eigenvalues_top"), f"spectral density: {name}"))
+    land = _newest(list((job_dir / "landscape").glob("*.npz"))) \
+        if (job_dir / "landscape").is_dir() else None
+    if land is not None:
+        written.extend(_landscape_figures(_load_npz(land), out, name, land.with_suffix(".json")))
+    return written
+
+
+def _landscape_figures(a: Arrays, out: Path, name: str, meta_path: Path) -> list[Path]:
+    written = []
+    line = _sub(a, "line")
+    if "coords" in line:
+        written.append(plot_line(line, out / "line.png", f"1-D slices: {name}"))
+    eig = _sub(a, "eigline")
+    if "coords" in eig:
+        k = np.atleast_2d(eig["train_loss"]).shape[0]
+        written.append(plot_line(eig, out / "line_eigen.png", f"slices along Hessian "
+                                 f"eigenvectors: {name}", labels=[f"v{i + 1}" for i in range(k)]))
+    plane = _sub(a, "plane")
+    if "x" in plane:
+        written.append(plot_plane_contour(plane, out / "plane_contour.png",
+                                          title=f"2-D slice: {name}"))
+        written.append(plot_plane_surface(plane, out / "plane_surface.png",
+                                          title=f"2-D slice: {name}"))
+    traj = _sub(a, "traj")
+    if "grid_loss" in traj:
+        written.append(plot_trajectory(traj, out / "trajectory.png", f"trajectory: {name}"))
+    intr = _sub(a, "intrinsic")
+    if "dims" in intr:
+        ref = None
+        try:
+            ref = read_json(meta_path).get("scalars", {}).get("intrinsic_reference_acc")
+        except (OSError, ValueError):
+            pass
+        written.append(plot_intrinsic(intr, out / "intrinsic_dim.png", ref,
+                                      f"intrinsic dimension: {name}"))
+    return written
+
+
+def _lr(job_dir: Path) -> Optional[float]:
+    """The step size η whose 2/η is the edge of stability (Cohen et al. 2021) for a job trained
+    with SGD or heavy-ball momentum β at a constant rate: η = lr / (1 + β), i.e. the
+    threshold 2(1 + β)/lr; None otherwise."""
+    try:
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.load(job_dir / "config.yaml")
+        o = cfg.optimizer
+        if str(o.name) in ("sgd", "momentum") and str(o.get("schedule", "constant")) == "constant":
+            return float(o.lr) / (1 + float(o.get("momentum", 0.0) or 0.0))
+    except Exception:  # noqa: BLE001 - a figure decoration, never an error
+        return None
+    return None
+
+
+def connectivity_figures(sweep_dir: Path, out_dir: Optional[Path] = None) -> list[Path]:
+    """One path figure per connected pair saved under ``sweep_dir/connectivity/<group>/``
+    (arrays ``linear_*`` and, when a Bezier curve was trained, ``bezier_*``), written
+    next to its data (or into ``out_dir/<group>/``)."""
+    written = []
+    root = Path(sweep_dir) / "connectivity"
+    for npz in sorted(root.glob("*/*.npz")):
+        a = _load_npz(npz)
+        paths = {name: sub for name in ("linear", "bezier") if "t" in (sub := _sub(a, name))}
+        if not paths:
+            continue
+        target = (npz.with_suffix(".png") if out_dir is None
+                  else Path(out_dir) / npz.parent.name / (npz.stem + ".png"))
+        written.append(plot_path(paths, target, f"connectivity: {npz.stem}"))
+    return written

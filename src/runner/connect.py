@@ -1,0 +1,335 @@
+"""Mode connectivity over a finished sweep: ``python -m runner.connect SWEEP_DIR [overrides]``.
+
+Finds the completed jobs of ``SWEEP_DIR`` (``*/result.json`` with status ``completed``),
+groups those whose configs are identical apart from ``seed`` (the job's ``config.yaml``
+compared with the exclusions of the job fingerprint), and connects every pair of seeds
+within a group, from their final checkpoints:
+
+* the straight line between the two parameter vectors (BatchNorm per ``landscape.bn``:
+  ``keep`` interpolates the two models' running statistics, ``recompute`` re-estimates
+  them at every point on the train subset);
+* with ``landscape.bezier=true``, a quadratic Bezier curve whose bend is trained
+  (Garipov et al. 2018) for ``landscape.bezier_epochs`` epochs over the job's training
+  split, with the job's ``train.batch_size``, Adam at ``landscape.bezier_lr`` (cosine
+  decay) and t ~ U[0, 1] per batch seeded by ``landscape.seed``; BatchNorm statistics are
+  always re-estimated at every point of the curve.
+
+Both are evaluated at ``landscape.path_points`` evenly spaced t in [0, 1] (ends exact) on
+seeded subsets of the train and test splits (``landscape.data_size`` samples each, seed
+``landscape.seed``, ``landscape.batch_size`` samples per forward pass).
+
+Overrides set the landscape config as for the runner (default ``landscape=basic``), e.g.
+``landscape.path_points=11 landscape.bezier=false landscape.bezier_epochs=5
+landscape.bn=recompute``; only ``landscape`` keys are accepted.
+
+Output per pair (written atomically), in ``SWEEP_DIR/connectivity/<group>/``, where
+``<group>`` is the job directory name without its ``seed=N`` item:
+
+* ``<jobA>__<jobB>.json``: ``scalars`` (``linear_*`` and ``bezier_*``: barriers against the
+  endpoint mean and against the endpoint interpolation, max, its t, mean, integral, start
+  and end of loss and error on train and test; see ``landscope.geometry.connectivity``),
+  the ``landscape`` settings used, the checkpoints' SHA-256 digests and epochs, the bend's
+  training record;
+* ``<jobA>__<jobB>.npz``: ``linear_t``, ``linear_train_loss``, ``linear_train_acc``,
+  ``linear_test_loss``, ``linear_test_acc``, the same with ``bezier_``, ``bezier_bend``
+  (the bend as a flat parameter vector) and ``bezier_loss_history``.
+
+A pair whose JSON file already holds the same checkpoint digests and settings is not
+recomputed.  One line per pair, then a summary.  Exit codes: 0 all pairs done, 1 a pair
+failed (the others still ran), 2 bad input (not a sweep directory, no pairs to connect,
+an unknown or non-landscape override): one ``error:`` line on stderr.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import logging
+import math
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from landscope.config import Config, register_configs
+from landscope.errors import CheckpointError, ConfigError, LandscopeError
+
+# the landscape settings a connectivity result depends on (its cache key)
+KEYS = ("path_points", "bezier", "bezier_epochs", "bezier_lr", "bn", "data_size", "seed",
+        "batch_size")
+_SEED_ITEM = re.compile(r"^seed=\d+$")
+
+
+def _landscape_config(overrides: list[str]) -> dict:
+    from hydra import compose, initialize_config_dir
+
+    from runner.app import _conf_dir
+
+    for o in overrides:
+        if not o.lstrip("+~").startswith(("landscape.", "landscape=")):
+            raise ConfigError(f"only landscape overrides are accepted here (got {o!r}), "
+                              "e.g. landscape.path_points=11")
+    if not any(o.startswith("landscape=") for o in overrides):
+        overrides = ["landscape=basic", *overrides]
+    register_configs()
+    with initialize_config_dir(config_dir=_conf_dir(), version_base="1.3"):
+        land = compose(config_name="config", overrides=overrides).landscape
+    c = OmegaConf.to_container(land, resolve=True, enum_to_str=True)
+    settings = {k: c[k] for k in KEYS}
+    _validate(settings)
+    return settings
+
+
+def _validate(s: dict) -> None:
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise ConfigError(f"landscape.{key} must be {what} (got {s[key]!r})")
+
+    need(s["path_points"] >= 2, "path_points", ">= 2")
+    need(s["data_size"] is None or s["data_size"] >= 1, "data_size", ">= 1 or null")
+    need(s["batch_size"] >= 1, "batch_size", ">= 1")
+    need(s["seed"] >= 0, "seed", ">= 0")
+    need(s["bezier_epochs"] >= 1, "bezier_epochs", ">= 1")
+    need(math.isfinite(s["bezier_lr"]) and s["bezier_lr"] > 0, "bezier_lr", "> 0")
+
+
+def _job_config(job: Path) -> DictConfig:
+    return OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(job / "config.yaml"))
+
+
+def _group_key(cfg: DictConfig) -> str:
+    from landscope.jobs import fingerprint
+
+    unseeded = cfg.copy()
+    unseeded.seed = 0
+    return fingerprint(unseeded)
+
+
+def _group_name(job_name: str) -> str:
+    items = [i for i in job_name.split(",") if not _SEED_ITEM.match(i)]
+    return ",".join(items) or "seeds"
+
+
+def _plan(sweep: Path) -> tuple[list[dict], list[str]]:
+    """``(pairs, notes)``: every pair of completed jobs differing only in seed."""
+    from landscope.data import check_available
+    from landscope.io import read_json
+
+    if not sweep.is_dir():
+        raise LandscopeError(f"{sweep} is not a sweep directory")
+    jobs = sorted(r.parent for r in sweep.glob("*/result.json"))
+    if not jobs:
+        raise LandscopeError(f"{sweep} holds no job directories (no */result.json)")
+    groups: dict[str, list[dict]] = {}
+    notes = []
+    for job in jobs:
+        try:
+            result = read_json(job / "result.json")
+            status = result.get("status")
+            if status != "completed":
+                notes.append(f"skipped: {job.name} (status {status})")
+                continue
+            cfg = _job_config(job)
+        except Exception as exc:
+            notes.append(f"skipped: {job.name} (unreadable result.json or config.yaml: "
+                         f"{type(exc).__name__})")
+            continue
+        groups.setdefault(_group_key(cfg), []).append(
+            {"dir": job, "name": job.name, "cfg": cfg, "result": result})
+    pairs, names = [], set()
+    for key, members in groups.items():
+        if len(members) < 2:
+            continue
+        members.sort(key=lambda m: (int(m["cfg"].seed), m["name"]))
+        name = _group_name(members[0]["name"])
+        if name in names:
+            name = f"{name}_{key[:8]}"
+        names.add(name)
+        for m in members:
+            check_available(m["cfg"].dataset)
+        pairs += [{"group": name, "a": a, "b": b} for a, b in itertools.combinations(members, 2)]
+    if not pairs:
+        n = sum(len(m) for m in groups.values())
+        raise LandscopeError(f"no pairs to connect in {sweep}: {n} completed job(s), none "
+                             "sharing a config apart from seed")
+    return pairs, notes
+
+
+def _newest_checkpoint(job: Path) -> Path:
+    from landscope.checkpoint import list_checkpoints
+
+    found = list_checkpoints(job / "checkpoints")
+    if not found:
+        raise CheckpointError(f"{job.name} has no checkpoint")
+    return found[0]
+
+
+def _final_state(job: dict, path: Path) -> dict:
+    from landscope.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    if ckpt.get("epoch") != job["result"].get("epochs_completed"):
+        raise CheckpointError(f"{job['name']}: newest checkpoint is epoch {ckpt.get('epoch')}, "
+                              f"the job completed {job['result'].get('epochs_completed')}")
+    return ckpt
+
+
+def _connect(pair: dict, settings: dict, ckpts: tuple[Path, Path]) -> tuple[dict, dict]:
+    """Compute one pair: ``(record for the JSON file, arrays for the npz)``."""
+    import numpy as np
+    import torch
+
+    from landscope.geometry.connectivity import (bezier_path, linear_path, path_ts,
+                                                 train_bezier)
+    from landscope.geometry.space import ParamSpace
+    from landscope.jobs import _model_from_state, default_threads
+    from landscope.models import count_parameters
+    from landscope.probes.probe_data import ProbeData
+
+    a, b = pair["a"], pair["b"]
+    state_a, state_b = _final_state(a, ckpts[0]), _final_state(b, ckpts[1])
+    model_a, data = _model_from_state(a["cfg"], state_a["model"])
+    model_b, _ = _model_from_state(b["cfg"], state_b["model"])
+    torch.set_num_threads(default_threads(count_parameters(model_a)))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    s = settings
+    train = ProbeData.from_split(data.train, s["data_size"], s["seed"], s["batch_size"])
+    test = ProbeData.from_split(data.test, s["data_size"], s["seed"], s["batch_size"])
+    space = ParamSpace(model_a)
+    theta_a = space.theta0
+    theta_b = space.flatten_params(dict(model_b.named_parameters()))
+    buffers_b = {n: t.detach().clone() for n, t in model_b.named_buffers()}
+    ts = path_ts(s["path_points"])
+    lin = linear_path(space, theta_a, theta_b, ts, train, test, bn=s["bn"],
+                      buffers_a=space.buffers0, buffers_b=buffers_b)
+    scalars = lin.scalars("linear")
+    arrays = {f"linear_{k}": v for k, v in lin.arrays().items()}
+    record: dict[str, Any] = {"bn": {"linear": s["bn"]}, "has_batchnorm": space.has_batchnorm,
+                              "data": {"train": train.n, "test": test.n}}
+    if s["bezier"]:
+        tcfg = a["cfg"].train
+        batch = len(data.train) if tcfg.full_batch else int(tcfg.batch_size)
+        bend = train_bezier(model_a, theta_a, theta_b, data.train, epochs=s["bezier_epochs"],
+                            lr=s["bezier_lr"], batch_size=batch, seed=s["seed"])
+        bez = bezier_path(space, theta_a, theta_b, bend.theta_c, ts, train, test,
+                          bn="recompute", grad_evals=bend.grad_evals)
+        scalars.update(bez.scalars("bezier"))
+        arrays.update({f"bezier_{k}": v for k, v in bez.arrays().items()})
+        arrays["bezier_bend"] = bend.theta_c.cpu().numpy()
+        arrays["bezier_loss_history"] = np.asarray(bend.loss_history, dtype=np.float64)
+        record["bn"]["bezier"] = "recompute"
+        record["bend"] = {"optimizer": bend.optimizer, "lr": bend.lr, "schedule": "cosine",
+                          "epochs": bend.epochs, "batch_size": batch, "steps": bend.steps,
+                          "grad_evals": bend.grad_evals, "seed": bend.seed,
+                          "train_samples": len(data.train),
+                          "final_loss": bend.loss_history[-1]}
+    record.update(checkpoint_epoch_a=state_a["epoch"], checkpoint_epoch_b=state_b["epoch"],
+                  n_params=space.dim)
+    return {**record, "scalars": scalars}, arrays
+
+
+def _cached(path: Path, key: dict) -> Optional[dict]:
+    from landscope.io import read_json
+
+    try:
+        record = read_json(path)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or not path.with_suffix(".npz").is_file():
+        return None
+    return record if all(record.get(k) == v for k, v in key.items()) else None
+
+
+def _summary(scalars: dict) -> str:
+    """Barriers (mean-of-endpoints / interpolation conventions) of train loss, test error."""
+    parts = []
+    for p in ("linear", "bezier"):
+        for split, metric in (("train", "loss"), ("test", "error")):
+            m = scalars.get(f"{p}_{split}_{metric}_barrier_mean")
+            i = scalars.get(f"{p}_{split}_{metric}_barrier_interp")
+            if m is not None and i is not None:
+                parts.append(f"{p} {split} {metric} barrier {m:.4g}/{i:.4g}")
+    return ", ".join(parts) + " (vs endpoint mean/interpolation)" if parts else ""
+
+
+def run_pair(pair: dict, settings: dict, out_dir: Path) -> tuple[str, dict]:
+    """Connect one pair (or read its cached result): ``("computed"|"cached", record)``."""
+    import numpy as np
+
+    from landscope.checkpoint import payload_digest
+    from landscope.io import atomic_write_bytes, write_json
+
+    ckpts = (_newest_checkpoint(pair["a"]["dir"]), _newest_checkpoint(pair["b"]["dir"]))
+    key = {"checkpoint_a": payload_digest(ckpts[0]), "checkpoint_b": payload_digest(ckpts[1]),
+           "landscape": settings}
+    stem = out_dir / pair["group"] / f"{pair['a']['name']}__{pair['b']['name']}"
+    json_path = stem.with_name(stem.name + ".json")
+    cached = _cached(json_path, key)
+    if cached is not None:
+        return "cached", cached
+    tic = time.perf_counter()
+    record, arrays = _connect(pair, settings, ckpts)
+    record = {"group": pair["group"], "job_a": pair["a"]["name"], "job_b": pair["b"]["name"],
+              "seed_a": int(pair["a"]["cfg"].seed), "seed_b": int(pair["b"]["cfg"].seed),
+              **key, **record, "arrays": sorted(arrays),
+              "wall_time_s": time.perf_counter() - tic}
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(stem.with_name(stem.name + ".npz"), buf.getvalue())
+    write_json(json_path, record)  # last: its presence marks a complete result
+    return "computed", record
+
+
+def main(argv: list[str] | None = None) -> None:
+    from runner.app import one_line
+
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print(__doc__)
+        sys.exit(0 if args else 2)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    paths = [a for a in args if Path(a).exists() or "=" not in a]
+    overrides = [a for a in args if a not in paths]
+    try:
+        if len(paths) != 1:
+            raise LandscopeError(f"expected one sweep directory, got {len(paths)}: "
+                                 f"{' '.join(paths) or '(none)'}")
+        settings = _landscape_config(overrides)
+        sweep = Path(paths[0])
+        pairs, notes = _plan(sweep)
+    except LandscopeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as exc:  # composition errors from Hydra / OmegaConf
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        sys.exit(2)
+    for note in notes:
+        print(note, flush=True)
+    counts = {"computed": 0, "cached": 0, "failed": 0}
+    for pair in pairs:
+        label = f"{pair['group']}/{pair['a']['name']}__{pair['b']['name']}"
+        tic = time.perf_counter()
+        try:
+            how, record = run_pair(pair, settings, sweep / "connectivity")
+        except KeyboardInterrupt:
+            print("interrupted: run the same command again to resume", file=sys.stderr)
+            sys.exit(130)
+        except Exception as exc:
+            counts["failed"] += 1
+            msg = one_line(exc) if isinstance(exc, LandscopeError) \
+                else f"{type(exc).__name__}: {one_line(exc)}"
+            print(f"failed: {label}: {msg}", file=sys.stderr, flush=True)
+            continue
+        counts[how] += 1
+        took = f" ({time.perf_counter() - tic:.1f} s)" if how == "computed" else ""
+        print(f"{how}: {label}  {_summary(record['scalars'])}{took}", flush=True)
+    print(f"{len(pairs)} pairs: {counts['computed']} computed, {counts['cached']} cached, "
+          f"{counts['failed']} failed ({sweep / 'connectivity'})")
+    sys.exit(1 if counts["failed"] else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Redraw figures from saved results: ``python -m runner.figures PATH... [--out DIR]``.
+
+``PATH`` is a job directory (it holds ``result.json``) or a sweep directory (every job
+below it, plus the sweep's ``connectivity/`` results). Figures are drawn from the files
+the jobs saved (``metrics.jsonl``, ``probes/*.npz``, ``landscape/*.npz``,
+``connectivity/*/*.npz``) without loading a model, into each job's ``figures/``
+directory (or ``--out DIR/<job name>``). Exit codes: 0 drawn, 1 a figure failed,
+2 bad input.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def _targets(paths: list[str]) -> tuple[list[Path], list[Path]]:
+    """``(job directories, sweep directories)``."""
+    from landscope.errors import LandscopeError
+
+    jobs: list[Path] = []
+    sweeps: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if (p / "result.json").is_file():
+            jobs.append(p)
+        elif p.is_dir() and (any(p.glob("*/result.json")) or (p / "connectivity").is_dir()):
+            jobs.extend(sorted(r.parent for r in p.glob("*/result.json")))
+            sweeps.append(p)
+        else:
+            raise LandscopeError(f"{p} is not a job directory or a sweep directory")
+    return jobs, sweeps
+
+
+def main(argv: list[str] | None = None) -> None:
+    from landscope.errors import LandscopeError
+    from landscope.plots import connectivity_figures, job_figures
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(__doc__)
+        sys.exit(0 if args else 2)
+    out: Path | None = None
+    if "--out" in args:
+        i = args.index("--out")
+        if i + 1 >= len(args):
+            print("error: --out needs a directory", file=sys.stderr)
+            sys.exit(2)
+        out = Path(args[i + 1])
+        del args[i:i + 2]
+    try:
+        jobs, sweeps = _targets(args)
+    except LandscopeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    failed = 0
+    for job in jobs:
+        try:
+            written = job_figures(job, None if out is None else out / job.name)
+        except Exception as exc:  # noqa: BLE001 - report and go on with the others
+            failed += 1
+            print(f"failed: {job}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            continue
+        print(f"drew: {job} ({len(written)} figures)")
+    for sweep in sweeps:
+        try:
+            written = connectivity_figures(sweep, None if out is None else out / "connectivity")
+        except Exception as exc:  # noqa: BLE001
+            failed += 1
+            print(f"failed: {sweep}/connectivity: {type(exc).__name__}: {exc}", file=sys.stderr)
+            continue
+        if written:
+            print(f"drew: {sweep}/connectivity ({len(written)} figures)")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
