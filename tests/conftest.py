@@ -11,6 +11,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
+# Figures cost ~1 s of matplotlib per process: jobs in tests skip them unless a test asks
+# (tests/test_plots.py and tests/test_landscape_job.py draw them).
+NO_FIGURES = ["landscape.figures=false"]
 
 
 @pytest.fixture(scope="session")
@@ -30,16 +33,17 @@ def compose(data_dir):
     register_configs()
 
     def _compose(overrides=(), with_data_dir=True):
+        first = NO_FIGURES if with_data_dir else []  # a test's own override wins
         extra = [f"dataset.data_dir={data_dir}"] if with_data_dir else []
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=[*overrides, *extra])
+            return hydra_compose(config_name="config", overrides=[*first, *overrides, *extra])
 
     return _compose
 
 
 def run_cli(args, cwd, *, data_dir=None, timeout=300, env=None) -> subprocess.CompletedProcess:
     """Run `python -m runner ARGS` in ``cwd`` and capture its output."""
-    extra = [f"dataset.data_dir={data_dir}"] if data_dir is not None else []
+    extra = [f"dataset.data_dir={data_dir}", *NO_FIGURES] if data_dir is not None else []
     full_env = {**os.environ, "PYTHONPATH": str(REPO / "src"), **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run([sys.executable, "-m", "runner", *args, *extra], cwd=cwd,

@@ -22,9 +22,10 @@ def one_thread():
 
 @pytest.fixture
 def compose(compose):
-    """Probes off unless a test chooses them (the default config probes every job)."""
+    """Probes and landscape off unless a test chooses them (the defaults run them on every job)."""
     def _compose(overrides=(), **kw):
-        off = [] if any(str(o).startswith("probe=") for o in overrides) else ["probe=none"]
+        off = [f"{g}=none" for g in ("probe", "landscape")
+               if not any(str(o).startswith(f"{g}=") for o in overrides)]
         return compose([*overrides, *off], **kw)
     return _compose
 

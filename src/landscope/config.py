@@ -299,9 +299,9 @@ class LandscapeConfig:
     trajectory_points: int = 21  # contour grid per side
     # intrinsic dimension: training in random subspaces of these dimensions
     intrinsic_dim: bool = False
-    intrinsic_dims: List[int] = field(default_factory=lambda: [10, 30, 100, 300, 1000])
+    intrinsic_dims: List[int] = field(default_factory=lambda: [100, 1000, 3000, 10000, 30000])
     intrinsic_projection: Projection = Projection.sparse
-    intrinsic_epochs: int = 10
+    intrinsic_epochs: int = 20
     intrinsic_lr: float = 0.01  # Adam on theta_d
     # mode connectivity (python -m runner.connect): linear path and a trained Bezier curve
     path_points: int = 21
@@ -408,3 +408,22 @@ def validate(cfg: Any) -> None:
            "probe.keskar_epsilons", "a non-empty list of values > 0", list(p.keskar_epsilons))
     _check(p.block_top_k >= 1, "probe.block_top_k", ">= 1", p.block_top_k)
     _check(p.sharpness_samples >= 2, "probe.sharpness_samples", ">= 2", p.sharpness_samples)
+    ls = cfg.landscape
+    _check(ls.data_size is None or ls.data_size >= 1, "landscape.data_size", ">= 1 or null",
+           ls.data_size)
+    for key in ("seed", "line_directions", "line_eigen"):
+        _check(getattr(ls, key) >= 0, f"landscape.{key}", ">= 0", getattr(ls, key))
+    for key in ("batch_size", "workers", "intrinsic_epochs", "bezier_epochs"):
+        _check(getattr(ls, key) >= 1, f"landscape.{key}", ">= 1", getattr(ls, key))
+    for key in ("line_points", "plane_points", "trajectory_points"):
+        v = getattr(ls, key)
+        _check(v >= 3 and v % 2 == 1, f"landscape.{key}", "odd and >= 3 (the centre is a point)",
+               v)
+    for key in ("line_range", "plane_range", "intrinsic_lr", "bezier_lr"):
+        v = getattr(ls, key)
+        _check(math.isfinite(v) and v > 0, f"landscape.{key}", "> 0", v)
+    _check(ls.snapshot_every_steps is None or ls.snapshot_every_steps >= 1,
+           "landscape.snapshot_every_steps", ">= 1 or null", ls.snapshot_every_steps)
+    _check(len(ls.intrinsic_dims) >= 1 and all(d >= 1 for d in ls.intrinsic_dims),
+           "landscape.intrinsic_dims", "a non-empty list of values >= 1", list(ls.intrinsic_dims))
+    _check(ls.path_points >= 3, "landscape.path_points", ">= 3", ls.path_points)

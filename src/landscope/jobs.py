@@ -43,10 +43,13 @@ from landscope.checkpoint import (capture_rng, load_checkpoint, load_latest, pay
 from landscope.config import validate
 from landscope.data import check_available, load_data
 from landscope.errors import CheckpointError, ConfigError, LandscopeError
-from landscope.io import (atomic_write_bytes, atomic_write_text, read_json, read_jsonl,
+from landscope.geometry.suite import run_landscape
+from landscope.geometry.trajectory import SnapshotRecorder
+from landscope.io import (atomic_write_bytes, atomic_write_text, jsonable, read_json, read_jsonl,
                           write_json, write_jsonl)
 from landscope.models import build_model, count_parameters
 from landscope.optim import build_optimizer, build_scheduler
+from landscope.plots import job_figures
 from landscope.probes.suite import curvature_during_training, probe_data, run_probes
 from landscope.synthetic import DATASET_FIELDS, SYNTHETIC
 from landscope.train import STOP_DIVERGED, TrainState, evaluate, fit
@@ -56,6 +59,7 @@ log = logging.getLogger("landscope")
 COMPLETED, DIVERGED, FAILED, INVALID = "completed", "diverged", "failed", "invalid"
 # Keys that do not change what a job computes; excluded from the fingerprint.
 # Probes are run (and cached) separately from training: see probe_fingerprint.
+TRAJECTORY_FILE = "trajectory.npz"  # landscape.trajectory snapshots in the job directory
 _NON_RESULT_KEYS = ("name", "resume", "logger", "probe", "landscape", "train.progress", "train.threads",
                     "train.checkpoint_every", "train.checkpoint_interval_s",
                     "train.keep_checkpoints", "dataset.data_dir",
@@ -80,6 +84,20 @@ def probe_fingerprint(cfg: DictConfig) -> Optional[str]:
     text = OmegaConf.to_yaml(OmegaConf.create(
         OmegaConf.to_container(cfg.probe, resolve=True, enum_to_str=True)), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def landscape_fingerprint(cfg: DictConfig) -> Optional[str]:
+    """Hash of the landscape config (None when it is off), like :func:`probe_fingerprint`."""
+    if str(getattr(cfg.landscape.name, "value", cfg.landscape.name)) == "none":
+        return None
+    c = OmegaConf.to_container(cfg.landscape, resolve=True, enum_to_str=True)
+    c.pop("figures", None)  # drawing or not changes no result
+    text = OmegaConf.to_yaml(OmegaConf.create(c), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _records_trajectory(cfg: DictConfig) -> bool:
+    return landscape_fingerprint(cfg) is not None and bool(cfg.landscape.trajectory)
 
 
 def fingerprint(cfg: DictConfig) -> str:
@@ -162,7 +180,8 @@ def train_job(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: 
                 f"{previous.get('fingerprint')} != {fp}); use another hydra.sweep.dir / "
                 "hydra.run.dir or delete that directory")
         if previous.get("status") in (COMPLETED, DIVERGED) and cfg.resume:
-            if probe_fingerprint(cfg) not in (None, previous.get("probe_fingerprint")):
+            if probe_fingerprint(cfg) not in (None, previous.get("probe_fingerprint")) or \
+                    landscape_fingerprint(cfg) not in (None, previous.get("landscape_fingerprint")):
                 return probe_finished_job(cfg, job_dir, previous)
             log.info("%s: already %s, skipped", job_dir, previous["status"])
             return {**previous, "skipped": True}
@@ -197,6 +216,7 @@ def train_job(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: 
         prior_seconds, resumed_from = ckpt["seconds"], ckpt["epoch"]
         log.info("%s: resuming from epoch %d", job_dir, ckpt["epoch"])
     write_jsonl(job_dir / "metrics.jsonl", state.history)
+    recorder = _trajectory_recorder(cfg, job_dir, state)
 
     last_save = [time.perf_counter()]
     every = cfg.probe.every_n_epochs if probe_fingerprint(cfg) else 0
@@ -204,6 +224,8 @@ def train_job(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: 
 
     def on_epoch_end(st: TrainState, row: dict) -> None:
         last = row["stop_reason"] is not None or st.epoch == cfg.train.epochs
+        if recorder is not None:  # before the checkpoint: a resume truncates to it
+            recorder.on_epoch_end(st, row)
         if every and st.epoch % every == 0 and row["stop_reason"] != STOP_DIVERGED:
             row.update(curvature_during_training(st.model, curvature_data, cfg.probe))
         due = (st.epoch % cfg.train.checkpoint_every == 0 and
@@ -227,6 +249,7 @@ def train_job(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: 
                seed=cfg.seed, eval_batch_size=cfg.train.eval_batch_size,
                grad_clip=cfg.train.grad_clip, target_train_loss=cfg.train.target_train_loss,
                on_epoch_end=on_epoch_end,
+               on_step=None if recorder is None else recorder.on_step,
                progress_factory=_progress_factory(cfg, -(-n_train // batch_size)))
 
     if state.history:
@@ -249,8 +272,78 @@ def train_job(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: 
         "host": socket.gethostname(), "torch_threads": torch.get_num_threads(),
     }
     result.update(_probe_results(cfg, job_dir, model, data, result["status"]))
+    result.update(_landscape_results(cfg, job_dir, model, data, result))
     write_json(result_path, result)
+    _figures(cfg, job_dir)
     return result
+
+
+def _trajectory_recorder(cfg: DictConfig, job_dir: Path, state: TrainState):
+    """The snapshot recorder of ``landscape.trajectory`` (None when off), started at the
+    state's epoch (a resumed job drops the snapshots after its checkpoint)."""
+    if not _records_trajectory(cfg):
+        return None
+    recorder = SnapshotRecorder(job_dir / TRAJECTORY_FILE, cfg.landscape.snapshot_every_steps)
+    try:
+        recorder.begin(state)
+    except LandscopeError as exc:  # e.g. resumed with the trajectory newly switched on
+        log.warning("warning: %s: no trajectory recorded (%s)", job_dir, exc)
+        return None
+    return recorder
+
+
+def _landscape_results(cfg: DictConfig, job_dir: Path, model, data, result: dict) -> dict:
+    """``{"landscape": scalars, "landscape_fingerprint": lfp}`` for result.json, cached in
+    ``landscape/<lfp>.json`` (scalars, notes, config) and ``landscape/<lfp>.npz`` (arrays)."""
+    lfp = landscape_fingerprint(cfg)
+    if lfp is None:
+        return {}
+    if result.get("status") == DIVERGED:
+        return {"landscape": {"skipped": "diverged"}, "landscape_fingerprint": lfp}
+    cache = job_dir / "landscape" / f"{lfp}.json"
+    try:
+        return {"landscape": read_json(cache)["scalars"], "landscape_fingerprint": lfp}
+    except (OSError, ValueError, KeyError):
+        pass
+    log.info("%s: landscape (%s)", job_dir, getattr(cfg.landscape.name, "value",
+                                                   cfg.landscape.name))
+    eigenvectors = None
+    pfp = result.get("probe_fingerprint")
+    if pfp and (job_dir / "probes" / f"{pfp}.npz").is_file():
+        with np.load(job_dir / "probes" / f"{pfp}.npz") as z:
+            eigenvectors = z["eigenvectors_top"] if "eigenvectors_top" in z.files else None
+    init_model = None
+    if cfg.landscape.intrinsic_dim:
+        seed_everything(cfg.seed)
+        init_model = build_model(cfg.model, data.meta)
+    report = run_landscape(
+        model, data, cfg.landscape, eigenvectors=eigenvectors,
+        trajectory_path=job_dir / TRAJECTORY_FILE, init_model=init_model,
+        reference_acc=(result.get("final") or {}).get("test_acc"),
+        batch_size=min(cfg.train.batch_size, len(data.train)), store_dir=job_dir / "landscape")
+    for note in report.notes:
+        log.warning("warning: %s: %s", job_dir, note)
+    buf = io.BytesIO()
+    np.savez(buf, **report.arrays)
+    atomic_write_bytes(job_dir / "landscape" / f"{lfp}.npz", buf.getvalue())
+    write_json(cache, {"scalars": report.scalars, "notes": report.notes,
+                       "arrays": sorted(report.arrays),
+                       "landscape": OmegaConf.to_container(cfg.landscape, resolve=True,
+                                                           enum_to_str=True)})
+    for partial in (job_dir / "landscape").glob("*.partial.npz"):
+        partial.unlink(missing_ok=True)  # finished scans: their resume stores are done
+    return {"landscape": jsonable(report.scalars), "landscape_fingerprint": lfp}
+
+
+def _figures(cfg: DictConfig, job_dir: Path) -> None:
+    """The job's figures from its saved data; a drawing problem is logged, never fatal
+    (the results are already written; ``python -m runner.figures`` redraws)."""
+    if not cfg.landscape.figures:
+        return
+    try:
+        job_figures(job_dir)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("warning: %s: figures not drawn (%s)", job_dir, _one_line(exc))
 
 
 def _probe_results(cfg: DictConfig, job_dir: Path, model, data, status: str) -> dict:
@@ -319,14 +412,16 @@ def probe_checkpoint(cfg: DictConfig, ckpt_path: Path) -> dict:
 
 
 def probe_finished_job(cfg: DictConfig, job_dir: Path, previous: dict) -> dict:
-    """Run the configured probes on a finished job's final checkpoint (no retraining)
-    and update its result.json."""
+    """Run the configured probes and landscape on a finished job's final checkpoint (no
+    retraining; cached results are reused) and update its result.json and figures."""
     ckpt = load_latest(Path(job_dir) / "checkpoints", warn=lambda m: log.warning("warning: %s", m))
     if ckpt is None or ckpt.get("epoch") != previous.get("epochs_completed"):
         raise CheckpointError(f"{job_dir} has no final checkpoint to probe")
     model, data = _model_from_state(cfg, ckpt["model"])
     result = {**previous, **_probe_results(cfg, Path(job_dir), model, data, previous["status"])}
+    result.update(_landscape_results(cfg, Path(job_dir), model, data, result))
     write_json(Path(job_dir) / "result.json", result)
+    _figures(cfg, Path(job_dir))
     return result
 
 

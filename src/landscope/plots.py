@@ -63,7 +63,7 @@ def _sub(arrays: Arrays, prefix: str) -> dict[str, np.ndarray]:
 def plot_training(rows: Sequence[Mapping[str, Any]], path: Path, title: str = "") -> Path:
     """Train/test loss (left) and accuracy (right) per epoch."""
     plt = _plt()
-    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
     ep = [r["epoch"] for r in rows]
     for split, style in (("train", "-"), ("test", "--")):
         ax_l.plot(ep, [r.get(f"{split}_loss", math.nan) for r in rows], style, label=split)
@@ -80,7 +80,7 @@ def plot_curvature(rows: Sequence[Mapping[str, Any]], path: Path, lr: Optional[f
     """λmax and the Hutchinson trace through training; the edge-of-stability line 2/η."""
     plt = _plt()
     got = [r for r in rows if r.get("curv_lambda_max") is not None]
-    fig, (ax_l, ax_t) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, (ax_l, ax_t) = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
     ep = [r["epoch"] for r in got]
     ax_l.plot(ep, [r["curv_lambda_max"] for r in got], "o-", label="λmax")
     if lr:
@@ -120,7 +120,7 @@ def plot_line(a: Mapping[str, np.ndarray], path: Path, title: str = "",
     (e.g. eigenvectors); otherwise the mean over directions with a min-max band."""
     plt = _plt()
     x = np.asarray(a["coords"])
-    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
     for j, split in enumerate(s for s in ("train", "test") if f"{s}_loss" in a):
         for ax, what in ((ax_l, "loss"), (ax_a, "acc")):
             v = np.atleast_2d(a[f"{split}_{what}"])
@@ -185,7 +185,7 @@ def plot_trajectory(a: Mapping[str, np.ndarray], path: Path, title: str = "") ->
     true loss along the path against the contour value at each projected point, with the
     relative off-plane residual."""
     plt = _plt()
-    fig, (ax_c, ax_f) = plt.subplots(1, 2, figsize=(10, 4.2))
+    fig, (ax_c, ax_f) = plt.subplots(1, 2, figsize=(10, 4.2), layout="constrained")
     gx, gy, gz = (np.asarray(a[k]) for k in ("grid_x", "grid_y", "grid_loss"))
     # grid_loss[j, i] is the loss at (grid_x[i], grid_y[j]): contourf's own layout
     cs = ax_c.contourf(gx, gy, gz, levels=_levels(gz, "loss"), cmap="viridis")
@@ -201,7 +201,7 @@ def plot_trajectory(a: Mapping[str, np.ndarray], path: Path, title: str = "") ->
     steps = np.asarray(a["steps"])
     ax_f.plot(steps, a["path_loss"], "-", label="true loss at snapshot")
     ax_f.plot(steps, a["path_contour_loss"], "--", label="contour at projection")
-    ax_f.set(xlabel="step", ylabel="train loss", yscale="log")
+    ax_f.set(xlabel="step", ylabel="train loss")
     ax_r = ax_f.twinx()
     ax_r.plot(steps, a["off_plane"], ":", color="C3", label="off-plane (relative)")
     ax_r.set_ylabel("relative off-plane residual", color="C3")
@@ -233,7 +233,7 @@ def plot_path(paths: Mapping[str, Mapping[str, np.ndarray]], path: Path, title: 
     """Loss and error along connecting paths, e.g. ``{"linear": {...}, "bezier": {...}}``
     each with ``t`` and ``train_loss``/``train_acc`` (and optionally ``test_*``)."""
     plt = _plt()
-    fig, (ax_l, ax_e) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, (ax_l, ax_e) = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
     for i, (name, a) in enumerate(paths.items()):
         for split, style in (("train", "-"), ("test", "--")):
             if f"{split}_loss" not in a:

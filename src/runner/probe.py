@@ -44,14 +44,15 @@ def _job_dirs(paths: list[str]) -> list[tuple[Path, Path | None]]:
     return dirs
 
 
-def _probe_config(overrides: list[str]):
+def group_config(group: str, overrides: list[str]):
+    """One config group (e.g. ``probe``) composed with ``overrides`` as the runner would."""
     from hydra import compose, initialize_config_dir
 
     from runner.app import _conf_dir
 
     register_configs()
     with initialize_config_dir(config_dir=_conf_dir(), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides).probe
+        return compose(config_name="config", overrides=overrides)[group]
 
 
 def _shown(probes: dict) -> dict:
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         overrides.insert(0, "probe=standard")
     try:
         jobs = _job_dirs(paths)
-        probe_cfg = _probe_config(overrides)
+        probe_cfg = group_config("probe", overrides)
         plans = []
         if str(getattr(probe_cfg.name, "value", probe_cfg.name)) == "none":
             raise LandscopeError("probe=none switches every probe off; choose probe=basic, "

@@ -1,0 +1,162 @@
+"""The landscape suite: one call maps a ``landscape`` config onto the geometry measures.
+
+:func:`run_landscape` is what a job runs on its final checkpoint (and what
+``python -m runner.landscape`` runs on finished jobs). It evaluates on seeded subsets of
+the train and test splits (``landscape.data_size`` samples each, ``landscape.seed``; the
+whole splits with ``data_size=null``) and returns scalars for ``result.json`` and arrays
+for the job's ``landscape/<fingerprint>.npz``:
+
+==================  ============================================================  ==========
+part                what                                                          arrays
+==================  ============================================================  ==========
+``line``            1-D slices along ``line_directions`` seeded random directions   ``line_*``
+                    (``normalization``, default filter-normalized), coordinates
+                    in ``[-line_range, line_range]``
+``line_eigen``      1-D slices along the top ``line_eigen`` Hessian eigenvectors   ``eigline_*``
+                    saved by the probes (unit norm: the coordinate is the
+                    Euclidean distance); skipped with a note without them
+``plane``           2-D slice on the first two random directions (or the top two  ``plane_*``
+                    eigenvectors with ``plane_eigen``)
+``trajectory``      PCA of the snapshots recorded during training, the loss        ``traj_*``
+                    contour of the PC plane and the fidelity diagnostic
+``intrinsic_dim``   subspace training from the job's initialization at each of     ``intrinsic_*``
+                    ``intrinsic_dims``; d_int90 against the job's test accuracy
+==================  ============================================================  ==========
+
+Scalar names come from each measure (``line_*``, ``eigline_*``, ``plane_*``,
+``trajectory_*``, ``intrinsic_*``; see :mod:`~landscope.geometry.slices`,
+:mod:`~landscope.geometry.trajectory`, :mod:`~landscope.geometry.intrinsic_dim`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from torch import nn
+
+from landscope.geometry.directions import eigen_directions, random_directions
+from landscope.geometry.intrinsic_dim import intrinsic_dimension
+from landscope.geometry.slices import line_slice, plane_slice, symmetric_grid
+from landscope.geometry.space import ParamSpace
+from landscope.geometry.trajectory import load as load_trajectory
+from landscope.geometry.trajectory import trajectory_landscape
+from landscope.probes.probe_data import ProbeData
+
+
+@dataclass
+class LandscapeReport:
+    scalars: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # parts skipped, and why
+
+
+def _value(x: Any) -> Any:
+    return getattr(x, "value", x)
+
+
+def _prefixed(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}_{k}": v for k, v in values.items()}
+
+
+def _renamed(scalars: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    return {(new + k[len(old):] if k.startswith(old) else k): v for k, v in scalars.items()}
+
+
+def run_landscape(model: nn.Module, data: Any, cfg: Any, *,
+                  eigenvectors: Optional[np.ndarray] = None,
+                  trajectory_path: Optional[Path] = None,
+                  init_model: Optional[nn.Module] = None,
+                  reference_acc: Optional[float] = None,
+                  batch_size: int = 128,
+                  store_dir: Optional[Path] = None) -> LandscapeReport:
+    """Run the parts of the landscape suite that ``cfg`` (a ``LandscapeConfig``) switches on.
+
+    ``data`` has ``.train``/``.test`` splits; ``eigenvectors`` is the probes'
+    ``eigenvectors_top`` (D, k) array; ``trajectory_path`` the job's recorded snapshots;
+    ``init_model`` the job's model at initialization and ``reference_acc`` its final test
+    accuracy (both for the intrinsic dimension, trained with ``batch_size``);
+    ``store_dir`` keeps partial grids so an interrupted scan resumes. The model is left
+    untouched.
+    """
+    rep = LandscapeReport()
+    space = ParamSpace(model)
+    train = ProbeData.from_split(data.train, cfg.data_size, cfg.seed, cfg.batch_size)
+    test = ProbeData.from_split(data.test, cfg.data_size, cfg.seed, cfg.batch_size)
+    bn, norm = _value(cfg.bn), _value(cfg.normalization)
+    common = dict(bn=bn, bn_data=train if bn == "recompute" else None, workers=cfg.workers)
+    store = (lambda name: None) if store_dir is None else (lambda name: Path(store_dir) / name)
+    rep.scalars["landscape_train_samples"] = train.n
+    rep.scalars["landscape_test_samples"] = test.n
+
+    def timed(part: str, tic: float) -> None:
+        rep.scalars[f"landscape_{part}_seconds"] = time.perf_counter() - tic
+
+    k_rand = max(cfg.line_directions if cfg.line else 0, 2 if cfg.plane else 0)
+    dirs = random_directions(space, k_rand, cfg.seed, norm, cfg.include_bias_norm) \
+        if k_rand else None
+    if cfg.line and cfg.line_directions > 0:
+        tic = time.perf_counter()
+        res = line_slice(space, dirs[:cfg.line_directions],
+                         symmetric_grid(cfg.line_range, cfg.line_points), train, test,
+                         store=store("line.partial.npz"), **common)
+        rep.arrays.update(_prefixed("line", res.arrays()))
+        rep.scalars.update(res.scalars())
+        timed("line", tic)
+    eig = None if eigenvectors is None else np.asarray(eigenvectors)
+    n_eig = 0 if eig is None or eig.ndim != 2 or eig.shape[0] != space.dim else eig.shape[1]
+    if cfg.line and cfg.line_eigen > 0:
+        if n_eig >= cfg.line_eigen:
+            tic = time.perf_counter()
+            res = line_slice(space, eigen_directions(eig, space, cfg.line_eigen),
+                             symmetric_grid(cfg.line_range, cfg.line_points), train, test,
+                             store=store("eigline.partial.npz"), **common)
+            rep.arrays.update(_prefixed("eigline", res.arrays()))
+            rep.scalars.update(_renamed(res.scalars(), "line_", "eigline_"))
+            timed("eigline", tic)
+        else:
+            rep.notes.append(f"line_eigen={cfg.line_eigen} skipped: the probes saved {n_eig} "
+                             f"eigenvectors (run probes with probe.top_k >= {cfg.line_eigen})")
+    if cfg.plane:
+        tic = time.perf_counter()
+        use_eig = bool(cfg.plane_eigen) and n_eig >= 2
+        if cfg.plane_eigen and not use_eig:
+            rep.notes.append("plane_eigen skipped: fewer than 2 saved eigenvectors; the plane "
+                             "uses random directions")
+        d = eigen_directions(eig, space, 2) if use_eig else dirs[:2]
+        grid = symmetric_grid(cfg.plane_range, cfg.plane_points)
+        res = plane_slice(space, d[0], d[1], grid, grid, train, test,
+                          store=store("plane.partial.npz"), **common)
+        rep.arrays.update(_prefixed("plane", res.arrays()))
+        rep.scalars.update(res.scalars())
+        rep.scalars["plane_directions_eigen"] = use_eig
+        timed("plane", tic)
+    if cfg.trajectory:
+        if trajectory_path is not None and Path(trajectory_path).is_file():
+            tic = time.perf_counter()
+            traj = trajectory_landscape(space, load_trajectory(trajectory_path), train,
+                                        cfg.trajectory_points, bn=bn,
+                                        bn_data=train if bn == "recompute" else None)
+            rep.arrays.update(_prefixed("traj", traj.arrays()))
+            rep.scalars.update(traj.scalars())
+            timed("trajectory", tic)
+        else:
+            rep.notes.append("trajectory skipped: no snapshots were recorded (train the job "
+                             "with landscape.trajectory=true)")
+    if cfg.intrinsic_dim:
+        if init_model is None or reference_acc is None:
+            rep.notes.append("intrinsic_dim skipped: needs the job's initial model and its "
+                             "final test accuracy")
+        else:
+            tic = time.perf_counter()
+            res = intrinsic_dimension(init_model, list(cfg.intrinsic_dims), float(reference_acc),
+                                      data.train, data.test, _value(cfg.intrinsic_projection),
+                                      epochs=cfg.intrinsic_epochs, lr=cfg.intrinsic_lr,
+                                      batch_size=batch_size, seed=cfg.seed)
+            rep.arrays.update(_prefixed("intrinsic", res.arrays()))
+            rep.scalars.update(res.scalars())
+            timed("intrinsic_dim", tic)
+    return rep

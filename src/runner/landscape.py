@@ -1,0 +1,90 @@
+"""Landscape geometry on finished jobs without retraining: ``python -m runner.landscape PATH... [overrides]``.
+
+``PATH`` is a job directory (it holds ``result.json``) or a sweep directory (every job
+below it). Overrides choose the landscape config exactly as for the runner (default
+``landscape=basic``), e.g. ``landscape=full landscape.plane_points=41 landscape.bn=recompute``.
+Each job's final checkpoint is scanned, ``result.json`` gets the ``landscape`` scalars,
+``landscape/<fingerprint>.json/.npz`` the results and ``figures/`` the pictures. Results
+are cached per landscape config, so asking again costs nothing, and an interrupted scan
+resumes from its partial grid. Parts that need data recorded during training (the
+trajectory) are skipped with a note for jobs trained without it. Lines along Hessian
+eigenvectors use the eigenvectors the job's probes saved.
+Exit codes as for the runner: 0 all done, 1 a job failed, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from landscope.config import Config
+from landscope.errors import LandscopeError
+from runner.probe import _job_dirs, group_config
+
+
+def _shown(scalars: dict) -> dict:
+    keys = ("line_train_rise_mean", "plane_train_rise_border_mean", "trajectory_pc1_explained_variance",
+            "intrinsic_d90_relative")
+    return {k: round(scalars[k], 4) if isinstance(scalars[k], float) else scalars[k]
+            for k in keys if k in scalars}
+
+
+def main(argv: list[str] | None = None) -> None:
+    from landscope.jobs import COMPLETED, DIVERGED, check_inputs, probe_finished_job
+    from landscope.io import read_json
+    from runner.app import one_line
+
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print(__doc__)
+        sys.exit(0 if args else 2)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    paths = [a for a in args if Path(a).exists() or "=" not in a]
+    overrides = [a for a in args if a not in paths]
+    if not any(o.startswith("landscape=") for o in overrides):
+        overrides.insert(0, "landscape=basic")
+    try:
+        bad = [o for o in overrides if not o.lstrip("+~").startswith("landscape")]
+        if bad:
+            raise LandscopeError(f"only landscape overrides are accepted here (got {bad[0]})")
+        jobs = _job_dirs(paths)
+        if any(ckpt is not None for _, ckpt in jobs):
+            raise LandscopeError("give job or sweep directories (the landscape of a single "
+                                 "checkpoint file is not supported)")
+        land = group_config("landscape", overrides)
+        if str(getattr(land.name, "value", land.name)) == "none":
+            raise LandscopeError("landscape=none switches the landscape off; choose "
+                                 "landscape=basic or full")
+        plans = []
+        for job, _ in jobs:
+            cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(job / "config.yaml"))
+            cfg.landscape = land
+            check_inputs(cfg)
+            plans.append((job, cfg))
+    except LandscopeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as exc:  # composition errors from Hydra / OmegaConf
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        sys.exit(2)
+    failed = 0
+    for job, cfg in plans:
+        previous = read_json(job / "result.json")
+        if previous.get("status") not in (COMPLETED, DIVERGED):
+            print(f"skipped: {job} (status {previous.get('status')})")
+            continue
+        try:
+            result = probe_finished_job(cfg, job, previous)
+        except Exception as exc:
+            failed += 1
+            print(f"failed: {job}: {one_line(exc)}", file=sys.stderr)
+            continue
+        print(f"landscape: {job} {_shown(result.get('landscape', {}))}")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
