@@ -1,4 +1,4 @@
-"""Loss-landscape plane slices of landscope against the forward-pass floor and loss-landscapes 3.0.6.
+"""Plane slices of landscope against the forward-pass floor and loss-landscapes 3.0.6.
 
 Issue #4 item 3. The default MLP (``ModelConfig()``, 39,562 parameters) trained briefly on
 mnist1d; the same seeded 1000 training samples (one batch) for every method; float32, eval mode,
@@ -18,7 +18,9 @@ mnist1d; the same seeded 1000 training samples (one batch) for every method; flo
   it draws itself from U[0, 1) (the second made orthogonal to the first). Train loss only.
 * ``ours x2`` ``plane_slice(..., workers=2)`` (joblib/loky, one torch thread per worker),
   timed warm (the loky workers persist between calls; the cold start is reported apart).
-  Goal: speedup >= 1.8x over ``workers=1``.
+  Goal: speedup >= 1.8x over ``workers=1``. The machine's parallel capacity right now (2x the
+  time of one CPU-bound task alone over two at once, in two workers; 2.0 on two free cores) is
+  measured and printed beside it: on a shared machine it bounds the possible speedup.
 
 Accuracy: an independent float64 reference (a deepcopy of the model in float64 with
 ``torch.nn.utils.vector_to_parameters`` at each point, plain forward, ``F.cross_entropy``) is
@@ -72,7 +74,7 @@ MISSING = "not installed (pip install -e .[bench])"
 
 # ----------------------------------------------------------------------------- setup
 def train_model(epochs: int, seed: int = 0) -> tuple[nn.Module, Any]:
-    """The default MLP after ``epochs`` epochs of SGD (lr 0.1, batch 128) on mnist1d."""
+    """The default MLP after ``epochs`` epochs of SGD (lr 0.1, momentum 0.9, batch 128) on mnist1d."""
     bundle = load_data(DatasetConfig(data_dir=str(REPO / "data")))
     torch.manual_seed(seed)
     model = build_model(ModelConfig(), bundle.meta)
@@ -153,6 +155,33 @@ def peer_points(n: int) -> list[tuple[float, float]]:
     odd rows (its snake walk)."""
     return [(i - n / 2, (j + 1 - n / 2) if i % 2 == 0 else (j - n / 2))
             for i in range(n) for j in range(n)]
+
+
+def _forwards(model: nn.Module, x: Tensor, reps: int) -> float:
+    """CPU-bound calibration task (run in a loky worker): ``reps`` bare forwards."""
+    torch.set_num_threads(1)
+    tic = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(reps):
+            model(x)
+    return time.perf_counter() - tic
+
+
+def parallel_capacity(model: nn.Module, x: Tensor, reps: int, rounds: int = 3) -> float:
+    """How many cores two worker processes actually get right now: ``2 * t(one task alone) /
+    t(two tasks at once)`` for the same CPU-bound task, median over ``rounds`` (2.0 on two
+    free cores; ~1 when other processes hold a core). A workers=2 speedup cannot exceed it."""
+    from joblib import Parallel, delayed
+    caps = []
+    for _ in range(rounds):
+        tic = time.perf_counter()
+        Parallel(n_jobs=2, backend="loky")(delayed(_forwards)(model, x, reps) for _ in range(1))
+        one = time.perf_counter() - tic
+        tic = time.perf_counter()
+        Parallel(n_jobs=2, backend="loky")(delayed(_forwards)(model, x, reps) for _ in range(2))
+        two = time.perf_counter() - tic
+        caps.append(2 * one / two)
+    return statistics.median(caps)
 
 
 # ----------------------------------------------------------------------------- timing
@@ -265,11 +294,12 @@ def main() -> None:
             peer_row = {"err": f"{err_peer:.1e}",
                         "note": f"grid {span[0]:+.3f}..{span[1]:+.3f} (+/- half a step per row), "
                                 f"nearest point to the centre {nearest:.1f} steps away"}
-            print(f"loss-landscapes {getattr(ll, '__version__', '3.0.6')}: random_plane(distance=0.5,"
-                  f" steps={n}) covers {span[0]:+.3f}..{span[1]:+.3f} in units of our direction "
-                  f"norm; centre never evaluated (nearest point {nearest:.2f} steps away); with "
-                  f"deepcopy_model=False the model is left moved by {moved:.3f} x ||theta|| and its "
-                  f"parameters set to requires_grad={not frozen}")
+            version = getattr(ll, "__version__", "3.0.6")
+            print(f"loss-landscapes {version}: random_plane(distance=0.5, steps={n}) covers "
+                  f"{span[0]:+.3f}..{span[1]:+.3f} in units of our direction norm; centre never "
+                  f"evaluated (nearest point {nearest:.2f} steps away); with "
+                  f"deepcopy_model=False the model is left moved by {moved:.3f} x ||theta|| "
+                  f"and its parameters set to requires_grad={not frozen}")
 
             def peer_fn() -> Any:
                 return ll.random_plane(model, metric, distance=0.5, steps=n,
@@ -299,6 +329,7 @@ def main() -> None:
     for fn in tasks.values():  # warm-up
         fn()
     times = interleaved(tasks, repeats)
+    capacity = parallel_capacity(model, x, n * n // 2)
     load1 = os.getloadavg()
 
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -310,8 +341,8 @@ def main() -> None:
         ("ours: plane_slice, workers=1", "train loss + acc", "ours", f"{err_ours:.1e}",
          f"centre bit-exact: {centre_exact}"),
         (f"floor: {n * n} bare no-grad forwards", "logits only", "floor", "-", ""),
-        ("ours: plane_slice, workers=2 (warm pool)", "train loss + acc", "ours x2", f"{err_ours:.1e}",
-         f"identical to workers=1: {same}; cold start {cold:.1f}s"),
+        ("ours: plane_slice, workers=2 (warm pool)", "train loss + acc", "ours x2",
+         f"{err_ours:.1e}", f"identical to workers=1: {same}; cold start {cold:.1f}s"),
     ]
     if "loss-landscapes" in tasks:
         rows.append(("loss-landscapes 3.0.6 random_plane", "train loss", "loss-landscapes",
@@ -342,7 +373,9 @@ def main() -> None:
           f"({show(r_peer)}); max error ours {err_ours:.1e}, loss-landscapes "
           f"{peer_row.get('err', '-')}")
     print(f"  (c) workers=2 speedup >= 1.8x:         {verdict_at_least(speedup, 1.8)} "
-          f"({show(speedup)})")
+          f"({show(speedup)}); parallel capacity of this machine now: {capacity:.2f} "
+          "(2 x time of one CPU-bound task alone / two at once in two workers; the speedup "
+          "cannot exceed it)")
     print(f"\nload average before {load0[0]:.2f}, after {load1[0]:.2f} (a busy machine lowers "
           f"the speedup); total {time.perf_counter() - tic0:.0f}s; our results "
           f"{'agree with the reference' if ok else 'DISAGREE with the reference'}")

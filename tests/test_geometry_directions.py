@@ -16,7 +16,16 @@ from landscope.geometry.directions import (NORMALIZATIONS, direction_to, eigen_d
 from landscope.geometry.space import ParamSpace
 from landscope.models import build_model
 
-torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread (as the runner and the worker processes use), restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 META = types.SimpleNamespace(input_shape=(1, 12), num_classes=3)
 TOL = 1e-12
 

