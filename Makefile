@@ -30,11 +30,13 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
-# The benchmarks: training-loop overhead, then the curvature probes against PyHessian,
-# hessian-eigenthings and curvlinops (installed from the `bench` extra on first use).
+# The benchmarks: training-loop overhead, the curvature probes against PyHessian,
+# hessian-eigenthings and curvlinops, and landscape slices against the forward-pass floor
+# and loss-landscapes (the peers are installed from the `bench` extra on first use).
 bench: $(VENV)/.bench-installed
 	$(PY) scripts/bench_train.py
 	$(PY) scripts/bench_probes.py
+	$(PY) scripts/bench_geometry.py
 
 $(VENV)/.bench-installed: $(STAMP)
 	$(PY) -m pip install -e ".[test,bench]"
