@@ -1,0 +1,329 @@
+"""Collect the results of one or more sweeps into one tidy table (one row per job).
+
+Every job directory found is a row, whatever became of the job: completed jobs are
+``included``; diverged, failed, incomplete (no ``result.json``) and unreadable ones
+(corrupt ``result.json``) are kept as rows with their ``status`` and a ``reason``, listed
+in :attr:`Collection.excluded` and counted in :attr:`Collection.counts`, never silently
+dropped.
+
+Columns of :attr:`Collection.jobs`:
+
+- ``sweep`` (the sweep directory's name), ``job`` (the job directory's name), ``path``;
+- ``status`` (``completed``, ``diverged``, ``failed``, ``incomplete``, ``unreadable``, or any
+  other status a ``result.json`` states), ``included`` (status is ``completed``), ``reason``
+  (why a job is excluded: the error of a failed job, the stop reason of a diverged one, ...);
+- ``stop_reason``, ``seed``, ``n_params``, ``wall_time_s``, ``epochs_completed``, ``overrides``
+  (the command-line overrides joined by spaces);
+- ``final.*``: the last epoch's ``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``,
+  ``generalization_gap`` (train acc − test acc), ``epoch``, ``grad_evals``; and the derived
+  ``test_error`` = 1 − ``final.test_acc`` and ``train_error`` = 1 − ``final.train_acc``;
+- ``probe.*`` and ``landscape.*``: the scalars of ``result.json``'s ``probes`` and ``landscape``;
+- the flattened ``config.yaml`` (``optimizer.lr``, ``model.width``, ...; lists as JSON strings).
+  The config groups ``probe`` and ``landscape`` become ``config.probe.*`` and
+  ``config.landscape.*``, because ``probe.*`` and ``landscape.*`` hold the measured scalars
+  (``probe.trace`` is the Hessian trace, ``config.probe.trace`` the switch that asked for it).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from landscope.io import atomic_write_bytes, atomic_write_text, read_json, write_json
+
+# The statuses of landscope.jobs (kept in step with it by tests/test_analysis_collect.py;
+# not imported, because importing landscope.jobs loads torch).
+COMPLETED, DIVERGED, FAILED = "completed", "diverged", "failed"
+INCOMPLETE = "incomplete"  # a job directory without result.json (running, killed, never finished)
+UNREADABLE = "unreadable"  # result.json that is not valid JSON or not an object
+
+RESULT_FILE = "result.json"
+# Files or folders that mark a directory as a job directory.
+_JOB_MARKERS = ("result.json", "config.yaml", "overrides.yaml", "metrics.jsonl", "checkpoints",
+                "traceback.txt")
+# Config groups whose names the measured scalars use; their config keys get a "config." prefix.
+_PREFIXED_GROUPS = ("probe", "landscape")
+# Config keys that never count as swept hyperparameters: seeds and bookkeeping that do not
+# change what a job computes (landscope.jobs._NON_RESULT_KEYS).
+_NOT_SWEPT = ("seed", "name", "resume", "train.progress", "train.threads", "train.checkpoint_every",
+              "train.checkpoint_interval_s", "train.keep_checkpoints", "dataset.data_dir",
+              "dataset.download")
+_NOT_SWEPT_PREFIXES = ("logger.",)
+_FINAL_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "generalization_gap", "epoch",
+               "grad_evals")
+
+
+@dataclass
+class Collection:
+    """The collected jobs of one or more sweeps."""
+
+    jobs: pd.DataFrame  # one row per job directory, included or not
+    excluded: pd.DataFrame  # sweep, job, status, reason, path of every job not included
+    counts: dict[str, int]  # number of jobs per status
+    swept: list[str]  # config keys whose values differ across included jobs (seed excluded)
+    sources: list[str] = field(default_factory=list)  # the directories collected
+
+    @property
+    def included(self) -> pd.DataFrame:
+        """The completed jobs only."""
+        return self.jobs[self.jobs["included"]].reset_index(drop=True)
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1, "c": [1, 2]}}`` → ``{"a.b": 1, "a.c": "[1, 2]"}`` (lists as JSON)."""
+    out: dict[str, Any] = {}
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if isinstance(value, dict) and value:
+                out.update(flatten(value, name))
+            else:
+                out.update(flatten(value, name) if isinstance(value, dict) else {name: _scalar(value)})
+        return out
+    return {prefix: _scalar(obj)}
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return json.dumps(value)
+    if isinstance(value, dict):  # empty dict
+        return json.dumps(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)  # enums and anything else
+
+
+def find_jobs(path: str | os.PathLike) -> list[Path]:
+    """The job directories of a sweep directory (sorted), or ``[path]`` for a job directory."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no such directory: {path}")
+    if _is_job_dir(path):
+        return [path]
+    return sorted(p for p in path.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and _is_job_dir(p))
+
+
+def _is_job_dir(path: Path) -> bool:
+    return any((path / marker).exists() for marker in _JOB_MARKERS)
+
+
+def _read_config(job: Path) -> tuple[dict[str, Any], str | None]:
+    """The flattened config.yaml of a job (and a note when it is missing or unreadable)."""
+    path = job / "config.yaml"
+    if not path.is_file():
+        return {}, "no config.yaml"
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(cfg, dict):
+            raise ValueError("not a mapping")
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        return {}, f"unreadable config.yaml: {type(exc).__name__}: {exc}"
+    flat = flatten(cfg)
+    return {(f"config.{k}" if k.split(".")[0] in _PREFIXED_GROUPS else k): v
+            for k, v in flat.items()}, None
+
+
+def _read_overrides(job: Path, result: dict | None) -> str | None:
+    overrides = (result or {}).get("overrides")
+    if overrides is None and (job / "overrides.yaml").is_file():
+        try:
+            overrides = yaml.safe_load((job / "overrides.yaml").read_text(encoding="utf-8"))
+        except Exception:  # noqa: BLE001
+            overrides = None
+    if isinstance(overrides, list):
+        return " ".join(str(o) for o in overrides)
+    return None
+
+
+def _job_row(job: Path, sweep: str) -> dict[str, Any]:
+    row: dict[str, Any] = {"sweep": sweep, "job": job.name, "path": str(job.resolve())}
+    config, config_note = _read_config(job)
+    result: dict | None = None
+    result_path = job / RESULT_FILE
+    if not result_path.exists():
+        status, reason = INCOMPLETE, "no result.json"
+    else:
+        try:
+            result = read_json(result_path)
+            if not isinstance(result, dict):
+                raise ValueError(f"expected a JSON object, got {type(result).__name__}")
+            if "status" in result:
+                status, reason = str(result["status"]), None
+            else:
+                status, reason = UNREADABLE, "result.json has no status"
+        except Exception as exc:  # noqa: BLE001 - a corrupt file is a row, not a crash
+            result, status = None, UNREADABLE
+            reason = f"{type(exc).__name__}: {exc}"
+    result = result or {}
+    if status == FAILED:
+        reason = str(result.get("error") or "failed")
+    elif status == DIVERGED:
+        reason = f"diverged ({result.get('stop_reason') or 'non-finite loss'})"
+    elif status not in (COMPLETED, INCOMPLETE, UNREADABLE) and reason is None:
+        reason = f"status {status!r}"
+    if status == COMPLETED and config_note:
+        reason = config_note  # still included: the result is there, the config is not
+    row.update(status=status, included=status == COMPLETED, reason=reason,
+               stop_reason=result.get("stop_reason"),
+               seed=result.get("seed", config.get("seed")),
+               n_params=result.get("n_params"), wall_time_s=result.get("wall_time_s"),
+               epochs_completed=result.get("epochs_completed"),
+               overrides=_read_overrides(job, result))
+    final = result.get("final") if isinstance(result.get("final"), dict) else {}
+    for key in _FINAL_KEYS:
+        row[f"final.{key}"] = final.get(key)
+    for key, value in final.items():
+        row.setdefault(f"final.{key}", _scalar(value))
+    for section, prefix in (("probes", "probe"), ("landscape", "landscape")):
+        scalars = result.get(section)
+        if isinstance(scalars, dict):
+            for key, value in scalars.items():
+                row[f"{prefix}.{key}"] = _scalar(value)
+    for key, value in config.items():
+        row.setdefault(key, value)
+    return row
+
+
+def swept_keys(jobs: pd.DataFrame, config_columns: Iterable[str]) -> list[str]:
+    """Config columns whose values differ across the included rows (seeds and bookkeeping
+    excluded). A key missing in some jobs' configs counts as the value "missing"."""
+    rows = jobs[jobs["included"]] if "included" in jobs else jobs
+    out = []
+    for key in config_columns:
+        if key in _NOT_SWEPT or key.startswith(_NOT_SWEPT_PREFIXES) or key not in rows:
+            continue
+        values = rows[key].map(lambda v: "\0missing" if _isna(v) else json.dumps(v, default=str))
+        if values.nunique() > 1:
+            out.append(key)
+    return out
+
+
+def swept_factors(jobs: pd.DataFrame, keys: Iterable[str]) -> list[str]:
+    """The independent swept dimensions among ``keys``: a key whose value is determined by
+    another key (on the included rows) is part of that key's factor and dropped.
+
+    Choosing ``optimizer=sgd,adam,momentum`` changes ``optimizer.name`` and, with it,
+    ``optimizer.lr``, ``optimizer.momentum`` and more: one factor, ``optimizer.name``. Keys that
+    induce the same partition of the jobs keep the first in ``keys`` order. In a random search
+    (every config unique) one continuous key determines all others; granulated statistics are
+    undefined there anyway (no two jobs differ in a single hyperparameter)."""
+    keys = list(keys)
+    rows = jobs[jobs["included"]] if "included" in jobs else jobs
+    codes = {k: rows[k].map(lambda v: json.dumps(None if _isna(v) else v, default=str)) for k in keys}
+
+    def determines(a: str, b: str) -> bool:
+        return bool((pd.DataFrame({"a": codes[a], "b": codes[b]}).groupby("a")["b"].nunique() <= 1).all())
+
+    factors = []
+    for i, b in enumerate(keys):
+        dependent = False
+        for j, a in enumerate(keys):
+            if a == b or not determines(a, b):
+                continue
+            if not determines(b, a) or j < i:  # a is strictly finer, or an equal partition seen first
+                dependent = True
+                break
+        if not dependent:
+            factors.append(b)
+    return factors
+
+
+def _isna(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+def collect(sweep_dirs: Iterable[str | os.PathLike] | str | os.PathLike) -> Collection:
+    """Collect sweep directories (or single job directories) into a :class:`Collection`."""
+    if isinstance(sweep_dirs, (str, os.PathLike)):
+        sweep_dirs = [sweep_dirs]
+    rows, sources, config_columns, seen = [], [], {}, set()
+    for sweep_dir in sweep_dirs:
+        sweep_dir = Path(sweep_dir)
+        jobs = find_jobs(sweep_dir)
+        single = jobs == [sweep_dir]
+        sweep = (sweep_dir.resolve().parent if single else sweep_dir.resolve()).name
+        sources.append(str(sweep_dir))
+        for job in jobs:
+            if job.resolve() in seen:  # the same job named twice
+                continue
+            seen.add(job.resolve())
+            config, _ = _read_config(job)
+            config_columns.update(dict.fromkeys(config))
+            rows.append(_job_row(job, sweep))
+    jobs = pd.DataFrame(rows, columns=_column_order(rows, config_columns))
+    if len(jobs):
+        jobs["included"] = jobs["included"].astype(bool)
+        for col in ("final.test_acc", "final.train_acc"):
+            jobs[col] = pd.to_numeric(jobs[col], errors="coerce")
+        jobs.insert(jobs.columns.get_loc("final.test_acc") + 1, "test_error", 1.0 - jobs["final.test_acc"])
+        jobs.insert(jobs.columns.get_loc("final.train_acc") + 1, "train_error", 1.0 - jobs["final.train_acc"])
+    excluded = (jobs.loc[~jobs["included"], ["sweep", "job", "status", "reason", "path"]]
+                .reset_index(drop=True) if len(jobs)
+                else pd.DataFrame(columns=["sweep", "job", "status", "reason", "path"]))
+    counts = {str(k): int(v) for k, v in jobs["status"].value_counts().items()} if len(jobs) else {}
+    swept = swept_keys(jobs, [c for c in config_columns if c in jobs]) if len(jobs) else []
+    return Collection(jobs=jobs, excluded=excluded, counts=counts, swept=swept, sources=sources)
+
+
+def _column_order(rows: list[dict], config_columns: dict) -> list[str]:
+    head = ["sweep", "job", "status", "included", "reason", "stop_reason", "seed", "n_params",
+            "wall_time_s", "epochs_completed", "overrides"]
+    seen = dict.fromkeys(head)
+    for row in rows:
+        seen.update(dict.fromkeys(row))
+    rest = [c for c in seen if c not in head and c != "path"]
+    final = [c for c in rest if c.startswith("final.")]
+    measured = sorted(c for c in rest if c.startswith(("probe.", "landscape.")))
+    config = [c for c in config_columns if c in seen and c not in head]
+    other = [c for c in rest if c not in final and c not in measured and c not in config]
+    return head + final + measured + other + config + ["path"]
+
+
+def _for_files(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy whose object columns hold one type each (strings where types are mixed), so
+    that Parquet can store them."""
+    out = df.copy()
+    for col in out.columns:
+        if out[col].dtype != object:
+            continue
+        values = out[col].dropna()
+        types = {type(v) for v in values}
+        if not types:
+            out[col] = out[col].astype("float64")
+        elif types <= {bool}:
+            out[col] = out[col].astype("boolean")
+        elif types <= {int, float}:
+            out[col] = pd.to_numeric(out[col], errors="coerce")
+        elif types != {str}:
+            out[col] = out[col].map(lambda v: None if _isna(v) else str(v))
+    return out
+
+
+def save(collection: Collection, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write ``jobs.csv``, ``jobs.parquet``, ``excluded.csv`` and ``collection.json`` (counts,
+    swept keys, sources) into ``out_dir``, each atomically. Returns the paths by name."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = _for_files(collection.jobs)
+    paths = {name: out_dir / name for name in ("jobs.csv", "jobs.parquet", "excluded.csv",
+                                                "collection.json")}
+    atomic_write_text(paths["jobs.csv"], jobs.to_csv(index=False))
+    buffer = io.BytesIO()
+    jobs.to_parquet(buffer, index=False)
+    atomic_write_bytes(paths["jobs.parquet"], buffer.getvalue())
+    atomic_write_text(paths["excluded.csv"], collection.excluded.to_csv(index=False))
+    write_json(paths["collection.json"], {"counts": collection.counts, "swept": collection.swept,
+                                          "sources": collection.sources,
+                                          "n_jobs": int(len(collection.jobs)),
+                                          "n_included": int(collection.jobs["included"].sum())
+                                          if len(collection.jobs) else 0})
+    return paths

@@ -1,0 +1,328 @@
+"""Curvature and sharpness measures against generalization, one row per measure.
+
+For each measure column and a target (test error = 1 − ``final.test_acc`` by default, or the
+generalization gap), :func:`measures_table` reports:
+
+- Kendall τ-b and Spearman ρ with their two-sided p-values (scipy);
+- the granulated Kendall Ψ of Jiang et al. 2020 ("Fantastic generalization measures and where
+  to find them", ICLR 2020, §4): see :func:`granulated_kendall`;
+- the partial correlation controlling for train loss (Pearson on the OLS residuals of measure
+  and target on train loss, and the same on ranks): see :func:`partial_correlation`;
+- OLS of the target on the standardized measure with cluster-robust standard errors clustered
+  by seed (statsmodels, ``cov_type="cluster"``, t with G − 1 degrees of freedom);
+- a linear mixed model with a random intercept per seed (statsmodels MixedLM); a fit that
+  fails, is singular or does not converge gives NaN (or its estimate) and a note, never a crash;
+- Holm and Benjamini–Hochberg corrections of every p-value family across the measures.
+
+Only the included (completed) jobs are analysed, and within them the rows where the measure,
+the target (and the control, for the partial correlation) are finite.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from landscope.analysis.collect import swept_factors, swept_keys
+
+# Default measures: numeric probe.* / landscape.* columns whose name does not match these
+# (bookkeeping: timings, sample counts, standard errors, evaluation counts, convergence flags,
+# and the loss/accuracy at the trained point itself, which is the target rather than a measure).
+_BOOKKEEPING = re.compile(
+    r"(seconds|samples|_stderr|hvps|_evals|n_params|data_size|_residual|_converged|_bracketed"
+    r"|_centre|^landscape\.landscape_)")
+TARGET_ALIASES = {"test_error": "test_error", "gap": "final.generalization_gap",
+                  "generalization_gap": "final.generalization_gap"}
+P_FAMILIES = ("kendall_p", "spearman_p", "partial_p", "partial_spearman_p", "ols_p", "mixed_p")
+
+
+# --------------------------------------------------------------------------- measure choice
+def default_measures(df: pd.DataFrame, min_count: int = 5, min_fraction: float = 0.5) -> list[str]:
+    """The numeric ``probe.*`` and ``landscape.*`` columns usable as measures.
+
+    Rule: the column is numeric (booleans excluded), its name is not bookkeeping (timings,
+    sample counts, ``*_stderr``, evaluation counts, residuals, convergence flags, the loss or
+    accuracy at the centre of a slice), and among the analysed rows it has at least
+    ``max(min_count, min_fraction · rows)`` finite values that are not all equal."""
+    rows = _analysed(df)
+    out = []
+    for col in rows.columns:
+        if not col.startswith(("probe.", "landscape.")) or _BOOKKEEPING.search(col):
+            continue
+        if rows[col].dtype == bool or pd.api.types.is_bool_dtype(rows[col]):
+            continue
+        values = pd.to_numeric(rows[col], errors="coerce") if rows[col].dtype == object else rows[col]
+        if not pd.api.types.is_numeric_dtype(values):
+            continue
+        if rows[col].dtype == object and rows[col].dropna().map(lambda v: isinstance(v, bool)).any():
+            continue
+        finite = values[np.isfinite(values.astype(float))]
+        if len(finite) >= max(min_count, math.ceil(min_fraction * len(rows))) and finite.nunique() > 1:
+            out.append(col)
+    return out
+
+
+def _analysed(df: pd.DataFrame) -> pd.DataFrame:
+    rows = df[df["included"].astype(bool)] if "included" in df else df
+    return rows.reset_index(drop=True)
+
+
+def target_column(df: pd.DataFrame, target: str) -> pd.Series:
+    """``test_error`` (1 − final.test_acc when the column is absent), ``gap`` /
+    ``generalization_gap`` (final.generalization_gap), or any column by name."""
+    name = TARGET_ALIASES.get(target, target)
+    if name in df:
+        return pd.to_numeric(df[name], errors="coerce").astype(float)
+    if name == "test_error" and "final.test_acc" in df:
+        return 1.0 - pd.to_numeric(df["final.test_acc"], errors="coerce").astype(float)
+    raise KeyError(f"no target column {target!r}")
+
+
+def _numeric(series: pd.Series) -> np.ndarray:
+    return pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
+
+
+# --------------------------------------------------------------------------- statistics
+def kendall(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """Kendall τ-b and its two-sided p-value (NaN when undefined: n < 2 or a constant input)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan, math.nan
+    res = stats.kendalltau(x, y)  # variant="b"
+    return float(res.statistic), float(res.pvalue)
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan, math.nan
+    res = stats.spearmanr(x, y)
+    return float(res.statistic), float(res.pvalue)
+
+
+def partial_correlation(x: Sequence[float], y: Sequence[float], z, rank: bool = False
+                        ) -> tuple[float, float]:
+    """Correlation of ``x`` and ``y`` controlling for ``z`` (one or more columns).
+
+    Both are residualized on ``[1, z]`` by least squares; the result is the Pearson correlation
+    of the residuals, with p from t = r·√((n − 2 − k)/(1 − r²)) on n − 2 − k degrees of freedom
+    (k = number of control columns). ``rank=True`` ranks x, y and each z first (the Spearman
+    version). For one control this equals (r_xy − r_xz·r_yz)/√((1 − r_xz²)(1 − r_yz²))."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    z = np.asarray(z, float).reshape(len(x), -1)
+    if rank:
+        x, y = stats.rankdata(x), stats.rankdata(y)
+        z = np.column_stack([stats.rankdata(col) for col in z.T])
+    n, k = len(x), z.shape[1]
+    dof = n - 2 - k
+    if dof < 1:
+        return math.nan, math.nan
+    design = np.column_stack([np.ones(n), z])
+    rx = x - design @ np.linalg.lstsq(design, x, rcond=None)[0]
+    ry = y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
+    sx, sy = np.sqrt(rx @ rx), np.sqrt(ry @ ry)
+    scale = max(np.abs(x).max(), 1e-300) * 1e-12 * math.sqrt(n)
+    if sx <= scale or sy <= max(np.abs(y).max(), 1e-300) * 1e-12 * math.sqrt(n):
+        return math.nan, math.nan  # x or y is explained entirely by z
+    r = float(np.clip(rx @ ry / (sx * sy), -1.0, 1.0))
+    if abs(r) == 1.0:
+        return r, 0.0
+    t = r * math.sqrt(dof / (1.0 - r * r))
+    return r, float(2 * stats.t.sf(abs(t), dof))
+
+
+@dataclass
+class Granulated:
+    """Granulated Kendall Ψ and its parts."""
+
+    psi: float  # mean of per_hyperparameter over the hyperparameters where it is defined
+    per_hyperparameter: dict[str, float] = field(default_factory=dict)  # ψ_i (NaN: no valid group)
+    groups_used: dict[str, int] = field(default_factory=dict)  # groups with a defined τ
+    groups_skipped: dict[str, int] = field(default_factory=dict)  # groups with < 2 values or τ undefined
+
+
+def granulated_kendall(df: pd.DataFrame, measure: str, target: str | pd.Series = "test_error",
+                       hyperparameters: Sequence[str] | None = None,
+                       fixed: Sequence[str] = ("seed",)) -> Granulated:
+    """Granulated Kendall Ψ (Jiang et al. 2020, eq. 4).
+
+    For each hyperparameter θ_i, the rows are grouped by the values of every *other*
+    hyperparameter and of ``fixed`` (the seed by default, so a group holds models that differ
+    only in θ_i, as in the paper); ψ_i is the mean Kendall τ-b between measure and target over
+    the groups, and Ψ = mean over i of ψ_i.
+
+    Handling of edge cases:
+    - rows whose measure or target is not finite are dropped first;
+    - a group with fewer than 2 distinct values of θ_i is skipped (it says nothing about θ_i);
+    - a group whose τ is undefined (measure or target constant within it) is skipped;
+    - skipped groups are counted in ``groups_skipped`` and do not enter the mean;
+    - ψ_i is NaN when no group of θ_i is valid, and Ψ averages the defined ψ_i (NaN if none).
+
+    ``hyperparameters`` defaults to the independent swept dimensions of the rows (config keys
+    that differ, merged when one determines another: :func:`~landscope.analysis.collect.swept_factors`).
+    Missing values of a hyperparameter count as one value of their own."""
+    rows = _analysed(df)
+    y = target_column(rows, target) if isinstance(target, str) else pd.Series(np.asarray(target, float))
+    x = pd.Series(_numeric(rows[measure]))
+    keep = np.isfinite(x.to_numpy()) & np.isfinite(y.to_numpy())
+    rows, x, y = rows[keep].reset_index(drop=True), x[keep].reset_index(drop=True), y[keep].reset_index(drop=True)
+    if hyperparameters is None:
+        config = [c for c in rows.columns if "." in c and not c.startswith(
+            ("probe.", "landscape.", "final.", "config."))]
+        hyperparameters = swept_factors(rows, swept_keys(rows, config))
+    fixed = [f for f in fixed if f in rows and f not in hyperparameters]
+    keyed = rows[list(hyperparameters) + fixed].astype(object).where(rows[list(hyperparameters) + fixed].notna(),
+                                                                     "\0missing").astype(str)
+    out = Granulated(psi=math.nan)
+    for hp in hyperparameters:
+        others = [c for c in hyperparameters if c != hp] + fixed
+        key = keyed[others].agg("\x1f".join, axis=1) if others else pd.Series("", index=keyed.index)
+        groups = key.groupby(key, sort=False).groups.values()
+        taus, skipped = [], 0
+        for index in groups:
+            index = list(index)
+            if keyed.loc[index, hp].nunique() < 2:
+                skipped += 1
+                continue
+            tau, _ = kendall(x[index], y[index])
+            if math.isnan(tau):
+                skipped += 1
+                continue
+            taus.append(tau)
+        out.per_hyperparameter[hp] = float(np.mean(taus)) if taus else math.nan
+        out.groups_used[hp], out.groups_skipped[hp] = len(taus), skipped
+    defined = [v for v in out.per_hyperparameter.values() if not math.isnan(v)]
+    out.psi = float(np.mean(defined)) if defined else math.nan
+    return out
+
+
+def ols_cluster(y: np.ndarray, x: np.ndarray, clusters: np.ndarray) -> tuple[float, float, float, str]:
+    """OLS y ~ 1 + standardized x with cluster-robust SEs: (coef, se, p, note)."""
+    import statsmodels.api as sm
+
+    n_clusters = len(np.unique(clusters))
+    if n_clusters < 2 or len(y) < 3 or np.std(x) == 0:
+        return math.nan, math.nan, math.nan, f"undefined ({n_clusters} clusters, n={len(y)})"
+    z = (x - x.mean()) / x.std(ddof=1)
+    design = sm.add_constant(z, has_constant="add")
+    try:
+        fit = sm.OLS(y, design).fit(cov_type="cluster", cov_kwds={"groups": pd.factorize(clusters)[0]},
+                                    use_t=True)
+    except Exception as exc:  # noqa: BLE001
+        return math.nan, math.nan, math.nan, f"failed: {type(exc).__name__}: {exc}"
+    note = "few clusters (< 10): cluster-robust SEs are unreliable" if n_clusters < 10 else ""
+    return float(fit.params[1]), float(fit.bse[1]), float(fit.pvalues[1]), note
+
+
+_MIXED_NOTES = (("boundary", "seed variance on the boundary (≈ 0)"),
+                ("failed to converge", "optimizer retried"),
+                ("covariance is singular", "singular random-effects covariance"),
+                ("not positive definite", "Hessian not positive definite"))
+
+
+def mixed_model(y: np.ndarray, x: np.ndarray, groups: np.ndarray) -> tuple[float, float, float, str]:
+    """MixedLM y ~ 1 + standardized x with a random intercept per group: (coef, se, p, note).
+    Failures, singular fits and non-convergence give NaN (or the estimate) and a note."""
+    import statsmodels.formula.api as smf
+    from statsmodels.tools.sm_exceptions import ConvergenceWarning
+
+    n_groups = len(np.unique(groups))
+    if n_groups < 2 or len(y) < 4 or np.std(x) == 0:
+        return math.nan, math.nan, math.nan, f"undefined ({n_groups} groups, n={len(y)})"
+    # Fit on the standardized target (better conditioned; exact back-transform of coef and SE).
+    y_scale = float(np.std(y, ddof=1)) or 1.0
+    data = pd.DataFrame({"y": (y - y.mean()) / y_scale, "x": (x - x.mean()) / x.std(ddof=1),
+                         "g": pd.factorize(groups)[0]})
+    notes = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fit = smf.mixedlm("y ~ x", data, groups=data["g"]).fit(reml=True)
+        for w in caught:
+            notes.extend(tag for pattern, tag in _MIXED_NOTES if pattern in str(w.message))
+    except Exception as exc:  # noqa: BLE001 - singular matrices, failed optimizers
+        return math.nan, math.nan, math.nan, f"failed: {type(exc).__name__}: {exc}"
+    coef, se, p = (float(fit.params["x"]) * y_scale, float(fit.bse["x"]) * y_scale,
+                   float(fit.pvalues["x"]))
+    if not getattr(fit, "converged", True):
+        notes.append("did not converge")
+        se, p = math.nan, math.nan
+    if not (np.isfinite(se) and np.isfinite(p)):
+        notes.append("non-finite standard error")
+        se, p = math.nan, math.nan
+    return coef, se, p, "; ".join(dict.fromkeys(notes))
+
+
+def correct(pvalues: Iterable[float], method: str) -> np.ndarray:
+    """Multiple-testing correction over the finite p-values (NaN stays NaN).
+    ``method``: ``"holm"`` or ``"fdr_bh"`` (statsmodels.stats.multitest.multipletests)."""
+    from statsmodels.stats.multitest import multipletests
+
+    p = np.asarray(list(pvalues), float)
+    out = np.full_like(p, np.nan)
+    ok = np.isfinite(p)
+    if ok.any():
+        out[ok] = multipletests(p[ok], method=method)[1]
+    return out
+
+
+# --------------------------------------------------------------------------- the table
+def measures_table(df: pd.DataFrame, measures: Sequence[str] | None = None,
+                   target: str = "test_error", control: str | None = "final.train_loss",
+                   cluster: str = "seed", hyperparameters: Sequence[str] | None = None,
+                   mixed: bool = True) -> pd.DataFrame:
+    """One row per measure: n, Kendall τ/p, Spearman ρ/p, Ψ (and ψ per hyperparameter as a
+    string), partial r/p (Pearson and Spearman versions) controlling for ``control``, OLS
+    coefficient/SE/p (per standard deviation of the measure, clustered by ``cluster``), mixed
+    model coefficient/SE/p/note, and ``<family>_holm`` / ``<family>_bh`` for every p family.
+
+    ``measures`` defaults to :func:`default_measures`. Only included rows are used."""
+    rows = _analysed(df)
+    measures = default_measures(rows) if measures is None else list(measures)
+    y_all = target_column(rows, target).to_numpy()
+    z_all = _numeric(rows[control]) if control and control in rows else None
+    c_all = rows[cluster].to_numpy() if cluster in rows else None
+    if hyperparameters is None:
+        config = [c for c in rows.columns if "." in c and not c.startswith(
+            ("probe.", "landscape.", "final.", "config."))]
+        hyperparameters = swept_factors(rows, swept_keys(rows, config))
+    records = []
+    for m in measures:
+        x_all = _numeric(rows[m])
+        ok = np.isfinite(x_all) & np.isfinite(y_all)
+        x, y = x_all[ok], y_all[ok]
+        rec = {"measure": m, "target": target, "n": int(ok.sum())}
+        rec["kendall_tau"], rec["kendall_p"] = kendall(x, y)
+        rec["spearman_rho"], rec["spearman_p"] = spearman(x, y)
+        g = granulated_kendall(rows, m, target, hyperparameters)
+        rec["psi"] = g.psi
+        rec["psi_parts"] = ", ".join(f"{k}={v:.3f} ({g.groups_used[k]} groups)"
+                                     for k, v in g.per_hyperparameter.items())
+        if z_all is not None:
+            okz = ok & np.isfinite(z_all)
+            rec["partial_r"], rec["partial_p"] = partial_correlation(x_all[okz], y_all[okz], z_all[okz])
+            rec["partial_spearman"], rec["partial_spearman_p"] = partial_correlation(
+                x_all[okz], y_all[okz], z_all[okz], rank=True)
+        else:
+            rec.update(partial_r=math.nan, partial_p=math.nan, partial_spearman=math.nan,
+                       partial_spearman_p=math.nan)
+        if c_all is not None:
+            rec["ols_coef"], rec["ols_se"], rec["ols_p"], rec["ols_note"] = ols_cluster(y, x, c_all[ok])
+            if mixed:
+                rec["mixed_coef"], rec["mixed_se"], rec["mixed_p"], rec["mixed_note"] = \
+                    mixed_model(y, x, c_all[ok])
+        records.append(rec)
+    table = pd.DataFrame(records)
+    for family in P_FAMILIES:
+        if family in table:
+            table[f"{family}_holm"] = correct(table[family], "holm")
+            table[f"{family}_bh"] = correct(table[family], "fdr_bh")
+    return table
