@@ -348,3 +348,28 @@ def connectivity_figures(sweep_dir: Path, out_dir: Optional[Path] = None) -> lis
                   else Path(out_dir) / npz.parent.name / (npz.stem + ".png"))
         written.append(plot_path(paths, target, f"connectivity: {npz.stem}"))
     return written
+
+
+# ----------------------------------------------------------------------------- analysis
+def plot_measure_scatter(x: np.ndarray, y: np.ndarray, path: Path, xlabel: str,
+                         ylabel: str = "test error", groups: Optional[Sequence[str]] = None,
+                         title: str = "") -> Path:
+    """One point per job: a measure against a generalization target, coloured by group
+    (e.g. the swept optimizer)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.8), layout="constrained")
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if groups is None:
+        ax.plot(x, y, "o")
+    else:
+        labels = np.asarray(list(groups), dtype=object)
+        for i, g in enumerate(sorted(set(labels))):
+            sel = labels == g
+            ax.plot(x[sel], y[sel], "o", color=f"C{i}", label=str(g))
+        ax.legend(fontsize=7)
+    finite = x[np.isfinite(x)]
+    if len(finite) and finite.min() > 0 and finite.max() / finite.min() > 100:
+        ax.set_xscale("log")
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    ax.set_title(title or f"{xlabel} vs {ylabel}", fontsize=9)
+    return _save(fig, path)

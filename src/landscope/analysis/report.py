@@ -1,0 +1,205 @@
+"""The statistical report of one or more sweeps, as Markdown and a self-contained HTML page.
+
+:func:`build_report` reads only the saved results (``result.json`` and ``config.yaml`` of
+every job, through :func:`~landscope.analysis.collect.collect`), so a report can be
+regenerated at any time, and writes into ``out_dir``:
+
+- ``report.md`` and ``report.html`` (the same content; the HTML embeds its figures as data
+  URIs, so the one file is enough to share);
+- ``jobs.csv``, ``jobs.parquet``, ``excluded.csv``, ``collection.json`` (the tidy table);
+- ``measures.csv`` (every measure against test error) and ``measures_gap.csv`` (against the
+  generalization gap);
+- ``figures/*.png`` (the measure-against-error scatter plots).
+
+Sections: the sweep summary (jobs per status, the swept hyperparameters), the jobs that were
+not included and why, the measures table (Kendall τ, Spearman ρ, granulated Ψ, partial
+correlation given train loss, cluster-robust OLS, with Holm and Benjamini–Hochberg corrected
+p-values), scatter plots of the strongest measures, and an appendix with the statsmodels
+summary of the OLS fit of the strongest measure. The hypothesis sections (H1–H4) are not
+part of this release.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from landscope.analysis.collect import Collection, collect, save
+from landscope.analysis.measures import default_measures, measures_table, target_column
+from landscope.errors import LandscopeError
+from landscope.io import atomic_write_text
+
+TOP_SCATTER = 6  # measures drawn as scatter plots
+_SHOWN = [("n", "n"), ("kendall_tau", "τ"), ("kendall_p_holm", "p τ (Holm)"),
+          ("spearman_rho", "ρ"), ("psi", "Ψ"), ("partial_r", "partial r (train loss)"),
+          ("partial_p_bh", "p partial (BH)"), ("ols_coef", "OLS coef / sd"),
+          ("ols_p_holm", "p OLS (Holm)")]
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        return f"{v:.3g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.1e}"
+    return str(value)
+
+
+def _table(df: pd.DataFrame, columns: Sequence[tuple[str, str]]) -> tuple[str, str]:
+    """``(markdown, html)`` of ``df[columns]`` with the given headers."""
+    cols = [c for c, _ in columns if c in df.columns]
+    heads = [h for c, h in columns if c in df.columns]
+    rows = [[_fmt(r[c]) for c in cols] for _, r in df.iterrows()]
+    md = "\n".join(["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads),
+                    *("| " + " | ".join(x.replace("|", "\\|") for x in row) + " |"
+                      for row in rows)])
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in heads)
+    trs = "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in row) + "</tr>"
+                  for row in rows)
+    return md, f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
+
+
+class _Doc:
+    """Markdown and HTML written side by side."""
+
+    def __init__(self, title: str) -> None:
+        self.md: list[str] = [f"# {title}", ""]
+        self.html: list[str] = [f"<h1>{html.escape(title)}</h1>"]
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.md += ["#" * level + " " + text, ""]
+        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
+
+    def para(self, text: str) -> None:
+        self.md += [text, ""]
+        self.html.append(f"<p>{html.escape(text)}</p>")
+
+    def table(self, md: str, html_table: str) -> None:
+        self.md += [md, ""]
+        self.html.append(html_table)
+
+    def image(self, path: Path, rel: str, alt: str) -> None:
+        self.md += [f"![{alt}]({rel})", ""]
+        data = base64.b64encode(Path(path).read_bytes()).decode()
+        self.html.append(f'<figure><img alt="{html.escape(alt)}" '
+                         f'src="data:image/png;base64,{data}"/>'
+                         f"<figcaption>{html.escape(alt)}</figcaption></figure>")
+
+    def pre(self, text: str) -> None:
+        self.md += ["```", text, "```", ""]
+        self.html.append(f"<pre>{html.escape(text)}</pre>")
+
+    def render_html(self, title: str) -> str:
+        style = ("body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
+                 "table{border-collapse:collapse;font-size:90%}td,th{border:1px solid #ccc;"
+                 "padding:2px 6px;text-align:right}th{background:#eee}img{max-width:48%;"
+                 "margin:0.5%}figure{display:inline-block;width:48%;margin:0}"
+                 "figure img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow:auto}")
+        return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+                f"</title><style>{style}</style></head><body>{''.join(self.html)}</body></html>\n")
+
+
+def _hue(df: pd.DataFrame, swept: Sequence[str]) -> Optional[str]:
+    return next((c for c in swept if c in df.columns and df[c].nunique() > 1), None)
+
+
+def _ols_summary(df: pd.DataFrame, measure: str, target: pd.Series) -> str:
+    import statsmodels.api as sm
+
+    x = pd.to_numeric(df[measure], errors="coerce").to_numpy(float)
+    y = target.to_numpy(float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3 or np.std(x[ok]) == 0:
+        return f"{measure}: too few finite values for a fit"
+    z = (x[ok] - x[ok].mean()) / x[ok].std()
+    fit = sm.OLS(y[ok], sm.add_constant(z)).fit(
+        cov_type="cluster", cov_kwds={"groups": df["seed"].to_numpy()[ok]}) \
+        if "seed" in df and df["seed"].nunique() > 1 else sm.OLS(y[ok], sm.add_constant(z)).fit()
+    return str(fit.summary(xname=["const", f"{measure} (standardized)"], yname="test error"))
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def build_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
+                 title: Optional[str] = None) -> Path:
+    """Collect the sweeps in ``paths``, analyse them and write the report into ``out_dir``.
+    Returns the path of ``report.html``. Raises :class:`LandscopeError` when no job is found."""
+    from landscope.plots import plot_measure_scatter
+
+    paths = [Path(p) for p in paths]
+    out = Path(out_dir)
+    coll: Collection = collect(paths)
+    if coll.jobs.empty:
+        raise LandscopeError(f"no jobs found in {', '.join(map(str, paths))}")
+    out.mkdir(parents=True, exist_ok=True)
+    save(coll, out)
+    title = title or "landscope report: " + ", ".join(p.name for p in paths)
+    doc = _Doc(title)
+    inc = coll.included
+
+    doc.heading("Sweep summary")
+    counts = ", ".join(f"{n} {k}" for k, n in sorted(coll.counts.items()))
+    doc.para(f"{len(coll.jobs)} jobs from {', '.join(coll.sources)}: {counts}. "
+             f"{len(inc)} completed jobs are analysed. Swept hyperparameters (besides the "
+             f"seed): {', '.join(coll.swept) if coll.swept else 'none'}.")
+    if coll.excluded.empty:
+        doc.para("Every job completed; none is excluded.")
+    else:
+        doc.heading("Jobs not included", 3)
+        doc.table(*_table(coll.excluded, [("sweep", "sweep"), ("job", "job"),
+                                          ("status", "status"), ("reason", "reason")]))
+
+    doc.heading("Measures against test error")
+    measures = default_measures(inc) if len(inc) else []
+    if len(measures) == 0:
+        doc.para("No measure has enough finite values across the analysed jobs (at least "
+                 "5 and half of the jobs); run the sweep with probes or landscape scans.")
+        table = pd.DataFrame()
+    else:
+        table = measures_table(inc, measures)
+        table = table.reindex(table["kendall_tau"].abs().sort_values(ascending=False).index)
+        atomic_write_text(out / "measures.csv", table.to_csv(index=False))
+        gap = measures_table(inc, measures, target="gap", mixed=False)
+        atomic_write_text(out / "measures_gap.csv", gap.to_csv(index=False))
+        doc.para(f"{len(measures)} measures, sorted by |τ| against test error (1 − test "
+                 f"accuracy) over {len(inc)} jobs. τ: Kendall τ-b; ρ: Spearman; Ψ: granulated "
+                 "Kendall over the swept hyperparameters (Jiang et al. 2020); partial r: "
+                 "correlation with test error after regressing both on train loss; OLS coef: "
+                 "change of test error per standard deviation of the measure, standard errors "
+                 "clustered by seed. p-values are corrected across measures (Holm, or "
+                 "Benjamini–Hochberg where marked). Every column is in measures.csv; the same "
+                 "against the generalization gap is in measures_gap.csv.")
+        doc.table(*_table(table, [("measure", "measure"), *_SHOWN]))
+
+        doc.heading("Strongest measures", 3)
+        target = target_column(inc, "test_error")
+        hue = _hue(inc, coll.swept)
+        for m in table["measure"].head(TOP_SCATTER):
+            png = out / "figures" / f"{_safe(m)}.png"
+            plot_measure_scatter(inc[m].to_numpy(float), target.to_numpy(float), png,
+                                 m, "test error", None if hue is None else inc[hue].astype(str))
+            doc.image(png, f"figures/{png.name}", f"{m} against test error")
+
+    doc.heading("Appendix: statsmodels summaries")
+    if len(table):
+        best = str(table["measure"].iloc[0])
+        doc.para(f"OLS of test error on the strongest measure, {best} (standardized), with "
+                 "cluster-robust standard errors by seed:")
+        doc.pre(_ols_summary(inc, best, target_column(inc, "test_error")))
+    else:
+        doc.para("No fit: no measure.")
+
+    atomic_write_text(out / "report.md", "\n".join(doc.md) + "\n")
+    page = out / "report.html"
+    atomic_write_text(page, doc.render_html(title))
+    return page

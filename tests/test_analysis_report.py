@@ -1,0 +1,122 @@
+"""The report: built from saved results alone, every section present, figures embedded,
+excluded jobs listed, the planted relation found; the command's exit codes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from html.parser import HTMLParser
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO
+from landscope.analysis.report import TOP_SCATTER, build_report
+from landscope.errors import LandscopeError
+
+SECTIONS = ["Sweep summary", "Jobs not included", "Measures against test error",
+            "Strongest measures", "Appendix: statsmodels summaries"]
+
+
+def _write_job(root, name, config, result=None):
+    job = root / name
+    job.mkdir(parents=True)
+    (job / "config.yaml").write_text(yaml.safe_dump(config))
+    if result is not None:
+        (job / "result.json").write_text(json.dumps(result))
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    """12 completed jobs (2 optimizers x 6 seeds) where test error rises with lambda_max,
+    plus a failed job and one without result.json."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "sweep"
+    for opt in ("sgd", "adam"):
+        for seed in range(6):
+            lam = float(rng.uniform(1, 20))
+            acc = 0.9 - 0.01 * lam + float(rng.normal(0, 0.005))
+            cfg = {"seed": seed, "optimizer": {"name": opt, "lr": 0.1 if opt == "sgd" else 0.001},
+                   "model": {"name": "mlp"}}
+            _write_job(root, f"optimizer={opt},seed={seed}", cfg, {
+                "status": "completed", "seed": seed, "stop_reason": "max_epochs",
+                "final": {"train_loss": float(rng.uniform(0.01, 0.02)), "train_acc": 1.0,
+                          "test_acc": acc, "generalization_gap": 1 - acc, "epoch": 5},
+                "probes": {"lambda_max": lam, "trace": float(rng.uniform(10, 20))},
+                "landscape": {"line_train_rise_mean": float(rng.uniform(1, 2))}})
+    _write_job(root, "optimizer=sgd,seed=9", {"seed": 9, "optimizer": {"name": "sgd", "lr": 0.1}},
+               {"status": "failed", "error": "RuntimeError: boom", "seed": 9})
+    _write_job(root, "optimizer=adam,seed=9", {"seed": 9, "optimizer": {"name": "adam"}})
+    return root
+
+
+class _Collect(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags, self.text, self.images = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_report_sections_images_and_tables(sweep, tmp_path):
+    out = tmp_path / "report"
+    page = build_report([sweep], out)
+    parser = _Collect()
+    parser.feed(page.read_text())
+    text = " ".join(parser.text)
+    for section in SECTIONS:
+        assert section in text, section
+    # every figure is embedded as a PNG data URI: the page stands alone
+    assert len(parser.images) == min(TOP_SCATTER, 3)  # 3 measures in this sweep
+    for src in parser.images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "RuntimeError: boom" in text and "no result.json" in text  # excluded, with reasons
+    assert "OLS Regression Results" in text  # the statsmodels summary in the appendix
+    md = (out / "report.md").read_text()
+    assert all(f"## {s}" in md or f"### {s}" in md for s in SECTIONS)
+    assert md.count("](figures/") == 3 and all((out / "figures").glob("*.png"))
+    # the markdown measures table has as many cells per row as headers
+    rows = [r for r in md.splitlines() if r.startswith("| probe.") or r.startswith("| landscape.")]
+    header = next(r for r in md.splitlines() if r.startswith("| measure"))
+    assert rows and all(r.count(" | ") == header.count(" | ") for r in rows)
+    # the planted relation: lambda_max ranks test error best, significant after Holm
+    measures = pd.read_csv(out / "measures.csv")
+    assert measures.iloc[0]["measure"] == "probe.lambda_max"
+    assert measures.iloc[0]["kendall_tau"] > 0.6 and measures.iloc[0]["kendall_p_holm"] < 0.01
+    for name in ("jobs.csv", "jobs.parquet", "excluded.csv", "measures_gap.csv"):
+        assert (out / name).is_file()
+    assert len(pd.read_parquet(out / "jobs.parquet")) == 14  # every job kept, 12 included
+
+
+def test_report_is_regenerable_and_refuses_empty_input(sweep, tmp_path):
+    def stable(page):  # statsmodels stamps its summary with the date and time
+        return [r for r in page.read_text().splitlines() if "Date:" not in r and "Time:" not in r]
+    first = stable(build_report([sweep], tmp_path / "a"))
+    assert first == stable(build_report([sweep], tmp_path / "b"))  # from saved results alone
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LandscopeError):
+        build_report([tmp_path / "empty"], tmp_path / "c")
+
+
+def test_report_command(sweep, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    ok = subprocess.run([sys.executable, "-m", "runner.report", str(sweep)], cwd=tmp_path,
+                        capture_output=True, text=True, env=env, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == f"report: {sweep / 'report' / 'report.html'}"
+    bad = subprocess.run([sys.executable, "-m", "runner.report", str(tmp_path / "nowhere")],
+                         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ")
+    assert len(bad.stderr.strip().splitlines()) == 1
