@@ -120,3 +120,32 @@ def test_report_command(sweep, tmp_path):
                          cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ")
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_report_h2_section_when_skip_is_swept(tmp_path):
+    """A sweep over model.skip x 8 seeds where skip lowers lambda_max: the report gets an H2
+    section with the verdict, its table (h2.csv) and the paired plot."""
+    rng = np.random.default_rng(1)
+    root = tmp_path / "h2"
+    for seed in range(8):
+        base = float(rng.uniform(5, 10))
+        for skip in (True, False):
+            lam = base * (0.5 if skip else 1.0)
+            cfg = {"seed": seed, "model": {"name": "mlp", "skip": skip, "depth": 6}}
+            _write_job(root, f"model.skip={str(skip).lower()},seed={seed}", cfg, {
+                "status": "completed", "seed": seed, "stop_reason": "max_epochs",
+                "final": {"train_loss": 0.1, "train_acc": 0.9, "test_acc": 0.7,
+                          "generalization_gap": 0.2, "epoch": 5},
+                "probes": {"lambda_max": lam, "trace": 10 * lam + float(rng.normal()),
+                           "density_n_outliers": 5.0, "density_outlier_mass": 0.01}})
+    page = build_report([root], tmp_path / "out")
+    parser = _Collect()
+    parser.feed(page.read_text())
+    text = " ".join(parser.text)
+    assert "H2: skip connections flatten the landscape" in text
+    assert "Verdict: supported" in text
+    table = pd.read_csv(tmp_path / "out" / "h2.csv")
+    lam = table[table["measure"] == "probe.lambda_max"].iloc[0]
+    assert lam["n"] == 8 and lam["median_diff"] < 0 and lam["verdict"] == "supported"
+    assert (tmp_path / "out" / "figures" / "h2_paired.png").is_file()
+    assert any("h2_paired" in a for a in (tmp_path / "out" / "report.md").read_text().splitlines())

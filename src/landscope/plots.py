@@ -373,3 +373,17 @@ def plot_measure_scatter(x: np.ndarray, y: np.ndarray, path: Path, xlabel: str,
     ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.set_title(title or f"{xlabel} vs {ylabel}", fontsize=9)
     return _save(fig, path)
+
+
+def plot_paired(before: np.ndarray, after: np.ndarray, path: Path, ylabel: str,
+                labels: Sequence[str] = ("off", "on"), title: str = "") -> Path:
+    """Paired values, one line per pair (e.g. one seed with a switch off and on)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4, 3.8), layout="constrained")
+    for b, a in zip(np.asarray(before, float), np.asarray(after, float)):
+        ax.plot([0, 1], [b, a], "o-", color="C0" if a < b else "C3", alpha=0.7)
+    ax.set_xticks([0, 1], list(labels))
+    ax.set_xlim(-0.3, 1.3)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or f"{ylabel}: paired", fontsize=9)
+    return _save(fig, path)

@@ -15,8 +15,9 @@ Sections: the sweep summary (jobs per status, the swept hyperparameters), the jo
 not included and why, the measures table (Kendall τ, Spearman ρ, granulated Ψ, partial
 correlation given train loss, cluster-robust OLS, with Holm and Benjamini–Hochberg corrected
 p-values), scatter plots of the strongest measures, and an appendix with the statsmodels
-summary of the OLS fit of the strongest measure. The hypothesis sections (H1–H4) are not
-part of this release.
+summary of the OLS fit of the strongest measure. When the sweep varies ``model.skip`` (e.g.
+``experiment=h2_skip``) a section tests H2 (:mod:`landscope.analysis.hypotheses.h2`); the
+other hypothesis sections are not part of this release.
 """
 
 from __future__ import annotations
@@ -130,6 +131,39 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
+def _h2_section(doc: _Doc, inc: pd.DataFrame, paths: Sequence[Path], out: Path) -> None:
+    """H2: skip connections flatten the landscape (paired by seed, skip on vs off)."""
+    from landscope.analysis.hypotheses.h2 import h2_test, load_barriers
+    from landscope.plots import plot_paired
+
+    frames = [load_barriers(p, "model.skip") for p in paths if (p / "connectivity").is_dir()]
+    barriers = pd.concat(frames, ignore_index=True) if frames else None
+    res = h2_test(inc, barriers=barriers)
+    doc.heading("H2: skip connections flatten the landscape")
+    doc.para(f"Verdict: {res.verdict} ({res.reason}). Jobs are paired by seed (and every other "
+             f"swept setting); the difference is skip on − off, so a negative difference means "
+             f"flatter with skip. Test: Wilcoxon signed-rank, two-sided, Holm-corrected across "
+             f"the rows (paired t reported alongside); effect sizes: Cohen's d_z and the "
+             f"rank-biserial correlation; 95% bootstrap CI of the median difference. "
+             f"{res.n_pairs} pairs, {res.n_unpaired} included jobs unpaired."
+             + ("" if barriers is not None else " No connectivity results: run "
+                "python -m runner.connect on the sweep for the barrier row."))
+    doc.table(*_table(res.table, [("measure", "measure"), ("n", "n"),
+                                  ("median_diff", "median diff"), ("ci_low", "CI low"),
+                                  ("ci_high", "CI high"), ("statistic", "W"),
+                                  ("p_holm", "p (Holm)"), ("t", "t"), ("t_p_holm", "p t (Holm)"),
+                                  ("cohens_d", "d_z"), ("rank_biserial", "r_rb"),
+                                  ("verdict", "verdict")]))
+    atomic_write_text(out / "h2.csv", res.table.to_csv(index=False))
+    if res.n_pairs and res.primary in inc.columns:
+        val = inc[res.primary]
+        on = pd.to_numeric(val.loc[res.pairs["on"]], errors="coerce").to_numpy(float)
+        off = pd.to_numeric(val.loc[res.pairs["off"]], errors="coerce").to_numpy(float)
+        png = out / "figures" / "h2_paired.png"
+        plot_paired(off, on, png, res.primary, ("skip off", "skip on"))
+        doc.image(png, f"figures/{png.name}", f"{res.primary}, skip off vs on, one line per seed")
+
+
 def build_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
                  title: Optional[str] = None) -> Path:
     """Collect the sweeps in ``paths``, analyse them and write the report into ``out_dir``.
@@ -189,6 +223,9 @@ def build_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
             plot_measure_scatter(inc[m].to_numpy(float), target.to_numpy(float), png,
                                  m, "test error", None if hue is None else inc[hue].astype(str))
             doc.image(png, f"figures/{png.name}", f"{m} against test error")
+
+    if "model.skip" in coll.swept:
+        _h2_section(doc, inc, paths, out)
 
     doc.heading("Appendix: statsmodels summaries")
     if len(table):

@@ -1,0 +1,515 @@
+"""H2 (issue #5): skip connections (and normalization) flatten the loss landscape.
+
+Design: jobs that agree on every other swept config key and on the seed, and differ only in
+the factor (``model.skip`` by default, ``True`` vs ``False``), form a pair. For each curvature
+measure (λmax, Hessian trace, number and mass of the spectral outliers by default) the paired
+difference is ``d = on − off``; a lower value is flatter, so a **negative** difference
+supports H2. The sweep is :file:`conf/experiment/h2_skip.yaml` (16 jobs: ``model.skip`` ×
+8 seeds (8 pairs: see the minimum-pairs rule below), 6-layer MLP of width 64 on mnist1d, ``probe=standard``, 20 epochs). One job took
+14-16 s of wall time on a 2-core CPU here (process start included; training 1.4-3.9 s, probes
+4-6 s, 1-D slices the rest), so the sweep takes about 4 min in-process and about 2.5 min with
+``hydra/launcher=parallel``. Caveat: with SGD at lr 0.1 both variants may end near the
+stability limit 2/lr = 20 (seed 0: λmax 18.1 with skip, 13.5 without, and the plain network
+trains much worse in 20 epochs: train loss 1.59 vs 0.57), so λmax compares edge-of-stability
+dynamics as much as architecture.
+
+Per measure, :func:`h2_test` reports (one row of :attr:`H2Result.table`):
+
+- ``n`` pairs with both values finite, ``median_diff`` and ``mean_diff`` of ``d``;
+- ``test`` = ``wilcoxon``: :func:`scipy.stats.wilcoxon` on ``d``, two-sided, zero differences
+  dropped (``zero_method="wilcox"``, scipy's default, exact for small n without ties);
+  ``statistic`` is scipy's (min(T+, T−)), ``p`` its p-value;
+- ``t_test`` = ``paired t``: :func:`scipy.stats.ttest_rel` (on, off), ``t`` and ``t_p``;
+- effect sizes: ``cohens_d`` = Cohen's d_z = mean(d) / sd(d) (ddof 1), and ``rank_biserial``
+  = the matched-pairs rank-biserial correlation (T+ − T−) / (T+ + T−) over the non-zero
+  differences (Kerby 2014), in [−1, 1], negative when ``on`` is lower;
+- ``ci_low``, ``ci_high``: percentile bootstrap 95% CI of the median difference (``n_boot``
+  resamples of the pairs, ``numpy.random.default_rng(seed)``);
+- ``p_holm`` and ``t_p_holm``: Holm corrections (:func:`holm`, equal to statsmodels'
+  ``multipletests(method="holm")``) across the
+  rows of the table, one family per test column (the barrier row included);
+- ``verdict`` and ``reason``:
+
+  * ``inconclusive`` when the test cannot reach ``p < alpha`` at all: the exact two-sided
+    Wilcoxon p-value is at least 2 / 2^n for n non-zero differences, which is 0.0625 ≥ 0.05
+    for n = 5, so at ``alpha = 0.05`` at least 6 pairs are needed (fewer → inconclusive,
+    whatever the data); likewise 2 / C(n_on + n_off, n_on) for Mann–Whitney. Holm then
+    multiplies the smallest p of the table by the number of rows m, so a table of m = 5 rows
+    (4 measures and the barrier) needs 2 / 2^n · 5 < 0.05, i.e. n ≥ 8 pairs, for any row to be
+    supported; hence 8 seeds in the preset;
+  * ``supported`` when the Holm-corrected primary p (``p_holm``) < ``alpha`` and the median
+    difference is negative (flatter with the factor on);
+  * ``not supported`` when ``p_holm`` < ``alpha`` and the median difference is positive
+    (significantly *sharper* with the factor on: evidence against H2);
+  * ``inconclusive`` otherwise (not significant: absence of evidence, not evidence of no
+    effect; no equivalence margin is tested).
+
+  The decision uses the Wilcoxon test (robust to outliers in λmax); the paired t-test, the
+  effect sizes and the CI are reported alongside, not used in the verdict.
+
+The barrier between seeds (optional ``barriers`` frame, e.g. from :func:`load_barriers`) is
+one more row, ``connectivity.<barrier column>``. Each barrier belongs to a pair of seeds that
+share a factor value. When the frame has a ``match`` column (what the two seed pairs have in
+common apart from the factor: the other config keys and the two seeds) and at least one
+``match`` value has one barrier with the factor on and one with it off, those are paired and
+tested as above (barriers without a partner are counted in ``reason``). Otherwise the two
+groups are compared unpaired: ``test`` = ``mannwhitneyu`` (:func:`scipy.stats.mannwhitneyu`,
+two-sided), ``median_diff`` = median(on) − median(off), ``t_test`` = ``welch t``
+(:func:`scipy.stats.ttest_ind`, ``equal_var=False``), ``cohens_d`` with the pooled sd,
+``rank_biserial`` = 2U/(n_on·n_off) − 1 (negative when on is lower), and a bootstrap CI that
+resamples each group separately.
+
+The overall :attr:`H2Result.verdict` is the verdict of the ``primary`` measure (λmax by
+default): H2 is supported when λmax is significantly lower with skip connections; the other
+rows are secondary evidence and are reported, not combined.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import yaml
+from scipy import stats
+
+from landscope.analysis.collect import _NOT_SWEPT, _NOT_SWEPT_PREFIXES, flatten, swept_keys
+from landscope.errors import LandscopeError
+
+MEASURES = ("probe.lambda_max", "probe.trace", "probe.density_n_outliers",
+            "probe.density_outlier_mass")
+BARRIER = "linear_train_loss_barrier_mean"
+SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
+# Columns of a collected frame that are not config keys (collect.py's bookkeeping and results).
+_NOT_CONFIG = {"sweep", "job", "path", "status", "included", "reason", "stop_reason", "seed",
+               "n_params", "wall_time_s", "epochs_completed", "overrides", "test_error",
+               "train_error"}
+_RESULT_PREFIXES = ("final.", "probe.", "landscape.")
+TABLE_COLUMNS = ["measure", "test", "n", "n_on", "n_off", "median_diff", "mean_diff", "ci_low",
+                 "ci_high", "statistic", "p", "p_holm", "t_test", "t", "t_p", "t_p_holm",
+                 "cohens_d", "rank_biserial", "verdict", "reason"]
+
+
+@dataclass
+class H2Result:
+    """The outcome of :func:`h2_test`."""
+
+    table: pd.DataFrame  # one row per measure (TABLE_COLUMNS)
+    verdict: str  # the primary measure's verdict
+    reason: str
+    factor: str
+    primary: str
+    keys: list[str]  # the config keys pairs agree on (besides the seed)
+    pairs: pd.DataFrame  # keys, seed, job_on, job_off (one row per pair)
+    unpaired: pd.DataFrame  # job, seed, factor value, reason (included jobs left out)
+    alpha: float = 0.05
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.pairs)
+
+    @property
+    def n_unpaired(self) -> int:
+        return len(self.unpaired)
+
+    def summary(self) -> str:
+        """A few lines of text: the verdict, the pairing, then one line per measure."""
+        lines = [f"H2 ({self.factor} on vs off flattens the landscape): {self.verdict.upper()} "
+                 f"- {self.reason}",
+                 f"{self.n_pairs} pairs matched on seed"
+                 + (f" and {', '.join(self.keys)}" if self.keys else "")
+                 + f"; {self.n_unpaired} included jobs unpaired; Holm-corrected, alpha={self.alpha:g}"]
+        for row in self.table.itertuples(index=False):
+            lines.append(
+                f"  {row.measure}: n={row.n}, median diff (on-off)={_fmt(row.median_diff)} "
+                f"[95% CI {_fmt(row.ci_low)}, {_fmt(row.ci_high)}], {row.test} "
+                f"stat={_fmt(row.statistic)} p={_fmt(row.p)} p_holm={_fmt(row.p_holm)}; "
+                f"{row.t_test} t={_fmt(row.t)} p_holm={_fmt(row.t_p_holm)}; "
+                f"d={_fmt(row.cohens_d)} r_rb={_fmt(row.rank_biserial)} -> {row.verdict}"
+                + (f" ({row.reason})" if row.reason else ""))
+        lines.extend(f"note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+def _fmt(x: Any) -> str:
+    try:
+        return "nan" if x is None or not math.isfinite(float(x)) else f"{float(x):.4g}"
+    except (TypeError, ValueError):
+        return str(x)
+
+
+# --------------------------------------------------------------------------- pairing
+def as_bool(value: Any) -> bool | None:
+    """A factor value as True/False (``true``/``false`` strings, 1/0), or None."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, str):
+        return {"true": True, "false": False, "1": True, "0": False}.get(value.strip().lower())
+    if isinstance(value, (int, float, np.integer, np.floating)) and not pd.isna(value):
+        return {1: True, 0: False}.get(value) if value in (0, 1) else None
+    return None
+
+
+def _code(value: Any) -> str:
+    return "\0missing" if value is None or (isinstance(value, float) and math.isnan(value)) \
+        else json.dumps(value, default=str)
+
+
+def pairing_keys(jobs: pd.DataFrame, factor: str, exclude: Sequence[str] = ()) -> list[str]:
+    """The swept config keys of ``jobs`` (seeds and bookkeeping excluded) other than ``factor``."""
+    candidates = [c for c in jobs.columns
+                  if c not in _NOT_CONFIG and not c.startswith(_RESULT_PREFIXES)
+                  and c != factor and c not in exclude]
+    return swept_keys(jobs, candidates)
+
+
+def pair_jobs(jobs: pd.DataFrame, factor: str = "model.skip", keys: Sequence[str] | None = None,
+              ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Pair the included rows of ``jobs`` that agree on ``keys`` and ``seed`` and differ in
+    ``factor`` (True vs False). Returns ``(pairs, unpaired, keys)``: ``pairs`` has the keys,
+    ``seed``, ``on`` and ``off`` (row labels of ``jobs``) and ``job_on``/``job_off``;
+    ``unpaired`` lists every included row left out, with a reason."""
+    if factor not in jobs.columns:
+        raise LandscopeError(f"H2: no column {factor!r} in the jobs table (factor to compare)")
+    if "seed" not in jobs.columns:
+        raise LandscopeError("H2: no column 'seed' in the jobs table (pairs are matched by seed)")
+    rows = jobs[jobs["included"].astype(bool)] if "included" in jobs.columns else jobs
+    keys = list(keys) if keys is not None else pairing_keys(rows, factor)
+    missing = [k for k in keys if k not in rows.columns]
+    if missing:
+        raise LandscopeError(f"H2: pairing keys not in the jobs table: {', '.join(missing)}")
+    job_names = rows["job"] if "job" in rows.columns else pd.Series(rows.index.astype(str),
+                                                                    index=rows.index)
+    level = rows[factor].map(as_bool)
+    unpaired: list[dict[str, Any]] = []
+    groups: dict[tuple, dict[bool, list]] = {}
+    for label in rows.index:
+        value, seed = level[label], rows.at[label, "seed"]
+        if value is None:
+            unpaired.append({"row": label, "job": job_names[label], "seed": seed,
+                             factor: rows.at[label, factor],
+                             "reason": f"{factor}={rows.at[label, factor]!r} is not true/false"})
+            continue
+        if seed is None or (isinstance(seed, float) and math.isnan(seed)):
+            unpaired.append({"row": label, "job": job_names[label], "seed": seed, factor: value,
+                             "reason": "no seed"})
+            continue
+        key = tuple(_code(rows.at[label, k]) for k in keys) + (_code(_num(seed)),)
+        groups.setdefault(key, {True: [], False: []})[value].append(label)
+    pairs: list[dict[str, Any]] = []
+    for key, side in groups.items():
+        on, off = side[True], side[False]
+        if len(on) == 1 and len(off) == 1:
+            first = rows.loc[on[0]]
+            pairs.append({**{k: first[k] for k in keys}, "seed": first["seed"], "on": on[0],
+                          "off": off[0], "job_on": job_names[on[0]], "job_off": job_names[off[0]]})
+            continue
+        if on and off:
+            why = f"ambiguous: {len(on)} jobs with {factor}=true and {len(off)} with false " \
+                  "at the same config and seed"
+        else:
+            why = f"no partner with {factor}={'false' if on else 'true'} at the same config and seed"
+        for label in on + off:
+            unpaired.append({"row": label, "job": job_names[label], "seed": rows.at[label, "seed"],
+                             factor: label in on, "reason": why})
+    pairs_df = pd.DataFrame(pairs, columns=[*keys, "seed", "on", "off", "job_on", "job_off"])
+    unpaired_df = pd.DataFrame(unpaired, columns=["row", "job", "seed", factor, "reason"])
+    return pairs_df, unpaired_df, keys
+
+
+def _num(value: Any) -> Any:
+    """Seeds as ints where they are whole numbers (1 and 1.0 pair)."""
+    try:
+        f = float(value)
+        return int(f) if f.is_integer() else f
+    except (TypeError, ValueError):
+        return value
+
+
+# --------------------------------------------------------------------------- statistics
+def _empty_row(measure: str, test: str, t_test: str) -> dict[str, Any]:
+    row = {c: math.nan for c in TABLE_COLUMNS}
+    row.update(measure=measure, test=test, t_test=t_test, n=0, n_on=0, n_off=0, verdict=INCONCLUSIVE,
+               reason="")
+    return row
+
+
+def paired_stats(on: np.ndarray, off: np.ndarray, measure: str, n_boot: int = 2000,
+                 seed: int = 0) -> dict[str, Any]:
+    """The paired statistics of one measure (a table row without the Holm columns and verdict)."""
+    on, off = np.asarray(on, dtype=float), np.asarray(off, dtype=float)
+    row = _empty_row(measure, "wilcoxon", "paired t")
+    d = on - off
+    n = len(d)
+    row.update(n=n, n_on=n, n_off=n)
+    if n == 0:
+        row["reason"] = "no pairs with finite values"
+        return row
+    row.update(median_diff=float(np.median(d)), mean_diff=float(np.mean(d)))
+    nonzero = d[d != 0]
+    if len(nonzero):
+        ranks = stats.rankdata(np.abs(nonzero))
+        row["rank_biserial"] = float((ranks[nonzero > 0].sum() - ranks[nonzero < 0].sum())
+                                     / ranks.sum())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                w = stats.wilcoxon(d, alternative="two-sided")
+                row.update(statistic=float(w.statistic), p=float(w.pvalue))
+            except ValueError:
+                pass
+    else:
+        row.update(statistic=0.0, p=1.0, rank_biserial=0.0)  # every difference is zero
+    if n >= 2:
+        sd = float(np.std(d, ddof=1))
+        if sd > 0:
+            row["cohens_d"] = float(np.mean(d)) / sd
+            t = stats.ttest_rel(on, off)
+            row.update(t=float(t.statistic), t_p=float(t.pvalue))
+        rng = np.random.default_rng(seed)
+        boot = np.median(d[rng.integers(0, n, size=(n_boot, n))], axis=1)
+        row.update(ci_low=float(np.percentile(boot, 2.5)), ci_high=float(np.percentile(boot, 97.5)))
+    row["_min_p"] = min(1.0, 2.0 / 2.0 ** len(nonzero)) if len(nonzero) else 1.0
+    row["_n_nonzero"] = len(nonzero)
+    return row
+
+
+def unpaired_stats(on: np.ndarray, off: np.ndarray, measure: str, n_boot: int = 2000,
+                   seed: int = 0) -> dict[str, Any]:
+    """Mann–Whitney U, Welch t and effect sizes of two independent groups (on, off)."""
+    on, off = np.asarray(on, dtype=float), np.asarray(off, dtype=float)
+    row = _empty_row(measure, "mannwhitneyu", "welch t")
+    n1, n2 = len(on), len(off)
+    row.update(n=n1 + n2, n_on=n1, n_off=n2)
+    if n1 == 0 or n2 == 0:
+        row["reason"] = f"no barriers with the factor {'on' if n1 == 0 else 'off'}"
+        return row
+    row.update(median_diff=float(np.median(on) - np.median(off)),
+               mean_diff=float(np.mean(on) - np.mean(off)))
+    u = stats.mannwhitneyu(on, off, alternative="two-sided")
+    row.update(statistic=float(u.statistic), p=float(u.pvalue),
+               rank_biserial=float(2.0 * u.statistic / (n1 * n2) - 1.0))
+    if n1 >= 2 and n2 >= 2:
+        pooled = math.sqrt(((n1 - 1) * np.var(on, ddof=1) + (n2 - 1) * np.var(off, ddof=1))
+                           / (n1 + n2 - 2))
+        if pooled > 0:
+            row["cohens_d"] = row["mean_diff"] / pooled
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                t = stats.ttest_ind(on, off, equal_var=False)
+            row.update(t=float(t.statistic), t_p=float(t.pvalue))
+    rng = np.random.default_rng(seed)
+    boot = (np.median(on[rng.integers(0, n1, size=(n_boot, n1))], axis=1)
+            - np.median(off[rng.integers(0, n2, size=(n_boot, n2))], axis=1))
+    row.update(ci_low=float(np.percentile(boot, 2.5)), ci_high=float(np.percentile(boot, 97.5)))
+    row["_min_p"] = 2.0 / math.comb(n1 + n2, n1)
+    return row
+
+
+def holm(p: Sequence[float]) -> np.ndarray:
+    """Holm-adjusted p-values (NaN stays NaN): the values of statsmodels'
+    ``multipletests(p, method="holm")[1]`` (checked in the tests), computed here because
+    statsmodels runs a garbage collection per call (~50 ms)."""
+    p = np.asarray(p, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    if len(ok):
+        order = ok[np.argsort(p[ok], kind="stable")]
+        m = len(ok)
+        adjusted = np.maximum.accumulate((m - np.arange(m)) * p[order])
+        out[order] = np.minimum(adjusted, 1.0)
+    return out
+
+
+def _holm(p: pd.Series, alpha: float) -> pd.Series:
+    return pd.Series(holm(p.to_numpy(dtype=float)), index=p.index)
+
+
+def _verdict(row: pd.Series, alpha: float) -> tuple[str, str]:
+    if row["reason"]:
+        return INCONCLUSIVE, row["reason"]
+    if row["test"] != "wilcoxon":
+        n_text = f"{row['n_on']} on and {row['n_off']} off"
+    elif row.get("_n_nonzero", row["n"]) != row["n"]:
+        n_text = f"{int(row['_n_nonzero'])} non-zero differences in {row['n']} pairs"
+    else:
+        n_text = f"{row['n']} pairs"
+    if row["_min_p"] >= alpha:
+        return INCONCLUSIVE, (f"too few: {n_text}; the smallest possible two-sided {row['test']} "
+                              f"p is {row['_min_p']:.3g} >= alpha={alpha:g}")
+    p, med = row["p_holm"], row["median_diff"]
+    if not math.isfinite(p):
+        return INCONCLUSIVE, f"{row['test']} undefined"
+    if p < alpha and med < 0:
+        return SUPPORTED, f"lower with the factor on (Holm p={p:.3g} < {alpha:g})"
+    if p < alpha and med > 0:
+        return NOT_SUPPORTED, f"higher with the factor on (Holm p={p:.3g} < {alpha:g})"
+    if p < alpha:
+        return INCONCLUSIVE, f"significant (Holm p={p:.3g}) but the median difference is 0"
+    return INCONCLUSIVE, f"not significant (Holm p={p:.3g} >= {alpha:g})"
+
+
+# --------------------------------------------------------------------------- the test
+def h2_test(jobs: pd.DataFrame, factor: str = "model.skip", measures: Sequence[str] = MEASURES,
+            barriers: pd.DataFrame | None = None, alpha: float = 0.05, n_boot: int = 2000,
+            seed: int = 0, *, keys: Sequence[str] | None = None, barrier: str = BARRIER,
+            primary: str | None = None) -> H2Result:
+    """Test H2 on a collected jobs table (see the module docstring for every rule).
+
+    ``keys``: the config keys pairs must agree on (default: every swept config key except
+    ``factor``, seeds and bookkeeping). ``barriers``: one row per connected pair of seeds with
+    columns ``factor``, ``barrier`` and optionally ``match`` (:func:`load_barriers`).
+    ``primary``: the measure whose verdict is the overall verdict (default λmax if tested,
+    else the first measure). Raises :class:`LandscopeError` when ``factor`` or ``seed`` is not
+    a column."""
+    measures = list(measures)
+    pairs, unpaired, keys = pair_jobs(jobs, factor, keys)
+    notes: list[str] = []
+    if len(unpaired):
+        notes.append(f"{len(unpaired)} included jobs unpaired: "
+                     + "; ".join(sorted(set(unpaired["reason"]))))
+    rows = []
+    for measure in measures:
+        if measure not in jobs.columns:
+            row = _empty_row(measure, "wilcoxon", "paired t")
+            row["reason"] = f"no column {measure!r}"
+            rows.append(row)
+            continue
+        values = pd.to_numeric(jobs[measure], errors="coerce")
+        on = values.reindex(pairs["on"]).to_numpy(dtype=float)
+        off = values.reindex(pairs["off"]).to_numpy(dtype=float)
+        ok = np.isfinite(on) & np.isfinite(off)
+        row = paired_stats(on[ok], off[ok], measure, n_boot=n_boot, seed=seed)
+        if (~ok).any() and not row["reason"]:
+            notes.append(f"{measure}: {int((~ok).sum())} pairs without finite values left out")
+        rows.append(row)
+    if barriers is not None:
+        rows.append(_barrier_row(barriers, factor, barrier, n_boot, seed, notes))
+    table = pd.DataFrame(rows)
+    if "_min_p" not in table:
+        table["_min_p"] = math.nan
+    table["_min_p"] = table["_min_p"].fillna(1.0)
+    table["p_holm"] = _holm(table["p"], alpha)
+    table["t_p_holm"] = _holm(table["t_p"], alpha)
+    verdicts = [_verdict(r, alpha) for _, r in table.iterrows()]
+    table["verdict"] = [v for v, _ in verdicts]
+    table["reason"] = [r for _, r in verdicts]
+    table = table[TABLE_COLUMNS].reset_index(drop=True)
+    if primary is None:
+        primary = "probe.lambda_max" if "probe.lambda_max" in measures else table["measure"].iloc[0] \
+            if len(table) else ""
+    hit = table[table["measure"] == primary]
+    if hit.empty:
+        verdict, reason = INCONCLUSIVE, f"primary measure {primary!r} was not tested"
+    else:
+        verdict, reason = hit["verdict"].iloc[0], f"{primary}: {hit['reason'].iloc[0]}"
+    return H2Result(table=table, verdict=verdict, reason=reason, factor=factor, primary=primary,
+                    keys=keys, pairs=pairs, unpaired=unpaired, alpha=alpha, notes=notes)
+
+
+def _barrier_row(barriers: pd.DataFrame, factor: str, barrier: str, n_boot: int, seed: int,
+                 notes: list[str]) -> dict[str, Any]:
+    name = f"connectivity.{barrier}"
+    for col in (factor, barrier):
+        if col not in barriers.columns:
+            row = _empty_row(name, "mannwhitneyu", "welch t")
+            row["reason"] = f"no column {col!r} in the barriers table"
+            return row
+    level = barriers[factor].map(as_bool)
+    value = pd.to_numeric(barriers[barrier], errors="coerce")
+    usable = level.notna() & np.isfinite(value)
+    if (~usable).any():
+        notes.append(f"{name}: {int((~usable).sum())} barriers without a true/false {factor} "
+                     "or a finite value left out")
+    b = pd.DataFrame({"level": level[usable].astype(bool), "value": value[usable]})
+    if "match" in barriers.columns:
+        b["match"] = barriers.loc[usable, "match"].map(_code)
+        counts = b.groupby(["match", "level"]).size().unstack(fill_value=0)
+        good = counts.index[(counts.get(True, 0) == 1) & (counts.get(False, 0) == 1)] \
+            if {True, False} <= set(counts.columns) else []
+        if len(good):
+            sel = b[b["match"].isin(good)].set_index(["match", "level"])["value"]
+            on = np.array([sel[(m, True)] for m in good])
+            off = np.array([sel[(m, False)] for m in good])
+            row = paired_stats(on, off, name, n_boot=n_boot, seed=seed)
+            left = len(b) - 2 * len(good)
+            if left:
+                notes.append(f"{name}: paired by match; {left} barriers without a partner left out")
+            return row
+        notes.append(f"{name}: no barrier has a partner with the other {factor}; Mann-Whitney U")
+    return unpaired_stats(b.loc[b["level"], "value"].to_numpy(), b.loc[~b["level"], "value"].to_numpy(),
+                          name, n_boot=n_boot, seed=seed)
+
+
+# --------------------------------------------------------------------------- barriers
+def _config(job_dir: Path) -> dict[str, Any] | None:
+    try:
+        cfg = yaml.safe_load((job_dir / "config.yaml").read_text(encoding="utf-8"))
+    except Exception:  # noqa: BLE001 - reported as a reason
+        return None
+    if not isinstance(cfg, dict):
+        return None
+    flat = flatten(cfg)
+    return {(f"config.{k}" if k.split(".")[0] in ("probe", "landscape") else k): v
+            for k, v in flat.items()}
+
+
+def load_barriers(sweep_dir: str | Path, factor: str = "model.skip") -> pd.DataFrame:
+    """Read ``SWEEP/connectivity/*/*.json`` (from ``python -m runner.connect SWEEP``) into one
+    row per connected pair: ``group``, ``pair``, ``job_a``, ``job_b``, ``seed_a``, ``seed_b``,
+    ``factor`` (the value in both jobs' ``config.yaml``; None when it is missing or differs),
+    ``match`` (the two jobs' config without ``factor``, the seed and bookkeeping, plus the
+    pair of seeds: equal for the pairs to compare), ``reason`` (why a row is unusable, else
+    None), ``path``, and every scalar of the file (``linear_train_loss_barrier_mean``, ...).
+    File names are ``<jobA>__<jobB>.json``; the job directories are siblings in SWEEP."""
+    sweep_dir = Path(sweep_dir)
+    root = sweep_dir / "connectivity"
+    if not root.is_dir():
+        raise LandscopeError(f"no connectivity results in {sweep_dir}: run "
+                             f"python -m runner.connect {sweep_dir} first")
+    rows = []
+    for path in sorted(root.glob("*/*.json")):
+        job_a, sep, job_b = path.stem.partition("__")
+        row: dict[str, Any] = {"group": path.parent.name, "pair": path.stem, "job_a": job_a,
+                               "job_b": job_b, "seed_a": None, "seed_b": None, factor: None,
+                               "match": None, "reason": None, "path": str(path)}
+        reasons = []
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            scalars = data.get("scalars") if isinstance(data, dict) else None
+            if not isinstance(scalars, dict):
+                raise ValueError("no scalars")
+            for k, v in scalars.items():
+                row[k] = v
+        except Exception as exc:  # noqa: BLE001 - a bad file is a row with a reason
+            reasons.append(f"unreadable: {type(exc).__name__}: {exc}")
+        if not sep:
+            reasons.append("file name is not <jobA>__<jobB>.json")
+        configs = [_config(sweep_dir / job) if job else None for job in (job_a, job_b)]
+        if any(c is None for c in configs):
+            reasons.append("missing or unreadable config.yaml of "
+                           + " and ".join(j for j, c in zip((job_a, job_b), configs) if c is None))
+        else:
+            ca, cb = configs
+            row["seed_a"], row["seed_b"] = ca.get("seed"), cb.get("seed")
+            if factor not in ca or factor not in cb:
+                reasons.append(f"{factor} not in the jobs' config")
+            elif ca[factor] != cb[factor]:
+                reasons.append(f"{factor} differs between the two jobs")
+            else:
+                row[factor] = ca[factor]
+            rest = {k: v for k, v in ca.items()
+                    if k not in (factor, "seed", *_NOT_SWEPT) and not k.startswith(_NOT_SWEPT_PREFIXES)}
+            seeds = sorted(str(_num(s)) for s in (row["seed_a"], row["seed_b"]))
+            row["match"] = json.dumps({"config": rest, "seeds": seeds}, sort_keys=True, default=str)
+        row["reason"] = "; ".join(reasons) or None
+        rows.append(row)
+    if not rows:
+        raise LandscopeError(f"no connectivity results in {root} (no */*.json files)")
+    return pd.DataFrame(rows)
