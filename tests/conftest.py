@@ -56,3 +56,14 @@ def metrics_without_time(job_dir: Path) -> list[dict]:
 
     return [{k: v for k, v in row.items() if k != "seconds"}
             for row in read_jsonl(Path(job_dir) / "metrics.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread (as the runner and the worker processes use), restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -25,13 +25,7 @@ from landscope.probes.probe_data import ProbeData
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread (as the runner and the worker processes use), restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 META = types.SimpleNamespace(input_shape=(1, 10), num_classes=4)
 TOL = 1e-12

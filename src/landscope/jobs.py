@@ -323,13 +323,9 @@ def _landscape_results(cfg: DictConfig, job_dir: Path, model, data, result: dict
         batch_size=min(cfg.train.batch_size, len(data.train)), store_dir=job_dir / "landscape")
     for note in report.notes:
         log.warning("warning: %s: %s", job_dir, note)
-    buf = io.BytesIO()
-    np.savez(buf, **report.arrays)
-    atomic_write_bytes(job_dir / "landscape" / f"{lfp}.npz", buf.getvalue())
-    write_json(cache, {"scalars": report.scalars, "notes": report.notes,
-                       "arrays": sorted(report.arrays),
-                       "landscape": OmegaConf.to_container(cfg.landscape, resolve=True,
-                                                           enum_to_str=True)})
+    _save_results(cache, report.arrays, {
+        "scalars": report.scalars, "notes": report.notes,
+        "landscape": OmegaConf.to_container(cfg.landscape, resolve=True, enum_to_str=True)})
     for partial in (job_dir / "landscape").glob("*.partial.npz"):
         partial.unlink(missing_ok=True)  # finished scans: their resume stores are done
     return {"landscape": jsonable(report.scalars), "landscape_fingerprint": lfp}
@@ -373,13 +369,20 @@ def _cached_probes(cfg: DictConfig, job_dir: Path, model, data, stem: str,
         pass
     log.info("%s: running probes (%s)", job_dir, getattr(cfg.probe.name, "value", cfg.probe.name))
     report = run_probes(model, data.train, cfg.probe)
-    buf = io.BytesIO()
-    np.savez(buf, **report.arrays)
-    atomic_write_bytes(job_dir / "probes" / f"{stem}.npz", buf.getvalue())
-    write_json(cache, {"scalars": report.scalars, "arrays": sorted(report.arrays),
-                       "probe": OmegaConf.to_container(cfg.probe, resolve=True,
-                                                       enum_to_str=True), **(key or {})})
+    _save_results(cache, report.arrays, {
+        "scalars": report.scalars,
+        "probe": OmegaConf.to_container(cfg.probe, resolve=True, enum_to_str=True),
+        **(key or {})})
     return report.scalars
+
+
+def _save_results(json_path: Path, arrays: dict, record: dict) -> None:
+    """``<stem>.npz`` (the arrays) then ``<stem>.json`` (``record`` plus the array names),
+    each atomically: the JSON, written last, marks a complete result."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(json_path.with_suffix(".npz"), buf.getvalue())
+    write_json(json_path, {**record, "arrays": sorted(arrays)})
 
 
 def _model_from_state(cfg: DictConfig, state: dict):

@@ -54,7 +54,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from landscope.config import Config, register_configs
+from landscope.config import Config
 from landscope.errors import CheckpointError, ConfigError, LandscopeError
 
 # the landscape settings a connectivity result depends on (its cache key)
@@ -64,9 +64,7 @@ _SEED_ITEM = re.compile(r"^seed=\d+$")
 
 
 def _landscape_config(overrides: list[str]) -> dict:
-    from hydra import compose, initialize_config_dir
-
-    from runner.app import _conf_dir
+    from runner.cli import group_config
 
     for o in overrides:
         if not o.lstrip("+~").startswith(("landscape.", "landscape=")):
@@ -74,9 +72,7 @@ def _landscape_config(overrides: list[str]) -> dict:
                               "e.g. landscape.path_points=11")
     if not any(o.startswith("landscape=") for o in overrides):
         overrides = ["landscape=basic", *overrides]
-    register_configs()
-    with initialize_config_dir(config_dir=_conf_dir(), version_base="1.3"):
-        land = compose(config_name="config", overrides=overrides).landscape
+    land = group_config("landscape", overrides)
     c = OmegaConf.to_container(land, resolve=True, enum_to_str=True)
     settings = {k: c[k] for k in KEYS}
     _validate(settings)
@@ -285,14 +281,11 @@ def run_pair(pair: dict, settings: dict, out_dir: Path) -> tuple[str, dict]:
 
 def main(argv: list[str] | None = None) -> None:
     from runner.app import one_line
+    from runner.cli import arguments, paths_and_overrides
 
-    args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] in ("-h", "--help"):
-        print(__doc__)
-        sys.exit(0 if args else 2)
+    args = arguments(argv, __doc__)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    paths = [a for a in args if Path(a).exists() or "=" not in a]
-    overrides = [a for a in args if a not in paths]
+    paths, overrides = paths_and_overrides(args)
     try:
         if len(paths) != 1:
             raise LandscopeError(f"expected one sweep directory, got {len(paths)}: "

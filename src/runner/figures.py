@@ -36,18 +36,10 @@ def main(argv: list[str] | None = None) -> None:
     from landscope.errors import LandscopeError
     from landscope.plots import connectivity_figures, job_figures
 
-    args = sys.argv[1:] if argv is None else list(argv)
-    if not args or args[0] in ("-h", "--help"):
-        print(__doc__)
-        sys.exit(0 if args else 2)
-    out: Path | None = None
-    if "--out" in args:
-        i = args.index("--out")
-        if i + 1 >= len(args):
-            print("error: --out needs a directory", file=sys.stderr)
-            sys.exit(2)
-        out = Path(args[i + 1])
-        del args[i:i + 2]
+    from runner.cli import arguments, pop_out
+
+    args = arguments(argv, __doc__)
+    out = pop_out(args)
     try:
         jobs, sweeps = _targets(args)
     except LandscopeError as exc:

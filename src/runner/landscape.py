@@ -16,13 +16,9 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from landscope.config import Config
 from landscope.errors import LandscopeError
-from runner.probe import _job_dirs, group_config
+from runner.probe import _job_dirs
 
 
 def _shown(scalars: dict) -> dict:
@@ -33,17 +29,13 @@ def _shown(scalars: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from landscope.jobs import COMPLETED, DIVERGED, check_inputs, probe_finished_job
-    from landscope.io import read_json
     from runner.app import one_line
+    from runner.cli import (arguments, group_config, job_config, paths_and_overrides,
+                            update_finished_job)
 
-    args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] in ("-h", "--help"):
-        print(__doc__)
-        sys.exit(0 if args else 2)
+    args = arguments(argv, __doc__)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    paths = [a for a in args if Path(a).exists() or "=" not in a]
-    overrides = [a for a in args if a not in paths]
+    paths, overrides = paths_and_overrides(args)
     if not any(o.startswith("landscape=") for o in overrides):
         overrides.insert(0, "landscape=basic")
     try:
@@ -58,31 +50,16 @@ def main(argv: list[str] | None = None) -> None:
         if str(getattr(land.name, "value", land.name)) == "none":
             raise LandscopeError("landscape=none switches the landscape off; choose "
                                  "landscape=basic or full")
-        plans = []
-        for job, _ in jobs:
-            cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(job / "config.yaml"))
-            cfg.landscape = land
-            check_inputs(cfg)
-            plans.append((job, cfg))
+        plans = [(job, job_config(job, "landscape", land)) for job, _ in jobs]
     except LandscopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except Exception as exc:  # composition errors from Hydra / OmegaConf
         print(f"error: {one_line(exc)}", file=sys.stderr)
         sys.exit(2)
-    failed = 0
-    for job, cfg in plans:
-        previous = read_json(job / "result.json")
-        if previous.get("status") not in (COMPLETED, DIVERGED):
-            print(f"skipped: {job} (status {previous.get('status')})")
-            continue
-        try:
-            result = probe_finished_job(cfg, job, previous)
-        except Exception as exc:
-            failed += 1
-            print(f"failed: {job}: {one_line(exc)}", file=sys.stderr)
-            continue
-        print(f"landscape: {job} {_shown(result.get('landscape', {}))}")
+    failed = sum(not update_finished_job(job, cfg, "landscape",
+                                         lambda r: _shown(r.get("landscape", {})))
+                 for job, cfg in plans)
     sys.exit(1 if failed else 0)
 
 

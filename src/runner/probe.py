@@ -16,9 +16,6 @@ import logging
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from landscope.config import Config, register_configs
 from landscope.errors import LandscopeError
 
 
@@ -44,48 +41,28 @@ def _job_dirs(paths: list[str]) -> list[tuple[Path, Path | None]]:
     return dirs
 
 
-def group_config(group: str, overrides: list[str]):
-    """One config group (e.g. ``probe``) composed with ``overrides`` as the runner would."""
-    from hydra import compose, initialize_config_dir
-
-    from runner.app import _conf_dir
-
-    register_configs()
-    with initialize_config_dir(config_dir=_conf_dir(), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)[group]
-
-
 def _shown(probes: dict) -> dict:
     return {k: probes[k] for k in ("lambda_max", "trace", "hvps") if k in probes}
 
 
 def main(argv: list[str] | None = None) -> None:
-    from landscope.jobs import (COMPLETED, DIVERGED, check_inputs, probe_checkpoint,
-                                probe_finished_job)
+    from landscope.jobs import probe_checkpoint
     from runner.app import one_line
+    from runner.cli import (arguments, group_config, job_config, paths_and_overrides,
+                            update_finished_job)
 
-    args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] in ("-h", "--help"):
-        print(__doc__)
-        sys.exit(0 if args else 2)
+    args = arguments(argv, __doc__)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    # job directory names contain '=', so an argument is a path when it exists (or has no '=')
-    paths = [a for a in args if Path(a).exists() or "=" not in a]
-    overrides = [a for a in args if a not in paths]
+    paths, overrides = paths_and_overrides(args)
     if not any(o.startswith("probe=") for o in overrides):
         overrides.insert(0, "probe=standard")
     try:
         jobs = _job_dirs(paths)
         probe_cfg = group_config("probe", overrides)
-        plans = []
         if str(getattr(probe_cfg.name, "value", probe_cfg.name)) == "none":
             raise LandscopeError("probe=none switches every probe off; choose probe=basic, "
                                  "standard or full")
-        for job, ckpt in jobs:
-            cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(job / "config.yaml"))
-            cfg.probe = probe_cfg
-            check_inputs(cfg)
-            plans.append((job, ckpt, cfg))
+        plans = [(job, ckpt, job_config(job, "probe", probe_cfg)) for job, ckpt in jobs]
     except LandscopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -94,28 +71,17 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     failed = 0
     for job, ckpt, cfg in plans:
-        from landscope.io import read_json
-
-        if ckpt is not None:
-            try:
-                result = probe_checkpoint(cfg, ckpt)
-            except Exception as exc:
-                failed += 1
-                print(f"failed: {ckpt}: {one_line(exc)}", file=sys.stderr)
-                continue
-            print(f"probed: {ckpt} (epoch {result['epoch']}) {_shown(result['probes'])}")
-            continue
-        previous = read_json(job / "result.json")
-        if previous.get("status") not in (COMPLETED, DIVERGED):
-            print(f"skipped: {job} (status {previous.get('status')})")
+        if ckpt is None:
+            failed += not update_finished_job(job, cfg, "probed",
+                                              lambda r: _shown(r.get("probes", {})))
             continue
         try:
-            result = probe_finished_job(cfg, job, previous)
+            result = probe_checkpoint(cfg, ckpt)
         except Exception as exc:
             failed += 1
-            print(f"failed: {job}: {one_line(exc)}", file=sys.stderr)
+            print(f"failed: {ckpt}: {one_line(exc)}", file=sys.stderr)
             continue
-        print(f"probed: {job} {_shown(result.get('probes', {}))}")
+        print(f"probed: {ckpt} (epoch {result['epoch']}) {_shown(result['probes'])}")
     sys.exit(1 if failed else 0)
 
 

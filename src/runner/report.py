@@ -17,18 +17,10 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else list(argv)
-    if not args or args[0] in ("-h", "--help"):
-        print(__doc__)
-        sys.exit(0 if args else 2)
-    out = None
-    if "--out" in args:
-        i = args.index("--out")
-        if i + 1 >= len(args):
-            print("error: --out needs a directory", file=sys.stderr)
-            sys.exit(2)
-        out = Path(args[i + 1])
-        del args[i:i + 2]
+    from runner.cli import arguments, pop_out
+
+    args = arguments(argv, __doc__)
+    out = pop_out(args)
     paths = [Path(a) for a in args]
     missing = [p for p in paths if not p.is_dir()]
     if missing:

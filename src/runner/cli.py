@@ -1,0 +1,83 @@
+"""Plumbing shared by the commands on finished jobs (``runner.probe``, ``runner.landscape``,
+``runner.connect``, ``runner.figures``, ``runner.report``): arguments, the job's config with
+one group replaced, and the loop that updates finished jobs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+
+def arguments(argv: Optional[list[str]], doc: str) -> list[str]:
+    """The command's arguments; prints ``doc`` and exits for ``-h``/``--help`` (0) or none (2)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(doc)
+        sys.exit(0 if args else 2)
+    return args
+
+
+def paths_and_overrides(args: list[str]) -> tuple[list[str], list[str]]:
+    """Job directory names contain '=', so an argument is a path when it exists (or has no '=')."""
+    paths = [a for a in args if Path(a).exists() or "=" not in a]
+    return paths, [a for a in args if a not in paths]
+
+
+def pop_out(args: list[str]) -> Optional[Path]:
+    """Remove ``--out DIR`` from ``args`` and return DIR (None when absent; exit 2 without DIR)."""
+    if "--out" not in args:
+        return None
+    i = args.index("--out")
+    if i + 1 >= len(args):
+        print("error: --out needs a directory", file=sys.stderr)
+        sys.exit(2)
+    out = Path(args[i + 1])
+    del args[i:i + 2]
+    return out
+
+
+def group_config(group: str, overrides: list[str]):
+    """One config group (e.g. ``probe``) composed with ``overrides`` as the runner would."""
+    from hydra import compose, initialize_config_dir
+
+    from landscope.config import register_configs
+    from runner.app import _conf_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=_conf_dir(), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)[group]
+
+
+def job_config(job: Path, group: str, value):
+    """The job's saved config (on the typed schema) with config group ``group`` replaced,
+    checked as the runner would check it."""
+    from omegaconf import OmegaConf
+
+    from landscope.config import Config
+    from landscope.jobs import check_inputs
+
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(job / "config.yaml"))
+    cfg[group] = value
+    check_inputs(cfg)
+    return cfg
+
+
+def update_finished_job(job: Path, cfg, verb: str, shown: Callable[[dict], dict]) -> bool:
+    """Run the configured probes and landscape on a finished job (no retraining) and print one
+    line; False when it failed."""
+    from landscope.io import read_json
+    from landscope.jobs import COMPLETED, DIVERGED, probe_finished_job
+    from runner.app import one_line
+
+    previous = read_json(job / "result.json")
+    if previous.get("status") not in (COMPLETED, DIVERGED):
+        print(f"skipped: {job} (status {previous.get('status')})")
+        return True
+    try:
+        result = probe_finished_job(cfg, job, previous)
+    except Exception as exc:
+        print(f"failed: {job}: {one_line(exc)}", file=sys.stderr)
+        return False
+    print(f"{verb}: {job} {shown(result)}")
+    return True
