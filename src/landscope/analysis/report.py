@@ -22,18 +22,16 @@ other hypothesis sections are not part of this release.
 
 from __future__ import annotations
 
-import base64
-import html
-import math
 import os
-import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
 from landscope.analysis.collect import Collection, collect, save
+from landscope.analysis.doc import Doc, safe_name, table
 from landscope.analysis.measures import default_measures, measures_table, target_column
 from landscope.errors import LandscopeError
 from landscope.io import atomic_write_text
@@ -43,69 +41,6 @@ _SHOWN = [("n", "n"), ("kendall_tau", "τ"), ("kendall_p_holm", "p τ (Holm)"),
           ("spearman_rho", "ρ"), ("psi", "Ψ"), ("partial_r", "partial r (train loss)"),
           ("partial_p_bh", "p partial (BH)"), ("ols_coef", "OLS coef / sd"),
           ("ols_p_holm", "p OLS (Holm)")]
-
-
-def _fmt(value: Any) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    if isinstance(value, (float, np.floating)):
-        v = float(value)
-        return f"{v:.3g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.1e}"
-    return str(value)
-
-
-def _table(df: pd.DataFrame, columns: Sequence[tuple[str, str]]) -> tuple[str, str]:
-    """``(markdown, html)`` of ``df[columns]`` with the given headers."""
-    cols = [c for c, _ in columns if c in df.columns]
-    heads = [h for c, h in columns if c in df.columns]
-    rows = [[_fmt(r[c]) for c in cols] for _, r in df.iterrows()]
-    md = "\n".join(["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads),
-                    *("| " + " | ".join(x.replace("|", "\\|") for x in row) + " |"
-                      for row in rows)])
-    th = "".join(f"<th>{html.escape(h)}</th>" for h in heads)
-    trs = "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in row) + "</tr>"
-                  for row in rows)
-    return md, f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
-
-
-class _Doc:
-    """Markdown and HTML written side by side."""
-
-    def __init__(self, title: str) -> None:
-        self.md: list[str] = [f"# {title}", ""]
-        self.html: list[str] = [f"<h1>{html.escape(title)}</h1>"]
-
-    def heading(self, text: str, level: int = 2) -> None:
-        self.md += ["#" * level + " " + text, ""]
-        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
-
-    def para(self, text: str) -> None:
-        self.md += [text, ""]
-        self.html.append(f"<p>{html.escape(text)}</p>")
-
-    def table(self, md: str, html_table: str) -> None:
-        self.md += [md, ""]
-        self.html.append(html_table)
-
-    def image(self, path: Path, rel: str, alt: str) -> None:
-        self.md += [f"![{alt}]({rel})", ""]
-        data = base64.b64encode(Path(path).read_bytes()).decode()
-        self.html.append(f'<figure><img alt="{html.escape(alt)}" '
-                         f'src="data:image/png;base64,{data}"/>'
-                         f"<figcaption>{html.escape(alt)}</figcaption></figure>")
-
-    def pre(self, text: str) -> None:
-        self.md += ["```", text, "```", ""]
-        self.html.append(f"<pre>{html.escape(text)}</pre>")
-
-    def render_html(self, title: str) -> str:
-        style = ("body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
-                 "table{border-collapse:collapse;font-size:90%}td,th{border:1px solid #ccc;"
-                 "padding:2px 6px;text-align:right}th{background:#eee}img{max-width:48%;"
-                 "margin:0.5%}figure{display:inline-block;width:48%;margin:0}"
-                 "figure img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow:auto}")
-        return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-                f"</title><style>{style}</style></head><body>{''.join(self.html)}</body></html>\n")
 
 
 def _hue(df: pd.DataFrame, swept: Sequence[str]) -> Optional[str]:
@@ -127,15 +62,16 @@ def _ols_summary(df: pd.DataFrame, measure: str, target: pd.Series) -> str:
     return str(fit.summary(xname=["const", f"{measure} (standardized)"], yname="test error"))
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+def _h2_applies(ctx: "ReportContext") -> bool:
+    return "model.skip" in ctx.coll.swept
 
 
-def _h2_section(doc: _Doc, inc: pd.DataFrame, paths: Sequence[Path], out: Path) -> None:
+def _h2_section(ctx: "ReportContext") -> None:
     """H2: skip connections flatten the landscape (paired by seed, skip on vs off)."""
     from landscope.analysis.hypotheses.h2 import h2_test, load_barriers
     from landscope.plots import plot_paired
 
+    doc, inc, paths, out = ctx.doc, ctx.coll.included, ctx.paths, ctx.out
     frames = [load_barriers(p, "model.skip") for p in paths if (p / "connectivity").is_dir()]
     barriers = pd.concat(frames, ignore_index=True) if frames else None
     res = h2_test(inc, barriers=barriers)
@@ -148,7 +84,7 @@ def _h2_section(doc: _Doc, inc: pd.DataFrame, paths: Sequence[Path], out: Path) 
              f"{res.n_pairs} pairs, {res.n_unpaired} included jobs unpaired."
              + ("" if barriers is not None else " No connectivity results: run "
                 "python -m runner.connect on the sweep for the barrier row."))
-    doc.table(*_table(res.table, [("measure", "measure"), ("n", "n"),
+    doc.table(*table(res.table, [("measure", "measure"), ("n", "n"),
                                   ("median_diff", "median diff"), ("ci_low", "CI low"),
                                   ("ci_high", "CI high"), ("statistic", "W"),
                                   ("p_holm", "p (Holm)"), ("t", "t"), ("t_p_holm", "p t (Holm)"),
@@ -162,6 +98,35 @@ def _h2_section(doc: _Doc, inc: pd.DataFrame, paths: Sequence[Path], out: Path) 
         png = out / "figures" / "h2_paired.png"
         plot_paired(off, on, png, res.primary, ("skip off", "skip on"))
         doc.image(png, f"figures/{png.name}", f"{res.primary}, skip off vs on, one line per seed")
+
+
+
+@dataclass
+class ReportContext:
+    """What a report section gets: the document to write into, the collected jobs, the sweep
+    directories (for files beyond ``result.json``, e.g. connectivity), the output directory
+    (figures go to ``out/figures``, tables as CSV next to the report) and the appendix, a list
+    of ``(title, text)`` (statsmodels summaries) printed at the end of the report."""
+
+    doc: Doc
+    coll: Collection
+    paths: list[Path]
+    out: Path
+    appendix: list[tuple[str, str]] = field(default_factory=list)
+
+
+# The hypothesis and study sections, in report order: (applies, section), each a
+# "module:function" taking a ReportContext. A section is written when ``applies`` is true.
+SECTIONS: list[tuple[str, str]] = [
+    ("landscope.analysis.report:_h2_applies", "landscope.analysis.report:_h2_section"),
+]
+
+
+def _resolve(ref: str):
+    import importlib
+
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def build_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
@@ -178,7 +143,7 @@ def build_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
     out.mkdir(parents=True, exist_ok=True)
     save(coll, out)
     title = title or "landscope report: " + ", ".join(p.name for p in paths)
-    doc = _Doc(title)
+    doc = Doc(title)
     inc = coll.included
 
     doc.heading("Sweep summary")
@@ -190,7 +155,7 @@ def build_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
         doc.para("Every job completed; none is excluded.")
     else:
         doc.heading("Jobs not included", 3)
-        doc.table(*_table(coll.excluded, [("sweep", "sweep"), ("job", "job"),
+        doc.table(*table(coll.excluded, [("sweep", "sweep"), ("job", "job"),
                                           ("status", "status"), ("reason", "reason")]))
 
     doc.heading("Measures against test error")
@@ -198,11 +163,11 @@ def build_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
     if len(measures) == 0:
         doc.para("No measure has enough finite values across the analysed jobs (at least "
                  "5 and half of the jobs); run the sweep with probes or landscape scans.")
-        table = pd.DataFrame()
+        mtable = pd.DataFrame()
     else:
-        table = measures_table(inc, measures)
-        table = table.reindex(table["kendall_tau"].abs().sort_values(ascending=False).index)
-        atomic_write_text(out / "measures.csv", table.to_csv(index=False))
+        mtable = measures_table(inc, measures)
+        mtable = mtable.reindex(mtable["kendall_tau"].abs().sort_values(ascending=False).index)
+        atomic_write_text(out / "measures.csv", mtable.to_csv(index=False))
         gap = measures_table(inc, measures, target="gap", mixed=False)
         atomic_write_text(out / "measures_gap.csv", gap.to_csv(index=False))
         doc.para(f"{len(measures)} measures, sorted by |τ| against test error (1 − test "
@@ -213,30 +178,35 @@ def build_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
                  "clustered by seed. p-values are corrected across measures (Holm, or "
                  "Benjamini–Hochberg where marked). Every column is in measures.csv; the same "
                  "against the generalization gap is in measures_gap.csv.")
-        doc.table(*_table(table, [("measure", "measure"), *_SHOWN]))
+        doc.table(*table(mtable, [("measure", "measure"), *_SHOWN]))
 
         doc.heading("Strongest measures", 3)
         target = target_column(inc, "test_error")
         hue = _hue(inc, coll.swept)
-        for m in table["measure"].head(TOP_SCATTER):
-            png = out / "figures" / f"{_safe(m)}.png"
+        for m in mtable["measure"].head(TOP_SCATTER):
+            png = out / "figures" / f"{safe_name(m)}.png"
             plot_measure_scatter(inc[m].to_numpy(float), target.to_numpy(float), png,
                                  m, "test error", None if hue is None else inc[hue].astype(str))
             doc.image(png, f"figures/{png.name}", f"{m} against test error")
 
-    if "model.skip" in coll.swept:
-        _h2_section(doc, inc, paths, out)
+    ctx = ReportContext(doc, coll, paths, out)
+    for applies, section in SECTIONS:
+        if _resolve(applies)(ctx):
+            _resolve(section)(ctx)
 
     doc.heading("Appendix: statsmodels summaries")
-    if len(table):
-        best = str(table["measure"].iloc[0])
+    if len(mtable):
+        best = str(mtable["measure"].iloc[0])
         doc.para(f"OLS of test error on the strongest measure, {best} (standardized), with "
                  "cluster-robust standard errors by seed:")
         doc.pre(_ols_summary(inc, best, target_column(inc, "test_error")))
     else:
         doc.para("No fit: no measure.")
+    for name, text in ctx.appendix:
+        doc.heading(name, 3)
+        doc.pre(text)
 
-    atomic_write_text(out / "report.md", "\n".join(doc.md) + "\n")
+    atomic_write_text(out / "report.md", doc.render_md())
     page = out / "report.html"
     atomic_write_text(page, doc.render_html(title))
     return page
