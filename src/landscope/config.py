@@ -138,6 +138,14 @@ class Projection(str, Enum):
 
 class LoggerName(str, Enum):
     none = "none"
+    wandb = "wandb"
+
+
+class WandbMode(str, Enum):
+    auto = "auto"  # online when an API key is configured, else offline
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
 
 
 @dataclass
@@ -313,7 +321,17 @@ class LandscapeConfig:
 
 @dataclass
 class LoggerConfig:
+    """Experiment tracking (``logger=wandb``: one Weights & Biases run per job; see
+    :mod:`landscope.tracking`). Changing it never changes a job's results or directory."""
+
     name: LoggerName = LoggerName.none
+    project: str = "landscope"
+    entity: Optional[str] = None  # W&B user or team; null = the API key's default
+    mode: WandbMode = WandbMode.auto
+    job_type: str = "train"
+    tags: List[str] = field(default_factory=list)
+    dir: Optional[str] = None  # where W&B writes its files; null = the job directory
+    log_figures: bool = True  # the job's figures/*.png as images
 
 
 @dataclass

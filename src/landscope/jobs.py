@@ -52,6 +52,7 @@ from landscope.optim import build_optimizer, build_scheduler
 from landscope.plots import job_figures
 from landscope.probes.suite import curvature_during_training, probe_data, run_probes
 from landscope.synthetic import DATASET_FIELDS, SYNTHETIC
+from landscope.tracking import Tracker, make_tracker
 from landscope.train import STOP_DIVERGED, TrainState, evaluate, fit
 
 log = logging.getLogger("landscope")
@@ -189,6 +190,22 @@ def train_job(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: 
     job_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(job_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     atomic_write_text(job_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
+    tracker = make_tracker(cfg)
+    tracker.start(cfg, job_dir, overrides)
+    failed = True  # finished as failed unless the job completes (diverged counts as failed)
+    try:
+        result = _train(cfg, job_dir, overrides, n_parallel, fp, tracker)
+        failed = result["status"] != COMPLETED
+        tracker.log_result(result, job_dir)
+        return result
+    finally:
+        tracker.finish(failed)
+
+
+def _train(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: int, fp: str,
+           tracker: Tracker) -> dict:
+    """The body of :func:`train_job` once the job directory exists."""
+    result_path = job_dir / "result.json"
     ckpt_dir = job_dir / "checkpoints"
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     tic = time.perf_counter()
@@ -239,6 +256,7 @@ def train_job(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: 
                 "seconds": prior_seconds + time.perf_counter() - tic, "fingerprint": fp,
             }, keep=cfg.train.keep_checkpoints)
         write_jsonl(job_dir / "metrics.jsonl", st.history)
+        tracker.log_epoch(row)
         log.info("epoch %d/%d  train_loss %.4f  train_acc %.4f  test_loss %.4f  test_acc %.4f",
                  st.epoch, cfg.train.epochs, row["train_loss"], row["train_acc"],
                  row["test_loss"], row["test_acc"])
