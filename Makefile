@@ -40,6 +40,7 @@ bench: $(VENV)/.bench-installed
 	$(PY) scripts/bench_train.py
 	$(PY) scripts/bench_probes.py
 	$(PY) scripts/bench_geometry.py
+	$(PY) scripts/bench_launchers.py
 
 $(VENV)/.bench-installed: $(STAMP)
 	$(PY) -m pip install -e ".[test,bench]"

@@ -42,10 +42,12 @@ def offline_runs(job: Path) -> list[Path]:
 
 def test_job_run_holds_history_config_summary_and_figures(tmp_path, warm_data):
     args = ["-m", *SMOKE, *OFFLINE, "seed=3", "optimizer.lr=0.05", "probe=basic",
-            "landscape=basic", "logger.tags=[study]", f"dataset.data_dir={warm_data}"]
+            "landscape=basic", "probe.every_n_epochs=1", "logger.tags=[study]",
+            f"dataset.data_dir={warm_data}"]
     proc = run_cli(args, tmp_path)  # figures drawn (run_cli would switch them off)
     assert proc.returncode == 0, proc.stderr
-    job = tmp_path / "outputs" / "sweeps" / "smoke" / "landscape=basic,optimizer.lr=0.05,probe=basic,seed=3"
+    job = tmp_path / "outputs" / "sweeps" / "smoke" / \
+        "landscape=basic,optimizer.lr=0.05,probe.every_n_epochs=1,probe=basic,seed=3"
     assert job.is_dir(), sorted(p.name for p in job.parent.iterdir())  # logger keys not in the name
     (run_dir,) = offline_runs(job)
     run = read_run(run_dir)
@@ -64,6 +66,8 @@ def test_job_run_holds_history_config_summary_and_figures(tmp_path, warm_data):
     for logged, row in zip(epochs, metrics):
         assert logged["test_acc"] == pytest.approx(row["test_acc"])
         assert logged["train_loss"] == pytest.approx(row["train_loss"])
+        # curvature through training (probe.every_n_epochs)
+        assert logged["curv_lambda_max"] == pytest.approx(row["curv_lambda_max"])
     # summary: final metrics and probe/landscape scalars; figures as images
     result = read_json(job / "result.json")
     assert run.summary["status"] == "completed"
