@@ -6,7 +6,6 @@ and drives `python -m runner` with the right Hydra arguments."""
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import pytest
 import yaml

@@ -59,15 +59,39 @@ class OptimizerName(str, Enum):
     adam = "adam"
     adamw = "adamw"
     sam = "sam"
+    llp = "llp"  # curvature-probing "bore-hole" optimizer (landscope.optim.llp)
 
 
 class BaseOptimizerName(str, Enum):
-    """Optimizers SAM can wrap."""
+    """Optimizers SAM and LLP can wrap."""
 
     sgd = "sgd"
     momentum = "momentum"
     adam = "adam"
     adamw = "adamw"
+
+
+class LLPRule(str, Enum):
+    """LLP learning-rate rule: inverse = min(lr, llp_c * s / curvature); none = lr."""
+
+    inverse = "inverse"
+    none = "none"
+
+
+class LLPCurvature(str, Enum):
+    """LLP curvature scale: frobenius = sqrt(D * agg ||Hd||^2) (~||H||_F); raw = agg ||Hd||."""
+
+    frobenius = "frobenius"
+    raw = "raw"
+
+
+class LLPAggregate(str, Enum):
+    """How LLP combines its N probe directions in the curvature scale (median: robust to
+    the direction that crosses a ReLU kink)."""
+
+    median = "median"
+    mean = "mean"
+    max = "max"
 
 
 class Schedule(str, Enum):
@@ -81,6 +105,7 @@ class ProbeName(str, Enum):
     basic = "basic"
     standard = "standard"
     full = "full"
+    pacbayes = "pacbayes"  # standard + PAC-Bayes bounds (H4)
 
 
 class PerBlock(str, Enum):
@@ -206,7 +231,21 @@ class OptimizerConfig:
     # SAM (Foret et al. 2021): two-step ascent/descent around a base optimizer.
     rho: float = 0.05
     adaptive: bool = False  # ASAM (Kwon et al. 2021): perturbation scaled by |theta|
-    base: BaseOptimizerName = BaseOptimizerName.momentum
+    base: BaseOptimizerName = BaseOptimizerName.momentum  # what sam and llp wrap
+    # LLP (landscope.optim.llp): every llp_every steps, llp_probes random unit directions d,
+    # curvature from the gradient change (grad L(theta + eps d) - grad L(theta)) / eps on the
+    # mini-batch; step lr_t = min(lr, llp_c * s / curvature), s = 1 + momentum for a momentum
+    # base (else 1); lr is the cap. Cost: 1 + llp_probes / llp_every gradient evals per step.
+    llp_probes: int = 4  # N directions per probe step
+    llp_eps: float = 1e-4  # finite-difference distance (l2); ReLU kinks bias larger ones
+    llp_every: int = 10  # k: steps between probe steps
+    llp_rule: LLPRule = LLPRule.inverse
+    llp_c: float = 1.0  # 1: eta * lambda_max <= 1, half the stability limit 2 (Cohen et al. 2021)
+    llp_curvature: LLPCurvature = LLPCurvature.frobenius
+    llp_aggregate: LLPAggregate = LLPAggregate.median
+    llp_ema: float = 0.9  # smoothing of the curvature across probe steps (0 = latest only)
+    llp_damping: float = 0.0  # in [0, 1]: gradient components along span{Hd_i} times (1 - this)
+    llp_seed: Optional[int] = None  # directions' generator; null = the job seed
     # learning-rate schedule, stepped once per epoch
     schedule: Schedule = Schedule.constant
     step_size: int = 10  # step: epochs between decays
@@ -221,6 +260,9 @@ class TrainConfig:
     full_batch: bool = False  # one gradient step per epoch on the whole training set
     grad_clip: Optional[float] = None  # max global gradient norm; null = off
     target_train_loss: Optional[float] = None  # stop once train cross-entropy <= this
+    # stop after the step that brings the gradient evaluations (forward+backward passes over a
+    # mini-batch, SAM's and LLP's extra ones included) to >= this; null = no budget
+    max_grad_evals: Optional[int] = None
     eval_batch_size: int = 2048
     # A checkpoint is written at the end of an epoch that is a multiple of
     # checkpoint_every once checkpoint_interval_s have passed since the last one, and
@@ -272,6 +314,16 @@ class ProbeConfig:
     every_n_epochs: int = 0  # > 0: lambda_max and trace into metrics.jsonl during training
     verify: bool = False  # compare every estimate with the dense float64 Hessian
     verify_max_params: int = 5000
+    # PAC-Bayes bounds on the 0-1 error (Dziugaite & Roy 2017; landscope.analysis.pacbayes):
+    # naive parameter count, isotropic and Hessian-informed Gaussian posteriors (the latter in
+    # the basis of the top_k eigenvectors: needs top_k >= 1). Prior mean: the job's
+    # initialization. Cost: (13 * 5 * n_select + 2 * n_mc) forward passes over the samples.
+    pacbayes: bool = False
+    pacbayes_data_size: Optional[int] = None  # m samples of the bound; null = whole train split
+    pacbayes_n_mc: int = 300  # final Monte Carlo draws per posterior (error upper value)
+    pacbayes_n_select: int = 24  # draws per candidate posterior in the selection stage
+    pacbayes_delta: float = 0.025  # confidence of the PAC-Bayes statement
+    pacbayes_delta_mc: float = 0.01  # confidence of the Monte Carlo error (total: delta + delta_mc)
 
 
 @dataclass
@@ -371,6 +423,14 @@ def validate(cfg: Any) -> None:
            "two values in [0, 1)", list(o.betas))
     _check(o.eps > 0, "optimizer.eps", "> 0", o.eps)
     _check(o.rho > 0, "optimizer.rho", "> 0", o.rho)
+    _check(o.llp_probes >= 1, "optimizer.llp_probes", ">= 1", o.llp_probes)
+    _check(math.isfinite(o.llp_eps) and o.llp_eps > 0, "optimizer.llp_eps", "> 0", o.llp_eps)
+    _check(o.llp_every >= 1, "optimizer.llp_every", ">= 1", o.llp_every)
+    _check(math.isfinite(o.llp_c) and o.llp_c > 0, "optimizer.llp_c", "> 0", o.llp_c)
+    _check(0 <= o.llp_ema < 1, "optimizer.llp_ema", "in [0, 1)", o.llp_ema)
+    _check(0 <= o.llp_damping <= 1, "optimizer.llp_damping", "in [0, 1]", o.llp_damping)
+    _check(o.llp_seed is None or o.llp_seed >= 0, "optimizer.llp_seed", ">= 0 or null",
+           o.llp_seed)
     _check(o.step_size >= 1, "optimizer.step_size", ">= 1", o.step_size)
     _check(0 < o.gamma <= 1, "optimizer.gamma", "in (0, 1]", o.gamma)
     _check(0 <= o.min_lr <= o.lr, "optimizer.min_lr", "in [0, lr]", o.min_lr)
@@ -380,6 +440,8 @@ def validate(cfg: Any) -> None:
     _check(t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", "> 0 or null", t.grad_clip)
     _check(t.target_train_loss is None or t.target_train_loss > 0, "train.target_train_loss",
            "> 0 or null", t.target_train_loss)
+    _check(t.max_grad_evals is None or t.max_grad_evals >= 1, "train.max_grad_evals",
+           ">= 1 or null", t.max_grad_evals)
     _check(t.checkpoint_every >= 1, "train.checkpoint_every", ">= 1", t.checkpoint_every)
     _check(t.checkpoint_interval_s >= 0, "train.checkpoint_interval_s", ">= 0",
            t.checkpoint_interval_s)
@@ -426,6 +488,19 @@ def validate(cfg: Any) -> None:
            "probe.keskar_epsilons", "a non-empty list of values > 0", list(p.keskar_epsilons))
     _check(p.block_top_k >= 1, "probe.block_top_k", ">= 1", p.block_top_k)
     _check(p.sharpness_samples >= 2, "probe.sharpness_samples", ">= 2", p.sharpness_samples)
+    _check(p.pacbayes_data_size is None or p.pacbayes_data_size >= 2, "probe.pacbayes_data_size",
+           ">= 2 or null (the bound needs m >= 2 samples)", p.pacbayes_data_size)
+    _check(p.pacbayes_n_mc >= 1, "probe.pacbayes_n_mc", ">= 1", p.pacbayes_n_mc)
+    _check(p.pacbayes_n_select >= 1, "probe.pacbayes_n_select", ">= 1", p.pacbayes_n_select)
+    for key in ("pacbayes_delta", "pacbayes_delta_mc"):
+        v = getattr(p, key)
+        _check(math.isfinite(v) and 0 < v < 1, f"probe.{key}", "in (0, 1)", v)
+    _check(p.pacbayes_delta + p.pacbayes_delta_mc < 1, "probe.pacbayes_delta + pacbayes_delta_mc",
+           "< 1 (the bounds hold with probability 1 - their sum)",
+           p.pacbayes_delta + p.pacbayes_delta_mc)
+    if p.pacbayes:
+        _check(p.top_k >= 1, "probe.top_k", ">= 1 with probe.pacbayes=true (the Hessian-informed "
+               "posterior uses the top-k eigenvectors)", p.top_k)
     ls = cfg.landscape
     _check(ls.data_size is None or ls.data_size >= 1, "landscape.data_size", ">= 1 or null",
            ls.data_size)

@@ -82,8 +82,10 @@ def probe_fingerprint(cfg: DictConfig) -> Optional[str]:
     result.json carries another one gets its probes (re)computed, without retraining."""
     if str(getattr(cfg.probe.name, "value", cfg.probe.name)) == "none":
         return None
-    text = OmegaConf.to_yaml(OmegaConf.create(
-        OmegaConf.to_container(cfg.probe, resolve=True, enum_to_str=True)), sort_keys=True)
+    c = OmegaConf.to_container(cfg.probe, resolve=True, enum_to_str=True)
+    if not c.get("pacbayes"):  # its settings change nothing when it is off: old hashes stay
+        c = {k: v for k, v in c.items() if not k.startswith("pacbayes")}
+    text = OmegaConf.to_yaml(OmegaConf.create(c), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -113,6 +115,14 @@ def fingerprint(cfg: DictConfig) -> str:
     if c.get("dataset", {}).get("name") not in SYNTHETIC:  # fields only synthetic data read
         for key in DATASET_FIELDS:
             c["dataset"].pop(key, None)
+    # Fields added later that change nothing at their defaults stay out of the hash, so jobs
+    # run before they existed keep their fingerprint (and are skipped or resumed, not refused).
+    opt = c.get("optimizer", {})
+    if opt.get("name") != "llp":  # only LLP reads its settings
+        for key in [k for k in opt if k.startswith("llp_")]:
+            opt.pop(key)
+    if c.get("train", {}).get("max_grad_evals", None) is None:
+        c.get("train", {}).pop("max_grad_evals", None)
     text = OmegaConf.to_yaml(OmegaConf.create(c), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -145,6 +155,18 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def initial_model(cfg: DictConfig, data) -> torch.nn.Module:
+    """The job's model at initialization, rebuilt exactly as :func:`train_job` builds it
+    (``seed_everything(cfg.seed)``, then ``build_model`` with the data's metadata): the
+    data-independent prior mean of ``probe.pacbayes``. The global RNG states are restored."""
+    state = capture_rng()
+    try:
+        seed_everything(cfg.seed)
+        return build_model(cfg.model, data.meta)
+    finally:
+        restore_rng(state)
 
 
 def _progress_factory(cfg: DictConfig, steps_per_epoch: int):
@@ -266,6 +288,7 @@ def _train(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: int
     stop = fit(state, data.train, data.test, epochs=cfg.train.epochs, batch_size=batch_size,
                seed=cfg.seed, eval_batch_size=cfg.train.eval_batch_size,
                grad_clip=cfg.train.grad_clip, target_train_loss=cfg.train.target_train_loss,
+               max_grad_evals=cfg.train.max_grad_evals,
                on_epoch_end=on_epoch_end,
                on_step=None if recorder is None else recorder.on_step,
                progress_factory=_progress_factory(cfg, -(-n_train // batch_size)))
@@ -386,7 +409,11 @@ def _cached_probes(cfg: DictConfig, job_dir: Path, model, data, stem: str,
     except (OSError, ValueError, KeyError):
         pass
     log.info("%s: running probes (%s)", job_dir, getattr(cfg.probe.name, "value", cfg.probe.name))
-    report = run_probes(model, data.train, cfg.probe)
+    w0 = None
+    if cfg.probe.get("pacbayes", False):  # the prior mean: the initialization, not 0
+        device = next(model.parameters()).device
+        w0 = initial_model(cfg, data).to(device)
+    report = run_probes(model, data.train, cfg.probe, w0=w0)
     _save_results(cache, report.arrays, {
         "scalars": report.scalars,
         "probe": OmegaConf.to_container(cfg.probe, resolve=True, enum_to_str=True),

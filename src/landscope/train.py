@@ -20,10 +20,11 @@ import torch
 from torch import nn
 
 from landscope.losses import n_correct, task_loss
-from landscope.optim import is_sam
+from landscope.optim import is_llp, is_sam
 
 STOP_MAX_EPOCHS = "max_epochs"
 STOP_TARGET_LOSS = "target_train_loss"
+STOP_MAX_GRAD_EVALS = "max_grad_evals"
 STOP_DIVERGED = "diverged"
 
 
@@ -83,12 +84,15 @@ def evaluate(model: nn.Module, split, batch_size: int) -> tuple[float, float]:
 
 def train_epoch(state: TrainState, split, batch_size: int, generator: torch.Generator,
                 grad_clip: Optional[float] = None, progress: Any = None,
-                on_step: Optional[Callable[[TrainState], None]] = None) -> dict:
+                on_step: Optional[Callable[[TrainState], None]] = None,
+                max_grad_evals: Optional[int] = None) -> dict:
     """One pass over ``split``. Returns the running (mini-batch mean) loss and the
     number of steps; the loss is non-finite if training diverged (stops early).
-    ``on_step(state)`` runs after every optimizer step (``state.step`` already counts it)."""
+    ``on_step(state)`` runs after every optimizer step (``state.step`` already counts it).
+    Stops after the step that brings ``state.grad_evals`` to ``max_grad_evals``.
+    With LLP the epoch's averaged probe metrics are under ``"optimizer"``."""
     model, opt = state.model, state.optimizer
-    sam = is_sam(opt)
+    sam, llp = is_sam(opt), is_llp(opt)
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
     device = _device_of(model)
@@ -109,6 +113,9 @@ def train_epoch(state: TrainState, split, batch_size: int, generator: torch.Gene
                 nn.utils.clip_grad_norm_(params, grad_clip)
             opt.second_step()
         else:
+            if llp:  # finite-difference probes at w + eps d on this batch, before clipping
+                with _running_stats_frozen(model):
+                    state.grad_evals += opt.probe(lambda: task_loss(model, model(x), y).backward())
             if grad_clip is not None:
                 nn.utils.clip_grad_norm_(params, grad_clip)
             opt.step()
@@ -123,20 +130,28 @@ def train_epoch(state: TrainState, split, batch_size: int, generator: torch.Gene
             progress.update(1)
         if not math.isfinite(value):
             break
-    return {"running_loss": loss_sum / max(n_seen, 1), "steps": steps}
+        if max_grad_evals is not None and state.grad_evals >= max_grad_evals:
+            break
+    out = {"running_loss": loss_sum / max(n_seen, 1), "steps": steps}
+    if llp:
+        out["optimizer"] = opt.pop_epoch_metrics()
+    return out
 
 
 def fit(state: TrainState, train_split, test_split, *, epochs: int, batch_size: int, seed: int,
         eval_batch_size: int = 2048, grad_clip: Optional[float] = None,
-        target_train_loss: Optional[float] = None,
+        target_train_loss: Optional[float] = None, max_grad_evals: Optional[int] = None,
         on_epoch_end: Optional[Callable[[TrainState, dict], None]] = None,
         on_step: Optional[Callable[[TrainState], None]] = None,
         progress_factory: Optional[Callable[[int, int], Any]] = None) -> str:
-    """Train until ``epochs``, the target train loss, or divergence; return the stop reason.
+    """Train until ``epochs``, the target train loss, the gradient-evaluation budget
+    ``max_grad_evals`` (checked after every step, so the last epoch may be partial and the
+    budget overshot by at most one step's evaluations), or divergence; return the stop reason.
 
     ``batch_size`` larger than the training set means full-batch gradient descent.
     Metrics per epoch: train/test loss and accuracy (exact, eval mode, whole splits),
-    the running mini-batch loss, learning rate, steps, gradient evaluations, seconds.
+    the running mini-batch loss, learning rate, steps, gradient evaluations, seconds;
+    with LLP also its epoch averages (``llp_*``: curvature estimates, mean step size).
     ``on_step(state)`` runs after every optimizer step, ``on_epoch_end(state, row)``
     after every epoch.
     """
@@ -150,7 +165,7 @@ def fit(state: TrainState, train_split, test_split, *, epochs: int, batch_size: 
         bar = progress_factory(epoch, epochs) if progress_factory else None
         try:
             run = train_epoch(state, train_split, batch_size, epoch_generator(seed, epoch),
-                              grad_clip, bar, on_step)
+                              grad_clip, bar, on_step, max_grad_evals)
         finally:
             if bar is not None:
                 bar.close()
@@ -169,12 +184,14 @@ def fit(state: TrainState, train_split, test_split, *, epochs: int, batch_size: 
             stop = STOP_TARGET_LOSS
         elif epoch + 1 == epochs:
             stop = STOP_MAX_EPOCHS
+        elif max_grad_evals is not None and state.grad_evals >= max_grad_evals:
+            stop = STOP_MAX_GRAD_EVALS
         state.epoch = epoch + 1
         row = {"epoch": state.epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
                "test_loss": test_loss, "test_acc": test_acc,
                "running_loss": run["running_loss"], "steps": run["steps"],
-               "grad_evals": state.grad_evals, "seconds": time.perf_counter() - tic,
-               "stop_reason": stop}
+               "grad_evals": state.grad_evals, **run.get("optimizer", {}),
+               "seconds": time.perf_counter() - tic, "stop_reason": stop}
         state.history.append(row)
         if on_epoch_end is not None:
             on_epoch_end(state, row)

@@ -15,9 +15,13 @@ Sections: the sweep summary (jobs per status, the swept hyperparameters), the jo
 not included and why, the measures table (Kendall τ, Spearman ρ, granulated Ψ, partial
 correlation given train loss, cluster-robust OLS, with Holm and Benjamini–Hochberg corrected
 p-values), scatter plots of the strongest measures, and an appendix with the statsmodels
-summary of the OLS fit of the strongest measure. When the sweep varies ``model.skip`` (e.g.
-``experiment=h2_skip``) a section tests H2 (:mod:`landscope.analysis.hypotheses.h2`); the
-other hypothesis sections are not part of this release.
+summary of the OLS fit of the strongest measure. Then one section per hypothesis or study that
+applies to the collected jobs (:data:`SECTIONS`): H1 when ``train.batch_size`` is swept
+(:mod:`~landscope.analysis.hypotheses.h1`), H2 when ``model.skip`` is swept (``h2``), H3 when
+the sweep has ``runner.escape`` results (``h3``), H4 when the jobs carry PAC-Bayes bounds
+(``h4``), the optimizer study when LLP is among the optimizers
+(:mod:`~landscope.analysis.optimizer_study`), and the founding studies by their experiment
+names (:mod:`~landscope.analysis.studies`).
 """
 
 from __future__ import annotations
@@ -118,7 +122,13 @@ class ReportContext:
 # The hypothesis and study sections, in report order: (applies, section), each a
 # "module:function" taking a ReportContext. A section is written when ``applies`` is true.
 SECTIONS: list[tuple[str, str]] = [
+    ("landscope.analysis.hypotheses.h1:applies", "landscope.analysis.hypotheses.h1:section"),
     ("landscope.analysis.report:_h2_applies", "landscope.analysis.report:_h2_section"),
+    ("landscope.analysis.hypotheses.h3:applies", "landscope.analysis.hypotheses.h3:section"),
+    ("landscope.analysis.hypotheses.h4:applies", "landscope.analysis.hypotheses.h4:section"),
+    ("landscope.analysis.optimizer_study:applies", "landscope.analysis.optimizer_study:section"),
+    *[(f"landscope.analysis.studies:applies_{s}", f"landscope.analysis.studies:section_{s}")
+      for s in ("study_training", "study_width", "study_optimizers")],
 ]
 
 

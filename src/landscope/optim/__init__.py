@@ -21,6 +21,15 @@ Optimizers (:func:`build_optimizer`), with :math:`g_t` the gradient plus
 * ``sam``: :class:`~landscope.optim.sam.SAM` (Foret et al. 2021; ASAM of Kwon et
   al. 2021 when ``adaptive``) with radius ``rho`` around the base optimizer
   ``cfg.base`` in {sgd, momentum, adam, adamw}, built with the rules above.
+* ``llp``: :class:`~landscope.optim.llp.LLP`, the curvature-probing "bore-hole"
+  optimizer around the base optimizer ``cfg.base`` (same rules): every ``llp_every``
+  steps ``llp_probes`` finite-difference gradient probes at distance ``llp_eps``; step
+  :math:`\eta_t = \min(\eta, c\,s/\kappa_t)` with ``c = llp_c``, :math:`s = 1 + \mu`
+  for the momentum base (else 1) and :math:`\kappa_t` the smoothed curvature scale
+  (``llp_curvature``, ``llp_aggregate``, ``llp_ema``); optional ``llp_damping``.  The
+  directions' generator is seeded with ``llp_seed``, or when null with
+  ``torch.initial_seed()`` (the job seed: the runner seeds torch with it before building
+  the optimizer); the global RNG is never drawn from.
 
 Schedules (:func:`build_scheduler`), stepped once per *epoch*, :math:`e` the epoch:
 
@@ -42,9 +51,10 @@ import torch
 from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LRScheduler, StepLR
 
 from landscope.errors import ConfigError
+from landscope.optim.llp import LLP
 from landscope.optim.sam import SAM
 
-__all__ = ["SAM", "build_optimizer", "build_scheduler", "is_sam"]
+__all__ = ["LLP", "SAM", "build_optimizer", "build_scheduler", "is_llp", "is_sam"]
 
 
 def _value(x: Any) -> str:
@@ -72,7 +82,7 @@ def _base_spec(name: str, cfg: Any, key: str) -> tuple[type[torch.optim.Optimize
             raise ConfigError(f"optimizer.betas must be two values (got {list(betas)!r})")
         cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
         return cls, dict(lr=lr, betas=betas, eps=float(cfg.eps), weight_decay=wd)
-    allowed = "sgd, momentum, adam, adamw" + (", sam" if key == "optimizer.name" else "")
+    allowed = "sgd, momentum, adam, adamw" + (", sam, llp" if key == "optimizer.name" else "")
     raise ConfigError(f"{key} must be one of {allowed} (got {name!r})")
 
 
@@ -82,6 +92,16 @@ def build_optimizer(params: Any, cfg: Any) -> torch.optim.Optimizer:
     if name == "sam":
         cls, kwargs = _base_spec(_value(cfg.base), cfg, "optimizer.base")
         return SAM(params, cls, rho=float(cfg.rho), adaptive=bool(cfg.adaptive), **kwargs)
+    if name == "llp":
+        base = _value(cfg.base)
+        cls, kwargs = _base_spec(base, cfg, "optimizer.base")
+        seed = cfg.llp_seed if cfg.llp_seed is not None else torch.initial_seed()
+        return LLP(params, cls, n_probes=int(cfg.llp_probes), probe_eps=float(cfg.llp_eps),
+                   every=int(cfg.llp_every), rule=_value(cfg.llp_rule), c=float(cfg.llp_c),
+                   curvature=_value(cfg.llp_curvature), aggregate=_value(cfg.llp_aggregate),
+                   ema=float(cfg.llp_ema), damping=float(cfg.llp_damping),
+                   seed=int(seed) % 2**63,
+                   momentum_scale=1.0 + float(kwargs.get("momentum", 0.0)), **kwargs)
     cls, kwargs = _base_spec(name, cfg, "optimizer.name")
     return cls(params, **kwargs)
 
@@ -96,6 +116,11 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Any, epochs: int) -> 
     if schedule == "step":
         return StepLR(optimizer, step_size=int(cfg.step_size), gamma=float(cfg.gamma))
     raise ConfigError(f"optimizer.schedule must be one of constant, cosine, step (got {schedule!r})")
+
+
+def is_llp(optimizer: Any) -> bool:
+    """Whether ``optimizer`` is an :class:`LLP` (the training loop runs its probes)."""
+    return isinstance(optimizer, LLP)
 
 
 def is_sam(optimizer: Any) -> bool:

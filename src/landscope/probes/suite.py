@@ -21,7 +21,13 @@ Scalar names: ``lambda_max``, ``lambda_2``, ``spectral_gap``, ``negative_ratio``
 trace_stderr, converged, hvps}}, see :mod:`~landscope.probes.blocks`), ``block_hvps``,
 ``hvps`` (products used by the full-Hessian probes), ``probe_seconds``, ``probe_data_size``,
 ``probe_mode``, ``n_params``; with verify mode ``verify_*`` errors against the
-dense float64 Hessian.
+dense float64 Hessian. With ``pacbayes`` (:func:`_pacbayes`), the PAC-Bayes bounds of
+:func:`~landscope.analysis.pacbayes.pac_bayes_bounds` with a ``pacbayes_`` prefix:
+``pacbayes_naive``, ``pacbayes_isotropic``, ``pacbayes_hessian``, ``pacbayes_kl_{isotropic,hessian}``,
+``pacbayes_{isotropic,hessian}_e_mc`` / ``_e_upper`` / ``_prior_var`` / ``_prior_j``,
+``pacbayes_train_error``, ``pacbayes_m``, ``pacbayes_D``, ``pacbayes_k``,
+``pacbayes_dist2_to_prior_mean``, ``pacbayes_hessian_is_isotropic``, ...,
+``pacbayes_prior_mean`` (``"init"`` or ``"zero"``) and ``pacbayes_seconds``.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -62,8 +68,14 @@ def probe_data(train_split, cfg: Any) -> ProbeData:
                                 micro_batch=cfg.micro_batch)
 
 
-def run_probes(model: nn.Module, train_split, cfg: Any) -> ProbeReport:
-    """All probes ``cfg`` switches on, on a fixed seeded subset of ``train_split``."""
+def run_probes(model: nn.Module, train_split, cfg: Any,
+               w0: Optional[nn.Module | torch.Tensor] = None) -> ProbeReport:
+    """All probes ``cfg`` switches on, on a fixed seeded subset of ``train_split``.
+
+    ``w0``: the prior mean of the PAC-Bayes bounds (``cfg.pacbayes``), which must not depend
+    on the training data: the model at initialization (a model of the same architecture or
+    a flat vector in parameter order; :func:`landscope.jobs.initial_model` rebuilds a job's).
+    ``None`` centres the prior at 0 (valid too, usually looser)."""
     tic = time.perf_counter()
     data = probe_data(train_split, cfg)
     op = HessianOperator(model, data, mode=_value(cfg.mode), seed=cfg.seed)
@@ -122,6 +134,8 @@ def run_probes(model: nn.Module, train_split, cfg: Any) -> ProbeReport:
         s.update(_sharpness(model, data, op.mode, cfg))
     if cfg.noise:
         s.update(_noise(model, train_split, cfg, op, top, s, a))
+    if getattr(cfg, "pacbayes", False):
+        s.update(_pacbayes(model, train_split, cfg, top, w0))
     s["hvps"] = op.n_matvecs
     if cfg.verify:
         s.update(_verify(model, data, op.mode, cfg, s, a))
@@ -198,6 +212,31 @@ def _noise(model: nn.Module, train_split, cfg: Any, op: HessianOperator, top: An
             "noise_alignment_ratio": g.alignment_ratio, "noise_alignment": g.alignment_method,
             "noise_top_k_energy_share": g.top_k_energy_share,
             "difficulty_index": g.difficulty_index}
+
+
+def _pacbayes(model: nn.Module, train_split, cfg: Any, top: Any,
+              w0: Optional[nn.Module | torch.Tensor]) -> dict[str, Any]:
+    """PAC-Bayes bounds on ``pacbayes_data_size`` training samples (null: the whole split:
+    the bound is over the m samples its empirical error is measured on), with the Hessian
+    posterior in the basis of the top-k eigenvectors computed above (on the probe subset:
+    a posterior may depend on the data). Scalars prefixed ``pacbayes_``."""
+    from landscope.analysis.pacbayes import pac_bayes_bounds
+    from landscope.errors import ConfigError
+
+    if top is None:
+        raise ConfigError("probe.pacbayes=true needs probe.top_k >= 1 (the Hessian-informed "
+                          "posterior uses the top-k eigenvectors)")
+    tic = time.perf_counter()
+    data = ProbeData.from_split(train_split, size=cfg.pacbayes_data_size, seed=cfg.seed,
+                                micro_batch=cfg.micro_batch)
+    out = pac_bayes_bounds(model, data, top.eigenvalues, top.eigenvectors, w0=w0,
+                           delta=cfg.pacbayes_delta, delta_mc=cfg.pacbayes_delta_mc,
+                           n_mc=cfg.pacbayes_n_mc, n_select=cfg.pacbayes_n_select, seed=cfg.seed)
+    scalars: dict[str, Any] = {k if k.startswith("pacbayes_") else f"pacbayes_{k}": v
+                               for k, v in out.items()}
+    scalars["pacbayes_prior_mean"] = "zero" if w0 is None else "init"
+    scalars["pacbayes_seconds"] = time.perf_counter() - tic
+    return scalars
 
 
 def _verify(model: nn.Module, data: ProbeData, mode: str, cfg: Any, s: dict,

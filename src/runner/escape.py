@@ -1,0 +1,313 @@
+"""Escape from the minima of finished jobs: ``python -m runner.escape SWEEP_OR_JOB... [overrides]``.
+
+For every completed job (``result.json`` with status ``completed``) of the given sweep
+directories (or job directories), loads the final checkpoint θ0, rebuilds the job's data
+and continues with plain SGD for every learning rate × batch size × seed of the settings,
+recording when it escapes (``landscope.escape``: the first evaluated step where the train
+loss on a fixed seeded subset exceeds ``L(θ0) + max(delta_abs, delta_rel·|L(θ0)|)`` for
+``confirm`` consecutive evaluations; censored at ``max_steps``).  This is the data of H3
+(issue #5; ``landscope.analysis.hypotheses.h3``).
+
+Settings (``EscapeConfig``; override as ``escape.KEY=VALUE``)::
+
+    escape.lrs=[0.05,0.1,0.2]       learning rates η
+    escape.batch_sizes=[4,16,64]    batch sizes B (>= the train split: full batch)
+    escape.seeds=[0,1,2]            batch-order seeds (one continuation each)
+    escape.max_steps=600            censoring point
+    escape.eval_every=2             steps between evaluations (the escape-step resolution)
+    escape.eval_size=1000           fixed train subset for the loss (null: whole split)
+    escape.eval_seed=0
+    escape.delta_abs=0.1            loss rise that counts as escape ...
+    escape.delta_rel=0.0            ... or this fraction of L(θ0), whichever is larger
+    escape.confirm=2                consecutive evaluations above the threshold
+    escape.radius=null              secondary: step where ||θ - θ0|| first exceeds this
+
+Output per job, written atomically: ``<job>/escape/<fingerprint>.json``, the fingerprint a
+hash of the settings: the settings, the checkpoint's name, epoch and SHA-256, ``complete``,
+and ``runs`` (one per continuation: lr, batch_size, seed, escaped, escape_step, radius_step,
+diverged, loss0, threshold, steps_run, the trace of steps, losses and distances).  The file
+is rewritten after each (lr, B) cell, so an interrupted run resumes there; a complete file
+for the same checkpoint is not recomputed.  One line per job, then a summary.  Exit codes:
+0 every job done, 1 a job failed (the others still ran), 2 bad input (no job found, an
+unknown key, a wrong type or an impossible value): one ``error:`` line on stderr.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+from omegaconf import OmegaConf
+
+from landscope.errors import CheckpointError, ConfigError, LandscopeError
+
+PREFIX = "escape."
+RESULTS_DIR = "escape"
+FORMAT = 1  # bump when the meaning of a stored result changes
+
+
+@dataclass
+class EscapeConfig:
+    """Settings of ``python -m runner.escape`` (module docstring)."""
+
+    lrs: List[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
+    batch_sizes: List[int] = field(default_factory=lambda: [4, 16, 64])
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
+    max_steps: int = 600
+    eval_every: int = 2
+    eval_size: Optional[int] = 1000
+    eval_seed: int = 0
+    delta_abs: float = 0.1
+    delta_rel: float = 0.0
+    confirm: int = 2
+    radius: Optional[float] = None
+
+
+def escape_config(overrides: list[str]) -> dict[str, Any]:
+    """The settings: :class:`EscapeConfig` merged with ``escape.KEY=VALUE`` overrides and
+    checked (ConfigError or an OmegaConf error naming the key)."""
+    bad = [o for o in overrides if not o.startswith(PREFIX)]
+    if bad:
+        raise ConfigError(f"only escape.KEY=VALUE overrides are accepted here (got {bad[0]!r}), "
+                          "e.g. escape.lrs=[0.05,0.2]")
+    base = OmegaConf.structured(EscapeConfig)
+    dotlist = [o[len(PREFIX):] for o in overrides]
+    for item in dotlist:
+        key = item.split("=", 1)[0]
+        if "=" not in item or not key:
+            raise ConfigError(f"expected escape.KEY=VALUE (got {PREFIX + item!r})")
+        if key.split(".")[0] not in base:
+            raise ConfigError(f"unknown setting escape.{key} (known: "
+                              f"{', '.join(PREFIX + k for k in base)})")
+    try:
+        cfg = OmegaConf.merge(base, OmegaConf.from_dotlist(dotlist))
+    except Exception as exc:  # OmegaConf: wrong type, unparsable value
+        key = getattr(exc, "full_key", None)
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        msg = lines[0] if lines else type(exc).__name__
+        raise ConfigError(f"escape.{key}: {msg}" if key else
+                          f"bad escape override in {' '.join(overrides)}: {msg}") from None
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    _validate(settings)
+    return settings
+
+
+def _validate(s: dict) -> None:
+    from landscope.escape import EscapeRule
+
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise ConfigError(f"escape.{key} must be {what} (got {s[key]!r})")
+
+    need(len(s["lrs"]) >= 1 and all(math.isfinite(v) and v > 0 for v in s["lrs"]), "lrs",
+         "a non-empty list of numbers > 0")
+    need(len(s["batch_sizes"]) >= 1 and all(v >= 1 for v in s["batch_sizes"]), "batch_sizes",
+         "a non-empty list of integers >= 1")
+    need(len(s["seeds"]) >= 1 and all(v >= 0 for v in s["seeds"]), "seeds",
+         "a non-empty list of integers >= 0")
+    for name, values in (("lrs", s["lrs"]), ("batch_sizes", s["batch_sizes"]),
+                         ("seeds", s["seeds"])):
+        need(len(set(values)) == len(values), name, "without repeated values")
+    need(s["max_steps"] >= 1, "max_steps", ">= 1")
+    need(s["eval_every"] >= 1, "eval_every", ">= 1")
+    need(s["eval_size"] is None or s["eval_size"] >= 1, "eval_size", ">= 1 or null")
+    need(s["eval_seed"] >= 0, "eval_seed", ">= 0")
+    EscapeRule(delta_abs=s["delta_abs"], delta_rel=s["delta_rel"], confirm=s["confirm"],
+               radius=s["radius"])  # raises ConfigError naming the setting
+
+
+def settings_fingerprint(settings: dict) -> str:
+    """16 hex digits of the SHA-256 of the settings (sorted JSON) and the format version."""
+    text = json.dumps({"format": FORMAT, **settings}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- jobs
+def find_jobs(paths: list[str]) -> tuple[list[dict], list[str]]:
+    """``(jobs, notes)``: the completed jobs under ``paths`` (each a sweep directory, whose
+    ``*/result.json`` are its jobs, or a job directory)."""
+    from landscope.io import read_json
+
+    dirs: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if (p / "result.json").is_file():
+            dirs.append(p)
+        elif p.is_dir():
+            found = sorted(r.parent for r in p.glob("*/result.json"))
+            if not found:
+                raise LandscopeError(f"{p} holds no job directories (no */result.json)")
+            dirs += found
+        else:
+            raise LandscopeError(f"{p} is neither a sweep nor a job directory")
+    jobs, notes, seen = [], [], set()
+    for job in dirs:
+        if job.resolve() in seen:
+            continue
+        seen.add(job.resolve())
+        try:
+            result = read_json(job / "result.json")
+            status = result.get("status")
+        except (OSError, ValueError, AttributeError) as exc:
+            notes.append(f"skipped: {job} (unreadable result.json: {type(exc).__name__})")
+            continue
+        if status != "completed":
+            notes.append(f"skipped: {job} (status {status})")
+            continue
+        jobs.append({"dir": job, "name": job.name, "result": result})
+    if not jobs:
+        raise LandscopeError(f"no completed jobs in {' '.join(paths)}")
+    return jobs, notes
+
+
+def _final_checkpoint(job: dict) -> tuple[Path, dict]:
+    from landscope.checkpoint import list_checkpoints, load_checkpoint
+
+    found = list_checkpoints(job["dir"] / "checkpoints")
+    if not found:
+        raise CheckpointError(f"{job['name']} has no checkpoint")
+    ckpt = load_checkpoint(found[0])
+    if ckpt.get("epoch") != job["result"].get("epochs_completed"):
+        raise CheckpointError(f"{job['name']}: newest checkpoint is epoch {ckpt.get('epoch')}, "
+                              f"the job completed {job['result'].get('epochs_completed')}")
+    return found[0], ckpt
+
+
+def _read(path: Path) -> Optional[dict]:
+    from landscope.io import read_json
+
+    try:
+        record = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _cell_key(lr: float, b: int, seed: int) -> tuple:
+    return (float(lr), int(b), int(seed))
+
+
+def run_job(job: dict, settings: dict) -> tuple[str, dict]:
+    """Every continuation of one job (resuming a partial file): ``("computed"|"cached",
+    record)``."""
+    from landscope.checkpoint import list_checkpoints, payload_digest
+
+    fp = settings_fingerprint(settings)
+    path = job["dir"] / RESULTS_DIR / f"{fp}.json"
+    newest = list_checkpoints(job["dir"] / "checkpoints")
+    digest = payload_digest(newest[0]) if newest else None
+    previous = _read(path)
+    if previous is not None and previous.get("checkpoint_sha256") == digest and \
+            previous.get("settings") == settings and digest is not None:
+        if previous.get("complete"):
+            return "cached", previous
+        done = {_cell_key(r["lr"], r["requested_batch_size"], r["seed"]): r
+                for r in previous.get("runs", [])}
+    else:
+        done = {}
+    import torch
+    from omegaconf import OmegaConf as OC
+
+    from landscope.config import Config
+    from landscope.escape import EscapeRule, run_escape
+    from landscope.io import write_json
+    from landscope.jobs import _model_from_state, default_threads
+    from landscope.models import count_parameters
+
+    ckpt_path, ckpt = _final_checkpoint(job)
+    cfg = OC.merge(OC.structured(Config), OC.load(job["dir"] / "config.yaml"))
+    model, data = _model_from_state(cfg, ckpt["model"])
+    torch.set_num_threads(default_threads(count_parameters(model)))  # CPU: deterministic
+    rule = EscapeRule(delta_abs=settings["delta_abs"], delta_rel=settings["delta_rel"],
+                      confirm=settings["confirm"], radius=settings["radius"])
+    tic = time.perf_counter()
+    record = {"job": job["name"], "fingerprint": fp, "settings": settings,
+              "checkpoint": ckpt_path.name, "checkpoint_epoch": ckpt["epoch"],
+              "checkpoint_sha256": payload_digest(ckpt_path), "rule": rule.describe(),
+              "n_params": count_parameters(model), "train_size": len(data.train),
+              "complete": False, "runs": []}
+    runs: list[dict] = []
+    for lr in settings["lrs"]:
+        for b in settings["batch_sizes"]:
+            fresh = False
+            for seed in settings["seeds"]:
+                key = _cell_key(lr, b, seed)
+                if key in done:
+                    runs.append(done[key])
+                    continue
+                run = run_escape(model, data.train, lr=lr, batch_size=b, seed=seed,
+                                 max_steps=settings["max_steps"],
+                                 eval_every=settings["eval_every"], rule=rule,
+                                 eval_size=settings["eval_size"],
+                                 eval_seed=settings["eval_seed"])
+                row = run.to_dict()
+                row.update(requested_batch_size=int(b), eta_over_b=run.lr / run.batch_size)
+                runs.append(row)
+                fresh = True
+            if fresh:
+                write_json(path, {**record, "runs": runs,
+                                  "wall_time_s": time.perf_counter() - tic})
+    record.update(runs=runs, complete=True, wall_time_s=time.perf_counter() - tic)
+    write_json(path, record)
+    return "computed", record
+
+
+def _summary(record: dict) -> str:
+    runs = record["runs"]
+    esc = sorted(r["escape_step"] for r in runs if r["escaped"])
+    med = f", median escape step {esc[len(esc) // 2]}" if esc else ""
+    return f"{len(runs)} runs, {len(esc)} escaped{med}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    from runner.app import one_line
+    from runner.cli import arguments, paths_and_overrides
+
+    args = arguments(argv, __doc__)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    paths, overrides = paths_and_overrides(args)
+    try:
+        if not paths:
+            raise LandscopeError("expected at least one sweep or job directory")
+        settings = escape_config(overrides)
+        jobs, notes = find_jobs(paths)
+    except LandscopeError as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as exc:  # OmegaConf: unknown key, wrong type
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        sys.exit(2)
+    for note in notes:
+        print(note, flush=True)
+    counts = {"computed": 0, "cached": 0, "failed": 0}
+    fp = settings_fingerprint(settings)
+    for job in jobs:
+        tic = time.perf_counter()
+        try:
+            how, record = run_job(job, settings)
+        except KeyboardInterrupt:
+            print("interrupted: run the same command again to resume", file=sys.stderr)
+            sys.exit(130)
+        except Exception as exc:
+            counts["failed"] += 1
+            msg = one_line(exc) if isinstance(exc, LandscopeError) \
+                else f"{type(exc).__name__}: {one_line(exc)}"
+            print(f"failed: {job['dir']}: {msg}", file=sys.stderr, flush=True)
+            continue
+        counts[how] += 1
+        took = f" ({time.perf_counter() - tic:.1f} s)" if how == "computed" else ""
+        print(f"{how}: {job['dir']}  {_summary(record)}{took}", flush=True)
+    print(f"{len(jobs)} jobs: {counts['computed']} computed, {counts['cached']} cached, "
+          f"{counts['failed']} failed (results in <job>/{RESULTS_DIR}/{fp}.json)")
+    sys.exit(1 if counts["failed"] else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""probe.pacbayes end to end: the bounds in a job's result.json (prior centred at the rebuilt
+initialization, checked against the recorded initial weights), `python -m runner.probe
+JOB probe=pacbayes` on a finished job, one-line errors for impossible settings, and probe
+fingerprints of configs without pacbayes left unchanged."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from landscope.checkpoint import load_checkpoint
+from landscope.config import validate
+from landscope.data import load_data
+from landscope.errors import ConfigError
+from landscope.geometry.trajectory import load as load_trajectory
+from landscope.io import read_json
+from landscope.jobs import TRAJECTORY_FILE, initial_model, probe_fingerprint, train_job
+
+from conftest import REPO
+
+TINY = ["dataset.train_size=256", "dataset.test_size=128", "train.batch_size=32",
+        "model.width=8", "model.depth=2", "landscape=none"]
+# pacbayes on a small budget, the rest of the preset off (seconds, not minutes)
+FAST = ["probe=pacbayes", "probe.top_k=3", "probe.trace=false", "probe.density=false",
+        "probe.noise=false", "probe.sharpness=false", "probe.sharpness_family=false",
+        "probe.pacbayes_n_mc=20", "probe.pacbayes_n_select=2"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_torch_thread):
+    yield
+
+
+def _flat(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def test_pacbayes_probe_in_a_job_centres_the_prior_at_the_initialization(compose, tmp_path):
+    # the landscape group on with only the trajectory: it records the true initial weights
+    overrides = [*TINY, *FAST, "train.epochs=1", "landscape=basic", "landscape.line=false",
+                 "landscape.trajectory=true", "landscape.trajectory_points=3"]
+    cfg = compose(overrides)
+    result = train_job(cfg, tmp_path, overrides)
+    p = result["probes"]
+    for key in ("naive", "isotropic", "hessian", "kl_isotropic", "kl_hessian",
+                "isotropic_e_mc", "hessian_e_mc", "isotropic_e_upper", "train_error",
+                "dist2_to_prior_mean", "hessian_is_isotropic", "seconds"):
+        assert isinstance(p[f"pacbayes_{key}"], float), key
+    assert p["pacbayes_prior_mean"] == "init" and p["pacbayes_m"] == 256.0  # the whole split
+    assert p["pacbayes_k"] == 3.0 and p["pacbayes_n_mc"] == 20.0
+    assert p["pacbayes_D"] == p["n_params"]
+    assert 0 <= p["pacbayes_hessian"] <= p["pacbayes_isotropic"] <= p["pacbayes_naive"] <= 1
+    assert p["pacbayes_isotropic"] >= p["pacbayes_isotropic_e_upper"] >= 0
+    assert abs(p["pacbayes_train_error"] - (1 - result["final"]["train_acc"])) < 1e-6
+
+    # the rebuilt initialization is bit-identical to the weights training started from
+    data = load_data(cfg.dataset)
+    state = torch.get_rng_state()
+    init = _flat(initial_model(cfg, data))
+    assert torch.equal(torch.get_rng_state(), state)  # global RNG left alone
+    traj = load_trajectory(tmp_path / TRAJECTORY_FILE)
+    assert traj.steps[0] == 0 and traj.snapshots.shape[1] == init.numel()
+    assert np.array_equal(traj.snapshots[0], init.numpy())
+    # ... and it is the prior mean the probe used: ||w - w0||^2 of the final weights
+    final = load_checkpoint(sorted((tmp_path / "checkpoints").glob("*.pt"))[-1])
+    w = torch.cat([v.reshape(-1) for v in final["model"].values()]).double()
+    dist2 = float(((w - init.double()) ** 2).sum())
+    assert dist2 > 0 and p["pacbayes_dist2_to_prior_mean"] == pytest.approx(dist2, rel=1e-9)
+
+
+def test_pacbayes_settings_are_validated_in_one_line(compose):
+    ok = compose([*FAST])
+    validate(ok)
+    for bad, needle in ((["probe.top_k=0"], "probe.top_k"),
+                        (["probe.pacbayes_n_mc=0"], "probe.pacbayes_n_mc"),
+                        (["probe.pacbayes_n_select=0"], "probe.pacbayes_n_select"),
+                        (["probe.pacbayes_delta=0"], "probe.pacbayes_delta"),
+                        (["probe.pacbayes_delta_mc=1.5"], "probe.pacbayes_delta_mc"),
+                        (["probe.pacbayes_delta=0.6", "probe.pacbayes_delta_mc=0.5"], "< 1"),
+                        (["probe.pacbayes_data_size=1"], "probe.pacbayes_data_size")):
+        with pytest.raises(ConfigError, match="must be") as err:
+            validate(compose([*FAST, *bad]))
+        assert needle in str(err.value) and "\n" not in str(err.value)
+    validate(compose(["probe=standard", "probe.top_k=0"]))  # top_k=0 is fine without pacbayes
+
+
+def test_fingerprint_ignores_pacbayes_settings_while_it_is_off(compose):
+    base = probe_fingerprint(compose(["probe=standard"]))
+    assert probe_fingerprint(compose(["probe=standard", "probe.pacbayes_n_mc=7"])) == base
+    on = probe_fingerprint(compose(["probe=standard", "probe.pacbayes=true"]))
+    assert on != base
+    assert probe_fingerprint(compose(["probe=standard", "probe.pacbayes=true",
+                                      "probe.pacbayes_n_mc=7"])) != on
+
+
+def test_probe_command_adds_pacbayes_to_a_finished_job(compose, tmp_path):
+    job = tmp_path / "job"
+    overrides = [*TINY, "train.epochs=1", "probe=none"]
+    train_job(compose(overrides), job, overrides)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+
+    def probe(*extra):
+        return subprocess.run([sys.executable, "-m", "runner.probe", str(job), *extra],
+                              cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+
+    bad = probe(*FAST, "probe.top_k=0")  # the Hessian posterior needs eigenvectors
+    lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
+    assert bad.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") \
+        and "probe.top_k" in lines[0] and "pacbayes" in lines[0], bad.stderr
+    assert "probes" not in read_json(job / "result.json")
+    done = probe(*FAST)
+    assert done.returncode == 0, done.stderr
+    result = read_json(job / "result.json")
+    p = result["probes"]
+    assert p["pacbayes_prior_mean"] == "init" and p["pacbayes_m"] == 256.0
+    assert p["pacbayes_hessian"] <= p["pacbayes_isotropic"] <= p["pacbayes_naive"]
+    cached = read_json(job / "probes" / f"{result['probe_fingerprint']}.json")
+    assert cached["probe"]["pacbayes"] is True and cached["scalars"] == p
