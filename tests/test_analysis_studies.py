@@ -271,23 +271,27 @@ def test_optimizer_section_reads_connectivity_of_collected_sweep(tmp_path):
 
 # --------------------------------------------------------------------------- presets
 def _jobs(preset: str, extra=()) -> list[list[str]]:
-    """The job override lists of ``-m experiment=<preset> EXTRA`` (what the sweeper expands)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    """The job override lists of ``-m experiment=<preset> EXTRA``, as our sweeper expands them
+    (the preset's params, times each of its cases if it has any)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from conftest import CONF
-    params = yaml.safe_load((CONF / "experiment" / f"{preset}.yaml").read_text())["hydra"]["sweeper"]["params"]
-    args = [f"{k}={v}" for k, v in params.items()] + list(extra)
-    return BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(args), None)[0]
+    from hydra_plugins.landscope_sweeper.landscope_sweeper import LandscopeSweeper
+
+    spec = yaml.safe_load((CONF / "experiment" / f"{preset}.yaml").read_text())["hydra"]["sweeper"]
+    sweeper = LandscopeSweeper(max_batch_size=None, params=spec["params"],
+                               cases=spec.get("cases"))
+    (batch,) = sweeper._expand(OverridesParser.create(), list(extra))
+    return batch
 
 
-CNN = ["model=cnn", "model.width=16,32,64"]
 LOW = ["optimizer=sgd", "optimizer.lr=0.01", "optimizer.weight_decay=0.01"]
 
 
 def test_preset_training(compose):
-    jobs = _jobs("study_training") + _jobs("study_training", LOW)
+    jobs = _jobs("study_training")
     assert len(jobs) == 15 and len({",".join(sorted(j)) for j in jobs}) == 15
+    assert sum(sorted(LOW) == sorted(o for o in j if not o.startswith("seed")) for j in jobs) == 5
     for overrides, opt, lr, wd in ((["optimizer=adam"], "adam", 0.003, 0.0),
                                    (["optimizer=sgd"], "sgd", 0.1, 0.0), (LOW, "sgd", 0.01, 0.01)):
         cfg = compose(["experiment=study_training", *overrides])
@@ -297,11 +301,11 @@ def test_preset_training(compose):
 
 
 def test_preset_width(compose):
-    mlp, cnn = _jobs("study_width"), _jobs("study_width", CNN)
-    assert len(mlp) == 9 and len(cnn) == 9
-    widths = {(o[0], o[1]) for o in mlp + cnn}
-    assert widths == {("model=mlp", f"model.width={w}") for w in (32, 64, 128)} | \
-        {("model=cnn", f"model.width={w}") for w in (16, 32, 64)}
+    jobs = _jobs("study_width")
+    assert len(jobs) == 18 and len({",".join(sorted(j)) for j in jobs}) == 18
+    widths = {tuple(sorted(o for o in j if o.startswith("model"))) for j in jobs}
+    assert widths == {("model.width=" + str(w), "model=mlp") for w in (32, 64, 128)} | \
+        {("model.width=" + str(w), "model=cnn") for w in (16, 32, 64)}
     cfg = compose(["experiment=study_width", "model=cnn", "model.width=16"])
     assert cfg.name == "study_width" and cfg.dataset.name == "mnist1d"
     assert (cfg.model.name, cfg.model.width) == ("cnn", 16)
@@ -311,7 +315,10 @@ def test_preset_width(compose):
 
 def test_preset_optimizers(compose):
     jobs = _jobs("study_optimizers")
-    assert len(jobs) == 18
+    assert len(jobs) == 54 and len({",".join(sorted(j)) for j in jobs}) == 54
+    assert {tuple(sorted(o for o in j if o.startswith("model"))) for j in jobs} == \
+        {("model.width=" + str(w), "model=" + m) for m, ws in (("mlp", (32, 64, 128)),
+                                                             ("cnn", (16, 32, 64))) for w in ws}
     assert {o[0] for o in jobs} == {"optimizer=sgd", "optimizer=momentum", "optimizer=adam"}
     cfg = compose(["experiment=study_optimizers", "optimizer=momentum", "model=cnn"])
     assert cfg.name == "study_optimizers" and cfg.train.epochs == 5

@@ -122,7 +122,8 @@ def test_wandb_sweep_command_line_sweeps_and_errors(tmp_path, capsys):
                         (["seed=0,1", "optimizer.lr=-1"], "optimizer.lr must be > 0"),
                         (["train.epochs=2"], "nothing is swept"),
                         (["seed=0,1", "--method", "magic"], "--method must be one of"),
-                        (["seed=0,1", "--frobnicate", "1"], "unknown option --frobnicate")):
+                        (["seed=0,1", "--frobnicate", "1"], "unknown option --frobnicate"),
+                        (["experiment=study_training"], "hydra.sweeper.cases")):
         with pytest.raises(SystemExit) as exit_info:
             main([*bad, "--out", str(tmp_path / "x.yaml")])
         err = capsys.readouterr().err.strip()

@@ -13,13 +13,20 @@ run, which aborts the sweep.  This sweeper:
    ``failed`` instead of stopping the sweep;
 4. prints a table of job statuses and records it in :data:`LAST_SWEEP` for the
    runner, which exits non-zero when any job failed.
+
+Beyond the basic sweeper, ``hydra.sweeper.cases`` takes designs that are not a cartesian
+product: a list of override sets (each a string of space-separated overrides, e.g.
+``"optimizer=sgd optimizer.lr=0.01 optimizer.weight_decay=0.01"``). The sweep is then the
+union over the cases of the product of ``params``, the case and the command line (for a key
+given in more than one place, the command line wins over the case and the case over
+``params``). ``cases: null`` (default) is the basic sweeper's product.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -32,7 +39,32 @@ log = logging.getLogger(__name__)
 LAST_SWEEP: Optional[List[dict]] = None
 
 
+def _case_overrides(case: Any) -> List[str]:
+    if isinstance(case, str):
+        return case.split()
+    return [str(x) for x in case]  # a list of overrides works too
+
+
 class LandscopeSweeper(BasicSweeper):
+    def __init__(self, max_batch_size: Optional[int], params: Optional[Dict[str, str]] = None,
+                 cases: Optional[List[Any]] = None) -> None:
+        super().__init__(max_batch_size=max_batch_size, params=params)
+        self.cases = list(cases) if cases else None
+
+    def _expand(self, parser: OverridesParser, arguments: List[str]) -> List[List[List[str]]]:
+        """The job override lists in batches: the basic product, or its union over cases."""
+        params = self._parse_config()
+        if not self.cases:
+            return self.split_arguments(parser.parse_overrides(params + list(arguments)),
+                                        self.max_batch_size)
+        jobs: List[List[str]] = []
+        for case in self.cases:
+            for batch in self.split_arguments(parser.parse_overrides(
+                    params + _case_overrides(case) + list(arguments)), None):
+                jobs.extend(batch)
+        n = self.max_batch_size or len(jobs) or 1
+        return [jobs[i:i + n] for i in range(0, len(jobs), n)]
+
     def sweep(self, arguments: List[str]) -> Any:
         global LAST_SWEEP
         from landscope.errors import LandscopeError
@@ -41,9 +73,8 @@ class LandscopeSweeper(BasicSweeper):
 
         assert self.config is not None and self.launcher is not None
         assert self.hydra_context is not None
-        params = self._parse_config() + list(arguments)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        self.overrides = self.split_arguments(parser.parse_overrides(params), self.max_batch_size)
+        self.overrides = self._expand(parser, list(arguments))
 
         loader = self.hydra_context.config_loader
         dirs: dict = {}
