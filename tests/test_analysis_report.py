@@ -149,3 +149,52 @@ def test_report_h2_section_when_skip_is_swept(tmp_path):
     assert lam["n"] == 8 and lam["median_diff"] < 0 and lam["verdict"] == "supported"
     assert (tmp_path / "out" / "figures" / "h2_paired.png").is_file()
     assert any("h2_paired" in a for a in (tmp_path / "out" / "report.md").read_text().splitlines())
+
+
+def test_every_registered_section_resolves_and_several_apply_at_once(tmp_path):
+    """One sweep that varies the batch size and skip connections and carries PAC-Bayes bounds:
+    the H1, H2 and H4 sections are all written, every figure is embedded, and every entry of
+    SECTIONS imports."""
+    from landscope.analysis.report import SECTIONS, _resolve
+
+    for applies, section in SECTIONS:
+        assert callable(_resolve(applies)) and callable(_resolve(section))
+    rng = np.random.default_rng(3)
+    root = tmp_path / "sweep"
+    for batch in (16, 64, 256):
+        for skip in (True, False):
+            for seed in range(8):
+                lam = 3.0 * np.log2(batch) - (1.0 if skip else 0.0) + float(rng.normal(0, 0.3))
+                acc = 0.8 - 0.01 * lam + float(rng.normal(0, 0.005))
+                naive = 1.0
+                iso = float(rng.uniform(0.9, 0.95))
+                cfg = {"seed": seed, "name": "combo",
+                       "train": {"batch_size": batch, "target_train_loss": 0.1},
+                       "model": {"name": "mlp", "skip": skip}}
+                _write_job(root, f"model.skip={str(skip).lower()},seed={seed},"
+                                 f"train.batch_size={batch}", cfg, {
+                    "status": "completed", "seed": seed, "stop_reason": "target_train_loss",
+                    "final": {"train_loss": float(rng.uniform(0.09, 0.1)), "train_acc": 0.99,
+                              "test_acc": acc, "generalization_gap": 0.99 - acc, "epoch": 30},
+                    "probes": {"lambda_max": lam, "trace": float(rng.uniform(10, 20)),
+                               "density_n_outliers": int(rng.integers(1, 5)),
+                               "density_outlier_mass": float(rng.uniform(0, 1)),
+                               "pacbayes_naive": naive, "pacbayes_isotropic": iso,
+                               "pacbayes_hessian": iso * 0.8,
+                               "pacbayes_hessian_is_isotropic": 0.0,
+                               "pacbayes_isotropic_e_mc": 0.5, "pacbayes_hessian_e_mc": 0.5}})
+    page = build_report([root], tmp_path / "report")
+    parser = _Collect()
+    parser.feed(page.read_text())
+    text = " ".join(parser.text)
+    for heading in ("H1: smaller batches", "H2: skip connections", "H4: Hessian-informed"):
+        assert heading in text, heading
+    assert "H3:" not in text and "Optimizer study" not in text and "Study (a)" not in text
+    for name in ("h1.csv", "h2.csv", "h4.csv"):
+        assert (tmp_path / "report" / name).exists(), name
+    pngs = sorted((tmp_path / "report" / "figures").glob("*.png"))
+    assert {"h1_batch.png", "h2_paired.png", "h4_bounds.png"} <= {p.name for p in pngs}
+    assert len(parser.images) == len(pngs)
+    assert all(src.startswith("data:image/png;base64,") for src in parser.images)
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert md.count("## Appendix: statsmodels summaries") == 1 and "H1 step (a)" in md
