@@ -13,8 +13,9 @@ import pytest
 import yaml
 from scipy import stats
 
+from landscope.analysis.fixed_effects import boot_coef, fe_ols
 from landscope.analysis.hypotheses.h1 import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, applies,
-                                              boot_coef, fe_ols, h1_test, section)
+                                              h1_test, section)
 from landscope.errors import LandscopeError
 
 SIZES = (16, 32, 64, 128, 256)
