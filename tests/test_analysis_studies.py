@@ -324,3 +324,9 @@ def test_preset_optimizers(compose):
     assert cfg.name == "study_optimizers" and cfg.train.epochs == 5
     assert (cfg.optimizer.name, cfg.optimizer.momentum, cfg.model.name) == ("momentum", 0.9, "cnn")
     assert cfg.landscape.line and cfg.landscape.plane and cfg.probe.top_k >= 1
+
+
+def test_mean_sd_cells():
+    assert st.pm(0.2, 3.4e-17) == "0.2 ± 0"  # equal values: no rounding-noise spread
+    assert st.pm(2.0, 0.5) == "2 ± 0.5" and st.pm(2.0, float("nan")) == "2"
+    assert st.pm(float("nan"), 0.1) == "–"

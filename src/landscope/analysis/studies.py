@@ -89,7 +89,11 @@ def pm(mean: float, sd: float) -> str:
     """``"mean ± sd"`` for a table cell (``mean`` alone without an sd, '–' without a mean)."""
     if not (isinstance(mean, (int, float)) and math.isfinite(mean)):
         return "–"
-    return f"{fmt(float(mean))} ± {fmt(float(sd))}" if math.isfinite(sd) else fmt(float(mean))
+    if not math.isfinite(sd):
+        return fmt(float(mean))
+    if abs(sd) <= 1e-9 * max(1.0, abs(float(mean))):  # equal values: rounding noise, not spread
+        sd = 0.0
+    return f"{fmt(float(mean))} ± {fmt(float(sd))}"
 
 
 def _code(value: Any) -> str:
