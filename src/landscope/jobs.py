@@ -449,8 +449,8 @@ def probe_checkpoint(cfg: DictConfig, ckpt_path: Path) -> dict:
     job_dir = ckpt_path.parent.parent
     pfp = probe_fingerprint(cfg)
     if pfp is None:
-        raise ConfigError("probe=none switches every probe off; choose probe=basic, standard "
-                          "or full")
+        raise ConfigError("probe=none switches every probe off; choose probe=basic, standard, "
+                          "full or pacbayes")
     ckpt = load_checkpoint(ckpt_path)
     model, data = _model_from_state(cfg, ckpt["model"])
     key = {"checkpoint": ckpt_path.name, "checkpoint_sha256": payload_digest(ckpt_path)}

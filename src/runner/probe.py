@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         probe_cfg = group_config("probe", overrides)
         if str(getattr(probe_cfg.name, "value", probe_cfg.name)) == "none":
             raise LandscopeError("probe=none switches every probe off; choose probe=basic, "
-                                 "standard or full")
+                                 "standard, full or pacbayes")
         plans = [(job, ckpt, job_config(job, "probe", probe_cfg)) for job, ckpt in jobs]
     except LandscopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
