@@ -35,7 +35,8 @@ from landscope.io import atomic_write_bytes, read_json, read_jsonl
 Arrays = Mapping[str, np.ndarray]
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -44,10 +45,11 @@ def _plt():
     return plt
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_png(fig: Any, path: Path) -> Path:
+    """Write ``fig`` as a PNG to ``path`` atomically (parents created) and close it."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    _plt().close(fig)
+    pyplot().close(fig)
     path = Path(path)
     atomic_write_bytes(path, buf.getvalue())
     return path
@@ -62,7 +64,7 @@ def _sub(arrays: Arrays, prefix: str) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- training
 def plot_training(rows: Sequence[Mapping[str, Any]], path: Path, title: str = "") -> Path:
     """Train/test loss (left) and accuracy (right) per epoch."""
-    plt = _plt()
+    plt = pyplot()
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
     ep = [r["epoch"] for r in rows]
     for split, style in (("train", "-"), ("test", "--")):
@@ -72,13 +74,13 @@ def plot_training(rows: Sequence[Mapping[str, Any]], path: Path, title: str = ""
     ax_a.set(xlabel="epoch", ylabel="accuracy")
     ax_l.legend()
     fig.suptitle(title or "training curves")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_curvature(rows: Sequence[Mapping[str, Any]], path: Path, lr: Optional[float] = None,
                    title: str = "") -> Path:
     """λmax and the Hutchinson trace through training; the edge-of-stability line 2/η."""
-    plt = _plt()
+    plt = pyplot()
     got = [r for r in rows if r.get("curv_lambda_max") is not None]
     fig, (ax_l, ax_t) = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
     ep = [r["epoch"] for r in got]
@@ -92,13 +94,13 @@ def plot_curvature(rows: Sequence[Mapping[str, Any]], path: Path, lr: Optional[f
     ax_t.errorbar(ep, tr, yerr=se, fmt="o-", capsize=2)
     ax_t.set(xlabel="epoch", ylabel="trace (± s.e.)")
     fig.suptitle(title or "curvature through training")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_density(grid: np.ndarray, density: np.ndarray, path: Path,
                  eigenvalues: Optional[np.ndarray] = None, title: str = "") -> Path:
     """SLQ spectral density (log scale), with the Lanczos top eigenvalues marked."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.4))
     ax.semilogy(grid, np.maximum(density, 1e-12))
     if eigenvalues is not None:
@@ -107,7 +109,7 @@ def plot_density(grid: np.ndarray, density: np.ndarray, path: Path,
         ax.legend()
     ax.set(xlabel="eigenvalue", ylabel="density", ylim=(1e-8, None))
     ax.set_title(title or "Hessian spectral density (SLQ)")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 # ----------------------------------------------------------------------------- slices
@@ -118,7 +120,7 @@ def plot_line(a: Mapping[str, np.ndarray], path: Path, title: str = "",
     ``a`` holds ``coords (P,)`` and ``train_loss``/``train_acc`` (and optionally
     ``test_*``) of shape ``(K, P)``. With ``labels`` each direction is drawn on its own
     (e.g. eigenvectors); otherwise the mean over directions with a min-max band."""
-    plt = _plt()
+    plt = pyplot()
     x = np.asarray(a["coords"])
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
     for j, split in enumerate(s for s in ("train", "test") if f"{s}_loss" in a):
@@ -136,13 +138,13 @@ def plot_line(a: Mapping[str, np.ndarray], path: Path, title: str = "",
     ax_a.set(xlabel="coordinate α", ylabel="accuracy")
     ax_l.legend(fontsize=7)
     fig.suptitle(title or "1-D loss slices")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_plane_contour(a: Mapping[str, np.ndarray], path: Path, key: str = "train_loss",
                        title: str = "") -> Path:
     """2-D slice as filled contours of ``key`` (log-spaced levels for losses)."""
-    plt = _plt()
+    plt = pyplot()
     x, y, z = np.asarray(a["x"]), np.asarray(a["y"]), np.asarray(a[key])
     fig, ax = plt.subplots(figsize=(5, 4.3))
     cs = ax.contourf(x, y, z.T, levels=_levels(z, key), cmap="viridis")
@@ -152,13 +154,13 @@ def plot_plane_contour(a: Mapping[str, np.ndarray], path: Path, key: str = "trai
     ax.set(xlabel="α (direction 1)", ylabel="β (direction 2)", aspect="equal")
     ax.legend(fontsize=7)
     ax.set_title(title or f"2-D slice: {key.replace('_', ' ')}")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_plane_surface(a: Mapping[str, np.ndarray], path: Path, key: str = "train_loss",
                        title: str = "") -> Path:
     """2-D slice as a 3-D surface."""
-    plt = _plt()
+    plt = pyplot()
     x, y, z = np.asarray(a["x"]), np.asarray(a["y"]), np.asarray(a[key])
     fig = plt.figure(figsize=(5.5, 4.5))
     ax = fig.add_subplot(projection="3d")
@@ -166,7 +168,7 @@ def plot_plane_surface(a: Mapping[str, np.ndarray], path: Path, key: str = "trai
     ax.plot_surface(xx, yy, z, cmap="viridis", linewidth=0, antialiased=True)
     ax.set(xlabel="α", ylabel="β", zlabel=key.replace("_", " "))
     ax.set_title(title or f"2-D slice: {key.replace('_', ' ')}")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _levels(z: np.ndarray, key: str, n: int = 25) -> Any:
@@ -184,7 +186,7 @@ def plot_trajectory(a: Mapping[str, np.ndarray], path: Path, title: str = "") ->
     """The training path on the loss contour of its PCA plane, and the fidelity check:
     true loss along the path against the contour value at each projected point, with the
     relative off-plane residual."""
-    plt = _plt()
+    plt = pyplot()
     fig, (ax_c, ax_f) = plt.subplots(1, 2, figsize=(10, 4.2), layout="constrained")
     gx, gy, gz = (np.asarray(a[k]) for k in ("grid_x", "grid_y", "grid_loss"))
     # grid_loss[j, i] is the loss at (grid_x[i], grid_y[j]): contourf's own layout
@@ -208,13 +210,13 @@ def plot_trajectory(a: Mapping[str, np.ndarray], path: Path, title: str = "") ->
     ax_f.legend(fontsize=7, loc="upper center")
     ax_f.set_title("fidelity of the 2-D picture")
     fig.suptitle(title or "training trajectory")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_intrinsic(a: Mapping[str, np.ndarray], path: Path, reference_acc: Optional[float] = None,
                    title: str = "") -> Path:
     """Test accuracy of subspace training against the subspace dimension d."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     ax.semilogx(a["dims"], a["test_acc"], "o-", label="test accuracy")
     if "train_acc" in a:
@@ -225,14 +227,14 @@ def plot_intrinsic(a: Mapping[str, np.ndarray], path: Path, reference_acc: Optio
     ax.set(xlabel="subspace dimension d", ylabel="accuracy")
     ax.legend(fontsize=7)
     ax.set_title(title or "intrinsic dimension")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 # ----------------------------------------------------------------------------- connectivity
 def plot_path(paths: Mapping[str, Mapping[str, np.ndarray]], path: Path, title: str = "") -> Path:
     """Loss and error along connecting paths, e.g. ``{"linear": {...}, "bezier": {...}}``
     each with ``t`` and ``train_loss``/``train_acc`` (and optionally ``test_*``)."""
-    plt = _plt()
+    plt = pyplot()
     fig, (ax_l, ax_e) = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
     for i, (name, a) in enumerate(paths.items()):
         for split, style in (("train", "-"), ("test", "--")):
@@ -245,7 +247,7 @@ def plot_path(paths: Mapping[str, Mapping[str, np.ndarray]], path: Path, title: 
     ax_e.set(xlabel="t", ylabel="error")
     ax_l.legend(fontsize=7)
     fig.suptitle(title or "mode connectivity")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 # ----------------------------------------------------------------------------- job level
@@ -356,7 +358,7 @@ def plot_measure_scatter(x: np.ndarray, y: np.ndarray, path: Path, xlabel: str,
                          title: str = "") -> Path:
     """One point per job: a measure against a generalization target, coloured by group
     (e.g. the swept optimizer)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.8), layout="constrained")
     x, y = np.asarray(x, float), np.asarray(y, float)
     if groups is None:
@@ -372,13 +374,13 @@ def plot_measure_scatter(x: np.ndarray, y: np.ndarray, path: Path, xlabel: str,
         ax.set_xscale("log")
     ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.set_title(title or f"{xlabel} vs {ylabel}", fontsize=9)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_paired(before: np.ndarray, after: np.ndarray, path: Path, ylabel: str,
                 labels: Sequence[str] = ("off", "on"), title: str = "") -> Path:
     """Paired values, one line per pair (e.g. one seed with a switch off and on)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4, 3.8), layout="constrained")
     for b, a in zip(np.asarray(before, float), np.asarray(after, float)):
         ax.plot([0, 1], [b, a], "o-", color="C0" if a < b else "C3", alpha=0.7)
@@ -386,4 +388,4 @@ def plot_paired(before: np.ndarray, after: np.ndarray, path: Path, ylabel: str,
     ax.set_xlim(-0.3, 1.3)
     ax.set_ylabel(ylabel)
     ax.set_title(title or f"{ylabel}: paired", fontsize=9)
-    return _save(fig, path)
+    return save_png(fig, path)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 
 def arguments(argv: Optional[list[str]], doc: str) -> list[str]:
@@ -81,3 +81,34 @@ def update_finished_job(job: Path, cfg, verb: str, shown: Callable[[dict], dict]
         return False
     print(f"{verb}: {job} {shown(result)}")
     return True
+
+
+def run_each(items: Iterable[Any], label: Callable[[Any], str],
+             work: Callable[[Any], tuple[str, Any]], shown: Callable[[Any], str]) -> dict:
+    """``work(item) -> (how, record)`` for every item, ``how`` being ``computed`` or
+    ``cached``: one line per item (``how: label  shown(record)``, with the seconds when
+    computed), ``failed: label: message`` on stderr when it raises (the others still run);
+    Ctrl-C exits 130 with a hint that the same command resumes. Returns the counts."""
+    import time
+
+    from landscope.errors import LandscopeError
+    from runner.app import one_line
+
+    counts = {"computed": 0, "cached": 0, "failed": 0}
+    for item in items:
+        tic = time.perf_counter()
+        try:
+            how, record = work(item)
+        except KeyboardInterrupt:
+            print("interrupted: run the same command again to resume", file=sys.stderr)
+            sys.exit(130)
+        except Exception as exc:
+            counts["failed"] += 1
+            msg = one_line(exc) if isinstance(exc, LandscopeError) \
+                else f"{type(exc).__name__}: {one_line(exc)}"
+            print(f"failed: {label(item)}: {msg}", file=sys.stderr, flush=True)
+            continue
+        counts[how] += 1
+        took = f" ({time.perf_counter() - tic:.1f} s)" if how == "computed" else ""
+        print(f"{how}: {label(item)}  {shown(record)}{took}", flush=True)
+    return counts

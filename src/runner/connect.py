@@ -281,7 +281,7 @@ def run_pair(pair: dict, settings: dict, out_dir: Path) -> tuple[str, dict]:
 
 def main(argv: list[str] | None = None) -> None:
     from runner.app import one_line
-    from runner.cli import arguments, paths_and_overrides
+    from runner.cli import arguments, paths_and_overrides, run_each
 
     args = arguments(argv, __doc__)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -301,24 +301,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     for note in notes:
         print(note, flush=True)
-    counts = {"computed": 0, "cached": 0, "failed": 0}
-    for pair in pairs:
-        label = f"{pair['group']}/{pair['a']['name']}__{pair['b']['name']}"
-        tic = time.perf_counter()
-        try:
-            how, record = run_pair(pair, settings, sweep / "connectivity")
-        except KeyboardInterrupt:
-            print("interrupted: run the same command again to resume", file=sys.stderr)
-            sys.exit(130)
-        except Exception as exc:
-            counts["failed"] += 1
-            msg = one_line(exc) if isinstance(exc, LandscopeError) \
-                else f"{type(exc).__name__}: {one_line(exc)}"
-            print(f"failed: {label}: {msg}", file=sys.stderr, flush=True)
-            continue
-        counts[how] += 1
-        took = f" ({time.perf_counter() - tic:.1f} s)" if how == "computed" else ""
-        print(f"{how}: {label}  {_summary(record['scalars'])}{took}", flush=True)
+    counts = run_each(pairs, lambda p: f"{p['group']}/{p['a']['name']}__{p['b']['name']}",
+                      lambda p: run_pair(p, settings, sweep / "connectivity"),
+                      lambda record: _summary(record["scalars"]))
     print(f"{len(pairs)} pairs: {counts['computed']} computed, {counts['cached']} cached, "
           f"{counts['failed']} failed ({sweep / 'connectivity'})")
     sys.exit(1 if counts["failed"] else 0)

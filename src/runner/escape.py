@@ -268,7 +268,7 @@ def _summary(record: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     from runner.app import one_line
-    from runner.cli import arguments, paths_and_overrides
+    from runner.cli import arguments, paths_and_overrides, run_each
 
     args = arguments(argv, __doc__)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -286,24 +286,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     for note in notes:
         print(note, flush=True)
-    counts = {"computed": 0, "cached": 0, "failed": 0}
     fp = settings_fingerprint(settings)
-    for job in jobs:
-        tic = time.perf_counter()
-        try:
-            how, record = run_job(job, settings)
-        except KeyboardInterrupt:
-            print("interrupted: run the same command again to resume", file=sys.stderr)
-            sys.exit(130)
-        except Exception as exc:
-            counts["failed"] += 1
-            msg = one_line(exc) if isinstance(exc, LandscopeError) \
-                else f"{type(exc).__name__}: {one_line(exc)}"
-            print(f"failed: {job['dir']}: {msg}", file=sys.stderr, flush=True)
-            continue
-        counts[how] += 1
-        took = f" ({time.perf_counter() - tic:.1f} s)" if how == "computed" else ""
-        print(f"{how}: {job['dir']}  {_summary(record)}{took}", flush=True)
+    counts = run_each(jobs, lambda job: str(job["dir"]), lambda job: run_job(job, settings),
+                      _summary)
     print(f"{len(jobs)} jobs: {counts['computed']} computed, {counts['cached']} cached, "
           f"{counts['failed']} failed (results in <job>/{RESULTS_DIR}/{fp}.json)")
     sys.exit(1 if counts["failed"] else 0)

@@ -31,6 +31,14 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def short(x: Any) -> str:
+    """A number in a plain-text summary: 4 significant digits, 'nan' when missing."""
+    try:
+        return "nan" if x is None or not math.isfinite(float(x)) else f"{float(x):.4g}"
+    except (TypeError, ValueError):
+        return str(x)
+
+
 def table(df: pd.DataFrame, columns: Sequence[tuple[str, str]]) -> tuple[str, str]:
     """``(markdown, html)`` of ``df[columns]`` with the given headers (absent columns skipped)."""
     cols = [c for c, _ in columns if c in df.columns]

@@ -20,7 +20,6 @@ the target (and the control, for the partial correlation) are finite.
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 import warnings
@@ -232,7 +231,6 @@ def mixed_model(y: np.ndarray, x: np.ndarray, groups: np.ndarray) -> tuple[float
     """MixedLM y ~ 1 + standardized x with a random intercept per group: (coef, se, p, note).
     Failures, singular fits and non-convergence give NaN (or the estimate) and a note."""
     import statsmodels.formula.api as smf
-    from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
     n_groups = len(np.unique(groups))
     if n_groups < 2 or len(y) < 4 or np.std(x) == 0:

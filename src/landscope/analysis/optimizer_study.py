@@ -191,11 +191,9 @@ def verdict_text(tests: pd.DataFrame) -> str:
 
 def plot(jobs: pd.DataFrame, path: Path) -> None:
     """Test accuracy, λmax and trace per optimizer, one dot per seed, mean as a bar."""
-    import matplotlib
+    from landscope.plots import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = list(summary_table(jobs)["optimizer"])
     fig, axes = plt.subplots(1, len(MEASURES), figsize=(4.2 * len(MEASURES), 3.6))
     rng = np.random.default_rng(0)
@@ -213,11 +211,7 @@ def plot(jobs: pd.DataFrame, path: Path) -> None:
         ax.set_title(label)
         ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_png(fig, path)
 
 
 SUMMARY_COLUMNS = [("optimizer", "optimizer"), ("n", "n"),

@@ -36,6 +36,7 @@ from landscope.analysis.doc import fmt
 from landscope.analysis.measures import kendall
 from landscope.errors import LandscopeError
 from landscope.io import atomic_write_text
+from landscope.plots import pyplot, save_png
 
 TRAINING, WIDTH, OPTIMIZERS = "study_training", "study_width", "study_optimizers"
 #: study_width: the test accuracy every configuration reaches within the preset's 30 epochs
@@ -156,28 +157,6 @@ def _isnan(v: Any) -> bool:
     return isinstance(v, float) and math.isnan(v)
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save_fig(fig: Any, path: Path) -> Path:
-    import io
-
-    from landscope.io import atomic_write_bytes
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    _plt().close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
-
-
-# --------------------------------------------------------------------------- (a) training
 def training_table(jobs: pd.DataFrame) -> pd.DataFrame:
     """One row per training configuration (optimizer name, lr, momentum, weight decay; model
     if several): ``configuration``, the keys, ``n``, ``test_acc``/``lambda_max``/``train_loss``
@@ -320,7 +299,7 @@ def optimizers_table(jobs: pd.DataFrame, barriers: Optional[pd.DataFrame] = None
 # --------------------------------------------------------------------------- figures
 def plot_training(jobs: pd.DataFrame, table: pd.DataFrame, path: Path) -> Path:
     """Test accuracy against λmax, one colour per configuration, mean ± sd crosses."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for i, (_, r) in enumerate(table.iterrows()):
         sel = np.ones(len(jobs), bool)
@@ -340,12 +319,12 @@ def plot_training(jobs: pd.DataFrame, table: pd.DataFrame, path: Path) -> Path:
     ax.set_ylabel("test accuracy")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return _save_fig(fig, path)
+    return save_png(fig, path)
 
 
 def plot_width(table: pd.DataFrame, path: Path, target: float = TARGET_TEST_ACC) -> Path:
     """Epochs to the target, λmax and the plane's border rise against width, per architecture."""
-    plt = _plt()
+    plt = pyplot()
     panels = [("epochs", f"epochs to test accuracy ≥ {target:g}"), ("lambda_max", "λmax"),
               ("plane_rise", "2-D slice: border rise of train loss")]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -365,13 +344,13 @@ def plot_width(table: pd.DataFrame, path: Path, target: float = TARGET_TEST_ACC)
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    return _save_fig(fig, path)
+    return save_png(fig, path)
 
 
 def plot_optimizers(table: pd.DataFrame, path: Path) -> Path:
     """Grouped bars (architecture × optimizer, mean ± sd) of λmax, line and plane rise and the
     seed-to-seed barrier."""
-    plt = _plt()
+    plt = pyplot()
     panels = [("lambda_max", "λmax"), ("line_rise", "1-D slice: rise of train loss"),
               ("plane_rise", "2-D slice: border rise"), ("barrier_loss", "barrier (train loss)")]
     archs = list(dict.fromkeys(table["architecture"]))
@@ -388,7 +367,7 @@ def plot_optimizers(table: pd.DataFrame, path: Path) -> Path:
         ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3, axis="y")
     axes[0].legend(fontsize=7)
-    return _save_fig(fig, path)
+    return save_png(fig, path)
 
 
 # --------------------------------------------------------------------------- report sections

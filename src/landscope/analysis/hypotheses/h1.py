@@ -112,6 +112,7 @@ from landscope.analysis.fixed_effects import (boot_coef, fe_ols, seed_codes, sta
                                                within)
 from landscope.analysis.hypotheses.h2 import holm
 from landscope.analysis.measures import partial_correlation
+from landscope.analysis.doc import short as _fmt
 from landscope.errors import LandscopeError
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
@@ -190,13 +191,6 @@ class H1Result:
                 f"(p={_fmt(r.mixed_p)}) -> {r.verdict}" + (f" ({r.reason})" if r.reason else ""))
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
-
-
-def _fmt(x: Any) -> str:
-    try:
-        return "nan" if x is None or not math.isfinite(float(x)) else f"{float(x):.4g}"
-    except (TypeError, ValueError):
-        return str(x)
 
 
 # --------------------------------------------------------------------------- input
@@ -532,15 +526,9 @@ def h1_test(jobs: pd.DataFrame, alpha: float = 0.05, n_boot: int = 2000, seed: i
 def plot_h1(res: H1Result, path: Path) -> Path:
     """Two panels: λmax against batch size (log2 axis, with the step-(a) fit) and test error
     against λmax coloured by batch size; jobs off target are drawn as crosses."""
-    import io
+    from landscope.plots import pyplot, save_png
 
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    from landscope.io import atomic_write_bytes
-
+    plt = pyplot()
     d = res.data
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.8), layout="constrained")
     sizes = np.unique(d["batch_size"].dropna())
@@ -577,12 +565,7 @@ def plot_h1(res: H1Result, path: Path) -> Path:
     for size in sizes:
         ax2.scatter([], [], color=colours[size], s=22, label=f"batch {size:g}")
     ax2.legend(fontsize=7)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    path = Path(path)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return save_png(fig, path)
 
 
 # --------------------------------------------------------------------------- report section

@@ -79,6 +79,7 @@ import yaml
 from scipy import stats
 
 from landscope.analysis.collect import _NOT_SWEPT, _NOT_SWEPT_PREFIXES, flatten, swept_keys
+from landscope.analysis.doc import short as _fmt
 from landscope.errors import LandscopeError
 
 MEASURES = ("probe.lambda_max", "probe.trace", "probe.density_n_outliers",
@@ -135,13 +136,6 @@ class H2Result:
                 + (f" ({row.reason})" if row.reason else ""))
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
-
-
-def _fmt(x: Any) -> str:
-    try:
-        return "nan" if x is None or not math.isfinite(float(x)) else f"{float(x):.4g}"
-    except (TypeError, ValueError):
-        return str(x)
 
 
 # --------------------------------------------------------------------------- pairing

@@ -87,6 +87,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from landscope.analysis.doc import short as _fmt
 from landscope.analysis.hypotheses.h2 import holm
 from landscope.errors import LandscopeError
 
@@ -154,13 +155,6 @@ class H3Result:
                          + (f" ({r.reason})" if r.reason else ""))
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
-
-
-def _fmt(x: Any) -> str:
-    try:
-        return "nan" if x is None or not math.isfinite(float(x)) else f"{float(x):.4g}"
-    except (TypeError, ValueError):
-        return str(x)
 
 
 # --------------------------------------------------------------------------- loading
@@ -505,16 +499,9 @@ def h3_test(escapes: pd.DataFrame, alignment: str = ALIGNMENT, alpha: float = 0.
 def plot_escape(data: pd.DataFrame, path: Path, alignment: str) -> Path:
     """Log escape step against the alignment, colored by log10(η/B); censored runs (at
     max_steps) as crosses.  Matplotlib's Agg backend; written atomically."""
-    import io
+    from landscope.plots import pyplot, save_png
 
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    from landscope.io import atomic_write_bytes
-
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = pyplot().subplots(figsize=(5.5, 4))
     try:
         c = np.log10(data["rate"].to_numpy(float))
         vmin, vmax = (float(c.min()), float(c.max())) if len(c) else (0.0, 1.0)
@@ -533,12 +520,10 @@ def plot_escape(data: pd.DataFrame, path: Path, alignment: str) -> Path:
         ax.set_ylabel("log escape step")
         ax.set_title("H3: escape time vs noise–curvature alignment", fontsize=10)
         fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110)
-    finally:
-        plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    except BaseException:
+        pyplot().close(fig)
+        raise
+    return save_png(fig, path)
 
 
 def applies(ctx) -> bool:
