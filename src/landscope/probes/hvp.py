@@ -27,6 +27,11 @@ Measured on CPU (2 cores, 1 thread, float32) by ``scripts/bench_hvp.py``: ``cach
 ResNet with BatchNorm and a ViT with LayerNorm; ``forward_over_reverse`` is the slowest
 (1.3-1.5x ``double_backward``).  So ``cached`` is the default for every model family.
 
+With ``primitives=True`` (the default) the loss is evaluated inside
+:class:`~landscope.probes.primitives.CurvaturePrimitives`: eval-mode BatchNorm folded into
+the convolution or linear layer before it, ReLU as a mask, cross-entropy as
+``logsumexp - gather``.  Same loss and Hessian up to rounding, cheaper second derivatives.
+
 ``mode="eval"`` evaluates with the model in eval mode (BatchNorm uses running statistics);
 ``mode="train"`` uses batch statistics over the fixed micro-batch partition without
 updating the running statistics (:func:`landscope.models.frozen_batchnorm_stats`).  The
@@ -47,6 +52,7 @@ from torch.func import functional_call
 from landscope.errors import LandscopeError
 from landscope.losses import task_loss
 from landscope.models import frozen_batchnorm_stats
+from landscope.probes.primitives import CurvaturePrimitives
 from landscope.probes.probe_data import ProbeData
 
 Method = Literal["cached", "double_backward", "forward_over_reverse"]
@@ -131,7 +137,8 @@ class HessianOperator:
     def __init__(self, model: nn.Module, data: ProbeData, *,
                  params: Optional[dict[str, Tensor]] = None, mode: Mode = "eval",
                  method: Optional[Method] = None, check_determinism: bool = True,
-                 max_cached_batches: int = MAX_CACHED_BATCHES, seed: int = 0) -> None:
+                 max_cached_batches: int = MAX_CACHED_BATCHES, seed: int = 0,
+                 primitives: bool = True) -> None:
         if mode not in MODES:
             raise LandscopeError(f"probe mode must be one of {', '.join(MODES)} (got {mode!r})")
         chosen: str = DEFAULT_METHOD if method is None else method
@@ -139,6 +146,7 @@ class HessianOperator:
             raise LandscopeError(f"HVP method must be one of {', '.join(METHODS)} "
                                  f"(got {chosen!r})")
         self.model, self.mode, self.requested_method = model, mode, chosen
+        self.primitives = bool(primitives)
         self.param_names, values = resolve_params(model, params)
         self.dtype: torch.dtype = values[0].dtype
         self.device: torch.device = values[0].device
@@ -185,8 +193,9 @@ class HessianOperator:
 
     # ----------------------------------------------------------------- loss pieces
     def _batch_loss(self, params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        logits = functional_call(self.model, {**self._fixed, **params}, (x,))
-        return task_loss(self.model, logits, y)
+        with CurvaturePrimitives() if self.primitives else contextlib.nullcontext():
+            logits = functional_call(self.model, {**self._fixed, **params}, (x,))
+            return task_loss(self.model, logits, y)
 
     def _leaf_dict(self) -> dict[str, Tensor]:
         return dict(zip(self.param_names, self._leaves))
