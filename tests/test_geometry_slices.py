@@ -366,3 +366,40 @@ def test_bad_inputs_raise_one_line_errors(setup):
         with pytest.raises(LandscopeError) as err:
             case()
         assert str(err.value) and "\n" not in str(err.value)
+
+
+def test_interrupted_parallel_scan_keeps_finished_chunks_and_stops_workers(tmp_path,
+                                                                         monkeypatch):
+    """The parent is interrupted while workers run: the chunks they finished (and the ones
+    they held) are saved, the workers stop claiming, the temporary directory goes, and a
+    resumed scan evaluates only the rest, with values identical to a serial scan."""
+    import glob
+    import tempfile
+
+    from landscope.geometry import scan as scan_mod
+
+    space = ParamSpace(_model())
+    dirs = random_directions(space, 2, seed=1)
+    train = _data(2000, 0, micro_batch=500)
+    xs = symmetric_grid(1.0, 15)
+    full = plane_slice(space, dirs[0], dirs[1], xs, xs, train)
+    before = set(glob.glob(f"{tempfile.gettempdir()}/landscope-slice-*"))
+    monkeypatch.setattr(scan_mod, "_POLL_S", 0.001)
+    real_save, saves = scan_mod._save_store, []
+
+    def save_then_interrupt(*args, **kwargs):
+        real_save(*args, **kwargs)
+        saves.append(1)
+        if len(saves) == 1:
+            raise KeyboardInterrupt("simulated interruption")
+    monkeypatch.setattr(scan_mod, "_save_store", save_then_interrupt)
+    store = tmp_path / "p.npz"
+    with pytest.raises(KeyboardInterrupt):
+        plane_slice(space, dirs[0], dirs[1], xs, xs, train, workers=2, store=store,
+                    save_every=0.0)
+    assert set(glob.glob(f"{tempfile.gettempdir()}/landscope-slice-*")) == before
+    monkeypatch.setattr(scan_mod, "_save_store", real_save)
+    resumed = plane_slice(space, dirs[0], dirs[1], xs, xs, train, workers=2, store=store)
+    assert 0 < resumed.n_evaluated < full.n_points - 32  # at least one 32-point chunk kept
+    for key, value in full.arrays().items():
+        assert np.array_equal(resumed.arrays()[key], value), key

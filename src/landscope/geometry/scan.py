@@ -6,12 +6,15 @@ A :class:`Scan` lists points ``base + c * dirs[d]`` with ``base = theta0 + rc * 
 (one row ``[rd, rc, d, c]`` of ``terms`` per point) and the data sets to evaluate them on;
 :func:`run_scan` returns ``[loss, acc]`` per data set for every point.
 
-Workers. With ``workers > 1`` the points are evaluated by ``joblib`` (loky) worker processes,
-each with one torch thread. The scan (the space, directions, coordinates, data) is pickled once
-into a temporary file that every worker reads once per scan (the space is rebuilt only when it
-differs from the worker's previous one); tasks carry only point indices, in guided chunks
-(large first, at most 32 points, small at the end so the workers finish together), all queued
-at once. Every point is computed by the same code from the same inputs whatever process runs
+Workers. With ``workers > 1`` the points are evaluated by loky (joblib's process pool) worker
+processes, each with one torch thread. The scan (the space, directions, coordinates, data and
+the list of chunks) is pickled once into a temporary directory that every worker reads once per
+scan (the space is rebuilt only when it differs from the worker's previous one). The chunks are
+guided (large first, at most 32 points, small at the end so the workers finish together), and
+the workers schedule themselves: each claims the next free chunk by creating its claim file
+exclusively, so no chunk waits for the parent process to hand it out (with a queue per chunk,
+a parent descheduled on a busy 2-core machine left the workers idle for a quarter of a 21 x 21
+plane). Every point is computed by the same code from the same inputs whatever process runs
 it, so the values do not depend on ``workers`` or on how a scan was interrupted and resumed.
 
 Resume. With a store path the completed points are written atomically (temp file +
@@ -25,10 +28,12 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import tempfile
 import time
 import uuid
 import warnings
+from concurrent.futures import FIRST_EXCEPTION, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -138,28 +143,61 @@ def _unportable(batches: Any) -> Optional[ProbeData]:
     return ProbeData([(one(x), one(y)) for x, y in batches])
 
 
-def _worker_chunk(token: str, payload: str, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Evaluate the points ``idx`` of the scan stored in the file ``payload`` (read once per
-    scan and process; the ParamSpace inside is unpickled only when it differs from the
-    previous scan's, by the hash of its pickle)."""
+def _load_worker_scan(token: str, payload: str) -> None:
+    """Make ``_WORKER`` hold the scan stored in the file ``payload`` (read once per scan and
+    process; the ParamSpace inside is unpickled only when it differs from the previous
+    scan's, by the hash of its pickle)."""
     if torch.get_num_threads() != 1:
         torch.set_num_threads(1)
-    if _WORKER.get("token") != token:
-        pickler = _cloudpickle()
-        p = pickler.loads(Path(payload).read_bytes())
-        if _WORKER.get("space_key") != p["space_key"]:
-            _WORKER["space"] = pickler.loads(p["space"])
-            _WORKER["space_key"] = p["space_key"]
-        _WORKER["scan"] = Scan(p["kind"], p["dirs"], p["terms"], p["axes"],
-                                [_unportable(s) for s in p["sets"]], p["bn"],
-                                _unportable(p["bn_data"]))
-        _WORKER["token"] = token
-    return idx, evaluate_points(_WORKER["space"], _WORKER["scan"], idx.tolist())
+    if _WORKER.get("token") == token:
+        return
+    pickler = _cloudpickle()
+    p = pickler.loads(Path(payload).read_bytes())
+    if _WORKER.get("space_key") != p["space_key"]:
+        _WORKER["space"] = pickler.loads(p["space"])
+        _WORKER["space_key"] = p["space_key"]
+    _WORKER["scan"] = Scan(p["kind"], p["dirs"], p["terms"], p["axes"],
+                            [_unportable(s) for s in p["sets"]], p["bn"],
+                            _unportable(p["bn_data"]))
+    _WORKER["chunks"] = p["chunks"]
+    _WORKER["token"] = token
+
+
+def _claim(workdir: str, k: int) -> bool:
+    """Atomically claim chunk ``k`` (exclusive creation of its claim file)."""
+    try:
+        os.close(os.open(os.path.join(workdir, f"{k}.claim"),
+                         os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def _worker_scan(token: str, payload: str, workdir: str) -> int:
+    """Claim chunks of the scan in order and evaluate them until none is left or the stop
+    file appears; each chunk's values go to ``<k>.npy`` in ``workdir`` (written atomically).
+    Returns the number of chunks this worker evaluated."""
+    _load_worker_scan(token, payload)
+    space, scan = _WORKER["space"], _WORKER["scan"]
+    stop = os.path.join(workdir, "stop")
+    n = 0
+    for k, idx in enumerate(_WORKER["chunks"]):
+        if os.path.exists(stop):
+            break
+        if not _claim(workdir, k):
+            continue
+        vals = evaluate_points(space, scan, idx.tolist())
+        tmp = os.path.join(workdir, f"{k}.part")
+        with open(tmp, "wb") as fh:
+            np.save(fh, vals)
+        os.replace(tmp, os.path.join(workdir, f"{k}.npy"))
+        n += 1
+    return n
 
 
 def _chunks(todo: np.ndarray, workers: int, cap: int = 32) -> list[np.ndarray]:
     """Guided scheduling: chunks of ``ceil(remaining / (3 workers))`` points, between 2 and
-    ``cap`` (large first for little dispatch overhead, small last so the workers finish
+    ``cap`` (large first for little claiming overhead, small last so the workers finish
     together; the cap bounds the work lost to an interruption)."""
     out, start = [], 0
     while start < len(todo):
@@ -169,33 +207,66 @@ def _chunks(todo: np.ndarray, workers: int, cap: int = 32) -> list[np.ndarray]:
     return out
 
 
+_POLL_S = 0.5  # how often this process collects finished chunks while workers run
+_STOP_WAIT_S = 30.0  # after an interruption: how long to wait for the workers' current chunks
+
+
 def _run_parallel(space: ParamSpace, scan: Scan, todo: np.ndarray, workers: int,
                   on_chunk: Callable[[np.ndarray, np.ndarray], None]) -> None:
-    """Evaluate ``todo`` in joblib/loky worker processes. The scan (model, directions, data)
-    is pickled once into a temporary file that each worker reads once; tasks carry only the
-    file name and point indices."""
-    from joblib import Parallel, delayed
+    """Evaluate ``todo`` in loky worker processes that schedule themselves.
+
+    The scan (model, directions, data, chunk list) is pickled once into a temporary
+    directory that each worker reads once. Each worker gets one task: claim the next free
+    chunk (an exclusively created file), evaluate it, write its values, repeat. No chunk
+    waits for this process to hand it out, so a busy or descheduled parent does not stall
+    the workers; the parent wakes every ``_POLL_S`` seconds to pass finished chunks to
+    ``on_chunk`` (which saves the store). On an interruption it writes a stop file, lets
+    the workers finish the chunks they hold (up to ``_STOP_WAIT_S``), collects them, and
+    re-raises."""
+    from joblib.externals.loky import get_reusable_executor
     pickler = _cloudpickle()
     space_blob = pickler.dumps(space)
+    chunks = _chunks(todo, workers)
     payload = pickler.dumps({
         "space": space_blob, "space_key": hashlib.blake2b(space_blob, digest_size=16).digest(),
         "kind": scan.kind, "dirs": scan.dirs.cpu(), "terms": scan.terms,
         "axes": scan.axes, "sets": [_portable(s) for s in scan.sets], "bn": scan.bn,
-        "bn_data": _portable(scan.bn_data)})
-    fd, path = tempfile.mkstemp(prefix="landscope-slice-", suffix=".pkl")
+        "bn_data": _portable(scan.bn_data), "chunks": chunks})
+    workdir = tempfile.mkdtemp(prefix="landscope-slice-")
+    path = os.path.join(workdir, "scan.pkl")
+    collected: set[int] = set()
+
+    def collect() -> None:
+        for k, idx in enumerate(chunks):
+            if k in collected:
+                continue
+            f = os.path.join(workdir, f"{k}.npy")
+            if os.path.exists(f):
+                collected.add(k)
+                on_chunk(idx, np.load(f))
+
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(path, "wb") as fh:
             fh.write(payload)
         token = uuid.uuid4().hex
-        # every chunk queued at once, one per task: workers never wait for this process to
-        # hand out the next batch (it may be descheduled on a busy machine)
-        with Parallel(n_jobs=workers, backend="loky", return_as="generator_unordered",
-                      batch_size=1, pre_dispatch="all") as par:
-            for idx, vals in par(delayed(_worker_chunk)(token, path, c)
-                                 for c in _chunks(todo, workers)):
-                on_chunk(idx, vals)
+        executor = get_reusable_executor(max_workers=workers)
+        futures = [executor.submit(_worker_scan, token, path, workdir)
+                   for _ in range(min(workers, len(chunks)))]
+        try:
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=_POLL_S, return_when=FIRST_EXCEPTION)
+                for f in done:
+                    f.result()  # a worker's error, raised here
+                collect()
+            collect()
+        except BaseException:
+            Path(workdir, "stop").touch()
+            wait(futures, timeout=_STOP_WAIT_S)
+            collect()
+            raise
     finally:
-        os.unlink(path)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def run_scan(space: ParamSpace, scan: Scan, workers: int, store: Optional[Path],
