@@ -403,3 +403,15 @@ def test_interrupted_parallel_scan_keeps_finished_chunks_and_stops_workers(tmp_p
     assert 0 < resumed.n_evaluated < full.n_points - 32  # at least one 32-point chunk kept
     for key, value in full.arrays().items():
         assert np.array_equal(resumed.arrays()[key], value), key
+
+
+def test_joblib_parallel_still_works_after_parallel_slices(setup):
+    """Slices and joblib share loky's reusable pool; either may come first."""
+    from joblib import Parallel, delayed
+    _, space, dirs, train, _ = setup
+    xs = symmetric_grid(1.0, 3)
+    assert Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(3)) == [0, 1, 2]
+    first = line_slice(space, dirs, xs, train, workers=2)
+    assert Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(3)) == [0, 1, 2]
+    again = line_slice(space, dirs, xs, train, workers=2)
+    assert np.array_equal(first.train_loss, again.train_loss)

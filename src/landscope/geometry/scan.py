@@ -82,26 +82,33 @@ def evaluate_points(space: ParamSpace, scan: Scan, idx: Sequence[int],
     row_key: Optional[tuple[float, float]] = None
     out = np.empty((len(idx), scan.width))
     space.set_point(theta0)  # buffers back to the model's own
-    for n, i in enumerate(idx):
-        rd, rc, d, c = terms[i]
-        if rd < 0 or rc == 0:
-            base = theta0
-        else:
-            if row_key != (rd, rc):
-                with torch.no_grad():
-                    torch.add(theta0, dirs[int(rd)], alpha=rc, out=row)
-                row_key = (rd, rc)
-            base = row
-        space.set_affine(base, None if d < 0 else dirs[int(d)], c)
-        if recompute:
-            space.recompute_batchnorm(bn_data)
-        vals: list[float] = []
-        for data in scan.sets:
-            ev = space.evaluate_current(data)
-            vals += [ev.loss, ev.acc]
-        out[n] = vals
-        if on_point is not None:
-            on_point(i, vals)
+    layers = space.input_layers
+    layers.start(scan.dirs, [x for data in scan.sets + ([bn_data] if recompute else [])
+                             for x, _, _ in space.prepared(data)])
+    try:
+        for n, i in enumerate(idx):
+            rd, rc, d, c = terms[i]
+            if rd < 0 or rc == 0:
+                base = theta0
+            else:
+                if row_key != (rd, rc):
+                    with torch.no_grad():
+                        torch.add(theta0, dirs[int(rd)], alpha=rc, out=row)
+                    row_key = (rd, rc)
+                base = row
+            space.set_affine(base, None if d < 0 else dirs[int(d)], c)
+            layers.declare(tuple((int(k), float(a)) for k, a in ((rd, rc), (d, c)) if k >= 0))
+            if recompute:
+                space.recompute_batchnorm(bn_data)
+            vals: list[float] = []
+            for data in scan.sets:
+                ev = space.evaluate_current(data)
+                vals += [ev.loss, ev.acc]
+            out[n] = vals
+            if on_point is not None:
+                on_point(i, vals)
+    finally:
+        layers.stop()
     return out
 
 
@@ -223,7 +230,9 @@ def _run_parallel(space: ParamSpace, scan: Scan, todo: np.ndarray, workers: int,
     ``on_chunk`` (which saves the store). On an interruption it writes a stop file, lets
     the workers finish the chunks they hold (up to ``_STOP_WAIT_S``), collects them, and
     re-raises."""
-    from joblib.externals.loky import get_reusable_executor
+    # joblib's factory, not loky's: both share loky's one reusable pool, and a pool made by
+    # loky's own factory breaks a later joblib.Parallel in this process
+    from joblib.executor import get_memmapping_executor
     pickler = _cloudpickle()
     space_blob = pickler.dumps(space)
     chunks = _chunks(todo, workers)
@@ -249,7 +258,7 @@ def _run_parallel(space: ParamSpace, scan: Scan, todo: np.ndarray, workers: int,
         with open(path, "wb") as fh:
             fh.write(payload)
         token = uuid.uuid4().hex
-        executor = get_reusable_executor(max_workers=workers)
+        executor = get_memmapping_executor(workers)
         futures = [executor.submit(_worker_scan, token, path, workdir)
                    for _ in range(min(workers, len(chunks)))]
         try:

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from landscope.errors import LandscopeError
+from landscope.geometry.input_layers import InputLayers
 from landscope.losses import n_correct, task_loss
 from landscope.probes.probe_data import ProbeData
 
@@ -88,6 +89,7 @@ class ParamSpace:
             owner._parameters[leaf] = nn.Parameter(view, requires_grad=False)
         work.eval()
         self._work = work
+        self.input_layers = InputLayers(work, self._flat, lambda: self.theta0)
         self._norms = batchnorm_modules(work)
         self._custom_task = hasattr(model, "task_loss")
         self._buffers = list(work.named_buffers())
@@ -140,6 +142,7 @@ class ParamSpace:
         if theta.shape != (self.dim,):
             raise LandscopeError(f"expected a flat vector of shape ({self.dim},), "
                                  f"got {tuple(theta.shape)}")
+        self.input_layers.declare(None)
         with torch.no_grad():
             self._flat.copy_(theta)
             src = self.buffers0 if buffers is None else buffers
@@ -156,6 +159,7 @@ class ParamSpace:
         is bit for bit the model's own point. ``base`` and ``direction`` are flat vectors
         of the space's dtype and device (not checked here: this is the hot path of grid
         scans; see :meth:`set_point` for the checked version)."""
+        self.input_layers.declare(None)
         with torch.no_grad():
             if direction is None or alpha == 0:
                 self._flat.copy_(base)
@@ -175,8 +179,8 @@ class ParamSpace:
             for m in self._norms:
                 m.reset_running_stats()
                 m.momentum = None
-            for x, _ in data.batches:
-                self._work(x.to(self.device, self.dtype))
+            for x, _, _ in self.prepared(data):
+                self._work(x)
         finally:
             for m, momentum in zip(self._norms, saved):
                 m.momentum = momentum
@@ -226,6 +230,12 @@ class ParamSpace:
                     total += s.log_().add_(top).sub_(out.gather(1, yv)).sum().item()
                     correct += int(torch.count_nonzero(pred.eq(yv)))
         return Evaluation(total / data.n, correct / data.n)
+
+    def prepared(self, data: ProbeData) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """``(x, y, y as a column)`` per batch of ``data``, as :meth:`evaluate_current`
+        feeds them to the model."""
+        batches = self._prepared.get(data)
+        return self._prepare(data) if batches is None else batches
 
     def _prepare(self, data: ProbeData) -> list[tuple[Tensor, Tensor, Tensor]]:
         """``data``'s batches on the model's device and dtype (no copy when they already
