@@ -65,6 +65,7 @@ class _Layer:
     forward: Callable[..., Any]  # the module's own
     fan_in: int
     entries: dict[tuple, Optional[_Entry]] = field(default_factory=dict)
+    wrapper: Optional[Callable[[Tensor], Tensor]] = None
 
 
 class InputLayers:
@@ -81,7 +82,7 @@ class InputLayers:
                     or m.weight[0].numel() < MIN_FAN_IN):
                 continue
             layer = _Layer(m, m.forward, int(m.weight[0].numel()))
-            m.forward = self._make_forward(layer)  # type: ignore[method-assign]
+            layer.wrapper = self._make_forward(layer)
             self._layers.append(layer)
         self._dirs: Optional[Tensor] = None
         self._data: dict[int, Tensor] = {}  # storage address -> the data tensor (kept alive)
@@ -98,6 +99,8 @@ class InputLayers:
         self._dirs = dirs
         for x in data:
             self._data[x.untyped_storage().data_ptr()] = x
+        for layer in self._layers:  # each layer's forward goes through the wrapper ...
+            layer.module.forward = layer.wrapper  # type: ignore[method-assign]
 
     def stop(self) -> None:
         """Forget the scan (and free the terms)."""
@@ -105,6 +108,7 @@ class InputLayers:
         self._data.clear()
         for layer in self._layers:
             layer.entries.clear()
+            _unwrap(layer)
 
     def declare(self, coefficients: Optional[Coefficients]) -> None:
         """The current point is ``theta0 + sum c * dirs[k]`` over ``(k, c)`` pairs (the first
@@ -118,13 +122,17 @@ class InputLayers:
             if coefficients is None or 2 * len(coefficients) + 1 >= layer.fan_in:  # few inputs
                 return layer.forward(x)
             entry = self._entry(layer, x, coefficients)
-            return layer.forward(x) if entry is None else self._combine(entry, coefficients)
+            if entry is None:
+                if not layer.entries or all(e is None for e in layer.entries.values()):
+                    _unwrap(layer)  # ... until it is seen not to read the data
+                return layer.forward(x)
+            return self._combine(entry, coefficients)
         return forward
 
     def _entry(self, layer: _Layer, x: Tensor, coefficients: Coefficients) -> Optional[_Entry]:
         data = self._data.get(x.untyped_storage().data_ptr())
         if data is None or x.dtype != data.dtype or x.device != data.device:
-            return None
+            return None  # not the data (not cached: another tensor may get this address)
         key = (x.untyped_storage().data_ptr(), x.storage_offset(), tuple(x.shape), x.stride())
         if key in layer.entries:
             return layer.entries[key]
@@ -175,6 +183,10 @@ class InputLayers:
             for k, c in tail:
                 entry.out.add_(entry.terms[k], alpha=c)
             return entry.out
+
+
+def _unwrap(layer: _Layer) -> None:
+    layer.module.__dict__.pop("forward", None)  # the class's forward again
 
 
 def _owned(m: nn.Module, flat: Tensor) -> bool:

@@ -44,11 +44,13 @@ class ProbeData:
             if len(x) != len(y) or len(y) == 0:
                 raise LandscopeError(f"probe micro-batch with {len(x)} inputs and {len(y)} "
                                      "labels (need equal, non-zero sizes)")
+        # counted once: slices read it at every grid point
+        object.__setattr__(self, "_n", sum(len(y) for _, y in self.batches))
 
     @property
     def n(self) -> int:
         """Total number of samples."""
-        return sum(len(y) for _, y in self.batches)
+        return self._n  # type: ignore[attr-defined]
 
     @property
     def weights(self) -> list[float]:
