@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from landscope.errors import LandscopeError
+from landscope.geometry.inplace import make_activations_inplace
 from landscope.geometry.input_layers import InputLayers
 from landscope.losses import n_correct, task_loss
 from landscope.probes.probe_data import ProbeData
@@ -88,6 +89,7 @@ class ParamSpace:
             owner, leaf = _owner(work, name)
             owner._parameters[leaf] = nn.Parameter(view, requires_grad=False)
         work.eval()
+        self.n_inplace = make_activations_inplace(work)  # safe ones only: see geometry.inplace
         self._work = work
         self.input_layers = InputLayers(work, self._flat, lambda: self.theta0)
         self._norms = batchnorm_modules(work)
