@@ -22,7 +22,10 @@ with the model's task loss from :mod:`landscope.losses`.
 Speed: evaluation runs under ``torch.inference_mode`` and, for the default task
 (cross-entropy on ``(B, C)`` logits), computes loss and accuracy with a handful of cheap
 ops (row max, gather, exp, a matrix-vector product for the row sums, one host sync per
-batch), so a point costs about one bare forward pass plus ~10%. A :class:`ParamSpace`
+batch). The working copy's activations are in-place where that is provably safe
+(:mod:`landscope.geometry.inplace`), and on a scan the layers that read the data directly
+can be served as linear combinations (:mod:`landscope.geometry.input_layers`), so a point
+costs about one bare forward pass plus 15%. A :class:`ParamSpace`
 pickles (for worker processes) as the model plus ``theta0``/``buffers0``; unpickling
 rebuilds the working copy.
 """
