@@ -35,7 +35,7 @@ MODELS = {
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
+    return float((a - b).detach().norm() / b.detach().norm())
 
 
 def make(name: str, n: int = 7) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
