@@ -90,6 +90,11 @@ class InputLayers:
         self._used = 0
         self.n_hits = 0  # evaluations served from the terms (tests, diagnostics)
 
+    @property
+    def active(self) -> bool:
+        """A scan is registered and some layer may be served."""
+        return self._dirs is not None
+
     # ------------------------------------------------------------------ scan lifetime
     def start(self, dirs: Tensor, data: Sequence[Tensor]) -> None:
         """Serve layers reading any of ``data`` at points ``theta0 + sum c_k dirs[k]``."""

@@ -85,6 +85,7 @@ def evaluate_points(space: ParamSpace, scan: Scan, idx: Sequence[int],
     layers = space.input_layers
     layers.start(scan.dirs, [x for data in scan.sets + ([bn_data] if recompute else [])
                              for x, _, _ in space.prepared(data)])
+    active = layers.active
     try:
         for n, i in enumerate(idx):
             rd, rc, d, c = terms[i]
@@ -97,7 +98,9 @@ def evaluate_points(space: ParamSpace, scan: Scan, idx: Sequence[int],
                     row_key = (rd, rc)
                 base = row
             space.set_affine(base, None if d < 0 else dirs[int(d)], c)
-            layers.declare(tuple((int(k), float(a)) for k, a in ((rd, rc), (d, c)) if k >= 0))
+            if active:
+                layers.declare(tuple((int(k), float(a)) for k, a in ((rd, rc), (d, c))
+                                     if k >= 0))
             if recompute:
                 space.recompute_batchnorm(bn_data)
             vals: list[float] = []
