@@ -183,26 +183,30 @@ def _claim(workdir: str, k: int) -> bool:
     return True
 
 
-def _worker_scan(token: str, payload: str, workdir: str) -> int:
+def _worker_scan(token: str, payload: str, workdir: str, files: bool
+                 ) -> list[tuple[int, np.ndarray]]:
     """Claim chunks of the scan in order and evaluate them until none is left or the stop
-    file appears; each chunk's values go to ``<k>.npy`` in ``workdir`` (written atomically).
-    Returns the number of chunks this worker evaluated."""
+    file appears. With ``files`` each chunk's values go to ``<k>.npy`` in ``workdir``
+    (written atomically, for the parent's periodic saves) and nothing is returned;
+    otherwise the ``(k, values)`` pairs are returned at the end."""
     _load_worker_scan(token, payload)
     space, scan = _WORKER["space"], _WORKER["scan"]
     stop = os.path.join(workdir, "stop")
-    n = 0
+    kept: list[tuple[int, np.ndarray]] = []
     for k, idx in enumerate(_WORKER["chunks"]):
         if os.path.exists(stop):
             break
         if not _claim(workdir, k):
             continue
         vals = evaluate_points(space, scan, idx.tolist())
+        if not files:
+            kept.append((k, vals))
+            continue
         tmp = os.path.join(workdir, f"{k}.part")
         with open(tmp, "wb") as fh:
             np.save(fh, vals)
         os.replace(tmp, os.path.join(workdir, f"{k}.npy"))
-        n += 1
-    return n
+    return kept
 
 
 def _chunks(todo: np.ndarray, workers: int, cap: int = 32) -> list[np.ndarray]:
@@ -222,7 +226,8 @@ _STOP_WAIT_S = 30.0  # after an interruption: how long to wait for the workers' 
 
 
 def _run_parallel(space: ParamSpace, scan: Scan, todo: np.ndarray, workers: int,
-                  on_chunk: Callable[[np.ndarray, np.ndarray], None]) -> None:
+                  on_chunk: Callable[[np.ndarray, np.ndarray], None], files: bool = True
+                  ) -> None:
     """Evaluate ``todo`` in loky worker processes that schedule themselves.
 
     The scan (model, directions, data, chunk list) is pickled once into a temporary
@@ -232,7 +237,8 @@ def _run_parallel(space: ParamSpace, scan: Scan, todo: np.ndarray, workers: int,
     the workers; the parent wakes every ``_POLL_S`` seconds to pass finished chunks to
     ``on_chunk`` (which saves the store). On an interruption it writes a stop file, lets
     the workers finish the chunks they hold (up to ``_STOP_WAIT_S``), collects them, and
-    re-raises."""
+    re-raises. Without ``files`` (no store to save) the workers return their values at the
+    end instead of writing a file per chunk."""
     # joblib's factory, not loky's: both share loky's one reusable pool, and a pool made by
     # loky's own factory breaks a later joblib.Parallel in this process
     from joblib.executor import get_memmapping_executor
@@ -262,14 +268,16 @@ def _run_parallel(space: ParamSpace, scan: Scan, todo: np.ndarray, workers: int,
             fh.write(payload)
         token = uuid.uuid4().hex
         executor = get_memmapping_executor(workers)
-        futures = [executor.submit(_worker_scan, token, path, workdir)
+        futures = [executor.submit(_worker_scan, token, path, workdir, files)
                    for _ in range(min(workers, len(chunks)))]
         try:
             pending = set(futures)
             while pending:
                 done, pending = wait(pending, timeout=_POLL_S, return_when=FIRST_EXCEPTION)
                 for f in done:
-                    f.result()  # a worker's error, raised here
+                    for k, vals in f.result():  # a worker's error is raised here
+                        collected.add(k)
+                        on_chunk(chunks[k], vals)
                 collect()
             collect()
         except BaseException:
@@ -323,7 +331,7 @@ def run_scan(space: ParamSpace, scan: Scan, workers: int, store: Optional[Path],
         parallel = False
     try:
         if parallel:
-            _run_parallel(space, scan, todo, int(workers), on_chunk)
+            _run_parallel(space, scan, todo, int(workers), on_chunk, files=store is not None)
         elif len(todo):
             evaluate_points(space, scan, todo.tolist(), on_point)
     except BaseException:
