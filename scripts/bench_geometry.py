@@ -36,7 +36,7 @@ is "met" when the whole interval is on the right side of the bound, "parity with
 when the interval contains it, "MISSED" otherwise. The machine may be shared: the load average
 is printed before and after. Exit code 1 when our values disagree with the reference.
 
-    python scripts/bench_geometry.py [--quick] [--points 21] [--repeats 7] [--threads 1]
+    python scripts/bench_geometry.py [--quick] [--points 21] [--repeats 15] [--threads 1]
 """
 
 from __future__ import annotations
@@ -228,14 +228,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer training epochs and rounds")
     ap.add_argument("--points", type=int, default=21, help="grid points per side (odd)")
-    ap.add_argument("--repeats", type=int, default=None, help="timed rounds (default 9, quick 3)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed rounds (default 15, quick 3)")
     ap.add_argument("--epochs", type=int, default=None, help="training epochs (default 5, "
                     "quick 2)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     if args.points < 3 or args.points % 2 == 0:
         ap.error("--points must be odd and >= 3 (the centre must be a grid point)")
-    repeats = args.repeats or (3 if args.quick else 9)
+    repeats = args.repeats or (3 if args.quick else 15)
     epochs = args.epochs or (2 if args.quick else 5)
     n = args.points
     torch.set_num_threads(args.threads)
