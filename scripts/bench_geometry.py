@@ -20,8 +20,9 @@ mnist1d; the same seeded 1000 training samples (one batch) for every method; flo
   timed warm (the loky workers persist between calls; the cold start is reported apart).
   Goal: speedup >= 1.8x over ``workers=1``. The machine's parallel capacity right now (2x the
   time of one CPU-bound task alone over two at once, timed inside two workers of the same pool;
-  2.0 on two free cores) is measured once per round, interleaved with the timings, and its
-  median and range are printed beside it: on a shared machine it bounds the possible speedup.
+  2.0 on two free cores) is measured in 5 rounds after the timings (interleaved with them, its
+  busy workers slowed the next timed task), and its median and range are printed beside it:
+  on a shared machine it bounds the possible speedup.
 
 Accuracy: an independent float64 reference (a deepcopy of the model in float64 with
 ``torch.nn.utils.vector_to_parameters`` at each point, plain forward, ``F.cross_entropy``) is
@@ -176,9 +177,10 @@ def capacity_round(model: nn.Module, x: Tensor, reps: int) -> float:
     workers=2 speedup cannot exceed it."""
     from joblib.executor import get_memmapping_executor
     pool = get_memmapping_executor(2)
-    one = pool.submit(_forwards, model, x, reps).result()
+    before = pool.submit(_forwards, model, x, reps).result()
     two = max(f.result() for f in [pool.submit(_forwards, model, x, reps) for _ in range(2)])
-    return 2 * one / two
+    after = pool.submit(_forwards, model, x, reps).result()
+    return (before + after) / two  # one task alone: the mean of a run before and one after
 
 
 # ----------------------------------------------------------------------------- timing
@@ -323,12 +325,11 @@ def main() -> None:
     }
     if peer_fn is not None:
         tasks["loss-landscapes"] = peer_fn
-    caps: list[float] = []  # measured once per round, interleaved with the timings
-    tasks["capacity"] = lambda: caps.append(capacity_round(model, x, n * n // 2))
     for fn in tasks.values():  # warm-up
         fn()
-    caps.clear()
     times = interleaved(tasks, repeats)
+    # after the timings: interleaved, its two busy workers slowed the next timed task
+    caps = [capacity_round(model, x, n * n // 2) for _ in range(5)]
     capacity = statistics.median(caps)
     load1 = os.getloadavg()
 
@@ -374,7 +375,7 @@ def main() -> None:
           f"{peer_row.get('err', '-')}")
     print(f"  (c) workers=2 speedup >= 1.8x:         {verdict_at_least(speedup, 1.8)} "
           f"({show(speedup)}); parallel capacity of this machine: median {capacity:.2f} "
-          f"(range {min(caps):.2f}-{max(caps):.2f} over the rounds; 2 x time of one CPU-bound "
+          f"(range {min(caps):.2f}-{max(caps):.2f} over 5 rounds; 2 x time of one CPU-bound "
           "task alone / two at once, timed inside two workers; the speedup cannot exceed it)")
     print(f"\nload average before {load0[0]:.2f}, after {load1[0]:.2f} (a busy machine lowers "
           f"the speedup); total {time.perf_counter() - tic0:.0f}s; our results "
