@@ -13,9 +13,9 @@ import torch
 from landscope.config import ProbeConfig
 from landscope.data import TensorSplit
 from landscope.errors import LandscopeError
-from landscope.models import build_model
 from landscope.probes.blocks import EXACT_TRACE_MAX, block_spectra, parameter_groups
 from landscope.probes.probe_data import ProbeData
+from probe_models import seeded_model
 from landscope.probes.suite import run_probes
 from landscope.probes.verify import dense_hessian, spectrum
 
@@ -33,14 +33,8 @@ MODELS = {
 
 
 def make(name: str, n: int = 24):
-    torch.manual_seed(0)
-    model = build_model(MODELS[name], META).double()
-    x = torch.randn(n, *META.input_shape, dtype=torch.float64)
-    y = torch.randint(0, META.num_classes, (n,))
-    with torch.no_grad():
-        model.train()
-        model(x + 0.3)  # running stats != batch stats
-    return model.eval(), ProbeData.from_tensors(x, y, micro_batch=10)
+    model, x, y = seeded_model(MODELS[name], META.input_shape, META.num_classes, n, shift=0.3)
+    return model, ProbeData.from_tensors(x, y, micro_batch=10)
 
 
 def test_groups_follow_the_architecture():

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import types
 
 import pytest
 import torch
@@ -14,11 +13,11 @@ from torch import nn
 
 from landscope.data import StreamSplit, TensorSplit, _RawDataset
 from landscope.errors import LandscopeError
-from landscope.models import build_model
 from landscope.probes.hvp import METHODS, HessianOperator, Mode
 from landscope.probes.operator import Operator
 from landscope.probes.probe_data import ProbeData
 from landscope.probes.verify import dense_hessian, spectrum
+from probe_models import seeded_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 torch.set_num_threads(1)
@@ -41,15 +40,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def make(name: str, n: int = 7, seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """A float64 model in eval mode with non-trivial BatchNorm running stats, and data."""
     cfg, shape = MODELS[name]
-    torch.manual_seed(seed)
-    model = build_model(cfg, types.SimpleNamespace(input_shape=shape, num_classes=CLASSES))
-    model = model.double()
-    x = torch.randn(n, *shape, dtype=torch.float64)
-    y = torch.randint(0, CLASSES, (n,))
-    with torch.no_grad():
-        model.train()
-        model(x + 0.5)  # running stats != batch stats of x
-    return model.eval(), x, y
+    return seeded_model(cfg, shape, CLASSES, n, seed=seed)
 
 
 @functools.lru_cache(maxsize=None)

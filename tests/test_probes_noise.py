@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import functools
 import math
-import types
 
 import pytest
 import torch
@@ -15,7 +14,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from landscope.errors import LandscopeError
-from landscope.models import build_model
 from landscope.probes.hvp import HessianOperator
 from landscope.probes.lanczos import EigResult, lanczos_eigs
 from landscope.probes.noise import (alignment_exact, alignment_hutchinson, alignment_lowrank,
@@ -23,6 +21,7 @@ from landscope.probes.noise import (alignment_exact, alignment_hutchinson, align
                                     noise_eigs, noise_trace, per_sample_gradients)
 from landscope.probes.operator import DenseOperator, quadratic_with_spectrum
 from landscope.probes.probe_data import ProbeData
+from probe_models import seeded_model
 from landscope.probes.verify import dense_hessian
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
@@ -45,15 +44,8 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def make(name: str) -> tuple[nn.Module, ProbeData]:
     """A float64 eval-mode model (BatchNorm running stats != batch stats) and probe data."""
     cfg, shape, n = MODELS[name]
-    torch.manual_seed(0)
-    model = build_model(cfg, types.SimpleNamespace(input_shape=shape, num_classes=CLASSES))
-    model = model.double()
-    x = torch.randn(n, *shape, dtype=torch.float64)
-    y = torch.randint(0, CLASSES, (n,))
-    with torch.no_grad():
-        model.train()
-        model(x + 0.5)
-    return model.eval(), ProbeData.from_tensors(x, y, micro_batch=7)
+    model, x, y = seeded_model(cfg, shape, CLASSES, n)
+    return model, ProbeData.from_tensors(x, y, micro_batch=7)
 
 
 @functools.lru_cache(maxsize=None)

@@ -4,7 +4,6 @@ what they claim, and leave every other case to the original function."""
 
 from __future__ import annotations
 
-import types
 
 import pytest
 import torch
@@ -12,11 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from landscope.losses import task_loss
-from landscope.models import build_model
 from landscope.probes.hvp import METHODS, HessianOperator
 from landscope.probes.primitives import CurvaturePrimitives
 from landscope.probes.probe_data import ProbeData
 from landscope.probes.verify import dense_hessian
+from probe_models import seeded_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 torch.set_num_threads(1)
@@ -40,15 +39,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def make(name: str, n: int = 7) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     cfg, shape, _, _ = MODELS[name]
-    torch.manual_seed(0)
-    model = build_model(cfg, types.SimpleNamespace(input_shape=shape, num_classes=CLASSES))
-    model = model.double()
-    x = torch.randn(n, *shape, dtype=torch.float64)
-    y = torch.randint(0, CLASSES, (n,))
-    with torch.no_grad():
-        model.train()
-        model(x + 0.5)  # running statistics that differ from the batch's
-    return model.eval(), x, y
+    return seeded_model(cfg, shape, CLASSES, n)
 
 
 @pytest.mark.parametrize("name", list(MODELS))
