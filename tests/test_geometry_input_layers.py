@@ -83,7 +83,9 @@ def test_plane_matches_plain_forward_and_centre_is_exact():
     model = _mlp()
     space, plane = _check_plane(model)
     assert len(space.input_layers._layers) == 1
-    assert space.input_layers.n_hits == 25 * 3  # 5 x 5 points, batches 25 + 25 + 10
+    # 5 x 5 points, batches 25 + 25 + 10; + 2: the flat forward's one-time check runs the
+    # first batch of each shape (25, 10) through the module path as well
+    assert space.input_layers.n_hits == 25 * 3 + 2
     centre = space.evaluate(space.theta0, _data())[0]
     assert plane.train_loss[2, 2] == centre.loss and plane.train_acc[2, 2] == centre.acc
     assert not any(layer.entries for layer in space.input_layers._layers)  # freed
@@ -96,7 +98,7 @@ def test_workers_inplace_relu_and_recomputed_batchnorm():
     space, _ = _check_plane(_mlp(inplace=True))  # in-place ReLU must not corrupt the terms
     assert space.input_layers.n_hits > 0
     space, _ = _check_plane(_mlp(bn=True), bn="recompute")
-    assert space.input_layers.n_hits == 25 * 3 * 2  # recompute pass + evaluation
+    assert space.input_layers.n_hits == 25 * 3 * 2 + 2  # recompute pass + evaluation + check
 
 
 class Doubled(nn.Module):

@@ -91,6 +91,11 @@ class InputLayers:
         self.n_hits = 0  # evaluations served from the terms (tests, diagnostics)
 
     @property
+    def modules(self) -> list[nn.Module]:
+        """The layers that may be served (their ``forward`` is swapped during a scan)."""
+        return [layer.module for layer in self._layers]
+
+    @property
     def active(self) -> bool:
         """A scan is registered and some layer may be served."""
         return self._dirs is not None

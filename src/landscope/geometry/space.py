@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from landscope.errors import LandscopeError
+from landscope.geometry.flat_forward import FlatForward
 from landscope.geometry.inplace import make_activations_inplace
 from landscope.geometry.input_layers import InputLayers
 from landscope.losses import n_correct, task_loss
@@ -95,6 +96,8 @@ class ParamSpace:
         self.n_inplace = make_activations_inplace(work)  # safe ones only: see geometry.inplace
         self._work = work
         self.input_layers = InputLayers(work, self._flat, lambda: self.theta0)
+        # eval-mode forward without per-module call overhead: see geometry.flat_forward
+        self._forward = FlatForward(work, keep=self.input_layers.modules)
         self._norms = batchnorm_modules(work)
         self._custom_task = hasattr(model, "task_loss")
         self._buffers = list(work.named_buffers())
@@ -210,30 +213,25 @@ class ParamSpace:
         batches = self._prepared.get(data)
         if batches is None:
             batches = self._prepare(data)
+        forward, custom = self._forward, self._custom_task
         total, correct = 0.0, 0
         with torch.inference_mode():
-            if self._custom_task:
-                for x, y, _ in batches:
-                    out = work(x)
+            for x, y, yv in batches:
+                out = forward(x)
+                if custom or out.dim() != 2 or y.dim() != 1 or not out.is_floating_point():
                     total += float(task_loss(work, out, y, "sum"))
                     correct += n_correct(work, out, y)
-            else:
-                for x, y, yv in batches:
-                    out = work(x)
-                    if out.dim() != 2 or y.dim() != 1 or not out.is_floating_point():
-                        total += float(task_loss(work, out, y, "sum"))
-                        correct += n_correct(work, out, y)
-                        continue
-                    scratch = self._scratch.get(out.shape)
-                    if scratch is None or scratch[0].dtype != out.dtype:
-                        scratch = self._scratch[out.shape] = (
-                            torch.empty_like(out), out.new_empty(out.shape[0], 1),
-                            out.new_ones(out.shape[1], 1))
-                    z, s, ones = scratch
-                    top, pred = out.max(1, keepdim=True)
-                    torch.mm(torch.sub(out, top, out=z).exp_(), ones, out=s)
-                    total += s.log_().add_(top).sub_(out.gather(1, yv)).sum().item()
-                    correct += int(torch.count_nonzero(pred.eq(yv)))
+                    continue
+                scratch = self._scratch.get(out.shape)
+                if scratch is None or scratch[0].dtype != out.dtype:
+                    scratch = self._scratch[out.shape] = (
+                        torch.empty_like(out), out.new_empty(out.shape[0], 1),
+                        out.new_ones(out.shape[1], 1))
+                z, s, ones = scratch
+                top, pred = out.max(1, keepdim=True)
+                torch.mm(torch.sub(out, top, out=z).exp_(), ones, out=s)
+                total += s.log_().add_(top).sub_(out.gather(1, yv)).sum().item()
+                correct += int(torch.count_nonzero(pred.eq(yv)))
         return Evaluation(total / data.n, correct / data.n)
 
     def prepared(self, data: ProbeData) -> list[tuple[Tensor, Tensor, Tensor]]:
