@@ -400,7 +400,7 @@ def test_interrupted_parallel_scan_keeps_finished_chunks_and_stops_workers(tmp_p
     assert set(glob.glob(f"{tempfile.gettempdir()}/landscope-slice-*")) == before
     monkeypatch.setattr(scan_mod, "_save_store", real_save)
     resumed = plane_slice(space, dirs[0], dirs[1], xs, xs, train, workers=2, store=store)
-    assert 0 < resumed.n_evaluated < full.n_points - 32  # at least one 32-point chunk kept
+    assert 0 < resumed.n_evaluated <= full.n_points - 32  # at least one 32-point chunk kept
     for key, value in full.arrays().items():
         assert np.array_equal(resumed.arrays()[key], value), key
 
@@ -415,3 +415,31 @@ def test_joblib_parallel_still_works_after_parallel_slices(setup):
     assert Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(3)) == [0, 1, 2]
     again = line_slice(space, dirs, xs, train, workers=2)
     assert np.array_equal(first.train_loss, again.train_loss)
+
+
+def test_parent_evaluates_its_share_and_late_workers_find_the_scan_over(setup, tmp_path,
+                                                                        monkeypatch):
+    """With workers=2 this process is one of the two (one torch thread while it computes, its
+    setting restored after); a worker that starts after the scan ended returns nothing."""
+    from landscope.geometry import scan as scan_mod
+    _, space, dirs, train, _ = setup
+    xs = symmetric_grid(1.0, 5)
+    serial = plane_slice(space, dirs[0], dirs[1], xs, xs, train)
+    real, seen = scan_mod.evaluate_points, []
+
+    def counting(space_, scan, idx, *args, **kwargs):
+        seen.append((len(idx), torch.get_num_threads()))
+        return real(space_, scan, idx, *args, **kwargs)
+    monkeypatch.setattr(scan_mod, "evaluate_points", counting)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        two = plane_slice(space, dirs[0], dirs[1], xs, xs, train, workers=2)
+        assert seen and all(t == 1 for _, t in seen)  # chunks evaluated here, one thread
+        assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(two.train_loss, serial.train_loss)
+    gone = tmp_path / "ended"
+    assert scan_mod._worker_scan("token", str(gone / "scan.pkl"), str(gone), False) == []
+    assert scan_mod._claim(str(gone), 0) is False
