@@ -176,15 +176,15 @@ def test_batchnorm_recompute_matches_independent_reestimation():
 
 
 def _failing_after(space: ParamSpace, n_ok: int, counter: list):
-    """Make space.evaluate_current raise after n_ok calls (one call per point here)."""
-    real = space.evaluate_current
+    """Make space.measure raise after n_ok calls (one call per point and data set)."""
+    real = space.measure
 
-    def evaluate_current(data):
+    def measure(batches, n):
         if len(counter) >= n_ok:
             raise KeyboardInterrupt("simulated interruption")
         counter.append(1)
-        return real(data)
-    space.evaluate_current = evaluate_current  # type: ignore[method-assign]
+        return real(batches, n)
+    space.measure = measure  # type: ignore[method-assign]
     return real
 
 
@@ -198,7 +198,7 @@ def test_resume_after_interruption_evaluates_only_missing_points(setup, tmp_path
     with pytest.raises(KeyboardInterrupt):
         plane_slice(space, dirs[0], dirs[1], xs, xs, train, store=store)
     assert store.exists() and len(calls) == 7
-    space.evaluate_current = real  # type: ignore[method-assign]
+    space.measure = real  # type: ignore[method-assign]
     calls.clear()
     _failing_after(space, 10 ** 6, calls)  # count only
     resumed = plane_slice(space, dirs[0], dirs[1], xs, xs, train, store=store)
@@ -210,7 +210,7 @@ def test_resume_after_interruption_evaluates_only_missing_points(setup, tmp_path
     again = plane_slice(space, dirs[0], dirs[1], xs, xs, train, store=store)
     assert len(calls) == 0 and again.n_evaluated == 0
     assert np.array_equal(again.train_loss, full.train_loss)
-    space.evaluate_current = real  # type: ignore[method-assign]
+    space.measure = real  # type: ignore[method-assign]
 
 
 def test_line_resume_and_periodic_saves(setup, tmp_path):
@@ -219,20 +219,20 @@ def test_line_resume_and_periodic_saves(setup, tmp_path):
     full = line_slice(space, dirs, coords, train, test)
     store = tmp_path / "line.npz"
     seen: list[int] = []
-    real = space.evaluate_current
+    real = space.measure
 
-    def spy(data):  # with save_every=0 the store holds every completed point
-        if data is train and store.exists():
+    def spy(batches, n):  # with save_every=0 the store holds every completed point
+        if batches is space.prepared(train) and store.exists():
             with np.load(store) as z:
                 seen.append(int(z["done"].sum()))
         if len(seen) == 5:
             raise RuntimeError("stop")
-        return real(data)
-    space.evaluate_current = spy  # type: ignore[method-assign]
+        return real(batches, n)
+    space.measure = spy  # type: ignore[method-assign]
     with pytest.raises(RuntimeError):
         line_slice(space, dirs, coords, train, test, store=store, save_every=0)
     assert seen == [1, 2, 3, 4, 5]
-    space.evaluate_current = real  # type: ignore[method-assign]
+    space.measure = real  # type: ignore[method-assign]
     resumed = line_slice(space, dirs, coords, train, test, store=store)
     assert resumed.n_evaluated == 9 - 5
     for key, value in full.arrays().items():
@@ -297,7 +297,7 @@ def test_workers_give_identical_results(setup, tmp_path):
     real = _failing_after(cnn, 2, calls)
     with pytest.raises(KeyboardInterrupt):
         line_slice(cnn, d, xs, train, bn="recompute", store=store)
-    cnn.evaluate_current = real  # type: ignore[method-assign]
+    cnn.measure = real  # type: ignore[method-assign]
     resumed = line_slice(cnn, d, xs, train, bn="recompute", store=store, workers=2)
     assert resumed.n_evaluated == full.n_points - 2
     assert np.array_equal(resumed.train_loss, full.train_loss)

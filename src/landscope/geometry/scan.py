@@ -88,30 +88,31 @@ def evaluate_points(space: ParamSpace, scan: Scan, idx: Sequence[int],
     layers.start(scan.dirs, [x for data in scan.sets + ([bn_data] if recompute else [])
                              for x, _, _ in space.prepared(data)])
     active = layers.active
+    sets = [(space.prepared(data), data.n) for data in scan.sets]
+    measure, work = space.measure, space.working_model
     try:
-        for n, i in enumerate(idx):
-            rd, rc, d, c = terms[i]
-            if rd < 0 or rc == 0:
-                base = theta0
-            else:
-                if row_key != (rd, rc):
-                    with torch.no_grad():
+        work.eval()
+        with torch.inference_mode():  # one context for the whole loop (measure's contract)
+            for n, i in enumerate(idx):
+                rd, rc, d, c = terms[i]
+                if rd < 0 or rc == 0:
+                    base = theta0
+                else:
+                    if row_key != (rd, rc):
                         torch.add(theta0, dirs[int(rd)], alpha=rc, out=row)
-                    row_key = (rd, rc)
-                base = row
-            space.set_affine(base, None if d < 0 else dirs[int(d)], c)
-            if active:
-                layers.declare(tuple((int(k), float(a)) for k, a in ((rd, rc), (d, c))
-                                     if k >= 0))
-            if recompute:
-                space.recompute_batchnorm(bn_data)
-            vals: list[float] = []
-            for data in scan.sets:
-                ev = space.evaluate_current(data)
-                vals += [ev.loss, ev.acc]
-            out[n] = vals
-            if on_point is not None:
-                on_point(i, vals)
+                        row_key = (rd, rc)
+                    base = row
+                space.set_affine(base, None if d < 0 else dirs[int(d)], c)
+                if active:
+                    layers.declare(tuple((int(k), float(a)) for k, a in ((rd, rc), (d, c))
+                                         if k >= 0))
+                if recompute:
+                    space.recompute_batchnorm(bn_data)  # ends in eval mode
+                vals = out[n]
+                for j, (batches, count) in enumerate(sets):
+                    vals[2 * j], vals[2 * j + 1] = measure(batches, count)
+                if on_point is not None:
+                    on_point(i, vals.tolist())
     finally:
         layers.stop()
     return out
