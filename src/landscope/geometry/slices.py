@@ -23,12 +23,13 @@ see :meth:`ParamSpace.recompute_batchnorm`. The mode is recorded in the result's
 Speed. One working copy of the model (the :class:`ParamSpace`'s) is moved from point to point
 by writing ``theta0 + a d1 (+ b d2)`` into its flat parameter buffer in place (``torch.add(...,
 out=)``; a plane row's ``theta0 + a d1`` is computed once per row); no model copies, no
-allocation of parameter vectors per point; loss and accuracy take a few cheap ops (see
-:meth:`ParamSpace.evaluate_current`). On the default MLP with 1000 samples a point costs about
-1.2 bare forward passes (``scripts/bench_geometry.py``).
+allocation of parameter vectors per point; the forward pass is the working copy's flat
+eval forward (:mod:`landscope.geometry.flat_forward`); loss and accuracy take a few cheap ops
+(see :meth:`ParamSpace.evaluate_current`). On the default MLP with 1000 samples a point costs
+about 1.03 bare forward passes of the model (``scripts/bench_geometry.py``).
 
-Workers and resume. ``workers > 1`` spreads the points over joblib (loky) processes with
-identical results; ``store=Path`` keeps the completed points in an atomically written ``.npz``
+Workers and resume. ``workers > 1`` spreads the points over this process and ``workers - 1``
+joblib (loky) processes with identical results; ``store=Path`` keeps the completed points in an atomically written ``.npz``
 with a key, so an interrupted scan resumes with only the missing points (and a store from a
 different scan is never reused, with a ``RuntimeWarning``). Both are the scan engine's, see
 :mod:`landscope.geometry.scan`. The speedup needs free cores; CUDA models are evaluated in

@@ -23,9 +23,12 @@ Speed: evaluation runs under ``torch.inference_mode`` and, for the default task
 (cross-entropy on ``(B, C)`` logits), computes loss and accuracy with a handful of cheap
 ops (row max, gather, exp, a matrix-vector product for the row sums, one host sync per
 batch). The working copy's activations are in-place where that is provably safe
-(:mod:`landscope.geometry.inplace`), and on a scan the layers that read the data directly
-can be served as linear combinations (:mod:`landscope.geometry.input_layers`), so a point
-costs about one bare forward pass plus 15%. A :class:`ParamSpace`
+(:mod:`landscope.geometry.inplace`), its eval forward is one flat function without
+per-module call overhead (:mod:`landscope.geometry.flat_forward`), and on a scan the layers
+that read the data directly can be served as linear combinations
+(:mod:`landscope.geometry.input_layers`); hot loops call :meth:`ParamSpace.measure` inside
+one ``inference_mode`` context. A grid point of the default MLP costs about 1.03 bare
+forward passes of the model (``scripts/bench_geometry.py``). A :class:`ParamSpace`
 pickles (for worker processes) as the model plus ``theta0``/``buffers0``; unpickling
 rebuilds the working copy.
 """
