@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from landscope.geometry.inplace import FRESH_MODULES as _FRESH_MODULES
+
 _CONV = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _REMOVED = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
@@ -63,7 +65,7 @@ def flat_forward(model: nn.Module, keep: Collection[nn.Module] = ()) -> Optional
         if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
             continue
         module = gm.get_submodule(node.target)
-        if _hooked(module) or (id(module) in keep_ids and node.args[0] not in fresh):
+        if hooked(module) or (id(module) in keep_ids and node.args[0] not in fresh):
             continue
         with graph.inserting_before(node):
             new = _inline(graph, node, module)
@@ -146,8 +148,6 @@ def _inline(graph: fx.Graph, node: fx.Node, m: nn.Module) -> Optional[Any]:
     return None
 
 
-_FRESH_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm1d, nn.BatchNorm2d,
-                  nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
 _ACTIVATIONS = (nn.ReLU, nn.GELU, nn.Tanh, nn.SiLU, nn.ELU, nn.LeakyReLU)
 
 
@@ -167,7 +167,8 @@ def _fresh_nodes(gm: fx.GraphModule, graph: fx.Graph) -> set[fx.Node]:
     return fresh
 
 
-def _hooked(m: nn.Module) -> bool:
+def hooked(m: nn.Module) -> bool:
+    """``m`` has hooks or parametrizations: calling anything but the module would skip them."""
     return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
                 or m._backward_pre_hooks or getattr(m, "parametrizations", None))
 

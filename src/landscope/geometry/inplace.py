@@ -30,7 +30,7 @@ from torch import nn
 
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.SiLU,
                 nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Mish)
-_FRESH_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm1d, nn.BatchNorm2d,
+FRESH_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm1d, nn.BatchNorm2d,
                   nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
 _FRESH_FUNCTIONS = {operator.add, operator.sub, operator.mul, operator.truediv, torch.add,
                     torch.sub, torch.mul}
@@ -70,5 +70,5 @@ def _fresh_only_use(model: nn.Module, node: Any) -> bool:
         module = model.get_submodule(node.target)
         if type(module) is nn.Identity:
             return len(node.args) == 1 and _fresh_only_use(model, node.args[0])
-        return type(module) in _FRESH_MODULES
+        return type(module) in FRESH_MODULES
     return node.op == "call_function" and node.target in _FRESH_FUNCTIONS

@@ -40,6 +40,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from landscope.geometry.flat_forward import hooked
+
 BUDGET_BYTES = 256 * 2 ** 20
 MIN_FAN_IN = 64
 _TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -78,7 +80,7 @@ class InputLayers:
         self.budget_bytes = int(budget_bytes)
         self._layers: list[_Layer] = []
         for m in work.modules():
-            if (type(m) not in _TYPES or not _owned(m, flat) or _hooked(m)
+            if (type(m) not in _TYPES or not _owned(m, flat) or hooked(m)
                     or m.weight[0].numel() < MIN_FAN_IN):
                 continue
             layer = _Layer(m, m.forward, int(m.weight[0].numel()))
@@ -204,8 +206,3 @@ def _owned(m: nn.Module, flat: Tensor) -> bool:
     ptr = flat.untyped_storage().data_ptr()
     params = list(m.parameters(recurse=False))
     return bool(params) and all(p.untyped_storage().data_ptr() == ptr for p in params)
-
-
-def _hooked(m: nn.Module) -> bool:
-    return bool(m._forward_hooks or m._forward_pre_hooks or getattr(m, "parametrizations", None)
-                or m._backward_hooks)
