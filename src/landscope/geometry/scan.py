@@ -22,13 +22,13 @@ it, so the values do not depend on ``workers`` or on how a scan was interrupted 
 Resume. With a store path the completed points are written atomically (temp file +
 ``os.replace``) every ``save_every`` seconds, when the scan ends and when it is interrupted by
 an exception, together with a key that hashes the model, the directions, the coordinates, the
-data, the BatchNorm mode and its data. A store whose key differs is never reused.
+data, the BatchNorm mode and its data (:mod:`landscope.geometry.scan_store`). A store whose
+key differs is never reused.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shutil
 import tempfile
@@ -44,13 +44,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landscope.errors import LandscopeError
+from landscope.geometry.scan_store import load_store as _load_store
+from landscope.geometry.scan_store import save_store as _save_store
+from landscope.geometry.scan_store import scan_key as _scan_key
 from landscope.geometry.space import ParamSpace
-from landscope.io import atomic_write_bytes
 from landscope.probes.probe_data import ProbeData
 
 SAVE_EVERY_S = 5.0  # default seconds between store writes
-_STORE_VERSION = "landscope-slices-1"
 
 
 @dataclass
@@ -385,85 +385,3 @@ def run_scan(space: ParamSpace, scan: Scan, workers: int, store: Optional[Path],
         space.set_point(space.theta0)
     return values, len(todo)
 
-
-# ----------------------------------------------------------------------------- store
-def _hash_tensor(h: Any, t: Tensor) -> None:
-    t = t.detach().cpu().contiguous().reshape(-1)
-    h.update(f"{t.dtype}:{t.numel()}|".encode())
-    if t.numel():
-        h.update(t.view(torch.uint8).numpy().data)
-
-
-def _hash_data(h: Any, data: Optional[ProbeData]) -> None:
-    if data is None:
-        h.update(b"none|")
-        return
-    h.update(f"probe:{len(data.batches)}|".encode())
-    for x, y in data.batches:
-        _hash_tensor(h, x)
-        _hash_tensor(h, y)
-
-
-def _scan_key(space: ParamSpace, scan: Scan) -> str:
-    """Hash of everything that determines the scan's values (see the module docstring)."""
-    h = hashlib.blake2b(digest_size=20)
-    h.update(f"{_STORE_VERSION}|{scan.kind}|{space.dtype}|{space.dim}|".encode())
-    model = space.model
-    h.update(f"{type(model).__module__}.{type(model).__qualname__}|{model!r}|".encode())
-    for name, shape in zip(space.names, space.shapes):
-        h.update(f"{name}:{shape}|".encode())
-    _hash_tensor(h, space.theta0)
-    for name in sorted(space.buffers0):
-        h.update(f"{name}|".encode())
-        _hash_tensor(h, space.buffers0[name])
-    # the forward itself (models with equal parameters may compute differently, e.g. skips)
-    space.set_point(space.theta0)
-    x = scan.sets[0].batches[0][0][:4]
-    with torch.inference_mode():
-        _hash_tensor(h, space.working_model(x.to(space.device, space.dtype)))
-    _hash_tensor(h, scan.dirs)
-    for axis in scan.axes:
-        _hash_tensor(h, torch.from_numpy(axis))
-    h.update(f"sets:{len(scan.sets)}|bn:{scan.bn}|".encode())
-    for data in scan.sets:
-        _hash_data(h, data)
-    if scan.bn == "recompute" and space.has_batchnorm:
-        _hash_data(h, scan.bn_data)
-    return h.hexdigest()
-
-
-def _load_store(path: Path, key: str, n: int, width: int
-                ) -> Optional[tuple[np.ndarray, np.ndarray]]:
-    if not path.exists():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            stored_key = str(z["key"])
-            done = np.array(z["done"], dtype=bool)
-            values = np.array(z["values"], dtype=np.float64)
-    except Exception as err:
-        warnings.warn(f"slice store {path} is unreadable ({type(err).__name__}); "
-                      "recomputing every point", RuntimeWarning, stacklevel=4)
-        return None
-    if stored_key != key or done.shape != (n,) or values.shape != (n, width):
-        warnings.warn(f"slice store {path} belongs to a different scan (its key does not "
-                      "match); recomputing every point", RuntimeWarning, stacklevel=4)
-        return None
-    return done, values
-
-
-def _save_store(path: Path, key: str, done: np.ndarray, values: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.savez(buf, key=np.array(key), done=done, values=values)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def store_path(store: Any) -> Optional[Path]:
-    if store is None:
-        return None
-    if not isinstance(store, (str, os.PathLike)):
-        raise LandscopeError(f"store must be a path or None (got {type(store).__name__})")
-    return Path(store)
-
-
-# ----------------------------------------------------------------------------- public
