@@ -75,7 +75,7 @@ def evaluate_points(space: ParamSpace, scan: Scan, idx: Sequence[int],
                      on_point: Optional[Callable[[int, list[float]], None]] = None
                      ) -> np.ndarray:
     """Values ``[loss, acc] * len(sets)`` of the points ``idx``, in that order."""
-    terms = scan.terms.tolist()
+    terms = scan.terms[np.asarray(idx, dtype=np.intp)].tolist()  # this chunk's rows only
     dirs = [scan.dirs[k] for k in range(scan.dirs.shape[0])]
     recompute = scan.bn == "recompute" and space.has_batchnorm
     bn_data = scan.bn_data if scan.bn_data is not None else scan.sets[0]
@@ -94,7 +94,7 @@ def evaluate_points(space: ParamSpace, scan: Scan, idx: Sequence[int],
         work.eval()
         with torch.inference_mode():  # one context for the whole loop (measure's contract)
             for n, i in enumerate(idx):
-                rd, rc, d, c = terms[i]
+                rd, rc, d, c = terms[n]
                 if rd < 0 or rc == 0:
                     base = theta0
                 else:
@@ -265,6 +265,8 @@ def _run_parallel(space: ParamSpace, scan: Scan, todo: np.ndarray, workers: int,
     collected: set[int] = set()
 
     def collect() -> None:
+        if not files:  # the workers return their values instead of writing files
+            return
         for k, idx in enumerate(chunks):
             if k in collected:
                 continue
