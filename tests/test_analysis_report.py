@@ -122,6 +122,24 @@ def test_report_command(sweep, tmp_path):
     assert len(bad.stderr.strip().splitlines()) == 1
 
 
+def test_ols_summary_of_a_constant_test_error_is_a_note_not_a_degenerate_fit():
+    """Every job with the same test error: R^2 would divide by zero, so the appendix gets a
+    one-line note instead of a statsmodels summary (and no RuntimeWarning)."""
+    import warnings
+
+    from landscope.analysis.report import _ols_summary
+
+    df = pd.DataFrame({"probe.lambda_max": np.arange(1.0, 9.0), "seed": np.arange(8)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        note = _ols_summary(df, "probe.lambda_max", pd.Series([0.3] * 8))
+        error = np.linspace(0.4, 0.1, 8) + 0.01 * (-1) ** np.arange(8)
+        fit = _ols_summary(df, "probe.lambda_max", pd.Series(error))
+    assert note == "probe.lambda_max: test error is the same in every job (0.3); no fit"
+    assert "OLS Regression Results" in fit and "probe.lambda_max (standardized)" in fit
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
 def test_report_h2_section_when_skip_is_swept(tmp_path):
     """A sweep over model.skip x 8 seeds where skip lowers lambda_max: the report gets an H2
     section with the verdict, its table (h2.csv) and the paired plot."""

@@ -59,6 +59,8 @@ def _ols_summary(df: pd.DataFrame, measure: str, target: pd.Series) -> str:
     ok = np.isfinite(x) & np.isfinite(y)
     if ok.sum() < 3 or np.std(x[ok]) == 0:
         return f"{measure}: too few finite values for a fit"
+    if np.std(y[ok]) == 0:
+        return f"{measure}: test error is the same in every job ({y[ok][0]:.4g}); no fit"
     z = (x[ok] - x[ok].mean()) / x[ok].std()
     fit = sm.OLS(y[ok], sm.add_constant(z)).fit(
         cov_type="cluster", cov_kwds={"groups": df["seed"].to_numpy()[ok]}) \
