@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from landscope.checkpoint import load_checkpoint
 from landscope.config import validate
@@ -53,6 +54,7 @@ def test_pacbayes_probe_in_a_job_centres_the_prior_at_the_initialization(compose
         assert isinstance(p[f"pacbayes_{key}"], float), key
     assert p["pacbayes_prior_mean"] == "init" and p["pacbayes_m"] == 256.0  # the whole split
     assert p["pacbayes_k"] == 3.0 and p["pacbayes_n_mc"] == 20.0
+    assert p["pacbayes_n_candidates"] == 13 * 5  # 13 variances x (4 betas + isotropic)
     assert p["pacbayes_D"] == p["n_params"]
     assert 0 <= p["pacbayes_hessian"] <= p["pacbayes_isotropic"] <= p["pacbayes_naive"] <= 1
     assert p["pacbayes_isotropic"] >= p["pacbayes_isotropic_e_upper"] >= 0
@@ -82,7 +84,10 @@ def test_pacbayes_settings_are_validated_in_one_line(compose):
                         (["probe.pacbayes_delta=0"], "probe.pacbayes_delta"),
                         (["probe.pacbayes_delta_mc=1.5"], "probe.pacbayes_delta_mc"),
                         (["probe.pacbayes_delta=0.6", "probe.pacbayes_delta_mc=0.5"], "< 1"),
-                        (["probe.pacbayes_data_size=1"], "probe.pacbayes_data_size")):
+                        (["probe.pacbayes_data_size=1"], "probe.pacbayes_data_size"),
+                        (["probe.pacbayes_beta_grid=[]"], "probe.pacbayes_beta_grid"),
+                        (["probe.pacbayes_beta_grid=[0.1,-1]"], "probe.pacbayes_beta_grid"),
+                        (["probe.pacbayes_beta_grid=[inf]"], "probe.pacbayes_beta_grid")):
         with pytest.raises(ConfigError, match="must be") as err:
             validate(compose([*FAST, *bad]))
         assert needle in str(err.value) and "\n" not in str(err.value)
@@ -96,6 +101,15 @@ def test_fingerprint_ignores_pacbayes_settings_while_it_is_off(compose):
     assert on != base
     assert probe_fingerprint(compose(["probe=standard", "probe.pacbayes=true",
                                       "probe.pacbayes_n_mc=7"])) != on
+    # the beta grid (added later) stays out of the hash at its default, so jobs probed
+    # before it existed keep theirs (the config as it was then: no such key); another grid
+    # is another probe
+    before = OmegaConf.create(OmegaConf.to_container(
+        compose(["probe=standard", "probe.pacbayes=true"]), enum_to_str=True))
+    del before.probe["pacbayes_beta_grid"]
+    assert probe_fingerprint(before) == on
+    assert probe_fingerprint(compose(
+        ["probe=standard", "probe.pacbayes=true", "probe.pacbayes_beta_grid=[0.5]"])) != on
 
 
 def test_probe_command_adds_pacbayes_to_a_finished_job(compose, tmp_path):
@@ -113,10 +127,12 @@ def test_probe_command_adds_pacbayes_to_a_finished_job(compose, tmp_path):
     assert bad.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") \
         and "probe.top_k" in lines[0] and "pacbayes" in lines[0], bad.stderr
     assert "probes" not in read_json(job / "result.json")
-    done = probe(*FAST)
+    done = probe(*FAST, "probe.pacbayes_beta_grid=[0.5]")
     assert done.returncode == 0, done.stderr
     result = read_json(job / "result.json")
     p = result["probes"]
+    assert p["pacbayes_n_candidates"] == 13 * 2  # the grid reached the bound: 0.5 and inf
+    assert p["pacbayes_hessian_beta"] == 0.5 or p["pacbayes_hessian_is_isotropic"] == 1.0
     assert p["pacbayes_prior_mean"] == "init" and p["pacbayes_m"] == 256.0
     assert p["pacbayes_hessian"] <= p["pacbayes_isotropic"] <= p["pacbayes_naive"]
     cached = read_json(job / "probes" / f"{result['probe_fingerprint']}.json")

@@ -317,13 +317,17 @@ class ProbeConfig:
     # PAC-Bayes bounds on the 0-1 error (Dziugaite & Roy 2017; landscope.analysis.pacbayes):
     # naive parameter count, isotropic and Hessian-informed Gaussian posteriors (the latter in
     # the basis of the top_k eigenvectors: needs top_k >= 1). Prior mean: the job's
-    # initialization. Cost: (13 * 5 * n_select + 2 * n_mc) forward passes over the samples.
+    # initialization. Cost: (13 * (len(beta_grid) + 1) * n_select + 2 * n_mc) forward passes
+    # over the samples.
     pacbayes: bool = False
     pacbayes_data_size: Optional[int] = None  # m samples of the bound; null = whole train split
     pacbayes_n_mc: int = 300  # final Monte Carlo draws per posterior (error upper value)
     pacbayes_n_select: int = 24  # draws per candidate posterior in the selection stage
     pacbayes_delta: float = 0.025  # confidence of the PAC-Bayes statement
     pacbayes_delta_mc: float = 0.01  # confidence of the Monte Carlo error (total: delta + delta_mc)
+    # the Hessian posterior's constants beta (tolerated loss rise per eigendirection); the
+    # isotropic member (beta = inf) is always added, and the union bound pays for every entry
+    pacbayes_beta_grid: List[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0])
 
 
 @dataclass
@@ -498,6 +502,10 @@ def validate(cfg: Any) -> None:
     _check(p.pacbayes_delta + p.pacbayes_delta_mc < 1, "probe.pacbayes_delta + pacbayes_delta_mc",
            "< 1 (the bounds hold with probability 1 - their sum)",
            p.pacbayes_delta + p.pacbayes_delta_mc)
+    _check(len(p.pacbayes_beta_grid) >= 1 and all(math.isfinite(b) and b > 0
+                                                  for b in p.pacbayes_beta_grid),
+           "probe.pacbayes_beta_grid", "a non-empty list of finite values > 0",
+           list(p.pacbayes_beta_grid))
     if p.pacbayes:
         _check(p.top_k >= 1, "probe.top_k", ">= 1 with probe.pacbayes=true (the Hessian-informed "
                "posterior uses the top-k eigenvectors)", p.top_k)

@@ -40,7 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from landscope import __version__
 from landscope.checkpoint import (capture_rng, load_checkpoint, load_latest, payload_digest,
                                  restore_rng, save_checkpoint)
-from landscope.config import validate
+from landscope.config import ProbeConfig, validate
 from landscope.data import check_available, load_data
 from landscope.errors import CheckpointError, ConfigError, LandscopeError
 from landscope.geometry.suite import run_landscape
@@ -85,6 +85,8 @@ def probe_fingerprint(cfg: DictConfig) -> Optional[str]:
     c = OmegaConf.to_container(cfg.probe, resolve=True, enum_to_str=True)
     if not c.get("pacbayes"):  # its settings change nothing when it is off: old hashes stay
         c = {k: v for k, v in c.items() if not k.startswith("pacbayes")}
+    elif c.get("pacbayes_beta_grid") == ProbeConfig().pacbayes_beta_grid:
+        c.pop("pacbayes_beta_grid")  # added later: jobs probed before keep their hash
     text = OmegaConf.to_yaml(OmegaConf.create(c), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

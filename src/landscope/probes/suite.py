@@ -231,7 +231,8 @@ def _pacbayes(model: nn.Module, train_split, cfg: Any, top: Any,
                                 micro_batch=cfg.micro_batch)
     out = pac_bayes_bounds(model, data, top.eigenvalues, top.eigenvectors, w0=w0,
                            delta=cfg.pacbayes_delta, delta_mc=cfg.pacbayes_delta_mc,
-                           n_mc=cfg.pacbayes_n_mc, n_select=cfg.pacbayes_n_select, seed=cfg.seed)
+                           n_mc=cfg.pacbayes_n_mc, n_select=cfg.pacbayes_n_select,
+                           beta_grid=list(cfg.pacbayes_beta_grid), seed=cfg.seed)
     scalars: dict[str, Any] = {k if k.startswith("pacbayes_") else f"pacbayes_{k}": v
                                for k, v in out.items()}
     scalars["pacbayes_prior_mean"] = "zero" if w0 is None else "init"
