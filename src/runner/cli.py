@@ -5,8 +5,9 @@ one group replaced, and the loop that updates finished jobs."""
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 
 def arguments(argv: Optional[list[str]], doc: str) -> list[str]:
@@ -16,6 +17,32 @@ def arguments(argv: Optional[list[str]], doc: str) -> list[str]:
         print(doc)
         sys.exit(0 if args else 2)
     return args
+
+
+@contextmanager
+def input_errors(composing: bool = False) -> Iterator[None]:
+    """Bad input found before any work starts: one ``error:`` line on stderr and exit 2.
+
+    A :class:`~landscope.errors.LandscopeError` is always bad input. With ``composing`` (the
+    block composes configs), any other exception is too: Hydra and OmegaConf report an unknown
+    key or a wrong type with their own types, in several lines, condensed here to one."""
+    from landscope.errors import LandscopeError
+    from runner.app import one_line
+
+    try:
+        yield
+    except LandscopeError as exc:
+        text = str(exc)
+        _bad_input(one_line(exc) if "\n" in text else text)
+    except Exception as exc:
+        if not composing:
+            raise
+        _bad_input(one_line(exc))
+
+
+def _bad_input(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def paths_and_overrides(args: list[str]) -> tuple[list[str], list[str]]:
@@ -30,8 +57,7 @@ def pop_out(args: list[str]) -> Optional[Path]:
         return None
     i = args.index("--out")
     if i + 1 >= len(args):
-        print("error: --out needs a directory", file=sys.stderr)
-        sys.exit(2)
+        _bad_input("--out needs a directory")
     out = Path(args[i + 1])
     del args[i:i + 2]
     return out

@@ -280,25 +280,18 @@ def run_pair(pair: dict, settings: dict, out_dir: Path) -> tuple[str, dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from runner.app import one_line
-    from runner.cli import arguments, paths_and_overrides, run_each
+    from runner.cli import arguments, input_errors, paths_and_overrides, run_each
 
     args = arguments(argv, __doc__)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     paths, overrides = paths_and_overrides(args)
-    try:
+    with input_errors(composing=True):
         if len(paths) != 1:
             raise LandscopeError(f"expected one sweep directory, got {len(paths)}: "
                                  f"{' '.join(paths) or '(none)'}")
         settings = _landscape_config(overrides)
         sweep = Path(paths[0])
         pairs, notes = _plan(sweep)
-    except LandscopeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except Exception as exc:  # composition errors from Hydra / OmegaConf
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        sys.exit(2)
     for note in notes:
         print(note, flush=True)
     counts = run_each(pairs, lambda p: f"{p['group']}/{p['a']['name']}__{p['b']['name']}",

@@ -267,23 +267,16 @@ def _summary(record: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from runner.app import one_line
-    from runner.cli import arguments, paths_and_overrides, run_each
+    from runner.cli import arguments, input_errors, paths_and_overrides, run_each
 
     args = arguments(argv, __doc__)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     paths, overrides = paths_and_overrides(args)
-    try:
+    with input_errors(composing=True):  # OmegaConf: unknown key, wrong type
         if not paths:
             raise LandscopeError("expected at least one sweep or job directory")
         settings = escape_config(overrides)
         jobs, notes = find_jobs(paths)
-    except LandscopeError as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        sys.exit(2)
-    except Exception as exc:  # OmegaConf: unknown key, wrong type
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        sys.exit(2)
     for note in notes:
         print(note, flush=True)
     fp = settings_fingerprint(settings)

@@ -33,18 +33,13 @@ def _targets(paths: list[str]) -> tuple[list[Path], list[Path]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from landscope.errors import LandscopeError
     from landscope.plots import connectivity_figures, job_figures
-
-    from runner.cli import arguments, pop_out
+    from runner.cli import arguments, input_errors, pop_out
 
     args = arguments(argv, __doc__)
     out = pop_out(args)
-    try:
+    with input_errors():
         jobs, sweeps = _targets(args)
-    except LandscopeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
     failed = 0
     for job in jobs:
         try:

@@ -29,8 +29,7 @@ def _shown(scalars: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from runner.app import one_line
-    from runner.cli import (arguments, group_config, job_config, paths_and_overrides,
+    from runner.cli import (arguments, group_config, input_errors, job_config, paths_and_overrides,
                             update_finished_job)
 
     args = arguments(argv, __doc__)
@@ -38,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     paths, overrides = paths_and_overrides(args)
     if not any(o.startswith("landscape=") for o in overrides):
         overrides.insert(0, "landscape=basic")
-    try:
+    with input_errors(composing=True):
         bad = [o for o in overrides if not o.lstrip("+~").startswith("landscape")]
         if bad:
             raise LandscopeError(f"only landscape overrides are accepted here (got {bad[0]})")
@@ -51,12 +50,6 @@ def main(argv: list[str] | None = None) -> None:
             raise LandscopeError("landscape=none switches the landscape off; choose "
                                  "landscape=basic or full")
         plans = [(job, job_config(job, "landscape", land)) for job, _ in jobs]
-    except LandscopeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except Exception as exc:  # composition errors from Hydra / OmegaConf
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        sys.exit(2)
     failed = sum(not update_finished_job(job, cfg, "landscape",
                                          lambda r: _shown(r.get("landscape", {})))
                  for job, cfg in plans)

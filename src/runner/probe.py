@@ -48,7 +48,7 @@ def _shown(probes: dict) -> dict:
 def main(argv: list[str] | None = None) -> None:
     from landscope.jobs import probe_checkpoint
     from runner.app import one_line
-    from runner.cli import (arguments, group_config, job_config, paths_and_overrides,
+    from runner.cli import (arguments, group_config, input_errors, job_config, paths_and_overrides,
                             update_finished_job)
 
     args = arguments(argv, __doc__)
@@ -56,19 +56,13 @@ def main(argv: list[str] | None = None) -> None:
     paths, overrides = paths_and_overrides(args)
     if not any(o.startswith("probe=") for o in overrides):
         overrides.insert(0, "probe=standard")
-    try:
+    with input_errors(composing=True):
         jobs = _job_dirs(paths)
         probe_cfg = group_config("probe", overrides)
         if str(getattr(probe_cfg.name, "value", probe_cfg.name)) == "none":
             raise LandscopeError("probe=none switches every probe off; choose probe=basic, "
                                  "standard, full or pacbayes")
         plans = [(job, ckpt, job_config(job, "probe", probe_cfg)) for job, ckpt in jobs]
-    except LandscopeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except Exception as exc:  # composition errors from Hydra / OmegaConf
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        sys.exit(2)
     failed = 0
     for job, ckpt, cfg in plans:
         if ckpt is None:

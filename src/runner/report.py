@@ -21,7 +21,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> None:
-    from runner.cli import arguments, pop_out
+    from runner.cli import arguments, input_errors, pop_out
 
     args = arguments(argv, __doc__)
     out = pop_out(args)
@@ -36,15 +36,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {missing[0]} is not a sweep or job directory", file=sys.stderr)
         sys.exit(2)
     from landscope.analysis.report import build_report
-    from landscope.errors import LandscopeError
 
     if out is None:
         out = paths[0] / "report" if len(paths) == 1 else Path("outputs") / "report"
-    try:
+    with input_errors():
         page = build_report(paths, out)
-    except LandscopeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
     logger = _tracked_logger(paths, wandb_flag)
     if logger is not None:
         from landscope.tracking import log_report

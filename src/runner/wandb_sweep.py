@@ -20,7 +20,6 @@ Exit codes: 0 written, 2 bad input (one ``error:`` line).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -142,18 +141,14 @@ def sweep_spec(overrides: list[str], method: str = "grid", metric: str = "final/
 def main(argv: Optional[list[str]] = None) -> None:
     import yaml
 
-    from landscope.errors import LandscopeError
     from landscope.io import atomic_write_text
-    from runner.cli import arguments
+    from runner.cli import arguments, input_errors
 
     args = arguments(argv, __doc__)
-    try:
+    with input_errors():
         opts, overrides = _options(args)
         spec = sweep_spec(overrides, opts["--method"], opts["--metric"], opts["--goal"],
                           opts["--project"])
-    except LandscopeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
     text = ("# W&B sweep written by `python -m runner.wandb_sweep " + " ".join(args) + "`\n"
             + yaml.safe_dump(spec, sort_keys=False))
     out = opts["--out"] or f"{spec['name']}.sweep.yaml"
