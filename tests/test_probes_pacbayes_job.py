@@ -18,7 +18,7 @@ from landscope.checkpoint import load_checkpoint
 from landscope.config import validate
 from landscope.data import load_data
 from landscope.errors import ConfigError
-from landscope.geometry.trajectory import load as load_trajectory
+from landscope.geometry.snapshots import load as load_trajectory
 from landscope.io import read_json
 from landscope.jobs import TRAJECTORY_FILE, initial_model, probe_fingerprint, train_job
 

@@ -44,7 +44,7 @@ from landscope.config import ProbeConfig, validate
 from landscope.data import check_available, load_data
 from landscope.errors import CheckpointError, ConfigError, LandscopeError
 from landscope.geometry.suite import run_landscape
-from landscope.geometry.trajectory import SnapshotRecorder
+from landscope.geometry.snapshots import SnapshotRecorder
 from landscope.io import (atomic_write_bytes, atomic_write_text, jsonable, read_json, read_jsonl,
                           write_json, write_jsonl)
 from landscope.models import build_model, count_parameters
