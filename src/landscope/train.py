@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from landscope.losses import n_correct, task_loss
 from landscope.optim import is_llp, is_sam
@@ -82,6 +82,37 @@ def evaluate(model: nn.Module, split, batch_size: int) -> tuple[float, float]:
     return total_loss / n, correct / n
 
 
+def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor,
+                   grad_clip: Optional[float] = None) -> tuple[Tensor, int]:
+    """One optimizer step on the mini-batch ``(x, y)`` (model in train mode, data on its
+    device): the task loss and its gradient, then SAM's second gradient at ``w + e`` or
+    LLP's finite-difference probes (both with BatchNorm statistics frozen at ``w``), gradient
+    clipping, the update. Returns the mini-batch loss at ``w`` (detached) and the gradient
+    evaluations spent."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt.zero_grad(set_to_none=True)
+    loss = task_loss(model, model(x), y)
+    loss.backward()
+    grad_evals = 1
+    if is_sam(opt):
+        opt.first_step()
+        opt.zero_grad(set_to_none=True)
+        with _running_stats_frozen(model):  # BatchNorm statistics come from w, not w + e
+            task_loss(model, model(x), y).backward()
+        grad_evals += 1
+        if grad_clip is not None:
+            nn.utils.clip_grad_norm_(params, grad_clip)
+        opt.second_step()
+    else:
+        if is_llp(opt):  # finite-difference probes at w + eps d on this batch, before clipping
+            with _running_stats_frozen(model):
+                grad_evals += opt.probe(lambda: task_loss(model, model(x), y).backward())
+        if grad_clip is not None:
+            nn.utils.clip_grad_norm_(params, grad_clip)
+        opt.step()
+    return loss.detach(), grad_evals
+
+
 def train_epoch(state: TrainState, split, batch_size: int, generator: torch.Generator,
                 grad_clip: Optional[float] = None, progress: Any = None,
                 on_step: Optional[Callable[[TrainState], None]] = None,
@@ -92,33 +123,13 @@ def train_epoch(state: TrainState, split, batch_size: int, generator: torch.Gene
     Stops after the step that brings ``state.grad_evals`` to ``max_grad_evals``.
     With LLP the epoch's averaged probe metrics are under ``"optimizer"``."""
     model, opt = state.model, state.optimizer
-    sam, llp = is_sam(opt), is_llp(opt)
-    params = [p for p in model.parameters() if p.requires_grad]
     model.train()
     device = _device_of(model)
     loss_sum, n_seen, steps = 0.0, 0, 0
     for x, y in split.batches(batch_size, shuffle=True, generator=generator):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        opt.zero_grad(set_to_none=True)
-        loss = task_loss(model, model(x), y)
-        loss.backward()
-        state.grad_evals += 1
-        if sam:
-            opt.first_step()
-            opt.zero_grad(set_to_none=True)
-            with _running_stats_frozen(model):  # BatchNorm statistics come from w, not w + e
-                task_loss(model, model(x), y).backward()
-            state.grad_evals += 1
-            if grad_clip is not None:
-                nn.utils.clip_grad_norm_(params, grad_clip)
-            opt.second_step()
-        else:
-            if llp:  # finite-difference probes at w + eps d on this batch, before clipping
-                with _running_stats_frozen(model):
-                    state.grad_evals += opt.probe(lambda: task_loss(model, model(x), y).backward())
-            if grad_clip is not None:
-                nn.utils.clip_grad_norm_(params, grad_clip)
-            opt.step()
+        loss, grad_evals = optimizer_step(model, opt, x, y, grad_clip)
+        state.grad_evals += grad_evals
         state.step += 1
         if on_step is not None:
             on_step(state)
@@ -133,7 +144,7 @@ def train_epoch(state: TrainState, split, batch_size: int, generator: torch.Gene
         if max_grad_evals is not None and state.grad_evals >= max_grad_evals:
             break
     out = {"running_loss": loss_sum / max(n_seen, 1), "steps": steps}
-    if llp:
+    if is_llp(opt):
         out["optimizer"] = opt.pop_epoch_metrics()
     return out
 
