@@ -77,6 +77,24 @@ def plot_training(rows: Sequence[Mapping[str, Any]], path: Path, title: str = ""
     return save_png(fig, path)
 
 
+def plot_history(rows: Sequence[Mapping[str, Any]], path: Path, title: str = "") -> Path:
+    """Per tracked step: train/test loss, accuracy, gradient norm and λmax (four panels)."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4), layout="constrained")
+    rows = [r for r in rows if "train_loss" in r]
+    step = [r["step"] for r in rows]
+    for split, style in (("train", "-"), ("test", "--")):
+        axes[0].plot(step, [r.get(f"{split}_loss", math.nan) for r in rows], style, label=split)
+        axes[1].plot(step, [r.get(f"{split}_acc", math.nan) for r in rows], style, label=split)
+    axes[2].plot(step, [r["grad_norm"] for r in rows], "-o", ms=3)
+    axes[3].plot(step, [r["lambda_max"] for r in rows], "-o", ms=3)
+    for ax, label in zip(axes, ("loss", "accuracy", "gradient norm", "λmax")):
+        ax.set(xlabel="step", ylabel=label)
+    axes[0].legend()
+    fig.suptitle(title or "optimization trajectory")
+    return save_png(fig, path)
+
+
 def plot_curvature(rows: Sequence[Mapping[str, Any]], path: Path, lr: Optional[float] = None,
                    title: str = "") -> Path:
     """λmax and the Hutchinson trace through training; the edge-of-stability line 2/η."""
@@ -141,18 +159,33 @@ def plot_line(a: Mapping[str, np.ndarray], path: Path, title: str = "",
     return save_png(fig, path)
 
 
-def plot_plane_contour(a: Mapping[str, np.ndarray], path: Path, key: str = "train_loss",
-                       title: str = "") -> Path:
-    """2-D slice as filled contours of ``key`` (log-spaced levels for losses)."""
-    plt = pyplot()
-    x, y, z = np.asarray(a["x"]), np.asarray(a["y"]), np.asarray(a[key])
-    fig, ax = plt.subplots(figsize=(5, 4.3))
+def _xyz(a: Mapping[str, np.ndarray], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return np.asarray(a["x"]), np.asarray(a["y"]), np.asarray(a[key])
+
+
+def _draw_contour(fig: Any, ax: Any, a: Mapping[str, np.ndarray], key: str) -> None:
+    x, y, z = _xyz(a, key)
     cs = ax.contourf(x, y, z.T, levels=_levels(z, key), cmap="viridis")
     ax.contour(x, y, z.T, levels=cs.levels, colors="k", linewidths=0.3)
     fig.colorbar(cs, ax=ax, label=key.replace("_", " "))
     ax.plot([0], [0], "r*", ms=10, label="trained point")
     ax.set(xlabel="α (direction 1)", ylabel="β (direction 2)", aspect="equal")
     ax.legend(fontsize=7)
+
+
+def _draw_surface(ax: Any, a: Mapping[str, np.ndarray], key: str) -> None:
+    x, y, z = _xyz(a, key)
+    xx, yy = np.meshgrid(x, y, indexing="ij")
+    ax.plot_surface(xx, yy, z, cmap="viridis", linewidth=0, antialiased=True)
+    ax.set(xlabel="α", ylabel="β", zlabel=key.replace("_", " "))
+
+
+def plot_plane_contour(a: Mapping[str, np.ndarray], path: Path, key: str = "train_loss",
+                       title: str = "") -> Path:
+    """2-D slice as filled contours of ``key`` (log-spaced levels for losses)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4.3))
+    _draw_contour(fig, ax, a, key)
     ax.set_title(title or f"2-D slice: {key.replace('_', ' ')}")
     return save_png(fig, path)
 
@@ -161,13 +194,21 @@ def plot_plane_surface(a: Mapping[str, np.ndarray], path: Path, key: str = "trai
                        title: str = "") -> Path:
     """2-D slice as a 3-D surface."""
     plt = pyplot()
-    x, y, z = np.asarray(a["x"]), np.asarray(a["y"]), np.asarray(a[key])
     fig = plt.figure(figsize=(5.5, 4.5))
     ax = fig.add_subplot(projection="3d")
-    xx, yy = np.meshgrid(x, y, indexing="ij")
-    ax.plot_surface(xx, yy, z, cmap="viridis", linewidth=0, antialiased=True)
-    ax.set(xlabel="α", ylabel="β", zlabel=key.replace("_", " "))
+    _draw_surface(ax, a, key)
     ax.set_title(title or f"2-D slice: {key.replace('_', ' ')}")
+    return save_png(fig, path)
+
+
+def plot_plane(a: Mapping[str, np.ndarray], path: Path, key: str = "train_loss",
+               title: str = "") -> Path:
+    """2-D slice as contours (left) and a 3-D surface (right) in one figure."""
+    plt = pyplot()
+    fig = plt.figure(figsize=(11, 4.5))
+    _draw_contour(fig, fig.add_subplot(1, 2, 1), a, key)
+    _draw_surface(fig.add_subplot(1, 2, 2, projection="3d"), a, key)
+    fig.suptitle(title or f"2-D slice: {key.replace('_', ' ')}")
     return save_png(fig, path)
 
 
