@@ -152,13 +152,17 @@ def test_tracking_failure_costs_nothing(tmp_path, compose, monkeypatch, caplog):
 
     import landscope.jobs as jobs
 
+    seen = []
+
     def refuse(*args, **kwargs):
+        seen.append(kwargs["settings"])
         raise ConnectionError("no route to host")
 
     monkeypatch.setattr(wandb, "init", refuse)
-    cfg = compose([*SMOKE, *OFFLINE])
+    cfg = compose([*SMOKE, *OFFLINE, "logger.init_timeout=7"])
     summary = jobs.run_job(cfg, tmp_path / "job", [*SMOKE, *OFFLINE])
     assert summary["status"] == "completed"
+    assert seen and seen[0].init_timeout == 7.0  # an unreachable server is waited on this long
     assert any("W&B tracking off" in r.getMessage() and "no route to host" in r.getMessage()
                for r in caplog.records)
 

@@ -326,7 +326,8 @@ class ProbeConfig:
     pacbayes_delta: float = 0.025  # confidence of the PAC-Bayes statement
     pacbayes_delta_mc: float = 0.01  # confidence of the Monte Carlo error (total: delta + delta_mc)
     # the Hessian posterior's constants beta (tolerated loss rise per eigendirection); the
-    # isotropic member (beta = inf) is always added, and the union bound pays for every entry
+    # isotropic member (beta = inf) is always added; more entries cost draws, not tightness
+    # (the posterior may be chosen after seeing the data)
     pacbayes_beta_grid: List[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0])
 
 
@@ -388,6 +389,7 @@ class LoggerConfig:
     tags: List[str] = field(default_factory=list)
     dir: Optional[str] = None  # where W&B writes its files; null = the job directory
     log_figures: bool = True  # the job's figures/*.png as images
+    init_timeout: float = 30.0  # seconds W&B may take to start online; then the job runs untracked
 
 
 @dataclass
@@ -509,6 +511,8 @@ def validate(cfg: Any) -> None:
     if p.pacbayes:
         _check(p.top_k >= 1, "probe.top_k", ">= 1 with probe.pacbayes=true (the Hessian-informed "
                "posterior uses the top-k eigenvectors)", p.top_k)
+    timeout = cfg.logger.init_timeout
+    _check(math.isfinite(timeout) and timeout > 0, "logger.init_timeout", "> 0 seconds", timeout)
     ls = cfg.landscape
     _check(ls.data_size is None or ls.data_size >= 1, "landscape.data_size", ">= 1 or null",
            ls.data_size)

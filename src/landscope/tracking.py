@@ -58,6 +58,13 @@ def api_key_configured() -> bool:
         return False
 
 
+def _settings(wandb: Any, logger_cfg: Any) -> Any:
+    """Quiet, and bounded in how long an online start may wait for the server (configs saved
+    before ``init_timeout`` existed get its default)."""
+    return wandb.Settings(silent=True, init_timeout=float(getattr(logger_cfg, "init_timeout",
+                                                                  30.0)))
+
+
 def resolve_mode(mode: Any) -> str:
     """``online``/``offline``/``disabled`` for ``logger.mode`` (``auto``: see module doc)."""
     mode = str(_value(mode))
@@ -149,7 +156,7 @@ class WandbTracker(Tracker):
                 job_type=lc.job_type, name=run_name(job_dir, overrides), tags=tags,
                 config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
                 dir=str(wdir), mode=mode, id=_run_id(job_dir), resume="allow",
-                settings=wandb.Settings(silent=True))
+                settings=_settings(wandb, lc))
             self.run.define_metric("epoch")
             self.run.define_metric("*", step_metric="epoch")
             self.run.config.update({"overrides": list(overrides)}, allow_val_change=True)
@@ -209,7 +216,7 @@ def log_report(out_dir: Path, group: str, logger_cfg: Any, sources: list[str]) -
         run = wandb.init(project=logger_cfg.project, entity=logger_cfg.entity, group=group,
                          job_type="report", name=f"report {group}", dir=str(wdir),
                          mode=resolve_mode(logger_cfg.mode), config={"sources": sources},
-                         settings=wandb.Settings(silent=True))
+                         settings=_settings(wandb, logger_cfg))
         try:
             art = wandb.Artifact(f"report-{safe_name(group)}", type="report",
                                  description=f"landscope report of {', '.join(sources)}")
