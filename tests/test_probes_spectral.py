@@ -227,6 +227,26 @@ def test_slq_trace_logdet_density():
         res.logdet(-1.0)
 
 
+def test_probe_logdet_only_where_h_plus_eps_is_positive_definite():
+    """The probe suite's log-det: reported for a positive definite H + eps I (equal to the
+    quadrature's), skipped with a reason when the bottom Lanczos eigenvalue (or, without one,
+    the smallest node) is <= -eps, even if the quadrature's nodes stay above it."""
+    import types
+
+    from landscope.probes.suite import _logdet
+
+    eigs = _uniform(60, 0.1, 5.0, 3)
+    q = slq(_op(eigs)[0], n_probes=4, m_steps=20, seed=0)
+    ok = _logdet(q, 1e-3, None)
+    assert ok["logdet"] == q.logdet(1e-3).estimate and "logdet_skipped" not in ok
+    lanczos_says = types.SimpleNamespace(eigenvalues=torch.tensor([-0.0012], dtype=F64))
+    skipped = _logdet(q, 1e-3, lanczos_says)
+    assert "logdet" not in skipped and "lambda_min (Lanczos) -0.0012" in skipped["logdet_skipped"]
+    negative = torch.cat([eigs, torch.tensor([-0.5], dtype=F64)])
+    q_neg = slq(_op(negative)[0], n_probes=4, m_steps=61, seed=0)
+    assert "smallest SLQ node" in _logdet(q_neg, 1e-3, None)["logdet_skipped"]
+
+
 def test_slq_negative_mass_and_outliers():
     eigs = torch.cat([_uniform(80, -2.0, -0.5, 9), _uniform(317, 0.5, 3.0, 10),
                       torch.tensor([8.0, 15.0, 30.0], dtype=F64)])

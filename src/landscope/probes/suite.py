@@ -9,7 +9,8 @@ arrays (eigenvalues, eigenvectors, density grid) for the job layer to save.
 Scalar names: ``lambda_max``, ``lambda_2``, ``spectral_gap``, ``negative_ratio``,
 ``condition_number``, ``lambda_min`` (bottom-k), ``eig_max_residual``,
 ``eig_all_converged``, ``trace``, ``trace_stderr``, ``density_negative_mass``,
-``density_n_outliers``, ``density_outlier_mass``, ``density_bulk_edge``, ``density_tail_mass``, ``logdet``, ``logdet_stderr``,
+``density_n_outliers``, ``density_outlier_mass``, ``density_bulk_edge``, ``density_tail_mass``, ``logdet``, ``logdet_stderr`` (or ``logdet_skipped``, the reason, when H + eps I is not
+positive definite),
 ``sharpness_l2_rho<r>`` and ``sharpness_l2_onestep_rho<r>`` (SAM), with the family
 ``sharpness_adaptive_l2_rho<r>``, ``sharpness_keskar_eps<e>``,
 ``sharpness_average_{random,adaptive}_rho<r>`` (+ ``_stderr``),
@@ -124,9 +125,8 @@ def run_probes(model: nn.Module, train_split, cfg: Any,
         s.update(density_negative_mass=q.negative_mass(), density_n_outliers=out.count,
                  density_outlier_mass=float(out.masses.sum()) if out.count else 0.0,
                  density_bulk_edge=out.bulk_edge, density_tail_mass=out.tail_mass)
-        if cfg.logdet_eps > 0 and float(q.nodes.min()) + cfg.logdet_eps > 0:
-            ld = q.logdet(cfg.logdet_eps)
-            s.update(logdet=ld.estimate, logdet_stderr=ld.stderr)
+        if cfg.logdet_eps > 0:
+            s.update(_logdet(q, cfg.logdet_eps, bottom))
 
     if _value(cfg.per_block) != "none":
         _per_block(model, data, op.mode, cfg, s, a)
@@ -144,6 +144,21 @@ def run_probes(model: nn.Module, train_split, cfg: Any,
         if isinstance(value, float) and not math.isfinite(value):
             s[key] = None
     return rep
+
+
+def _logdet(q: Any, eps: float, bottom: Any) -> dict[str, Any]:
+    """``log det(H + eps I)`` from the quadrature, only where it is defined: every eigenvalue
+    above ``-eps``. The smallest eigenvalue is the bottom-k Lanczos one when it was computed
+    (the quadrature's nodes never reach it exactly), else the smallest node; otherwise the
+    reason goes into ``logdet_skipped``."""
+    lowest, source = float(q.nodes.min()), "smallest SLQ node"
+    if bottom is not None and float(bottom.eigenvalues[0]) < lowest:
+        lowest, source = float(bottom.eigenvalues[0]), "lambda_min (Lanczos)"
+    if lowest + eps <= 0:
+        return {"logdet_skipped": f"H + {eps:g} I is not positive definite: {source} "
+                                  f"{lowest:.4g} <= -{eps:g}"}
+    ld = q.logdet(eps)
+    return {"logdet": ld.estimate, "logdet_stderr": ld.stderr}
 
 
 def _per_block(model: nn.Module, data: ProbeData, mode: str, cfg: Any, s: dict, a: dict) -> None:
