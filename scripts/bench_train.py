@@ -7,7 +7,8 @@ variants interleaved; the best (min) and median times over the repeats are repor
 - ``bare``      a hand-written PyTorch loop (the floor)
 - ``fit``       ``landscope.train.fit`` (the loop itself, no files)
 - ``job``       ``landscope.jobs.train_job`` (the loop plus a checkpoint and metrics
-                file written atomically every epoch, config and result files)
+                file written atomically every epoch, config and result files; probes,
+                landscape scans and figures off, as they are timed by their own benchmarks)
 
 With ``--sweep`` it also times the default 15-job sweep through ``python -m runner``
 with the in-process launcher and with the joblib preset (``hydra/launcher=parallel``).
@@ -93,7 +94,8 @@ def bench_loop(args) -> None:
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
     overrides = [f"train.epochs={args.epochs}", f"dataset.data_dir={tmp / 'data'}",
-                 "optimizer=sgd", f"model={args.model}", "probe=none"]
+                 "optimizer=sgd", f"model={args.model}", "probe=none", "landscape=none",
+                 "landscape.figures=false"]
     cfg = compose_cfg(overrides)
     data = load_data(cfg.dataset)
     seed_everything(cfg.seed)
