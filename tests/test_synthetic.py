@@ -339,3 +339,39 @@ def test_cli_refuses_mismatched_pair(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: ") and \
         "dataset=two_basin runs only with model=two_basin" in lines[0], lines
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("normalization", ["filter", "layer"])
+def test_default_slices_of_the_quadratic_follow_its_closed_form(normalization):
+    """The synthetic models' single weight vector ``theta`` is 1-D but not a bias: under
+    filter/layer normalization it is one filter scaled to ||theta0|| (not zeroed, which made
+    every default direction of a synthetic problem zero). The 1-D slice then equals the
+    closed-form quadratic at theta0 + a d, to 1e-9 relative."""
+    from landscope.geometry.directions import random_directions
+    from landscope.geometry.slices import line_slice, symmetric_grid
+    from landscope.geometry.space import ParamSpace
+
+    model, data, ref = model64(quad_cfg(), seed=3)
+    space = ParamSpace(model)
+    d = random_directions(space, 2, seed=0, normalization=normalization)
+    norms = d.norm(dim=1)
+    assert torch.allclose(norms, space.theta0.norm().expand(2), rtol=1e-12)
+    coords = symmetric_grid(1.0, 9)
+    train = ProbeData.from_split(data.train, None, seed=0, micro_batch=4096)
+    res = line_slice(space, d, coords, train)
+    for k in range(2):
+        exact = [ref.loss(space.theta0 + float(a) * d[k]) for a in coords]
+        assert res.train_loss[k] == pytest.approx(exact, rel=1e-9)
+    assert res.scalars()["line_train_rise_mean"] > 0
+
+
+def test_landscape_full_on_a_synthetic_problem_caps_the_intrinsic_dims(tmp_path):
+    """landscape=full on two_basin (2 parameters): the default intrinsic-dimension grid
+    (100 ... 30000) is replaced by d = 2 with a note, instead of failing the job."""
+    out = run_cli(["model=two_basin", "probe=none", "landscape=full", "train.epochs=2",
+                   "landscape.intrinsic_epochs=1"], tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    job = next((tmp_path / "outputs" / "runs" / "default").iterdir())
+    record = read_json(next((job / "landscape").glob("*.json")))
+    assert any("replaced by 2 (grid [2])" in n for n in record["notes"]), record["notes"]
+    assert "intrinsic_d90_relative" in record["scalars"]

@@ -23,11 +23,14 @@ Neural Nets", NeurIPS), with ``theta`` the model's point and ``p`` one parameter
 * ``"model"`` -- the whole vector: ``d <- d * ||theta|| / ||d||``.
 * ``"none"`` -- raw ``N(0, 1)`` entries.
 
-Biases and norm parameters (every parameter with ``p.dim() <= 1``) get a zero component under
-``"filter"`` and ``"layer"`` by default, as in Li et al. (their ``ignore='biasbn'``): moving
-them adds little and their scale is not comparable to that of the filters. With
-``include_bias_norm=True`` each such tensor is treated as a single filter and scaled to its own
-norm, ``d_p <- d_p * ||theta_p|| / ||d_p||`` (Li et al.'s code copies ``theta_p`` itself
+Biases and norm parameters (parameters with ``p.dim() <= 1`` that are named ``bias`` or belong
+to a normalization layer) get a zero component under ``"filter"`` and ``"layer"`` by default,
+as in Li et al. (their ``ignore='biasbn'``): moving them adds little and their scale is not
+comparable to that of the filters. Any other 1-D parameter (a weight vector, such as the
+``theta`` of the synthetic problems in :mod:`landscope.synthetic`) is one filter, scaled to its
+own norm. (Li et al.'s code zeroes every 1-D tensor; for a model whose weights are all 1-D
+that would make every direction zero.) With ``include_bias_norm=True`` each bias or norm
+tensor is also treated as a single filter and scaled to its own norm, ``d_p <- d_p * ||theta_p|| / ||d_p||`` (Li et al.'s code copies ``theta_p`` itself
 instead; a random direction scaled the same way keeps the direction random). A filter or
 tensor whose weights are all zero gets a zero component. ``"model"`` and ``"none"`` always keep
 every component.
@@ -49,7 +52,7 @@ from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from landscope.errors import LandscopeError
 from landscope.geometry.space import ParamSpace
@@ -100,7 +103,7 @@ def normalize_direction(direction: Tensor, space: ParamSpace, normalization: str
         for name in space.names:
             dp, wp = d_parts[name], w_parts[name]
             if dp.dim() <= 1:
-                if include_bias_norm:
+                if include_bias_norm or not _bias_or_norm(space, name):
                     dp.mul_(_ratio(wp.norm(), dp.norm()))
                 else:
                     dp.zero_()
@@ -112,6 +115,15 @@ def normalize_direction(direction: Tensor, space: ParamSpace, normalization: str
                 scale = torch.where(df > 0, wf / torch.where(df > 0, df, 1.0), 0.0)
                 dp.mul_(scale.view(-1, *([1] * (dp.dim() - 1))))
     return d.to(space.device, space.dtype)
+
+
+_NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def _bias_or_norm(space: ParamSpace, name: str) -> bool:
+    """Whether parameter ``name`` is a bias or belongs to a normalization layer."""
+    owner, _, leaf = name.rpartition(".")
+    return leaf == "bias" or isinstance(space.model.get_submodule(owner), _NORM_LAYERS)
 
 
 def _ratio(num: Tensor, den: Tensor) -> float:

@@ -152,7 +152,13 @@ def run_landscape(model: nn.Module, data: Any, cfg: Any, *,
                              "final test accuracy")
         else:
             tic = time.perf_counter()
-            res = intrinsic_dimension(init_model, list(cfg.intrinsic_dims), float(reference_acc),
+            dims = list(cfg.intrinsic_dims)
+            n_params = sum(p.numel() for p in init_model.parameters())
+            if max(dims) > n_params:  # a subspace cannot be larger than the space
+                dims = sorted({d for d in dims if d < n_params} | {n_params})
+                rep.notes.append(f"intrinsic_dim: dims above the model's {n_params} parameters "
+                                 f"replaced by {n_params} (grid {dims})")
+            res = intrinsic_dimension(init_model, dims, float(reference_acc),
                                       data.train, data.test, _value(cfg.intrinsic_projection),
                                       epochs=cfg.intrinsic_epochs, lr=cfg.intrinsic_lr,
                                       batch_size=batch_size, seed=cfg.seed)
