@@ -22,9 +22,11 @@ $(STAMP): pyproject.toml
 
 # The main job: the default 15-job sweep on MNIST-1D (resumes if interrupted), then its
 # report (measures against test error; path printed at the end).
+# The report is written even when a job failed (it lists the failed jobs); the runner's
+# exit code is kept.
 run: install
-	$(PY) -m runner -m $(SWEEP)
-	$(PY) -m runner.report $(SWEEP_DIR)
+	status=0; $(PY) -m runner -m $(SWEEP) || status=$$?; \
+	$(PY) -m runner.report $(SWEEP_DIR) && exit $$status
 
 test: install
 	$(PY) -m pytest -q
