@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.func import functional_call, hessian
@@ -169,6 +170,12 @@ def test_quadratic_run_probes_and_sharpness_at_optimum():
     assert s["probe_data_size"] == 128 and s["noise_samples"] == 128
     assert s["lambda_max"] == pytest.approx(10.0, rel=1e-8)
     assert a["eigenvalues_top"].tolist() == pytest.approx(ref.eigenvalues[:5].tolist(), rel=1e-8)
+    # per pair: the true residual ||H v - lambda v|| (saved) and the products Lanczos used
+    h = ref.hessian
+    v, lam = torch.as_tensor(a["eigenvectors_top"]), torch.as_tensor(a["eigenvalues_top"])
+    true = (h @ v - v * lam).norm(dim=0)
+    assert a["residuals_top"].shape == (5,) and np.allclose(a["residuals_top"], true, atol=1e-12)
+    assert 5 <= s["hvps_top"] <= s["hvps"]
     assert abs(s["trace"] - ref.trace) <= 3 * s["trace_stderr"] + 1e-9
     assert s["noise_trace_sigma"] == pytest.approx(ref.noise_trace_at_optimum, rel=1e-10)
     assert s["verify_trace_exact"] == pytest.approx(ref.trace, rel=1e-12)

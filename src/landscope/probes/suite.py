@@ -8,7 +8,8 @@ arrays (eigenvalues, eigenvectors, density grid) for the job layer to save.
 
 Scalar names: ``lambda_max``, ``lambda_2``, ``spectral_gap``, ``negative_ratio``,
 ``condition_number``, ``lambda_min`` (bottom-k), ``eig_max_residual``,
-``eig_all_converged``, ``trace``, ``trace_stderr``, ``density_negative_mass``,
+``eig_all_converged``, ``hvps_top`` / ``hvps_bottom`` (products used by each Lanczos run; their
+true residuals per pair are the arrays ``residuals_top`` / ``residuals_bottom``), ``trace``, ``trace_stderr``, ``density_negative_mass``,
 ``density_n_outliers``, ``density_outlier_mass``, ``density_bulk_edge``, ``density_tail_mass``, ``logdet``, ``logdet_stderr`` (or ``logdet_skipped``, the reason, when H + eps I is not
 positive definite),
 ``sharpness_l2_rho<r>`` and ``sharpness_l2_onestep_rho<r>`` (SAM), with the family
@@ -90,11 +91,15 @@ def run_probes(model: nn.Module, train_split, cfg: Any,
                            seed=cfg.seed)
         a["eigenvalues_top"] = top.eigenvalues.numpy()
         a["eigenvectors_top"] = top.eigenvectors.detach().cpu().numpy()
+        a["residuals_top"] = top.residuals.numpy()
+        s["hvps_top"] = top.n_matvecs
     if cfg.bottom_k > 0:
         bottom = lanczos_eigs(op, k=min(cfg.bottom_k, op.dim), which="smallest",
                               tol=cfg.lanczos_tol, atol=1e-6, seed=cfg.seed + 1)
         a["eigenvalues_bottom"] = bottom.eigenvalues.numpy()
         a["eigenvectors_bottom"] = bottom.eigenvectors.detach().cpu().numpy()
+        a["residuals_bottom"] = bottom.residuals.numpy()
+        s["hvps_bottom"] = bottom.n_matvecs
         s["lambda_min"] = float(bottom.eigenvalues[0])
     if top is not None:
         s.update({k: v for k, v in spectral_summary(top, bottom).items()
