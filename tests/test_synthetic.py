@@ -164,7 +164,7 @@ def test_quadratic_run_probes_and_sharpness_at_optimum():
     model, data, ref = model64(cfg, theta=quadratic_reference(quad_cfg(train_size=128))
                                .theta_star)
     pcfg = ProbeConfig(name="standard", top_k=5, trace=True, density=True, noise=True,
-                       noise_samples=128, lanczos_tol=1e-10, verify=True)
+                       noise_samples=128, lanczos_tol=1e-10, verify=True, logdet_eps=1e-3)
     report = run_probes(model, data.train, pcfg)
     s, a = report.scalars, report.arrays
     assert s["probe_data_size"] == 128 and s["noise_samples"] == 128
@@ -179,6 +179,11 @@ def test_quadratic_run_probes_and_sharpness_at_optimum():
     assert abs(s["trace"] - ref.trace) <= 3 * s["trace_stderr"] + 1e-9
     assert s["noise_trace_sigma"] == pytest.approx(ref.noise_trace_at_optimum, rel=1e-10)
     assert s["verify_trace_exact"] == pytest.approx(ref.trace, rel=1e-12)
+    # verify mode on the density: no negative eigenvalues, log det(A + eps I) within 4 stderr
+    assert s["verify_negative_mass_exact"] == 0.0 and s["density_negative_mass"] == 0.0
+    exact = float(torch.log(ref.eigenvalues + 1e-3).sum())
+    assert s["verify_logdet_exact"] == pytest.approx(exact, rel=1e-10)
+    assert abs(s["verify_logdet_error_in_stderr"]) < 4
     # sharpness: worst case rho^2/2 lambda_max (projected ascent), average rho^2/2 tr A
     probe = all_data(data.train)
     obj = ModelObjective(model, probe)

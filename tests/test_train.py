@@ -189,6 +189,10 @@ def test_probes_on_final_checkpoint_verified_against_dense_hessian(compose, tmp_
     # float32 model and operator against the float64 dense reference
     assert p["verify_top_max_rel_error"] < 1e-4 and p["verify_bottom_max_abs_error"] < 1e-4
     assert abs(p["verify_trace_error_in_stderr"]) < 4
+    # the density's negative mass and the log-det (when H + eps I is positive definite)
+    assert p["verify_negative_mass_error"] == pytest.approx(
+        p["density_negative_mass"] - p["verify_negative_mass_exact"], abs=1e-12)
+    assert "logdet_skipped" in p and p["lambda_min"] < -1e-3  # indefinite: no log-det here
     assert p["lambda_max"] >= p["lambda_2"] and p["trace_stderr"] <= 0.011 * abs(p["trace"])
     assert 0 <= p["sharpness_l2_onestep_rho0.01"] <= p["sharpness_l2_rho0.01"] \
         <= p["sharpness_l2_rho0.05"]

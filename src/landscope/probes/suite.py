@@ -288,6 +288,16 @@ def _verify(model: nn.Module, data: ProbeData, mode: str, cfg: Any, s: dict,
         # a trace deflated over the whole space has stderr ~0: floor it at rounding level
         floor = max(1e-6 * abs(exact), 1e-300)
         out["verify_trace_error_in_stderr"] = float(err / max(s["trace_stderr"], floor))
+    if "density_negative_mass" in s:  # fraction of eigenvalues below 0
+        exact = float((eig < 0).to(torch.float64).mean())
+        out["verify_negative_mass_exact"] = exact
+        out["verify_negative_mass_error"] = float(s["density_negative_mass"] - exact)
+    if s.get("logdet") is not None:
+        eps = float(cfg.logdet_eps)
+        exact = float(torch.log(eig + eps).sum()) if float(eig.min()) + eps > 0 else math.nan
+        out["verify_logdet_exact"] = exact
+        out["verify_logdet_error_in_stderr"] = float((s["logdet"] - exact)
+                                                     / max(s["logdet_stderr"], 1e-300))
     return out
 
 
