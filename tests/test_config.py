@@ -77,6 +77,7 @@ def test_enum_field_lists_allowed_values(compose):
     ("dataset.label_noise=1.5", "dataset.label_noise"), ("seed=-1", "seed"),
     ("optimizer.momentum=1.0", "optimizer.momentum"), ("train.grad_clip=0", "train.grad_clip"),
     ("logger.init_timeout=0", "logger.init_timeout"),
+    ("landscape.snapshot_dtype=float64", "landscape.snapshot_dtype"),
 ])
 def test_impossible_values_are_one_line_errors(compose, override, key):
     with pytest.raises(ConfigError) as err:

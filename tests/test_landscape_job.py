@@ -164,3 +164,29 @@ def test_landscape_and_figures_commands(compose, tmp_path):
                                                              "plane_surface.png"}
     bad = _cli("runner.figures", tmp_path / "nowhere", cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ")
+
+
+def test_float16_snapshots_through_a_job_and_the_fingerprint_at_the_default(compose, tmp_path):
+    """landscape.snapshot_dtype=float16 records the trajectory in half precision (the
+    snapshots equal the float32 ones rounded to float16); at its default the setting stays
+    out of the landscape fingerprint, so jobs scanned before it existed keep their hash."""
+    from omegaconf import OmegaConf
+
+    from landscope.geometry.snapshots import load as load_trajectory
+    from landscope.jobs import TRAJECTORY_FILE, landscape_fingerprint
+
+    runs = {}
+    for dtype in ("float32", "float16"):
+        cfg = _cfg(compose, "landscape=basic", "landscape.trajectory=true", "train.epochs=1",
+                   f"landscape.snapshot_dtype={dtype}")
+        train_job(cfg, tmp_path / dtype, [])
+        runs[dtype] = load_trajectory(tmp_path / dtype / TRAJECTORY_FILE).snapshots
+    assert runs["float16"].dtype == np.float16 and runs["float32"].dtype == np.float32
+    assert np.array_equal(runs["float16"], runs["float32"].astype(np.float16))
+    default = _cfg(compose, "landscape=basic")
+    before = OmegaConf.create(OmegaConf.to_container(default, enum_to_str=True))
+    del before.landscape["snapshot_dtype"]  # a config saved before the setting existed
+    assert landscape_fingerprint(before) == landscape_fingerprint(default)
+    assert landscape_fingerprint(_cfg(compose, "landscape=basic",
+                                      "landscape.snapshot_dtype=float16")) != \
+        landscape_fingerprint(default)

@@ -361,6 +361,7 @@ class LandscapeConfig:
     # trajectory: parameter snapshots during training, PCA, path on the PC-plane contour
     trajectory: bool = False
     snapshot_every_steps: Optional[int] = None  # null: one snapshot per epoch
+    snapshot_dtype: str = "float32"  # or float16: half the file, ~3 significant digits
     trajectory_points: int = 21  # contour grid per side
     # intrinsic dimension: training in random subspaces of these dimensions
     intrinsic_dim: bool = False
@@ -529,6 +530,8 @@ def validate(cfg: Any) -> None:
         _check(math.isfinite(v) and v > 0, f"landscape.{key}", "> 0", v)
     _check(ls.snapshot_every_steps is None or ls.snapshot_every_steps >= 1,
            "landscape.snapshot_every_steps", ">= 1 or null", ls.snapshot_every_steps)
+    _check(ls.snapshot_dtype in ("float32", "float16"), "landscape.snapshot_dtype",
+           "float32 or float16", ls.snapshot_dtype)
     _check(len(ls.intrinsic_dims) >= 1 and all(d >= 1 for d in ls.intrinsic_dims),
            "landscape.intrinsic_dims", "a non-empty list of values >= 1", list(ls.intrinsic_dims))
     _check(ls.path_points >= 3, "landscape.path_points", ">= 3", ls.path_points)

@@ -97,6 +97,8 @@ def landscape_fingerprint(cfg: DictConfig) -> Optional[str]:
         return None
     c = OmegaConf.to_container(cfg.landscape, resolve=True, enum_to_str=True)
     c.pop("figures", None)  # drawing or not changes no result
+    if c.get("snapshot_dtype") == "float32":  # added later: jobs scanned before keep their hash
+        c.pop("snapshot_dtype")
     text = OmegaConf.to_yaml(OmegaConf.create(c), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -326,7 +328,8 @@ def _trajectory_recorder(cfg: DictConfig, job_dir: Path, state: TrainState):
     state's epoch (a resumed job drops the snapshots after its checkpoint)."""
     if not _records_trajectory(cfg):
         return None
-    recorder = SnapshotRecorder(job_dir / TRAJECTORY_FILE, cfg.landscape.snapshot_every_steps)
+    recorder = SnapshotRecorder(job_dir / TRAJECTORY_FILE, cfg.landscape.snapshot_every_steps,
+                                dtype=str(cfg.landscape.get("snapshot_dtype", "float32")))
     try:
         recorder.begin(state)
     except LandscopeError as exc:  # e.g. resumed with the trajectory newly switched on
