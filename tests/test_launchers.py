@@ -129,3 +129,23 @@ def test_wandb_sweep_command_line_sweeps_and_errors(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert exit_info.value.code == 2 and err.startswith("error:") and needle in err
         assert len(err.splitlines()) == 1 and not (tmp_path / "x.yaml").exists()
+
+
+def test_threads_per_job_follow_the_model_size_and_the_parallel_jobs(monkeypatch):
+    """train.threads=null: one thread below 1M parameters (any number of parallel jobs);
+    above, the cores shared among the jobs, at least one each; n_jobs as joblib reads it
+    (-1: all cores)."""
+    import types
+
+    import landscope.jobs as jobs
+    import runner.app as app
+
+    monkeypatch.setattr(jobs, "available_cores", lambda: 8)
+    assert jobs.default_threads(999_999, 1) == 1 and jobs.default_threads(50_000, 4) == 1
+    assert jobs.default_threads(1_000_000, 1) == 8 and jobs.default_threads(2_000_000, 3) == 2
+    assert jobs.default_threads(5_000_000, 16) == 1
+    for n_jobs, expected in ((None, 1), (2, 2), (-1, 8), (-2, 7)):
+        launcher = {} if n_jobs is None else {"n_jobs": n_jobs}
+        monkeypatch.setattr(app, "HydraConfig", types.SimpleNamespace(
+            get=lambda launcher=launcher: types.SimpleNamespace(launcher=launcher)))
+        assert app._parallel_jobs() == expected, n_jobs
