@@ -97,6 +97,10 @@ def test_report_sections_images_and_tables(sweep, tmp_path):
     assert measures.iloc[0]["kendall_tau"] > 0.6 and measures.iloc[0]["kendall_p_holm"] < 0.01
     for name in ("jobs.csv", "jobs.parquet", "excluded.csv", "measures_gap.csv"):
         assert (out / name).is_file()
+    gap = pd.read_csv(out / "measures_gap.csv")  # the mixed model against the gap too
+    lam = gap[gap["measure"] == "probe.lambda_max"].iloc[0]
+    assert {"mixed_coef", "mixed_se", "mixed_p"} <= set(gap.columns)
+    assert np.isfinite(lam["mixed_coef"]) or isinstance(lam["mixed_note"], str)
     assert len(pd.read_parquet(out / "jobs.parquet")) == 14  # every job kept, 12 included
 
 

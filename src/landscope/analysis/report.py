@@ -17,8 +17,8 @@ correlation given train loss, cluster-robust OLS, with Holm and Benjamini–Hoch
 p-values), scatter plots of the strongest measures, and an appendix with the statsmodels
 summary of the OLS fit of the strongest measure. Then one section per hypothesis or study that
 applies to the collected jobs (:data:`SECTIONS`): H1 when ``train.batch_size`` is swept
-(:mod:`~landscope.analysis.hypotheses.h1`), H2 when ``model.skip`` is swept (``h2``), H3 when
-the sweep has ``runner.escape`` results (``h3``), H4 when the jobs carry PAC-Bayes bounds
+(:mod:`~landscope.analysis.hypotheses.h1`), H2 when ``model.skip`` is swept or ``model.norm``
+with ``none`` and another level (``h2``), H3 when the sweep has ``runner.escape`` results (``h3``), H4 when the jobs carry PAC-Bayes bounds
 (``h4``), the optimizer study when LLP is among the optimizers
 (:mod:`~landscope.analysis.optimizer_study`), and the founding studies by their experiment
 names (:mod:`~landscope.analysis.studies`).
@@ -57,9 +57,9 @@ def _ols_summary(df: pd.DataFrame, measure: str, target: pd.Series) -> str:
     x = pd.to_numeric(df[measure], errors="coerce").to_numpy(float)
     y = target.to_numpy(float)
     ok = np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < 3 or np.std(x[ok]) == 0:
+    if ok.sum() < 3 or np.ptp(x[ok]) == 0:  # ptp: the std of equal values need not be 0
         return f"{measure}: too few finite values for a fit"
-    if np.std(y[ok]) == 0:
+    if np.ptp(y[ok]) == 0:
         return f"{measure}: test error is the same in every job ({y[ok][0]:.4g}); no fit"
     z = (x[ok] - x[ok].mean()) / x[ok].std()
     fit = sm.OLS(y[ok], sm.add_constant(z)).fit(
@@ -69,41 +69,72 @@ def _ols_summary(df: pd.DataFrame, measure: str, target: pd.Series) -> str:
 
 
 def _h2_applies(ctx: "ReportContext") -> bool:
-    return "model.skip" in ctx.coll.swept
+    from landscope.analysis.hypotheses.h2 import h2_comparisons
+
+    return bool(h2_comparisons(ctx.coll.included, ctx.coll.swept))
 
 
 def _h2_section(ctx: "ReportContext") -> None:
-    """H2: skip connections flatten the landscape (paired by seed, skip on vs off)."""
-    from landscope.analysis.hypotheses.h2 import h2_test, load_barriers
+    """H2: skip connections and normalization flatten the landscape (paired by seed, skip on
+    vs off and each normalization level vs none; one Holm family across all the rows)."""
+    from landscope.analysis.hypotheses.h2 import h2_comparisons, h2_table, h2_tests, load_barriers
     from landscope.plots import plot_paired
 
     doc, inc, paths, out = ctx.doc, ctx.coll.included, ctx.paths, ctx.out
-    frames = [load_barriers(p, "model.skip") for p in paths if (p / "connectivity").is_dir()]
-    barriers = pd.concat(frames, ignore_index=True) if frames else None
-    res = h2_test(inc, barriers=barriers)
-    doc.heading("H2: skip connections flatten the landscape")
-    doc.para(f"Verdict: {res.verdict} ({res.reason}). Jobs are paired by seed (and every other "
-             f"swept setting); the difference is skip on − off, so a negative difference means "
-             f"flatter with skip. Test: Wilcoxon signed-rank, two-sided, Holm-corrected across "
-             f"the rows (paired t reported alongside); effect sizes: Cohen's d_z and the "
-             f"rank-biserial correlation; 95% bootstrap CI of the median difference. "
-             f"{res.n_pairs} pairs, {res.n_unpaired} included jobs unpaired."
-             + ("" if barriers is not None else " No connectivity results: run "
-                "python -m runner.connect on the sweep for the barrier row."))
-    doc.table(*table(res.table, [("measure", "measure"), ("n", "n"),
-                                  ("median_diff", "median diff"), ("ci_low", "CI low"),
-                                  ("ci_high", "CI high"), ("statistic", "W"),
-                                  ("p_holm", "p (Holm)"), ("t", "t"), ("t_p_holm", "p t (Holm)"),
-                                  ("cohens_d", "d_z"), ("rank_biserial", "r_rb"),
-                                  ("verdict", "verdict")]))
-    atomic_write_text(out / "h2.csv", res.table.to_csv(index=False))
-    if res.n_pairs and res.primary in inc.columns:
-        val = inc[res.primary]
-        on = pd.to_numeric(val.loc[res.pairs["on"]], errors="coerce").to_numpy(float)
-        off = pd.to_numeric(val.loc[res.pairs["off"]], errors="coerce").to_numpy(float)
-        png = out / "figures" / "h2_paired.png"
-        plot_paired(off, on, png, res.primary, ("skip off", "skip on"))
-        doc.image(png, f"figures/{png.name}", f"{res.primary}, skip off vs on, one line per seed")
+    comparisons = h2_comparisons(inc, ctx.coll.swept)
+    barriers = {}
+    for factor in dict.fromkeys(f for f, _ in comparisons):
+        frames = [load_barriers(p, factor) for p in paths if (p / "connectivity").is_dir()]
+        if frames:
+            barriers[factor] = pd.concat(frames, ignore_index=True)
+    results = h2_tests(inc, comparisons, barriers=barriers)
+    factors = {r.factor for r in results}
+    title = ("H2: skip connections and normalization flatten the landscape"
+             if factors == {"model.skip", "model.norm"}
+             else "H2: normalization flattens the landscape" if factors == {"model.norm"}
+             else "H2: skip connections flatten the landscape")
+    doc.heading(title)
+    n_rows = sum(len(r.table) for r in results)
+    diff = {frozenset({"model.skip"}): "skip on − off, so a negative difference means flatter "
+                                       "with skip",
+            frozenset({"model.norm"}): "the normalization level − none, so a negative "
+                                       "difference means flatter with normalization"}.get(
+        frozenset(factors), "skip on − off, or a normalization level − none, so a negative "
+                            "difference means flatter with the factor on")
+    doc.para(f"Jobs are paired by seed (and every other swept setting); the difference is "
+             f"{diff}. Test: Wilcoxon signed-rank, two-sided, Holm-corrected across the rows"
+             + (f" of all {len(results)} tables below ({n_rows} rows, one family)"
+                if len(results) > 1 else "")
+             + " (paired t reported alongside); effect sizes: Cohen's d_z and the rank-biserial "
+             "correlation; 95% bootstrap CI of the median difference."
+             + ("" if barriers else " No connectivity results: run python -m runner.connect "
+                "on the sweep for the barrier row."))
+    for res in results:
+        skip = res.level is None
+        on_name, off_name = ("skip on", "skip off") if skip else \
+            (f"norm {res.level}", f"norm {res.off}")
+        if len(results) > 1:
+            doc.heading("Skip connections: on vs off" if skip
+                        else f"Normalization: {res.level} vs {res.off}", 3)
+        doc.para(f"Verdict: {res.verdict} ({res.reason}). {res.n_pairs} pairs ({on_name} − "
+                 f"{off_name}), {res.n_unpaired} included jobs unpaired.")
+        doc.table(*table(res.table, [("measure", "measure"), ("n", "n"),
+                                      ("median_diff", "median diff"), ("ci_low", "CI low"),
+                                      ("ci_high", "CI high"), ("statistic", "W"),
+                                      ("p_holm", "p (Holm)"), ("t", "t"),
+                                      ("t_p_holm", "p t (Holm)"), ("cohens_d", "d_z"),
+                                      ("rank_biserial", "r_rb"), ("verdict", "verdict")]))
+        if res.n_pairs and res.primary in inc.columns:
+            val = inc[res.primary]
+            on = pd.to_numeric(val.loc[res.pairs["on"]], errors="coerce").to_numpy(float)
+            off = pd.to_numeric(val.loc[res.pairs["off"]], errors="coerce").to_numpy(float)
+            stem = "h2_paired" if res.factor == "model.skip" else \
+                safe_name(f"h2_paired_{res.factor.split('.')[-1]}_{res.level}")
+            png = out / "figures" / f"{stem}.png"
+            plot_paired(off, on, png, res.primary, (off_name, on_name))
+            doc.image(png, f"figures/{png.name}",
+                      f"{res.primary}, {off_name} vs {on_name}, one line per seed")
+    atomic_write_text(out / "h2.csv", h2_table(results).to_csv(index=False))
 
 
 
@@ -180,7 +211,7 @@ def build_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
         mtable = measures_table(inc, measures)
         mtable = mtable.reindex(mtable["kendall_tau"].abs().sort_values(ascending=False).index)
         atomic_write_text(out / "measures.csv", mtable.to_csv(index=False))
-        gap = measures_table(inc, measures, target="gap", mixed=False)
+        gap = measures_table(inc, measures, target="gap")
         atomic_write_text(out / "measures_gap.csv", gap.to_csv(index=False))
         doc.para(f"{len(measures)} measures, sorted by |τ| against test error (1 − test "
                  f"accuracy) over {len(inc)} jobs. τ: Kendall τ-b; ρ: Spearman; Ψ: granulated "

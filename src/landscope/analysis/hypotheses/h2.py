@@ -4,7 +4,21 @@ Design: jobs that agree on every other swept config key and on the seed, and dif
 the factor (``model.skip`` by default, ``True`` vs ``False``), form a pair. For each curvature
 measure (λmax, Hessian trace, number and mass of the spectral outliers by default) the paired
 difference is ``d = on − off``; a lower value is flatter, so a **negative** difference
-supports H2. The sweep is :file:`conf/experiment/h2_skip.yaml` (16 jobs: ``model.skip`` ×
+supports H2.
+
+Normalization is the factor ``model.norm``, which has levels rather than true/false: ``off``
+is ``none`` (:data:`OFF_LEVELS`) and ``on`` is one normalization level (``batch`` or
+``layer``), given as ``level=``. Each level is its own comparison against ``none`` (jobs at
+the other levels are not part of it, and are not counted as unpaired), paired exactly as for
+skip: by seed and every other swept setting (``model.skip`` included when it is swept too).
+:func:`h2_comparisons` lists the comparisons a jobs table supports (``model.skip`` when it
+is swept; ``model.norm`` = each level against ``none`` when ``none`` and another level are
+swept) and :func:`h2_tests` runs several at once with **one** Holm family across the rows of
+all their tables (what the report shows); :func:`h2_table` stacks their tables with a
+``comparison`` column (``model.skip: true vs false``, ``model.norm: batch vs none``). The
+norm sweep is :file:`conf/experiment/h2_norm.yaml` (``model.norm`` = none, batch, layer × 10
+seeds, skip off; two comparisons of 5 rows each share one Holm family of 10 rows, so
+2 / 2^n · 10 < 0.05 needs n ≥ 9 pairs: 10 seeds leave one spare). The sweep is :file:`conf/experiment/h2_skip.yaml` (16 jobs: ``model.skip`` ×
 8 seeds (8 pairs: see the minimum-pairs rule below), 6-layer MLP of width 64 on mnist1d, ``probe=standard``, 20 epochs). One job took
 14-16 s of wall time on a 2-core CPU here (process start included; training 1.4-3.9 s, probes
 4-6 s, 1-D slices the rest), so the sweep takes about 4 min in-process and about 2.5 min with
@@ -60,8 +74,10 @@ two-sided), ``median_diff`` = median(on) − median(off), ``t_test`` = ``welch t
 resamples each group separately.
 
 The overall :attr:`H2Result.verdict` is the verdict of the ``primary`` measure (λmax by
-default): H2 is supported when λmax is significantly lower with skip connections; the other
-rows are secondary evidence and are reported, not combined.
+default): H2 is supported when λmax is significantly lower with skip connections (or with
+the normalization level, for ``model.norm``); the other rows are secondary evidence and are
+reported, not combined. With :func:`h2_tests` each comparison keeps its own verdict; they are
+not combined either.
 """
 
 from __future__ import annotations
@@ -70,8 +86,9 @@ import json
 import math
 import warnings
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -86,6 +103,11 @@ MEASURES = ("probe.lambda_max", "probe.trace", "probe.density_n_outliers",
             "probe.density_outlier_mass")
 BARRIER = "linear_train_loss_barrier_mean"
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
+# Factors with levels rather than true/false, and the level that means "off"; every other level
+# is an "on" level, compared with this one.
+OFF_LEVELS: dict[str, str] = {"model.norm": "none"}
+# The factors H2 looks at, in report order (h2_comparisons).
+FACTORS = ("model.skip", "model.norm")
 # Columns of a collected frame that are not config keys (collect.py's bookkeeping and results).
 _NOT_CONFIG = {"sweep", "job", "path", "status", "included", "reason", "stop_reason", "seed",
                "n_params", "wall_time_s", "epochs_completed", "overrides", "test_error",
@@ -110,6 +132,14 @@ class H2Result:
     unpaired: pd.DataFrame  # job, seed, factor value, reason (included jobs left out)
     alpha: float = 0.05
     notes: list[str] = field(default_factory=list)
+    level: str | None = None  # the "on" level of a factor with levels (model.norm), else None
+    off: str | None = None  # its "off" level ("none"), else None (a true/false factor)
+
+    @property
+    def comparison(self) -> str:
+        """``model.skip: true vs false`` or ``model.norm: batch vs none``."""
+        on, off = _side_names(self.level, self.off)
+        return f"{self.factor}: {on} vs {off}"
 
     @property
     def n_pairs(self) -> int:
@@ -121,7 +151,9 @@ class H2Result:
 
     def summary(self) -> str:
         """A few lines of text: the verdict, the pairing, then one line per measure."""
-        lines = [f"H2 ({self.factor} on vs off flattens the landscape): {self.verdict.upper()} "
+        what = f"{self.factor} on vs off" if self.level is None \
+            else f"{self.factor}={self.level} vs {self.off}"
+        lines = [f"H2 ({what} flattens the landscape): {self.verdict.upper()} "
                  f"- {self.reason}",
                  f"{self.n_pairs} pairs matched on seed"
                  + (f" and {', '.join(self.keys)}" if self.keys else "")
@@ -150,6 +182,111 @@ def as_bool(value: Any) -> bool | None:
     return None
 
 
+def level_value(value: Any) -> str | None:
+    """A value of a factor with levels as lower-case text (enum members by their value), or
+    None when missing."""
+    if isinstance(value, Enum):
+        value = value.value
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value.strip().lower() if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def factor_side(value: Any, level: str | None = None, off: str | None = None) -> bool | None:
+    """Which side of a comparison a factor value is on: True (on), False (off) or None.
+
+    With ``off`` None the factor is true/false (:func:`as_bool`); otherwise ``off`` (e.g.
+    ``"none"``) is False, ``level`` (e.g. ``"batch"``) is True and anything else None."""
+    if off is None:
+        return as_bool(value)
+    v = level_value(value)
+    if v is not None and v == level_value(off):
+        return False
+    if v is not None and level is not None and v == level_value(level):
+        return True
+    return None
+
+
+def _other_level(value: Any, level: str | None, off: str | None) -> bool:
+    """True for a value at another "on" level of a factor with levels: not part of the
+    comparison ``level`` vs ``off`` (left out silently, not unpaired)."""
+    return off is not None and level_value(value) is not None \
+        and factor_side(value, level, off) is None
+
+
+def _side_names(level: str | None, off: str | None) -> tuple[str, str]:
+    return ("true", "false") if off is None else (str(level), str(off))
+
+
+def _included(jobs: pd.DataFrame) -> pd.DataFrame:
+    return jobs[jobs["included"].astype(bool)] if "included" in jobs.columns else jobs
+
+
+def factor_levels(jobs: pd.DataFrame, factor: str = "model.norm", off: str | None = None
+                  ) -> list[str]:
+    """The "on" levels of a factor with levels among the included rows of ``jobs``, sorted
+    (every value but ``off``, default :data:`OFF_LEVELS`; missing values left out)."""
+    off = OFF_LEVELS.get(factor) if off is None else off
+    if off is None or factor not in jobs.columns:
+        return []
+    found = {level_value(v) for v in _included(jobs)[factor]} - {None, level_value(off)}
+    return sorted(found)
+
+
+def resolve_level(jobs: pd.DataFrame, factor: str, level: Any = None, off: Any = None
+                  ) -> tuple[str | None, str | None]:
+    """``(level, off)`` of one comparison: ``(None, None)`` for a true/false factor
+    (``model.skip``); for a factor with levels, ``off`` defaults to :data:`OFF_LEVELS` and
+    ``level`` to the only other level present (an error when there are several: pass one, or
+    use :func:`h2_tests`)."""
+    off = OFF_LEVELS.get(factor) if off is None else off
+    if off is None:
+        if level is not None:
+            raise LandscopeError(f"H2: {factor} is a true/false factor; level={level!r} needs "
+                                 "off= (the level that means off)")
+        return None, None
+    _check_columns(jobs, factor)
+    if level is None:
+        found = factor_levels(jobs, factor, off)
+        if len(found) != 1:
+            raise LandscopeError(
+                f"H2: {factor} has {len(found)} levels besides {off!r} "
+                f"({', '.join(found) or 'none'}): pass level= (one of them) or use h2_tests")
+        level = found[0]
+    level, off = level_value(level), level_value(off)
+    if level is None or level == off:
+        raise LandscopeError(f"H2: level {level!r} of {factor} must differ from off={off!r}")
+    return level, off
+
+
+def h2_comparisons(jobs: pd.DataFrame, swept: Sequence[str] | None = None,
+                   factors: Sequence[str] = FACTORS) -> list[tuple[str, str | None]]:
+    """The comparisons ``(factor, level)`` H2 can make on ``jobs``: ``("model.skip", None)``
+    when ``model.skip`` is swept, and ``("model.norm", level)`` for every level other than
+    ``none`` when ``none`` and at least one other level are among the included rows.
+    ``swept``: the swept config keys (default: computed from the included rows)."""
+    rows = _included(jobs)
+    swept = swept_keys(rows, [f for f in factors if f in rows.columns]) if swept is None \
+        else list(swept)
+    out: list[tuple[str, str | None]] = []
+    for factor in factors:
+        if factor not in swept or factor not in rows.columns:
+            continue
+        off = OFF_LEVELS.get(factor)
+        if off is None:
+            out.append((factor, None))
+        elif level_value(off) in {level_value(v) for v in rows[factor]}:
+            out += [(factor, level) for level in factor_levels(rows, factor, off)]
+    return out
+
+
+def _check_columns(jobs: pd.DataFrame, factor: str) -> None:
+    if factor not in jobs.columns:
+        raise LandscopeError(f"H2: no column {factor!r} in the jobs table (factor to compare)")
+    if "seed" not in jobs.columns:
+        raise LandscopeError("H2: no column 'seed' in the jobs table (pairs are matched by seed)")
+
+
 def _code(value: Any) -> str:
     return "\0missing" if value is None or (isinstance(value, float) and math.isnan(value)) \
         else json.dumps(value, default=str)
@@ -164,34 +301,41 @@ def pairing_keys(jobs: pd.DataFrame, factor: str, exclude: Sequence[str] = ()) -
 
 
 def pair_jobs(jobs: pd.DataFrame, factor: str = "model.skip", keys: Sequence[str] | None = None,
+              *, level: Any = None, off: Any = None,
               ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """Pair the included rows of ``jobs`` that agree on ``keys`` and ``seed`` and differ in
-    ``factor`` (True vs False). Returns ``(pairs, unpaired, keys)``: ``pairs`` has the keys,
+    ``factor`` (True vs False; for a factor with levels, ``level`` vs ``off``: see
+    :func:`resolve_level`). Returns ``(pairs, unpaired, keys)``: ``pairs`` has the keys,
     ``seed``, ``on`` and ``off`` (row labels of ``jobs``) and ``job_on``/``job_off``;
-    ``unpaired`` lists every included row left out, with a reason."""
-    if factor not in jobs.columns:
-        raise LandscopeError(f"H2: no column {factor!r} in the jobs table (factor to compare)")
-    if "seed" not in jobs.columns:
-        raise LandscopeError("H2: no column 'seed' in the jobs table (pairs are matched by seed)")
-    rows = jobs[jobs["included"].astype(bool)] if "included" in jobs.columns else jobs
+    ``unpaired`` lists every included row left out, with a reason (rows at a third level of
+    a factor with levels are not part of the comparison and not listed)."""
+    _check_columns(jobs, factor)
+    level_on, level_off = resolve_level(jobs, factor, level, off)
+    on_name, off_name = _side_names(level_on, level_off)
+    boolean = level_off is None
+    rows = _included(jobs)
     keys = list(keys) if keys is not None else pairing_keys(rows, factor)
     missing = [k for k in keys if k not in rows.columns]
     if missing:
         raise LandscopeError(f"H2: pairing keys not in the jobs table: {', '.join(missing)}")
     job_names = rows["job"] if "job" in rows.columns else pd.Series(rows.index.astype(str),
                                                                     index=rows.index)
-    level = rows[factor].map(as_bool)
+    sides = rows[factor].map(lambda v: factor_side(v, level_on, level_off))
     unpaired: list[dict[str, Any]] = []
     groups: dict[tuple, dict[bool, list]] = {}
     for label in rows.index:
-        value, seed = level[label], rows.at[label, "seed"]
+        value, seed = sides[label], rows.at[label, "seed"]
+        if _other_level(rows.at[label, factor], level_on, level_off):
+            continue
         if value is None:
+            what = "true/false" if boolean else f"{off_name!r} or {on_name!r}"
             unpaired.append({"row": label, "job": job_names[label], "seed": seed,
                              factor: rows.at[label, factor],
-                             "reason": f"{factor}={rows.at[label, factor]!r} is not true/false"})
+                             "reason": f"{factor}={rows.at[label, factor]!r} is not {what}"})
             continue
         if seed is None or (isinstance(seed, float) and math.isnan(seed)):
-            unpaired.append({"row": label, "job": job_names[label], "seed": seed, factor: value,
+            unpaired.append({"row": label, "job": job_names[label], "seed": seed,
+                             factor: value if boolean else rows.at[label, factor],
                              "reason": "no seed"})
             continue
         key = tuple(_code(rows.at[label, k]) for k in keys) + (_code(_num(seed)),)
@@ -205,13 +349,15 @@ def pair_jobs(jobs: pd.DataFrame, factor: str = "model.skip", keys: Sequence[str
                           "off": off[0], "job_on": job_names[on[0]], "job_off": job_names[off[0]]})
             continue
         if on and off:
-            why = f"ambiguous: {len(on)} jobs with {factor}=true and {len(off)} with false " \
-                  "at the same config and seed"
+            why = f"ambiguous: {len(on)} jobs with {factor}={on_name} and {len(off)} with " \
+                  f"{off_name} at the same config and seed"
         else:
-            why = f"no partner with {factor}={'false' if on else 'true'} at the same config and seed"
+            why = f"no partner with {factor}={off_name if on else on_name} at the same config " \
+                  "and seed"
         for label in on + off:
             unpaired.append({"row": label, "job": job_names[label], "seed": rows.at[label, "seed"],
-                             factor: label in on, "reason": why})
+                             factor: (label in on) if boolean else rows.at[label, factor],
+                             "reason": why})
     pairs_df = pd.DataFrame(pairs, columns=[*keys, "seed", "on", "off", "job_on", "job_off"])
     unpaired_df = pd.DataFrame(unpaired, columns=["row", "job", "seed", factor, "reason"])
     return pairs_df, unpaired_df, keys
@@ -350,20 +496,27 @@ def _verdict(row: pd.Series, alpha: float) -> tuple[str, str]:
 
 
 # --------------------------------------------------------------------------- the test
-def h2_test(jobs: pd.DataFrame, factor: str = "model.skip", measures: Sequence[str] = MEASURES,
-            barriers: pd.DataFrame | None = None, alpha: float = 0.05, n_boot: int = 2000,
-            seed: int = 0, *, keys: Sequence[str] | None = None, barrier: str = BARRIER,
-            primary: str | None = None) -> H2Result:
-    """Test H2 on a collected jobs table (see the module docstring for every rule).
+@dataclass
+class _Raw:
+    """One comparison before the Holm correction: its rows still carry ``_min_p``."""
 
-    ``keys``: the config keys pairs must agree on (default: every swept config key except
-    ``factor``, seeds and bookkeeping). ``barriers``: one row per connected pair of seeds with
-    columns ``factor``, ``barrier`` and optionally ``match`` (:func:`load_barriers`).
-    ``primary``: the measure whose verdict is the overall verdict (default λmax if tested,
-    else the first measure). Raises :class:`LandscopeError` when ``factor`` or ``seed`` is not
-    a column."""
-    measures = list(measures)
-    pairs, unpaired, keys = pair_jobs(jobs, factor, keys)
+    factor: str
+    level: str | None
+    off: str | None
+    rows: list[dict[str, Any]]
+    pairs: pd.DataFrame
+    unpaired: pd.DataFrame
+    keys: list[str]
+    notes: list[str]
+
+
+def _compare(jobs: pd.DataFrame, factor: str, level: Any, off: Any, measures: Sequence[str],
+             barriers: pd.DataFrame | None, n_boot: int, seed: int, keys: Sequence[str] | None,
+             barrier: str) -> _Raw:
+    """Pair, then the statistics of every measure (and the barrier) of one comparison."""
+    _check_columns(jobs, factor)
+    level, off = resolve_level(jobs, factor, level, off)
+    pairs, unpaired, keys = pair_jobs(jobs, factor, keys, level=level, off=off)
     notes: list[str] = []
     if len(unpaired):
         notes.append(f"{len(unpaired)} included jobs unpaired: "
@@ -377,14 +530,19 @@ def h2_test(jobs: pd.DataFrame, factor: str = "model.skip", measures: Sequence[s
             continue
         values = pd.to_numeric(jobs[measure], errors="coerce")
         on = values.reindex(pairs["on"]).to_numpy(dtype=float)
-        off = values.reindex(pairs["off"]).to_numpy(dtype=float)
-        ok = np.isfinite(on) & np.isfinite(off)
-        row = paired_stats(on[ok], off[ok], measure, n_boot=n_boot, seed=seed)
+        off_values = values.reindex(pairs["off"]).to_numpy(dtype=float)
+        ok = np.isfinite(on) & np.isfinite(off_values)
+        row = paired_stats(on[ok], off_values[ok], measure, n_boot=n_boot, seed=seed)
         if (~ok).any() and not row["reason"]:
             notes.append(f"{measure}: {int((~ok).sum())} pairs without finite values left out")
         rows.append(row)
     if barriers is not None:
-        rows.append(_barrier_row(barriers, factor, barrier, n_boot, seed, notes))
+        rows.append(_barrier_row(barriers, factor, barrier, n_boot, seed, notes, level, off))
+    return _Raw(factor, level, off, rows, pairs, unpaired, keys, notes)
+
+
+def _decide(rows: list[dict[str, Any]], alpha: float) -> pd.DataFrame:
+    """Holm across ``rows`` (one family per test column), then each row's verdict."""
     table = pd.DataFrame(rows)
     if "_min_p" not in table:
         table["_min_p"] = math.nan
@@ -394,6 +552,11 @@ def h2_test(jobs: pd.DataFrame, factor: str = "model.skip", measures: Sequence[s
     verdicts = [_verdict(r, alpha) for _, r in table.iterrows()]
     table["verdict"] = [v for v, _ in verdicts]
     table["reason"] = [r for _, r in verdicts]
+    return table
+
+
+def _result(raw: _Raw, table: pd.DataFrame, measures: Sequence[str], primary: str | None,
+            alpha: float) -> H2Result:
     table = table[TABLE_COLUMNS].reset_index(drop=True)
     if primary is None:
         primary = "probe.lambda_max" if "probe.lambda_max" in measures else table["measure"].iloc[0] \
@@ -403,25 +566,105 @@ def h2_test(jobs: pd.DataFrame, factor: str = "model.skip", measures: Sequence[s
         verdict, reason = INCONCLUSIVE, f"primary measure {primary!r} was not tested"
     else:
         verdict, reason = hit["verdict"].iloc[0], f"{primary}: {hit['reason'].iloc[0]}"
-    return H2Result(table=table, verdict=verdict, reason=reason, factor=factor, primary=primary,
-                    keys=keys, pairs=pairs, unpaired=unpaired, alpha=alpha, notes=notes)
+    return H2Result(table=table, verdict=verdict, reason=reason, factor=raw.factor,
+                    primary=primary, keys=raw.keys, pairs=raw.pairs, unpaired=raw.unpaired,
+                    alpha=alpha, notes=raw.notes, level=raw.level, off=raw.off)
+
+
+def h2_test(jobs: pd.DataFrame, factor: str = "model.skip", measures: Sequence[str] = MEASURES,
+            barriers: pd.DataFrame | None = None, alpha: float = 0.05, n_boot: int = 2000,
+            seed: int = 0, *, keys: Sequence[str] | None = None, barrier: str = BARRIER,
+            primary: str | None = None, level: Any = None, off: Any = None) -> H2Result:
+    """Test H2 on a collected jobs table (see the module docstring for every rule).
+
+    ``keys``: the config keys pairs must agree on (default: every swept config key except
+    ``factor``, seeds and bookkeeping). ``barriers``: one row per connected pair of seeds with
+    columns ``factor``, ``barrier`` and optionally ``match`` (:func:`load_barriers`).
+    ``primary``: the measure whose verdict is the overall verdict (default λmax if tested,
+    else the first measure). ``level``, ``off``: for a factor with levels (``model.norm``),
+    the level compared (e.g. ``"batch"``; default: the only one besides ``off``) and the
+    level that means off (default :data:`OFF_LEVELS`, ``"none"``). Holm runs across the rows
+    of this one table (:func:`h2_tests` for one family across several comparisons). Raises
+    :class:`LandscopeError` when ``factor`` or ``seed`` is not a column, or when ``level`` is
+    needed and ambiguous."""
+    measures = list(measures)
+    raw = _compare(jobs, factor, level, off, measures, barriers, n_boot, seed, keys, barrier)
+    return _result(raw, _decide(raw.rows, alpha), measures, primary, alpha)
+
+
+def h2_tests(jobs: pd.DataFrame, comparisons: Sequence[tuple[str, Any]] | None = None,
+             measures: Sequence[str] = MEASURES,
+             barriers: pd.DataFrame | Mapping[str, pd.DataFrame] | None = None,
+             alpha: float = 0.05, n_boot: int = 2000, seed: int = 0, *,
+             keys: Sequence[str] | None = None, barrier: str = BARRIER,
+             primary: str | None = None) -> list[H2Result]:
+    """Several H2 comparisons at once, one :class:`H2Result` each, with **one** Holm family
+    (per test column) across the rows of all their tables.
+
+    ``comparisons``: ``(factor, level)`` pairs, ``level`` None for a true/false factor
+    (default :func:`h2_comparisons`: ``model.skip`` if swept, then every ``model.norm`` level
+    against ``none``). ``barriers``: one frame for every comparison, or a mapping from the
+    factor to its frame (:func:`load_barriers` reads one per factor). The other arguments are
+    those of :func:`h2_test`; with one comparison the result equals :func:`h2_test`'s."""
+    measures = list(measures)
+    comparisons = list(h2_comparisons(jobs) if comparisons is None else comparisons)
+    if not comparisons:
+        raise LandscopeError("H2: nothing to compare (neither model.skip nor model.norm with "
+                             "'none' and another level is swept)")
+    raws = []
+    for factor, level in comparisons:
+        b = barriers.get(factor) if isinstance(barriers, Mapping) else barriers
+        raws.append(_compare(jobs, factor, level, None, measures, b, n_boot, seed, keys,
+                             barrier))
+    rows = [row for raw in raws for row in raw.rows]
+    table = _decide(rows, alpha)
+    if len(raws) > 1:
+        names = ", ".join(_label(r.factor, r.level, r.off) for r in raws)
+        for raw in raws:
+            raw.notes.append(f"Holm across the {len(rows)} rows of {len(raws)} comparisons "
+                             f"({names})")
+    results, start = [], 0
+    for raw in raws:
+        part = table.iloc[start:start + len(raw.rows)]
+        start += len(raw.rows)
+        results.append(_result(raw, part, measures, primary, alpha))
+    return results
+
+
+def _label(factor: str, level: str | None, off: str | None) -> str:
+    on_name, off_name = _side_names(level, off)
+    return f"{factor}: {on_name} vs {off_name}"
+
+
+def h2_table(results: Sequence[H2Result]) -> pd.DataFrame:
+    """The tables of several results stacked, with a first column ``comparison``
+    (:attr:`H2Result.comparison`); what the report saves as ``h2.csv``."""
+    frames = [r.table.assign(comparison=r.comparison) for r in results]
+    if not frames:
+        return pd.DataFrame(columns=["comparison", *TABLE_COLUMNS])
+    return pd.concat(frames, ignore_index=True)[["comparison", *TABLE_COLUMNS]]
 
 
 def _barrier_row(barriers: pd.DataFrame, factor: str, barrier: str, n_boot: int, seed: int,
-                 notes: list[str]) -> dict[str, Any]:
+                 notes: list[str], level: str | None = None, off: str | None = None
+                 ) -> dict[str, Any]:
     name = f"connectivity.{barrier}"
     for col in (factor, barrier):
         if col not in barriers.columns:
             row = _empty_row(name, "mannwhitneyu", "welch t")
             row["reason"] = f"no column {col!r} in the barriers table"
             return row
-    level = barriers[factor].map(as_bool)
+    if off is not None:  # barriers at another "on" level are not part of this comparison
+        barriers = barriers[~barriers[factor].map(lambda v: _other_level(v, level, off))
+                            .astype(bool)]
+    side = barriers[factor].map(lambda v: factor_side(v, level, off))
     value = pd.to_numeric(barriers[barrier], errors="coerce")
-    usable = level.notna() & np.isfinite(value)
+    usable = side.notna() & np.isfinite(value)
     if (~usable).any():
-        notes.append(f"{name}: {int((~usable).sum())} barriers without a true/false {factor} "
+        what = "true/false" if off is None else f"{off}/{level}"
+        notes.append(f"{name}: {int((~usable).sum())} barriers without a {what} {factor} "
                      "or a finite value left out")
-    b = pd.DataFrame({"level": level[usable].astype(bool), "value": value[usable]})
+    b = pd.DataFrame({"level": side[usable].astype(bool), "value": value[usable]})
     if "match" in barriers.columns:
         b["match"] = barriers.loc[usable, "match"].map(_code)
         counts = b.groupby(["match", "level"]).size().unstack(fill_value=0)
@@ -429,9 +672,9 @@ def _barrier_row(barriers: pd.DataFrame, factor: str, barrier: str, n_boot: int,
             if {True, False} <= set(counts.columns) else []
         if len(good):
             sel = b[b["match"].isin(good)].set_index(["match", "level"])["value"]
-            on = np.array([sel[(m, True)] for m in good])
-            off = np.array([sel[(m, False)] for m in good])
-            row = paired_stats(on, off, name, n_boot=n_boot, seed=seed)
+            on_values = np.array([sel[(m, True)] for m in good])
+            off_values = np.array([sel[(m, False)] for m in good])
+            row = paired_stats(on_values, off_values, name, n_boot=n_boot, seed=seed)
             left = len(b) - 2 * len(good)
             if left:
                 notes.append(f"{name}: paired by match; {left} barriers without a partner left out")
