@@ -11,8 +11,9 @@ import pytest
 import yaml
 from scipy import stats
 
-from landscope.analysis.hypotheses.h2 import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, h2_test,
-                                              holm, load_barriers, pair_jobs)
+from landscope.analysis.hypotheses.h2 import h2_test, load_barriers
+from landscope.analysis.hypotheses.paired import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, holm
+from landscope.analysis.hypotheses.pairing import pair_jobs
 from landscope.errors import LandscopeError
 
 

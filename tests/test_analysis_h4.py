@@ -14,7 +14,7 @@ from scipy import stats
 
 from landscope.analysis.collect import Collection
 from landscope.analysis.doc import Doc
-from landscope.analysis.hypotheses.h2 import holm
+from landscope.analysis.hypotheses.paired import holm
 from landscope.analysis.hypotheses.h4 import (HESSIAN, ISOTROPIC, MARGIN, NAIVE, applies,
                                               comparison_row, h4_test, section)
 from landscope.analysis.report import ReportContext

@@ -12,9 +12,9 @@ equal gradient-evaluation budget). From the collected jobs (``result.json``) and
 - paired tests of LLP against each baseline: jobs are paired by seed and by every swept
   config key outside ``optimizer.*`` (the optimizer group changes lr, momentum, ... together
   with the name); the difference is LLP − baseline. Per measure (test accuracy, λmax, trace)
-  :func:`landscope.analysis.hypotheses.h2.paired_stats` gives the Wilcoxon signed-rank test,
+  :func:`landscope.analysis.hypotheses.paired.paired_stats` gives the Wilcoxon signed-rank test,
   the paired t-test, Cohen's d_z, the rank-biserial correlation and a 95% bootstrap CI of the
-  median difference; Holm corrections (:func:`~landscope.analysis.hypotheses.h2.holm`) run
+  median difference; Holm corrections (:func:`~landscope.analysis.hypotheses.paired.holm`) run
   across the baselines, one family per measure and test; written to
   ``optimizer_study_tests.csv``;
 - the verdict per baseline and measure: the **paired t-test** (Holm) decides, because with
@@ -121,7 +121,7 @@ def _verdict(row: dict[str, Any]) -> str:
 def paired_tests(inc: pd.DataFrame, swept: list[str], jobs: pd.DataFrame | None = None,
                  n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """LLP − baseline per baseline and measure (see the module docstring)."""
-    from landscope.analysis.hypotheses.h2 import holm, paired_stats
+    from landscope.analysis.hypotheses.paired import holm, paired_stats
 
     jobs = job_table(inc) if jobs is None else jobs
     keys = _pair_keys(inc, swept)

@@ -45,7 +45,7 @@ For both rows:
   job's weight = how often its seed was drawn, which equals refitting on the stacked
   resample); draws with a singular design (e.g. one seed drawn every time and no variation
   left) are dropped and counted in ``note``;
-- ``p_holm``: Holm correction (:func:`~landscope.analysis.hypotheses.h2.holm`) of the two OLS
+- ``p_holm``: Holm correction (:func:`~landscope.analysis.hypotheses.paired.holm`) of the two OLS
   p-values (one family of two tests);
 - ``verdict``: ``supported`` when ``p_holm < alpha`` and the effect is positive (the predicted
   sign), ``not supported`` when ``p_holm < alpha`` and it is negative, ``inconclusive``
@@ -110,7 +110,7 @@ from scipy import stats
 
 from landscope.analysis.fixed_effects import (boot_coef, fe_ols, seed_codes, statsmodels_fit,
                                                within)
-from landscope.analysis.hypotheses.h2 import holm
+from landscope.analysis.hypotheses.paired import holm
 from landscope.analysis.measures import partial_correlation
 from landscope.analysis.doc import short as _fmt
 from landscope.errors import LandscopeError

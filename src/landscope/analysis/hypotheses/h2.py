@@ -84,38 +84,27 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import yaml
-from scipy import stats
 
-from landscope.analysis.collect import _NOT_SWEPT, _NOT_SWEPT_PREFIXES, flatten, swept_keys
+from landscope.analysis.collect import _NOT_SWEPT, _NOT_SWEPT_PREFIXES, flatten
 from landscope.analysis.doc import short as _fmt
+from landscope.analysis.hypotheses.paired import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED,
+                                                  TABLE_COLUMNS, empty_row, holm, paired_stats,
+                                                  unpaired_stats)
+from landscope.analysis.hypotheses.pairing import (as_number, check_columns, config_code,
+                                                   factor_side, h2_comparisons, other_level,
+                                                   pair_jobs, resolve_level, side_names)
 from landscope.errors import LandscopeError
 
 MEASURES = ("probe.lambda_max", "probe.trace", "probe.density_n_outliers",
             "probe.density_outlier_mass")
 BARRIER = "linear_train_loss_barrier_mean"
-SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
-# Factors with levels rather than true/false, and the level that means "off"; every other level
-# is an "on" level, compared with this one.
-OFF_LEVELS: dict[str, str] = {"model.norm": "none"}
-# The factors H2 looks at, in report order (h2_comparisons).
-FACTORS = ("model.skip", "model.norm")
-# Columns of a collected frame that are not config keys (collect.py's bookkeeping and results).
-_NOT_CONFIG = {"sweep", "job", "path", "status", "included", "reason", "stop_reason", "seed",
-               "n_params", "wall_time_s", "epochs_completed", "overrides", "test_error",
-               "train_error"}
-_RESULT_PREFIXES = ("final.", "probe.", "landscape.")
-TABLE_COLUMNS = ["measure", "test", "n", "n_on", "n_off", "median_diff", "mean_diff", "ci_low",
-                 "ci_high", "statistic", "p", "p_holm", "t_test", "t", "t_p", "t_p_holm",
-                 "cohens_d", "rank_biserial", "verdict", "reason"]
 
 
 @dataclass
@@ -138,7 +127,7 @@ class H2Result:
     @property
     def comparison(self) -> str:
         """``model.skip: true vs false`` or ``model.norm: batch vs none``."""
-        on, off = _side_names(self.level, self.off)
+        on, off = side_names(self.level, self.off)
         return f"{self.factor}: {on} vs {off}"
 
     @property
@@ -170,303 +159,7 @@ class H2Result:
         return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- pairing
-def as_bool(value: Any) -> bool | None:
-    """A factor value as True/False (``true``/``false`` strings, 1/0), or None."""
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, str):
-        return {"true": True, "false": False, "1": True, "0": False}.get(value.strip().lower())
-    if isinstance(value, (int, float, np.integer, np.floating)) and not pd.isna(value):
-        return {1: True, 0: False}.get(value) if value in (0, 1) else None
-    return None
-
-
-def level_value(value: Any) -> str | None:
-    """A value of a factor with levels as lower-case text (enum members by their value), or
-    None when missing."""
-    if isinstance(value, Enum):
-        value = value.value
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return value.strip().lower() if isinstance(value, str) else json.dumps(value, default=str)
-
-
-def factor_side(value: Any, level: str | None = None, off: str | None = None) -> bool | None:
-    """Which side of a comparison a factor value is on: True (on), False (off) or None.
-
-    With ``off`` None the factor is true/false (:func:`as_bool`); otherwise ``off`` (e.g.
-    ``"none"``) is False, ``level`` (e.g. ``"batch"``) is True and anything else None."""
-    if off is None:
-        return as_bool(value)
-    v = level_value(value)
-    if v is not None and v == level_value(off):
-        return False
-    if v is not None and level is not None and v == level_value(level):
-        return True
-    return None
-
-
-def _other_level(value: Any, level: str | None, off: str | None) -> bool:
-    """True for a value at another "on" level of a factor with levels: not part of the
-    comparison ``level`` vs ``off`` (left out silently, not unpaired)."""
-    return off is not None and level_value(value) is not None \
-        and factor_side(value, level, off) is None
-
-
-def _side_names(level: str | None, off: str | None) -> tuple[str, str]:
-    return ("true", "false") if off is None else (str(level), str(off))
-
-
-def _included(jobs: pd.DataFrame) -> pd.DataFrame:
-    return jobs[jobs["included"].astype(bool)] if "included" in jobs.columns else jobs
-
-
-def factor_levels(jobs: pd.DataFrame, factor: str = "model.norm", off: str | None = None
-                  ) -> list[str]:
-    """The "on" levels of a factor with levels among the included rows of ``jobs``, sorted
-    (every value but ``off``, default :data:`OFF_LEVELS`; missing values left out)."""
-    off = OFF_LEVELS.get(factor) if off is None else off
-    if off is None or factor not in jobs.columns:
-        return []
-    found = {level_value(v) for v in _included(jobs)[factor]} - {None, level_value(off)}
-    return sorted(found)
-
-
-def resolve_level(jobs: pd.DataFrame, factor: str, level: Any = None, off: Any = None
-                  ) -> tuple[str | None, str | None]:
-    """``(level, off)`` of one comparison: ``(None, None)`` for a true/false factor
-    (``model.skip``); for a factor with levels, ``off`` defaults to :data:`OFF_LEVELS` and
-    ``level`` to the only other level present (an error when there are several: pass one, or
-    use :func:`h2_tests`)."""
-    off = OFF_LEVELS.get(factor) if off is None else off
-    if off is None:
-        if level is not None:
-            raise LandscopeError(f"H2: {factor} is a true/false factor; level={level!r} needs "
-                                 "off= (the level that means off)")
-        return None, None
-    _check_columns(jobs, factor)
-    if level is None:
-        found = factor_levels(jobs, factor, off)
-        if len(found) != 1:
-            raise LandscopeError(
-                f"H2: {factor} has {len(found)} levels besides {off!r} "
-                f"({', '.join(found) or 'none'}): pass level= (one of them) or use h2_tests")
-        level = found[0]
-    level, off = level_value(level), level_value(off)
-    if level is None or level == off:
-        raise LandscopeError(f"H2: level {level!r} of {factor} must differ from off={off!r}")
-    return level, off
-
-
-def h2_comparisons(jobs: pd.DataFrame, swept: Sequence[str] | None = None,
-                   factors: Sequence[str] = FACTORS) -> list[tuple[str, str | None]]:
-    """The comparisons ``(factor, level)`` H2 can make on ``jobs``: ``("model.skip", None)``
-    when ``model.skip`` is swept, and ``("model.norm", level)`` for every level other than
-    ``none`` when ``none`` and at least one other level are among the included rows.
-    ``swept``: the swept config keys (default: computed from the included rows)."""
-    rows = _included(jobs)
-    swept = swept_keys(rows, [f for f in factors if f in rows.columns]) if swept is None \
-        else list(swept)
-    out: list[tuple[str, str | None]] = []
-    for factor in factors:
-        if factor not in swept or factor not in rows.columns:
-            continue
-        off = OFF_LEVELS.get(factor)
-        if off is None:
-            out.append((factor, None))
-        elif level_value(off) in {level_value(v) for v in rows[factor]}:
-            out += [(factor, level) for level in factor_levels(rows, factor, off)]
-    return out
-
-
-def _check_columns(jobs: pd.DataFrame, factor: str) -> None:
-    if factor not in jobs.columns:
-        raise LandscopeError(f"H2: no column {factor!r} in the jobs table (factor to compare)")
-    if "seed" not in jobs.columns:
-        raise LandscopeError("H2: no column 'seed' in the jobs table (pairs are matched by seed)")
-
-
-def _code(value: Any) -> str:
-    return "\0missing" if value is None or (isinstance(value, float) and math.isnan(value)) \
-        else json.dumps(value, default=str)
-
-
-def pairing_keys(jobs: pd.DataFrame, factor: str, exclude: Sequence[str] = ()) -> list[str]:
-    """The swept config keys of ``jobs`` (seeds and bookkeeping excluded) other than ``factor``."""
-    candidates = [c for c in jobs.columns
-                  if c not in _NOT_CONFIG and not c.startswith(_RESULT_PREFIXES)
-                  and c != factor and c not in exclude]
-    return swept_keys(jobs, candidates)
-
-
-def pair_jobs(jobs: pd.DataFrame, factor: str = "model.skip", keys: Sequence[str] | None = None,
-              *, level: Any = None, off: Any = None,
-              ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """Pair the included rows of ``jobs`` that agree on ``keys`` and ``seed`` and differ in
-    ``factor`` (True vs False; for a factor with levels, ``level`` vs ``off``: see
-    :func:`resolve_level`). Returns ``(pairs, unpaired, keys)``: ``pairs`` has the keys,
-    ``seed``, ``on`` and ``off`` (row labels of ``jobs``) and ``job_on``/``job_off``;
-    ``unpaired`` lists every included row left out, with a reason (rows at a third level of
-    a factor with levels are not part of the comparison and not listed)."""
-    _check_columns(jobs, factor)
-    level_on, level_off = resolve_level(jobs, factor, level, off)
-    on_name, off_name = _side_names(level_on, level_off)
-    boolean = level_off is None
-    rows = _included(jobs)
-    keys = list(keys) if keys is not None else pairing_keys(rows, factor)
-    missing = [k for k in keys if k not in rows.columns]
-    if missing:
-        raise LandscopeError(f"H2: pairing keys not in the jobs table: {', '.join(missing)}")
-    job_names = rows["job"] if "job" in rows.columns else pd.Series(rows.index.astype(str),
-                                                                    index=rows.index)
-    sides = rows[factor].map(lambda v: factor_side(v, level_on, level_off))
-    unpaired: list[dict[str, Any]] = []
-    groups: dict[tuple, dict[bool, list]] = {}
-    for label in rows.index:
-        value, seed = sides[label], rows.at[label, "seed"]
-        if _other_level(rows.at[label, factor], level_on, level_off):
-            continue
-        if value is None:
-            what = "true/false" if boolean else f"{off_name!r} or {on_name!r}"
-            unpaired.append({"row": label, "job": job_names[label], "seed": seed,
-                             factor: rows.at[label, factor],
-                             "reason": f"{factor}={rows.at[label, factor]!r} is not {what}"})
-            continue
-        if seed is None or (isinstance(seed, float) and math.isnan(seed)):
-            unpaired.append({"row": label, "job": job_names[label], "seed": seed,
-                             factor: value if boolean else rows.at[label, factor],
-                             "reason": "no seed"})
-            continue
-        key = tuple(_code(rows.at[label, k]) for k in keys) + (_code(_num(seed)),)
-        groups.setdefault(key, {True: [], False: []})[value].append(label)
-    pairs: list[dict[str, Any]] = []
-    for key, side in groups.items():
-        on, off = side[True], side[False]
-        if len(on) == 1 and len(off) == 1:
-            first = rows.loc[on[0]]
-            pairs.append({**{k: first[k] for k in keys}, "seed": first["seed"], "on": on[0],
-                          "off": off[0], "job_on": job_names[on[0]], "job_off": job_names[off[0]]})
-            continue
-        if on and off:
-            why = f"ambiguous: {len(on)} jobs with {factor}={on_name} and {len(off)} with " \
-                  f"{off_name} at the same config and seed"
-        else:
-            why = f"no partner with {factor}={off_name if on else on_name} at the same config " \
-                  "and seed"
-        for label in on + off:
-            unpaired.append({"row": label, "job": job_names[label], "seed": rows.at[label, "seed"],
-                             factor: (label in on) if boolean else rows.at[label, factor],
-                             "reason": why})
-    pairs_df = pd.DataFrame(pairs, columns=[*keys, "seed", "on", "off", "job_on", "job_off"])
-    unpaired_df = pd.DataFrame(unpaired, columns=["row", "job", "seed", factor, "reason"])
-    return pairs_df, unpaired_df, keys
-
-
-def _num(value: Any) -> Any:
-    """Seeds as ints where they are whole numbers (1 and 1.0 pair)."""
-    try:
-        f = float(value)
-        return int(f) if f.is_integer() else f
-    except (TypeError, ValueError):
-        return value
-
-
-# --------------------------------------------------------------------------- statistics
-def _empty_row(measure: str, test: str, t_test: str) -> dict[str, Any]:
-    row = {c: math.nan for c in TABLE_COLUMNS}
-    row.update(measure=measure, test=test, t_test=t_test, n=0, n_on=0, n_off=0, verdict=INCONCLUSIVE,
-               reason="")
-    return row
-
-
-def paired_stats(on: np.ndarray, off: np.ndarray, measure: str, n_boot: int = 2000,
-                 seed: int = 0) -> dict[str, Any]:
-    """The paired statistics of one measure (a table row without the Holm columns and verdict)."""
-    on, off = np.asarray(on, dtype=float), np.asarray(off, dtype=float)
-    row = _empty_row(measure, "wilcoxon", "paired t")
-    d = on - off
-    n = len(d)
-    row.update(n=n, n_on=n, n_off=n)
-    if n == 0:
-        row["reason"] = "no pairs with finite values"
-        return row
-    row.update(median_diff=float(np.median(d)), mean_diff=float(np.mean(d)))
-    nonzero = d[d != 0]
-    if len(nonzero):
-        ranks = stats.rankdata(np.abs(nonzero))
-        row["rank_biserial"] = float((ranks[nonzero > 0].sum() - ranks[nonzero < 0].sum())
-                                     / ranks.sum())
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                w = stats.wilcoxon(d, alternative="two-sided")
-                row.update(statistic=float(w.statistic), p=float(w.pvalue))
-            except ValueError:
-                pass
-    else:
-        row.update(statistic=0.0, p=1.0, rank_biserial=0.0)  # every difference is zero
-    if n >= 2:
-        sd = float(np.std(d, ddof=1))
-        if sd > 0:
-            row["cohens_d"] = float(np.mean(d)) / sd
-            t = stats.ttest_rel(on, off)
-            row.update(t=float(t.statistic), t_p=float(t.pvalue))
-        rng = np.random.default_rng(seed)
-        boot = np.median(d[rng.integers(0, n, size=(n_boot, n))], axis=1)
-        row.update(ci_low=float(np.percentile(boot, 2.5)), ci_high=float(np.percentile(boot, 97.5)))
-    row["_min_p"] = min(1.0, 2.0 / 2.0 ** len(nonzero)) if len(nonzero) else 1.0
-    row["_n_nonzero"] = len(nonzero)
-    return row
-
-
-def unpaired_stats(on: np.ndarray, off: np.ndarray, measure: str, n_boot: int = 2000,
-                   seed: int = 0) -> dict[str, Any]:
-    """Mann–Whitney U, Welch t and effect sizes of two independent groups (on, off)."""
-    on, off = np.asarray(on, dtype=float), np.asarray(off, dtype=float)
-    row = _empty_row(measure, "mannwhitneyu", "welch t")
-    n1, n2 = len(on), len(off)
-    row.update(n=n1 + n2, n_on=n1, n_off=n2)
-    if n1 == 0 or n2 == 0:
-        row["reason"] = f"no barriers with the factor {'on' if n1 == 0 else 'off'}"
-        return row
-    row.update(median_diff=float(np.median(on) - np.median(off)),
-               mean_diff=float(np.mean(on) - np.mean(off)))
-    u = stats.mannwhitneyu(on, off, alternative="two-sided")
-    row.update(statistic=float(u.statistic), p=float(u.pvalue),
-               rank_biserial=float(2.0 * u.statistic / (n1 * n2) - 1.0))
-    if n1 >= 2 and n2 >= 2:
-        pooled = math.sqrt(((n1 - 1) * np.var(on, ddof=1) + (n2 - 1) * np.var(off, ddof=1))
-                           / (n1 + n2 - 2))
-        if pooled > 0:
-            row["cohens_d"] = row["mean_diff"] / pooled
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                t = stats.ttest_ind(on, off, equal_var=False)
-            row.update(t=float(t.statistic), t_p=float(t.pvalue))
-    rng = np.random.default_rng(seed)
-    boot = (np.median(on[rng.integers(0, n1, size=(n_boot, n1))], axis=1)
-            - np.median(off[rng.integers(0, n2, size=(n_boot, n2))], axis=1))
-    row.update(ci_low=float(np.percentile(boot, 2.5)), ci_high=float(np.percentile(boot, 97.5)))
-    row["_min_p"] = 2.0 / math.comb(n1 + n2, n1)
-    return row
-
-
-def holm(p: Sequence[float]) -> np.ndarray:
-    """Holm-adjusted p-values (NaN stays NaN): the values of statsmodels'
-    ``multipletests(p, method="holm")[1]`` (checked in the tests), computed here because
-    statsmodels runs a garbage collection per call (~50 ms)."""
-    p = np.asarray(p, dtype=float)
-    out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    if len(ok):
-        order = ok[np.argsort(p[ok], kind="stable")]
-        m = len(ok)
-        adjusted = np.maximum.accumulate((m - np.arange(m)) * p[order])
-        out[order] = np.minimum(adjusted, 1.0)
-    return out
-
-
+# --------------------------------------------------------------------------- verdicts
 def _holm(p: pd.Series, alpha: float) -> pd.Series:
     return pd.Series(holm(p.to_numpy(dtype=float)), index=p.index)
 
@@ -514,7 +207,7 @@ def _compare(jobs: pd.DataFrame, factor: str, level: Any, off: Any, measures: Se
              barriers: pd.DataFrame | None, n_boot: int, seed: int, keys: Sequence[str] | None,
              barrier: str) -> _Raw:
     """Pair, then the statistics of every measure (and the barrier) of one comparison."""
-    _check_columns(jobs, factor)
+    check_columns(jobs, factor)
     level, off = resolve_level(jobs, factor, level, off)
     pairs, unpaired, keys = pair_jobs(jobs, factor, keys, level=level, off=off)
     notes: list[str] = []
@@ -524,7 +217,7 @@ def _compare(jobs: pd.DataFrame, factor: str, level: Any, off: Any, measures: Se
     rows = []
     for measure in measures:
         if measure not in jobs.columns:
-            row = _empty_row(measure, "wilcoxon", "paired t")
+            row = empty_row(measure, "wilcoxon", "paired t")
             row["reason"] = f"no column {measure!r}"
             rows.append(row)
             continue
@@ -632,7 +325,7 @@ def h2_tests(jobs: pd.DataFrame, comparisons: Sequence[tuple[str, Any]] | None =
 
 
 def _label(factor: str, level: str | None, off: str | None) -> str:
-    on_name, off_name = _side_names(level, off)
+    on_name, off_name = side_names(level, off)
     return f"{factor}: {on_name} vs {off_name}"
 
 
@@ -651,11 +344,11 @@ def _barrier_row(barriers: pd.DataFrame, factor: str, barrier: str, n_boot: int,
     name = f"connectivity.{barrier}"
     for col in (factor, barrier):
         if col not in barriers.columns:
-            row = _empty_row(name, "mannwhitneyu", "welch t")
+            row = empty_row(name, "mannwhitneyu", "welch t")
             row["reason"] = f"no column {col!r} in the barriers table"
             return row
     if off is not None:  # barriers at another "on" level are not part of this comparison
-        barriers = barriers[~barriers[factor].map(lambda v: _other_level(v, level, off))
+        barriers = barriers[~barriers[factor].map(lambda v: other_level(v, level, off))
                             .astype(bool)]
     side = barriers[factor].map(lambda v: factor_side(v, level, off))
     value = pd.to_numeric(barriers[barrier], errors="coerce")
@@ -666,7 +359,7 @@ def _barrier_row(barriers: pd.DataFrame, factor: str, barrier: str, n_boot: int,
                      "or a finite value left out")
     b = pd.DataFrame({"level": side[usable].astype(bool), "value": value[usable]})
     if "match" in barriers.columns:
-        b["match"] = barriers.loc[usable, "match"].map(_code)
+        b["match"] = barriers.loc[usable, "match"].map(config_code)
         counts = b.groupby(["match", "level"]).size().unstack(fill_value=0)
         good = counts.index[(counts.get(True, 0) == 1) & (counts.get(False, 0) == 1)] \
             if {True, False} <= set(counts.columns) else []
@@ -743,7 +436,7 @@ def load_barriers(sweep_dir: str | Path, factor: str = "model.skip") -> pd.DataF
                 row[factor] = ca[factor]
             rest = {k: v for k, v in ca.items()
                     if k not in (factor, "seed", *_NOT_SWEPT) and not k.startswith(_NOT_SWEPT_PREFIXES)}
-            seeds = sorted(str(_num(s)) for s in (row["seed_a"], row["seed_b"]))
+            seeds = sorted(str(as_number(s)) for s in (row["seed_a"], row["seed_b"]))
             row["match"] = json.dumps({"config": rest, "seeds": seeds}, sort_keys=True, default=str)
         row["reason"] = "; ".join(reasons) or None
         rows.append(row)

@@ -88,7 +88,7 @@ import numpy as np
 import pandas as pd
 
 from landscope.analysis.doc import short as _fmt
-from landscope.analysis.hypotheses.h2 import holm
+from landscope.analysis.hypotheses.paired import holm
 from landscope.errors import LandscopeError
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"

@@ -36,7 +36,7 @@ Per comparison, :func:`h4_test` reports (one row of :attr:`H4Result.table`):
   relative improvement exceeds the margin);
 - ``test`` = ``wilcoxon (margin-shifted)``: :func:`scipy.stats.wilcoxon` on ``d_m``, two-sided,
   zero differences dropped (scipy's defaults, via
-  :func:`~landscope.analysis.hypotheses.h2.paired_stats`);
+  :func:`~landscope.analysis.hypotheses.paired.paired_stats`);
   ``statistic`` (min(T+, T-)), ``p``; ``median_shifted`` = median of ``d_m``;
 - ``t``/``t_p``: paired t-test of ``hessian`` against ``(1 - margin) * other``;
 - effect sizes of ``d_m``: ``cohens_d`` (d_z = mean / sd) and ``rank_biserial`` (Kerby 2014,
@@ -69,8 +69,9 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from landscope.analysis.hypotheses.h2 import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, _fmt, holm,
-                                              paired_stats)
+from landscope.analysis.doc import short as _fmt
+from landscope.analysis.hypotheses.paired import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, holm,
+                                                  paired_stats)
 from landscope.errors import LandscopeError
 
 HESSIAN = "probe.pacbayes_hessian"
