@@ -1,11 +1,12 @@
-"""H4 (Hessian-informed PAC-Bayes bounds are tighter): planted effects are found, ties and
-negligible tightenings (what the by-construction ordering gives) are not called support, the
-false-positive rate of the margin test is near alpha, the statistics equal scipy's, and the
-report section writes its table and figure."""
+"""H4 (Hessian-informed PAC-Bayes complexity is smaller): the crossed configuration × seed test
+against closed forms and scipy, planted effects found with their evidence, at-margin and equal
+complexities not called support, the fallbacks for jobs without matched complexities, the
+non-vacuity statement, and the report section's files."""
 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -14,146 +15,151 @@ from scipy import stats
 
 from landscope.analysis.collect import Collection
 from landscope.analysis.doc import Doc
-from landscope.analysis.hypotheses.paired import holm
-from landscope.analysis.hypotheses.h4 import (HESSIAN, ISOTROPIC, MARGIN, NAIVE, applies,
-                                              comparison_row, h4_test, section)
-from landscope.analysis.report import ReportContext
+from landscope.analysis.hypotheses.h4 import (HESSIAN, ISOTROPIC, MARGIN, MATCHED, NAIVE,
+                                              applies, chance_error, complexities,
+                                              config_labels, crossed_mean_test, h4_test,
+                                              section)
 from landscope.errors import LandscopeError
 
 
-def _jobs(hessian, isotropic, naive=None, seed=0) -> pd.DataFrame:
+def _jobs(log_ratio: float, n_configs=4, n_seeds=4, sd=0.05, naive_ratio=0.01, seed=0,
+          binary=False) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    n = len(hessian)
-    naive = np.full(n, 1.0 - 1e-16) if naive is None else naive
-    return pd.DataFrame({
-        "job": [f"job{i}" for i in range(n)], "seed": np.arange(n), "included": True,
-        HESSIAN: hessian, ISOTROPIC: isotropic, NAIVE: naive,
-        "probe.pacbayes_hessian_is_isotropic": (np.asarray(hessian) == np.asarray(isotropic))
-        .astype(float),
-        "test_error": rng.uniform(0.2, 0.4, n), "train_error": rng.uniform(0.1, 0.3, n),
-        "probe.pacbayes_isotropic_e_mc": rng.uniform(0.3, 0.5, n),
-        "probe.pacbayes_hessian_e_mc": rng.uniform(0.3, 0.5, n)})
+    rows = []
+    for c in range(n_configs):
+        for s in range(n_seeds):
+            iso = 0.05 * math.exp(rng.normal(0, 0.3))
+            hes = iso * math.exp(log_ratio + rng.normal(0, sd))
+            rows.append({"job": f"c{c}s{s}", "seed": s, "included": True,
+                         "model.width": 16 * (c + 1), "dataset.binary": binary,
+                         MATCHED["isotropic"]: iso, MATCHED["hessian"]: hes,
+                         "probe.pacbayes_complexity_naive": hes / naive_ratio,
+                         HESSIAN: 0.45, ISOTROPIC: 0.5, NAIVE: 1.0 - 1e-9,
+                         "probe.pacbayes_hessian_is_isotropic": 0.0,
+                         "test_error": 0.3, "train_error": 0.2,
+                         "probe.pacbayes_isotropic_e_mc": 0.3,
+                         "probe.pacbayes_hessian_e_mc": 0.3})
+    return pd.DataFrame(rows)
 
 
-def _planted(n=12, improvement=0.2, seed=0):
-    rng = np.random.default_rng(seed)
-    iso = rng.uniform(0.6, 0.95, n)
-    hes = iso * (1 - improvement + rng.normal(0, 0.02, n))
-    return _jobs(hes, iso, seed=seed)
-
-
-def test_planted_effect_is_supported():
-    res = h4_test(_planted())
-    assert res.verdict == "supported", res.summary()
-    assert list(res.table["comparison"]) == ["hessian vs isotropic", "hessian vs naive"]
-    assert (res.table["p_holm"] < 0.01).all() and (res.table["verdict"] == "supported").all()
-    iso = res.table.iloc[0]
-    assert iso["median_rel_improvement"] == pytest.approx(0.2, abs=0.03)
-    assert iso["rel_ci_low"] > MARGIN and iso["ci_high"] < 0 and iso["n_above_margin"] == 12
-    assert iso["rank_biserial"] == -1.0 and iso["cohens_d"] < 0
-    assert res.frac_non_isotropic == 1.0 and res.n_jobs == 12
-    b = res.bounds.set_index("quantity")
-    assert b.loc["hessian bound", "frac_below_1"] == 1.0 and b.loc["naive bound", "n"] == 12
-    assert b.loc["naive bound", "frac_below_chance"] == 0.0  # 1 - 1e-16: below 1, not useful
-    assert b.loc["hessian bound", "frac_below_chance"] == 1.0
-    assert "test error of w" in b.index and "SUPPORTED" in res.summary()
-
-
-def test_ties_and_negligible_tightening_are_not_support():
-    """The by-construction ordering (hessian <= isotropic, equal when the isotropic member
-    wins) gives a one-signed raw difference; without the margin it would look significant."""
+# ------------------------------------------------------------------------ the crossed test
+def test_crossed_test_with_one_configuration_is_the_one_sample_t_test():
     rng = np.random.default_rng(1)
-    iso = rng.uniform(0.8, 0.99, 12)
-    hes = iso * (1 - rng.uniform(0, 0.005, 12))  # at most 0.5% tighter
-    hes[:3] = iso[:3]  # three jobs where the isotropic member won
-    res = h4_test(_jobs(hes, iso))
-    row = res.table.iloc[0]
-    assert stats.wilcoxon(hes - iso).pvalue < 0.01  # the naive test would "find" an effect
-    assert row["verdict"] == "not supported" and row["p_holm"] < 0.01
+    v = rng.normal(0.3, 1.0, 6)
+    res = crossed_mean_test(v, ["a"] * 6, range(6))
+    ref = stats.ttest_1samp(v, 0.0)
+    assert res.p == pytest.approx(ref.pvalue, rel=1e-10) and res.t == pytest.approx(ref.statistic)
+    assert res.df == 5 and res.n_seeds == 6 and res.n_configs == 1 and res.n_jobs == 6
+    lo, hi = stats.t.interval(0.95, 5, loc=v.mean(), scale=stats.sem(v))
+    assert (res.ci_low, res.ci_high) == pytest.approx((lo, hi), rel=1e-10)
+    # one seed, several configurations: over configuration means; repeated jobs averaged
+    res = crossed_mean_test([1.0, 3.0, 2.0, 2.5, 0.5], ["a", "a", "b", "c", "d"], [0] * 5)
+    ref = stats.ttest_1samp([2.0, 2.0, 2.5, 0.5], 0.0)
+    assert res.p == pytest.approx(ref.pvalue, rel=1e-10) and res.n_configs == 4
+
+
+def test_crossed_test_two_way_closed_form_and_missing_cells():
+    x = np.array([[1.0, 2.0, 4.0], [2.0, 2.5, 5.5], [0.0, 1.0, 3.5], [1.5, 2.5, 4.5]])
+    C, S = x.shape
+    cfg, seed = np.repeat(np.arange(C), S), np.tile(np.arange(S), C)
+    res = crossed_mean_test(x.ravel(), cfg, seed)
+    g, r, k = x.mean(), x.mean(axis=1), x.mean(axis=0)
+    ms_c, ms_s = S * ((r - g) ** 2).sum() / (C - 1), C * ((k - g) ** 2).sum() / (S - 1)
+    ms_e = ((x - r[:, None] - k[None, :] + g) ** 2).sum() / ((C - 1) * (S - 1))
+    v = ms_c + ms_s - ms_e
+    df = v ** 2 / (ms_c ** 2 / (C - 1) + ms_s ** 2 / (S - 1) + ms_e ** 2 / ((C - 1) * (S - 1)))
+    assert res.estimate == pytest.approx(g) and res.se == pytest.approx(math.sqrt(v / (C * S)))
+    assert res.df == pytest.approx(df) and res.p == pytest.approx(2 * stats.t.sf(abs(res.t), df))
+    # a missing cell drops the seed (or configuration) with the most missing cells
+    vals = x.ravel().copy()
+    vals[2] = np.nan
+    res = crossed_mean_test(vals, cfg, seed)
+    assert (res.n_configs, res.n_seeds) in ((3, 3), (4, 2)) and res.n_jobs == res.n_configs * res.n_seeds
+    assert math.isnan(crossed_mean_test([1.0], ["a"], [0]).p)
+    assert "too few" in crossed_mean_test([1.0], ["a"], [0]).reason
+
+
+# ------------------------------------------------------------------------ verdicts
+def test_planted_effect_is_supported_with_its_evidence():
+    res = h4_test(_jobs(math.log(0.7)))
+    assert res.verdict == "supported", res.summary()
+    iso = res.table.set_index("other").loc["isotropic"]
+    assert iso["ratio"] == pytest.approx(0.7, rel=0.05) and iso["ratio_ci_high"] < 1 - MARGIN
+    assert iso["n_seeds"] == 4 and iso["n_configs"] == 4 and iso["n_jobs"] == 16
+    assert iso["matched"] and iso["p_holm"] < 0.05
+    for word in ("complexity ratio", "95% CI", "4 seeds x 4 configs", "Holm p"):
+        assert word in iso["reason"]
+    assert iso["calibration"].startswith(("not calibrated", "calibration"))
+    assert res.table.set_index("other").loc["naive", "ratio"] == pytest.approx(0.01, rel=1e-6)
+
+
+def test_at_margin_and_equal_complexities_are_not_support():
+    res = h4_test(_jobs(math.log(1 - MARGIN), sd=0.05, seed=3))
+    assert res.table.set_index("other").loc["isotropic", "verdict"] != "supported"
+    res = h4_test(_jobs(0.0, sd=0.02))  # no tightening: significantly short of the margin
     assert res.verdict == "not supported" and "below the 5% margin" in res.reason
-    assert res.frac_non_isotropic == pytest.approx(0.75)
 
 
-def test_false_positive_rate_near_alpha_without_effect():
-    """Relative improvements symmetric about the margin (the test's null): the two-sided
-    Wilcoxon rejects about alpha of the draws; 'supported' (one direction) about alpha / 2.
-    (One row, so Holm changes nothing and the verdict rule is p < alpha and a negative
-    median shifted difference.)"""
-    rejected = supported = 0
-    draws = 300
-    for i in range(draws):
-        rng = np.random.default_rng(100 + i)
-        iso = rng.uniform(0.5, 0.95, 15)
-        hes = iso * (1 - MARGIN) + rng.normal(0, 0.02, 15)
-        row = comparison_row(hes, iso, "hessian vs isotropic", "isotropic", n_boot=2)
-        rejected += row["p"] < 0.05  # one row: Holm changes nothing
-        supported += row["p"] < 0.05 and row["median_shifted"] < 0
-    assert 0.02 <= rejected / draws <= 0.09
-    assert supported / draws <= 0.06
+def test_unmatched_jobs_use_their_own_complexities_or_the_pieces():
+    df = _jobs(math.log(0.7)).drop(columns=list(MATCHED.values()))
+    m, delta, j = 4000.0, 0.025, 100.0
+    df["probe.pacbayes_m"], df["probe.pacbayes_delta"] = m, delta
+    for name, kl in (("isotropic", 200.0), ("hessian", 100.0)):
+        df[f"probe.pacbayes_kl_{name}"], df[f"probe.pacbayes_{name}_prior_j"] = kl, j
+    cx, matched = complexities(df)
+    assert not matched
+    ref = (100.0 + 2 * math.log(j) + math.log(math.pi ** 2 * m / (6 * delta))) / (m - 1)
+    assert cx["hessian"].iloc[0] == pytest.approx(ref, rel=1e-12)
+    res = h4_test(df)
+    assert not res.matched and any("not at matched" in n for n in res.notes)
 
 
-def test_statistics_equal_scipy():
-    df = _planted(n=9, improvement=0.07, seed=3)
-    df.loc[4, HESSIAN] = np.nan  # left out of both rows
-    res = h4_test(df, n_boot=500, seed=7)
-    ok = np.isfinite(df[HESSIAN].to_numpy())
-    h = df[HESSIAN].to_numpy()[ok]
-    for row, col in zip(res.table.itertuples(), (ISOTROPIC, NAIVE)):
-        o = df[col].to_numpy()[ok]
-        d = h - (1 - MARGIN) * o
-        w = stats.wilcoxon(d)
-        t = stats.ttest_rel(h, (1 - MARGIN) * o)
-        assert row.n == 8 and row.statistic == w.statistic
-        assert row.p == pytest.approx(w.pvalue, rel=1e-12)
-        assert row.t == pytest.approx(t.statistic, rel=1e-12)
-        assert row.t_p == pytest.approx(t.pvalue, rel=1e-12)
-        assert row.median_shifted == pytest.approx(np.median(d), rel=1e-12)
-        assert row.median_diff == pytest.approx(np.median(h - o), rel=1e-12)
-        assert row.median_rel_improvement == pytest.approx(np.median((o - h) / o), rel=1e-12)
-        assert row.cohens_d == pytest.approx(d.mean() / d.std(ddof=1), rel=1e-12)
-        assert row.ci_low <= row.median_diff <= row.ci_high
-        assert row.rel_ci_low <= row.median_rel_improvement <= row.rel_ci_high
-    assert np.allclose(res.table["p_holm"], holm(res.table["p"]))
-    assert res.table["p_holm"].min() == pytest.approx(min(1.0, 2 * res.table["p"].min()))
-    assert any("left out" in n for n in res.notes)
-    again = h4_test(df, n_boot=500, seed=7)
-    pd.testing.assert_frame_equal(res.table, again.table)  # reproducible bootstrap
+def test_nonvacuity_and_chance():
+    res = h4_test(_jobs(math.log(0.7), binary=True))
+    assert res.chance_error == 0.5 and chance_error(_jobs(0.0)) == 0.9
+    text = res.nonvacuity()
+    assert "hessian: 16 of 16 below 1, 16 below chance 0.5" in text
+    assert "naive: 16 of 16 below 1" in text
 
 
-def test_too_few_jobs_and_missing_columns():
-    res = h4_test(_planted(n=5))
-    assert res.verdict == "inconclusive" and "too few" in res.reason
+def test_config_labels_from_swept_columns():
+    df = _jobs(0.0, n_configs=2, n_seeds=3)
+    labels = config_labels(df)
+    assert labels.nunique() == 2 and config_labels(df, ["model.width"]).equals(labels)
+    assert (config_labels(df, []) == "all").all()
+
+
+def test_missing_columns_and_bad_margin_raise():
     with pytest.raises(LandscopeError, match="probe=pacbayes"):
-        h4_test(pd.DataFrame({"job": ["a"], ISOTROPIC: [0.5]}))
+        h4_test(_jobs(0.0).drop(columns=[NAIVE]))
     with pytest.raises(LandscopeError, match="margin"):
-        h4_test(_planted(), margin=1.0)
-    excluded = _planted(n=8)
-    excluded.loc[:3, "included"] = False
-    assert h4_test(excluded).n_jobs == 4
+        h4_test(_jobs(0.0), margin=1.0)
 
 
-def _ctx(df: pd.DataFrame, tmp_path) -> ReportContext:
-    coll = Collection(jobs=df, excluded=pd.DataFrame(), counts={"completed": len(df)}, swept=[])
-    return ReportContext(Doc("t"), coll, [tmp_path], tmp_path)
+# ------------------------------------------------------------------------ report section
+def _ctx(df: pd.DataFrame, tmp_path) -> SimpleNamespace:
+    """What a section reads of landscope.analysis.report.ReportContext (doc, coll, paths, out)."""
+    coll = Collection(jobs=df, excluded=pd.DataFrame(), counts={"completed": len(df)},
+                      swept=["model.width"])
+    return SimpleNamespace(doc=Doc("t"), coll=coll, paths=[tmp_path], out=tmp_path, appendix=[])
 
 
 def test_section_writes_table_and_figure(tmp_path):
-    ctx = _ctx(_planted(), tmp_path)
+    ctx = _ctx(_jobs(math.log(0.7)), tmp_path)
     assert applies(ctx)
     section(ctx)
     md = ctx.doc.render_md()
     assert "## H4: Hessian-informed PAC-Bayes bounds are tighter" in md
-    assert "Verdict: supported" in md and "| hessian vs isotropic |" in md
-    assert "![PAC-Bayes bound, isotropic vs Hessian" in md and "figures/h4_bounds.png" in md
-    assert (tmp_path / "figures" / "h4_bounds.png").stat().st_size > 1000
+    assert "Non-vacuity" in md and "Verdict: supported" in md and "| hessian vs isotropic |" in md
+    assert "figures/h4_complexity.png" in md
+    assert (tmp_path / "figures" / "h4_complexity.png").stat().st_size > 1000
     table = pd.read_csv(tmp_path / "h4.csv")
     assert list(table["comparison"]) == ["hessian vs isotropic", "hessian vs naive"]
-    assert len(pd.read_csv(tmp_path / "h4_jobs.csv")) == 12
-    assert "data:image/png;base64," in ctx.doc.render_html("t")
+    assert len(pd.read_csv(tmp_path / "h4_jobs.csv")) == 16
 
 
 def test_applies_only_with_the_bounds(tmp_path):
-    df = _planted()
+    df = _jobs(0.0)
     assert not applies(_ctx(df.drop(columns=[NAIVE]), tmp_path))
     df[HESSIAN] = math.nan
     assert not applies(_ctx(df, tmp_path))

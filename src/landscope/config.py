@@ -190,6 +190,9 @@ class DatasetConfig:
     normalize: bool = True  # standardize inputs per channel with training statistics
     in_memory: Optional[bool] = None  # null = auto (tensors when small, streamed when large)
     seed: int = 0
+    # two classes: the first half of the labels (0-4 of 10) against the rest (5-9), as
+    # Dziugaite & Roy's binary MNIST (PAC-Bayes bounds, H4); not for the synthetic problems
+    binary: bool = False
     # Synthetic problems (landscope.synthetic; ignored by the other datasets). Their
     # train_size/test_size are the generated sample counts (null = 256).
     noise: float = 0.5  # quadratic: target noise sigma; two_basin: gradient-noise std
@@ -329,6 +332,16 @@ class ProbeConfig:
     # isotropic member (beta = inf) is always added; more entries cost draws, not tightness
     # (the posterior may be chosen after seeing the data)
     pacbayes_beta_grid: List[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0])
+    # how the posteriors are chosen: "optimized" (Dziugaite & Roy: Adam on the mean and the
+    # log-variances of a differentiable bound surrogate, landscope.analysis.pacbayes_optimize;
+    # reports the complexity terms at matched posterior error too) or "grid" (variances on a
+    # half-decade grid around the trained weights, the mean fixed; n_select draws each)
+    pacbayes_posterior: str = "optimized"
+    pacbayes_steps: int = 300  # optimized: Adam steps per posterior family
+    pacbayes_lr_mean: float = 1e-3  # optimized: Adam step size of the posterior mean
+    pacbayes_lr_var: float = 3e-2  # optimized: Adam step size of the log-variances
+    pacbayes_batch_size: int = 256  # optimized: samples per step (one draw per step)
+    pacbayes_n_match: int = 32  # optimized: draws per covariance scale of the matched-error curves
 
 
 @dataclass
@@ -505,6 +518,14 @@ def validate(cfg: Any) -> None:
     _check(p.pacbayes_delta + p.pacbayes_delta_mc < 1, "probe.pacbayes_delta + pacbayes_delta_mc",
            "< 1 (the bounds hold with probability 1 - their sum)",
            p.pacbayes_delta + p.pacbayes_delta_mc)
+    _check(p.pacbayes_posterior in ("optimized", "grid"), "probe.pacbayes_posterior",
+           "optimized or grid", p.pacbayes_posterior)
+    for key in ("pacbayes_steps", "pacbayes_batch_size", "pacbayes_n_match"):
+        _check(getattr(p, key) >= (0 if key == "pacbayes_steps" else 1), f"probe.{key}",
+               ">= 0" if key == "pacbayes_steps" else ">= 1", getattr(p, key))
+    for key in ("pacbayes_lr_mean", "pacbayes_lr_var"):
+        _check(math.isfinite(getattr(p, key)) and getattr(p, key) >= 0, f"probe.{key}",
+               "finite and >= 0", getattr(p, key))
     _check(len(p.pacbayes_beta_grid) >= 1 and all(math.isfinite(b) and b > 0
                                                   for b in p.pacbayes_beta_grid),
            "probe.pacbayes_beta_grid", "a non-empty list of finite values > 0",

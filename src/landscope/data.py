@@ -16,7 +16,8 @@
 Then, in order: seeded train subset (``train_size``, seed ``cfg.seed``; subsets
 are nested: a smaller size is a prefix of a larger one's selection), test subset
 (``test_size``, fixed seed so the test set does not depend on ``cfg.seed``),
-label noise on the training labels only, and per-channel standardization with
+labels merged into two classes (``binary``: the first half of the classes against the rest,
+as Dziugaite & Roy's binary MNIST), label noise on the training labels only, and per-channel standardization with
 training statistics.  A split is a :class:`TensorSplit` (all in memory) or,
 when large, a :class:`StreamSplit` that keeps the raw uint8 pixels and converts
 each batch; both give identical values and batch orders.
@@ -215,6 +216,7 @@ class _Key(NamedTuple):
     normalize: bool
     in_memory: Optional[bool]
     seed: int
+    binary: bool = False
 
 
 def _opt(value: Any, kind: type) -> Any:
@@ -227,7 +229,8 @@ def load_data(cfg: Any) -> DataBundle:
         return synthetic.load_synthetic(cfg)
     key = _Key(_name(cfg), os.path.abspath(str(cfg.data_dir)), bool(cfg.download),
                _opt(cfg.train_size, int), _opt(cfg.test_size, int), float(cfg.label_noise),
-               bool(cfg.normalize), _opt(cfg.in_memory, bool), int(cfg.seed))
+               bool(cfg.normalize), _opt(cfg.in_memory, bool), int(cfg.seed),
+               bool(getattr(cfg, "binary", False)))
     check_available(cfg)
     return _load_cached(key)
 
@@ -257,16 +260,21 @@ def _load_cached(key: _Key) -> DataBundle:
     train = _subset(train, key.train_size, np.random.default_rng([key.seed, 0]), "train", key.name)
     test = _subset(test, key.test_size, np.random.default_rng([_TEST_SUBSET_SEED, 1]), "test",
                    key.name)
+    num_classes = spec.num_classes
+    if key.binary:  # Dziugaite & Roy's binary MNIST: classes 0..K/2-1 -> 0, the rest -> 1
+        num_classes = 2
+        train, test = (r._replace(targets=binary_labels(r.targets, spec.num_classes))
+                       for r in (train, test))
     if key.label_noise > 0:
         rng = np.random.default_rng([key.seed, 2])
-        train = train._replace(targets=_noisy(train.targets, key.label_noise, spec.num_classes, rng))
+        train = train._replace(targets=_noisy(train.targets, key.label_noise, num_classes, rng))
 
     convert = _converter(train.divisor, None, None)
     if key.normalize:
         mean, std = _channel_stats(train.data, convert)
         convert = _converter(train.divisor, mean, std)
 
-    meta = DatasetMeta(key.name, spec.shape, spec.num_classes, len(train.targets),
+    meta = DatasetMeta(key.name, spec.shape, num_classes, len(train.targets),
                        len(test.targets))
     return DataBundle(_make_split(train, convert, key.in_memory),
                       _make_split(test, convert, key.in_memory), meta)
@@ -323,6 +331,11 @@ def _subset(raw: _Raw, size: Optional[int], rng: np.random.Generator, which: str
         raise DataError(f"dataset.{which}_size={size} exceeds the {n} {which} examples of '{name}'")
     idx = torch.from_numpy(np.sort(rng.permutation(n)[:size]))
     return _Raw(raw.data[idx], raw.targets[idx], raw.divisor)
+
+
+def binary_labels(y: Tensor, num_classes: int) -> Tensor:
+    """``dataset.binary``: label ``y >= num_classes // 2`` (digits 0-4 vs 5-9 for 10 classes)."""
+    return (y >= num_classes // 2).to(torch.int64)
 
 
 def _noisy(y: Tensor, p: float, num_classes: int, rng: np.random.Generator) -> Tensor:

@@ -85,8 +85,13 @@ def probe_fingerprint(cfg: DictConfig) -> Optional[str]:
     c = OmegaConf.to_container(cfg.probe, resolve=True, enum_to_str=True)
     if not c.get("pacbayes"):  # its settings change nothing when it is off: old hashes stay
         c = {k: v for k, v in c.items() if not k.startswith("pacbayes")}
-    elif c.get("pacbayes_beta_grid") == ProbeConfig().pacbayes_beta_grid:
-        c.pop("pacbayes_beta_grid")  # added later: jobs probed before keep their hash
+    else:
+        if c.get("pacbayes_beta_grid") == ProbeConfig().pacbayes_beta_grid:
+            c.pop("pacbayes_beta_grid")  # added later: jobs probed before keep their hash
+        if c.get("pacbayes_posterior") == "grid":  # the grid search reads none of these
+            for key in ("pacbayes_posterior", "pacbayes_steps", "pacbayes_lr_mean",
+                        "pacbayes_lr_var", "pacbayes_batch_size", "pacbayes_n_match"):
+                c.pop(key, None)
     text = OmegaConf.to_yaml(OmegaConf.create(c), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -125,6 +130,8 @@ def fingerprint(cfg: DictConfig) -> str:
     if opt.get("name") != "llp":  # only LLP reads its settings
         for key in [k for k in opt if k.startswith("llp_")]:
             opt.pop(key)
+    if not c.get("dataset", {}).get("binary", False):  # added later (H4's binary preset)
+        c.get("dataset", {}).pop("binary", None)
     if c.get("train", {}).get("max_grad_evals", None) is None:
         c.get("train", {}).pop("max_grad_evals", None)
     text = OmegaConf.to_yaml(OmegaConf.create(c), sort_keys=True)

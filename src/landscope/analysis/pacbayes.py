@@ -234,8 +234,16 @@ def dziugaite_roy_bound(e_hat: float, kl: float, m: int, delta: float, j: int) -
     _check_m(m)
     if int(j) < 1 or kl < 0:
         raise LandscopeError(f"need grid index j >= 1 and KL >= 0 (got j={j}, KL={kl})")
-    budget = (kl + 2.0 * math.log(int(j)) + math.log(math.pi ** 2 * m / (6.0 * delta))) / (m - 1)
-    return float(kl_inverse_upper(e_hat, budget))
+    return float(kl_inverse_upper(e_hat, complexity_term(kl, m, delta, j)))
+
+
+def complexity_term(kl: float, m: int, delta: float, j: int) -> float:
+    """The kl budget of :func:`dziugaite_roy_bound`: ``[KL + 2 ln j + ln(pi^2 m / (6 delta))] /
+    (m - 1)``, the part of the bound that does not depend on the posterior's error (H4 compares
+    it between posteriors of matched error)."""
+    _check_delta(delta, "delta")
+    _check_m(m)
+    return (kl + 2.0 * math.log(int(j)) + math.log(math.pi ** 2 * m / (6.0 * delta))) / (m - 1)
 
 
 def mc_error_upper(e_mc: float, n_mc: int, delta_mc: float) -> float:
@@ -386,6 +394,7 @@ def pac_bayes_bounds(model: nn.Module, train: ProbeData, eigvals: Tensor, eigvec
 
     out: dict[str, float] = {
         "pacbayes_naive": occam_bound(train_error, dim, m, delta, bits),
+        "complexity_naive": (bits * dim * math.log(2.0) + math.log(1.0 / delta)) / m,
         "pacbayes_isotropic": bounds[0],
         "pacbayes_hessian": bounds[h],
         "train_error": train_error, "naive_log_hypotheses": bits * dim * math.log(2.0),
@@ -395,7 +404,8 @@ def pac_bayes_bounds(model: nn.Module, train: ProbeData, eigvals: Tensor, eigvec
     }
     for name, cd, e_mc, up in (("isotropic", finals[0], e_fin[0], upper[0]),
                                ("hessian", finals[h], e_fin[h], upper[h])):
-        out.update({f"kl_{name}": cd.kl, f"{name}_prior_var": cd.lam, f"{name}_prior_j": float(cd.j),
+        out.update({f"kl_{name}": cd.kl, f"complexity_{name}": complexity_term(cd.kl, m, delta, cd.j),
+                    f"{name}_prior_var": cd.lam, f"{name}_prior_j": float(cd.j),
                     f"{name}_e_mc": e_mc, f"{name}_e_upper": up})
     out["isotropic_s"] = finals[0].s_perp
     out.update({"hessian_s_perp": finals[h].s_perp, "hessian_beta": finals[h].beta,

@@ -29,7 +29,10 @@ dense float64 Hessian. With ``pacbayes`` (:func:`_pacbayes`), the PAC-Bayes boun
 ``pacbayes_{isotropic,hessian}_e_mc`` / ``_e_upper`` / ``_prior_var`` / ``_prior_j``,
 ``pacbayes_train_error``, ``pacbayes_m``, ``pacbayes_D``, ``pacbayes_k``,
 ``pacbayes_dist2_to_prior_mean``, ``pacbayes_hessian_is_isotropic``, ...,
-``pacbayes_prior_mean`` (``"init"`` or ``"zero"``) and ``pacbayes_seconds``.
+``pacbayes_prior_mean`` (``"init"`` or ``"zero"``) and ``pacbayes_seconds``; with
+``pacbayes_posterior=optimized`` (the default; :mod:`~landscope.analysis.pacbayes_optimize`)
+also ``pacbayes_complexity_{naive,isotropic,hessian}``, ``pacbayes_matched_error`` and
+``pacbayes_matched_complexity_{isotropic,hessian}`` (complexity terms at matched posterior error).
 """
 
 from __future__ import annotations
@@ -241,6 +244,7 @@ def _pacbayes(model: nn.Module, train_split, cfg: Any, top: Any,
     posterior in the basis of the top-k eigenvectors computed above (on the probe subset:
     a posterior may depend on the data). Scalars prefixed ``pacbayes_``."""
     from landscope.analysis.pacbayes import pac_bayes_bounds
+    from landscope.analysis.pacbayes_optimize import optimized_pac_bayes_bounds
     from landscope.errors import ConfigError
 
     if top is None:
@@ -249,10 +253,18 @@ def _pacbayes(model: nn.Module, train_split, cfg: Any, top: Any,
     tic = time.perf_counter()
     data = ProbeData.from_split(train_split, size=cfg.pacbayes_data_size, seed=cfg.seed,
                                 micro_batch=cfg.micro_batch)
-    out = pac_bayes_bounds(model, data, top.eigenvalues, top.eigenvectors, w0=w0,
-                           delta=cfg.pacbayes_delta, delta_mc=cfg.pacbayes_delta_mc,
-                           n_mc=cfg.pacbayes_n_mc, n_select=cfg.pacbayes_n_select,
-                           beta_grid=list(cfg.pacbayes_beta_grid), seed=cfg.seed)
+    if str(getattr(cfg, "pacbayes_posterior", "optimized")) == "grid":
+        out = pac_bayes_bounds(model, data, top.eigenvalues, top.eigenvectors, w0=w0,
+                               delta=cfg.pacbayes_delta, delta_mc=cfg.pacbayes_delta_mc,
+                               n_mc=cfg.pacbayes_n_mc, n_select=cfg.pacbayes_n_select,
+                               beta_grid=list(cfg.pacbayes_beta_grid), seed=cfg.seed)
+    else:
+        out = optimized_pac_bayes_bounds(
+            model, data, top.eigenvalues, top.eigenvectors, w0=w0, delta=cfg.pacbayes_delta,
+            delta_mc=cfg.pacbayes_delta_mc, n_mc=cfg.pacbayes_n_mc,
+            n_select=cfg.pacbayes_n_select, n_match=cfg.pacbayes_n_match,
+            steps=cfg.pacbayes_steps, lr_mean=cfg.pacbayes_lr_mean, lr_var=cfg.pacbayes_lr_var,
+            batch_size=cfg.pacbayes_batch_size, seed=cfg.seed)
     scalars: dict[str, Any] = {k if k.startswith("pacbayes_") else f"pacbayes_{k}": v
                                for k, v in out.items()}
     scalars["pacbayes_prior_mean"] = "zero" if w0 is None else "init"
