@@ -39,8 +39,10 @@ def test_planted_effect_is_supported():
     res = h2_test(frame(10, effect=3.0))
     row = res.table.set_index("measure").loc["probe.lambda_max"]
     assert res.verdict == SUPPORTED and row["verdict"] == SUPPORTED
-    assert row["n"] == 10 and row["p_holm"] < 0.01 and row["t_p_holm"] < 0.01
+    assert row["n"] == 10 and row["p_adj"] < 0.01 and row["t_p"] < 0.01
+    assert row["role"] == "primary" and res.gate_open
     assert row["ci_high"] < 0 and row["median_diff"] < -2 and row["cohens_d"] < -1
+    assert row["estimate"] < -2 and row["ci_low"] < row["estimate"] < row["ci_high"]
     assert row["rank_biserial"] == -1.0
     assert res.n_pairs == 10 and res.n_unpaired == 0
     assert list(res.table["measure"]) == ["probe.lambda_max", "probe.trace",
@@ -76,8 +78,10 @@ def test_statistics_equal_scipy():
         assert row["t"] == pytest.approx(t.statistic) and row["t_p"] == pytest.approx(t.pvalue)
         assert row["cohens_d"] == pytest.approx(d.mean() / d.std(ddof=1))
         assert row["median_diff"] == pytest.approx(d.median())
-    ps = sorted(res.table["p"])
-    assert res.table["p_holm"].min() == pytest.approx(min(1.0, 2 * ps[0]))  # Holm, 2 rows
+    # gatekeeping: λmax (primary) at alpha; the one secondary row (Holm of one) after it
+    lam, tr = (res.table.set_index("measure").loc[m] for m in ("probe.lambda_max", "probe.trace"))
+    assert lam["p_adj"] == pytest.approx(lam["p"]) and res.gate_open
+    assert tr["p_adj"] == pytest.approx(tr["p"]) and tr["role"] == "secondary"
 
 
 def test_holm_equals_statsmodels():
@@ -163,8 +167,11 @@ def test_load_barriers_maps_factor(tmp_path):
     # one pair: a paired row, inconclusive (n = 1)
     res = h2_test(frame(8, effect=3.0), barriers=b)
     row = res.table.set_index("measure").loc["connectivity.linear_train_loss_barrier_mean"]
-    assert row["test"] == "wilcoxon" and row["n"] == 1 and row["median_diff"] == -1.5
-    assert row["verdict"] == INCONCLUSIVE
+    # one pair of seeds per arm: 2 seeds, too few for a seed-level jackknife
+    assert row["test"] == "seed jackknife t" and row["n"] == 2 and row["estimate"] == -1.5
+    assert row["n_on"] == 1 and row["n_off"] == 1 and row["unit"] == "seeds"
+    assert row["verdict"] == INCONCLUSIVE and "3" in row["reason"]
+    assert set(b["seed_a"]) == {0} and set(b["seed_b"]) == {1}
 
 
 def test_load_barriers_without_connectivity_raises(tmp_path):
@@ -172,16 +179,92 @@ def test_load_barriers_without_connectivity_raises(tmp_path):
         load_barriers(tmp_path)
 
 
-def test_barriers_unpaired_use_mann_whitney():
-    rng = np.random.default_rng(3)
-    b = pd.DataFrame({"model.skip": [True] * 8 + [False] * 8,
-                      "linear_train_loss_barrier_mean": np.r_[rng.normal(0.5, 0.1, 8),
-                                                              rng.normal(2.0, 0.1, 8)]})
+def barrier_frame(n_seeds=8, effect=0.0, rng=None, basin=0.5, noise=0.1, level=("model.skip",
+                                                                              True, False)):
+    """Every pair of seeds within each arm; each model adds its own Exponential(basin) amount
+    to each of its barriers (the pairs share models), skip lowers every barrier by effect."""
+    rng = rng or np.random.default_rng(3)
+    factor, on, off = level
+    rows = []
+    for arm in (on, off):
+        u = rng.exponential(basin, n_seeds)
+        for i in range(n_seeds):
+            for j in range(i + 1, n_seeds):
+                rows.append({factor: arm, "seed_a": i, "seed_b": j,
+                             "linear_train_loss_barrier_mean": 0.2 + u[i] + u[j]
+                             + rng.normal(0, noise) - (effect if arm == on else 0.0)})
+    return pd.DataFrame(rows)
+
+
+def test_barrier_row_is_a_seed_jackknife_equal_to_its_closed_form():
+    """For a complete design the delete-one-seed pseudo-values of θ = mean(d) over pairs
+    (d = on − off of the same pair of seeds) are ps_s = 2 R_s/(n−2) − 2 T/((n−1)(n−2)), with
+    R_s = Σ_j d_sj and T = Σ_{i<j} d_ij; the jackknife t is the one-sample t of ps on n − 1
+    df, and n is the number of seeds (8), not of pairs (28)."""
+    b = barrier_frame(8, effect=0.3)
     res = h2_test(frame(8, effect=3.0), barriers=b)
     row = res.table.set_index("measure").loc["connectivity.linear_train_loss_barrier_mean"]
-    u = stats.mannwhitneyu(b.iloc[:8, 1], b.iloc[8:, 1])
-    assert row["test"] == "mannwhitneyu" and row["p"] == pytest.approx(u.pvalue)
-    assert row["rank_biserial"] == -1.0 and row["verdict"] == SUPPORTED and row["ci_high"] < 0
+    on = b[b["model.skip"]].set_index(["seed_a", "seed_b"])["linear_train_loss_barrier_mean"]
+    off = b[~b["model.skip"]].set_index(["seed_a", "seed_b"])["linear_train_loss_barrier_mean"]
+    d = (on - off).to_dict()
+    n = 8
+    R = np.array([sum(v for (i, j), v in d.items() if s in (i, j)) for s in range(n)])
+    T = sum(d.values())
+    ps = 2 * R / (n - 2) - 2 * T / ((n - 1) * (n - 2))
+    t = stats.ttest_1samp(ps, 0.0)
+    assert np.mean(ps) == pytest.approx(T / len(d))  # = θ
+    assert row["test"] == "seed jackknife t" and row["n"] == 8 and row["n_on"] == 28
+    assert row["estimate"] == pytest.approx(T / len(d))
+    assert row["statistic"] == pytest.approx(t.statistic) and row["p"] == pytest.approx(t.pvalue)
+    se = np.std(ps, ddof=1) / np.sqrt(n)
+    crit = stats.t.ppf(0.975, n - 1)
+    assert row["ci_low"] == pytest.approx(T / len(d) - crit * se)
+    assert row["ci_high"] == pytest.approx(T / len(d) + crit * se)
+    # the sign-flip p of the same pseudo-values, every one of the 2^8 patterns
+    signs = 1 - 2 * ((np.arange(256)[:, None] >> np.arange(8)) & 1)
+    assert row["t_test"] == "seed sign-flip"
+    assert row["t_p"] == pytest.approx(np.mean(np.abs(signs @ ps) >= abs(ps.sum()) - 1e-12))
+
+
+def test_jackknife_pseudo_values_are_the_model_effects_without_pair_noise():
+    """B(i, j) = u_i + u_j per arm: the pseudo-value of seed s is exactly 2(u_s,on − u_s,off),
+    one independent value per seed."""
+    from landscope.analysis.hypotheses.h2 import seed_jackknife
+
+    rng = np.random.default_rng(0)
+    n = 7
+    u_on, u_off = rng.exponential(1, n), rng.exponential(1, n)
+    a, bb, arm, v = [], [], [], []
+    for u, flag in ((u_on, True), (u_off, False)):
+        for i in range(n):
+            for j in range(i + 1, n):
+                a.append(i), bb.append(j), arm.append(flag), v.append(u[i] + u[j])
+    jk = seed_jackknife(a, bb, arm, v)
+    assert np.allclose(jk["pseudo"], 2 * (u_on - u_off)) and jk["n"] == n and jk["df"] == n - 1
+    assert jk["theta"] == pytest.approx(2 * np.mean(u_on - u_off))
+
+
+def test_barriers_with_shared_models_are_not_rejected_as_if_pairs_were_independent():
+    """40 null datasets of 8 seeds whose models carry their own basins: the old Wilcoxon over
+    the 28 pairs rejects most of them, the seed jackknife keeps to alpha (within binomial
+    error)."""
+    rng = np.random.default_rng(11)
+    jk = wil = 0
+    for _ in range(40):
+        b = barrier_frame(8, rng=rng)
+        res = h2_test(frame(8, effect=3.0, rng=rng), measures=["probe.lambda_max"], barriers=b)
+        row = res.table.set_index("measure").loc["connectivity.linear_train_loss_barrier_mean"]
+        jk += row["p"] < 0.05
+        d = (b[b["model.skip"]]["linear_train_loss_barrier_mean"].to_numpy()
+             - b[~b["model.skip"]]["linear_train_loss_barrier_mean"].to_numpy())
+        wil += stats.wilcoxon(d).pvalue < 0.05
+    assert jk <= 6 and wil >= 12
+
+
+def test_barrier_without_seed_columns_is_a_reason_not_a_test():
+    b = barrier_frame(8).drop(columns=["seed_a", "seed_b"])
+    row = h2_test(frame(8, effect=3.0), barriers=b).table.iloc[-1]
+    assert row["verdict"] == INCONCLUSIVE and "seed_a" in row["reason"] and row["n"] == 0
 
 
 def test_preset_composes_and_sweeps_skip(compose):
@@ -233,15 +316,18 @@ def test_norm_planted_effect_is_supported_for_each_level():
                 == df.loc[res.pairs["off"], "seed"].to_numpy()).all()
         row = res.table.set_index("measure").loc["probe.lambda_max"]
         assert res.verdict == SUPPORTED and row["verdict"] == SUPPORTED
-        assert row["n"] == 12 and row["p_holm"] < 0.01 and row["t_p_holm"] < 0.01
+        assert row["n"] == 12 and row["p_adj"] < 0.01 and row["t_p"] < 0.01
         assert row["median_diff"] < -1 and row["ci_high"] < 0 and row["rank_biserial"] == -1.0
         assert f"model.norm={level} vs none" in res.summary()
-        assert "Holm across the 8 rows of 2 comparisons" in res.summary()
-    # one Holm family over both tables (8 rows): the smallest raw p is multiplied by 8
+        assert "2 comparisons: each is tested at alpha/2" in res.summary()
+        assert res.n_comparisons == 2 and res.gate_open
+    # each comparison at alpha/2: the primary's p_adj = 2p, the secondaries 2 × Holm of 3
     both = h2_table(results)
     assert list(both.columns[:2]) == ["comparison", "measure"] and len(both) == 8
-    assert both["p_holm"].min() == pytest.approx(min(1.0, 8 * both["p"].min()))
-    assert np.allclose(both["p_holm"], holm(both["p"]), equal_nan=True)
+    for _, part in both.groupby("comparison"):
+        prim, sec = part[part["role"] == "primary"], part[part["role"] == "secondary"]
+        assert prim["p_adj"].iloc[0] == pytest.approx(min(1.0, 2 * prim["p"].iloc[0]))
+        assert np.allclose(sec["p_adj"], np.minimum(1, 2 * holm(sec["p"])), equal_nan=True)
 
 
 def test_norm_single_level_equals_its_own_test_and_matches_scipy():
@@ -252,7 +338,7 @@ def test_norm_single_level_equals_its_own_test_and_matches_scipy():
     row = res.table.iloc[0]
     w, t = stats.wilcoxon(on - off), stats.ttest_rel(on, off)
     assert row["n"] == 12 and row["p"] == pytest.approx(w.pvalue)
-    assert row["t"] == pytest.approx(t.statistic) and row["p_holm"] == pytest.approx(w.pvalue)
+    assert row["t"] == pytest.approx(t.statistic) and row["p_adj"] == pytest.approx(w.pvalue)
     # only one level besides none: the level is found; several need level= or h2_tests
     two = norm_frame(8, levels=("none", "batch"))
     assert h2_test(two, factor="model.norm").level == "batch"
@@ -302,19 +388,22 @@ def test_norm_unpaired_jobs_and_barriers_per_level():
     assert len(pairs) == 8 and len(unpaired) == 1
     assert "no partner with model.norm=none" in unpaired["reason"].iloc[0]
     assert unpaired["model.norm"].iloc[0] == "layer"
-    # barriers: one per norm level and pair of seeds, paired across levels by `match`
+    # barriers: every pair of 6 seeds per norm level; each comparison uses its own level
+    # and none (the other level is not part of it)
     rng = np.random.default_rng(6)
-    b = pd.DataFrame([{"model.norm": norm, "match": f"seeds {i}",
+    b = pd.DataFrame([{"model.norm": norm, "seed_a": i, "seed_b": j,
                        "linear_train_loss_barrier_mean": (0.5 if norm == "batch" else 2.0)
                        + rng.normal(0, 0.1)}
-                      for i in range(10) for norm in ("none", "batch", "layer")])
+                      for i in range(6) for j in range(i + 1, 6)
+                      for norm in ("none", "batch", "layer")])
     from landscope.analysis.hypotheses.h2 import h2_tests
 
     batch, layer = h2_tests(norm_frame(10, effects={"batch": 3.0}), barriers={"model.norm": b})
     name = "connectivity.linear_train_loss_barrier_mean"
     rb, rl = (r.table.set_index("measure").loc[name] for r in (batch, layer))
-    assert rb["test"] == "wilcoxon" and rb["n"] == 10 and rb["median_diff"] < -1
-    assert rl["test"] == "wilcoxon" and rl["n"] == 10 and abs(rl["median_diff"]) < 0.5
+    assert rb["test"] == "seed jackknife t" and rb["n"] == 6 and rb["n_on"] == 15
+    assert rb["estimate"] < -1 and rb["n_off"] == 15
+    assert rl["test"] == "seed jackknife t" and rl["n"] == 6 and abs(rl["estimate"]) < 0.5
     assert not any("barriers without" in n for n in batch.notes + layer.notes)
 
 
@@ -421,8 +510,101 @@ def test_report_h2_section_for_a_norm_sweep(tmp_path):
     assert lam.loc["model.norm: batch vs none", "verdict"] == SUPPORTED
     assert lam.loc["model.norm: batch vs none", "median_diff"] < 0
     assert lam.loc["model.norm: layer vs none", "verdict"] == INCONCLUSIVE
-    assert np.allclose(table["p_holm"], holm(table["p"]), equal_nan=True)  # one family
+    prim = table[table["role"] == "primary"]  # each comparison's primary at alpha/2
+    assert np.allclose(prim["p_adj"], np.minimum(1, 2 * prim["p"]))
     figures = {p.name for p in (tmp_path / "out" / "figures").glob("h2_*.png")}
     assert figures == {"h2_paired_norm_batch.png", "h2_paired_norm_layer.png"}
     assert sum("h2_paired_norm" in a for a in (tmp_path / "out" / "report.md").read_text()
                .splitlines()) == 2
+
+
+# --------------------------------------------------------------------------- issue #16
+def test_hodges_lehmann_and_wilcoxon_interval_by_hand():
+    """d = (−2, 1, 3, 4, 6, 9, 10, 15): 36 Walsh averages; HL = the mean of the 18th and 19th
+    (5.5 and 6) = 5.75. Exact null of T+ for n = 8: P(T+ ≤ 3) = 5/256 ≤ 0.025 < P(T+ ≤ 4) =
+    7/256, so t_up = 36 − 3 = 33, C = 36 + 1 − 33 = 4 and the interval is [W_(4), W_(33)] =
+    [1, 10.5] with coverage 1 − 10/256 = 0.9609 (Hollander & Wolfe's C = 4 for n = 8); at
+    90 %: P(T+ ≤ 5) = 10/256 ≤ 0.05 < 14/256, C = 6, [W_(6), W_(31)] = [2, 9.5], 0.9219."""
+    from landscope.analysis.hypotheses.paired import (hodges_lehmann, signed_rank_counts,
+                                                      walsh_averages, wilcoxon_ci)
+
+    d = np.array([-2, 1, 3, 4, 6, 9, 10, 15.0])
+    w = walsh_averages(d)
+    assert len(w) == 36 and (w[17], w[18]) == (5.5, 6.0)
+    assert hodges_lehmann(d) == 5.75
+    counts = signed_rank_counts(8)
+    assert counts.sum() == 256 and list(counts[:6]) == [1, 1, 1, 2, 2, 3]
+    assert wilcoxon_ci(d) == (1.0, 10.5, pytest.approx(1 - 10 / 256))
+    assert wilcoxon_ci(d, 0.90) == (2.0, 9.5, pytest.approx(1 - 20 / 256))
+    # the interval inverts scipy's exact test: just outside it rejects, just inside it does not
+    p = lambda th: stats.wilcoxon(d - th, method="exact").pvalue  # noqa: E731
+    assert p(1.0 - 1e-9) < 0.05 <= p(1.0 + 1e-9) and p(10.5 + 1e-9) < 0.05 <= p(10.5 - 1e-9)
+
+
+def test_five_pairs_cannot_give_a_95_interval_and_say_so():
+    res = h2_test(frame(5, effect=5.0), measures=["probe.lambda_max"])
+    row = res.table.iloc[0]
+    assert row["ci_level"] == pytest.approx(1 - 2 / 32)  # [min d, max d]: 93.75 %
+    assert row["verdict"] == INCONCLUSIVE and "0.0625" in row["reason"]
+    assert any("cannot give a 95% Wilcoxon interval" in n for n in res.notes)
+    assert "93.8% CI" in res.evidence()
+
+
+def test_gate_closed_leaves_the_secondary_rows_untested():
+    df = frame(10, effect=0.0, rng=np.random.default_rng(2))
+    df.loc[df["model.skip"], "probe.trace"] -= 50  # a large trace effect, but λmax is null
+    res = h2_test(df)
+    t = res.table.set_index("measure")
+    assert not res.gate_open and t.loc["probe.lambda_max", "verdict"] == INCONCLUSIVE
+    assert t.loc["probe.trace", "p"] < 0.01 and np.isnan(t.loc["probe.trace", "p_adj"])
+    assert t.loc["probe.trace", "verdict"] == INCONCLUSIVE
+    assert "gate" in t.loc["probe.trace", "reason"]
+    # with λmax lower the gate opens and the trace is tested (Holm among 3 secondary rows)
+    df.loc[df["model.skip"], "probe.lambda_max"] -= 5
+    res = h2_test(df)
+    t = res.table.set_index("measure")
+    sec = t[t["role"] == "secondary"]
+    assert res.gate_open and t.loc["probe.trace", "verdict"] == SUPPORTED
+    assert np.allclose(sec["p_adj"], holm(sec["p"]))
+
+
+def test_evidence_names_estimate_interval_units_and_test():
+    res = h2_test(frame(8, effect=3.0), barriers=barrier_frame(8))
+    text = res.evidence()
+    for part in ("supported", "Hodges–Lehmann", "96.1% CI", "n = 8 seeds", "Wilcoxon",
+                 "primary"):
+        assert part in text, part
+    bar = res.evidence("connectivity.linear_train_loss_barrier_mean", calibration="cal")
+    assert "n = 8 seeds (28 + 28 pairs of seeds)" in bar and "jackknife t (7 df)" in bar
+    assert bar.endswith("; cal")
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_section_writes_verdict_evidence_gate_and_table(tmp_path):
+    """The H2 section on a simulated sweep with connectivity files (the calibration suite's
+    world, skip lowering λmax): verdict with evidence and calibration phrase, the gate, the
+    barrier row at the seed level, h2.csv and the paired figure."""
+    from types import SimpleNamespace
+
+    from landscope.analysis.calibration.h2 import simulate
+    from landscope.analysis.collect import collect
+    from landscope.analysis.doc import Doc
+    from landscope.analysis.hypotheses import h2
+
+    sweep = tmp_path / "h2_skip"
+    sweep.mkdir()
+    simulate(np.random.default_rng(0), sweep, d_lambda=3.0)
+    coll = collect(sweep)
+    ctx = SimpleNamespace(doc=Doc("t"), coll=coll, paths=[sweep], out=tmp_path / "out",
+                          appendix=[])
+    assert h2.applies(ctx)
+    h2.section(ctx)
+    md = ctx.doc.render_md()
+    assert "H2: skip connections flatten the landscape" in md
+    assert "Verdict: supported" in md and "Gate open" in md
+    assert "calibration" in md or "not calibrated" in md
+    assert "n = 8 seeds (28 + 28 pairs of seeds)" in md
+    table = pd.read_csv(tmp_path / "out" / "h2.csv")
+    bar = table[table["measure"] == "connectivity.linear_train_loss_barrier_mean"].iloc[0]
+    assert bar["n"] == 8 and bar["test"] == "seed jackknife t" and bar["role"] == "secondary"
+    assert (tmp_path / "out" / "figures" / "h2_paired.png").is_file()

@@ -68,76 +68,6 @@ def _ols_summary(df: pd.DataFrame, measure: str, target: pd.Series) -> str:
     return str(fit.summary(xname=["const", f"{measure} (standardized)"], yname="test error"))
 
 
-def _h2_applies(ctx: "ReportContext") -> bool:
-    from landscope.analysis.hypotheses.h2 import h2_comparisons
-
-    return bool(h2_comparisons(ctx.coll.included, ctx.coll.swept))
-
-
-def _h2_section(ctx: "ReportContext") -> None:
-    """H2: skip connections and normalization flatten the landscape (paired by seed, skip on
-    vs off and each normalization level vs none; one Holm family across all the rows)."""
-    from landscope.analysis.hypotheses.h2 import h2_comparisons, h2_table, h2_tests, load_barriers
-    from landscope.plots import plot_paired
-
-    doc, inc, paths, out = ctx.doc, ctx.coll.included, ctx.paths, ctx.out
-    comparisons = h2_comparisons(inc, ctx.coll.swept)
-    barriers = {}
-    for factor in dict.fromkeys(f for f, _ in comparisons):
-        frames = [load_barriers(p, factor) for p in paths if (p / "connectivity").is_dir()]
-        if frames:
-            barriers[factor] = pd.concat(frames, ignore_index=True)
-    results = h2_tests(inc, comparisons, barriers=barriers)
-    factors = {r.factor for r in results}
-    title = ("H2: skip connections and normalization flatten the landscape"
-             if factors == {"model.skip", "model.norm"}
-             else "H2: normalization flattens the landscape" if factors == {"model.norm"}
-             else "H2: skip connections flatten the landscape")
-    doc.heading(title)
-    n_rows = sum(len(r.table) for r in results)
-    diff = {frozenset({"model.skip"}): "skip on − off, so a negative difference means flatter "
-                                       "with skip",
-            frozenset({"model.norm"}): "the normalization level − none, so a negative "
-                                       "difference means flatter with normalization"}.get(
-        frozenset(factors), "skip on − off, or a normalization level − none, so a negative "
-                            "difference means flatter with the factor on")
-    doc.para(f"Jobs are paired by seed (and every other swept setting); the difference is "
-             f"{diff}. Test: Wilcoxon signed-rank, two-sided, Holm-corrected across the rows"
-             + (f" of all {len(results)} tables below ({n_rows} rows, one family)"
-                if len(results) > 1 else "")
-             + " (paired t reported alongside); effect sizes: Cohen's d_z and the rank-biserial "
-             "correlation; 95% bootstrap CI of the median difference."
-             + ("" if barriers else " No connectivity results: run python -m runner.connect "
-                "on the sweep for the barrier row."))
-    for res in results:
-        skip = res.level is None
-        on_name, off_name = ("skip on", "skip off") if skip else \
-            (f"norm {res.level}", f"norm {res.off}")
-        if len(results) > 1:
-            doc.heading("Skip connections: on vs off" if skip
-                        else f"Normalization: {res.level} vs {res.off}", 3)
-        doc.para(f"Verdict: {res.verdict} ({res.reason}). {res.n_pairs} pairs ({on_name} − "
-                 f"{off_name}), {res.n_unpaired} included jobs unpaired.")
-        doc.table(*table(res.table, [("measure", "measure"), ("n", "n"),
-                                      ("median_diff", "median diff"), ("ci_low", "CI low"),
-                                      ("ci_high", "CI high"), ("statistic", "W"),
-                                      ("p_holm", "p (Holm)"), ("t", "t"),
-                                      ("t_p_holm", "p t (Holm)"), ("cohens_d", "d_z"),
-                                      ("rank_biserial", "r_rb"), ("verdict", "verdict")]))
-        if res.n_pairs and res.primary in inc.columns:
-            val = inc[res.primary]
-            on = pd.to_numeric(val.loc[res.pairs["on"]], errors="coerce").to_numpy(float)
-            off = pd.to_numeric(val.loc[res.pairs["off"]], errors="coerce").to_numpy(float)
-            stem = "h2_paired" if res.factor == "model.skip" else \
-                safe_name(f"h2_paired_{res.factor.split('.')[-1]}_{res.level}")
-            png = out / "figures" / f"{stem}.png"
-            plot_paired(off, on, png, res.primary, (off_name, on_name))
-            doc.image(png, f"figures/{png.name}",
-                      f"{res.primary}, {off_name} vs {on_name}, one line per seed")
-    atomic_write_text(out / "h2.csv", h2_table(results).to_csv(index=False))
-
-
-
 @dataclass
 class ReportContext:
     """What a report section gets: the document to write into, the collected jobs, the sweep
@@ -156,7 +86,7 @@ class ReportContext:
 # "module:function" taking a ReportContext. A section is written when ``applies`` is true.
 SECTIONS: list[tuple[str, str]] = [
     ("landscope.analysis.hypotheses.h1:applies", "landscope.analysis.hypotheses.h1:section"),
-    ("landscope.analysis.report:_h2_applies", "landscope.analysis.report:_h2_section"),
+    ("landscope.analysis.hypotheses.h2:applies", "landscope.analysis.hypotheses.h2:section"),
     ("landscope.analysis.hypotheses.h3:applies", "landscope.analysis.hypotheses.h3:section"),
     ("landscope.analysis.hypotheses.h4:applies", "landscope.analysis.hypotheses.h4:section"),
     ("landscope.analysis.optimizer_study:applies", "landscope.analysis.optimizer_study:section"),
