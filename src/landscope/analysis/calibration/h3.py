@@ -1,0 +1,137 @@
+"""Calibration scenarios of H3 (:mod:`landscope.analysis.hypotheses.h3`).
+
+Each simulated sweep has the preset's shape (``experiment=h3_sharp`` then ``runner.escape``
+with its defaults): 12 source minima, MLP widths 32/64/128 × 4 seeds, each continued at
+η ∈ {0.05, 0.1, 0.2} × B ∈ {4, 16, 64} × 3 seeds (27 continuations), escape checked every 2
+steps, censored at 600.  Per minimum ``g`` of width ``w`` and continuation ``i``::
+
+    log T_ig = log 150 + b_rate·log(η_i/B_i / 0.01) + c·log(D_w/D_32) + b·e_g + u_g + ε_ig
+
+with ``u_g ~ N(0, 0.4²)`` (the minimum's basin, shared by its continuations),
+``ε ~ N(0, 0.5²)``, ``b_rate = −0.5``; ``T`` rounded up to an even step (at least 2) and
+censored at 600 (about 10–25 % of the runs).  The minimum's energy share is
+``m_w + 0.05·e_g`` with ``e_g ~ N(0, 1)`` (so ``b`` is the effect per within-width sd), κ is
+``D/10 · exp(N(0, 0.15²))``; ``n_params`` = D of a depth-3 MLP on MNIST-1D (40 inputs, 10
+classes).  Files: ``config.yaml``, ``result.json`` (probes with both alignment measures and
+``n_params``) and ``escape/<fingerprint>.json`` exactly as :func:`~landscope.analysis.
+hypotheses.h3.load_escapes` reads them.
+
+Scenarios: ``h3_null`` (m_w = 0.45, c = 0, b = 0), ``h3_confounded_width`` (wider nets escape
+slower, c = 0.5; the energy share falls with width, m_w = 0.6 − 0.08·log2(w/32); κ grows with
+D; alignment irrelevant within a width: b = 0) and ``h3_planted`` (the confounded world plus
+b = −0.3 within each width: escape time ×0.74 per within-width sd of the energy share; κ
+carries no effect, so its test stays a null there).
+
+``evaluate`` runs :func:`~landscope.analysis.hypotheses.h3.h3_test` with the report section's
+arguments (999 permutations, the inverted interval) on :func:`load_escapes` of the sweep.  A
+null test "rejects" when its verdict is not inconclusive (p < 0.05 in either direction); a
+power test when it says "supported".  :func:`~landscope.analysis.hypotheses.h3.h3_power`
+(the section's power simulation) is not a test and is not run here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from landscope.analysis.calibration.core import Scenario, completed, write_job
+
+WIDTHS, SEEDS = (32, 64, 128), (0, 1, 2, 3)
+LRS, BATCHES, RUN_SEEDS = (0.05, 0.1, 0.2), (4, 16, 64), (0, 1, 2)
+MAX_STEPS, EVAL_EVERY = 600, 2
+JOB_SD, NOISE_SD, B_RATE, SHARE_SD = 0.4, 0.5, -0.5, 0.05
+EFFECT = -0.3
+FINGERPRINT = "calibration00h3"
+
+
+def n_params(width: int, depth: int = 3, d_in: int = 40, d_out: int = 10) -> int:
+    """Parameters of an MLP with ``depth`` hidden layers of ``width`` units."""
+    return d_in * width + width + (depth - 1) * (width * width + width) + width * d_out + d_out
+
+
+def _simulate(rng: np.random.Generator, sweep: Path, *, width_effect: float, share_slope: float,
+              b_align: float) -> None:
+    d0 = n_params(WIDTHS[0])
+    for w in WIDTHS:
+        dim = n_params(w)
+        for s in SEEDS:
+            e = rng.standard_normal()
+            share = 0.45 + share_slope * math.log2(w / WIDTHS[0]) + (0.15 if share_slope else 0)
+            share = float(np.clip(share + SHARE_SD * e, 0.01, 0.99))
+            kappa = dim / 10 * math.exp(0.15 * rng.standard_normal())
+            job_mean = (math.log(150) + width_effect * math.log(dim / d0) + b_align * e
+                        + JOB_SD * rng.standard_normal())
+            name = f"model.width={w},seed={s}"
+            probes = {"noise_top_k_energy_share": share, "noise_alignment_ratio": kappa,
+                      "noise_alignment": "lowrank", "n_params": dim, "top_k": 5,
+                      "lambda_max": float(20 + 5 * rng.standard_normal())}
+            result = completed(s, {"train_loss": 0.02, "train_acc": 1.0}, probes)
+            result["n_params"] = dim
+            job = write_job(sweep, name, {"name": "h3_sharp", "seed": s,
+                                          "model": {"name": "mlp", "width": w, "depth": 3}},
+                            result)
+            runs = []
+            for lr in LRS:
+                for b in BATCHES:
+                    for seed in RUN_SEEDS:
+                        log_t = (job_mean + B_RATE * math.log(lr / b / 0.01)
+                                 + NOISE_SD * rng.standard_normal())
+                        t = max(EVAL_EVERY, EVAL_EVERY * math.ceil(math.exp(log_t) / EVAL_EVERY))
+                        escaped = t <= MAX_STEPS
+                        runs.append({"lr": lr, "batch_size": b, "requested_batch_size": b,
+                                     "seed": seed, "escaped": escaped,
+                                     "escape_step": int(t) if escaped else None,
+                                     "radius_step": None, "diverged": False,
+                                     "max_steps": MAX_STEPS, "eval_every": EVAL_EVERY,
+                                     "steps_run": int(min(t, MAX_STEPS)), "loss0": 0.02,
+                                     "threshold": 0.12})
+            (job / "escape").mkdir(exist_ok=True)
+            (job / "escape" / f"{FINGERPRINT}.json").write_text(json.dumps(
+                {"job": name, "fingerprint": FINGERPRINT, "complete": True, "n_params": dim,
+                 "runs": runs}))
+
+
+def _evaluate(sweep: Path, power: bool) -> dict[str, bool | None]:
+    from landscope.analysis.hypotheses.h3 import INCONCLUSIVE, SUPPORTED, TESTS, h3_test, \
+        load_escapes
+
+    res = h3_test(load_escapes(sweep))
+    out: dict[str, bool | None] = {}
+    for fit, test in TESTS.items():
+        hit = res.table[(res.table["fit"] == fit) & (res.table["term"] == "alignment")]
+        if hit.empty or not math.isfinite(float(hit.iloc[0]["p"])):
+            out[test] = None
+            continue
+        verdict = hit.iloc[0]["verdict"]
+        out[test] = verdict == SUPPORTED if (power and fit != "kappa") else verdict != INCONCLUSIVE
+    return out
+
+
+def scenarios() -> list[Scenario]:
+    from landscope.analysis.hypotheses.h3 import TESTS
+
+    null = {t: "null" for t in TESTS.values()}
+    planted = {t: ("null" if fit == "kappa" else "power") for fit, t in TESTS.items()}
+    return [
+        Scenario("h3_null", "H3", "alignment irrelevant; no width effect; 12 minima × 27 "
+                 "continuations, minimum effect sd 0.4",
+                 lambda rng, sweep: _simulate(rng, sweep, width_effect=0.0, share_slope=0.0,
+                                              b_align=0.0),
+                 lambda sweep: _evaluate(sweep, False), null),
+        Scenario("h3_confounded_width", "H3", "alignment irrelevant within a width; wider nets "
+                 "escape slower (log T + 0.5 log D); the energy share falls and κ grows with "
+                 "width",
+                 lambda rng, sweep: _simulate(rng, sweep, width_effect=0.5, share_slope=-0.08,
+                                              b_align=0.0),
+                 lambda sweep: _evaluate(sweep, False), null),
+        Scenario("h3_planted", "H3", "the confounded world plus a true alignment effect "
+                 "within each width",
+                 lambda rng, sweep: _simulate(rng, sweep, width_effect=0.5, share_slope=-0.08,
+                                              b_align=EFFECT),
+                 lambda sweep: _evaluate(sweep, True), planted,
+                 effect=f"b = {EFFECT} per within-width sd of the energy share "
+                        f"(escape time ×{math.exp(EFFECT):.2f})"),
+    ]
