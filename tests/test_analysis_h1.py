@@ -1,7 +1,7 @@
-"""H1 (smaller batch -> lower λmax -> lower test error at equal train loss): verdicts on
-synthetic jobs tables with planted, absent and reversed effects, the statistics against
-statsmodels/scipy, jobs off the target train loss, the report section, and the h1_batch preset
-(composed, not trained)."""
+"""H1 as a mediation claim (log2 batch -> λmax -> test error at equal train loss): verdicts on
+synthetic jobs tables (chain, direct effect only, null, reversed signs), the coefficients against
+statsmodels and a hand CR2, the seed bootstrap of a·b′, the lr-varied design, jobs off the target
+train loss, the report section, and the presets (composed, not trained)."""
 
 from __future__ import annotations
 
@@ -11,83 +11,83 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from scipy import stats
 
-from landscope.analysis.fixed_effects import boot_coef, fe_ols
-from landscope.analysis.hypotheses.h1 import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, applies,
-                                              h1_test, section)
+from landscope.analysis.hypotheses.h1 import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, TESTS,
+                                              applies, h1_test, section)
+from landscope.analysis.hypotheses.mediation import (boot_fe, boot_weights, expansion,
+                                                     mediation)
 from landscope.errors import LandscopeError
 
 SIZES = (16, 32, 64, 128, 256)
 
 
-def frame(n_seeds=8, slope=2.0, effect=0.01, rng=None, sizes=SIZES):
-    """Jobs batch size × seed. λmax = 5 + slope·log2(b/16) + seed effect N(0,1) + noise N(0,1);
-    train loss ~ U(0.09, 0.1) (every job at the target 0.1);
-    test error = 0.3 + effect·(λmax − 9)
-    + seed effect N(0, 0.01) + noise N(0, 0.01) + 0.5·(train loss − 0.095)."""
+def frame(n_seeds=8, slope=2.0, effect=0.01, direct=0.0, rng=None, sizes=SIZES, lrs=(0.1,),
+          d_lr=2.0):
+    """Jobs batch size × [lr ×] seed. λmax = 5 + slope·log2(b/16) − d_lr·log2(lr/0.1) + seed
+    effect N(0,1) + noise N(0,1); train loss ~ U(0.09, 0.1) (every job at the target 0.1);
+    test error = 0.3 + effect·(λmax − 9) + direct·log2(b/16) + seed effect N(0, 0.01)
+    + noise N(0, 0.01) + 0.5·(train loss − 0.095)."""
     rng = rng or np.random.default_rng(0)
     rows = []
     for seed in range(n_seeds):
         u, v = rng.normal(0, 1), rng.normal(0, 0.01)
         for b in sizes:
-            lam = 5 + slope * np.log2(b / 16) + u + rng.normal(0, 1)
-            tl = rng.uniform(0.09, 0.1)
-            err = 0.3 + effect * (lam - 9) + v + rng.normal(0, 0.01) + 0.5 * (tl - 0.095)
-            rows.append({"job": f"seed={seed},train.batch_size={b}", "included": True,
-                         "status": "completed", "seed": seed, "train.batch_size": b,
-                         "train.target_train_loss": 0.1, "stop_reason": "target_train_loss",
-                         "epochs_completed": 30, "probe.lambda_max": lam,
-                         "final.train_loss": tl, "test_error": err})
+            for lr in lrs:
+                lam = 5 + slope * np.log2(b / 16) - d_lr * np.log2(lr / 0.1) + u + rng.normal()
+                tl = rng.uniform(0.09, 0.1)
+                err = (0.3 + effect * (lam - 9) + direct * np.log2(b / 16) + v
+                       + rng.normal(0, 0.01) + 0.5 * (tl - 0.095))
+                rows.append({"job": f"optimizer.lr={lr},seed={seed},train.batch_size={b}",
+                             "included": True, "status": "completed", "seed": seed,
+                             "train.batch_size": b, "optimizer.lr": lr,
+                             "train.target_train_loss": 0.1, "stop_reason": "target_train_loss",
+                             "epochs_completed": 30, "probe.lambda_max": lam,
+                             "final.train_loss": tl, "test_error": err})
     return pd.DataFrame(rows)
 
 
-def test_planted_effect_is_supported():
+def row(res, step):
+    return res.table.set_index("step").loc[step]
+
+
+def test_true_chain_is_supported_with_its_evidence():
     res = h1_test(frame(), n_boot=500)
-    a, b = (res.table.iloc[i] for i in (0, 1))
-    assert res.verdict == SUPPORTED and a["verdict"] == SUPPORTED and b["verdict"] == SUPPORTED
-    assert a["p_holm"] < 0.01 and b["p_holm"] < 0.01
-    assert a["n"] == b["n"] == 40 and a["n_clusters"] == 8 and a["df"] == 7
-    assert 1.5 < a["effect"] < 2.5 and 0 < a["ci_low"] < a["effect"] < a["ci_high"]
-    assert b["effect"] > 0 and b["ci_low"] > 0 and b["corr"] > 0.5 and a["corr"] > 0.5
-    assert math.isfinite(a["mixed_effect"]) and math.isfinite(b["mixed_p"])
-    assert res.n_reached == 40 and res.n_off_target == 0 and res.target_loss == 0.1
-    text = res.summary()
-    assert "SUPPORTED" in text and "per doubling" in text
+    assert res.verdict == SUPPORTED
+    assert list(res.table["step"]) == ["a", "b′", "c′ (direct)", "a·b′ (indirect)", "c (total)"]
+    a, ind, direct = row(res, "a"), row(res, "a·b′ (indirect)"), row(res, "c′ (direct)")
+    assert 1.5 < a["effect"] < 2.5 and a["p"] < 0.01 and a["n"] == 40 and a["n_seeds"] == 8
+    assert 0 < ind["ci_low"] < ind["effect"] < ind["ci_high"]
+    assert direct["ci_low"] < 0 < direct["ci_high"]  # no direct effect planted
+    # every verdict carries its evidence: estimate, interval, units, test and calibration
+    for words in ("indirect a·b′ =", "seed bootstrap", "8 seeds, 40 jobs", "direct c′ ="):
+        assert words in res.reason
+    assert "calibrat" in res.reason and res.table["calibration"].iloc[0]
+    assert "batch size only" in res.design and res.fit.n_seeds == 8
+    assert "SUPPORTED" in res.summary() and "per doubling" in res.summary()
 
 
-def test_no_effect_false_positive_rate_near_alpha():
-    # 200 seeded null draws (no batch trend in λmax, no λmax effect on test error, seed effects
-    # in both: the hard case for cluster-robust errors with 6 clusters). Each step alone must
-    # reject (either sign, Holm-corrected) in at most alpha + 3 binomial sd of the draws:
-    # 0.05 + 3·sqrt(0.05·0.95/200) ≈ 0.096. Supported needs both steps: far rarer.
-    rng = np.random.default_rng(1)
-    rej_a = rej_b = supported = 0
-    for _ in range(200):
-        res = h1_test(frame(6, slope=0.0, effect=0.0, rng=rng), n_boot=10, mixed=False)
-        rej_a += res.table["p_holm"].iloc[0] < 0.05
-        rej_b += res.table["p_holm"].iloc[1] < 0.05
-        supported += res.verdict == SUPPORTED
-    bound = 0.05 + 3 * math.sqrt(0.05 * 0.95 / 200)
-    assert rej_a / 200 <= bound and rej_b / 200 <= bound and supported / 200 <= bound
-    # ... and near alpha, not below it: with Holm over 2 steps each step's nominal rate is
-    # between alpha/2 and alpha (measured 0.02 and 0.02); a test that never rejects fails here
-    assert rej_a >= 2 and rej_b >= 2
+def test_direct_effect_only_is_not_supported():
+    # batch size raises λmax and test error directly; λmax has no effect on test error: the
+    # old two-step test said "supported" here (issue #16)
+    res = h1_test(frame(effect=0.0, direct=0.03, rng=np.random.default_rng(2)), n_boot=500)
+    assert res.verdict == NOT_SUPPORTED and "direct effect only" in res.reason
+    assert row(res, "c′ (direct)")["ci_low"] > 0
+    ind = row(res, "a·b′ (indirect)")
+    assert ind["ci_low"] < 0 < ind["ci_high"]
 
 
-def test_opposite_sign_is_not_supported():
-    res = h1_test(frame(effect=-0.01), n_boot=100, mixed=False)
-    assert res.table["verdict"].tolist() == [SUPPORTED, NOT_SUPPORTED]
-    assert res.verdict == NOT_SUPPORTED and "(b)" in res.reason
-    res = h1_test(frame(slope=-2.0, effect=0.01), n_boot=100, mixed=False)
-    assert res.table["verdict"].iloc[0] == NOT_SUPPORTED and res.verdict == NOT_SUPPORTED
-    assert "opposite" in res.table["reason"].iloc[0]
+def test_null_and_no_mediator_effect_are_inconclusive():
+    res = h1_test(frame(slope=0.0, effect=0.0, rng=np.random.default_rng(4)), n_boot=300)
+    assert res.verdict == INCONCLUSIVE
+    res = h1_test(frame(effect=0.0, rng=np.random.default_rng(4)), n_boot=300)
+    assert res.verdict == INCONCLUSIVE and "indirect interval includes 0" in res.reason
 
 
-def test_no_lambda_effect_is_inconclusive():
-    res = h1_test(frame(effect=0.0), n_boot=100, mixed=False)
-    assert res.table["verdict"].iloc[0] == SUPPORTED
-    assert res.verdict == INCONCLUSIVE and "(b)" in res.reason and "not significant" in res.reason
+def test_opposite_signs_are_not_supported():
+    res = h1_test(frame(effect=-0.01), n_boot=300)
+    assert res.verdict == NOT_SUPPORTED and "indirect effect through λmax is negative" in res.reason
+    res = h1_test(frame(slope=-2.0, effect=0.0), n_boot=300)
+    assert res.verdict == NOT_SUPPORTED and "falls with the batch size" in res.reason
 
 
 def _dummies(seeds):
@@ -95,74 +95,89 @@ def _dummies(seeds):
     return np.column_stack([(codes == c).astype(float) for c in range(codes.max() + 1)])
 
 
-def test_statistics_equal_statsmodels_and_scipy():
-    import statsmodels.api as sm
-    import statsmodels.formula.api as smf
+def _cr2_se(y, X, groups, j):
+    """CR2 by hand: (X'X)⁻¹ Σ_g X_g' A_g e_g e_g' A_g X_g (X'X)⁻¹, A_g = (I − H_gg)^(−1/2)
+    (pseudo-inverse square root: the seed dummies make I − H_gg singular)."""
+    M = np.linalg.inv(X.T @ X)
+    e = y - X @ (M @ X.T @ y)
+    H = X @ M @ X.T
+    meat = np.zeros((X.shape[1], X.shape[1]))
+    for g in np.unique(groups):
+        i = np.flatnonzero(groups == g)
+        vals, vecs = np.linalg.eigh(np.eye(len(i)) - H[np.ix_(i, i)])
+        inv = np.where(vals > 1e-10, 1 / np.sqrt(np.clip(vals, 1e-300, None)), 0.0)
+        s = X[i].T @ (vecs * inv) @ vecs.T @ e[i]
+        meat += np.outer(s, s)
+    return math.sqrt((M @ meat @ M)[j, j])
 
-    df = frame(7, slope=1.0, effect=0.005, rng=np.random.default_rng(5))
+
+def test_coefficients_equal_statsmodels_and_cr2_by_hand():
+    import statsmodels.api as sm
+
+    df = frame(7, slope=1.0, effect=0.005, direct=0.004, rng=np.random.default_rng(5))
     res = h1_test(df, n_boot=300)
-    a, b = res.table.iloc[0], res.table.iloc[1]
     seeds, D = df["seed"].to_numpy(), _dummies(df["seed"])
     lb = np.log2(df["train.batch_size"].to_numpy(float))
     lam, err = df["probe.lambda_max"].to_numpy(), df["test_error"].to_numpy()
     tl = df["final.train_loss"].to_numpy()
-    # (a): OLS with seed dummies, cluster-robust by seed, t on G - 1 df
-    fa = sm.OLS(lam, np.column_stack([lb, D])).fit(cov_type="cluster",
-                                                   cov_kwds={"groups": seeds}, use_t=True)
-    assert a["effect"] == pytest.approx(fa.params[0]) and a["se"] == pytest.approx(fa.bse[0])
-    assert a["t"] == pytest.approx(fa.tvalues[0]) and a["p"] == pytest.approx(fa.pvalues[0])
-    assert a["df"] == 6
-    tau = stats.kendalltau(df["train.batch_size"], lam)
-    assert a["corr"] == pytest.approx(tau.statistic) and a["corr_p"] == pytest.approx(tau.pvalue)
-    # (b): test error on standardized λmax and train loss, seed dummies, clustered by seed
-    z = (lam - lam.mean()) / lam.std(ddof=1)
-    fb = sm.OLS(err, np.column_stack([z, tl, D])).fit(cov_type="cluster",
-                                                      cov_kwds={"groups": seeds}, use_t=True)
-    assert b["effect"] == pytest.approx(fb.params[0]) and b["se"] == pytest.approx(fb.bse[0])
-    assert b["p"] == pytest.approx(fb.pvalues[0])
-    design = np.column_stack([np.ones(len(tl)), tl])
-    rx = lam - design @ np.linalg.lstsq(design, lam, rcond=None)[0]
-    ry = err - design @ np.linalg.lstsq(design, err, rcond=None)[0]
-    r = stats.pearsonr(rx, ry).statistic
-    t = r * math.sqrt((len(lam) - 3) / (1 - r * r))
-    assert b["corr"] == pytest.approx(r) and b["corr_p"] == pytest.approx(2 * stats.t.sf(abs(t),
-                                                                                    len(lam) - 3))
-    # Holm over the two steps
-    lo, hi = sorted([a["p"], b["p"]])
-    assert sorted(res.table["p_holm"]) == pytest.approx([min(1, 2 * lo), min(1, max(2 * lo, hi))])
-    # mixed model: the slope per doubling with a seed intercept
-    mixed = smf.mixedlm("y ~ x", pd.DataFrame({"y": lam, "x": lb}), groups=seeds).fit(reml=True)
-    assert a["mixed_effect"] == pytest.approx(mixed.params["x"], rel=1e-3)
-    # the bootstrap CI brackets the estimate; it resamples seeds
-    assert a["ci_low"] < a["effect"] < a["ci_high"] and b["ci_low"] < b["effect"] < b["ci_high"]
-    # the appendix refits with statsmodels and prints the same coefficient
+    Xa, Xb, Xc = (np.column_stack([*cols, D]) for cols in ([lb], [lam, lb, tl], [lb, tl]))
+    fa, fb, fc = sm.OLS(lam, Xa).fit(), sm.OLS(err, Xb).fit(), sm.OLS(err, Xc).fit()
+    assert row(res, "a")["effect"] == pytest.approx(fa.params[0])
+    assert row(res, "b′")["effect"] == pytest.approx(fb.params[0])
+    assert row(res, "c′ (direct)")["effect"] == pytest.approx(fb.params[1])
+    assert row(res, "c (total)")["effect"] == pytest.approx(fc.params[0])
+    assert row(res, "a·b′ (indirect)")["effect"] == pytest.approx(fa.params[0] * fb.params[0])
+    assert row(res, "a")["se"] == pytest.approx(_cr2_se(lam, Xa, seeds, 0))
+    assert row(res, "b′")["se"] == pytest.approx(_cr2_se(err, Xb, seeds, 0))
+    assert row(res, "c′ (direct)")["se"] == pytest.approx(_cr2_se(err, Xb, seeds, 1))
+    a = row(res, "a")
+    assert 0 < a["df"] <= 6 and a["ci_low"] < a["effect"] < a["ci_high"]
+    # with the same covariates in both equations, total = direct + indirect (OLS identity)
+    fit = mediation(lb, lam, err, seeds, w_m=tl, w_y=tl, n_boot=50)
+    assert fit.total.estimate == pytest.approx(fit.direct.estimate + fit.indirect.estimate)
     titles = [t for t, _ in res.summaries()]
-    assert len(titles) == 4 and all("OLS Regression Results" in s for _, s in res.summaries()[:2])
+    assert len(titles) == 2 and "CR2" in res.summaries()[1][1]
 
 
-def test_fe_ols_one_seed_is_hc1_and_bootstrap_is_stacked_refit():
-    import statsmodels.api as sm
-
+def test_bootstrap_refits_both_equations_on_the_stacked_resample_and_widens():
     rng = np.random.default_rng(3)
-    x, y = rng.normal(size=12), rng.normal(size=12)
-    fit = fe_ols(y, x[:, None], np.zeros(12))
-    ref = sm.OLS(y, sm.add_constant(x)).fit(cov_type="HC1", use_t=True)
-    assert fit.cov == "HC1" and fit.coef[0] == pytest.approx(ref.params[1])
-    assert fit.se[0] == pytest.approx(ref.bse[1]) and fit.p[0] == pytest.approx(ref.pvalues[1])
-    boot = boot_coef(y, x[:, None], np.zeros(12), 0, 200, seed=0)  # one seed: resample jobs
-    assert np.isfinite(boot).all() and np.percentile(boot, 2.5) < fit.coef[0] < np.percentile(
-        boot, 97.5)
-    one = h1_test(frame(1), n_boot=100, mixed=False)  # one seed end to end: HC1, finite CI
-    assert (one.table["test"].str.contains("HC1")).all() and one.table["ci_low"].notna().all()
-    # one bootstrap draw equals the fixed-effects fit on the stacked resample
-    seeds = np.repeat(np.arange(4), 3)
-    boot = boot_coef(y, x[:, None], seeds, 0, 1, seed=7)
-    drawn = np.random.default_rng(7).integers(0, 4, size=(1, 4))[0]
+    seeds = np.repeat(np.arange(5), 4)
+    x = np.tile(np.arange(4.0), 5)
+    m = 2 * x + rng.normal(size=20)
+    y = 0.5 * m + rng.normal(size=20)
+    w = boot_weights(pd.factorize(seeds)[0], 1, seed=7)
+    drawn = np.random.default_rng(7).integers(0, 5, size=(1, 5))[0]
     idx = np.concatenate([np.flatnonzero(seeds == g) for g in drawn])
-    copies = np.concatenate([np.full(3, k) for k in range(4)])  # each copy its own seed
-    D = _dummies(copies)
-    stacked = np.linalg.lstsq(np.column_stack([x[idx], D]), y[idx], rcond=None)[0][0]
-    assert boot[0] == pytest.approx(stacked)
+    D = _dummies(np.repeat(np.arange(5), 4))  # each drawn copy is its own seed
+    a = np.linalg.lstsq(np.column_stack([x[idx], D]), m[idx], rcond=None)[0][0]
+    b = np.linalg.lstsq(np.column_stack([m[idx], x[idx], D]), y[idx], rcond=None)[0][0]
+    codes = pd.factorize(seeds)[0]
+    assert boot_fe(m, x[:, None], codes, w)[0, 0] == pytest.approx(a)
+    assert boot_fe(y, np.column_stack([m, x]), codes, w)[0, 0] == pytest.approx(b)
+    plain = mediation(x, m, y, seeds, n_boot=400, expand=False)
+    wide = mediation(x, m, y, seeds, n_boot=400)
+    f = expansion(5)
+    assert f == pytest.approx(math.sqrt(5 / 4) * 2.7764451 / 1.9599640, rel=1e-6)
+    est = wide.indirect.estimate
+    assert wide.indirect.ci_low - est == pytest.approx(f * (plain.indirect.ci_low - est))
+    assert wide.indirect.ci_high - est == pytest.approx(f * (plain.indirect.ci_high - est))
+    assert np.percentile(plain.draws, 2.5) == pytest.approx(plain.indirect.ci_low)
+
+
+def test_lr_varied_design_identifies_b_and_reports_the_sensitivity_row():
+    df = frame(6, effect=0.0, direct=0.03, sizes=(16, 64, 256), lrs=(0.05, 0.1, 0.2),
+               rng=np.random.default_rng(8))
+    res = h1_test(df, n_boot=300)
+    assert "optimizer.lr ∈ {0.05, 0.1, 0.2}" in res.design and res.verdict == NOT_SUPPORTED
+    assert "log2(optimizer.lr)" in row(res, "a")["relation"]
+    assert res.table["step"].iloc[-1] == "b′ | log2(optimizer.lr)"
+    chain = h1_test(frame(6, sizes=(16, 64, 256), lrs=(0.05, 0.1, 0.2)), n_boot=300)
+    assert chain.verdict == SUPPORTED and row(chain, "b′")["p"] < 1e-4
+
+
+def test_too_few_seeds_is_inconclusive():
+    res = h1_test(frame(2), n_boot=50)
+    assert res.verdict == INCONCLUSIVE and "at least 3 seeds" in res.reason and res.fit is None
 
 
 def test_off_target_jobs_are_listed_and_left_out():
@@ -171,24 +186,22 @@ def test_off_target_jobs_are_listed_and_left_out():
     df.loc[off, "stop_reason"] = "max_epochs"
     df.loc[off, "final.train_loss"] = 0.3
     df.loc[off, "epochs_completed"] = 400
-    df.loc[0, "probe.lambda_max"] = np.nan  # λmax missing: dropped from both steps
+    df.loc[0, "probe.lambda_max"] = np.nan  # λmax missing: dropped
     df.loc[1, "stop_reason"] = None  # no stop reason, but train loss below the target: reached
-    res = h1_test(df, n_boot=50, mixed=False)
+    res = h1_test(df, n_boot=50)
     assert res.n_off_target == 3 and res.n_reached == 37
     assert sorted(res.off_target["job"]) == sorted(df.loc[off, "job"])
     assert res.off_target["reason"].str.contains("max_epochs").all()
     assert res.off_target["reason"].str.contains("after 400 epochs").all()
-    assert not res.data.loc[res.data["job"].isin(df.loc[off, "job"]), ["in_a", "in_b"]].any().any()
-    assert res.table["n"].tolist() == [36, 36]
-    assert set(res.dropped["step"]) == {"a", "b"} and (res.dropped["job"] == df.loc[0, "job"]).all()
-    kept = h1_test(df, n_boot=50, mixed=False, off_target_in_a=True)
-    assert kept.table["n"].tolist() == [39, 36]
+    assert not res.data.loc[res.data["job"].isin(df.loc[off, "job"]), "used"].any()
+    assert set(res.table["n"]) == {36}
+    assert list(res.dropped["job"]) == [df.loc[0, "job"]]
     assert any("did not reach" in n for n in res.notes) and "3 did not" in res.summary()
 
 
 def test_without_a_target_every_job_counts_and_a_note_says_so():
     df = frame(6).drop(columns=["train.target_train_loss"]).assign(stop_reason="max_epochs")
-    res = h1_test(df, n_boot=50, mixed=False)
+    res = h1_test(df, n_boot=50)
     assert res.n_reached == 30 and res.target_loss is None
     assert any("no target train loss" in n for n in res.notes)
 
@@ -196,7 +209,7 @@ def test_without_a_target_every_job_counts_and_a_note_says_so():
 def test_not_included_jobs_are_not_analysed():
     df = frame(6)
     df.loc[:2, "included"] = False
-    res = h1_test(df, n_boot=50, mixed=False)
+    res = h1_test(df, n_boot=50)
     assert res.n_jobs == 27 and any("not included" in n for n in res.notes)
 
 
@@ -212,15 +225,14 @@ def test_not_included_jobs_are_not_analysed():
 ])
 def test_bad_input_raises_one_line(change, words):
     with pytest.raises(LandscopeError) as err:
-        h1_test(change(frame(3)), n_boot=10, mixed=False)
+        h1_test(change(frame(3)), n_boot=10)
     assert words in str(err.value) and "\n" not in str(err.value)
 
 
 def test_test_error_from_test_accuracy():
     df = frame(6)
     df["final.test_acc"] = 1 - df.pop("test_error")
-    res = h1_test(df, n_boot=50, mixed=False)
-    assert res.verdict == SUPPORTED
+    assert h1_test(df, n_boot=200).verdict == SUPPORTED
 
 
 def _ctx(tmp_path, df, swept=("train.batch_size",)):
@@ -234,23 +246,23 @@ def _ctx(tmp_path, df, swept=("train.batch_size",)):
     return ReportContext(Doc("test"), coll, [], tmp_path)
 
 
-def test_section_writes_table_figure_and_appendix(tmp_path):
+def test_section_writes_design_effects_table_figure_and_appendix(tmp_path):
     df = frame(6)
     df.loc[df.index[-1], ["stop_reason", "final.train_loss"]] = ["max_epochs", 0.4]
     ctx = _ctx(tmp_path, df)
     assert applies(ctx) and not applies(_ctx(tmp_path, df, swept=["model.width"]))
-    section(ctx)
+    section(ctx, n_boot=300)
     md = ctx.doc.render_md()
     assert "## H1: smaller batches find flatter minima" in md and "Verdict: supported" in md
-    assert "| step | regression |" in md and "p (Holm)" in md and "per doubling" in md
+    assert "Design: batch size only" in md and "a·b′ (indirect)" in md and "c′ (direct)" in md
+    assert "6 seeds" in md and "calibration" in md
     assert "did not reach the target train loss" in md and df["job"].iloc[-1] in md
-    assert "![H1: λmax against batch size" in md and "figures/h1_batch.png" in md
+    assert "figures/h1_batch.png" in md
     png = tmp_path / "figures" / "h1_batch.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     csv = pd.read_csv(tmp_path / "h1.csv")
-    assert csv["step"].tolist() == ["a", "b"] and "p_holm" in csv and "verdict" in csv
-    assert "data:image/png;base64," in ctx.doc.render_html("t")
-    assert len(ctx.appendix) == 4 and "OLS Regression Results" in ctx.appendix[0][1]
+    assert csv["step"].iloc[3] == "a·b′ (indirect)" and "ci_low" in csv and "calibration" in csv
+    assert len(ctx.appendix) == 2 and "CR2" in ctx.appendix[0][1]
 
 
 def test_section_without_lambda_max_says_why(tmp_path):
@@ -259,16 +271,32 @@ def test_section_without_lambda_max_says_why(tmp_path):
     assert "H1 not tested" in ctx.doc.render_md() and not (tmp_path / "h1.csv").exists()
 
 
-def test_preset_composes_with_fixed_lr_and_a_target(compose):
-    cfg = compose(["experiment=h1_batch"])
-    assert cfg.name == "h1_batch" and cfg.dataset.name == "mnist1d"
-    assert cfg.probe.name == "standard" and cfg.optimizer.name == "sgd"
-    assert cfg.train.target_train_loss and cfg.train.target_train_loss > 0
-    assert cfg.train.epochs >= 200 and not cfg.train.full_batch
+def test_calibration_test_names_are_the_suites():
+    from landscope.analysis.calibration.h1 import scenarios
+
+    names = {t for sc in scenarios() for t in sc.expect}
+    assert set(TESTS.values()) <= names
+
+
+def _params(name):
     from conftest import CONF
-    params = yaml.safe_load((CONF / "experiment" / "h1_batch.yaml").read_text())["hydra"][
+    return yaml.safe_load((CONF / "experiment" / f"{name}.yaml").read_text())["hydra"][
         "sweeper"]["params"]
+
+
+def test_presets_compose_with_a_target(compose):
+    for name in ("h1_batch", "h1_mediation"):
+        cfg = compose([f"experiment={name}"])
+        assert cfg.name == name and cfg.dataset.name == "mnist1d"
+        assert cfg.probe.name == "standard" and cfg.optimizer.name == "sgd"
+        assert cfg.train.target_train_loss and cfg.train.target_train_loss > 0
+        assert cfg.train.epochs >= 200 and not cfg.train.full_batch
+    params = _params("h1_batch")
     sizes = [int(v) for v in str(params["train.batch_size"]).split(",")]
     assert len(sizes) >= 4 and max(sizes) / min(sizes) >= 8
     assert len(str(params["seed"]).split(",")) >= 6
     assert not any(k.startswith("optimizer") for k in params)  # lr held fixed
+    params = _params("h1_mediation")  # λmax varied within each batch size by the lr
+    assert len(str(params["optimizer.lr"]).split(",")) >= 3
+    assert len(str(params["train.batch_size"]).split(",")) >= 3
+    assert len(str(params["seed"]).split(",")) >= 6

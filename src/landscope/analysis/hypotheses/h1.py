@@ -1,153 +1,109 @@
-"""H1 (issue #5): a smaller batch finds a flatter minimum (lower λmax), and the flatter minimum
-has the lower test error at equal train loss.
+"""H1 (issue #5, as a mediation claim since issue #16): a smaller batch finds a flatter minimum
+(lower λmax), and the flatter minimum has the lower test error at equal train loss, i.e. the
+chain log2(batch) → λmax → test error.
 
 The claim goes back to Keskar et al. 2017 ("On large-batch training for deep learning:
-generalization gap and sharp minima", ICLR 2017: large batches converge to sharp minima that
-generalize worse) and Jastrzębski et al. 2018 ("Three factors influencing minima in SGD",
-ICANN 2018 / arXiv:1711.04623: the ratio of learning rate to batch size sets the SGD noise,
-and a higher ratio ends in wider minima). The sweep is :file:`conf/experiment/h1_batch.yaml`:
-``train.batch_size`` ∈ {16, 32, 64, 128, 256} × 6 seeds, the default 3-layer MLP on mnist1d,
-plain SGD with the learning rate **held fixed** (lr 0.1: the batch size alone changes the
-lr/batch ratio; scaling lr with the batch would remove the mechanism), every job trained to
-the same target train loss (``train.target_train_loss`` = 0.1, epoch cap 400),
-``probe=standard`` for λmax. Measured here: 30 jobs in 19.7 min with
-``hydra/launcher=parallel`` on 2 heavily shared CPU cores (394 s of CPU time), all at the
-target (batch 16 after 29-37 epochs, batch 256 after 185-198); λmax rose by 3.0 per doubling
-(95% CI 2.8-3.2, Holm p 3e-6; mean λmax 4.7 at batch 16, 16.2 at 256, below the SGD stability
-limit 2/lr = 20, which bends the curve at large batches) and test error by 0.018 per SD of
-λmax at equal train loss (CI 0.014-0.022, Holm p 6e-4): supported. Caveat: across this sweep
-λmax is almost a function of the batch size, so step (b) cannot tell λmax from any other
-effect of the batch size on test error (adding log2(batch) to (b) leaves λmax at p 0.59).
+generalization gap and sharp minima", ICLR 2017) and Jastrzębski et al. 2018 ("Three factors
+influencing minima in SGD", arXiv:1711.04623: the ratio of learning rate to batch size sets the
+SGD noise, and a higher ratio ends in wider minima). "Test error correlates with λmax" does not
+support it while the batch size drives both (GUIDE §7), so :func:`h1_test` estimates the chain
+with :func:`~landscope.analysis.hypotheses.mediation.mediation` on the jobs that reached the
+target train loss, with one intercept per seed in every equation:
 
-:func:`h1_test` runs two regressions, one row each of :attr:`H1Result.table`:
+(a)  ``λmax ~ log2(batch) [+ design] + seed``: a = λmax per doubling of the batch size;
+(b′) ``test error ~ λmax + log2(batch) + train loss + seed``: b′ = test error per unit λmax
+     *given* the batch size and the train loss; the direct effect c′ = the coefficient of
+     log2(batch) there (test error per doubling not through λmax);
+     indirect effect a·b′ (test error per doubling through λmax); total effect c
+     (``test error ~ log2(batch) + train loss + seed``) reported.
 
-(a) ``probe.lambda_max ~ log2(train.batch_size) + seed``: OLS with one fixed effect per seed
-    and standard errors clustered by seed (CR1, t with G − 1 degrees of freedom for G seeds;
-    :func:`fe_ols`, equal to statsmodels' ``OLS(...).fit(cov_type="cluster", use_t=True)`` with
-    seed dummies). Effect: the slope, the change of λmax per **doubling** of the batch size.
-    The prediction is a positive slope. Alongside: Kendall τ-b between batch size and λmax
-    (scipy, pooled) and a linear mixed model with a random intercept per seed (statsmodels
-    MixedLM, REML; slope and Wald p).
-(b) ``test_error ~ z(λmax) + final.train_loss + seed`` over the jobs that reached the target:
-    the same estimator, z = λmax standardized over the rows of (b) (mean 0, sd 1, ddof 1).
-    Effect: the change of test error per standard deviation of λmax at equal train loss. The
-    prediction is a positive coefficient. Alongside: the partial correlation of test error and
-    λmax given train loss (:func:`~landscope.analysis.measures.partial_correlation`: Pearson on
-    the residuals, t on n − 3 df, pooled over seeds) and the mixed model
-    ``test_error ~ z + train_loss`` with a seed intercept. When train loss does not vary
-    within seeds, the control is dropped (noted).
+a, b′, c′ and c: CR2 cluster-robust t-tests by seed with Satterthwaite df and their t intervals;
+a·b′: a seed-level bootstrap percentile interval (both equations refitted on each resample of
+seeds), widened by sqrt(G/(G−1))·t_{G−1}/z for G seeds (see the mediation module: the plain
+interval fired 7–8 % of the time on one side under b′ = 0 with 6 seeds).
 
-For both rows:
+Verdict (an intersection–union test: every component must hold, so no Holm across them):
 
-- ``ci_low``, ``ci_high``: percentile 95% bootstrap CI of the effect, resampling **seeds** (the
-  clusters) with replacement, ``n_boot`` draws of ``numpy.random.default_rng(seed)``; each
-  draw refits the same fixed-effects OLS by weighted least squares on the within-seed data (a
-  job's weight = how often its seed was drawn, which equals refitting on the stacked
-  resample); draws with a singular design (e.g. one seed drawn every time and no variation
-  left) are dropped and counted in ``note``;
-- ``p_holm``: Holm correction (:func:`~landscope.analysis.hypotheses.paired.holm`) of the two OLS
-  p-values (one family of two tests);
-- ``verdict``: ``supported`` when ``p_holm < alpha`` and the effect is positive (the predicted
-  sign), ``not supported`` when ``p_holm < alpha`` and it is negative, ``inconclusive``
-  otherwise (not significant, too few rows, no variation).
+- ``supported``: a > 0 (CR2 p < alpha) **and** the indirect effect's interval lies above 0;
+- ``not supported``: the indirect interval lies below 0, or a < 0 significantly, or the
+  evidence points to a direct effect only (c′'s interval excludes 0 while a·b′'s includes it);
+- ``inconclusive``: otherwise (or too few seeds: the bootstrap needs at least 3).
 
-The overall verdict (:attr:`H1Result.verdict`) is ``supported`` when both steps are,
-``not supported`` when either step is significant with the opposite sign, and ``inconclusive``
-otherwise. The decision uses the two fixed-effects OLS t-tests only; τ, the partial correlation,
-the mixed models and the CIs are reported, not combined.
+**Design.** With the learning rate fixed, λmax is nearly a function of the batch size (the
+h1_batch sweep), so b′ rests on the small within-batch scatter of λmax and has little power.
+Varying λmax *within* a batch size makes b′ identifiable: the ``h1_mediation`` preset also
+sweeps ``optimizer.lr`` (a larger step caps λmax lower, edge of stability). When a design column
+(``design``, default ``optimizer.lr`` and ``optimizer.rho``) varies across the analysed jobs,
+its log2 (lr) or value (rho) is a covariate of (a) and is left out of (b′): the assumption is
+that the learning rate moves test error only through λmax (and the batch size). The table adds a
+sensitivity row, b′ with the design column in (b′) too (identified by the within-cell scatter
+alone), reported and not used in the verdict. The section says which design was run.
 
-Choices and their reasons:
-
-- **Equal train loss.** A job reached the target when its ``stop_reason`` is
-  ``target_train_loss`` (the trainer stops at the first epoch whose exact train loss is at or
-  below the target) or, when the stop reason is missing, when ``final.train_loss`` ≤ the
-  target. The target is the job's ``train.target_train_loss`` (or the ``target_loss``
-  argument). Jobs that did not reach it (stopped at the epoch cap) are listed in
-  :attr:`H1Result.off_target` with the reason, and left out of step (b), because H1 compares
-  test errors at equal train loss; they are also left out of step (a) by default, because
-  "λmax at the minimum" is measured at the target too (``off_target_in_a=True`` keeps them
-  there). The remaining train-loss differences (each job overshoots the target by a different
-  amount within its last epoch) are controlled for in (b). Without any target (no column, or
-  null), every job counts as reached and the control alone stands for "equal train loss"
-  (noted).
-- **log2 batch size.** Batch sizes are swept geometrically; the slope per doubling is the
-  natural effect size and makes the fit insensitive to the largest batch's leverage.
-- **Seed fixed effects, clustered by seed.** A seed fixes the initialization and the data
-  order generator, so jobs of one seed share errors; H1 compares batch sizes at the same
-  seed, and a seed that starts in a better region (lower λmax *and* lower test error) would
-  otherwise count as evidence. The fixed effects remove that between-seed component; the
-  cluster-robust SEs cover what correlation is left. Calibration (simulated here, 2000 null
-  draws of 8 seeds × 5 batch sizes with a seed effect in both λmax and test error): pooled
-  OLS with cluster-robust SEs rejected a true null of step (b) in 8.8% of draws at nominal
-  5% when λmax carried a seed component and no batch trend (5.4% with a batch trend); with
-  seed fixed effects 4.7% and 3.6%. With a balanced design (every seed runs every batch
-  size) the step-(a) slope equals the pooled OLS slope; only its SE differs. With fewer than
-  10 seeds cluster-robust SEs are approximate (noted). Seeds with a single usable job carry no
-  within-seed comparison and are left out of that step (noted). With one seed the fixed effect
-  is the intercept and each job is its own cluster (HC1, t on n − K df; the bootstrap
-  resamples jobs; noted).
-- **Only included jobs** (``included`` true when the column exists: completed, not diverged
-  or failed) are analysed; rows with a non-finite value of a column a step needs are left out
-  of that step and listed in :attr:`H1Result.dropped`.
-- Test error is ``test_error`` (1 − ``final.test_acc`` when that column is absent).
+Equal train loss: a job reached the target when its ``stop_reason`` is ``target_train_loss`` or,
+when the stop reason is missing, when ``final.train_loss`` ≤ the target
+(``train.target_train_loss`` or ``target_loss``); others are listed in
+:attr:`H1Result.off_target` and left out (without any target every job counts and the
+train-loss covariate alone stands for "equal train loss"). The train loss is dropped from (b′)
+when it does not vary within seeds (noted). Only included jobs are analysed; rows with a
+non-finite value are listed in :attr:`H1Result.dropped`; seeds with one job carry no within-seed
+comparison and are left out. Test error is ``test_error`` (1 − ``final.test_acc`` when absent).
+Every verdict carries its evidence: estimate, interval, n of seeds, test and the calibration
+phrase of :func:`landscope.analysis.calibration.calibration_note` (scenarios in
+:mod:`landscope.analysis.calibration.h1`).
 
 Bad input raises :class:`~landscope.errors.LandscopeError` with a one-line message: a missing
-column (batch size, λmax, test error, train loss, seed), no included job, a batch size that is
-not a positive number, or fewer than two distinct batch sizes.
+column, no included job, a batch size that is not a positive number, or fewer than two distinct
+batch sizes.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from landscope.analysis.fixed_effects import (boot_coef, fe_ols, seed_codes, statsmodels_fit,
-                                               within)
-from landscope.analysis.hypotheses.paired import holm
-from landscope.analysis.measures import partial_correlation
 from landscope.analysis.doc import short as _fmt
+from landscope.analysis.fixed_effects import seed_codes, within
+from landscope.analysis.hypotheses.h1_jobs import off_target, read_jobs
+from landscope.analysis.hypotheses.mediation import Effect, Mediation, mediation
 from landscope.errors import LandscopeError
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
-STOP_TARGET = "target_train_loss"  # landscope.train.STOP_TARGET_LOSS (not imported: torch)
-TABLE_COLUMNS = ["step", "relation", "test", "n", "n_clusters", "effect", "effect_unit", "se",
-                 "ci_low", "ci_high", "t", "df", "p", "p_holm", "corr_name", "corr", "corr_p",
-                 "mixed_effect", "mixed_se", "mixed_p", "mixed_note", "predicted", "verdict",
-                 "reason", "note"]
-_SHOWN = [("step", "step"), ("relation", "regression"), ("n", "n"), ("n_clusters", "seeds"),
-          ("effect", "effect"), ("effect_unit", "effect unit"), ("ci_low", "CI low"),
-          ("ci_high", "CI high"), ("t", "t"), ("df", "df"), ("p", "p"),
-          ("p_holm", "p (Holm)"), ("corr_name", "rank/partial"), ("corr", "value"),
-          ("corr_p", "p"), ("mixed_effect", "mixed effect"), ("mixed_p", "mixed p"),
-          ("verdict", "verdict")]
+DESIGN = ("optimizer.lr", "optimizer.rho")
+# the calibration suite's test names (landscope.analysis.calibration.h1)
+TESTS = {"verdict": "H1 supported", "a": "H1 step a", "indirect": "H1 indirect",
+         "direct": "H1 direct", "b": "H1 b′"}
+TABLE_COLUMNS = ["step", "relation", "effect", "effect_unit", "se", "df", "p", "ci_low",
+                 "ci_high", "interval", "n", "n_seeds", "test", "calibration"]
+_SHOWN = [("step", "step"), ("relation", "regression / effect"), ("effect", "estimate"),
+          ("effect_unit", "unit"), ("ci_low", "CI low"), ("ci_high", "CI high"),
+          ("interval", "interval"), ("p", "p"), ("df", "df"), ("n", "jobs"),
+          ("n_seeds", "seeds"), ("calibration", "calibration")]
 
 
 @dataclass
 class H1Result:
     """The outcome of :func:`h1_test`."""
 
-    table: pd.DataFrame  # two rows, step "a" and "b" (TABLE_COLUMNS)
+    table: pd.DataFrame  # TABLE_COLUMNS; steps a, b′, c′ (direct), a·b′ (indirect), c (total)
     verdict: str
-    reason: str
-    data: pd.DataFrame  # the analysed jobs: job, seed, batch_size, log2_batch, lambda_max,
-    #                     test_error, train_loss, stop_reason, reached, in_a, in_b
+    reason: str  # why, with the evidence
+    design: str  # which design the sweep ran (batch only, or λmax varied within batch by ...)
+    data: pd.DataFrame  # job, seed, batch_size, log2_batch, lambda_max, test_error, train_loss,
+    #                     stop_reason, reached, design columns, used
     off_target: pd.DataFrame  # job, seed, batch_size, stop_reason, train_loss, target, reason
-    dropped: pd.DataFrame  # job, seed, batch_size, step, reason (non-finite values)
+    dropped: pd.DataFrame  # job, seed, batch_size, reason (non-finite values)
     target_loss: Optional[float]  # the common target (None: none or several)
+    fit: Optional[Mediation] = None
     alpha: float = 0.05
     batch: str = "train.batch_size"
     measure: str = "probe.lambda_max"
     notes: list[str] = field(default_factory=list)
-    fits: dict[str, Any] = field(default_factory=dict, repr=False)  # mixed models (statsmodels)
-    # the OLS designs, (y, X, names, seeds, yname): refitted with statsmodels for the summaries
-    designs: dict[str, tuple] = field(default_factory=dict, repr=False)
+    designs: dict[str, tuple] = field(default_factory=dict, repr=False)  # appendix fits
 
     @property
     def n_jobs(self) -> int:
@@ -162,301 +118,107 @@ class H1Result:
         return len(self.off_target)
 
     def summaries(self) -> list[tuple[str, str]]:
-        """``(title, statsmodels summary text)`` of every fit: the OLS fits of the two steps
-        (refitted with statsmodels here, with one dummy per seed; the table's numbers are
-        :func:`fe_ols`'s, equal to these) and the mixed models."""
+        """``(title, text)`` of each equation's CR2 fit (the numbers of the table; seed
+        intercepts omitted)."""
+        from landscope.analysis.inference import cluster_ols
+
         out = []
-        fits = {title: statsmodels_fit(*design) for title, design in self.designs.items()}
-        for name, fit in {**fits, **self.fits}.items():
+        for title, (y, X, names, seeds) in self.designs.items():
+            codes = seed_codes(seeds)
+            dummies = (codes[:, None] == np.arange(codes.max() + 1)[None, :]).astype(float)
             try:
-                out.append((name, str(fit.summary())))
-            except Exception as exc:  # noqa: BLE001 - a summary is decoration
-                out.append((name, f"no summary: {type(exc).__name__}: {exc}"))
+                fit = cluster_ols(y, np.column_stack([X, dummies]), codes)
+            except (ValueError, np.linalg.LinAlgError) as exc:
+                out.append((title, f"no fit: {exc}"))
+                continue
+            lines = [f"{len(y)} jobs, {fit.n_clusters} seed clusters, one intercept per seed; "
+                     "CR2 standard errors, Satterthwaite df",
+                     f"{'term':<28}{'coef':>12}{'se':>12}{'df':>8}{'p':>10}{'CI low':>12}"
+                     f"{'CI high':>12}"]
+            for j, name in enumerate(names):
+                lines.append(f"{name:<28}{fit.coef[j]:>12.4g}{fit.se[j]:>12.4g}"
+                             f"{fit.df[j]:>8.3g}{fit.p[j]:>10.3g}{fit.ci_low[j]:>12.4g}"
+                             f"{fit.ci_high[j]:>12.4g}")
+            out.append((title, "\n".join(lines)))
         return out
 
     def summary(self) -> str:
-        """A few lines of text: the verdict, the jobs at target, one line per step."""
+        """A few lines of text: the verdict with its evidence, the design, one line per row."""
         target = "no target" if self.target_loss is None else f"target {self.target_loss:g}"
         lines = [f"H1 (smaller batch -> lower lambda_max -> lower test error at equal train "
-                 f"loss): {self.verdict.upper()} - {self.reason}",
+                 f"loss, a mediation claim): {self.verdict.upper()} - {self.reason}",
+                 f"design: {self.design}",
                  f"{self.n_jobs} jobs; {self.n_reached} reached the train loss ({target}), "
-                 f"{self.n_off_target} did not; Holm over 2 steps, alpha={self.alpha:g}"]
+                 f"{self.n_off_target} did not; alpha={self.alpha:g}"]
         for r in self.table.itertuples(index=False):
-            lines.append(
-                f"  ({r.step}) {r.relation}: n={r.n}, seeds={r.n_clusters}, "
-                f"effect={_fmt(r.effect)} "
-                f"{r.effect_unit} [95% CI {_fmt(r.ci_low)}, {_fmt(r.ci_high)}], t={_fmt(r.t)} "
-                f"(df {_fmt(r.df)}), p={_fmt(r.p)}, p_holm={_fmt(r.p_holm)}; {r.corr_name}="
-                f"{_fmt(r.corr)} (p={_fmt(r.corr_p)}); mixed {_fmt(r.mixed_effect)} "
-                f"(p={_fmt(r.mixed_p)}) -> {r.verdict}" + (f" ({r.reason})" if r.reason else ""))
+            lines.append(f"  {r.step}: {r.relation}: {_fmt(r.effect)} {r.effect_unit} "
+                         f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}] ({r.interval}), "
+                         f"p={_fmt(r.p)}, n={r.n}, seeds={r.n_seeds}")
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- input
-def _numeric(s: pd.Series) -> np.ndarray:
-    return pd.to_numeric(s, errors="coerce").to_numpy(dtype=float)
+def _design_columns(rows: pd.DataFrame, design: Sequence[str]) -> tuple[list[str], np.ndarray,
+                                                                        str]:
+    """The design columns that vary across ``rows``: names, covariates (log2 for a positive
+    column, else the value) and the design in words."""
+    names, cols, words = [], [], []
+    for col in design:
+        if col not in rows.columns:
+            continue
+        v = rows[col].to_numpy(float)
+        if not np.isfinite(v).all() or np.ptp(v) == 0:
+            continue
+        pos = bool((v > 0).all())
+        names.append(f"log2({col})" if pos else col)
+        cols.append(np.log2(v) if pos else v)
+        words.append(f"{col} ∈ {{{', '.join(f'{x:g}' for x in np.unique(v))}}}")
+    if not names:
+        return [], np.empty((len(rows), 0)), ("batch size only (λmax is varied by the batch "
+                                              "size alone; b′ rests on λmax's scatter within "
+                                              "a batch size)")
+    return names, np.column_stack(cols), ("λmax varied within each batch size by "
+                                          + " and ".join(words) + " (a covariate of (a), "
+                                          "assumed to act on test error only through λmax)")
 
 
-def _require(jobs: pd.DataFrame, columns: dict[str, str]) -> None:
-    missing = [f"{col!r} ({why})" for col, why in columns.items() if col not in jobs.columns]
-    if missing:
-        raise LandscopeError("H1: the jobs table has no column " + ", ".join(missing))
+def _effect_row(step: str, relation: str, e: Effect, unit: str, interval: str, n: int,
+                g: int, test: str, calibration: str) -> dict[str, Any]:
+    return {"step": step, "relation": relation, "effect": e.estimate, "effect_unit": unit,
+            "se": e.se, "df": e.df, "p": e.p, "ci_low": e.ci_low, "ci_high": e.ci_high,
+            "interval": interval, "n": n, "n_seeds": g, "test": test,
+            "calibration": calibration}
 
 
-def _frame(jobs: pd.DataFrame, batch: str, measure: str, target: str, control: str,
-           cluster: str, target_loss: Optional[float]) -> tuple[pd.DataFrame, Optional[float],
-                                                                list[str]]:
-    """The analysed rows with normalized column names, the common target and notes."""
-    if not isinstance(jobs, pd.DataFrame) or jobs.empty:
-        raise LandscopeError("H1: the jobs table is empty")
-    needs = {batch: "batch size", measure: "the curvature measure", control: "train loss",
-             cluster: "clusters"}
-    _require(jobs, needs)
-    if target not in jobs.columns and not (target == "test_error" and "final.test_acc" in jobs):
-        raise LandscopeError(f"H1: the jobs table has no column {target!r} (test error)")
-    notes: list[str] = []
-    rows = jobs
-    if "included" in jobs.columns:
-        inc = jobs["included"].fillna(False).astype(bool)
-        if (~inc).any():
-            notes.append(f"{int((~inc).sum())} jobs not included (not completed) are not analysed")
-        rows = jobs[inc]
-    if rows.empty:
-        raise LandscopeError("H1: no included (completed) job in the jobs table")
-    y = (_numeric(rows[target]) if target in rows.columns
-         else 1.0 - _numeric(rows["final.test_acc"]))
-    b = _numeric(rows[batch])
-    bad = np.isfinite(b) & (b <= 0)
-    if bad.any():
-        raise LandscopeError(f"H1: {batch} must be a positive number; got "
-                             f"{sorted(set(b[bad].tolist()))}")
-    distinct = np.unique(b[np.isfinite(b)])
-    if len(distinct) < 2:
-        raise LandscopeError(f"H1: {batch} does not vary across the included jobs "
-                             f"({', '.join(f'{v:g}' for v in distinct) or 'no value'}); "
-                             f"H1 needs at least two batch sizes")
-    n = len(rows)
-    names = np.array([str(v) for v in (rows["job"] if "job" in rows.columns else rows.index)],
-                     dtype=object)
-    stop = rows["stop_reason"].to_numpy(dtype=object) if "stop_reason" in rows.columns \
-        else np.full(n, None, dtype=object)
-    train_loss = _numeric(rows[control])
-    # the target train loss: the argument, else each job's train.target_train_loss
-    if target_loss is not None:
-        goal = np.full(n, float(target_loss))
-    elif "train.target_train_loss" in rows.columns:
-        goal = _numeric(rows["train.target_train_loss"])
-    else:
-        goal = np.full(n, np.nan)
-    targets = np.unique(goal[np.isfinite(goal)])
-    common = float(targets[0]) if len(targets) == 1 else None
-    if len(targets) == 0:
-        notes.append("no target train loss set (train.target_train_loss is null or absent): "
-                     "every job counts as at target; equal train loss rests on the train-loss "
-                     "control of step (b) alone")
-        reached = np.ones(n, dtype=bool)
-    else:
-        if len(targets) > 1:
-            notes.append(f"{len(targets)} different target train losses "
-                         f"({', '.join(f'{t:g}' for t in targets)}): each job is judged against "
-                         "its own; the train losses are not equal across targets")
-        stopped = np.array([s == STOP_TARGET for s in stop], dtype=bool)
-        no_reason = np.array([s is None or (isinstance(s, float) and math.isnan(s))
-                              for s in stop], dtype=bool)
-        no_target = ~np.isfinite(goal)
-        with np.errstate(invalid="ignore"):
-            below = train_loss <= goal
-        reached = stopped | (no_reason & below) | no_target
-        if no_target.any():
-            notes.append(f"{int(no_target.sum())} jobs without a target train loss count as at "
-                         "target")
-    data = pd.DataFrame({
-        "job": pd.Series(names, dtype=object), "seed": rows[cluster].to_numpy(),
-        "batch_size": b, "log2_batch": np.log2(np.where(np.isfinite(b), b, np.nan)),
-        "lambda_max": _numeric(rows[measure]), "test_error": y, "train_loss": train_loss,
-        "stop_reason": pd.Series(stop, dtype=object),
-        "epochs": _numeric(rows["epochs_completed"]) if "epochs_completed" in rows.columns
-        else np.full(n, np.nan), "target": goal, "reached": reached})
-    return data, common, notes
+def _ci(e: Effect) -> str:
+    return f"{_fmt(e.estimate)} [{_fmt(e.ci_low)}, {_fmt(e.ci_high)}]"
 
 
-def _off_target(data: pd.DataFrame) -> pd.DataFrame:
-    columns = ["job", "seed", "batch_size", "stop_reason", "train_loss", "target", "reason"]
-    if data["reached"].all():
-        return pd.DataFrame(columns=columns)
-    off = data[~data["reached"]]
-    reasons = []
-    for r in off.itertuples(index=False):
-        loss = "nan" if not math.isfinite(r.train_loss) else f"{r.train_loss:.4g}"
-        where = f" after {int(r.epochs)} epochs" if math.isfinite(r.epochs) else ""
-        reasons.append(f"stopped ({r.stop_reason or 'no stop reason'}){where} at train loss "
-                       f"{loss} > target {r.target:g}")
-    return pd.DataFrame({"job": off["job"].to_numpy(), "seed": off["seed"].to_numpy(),
-                         "batch_size": off["batch_size"].to_numpy(),
-                         "stop_reason": off["stop_reason"].to_numpy(),
-                         "train_loss": off["train_loss"].to_numpy(),
-                         "target": off["target"].to_numpy(), "reason": reasons},
-                        columns=columns)
+def decide(fit: Mediation, alpha: float = 0.05) -> tuple[str, str]:
+    """The verdict word and its reason (the evidence) from a fitted chain (module docstring)."""
+    from landscope.analysis.calibration import calibration_note
 
-
-def _mixed(data: pd.DataFrame, formula: str, term: str, groups: np.ndarray):
-    """MixedLM ``formula`` with a random intercept per seed: (coef, se, p, note, fit)."""
-    import statsmodels.formula.api as smf
-
-    if len(np.unique(groups)) < 2:
-        return math.nan, math.nan, math.nan, "undefined (one seed)", None
-    scale = float(np.std(data["y"], ddof=1)) or 1.0
-    d = data.assign(y=(data["y"] - data["y"].mean()) / scale, g=groups)
-    notes = []
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            fit = smf.mixedlm(formula, d, groups=d["g"]).fit(reml=True)
-        for w in caught:
-            text = str(w.message)
-            for pattern, tag in (("boundary", "seed variance on the boundary (≈ 0)"),
-                                 ("converge", "convergence warning"),
-                                 ("singular", "singular random-effects covariance"),
-                                 ("positive definite", "Hessian not positive definite")):
-                if pattern in text:
-                    notes.append(tag)
-    except Exception as exc:  # noqa: BLE001 - singular designs, failed optimizers
-        return math.nan, math.nan, math.nan, f"failed: {type(exc).__name__}: {exc}", None
-    coef, se, p = (float(fit.params[term]) * scale, float(fit.bse[term]) * scale,
-                   float(fit.pvalues[term]))
-    if not getattr(fit, "converged", True):
-        notes.append("did not converge")
-        se, p = math.nan, math.nan
-    return coef, se, p, "; ".join(dict.fromkeys(notes)), fit
-
-
-def _row(step: str, relation: str, effect_unit: str) -> dict[str, Any]:
-    row = {c: math.nan for c in TABLE_COLUMNS}
-    row.update(step=step, relation=relation, effect_unit=effect_unit, n=0, n_clusters=0,
-               test="OLS with seed fixed effects, t-test with SE clustered by seed (CR1, "
-                    "df = seeds - 1)", corr_name="", mixed_note="", predicted="+",
-               verdict=INCONCLUSIVE, reason="", note="")
-    return row
-
-
-def _fit_step(row: dict[str, Any], y: np.ndarray, X: np.ndarray, names: list[str],
-              seeds: np.ndarray, yname: str, n_boot: int, seed: int, designs: dict,
-              title: str) -> None:
-    """Fill the OLS columns of ``row``: effect = the first slope of ``X``."""
-    notes = []
-    codes = seed_codes(seeds)
-    sizes = np.bincount(codes)
-    if len(sizes) >= 2 and (sizes == 1).any():
-        keep = sizes[codes] > 1  # a seed with one job carries no within-seed information
-        notes.append(f"{int((~keep).sum())} jobs alone in their seed left out (no within-seed "
-                     "comparison)")
-        y, X, seeds, codes = y[keep], X[keep], seeds[keep], seed_codes(seeds[keep])
-    row.update(n=len(y), n_clusters=int(codes.max() + 1) if len(codes) else 0)
-    if len(y) < X.shape[1] + 2 or np.ptp(within(X[:, 0], codes)) == 0:
-        row["reason"] = f"too few jobs ({len(y)}) or no within-seed variation of {names[0]}"
-        row["note"] = "; ".join(notes)
-        return
-    try:
-        fit = fe_ols(y, X, seeds)
-    except np.linalg.LinAlgError:
-        row["reason"] = f"singular design ({', '.join(names)} collinear within seeds)"
-        row["note"] = "; ".join(notes)
-        return
-    designs[title] = (y, X, list(names), seeds, yname)
-    if fit.cov == "HC1":
-        row["test"] = "OLS, t-test with HC1 SE (one seed: each job its own cluster)"
-        notes.append("one seed: HC1 standard errors, bootstrap over jobs")
-    elif fit.n_clusters < 10:
-        notes.append(f"{fit.n_clusters} seed clusters (< 10): cluster-robust SEs are approximate")
-    row.update(effect=float(fit.coef[0]), se=float(fit.se[0]), t=float(fit.t[0]),
-               p=float(fit.p[0]), df=fit.df)
-    boot = boot_coef(y, X, seeds, 0, n_boot, seed)
-    ok = np.isfinite(boot)
-    if ok.sum() >= 2:
-        row.update(ci_low=float(np.percentile(boot[ok], 2.5)),
-                   ci_high=float(np.percentile(boot[ok], 97.5)))
-    if (~ok).any():
-        notes.append(f"{int((~ok).sum())} of {n_boot} bootstrap draws singular, dropped")
-    row["note"] = "; ".join(notes)
-
-
-def _step_a(rows: pd.DataFrame, n_boot: int, seed: int, mixed: bool, designs: dict,
-            fits: dict, batch: str, measure: str) -> dict[str, Any]:
-    row = _row("a", f"{measure} ~ log2({batch}) + seed", "λmax per doubling of the batch size")
-    y, x = rows["lambda_max"].to_numpy(float), rows["log2_batch"].to_numpy(float)
-    seeds = rows["seed"].to_numpy()
-    _fit_step(row, y, x[:, None], [f"log2({batch})"], seeds, measure, n_boot, seed, designs,
-              f"H1 step (a): OLS {measure} ~ log2({batch}) + seed fixed effects, "
-              "clustered by seed")
-    if row["reason"]:
-        return row
-    tau = stats.kendalltau(rows["batch_size"], y) if np.ptp(y) > 0 else None
-    row.update(corr_name="Kendall τ (batch, λmax)",
-               corr=float(tau.statistic) if tau else math.nan,
-               corr_p=float(tau.pvalue) if tau else math.nan)
-    if mixed:
-        d = pd.DataFrame({"y": y, "x": x})
-        coef, se, p, note, fit = _mixed(d, "y ~ x", "x", seed_codes(seeds))
-        row.update(mixed_effect=coef, mixed_se=se, mixed_p=p, mixed_note=note)
-        if fit is not None:
-            fits["H1 step (a): MixedLM standardized λmax ~ log2(batch), seed intercept"] = fit
-    return row
-
-
-def _step_b(rows: pd.DataFrame, n_boot: int, seed: int, mixed: bool, designs: dict,
-            fits: dict, measure: str, target: str, control: str,
-            notes: list[str]) -> dict[str, Any]:
-    row = _row("b", f"{target} ~ z({measure}) + {control} + seed",
-               "test error per SD of λmax at equal train loss")
-    lam = rows["lambda_max"].to_numpy(float)
-    if len(rows) < 4 or np.ptp(lam) == 0:
-        row.update(n=len(rows), reason=f"too few jobs at target ({len(rows)}) or λmax constant")
-        return row
-    sd = float(np.std(lam, ddof=1))
-    z = (lam - lam.mean()) / sd
-    y, tl = rows["test_error"].to_numpy(float), rows["train_loss"].to_numpy(float)
-    seeds = rows["seed"].to_numpy()
-    use_control = bool(np.ptp(within(tl, seed_codes(seeds))) > 0)
-    X = np.column_stack([z, tl]) if use_control else z[:, None]
-    names = [f"z({measure})", control][: X.shape[1]]
-    row["effect_unit"] = f"test error per SD of λmax (SD {sd:.3g}) at equal train loss"
-    _fit_step(row, y, X, names, seeds, target, n_boot, seed, designs,
-              f"H1 step (b): OLS {target} ~ z({measure}) + {control} + seed fixed effects, "
-              "clustered by seed")
-    if row["reason"]:
-        return row
-    if use_control:
-        r, p = partial_correlation(lam, y, tl)
-        row.update(corr_name="partial r (λmax, test error | train loss)", corr=r, corr_p=p)
-    else:
-        notes.append("step (b): train loss does not vary within seeds: control dropped")
-        r = stats.pearsonr(lam, y) if np.ptp(y) > 0 else None
-        row.update(corr_name="Pearson r (λmax, test error)",
-                   corr=float(r.statistic) if r else math.nan,
-                   corr_p=float(r.pvalue) if r else math.nan)
-    if mixed:
-        d = pd.DataFrame({"y": y, "z": z, "tl": tl})
-        coef, se, p, note, fit = _mixed(d, "y ~ z + tl" if use_control else "y ~ z", "z",
-                                        seed_codes(seeds))
-        row.update(mixed_effect=coef, mixed_se=se, mixed_p=p, mixed_note=note)
-        if fit is not None:
-            fits["H1 step (b): MixedLM standardized test error ~ z(λmax) + train loss, "
-                 "seed intercept"] = fit
-    return row
-
-
-def _verdict(row: dict[str, Any], alpha: float, what: tuple[str, str]) -> tuple[str, str]:
-    if row["reason"]:
-        return INCONCLUSIVE, row["reason"]
-    p, eff = row["p_holm"], row["effect"]
-    if not (math.isfinite(p) and math.isfinite(eff)):
-        return INCONCLUSIVE, "the regression is undefined"
-    if p < alpha and eff > 0:
-        return SUPPORTED, f"{what[0]} (Holm p={p:.3g} < {alpha:g})"
-    if p < alpha and eff < 0:
-        return NOT_SUPPORTED, f"{what[1]}: opposite to the prediction (Holm p={p:.3g} < {alpha:g})"
-    return INCONCLUSIVE, f"not significant (Holm p={p:.3g} >= {alpha:g})"
+    a, ind, direct = fit.a, fit.indirect, fit.direct
+    evidence = (f"indirect a·b′ = {_ci(ind)} per doubling (seed bootstrap, {fit.n_boot} draws, "
+                f"widened ×{fit.expansion:.2f}); a = {_ci(a)} λmax per doubling (CR2 p = "
+                f"{_fmt(a.p)}); direct c′ = {_ci(direct)} per doubling (CR2 p = "
+                f"{_fmt(direct.p)}); {fit.n_seeds} seeds, {fit.n} jobs; "
+                f"{calibration_note(TESTS['verdict'])}")
+    a_pos = a.p < alpha and a.estimate > 0
+    a_neg = a.p < alpha and a.estimate < 0
+    if a_pos and ind.sign > 0:
+        return SUPPORTED, ("λmax rises with the batch size and the indirect effect through "
+                           f"λmax is positive: {evidence}")
+    if ind.sign < 0:
+        return NOT_SUPPORTED, f"the indirect effect through λmax is negative: {evidence}"
+    if a_neg:
+        return NOT_SUPPORTED, f"λmax falls with the batch size: {evidence}"
+    if direct.p < alpha and ind.sign == 0:
+        way = "raises" if direct.estimate > 0 else "lowers"
+        return NOT_SUPPORTED, (f"direct effect only: the batch size {way} test error at equal "
+                               f"λmax while the indirect interval includes 0: {evidence}")
+    why = "(a) not significant" if not a_pos else "the indirect interval includes 0"
+    return INCONCLUSIVE, f"{why}: {evidence}"
 
 
 # --------------------------------------------------------------------------- the test
@@ -464,80 +226,114 @@ def h1_test(jobs: pd.DataFrame, alpha: float = 0.05, n_boot: int = 2000, seed: i
             batch: str = "train.batch_size", measure: str = "probe.lambda_max",
             target: str = "test_error", control: str = "final.train_loss",
             cluster: str = "seed", target_loss: Optional[float] = None,
-            off_target_in_a: bool = False, mixed: bool = True) -> H1Result:
-    """Test H1 on a collected jobs table (see the module docstring for every rule).
+            design: Sequence[str] = DESIGN) -> H1Result:
+    """Test H1 as a mediation claim on a collected jobs table (module docstring).
 
     ``target_loss``: the train loss every job was trained to (default: each job's
-    ``train.target_train_loss``). ``off_target_in_a``: keep the jobs that did not reach it in
-    step (a) (they are always left out of step (b)). ``mixed``: also fit the mixed models
-    (reported, not used in the verdict; ~0.1 s each). Raises :class:`LandscopeError` on a
-    missing column, no included job or fewer than two batch sizes."""
-    data, common, notes = _frame(jobs, batch, measure, target, control, cluster, target_loss)
-    off = _off_target(data)
+    ``train.target_train_loss``). ``design``: columns that may vary λmax within a batch size.
+    Raises :class:`LandscopeError` on a missing column, no included job or fewer than two
+    batch sizes."""
+    from landscope.analysis.calibration import calibration_note
+
+    data, common, notes = read_jobs(jobs, batch, measure, target, control, cluster, target_loss,
+                                 extra=[c for c in design if c in jobs.columns])
+    off = off_target(data)
     if len(off):
         notes.append(f"{len(off)} of {len(data)} jobs did not reach the target train loss: "
-                     f"left out of step (b)" + ("" if off_target_in_a else " and step (a)"))
-    dropped = []
-    need_a = ["lambda_max", "log2_batch"]
-    need_b = ["lambda_max", "test_error", "train_loss"]
+                     "left out")
+    need = ["lambda_max", "log2_batch", "test_error", "train_loss"]
     reached = data["reached"].to_numpy(bool)
-    base_a = reached | off_target_in_a
-    in_a = base_a & np.isfinite(data[need_a].to_numpy(float)).all(axis=1)
-    in_b = reached & np.isfinite(data[need_b].to_numpy(float)).all(axis=1)
-    for step, base, need, used in (("a", base_a, need_a, in_a), ("b", reached, need_b, in_b)):
-        for i in np.flatnonzero(base & ~used):
-            r = data.iloc[i]
-            bad = [c for c in need if not math.isfinite(r[c])]
-            dropped.append({"job": r["job"], "seed": r["seed"], "batch_size": r["batch_size"],
-                            "step": step, "reason": "non-finite " + ", ".join(bad)})
-    dropped_df = pd.DataFrame(dropped, columns=["job", "seed", "batch_size", "step", "reason"])
-    if len(dropped_df):
-        notes.append(f"{len(dropped_df)} (job, step) rows without finite values left out")
-    data["in_a"], data["in_b"] = in_a, in_b
-    fits: dict[str, Any] = {}
-    designs: dict[str, tuple] = {}
-    row_a = _step_a(data[in_a], n_boot, seed, mixed, designs, fits, batch, measure)
-    row_b = _step_b(data[in_b], n_boot, seed, mixed, designs, fits, measure, target, control,
-                    notes)
-    row_a["p_holm"], row_b["p_holm"] = holm([row_a["p"], row_b["p"]])
-    for row, what in ((row_a, ("λmax rises with the batch size",
-                               "λmax falls with the batch size")),
-                      (row_b, ("test error rises with λmax at equal train loss",
-                               "test error falls with λmax at equal train loss"))):
-        row["verdict"], row["reason"] = _verdict(row, alpha, what)
-    table = pd.DataFrame([row_a, row_b], columns=TABLE_COLUMNS)
-    va, vb = table["verdict"]
-    if NOT_SUPPORTED in (va, vb):
-        which = " and ".join(f"({s})" for s, v in zip("ab", (va, vb)) if v == NOT_SUPPORTED)
-        verdict, reason = NOT_SUPPORTED, f"step {which} significant with the opposite sign"
-    elif va == SUPPORTED and vb == SUPPORTED:
-        verdict, reason = SUPPORTED, "both steps significant with the predicted sign"
-    else:
-        verdict = INCONCLUSIVE
-        reason = "; ".join(f"({s}) {v}: {r}" for s, v, r in zip("ab", table["verdict"],
-                                                                 table["reason"])
-                           if v != SUPPORTED)
-    return H1Result(table=table, verdict=verdict, reason=reason, data=data, off_target=off,
-                    dropped=dropped_df, target_loss=common, alpha=alpha, batch=batch,
-                    measure=measure, notes=notes, fits=fits, designs=designs)
+    finite = np.isfinite(data[need].to_numpy(float)).all(axis=1)
+    dropped = pd.DataFrame(
+        [{"job": r.job, "seed": r.seed, "batch_size": r.batch_size,
+          "reason": "non-finite " + ", ".join(c for c in need if not math.isfinite(getattr(r, c)))}
+         for r in data[reached & ~finite].itertuples(index=False)],
+        columns=["job", "seed", "batch_size", "reason"])
+    if len(dropped):
+        notes.append(f"{len(dropped)} jobs without finite values left out")
+    used = reached & finite
+    codes = seed_codes(data["seed"].to_numpy())
+    sizes = np.bincount(codes[used], minlength=codes.max() + 1 if len(codes) else 0)
+    alone = used & (sizes[codes] == 1) if len(codes) else used
+    if alone.any():
+        notes.append(f"{int(alone.sum())} jobs alone in their seed left out (no within-seed "
+                     "comparison)")
+    data["used"] = used & ~alone
+    rows = data[data["used"]].reset_index(drop=True)
+    dnames, dcols, words = _design_columns(rows, design)
+    res = H1Result(table=pd.DataFrame(columns=TABLE_COLUMNS), verdict=INCONCLUSIVE, reason="",
+                   design=words, data=data, off_target=off, dropped=dropped,
+                   target_loss=common, alpha=alpha, batch=batch, measure=measure, notes=notes)
+    seeds = rows["seed"].to_numpy()
+    g = len(np.unique(seed_codes(seeds))) if len(rows) else 0
+    x, m, y = (rows[c].to_numpy(float) for c in ("log2_batch", "lambda_max", "test_error"))
+    tl = rows["train_loss"].to_numpy(float)
+    if g < 3 or len(rows) < g + 3 + dcols.shape[1] or np.ptp(within(x, seed_codes(seeds))) == 0:
+        res.reason = (f"too few usable jobs or seeds ({len(rows)} jobs, {g} seeds; the seed "
+                      "bootstrap needs at least 3 seeds and batch sizes varying within seeds)")
+        return res
+    use_tl = bool(np.ptp(within(tl, seed_codes(seeds))) > 0)
+    if not use_tl:
+        notes.append("train loss does not vary within seeds: dropped from (b′)")
+    w_y = tl[:, None] if use_tl else None
+    ynames = [measure, f"log2({batch})"] + ([control] if use_tl else [])
+    sens = {f"b′ | {' + '.join(dnames)}": dcols} if dnames else {}
+    try:
+        fit = mediation(x, m, y, seeds, w_m=dcols if dnames else None, w_y=w_y, n_boot=n_boot,
+                        seed=seed, sensitivity=sens)
+    except (np.linalg.LinAlgError, ValueError) as exc:
+        res.reason = f"singular design ({exc})"
+        return res
+    if fit.n_singular:
+        notes.append(f"{fit.n_singular} of {n_boot} bootstrap draws singular, dropped")
+    res.fit = fit
+    res.designs = {
+        f"H1 (a): {measure} ~ log2({batch})" + "".join(f" + {d}" for d in dnames) + " + seed":
+            (m, np.column_stack([x, dcols]), [f"log2({batch})", *dnames], seeds),
+        f"H1 (b′): {target} ~ " + " + ".join(ynames) + " + seed":
+            (y, np.column_stack([m, x] + ([tl] if use_tl else [])), ynames, seeds)}
+    n, cr2 = len(rows), "CR2 t interval"
+    test = "OLS with seed intercepts, CR2 SE clustered by seed, Satterthwaite df"
+    cal = {k: calibration_note(v) for k, v in TESTS.items()}
+    doubling = "test error per doubling of the batch size"
+    table = [
+        _effect_row("a", f"{measure} ~ log2({batch})" + "".join(f" + {d}" for d in dnames)
+                    + " + seed", fit.a, "λmax per doubling", cr2, n, g, test, cal["a"]),
+        _effect_row("b′", f"{target} ~ " + " + ".join(ynames) + " + seed", fit.b,
+                    "test error per unit λmax at equal batch size and train loss", cr2, n, g,
+                    test, cal["b"]),
+        _effect_row("c′ (direct)", f"log2({batch}) in (b′)", fit.direct, doubling, cr2, n, g,
+                    test, cal["direct"]),
+        _effect_row("a·b′ (indirect)", "product of coefficients", fit.indirect, doubling,
+                    f"seed bootstrap percentile, widened ×{fit.expansion:.2f}", n, g,
+                    f"seed-level bootstrap ({n_boot} draws, both equations refitted)",
+                    cal["indirect"]),
+        _effect_row("c (total)", f"{target} ~ log2({batch})" + (f" + {control}" if use_tl
+                                                                 else "") + " + seed",
+                    fit.total, doubling, cr2, n, g, test, ""),
+    ]
+    for name, e in fit.extra.items():
+        table.append(_effect_row(name, "sensitivity: b′ with the design column in (b′) too",
+                                 e, "test error per unit λmax", cr2, n, g, test, ""))
+    res.table = pd.DataFrame(table, columns=TABLE_COLUMNS)
+    res.verdict, res.reason = decide(fit, alpha)
+    return res
 
 
 # --------------------------------------------------------------------------- figure
 def plot_h1(res: H1Result, path: Path) -> Path:
-    """Two panels: λmax against batch size (log2 axis, with the step-(a) fit) and test error
-    against λmax coloured by batch size; jobs off target are drawn as crosses."""
+    """Two panels: λmax against batch size (log2 axis, with the slope a) and test error
+    against λmax coloured by batch size; jobs not analysed are drawn as crosses."""
     from landscope.plots import pyplot, save_png
 
     plt = pyplot()
     d = res.data
+    used = d["used"] if "used" in d else d["reached"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.8), layout="constrained")
     sizes = np.unique(d["batch_size"].dropna())
     colours = {b: plt.cm.viridis(i / max(len(sizes) - 1, 1)) for i, b in enumerate(sizes)}
     jitter = np.random.default_rng(0).uniform(-0.08, 0.08, len(d))
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-    for mask, marker, label in ((d["reached"], "o", "at target"), (~d["reached"], "x",
-                                                                     "off target")):
+    for mask, marker, label in ((used, "o", "analysed"), (~used, "x", "left out")):
         sub = d[mask]
         if sub.empty:
             continue
@@ -546,22 +342,24 @@ def plot_h1(res: H1Result, path: Path) -> Path:
                     marker=marker, s=22, alpha=0.8)
         ax1.scatter([], [], color="grey", marker=marker, s=22, label=label)
         ax2.scatter(sub["lambda_max"], sub["test_error"], c=c, marker=marker, s=22, alpha=0.8)
-    a = res.table.iloc[0]
-    used = d[d["in_a"]]
-    if math.isfinite(a["effect"]) and len(used):
-        xs = np.linspace(used["log2_batch"].min(), used["log2_batch"].max(), 2)
-        icpt = used["lambda_max"].mean() - a["effect"] * used["log2_batch"].mean()
-        ax1.plot(xs, icpt + a["effect"] * xs, "k--", lw=1,
-                 label=f"OLS: {a['effect']:.3g} per doubling")
+    fit = res.fit
+    if fit is not None and used.any():
+        u = d[used]
+        xs = np.linspace(u["log2_batch"].min(), u["log2_batch"].max(), 2)
+        icpt = u["lambda_max"].mean() - fit.a.estimate * u["log2_batch"].mean()
+        ax1.plot(xs, icpt + fit.a.estimate * xs, "k--", lw=1,
+                 label=f"a = {fit.a.estimate:.3g} per doubling")
+        ax2.set_title(f"indirect a·b′ {_ci(fit.indirect)}\ndirect c′ {_ci(fit.direct)}",
+                      fontsize=8)
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
     ax1.set_xticks(np.log2(sizes), [f"{b:g}" for b in sizes])
     ax1.set_xlabel("batch size")
     ax1.set_ylabel("λmax")
-    ax1.set_title(f"(a) {a['verdict']}, Holm p={_fmt(a['p_holm'])}", fontsize=9)
+    ax1.set_title(f"H1 {res.verdict}", fontsize=9)
     ax1.legend(fontsize=7)
-    b = res.table.iloc[1]
     ax2.set_xlabel("λmax")
     ax2.set_ylabel("test error")
-    ax2.set_title(f"(b) {b['verdict']}, Holm p={_fmt(b['p_holm'])}", fontsize=9)
     for size in sizes:
         ax2.scatter([], [], color=colours[size], s=22, label=f"batch {size:g}")
     ax2.legend(fontsize=7)
@@ -574,46 +372,48 @@ def applies(ctx) -> bool:
     return "train.batch_size" in ctx.coll.swept
 
 
-def section(ctx) -> None:
-    """H1 section of the report: verdict, test description, table (``h1.csv``), jobs off
-    target, a two-panel figure and the statsmodels summaries in the appendix."""
+def section(ctx, n_boot: int = 2000) -> None:
+    """H1 section of the report: the verdict with its evidence, the design, the mediation table
+    (``h1.csv``), jobs off target, a two-panel figure and each equation's fit in the appendix."""
     from landscope.io import atomic_write_text
 
     doc, out = ctx.doc, Path(ctx.out)
     doc.heading("H1: smaller batches find flatter minima that generalize better")
     try:
-        res = h1_test(ctx.coll.included)
+        res = h1_test(ctx.coll.included, n_boot=n_boot)
     except LandscopeError as exc:
         doc.para(f"H1 not tested: {exc}")
         return
-    target = ("no target train loss was set, so equal train loss rests on the control alone"
-              if res.target_loss is None else f"target train loss {res.target_loss:g}")
+    target = ("no target train loss was set, so equal train loss rests on the train-loss "
+              "covariate alone" if res.target_loss is None
+              else f"target train loss {res.target_loss:g}")
+    doc.para(f"Verdict: {res.verdict} ({res.reason}).")
     doc.para(
-        f"Verdict: {res.verdict} ({res.reason}). Step (a): OLS of λmax on log2(batch size); "
-        f"effect = change of λmax per doubling of the batch size. Step (b): OLS of test error "
-        f"on standardized λmax and final train loss over the jobs that reached the target "
-        f"train loss; effect = change of test error per standard deviation of λmax at equal "
-        f"train loss. Both with seed fixed effects (batch sizes compared within a seed) and "
-        f"standard errors clustered by seed (CR1, t on seeds − 1 df), "
-        f"two-sided p-values Holm-corrected across the two steps (alpha {res.alpha:g}), 95% "
-        f"bootstrap CIs resampling seeds. Supported when both effects are significant and "
-        f"positive; not supported when either is significant and negative. Kendall τ (a), the "
-        f"partial correlation given train loss (b) and mixed models with a seed intercept are "
-        f"reported alongside. {res.n_jobs} jobs, {res.n_reached} reached the train loss "
-        f"({target}), {res.n_off_target} did not"
-        + (" and are left out of both steps (listed below)." if res.n_off_target else "."))
-    doc.frame(res.table, _SHOWN)
-    atomic_write_text(out / "h1.csv", res.table.to_csv(index=False))
+        f"Design: {res.design}. H1 is a mediation claim, log2(batch size) → λmax → test error. "
+        f"(a) OLS of λmax on log2(batch size); (b′) OLS of test error on λmax, log2(batch "
+        f"size) and the final train loss, so b′ is the effect of λmax at equal batch size and "
+        f"train loss and c′ the direct effect of the batch size. Every equation has one "
+        f"intercept per seed and CR2 standard errors clustered by seed (Satterthwaite df). "
+        f"The indirect effect a·b′ (test error per doubling through λmax) has a seed-level "
+        f"bootstrap percentile interval (seeds resampled, both equations refitted, widened "
+        f"for few seeds); the direct effect c′ stands beside it. Supported when a > 0 "
+        f"(p < {res.alpha:g}) and the indirect interval lies above 0; not supported when it "
+        f"lies below 0, a < 0, or only the direct effect is there; inconclusive otherwise "
+        f"(an intersection–union test: no multiplicity correction). {res.n_jobs} jobs, "
+        f"{res.n_reached} reached the train loss ({target}), {res.n_off_target} did not"
+        + (" and are left out (listed below)." if res.n_off_target else "."))
+    if len(res.table):
+        doc.frame(res.table, _SHOWN)
+        atomic_write_text(out / "h1.csv", res.table.to_csv(index=False))
     if res.n_off_target:
         doc.heading("Jobs that did not reach the target train loss", 3)
         doc.frame(res.off_target, [("job", "job"), ("seed", "seed"), ("batch_size", "batch"),
                                    ("train_loss", "train loss"), ("reason", "reason")])
-    notes = res.notes + [f"step ({r.step}): {r.note}" for r in res.table.itertuples() if r.note]
-    if notes:
-        doc.para("Notes: " + "; ".join(notes) + ".")
+    if res.notes:
+        doc.para("Notes: " + "; ".join(res.notes) + ".")
     png = out / "figures" / "h1_batch.png"
     png.parent.mkdir(parents=True, exist_ok=True)
     plot_h1(res, png)
     doc.image(png, f"figures/{png.name}",
-              "H1: λmax against batch size (a) and test error against λmax (b)")
+              "H1: λmax against batch size (a) and test error against λmax")
     ctx.appendix.extend(res.summaries())
