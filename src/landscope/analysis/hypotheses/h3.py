@@ -362,7 +362,7 @@ def _aft_rows(name: str, d: pd.DataFrame, measure: str, alpha: float, n_perm: in
     fits[name] = _aft_summary(name, measure, names1, full, cr, test, des)
     if name == "primary":
         design.update(mode=des.mode, n_perm=test.n_perm, exact=exact, strata=des.n_strata,
-                      sigma=full.sigma)
+                      sigma=full.sigma, min_jobs=min_jobs)
     return rows
 
 
@@ -474,7 +474,7 @@ def h3_power(res: H3Result, effect: float = POWER_EFFECT, R: int = 200, n_perm: 
     prim = res.row("primary", "alignment")
     if not len(d) or not math.isfinite(prim["p"]):
         return {}
-    des, _ = _design(d, 0)
+    des, _ = _design(d, int(res.design.get("min_jobs", 6)))
     if des is None:
         return {}
     ev = d["escaped"].to_numpy(bool)

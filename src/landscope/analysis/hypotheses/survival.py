@@ -131,13 +131,18 @@ def fit_aft(y: np.ndarray, x: np.ndarray, event: np.ndarray,
                                 options={"gtol": 1e-8, "maxiter": 200})
     theta = opt.x
     ll, r, g, gp, sigma = _terms(theta, y, x, event)
+    grad = _neggrad(theta, y, x, event)
     try:
         cov = np.linalg.inv(_neghess(theta, y, x, event))
+        # the Newton decrement gᵀH⁻¹g (scale-free): trust-exact can stop at round-off level
+        # ("bad approximation") with an ill-conditioned design, e.g. log D beside the constant
+        decrement = float(grad @ cov @ grad)
     except np.linalg.LinAlgError:
         cov = np.full((len(theta), len(theta)), np.nan)
+        decrement = math.inf
+    converged = bool(opt.success) or (0 <= decrement < 1e-10)
     return AFTFit(params=theta[:-1].copy(), sigma=sigma, loglik=ll, cov=cov,
-                  converged=bool(opt.success) or float(np.max(np.abs(opt.jac))) < 1e-5,
-                  w=-g / sigma)
+                  converged=converged, w=-g / sigma)
 
 
 def cluster_robust_se(fit: AFTFit, x: np.ndarray, event: np.ndarray, y: np.ndarray,
