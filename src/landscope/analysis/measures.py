@@ -1,28 +1,16 @@
-"""Curvature and sharpness measures against generalization, one row per measure.
+"""Curvature and sharpness measures against generalization: the statistics.
 
-For each measure column and a target (test error = 1 − ``final.test_acc`` by default, or the
-generalization gap), :func:`measures_table` reports:
-
-- Kendall τ-b and Spearman ρ with their two-sided p-values (scipy);
-- the granulated Kendall Ψ of Jiang et al. 2020 ("Fantastic generalization measures and where
-  to find them", ICLR 2020, §4): see :func:`granulated_kendall`;
-- the partial correlation controlling for train loss (Pearson on the OLS residuals of measure
-  and target on train loss, and the same on ranks): see :func:`partial_correlation`;
-- OLS of the target on the standardized measure with cluster-robust standard errors clustered
-  by seed (statsmodels, ``cov_type="cluster"``, t with G − 1 degrees of freedom);
-- a linear mixed model with a random intercept per seed (statsmodels MixedLM); a fit that
-  fails, is singular or does not converge gives NaN (or its estimate) and a note, never a crash;
-- Holm and Benjamini–Hochberg corrections of every p-value family across the measures.
-
-Only the included (completed) jobs are analysed, and within them the rows where the measure,
-the target (and the control, for the partial correlation) are finite.
+Kendall τ-b, Spearman ρ, the granulated Kendall Ψ of Jiang et al. 2020 ("Fantastic
+generalization measures and where to find them", ICLR 2020, §4), the partial correlation, the
+default choice of measure columns and the multiple-testing corrections. The measures *table*,
+which says which claim each test makes and counts independent units, is
+:mod:`landscope.analysis.measures_table`.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import warnings
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -40,7 +28,6 @@ _BOOKKEEPING = re.compile(
     r"|_centre|^landscape\.landscape_)")
 TARGET_ALIASES = {"test_error": "test_error", "gap": "final.generalization_gap",
                   "generalization_gap": "final.generalization_gap"}
-P_FAMILIES = ("kendall_p", "spearman_p", "partial_p", "partial_spearman_p", "ols_p", "mixed_p")
 
 
 # --------------------------------------------------------------------------- measure choice
@@ -203,62 +190,6 @@ def granulated_kendall(df: pd.DataFrame, measure: str, target: str | pd.Series =
     return out
 
 
-def ols_cluster(y: np.ndarray, x: np.ndarray, clusters: np.ndarray) -> tuple[float, float, float, str]:
-    """OLS y ~ 1 + standardized x with cluster-robust SEs: (coef, se, p, note)."""
-    import statsmodels.api as sm
-
-    n_clusters = len(np.unique(clusters))
-    if n_clusters < 2 or len(y) < 3 or np.std(x) == 0:
-        return math.nan, math.nan, math.nan, f"undefined ({n_clusters} clusters, n={len(y)})"
-    z = (x - x.mean()) / x.std(ddof=1)
-    design = sm.add_constant(z, has_constant="add")
-    try:
-        fit = sm.OLS(y, design).fit(cov_type="cluster", cov_kwds={"groups": pd.factorize(clusters)[0]},
-                                    use_t=True)
-    except Exception as exc:  # noqa: BLE001
-        return math.nan, math.nan, math.nan, f"failed: {type(exc).__name__}: {exc}"
-    note = "few clusters (< 10): cluster-robust SEs are unreliable" if n_clusters < 10 else ""
-    return float(fit.params[1]), float(fit.bse[1]), float(fit.pvalues[1]), note
-
-
-_MIXED_NOTES = (("boundary", "seed variance on the boundary (≈ 0)"),
-                ("failed to converge", "optimizer retried"),
-                ("covariance is singular", "singular random-effects covariance"),
-                ("not positive definite", "Hessian not positive definite"))
-
-
-def mixed_model(y: np.ndarray, x: np.ndarray, groups: np.ndarray) -> tuple[float, float, float, str]:
-    """MixedLM y ~ 1 + standardized x with a random intercept per group: (coef, se, p, note).
-    Failures, singular fits and non-convergence give NaN (or the estimate) and a note."""
-    import statsmodels.formula.api as smf
-
-    n_groups = len(np.unique(groups))
-    if n_groups < 2 or len(y) < 4 or np.std(x) == 0:
-        return math.nan, math.nan, math.nan, f"undefined ({n_groups} groups, n={len(y)})"
-    # Fit on the standardized target (better conditioned; exact back-transform of coef and SE).
-    y_scale = float(np.std(y, ddof=1)) or 1.0
-    data = pd.DataFrame({"y": (y - y.mean()) / y_scale, "x": (x - x.mean()) / x.std(ddof=1),
-                         "g": pd.factorize(groups)[0]})
-    notes = []
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            fit = smf.mixedlm("y ~ x", data, groups=data["g"]).fit(reml=True)
-        for w in caught:
-            notes.extend(tag for pattern, tag in _MIXED_NOTES if pattern in str(w.message))
-    except Exception as exc:  # noqa: BLE001 - singular matrices, failed optimizers
-        return math.nan, math.nan, math.nan, f"failed: {type(exc).__name__}: {exc}"
-    coef, se, p = (float(fit.params["x"]) * y_scale, float(fit.bse["x"]) * y_scale,
-                   float(fit.pvalues["x"]))
-    if not getattr(fit, "converged", True):
-        notes.append("did not converge")
-        se, p = math.nan, math.nan
-    if not (np.isfinite(se) and np.isfinite(p)):
-        notes.append("non-finite standard error")
-        se, p = math.nan, math.nan
-    return coef, se, p, "; ".join(dict.fromkeys(notes))
-
-
 def correct(pvalues: Iterable[float], method: str) -> np.ndarray:
     """Multiple-testing correction over the finite p-values (NaN stays NaN).
     ``method``: ``"holm"`` or ``"fdr_bh"`` (statsmodels.stats.multitest.multipletests)."""
@@ -272,55 +203,3 @@ def correct(pvalues: Iterable[float], method: str) -> np.ndarray:
     return out
 
 
-# --------------------------------------------------------------------------- the table
-def measures_table(df: pd.DataFrame, measures: Sequence[str] | None = None,
-                   target: str = "test_error", control: str | None = "final.train_loss",
-                   cluster: str = "seed", hyperparameters: Sequence[str] | None = None,
-                   mixed: bool = True) -> pd.DataFrame:
-    """One row per measure: n, Kendall τ/p, Spearman ρ/p, Ψ (and ψ per hyperparameter as a
-    string), partial r/p (Pearson and Spearman versions) controlling for ``control``, OLS
-    coefficient/SE/p (per standard deviation of the measure, clustered by ``cluster``), mixed
-    model coefficient/SE/p/note, and ``<family>_holm`` / ``<family>_bh`` for every p family.
-
-    ``measures`` defaults to :func:`default_measures`. Only included rows are used."""
-    rows = _analysed(df)
-    measures = default_measures(rows) if measures is None else list(measures)
-    y_all = target_column(rows, target).to_numpy()
-    z_all = _numeric(rows[control]) if control and control in rows else None
-    c_all = rows[cluster].to_numpy() if cluster in rows else None
-    if hyperparameters is None:
-        config = [c for c in rows.columns if "." in c and not c.startswith(
-            ("probe.", "landscape.", "final.", "config."))]
-        hyperparameters = swept_factors(rows, swept_keys(rows, config))
-    records = []
-    for m in measures:
-        x_all = _numeric(rows[m])
-        ok = np.isfinite(x_all) & np.isfinite(y_all)
-        x, y = x_all[ok], y_all[ok]
-        rec = {"measure": m, "target": target, "n": int(ok.sum())}
-        rec["kendall_tau"], rec["kendall_p"] = kendall(x, y)
-        rec["spearman_rho"], rec["spearman_p"] = spearman(x, y)
-        g = granulated_kendall(rows, m, target, hyperparameters)
-        rec["psi"] = g.psi
-        rec["psi_parts"] = ", ".join(f"{k}={v:.3f} ({g.groups_used[k]} groups)"
-                                     for k, v in g.per_hyperparameter.items())
-        if z_all is not None:
-            okz = ok & np.isfinite(z_all)
-            rec["partial_r"], rec["partial_p"] = partial_correlation(x_all[okz], y_all[okz], z_all[okz])
-            rec["partial_spearman"], rec["partial_spearman_p"] = partial_correlation(
-                x_all[okz], y_all[okz], z_all[okz], rank=True)
-        else:
-            rec.update(partial_r=math.nan, partial_p=math.nan, partial_spearman=math.nan,
-                       partial_spearman_p=math.nan)
-        if c_all is not None:
-            rec["ols_coef"], rec["ols_se"], rec["ols_p"], rec["ols_note"] = ols_cluster(y, x, c_all[ok])
-            if mixed:
-                rec["mixed_coef"], rec["mixed_se"], rec["mixed_p"], rec["mixed_note"] = \
-                    mixed_model(y, x, c_all[ok])
-        records.append(rec)
-    table = pd.DataFrame(records)
-    for family in P_FAMILIES:
-        if family in table:
-            table[f"{family}_holm"] = correct(table[family], "holm")
-            table[f"{family}_bh"] = correct(table[family], "fdr_bh")
-    return table
