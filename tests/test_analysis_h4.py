@@ -31,7 +31,8 @@ def _jobs(log_ratio: float, n_configs=4, n_seeds=4, sd=0.05, naive_ratio=0.01, s
             iso = 0.05 * math.exp(rng.normal(0, 0.3))
             hes = iso * math.exp(log_ratio + rng.normal(0, sd))
             rows.append({"job": f"c{c}s{s}", "seed": s, "included": True,
-                         "model.width": 16 * (c + 1), "dataset.binary": binary,
+                         "model.width": 16 * (c + 1),
+                         "dataset.classes": "[0, 1]" if binary else None,
                          MATCHED["isotropic"]: iso, MATCHED["hessian"]: hes,
                          "probe.pacbayes_complexity_naive": hes / naive_ratio,
                          HESSIAN: 0.45, ISOTROPIC: 0.5, NAIVE: 1.0 - 1e-9,

@@ -29,7 +29,9 @@ TINY = ["dataset.train_size=256", "dataset.test_size=128", "train.batch_size=32"
 # pacbayes on a small budget, the rest of the preset off (seconds, not minutes)
 FAST = ["probe=pacbayes", "probe.top_k=3", "probe.trace=false", "probe.density=false",
         "probe.noise=false", "probe.sharpness=false", "probe.sharpness_family=false",
-        "probe.pacbayes_n_mc=20", "probe.pacbayes_n_select=2"]
+        "probe.pacbayes_n_mc=20", "probe.pacbayes_n_select=2", "probe.pacbayes_steps=20",
+        "probe.pacbayes_n_match=2"]
+GRID = ["probe.pacbayes_posterior=grid"]
 
 
 @pytest.fixture(autouse=True)
@@ -50,14 +52,18 @@ def test_pacbayes_probe_in_a_job_centres_the_prior_at_the_initialization(compose
     p = result["probes"]
     for key in ("naive", "isotropic", "hessian", "kl_isotropic", "kl_hessian",
                 "isotropic_e_mc", "hessian_e_mc", "isotropic_e_upper", "train_error",
-                "dist2_to_prior_mean", "hessian_is_isotropic", "seconds"):
+                "dist2_to_prior_mean", "hessian_is_isotropic", "seconds", "complexity_naive",
+                "complexity_isotropic", "complexity_hessian", "matched_error",
+                "matched_complexity_isotropic", "matched_complexity_hessian"):
         assert isinstance(p[f"pacbayes_{key}"], float), key
     assert p["pacbayes_prior_mean"] == "init" and p["pacbayes_m"] == 256.0  # the whole split
     assert p["pacbayes_k"] == 3.0 and p["pacbayes_n_mc"] == 20.0
-    assert p["pacbayes_n_candidates"] == 13 * 5  # 13 variances x (4 betas + isotropic)
+    assert p["pacbayes_posterior"] == 1.0 and p["pacbayes_steps"] == 20.0  # optimised
     assert p["pacbayes_D"] == p["n_params"]
-    assert 0 <= p["pacbayes_hessian"] <= p["pacbayes_isotropic"] <= p["pacbayes_naive"] <= 1
-    assert p["pacbayes_isotropic"] >= p["pacbayes_isotropic_e_upper"] >= 0
+    for name in ("isotropic", "hessian"):
+        assert 0 <= p[f"pacbayes_{name}"] <= 1
+        assert p[f"pacbayes_{name}"] >= p[f"pacbayes_{name}_e_upper"] >= 0
+    assert p["pacbayes_complexity_naive"] > p["pacbayes_complexity_hessian"] > 0
     assert abs(p["pacbayes_train_error"] - (1 - result["final"]["train_acc"])) < 1e-6
 
     # the rebuilt initialization is bit-identical to the weights training started from
@@ -78,6 +84,7 @@ def test_pacbayes_probe_in_a_job_centres_the_prior_at_the_initialization(compose
 def test_pacbayes_settings_are_validated_in_one_line(compose):
     ok = compose([*FAST])
     validate(ok)
+    validate(compose([*FAST, *GRID]))
     for bad, needle in ((["probe.top_k=0"], "probe.top_k"),
                         (["probe.pacbayes_n_mc=0"], "probe.pacbayes_n_mc"),
                         (["probe.pacbayes_n_select=0"], "probe.pacbayes_n_select"),
@@ -87,7 +94,12 @@ def test_pacbayes_settings_are_validated_in_one_line(compose):
                         (["probe.pacbayes_data_size=1"], "probe.pacbayes_data_size"),
                         (["probe.pacbayes_beta_grid=[]"], "probe.pacbayes_beta_grid"),
                         (["probe.pacbayes_beta_grid=[0.1,-1]"], "probe.pacbayes_beta_grid"),
-                        (["probe.pacbayes_beta_grid=[inf]"], "probe.pacbayes_beta_grid")):
+                        (["probe.pacbayes_beta_grid=[inf]"], "probe.pacbayes_beta_grid"),
+                        (["probe.pacbayes_posterior=diag"], "probe.pacbayes_posterior"),
+                        (["probe.pacbayes_steps=-1"], "probe.pacbayes_steps"),
+                        (["probe.pacbayes_n_match=0"], "probe.pacbayes_n_match"),
+                        (["probe.pacbayes_batch_size=0"], "probe.pacbayes_batch_size"),
+                        (["probe.pacbayes_lr_mean=-1"], "probe.pacbayes_lr_mean")):
         with pytest.raises(ConfigError, match="must be") as err:
             validate(compose([*FAST, *bad]))
         assert needle in str(err.value) and "\n" not in str(err.value)
@@ -110,6 +122,17 @@ def test_fingerprint_ignores_pacbayes_settings_while_it_is_off(compose):
     assert probe_fingerprint(before) == on
     assert probe_fingerprint(compose(
         ["probe=standard", "probe.pacbayes=true", "probe.pacbayes_beta_grid=[0.5]"])) != on
+    # the optimised posterior (the default) is another probe; the grid search ignores the
+    # optimiser's settings, so jobs probed with it before they existed keep their hash
+    old = OmegaConf.create(OmegaConf.to_container(
+        compose(["probe=standard", "probe.pacbayes=true", *GRID]), enum_to_str=True))
+    for key in ("pacbayes_posterior", "pacbayes_steps", "pacbayes_lr_mean", "pacbayes_lr_var",
+                "pacbayes_batch_size", "pacbayes_n_match"):
+        del old.probe[key]
+    grid = probe_fingerprint(compose(["probe=standard", "probe.pacbayes=true", *GRID]))
+    assert probe_fingerprint(old) == grid and grid != on
+    assert probe_fingerprint(compose(["probe=standard", "probe.pacbayes=true", *GRID,
+                                      "probe.pacbayes_steps=5"])) == grid
 
 
 def test_probe_command_adds_pacbayes_to_a_finished_job(compose, tmp_path):
@@ -122,12 +145,12 @@ def test_probe_command_adds_pacbayes_to_a_finished_job(compose, tmp_path):
         return subprocess.run([sys.executable, "-m", "runner.probe", str(job), *extra],
                               cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
 
-    bad = probe(*FAST, "probe.top_k=0")  # the Hessian posterior needs eigenvectors
+    bad = probe(*FAST, *GRID, "probe.top_k=0")  # the Hessian posterior needs eigenvectors
     lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
     assert bad.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") \
         and "probe.top_k" in lines[0] and "pacbayes" in lines[0], bad.stderr
     assert "probes" not in read_json(job / "result.json")
-    done = probe(*FAST, "probe.pacbayes_beta_grid=[0.5]")
+    done = probe(*FAST, *GRID, "probe.pacbayes_beta_grid=[0.5]")
     assert done.returncode == 0, done.stderr
     result = read_json(job / "result.json")
     p = result["probes"]
@@ -137,3 +160,28 @@ def test_probe_command_adds_pacbayes_to_a_finished_job(compose, tmp_path):
     assert p["pacbayes_hessian"] <= p["pacbayes_isotropic"] <= p["pacbayes_naive"]
     cached = read_json(job / "probes" / f"{result['probe_fingerprint']}.json")
     assert cached["probe"]["pacbayes"] is True and cached["scalars"] == p
+
+
+def test_dataset_classes_keeps_and_relabels_those_classes(compose):
+    """dataset.classes (H4's binary preset): only the listed classes, labelled by position,
+    before subsetting; the job fingerprint of configs without it is unchanged."""
+    from landscope.errors import DataError
+    from landscope.jobs import fingerprint
+
+    full = load_data(compose([]).dataset)
+    two = load_data(compose(["dataset.classes=[7,0]"]).dataset)
+    assert two.meta.num_classes == 2
+    keep = (full.train.y == 7) | (full.train.y == 0)
+    assert len(two.train) == int(keep.sum()) and set(two.train.y.tolist()) == {0, 1}
+    assert torch.equal(two.train.y, (full.train.y[keep] == 0).long())  # 7 -> 0, 0 -> 1
+    assert len(two.test) == int(((full.test.y == 7) | (full.test.y == 0)).sum())
+    sub = load_data(compose(["dataset.classes=[7,0]", "dataset.train_size=100"]).dataset)
+    assert len(sub.train) == 100 and sub.meta.num_classes == 2
+    for bad in ("[1]", "[1,1]", "[0,10]"):
+        with pytest.raises(DataError, match="dataset.classes"):
+            load_data(compose([f"dataset.classes={bad}"]).dataset)
+    base = compose([])
+    old = OmegaConf.create(OmegaConf.to_container(base, enum_to_str=True))
+    del old.dataset["classes"]
+    assert fingerprint(old) == fingerprint(base)
+    assert fingerprint(compose(["dataset.classes=[0,1]"])) != fingerprint(base)

@@ -190,9 +190,10 @@ class DatasetConfig:
     normalize: bool = True  # standardize inputs per channel with training statistics
     in_memory: Optional[bool] = None  # null = auto (tensors when small, streamed when large)
     seed: int = 0
-    # two classes: the first half of the labels (0-4 of 10) against the rest (5-9), as
-    # Dziugaite & Roy's binary MNIST (PAC-Bayes bounds, H4); not for the synthetic problems
-    binary: bool = False
+    # only these classes, relabelled 0..k-1 in this order, before train_size/test_size subsetting
+    # ([0, 1]: a binary task as Dziugaite & Roy's binary MNIST, H4); null = all; not for the
+    # synthetic problems
+    classes: Optional[List[int]] = None
     # Synthetic problems (landscope.synthetic; ignored by the other datasets). Their
     # train_size/test_size are the generated sample counts (null = 256).
     noise: float = 0.5  # quadratic: target noise sigma; two_basin: gradient-noise std

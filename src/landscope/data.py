@@ -16,8 +16,8 @@
 Then, in order: seeded train subset (``train_size``, seed ``cfg.seed``; subsets
 are nested: a smaller size is a prefix of a larger one's selection), test subset
 (``test_size``, fixed seed so the test set does not depend on ``cfg.seed``),
-labels merged into two classes (``binary``: the first half of the classes against the rest,
-as Dziugaite & Roy's binary MNIST), label noise on the training labels only, and per-channel standardization with
+only the listed ``classes`` (relabelled 0..k-1; two of them give a binary task, as
+Dziugaite & Roy's binary MNIST), label noise on the training labels only, and per-channel standardization with
 training statistics.  A split is a :class:`TensorSplit` (all in memory) or,
 when large, a :class:`StreamSplit` that keeps the raw uint8 pixels and converts
 each batch; both give identical values and batch orders.
@@ -216,7 +216,7 @@ class _Key(NamedTuple):
     normalize: bool
     in_memory: Optional[bool]
     seed: int
-    binary: bool = False
+    classes: Optional[tuple[int, ...]] = None
 
 
 def _opt(value: Any, kind: type) -> Any:
@@ -230,7 +230,7 @@ def load_data(cfg: Any) -> DataBundle:
     key = _Key(_name(cfg), os.path.abspath(str(cfg.data_dir)), bool(cfg.download),
                _opt(cfg.train_size, int), _opt(cfg.test_size, int), float(cfg.label_noise),
                bool(cfg.normalize), _opt(cfg.in_memory, bool), int(cfg.seed),
-               bool(getattr(cfg, "binary", False)))
+               _classes(getattr(cfg, "classes", None)))
     check_available(cfg)
     return _load_cached(key)
 
@@ -257,14 +257,14 @@ def _load_cached(key: _Key) -> DataBundle:
     else:
         train, test = (_torchvision(key, spec, is_train) for is_train in (True, False))
 
+    num_classes = spec.num_classes
+    if key.classes is not None:  # only these classes, relabelled 0..k-1 in the given order
+        _check_classes(key.classes, num_classes, key.name)
+        train, test = (keep_classes(r, key.classes) for r in (train, test))
+        num_classes = len(key.classes)
     train = _subset(train, key.train_size, np.random.default_rng([key.seed, 0]), "train", key.name)
     test = _subset(test, key.test_size, np.random.default_rng([_TEST_SUBSET_SEED, 1]), "test",
                    key.name)
-    num_classes = spec.num_classes
-    if key.binary:  # Dziugaite & Roy's binary MNIST: classes 0..K/2-1 -> 0, the rest -> 1
-        num_classes = 2
-        train, test = (r._replace(targets=binary_labels(r.targets, spec.num_classes))
-                       for r in (train, test))
     if key.label_noise > 0:
         rng = np.random.default_rng([key.seed, 2])
         train = train._replace(targets=_noisy(train.targets, key.label_noise, num_classes, rng))
@@ -333,9 +333,25 @@ def _subset(raw: _Raw, size: Optional[int], rng: np.random.Generator, which: str
     return _Raw(raw.data[idx], raw.targets[idx], raw.divisor)
 
 
-def binary_labels(y: Tensor, num_classes: int) -> Tensor:
-    """``dataset.binary``: label ``y >= num_classes // 2`` (digits 0-4 vs 5-9 for 10 classes)."""
-    return (y >= num_classes // 2).to(torch.int64)
+def _classes(value: Any) -> Optional[tuple[int, ...]]:
+    return None if value is None else tuple(int(c) for c in value)
+
+
+def _check_classes(classes: tuple[int, ...], num_classes: int, name: str) -> None:
+    if len(classes) < 2 or len(set(classes)) != len(classes) or \
+            any(not 0 <= c < num_classes for c in classes):
+        raise DataError(f"dataset.classes must list at least 2 distinct labels of '{name}' in "
+                        f"0..{num_classes - 1} (got {list(classes)})")
+
+
+def keep_classes(raw: "_Raw", classes: tuple[int, ...]) -> "_Raw":
+    """``dataset.classes``: the samples of these classes, labelled by their position in
+    ``classes`` (``[0, 1]`` gives a binary task, as Dziugaite & Roy's binary MNIST)."""
+    lut = torch.full((max(int(raw.targets.max()), *classes) + 1,), -1, dtype=torch.int64)
+    lut[list(classes)] = torch.arange(len(classes))
+    new = lut[raw.targets]
+    idx = torch.nonzero(new >= 0).reshape(-1)
+    return _Raw(raw.data[idx], new[idx], raw.divisor)
 
 
 def _noisy(y: Tensor, p: float, num_classes: int, rng: np.random.Generator) -> Tensor:

@@ -130,8 +130,8 @@ def fingerprint(cfg: DictConfig) -> str:
     if opt.get("name") != "llp":  # only LLP reads its settings
         for key in [k for k in opt if k.startswith("llp_")]:
             opt.pop(key)
-    if not c.get("dataset", {}).get("binary", False):  # added later (H4's binary preset)
-        c.get("dataset", {}).pop("binary", None)
+    if c.get("dataset", {}).get("classes", None) is None:  # added later (H4's binary preset)
+        c.get("dataset", {}).pop("classes", None)
     if c.get("train", {}).get("max_grad_evals", None) is None:
         c.get("train", {}).pop("max_grad_evals", None)
     text = OmegaConf.to_yaml(OmegaConf.create(c), sort_keys=True)

@@ -67,7 +67,7 @@ def _simulate(shift: float, shift_naive: float, n_seeds: int = N_SEEDS):
                 config = {"seed": s, "name": "h4_pacbayes",
                           "model": {"name": "mlp", "width": width, "depth": 3},
                           "optimizer": {"name": opt, "lr": 0.05 if opt == "sgd" else 0.001},
-                          "dataset": {"name": "mnist1d", "binary": False},
+                          "dataset": {"name": "mnist1d", "classes": None},
                           "probe": {"name": "pacbayes", "pacbayes": True}}
                 final = {"train_acc": float(rng.uniform(0.7, 0.9)),
                          "test_acc": float(rng.uniform(0.6, 0.8))}
