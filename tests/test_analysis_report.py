@@ -19,8 +19,9 @@ from conftest import REPO
 from landscope.analysis.report import TOP_SCATTER, build_report
 from landscope.errors import LandscopeError
 
-SECTIONS = ["Sweep summary", "Jobs not included", "Measures against test error",
-            "Strongest measures", "Appendix: statsmodels summaries"]
+SECTIONS = ["Sweep summary", "Jobs not included", "Per-configuration summary",
+            "Measures against test error", "Strongest measures", "Appendix: fits",
+            "Appendix: calibration of the tests"]
 
 
 def _write_job(root, name, config, result=None):
@@ -83,24 +84,36 @@ def test_report_sections_images_and_tables(sweep, tmp_path):
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     assert "RuntimeError: boom" in text and "no result.json" in text  # excluded, with reasons
-    assert "OLS Regression Results" in text  # the statsmodels summary in the appendix
+    # the appendix fit uses the table's inference: CR2 by seed, configuration fixed effects
+    assert "Covariance: CR2 (Bell–McCaffrey), clustered by seed" in text
+    assert "Seed clusters: 6" in text
     md = (out / "report.md").read_text()
     assert all(f"## {s}" in md or f"### {s}" in md for s in SECTIONS)
     assert md.count("](figures/") == 3 and all((out / "figures").glob("*.png"))
     # the markdown measures table has as many cells per row as headers
-    rows = [r for r in md.splitlines() if r.startswith("| probe.") or r.startswith("| landscape.")]
-    header = next(r for r in md.splitlines() if r.startswith("| measure"))
+    lines = md.splitlines()
+    start = next(i for i, r in enumerate(lines) if r.startswith("| measure"))
+    header, rows = lines[start], lines[start + 2:start + 5]
     assert rows and all(r.count(" | ") == header.count(" | ") for r in rows)
-    # the planted relation: lambda_max ranks test error best, significant after Holm
+    # the planted relation (within each optimizer, across seeds): lambda_max ranks test error
+    # best, significant after Holm with 6 seeds as the units; 2 configurations can make no
+    # between-config claim (the smallest exact p is 1)
     measures = pd.read_csv(out / "measures.csv")
-    assert measures.iloc[0]["measure"] == "probe.lambda_max"
-    assert measures.iloc[0]["kendall_tau"] > 0.6 and measures.iloc[0]["kendall_p_holm"] < 0.01
+    top = measures.iloc[0]
+    assert top["measure"] == "probe.lambda_max"
+    assert (top["n"], top["n_seeds"], top["n_configs"]) == (12, 6, 2)
+    assert top["within_tau"] > 0.6 and top["within_tau_p_holm"] < 0.01
+    assert top["within_coef"] > 0 and top["within_p_holm"] < 0.01
+    assert top["between_p"] == 1.0
+    assert "within-config" in md and "between-config" in md.lower()
+    summary = pd.read_csv(out / "configurations.csv")
+    assert list(summary["seeds"]) == [6, 6] and "±" in summary["test_acc"][0]
     for name in ("jobs.csv", "jobs.parquet", "excluded.csv", "measures_gap.csv"):
         assert (out / name).is_file()
     gap = pd.read_csv(out / "measures_gap.csv")  # the mixed model against the gap too
     lam = gap[gap["measure"] == "probe.lambda_max"].iloc[0]
-    assert {"mixed_coef", "mixed_se", "mixed_p"} <= set(gap.columns)
-    assert np.isfinite(lam["mixed_coef"]) or isinstance(lam["mixed_note"], str)
+    assert {"within_coef", "within_se", "within_p", "between_tau"} <= set(gap.columns)
+    assert np.isfinite(lam["within_coef"])
     assert len(pd.read_parquet(out / "jobs.parquet")) == 14  # every job kept, 12 included
 
 
@@ -126,21 +139,32 @@ def test_report_command(sweep, tmp_path):
     assert len(bad.stderr.strip().splitlines()) == 1
 
 
-def test_ols_summary_of_a_constant_test_error_is_a_note_not_a_degenerate_fit():
-    """Every job with the same test error: R^2 would divide by zero, so the appendix gets a
-    one-line note instead of a statsmodels summary (and no RuntimeWarning)."""
+def test_within_fit_of_a_constant_test_error_is_a_note_not_a_degenerate_fit():
+    """Every job with the same test error: the appendix gets a one-line note instead of a fit
+    (and no RuntimeWarning); otherwise the fit has the table's CR2 inference and its numbers."""
     import warnings
 
-    from landscope.analysis.report import _ols_summary
+    from landscope.analysis.inference import cluster_ols, dummies
+    from landscope.analysis.report_measures import within_fit_text
 
-    df = pd.DataFrame({"probe.lambda_max": np.arange(1.0, 9.0), "seed": np.arange(8)})
+    rng = np.random.default_rng(3)
+    df = pd.DataFrame({"probe.lambda_max": rng.normal(size=12), "seed": np.tile(np.arange(6), 2),
+                       "optimizer.name": np.repeat(["sgd", "adam"], 6),
+                       "final.train_loss": rng.uniform(0.01, 0.02, 12)})
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        note = _ols_summary(df, "probe.lambda_max", pd.Series([0.3] * 8))
-        error = np.linspace(0.4, 0.1, 8) + 0.01 * (-1) ** np.arange(8)
-        fit = _ols_summary(df, "probe.lambda_max", pd.Series(error))
-    assert note == "probe.lambda_max: test error is the same in every job (0.3); no fit"
-    assert "OLS Regression Results" in fit and "probe.lambda_max (standardized)" in fit
+        note = within_fit_text(df.assign(**{"final.test_acc": 0.7}), "probe.lambda_max")
+        acc = 0.7 - 0.01 * df["probe.lambda_max"] + 0.002 * rng.normal(size=12)
+        fit = within_fit_text(df.assign(**{"final.test_acc": acc}), "probe.lambda_max")
+    assert note.startswith("probe.lambda_max: no fit")
+    assert "CR2" in fit and "probe.lambda_max (standardized)" in fit and "Seed clusters: 6" in fit
+    x = df["probe.lambda_max"].to_numpy()
+    D, _ = dummies(df["optimizer.name"])
+    X = np.column_stack([np.ones(12), (x - x.mean()) / x.std(ddof=1),
+                         df["final.train_loss"], D])
+    ref = cluster_ols(1 - acc, X, df["seed"], ["c", "m", "l", "d"])
+    row = next(r for r in fit.splitlines() if r.startswith("probe.lambda_max (standardized)"))
+    assert float(row.split()[2]) == pytest.approx(ref.coef[1], rel=1e-3)
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")
@@ -219,4 +243,4 @@ def test_every_registered_section_resolves_and_several_apply_at_once(tmp_path):
     assert len(parser.images) == len(pngs)
     assert all(src.startswith("data:image/png;base64,") for src in parser.images)
     md = (tmp_path / "report" / "report.md").read_text()
-    assert md.count("## Appendix: statsmodels summaries") == 1 and "H1 step (a)" in md
+    assert md.count("## Appendix: fits") == 1 and "H1 step (a)" in md

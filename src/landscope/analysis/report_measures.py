@@ -1,0 +1,227 @@
+"""The report's opening sections: the per-configuration summary, the measures table with its
+claims and units, the joint regression, and the appendices that share the table's inference
+(the within-configuration fit of the strongest measure) and state every test's calibration.
+
+Each function writes into a :class:`~landscope.analysis.report.ReportContext`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from landscope.analysis.calibration import calibration_note, shipped_rates
+from landscope.analysis.doc import fmt, safe_name
+from landscope.analysis.measures import default_measures, target_column
+from landscope.analysis.measures_table import (config_labels, joint_regression, measures_table,
+                                              swept_hyperparameters)
+from landscope.io import atomic_write_text
+
+TOP_SCATTER = 6  # measures drawn as scatter plots
+# Headline measures of the per-configuration summary, when the jobs have them.
+HEADLINE = ("probe.lambda_max", "probe.trace", "probe.sharpness_avg", "landscape.line_train_rise_mean")
+# Curvature summaries regressed jointly on test error (those present, at most 3).
+JOINT = ("probe.lambda_max", "probe.trace", "probe.spectral_norm_density_mass",
+         "probe.sharpness_avg", "probe.keskar_sharpness")
+MEASURE_TESTS = {"within_tau_p_holm": "within τ (seed permutation), Holm, any of 4",
+                 "within_p_holm": "within regression (CR2, seed clusters), Holm, any of 4",
+                 "between_p_holm": "between τ (config means), Holm, any of 4"}
+_SHOWN = [("n", "jobs"), ("n_seeds", "seeds"), ("n_configs", "configs"),
+          ("within_tau", "τ within"), ("within_tau_p_holm", "p τ within (Holm)"),
+          ("within_coef", "coef/sd within"), ("within_ci_low", "CI low"),
+          ("within_ci_high", "CI high"), ("within_p_holm", "p CR2 (Holm)"),
+          ("between_tau", "τ between"), ("between_p_holm", "p between (Holm)"),
+          ("tau", "τ pooled (descr.)"), ("psi", "Ψ (descr.)")]
+
+
+def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float, int]:
+    """Mean and half-width of the t interval over the finite values (seeds), and their n."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], float)
+    if len(v) == 0:
+        return math.nan, math.nan, 0
+    if len(v) == 1:
+        return float(v[0]), math.nan, 1
+    half = float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    return float(v.mean()), half, len(v)
+
+
+def _pm(mean: float, half: float) -> str:
+    return fmt(mean) if not math.isfinite(half) else f"{fmt(mean)} ± {fmt(half)}"
+
+
+def config_summary(inc: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration: seeds, and mean ± 95 % t-interval over seeds of test
+    accuracy and each headline measure present; for SGD (no momentum), λmax against the
+    stability limit 2/η (``lambda_max_x_lr_over_2`` = λmax·η/2, 1 at the edge of stability)."""
+    hps = swept_hyperparameters(inc)
+    labels = config_labels(inc, hps)
+    present = [m for m in HEADLINE if m in inc and pd.to_numeric(inc[m], errors="coerce").notna().any()]
+    rows = []
+    for label, idx in labels.groupby(labels, sort=True).groups.items():
+        part = inc.loc[idx]
+        rec: dict[str, Any] = {"configuration": label, "seeds": int(part["seed"].nunique())
+                               if "seed" in part else len(part)}
+        acc = pd.to_numeric(part.get("final.test_acc"), errors="coerce")
+        rec["test_acc"] = _pm(*mean_ci(acc)[:2]) if acc is not None else "–"
+        for m in present:
+            rec[m] = _pm(*mean_ci(pd.to_numeric(part[m], errors="coerce"))[:2])
+        name = str(part["optimizer.name"].iloc[0]) if "optimizer.name" in part else ""
+        mom = pd.to_numeric(part.get("optimizer.momentum", pd.Series([0.0])), errors="coerce")
+        if name == "sgd" and "optimizer.lr" in part and "probe.lambda_max" in part \
+                and not (mom.fillna(0) > 0).any():
+            lr = float(pd.to_numeric(part["optimizer.lr"], errors="coerce").iloc[0])
+            lam = mean_ci(pd.to_numeric(part["probe.lambda_max"], errors="coerce"))
+            rec["2/lr"] = fmt(2.0 / lr) if lr > 0 else "–"
+            rec["λmax·lr/2"] = _pm(lam[0] * lr / 2, lam[1] * lr / 2) if lr > 0 else "–"
+        rows.append(rec)
+    return pd.DataFrame(rows)
+
+
+def summary_section(ctx: Any) -> None:
+    """The per-configuration summary (mean ± 95 % interval over seeds)."""
+    inc = ctx.coll.included
+    if inc.empty:
+        return
+    table = config_summary(inc)
+    ctx.doc.heading("Per-configuration summary")
+    sgd = "λmax·lr/2" in table
+    ctx.doc.para("Mean ± 95 % t-interval over seeds (the independent units) of test accuracy "
+                 "and the headline measures, one row per configuration."
+                 + (" For plain SGD, λmax is set against the stability limit 2/lr: λmax·lr/2 "
+                    "near 1 is the edge of stability (Cohen et al. 2021); below 1 the minimum "
+                    "is stable for the step size." if sgd else ""))
+    ctx.doc.frame(table, [(c, c) for c in table.columns])
+    atomic_write_text(ctx.out / "configurations.csv", table.to_csv(index=False))
+
+
+def measures_section(ctx: Any) -> pd.DataFrame:
+    """The measures table against test error (and ``measures_gap.csv`` against the gap), the
+    joint regression and the scatter plots. Returns the table (empty when no measure)."""
+    from landscope.plots import plot_measure_scatter
+
+    doc, inc, out = ctx.doc, ctx.coll.included, ctx.out
+    doc.heading("Measures against test error")
+    measures = default_measures(inc) if len(inc) else []
+    if not measures:
+        doc.para("No measure has enough finite values across the analysed jobs (at least "
+                 "5 and half of the jobs); run the sweep with probes or landscape scans.")
+        return pd.DataFrame()
+    mtable = measures_table(inc, measures)
+    key = mtable["within_tau"].abs().fillna(mtable["tau"].abs())
+    mtable = mtable.loc[key.sort_values(ascending=False, na_position="last").index]
+    atomic_write_text(out / "measures.csv", mtable.to_csv(index=False))
+    gap = measures_table(inc, measures, target="gap")
+    atomic_write_text(out / "measures_gap.csv", gap.to_csv(index=False))
+    n_seeds, n_configs = int(mtable["n_seeds"].max()), int(mtable["n_configs"].max())
+    smallest = 2.0 / math.factorial(n_configs) if n_configs <= 8 else 0.0
+    doc.para(
+        f"{len(measures)} measures against test error (1 − test accuracy), {len(inc)} jobs = "
+        f"{n_configs} configuration{'s' if n_configs != 1 else ''} × up to {n_seeds} seeds. "
+        "Jobs of one configuration share its effect, so rows are not independent units. "
+        f"**Within-config** columns (units: {n_seeds} seeds) ask whether, inside a "
+        "configuration, the seeds with a larger measure have a larger error: τ within is the "
+        "mean over configurations of Kendall τ-b, its p from permuting seed labels (one "
+        "permutation in every configuration); coef/sd within is the OLS slope of test error "
+        "per sd of the measure given train loss and configuration fixed effects, CR2 standard "
+        "errors clustered by seed with Satterthwaite df (95 % CI). **Between-config** columns "
+        f"(units: {n_configs} configurations) rank configuration means, p from all "
+        "permutations of the configurations"
+        + (f" (with {n_configs} configurations the smallest attainable p is "
+           f"{smallest:.2g}, so no between-config claim can reach 5 %)" if smallest > 0.05
+           else "") + ". τ pooled and Ψ (granulated Kendall, Jiang et al. 2020) are given as "
+        "the literature reports them, without p-values: pooled tests over jobs rejected "
+        "24–57 % of null sweeps. p-values are Holm-corrected across measures. Calibration: "
+        + "; ".join(f"{name}: {calibration_note(test)}" for name, test in
+                    (("τ within", MEASURE_TESTS["within_tau_p_holm"]),
+                     ("CR2 within", MEASURE_TESTS["within_p_holm"]),
+                     ("τ between", MEASURE_TESTS["between_p_holm"])))
+        + ". Every column is in measures.csv; the same against the generalization gap in "
+          "measures_gap.csv.")
+    doc.frame(mtable, [("measure", "measure"), *_SHOWN])
+
+    joint = joint_regression(inc, [m for m in JOINT if m in measures][:3])
+    if len(joint):
+        atomic_write_text(out / "joint.csv", joint.to_csv(index=False))
+        doc.heading("Curvature summaries jointly", 3)
+        terms = [t for t in joint["term"] if t != "final.train_loss"]
+        doc.para(f"One regression of test error on {', '.join(terms)} "
+                 f"(standardized) and train loss, with configuration fixed effects; CR2 "
+                 f"standard errors clustered by seed, Satterthwaite df; {int(joint['n'].iloc[0])} "
+                 f"jobs, {int(joint['n_seeds'].iloc[0])} seeds, R² = {fmt(joint['r2'].iloc[0])} "
+                 "(including the configuration effects).")
+        doc.frame(joint, [("term", "term"), ("coef", "coef"), ("se", "se (CR2)"), ("df", "df"),
+                          ("p", "p"), ("ci_low", "CI low"), ("ci_high", "CI high")])
+
+    doc.heading("Strongest measures", 3)
+    target = target_column(inc, "test_error")
+    hps = swept_hyperparameters(inc)
+    hue = next((c for c in hps if c in inc and inc[c].nunique() > 1), None)
+    for m in mtable["measure"].head(TOP_SCATTER):
+        png = out / "figures" / f"{safe_name(m)}.png"
+        plot_measure_scatter(inc[m].to_numpy(float), target.to_numpy(float), png,
+                             m, "test error", None if hue is None else inc[hue].astype(str))
+        doc.image(png, f"figures/{png.name}", f"{m} against test error")
+    return mtable
+
+
+def within_fit_text(inc: pd.DataFrame, measure: str) -> str:
+    """The within-configuration regression of the table (standardized measure, train loss,
+    configuration fixed effects, CR2 by seed, Satterthwaite df) as a plain-text summary."""
+    from landscope.analysis.inference import cluster_ols, dummies
+
+    x = pd.to_numeric(inc[measure], errors="coerce").to_numpy(float)
+    y = target_column(inc, "test_error").to_numpy(float)
+    z = pd.to_numeric(inc.get("final.train_loss"), errors="coerce").to_numpy(float) \
+        if "final.train_loss" in inc else np.zeros(len(inc))
+    ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(z)
+    if ok.sum() < 4 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0 or "seed" not in inc:
+        return f"{measure}: no fit (too few finite values, or no variation)"
+    configs = config_labels(inc, swept_hyperparameters(inc)).to_numpy()[ok]
+    D, dn = dummies(configs, "config")
+    cols, names = [np.ones(ok.sum()), (x[ok] - x[ok].mean()) / x[ok].std(ddof=1)], \
+        ["const", f"{measure} (standardized)"]
+    if np.ptp(z[ok]) > 0:
+        cols.append(z[ok])
+        names.append("final.train_loss")
+    X = np.column_stack(cols + list(D.T))
+    if X.shape[1] >= ok.sum() or np.linalg.matrix_rank(X) < X.shape[1]:
+        return f"{measure}: no fit (the design is rank deficient)"
+    fit = cluster_ols(y[ok], X, inc["seed"].astype(str).to_numpy()[ok], names + dn)
+    lines = [f"Dependent variable: test error. Jobs: {fit.n}. Seed clusters: {fit.n_clusters}. "
+             f"R²: {fit.r2:.4f}.",
+             "Covariance: CR2 (Bell–McCaffrey), clustered by seed; t on Satterthwaite df.",
+             f"{'term':<46}{'coef':>11}{'se':>11}{'df':>7}{'t':>8}{'p':>9}{'[0.025':>11}{'0.975]':>11}"]
+    for i, name in enumerate(fit.names):
+        t = fit.coef[i] / fit.se[i] if fit.se[i] > 0 else math.nan
+        lines.append(f"{name[:45]:<46}{fit.coef[i]:>11.4g}{fit.se[i]:>11.4g}{fit.df[i]:>7.2f}"
+                     f"{t:>8.3f}{fit.p[i]:>9.3g}{fit.ci_low[i]:>11.4g}{fit.ci_high[i]:>11.4g}")
+    return "\n".join(lines)
+
+
+def calibration_appendix(ctx: Any, hypotheses: Sequence[str]) -> None:
+    """The stored calibration of every test family the report used (from the suite's
+    ``rates.csv``): rate under each null scenario, power under each planted one."""
+    rates = shipped_rates()
+    ctx.doc.heading("Appendix: calibration of the tests", 3)
+    if rates.empty:
+        ctx.doc.para("The calibration suite has not been run for this installation "
+                     "(python -m runner.calibrate --write stores its rates).")
+        return
+    rows = rates[rates["hypothesis"].isin(list(hypotheses))].copy()
+    if rows.empty:
+        ctx.doc.para("No stored calibration for the tests of this report.")
+        return
+    rows["rate (95 % CI)"] = [f"{100 * r:.1f} % [{100 * lo:.1f}, {100 * hi:.1f}]"
+                              for r, lo, hi in zip(rows["rate"], rows["low"], rows["high"])]
+    ctx.doc.para(f"From python -m runner.calibrate (R = {int(rows['runs'].max())} simulated "
+                 "sweeps per scenario, written in the results contract and read back as the "
+                 "report reads them; Clopper–Pearson intervals). Null rows are false-positive "
+                 "rates (goal ≤ 5 % within binomial error), power rows the rate at the stated "
+                 "planted effect.")
+    ctx.doc.frame(rows, [("hypothesis", "family"), ("scenario", "scenario"), ("test", "test"),
+                         ("kind", "kind"), ("rate (95 % CI)", "rate (95 % CI)"),
+                         ("effect", "planted effect")])
