@@ -51,6 +51,7 @@ def test_crossed_test_with_one_configuration_is_the_one_sample_t_test():
     ref = stats.ttest_1samp(v, 0.0)
     assert res.p == pytest.approx(ref.pvalue, rel=1e-10) and res.t == pytest.approx(ref.statistic)
     assert res.df == 5 and res.n_seeds == 6 and res.n_configs == 1 and res.n_jobs == 6
+    assert res.p_fixed == pytest.approx(res.p, rel=1e-10)  # one configuration: the same test
     lo, hi = stats.t.interval(0.95, 5, loc=v.mean(), scale=stats.sem(v))
     assert (res.ci_low, res.ci_high) == pytest.approx((lo, hi), rel=1e-10)
     # one seed, several configurations: over configuration means; repeated jobs averaged
@@ -71,6 +72,7 @@ def test_crossed_test_two_way_closed_form_and_missing_cells():
     df = v ** 2 / (ms_c ** 2 / (C - 1) + ms_s ** 2 / (S - 1) + ms_e ** 2 / ((C - 1) * (S - 1)))
     assert res.estimate == pytest.approx(g) and res.se == pytest.approx(math.sqrt(v / (C * S)))
     assert res.df == pytest.approx(df) and res.p == pytest.approx(2 * stats.t.sf(abs(res.t), df))
+    assert res.p_fixed == pytest.approx(stats.ttest_1samp(k, 0.0).pvalue, rel=1e-10)
     # a missing cell drops the seed (or configuration) with the most missing cells
     vals = x.ravel().copy()
     vals[2] = np.nan
