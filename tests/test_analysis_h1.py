@@ -53,7 +53,8 @@ def row(res, step):
 def test_true_chain_is_supported_with_its_evidence():
     res = h1_test(frame(), n_boot=500)
     assert res.verdict == SUPPORTED
-    assert list(res.table["step"]) == ["a", "b′", "c′ (direct)", "a·b′ (indirect)", "c (total)"]
+    steps = ["a", "b′", "c′ (direct)", "a·b′ (indirect)", "c (total)"]
+    assert list(res.table["step"]) == steps
     a, ind, direct = row(res, "a"), row(res, "a·b′ (indirect)"), row(res, "c′ (direct)")
     assert 1.5 < a["effect"] < 2.5 and a["p"] < 0.01 and a["n"] == 40 and a["n_seeds"] == 8
     assert 0 < ind["ci_low"] < ind["effect"] < ind["ci_high"]
@@ -85,7 +86,8 @@ def test_null_and_no_mediator_effect_are_inconclusive():
 
 def test_opposite_signs_are_not_supported():
     res = h1_test(frame(effect=-0.01), n_boot=300)
-    assert res.verdict == NOT_SUPPORTED and "indirect effect through λmax is negative" in res.reason
+    assert res.verdict == NOT_SUPPORTED
+    assert "indirect effect through λmax is negative" in res.reason
     res = h1_test(frame(slope=-2.0, effect=0.0), n_boot=300)
     assert res.verdict == NOT_SUPPORTED and "falls with the batch size" in res.reason
 
@@ -96,7 +98,7 @@ def _dummies(seeds):
 
 
 def _cr2_se(y, X, groups, j):
-    """CR2 by hand: (X'X)⁻¹ Σ_g X_g' A_g e_g e_g' A_g X_g (X'X)⁻¹, A_g = (I − H_gg)^(−1/2)
+    """CR2 by hand: (X'X)⁻¹ Σ_g X_g' A_g e_g e_g' A_g X_g (X'X)⁻¹, A_g = (I − H_gg)^(−½)
     (pseudo-inverse square root: the seed dummies make I − H_gg singular)."""
     M = np.linalg.inv(X.T @ X)
     e = y - X @ (M @ X.T @ y)

@@ -89,7 +89,7 @@ _SHOWN = [("step", "step"), ("relation", "regression / effect"), ("effect", "est
 class H1Result:
     """The outcome of :func:`h1_test`."""
 
-    table: pd.DataFrame  # TABLE_COLUMNS; steps a, b′, c′ (direct), a·b′ (indirect), c (total)
+    table: pd.DataFrame  # TABLE_COLUMNS: a, b′, c′ (direct), a·b′ (indirect), c (total)
     verdict: str
     reason: str  # why, with the evidence
     design: str  # which design the sweep ran (batch only, or λmax varied within batch by ...)
@@ -389,7 +389,8 @@ def section(ctx, n_boot: int = 2000) -> None:
               else f"target train loss {res.target_loss:g}")
     doc.para(f"Verdict: {res.verdict} ({res.reason}).")
     doc.para(
-        f"Design: {res.design}. H1 is a mediation claim, log2(batch size) → λmax → test error. "
+        f"Design: {res.design}. H1 is a mediation claim, log2(batch size) → λmax → test "
+        f"error. "
         f"(a) OLS of λmax on log2(batch size); (b′) OLS of test error on λmax, log2(batch "
         f"size) and the final train loss, so b′ is the effect of λmax at equal batch size and "
         f"train loss and c′ the direct effect of the batch size. Every equation has one "

@@ -150,7 +150,8 @@ def mediation(x: np.ndarray, m: np.ndarray, y: np.ndarray, seeds: Sequence[Any],
     ``w_m`` / ``w_y``: extra covariates (n or n×k) of the mediator / outcome equation.
     ``sensitivity``: ``{name: covariates}``, each refitting b′ with these covariates added to
     the outcome equation (CR2, reported as :attr:`Mediation.extra`). ``expand``: widen the
-    indirect effect's interval by :func:`expansion` (the calibrated default). Raises :class:`numpy.linalg.LinAlgError` on a singular design."""
+    indirect effect's interval by :func:`expansion` (the calibrated default).
+    Raises :class:`numpy.linalg.LinAlgError` on a singular design."""
     codes = seed_codes(seeds)
     x, m, y = (np.asarray(v, float) for v in (x, m, y))
     Xm = _design([x, w_m], codes)
