@@ -225,9 +225,10 @@ def row_evidence(row: pd.Series, alpha: float = 0.05, calibration: str = "") -> 
     unit = f"{int(row['n'])} {row['unit']}"
     if row["test"] == "seed jackknife t":
         unit += f" ({int(row['n_on'])} + {int(row['n_off'])} pairs of seeds)"
+    adj = (f"p_adj = {_fmt(row['p_adj'])}" if pd.notna(row["p_adj"]) or row["role"] == "primary"
+           else "not tested: gate closed")
     text = (f"{row['verdict']}: {row['estimator']} {_fmt(row['estimate'])} {ci}, n = {unit}, "
-            f"{test} p = {_fmt(row['p'])}, p_adj = {_fmt(row['p_adj'])} ({row['role']}, "
-            f"alpha {alpha:g})")
+            f"{test} p = {_fmt(row['p'])}, {adj} ({row['role']}, alpha {alpha:g})")
     return text + (f"; {calibration}" if calibration else "")
 
 
