@@ -330,9 +330,10 @@ def test_optimised_bounds_beat_the_start_and_the_grid(trained):
     assert opt["matched_error"] == opt["isotropic_e_mc"] and opt["hessian_is_isotropic"] == 0.0
     assert start["hessian_is_isotropic"] == 1.0  # steps=0: both start at the same point
     assert opt["complexity_naive"] == pytest.approx((32 * opt["D"] * math.log(2) + math.log(40)) / M)
-    again = optimized_pac_bayes_bounds(model, data, vals, vecs, w0=init, steps=600,
-                                       lr_mean=3e-3, seed=1, **OPT)
-    assert again == opt  # deterministic given the seed
+    short = dict(OPT, n_mc=20, n_select=2, n_match=2)
+    first = optimized_pac_bayes_bounds(model, data, vals, vecs, w0=init, steps=30, seed=4, **short)
+    assert optimized_pac_bayes_bounds(model, data, vals, vecs, w0=init, steps=30, seed=4,
+                                      **short) == first  # deterministic given the seed
 
 
 def test_optimize_posterior_rejects_bad_inputs(trained):
