@@ -166,3 +166,14 @@ def test_applies_only_with_the_bounds(tmp_path):
     assert not applies(_ctx(df.drop(columns=[NAIVE]), tmp_path))
     df[HESSIAN] = math.nan
     assert not applies(_ctx(df, tmp_path))
+
+
+def test_jobs_without_complexities_keep_their_bounds_table_and_figure(tmp_path):
+    df = _jobs(0.0).drop(columns=[*MATCHED.values(), "probe.pacbayes_complexity_naive"])
+    res = h4_test(df)
+    assert res.verdict == "inconclusive" and (res.table["n_jobs"] == 0).all()
+    assert res.bounds.set_index("quantity").loc["hessian bound", "n"] == 16
+    ctx = _ctx(df, tmp_path)
+    section(ctx)
+    assert (tmp_path / "figures" / "h4_bounds.png").exists()
+    assert not (tmp_path / "figures" / "h4_complexity.png").exists()

@@ -371,10 +371,9 @@ def h4_test(jobs: pd.DataFrame, margin: float = MARGIN, alpha: float = 0.05,
     if missing:
         raise LandscopeError(f"H4: no column {', '.join(missing)} in the jobs table; run the "
                              "sweep with probe=pacbayes (e.g. experiment=h4_pacbayes)")
-    rows = jobs[jobs["included"].astype(bool)] if "included" in jobs.columns else jobs
-    cx, matched = complexities(rows)
+    sel = jobs[jobs["included"].astype(bool)] if "included" in jobs.columns else jobs
+    cx, matched = complexities(sel)
     usable = np.isfinite(cx["hessian"].to_numpy(float))
-    sel, cx = rows[usable], cx[usable]
     configs = config_labels(sel, config_keys)
     seeds = sel["seed"] if "seed" in sel.columns else pd.Series(range(len(sel)), index=sel.index)
     chance = chance_error(sel) if chance is None else chance
@@ -385,7 +384,7 @@ def h4_test(jobs: pd.DataFrame, margin: float = MARGIN, alpha: float = 0.05,
                      "with a larger error may have a smaller complexity")
     if (~usable).any():
         notes.append(f"{int((~usable).sum())} included jobs without a finite Hessian "
-                     "complexity left out")
+                     "complexity left out of the test (their bounds are in the bounds table)")
     table = pd.DataFrame([comparison_row(cx["hessian"].to_numpy(), cx[o].to_numpy(),
                                          list(configs), list(seeds), o, margin,
                                          matched if o != "naive" else False) for o in others])
@@ -443,7 +442,8 @@ def section(ctx: Any) -> None:
     """H4: the report section (``ctx`` a :class:`landscope.analysis.report.ReportContext`):
     non-vacuity first, then the verdict with its evidence, the comparisons table (``h4.csv``),
     the bounds table (``h4_bounds.csv``), the per-job values (``h4_jobs.csv``) and
-    ``figures/h4_complexity.png`` (isotropic vs Hessian complexity, one line per job)."""
+    ``figures/h4_bounds.png`` and ``figures/h4_complexity.png`` (isotropic vs Hessian bound and
+    complexity, one line per job)."""
     from landscope.io import atomic_write_text
     from landscope.plots import plot_paired
 
@@ -482,10 +482,13 @@ def section(ctx: Any) -> None:
     atomic_write_text(out / "h4_bounds.csv", res.bounds.to_csv(index=False))
     atomic_write_text(out / "h4_jobs.csv", res.jobs.to_csv(index=False))
     iso, hes = (res.jobs[f"complexity_{k}"].to_numpy(float) for k in ("isotropic", "hessian"))
-    ok = np.isfinite(iso) & np.isfinite(hes)
-    if ok.any():
-        png = out / "figures" / "h4_complexity.png"
-        plot_paired(iso[ok], hes[ok], png, "complexity term B", ("isotropic", "Hessian"))
-        doc.image(png, f"figures/{png.name}",
-                  "PAC-Bayes complexity term, isotropic vs Hessian-informed posterior, one line "
-                  "per job")
+    for stem, (a, b), what in (
+            ("h4_bounds", (res.jobs["isotropic"].to_numpy(float),
+                           res.jobs["hessian"].to_numpy(float)), "PAC-Bayes bound (0-1 error)"),
+            ("h4_complexity", (iso, hes), "complexity term B")):
+        ok = np.isfinite(a) & np.isfinite(b)
+        if ok.any():
+            png = out / "figures" / f"{stem}.png"
+            plot_paired(a[ok], b[ok], png, what, ("isotropic", "Hessian"))
+            doc.image(png, f"figures/{png.name}",
+                      f"{what}, isotropic vs Hessian-informed posterior, one line per job")
