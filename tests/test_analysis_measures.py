@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from landscope.analysis.inference import cluster_ols, dummies
 from landscope.analysis.measures import (correct, default_measures, granulated_kendall, kendall,
-                                         measures_table, mixed_model, ols_cluster,
                                          partial_correlation, spearman)
+from landscope.analysis.measures_table import joint_regression, measures_table
 
 
 def test_kendall_hand_cases():
@@ -99,11 +100,16 @@ def test_holm_and_bh_by_hand():
     assert out[0] == pytest.approx(0.02) and math.isnan(out[1]) and out[2] == pytest.approx(0.03)
 
 
-def _synthetic(rng, n_configs=10, n_seeds=6, effect=0.02):
+def _synthetic(rng, n_configs=10, n_seeds=6, effect=0.02, between=0.0):
+    """Configurations of optimizer.lr × seeds; the error follows the measure within each
+    configuration (``effect``) and, with ``between``, through the configuration means too."""
     lr = np.repeat(np.linspace(0.01, 0.1, n_configs), n_seeds)
+    config = np.repeat(np.arange(n_configs), n_seeds)
     seed = np.tile(np.arange(n_seeds), n_configs)
-    m = rng.normal(size=len(lr))
-    err = 0.3 + effect * m + 0.01 * rng.normal(size=len(lr)) + 0.005 * rng.normal(size=n_seeds)[seed]
+    shift = rng.normal(size=n_configs)[config]
+    m = rng.normal(size=len(lr)) + shift
+    err = 0.3 + effect * (m - shift) + between * shift + 0.01 * rng.normal(size=len(lr)) \
+        + 0.005 * rng.normal(size=n_seeds)[seed]
     return pd.DataFrame({"included": True, "seed": seed, "optimizer.lr": lr,
                          "final.train_loss": rng.gamma(2.0, 0.05, size=len(lr)),
                          "final.test_acc": 1 - err, "probe.sharp": m,
@@ -111,51 +117,66 @@ def _synthetic(rng, n_configs=10, n_seeds=6, effect=0.02):
                          "probe.probe_seconds": rng.uniform(size=len(lr))})
 
 
-def test_planted_effect_is_detected():
-    df = _synthetic(np.random.default_rng(1))
+def test_planted_effect_is_detected_with_its_claims_and_units():
+    df = _synthetic(np.random.default_rng(1), between=0.02)
     table = measures_table(df).set_index("measure")
     assert list(table.index) == ["probe.sharp", "probe.noise"]  # probe_seconds is bookkeeping
     row = table.loc["probe.sharp"]
-    assert row["n"] == 60 and row["kendall_tau"] > 0.5 and row["psi"] > 0.5
-    for col in ("kendall_p", "spearman_p", "partial_p", "partial_spearman_p", "ols_p", "mixed_p",
-                "kendall_p_holm", "ols_p_bh"):
+    assert (row["n"], row["n_seeds"], row["n_configs"]) == (60, 6, 10)
+    assert row["within_tau"] > 0.5 and row["tau"] > 0.5 and row["psi"] > 0.5
+    for col in ("within_tau_p", "within_p", "between_p", "between_p_ols", "within_tau_p_holm",
+                "within_p_holm", "between_p_holm"):
         assert row[col] < 0.01, col
-    assert row["ols_coef"] == pytest.approx(0.02, rel=0.25)  # per SD of the measure
-    assert row["mixed_coef"] == pytest.approx(0.02, rel=0.25)
+    # within: the slope per SD of the measure given train loss and configuration effects,
+    # equal to the CR2 fit by hand; the planted slope is 0.02 per unit of within-config spread
+    x = df["probe.sharp"].to_numpy()
+    D, _ = dummies(df["optimizer.lr"])
+    X = np.column_stack([np.ones(60), (x - x.mean()) / x.std(ddof=1), df["final.train_loss"], D])
+    ref = cluster_ols(1 - df["final.test_acc"], X, df["seed"])
+    assert row["within_coef"] == pytest.approx(ref.coef[1], rel=1e-9)
+    assert row["within_df"] == pytest.approx(ref.df[1], rel=1e-9)
+    assert row["within_coef"] / x.std(ddof=1) == pytest.approx(0.02, rel=0.2)
+    assert row["within_ci_low"] < row["within_coef"] < row["within_ci_high"]
     # corrected columns are the corrections of the raw column across measures
-    assert table["spearman_p_holm"].to_numpy() == pytest.approx(correct(table["spearman_p"], "holm"))
+    assert table["within_p_holm"].to_numpy() == pytest.approx(correct(table["within_p"], "holm"))
     # "gap" names final.generalization_gap (here set equal to the test error)
     gap = measures_table(df.assign(**{"final.generalization_gap": 1 - df["final.test_acc"]}),
-                         ["probe.sharp"], target="gap", mixed=False)
-    assert gap["kendall_tau"][0] == pytest.approx(row["kendall_tau"])
+                         ["probe.sharp"], target="gap")
+    assert gap["within_tau"][0] == pytest.approx(row["within_tau"])
 
 
-def test_false_positive_rate_near_alpha():
-    # 200 seeded draws of n = 30 (10 seeds × 3 configs) with no effect: each test rejects at
-    # α = 0.05 in a fraction that stays within [0.01, 0.10].
-    rng = np.random.default_rng(2)
-    rejections = {"kendall": 0, "spearman": 0, "partial": 0, "ols": 0}
-    draws = 200
-    for _ in range(draws):
-        seed = np.repeat(np.arange(10), 3)
-        x = rng.normal(size=30)
-        y = rng.normal(size=30) + 0.5 * rng.normal(size=10)[seed]
-        z = rng.normal(size=30)
-        rejections["kendall"] += kendall(x, y)[1] < 0.05
-        rejections["spearman"] += spearman(x, y)[1] < 0.05
-        rejections["partial"] += partial_correlation(x, y, z)[1] < 0.05
-        rejections["ols"] += ols_cluster(y, x, seed)[2] < 0.05
-    rates = {k: v / draws for k, v in rejections.items()}
-    assert all(0.01 <= r <= 0.10 for r in rates.values()), rates
+def test_between_config_effect_is_not_a_within_claim():
+    # Only the configuration means relate: the within columns stay null, the between ones fire.
+    df = _synthetic(np.random.default_rng(6), effect=0.0, between=0.05)
+    row = measures_table(df).set_index("measure").loc["probe.sharp"]
+    assert row["within_tau_p"] > 0.05 and row["within_p"] > 0.05
+    assert row["between_tau"] > 0.6 and row["between_p"] < 0.01
 
 
-def test_mixed_model_degenerate_fits_give_nan_and_note():
-    coef, se, p, note = mixed_model(np.arange(6.0), np.arange(6.0), np.zeros(6))
-    assert math.isnan(coef) and "1 groups" in note  # one group: undefined, no crash
-    x = np.arange(12.0)
-    coef, se, p, note = mixed_model(2 * x, x, np.repeat([0, 1, 2], 4))  # perfect fit
-    assert isinstance(note, str)  # whatever statsmodels makes of it, no exception
-    assert math.isnan(ols_cluster(x, np.ones(12), np.repeat([0, 1], 6))[0])  # constant measure
+def test_no_config_or_seed_variation_gives_undefined_columns_not_errors():
+    df = _synthetic(np.random.default_rng(7), n_configs=6, n_seeds=1)
+    row = measures_table(df).set_index("measure").loc["probe.sharp"]
+    assert row["n_seeds"] == 1 and math.isnan(row["within_tau"]) and math.isnan(row["within_p"])
+    assert "undefined" in row["within_note"] and row["n_configs"] == 6
+    one = _synthetic(np.random.default_rng(8), n_configs=1, n_seeds=8)
+    row = measures_table(one).set_index("measure").loc["probe.sharp"]
+    assert row["n_configs"] == 1 and math.isnan(row["between_tau"]) and row["within_tau"] > 0.5
+
+
+def test_joint_regression_matches_cr2_by_hand():
+    rng = np.random.default_rng(9)
+    df = _synthetic(rng).assign(**{"probe.other": rng.normal(size=60)})
+    joint = joint_regression(df, ["probe.sharp", "probe.other"]).set_index("term")
+    assert list(joint.index) == ["probe.sharp", "probe.other", "final.train_loss"]
+    assert (joint["n"] == 60).all() and (joint["n_seeds"] == 6).all() and 0 < joint["r2"].iloc[0] < 1
+    a, b = df["probe.sharp"].to_numpy(), df["probe.other"].to_numpy()
+    D, _ = dummies(df["optimizer.lr"].astype(str))
+    X = np.column_stack([np.ones(60), (a - a.mean()) / a.std(ddof=1),
+                         (b - b.mean()) / b.std(ddof=1), df["final.train_loss"], D])
+    ref = cluster_ols(1 - df["final.test_acc"], X, df["seed"].astype(str))
+    assert joint["coef"].to_numpy() == pytest.approx(ref.coef[1:4], rel=1e-9)
+    assert joint["p"].to_numpy() == pytest.approx(ref.p[1:4], rel=1e-9)
+    assert joint.loc["probe.sharp", "p"] < 0.01 and joint.loc["probe.other", "p"] > 0.01
 
 
 def test_default_measures_rule():

@@ -1,0 +1,108 @@
+"""The calibration suite: its machinery (simulated job directories read back by collect, exact
+binomial intervals, the stored-rate phrase), the measures-table scenarios, and the command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from conftest import REPO
+from landscope.analysis.calibration import (NULL_LIMIT, binomial_interval, calibrate,
+                                            calibration_note, completed, write_job)
+from landscope.analysis.calibration.measures import MEASURES, scenarios
+from landscope.analysis.collect import collect
+
+
+def test_binomial_interval_is_clopper_pearson():
+    low, high = binomial_interval(10, 200)
+    assert low == pytest.approx(stats.beta.ppf(0.025, 10, 191))
+    assert high == pytest.approx(stats.beta.ppf(0.975, 11, 190))
+    assert binomial_interval(0, 20)[0] == 0.0 and binomial_interval(20, 20)[1] == 1.0
+    # the goal: 5 % at R = 200 has its upper interval end near 9 %, a rate of 6.5 % is 13/200
+    assert NULL_LIMIT == 0.065
+
+
+def test_simulated_jobs_are_read_back_as_the_runner_writes_them(tmp_path):
+    write_job(tmp_path, "optimizer=sgd,seed=0", {"seed": 0, "optimizer": {"name": "sgd"}},
+              completed(0, {"train_loss": 0.1, "test_acc": 0.7, "train_acc": 0.9},
+                        probes={"lambda_max": np.float64(3.0)}, landscape={"rise": float("nan")}))
+    write_job(tmp_path, "optimizer=adam,seed=0", {"seed": 0, "optimizer": {"name": "adam"}}, None)
+    coll = collect(tmp_path)
+    assert coll.counts == {"completed": 1, "incomplete": 1}
+    row = coll.included.iloc[0]
+    assert row["probe.lambda_max"] == 3.0 and row["optimizer.name"] == "sgd"
+    assert row["test_error"] == pytest.approx(0.3) and np.isnan(row["landscape.rise"])
+
+
+def test_measures_scenarios_write_the_make_run_design(tmp_path):
+    sc = next(s for s in scenarios() if s.name == "measures_null_config_effects")
+    sc.simulate(np.random.default_rng(0), tmp_path)
+    inc = collect(tmp_path).included
+    assert len(inc) == 15 and inc["seed"].nunique() == 5 and inc["optimizer.name"].nunique() == 3
+    assert all(m in inc for m in MEASURES)
+    outcome = sc.evaluate(tmp_path)
+    assert set(outcome) == set(sc.expect) and all(isinstance(v, bool) for v in outcome.values())
+
+
+def test_calibrate_counts_rejections_and_reports_power():
+    table = calibrate([s for s in scenarios() if s.name in (
+        "measures_null_config_effects", "measures_planted_between_8_configs")], R=12)
+    assert set(table["runs"]) == {12} and (table["failed"] == 0).all()
+    assert ((table["low"] <= table["rate"]) & (table["rate"] <= table["high"])).all()
+    power = table[(table["scenario"] == "measures_planted_between_8_configs")
+                  & (table["test"] == "between OLS (config means)")]
+    assert power["kind"].item() == "power" and power["rate"].item() > 0.2
+    null = table[table["kind"] == "null"]
+    assert (null["rate"] <= 0.34).all()  # 4 of 12 at most by chance; the slow test bounds it
+
+
+def test_calibration_note_quotes_worst_null_and_power():
+    rates = pd.DataFrame([
+        {"test": "t", "kind": "null", "rate": 0.03, "low": 0.01, "high": 0.06, "runs": 200,
+         "scenario": "a", "effect": ""},
+        {"test": "t", "kind": "null", "rate": 0.05, "low": 0.03, "high": 0.09, "runs": 200,
+         "scenario": "b", "effect": ""},
+        {"test": "t", "kind": "power", "rate": 0.61, "low": 0.5, "high": 0.7, "runs": 200,
+         "scenario": "c", "effect": "slope 1"}])
+    note = calibration_note("t", rates)
+    assert note == ("calibration (R=200): false-positive rate ≤ 5.0 % [3.0 %, 9.0 %] over 2 null "
+                    "scenarios; power 61.0 % (c: slope 1)")
+    assert calibration_note("other", rates) == "not calibrated"
+
+
+@pytest.mark.slow
+def test_measures_null_rates_within_binomial_bound():
+    table = calibrate(scenarios(), R=100)
+    null = table[table["kind"] == "null"]
+    # 5 % at R = 100: the upper end of the 95 % binomial interval is about 11 %
+    assert (null["rate"] <= 0.11).all(), null[null["rate"] > 0.11][["scenario", "test", "rate"]]
+    within = table[(table["scenario"] == "measures_planted_within")
+                   & (table["test"] == "within regression (CR2, seed clusters)")]
+    assert within["rate"].item() > 0.3
+
+
+def test_calibrate_command(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    bad = subprocess.run([sys.executable, "-m", "runner.calibrate", "--only", "h9"], cwd=tmp_path,
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: unknown hypothesis 'h9'")
+    assert len(bad.stderr.strip().splitlines()) == 1
+    bad = subprocess.run([sys.executable, "-m", "runner.calibrate", "--R", "0"], cwd=tmp_path,
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and "--R must be at least 1" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "runner.calibrate", "--only", "h1", "--write"],
+                         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and "--write" in bad.stderr
+    ok = subprocess.run([sys.executable, "-m", "runner.calibrate", "--R", "2", "--only",
+                         "measures", "--out", str(tmp_path / "rates.csv")], cwd=tmp_path,
+                        capture_output=True, text=True, env=env, timeout=300)
+    assert ok.returncode in (0, 1), ok.stderr  # 2 datasets can exceed the goal by chance
+    table = pd.read_csv(tmp_path / "rates.csv")
+    assert set(table["hypothesis"]) == {"measures"} and set(table["runs"]) == {2}
+    assert "measures_null_seed_effects" in ok.stdout and "null" in ok.stdout
