@@ -11,9 +11,13 @@ Two equations, each with one intercept per seed (the seed fixed effects) and the
 - indirect effect = ``a · b``; with OLS on the same rows ``c = c′ + a·b`` when ``W_m`` equals
   ``W_y`` (otherwise approximately).
 
-Tests and intervals of a, b′, c′ and c: :func:`~landscope.analysis.inference.cluster_ols`
+Tests and intervals of b′, c′ and c: :func:`~landscope.analysis.inference.cluster_ols`
 (OLS with seed dummies, CR2 standard errors clustered by seed, Bell–McCaffrey/Satterthwaite df,
-t interval). The indirect effect a·b′ has no usable t-test (its distribution is a product); its
+t interval). Step (a) is tested by the t-test on per-seed slopes (:func:`per_seed_t`, exact in
+the balanced designs the presets run): CR2 rejected 5.8 % of 3000 simulated null sweeps of
+6 seeds × 5 batch sizes (7.5 % in the suite's 200), the per-seed test holds 5 %; CR2 is the
+fallback when a seed cannot fit the equation alone. The indirect effect's point estimate uses
+the fixed-effects a (equal to the mean per-seed slope in a balanced design). The indirect effect a·b′ has no usable t-test (its distribution is a product); its
 interval is a percentile bootstrap resampling **seeds** with replacement (``n_boot`` draws of
 ``numpy.random.default_rng(seed)``): every draw refits both equations on the resample (weighted
 least squares on the within-seed data, a job weighted by how often its seed was drawn, which
@@ -96,6 +100,33 @@ def _cr2(y: np.ndarray, X: np.ndarray, codes: np.ndarray, k: int, level: float
                                         fit.ci_high)) for j in range(k)]
 
 
+def per_seed_t(y: np.ndarray, X: np.ndarray, codes: np.ndarray, level: float
+               ) -> tuple[float, ...] | None:
+    """The t-test on per-seed estimates (Ibragimov & Müller 2010, "t-statistic based
+    correlation and heterogeneity robust inference", JBES 28(4)): OLS of ``y`` on [1, X] within
+    each seed, then a one-sample t-test of the first column's G slopes on G − 1 df. Exact for
+    normal errors when every seed holds the same design, and valid (conservative) for few
+    clusters otherwise. Returns (estimate, se, df, p, ci_low, ci_high), or None when a seed
+    cannot fit the equation (too few rows, no variation)."""
+    from scipy import stats
+
+    slopes = []
+    for g in range(int(codes.max()) + 1):
+        rows = codes == g
+        Xg = np.column_stack([np.ones(rows.sum()), X[rows]])
+        if rows.sum() <= Xg.shape[1] or np.linalg.matrix_rank(Xg) < Xg.shape[1]:
+            return None
+        slopes.append(np.linalg.lstsq(Xg, y[rows], rcond=None)[0][1])
+    slopes = np.asarray(slopes)
+    G = len(slopes)
+    if G < 2:
+        return None
+    est, se = float(slopes.mean()), float(slopes.std(ddof=1) / math.sqrt(G))
+    q = float(stats.t.ppf(0.5 + level / 2, G - 1))
+    p = float(2 * stats.t.sf(abs(est / se), G - 1)) if se > 0 else math.nan
+    return est, se, float(G - 1), p, est - q * se, est + q * se
+
+
 def boot_weights(codes: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     """(n_boot, n) weights: how often each row's seed was drawn in each seed resample."""
     g = int(codes.max()) + 1
@@ -157,6 +188,7 @@ def mediation(x: np.ndarray, m: np.ndarray, y: np.ndarray, seeds: Sequence[Any],
     Xm = _design([x, w_m], codes)
     Xy = _design([m, x, w_y], codes)
     (a,) = _cr2(m, Xm, codes, 1, level)
+    a_test = per_seed_t(m, Xm, codes, level)  # step (a): the per-seed slopes' t-test when defined
     b, c1 = _cr2(y, Xy, codes, 2, level)
     (c,) = _cr2(y, _design([x, w_y], codes), codes, 1, level)
     w = boot_weights(codes, n_boot, seed)
@@ -169,7 +201,7 @@ def mediation(x: np.ndarray, m: np.ndarray, y: np.ndarray, seeds: Sequence[Any],
                       *_interval(ind[ok], level, est, f))
     extra = {name: Effect(name, *_cr2(y, _design([m, x, w_y, cov], codes), codes, 1, level)[0])
              for name, cov in (sensitivity or {}).items()}
-    return Mediation(Effect("a", *a), Effect("b", *b), Effect("direct", *c1), indirect,
+    return Mediation(Effect("a", *(a_test or a)), Effect("b", *b), Effect("direct", *c1), indirect,
                      Effect("total", *c), n=len(y), n_seeds=g, n_boot=n_boot,
                      n_singular=int((~ok).sum()), level=level, expansion=f, extra=extra,
                      draws=ind[ok])
