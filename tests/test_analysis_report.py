@@ -243,4 +243,4 @@ def test_every_registered_section_resolves_and_several_apply_at_once(tmp_path):
     assert len(parser.images) == len(pngs)
     assert all(src.startswith("data:image/png;base64,") for src in parser.images)
     md = (tmp_path / "report" / "report.md").read_text()
-    assert md.count("## Appendix: fits") == 1 and "H1 step (a)" in md
+    assert md.count("## Appendix: fits") == 1 and "### H1 (a):" in md

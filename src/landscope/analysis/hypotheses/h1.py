@@ -139,6 +139,12 @@ class H1Result:
                 lines.append(f"{name:<28}{fit.coef[j]:>12.4g}{fit.se[j]:>12.4g}"
                              f"{fit.df[j]:>8.3g}{fit.p[j]:>10.3g}{fit.ci_low[j]:>12.4g}"
                              f"{fit.ci_high[j]:>12.4g}")
+            if title.startswith("H1 (a)") and self.fit is not None and self.fit.a_per_seed:
+                a = self.fit.a
+                lines.append(f"The table's test of {names[0]} is the t-test on the "
+                             f"{fit.n_clusters} per-seed slopes (Ibragimov-Mueller): mean "
+                             f"{a.estimate:.4g}, se {a.se:.4g}, df {a.df:.3g}, p {a.p:.3g}, "
+                             f"CI [{a.ci_low:.4g}, {a.ci_high:.4g}]")
             out.append((title, "\n".join(lines)))
         return out
 
@@ -298,7 +304,10 @@ def h1_test(jobs: pd.DataFrame, alpha: float = 0.05, n_boot: int = 2000, seed: i
     doubling = "test error per doubling of the batch size"
     table = [
         _effect_row("a", f"{measure} ~ log2({batch})" + "".join(f" + {d}" for d in dnames)
-                    + " + seed", fit.a, "λmax per doubling", cr2, n, g, test, cal["a"]),
+                    + " + seed", fit.a, "λmax per doubling",
+                    "per-seed t interval" if fit.a_per_seed else cr2, n, g,
+                    f"t-test on the {g} per-seed slopes (Ibragimov–Müller), t on {g - 1} df"
+                    if fit.a_per_seed else test, cal["a"]),
         _effect_row("b′", f"{target} ~ " + " + ".join(ynames) + " + seed", fit.b,
                     "test error per unit λmax at equal batch size and train loss", cr2, n, g,
                     test, cal["b"]),

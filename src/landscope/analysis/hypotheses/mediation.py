@@ -74,6 +74,7 @@ class Mediation:
     n_singular: int  # bootstrap draws dropped
     level: float = 0.95
     expansion: float = 1.0  # the factor the indirect effect's percentile interval was widened by
+    a_per_seed: bool = False  # step (a) tested by the per-seed slopes' t-test (else CR2)
     extra: dict[str, Effect] = field(default_factory=dict)  # sensitivity fits (CR2)
     draws: np.ndarray = field(default=None, repr=False)  # the bootstrap draws of a·b′
 
@@ -203,5 +204,6 @@ def mediation(x: np.ndarray, m: np.ndarray, y: np.ndarray, seeds: Sequence[Any],
              for name, cov in (sensitivity or {}).items()}
     return Mediation(Effect("a", *(a_test or a)), Effect("b", *b), Effect("direct", *c1), indirect,
                      Effect("total", *c), n=len(y), n_seeds=g, n_boot=n_boot,
-                     n_singular=int((~ok).sum()), level=level, expansion=f, extra=extra,
+                     n_singular=int((~ok).sum()), level=level, expansion=f,
+                     a_per_seed=a_test is not None, extra=extra,
                      draws=ind[ok])
