@@ -124,7 +124,7 @@ def test_planted_effect_is_detected_with_its_claims_and_units():
     row = table.loc["probe.sharp"]
     assert (row["n"], row["n_seeds"], row["n_configs"]) == (60, 6, 10)
     assert row["within_tau"] > 0.5 and row["tau"] > 0.5 and row["psi"] > 0.5
-    for col in ("within_tau_p", "within_p", "between_p", "between_p_ols", "within_tau_p_holm",
+    for col in ("within_tau_p", "within_p", "between_p", "between_p_r", "within_tau_p_holm",
                 "within_p_holm", "between_p_holm"):
         assert row[col] < 0.01, col
     # within: the slope per SD of the measure given train loss and configuration effects,

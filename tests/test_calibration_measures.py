@@ -56,7 +56,7 @@ def test_calibrate_counts_rejections_and_reports_power():
     assert set(table["runs"]) == {12} and (table["failed"] == 0).all()
     assert ((table["low"] <= table["rate"]) & (table["rate"] <= table["high"])).all()
     power = table[(table["scenario"] == "measures_planted_between_8_configs")
-                  & (table["test"] == "between OLS (config means)")]
+                  & (table["test"] == "between Pearson r (config means, permutation)")]
     assert power["kind"].item() == "power" and power["rate"].item() > 0.2
     null = table[table["kind"] == "null"]
     assert (null["rate"] <= 0.34).all()  # 4 of 12 at most by chance; the slow test bounds it

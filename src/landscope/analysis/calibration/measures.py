@@ -21,7 +21,7 @@ OPTIMIZERS = ("sgd", "adam", "momentum", "adamw", "sam", "llp", "rmsprop", "nest
 TESTS = {"within τ (seed permutation)": "within_tau_p",
          "within regression (CR2, seed clusters)": "within_p",
          "between τ (config means)": "between_p",
-         "between OLS (config means)": "between_p_ols"}
+         "between Pearson r (config means, permutation)": "between_p_r"}
 
 
 def _simulate(rng: np.random.Generator, sweep: Path, *, configs: int = 3, seeds: int = 5,
