@@ -106,3 +106,16 @@ def test_calibrate_command(tmp_path):
     table = pd.read_csv(tmp_path / "rates.csv")
     assert set(table["hypothesis"]) == {"measures"} and set(table["runs"]) == {2}
     assert "measures_null_seed_effects" in ok.stdout and "null" in ok.stdout
+
+
+def test_shipped_rates_cover_every_scenario_and_read_back():
+    from landscope.analysis.calibration import all_scenarios, shipped_rates
+
+    rates = shipped_rates()
+    assert set(rates["kind"]) == {"null", "power"}  # "null" is a value, not a missing one
+    expected = {(s.name, t, k) for s in all_scenarios() for t, k in s.expect.items()}
+    stored = set(zip(rates["scenario"], rates["test"], rates["kind"]))
+    assert stored == expected, "rates.csv is out of date: python -m runner.calibrate --write"
+    assert (rates["runs"] >= 200).all()
+    assert calibration_note("within τ (seed permutation), Holm, any of 4").startswith(
+        "calibration (R=200): false-positive rate ≤ ")

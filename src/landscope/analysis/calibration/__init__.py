@@ -42,7 +42,9 @@ def all_scenarios(hypotheses: tuple[str, ...] | None = None) -> list[Scenario]:
 @lru_cache(maxsize=4)
 def _read(path: str) -> pd.DataFrame:
     p = Path(path)
-    return pd.read_csv(p) if p.is_file() else pd.DataFrame()
+    # "null" is a value of the kind column, not a missing value
+    return pd.read_csv(p, keep_default_na=False, na_values=["", "nan", "NaN"]) \
+        if p.is_file() else pd.DataFrame()
 
 
 def shipped_rates(path: str | Path | None = None) -> pd.DataFrame:
