@@ -49,6 +49,14 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float,
     return float(v.mean()), half, len(v)
 
 
+def _sortable(value: Any) -> tuple:
+    """Numbers before strings, numbers by value (16 < 128), strings alphabetically."""
+    try:
+        return (0, float(value), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))
+
+
 def _pm(mean: float, half: float) -> str:
     return fmt(mean) if not math.isfinite(half) else f"{fmt(mean)} ± {fmt(half)}"
 
@@ -61,9 +69,13 @@ def config_summary(inc: pd.DataFrame) -> pd.DataFrame:
     labels = config_labels(inc, hps)
     present = [m for m in HEADLINE if m in inc and pd.to_numeric(inc[m], errors="coerce").notna().any()]
     rows = []
-    for label, idx in labels.groupby(labels, sort=True).groups.items():
-        part = inc.loc[idx]
-        rec: dict[str, Any] = {"configuration": label, "seeds": int(part["seed"].nunique())
+    groups = labels.groupby(labels, sort=False).groups
+    order = sorted(groups, key=lambda lab: tuple(_sortable(inc.loc[groups[lab][0], h])
+                                                  for h in hps))
+    for label in order:
+        part = inc.loc[groups[label]]
+        name = ", ".join(f"{h}={part[h].iloc[0]}" for h in hps) if hps else "all jobs"
+        rec: dict[str, Any] = {"configuration": name, "seeds": int(part["seed"].nunique())
                                if "seed" in part else len(part)}
         acc = pd.to_numeric(part.get("final.test_acc"), errors="coerce")
         rec["test_acc"] = _pm(*mean_ci(acc)[:2]) if acc is not None else "–"
