@@ -108,6 +108,12 @@ def test_report_sections_images_and_tables(sweep, tmp_path):
     assert "within-config" in md and "between-config" in md.lower()
     summary = pd.read_csv(out / "configurations.csv")
     assert list(summary["seeds"]) == [6, 6] and "±" in summary["test_acc"][0]
+    # plain SGD (lr 0.1) is set against its stability limit 2/lr = 20; Adam is not
+    # (optimizer.name and optimizer.lr change together: one factor, named by the lr)
+    sgd = summary.set_index("configuration").loc["optimizer.lr=0.1"]
+    adam = summary.set_index("configuration").loc["optimizer.lr=0.001"]
+    assert float(sgd["2/lr"]) == 20 and "±" in str(sgd["λmax·lr/2"])
+    assert pd.isna(adam["2/lr"])
     for name in ("jobs.csv", "jobs.parquet", "excluded.csv", "measures_gap.csv"):
         assert (out / name).is_file()
     gap = pd.read_csv(out / "measures_gap.csv")  # the mixed model against the gap too
