@@ -7,11 +7,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
+from landscope.analysis.calibration import calibration_note
 from landscope.analysis.collect import Collection
 from landscope.analysis.doc import Doc
-from landscope.analysis.optimizer_study import (applies, job_table, paired_tests, section,
-                                                summary_table)
+from landscope.analysis.optimizer_study import (TESTS, applies, job_table, paired_tests,
+                                                section, summary_table)
 from landscope.analysis.report import ReportContext
 
 SEEDS = range(6)
@@ -81,7 +83,16 @@ def test_tables_verdicts_and_files(tmp_path):
     assert acc.at["adam", "verdict"] == "lower"
     assert acc.at["momentum", "verdict"] == "no significant difference"
     assert acc.at["sgd", "median_diff"] == pytest.approx(np.median(DIFF["sgd"]))
-    assert acc.at["sgd", "ci_low"] <= acc.at["sgd", "median_diff"] <= acc.at["sgd", "ci_high"]
+    # the estimate is the mean difference with its 95 % paired-t interval (the deciding test's)
+    d = np.asarray(DIFF["sgd"])
+    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    assert acc.at["sgd", "mean_diff"] == pytest.approx(d.mean())
+    assert acc.at["sgd", "ci_low"] == pytest.approx(d.mean() - half)
+    assert acc.at["sgd", "ci_high"] == pytest.approx(d.mean() + half)
+    # beside it: Hodges–Lehmann with the Wilcoxon-inverted interval (exact coverage 1 - 2/64)
+    assert acc.at["sgd", "hl_low"] <= acc.at["sgd", "hl"] <= acc.at["sgd", "hl_high"]
+    assert acc.at["sgd", "hl_level"] == pytest.approx(1 - 2 / 64)
+    assert (acc["test"] == TESTS["final.test_acc"]).all()
     # Holm across the four baselines: adjusted >= raw, and the minimum is raw * 4
     assert (acc["t_p_holm"] >= acc["t_p"] - 1e-15).all()
     assert acc["t_p_holm"].min() == pytest.approx(min(1.0, 4 * acc["t_p"].min()))
@@ -92,6 +103,14 @@ def test_tables_verdicts_and_files(tmp_path):
     assert "Optimizer study" in md and "figures/optimizer_study.png" in md
     assert "significantly more accurate than sgd" in md
     assert "significantly less accurate than adam" in md
+    # every claim carries its evidence: estimate, interval, n of seeds, test, calibration
+    mean = float(np.mean(DIFF["sgd"]))
+    assert f"sgd (mean difference {mean:+.3g}, 95 % CI [" in md
+    assert md.count("n = 6 seeds") == 2 * 4  # test accuracy and λmax, four baselines each
+    assert "Test: paired t over seeds, Holm across the 4 baselines" in md
+    for col in ("final.test_acc", "probe.lambda_max"):
+        assert calibration_note(TESTS[col]) in md
+        assert calibration_note(TESTS[col]).startswith("calibration (R=")  # shipped rates
     assert (ctx.out / "figures" / "optimizer_study.png").stat().st_size > 1000
     csv = pd.read_csv(ctx.out / "optimizer_study.csv")
     assert list(csv["optimizer"]) == ["sgd", "momentum", "adam", "sam", "llp"]

@@ -11,18 +11,28 @@ equal gradient-evaluation budget). From the collected jobs (``result.json``) and
   written to ``optimizer_study.csv``;
 - paired tests of LLP against each baseline: jobs are paired by seed and by every swept
   config key outside ``optimizer.*`` (the optimizer group changes lr, momentum, ... together
-  with the name); the difference is LLP − baseline. Per measure (test accuracy, λmax, trace)
-  :func:`landscope.analysis.hypotheses.paired.paired_stats` gives the Wilcoxon signed-rank test,
-  the paired t-test, Cohen's d_z, the rank-biserial correlation and a 95% bootstrap CI of the
-  median difference; Holm corrections (:func:`~landscope.analysis.hypotheses.paired.holm`) run
-  across the baselines, one family per measure and test; written to
-  ``optimizer_study_tests.csv``;
+  with the name); the difference is LLP − baseline and the unit of replication is the seed (a
+  seed's jobs share its data order and initialisation). Per measure (test accuracy, λmax,
+  trace) :func:`landscope.analysis.hypotheses.paired.paired_rank_stats` gives the paired
+  t-test, the Wilcoxon signed-rank test, Cohen's d_z and the rank-biserial correlation; the
+  estimate is the mean difference with its 95 % paired-t interval (``ci_low``/``ci_high``,
+  mean ± t_{n−1, 0.975}·sd/√n: the interval of the test that decides), and beside it the
+  Hodges–Lehmann estimate with the interval that inverts the Wilcoxon test (``hl``,
+  ``hl_low``/``hl_high``, ``hl_level`` its exact coverage: 93.75 % at 5 pairs, where no 95 %
+  Wilcoxon interval exists). Holm corrections
+  (:func:`~landscope.analysis.hypotheses.paired.holm`) run across the baselines, one family
+  per measure and test; written to ``optimizer_study_tests.csv``;
 - the verdict per baseline and measure: the **paired t-test** (Holm) decides, because with
   n pairs the exact two-sided Wilcoxon p-value cannot go below 2/2^n (0.0625 for the 5 seeds
   of the preset, so the Wilcoxon test alone could never reject at α = 0.05); the Wilcoxon
   p-value is reported alongside. ``higher``/``lower`` when p_t(Holm) < α (LLP's value is
   higher/lower than the baseline's), ``no significant difference`` otherwise (absence of
-  evidence, not equivalence: no margin is tested), ``too few pairs`` below 3 pairs;
+  evidence, not equivalence: no margin is tested), ``too few pairs`` below 3 pairs. The 95 %
+  interval is not adjusted for the baselines (the Holm p is), so an interval that excludes 0
+  can stand beside ``no significant difference``. The verdict text gives every claim with its
+  evidence (issue #16 item 8): the estimate, its interval, n of seeds, the test and its
+  calibration (:func:`landscope.analysis.calibration.calibration_note` of :data:`TESTS`,
+  scenarios in :mod:`landscope.analysis.calibration.optimizers`);
 - one figure, ``figures/optimizer_study.png``: test accuracy, λmax and trace per optimizer,
   one dot per seed.
 """
@@ -45,6 +55,10 @@ MEASURES = (("final.test_acc", "test accuracy"), ("probe.lambda_max", "λmax"),
             ("probe.trace", "trace"))
 ALPHA = 0.05
 MIN_PAIRS = 3
+LEVEL = 0.95
+# the calibration suite's name of each measure's verdict test (rates.csv, calibration_note)
+TESTS = {col: f"optimizer study, {label}: paired t over seeds, Holm across baselines"
+         for col, label in MEASURES}
 
 
 def applies(ctx: Any) -> bool:
@@ -118,10 +132,31 @@ def _verdict(row: dict[str, Any]) -> str:
     return "no significant difference"
 
 
+def _row(on: np.ndarray, off: np.ndarray, measure: str) -> dict[str, Any]:
+    """One baseline's paired statistics: :func:`~landscope.analysis.hypotheses.paired.
+    paired_rank_stats` (paired t, Wilcoxon, Hodges–Lehmann with the Wilcoxon-inverted interval)
+    with the 95 % paired-t interval of the mean difference as ``ci_low``/``ci_high``."""
+    from scipy import stats
+
+    from landscope.analysis.hypotheses.paired import paired_rank_stats
+
+    row = paired_rank_stats(on, off, measure, level=LEVEL)
+    row.update(hl=row.pop("estimate"), hl_low=row.pop("ci_low"), hl_high=row.pop("ci_high"),
+               hl_level=row.pop("ci_level"), ci_low=math.nan, ci_high=math.nan,
+               test=TESTS.get(measure, "paired t"))
+    d = np.asarray(on, dtype=float) - np.asarray(off, dtype=float)
+    if len(d) >= 2:
+        half = float(stats.t.ppf(0.5 + LEVEL / 2, len(d) - 1)) * float(np.std(d, ddof=1)) \
+            / math.sqrt(len(d))
+        row.update(ci_low=float(np.mean(d)) - half, ci_high=float(np.mean(d)) + half)
+    return row
+
+
 def paired_tests(inc: pd.DataFrame, swept: list[str], jobs: pd.DataFrame | None = None,
                  n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """LLP − baseline per baseline and measure (see the module docstring)."""
-    from landscope.analysis.hypotheses.paired import holm, paired_stats
+    """LLP − baseline per baseline and measure (see the module docstring). ``n_boot`` and
+    ``seed`` are kept for callers; the intervals need no resampling."""
+    from landscope.analysis.hypotheses.paired import holm
 
     jobs = job_table(inc) if jobs is None else jobs
     keys = _pair_keys(inc, swept)
@@ -140,7 +175,7 @@ def paired_tests(inc: pd.DataFrame, swept: list[str], jobs: pd.DataFrame | None 
             on = challenger.loc[common, measure].to_numpy(float)
             off = b.loc[common, measure].to_numpy(float)
             ok = np.isfinite(on) & np.isfinite(off)
-            row = paired_stats(on[ok], off[ok], measure, n_boot=n_boot, seed=seed)
+            row = _row(on[ok], off[ok], measure)
             row.update(baseline=base, label=label, llp_mean=float(np.mean(on[ok])) if ok.any()
                        else math.nan, baseline_mean=float(np.mean(off[ok])) if ok.any()
                        else math.nan)
@@ -152,16 +187,37 @@ def paired_tests(inc: pd.DataFrame, swept: list[str], jobs: pd.DataFrame | None 
                 r["p_holm"], r["t_p_holm"] = float(ph), float(th)
                 r["verdict"] = _verdict(r)
         rows.extend(block)
-    cols = ["baseline", "measure", "label", "n", "llp_mean", "baseline_mean", "median_diff",
-            "mean_diff", "ci_low", "ci_high", "statistic", "p", "p_holm", "t", "t_p", "t_p_holm",
-            "cohens_d", "rank_biserial", "verdict"]
+    cols = ["baseline", "measure", "label", "n", "llp_mean", "baseline_mean", "mean_diff",
+            "ci_low", "ci_high", "median_diff", "hl", "hl_low", "hl_high", "hl_level", "statistic",
+            "p", "p_holm", "t", "t_p", "t_p_holm", "cohens_d", "rank_biserial", "verdict", "test"]
     return pd.DataFrame(rows).reindex(columns=cols)
 
 
+def _g(x: float) -> str:
+    return "n/a" if not math.isfinite(float(x)) else f"{float(x):+.3g}"
+
+
+def _evidence(row: Any) -> str:
+    """One claim's evidence: the mean difference, its 95 % paired-t interval, n of seeds and
+    the Holm p of the paired t-test."""
+    if int(row["n"]) < MIN_PAIRS:
+        return f"{row['n']} seed pair{'s' if int(row['n']) != 1 else ''}"
+    p = float(row["t_p_holm"])
+    return (f"mean difference {_g(row['mean_diff'])}, 95 % CI [{_g(row['ci_low'])}, "
+            f"{_g(row['ci_high'])}], n = {int(row['n'])} seeds, "
+            f"p = {f'{p:.2g}' if math.isfinite(p) else 'n/a'} (Holm)")
+
+
 def verdict_text(tests: pd.DataFrame) -> str:
-    """One paragraph: how LLP compares on test accuracy, then on λmax."""
+    """How LLP compares on test accuracy, then on λmax: every claim with its evidence (the
+    mean LLP − baseline difference, its 95 % paired-t interval, n of seeds, the Holm p), each
+    measure's test and its calibration from the suite
+    (:func:`landscope.analysis.calibration.calibration_note`)."""
+    from landscope.analysis.calibration import calibration_note
+
     if tests.empty:
         return "No LLP job could be paired with a baseline."
+    n_base = tests["baseline"].nunique()
     parts = []
     for measure, word_hi, word_lo in (("final.test_acc", "more accurate", "less accurate"),
                                       ("probe.lambda_max", "sharper (higher λmax)",
@@ -169,23 +225,27 @@ def verdict_text(tests: pd.DataFrame) -> str:
         t = tests[tests["measure"] == measure]
         if t.empty:
             continue
-        hi = list(t.loc[t["verdict"] == "higher", "baseline"])
-        lo = list(t.loc[t["verdict"] == "lower", "baseline"])
-        ns = list(t.loc[~t["verdict"].isin(["higher", "lower"]), "baseline"])
         bits = []
-        if hi:
-            bits.append(f"significantly {word_hi} than {', '.join(hi)}")
-        if lo:
-            bits.append(f"significantly {word_lo} than {', '.join(lo)}")
-        if ns:
-            bits.append(f"not significantly different from {', '.join(ns)}")
-        parts.append(f"{'On test accuracy' if measure == 'final.test_acc' else 'On λmax'}, "
-                     f"LLP is {'; '.join(bits)}.")
+        for verdict, words in (("higher", f"significantly {word_hi} than"),
+                               ("lower", f"significantly {word_lo} than"),
+                               (None, "not significantly different from")):
+            rows = t[t["verdict"] == verdict] if verdict else \
+                t[~t["verdict"].isin(["higher", "lower"])]
+            if len(rows):
+                bits.append(f"{words} " + ", ".join(f"{r['baseline']} ({_evidence(r)})"
+                                                    for _, r in rows.iterrows()))
+        parts.append(f"{'On test accuracy' if measure == 'final.test_acc' else 'On λmax'} "
+                     f"(LLP − baseline), LLP is {'; '.join(bits)}. Test: paired t over seeds, "
+                     f"Holm across the {n_base} baselines, α = {ALPHA:g}; "
+                     f"{calibration_note(TESTS[measure])}.")
     n = int(tests["n"].max()) if len(tests) else 0
-    parts.append(f"Paired t-tests (Holm across the {tests['baseline'].nunique()} baselines, "
-                 f"α = {ALPHA:g}) on up to {n} seed pairs; with {n} pairs the exact Wilcoxon "
-                 f"p-value cannot go below {min(1.0, 2.0 / 2 ** n):.3g}, so it is reported, not "
-                 "used. Absence of a significant difference is not evidence of equivalence.")
+    parts.append(f"The unit is the seed (up to {n} pairs); the 95 % intervals are paired-t "
+                 "intervals of the mean difference, not adjusted for the baselines (the Holm p "
+                 f"is). With {n} pairs the exact Wilcoxon p-value cannot go below "
+                 f"{min(1.0, 2.0 / 2 ** n):.3g}, so it is reported, not used; the Hodges–Lehmann "
+                 "estimate with its Wilcoxon-inverted interval (and that interval's exact "
+                 "coverage) stands beside the mean in the table. Absence of a significant "
+                 "difference is not evidence of equivalence.")
     return " ".join(parts)
 
 
@@ -222,7 +282,9 @@ SUMMARY_COLUMNS = [("optimizer", "optimizer"), ("n", "n"),
                    ("llp_curvature_mean", "LLP curvature κ"), ("llp_lr_mean", "LLP step")]
 TEST_COLUMNS = [("baseline", "baseline"), ("label", "measure"), ("n", "n"),
                 ("llp_mean", "LLP mean"), ("baseline_mean", "baseline mean"),
-                ("median_diff", "median diff"), ("ci_low", "CI low"), ("ci_high", "CI high"),
+                ("mean_diff", "mean diff"), ("ci_low", "95 % CI low (t)"),
+                ("ci_high", "95 % CI high (t)"), ("hl", "HL estimate"),
+                ("hl_low", "HL CI low"), ("hl_high", "HL CI high"), ("hl_level", "HL coverage"),
                 ("p_holm", "p Wilcoxon (Holm)"), ("t", "t"), ("t_p_holm", "p t (Holm)"),
                 ("cohens_d", "d_z"), ("rank_biserial", "r_rb"), ("verdict", "LLP is")]
 
@@ -242,8 +304,8 @@ def section(ctx: Any) -> None:
     doc.frame(summary, SUMMARY_COLUMNS)
     doc.heading("LLP against each baseline (paired by seed)", 3)
     doc.para("Differences are LLP − baseline. " + verdict_text(tests) + " Effect sizes: "
-             "Cohen's d_z and the rank-biserial correlation; 95% bootstrap CI of the median "
-             "difference. Every column is in optimizer_study_tests.csv.")
+             "Cohen's d_z and the rank-biserial correlation. Every column is in "
+             "optimizer_study_tests.csv (median difference included).")
     doc.frame(tests, TEST_COLUMNS)
     atomic_write_text(out / "optimizer_study.csv", summary.to_csv(index=False))
     atomic_write_text(out / "optimizer_study_tests.csv", tests.to_csv(index=False))

@@ -116,6 +116,8 @@ def build_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
             name = section.rsplit(".", 1)[-1].split(":")[0]
             if name in ("h1", "h2", "h3", "h4"):
                 used.append(name.upper())
+            elif name == "optimizer_study":
+                used.append("optimizers")
 
     doc.heading("Appendix: fits")
     if len(mtable):

@@ -23,7 +23,7 @@ __all__ = ["NULL_LIMIT", "Rate", "Scenario", "binomial_interval", "calibrate", "
            "run_scenario", "write_job", "MODULES", "all_scenarios", "shipped_rates",
            "calibration_note", "RATES_FILE"]
 
-MODULES = ("measures", "h1", "h2", "h3", "h4")
+MODULES = ("measures", "h1", "h2", "h3", "h4", "optimizers")
 RATES_FILE = Path(__file__).with_name("rates.csv")
 
 
