@@ -7,7 +7,7 @@ does, and prints every test's rejection rate with a Clopper–Pearson 95 % inter
 null scenario it is the false-positive rate (goal ≤ 5 % within binomial error: ≤ 6.5 % at
 R = 200), under a planted one the power at the stated effect.
 
-``--only``: a comma-separated subset of measures, h1, h2, h3, h4. ``--jobs``: scenarios run in
+``--only``: a comma-separated subset of measures, h1, h2, h3, h4, optimizers. ``--jobs``: scenarios run in
 parallel processes (default 1). ``--out``: also write the table as CSV. ``--write``: store the
 rates as the installation's calibration (``landscope/analysis/calibration/rates.csv``), which
 the report quotes; only a full run (every hypothesis) may be stored.
