@@ -38,6 +38,23 @@ seeded with ``seed`` (through :class:`numpy.random.SeedSequence`), cut into batc
 the split size means full-batch gradient descent (``batch_size`` then reports the split
 size).  Training-mode forward passes (as :mod:`landscope.train`), evaluation in eval mode.
 
+**Noise modes** (``noise``; H3's design at one minimum).  ``"sgd"`` (default) is the
+mini-batch SGD above.  ``"isotropic"`` and ``"topk"`` replace the mini-batch gradient by the
+full-batch gradient (the whole split, train mode) plus injected Gaussian noise ``ξ``::
+
+    θ_{t+1} = θ_t − η (∇L(θ_t) + ξ_t),   E ξ = 0,   tr Cov ξ = T
+
+with ``T`` the trace of SGD's mini-batch gradient-noise covariance at the minimum for this
+batch size, ``T = tr Σ / B · (n − B)/(n − 1)`` (``Σ`` the per-sample gradient covariance at
+θ0, ``sigma_trace = tr Σ``, :func:`sgd_noise_trace`; the factor is the without-replacement
+correction of one batch of ``B`` from ``n``, 1 at ``B = 1``, 0 at full batch).  Isotropic:
+``ξ ~ N(0, (T/D) I)``.  Top-k: ``ξ = V z``, ``z ~ N(0, (T/k) I_k)``, ``V`` an orthonormal basis
+(QR of the given ``noise_basis``, D × k: the top-k Hessian eigenvectors) — the trace spread
+**equally** over the k directions, so ``ξ`` lies in span(V).  ``T`` is fixed at its θ0 value
+(SGD's own noise changes as θ moves).  ``ξ`` is drawn in float64 from its own generator seeded
+with ``seed`` (through :class:`numpy.random.SeedSequence`, a different stream from the batch
+order) and cast to the parameters' dtype: the same seed gives the same run.
+
 The caller's model is never modified: the run works on a :func:`copy.deepcopy`.
 """
 
@@ -118,6 +135,9 @@ class EscapeRun:
     eval_every: int
     eval_size: int
     rule: EscapeRule
+    noise: str = "sgd"
+    noise_trace: Optional[float] = None  # T, the injected noise's covariance trace per step
+    noise_k: Optional[int] = None  # the dimension of the top-k basis (topk mode)
     steps: list[int] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     distances: list[float] = field(default_factory=list)
@@ -148,6 +168,96 @@ def _batch_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(s)
 
 
+NOISES = ("sgd", "isotropic", "topk")
+
+
+def _noise_generator(seed: int) -> torch.Generator:
+    s = int(np.random.SeedSequence([int(seed), 0x15A7]).generate_state(1, dtype=np.uint64)[0])
+    return torch.Generator().manual_seed(s)
+
+
+def minibatch_noise_trace(sigma_trace: float, batch_size: int, n: int) -> float:
+    """``tr Σ / B · (n − B)/(n − 1)``: the trace of the covariance of the mean gradient of
+    ``B`` samples drawn without replacement from ``n`` (0 at ``B >= n``)."""
+    b = min(int(batch_size), int(n))
+    if n <= 1 or b >= n:
+        return 0.0
+    return float(sigma_trace) / b * (n - b) / (n - 1)
+
+
+class InjectedNoise:
+    """Gaussian gradient noise of covariance trace ``trace`` in ``dim`` dimensions:
+    ``"isotropic"`` (``N(0, trace/dim · I)``) or ``"topk"`` (``trace/k`` on each of the k
+    orthonormalized columns of ``basis``, D × k, nothing elsewhere).  :meth:`sample` draws one
+    flat float64 vector from ``generator``."""
+
+    def __init__(self, kind: str, trace: float, dim: int, basis=None,
+                 generator: Optional[torch.Generator] = None) -> None:
+        if kind not in ("isotropic", "topk"):
+            raise ConfigError(f"injected noise must be isotropic or topk (got {kind!r})")
+        if not (math.isfinite(trace) and trace >= 0):
+            raise ConfigError(f"noise trace must be finite and >= 0 (got {trace!r})")
+        self.kind, self.trace, self.dim = kind, float(trace), int(dim)
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        self.basis: Optional[Tensor] = None
+        if kind == "topk":
+            if basis is None:
+                raise ConfigError("topk noise needs the top-k Hessian eigenvectors (basis)")
+            v = basis.detach().to("cpu", torch.float64) if isinstance(basis, Tensor) \
+                else torch.as_tensor(np.asarray(basis, dtype=np.float64))
+            v = v[:, None] if v.ndim == 1 else v
+            if v.ndim != 2 or v.shape[0] != self.dim or v.shape[1] < 1:
+                raise ConfigError(f"topk basis must be D x k with D = {self.dim} "
+                                  f"(got {tuple(v.shape)})")
+            if not torch.isfinite(v).all():
+                raise ConfigError("topk basis has non-finite entries")
+            q, r = torch.linalg.qr(v)
+            if torch.abs(torch.diagonal(r)).min() <= 1e-8 * torch.abs(torch.diagonal(r)).max():
+                raise ConfigError("topk basis is rank-deficient")
+            self.basis = q
+        self.k = None if self.basis is None else int(self.basis.shape[1])
+
+    def sample(self) -> Tensor:
+        if self.kind == "isotropic":
+            z = torch.randn(self.dim, generator=self.generator, dtype=torch.float64)
+            return z * math.sqrt(self.trace / self.dim)
+        z = torch.randn(self.k, generator=self.generator, dtype=torch.float64)
+        return self.basis @ (z * math.sqrt(self.trace / self.k))
+
+
+def sgd_noise_trace(model: nn.Module, train_split, size: Optional[int] = None, seed: int = 0,
+                    chunk: int = 64) -> float:
+    """``tr Σ``: the trace of the per-sample gradient covariance at the model's parameters,
+    ``mean_i ‖g_i − ḡ‖²`` over ``size`` samples of the split (``None``: all; a seeded subset
+    as :meth:`ProbeData.from_split`), per-sample gradients in eval mode as the probes
+    (:func:`landscope.probes.noise.per_sample_gradients`), accumulated ``chunk`` samples at a
+    time (no n × D matrix is kept)."""
+    from landscope.probes.noise import per_sample_gradients
+
+    data = ProbeData.from_split(train_split, size, seed, chunk)
+    total_sq, total, n = 0.0, None, 0
+    for x, y in data.batches:
+        g = per_sample_gradients(model, ProbeData.from_tensors(x, y, chunk), chunk=chunk)
+        g = g.to(torch.float64)
+        total_sq += float((g * g).sum())
+        total = g.sum(0) if total is None else total + g.sum(0)
+        n += g.shape[0]
+    mean = total / n
+    return max(total_sq / n - float(mean @ mean), 0.0)
+
+
+def _full_gradient(work: nn.Module, params: list[Tensor], train_split, n: int,
+                   dtype: torch.dtype, device: torch.device, chunk: int) -> list[Tensor]:
+    """The gradient of the mean task loss over the whole split (train mode)."""
+    grads = [torch.zeros_like(p) for p in params]
+    for x, y in train_split.batches(chunk, shuffle=False):
+        x = x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device)
+        part = torch.autograd.grad(task_loss(work, work(x), y.to(device), "sum"), params)
+        for acc, g in zip(grads, part):
+            acc.add_(g)
+    return [g / n for g in grads]
+
+
 def _flat(params: list[Tensor]) -> Tensor:
     return torch.cat([p.detach().reshape(-1) for p in params])
 
@@ -166,7 +276,8 @@ def _eval_loss(model: nn.Module, data: ProbeData, dtype: torch.dtype,
 def run_escape(model: nn.Module, train_split, *, lr: float, batch_size: int, seed: int = 0,
                max_steps: int = 2000, eval_every: int = 10,
                rule: EscapeRule = EscapeRule(), eval_size: Optional[int] = 1000,
-               eval_seed: int = 0, eval_batch: int = 4096) -> EscapeRun:
+               eval_seed: int = 0, eval_batch: int = 4096, noise: str = "sgd",
+               sigma_trace: Optional[float] = None, noise_basis=None) -> EscapeRun:
     """Run plain SGD from the model's parameters (θ0) and return when it escaped.
 
     ``train_split``: a :class:`landscope.data.Split` (the data SGD samples from and the
@@ -174,7 +285,18 @@ def run_escape(model: nn.Module, train_split, *, lr: float, batch_size: int, see
     full batch), ``seed`` the batch order, ``max_steps`` the censoring point, ``eval_every``
     the evaluation interval, ``rule`` the escape definition, ``eval_size``/``eval_seed``
     the fixed evaluation subset (``eval_batch`` samples per forward pass).  See the module
-    docstring for the exact definitions.  ``model`` is left untouched (deep copy)."""
+    docstring for the exact definitions.  ``model`` is left untouched (deep copy).
+
+    ``noise``: ``"sgd"`` (mini-batch SGD), ``"isotropic"`` or ``"topk"`` (full-batch gradient
+    plus Gaussian noise of trace ``tr Σ/B·(n−B)/(n−1)``; ``sigma_trace`` = tr Σ is required,
+    ``noise_basis`` the D × k top-k Hessian eigenvectors for ``"topk"``, in the flat order of
+    the trainable parameters); module docstring."""
+    if noise not in NOISES:
+        raise ConfigError(f"escape noise must be one of {', '.join(NOISES)} (got {noise!r})")
+    if noise != "sgd" and (sigma_trace is None or not math.isfinite(sigma_trace)
+                           or sigma_trace < 0):
+        raise ConfigError(f"escape noise={noise} needs sigma_trace = tr Σ >= 0 "
+                          f"(got {sigma_trace!r})")
     if not (math.isfinite(lr) and lr > 0):
         raise ConfigError(f"escape lr must be finite and > 0 (got {lr!r})")
     if int(batch_size) != batch_size or batch_size < 1:
@@ -195,6 +317,13 @@ def run_escape(model: nn.Module, train_split, *, lr: float, batch_size: int, see
     data = ProbeData.from_split(train_split, eval_size, eval_seed, eval_batch)
     theta0 = _flat(params)
     gen = _batch_generator(seed)
+    injected, step_trace = None, None
+    if noise != "sgd":
+        step_trace = minibatch_noise_trace(sigma_trace, batch_size, n)
+        injected = InjectedNoise(noise, step_trace, int(theta0.numel()), noise_basis,
+                                 _noise_generator(seed))
+        shapes = [p.shape for p in params]
+        sizes = [p.numel() for p in params]
 
     loss0 = _eval_loss(work, data, dtype, device)
     if not math.isfinite(loss0):
@@ -215,9 +344,14 @@ def run_escape(model: nn.Module, train_split, *, lr: float, batch_size: int, see
     step = 0
     while step < max_steps:
         work.train()
-        x, y = next(stream)
-        x = x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device)
-        grads = torch.autograd.grad(task_loss(work, work(x), y.to(device)), params)
+        if injected is None:
+            x, y = next(stream)
+            x = x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device)
+            grads = torch.autograd.grad(task_loss(work, work(x), y.to(device)), params)
+        else:
+            grads = _full_gradient(work, params, train_split, n, dtype, device, eval_batch)
+            xi = injected.sample().to(device=device, dtype=dtype).split(sizes)
+            grads = [g + e.reshape(shape) for g, e, shape in zip(grads, xi, shapes)]
         with torch.no_grad():  # plain SGD (torch.optim.SGD would import torch._dynamo: ~5 s)
             for p, g in zip(params, grads):
                 p.add_(g, alpha=-float(lr))
@@ -250,5 +384,6 @@ def run_escape(model: nn.Module, train_split, *, lr: float, batch_size: int, see
                      radius_step=radius_step, diverged=diverged, loss0=loss0,
                      threshold=threshold, steps_run=step, lr=float(lr), batch_size=b,
                      seed=int(seed), max_steps=int(max_steps), eval_every=int(eval_every),
-                     eval_size=data.n, rule=rule, steps=steps, losses=losses,
-                     distances=distances)
+                     eval_size=data.n, rule=rule, noise=noise, noise_trace=step_trace,
+                     noise_k=None if injected is None else injected.k, steps=steps,
+                     losses=losses, distances=distances)

@@ -21,6 +21,27 @@ Settings (``EscapeConfig``; override as ``escape.KEY=VALUE``)::
     escape.delta_rel=0.0            ... or this fraction of L(θ0), whichever is larger
     escape.confirm=2                consecutive evaluations above the threshold
     escape.radius=null              secondary: step where ||θ - θ0|| first exceeds this
+    escape.noise=[sgd]              noise types, each continued at every cell: sgd
+                                    (mini-batch SGD), isotropic, topk (full-batch gradient
+                                    plus Gaussian noise of SGD's trace tr Σ/B·(n−B)/(n−1);
+                                    landscope.escape's module docstring)
+    escape.lr_unit=absolute         absolute: lrs are η; stability: lrs are fractions of
+                                    2/λmax of each source minimum (η = lr·2/λmax, λmax =
+                                    probes.lambda_max of its result.json, else Lanczos)
+    escape.noise_k=null             topk: the first k saved eigenvectors (null: all saved)
+    escape.noise_samples=1024       samples for tr Σ (per-sample gradients at θ0; null: all)
+
+H3's noise comparison at one minimum below the stability edge (H3 of the README)::
+
+    python -m runner.escape outputs/sweeps/h3_sharp escape.noise=[sgd,isotropic,topk] \
+        escape.lr_unit=stability escape.lrs=[0.8] escape.batch_sizes=[4,16] \
+        escape.seeds=[0,1,2] escape.max_steps=400 escape.delta_abs=0.05
+
+For isotropic/topk the job's tr Σ is computed once at θ0 (``landscope.escape.sgd_noise_trace``)
+and the top-k Hessian eigenvectors are read from ``probes/<probe_fingerprint>.npz``
+(``eigenvectors_top``, saved by the probes), or computed with Lanczos on the train split when
+the job has none.  The new settings enter the fingerprint only when they differ from their
+defaults, so the default settings keep the fingerprint (and cached files) they had before.
 
 Output per job, written atomically: ``<job>/escape/<fingerprint>.json``, the fingerprint a
 hash of the settings: the settings, the checkpoint's name, epoch and SHA-256, ``complete``,
@@ -68,6 +89,25 @@ class EscapeConfig:
     delta_rel: float = 0.0
     confirm: int = 2
     radius: Optional[float] = None
+    noise: List[str] = field(default_factory=lambda: ["sgd"])
+    lr_unit: str = "absolute"
+    noise_k: Optional[int] = None
+    noise_samples: Optional[int] = 1024
+
+
+# settings added after the first format: left out of the stored settings (and so of the
+# fingerprint) while at these defaults, so the default settings' fingerprint is unchanged
+LATER_DEFAULTS = {"noise": ["sgd"], "lr_unit": "absolute", "noise_k": None,
+                  "noise_samples": 1024}
+NOISES = ("sgd", "isotropic", "topk")
+LR_UNITS = ("absolute", "stability")
+
+
+def canonical(settings: dict) -> dict:
+    """The settings as stored and fingerprinted: the later settings dropped while at their
+    defaults (:data:`LATER_DEFAULTS`)."""
+    return {k: v for k, v in settings.items()
+            if not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
 
 
 def escape_config(overrides: list[str]) -> dict[str, Any]:
@@ -96,7 +136,7 @@ def escape_config(overrides: list[str]) -> dict[str, Any]:
                           f"bad escape override in {' '.join(overrides)}: {msg}") from None
     settings = OmegaConf.to_container(cfg, resolve=True)
     _validate(settings)
-    return settings
+    return canonical(settings)
 
 
 def _validate(s: dict) -> None:
@@ -119,6 +159,13 @@ def _validate(s: dict) -> None:
     need(s["eval_every"] >= 1, "eval_every", ">= 1")
     need(s["eval_size"] is None or s["eval_size"] >= 1, "eval_size", ">= 1 or null")
     need(s["eval_seed"] >= 0, "eval_seed", ">= 0")
+    need(len(s["noise"]) >= 1 and all(v in NOISES for v in s["noise"])
+         and len(set(s["noise"])) == len(s["noise"]), "noise",
+         f"a non-empty list of distinct values from {', '.join(NOISES)}")
+    need(s["lr_unit"] in LR_UNITS, "lr_unit", " or ".join(LR_UNITS))
+    need(s["noise_k"] is None or s["noise_k"] >= 1, "noise_k", ">= 1 or null")
+    need(s["noise_samples"] is None or s["noise_samples"] >= 2, "noise_samples",
+         ">= 2 or null")
     EscapeRule(delta_abs=s["delta_abs"], delta_rel=s["delta_rel"], confirm=s["confirm"],
                radius=s["radius"])  # raises ConfigError naming the setting
 
@@ -190,8 +237,70 @@ def _read(path: Path) -> Optional[dict]:
     return record if isinstance(record, dict) else None
 
 
-def _cell_key(lr: float, b: int, seed: int) -> tuple:
-    return (float(lr), int(b), int(seed))
+def _cell_key(lr: float, b: int, seed: int, noise: str = "sgd") -> tuple:
+    return (str(noise), float(lr), int(b), int(seed))
+
+
+def _full(settings: dict) -> dict:
+    return {**LATER_DEFAULTS, **settings}
+
+
+def _probe_arrays(job: dict) -> dict:
+    """The arrays of the job's probe results (``probes/<probe_fingerprint>.npz``), or {}."""
+    import numpy as np
+
+    pfp = job["result"].get("probe_fingerprint")
+    path = job["dir"] / "probes" / f"{pfp}.npz"
+    if not pfp or not path.is_file():
+        return {}
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _noise_inputs(job: dict, settings: dict, model, data) -> dict:
+    """What the noise modes and ``lr_unit=stability`` need from the source minimum: tr Σ,
+    the top-k basis (saved eigenvectors, else Lanczos), λmax; with their sources."""
+    from landscope.escape import sgd_noise_trace
+
+    s = _full(settings)
+    noises = s["noise"]
+    out: dict = {}
+    probes = job["result"].get("probes") or {}
+    need_eigs = "topk" in noises
+    lam = probes.get("lambda_max") if isinstance(probes, dict) else None
+    need_lam = s["lr_unit"] == "stability" and not (
+        isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0)
+    if need_eigs or need_lam:
+        arrays = _probe_arrays(job)
+        vectors = arrays.get("eigenvectors_top")
+        if vectors is not None and vectors.ndim == 2 and vectors.shape[1] >= 1:
+            out["basis_source"] = f"probes/{job['result'].get('probe_fingerprint')}.npz"
+        else:
+            from landscope.probes.hvp import HessianOperator
+            from landscope.probes.lanczos import lanczos_eigs
+            from landscope.probes.probe_data import ProbeData
+
+            k = int(s["noise_k"] or 5)
+            op = HessianOperator(model, ProbeData.from_split(data.train, s["noise_samples"], 0,
+                                                             1024))
+            eig = lanczos_eigs(op, k=k, seed=0)
+            vectors = eig.eigenvectors.detach().cpu().double().numpy()
+            arrays = {"eigenvalues_top": eig.eigenvalues.cpu().numpy()}
+            out["basis_source"] = "lanczos at the start of the continuation"
+        if s["noise_k"] is not None:
+            vectors = vectors[:, :int(s["noise_k"])]
+        out["basis"] = vectors
+        out["noise_k"] = int(vectors.shape[1])
+        if need_lam:
+            lam = float(arrays["eigenvalues_top"][0]) if "eigenvalues_top" in arrays else None
+    if s["lr_unit"] == "stability":
+        if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0):
+            raise ConfigError(f"{job['name']}: escape.lr_unit=stability needs a positive "
+                              f"lambda_max (got {lam!r})")
+        out["lambda_max"] = float(lam)
+    if any(v != "sgd" for v in noises):
+        out["sigma_trace"] = sgd_noise_trace(model, data.train, s["noise_samples"], 0)
+    return out
 
 
 def run_job(job: dict, settings: dict) -> tuple[str, dict]:
@@ -208,8 +317,8 @@ def run_job(job: dict, settings: dict) -> tuple[str, dict]:
             previous.get("settings") == settings and digest is not None:
         if previous.get("complete"):
             return "cached", previous
-        done = {_cell_key(r["lr"], r["requested_batch_size"], r["seed"]): r
-                for r in previous.get("runs", [])}
+        done = {_cell_key(r.get("requested_lr", r["lr"]), r["requested_batch_size"], r["seed"],
+                          r.get("noise", "sgd")): r for r in previous.get("runs", [])}
     else:
         done = {}
     import torch
@@ -228,32 +337,42 @@ def run_job(job: dict, settings: dict) -> tuple[str, dict]:
     rule = EscapeRule(delta_abs=settings["delta_abs"], delta_rel=settings["delta_rel"],
                       confirm=settings["confirm"], radius=settings["radius"])
     tic = time.perf_counter()
+    full = _full(settings)
+    extra = _noise_inputs(job, settings, model, data)  # {} for plain SGD in absolute units
     record = {"job": job["name"], "fingerprint": fp, "settings": settings,
               "checkpoint": ckpt_path.name, "checkpoint_epoch": ckpt["epoch"],
               "checkpoint_sha256": payload_digest(ckpt_path), "rule": rule.describe(),
               "n_params": count_parameters(model), "train_size": len(data.train),
               "complete": False, "runs": []}
+    record.update({k: v for k, v in extra.items() if k != "basis"})
+    stability = full["lr_unit"] == "stability"
     runs: list[dict] = []
-    for lr in settings["lrs"]:
-        for b in settings["batch_sizes"]:
-            fresh = False
-            for seed in settings["seeds"]:
-                key = _cell_key(lr, b, seed)
-                if key in done:
-                    runs.append(done[key])
-                    continue
-                run = run_escape(model, data.train, lr=lr, batch_size=b, seed=seed,
-                                 max_steps=settings["max_steps"],
-                                 eval_every=settings["eval_every"], rule=rule,
-                                 eval_size=settings["eval_size"],
-                                 eval_seed=settings["eval_seed"])
-                row = run.to_dict()
-                row.update(requested_batch_size=int(b), eta_over_b=run.lr / run.batch_size)
-                runs.append(row)
-                fresh = True
-            if fresh:
-                write_json(path, {**record, "runs": runs,
-                                  "wall_time_s": time.perf_counter() - tic})
+    for noise in full["noise"]:
+        for lr in settings["lrs"]:
+            eta = lr * 2.0 / extra["lambda_max"] if stability else lr
+            for b in settings["batch_sizes"]:
+                fresh = False
+                for seed in settings["seeds"]:
+                    key = _cell_key(lr, b, seed, noise)
+                    if key in done:
+                        runs.append(done[key])
+                        continue
+                    run = run_escape(model, data.train, lr=eta, batch_size=b, seed=seed,
+                                     max_steps=settings["max_steps"],
+                                     eval_every=settings["eval_every"], rule=rule,
+                                     eval_size=settings["eval_size"],
+                                     eval_seed=settings["eval_seed"], noise=noise,
+                                     sigma_trace=extra.get("sigma_trace"),
+                                     noise_basis=extra.get("basis") if noise == "topk" else None)
+                    row = run.to_dict()
+                    row.update(requested_batch_size=int(b), eta_over_b=run.lr / run.batch_size)
+                    if stability:
+                        row.update(requested_lr=float(lr), lambda_max=extra["lambda_max"])
+                    runs.append(row)
+                    fresh = True
+                if fresh:
+                    write_json(path, {**record, "runs": runs,
+                                      "wall_time_s": time.perf_counter() - tic})
     record.update(runs=runs, complete=True, wall_time_s=time.perf_counter() - tic)
     write_json(path, record)
     return "computed", record

@@ -27,6 +27,22 @@ arguments (999 permutations, the inverted interval) on :func:`load_escapes` of t
 null test "rejects" when its verdict is not inconclusive (p < 0.05 in either direction); a
 power test when it says "supported".  :func:`~landscope.analysis.hypotheses.h3.h3_power`
 (the section's power simulation) is not a test and is not run here.
+
+**The noise comparison** (:mod:`landscope.analysis.hypotheses.h3_noise`): the same 12 minima,
+each continued with noise ∈ {sgd, isotropic, topk} at η = f·2/λmax, f ∈ {0.5, 0.8}, B ∈ {4, 16}
+and 3 seeds (36 runs per minimum; ``escape.lr_unit=stability``), evaluated every 2 steps,
+censored at 400::
+
+    log T = log 60 + u_g + 0.4·log(B/4) − 0.5·log(f/0.5) + c_noise + ε,
+    u_g ~ N(0, 0.5²),  ε ~ N(0, 0.6²)
+
+rounded up to an even step (about 10–20 % censored).  ``h3_noise_null``: ``c`` = 0 for every
+noise type (the type is irrelevant: the labels are exchangeable within a minimum).
+``h3_noise_planted``: ``c_topk`` = :data:`NOISE_EFFECT` (top-k noise escape time ×0.74),
+``c_sgd = c_isotropic = 0`` (the sgd test stays a null).  ``evaluate`` reads the files with
+:func:`~landscope.analysis.hypotheses.h3_noise.load_noise_escapes` and runs
+:func:`~landscope.analysis.hypotheses.h3_noise.noise_test` (exact sign flips, no interval); a
+null test rejects when its verdict is not inconclusive, a power test when it says supported.
 """
 
 from __future__ import annotations
@@ -110,8 +126,82 @@ def _evaluate(sweep: Path, power: bool) -> dict[str, bool | None]:
     return out
 
 
+NOISES = ("sgd", "isotropic", "topk")
+NOISE_FRACTIONS, NOISE_BATCHES, NOISE_MAX_STEPS = (0.5, 0.8), (4, 16), 400
+NOISE_JOB_SD, NOISE_RUN_SD = 0.5, 0.6
+NOISE_EFFECT = -0.3
+NOISE_FINGERPRINT = "calibrat0noiseh3"
+
+
+def _simulate_noise(rng: np.random.Generator, sweep: Path, *, topk_effect: float) -> None:
+    effects = {"sgd": 0.0, "isotropic": 0.0, "topk": topk_effect}
+    settings = {"noise": list(NOISES), "lr_unit": "stability", "lrs": list(NOISE_FRACTIONS),
+                "batch_sizes": list(NOISE_BATCHES), "seeds": list(RUN_SEEDS),
+                "max_steps": NOISE_MAX_STEPS, "eval_every": EVAL_EVERY}
+    for w in WIDTHS:
+        dim = n_params(w)
+        for s in SEEDS:
+            lam = float(7 + rng.uniform(-1, 1.5))
+            u = NOISE_JOB_SD * rng.standard_normal()
+            name = f"model.width={w},seed={s}"
+            probes = {"noise_top_k_energy_share": 0.45, "noise_alignment_ratio": dim / 10,
+                      "n_params": dim, "top_k": 5, "lambda_max": lam}
+            result = completed(s, {"train_loss": 0.02, "train_acc": 1.0}, probes)
+            result["n_params"] = dim
+            job = write_job(sweep, name, {"name": "h3_sharp", "seed": s,
+                                          "model": {"name": "mlp", "width": w, "depth": 3}},
+                            result)
+            runs = []
+            for noise in NOISES:
+                for f in NOISE_FRACTIONS:
+                    lr = f * 2 / lam
+                    for b in NOISE_BATCHES:
+                        for seed in RUN_SEEDS:
+                            log_t = (math.log(60) + u + 0.4 * math.log(b / 4)
+                                     - 0.5 * math.log(f / 0.5) + effects[noise]
+                                     + NOISE_RUN_SD * rng.standard_normal())
+                            t = max(EVAL_EVERY,
+                                    EVAL_EVERY * math.ceil(math.exp(log_t) / EVAL_EVERY))
+                            escaped = t <= NOISE_MAX_STEPS
+                            runs.append({"noise": noise, "lr": lr, "requested_lr": f,
+                                         "lambda_max": lam, "batch_size": b,
+                                         "requested_batch_size": b, "seed": seed,
+                                         "escaped": escaped,
+                                         "escape_step": int(t) if escaped else None,
+                                         "radius_step": None, "diverged": False,
+                                         "max_steps": NOISE_MAX_STEPS, "eval_every": EVAL_EVERY,
+                                         "steps_run": int(min(t, NOISE_MAX_STEPS)),
+                                         "loss0": 0.02, "threshold": 0.12,
+                                         "noise_trace": None if noise == "sgd" else 1.8 / b})
+            (job / "escape").mkdir(exist_ok=True)
+            (job / "escape" / f"{NOISE_FINGERPRINT}.json").write_text(json.dumps(
+                {"job": name, "fingerprint": NOISE_FINGERPRINT, "settings": settings,
+                 "complete": True, "n_params": dim, "runs": runs}))
+
+
+def _evaluate_noise(sweep: Path, power: bool) -> dict[str, bool | None]:
+    from landscope.analysis.hypotheses.h3_noise import (INCONCLUSIVE, SUPPORTED, TESTS,
+                                                        load_noise_escapes, noise_test)
+
+    df = load_noise_escapes(sweep)
+    if df is None:
+        return {t: None for t in TESTS.values()}
+    res = noise_test(df, interval=False)
+    out: dict[str, bool | None] = {}
+    for contrast, test in TESTS.items():
+        row = res.row(contrast)
+        if not math.isfinite(float(row["p"])):
+            out[test] = None
+        elif power and contrast == "topk":
+            out[test] = row["verdict"] == SUPPORTED
+        else:
+            out[test] = row["verdict"] != INCONCLUSIVE
+    return out
+
+
 def scenarios() -> list[Scenario]:
     from landscope.analysis.hypotheses.h3 import TESTS
+    from landscope.analysis.hypotheses.h3_noise import TESTS as noise_tests
 
     null = {t: "null" for t in TESTS.values()}
     planted = {t: ("null" if fit == "kappa" else "power") for fit, t in TESTS.items()}
@@ -134,4 +224,16 @@ def scenarios() -> list[Scenario]:
                  lambda sweep: _evaluate(sweep, True), planted,
                  effect=f"b = {EFFECT} per within-width sd of the energy share "
                         f"(escape time ×{math.exp(EFFECT):.2f})"),
+        Scenario("h3_noise_null", "H3", "noise comparison: the noise type is irrelevant; 12 "
+                 "minima × 3 noise types × 2 η × 2 B × 3 seeds, minimum effect sd 0.5",
+                 lambda rng, sweep: _simulate_noise(rng, sweep, topk_effect=0.0),
+                 lambda sweep: _evaluate_noise(sweep, False),
+                 {t: "null" for t in noise_tests.values()}),
+        Scenario("h3_noise_planted", "H3", "noise comparison: top-k noise escapes faster at "
+                 "equal trace; sgd and isotropic alike",
+                 lambda rng, sweep: _simulate_noise(rng, sweep, topk_effect=NOISE_EFFECT),
+                 lambda sweep: _evaluate_noise(sweep, True),
+                 {t: ("power" if c == "topk" else "null") for c, t in noise_tests.items()},
+                 effect=f"log escape-time ratio topk:isotropic = {NOISE_EFFECT} "
+                        f"(×{math.exp(NOISE_EFFECT):.2f})"),
     ]

@@ -19,7 +19,19 @@ from landscope.errors import LandscopeError
 ESCAPE_DIR = "escape"  # <job>/escape/<settings fingerprint>.json (runner.escape)
 ROW_COLUMNS = ["sweep", "job", "settings", "seed", "job_seed", "n_params", "lr", "batch_size",
                "eta_over_b", "escaped", "escape_step", "radius_step", "diverged", "max_steps",
-               "eval_every", "steps_run", "loss0", "threshold"]
+               "eval_every", "steps_run", "loss0", "threshold", "noise", "noise_trace",
+               "lr_fraction"]
+
+
+def _noise_list(rec: dict) -> list:
+    noise = (rec.get("settings") or {}).get("noise", ["sgd"]) if isinstance(rec, dict) else []
+    return list(noise) if isinstance(noise, list) else [noise]
+
+
+def is_noise_comparison(rec: dict) -> bool:
+    """True when an escape file's settings continue with another noise than plain SGD
+    (``escape.noise``, :mod:`runner.escape`)."""
+    return _noise_list(rec) != ["sgd"]
 
 
 def _job_dirs(path: Path) -> list[Path]:
@@ -66,7 +78,13 @@ def load_escapes(sweep_dir: str | Path, settings: Optional[str] = None) -> pd.Da
 
     ``settings``: the fingerprint to read (the file stem).  Default: when the jobs hold
     results of several settings, the fingerprint found in the most jobs (ties: the
-    alphabetically first); the choice and the files left out are in ``df.attrs["notes"]``.
+    alphabetically first), preferring plain-SGD settings over noise comparisons
+    (``escape.noise`` other than ``[sgd]``: read those with ``settings`` or
+    :func:`landscope.analysis.hypotheses.h3_noise.load_noise_escapes`); the choice and the
+    files left out are in ``df.attrs["notes"]``.  ``noise`` is the continuation's noise
+    type (``sgd`` for files without one), ``noise_trace`` its injected trace per step (NaN
+    for sgd), ``lr_fraction`` η·λmax/2 when the learning rates were given in units of
+    2/λmax (``escape.lr_unit=stability``; NaN otherwise).
     Incomplete files (an interrupted run) are left out and noted.  Raises
     :class:`LandscopeError` when there are no escape results."""
     root = Path(sweep_dir)
@@ -95,10 +113,14 @@ def load_escapes(sweep_dir: str | Path, settings: Optional[str] = None) -> pd.Da
         raise LandscopeError(f"no complete escape results in {root}"
                              + (f" ({'; '.join(notes)})" if notes else ""))
     counts: dict[str, int] = {}
-    for _, fp, _ in records:
+    noisy: set[str] = set()
+    for _, fp, rec in records:
         counts[fp] = counts.get(fp, 0) + 1
+        if is_noise_comparison(rec):
+            noisy.add(fp)
     if settings is None:
-        settings = sorted(counts, key=lambda k: (-counts[k], k))[0]
+        settings = sorted(counts, key=lambda k: (k in noisy and len(noisy) < len(counts),
+                                                 -counts[k], k))[0]
         if len(counts) > 1:
             notes.append(f"{len(counts)} escape settings in {root.name}; using {settings} "
                          f"({counts[settings]} jobs), leaving out "
@@ -126,7 +148,12 @@ def load_escapes(sweep_dir: str | Path, settings: Optional[str] = None) -> pd.Da
                          "diverged": bool(run.get("diverged", False)), "max_steps": max_steps,
                          "eval_every": int(run["eval_every"]), "steps_run": int(run["steps_run"]),
                          "loss0": run.get("loss0"), "threshold": run.get("threshold"),
-                         "time": float(step) if escaped else float(max_steps), **probes})
+                         "time": float(step) if escaped else float(max_steps),
+                         "noise": str(run.get("noise") or "sgd"),
+                         "noise_trace": float(run["noise_trace"])
+                         if run.get("noise_trace") is not None else math.nan,
+                         "lr_fraction": float(run["requested_lr"])
+                         if run.get("requested_lr") is not None else math.nan, **probes})
     df = pd.DataFrame(rows)
     for col in ROW_COLUMNS:
         if col not in df.columns:
