@@ -17,14 +17,16 @@ target train loss, with one intercept per seed in every equation:
      indirect effect a·b′ (test error per doubling through λmax); total effect c
      (``test error ~ log2(batch) + train loss + seed``) reported.
 
-a, b′, c′ and c: CR2 cluster-robust t-tests by seed with Satterthwaite df and their t intervals;
+a: the t-test on the per-seed slopes (exact in a balanced design; CR2 when a seed cannot fit
+the equation alone); b′, c′ and c: CR2 cluster-robust t-tests by seed with Satterthwaite df
+and their t intervals;
 a·b′: a seed-level bootstrap percentile interval (both equations refitted on each resample of
 seeds), widened by sqrt(G/(G−1))·t_{G−1}/z for G seeds (see the mediation module: the plain
 interval fired 7–8 % of the time on one side under b′ = 0 with 6 seeds).
 
 Verdict (an intersection–union test: every component must hold, so no Holm across them):
 
-- ``supported``: a > 0 (CR2 p < alpha) **and** the indirect effect's interval lies above 0;
+- ``supported``: a > 0 (p < alpha) **and** the indirect effect's interval lies above 0;
 - ``not supported``: the indirect interval lies below 0, or a < 0 significantly, or the
   evidence points to a direct effect only (c′'s interval excludes 0 while a·b′'s includes it);
 - ``inconclusive``: otherwise (or too few seeds: the bootstrap needs at least 3).
@@ -206,8 +208,8 @@ def decide(fit: Mediation, alpha: float = 0.05) -> tuple[str, str]:
 
     a, ind, direct = fit.a, fit.indirect, fit.direct
     evidence = (f"indirect a·b′ = {_ci(ind)} per doubling (seed bootstrap, {fit.n_boot} draws, "
-                f"widened ×{fit.expansion:.2f}); a = {_ci(a)} λmax per doubling (CR2 p = "
-                f"{_fmt(a.p)}); direct c′ = {_ci(direct)} per doubling (CR2 p = "
+                f"widened ×{fit.expansion:.2f}); a = {_ci(a)} λmax per doubling "
+                f"({'per-seed slope t' if fit.a_per_seed else 'CR2'} p = {_fmt(a.p)}); direct c′ = {_ci(direct)} per doubling (CR2 p = "
                 f"{_fmt(direct.p)}); {fit.n_seeds} seeds, {fit.n} jobs; "
                 f"{calibration_note(TESTS['verdict'])}")
     a_pos = a.p < alpha and a.estimate > 0
@@ -403,7 +405,9 @@ def section(ctx, n_boot: int = 2000) -> None:
         f"(a) OLS of λmax on log2(batch size); (b′) OLS of test error on λmax, log2(batch "
         f"size) and the final train loss, so b′ is the effect of λmax at equal batch size and "
         f"train loss and c′ the direct effect of the batch size. Every equation has one "
-        f"intercept per seed and CR2 standard errors clustered by seed (Satterthwaite df). "
+        f"intercept per seed; (a) is tested by the t-test on the per-seed slopes (t on "
+        f"seeds − 1 df), (b′) and c′ by CR2 standard errors clustered by seed (Satterthwaite "
+        f"df). "
         f"The indirect effect a·b′ (test error per doubling through λmax) has a seed-level "
         f"bootstrap percentile interval (seeds resampled, both equations refitted, widened "
         f"for few seeds); the direct effect c′ stands beside it. Supported when a > 0 "
