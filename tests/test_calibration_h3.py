@@ -15,8 +15,10 @@ from landscope.analysis.hypotheses.h3 import ALIGNMENT, LEGACY, TESTS, load_esca
 
 
 def test_scenarios_write_what_the_report_reads(tmp_path):
-    scs = {s.name: s for s in scenarios()}
-    assert set(scs) == {"h3_null", "h3_confounded_width", "h3_planted"}
+    every = {s.name: s for s in scenarios()}
+    assert set(every) == {"h3_null", "h3_confounded_width", "h3_planted", "h3_noise_null",
+                          "h3_noise_planted"}
+    scs = {k: v for k, v in every.items() if not k.startswith("h3_noise")}  # the alignment test
     assert all(s.hypothesis == "H3" and set(s.expect) == set(TESTS.values())
                for s in scs.values())
     assert scs["h3_planted"].expect[TESTS["primary"]] == "power"
@@ -46,7 +48,7 @@ def test_scenarios_write_what_the_report_reads(tmp_path):
 
 def test_small_r_runs_every_scenario():
     table = calibrate(scenarios(), R=4, seed=1)
-    assert len(table) == 9 and (table["runs"] + table["failed"] == 4).all()
+    assert len(table) == 9 + 4 and (table["runs"] + table["failed"] == 4).all()
     assert (table["failed"] == 0).all()
     assert set(table["kind"]) == {"null", "power"}
 
