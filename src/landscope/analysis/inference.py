@@ -260,3 +260,35 @@ def config_means_association(x: Sequence[float], y: Sequence[float], configs: Se
     smallest = 2.0 / math.factorial(n) if n <= 8 else 0.0
     return Association("between-config", name, float(values[0]), permutation_p(values), n,
                        "configurations", len(perms), exact, {"smallest_p": min(1.0, smallest)})
+
+
+def invert_test(p_at: Callable[[float], float], estimate: float, steps: Sequence[float],
+                alpha: float = 0.05, iters: int = 30,
+                before_side: Callable[[], None] | None = None) -> tuple[float, float]:
+    """The ends of the confidence set ``{b : p_at(b) ≥ alpha}`` of a test inverted around
+    ``estimate``: on each side, step outward by ``steps`` (distances from the estimate, in
+    order) until the test rejects, then ``iters`` bisections between the last accepted and
+    the first rejected value. An end the steps cannot bracket is ±inf. ``before_side`` runs
+    before each side (e.g. to reset a warm start)."""
+    ends = []
+    for sign in (-1.0, 1.0):
+        if before_side is not None:
+            before_side()
+        inside, outside = estimate, None
+        for step in steps:
+            b = estimate + sign * step
+            if p_at(b) < alpha:
+                outside = b
+                break
+            inside = b
+        if outside is None:
+            ends.append(sign * math.inf)
+            continue
+        for _ in range(iters):
+            mid = 0.5 * (inside + outside)
+            if p_at(mid) < alpha:
+                outside = mid
+            else:
+                inside = mid
+        ends.append(0.5 * (inside + outside))
+    return ends[0], ends[1]

@@ -84,11 +84,7 @@ def _simulate(rng: np.random.Generator, sweep: Path, *, width_effect: float, sha
             probes = {"noise_top_k_energy_share": share, "noise_alignment_ratio": kappa,
                       "noise_alignment": "lowrank", "n_params": dim, "top_k": 5,
                       "lambda_max": float(20 + 5 * rng.standard_normal())}
-            result = completed(s, {"train_loss": 0.02, "train_acc": 1.0}, probes)
-            result["n_params"] = dim
-            job = write_job(sweep, name, {"name": "h3_sharp", "seed": s,
-                                          "model": {"name": "mlp", "width": w, "depth": 3}},
-                            result)
+            job = _write_minimum(sweep, name, w, s, dim, probes)
             runs = []
             for lr in LRS:
                 for b in BATCHES:
@@ -133,6 +129,15 @@ NOISE_EFFECT = -0.3
 NOISE_FINGERPRINT = "calibrat0noiseh3"
 
 
+def _write_minimum(sweep: Path, name: str, width: int, seed: int, dim: int, probes: dict
+                   ) -> Path:
+    """One source minimum's job directory (config and result.json with ``n_params``)."""
+    result = completed(seed, {"train_loss": 0.02, "train_acc": 1.0}, probes)
+    result["n_params"] = dim
+    return write_job(sweep, name, {"name": "h3_sharp", "seed": seed,
+                                   "model": {"name": "mlp", "width": width, "depth": 3}}, result)
+
+
 def _simulate_noise(rng: np.random.Generator, sweep: Path, *, topk_effect: float) -> None:
     effects = {"sgd": 0.0, "isotropic": 0.0, "topk": topk_effect}
     settings = {"noise": list(NOISES), "lr_unit": "stability", "lrs": list(NOISE_FRACTIONS),
@@ -146,11 +151,7 @@ def _simulate_noise(rng: np.random.Generator, sweep: Path, *, topk_effect: float
             name = f"model.width={w},seed={s}"
             probes = {"noise_top_k_energy_share": 0.45, "noise_alignment_ratio": dim / 10,
                       "n_params": dim, "top_k": 5, "lambda_max": lam}
-            result = completed(s, {"train_loss": 0.02, "train_acc": 1.0}, probes)
-            result["n_params"] = dim
-            job = write_job(sweep, name, {"name": "h3_sharp", "seed": s,
-                                          "model": {"name": "mlp", "width": w, "depth": 3}},
-                            result)
+            job = _write_minimum(sweep, name, w, s, dim, probes)
             runs = []
             for noise in NOISES:
                 for f in NOISE_FRACTIONS:

@@ -288,9 +288,9 @@ def _null_design(d: pd.DataFrame, des: _Design) -> tuple[np.ndarray, list[str]]:
     return np.column_stack(cols), names
 
 
-def _aft_rows(name: str, d: pd.DataFrame, measure: str, alpha: float, n_perm: int, seed: int,
-              min_jobs: int, interval: bool, fits: dict, notes: list, design: dict,
-              covariates: bool) -> list[dict[str, Any]]:
+def _checked_design(d: pd.DataFrame, min_jobs: int) -> tuple[dict[str, Any], Any, str]:
+    """The row counts of a fit, its design, and why it cannot be fitted ("" when it can):
+    too few source minima, no escape at all, or what :func:`_design` refuses."""
     n, n_jobs, n_esc = len(d), int(d["job"].nunique()), int(d["escaped"].sum())
     counts = dict(n=n, n_jobs=n_jobs, n_escaped=n_esc, n_censored=n - n_esc, n_strata=math.nan)
     fail = ""
@@ -301,6 +301,13 @@ def _aft_rows(name: str, d: pd.DataFrame, measure: str, alpha: float, n_perm: in
     des = None
     if not fail:
         des, fail = _design(d, min_jobs)
+    return counts, des, fail
+
+
+def _aft_rows(name: str, d: pd.DataFrame, measure: str, alpha: float, n_perm: int, seed: int,
+              min_jobs: int, interval: bool, fits: dict, notes: list, design: dict,
+              covariates: bool) -> list[dict[str, Any]]:
+    counts, des, fail = _checked_design(d, min_jobs)
     if not fail and sv.n_strata_permutations(des.strata) < 1 / alpha:
         fail = (f"too few permutations ({sv.n_strata_permutations(des.strata)}) to reach "
                 f"p < {alpha:g}")
@@ -318,7 +325,7 @@ def _aft_rows(name: str, d: pd.DataFrame, measure: str, alpha: float, n_perm: in
         return [_empty(name, "alignment", measure, "the censored AFT fit did not converge",
                        counts)]
     cr = sv.cluster_robust_se(full, x1, ev, y, des.codes)
-    df_t = n_jobs - 1
+    df_t = counts["n_jobs"] - 1
     coef = float(full.params[1])
     lo = hi = math.nan
     if interval:
@@ -383,16 +390,7 @@ def _ols_rows(d: pd.DataFrame, measure: str, alpha: float, min_jobs: int, fits: 
               ) -> list[dict[str, Any]]:
     import statsmodels.api as sm
 
-    n, n_jobs, n_esc = len(d), int(d["job"].nunique()), int(d["escaped"].sum())
-    counts = dict(n=n, n_jobs=n_jobs, n_escaped=n_esc, n_censored=n - n_esc, n_strata=math.nan)
-    fail = ""
-    if n_jobs < min_jobs:
-        fail = f"too few source minima: {n_jobs} < min_jobs={min_jobs}"
-    elif n_esc == 0:
-        fail = "no run escaped (every run censored)"
-    des = None
-    if not fail:
-        des, fail = _design(d, min_jobs)
+    counts, des, fail = _checked_design(d, min_jobs)
     if not fail and np.std(d["log_time"]) == 0:
         fail = "log escape time does not vary"
     if fail:
@@ -412,8 +410,8 @@ def _ols_rows(d: pd.DataFrame, measure: str, alpha: float, min_jobs: int, fits: 
     row = {c: math.nan for c in TABLE_COLUMNS}
     row.update(fit="imputed_ols", term="alignment", measure=measure, predicted="negative",
                **counts, coef=coef, se=float(fit.bse[1]), ci_low=lo, ci_high=hi,
-               ci_method="Wald, t(G-1)", test=f"OLS, CV3 cluster-robust, t with {n_jobs - 1} df",
-               statistic=float(fit.tvalues[1]), df=float(n_jobs - 1), p=p,
+               ci_method="Wald, t(G-1)", test=f"OLS, CV3 cluster-robust, t with {counts['n_jobs'] - 1} df",
+               statistic=float(fit.tvalues[1]), df=float(counts["n_jobs"] - 1), p=p,
                ratio=math.exp(coef), verdict=verdict, reason=reason)
     return [row]
 

@@ -60,6 +60,7 @@ from landscope.analysis.doc import short as _fmt
 from landscope.analysis.hypotheses import survival as sv
 from landscope.analysis.hypotheses.escapes import (ESCAPE_DIR, _job_dirs, is_noise_comparison,
                                                    load_escapes)
+from landscope.analysis.inference import invert_test
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 REFERENCE = "isotropic"
@@ -174,26 +175,8 @@ def _interval(raw: np.ndarray, clip: float, alpha: float, estimate: float, n_fli
 
     if p_at(estimate) < alpha:
         return math.nan, math.nan
-    ends = []
-    for sign in (-1.0, 1.0):
-        inside, outside = estimate, None
-        for step in (0.25, 0.5, 1, 2, 4, 8):
-            b = estimate + sign * step * max(clip, 1.0)
-            if p_at(b) < alpha:
-                outside = b
-                break
-            inside = b
-        if outside is None:
-            ends.append(sign * math.inf)
-            continue
-        for _ in range(iters):
-            mid = 0.5 * (inside + outside)
-            if p_at(mid) < alpha:
-                outside = mid
-            else:
-                inside = mid
-        ends.append(0.5 * (inside + outside))
-    return ends[0], ends[1]
+    steps = [k * max(clip, 1.0) for k in (0.25, 0.5, 1, 2, 4, 8)]
+    return invert_test(p_at, estimate, steps, alpha, iters)
 
 
 @dataclass

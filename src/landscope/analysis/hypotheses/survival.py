@@ -50,6 +50,8 @@ from typing import Optional
 import numpy as np
 from scipy import optimize, special
 
+from landscope.analysis.inference import invert_test
+
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
@@ -254,24 +256,9 @@ def inverted_interval(y: np.ndarray, x0: np.ndarray, event: np.ndarray, codes: n
         u, u_perm = score_statistic(fit.w, codes, a_tilde, perms)
         return perm_p(u, u_perm, exact)
 
-    ends = []
-    for sign in (-1.0, 1.0):
-        inside, step, outside = estimate, max(scale, 1e-6), None
+    def reset() -> None:  # each side starts its fits cold
+        nonlocal start
         start = None
-        for _ in range(8):
-            b = estimate + sign * step
-            if p_at(b) < alpha:
-                outside = b
-                break
-            inside, step = b, step * 2
-        if outside is None:
-            ends.append(sign * math.inf)
-            continue
-        for _ in range(iters):
-            mid = 0.5 * (inside + outside)
-            if p_at(mid) < alpha:
-                outside = mid
-            else:
-                inside = mid
-        ends.append(0.5 * (inside + outside))
-    return ends[0], ends[1]
+
+    steps = [max(scale, 1e-6) * 2 ** i for i in range(8)]
+    return invert_test(p_at, estimate, steps, alpha, iters, before_side=reset)
