@@ -115,17 +115,41 @@ def payload_digest(path: Path) -> str:
     return head[len(MAGIC):].hex()
 
 
+def newest_valid(ckpt_dir: Path) -> Optional[tuple[Path, dict]]:
+    """``(path, state)`` of the newest checkpoint that verifies, or None; read-only (unlike
+    :func:`load_latest`, a defective file is skipped but not moved aside)."""
+    for path in list_checkpoints(ckpt_dir):
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError:
+            continue
+    return None
+
+
 def load_latest(ckpt_dir: Path, warn: Optional[Callable[[str], None]] = None) -> Optional[dict]:
     """Newest checkpoint that verifies, or ``None`` when none is usable.
 
     A defective file is reported through ``warn`` in one line, renamed to
     ``*.corrupt`` (kept for inspection, never loaded again) and skipped, falling
-    back to the previous checkpoint."""
-    for path in list_checkpoints(ckpt_dir):
-        try:
-            return load_checkpoint(path)
-        except CheckpointError as exc:
-            path.replace(path.with_name(path.name + ".corrupt"))
-            if warn is not None:
-                warn(f"{exc}; moved aside, falling back to an earlier checkpoint")
+    back to the previous checkpoint (the message says when none remains). A file that
+    vanishes between the listing and the reading (pruned by a newer save) is no defect:
+    the listing is read again."""
+    for _ in range(100):  # each pass ends at a usable file, or after a vanished one
+        paths = list_checkpoints(ckpt_dir)
+        for i, path in enumerate(paths):
+            try:
+                return load_checkpoint(path)
+            except CheckpointError as exc:
+                if not path.exists():  # pruned meanwhile: list again
+                    break
+                try:
+                    path.replace(path.with_name(path.name + ".corrupt"))
+                except FileNotFoundError:
+                    break
+                if warn is not None:
+                    rest = paths[i + 1:]
+                    warn(f"{exc}; moved aside, falling back to {rest[0].name}" if rest else
+                         f"{exc}; moved aside, and no valid checkpoint remains")
+        else:
+            return None
     return None

@@ -45,6 +45,7 @@ from landscope.data import check_available, load_data
 from landscope.errors import CheckpointError, ConfigError, LandscopeError
 from landscope.geometry.suite import run_landscape
 from landscope.geometry.snapshots import SnapshotRecorder
+from landscope.jobcheck import conflict_reason
 from landscope.io import (atomic_write_bytes, atomic_write_text, jsonable, read_json, read_jsonl,
                           write_json, write_jsonl)
 from landscope.models import build_model, count_parameters
@@ -136,6 +137,13 @@ def fingerprint(cfg: DictConfig) -> str:
         c.get("train", {}).pop("max_grad_evals", None)
     text = OmegaConf.to_yaml(OmegaConf.create(c), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def directory_conflict(cfg: DictConfig, job_dir: Path) -> Optional[str]:
+    """One line when ``job_dir`` already holds a job of another config (by its result.json,
+    else its newest valid checkpoint, else its config.yaml), None when it is absent, empty,
+    holds this job or only unreadable leftovers. Reads only: call it before writing."""
+    return conflict_reason(Path(job_dir), fingerprint(cfg), fingerprint)
 
 
 @lru_cache(maxsize=1)
