@@ -212,3 +212,74 @@ def test_mlp_model_objective() -> None:
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert torch.equal(obj.theta0, torch.cat([p.detach().reshape(-1)
                                               for p in model.parameters()]))
+
+
+# ----------------------------------------------------------------------------- divergence
+class _Overflowing(QuadraticObjective):
+    """A quadratic whose loss is NaN (or inf) outside the ball ``||theta|| <= radius``, as a
+    network's float32 forward pass overflows far from its weights."""
+
+    def __init__(self, A: torch.Tensor, radius: float, bad: float = math.nan) -> None:
+        super().__init__(A, theta0=0.1 * vec(A.shape[0], 5))
+        self.radius, self.bad = radius, bad
+
+    def loss(self, theta: torch.Tensor) -> float:
+        return super().loss(theta) if float(theta.norm()) <= self.radius else self.bad
+
+    def loss_and_grad(self, theta: torch.Tensor) -> tuple[float, torch.Tensor]:
+        f, g = super().loss_and_grad(theta)
+        if float(theta.norm()) <= self.radius:
+            return f, g
+        return self.bad, torch.full_like(g, math.nan)
+
+
+def test_loss_value_treats_non_finite_as_plus_inf() -> None:
+    from landscope.probes.sharpness import loss_value
+
+    assert loss_value(1.5) == 1.5 and loss_value(-2.0) == -2.0
+    assert loss_value(math.nan) == math.inf
+    assert loss_value(-math.inf) == math.inf and loss_value(math.inf) == math.inf
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_loss_is_never_dropped(bad: float) -> None:
+    """A NaN loss in the ascent used to vanish in max() and read as sharpness 0."""
+    obj = _Overflowing(torch.diag(DIAG), radius=1.0, bad=bad)
+    wc = worst_case_sharpness(obj, [0.1, 10.0], steps=5, restarts=2, seed=1)
+    assert math.isfinite(wc.values[0]) and wc.values[0] > 0 and wc.diverged[0] is False
+    assert wc.values[1] == math.inf and wc.diverged[1] is True
+    assert wc.one_step[1] == math.inf  # SAM's step lands outside the ball
+    asam = worst_case_sharpness(obj, [10.0], adaptive=True, p="inf", steps=3, restarts=1)
+    assert asam.values == [math.inf] and asam.diverged == [True]
+    ks = keskar_sharpness(obj, [1e-3, 50.0], steps=3, restarts=1)
+    assert math.isfinite(ks.values[0]) and ks.values[1] == math.inf
+    assert ks.diverged == [False, True]
+    avg = average_sharpness(obj, [0.01, 10.0], n_samples=4)
+    assert math.isfinite(avg.means[0]) and avg.means[1] == math.inf
+    pb = pac_bayes_flatness(obj, criterion="loss", target=0.1, n_draws=4,
+                            sigma_range=(1e-6, 100.0), rtol=1e-2)
+    assert pb.bracketed and pb.sigma < 100.0
+    assert any(dev == math.inf for _, dev in pb.deviations)
+
+
+def test_suite_sharpness_at_huge_radius_reads_diverged() -> None:
+    """`probe.sharpness_rhos=[1e30]` on a float32 network: every ascent value is inf with a
+    `_diverged` flag, never 0.0; the ordinary radius next to it is untouched."""
+    from landscope.probes.suite import _sharpness
+
+    torch.manual_seed(0)
+    meta = types.SimpleNamespace(input_shape=(1, 12), num_classes=3)
+    model = build_model(dict(name="mlp", width=6, depth=2), meta).train()
+    x, y = torch.randn(16, 1, 12), torch.randint(0, 3, (16,))
+    data = ProbeData.from_tensors(x, y, micro_batch=8)
+    cfg = types.SimpleNamespace(sharpness_rhos=[0.05, 1e30], seed=0, sharpness_family=True,
+                                keskar_epsilons=[1e-3, 1e30], sharpness_samples=4)
+    out = _sharpness(model, data, "train", cfg)
+    for key in ("sharpness_l2_rho1e+30", "sharpness_l2_onestep_rho1e+30",
+                "sharpness_adaptive_l2_rho1e+30", "sharpness_keskar_eps1e+30",
+                "sharpness_average_random_rho1e+30"):
+        assert out[key] == math.inf, (key, out[key])
+        assert out[f"{key}_diverged"] is True
+    for key in ("sharpness_l2_rho0.05", "sharpness_adaptive_l2_rho0.05",
+                "sharpness_keskar_eps0.001"):
+        assert math.isfinite(out[key]) and out[key] >= 0 and f"{key}_diverged" not in out

@@ -14,7 +14,10 @@ gradient for p=2, its sign for p=inf) and ``P`` the projection on ``||z||_p <= r
 starts there (or, when the gradient at ``theta`` vanishes, at a random boundary point), the
 other restarts at seeded random boundary points.  The value is the largest loss seen, with
 ``delta = 0`` (always feasible) included, so it is a certified lower bound of the maximum and
-``>= 0``.  For a convex loss (a quadratic with PSD ``A``) the iteration converges to the
+``>= 0``.  A non-finite loss met anywhere (an overflowed forward pass: ``inf`` or ``NaN``)
+counts as ``+inf`` (:func:`loss_value`): the measure is then ``inf`` and ``diverged`` says so,
+never a smaller finite value (``max(x, nan)`` is ``x``, which once read a diverged ascent as
+flat).  For a convex loss (a quadratic with PSD ``A``) the iteration converges to the
 maximizer of the trust-region / box problem.
 """
 
@@ -164,6 +167,7 @@ class WorstCaseSharpness:
     n_loss_evals: int
     n_grad_evals: int
     seed: int
+    diverged: list[bool] = field(default_factory=list)   # the ascent met a non-finite loss
 
 
 @dataclass
@@ -179,15 +183,32 @@ class KeskarSharpness:
     n_loss_evals: int
     n_grad_evals: int
     seed: int
+    diverged: list[bool] = field(default_factory=list)   # the ascent met a non-finite loss
+
+
+def loss_value(f: float) -> float:
+    """The loss as a search compares it: a non-finite value (``inf``, ``-inf`` or ``NaN``,
+    from a forward pass that overflowed) is ``+inf``, so a maximum never drops it."""
+    f = float(f)
+    return f if math.isfinite(f) else math.inf
+
+
+def _norm(v: Tensor) -> Tensor:
+    """``||v||_2``, in float64 when the working precision overflows (float32 entries of
+    1e20 and more square to inf, and dividing by that norm would zero the step)."""
+    norm = v.norm()
+    return norm if bool(torch.isfinite(norm)) else v.double().norm()
 
 
 def _direction(g: Tensor, p: str) -> Tensor:
-    norm = g.norm()
-    return torch.sign(g) if p == "inf" else g / norm if norm > 0 else torch.zeros_like(g)
+    if p == "inf":
+        return torch.sign(g)
+    norm = _norm(g)
+    return g / norm if norm > 0 else torch.zeros_like(g)
 
 
 def _project(z: Tensor, rho: float, p: str) -> Tensor:
-    norm = float(z.norm())
+    norm = float(_norm(z)) if p != "inf" else 0.0
     return z.clamp(-rho, rho) if p == "inf" else z * (rho / norm) if norm > rho else z
 
 
@@ -199,21 +220,27 @@ def _boundary(d: int, rho: float, p: str, gen: torch.Generator, like: Tensor) ->
 def _ascent(obj: Objective, c: Tensor, rho: float, p: str, base: tuple[float, Tensor],
             steps: int, restarts: int, step_size: float, gen: torch.Generator
             ) -> tuple[float, float]:
-    """(best loss, one-step loss) over ``||z||_p <= rho``, ``delta = c * z``."""
+    """(best loss, one-step loss) over ``||z||_p <= rho``, ``delta = c * z``; a non-finite
+    loss counts as ``+inf`` (:func:`loss_value`) and ends the search (nothing exceeds it)."""
     theta, (l0, g0) = obj.theta0, base
     d0 = _direction(c * g0, p)
     sam = bool((d0 != 0).any())  # else SAM's step is delta = 0 and its value L(theta)
-    best, one = l0, l0
+    best, one = loss_value(l0), loss_value(l0)
     for r in range(restarts):
         z = (_project(step_size * rho * d0, rho, p) if r == 0 and sam
              else _boundary(theta.numel(), rho, p, gen, theta))
         for k in range(steps):
             f, g = obj.loss_and_grad(theta + c * z)
+            f = loss_value(f)
             if r == 0 and k == 0 and sam:
                 one = f
             best = max(best, f)
+            if best == math.inf:
+                return best, one
             z = _project(z + step_size * rho * _direction(c * g, p), rho, p)
-        best = max(best, obj.loss(theta + c * z))
+        best = max(best, loss_value(obj.loss(theta + c * z)))
+        if best == math.inf:
+            return best, one
     return best, one
 
 
@@ -254,13 +281,14 @@ def _worst(obj: Objective, rhos: list[float], c: Tensor, p: str, scale: str, eta
     n_l, n_g = obj.n_loss, obj.n_grad
     gen = torch.Generator().manual_seed(int(seed))
     base = obj.loss_and_grad(obj.theta0)
-    values, ones = [], []
+    values, ones, diverged = [], [], []
     for rho in rhos:
         best, one = _ascent(obj, c, rho, p, base, steps, restarts, step_size, gen)
-        values.append(best - base[0])
+        values.append(best - base[0])   # NaN when the base loss itself is not finite
         ones.append(one - base[0])
+        diverged.append(best == math.inf)
     return WorstCaseSharpness(rhos, values, ones, p, scale, eta, base[0], steps, restarts,
-                              step_size, obj.n_loss - n_l, obj.n_grad - n_g, int(seed))
+                              step_size, obj.n_loss - n_l, obj.n_grad - n_g, int(seed), diverged)
 
 
 def keskar_sharpness(obj: Objective, epsilons: Sequence[float] = (1e-3, 5e-3), *,
@@ -278,7 +306,7 @@ def keskar_sharpness(obj: Objective, epsilons: Sequence[float] = (1e-3, 5e-3), *
     w = _worst(obj, eps, c, "inf", "keskar", 1.0, steps, restarts, 1.0, seed)
     vals = [100.0 * v / (1.0 + w.base_loss) for v in w.values]
     return KeskarSharpness(eps, vals, w.values, w.base_loss, steps, restarts,
-                           w.n_loss_evals, w.n_grad_evals, int(seed))
+                           w.n_loss_evals, w.n_grad_evals, int(seed), w.diverged)
 
 
 # ----------------------------------------------------------------------------- average
@@ -305,7 +333,8 @@ def average_sharpness(obj: Objective, rhos: Sequence[float] = (0.01, 0.05), *,
     ``adaptive=False``: random average sharpness, ``c = 1`` (``delta ~ N(0, rho^2 I)``);
     ``adaptive=True``: ``c = |theta| + eta`` (Andriushchenko et al., ICML 2023, average
     adaptive sharpness; Kwon et al., ICML 2021 for the scaling).  The same seeded standard
-    normal draws are reused for every ``rho`` (common random numbers).
+    normal draws are reused for every ``rho`` (common random numbers).  A non-finite loss
+    counts as ``+inf`` (:func:`loss_value`), so the mean is ``inf`` rather than ``NaN``.
     """
     rho_list = _check(rhos, "rho")
     if n_samples < 2:
@@ -317,7 +346,7 @@ def average_sharpness(obj: Objective, rhos: Sequence[float] = (0.01, 0.05), *,
     l0 = obj.loss(theta)
     means, errs = [], []
     for rho in rho_list:
-        diffs = torch.tensor([obj.loss(theta + rho * c * x) - l0 for x in xi],
+        diffs = torch.tensor([loss_value(obj.loss(theta + rho * c * x)) - l0 for x in xi],
                              dtype=torch.float64)
         means.append(float(diffs.mean()))
         errs.append(float(diffs.std() / math.sqrt(n_samples)))
@@ -387,6 +416,7 @@ def pac_bayes_flatness(obj: Objective, *, target: float = 0.1,
         vals = [float(fn(theta + std * x)) for x in xi]  # type: ignore[arg-type]
         n_acc += len(vals)
         dev = abs(sum(vals) / len(vals) - base)
+        dev = dev if math.isfinite(dev) else math.inf   # a NaN deviation exceeds any target
         seen.append((sigma, dev))
         return dev
 

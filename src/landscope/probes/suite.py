@@ -216,6 +216,11 @@ def _sharpness(model: nn.Module, data: ProbeData, mode: str, cfg: Any) -> dict[s
             out.update({f"{name}_sigma": pb.sigma, f"{name}_measure": pb.measure,
                         f"{name}_bracketed": pb.bracketed})
     out["sharpness_loss_evals"], out["sharpness_grad_evals"] = obj.n_loss, obj.n_grad
+    # A measure whose ascent or average met a non-finite loss is inf (or NaN when the loss at
+    # the trained point is not finite); result.json stores those as null, so a flag says why.
+    for k, v in list(out.items()):
+        if isinstance(v, float) and not math.isfinite(v) and not k.endswith("_stderr"):
+            out[f"{k}_diverged"] = True
     return out
 
 
