@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -77,9 +78,32 @@ def hydra_main(cfg: DictConfig) -> dict:
     return summary
 
 
+# Hydra's hints that suggest ``+key=value`` / ``++key=value``: keys the schema lacks are
+# refused (landscope.config), so these would only mislead.
+_PLUS_HINTS = ("To append to your", "Either remove + prefix", "Or add a second +")
+_UNKNOWN = re.compile(r"Could not override '([\w.]+)'\.\s*\nTo append to your config use")
+_PRESENT = re.compile(r"An item is already at '([\w.]+)'\.\s*\nEither remove \+ prefix: '([^']*)'")
+
+
+def _plus_free(text: str) -> str:
+    """Hydra's composition message without its ``+``/``++`` advice (one known case reworded)."""
+    m = _UNKNOWN.match(text)
+    if m and not m.group(1).startswith("hydra."):
+        from landscope.config import unknown_option
+
+        return unknown_option(m.group(1))
+    m = _PRESENT.search(text)
+    if m:
+        return f"{m.group(1)} is already an option: set it with {m.group(2)}"
+    return text
+
+
 def one_line(exc: BaseException) -> str:
-    """Condense Hydra/OmegaConf multi-line messages into one line."""
+    """Condense Hydra/OmegaConf multi-line messages into one line (never advising ``+``)."""
     parts, options = [], []
+    first = _plus_free(str(exc))
+    if first != str(exc):
+        return first
     for exc_i in (exc, exc.__cause__):
         if exc_i is None:
             continue
@@ -88,7 +112,7 @@ def one_line(exc: BaseException) -> str:
             if line.startswith("Config search path"):
                 break
             if not line or line.startswith(("Set the environment variable", "object_type=",
-                                            "reference_type=")):
+                                            "reference_type=", *_PLUS_HINTS)):
                 continue
             if raw.startswith("\t"):  # Hydra lists available options tab-indented
                 options.append(line)
