@@ -489,13 +489,19 @@ def _check_schema_and_numbers(tree: dict) -> None:
         walk({k: v}, "")
 
 
-def _check_run_choices(cfg: Any) -> None:
-    """With the ``hydra`` node of a composed job: a ``<group>.name=X`` override must agree with
-    the group's choice (``optimizer=adam optimizer.name=sgd`` would run SGD at Adam's settings
-    in a directory named ``optimizer=adam``)."""
+def _check_composed_job(cfg: Any) -> None:
+    """With the ``hydra`` node of a composed job: its directory's names fit the filesystem,
+    and a ``<group>.name=X`` override agrees with the group's choice
+    (``optimizer=adam optimizer.name=sgd`` would run SGD at Adam's settings in a directory
+    named ``optimizer=adam``)."""
     hydra = cfg.get("hydra") if hasattr(cfg, "get") else None
     if hydra is None:
         return
+    mode = str(getattr(hydra.get("mode"), "name", hydra.get("mode")))
+    if mode == "RUN":
+        check_dir_name(hydra.run.dir)
+    elif mode == "MULTIRUN":
+        check_dir_name(f"{hydra.sweep.dir}/{hydra.sweep.subdir}")
     choices = hydra.runtime.get("choices") or {}
     overridden = {str(o).split("=", 1)[0].lstrip("+~") for o in hydra.overrides.get("task") or []}
     for group in NAMED_GROUPS:
@@ -532,7 +538,7 @@ def validate(cfg: Any) -> None:
     First: keys the schema does not define (added with ``+``/``++``), non-finite numbers and,
     on a composed job (with its ``hydra`` node), a group choice contradicting ``<group>.name``."""
     _check_schema_and_numbers(_plain_tree(cfg))
-    _check_run_choices(cfg)
+    _check_composed_job(cfg)
     d, m, o, t = cfg.dataset, cfg.model, cfg.optimizer, cfg.train
     _check(cfg.seed >= 0, "seed", ">= 0", cfg.seed)
     _check(math.isfinite(o.lr) and o.lr > 0, "optimizer.lr", "> 0", o.lr)

@@ -61,9 +61,14 @@ def _parallel_jobs() -> int:
 
 @hydra.main(version_base="1.3", config_path=_conf_dir(), config_name="config")
 def hydra_main(cfg: DictConfig) -> dict:
-    from landscope.jobs import FAILED, INVALID, run_job
+    from landscope.jobs import FAILED, INVALID, directory_conflict, run_job
 
     hc = HydraConfig.get()
+    if hc.mode == RunMode.RUN:  # a sweep's jobs were checked up front by the sweeper
+        conflict = directory_conflict(cfg, Path(hc.runtime.output_dir))
+        if conflict is not None:  # Hydra only created the directory, which existed
+            print(f"error: {conflict}", file=sys.stderr)
+            raise JobFailed(2)
     summary = run_job(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task),
                       _parallel_jobs())
     if hc.mode == RunMode.RUN:

@@ -5,10 +5,12 @@ run, which aborts the sweep.  This sweeper:
 
 1. expands the sweep exactly like the basic sweeper (same overrides, same
    ``hydra.sweeper.params`` support, any launcher: basic, joblib, submitit, ray);
-2. composes and checks every job's config (``landscope.jobs.check_inputs``), and
-   that no two jobs map to the same job directory, before any job starts or any
-   directory is written, so a bad value anywhere in the sweep is one error line
-   and an untouched output tree;
+2. composes and checks every job's config (``landscope.jobs.check_inputs``: options the
+   schema lacks, values, directory-name lengths, group choices), that no two jobs map to
+   the same job directory and that no job directory already holds a job of another
+   config (``landscope.jobs.directory_conflict``), before any job starts or any file
+   (multirun.yaml included) is written, so a refused sweep is one error line and a
+   byte-identical output tree;
 3. runs all batches; a job that raised through the launcher is recorded as
    ``failed`` instead of stopping the sweep;
 4. prints a table of job statuses and records it in :data:`LAST_SWEEP` for the
@@ -24,6 +26,7 @@ given in more than one place, the command line wins over the case and the case o
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -31,7 +34,7 @@ from typing import Any, Dict, List, Optional
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobStatus
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict, read_write
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +72,7 @@ class LandscopeSweeper(BasicSweeper):
         global LAST_SWEEP
         from landscope.errors import LandscopeError
         from landscope.io import atomic_write_text
-        from landscope.jobs import FAILED, check_inputs, format_status_table
+        from landscope.jobs import FAILED, check_inputs, directory_conflict, format_status_table
 
         assert self.config is not None and self.launcher is not None
         assert self.hydra_context is not None
@@ -86,13 +89,17 @@ class LandscopeSweeper(BasicSweeper):
                 except LandscopeError as exc:
                     raise LandscopeError(f"job [{','.join(job_overrides)}]: {exc}") from None
                 subdir = str(job_cfg.hydra.sweep.subdir)
-                if subdir in dirs:
+                job_dir = Path(str(job_cfg.hydra.sweep.dir)) / subdir
+                if job_dir in dirs:
                     raise LandscopeError(
-                        f"jobs [{','.join(dirs[subdir])}] and [{','.join(job_overrides)}] map to "
+                        f"jobs [{','.join(dirs[job_dir])}] and [{','.join(job_overrides)}] map to "
                         f"the same job directory {subdir!r} (a repeated value, or a swept key "
                         f"that hydra.job.config.override_dirname.exclude_keys leaves out of the "
                         f"name)")
-                dirs[subdir] = list(job_overrides)
+                dirs[job_dir] = list(job_overrides)
+                conflict = directory_conflict(_task_config(job_cfg), job_dir)
+                if conflict is not None:
+                    raise LandscopeError(conflict)
 
         sweep_dir = Path(self.config.hydra.sweep.dir)
         try:
@@ -114,6 +121,14 @@ class LandscopeSweeper(BasicSweeper):
         LAST_SWEEP = summaries
         print("\n" + format_status_table(summaries) + f"\nsweep directory: {sweep_dir}", flush=True)
         return returns
+
+
+def _task_config(job_cfg: Any) -> Any:
+    """The job's config as its task function receives it (Hydra's ``run_job``: no ``hydra``)."""
+    task_cfg = copy.deepcopy(job_cfg)
+    with read_write(task_cfg), open_dict(task_cfg):
+        del task_cfg["hydra"]
+    return task_cfg
 
 
 def _summary(job_overrides: List[str], r: Any, failed: str) -> dict:
