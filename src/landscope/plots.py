@@ -24,13 +24,15 @@ Figures and the data they come from:
 from __future__ import annotations
 
 import io
+import json
 import math
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from landscope.io import atomic_write_bytes, read_json, read_jsonl
+from landscope.errors import LandscopeError
+from landscope.io import atomic_write_bytes, read_json
 
 Arrays = Mapping[str, np.ndarray]
 
@@ -297,6 +299,27 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
+def _metrics_rows(path: Path) -> list[dict]:
+    """The rows of a job's ``metrics.jsonl`` ([] when there is none); a line that is not a
+    JSON object raises a one-line :class:`~landscope.errors.LandscopeError` naming the file
+    and the line."""
+    if not path.is_file():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise LandscopeError(f"{path} line {number} is not valid JSON (column "
+                                 f"{getattr(exc, 'colno', '?')}): the file is damaged") from None
+        if not isinstance(row, dict):
+            raise LandscopeError(f"{path} line {number} is not a JSON object")
+        rows.append(row)
+    return rows
+
+
 def _newest(paths: Sequence[Path]) -> Optional[Path]:
     return max(paths, key=lambda p: p.stat().st_mtime) if paths else None
 
@@ -309,7 +332,7 @@ def job_figures(job_dir: Path, out_dir: Optional[Path] = None) -> list[Path]:
     out = Path(out_dir) if out_dir is not None else job_dir / "figures"
     name = job_dir.name
     written: list[Path] = []
-    rows = read_jsonl(job_dir / "metrics.jsonl") if (job_dir / "metrics.jsonl").is_file() else []
+    rows = _metrics_rows(job_dir / "metrics.jsonl")
     if rows:
         written.append(plot_training(rows, out / "training.png", f"training: {name}"))
         if any(r.get("curv_lambda_max") is not None for r in rows):

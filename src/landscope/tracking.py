@@ -24,7 +24,8 @@ job never waits on a network it cannot reach; ``WANDB_MODE`` in the environment 
 the job logs one warning line and trains untracked.
 
 :func:`log_report` stores the analysis report of a sweep as a W&B artifact (type
-``report``) in a run of job type ``report`` in the sweep's group.
+``report``) in a run of job type ``report`` in the sweep's group, and says where it went:
+uploaded (online) or saved for a later ``wandb sync`` (offline).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import logging
 import math
 import netrc
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
@@ -202,11 +204,27 @@ def make_tracker(cfg: Any) -> Tracker:
     return Tracker()
 
 
-def log_report(out_dir: Path, group: str, logger_cfg: Any, sources: list[str]) -> Optional[str]:
+@dataclass(frozen=True)
+class ReportLog:
+    """Where :func:`log_report` put the report: ``mode`` ``online`` (uploaded; ``url`` the
+    run's page), ``offline`` (saved in ``sync_dir``, uploaded only by ``wandb sync
+    <sync_dir>``) or ``disabled`` (not logged at all)."""
+
+    mode: str
+    run_dir: Optional[str] = None
+    sync_dir: Optional[str] = None
+    url: Optional[str] = None
+
+
+def log_report(out_dir: Path, group: str, logger_cfg: Any,
+               sources: list[str]) -> Optional[ReportLog]:
     """Store the report in ``out_dir`` as a W&B artifact of type ``report`` from a run of job
-    type ``report`` in ``group``. Returns the run's directory (None when W&B is unavailable:
-    a warning line instead)."""
+    type ``report`` in ``group``. Returns where it went (:class:`ReportLog`; nothing is
+    started for ``disabled``), or None when W&B is unavailable (a warning line instead)."""
     out_dir = Path(out_dir)
+    mode = resolve_mode(logger_cfg.mode)
+    if mode == "disabled":
+        return ReportLog("disabled")
     try:
         import wandb
 
@@ -215,7 +233,7 @@ def log_report(out_dir: Path, group: str, logger_cfg: Any, sources: list[str]) -
         wdir = Path(logger_cfg.dir) if logger_cfg.dir else out_dir
         run = wandb.init(project=logger_cfg.project, entity=logger_cfg.entity, group=group,
                          job_type="report", name=f"report {group}", dir=str(wdir),
-                         mode=resolve_mode(logger_cfg.mode), config={"sources": sources},
+                         mode=mode, config={"sources": sources},
                          settings=_settings(wandb, logger_cfg))
         try:
             art = wandb.Artifact(f"report-{safe_name(group)}", type="report",
@@ -227,9 +245,13 @@ def log_report(out_dir: Path, group: str, logger_cfg: Any, sources: list[str]) -
             if (out_dir / "figures").is_dir():
                 art.add_dir(str(out_dir / "figures"), name="figures")
             run.log_artifact(art)
-            return str(run.dir)
+            offline = bool(getattr(run, "offline", mode == "offline"))
+            logged = ReportLog("offline" if offline else "online", run_dir=str(run.dir),
+                               sync_dir=str(run.settings.sync_dir) if offline else None,
+                               url=None if offline else getattr(run, "url", None))
         finally:
             run.finish()
+        return logged
     except Exception as exc:  # noqa: BLE001
         log.warning("warning: report not logged to W&B (%s: %s)", type(exc).__name__,
                     " ".join(str(exc).split())[:200])

@@ -1,21 +1,41 @@
 """Plumbing shared by the commands on finished jobs (``runner.probe``, ``runner.landscape``,
-``runner.connect``, ``runner.figures``, ``runner.report``): arguments, the job's config with
-one group replaced, and the loop that updates finished jobs."""
+``runner.connect``, ``runner.escape``, ``runner.figures``, ``runner.report``): arguments
+(unknown ``-``/``--`` options refused by name), the checks every command makes before it
+computes (its output locations can be written, each job's final checkpoint is readable),
+the job's config with one group replaced, and the loops that update finished jobs."""
 
 from __future__ import annotations
 
+import difflib
+import os
 import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 
-def arguments(argv: Optional[list[str]], doc: str) -> list[str]:
-    """The command's arguments; prints ``doc`` and exits for ``-h``/``--help`` (0) or none (2)."""
+def arguments(argv: Optional[list[str]], doc: str, options: Sequence[str] = (),
+              flags: Sequence[str] = ()) -> list[str]:
+    """The command's arguments; prints ``doc`` and exits for ``-h``/``--help`` (0) or none (2).
+    ``options`` take a value (``--out DIR`` or ``--out=DIR``), ``flags`` don't; any other
+    argument starting with ``-`` (and not an existing path) is refused as an unknown option
+    (one ``error:`` line, exit 2)."""
     args = sys.argv[1:] if argv is None else list(argv)
-    if not args or args[0] in ("-h", "--help"):
+    if not args or any(a in ("-h", "--help") for a in args):
         print(doc)
         sys.exit(0 if args else 2)
+    known = [*options, *flags]
+    for arg in args:
+        if not arg.startswith("-") or len(arg) == 1 or Path(arg).exists():
+            continue
+        name = arg.split("=", 1)[0]
+        if name in flags and "=" not in arg or name in options:
+            continue
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = (f" (did you mean {close[0]}?)" if close else
+                f" (known: {', '.join(known)})" if known else " (this command takes none)")
+        _bad_input(f"unknown option {name}{hint}")
     return args
 
 
@@ -52,17 +72,100 @@ def paths_and_overrides(args: list[str]) -> tuple[list[str], list[str]]:
 
 
 def pop_out(args: list[str]) -> Optional[Path]:
-    """Remove ``--out DIR`` from ``args`` and return DIR (None when absent; exit 2 without DIR)."""
-    if "--out" not in args:
-        return None
-    i = args.index("--out")
-    if i + 1 >= len(args):
-        _bad_input("--out needs a directory")
-    out = Path(args[i + 1])
-    del args[i:i + 2]
-    return out
+    """Remove ``--out DIR`` (or ``--out=DIR``) from ``args`` and return DIR (None when absent;
+    exit 2 without DIR or when given twice)."""
+    found: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--out":
+            if i + 1 >= len(args) or args[i + 1].startswith("-"):
+                _bad_input("--out needs a directory")
+            found.append(args[i + 1])
+            i += 2
+            continue
+        if arg.startswith("--out="):
+            if not arg[len("--out="):]:
+                _bad_input("--out needs a directory")
+            found.append(arg[len("--out="):])
+        else:
+            rest.append(arg)
+        i += 1
+    if len(found) > 1:
+        _bad_input(f"--out given {len(found)} times ({', '.join(found)}); give it once")
+    args[:] = rest
+    return Path(found[0]) if found else None
 
 
+# ----------------------------------------------------------------------------- up-front checks
+def check_writable(dirs: Iterable[Path]) -> None:
+    """Raise a one-line :class:`~landscope.errors.LandscopeError` naming the first directory
+    that cannot be created or written: a real test (missing directories created, a temporary
+    file written and removed, the created directories removed again), so that a command
+    refuses before it computes and leaves nothing behind."""
+    from landscope.errors import LandscopeError
+
+    seen: set[Path] = set()
+    for d in dirs:
+        d = Path(d)
+        if d.absolute() in seen:
+            continue
+        seen.add(d.absolute())
+        problem = _write_problem(d)
+        if problem is not None:
+            raise LandscopeError(f"cannot write to {d}: {problem}")
+
+
+def _write_problem(d: Path) -> Optional[str]:
+    created: list[Path] = []
+    try:
+        missing, p = [], d
+        while not p.exists():
+            missing.append(p)
+            p = p.parent
+        if not p.is_dir():
+            return f"{p} is not a directory"
+        for m in reversed(missing):
+            m.mkdir()
+            created.append(m)
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".landscope-write-test-")
+        try:
+            os.write(fd, b"x")
+        finally:
+            os.close(fd)
+            os.unlink(tmp)
+    except OSError as exc:
+        return exc.strerror or f"{type(exc).__name__}: {exc}"
+    finally:
+        for m in reversed(created):
+            try:
+                m.rmdir()
+            except OSError:
+                pass
+    return None
+
+
+def final_checkpoint_problem(job: Path, epochs_completed: Any) -> Optional[str]:
+    """Why the job's final checkpoint (the one of epoch ``epochs_completed``) cannot be used,
+    in words (missing, corrupt, or not the final epoch); None when it loads."""
+    from landscope.checkpoint import list_checkpoints, load_checkpoint
+    from landscope.errors import CheckpointError
+
+    found = list_checkpoints(Path(job) / "checkpoints")
+    if not found:
+        return f"it is missing ({Path(job) / 'checkpoints'} holds no checkpoint)"
+    try:
+        ckpt = load_checkpoint(found[0])
+    except CheckpointError as exc:
+        return f"it is corrupt ({' '.join(str(exc).split())})"
+    if ckpt.get("epoch") != epochs_completed:
+        return (f"it is missing (the newest checkpoint, {found[0].name}, is of epoch "
+                f"{ckpt.get('epoch')}; the job completed {epochs_completed})")
+    return None
+
+
+# ----------------------------------------------------------------------------- configs
 def group_config(group: str, overrides: list[str]):
     """One config group (e.g. ``probe``) composed with ``overrides`` as the runner would."""
     from hydra import compose, initialize_config_dir
@@ -89,26 +192,63 @@ def job_config(job: Path, group: str, value):
     return cfg
 
 
-def update_finished_job(job: Path, cfg, verb: str, shown: Callable[[dict], dict]) -> bool:
-    """Run the configured probes and landscape on a finished job (no retraining) and print one
-    line; False when it failed."""
+def finished_job_outputs(job: Path, cfg) -> list[Path]:
+    """Where updating a finished job writes: the job directory (``result.json``), its probe
+    and landscape caches and, when the config draws them, its figures."""
+    out = [job, job / "probes"]
+    if str(getattr(cfg.landscape.name, "value", cfg.landscape.name)) != "none":
+        out.append(job / "landscape")
+    if cfg.landscape.figures:
+        out.append(job / "figures")
+    return out
+
+
+# ----------------------------------------------------------------------------- loops
+def update_finished_jobs(plans: Sequence[tuple[Path, Any]], verb: str, purpose: str,
+                         shown: Callable[[dict], dict]) -> int:
+    """Run the configured probes and landscape on finished jobs (no retraining), one line
+    each. Every job is checked first: one not completed or diverged is skipped; one whose
+    final checkpoint is missing or corrupt gets one ``error: JOB: no final checkpoint to
+    <purpose>: ...`` line and is left alone. Returns how many jobs failed."""
     from landscope.io import read_json
-    from landscope.jobs import COMPLETED, DIVERGED, probe_finished_job
+    from landscope.jobs import COMPLETED, DIVERGED
+
+    ready, failed = [], 0
+    for job, cfg in plans:
+        try:
+            previous = read_json(job / "result.json")
+            status = previous.get("status")
+        except (OSError, ValueError, AttributeError) as exc:
+            print(f"error: {job}: result.json unreadable ({type(exc).__name__})", file=sys.stderr)
+            failed += 1
+            continue
+        if status not in (COMPLETED, DIVERGED):
+            print(f"skipped: {job} (status {status})")
+            continue
+        problem = final_checkpoint_problem(job, previous.get("epochs_completed"))
+        if problem is not None:
+            print(f"error: {job}: no final checkpoint to {purpose}: {problem}", file=sys.stderr,
+                  flush=True)
+            failed += 1
+            continue
+        ready.append((job, cfg, previous))
+    for job, cfg, previous in ready:
+        failed += not _update_finished_job(job, cfg, previous, verb, shown)
+    return failed
+
+
+def _update_finished_job(job: Path, cfg, previous: dict, verb: str,
+                         shown: Callable[[dict], dict]) -> bool:
+    from landscope.jobs import probe_finished_job
     from runner.app import one_line
 
-    previous = read_json(job / "result.json")
-    if previous.get("status") not in (COMPLETED, DIVERGED):
-        print(f"skipped: {job} (status {previous.get('status')})")
-        return True
     try:
         result = probe_finished_job(cfg, job, previous)
     except Exception as exc:
-        print(f"failed: {job}: {one_line(exc)}", file=sys.stderr)
+        print(f"failed: {job}: {one_line(exc)}", file=sys.stderr, flush=True)
         return False
-    print(f"{verb}: {job} {shown(result)}")
+    print(f"{verb}: {job} {shown(result)}", flush=True)
     return True
-
-
 def run_each(items: Iterable[Any], label: Callable[[Any], str],
              work: Callable[[Any], tuple[str, Any]], shown: Callable[[Any], str]) -> dict:
     """``work(item) -> (how, record)`` for every item, ``how`` being ``computed`` or

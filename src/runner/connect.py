@@ -280,7 +280,7 @@ def run_pair(pair: dict, settings: dict, out_dir: Path) -> tuple[str, dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from runner.cli import arguments, input_errors, paths_and_overrides, run_each
+    from runner.cli import arguments, check_writable, input_errors, paths_and_overrides, run_each
 
     args = arguments(argv, __doc__)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -292,6 +292,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = _landscape_config(overrides)
         sweep = Path(paths[0])
         pairs, notes = _plan(sweep)
+        check_writable(sweep / "connectivity" / g for g in sorted({p["group"] for p in pairs}))
     for note in notes:
         print(note, flush=True)
     counts = run_each(pairs, lambda p: f"{p['group']}/{p['a']['name']}__{p['b']['name']}",

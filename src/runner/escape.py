@@ -386,7 +386,7 @@ def _summary(record: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from runner.cli import arguments, input_errors, paths_and_overrides, run_each
+    from runner.cli import arguments, check_writable, input_errors, paths_and_overrides, run_each
 
     args = arguments(argv, __doc__)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -396,6 +396,7 @@ def main(argv: list[str] | None = None) -> None:
             raise LandscopeError("expected at least one sweep or job directory")
         settings = escape_config(overrides)
         jobs, notes = find_jobs(paths)
+        check_writable(job["dir"] / RESULTS_DIR for job in jobs)
     for note in notes:
         print(note, flush=True)
     fp = settings_fingerprint(settings)

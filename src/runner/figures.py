@@ -32,21 +32,44 @@ def _targets(paths: list[str]) -> tuple[list[Path], list[Path]]:
     return jobs, sweeps
 
 
-def main(argv: list[str] | None = None) -> None:
-    from landscope.plots import connectivity_figures, job_figures
-    from runner.cli import arguments, input_errors, pop_out
+def _outputs(jobs: list[Path], sweeps: list[Path], out: Path | None) -> list[Path]:
+    """The directories the figures go to: each job's ``figures/`` (or ``OUT/<job name>``) and
+    each connected group's directory (or ``OUT/connectivity/<group>``)."""
+    dirs = [job / "figures" if out is None else out / job.name for job in jobs]
+    for sweep in sweeps:
+        groups = sorted({npz.parent.name for npz in (sweep / "connectivity").glob("*/*.npz")})
+        dirs += [sweep / "connectivity" / g if out is None else out / "connectivity" / g
+                 for g in groups]
+    return dirs
 
-    args = arguments(argv, __doc__)
+
+def _failure(exc: Exception) -> str:
+    from landscope.errors import LandscopeError
+    from runner.app import one_line
+
+    return one_line(exc) if isinstance(exc, LandscopeError) else \
+        f"{type(exc).__name__}: {one_line(exc)}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    from landscope.errors import LandscopeError
+    from landscope.plots import connectivity_figures, job_figures
+    from runner.cli import arguments, check_writable, input_errors, pop_out
+
+    args = arguments(argv, __doc__, options=("--out",))
     out = pop_out(args)
     with input_errors():
+        if not args:
+            raise LandscopeError("expected at least one job or sweep directory")
         jobs, sweeps = _targets(args)
+        check_writable(_outputs(jobs, sweeps, out))
     failed = 0
     for job in jobs:
         try:
             written = job_figures(job, None if out is None else out / job.name)
         except Exception as exc:  # noqa: BLE001 - report and go on with the others
             failed += 1
-            print(f"failed: {job}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(f"failed: {job}: {_failure(exc)}", file=sys.stderr)
             continue
         print(f"drew: {job} ({len(written)} figures)")
     for sweep in sweeps:
@@ -54,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
             written = connectivity_figures(sweep, None if out is None else out / "connectivity")
         except Exception as exc:  # noqa: BLE001
             failed += 1
-            print(f"failed: {sweep}/connectivity: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(f"failed: {sweep}/connectivity: {_failure(exc)}", file=sys.stderr)
             continue
         if written:
             print(f"drew: {sweep}/connectivity ({len(written)} figures)")

@@ -29,8 +29,8 @@ def _shown(scalars: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from runner.cli import (arguments, group_config, input_errors, job_config, paths_and_overrides,
-                            update_finished_job)
+    from runner.cli import (arguments, check_writable, finished_job_outputs, group_config,
+                            input_errors, job_config, paths_and_overrides, update_finished_jobs)
 
     args = arguments(argv, __doc__)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -50,9 +50,9 @@ def main(argv: list[str] | None = None) -> None:
             raise LandscopeError("landscape=none switches the landscape off; choose "
                                  "landscape=basic or full")
         plans = [(job, job_config(job, "landscape", land)) for job, _ in jobs]
-    failed = sum(not update_finished_job(job, cfg, "landscape",
-                                         lambda r: _shown(r.get("landscape", {})))
-                 for job, cfg in plans)
+        check_writable(d for job, cfg in plans for d in finished_job_outputs(job, cfg))
+    failed = update_finished_jobs(plans, "landscape", "scan",
+                                  lambda r: _shown(r.get("landscape", {})))
     sys.exit(1 if failed else 0)
 
 

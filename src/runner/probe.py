@@ -48,8 +48,8 @@ def _shown(probes: dict) -> dict:
 def main(argv: list[str] | None = None) -> None:
     from landscope.jobs import probe_checkpoint
     from runner.app import one_line
-    from runner.cli import (arguments, group_config, input_errors, job_config, paths_and_overrides,
-                            update_finished_job)
+    from runner.cli import (arguments, check_writable, finished_job_outputs, group_config,
+                            input_errors, job_config, paths_and_overrides, update_finished_jobs)
 
     args = arguments(argv, __doc__)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -63,11 +63,13 @@ def main(argv: list[str] | None = None) -> None:
             raise LandscopeError("probe=none switches every probe off; choose probe=basic, "
                                  "standard, full or pacbayes")
         plans = [(job, ckpt, job_config(job, "probe", probe_cfg)) for job, ckpt in jobs]
-    failed = 0
+        check_writable(d for job, ckpt, cfg in plans
+                       for d in (finished_job_outputs(job, cfg) if ckpt is None
+                                 else [job / "probes"]))
+    failed = update_finished_jobs([(job, cfg) for job, ckpt, cfg in plans if ckpt is None],
+                                  "probed", "probe", lambda r: _shown(r.get("probes", {})))
     for job, ckpt, cfg in plans:
         if ckpt is None:
-            failed += not update_finished_job(job, cfg, "probed",
-                                              lambda r: _shown(r.get("probes", {})))
             continue
         try:
             result = probe_checkpoint(cfg, ckpt)

@@ -21,34 +21,67 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> None:
-    from runner.cli import arguments, input_errors, pop_out
+    from runner.cli import arguments, check_writable, input_errors, pop_out
 
-    args = arguments(argv, __doc__)
+    args = arguments(argv, __doc__, options=("--out",), flags=("--wandb", "--no-wandb"))
     out = pop_out(args)
-    wandb_flag = None
-    for flag, value in (("--wandb", True), ("--no-wandb", False)):
-        if flag in args:
-            args.remove(flag)
-            wandb_flag = value
-    paths = [Path(a) for a in args]
-    missing = [p for p in paths if not p.is_dir()]
-    if missing:
-        print(f"error: {missing[0]} is not a sweep or job directory", file=sys.stderr)
+    given = [f for f in ("--wandb", "--no-wandb") if f in args]
+    if len(given) > 1:
+        print("error: --wandb and --no-wandb contradict each other; give one", file=sys.stderr)
         sys.exit(2)
+    wandb_flag = None if not given else given[0] == "--wandb"
+    args = [a for a in args if a not in given]
+    with input_errors():
+        paths = _sources(args)
+        if out is None:
+            out = paths[0] / "report" if len(paths) == 1 else Path("outputs") / "report"
+        check_writable([out, out / "figures"])
     from landscope.analysis.report import build_report
 
-    if out is None:
-        out = paths[0] / "report" if len(paths) == 1 else Path("outputs") / "report"
     with input_errors():
-        page = build_report(paths, out)
+        try:
+            page = build_report(paths, out)
+        except OSError as exc:  # the disk filled, or permissions changed meanwhile
+            print(f"error: report not written to {out}: {exc.strerror or exc}", file=sys.stderr)
+            sys.exit(1)
     logger = _tracked_logger(paths, wandb_flag)
     if logger is not None:
         from landscope.tracking import log_report
 
         group = paths[0].resolve().name if len(paths) == 1 else "report"
-        if log_report(page.parent, group, logger, [str(p) for p in paths]):
-            print(f"report logged to W&B ({logger.project}, group {group})")
+        logged = log_report(page.parent, group, logger, [str(p) for p in paths])
+        if logged is not None:
+            print(_logged_line(logged, logger.project, group))
     print(f"report: {page}")
+
+
+def _sources(args: list[str]) -> list[Path]:
+    """The sweep or job directories to report on, each checked to hold at least one job."""
+    from landscope.analysis.collect import find_jobs
+    from landscope.errors import LandscopeError
+
+    if not args:
+        raise LandscopeError("expected at least one sweep or job directory")
+    paths = [Path(a) for a in args]
+    for p in paths:
+        if not p.is_dir():
+            raise LandscopeError(f"{p} is not a sweep or job directory")
+        if not find_jobs(p):
+            raise LandscopeError(f"{p} holds no jobs (no directory below it has result.json "
+                                 "or config.yaml)")
+    return paths
+
+
+def _logged_line(logged, project: str, group: str) -> str:
+    """What happened to the report on W&B, truthfully: uploaded, saved offline (and how to
+    upload it) or not logged."""
+    if logged.mode == "online":
+        where = f", {logged.url}" if logged.url else ""
+        return f"report uploaded to W&B ({project}, group {group}{where})"
+    if logged.mode == "offline":
+        return (f"report saved for W&B offline in {logged.sync_dir} (not uploaded; upload it "
+                f"with: wandb sync {logged.sync_dir})")
+    return "report not logged to W&B (logger.mode is disabled)"
 
 
 def _tracked_logger(paths: list[Path], flag):
