@@ -110,6 +110,21 @@ def summary_section(ctx: Any) -> None:
     atomic_write_text(ctx.out / "configurations.csv", table.to_csv(index=False))
 
 
+def _no_measure_reason(inc: pd.DataFrame, min_count: int = 5) -> str:
+    """Why no measure qualified (:func:`default_measures`: finite, non-constant values in at
+    least ``min_count`` and half of the analysed jobs), stating the actual cause."""
+    need = f"at least {min_count} and half of the analysed jobs"
+    if len(inc) < min_count:
+        return (f"No measure: only {len(inc)} job{'s' if len(inc) != 1 else ''} completed and "
+                f"can be analysed, and a measure needs finite values in {need}; run more seeds "
+                "or configurations.")
+    if not any(c.startswith(("probe.", "landscape.")) for c in inc.columns):
+        return ("No measure: the analysed jobs have no probe or landscape results; run the "
+                "sweep with probes or landscape scans (probe=..., landscape=...).")
+    return (f"No measure: no probe or landscape result has finite values that are not all "
+            f"equal in {need} ({len(inc)} jobs).")
+
+
 def measures_section(ctx: Any) -> pd.DataFrame:
     """The measures table against test error (and ``measures_gap.csv`` against the gap), the
     joint regression and the scatter plots. Returns the table (empty when no measure)."""
@@ -119,8 +134,7 @@ def measures_section(ctx: Any) -> pd.DataFrame:
     doc.heading("Measures against test error")
     measures = default_measures(inc) if len(inc) else []
     if not measures:
-        doc.para("No measure has enough finite values across the analysed jobs (at least "
-                 "5 and half of the jobs); run the sweep with probes or landscape scans.")
+        doc.para(_no_measure_reason(inc))
         return pd.DataFrame()
     mtable = measures_table(inc, measures)
     key = mtable["within_tau"].abs().fillna(mtable["tau"].abs())
