@@ -4,6 +4,8 @@ Every file the runner writes goes through :func:`atomic_write_bytes`: the data
 goes to a temporary file in the target directory and ``os.replace`` swaps it in.
 A reader (or a job killed with SIGKILL at any
 moment) therefore sees either the old file or the new one, never a torn write.
+The file gets the mode a plain ``open(path, "w")`` would give (0666 less the umask,
+e.g. 0644), not the 0600 of a temporary file: results are for collaborators to read.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = Fal
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            os.fchmod(fh.fileno(), 0o666 & ~current_umask())
+            _write(fh, data)
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -41,6 +44,26 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = Fal
         except FileNotFoundError:
             pass
         raise
+
+
+def _write(fh: Any, data: bytes) -> None:
+    """The one write of :func:`atomic_write_bytes` (a seam for tests that fill the disk)."""
+    fh.write(data)
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux reports it
+    in /proc/self/status; elsewhere it is set and restored at once)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

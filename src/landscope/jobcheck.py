@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from landscope.checkpoint import newest_valid
+from landscope.errors import LandscopeError
 from landscope.io import read_json
 
 log = logging.getLogger("landscope")
@@ -127,3 +128,7 @@ def metrics_intact(job_dir: Path, epochs: int) -> bool:
         return False
     return all(isinstance(r, dict) for r in rows) and \
         [r.get("epoch") for r in rows] == list(range(1, epochs + 1))
+
+
+class JobRefused(LandscopeError):
+    """The job directory holds another config's job; decided before anything was written."""

@@ -17,8 +17,8 @@ anything was written).
 
 from __future__ import annotations
 
+import errno
 import hashlib
-import io
 import logging
 import os
 import platform
@@ -43,15 +43,16 @@ from landscope.checkpoint import (capture_rng, load_checkpoint, load_latest, pay
 from landscope.config import ProbeConfig, validate
 from landscope.data import check_available, load_data
 from landscope.errors import CheckpointError, ConfigError, LandscopeError
-from landscope.geometry.suite import run_landscape
 from landscope.geometry.snapshots import SnapshotRecorder
-from landscope.jobcheck import conflict_reason
-from landscope.io import (atomic_write_bytes, atomic_write_text, jsonable, read_json, read_jsonl,
-                          write_json, write_jsonl)
+from landscope.jobcheck import FINISHED, JobRefused, conflict_reason, read_result
+from landscope.joblock import JobLocked, job_lock
+from landscope.jobresults import (cached_probes, draw_figures, probe_fingerprints_of, probe_results,
+                                  remove_traceback, repair_finished,
+                                  landscape_results)
+from landscope.io import atomic_write_text, read_jsonl, write_json, write_jsonl
 from landscope.models import build_model, count_parameters
 from landscope.optim import build_optimizer, build_scheduler
-from landscope.plots import job_figures
-from landscope.probes.suite import curvature_during_training, probe_data, run_probes
+from landscope.probes.suite import curvature_during_training, probe_data
 from landscope.synthetic import DATASET_FIELDS, SYNTHETIC
 from landscope.tracking import Tracker, make_tracker
 from landscope.train import STOP_DIVERGED, TrainState, evaluate, fit
@@ -59,6 +60,7 @@ from landscope.train import STOP_DIVERGED, TrainState, evaluate, fit
 log = logging.getLogger("landscope")
 
 COMPLETED, DIVERGED, FAILED, INVALID = "completed", "diverged", "failed", "invalid"
+SKIPPED = "skipped"  # a run summary's status only: another process holds the job directory
 # Keys that do not change what a job computes; excluded from the fingerprint.
 # Probes are run (and cached) separately from training: see probe_fingerprint.
 TRAJECTORY_FILE = "trajectory.npz"  # landscape.trajectory snapshots in the job directory
@@ -210,32 +212,41 @@ def _final_metrics(row: dict) -> dict:
 
 def train_job(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: int = 1) -> dict:
     """Train one job in ``job_dir`` (resuming or skipping as the directory says) and
-    write its results contract. Returns ``result.json``'s content."""
+    write its results contract. Returns ``result.json``'s content.
+
+    A directory holding another config's job is refused (:class:`JobRefused`) before
+    anything is written; one held by another process raises :class:`JobLocked`."""
     job_dir = Path(job_dir)
     fp = fingerprint(cfg)
-    result_path = job_dir / "result.json"
-    previous = _read_result(result_path)
-    if previous is not None:
-        if previous.get("fingerprint") != fp:
-            raise LandscopeError(
-                f"{job_dir} holds a job with a different config (fingerprint "
-                f"{previous.get('fingerprint')} != {fp}); use another hydra.sweep.dir / "
-                "hydra.run.dir or delete that directory")
-        if previous.get("status") in (COMPLETED, DIVERGED) and cfg.resume:
-            if probe_fingerprint(cfg) not in (None, previous.get("probe_fingerprint")) or \
-                    landscape_fingerprint(cfg) not in (None, previous.get("landscape_fingerprint")):
-                return probe_finished_job(cfg, job_dir, previous)
-            log.info("%s: already %s, skipped", job_dir, previous["status"])
-            return {**previous, "skipped": True}
-
+    reason = conflict_reason(job_dir, fp, fingerprint)
+    if reason is not None:
+        raise JobRefused(reason)
     job_dir.mkdir(parents=True, exist_ok=True)
+    with job_lock(job_dir):
+        return _train_locked(cfg, job_dir, overrides, n_parallel, fp)
+
+
+def _train_locked(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: int,
+                  fp: str) -> dict:
+    reason = conflict_reason(job_dir, fp, fingerprint)  # written meanwhile by another process
+    if reason is not None:
+        raise JobRefused(reason)
+    previous = read_result(job_dir / "result.json")
+    if previous is not None and previous["status"] in FINISHED and cfg.resume:
+        if probe_fingerprint(cfg) not in (None, *probe_fingerprints_of(previous)) or \
+                landscape_fingerprint(cfg) not in (None, previous.get("landscape_fingerprint")):
+            return _probe_finished(cfg, job_dir, previous)
+        repair_finished(cfg, job_dir, previous)
+        log.info("%s: already %s, skipped", job_dir, previous["status"])
+        return {**previous, "skipped": True}
+
     atomic_write_text(job_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     atomic_write_text(job_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
     tracker = make_tracker(cfg)
     tracker.start(cfg, job_dir, overrides)
     failed = True  # finished as failed unless the job completes (diverged counts as failed)
     try:
-        result = _train(cfg, job_dir, overrides, n_parallel, fp, tracker)
+        result = _train(cfg, job_dir, overrides, n_parallel, fp, tracker, previous)
         failed = result["status"] != COMPLETED
         tracker.log_result(result, job_dir)
         return result
@@ -244,7 +255,7 @@ def train_job(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: 
 
 
 def _train(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: int, fp: str,
-           tracker: Tracker) -> dict:
+           tracker: Tracker, previous: Optional[dict]) -> dict:
     """The body of :func:`train_job` once the job directory exists."""
     result_path = job_dir / "result.json"
     ckpt_dir = job_dir / "checkpoints"
@@ -331,10 +342,12 @@ def _train(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: int
         "fingerprint": fp, "versions": package_versions(), "git_commit": git_commit(),
         "host": socket.gethostname(), "torch_threads": torch.get_num_threads(),
     }
-    result.update(_probe_results(cfg, job_dir, model, data, result["status"]))
-    result.update(_landscape_results(cfg, job_dir, model, data, result))
+    result.update(probe_results(cfg, job_dir, model, data, result["status"],
+                                probe_fingerprint(cfg), previous))
+    result.update(landscape_results(cfg, job_dir, model, data, result, landscape_fingerprint(cfg)))
     write_json(result_path, result)
-    _figures(cfg, job_dir)
+    draw_figures(cfg, job_dir, result)
+    remove_traceback(job_dir)
     return result
 
 
@@ -351,103 +364,6 @@ def _trajectory_recorder(cfg: DictConfig, job_dir: Path, state: TrainState):
         log.warning("warning: %s: no trajectory recorded (%s)", job_dir, exc)
         return None
     return recorder
-
-
-def _landscape_results(cfg: DictConfig, job_dir: Path, model, data, result: dict) -> dict:
-    """``{"landscape": scalars, "landscape_fingerprint": lfp}`` for result.json, cached in
-    ``landscape/<lfp>.json`` (scalars, notes, config) and ``landscape/<lfp>.npz`` (arrays)."""
-    lfp = landscape_fingerprint(cfg)
-    if lfp is None:
-        return {}
-    if result.get("status") == DIVERGED:
-        return {"landscape": {"skipped": "diverged"}, "landscape_fingerprint": lfp}
-    cache = job_dir / "landscape" / f"{lfp}.json"
-    try:
-        return {"landscape": read_json(cache)["scalars"], "landscape_fingerprint": lfp}
-    except (OSError, ValueError, KeyError):
-        pass
-    log.info("%s: landscape (%s)", job_dir, getattr(cfg.landscape.name, "value",
-                                                   cfg.landscape.name))
-    eigenvectors = None
-    pfp = result.get("probe_fingerprint")
-    if pfp and (job_dir / "probes" / f"{pfp}.npz").is_file():
-        with np.load(job_dir / "probes" / f"{pfp}.npz") as z:
-            eigenvectors = z["eigenvectors_top"] if "eigenvectors_top" in z.files else None
-    init_model = None
-    if cfg.landscape.intrinsic_dim:
-        seed_everything(cfg.seed)
-        init_model = build_model(cfg.model, data.meta)
-    report = run_landscape(
-        model, data, cfg.landscape, eigenvectors=eigenvectors,
-        trajectory_path=job_dir / TRAJECTORY_FILE, init_model=init_model,
-        reference_acc=(result.get("final") or {}).get("test_acc"),
-        batch_size=min(cfg.train.batch_size, len(data.train)), store_dir=job_dir / "landscape")
-    for note in report.notes:
-        log.warning("warning: %s: %s", job_dir, note)
-    _save_results(cache, report.arrays, {
-        "scalars": report.scalars, "notes": report.notes,
-        "landscape": OmegaConf.to_container(cfg.landscape, resolve=True, enum_to_str=True)})
-    for partial in (job_dir / "landscape").glob("*.partial.npz"):
-        partial.unlink(missing_ok=True)  # finished scans: their resume stores are done
-    return {"landscape": jsonable(report.scalars), "landscape_fingerprint": lfp}
-
-
-def _figures(cfg: DictConfig, job_dir: Path) -> None:
-    """The job's figures from its saved data; a drawing problem is logged, never fatal
-    (the results are already written; ``python -m runner.figures`` redraws)."""
-    if not cfg.landscape.figures:
-        return
-    try:
-        job_figures(job_dir)
-    except Exception as exc:  # noqa: BLE001
-        log.warning("warning: %s: figures not drawn (%s)", job_dir, _one_line(exc))
-
-
-def _probe_results(cfg: DictConfig, job_dir: Path, model, data, status: str) -> dict:
-    """``{"probes": scalars, "probe_fingerprint": pfp}`` for result.json.
-
-    Each probe config's results on the final checkpoint are cached in ``probes/<pfp>.json``
-    (scalars and the probe config) and ``probes/<pfp>.npz`` (eigenvalues, eigenvectors,
-    density), so asking again for a config already run costs nothing."""
-    pfp = probe_fingerprint(cfg)
-    if pfp is None:
-        return {}
-    if status == DIVERGED:
-        return {"probes": {"skipped": "diverged"}, "probe_fingerprint": pfp}
-    return {"probes": _cached_probes(cfg, job_dir, model, data, pfp), "probe_fingerprint": pfp}
-
-
-def _cached_probes(cfg: DictConfig, job_dir: Path, model, data, stem: str,
-                   key: Optional[dict] = None) -> dict:
-    """Probe scalars from ``probes/<stem>.json`` when it exists and matches ``key``,
-    else run the probes and write ``<stem>.npz`` then ``<stem>.json`` (atomically)."""
-    cache = job_dir / "probes" / f"{stem}.json"
-    try:
-        cached = read_json(cache)
-        if all(cached.get(k) == v for k, v in (key or {}).items()):
-            return cached["scalars"]
-    except (OSError, ValueError, KeyError):
-        pass
-    log.info("%s: running probes (%s)", job_dir, getattr(cfg.probe.name, "value", cfg.probe.name))
-    w0 = None
-    if cfg.probe.get("pacbayes", False):  # the prior mean: the initialization, not 0
-        device = next(model.parameters()).device
-        w0 = initial_model(cfg, data).to(device)
-    report = run_probes(model, data.train, cfg.probe, w0=w0)
-    _save_results(cache, report.arrays, {
-        "scalars": report.scalars,
-        "probe": OmegaConf.to_container(cfg.probe, resolve=True, enum_to_str=True),
-        **(key or {})})
-    return report.scalars
-
-
-def _save_results(json_path: Path, arrays: dict, record: dict) -> None:
-    """``<stem>.npz`` (the arrays) then ``<stem>.json`` (``record`` plus the array names),
-    each atomically: the JSON, written last, marks a complete result."""
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    atomic_write_bytes(json_path.with_suffix(".npz"), buf.getvalue())
-    write_json(json_path, {**record, "arrays": sorted(arrays)})
 
 
 def _model_from_state(cfg: DictConfig, state: dict):
@@ -474,22 +390,47 @@ def probe_checkpoint(cfg: DictConfig, ckpt_path: Path) -> dict:
     ckpt = load_checkpoint(ckpt_path)
     model, data = _model_from_state(cfg, ckpt["model"])
     key = {"checkpoint": ckpt_path.name, "checkpoint_sha256": payload_digest(ckpt_path)}
-    scalars = _cached_probes(cfg, job_dir, model, data, f"{pfp}_{ckpt_path.stem}", key)
+    scalars = cached_probes(cfg, job_dir, model, data, f"{pfp}_{ckpt_path.stem}", key)
     return {"epoch": ckpt.get("epoch"), "checkpoint": str(ckpt_path), "probes": scalars,
             "probe_fingerprint": pfp}
 
 
 def probe_finished_job(cfg: DictConfig, job_dir: Path, previous: dict) -> dict:
     """Run the configured probes and landscape on a finished job's final checkpoint (no
-    retraining; cached results are reused) and update its result.json and figures."""
-    ckpt = load_latest(Path(job_dir) / "checkpoints", warn=lambda m: log.warning("warning: %s", m))
-    if ckpt is None or ckpt.get("epoch") != previous.get("epochs_completed"):
-        raise CheckpointError(f"{job_dir} has no final checkpoint to probe")
+    retraining; cached results are reused) and update its result.json and figures, holding
+    the job directory's lock (:class:`JobLocked` when another process has it)."""
+    job_dir = Path(job_dir)
+    with job_lock(job_dir):
+        current = read_result(job_dir / "result.json")  # another process may have updated it
+        return _probe_finished(cfg, job_dir, current if current is not None else previous)
+
+
+def final_checkpoint(job_dir: Path, result: dict) -> dict:
+    """The finished job's final checkpoint, or one :class:`CheckpointError` line saying it is
+    missing or corrupt and how to rebuild it (a defective file is moved aside)."""
+    epochs = result.get("epochs_completed")
+    ckpt = load_latest(Path(job_dir) / "checkpoints",
+                       warn=lambda m: log.warning("warning: %s", m))
+    if ckpt is None or ckpt.get("epoch") != epochs or \
+            ckpt.get("fingerprint") != result.get("fingerprint"):
+        why = ("no valid checkpoint remains" if ckpt is None else
+               f"the newest valid one is epoch {ckpt.get('epoch')}" if ckpt.get("epoch") != epochs
+               else "the newest valid one was written by another config")
+        raise CheckpointError(f"{job_dir}: its final checkpoint (epoch {epochs}) is missing or "
+                              f"corrupt ({why}); rerun the training with resume=false (the same "
+                              "command otherwise) to rebuild it")
+    return ckpt
+
+
+def _probe_finished(cfg: DictConfig, job_dir: Path, previous: dict) -> dict:
+    ckpt = final_checkpoint(job_dir, previous)
     model, data = _model_from_state(cfg, ckpt["model"])
-    result = {**previous, **_probe_results(cfg, Path(job_dir), model, data, previous["status"])}
-    result.update(_landscape_results(cfg, Path(job_dir), model, data, result))
-    write_json(Path(job_dir) / "result.json", result)
-    _figures(cfg, Path(job_dir))
+    result = {**previous, **probe_results(cfg, job_dir, model, data, previous["status"],
+                                          probe_fingerprint(cfg), previous)}
+    result.update(landscape_results(cfg, job_dir, model, data, result, landscape_fingerprint(cfg)))
+    write_json(job_dir / "result.json", result)
+    draw_figures(cfg, job_dir, result)
+    remove_traceback(job_dir)
     return result
 
 
@@ -511,17 +452,17 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: in
         result = train_job(cfg, job_dir, overrides, n_parallel)
     except KeyboardInterrupt:
         raise
+    except JobLocked as exc:  # another runner has this job: neither redo nor touch it
+        log.warning("warning: %s", exc)
+        pid = f"pid {exc.pid}" if exc.pid else "pid unknown"
+        return {**summary, "status": SKIPPED, "message": f"locked by another process ({pid})"}
+    except JobRefused as exc:  # decided before anything was written: nothing to record
+        _remove_if_empty(job_dir, existed)
+        return {**summary, "status": INVALID, "message": str(exc)}
     except Exception as exc:
         message = _one_line(exc)
-        user_error = isinstance(exc, LandscopeError)
         log.error("error: %s: %s", name, message)
-        if job_dir.is_dir():
-            atomic_write_text(job_dir / "traceback.txt", traceback.format_exc())
-            if not (user_error and (job_dir / "result.json").exists()):
-                write_json(job_dir / "result.json", {
-                    "status": FAILED, "error": message, "seed": cfg.seed,
-                    "overrides": overrides, "fingerprint": fingerprint(cfg),
-                    "versions": package_versions(), "git_commit": git_commit()})
+        _record_failure(cfg, job_dir, overrides, message, isinstance(exc, LandscopeError))
         return {**summary, "status": FAILED, "message": message}
     final = result.get("final", {})
     note = "skipped: already done" if result.get("skipped") else result.get("stop_reason", "")
@@ -530,19 +471,33 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: in
             "train_loss": final.get("train_loss")}
 
 
-def _read_result(path: Path) -> Optional[dict]:
-    """A job's result.json, or None when absent or unreadable (then the job reruns)."""
+def _record_failure(cfg: DictConfig, job_dir: Path, overrides: list[str], message: str,
+                    user_error: bool) -> None:
+    """traceback.txt, and a failed result.json unless one is there that must stay (a finished
+    job's, of this config: a failed probe pass or checkpoint read does not undo the training;
+    or any, for a user error). A write that fails (a full disk) is logged, never raised."""
+    if not job_dir.is_dir():
+        return
+    previous = read_result(job_dir / "result.json", warn=False)
+    keep = (user_error and (job_dir / "result.json").exists()) or (
+        previous is not None and previous["status"] in FINISHED
+        and previous["fingerprint"] == fingerprint(cfg))
     try:
-        result = read_json(path)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        log.warning("warning: ignoring unreadable %s (%s)", path, exc)
-        return None
-    return result if isinstance(result, dict) else None
+        atomic_write_text(job_dir / "traceback.txt", traceback.format_exc())
+        if not keep:
+            write_json(job_dir / "result.json", {
+                "status": FAILED, "error": message, "seed": cfg.seed,
+                "overrides": overrides, "fingerprint": fingerprint(cfg),
+                "versions": package_versions(), "git_commit": git_commit()})
+    except OSError as exc:
+        log.error("error: %s: the failure could not be recorded (%s)", job_dir,
+                  _one_line(exc))
 
 
 def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return f"no space left on device{where}; free some and run the same command again"
     text = " ".join(str(exc).split())
     return text if isinstance(exc, LandscopeError) else f"{type(exc).__name__}: {text}"
 
