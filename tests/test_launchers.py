@@ -6,6 +6,7 @@ and drives `python -m runner` with the right Hydra arguments."""
 from __future__ import annotations
 
 import itertools
+import textwrap
 
 import pytest
 import yaml
@@ -149,3 +150,91 @@ def test_threads_per_job_follow_the_model_size_and_the_parallel_jobs(monkeypatch
         monkeypatch.setattr(app, "HydraConfig", types.SimpleNamespace(
             get=lambda launcher=launcher: types.SimpleNamespace(launcher=launcher)))
         assert app._parallel_jobs() == expected, n_jobs
+
+
+# A shim on PYTHONPATH, imported by every Python process of the sweep (sitecustomize): the
+# job whose seed is $LANDSCOPE_TEST_KILL_SEED SIGKILLs its own process as training starts,
+# as the out-of-memory killer would.  Only worker processes train, so the sweep survives.
+_KILL_SHIM = textwrap.dedent("""
+    import importlib.abc, importlib.util, os, signal, sys
+
+    SEED = os.environ.get("LANDSCOPE_TEST_KILL_SEED")
+
+    class _Patch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name != "landscope.jobs":
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(name)
+            load = spec.loader.exec_module
+
+            def exec_module(module):
+                load(module)
+                train = module.train_job
+
+                def train_job(cfg, *args, **kwargs):
+                    if str(cfg.seed) == SEED:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    return train(cfg, *args, **kwargs)
+
+                module.train_job = train_job
+
+            spec.loader.exec_module = exec_module
+            return spec
+
+    if SEED:
+        sys.meta_path.insert(0, _Patch())
+""")
+
+
+@pytest.mark.slow
+def test_a_killed_worker_fails_its_own_job_only(tmp_path, warm_data, compose):
+    """Issue #17 defect 9: SIGKILL of one worker under hydra/launcher=parallel used to end the
+    sweep with exit 2 and no table, killing the other job in flight.  Now that job alone is
+    `failed` (result.json with the reason and the fingerprint), the others complete, the
+    table is printed, the exit code is 1; a rerun completes the failed job."""
+    from conftest import REPO
+    from landscope.io import read_json
+    from landscope.jobs import fingerprint
+
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(_KILL_SHIM)
+    env = {"PYTHONPATH": f"{shim}:{REPO / 'src'}", "LANDSCOPE_TEST_KILL_SEED": "1"}
+    args = ["-m", *SMOKE, "hydra/launcher=parallel", "hydra.sweep.dir=par"]
+    res = run_cli([*args, "seed=0,1,2"], tmp_path, data_dir=warm_data, env=env)
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out[-3000:]
+    assert "3 jobs: 2 completed, 1 failed" in res.stdout, out[-3000:]
+    assert "worker process died (signal 9, SIGKILL)" in res.stdout
+    assert "Traceback" not in out and "TerminatedWorkerError" not in out
+    sweep = tmp_path / "par"
+    for seed in (0, 2):
+        assert read_json(sweep / f"seed={seed}" / "result.json")["status"] == "completed"
+    dead = read_json(sweep / "seed=1" / "result.json")
+    assert dead["status"] == "failed" and dead["error"] == "worker process died (signal 9, SIGKILL)"
+    assert dead["fingerprint"] == fingerprint(compose([*SMOKE, "seed=1"]))
+    assert dead["seed"] == 1 and dead["overrides"] and dead["versions"]
+
+    again = run_cli([*args, "seed=1"], tmp_path, data_dir=warm_data,
+                    env={"PYTHONPATH": env["PYTHONPATH"]})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert read_json(sweep / "seed=1" / "result.json")["status"] == "completed"
+
+
+def test_worker_death_reasons_and_job_counts():
+    from hydra_plugins.landscope_launcher.parallel_launcher import death_reason, n_workers
+    from landscope.jobs import available_cores
+
+    assert death_reason(-9) == "worker process died (signal 9, SIGKILL)"
+    assert death_reason(-15) == "worker process died (signal 15, SIGTERM)"
+    assert death_reason(3) == "worker process exited unexpectedly (exit code 3)"
+    assert n_workers(2, 15) == 2 and n_workers(4, 3) == 3 and n_workers(None, 5) == 1
+    assert n_workers(-1, 1000) == min(1000, __import__("joblib").cpu_count())
+    assert n_workers(-1, 1) == 1 and available_cores() >= 1
+
+
+def test_parallel_preset_uses_the_landscope_launcher(compose):
+    launcher = hydra_launcher(compose, "parallel")
+    assert launcher._target_.endswith("landscope_launcher.parallel_launcher.ParallelLauncher")
+    assert launcher.n_jobs == 2

@@ -1,0 +1,1 @@
+"""Hydra launcher plugin for landscope (``hydra/launcher=parallel``)."""
