@@ -243,6 +243,7 @@ def test_report_of_four_jobs_says_there_are_too_few(tmp_path, capsys):
     assert "run the sweep with probes or landscape scans" not in text
 
 
+@pytest.mark.slow  # an offline W&B run: ~15 s
 def test_report_says_it_was_saved_offline_and_how_to_sync(tmp_path, capsys, monkeypatch):
     for var in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_DIR"):
         monkeypatch.delenv(var, raising=False)
@@ -269,3 +270,15 @@ def test_a_disabled_report_log_says_so():
     assert logged == ReportLog("disabled")
     assert report._logged_line(logged, "p", "g") == \
         "report not logged to W&B (logger.mode is disabled)"
+
+
+def test_wandb_sweep_knows_its_options_and_checks_its_file(tmp_path, capsys):
+    from runner import wandb_sweep
+
+    code, out, err = _run(wandb_sweep, ["experiment=smoke", "seed=0,1", "--methd", "grid"], capsys)
+    assert code == 2 and _one_error(err) == \
+        "error: unknown option --methd (did you mean --method?)"
+    (tmp_path / "taken").write_text("")
+    code, out, err = _run(wandb_sweep, ["experiment=smoke", "seed=0,1", "--out",
+                                        tmp_path / "taken" / "s.yaml"], capsys)
+    assert code == 2 and "cannot write to" in _one_error(err) and out == ""

@@ -37,7 +37,8 @@ Output per pair (written atomically), in ``SWEEP_DIR/connectivity/<group>/``, wh
 A pair whose JSON file already holds the same checkpoint digests and settings is not
 recomputed.  One line per pair, then a summary.  Exit codes: 0 all pairs done, 1 a pair
 failed (the others still ran), 2 bad input (not a sweep directory, no pairs to connect,
-an unknown or non-landscape override): one ``error:`` line on stderr.
+an unknown or non-landscape override, an output directory that cannot be written, checked
+before anything is computed): one ``error:`` line on stderr.
 """
 
 from __future__ import annotations

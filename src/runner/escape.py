@@ -50,7 +50,8 @@ diverged, loss0, threshold, steps_run, the trace of steps, losses and distances)
 is rewritten after each (lr, B) cell, so an interrupted run resumes there; a complete file
 for the same checkpoint is not recomputed.  One line per job, then a summary.  Exit codes:
 0 every job done, 1 a job failed (the others still ran), 2 bad input (no job found, an
-unknown key, a wrong type or an impossible value): one ``error:`` line on stderr.
+unknown key, a wrong type or an impossible value, a job's ``escape/`` directory that cannot
+be written, checked before anything is computed): one ``error:`` line on stderr.
 """
 
 from __future__ import annotations

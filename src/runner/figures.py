@@ -4,8 +4,9 @@
 below it, plus the sweep's ``connectivity/`` results). Figures are drawn from the files
 the jobs saved (``metrics.jsonl``, ``probes/*.npz``, ``landscape/*.npz``,
 ``connectivity/*/*.npz``) without loading a model, into each job's ``figures/``
-directory (or ``--out DIR/<job name>``). Exit codes: 0 drawn, 1 a figure failed,
-2 bad input.
+directory (or ``--out DIR/<job name>``). The directories drawn into are checked to be
+writable before anything is drawn. Exit codes: 0 drawn, 1 a figure failed (a damaged
+``metrics.jsonl`` is named with its line), 2 bad input (one ``error:`` line).
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ are cached per landscape config, so asking again costs nothing, and an interrupt
 resumes from its partial grid. Parts that need data recorded during training (the
 trajectory) are skipped with a note for jobs trained without it. Lines along Hessian
 eigenvectors use the eigenvectors the job's probes saved.
+Every job directory is checked before anything is computed: that it can be written (exit 2
+otherwise) and that its final checkpoint loads (otherwise one ``error:`` line, "no final
+checkpoint to scan", saying whether it is missing or corrupt; the job is left alone).
 Exit codes as for the runner: 0 all done, 1 a job failed, 2 bad input.
 """
 

@@ -7,7 +7,10 @@ Overrides choose the probe config exactly as for the runner (default
 A job's final checkpoint is probed and its ``result.json`` updated; a checkpoint
 file is probed on its own and ``result.json`` is left alone. Results are cached
 per (checkpoint, probe config) in the job's ``probes/`` directory, so asking again
-costs nothing. Exit codes as for the runner: 0 all probed, 1 a job failed, 2 bad input.
+costs nothing. Every job directory is checked before anything is computed: that it can be
+written (exit 2 otherwise) and that its final checkpoint loads (otherwise one ``error:`` line
+saying whether it is missing or corrupt, and the job is left alone).
+Exit codes as for the runner: 0 all probed, 1 a job failed, 2 bad input.
 """
 
 from __future__ import annotations

@@ -11,7 +11,13 @@ When the sweep's jobs were tracked with ``logger=wandb``, the report (HTML, Mark
 figures) is also stored as a W&B artifact of type ``report`` in the sweep's group, with the
 jobs' project, entity and mode (``--no-wandb``: don't; ``--wandb``: also for untracked sweeps,
 with the default ``conf/logger/wandb.yaml`` settings).
-Exit codes: 0 written, 2 bad input (one ``error:`` line).
+The line about W&B says what happened: uploaded (online), saved offline in a directory
+to upload later with ``wandb sync DIR``, or not logged (``logger.mode=disabled``).
+Before anything is read or written, the arguments (unknown options are refused by name),
+the inputs (each path a directory holding jobs) and the output directory (created and
+written to as a test) are checked.
+Exit codes: 0 written, 1 the report could not be written after all (e.g. the disk filled),
+2 bad input (one ``error:`` line, nothing written).
 """
 
 from __future__ import annotations

@@ -142,11 +142,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     import yaml
 
     from landscope.io import atomic_write_text
-    from runner.cli import arguments, input_errors
+    from runner.cli import arguments, check_writable, input_errors
 
-    args = arguments(argv, __doc__)
+    args = arguments(argv, __doc__, options=tuple(OPTIONS))
     with input_errors():
         opts, overrides = _options(args)
+        if opts["--out"] != "-":
+            check_writable([Path(opts["--out"]).parent if opts["--out"] else Path(".")])
         spec = sweep_spec(overrides, opts["--method"], opts["--metric"], opts["--goal"],
                           opts["--project"])
     text = ("# W&B sweep written by `python -m runner.wandb_sweep " + " ".join(args) + "`\n"
