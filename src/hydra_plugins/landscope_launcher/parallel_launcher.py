@@ -75,6 +75,10 @@ def _cloudpickle() -> Any:
     return cloudpickle
 
 
+class WorkerDied(RuntimeError):
+    """A job's worker process died (killed, out of memory) before the job returned."""
+
+
 # ----------------------------------------------------------------------------- the worker
 def _watch_parent(parent_pid: int) -> None:
     """End this worker when the sweep process is gone (it would otherwise train on)."""
@@ -246,10 +250,11 @@ class ParallelLauncher(JoblibLauncher):
         return results
 
     def _died(self, overrides: List[str], reason: str) -> JobReturn:
-        """Record a job whose worker died as run_job records a failed job: result.json with
-        the reason and the config fingerprint; the summary the sweeper's table shows."""
-        from landscope.io import write_json
-        from landscope.jobs import FAILED, fingerprint, git_commit, package_versions
+        """Record a job whose worker died as run_job records a failed job
+        (``landscope.jobs._record_failure``: result.json ``failed`` with the reason and the
+        config fingerprint unless a finished result of this config is there, traceback.txt,
+        a full disk logged); the summary is the one the sweeper's table shows."""
+        from landscope.jobs import FAILED, _record_failure
 
         assert self.hydra_context is not None and self.config is not None
         job_cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
@@ -258,17 +263,17 @@ class ParallelLauncher(JoblibLauncher):
         with read_write(task_cfg), open_dict(task_cfg):
             del task_cfg["hydra"]
         try:
-            write_json(job_dir / "result.json", {
-                "status": FAILED, "error": reason, "seed": task_cfg.seed,
-                "overrides": overrides, "fingerprint": fingerprint(task_cfg),
-                "versions": package_versions(), "git_commit": git_commit()})
-            message = reason
+            job_dir.mkdir(parents=True, exist_ok=True)
+            raise WorkerDied(reason)  # traceback.txt then names the cause
+        except WorkerDied:
+            _record_failure(task_cfg, job_dir, overrides, reason, user_error=False)
         except OSError as exc:
-            message = f"{reason}; its result.json could not be written ({exc.strerror or exc})"
+            log.error("error: %s: the failure could not be recorded (%s)", job_dir,
+                      exc.strerror or exc)
         # Hydra's status says the job ran to an outcome; the outcome is "failed", exactly as
         # the task function reports a job that raised (landscope.jobs.run_job never raises).
         return JobReturn(overrides=overrides, cfg=task_cfg, hydra_cfg=job_cfg,
                          working_dir=str(job_dir), task_name=str(job_cfg.hydra.job.name),
                          status=JobStatus.COMPLETED,
                          _return_value={"job": job_dir.name, "dir": str(job_dir),
-                                        "status": FAILED, "message": message})
+                                        "status": FAILED, "message": reason})
