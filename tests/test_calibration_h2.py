@@ -48,21 +48,20 @@ def test_simulated_sweep_is_read_back_like_a_real_one(tmp_path):
 def test_calibrate_runs_every_scenario_with_a_small_R():
     df = calibrate(scenarios(), R=3)
     assert (df["runs"] + df["failed"] == 3).all() and (df["failed"] == 0).all()
-    assert set(df["kind"]) == {"null", "power"}
+    assert set(df["kind"]) == {"null", "power", "stress"}
 
 
 @pytest.mark.slow
 def test_null_rates_are_bounded_at_R100():
-    """R = 100 datasets per scenario: every null rate ≤ 0.10 (5 % plus 2.3 binomial sd), but
-    the documented known limits (KNOWN_LIMITS: the ungated barrier tests when the seed-level
-    differences are strongly skewed); power printed (λmax power at least 40 %). The measured rates at R = 200 are in the
-    module's report (calibration/h2.py, h2.py docstrings)."""
-    from landscope.analysis.calibration.h2 import KNOWN_LIMITS
-
+    """R = 100 datasets per scenario: every null rate ≤ 0.10 (5 % plus 2.3 binomial sd); the
+    stress rows (the ungated barrier tests when the seed-level differences are strongly
+    skewed) are measured but not bounded; power printed (λmax power at least 40 %). The
+    measured rates at R = 200 are in the module's report (calibration/h2.py, h2.py
+    docstrings)."""
     df = calibrate(scenarios(), R=100, seed=1)
     print(df[["scenario", "test", "kind", "rate", "low", "high"]].to_string())
-    known = [(s, t) in KNOWN_LIMITS for s, t in zip(df["scenario"], df["test"])]
-    null = df[(df["kind"] == "null") & ~np.array(known)]
+    assert set(df.loc[df["kind"] == "stress", "scenario"]) == {"h2_null_barriers_unequal_basins"}
+    null = df[df["kind"] == "null"]
     assert (null["failed"] == 0).all()
     assert (null["rate"] <= 0.10).all(), null[null["rate"] > 0.10]
     power = df[(df["kind"] == "power") & (df["test"] == h2.TEST_PRIMARY)]

@@ -97,9 +97,6 @@ def test_calibrate_command(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "runner.calibrate", "--R", "0"], cwd=tmp_path,
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "--R must be at least 1" in bad.stderr
-    bad = subprocess.run([sys.executable, "-m", "runner.calibrate", "--only", "h1", "--write"],
-                         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
-    assert bad.returncode == 2 and "--write" in bad.stderr
     ok = subprocess.run([sys.executable, "-m", "runner.calibrate", "--R", "2", "--only",
                          "measures", "--out", str(tmp_path / "rates.csv")], cwd=tmp_path,
                         capture_output=True, text=True, env=env, timeout=300)
@@ -107,13 +104,32 @@ def test_calibrate_command(tmp_path):
     table = pd.read_csv(tmp_path / "rates.csv")
     assert set(table["hypothesis"]) == {"measures"} and set(table["runs"]) == {2}
     assert "measures_null_seed_effects" in ok.stdout and "null" in ok.stdout
+    one = subprocess.run([sys.executable, "-m", "runner.calibrate", "--R", "2", "--only",
+                          "h2_null_barriers_unequal_basins", "--out", str(tmp_path / "one.csv")],
+                         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode in (0, 1), one.stderr
+    table = pd.read_csv(tmp_path / "one.csv", keep_default_na=False)
+    assert set(table["scenario"]) == {"h2_null_barriers_unequal_basins"}
+    assert set(table["kind"]) == {"null", "stress"} and "(stress: beyond the goal)" in one.stdout
+
+
+def test_merge_rates_replaces_the_rerun_scenarios_only():
+    from landscope.analysis.calibration import merge_rates
+
+    stored = pd.DataFrame({"scenario": ["a", "a", "b", "c"], "test": ["t", "u", "t", "t"],
+                           "runs": [200] * 4})
+    new = pd.DataFrame({"scenario": ["b", "d"], "test": ["t", "t"], "runs": [1000, 1000]})
+    merged = merge_rates(stored, new)
+    assert list(merged["scenario"]) == ["a", "a", "b", "c", "d"]
+    assert list(merged["runs"]) == [200, 200, 1000, 200, 1000]
+    assert merge_rates(pd.DataFrame(), new).equals(new)
 
 
 def test_shipped_rates_cover_every_scenario_and_read_back():
     from landscope.analysis.calibration import all_scenarios, shipped_rates
 
     rates = shipped_rates()
-    assert set(rates["kind"]) == {"null", "power"}  # "null" is a value, not a missing one
+    assert set(rates["kind"]) == {"null", "power", "stress"}  # "null" is a value, not missing
     expected = {(s.name, t, k) for s in all_scenarios() for t, k in s.expect.items()}
     stored = set(zip(rates["scenario"], rates["test"], rates["kind"]))
     assert stored == expected, "rates.csv is out of date: python -m runner.calibrate --write"

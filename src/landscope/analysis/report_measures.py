@@ -243,11 +243,14 @@ def calibration_appendix(ctx: Any, hypotheses: Sequence[str]) -> None:
         return
     rows["rate (95 % CI)"] = [f"{100 * r:.1f} % [{100 * lo:.1f}, {100 * hi:.1f}]"
                               for r, lo, hi in zip(rows["rate"], rows["low"], rows["high"])]
-    ctx.doc.para(f"From python -m runner.calibrate (R = {int(rows['runs'].max())} simulated "
-                 "sweeps per scenario, written in the results contract and read back as the "
-                 "report reads them; Clopper–Pearson intervals). Null rows are false-positive "
-                 "rates (goal ≤ 5 % within binomial error), power rows the rate at the stated "
-                 "planted effect.")
+    lo, hi = int(rows["runs"].min()), int(rows["runs"].max())
+    ctx.doc.para(f"From python -m runner.calibrate (R = {lo if lo == hi else f'{lo}–{hi}'} "
+                 "simulated sweeps per scenario, written in the results contract and read back "
+                 "as the report reads them; Clopper–Pearson intervals). Null rows are "
+                 "false-positive rates (goal ≤ 5 % within binomial error), power rows the rate "
+                 "at the stated planted effect, stress rows the false-positive rate in a world "
+                 "that breaks an assumption no test with so few units can do without (shown, "
+                 "not held to the goal).")
     ctx.doc.frame(rows, [("hypothesis", "family"), ("scenario", "scenario"), ("test", "test"),
                          ("kind", "kind"), ("rate (95 % CI)", "rate (95 % CI)"),
                          ("effect", "planted effect")])

@@ -21,7 +21,7 @@ from landscope.analysis.calibration.core import (NULL_LIMIT, Rate, Scenario, bin
 
 __all__ = ["NULL_LIMIT", "Rate", "Scenario", "binomial_interval", "calibrate", "completed",
            "run_scenario", "write_job", "MODULES", "all_scenarios", "shipped_rates",
-           "calibration_note", "RATES_FILE"]
+           "calibration_note", "merge_rates", "RATES_FILE"]
 
 MODULES = ("measures", "h1", "h2", "h3", "h4", "optimizers")
 RATES_FILE = Path(__file__).with_name("rates.csv")
@@ -70,11 +70,26 @@ def calibration_note(test: str, rates: pd.DataFrame | None = None) -> str:
         parts.append(f"false-positive rate ≤ {_pct(worst['rate'])} [{_pct(worst['low'])}, "
                      f"{_pct(worst['high'])}] over {len(null)} null scenario"
                      f"{'s' if len(null) > 1 else ''}")
+    for row in rows[rows["kind"] == "stress"].itertuples():
+        parts.append(f"{_pct(row.rate)} under a stress null beyond the goal ({row.scenario})")
     for row in rows[rows["kind"] == "power"].itertuples():
         parts.append(f"power {_pct(row.rate)} ({row.scenario}"
                      + (f": {row.effect}" if isinstance(row.effect, str) and row.effect else "")
                      + ")")
-    return f"calibration (R={int(rows['runs'].max())}): " + "; ".join(parts)
+    lo, hi = int(rows["runs"].min()), int(rows["runs"].max())
+    return f"calibration (R={lo if lo == hi else f'{lo}–{hi}'}): " + "; ".join(parts)
+
+
+def merge_rates(stored: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """``stored`` with the rows of every scenario in ``new`` replaced by ``new``'s (scenario
+    order kept; new scenarios appended): a partial re-run, e.g. one scenario at a larger R."""
+    if stored.empty:
+        return new.reset_index(drop=True)
+    order = list(dict.fromkeys(list(stored["scenario"]) + list(new["scenario"])))
+    replaced = set(new["scenario"])
+    parts = [new[new["scenario"] == s] if s in replaced else stored[stored["scenario"] == s]
+             for s in order]
+    return pd.concat(parts, ignore_index=True)
 
 
 def _pct(x: float) -> str:

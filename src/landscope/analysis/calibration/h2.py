@@ -31,7 +31,14 @@ Measured (``calibrate(scenarios(), R=200)``, seed 0; rate [Clopper–Pearson 95 
   sign-flip 5.5 %;
 - ``h2_null_barriers_unequal_basins`` (the known limit: skewed seed-level differences, the
   t on 7 df is anti-conservative): barrier ungated 7.0 % [3.9, 11.5] (10.8 % [7.9, 14.2] at
-  R = 400, seed 7), gated 2.5 % (5.8 % at R = 400); sign-flip 7.0 % (9.8 %);
+  R = 400, seed 7), gated 2.5 % (5.8 % at R = 400); sign-flip 7.0 % (9.8 %). The two
+  ungated rows are ``stress`` rows (:mod:`~landscope.analysis.calibration.core`): equal mean
+  barriers with an exponential against a normal basin shape is a null for the mean, and no
+  test of a mean over 8 units holds its level for every shape. Measured on the seed
+  pseudo-values of this world directly (20,000 datasets): the jackknife t 9.5 % (9.1 % in the
+  lower tail alone), the exact sign flip 8.5 %, Johnson's and Hall's skewness-corrected t
+  7.4 % and 7.7 %, a bootstrap-t 7.5 % (4,000 datasets), and the jackknife t still 8.0 % at
+  16 seeds; the gated row, which decides the verdict, stays a null row;
 - ``h2_planted_skip`` (power): λmax 68 %, secondary rows 25.5 %, barrier ungated 50 %, gated
   14 %, sign-flip 53 %.
 
@@ -51,12 +58,6 @@ from landscope.analysis.calibration.core import Scenario, completed, write_job
 
 SEEDS = 8
 BARRIER = "linear_train_loss_barrier_mean"
-# (scenario, test) pairs whose null rate is known to exceed the goal (see above): reported in
-# the appendix, not hidden, and left out of the slow test's bound.
-KNOWN_LIMITS = {("h2_null_barriers_unequal_basins", "H2 barrier: seed jackknife t at alpha "
-                 "(ungated)"),
-                ("h2_null_barriers_unequal_basins", "H2 barrier: seed sign-flip at alpha "
-                 "(ungated, reported)")}
 
 
 def _name(skip: bool, seed: int) -> str:
@@ -161,9 +162,11 @@ def scenarios() -> list[Scenario]:
             "h2_null_barriers_unequal_basins", "H2",
             "as h2_null_barriers_gate_open, but skip-off basins are N(0.5, 0.125²) while "
             "skip-on basins are Exponential(0.5): equal mean barrier, other shape and spread "
-            "(skewed seed-level differences: the known limit of the t on n − 1 df)",
+            "(skewed seed-level differences: the known limit of the t on n − 1 df; the "
+            "ungated rows are stress rows)",
             lambda rng, sweep: simulate(rng, sweep, d_lambda=3.0, off_basin="normal"),
-            evaluate, barrier_null),
+            evaluate, {**barrier_null, h2.TEST_BARRIER_RAW: "stress",
+                       h2.TEST_SIGN_FLIP_RAW: "stress"}),
         Scenario(
             "h2_planted_skip", "H2",
             "8 seeds, skip lowers λmax by 1.5, the trace by 30 and every barrier by 1.0; "
