@@ -28,12 +28,18 @@ run: install
 	status=0; $(PY) -m runner -m $(SWEEP) || status=$$?; \
 	$(PY) -m runner.report $(SWEEP_DIR) && exit $$status
 
+# The whole suite, slow tests included, on every core with pytest-xdist (`-n auto`: one
+# worker per core; TEST_WORKERS=1 for one process). --dist loadfile keeps a test file on one
+# worker, so its module fixtures (trained jobs, sweeps) are built once.
+TEST_WORKERS ?= auto
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: install
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 # Everything except the end-to-end tests marked slow.
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # The benchmarks: training-loop overhead, the curvature probes against PyHessian,
 # hessian-eigenthings and curvlinops, and landscape slices against the forward-pass floor

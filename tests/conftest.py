@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,25 @@ CONF = REPO / "conf"
 # Figures cost ~1 s of matplotlib per process: jobs in tests skip them unless a test asks
 # (tests/test_plots.py and tests/test_landscape_job.py draw them).
 NO_FIGURES = ["landscape.figures=false"]
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (`make test`), each worker gets a temporary directory of its own
+    (TMPDIR, inherited by the subprocesses it starts), so that tests which list or clean
+    the shared temporary directory (e.g. landscope-slice-* stores) never see another
+    worker's files. Removed when the worker ends."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker and not hasattr(config, "_landscope_tmpdir"):
+        path = tempfile.mkdtemp(prefix=f"landscope-tests-{worker}-")
+        config._landscope_tmpdir = path
+        os.environ["TMPDIR"] = path
+        tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+
+
+def pytest_unconfigure(config):
+    path = getattr(config, "_landscope_tmpdir", None)
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

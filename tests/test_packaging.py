@@ -91,3 +91,19 @@ def test_build_prints_no_deprecation_warnings(tmp_path):
         next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "License-Expression: MIT" in meta
     assert (out / res.stdout.split("EDITABLE ")[1].split()[0]).is_file()
+
+
+def test_make_test_runs_the_whole_suite_on_every_core():
+    """`make test` (the README's and CI's command) runs pytest-xdist workers, slow tests
+    included (issue #17, defect 8: the suite had grown to 16 minutes on one core)."""
+    import importlib.util
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert any(r.startswith("pytest-xdist") for r in project["optional-dependencies"]["test"])
+    assert importlib.util.find_spec("xdist") is not None, "pytest-xdist is not installed"
+    dry = subprocess.run(["make", "-n", "-s", "test", "test-fast"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    runs = [line for line in dry.stdout.splitlines() if "-m pytest" in line]
+    assert len(runs) == 2 and all(" -n auto " in line for line in runs), runs
+    assert "not slow" not in runs[0] and "not slow" in runs[1]
