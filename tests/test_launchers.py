@@ -124,12 +124,16 @@ def test_wandb_sweep_command_line_sweeps_and_errors(tmp_path, capsys):
                         (["train.epochs=2"], "nothing is swept"),
                         (["seed=0,1", "--method", "magic"], "--method must be one of"),
                         (["seed=0,1", "--frobnicate", "1"], "unknown option --frobnicate"),
-                        (["experiment=study_training"], "hydra.sweeper.cases")):
+                        (["experiment=study_training"], "hydra.sweeper.cases"),
+                        (["seed=0,1", "optimizer.lrr=0.1"], "unknown option optimizer.lrr"),
+                        (["seed=0,1", "optimizer=adam", "optimizer.name=sgd"],
+                         "contradicts the optimizer preset adam")):
         with pytest.raises(SystemExit) as exit_info:
             main([*bad, "--out", str(tmp_path / "x.yaml")])
         err = capsys.readouterr().err.strip()
         assert exit_info.value.code == 2 and err.startswith("error:") and needle in err
         assert len(err.splitlines()) == 1 and not (tmp_path / "x.yaml").exists()
+        assert "To append" not in err and "+optimizer" not in err, err  # never advises +
 
 
 def test_threads_per_job_follow_the_model_size_and_the_parallel_jobs(monkeypatch):

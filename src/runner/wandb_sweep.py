@@ -66,12 +66,13 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, list[str
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from landscope.errors import LandscopeError
+    from runner.app import one_line
 
     parser = OverridesParser.create()
     try:
         parsed = parser.parse_overrides(overrides)
     except Exception as exc:  # hydra's OverrideParseException
-        raise LandscopeError(" ".join(str(exc).split())) from None
+        raise LandscopeError(one_line(exc)) from None
     plain, swept = [], {}
     for text, ov in zip(overrides, parsed):
         if ov.is_sweep_override():
@@ -93,7 +94,7 @@ def sweep_spec(overrides: list[str], method: str = "grid", metric: str = "final/
 
     from landscope.config import register_configs
     from landscope.errors import LandscopeError
-    from runner.app import _conf_dir
+    from runner.app import _conf_dir, one_line
 
     import itertools
 
@@ -105,7 +106,7 @@ def sweep_spec(overrides: list[str], method: str = "grid", metric: str = "final/
         try:
             cfg = compose(config_name="config", overrides=plain, return_hydra_config=True)
         except Exception as exc:  # noqa: BLE001 - composition errors are bad input
-            raise LandscopeError(" ".join(str(exc).split())) from None
+            raise LandscopeError(one_line(exc)) from None
         if cfg.hydra.sweeper.get("cases"):
             raise LandscopeError("this sweep has hydra.sweeper.cases (a union of products), "
                                  "which one W&B grid cannot express: write one sweep file per "
@@ -121,9 +122,10 @@ def sweep_spec(overrides: list[str], method: str = "grid", metric: str = "final/
         for values in itertools.product(*grid.values()):  # every run must be valid
             job = [f"{k}={v}" for k, v in zip(grid, values)]
             try:
-                check_inputs(compose(config_name="config", overrides=[*plain, *job]))
+                check_inputs(compose(config_name="config", overrides=[*plain, *job],
+                                     return_hydra_config=True))
             except Exception as exc:  # noqa: BLE001
-                raise LandscopeError(f"{' '.join(job)}: {' '.join(str(exc).split())}") from None
+                raise LandscopeError(f"{' '.join(job)}: {one_line(exc)}") from None
     command = ["${env}", "${interpreter}", "-m", "runner",
                *[o for o in plain if not o.startswith("logger=")], "logger=wandb",
                "${args_no_hyphens}"]
