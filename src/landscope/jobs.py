@@ -7,7 +7,9 @@ Results contract of a job directory (see README):
 - ``result.json``      status, stop reason, final metrics, wall time, parameter count,
                        seed, package versions, git commit, config fingerprint
 - ``checkpoints/``     ``epoch_NNNNNN.pt`` (atomic, checksummed, newest few kept)
-- ``traceback.txt``    only when the job failed
+- ``traceback.txt``    only when the job failed (removed when it later completes)
+- ``probes/``, ``landscape/``, ``figures/`` post-training caches and figures (see jobresults)
+- ``.lock``            the advisory lock of the process working on the job (see joblock)
 
 Statuses: ``completed`` (stopped at max epochs or the target train loss),
 ``diverged`` (the loss became non-finite: a result, not a failure), ``failed``
