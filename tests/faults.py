@@ -13,8 +13,12 @@ file (one byte appended per write), so "the N-th write" is deterministic across 
 - ``kill-before:N``: the process SIGKILLs itself at write N, its temporary file written but not
   swapped in (the moment a torn write would happen without the temporary-file route);
 - ``kill-after:N``: SIGKILL right after write N is swapped in;
-- ``enospc:N``: write N and every later one fail with ``OSError(ENOSPC)``, as on a disk that
-  filled up (the temporary file is removed by ``atomic_write_bytes``'s own clean-up).
+- ``enospc:N``: write N and every later one fail with ``OSError(ENOSPC)`` (no file name, as
+  from a ``write`` on a disk that filled up; the temporary file is removed by
+  ``atomic_write_bytes``'s own clean-up);
+- ``hold:TEXT``: at the first write whose target path contains TEXT, the process creates
+  ``held.<pid>`` in the state directory and waits (at most 5 minutes) for a file ``release``
+  there, so a test can let another process run while this one is inside a job.
 """
 
 from __future__ import annotations
@@ -35,8 +39,10 @@ SHIM = r'''
 import errno, os, signal
 _SPEC = os.environ.get("LANDSCOPE_FAULT", "")
 if _SPEC:
-    _MODE, _, _AT = _SPEC.partition(":")
-    _AT = int(_AT or 0)
+    _MODE, _, _ARG = _SPEC.partition(":")
+    _AT = int(_ARG) if _ARG.isdigit() else 0
+    _STATE = os.path.dirname(os.environ["LANDSCOPE_FAULT_COUNTER"])
+    _HELD = []
     _COUNTER = os.environ["LANDSCOPE_FAULT_COUNTER"]
     _LOG = os.environ.get("LANDSCOPE_FAULT_LOG")
     _replace = os.replace
@@ -57,10 +63,18 @@ if _SPEC:
         if _LOG:
             with open(_LOG, "a") as fh:
                 fh.write(f"{n}\t{os.getpid()}\t{os.fspath(dst)}\n")
+        if _MODE == "hold" and _ARG in os.fspath(dst) and not _HELD:
+            import time
+            _HELD.append(n)
+            open(os.path.join(_STATE, f"held.{os.getpid()}"), "w").close()
+            deadline = time.monotonic() + 300
+            while not os.path.exists(os.path.join(_STATE, "release")) and \
+                    time.monotonic() < deadline:
+                time.sleep(0.05)
         if _MODE == "kill-before" and n == _AT:
             os.kill(os.getpid(), signal.SIGKILL)
         if _MODE == "enospc" and n >= _AT:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(src))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         _replace(src, dst, *args, **kwargs)
         if _MODE == "kill-after" and n == _AT:
             os.kill(os.getpid(), signal.SIGKILL)
@@ -113,14 +127,33 @@ def read_write_log(state_dir: Path) -> list[tuple[int, int, str]]:
 
 # --- comparing result trees ---------------------------------------------------------------
 
-# result.json fields that legitimately differ between two runs of the same job: wall-clock
-# times and dates, the host, whether (and from where) the job resumed, and the torch thread
-# count (chosen from the machine, not the config). Everything else must be equal.
-RESULT_VOLATILE = ("wall_time_s", "started", "finished", "resumed_from_epoch", "host",
-                   "torch_threads", "git_commit")
-# metrics.jsonl rows and checkpoints carry elapsed seconds (training time so far)
-METRICS_VOLATILE = ("seconds",)
-CHECKPOINT_VOLATILE = ("seconds",)
+# Fields that legitimately differ between two runs of the same job, wherever they appear
+# (result.json and its nested probe/landscape scalars, the probe and landscape caches,
+# metrics.jsonl rows, checkpoints and their history, the report's jobs.csv/jobs.parquet
+# columns): wall-clock measurements (``seconds``, every ``*_seconds``, ``wall_time_s``), the
+# dates the job started and finished, whether it resumed (the interruption itself), the host,
+# and the code's commit (other work may be committed between a kill and the rerun).
+# Everything else must be equal; tensors and arrays bit for bit.
+VOLATILE_KEYS = ("seconds", "wall_time_s", "started", "finished", "resumed_from_epoch", "host",
+                 "git_commit")
+
+
+def volatile(key: str) -> bool:
+    leaf = str(key).rsplit(".", 1)[-1]  # the report's tables flatten nested keys with dots
+    return leaf in VOLATILE_KEYS or leaf.endswith("_seconds")
+
+
+def strip(value):
+    """``value`` less every volatile key, at any depth (tensors are left as they are)."""
+    if isinstance(value, dict):
+        return {k: strip(v) for k, v in value.items() if not volatile(k)}
+    if isinstance(value, list):
+        return [strip(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(strip(v) for v in value)
+    return value
+
+
 # multirun.yaml records the directory the sweep was started from (hydra.runtime.*)
 MULTIRUN_VOLATILE = ("cwd", "output_dir")
 # files whose bytes carry no result: the job's log, the job lock (its holder's pid)
@@ -130,8 +163,7 @@ IGNORED_NAMES = ("runner.log", ".lock")
 def _checkpoint_state(path: Path) -> dict:
     from landscope.checkpoint import load_checkpoint
 
-    state = load_checkpoint(path)  # verifies the checksum: a torn checkpoint raises
-    return {k: v for k, v in state.items() if k not in CHECKPOINT_VOLATILE}
+    return strip(load_checkpoint(path))  # verifies the checksum: a torn checkpoint raises
 
 
 def _bits(t):
@@ -151,13 +183,15 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def comparable(path: Path):
-    """What of ``path`` must be identical between runs (None: the file is not compared)."""
+def comparable(path: Path, root: Path):
+    """What of ``path`` (a file below ``root``) must be identical between runs (None: the file
+    is not compared). The report's tables name each job by its absolute path: compared
+    relative to ``root``."""
     name = path.name
     if name in IGNORED_NAMES:
         return None
-    if name == "result.json":
-        return {k: v for k, v in json.loads(path.read_text()).items() if k not in RESULT_VOLATILE}
+    if path.suffix == ".json":
+        return strip(json.loads(path.read_text()))
     if name == "multirun.yaml":
         import yaml
 
@@ -166,16 +200,35 @@ def comparable(path: Path):
         for key in MULTIRUN_VOLATILE:
             runtime.pop(key, None)
         return doc
-    if name == "metrics.jsonl":
-        return [{k: v for k, v in json.loads(line).items() if k not in METRICS_VOLATILE}
-                for line in path.read_text().splitlines() if line]
+    if path.suffix == ".jsonl":
+        return [strip(json.loads(line)) for line in path.read_text().splitlines() if line]
+    if path.suffix in (".csv", ".parquet"):
+        import pandas as pd
+
+        table = pd.read_parquet(path) if path.suffix == ".parquet" else \
+            pd.read_csv(path, dtype=str, keep_default_na=False)  # the text, exactly
+        table = table.drop(columns=[c for c in table.columns if volatile(c)])
+        text = table.to_csv(index=False)  # text: NaN cells compare equal
+        for prefix in {str(root.resolve()), str(root)}:
+            text = text.replace(prefix, "<root>")
+        return text
     return path.read_bytes()
+
+
+def is_temporary(path: Path) -> bool:
+    """A temporary file of an atomic write (``.<name>.<random>.tmp``) or of a scan chunk."""
+    return path.name.endswith(".tmp") or path.name.endswith(".part")
 
 
 def tree(root: Path, ignored: tuple = ()) -> dict[str, Path]:
     """Every file below ``root`` by relative path (less those named in ``ignored``)."""
     return {str(p.relative_to(root)): p for p in sorted(root.rglob("*"))
             if p.is_file() and p.name not in ignored}
+
+
+def leftovers(root: Path) -> list[str]:
+    """Temporary files left below ``root`` (by a killed write that nothing cleaned up)."""
+    return [rel for rel, p in tree(root).items() if is_temporary(p)]
 
 
 STAGES = (("checkpoints/", "checkpoint"), ("probes/", "probes"), ("landscape/", "slices"),
@@ -192,8 +245,11 @@ def stage(target: str) -> str:
 
 
 def differences(reference: Path, other: Path) -> list[str]:
-    """Relative paths whose comparable content differs (or that exist on one side only)."""
+    """Relative paths whose comparable content differs (or that exist on one side only);
+    temporary files are not results (:func:`leftovers` lists them)."""
     ref, got = tree(reference, IGNORED_NAMES), tree(other, IGNORED_NAMES)
+    ref = {k: p for k, p in ref.items() if not is_temporary(p)}
+    got = {k: p for k, p in got.items() if not is_temporary(p)}
     out = [f"only in reference: {k}" for k in ref.keys() - got.keys()]
     out += [f"only in rerun: {k}" for k in got.keys() - ref.keys()]
     for key in sorted(ref.keys() & got.keys()):
@@ -201,15 +257,18 @@ def differences(reference: Path, other: Path) -> list[str]:
         if a.suffix == ".pt":
             if not _same(_checkpoint_state(a), _checkpoint_state(b)):
                 out.append(f"checkpoint differs: {key}")
-        elif comparable(a) != comparable(b):
+        elif comparable(a, reference) != comparable(b, other):
             out.append(f"differs: {key}")
     return sorted(out)
 
 
 def damaged(root: Path) -> list[str]:
-    """Files below ``root`` that are left over or unreadable: temporary ``.*.tmp`` files, JSON
-    (and JSON lines) that does not parse, npz archives that do not load, checkpoints that do
-    not verify, PNGs without their end chunk."""
+    """Result files below ``root`` that are torn or unreadable: JSON (and JSON lines) that
+    does not parse, npz archives that do not load, checkpoints that do not verify, PNGs
+    without their end chunk (temporary files: :func:`leftovers`)."""
+    import pandas as pd
+    import yaml
+
     from landscope.checkpoint import load_checkpoint
     from landscope.errors import CheckpointError
 
@@ -217,9 +276,9 @@ def damaged(root: Path) -> list[str]:
     for rel, path in tree(root).items():
         name = path.name
         try:
-            if name.endswith(".tmp") or name.endswith(".part"):
-                bad.append(f"leftover temporary file: {rel}")
-            elif name.endswith(".json"):
+            if is_temporary(path):
+                continue
+            if name.endswith(".json"):
                 json.loads(path.read_text())
             elif name.endswith(".jsonl"):
                 for line in path.read_text().splitlines():
@@ -228,11 +287,15 @@ def damaged(root: Path) -> list[str]:
                 with np.load(io.BytesIO(path.read_bytes())) as z:
                     for key in z.files:
                         z[key]
+            elif name.endswith(".yaml"):
+                yaml.safe_load(path.read_text())
+            elif name.endswith(".parquet"):
+                pd.read_parquet(path)
             elif name.endswith(".pt"):
                 load_checkpoint(path)
             elif name.endswith(".png"):
                 if not path.read_bytes().endswith(b"IEND\xaeB`\x82"):
                     bad.append(f"truncated png: {rel}")
-        except (ValueError, OSError, KeyError, CheckpointError) as exc:
+        except (ValueError, OSError, KeyError, CheckpointError, yaml.YAMLError) as exc:
             bad.append(f"unreadable: {rel} ({type(exc).__name__})")
     return bad

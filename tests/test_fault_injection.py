@@ -96,7 +96,9 @@ def _campaign_moments(runner_writes: list, report_writes: list) -> list[tuple[st
 def _kill_round(i: int, moment: tuple[str, str, str], root: Path, ref_root: Path, shim: Path,
                 data: Path) -> dict:
     """One round: the command in a fresh directory, killed at the moment, then rerun without
-    the fault. Returns what went wrong (an empty ``problems`` list when nothing)."""
+    the fault. Returns what went wrong (``problems``: the kill did not happen, the rerun
+    failed, a result differs from the reference, a file is torn) and the temporary files
+    left behind after the kill and after the rerun."""
     command, spec, target = moment
     here = root / f"round{i:02d}"
     here.mkdir()
@@ -111,7 +113,7 @@ def _kill_round(i: int, moment: tuple[str, str, str], root: Path, ref_root: Path
     problems = []
     if killed.returncode != -signal.SIGKILL:
         problems.append(f"not killed at {spec} (exit {killed.returncode})")
-    left_after_kill = faults.damaged(here / SWEEP)
+    left_by_kill = faults.leftovers(here / SWEEP)
     rerun = faults.run(args, here, faults.plain_env())
     if rerun.returncode != 0:
         problems.append(f"rerun exit {rerun.returncode}: {rerun.stderr.strip()[-800:]}")
@@ -119,34 +121,197 @@ def _kill_round(i: int, moment: tuple[str, str, str], root: Path, ref_root: Path
         problems.append(f"rerun printed a traceback: {rerun.stderr.strip()[-800:]}")
     problems += faults.differences(reference, here / SWEEP)
     problems += faults.damaged(here / SWEEP)
-    return {"command": command, "spec": spec, "target": target,
-            "stage": faults.stage(target),
-            "left_after_kill": left_after_kill, "problems": problems}
+    return {"command": command, "spec": spec, "target": target, "stage": faults.stage(target),
+            "problems": problems, "left_by_kill": left_by_kill,
+            "left_after_rerun": faults.leftovers(here / SWEEP)}
 
 
-def test_sigkill_at_every_write_then_rerun_is_bit_identical(campaign_ref, tmp_path, data):
-    """≥ 20 SIGKILLs spread over every stage; every rerun exits 0, every result file ends
-    identical to the uninterrupted run (result.json, metrics.jsonl and checkpoints less their
-    wall-clock fields, see faults.RESULT_VOLATILE; all other files byte for byte) and nothing
-    is left half-written or unreadable."""
+@pytest.fixture(scope="module")
+def campaign(campaign_ref, tmp_path_factory, data) -> list[dict]:
+    """Every kill round (two at a time: each round is a pair of short processes)."""
     ref_root, shim, runner_writes, report_writes = campaign_ref
     moments = _campaign_moments(runner_writes, report_writes)
-    assert len(moments) >= 20, f"only {len(moments)} kill moments"
+    root = tmp_path_factory.mktemp("fault-rounds")
     tic = time.perf_counter()
     with ThreadPoolExecutor(max_workers=2) as pool:
-        rounds = list(pool.map(lambda im: _kill_round(im[0], im[1], tmp_path, ref_root, shim,
-                                                      data), enumerate(moments)))
-    seconds = time.perf_counter() - tic
+        rounds = list(pool.map(lambda im: _kill_round(im[0], im[1], root, ref_root, shim, data),
+                               enumerate(moments)))
     tally = Counter(r["stage"] for r in rounds)
-    print(f"\n{len(rounds)} kills in {seconds:.0f} s: " +
+    print(f"\n{len(rounds)} kills in {time.perf_counter() - tic:.0f} s: " +
           ", ".join(f"{stage} {n}" for stage, n in sorted(tally.items())))
     for r in rounds:
-        print(f"  {r['command']:6s} {r['spec']:15s} {r['stage']:10s} {Path(r['target']).name:28s}"
-              f" {'ok' if not r['problems'] else 'FAILED'}"
-              f"{'  left by the kill: ' + str(len(r['left_after_kill'])) if r['left_after_kill'] else ''}")
+        print(f"  {r['command']:6s} {r['spec']:15s} {r['stage']:10s} {Path(r['target']).name:22s}"
+              f" {'identical' if not r['problems'] else 'FAILED'}; temporary files left by the"
+              f" kill {len(r['left_by_kill'])}, after the rerun {len(r['left_after_rerun'])}")
+    return rounds
+
+
+def test_sigkill_at_every_write_then_rerun_is_bit_identical(campaign):
+    """≥ 20 SIGKILLs spread over every stage; every rerun exits 0 without a traceback, every
+    result file ends identical to the uninterrupted run (JSON, JSON lines, checkpoints and
+    the report's tables less the wall-clock fields of faults.VOLATILE_KEYS; every other file
+    byte for byte) and no result file is torn or unreadable."""
+    assert len(campaign) >= 20, f"only {len(campaign)} kill moments"
+    stages = {r["stage"] for r in campaign}
     assert {"setup", "training", "checkpoint", "probes", "slices", "result", "figures",
-            "report"} <= set(tally), f"a stage was never interrupted: {tally}"
+            "report"} <= stages, f"a stage was never interrupted: {stages}"
     failed = [f"{r['command']} {r['spec']} ({r['target']}):\n    " + "\n    ".join(r["problems"])
-              for r in rounds if r["problems"]]
-    assert not failed, f"{len(failed)} of {len(rounds)} rounds did not end identical and " \
+              for r in campaign if r["problems"]]
+    assert not failed, f"{len(failed)} of {len(campaign)} rounds did not end identical and " \
                        "intact:\n" + "\n".join(failed)
+
+
+def test_sigkill_leaves_no_temporary_file_after_the_rerun(campaign):
+    """A kill between writing a temporary file and swapping it in leaves ``.<name>.*.tmp``
+    behind; the rerun must not leave it there (a killed checkpoint write is a model-sized
+    file; a reader of the directory should find only results)."""
+    left = [f"{r['command']} {r['spec']}: {', '.join(r['left_after_rerun'])}"
+            for r in campaign if r["left_after_rerun"]]
+    assert not left, f"{len(left)} of {len(campaign)} reruns left temporary files:\n" + \
+        "\n".join(left)
+
+
+# --- a two-job sweep: two runners at once, and a full disk ----------------------------------
+
+SEEDS = "seed=0,1"
+FIRST_JOB = "seed=0,train.checkpoint_interval_s=0"  # job directory names end so
+SECOND_JOB = "seed=1,train.checkpoint_interval_s=0"
+
+
+@pytest.fixture(scope="module")
+def sweep_ref(tmp_path_factory, data):
+    """The uninterrupted two-job sweep and its numbered writes."""
+    root = tmp_path_factory.mktemp("fault-sweep-ref")
+    shim = faults.install_shim(root / "shim")
+    (root / "run").mkdir()
+    _, writes = logged_run(runner_args(data, SEEDS), root / "run", shim, root / "state")
+    return root / "run" / SWEEP, shim, writes
+
+
+def _job_of(target: str) -> str | None:
+    for job in (FIRST_JOB, SECOND_JOB):
+        if f"{job}/" in target:
+            return job
+    return None
+
+
+def _writes_per_job(writes: list) -> dict[str, Counter]:
+    """For each job: how many files of each stage were written into it."""
+    out: dict[str, Counter] = {}
+    for _, _, target in writes:
+        job = _job_of(target)
+        if job is not None:
+            out.setdefault(job, Counter())[faults.stage(target)] += 1
+    return out
+
+
+def test_two_runners_on_one_sweep_do_each_job_once(sweep_ref, tmp_path, data):
+    """Two identical sweep commands started together: the runner that takes the first job is
+    held inside it (at its first checkpoint) until the other has exited, so the other meets
+    the locked job. It skips it in one line and trains the second job; the first runner then
+    finds the second job done. Every job is trained by one process only, with the reference's
+    number of checkpoint and metrics writes, and the sweep ends identical to the reference."""
+    reference, shim, ref_writes = sweep_ref
+    state = tmp_path / "state"
+    state.mkdir()
+    env = faults.fault_env(shim, f"hold:{FIRST_JOB}/checkpoints/", state)
+    cmd = [sys.executable, *runner_args(data, SEEDS)]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    deadline = time.monotonic() + 300
+    while not list(state.glob("held.*")) and time.monotonic() < deadline and \
+            all(p.poll() is None for p in procs):
+        time.sleep(0.1)
+    held = [int(p.name.split(".")[1]) for p in state.glob("held.*")]
+    assert len(held) == 1, f"expected one runner inside the first job, found {held}"
+    holder = next(p for p in procs if p.pid == held[0])
+    other = next(p for p in procs if p is not holder)
+    other_out, other_err = other.communicate(timeout=300)
+    (state / "release").touch()
+    holder_out, holder_err = holder.communicate(timeout=300)
+
+    assert holder.returncode == 0, f"the first runner failed:\n{holder_err[-2000:]}"
+    assert other.returncode == 0, f"the second runner failed:\n{other_err[-2000:]}"
+    other_text = other_out + other_err
+    locked = [ln for ln in other_text.splitlines() if "locked by another process" in ln]
+    # one log line ("warning: ... locked ...; skipped") and its row in the status table
+    assert locked and all(FIRST_JOB in ln or "skipped" in ln for ln in locked), other_text
+    assert sum("warning:" in ln for ln in locked) == 1, \
+        f"the locked job is not reported in exactly one warning line:\n{other_text}"
+    assert "Traceback" not in other_err + holder_err
+    assert "skipped: already done" in holder_out + holder_err, \
+        "the first runner did not find the second job done"
+
+    writes = faults.read_write_log(state)
+    pids_per_job = {}
+    for _, pid, target in writes:
+        job = _job_of(target)
+        if job is not None:
+            pids_per_job.setdefault(job, set()).add(pid)
+    assert pids_per_job == {FIRST_JOB: {holder.pid}, SECOND_JOB: {other.pid}}, \
+        f"a job was written by more than one process (or by the wrong one): {pids_per_job}"
+    assert _writes_per_job(writes) == _writes_per_job(ref_writes), \
+        "a job's files were written more (or less) often than in one uninterrupted sweep"
+    assert faults.differences(reference, tmp_path / SWEEP) == []
+    assert faults.damaged(tmp_path / SWEEP) == [] and faults.leftovers(tmp_path / SWEEP) == []
+
+
+def _job_dir_name(sweep: Path, job: str) -> str:
+    (name,) = [p.name for p in sweep.iterdir() if p.is_dir() and p.name.endswith(job)]
+    return name
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    """Every file's bytes, less the job locks (which hold the last locker's pid)."""
+    return {rel: p.read_bytes() for rel, p in faults.tree(root, (".lock",)).items()}
+
+
+def _no_space_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    return [ln for ln in (proc.stdout + proc.stderr).splitlines()
+            if "no space left on device" in ln.lower()]
+
+
+def test_full_disk_one_line_nothing_corrupt_and_a_rerun_completes(sweep_ref, tmp_path, data):
+    """The disk fills up at the second job's first checkpoint: the sweep exits non-zero with one
+    error line naming the full disk, the first job (finished before) is intact and the second
+    has no half-written file. With the disk still full, a second run changes no byte of the
+    finished job. Once there is space again, the same command completes the sweep identical
+    to the uninterrupted reference."""
+    reference, shim, ref_writes = sweep_ref
+    first_ckpt = min(n for n, _, target in ref_writes
+                     if f"{SECOND_JOB}/checkpoints/" in target)
+    args = runner_args(data, SEEDS)
+    sweep = tmp_path / SWEEP
+
+    def full_disk_run(at: int, name: str) -> subprocess.CompletedProcess:
+        state = tmp_path / name
+        state.mkdir()
+        return faults.run(args, tmp_path, faults.fault_env(shim, f"enospc:{at}", state))
+
+    full = full_disk_run(first_ckpt, "state-full")
+    text = full.stdout + full.stderr
+    assert full.returncode not in (0, -signal.SIGKILL), f"exit {full.returncode}:\n{text[-3000:]}"
+    assert "Traceback" not in text, text[-3000:]
+    errors = [ln for ln in _no_space_lines(full) if ln.startswith("error:") or " error: " in ln]
+    assert len(errors) == 1, f"expected one error line naming the full disk, got {errors}:\n" \
+                             f"{text[-3000:]}"
+    assert faults.damaged(sweep) == [] and faults.leftovers(sweep) == []
+    first = _job_dir_name(reference, FIRST_JOB)
+    assert faults.differences(reference / first, sweep / first) == [], \
+        "the job finished before the disk filled up differs from the reference"
+
+    before = _snapshot(sweep)
+    still_full = full_disk_run(1, "state-still-full")  # every write fails from the first
+    assert still_full.returncode not in (0, -signal.SIGKILL)
+    assert "Traceback" not in still_full.stdout + still_full.stderr
+    assert len(_no_space_lines(still_full)) >= 1
+    after = _snapshot(sweep)
+    assert {k: v for k, v in after.items() if k.startswith(first + "/")} == \
+        {k: v for k, v in before.items() if k.startswith(first + "/")}, \
+        "a run on a full disk changed the finished job's files"
+    assert faults.damaged(sweep) == [] and faults.leftovers(sweep) == []
+
+    rerun = faults.run(args, tmp_path, faults.plain_env())
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert faults.differences(reference, sweep) == []
+    assert faults.damaged(sweep) == [] and faults.leftovers(sweep) == []
