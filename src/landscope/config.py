@@ -10,12 +10,10 @@ any job writes a file.
 
 from __future__ import annotations
 
-import difflib
 import math
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from enum import Enum
-from functools import lru_cache
-from typing import Any, List, Optional, get_type_hints
+from typing import Any, List, Optional
 
 from landscope.errors import ConfigError
 
@@ -430,103 +428,6 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="landscope_schema", node=Config)
 
 
-#: Config groups whose option files set ``<group>.name`` (the choice and the name must agree).
-NAMED_GROUPS = ("dataset", "model", "optimizer", "probe", "landscape", "logger")
-#: Longest file or directory name most filesystems accept (bytes).
-MAX_NAME_BYTES = 255
-
-
-@lru_cache(maxsize=1)
-def option_names() -> tuple:
-    """Dotted name of every option and section of the schema (``optimizer``, ``optimizer.lr``)."""
-    names: list = []
-
-    def walk(cls: type, prefix: str) -> None:
-        hints = get_type_hints(cls)
-        for f in fields(cls):
-            names.append(prefix + f.name)
-            if is_dataclass(hints[f.name]):
-                walk(hints[f.name], f"{prefix}{f.name}.")
-
-    walk(Config, "")
-    return tuple(names)
-
-
-def unknown_option(key: str) -> str:
-    """The one-line refusal of ``key``, an option the schema does not define."""
-    close = difflib.get_close_matches(key, option_names(), n=1, cutoff=0.6)
-    return f"unknown option {key}" + (f" (did you mean {close[0]}?)" if close else "")
-
-
-def _plain_tree(cfg: Any) -> dict:
-    """The job's options as plain containers (interpolations unresolved), without ``hydra``."""
-    from omegaconf import DictConfig, OmegaConf
-
-    if not isinstance(cfg, DictConfig):
-        return {}
-    keys = [k for k in cfg.keys() if k != "hydra"]
-    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=False)
-
-
-def _check_schema_and_numbers(tree: dict) -> None:
-    """Refuse keys the schema lacks (Hydra's ``+key=value`` can add them) and non-finite floats."""
-    known = set(option_names())
-
-    def walk(node: Any, key: str) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                name = f"{key}.{k}" if key else str(k)
-                if name not in known:
-                    raise ConfigError(unknown_option(name))
-                walk(v, name)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v, key)
-        elif isinstance(node, float) and not math.isfinite(node):
-            raise ConfigError(f"{key} must be a finite number (got {node})")
-
-    for k, v in tree.items():  # a schema section holding a scalar is the schema's to refuse
-        walk({k: v}, "")
-
-
-def _check_composed_job(cfg: Any) -> None:
-    """With the ``hydra`` node of a composed job: its directory's names fit the filesystem,
-    and a ``<group>.name=X`` override agrees with the group's choice
-    (``optimizer=adam optimizer.name=sgd`` would run SGD at Adam's settings in a directory
-    named ``optimizer=adam``)."""
-    hydra = cfg.get("hydra") if hasattr(cfg, "get") else None
-    if hydra is None:
-        return
-    mode = str(getattr(hydra.get("mode"), "name", hydra.get("mode")))
-    if mode == "RUN":
-        check_dir_name(hydra.run.dir)
-    elif mode == "MULTIRUN":
-        check_dir_name(f"{hydra.sweep.dir}/{hydra.sweep.subdir}")
-    choices = hydra.runtime.get("choices") or {}
-    overridden = {str(o).split("=", 1)[0].lstrip("+~") for o in hydra.overrides.get("task") or []}
-    for group in NAMED_GROUPS:
-        choice = choices.get(group)
-        if f"{group}.name" in overridden and choice is not None:
-            name = str(getattr(cfg[group].name, "value", cfg[group].name))
-            if name != str(choice):
-                raise ConfigError(
-                    f"{group}.name={name} contradicts the {group} preset {choice}: choose it with "
-                    f"{group}={name} alone (the preset sets the name and its settings)")
-
-
-def check_dir_name(path: Any) -> None:
-    """Refuse a job directory path with a component longer than the filesystem allows."""
-    from pathlib import Path
-
-    for part in Path(str(path)).parts:
-        if len(part.encode()) > MAX_NAME_BYTES:
-            raise ConfigError(
-                f"job directory name {part[:40]}... is {len(part.encode())} bytes (the limit is "
-                f"{MAX_NAME_BYTES}); leave swept keys out of it with "
-                "hydra.job.config.override_dirname.exclude_keys=[...] or set a shorter "
-                "hydra.sweep.subdir / hydra.run.dir")
-
-
 def _check(ok: bool, key: str, requirement: str, value: Any) -> None:
     if not ok:
         raise ConfigError(f"{key} must be {requirement} (got {value!r})")
@@ -537,8 +438,10 @@ def validate(cfg: Any) -> None:
 
     First: keys the schema does not define (added with ``+``/``++``), non-finite numbers and,
     on a composed job (with its ``hydra`` node), a group choice contradicting ``<group>.name``."""
-    _check_schema_and_numbers(_plain_tree(cfg))
-    _check_composed_job(cfg)
+    from landscope.config_checks import check_composed_job, check_schema_and_numbers, plain_tree
+
+    check_schema_and_numbers(plain_tree(cfg))
+    check_composed_job(cfg)
     d, m, o, t = cfg.dataset, cfg.model, cfg.optimizer, cfg.train
     _check(cfg.seed >= 0, "seed", ">= 0", cfg.seed)
     _check(math.isfinite(o.lr) and o.lr > 0, "optimizer.lr", "> 0", o.lr)

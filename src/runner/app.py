@@ -94,7 +94,7 @@ def _plus_free(text: str) -> str:
     """Hydra's composition message without its ``+``/``++`` advice (one known case reworded)."""
     m = _UNKNOWN.match(text)
     if m and not m.group(1).startswith("hydra."):
-        from landscope.config import unknown_option
+        from landscope.config_checks import unknown_option
 
         return unknown_option(m.group(1))
     m = _PRESENT.search(text)
