@@ -28,6 +28,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -296,6 +297,7 @@ def damaged(root: Path) -> list[str]:
             elif name.endswith(".png"):
                 if not path.read_bytes().endswith(b"IEND\xaeB`\x82"):
                     bad.append(f"truncated png: {rel}")
-        except (ValueError, OSError, KeyError, CheckpointError, yaml.YAMLError) as exc:
+        except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile, CheckpointError,
+                yaml.YAMLError) as exc:
             bad.append(f"unreadable: {rel} ({type(exc).__name__})")
     return bad

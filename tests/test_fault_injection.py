@@ -25,8 +25,6 @@ import pytest
 
 import faults
 
-pytestmark = pytest.mark.slow
-
 # the tiniest job that still runs every stage: 2 epochs (2 checkpoints), basic probes,
 # 1-D slices (a resumable slice store), and the figures (training.png, line.png)
 TINY = ["experiment=smoke", "probe=basic", "landscape=basic", "train.checkpoint_interval_s=0",
@@ -146,6 +144,7 @@ def campaign(campaign_ref, tmp_path_factory, data) -> list[dict]:
     return rounds
 
 
+@pytest.mark.slow
 def test_sigkill_at_every_write_then_rerun_is_bit_identical(campaign):
     """≥ 20 SIGKILLs spread over every stage; every rerun exits 0 without a traceback, every
     result file ends identical to the uninterrupted run (JSON, JSON lines, checkpoints and
@@ -161,6 +160,7 @@ def test_sigkill_at_every_write_then_rerun_is_bit_identical(campaign):
                        "intact:\n" + "\n".join(failed)
 
 
+@pytest.mark.slow
 def test_sigkill_leaves_no_temporary_file_after_the_rerun(campaign):
     """A kill between writing a temporary file and swapping it in leaves ``.<name>.*.tmp``
     behind; the rerun must not leave it there (a killed checkpoint write is a model-sized
@@ -205,6 +205,7 @@ def _writes_per_job(writes: list) -> dict[str, Counter]:
     return out
 
 
+@pytest.mark.slow
 def test_two_runners_on_one_sweep_do_each_job_once(sweep_ref, tmp_path, data):
     """Two identical sweep commands started together: the runner that takes the first job is
     held inside it (at its first checkpoint) until the other has exited, so the other meets
@@ -271,6 +272,7 @@ def _no_space_lines(proc: subprocess.CompletedProcess) -> list[str]:
             if "no space left on device" in ln.lower()]
 
 
+@pytest.mark.slow
 def test_full_disk_one_line_nothing_corrupt_and_a_rerun_completes(sweep_ref, tmp_path, data):
     """The disk fills up at the second job's first checkpoint: the sweep exits non-zero with one
     error line naming the full disk, the first job (finished before) is intact and the second
@@ -315,3 +317,43 @@ def test_full_disk_one_line_nothing_corrupt_and_a_rerun_completes(sweep_ref, tmp
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert faults.differences(reference, sweep) == []
     assert faults.damaged(sweep) == [] and faults.leftovers(sweep) == []
+
+
+def test_the_comparison_sees_torn_files_leftovers_and_changed_results(tmp_path):
+    """The harness itself (fast, no subprocess): a torn JSON, npz or checkpoint is reported
+    as damaged, a temporary file as a leftover, and a changed result (but not a changed wall
+    time) as a difference."""
+    import io
+
+    import numpy as np
+    import torch
+
+    from landscope.checkpoint import save_checkpoint
+    from landscope.io import write_json
+
+    def job(root: Path, loss: float, seconds: float) -> Path:
+        write_json(root / "result.json", {"final": {"test_loss": loss}, "wall_time_s": seconds,
+                                          "probes": {"lambda_max": 2.0, "probe_seconds": seconds}})
+        buf = io.BytesIO()
+        np.savez(buf, curve=np.array([loss, 1.0]))
+        (root / "probes").mkdir()
+        (root / "probes" / "p.npz").write_bytes(buf.getvalue())
+        save_checkpoint(root / "checkpoints", 1, {"epoch": 1, "seconds": seconds,
+                                                  "model": {"w": torch.tensor([loss])}})
+        return root
+
+    ref = job(tmp_path / "ref", 0.5, 1.0)
+    same = job(tmp_path / "same", 0.5, 7.0)  # another wall time only
+    other = job(tmp_path / "other", 0.25, 1.0)
+    assert faults.differences(ref, same) == []
+    assert faults.differences(ref, other) == ["checkpoint differs: checkpoints/epoch_000001.pt",
+                                              "differs: probes/p.npz", "differs: result.json"]
+    assert faults.damaged(ref) == [] and faults.leftovers(ref) == []
+    for rel in ("result.json", "probes/p.npz", "checkpoints/epoch_000001.pt"):
+        path = same / rel
+        path.write_bytes(path.read_bytes()[:-7])
+    (same / ".result.json.abc123.tmp").write_text("{")
+    assert sorted(d.split(" (")[0] for d in faults.damaged(same)) == [
+            "unreadable: checkpoints/epoch_000001.pt", "unreadable: probes/p.npz",
+            "unreadable: result.json"]
+    assert faults.leftovers(same) == [".result.json.abc123.tmp"]
