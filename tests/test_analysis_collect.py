@@ -147,3 +147,15 @@ def test_status_constants_match_jobs():
     jobs = pytest.importorskip("landscope.jobs")
     assert (collect_module.COMPLETED, collect_module.DIVERGED, collect_module.FAILED) == \
         (jobs.COMPLETED, jobs.DIVERGED, jobs.FAILED)
+
+
+def test_a_result_with_a_status_and_nothing_else_is_not_completed(tmp_path):
+    """issue #17 defect 11: {"status": "completed"} alone was counted as a completed job (the
+    runner treats it as unreadable and reruns the job)."""
+    root = tmp_path / "sweeps" / "bare"
+    _job(root, "seed=0", _config(0.1, 0), {"status": "completed"})
+    _job(root, "seed=1", _config(0.1, 1), _result(1, 0.8))
+    jobs = collect([root]).jobs.set_index("job")
+    assert jobs.loc["seed=0", "status"] == "unreadable" and not jobs.loc["seed=0", "included"]
+    assert jobs.loc["seed=0", "reason"] == "result.json has no final metrics"
+    assert jobs.loc["seed=1", "included"]

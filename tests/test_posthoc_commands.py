@@ -282,3 +282,16 @@ def test_wandb_sweep_knows_its_options_and_checks_its_file(tmp_path, capsys):
     code, out, err = _run(wandb_sweep, ["experiment=smoke", "seed=0,1", "--out",
                                         tmp_path / "taken" / "s.yaml"], capsys)
     assert code == 2 and "cannot write to" in _one_error(err) and out == ""
+
+
+def test_probe_command_shows_the_preset_it_ran():
+    """issue #17 defect 6: result.json's top-level probes are the richest preset the job has;
+    runner.probe's line shows the scalars of the preset just run."""
+    from runner.probe import _requested
+
+    result = {"probes": {"lambda_max": 2.0, "trace": 3.0, "hvps": 40},
+              "probes_by_fingerprint": {"basic0": {"lambda_max": 1.0, "hvps": 9},
+                                        "std0": {"lambda_max": 2.0, "trace": 3.0, "hvps": 40}}}
+    assert _requested(result, "basic0") == {"lambda_max": 1.0, "hvps": 9}
+    assert _requested(result, "std0") == {"lambda_max": 2.0, "trace": 3.0, "hvps": 40}
+    assert _requested({"probes": {"trace": 1.0}}, None) == {"trace": 1.0}  # an older result

@@ -33,7 +33,7 @@ def test_single_run_results_contract(tmp_path, warm_data):
     assert proc.returncode == 0, proc.stderr
     job = tmp_path / "outputs" / "runs" / "smoke" / "seed=0"
     assert {p.name for p in job.iterdir()} == {"config.yaml", "overrides.yaml", "metrics.jsonl",
-                                               "result.json", "checkpoints"}
+                                               "result.json", "checkpoints", ".lock"}
     result = read_json(job / "result.json")
     assert result["status"] == "completed" and result["seed"] == 0
     assert result["epochs_completed"] == 2 and len(read_jsonl(job / "metrics.jsonl")) == 2

@@ -10,7 +10,7 @@ import torch
 
 from conftest import metrics_without_time
 from landscope.io import read_json
-from landscope.jobs import COMPLETED, DIVERGED, FAILED, INVALID, run_job, train_job
+from landscope.jobs import COMPLETED, DIVERGED, INVALID, run_job, train_job
 
 TINY = ["dataset.train_size=256", "dataset.test_size=128", "train.batch_size=32"]
 
@@ -84,8 +84,9 @@ def test_completed_job_is_skipped(compose, tmp_path):
 def test_other_config_in_same_directory_is_refused(compose, tmp_path):
     train_job(compose(["train.epochs=1", *TINY]), tmp_path, [])
     summary = run_job(compose(["train.epochs=1", "seed=5", *TINY]), tmp_path, [])
-    assert summary["status"] == FAILED and "different config" in summary["message"]
-    assert read_json(tmp_path / "result.json")["status"] == COMPLETED  # old result kept
+    # refused before anything is written: invalid (not failed), the old result kept
+    assert summary["status"] == INVALID and "different config" in summary["message"]
+    assert read_json(tmp_path / "result.json")["status"] == COMPLETED
 
 
 def test_divergence_is_a_status_not_a_failure(compose, tmp_path):

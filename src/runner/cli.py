@@ -239,11 +239,16 @@ def update_finished_jobs(plans: Sequence[tuple[Path, Any]], verb: str, purpose: 
 
 def _update_finished_job(job: Path, cfg, previous: dict, verb: str,
                          shown: Callable[[dict], dict]) -> bool:
+    from landscope.joblock import JobLocked
     from landscope.jobs import probe_finished_job
     from runner.app import one_line
 
     try:
         result = probe_finished_job(cfg, job, previous)
+    except JobLocked as exc:  # another process is working in this job: leave it alone
+        print(f"skipped: {job} (locked by another process, pid {exc.pid or 'unknown'})",
+              flush=True)
+        return True
     except Exception as exc:
         print(f"failed: {job}: {one_line(exc)}", file=sys.stderr, flush=True)
         return False

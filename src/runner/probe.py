@@ -48,8 +48,15 @@ def _shown(probes: dict) -> dict:
     return {k: probes[k] for k in ("lambda_max", "trace", "hvps") if k in probes}
 
 
+def _requested(result: dict, pfp: str | None) -> dict:
+    """The scalars of the preset just run, fingerprint ``pfp`` (result.json's top-level
+    ``probes`` is the richest preset the job has, which may be another one)."""
+    by_fp = result.get("probes_by_fingerprint") or {}
+    return _shown(by_fp.get(pfp) or result.get("probes", {}))
+
+
 def main(argv: list[str] | None = None) -> None:
-    from landscope.jobs import probe_checkpoint
+    from landscope.jobs import probe_checkpoint, probe_fingerprint
     from runner.app import one_line
     from runner.cli import (arguments, check_writable, finished_job_outputs, group_config,
                             input_errors, job_config, paths_and_overrides, update_finished_jobs)
@@ -66,11 +73,12 @@ def main(argv: list[str] | None = None) -> None:
             raise LandscopeError("probe=none switches every probe off; choose probe=basic, "
                                  "standard, full or pacbayes")
         plans = [(job, ckpt, job_config(job, "probe", probe_cfg)) for job, ckpt in jobs]
+        pfp = probe_fingerprint(plans[0][2]) if plans else None
         check_writable(d for job, ckpt, cfg in plans
                        for d in (finished_job_outputs(job, cfg) if ckpt is None
                                  else [job / "probes"]))
     failed = update_finished_jobs([(job, cfg) for job, ckpt, cfg in plans if ckpt is None],
-                                  "probed", "probe", lambda r: _shown(r.get("probes", {})))
+                                  "probed", "probe", lambda r: _requested(r, pfp))
     for job, ckpt, cfg in plans:
         if ckpt is None:
             continue

@@ -156,10 +156,14 @@ def _job_row(job: Path, sweep: str) -> dict[str, Any]:
             result = read_json(result_path)
             if not isinstance(result, dict):
                 raise ValueError(f"expected a JSON object, got {type(result).__name__}")
-            if "status" in result:
-                status, reason = str(result["status"]), None
-            else:
+            if "status" not in result:
                 status, reason = UNREADABLE, "result.json has no status"
+            elif result["status"] in (COMPLETED, DIVERGED) and \
+                    not isinstance(result.get("final"), dict):
+                # {"status": "completed"} alone is no result: the runner reruns such a job
+                status, reason = UNREADABLE, "result.json has no final metrics"
+            else:
+                status, reason = str(result["status"]), None
         except Exception as exc:  # noqa: BLE001 - a corrupt file is a row, not a crash
             result, status = None, UNREADABLE
             reason = f"{type(exc).__name__}: {exc}"
