@@ -233,7 +233,7 @@ def leftovers(root: Path) -> list[str]:
 
 
 STAGES = (("checkpoints/", "checkpoint"), ("probes/", "probes"), ("landscape/", "slices"),
-          ("figures/", "figures"), ("report/", "report"), ("metrics.jsonl", "training"),
+          ("figures/", "figures"), ("/.figures.json", "figures"), ("report/", "report"), ("metrics.jsonl", "training"),
           ("result.json", "result"))
 
 
@@ -242,7 +242,7 @@ def stage(target: str) -> str:
     for marker, name in STAGES:
         if marker in target:
             return name
-    return "setup"  # multirun.yaml, config.yaml, overrides.yaml
+    return "setup"  # multirun.yaml, config.yaml, overrides.yaml (before training)
 
 
 def differences(reference: Path, other: Path) -> list[str]:

@@ -161,6 +161,9 @@ def test_sigkill_at_every_write_then_rerun_is_bit_identical(campaign):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="nothing removes the .<name>.*.tmp file of an atomic write "
+                   "killed before its os.replace: the rerun leaves it in the job, sweep or "
+                   "report directory (found by this campaign; 24 of 26 rounds)")
 def test_sigkill_leaves_no_temporary_file_after_the_rerun(campaign):
     """A kill between writing a temporary file and swapping it in leaves ``.<name>.*.tmp``
     behind; the rerun must not leave it there (a killed checkpoint write is a model-sized
