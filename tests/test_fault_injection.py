@@ -275,51 +275,75 @@ def _no_space_lines(proc: subprocess.CompletedProcess) -> list[str]:
             if "no space left on device" in ln.lower()]
 
 
-@pytest.mark.slow
-def test_full_disk_one_line_nothing_corrupt_and_a_rerun_completes(sweep_ref, tmp_path, data):
-    """The disk fills up at the second job's first checkpoint: the sweep exits non-zero with one
-    error line naming the full disk, the first job (finished before) is intact and the second
-    has no half-written file. With the disk still full, a second run changes no byte of the
-    finished job. Once there is space again, the same command completes the sweep identical
-    to the uninterrupted reference."""
+@pytest.fixture(scope="module")
+def full_disk(sweep_ref, tmp_path_factory, data) -> dict:
+    """The two-job sweep on a disk that fills up at the second job's first checkpoint
+    (``full``); then the same command with the disk still full, every write failing
+    (``still_full``); then once more with space (``rerun``). The sweep's files are snapshot
+    after each step."""
     reference, shim, ref_writes = sweep_ref
     first_ckpt = min(n for n, _, target in ref_writes
                      if f"{SECOND_JOB}/checkpoints/" in target)
+    root = tmp_path_factory.mktemp("fault-full-disk")
     args = runner_args(data, SEEDS)
-    sweep = tmp_path / SWEEP
-
-    def full_disk_run(at: int, name: str) -> subprocess.CompletedProcess:
-        state = tmp_path / name
+    sweep = root / SWEEP
+    out = {"sweep": sweep, "reference": reference}
+    for step, spec in (("full", f"enospc:{first_ckpt}"), ("still_full", "enospc:1"),
+                       ("rerun", None)):
+        state = root / f"state-{step}"
         state.mkdir()
-        return faults.run(args, tmp_path, faults.fault_env(shim, f"enospc:{at}", state))
+        env = faults.fault_env(shim, spec, state) if spec else faults.plain_env()
+        out[step] = faults.run(args, root, env)
+        out[f"after_{step}"] = {
+            "files": _snapshot(sweep), "damaged": faults.damaged(sweep),
+            "leftovers": faults.leftovers(sweep),
+            "first_job_differences": faults.differences(
+                reference / _job_dir_name(reference, FIRST_JOB),
+                sweep / _job_dir_name(reference, FIRST_JOB)),
+            "differences": faults.differences(reference, sweep)}
+    return out
 
-    full = full_disk_run(first_ckpt, "state-full")
-    text = full.stdout + full.stderr
-    assert full.returncode not in (0, -signal.SIGKILL), f"exit {full.returncode}:\n{text[-3000:]}"
-    assert "Traceback" not in text, text[-3000:]
-    errors = [ln for ln in _no_space_lines(full) if ln.startswith("error:") or " error: " in ln]
-    assert len(errors) == 1, f"expected one error line naming the full disk, got {errors}:\n" \
-                             f"{text[-3000:]}"
-    assert faults.damaged(sweep) == [] and faults.leftovers(sweep) == []
-    first = _job_dir_name(reference, FIRST_JOB)
-    assert faults.differences(reference / first, sweep / first) == [], \
-        "the job finished before the disk filled up differs from the reference"
 
-    before = _snapshot(sweep)
-    still_full = full_disk_run(1, "state-still-full")  # every write fails from the first
-    assert still_full.returncode not in (0, -signal.SIGKILL)
-    assert "Traceback" not in still_full.stdout + still_full.stderr
-    assert len(_no_space_lines(still_full)) >= 1
-    after = _snapshot(sweep)
-    assert {k: v for k, v in after.items() if k.startswith(first + "/")} == \
-        {k: v for k, v in before.items() if k.startswith(first + "/")}, \
+def _error_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    """The lines that name the full disk as an error."""
+    return [ln for ln in _no_space_lines(proc) if ln.startswith("error:") or " error: " in ln]
+
+
+@pytest.mark.slow
+def test_full_disk_nothing_corrupt_and_a_rerun_completes(full_disk):
+    """A full disk: the sweep exits non-zero without a traceback, naming the full disk; the
+    job finished before is intact and no file is torn or left half-written; a second run with
+    the disk still full changes no byte of the finished job; once there is space again the
+    same command completes the sweep identical to the uninterrupted reference."""
+    for step in ("full", "still_full"):
+        proc = full_disk[step]
+        text = proc.stdout + proc.stderr
+        assert proc.returncode not in (0, -signal.SIGKILL), f"{step}: exit {proc.returncode}"
+        assert "Traceback" not in text, f"{step}:\n{text[-3000:]}"
+        assert _error_lines(proc), f"{step}: no error line names the full disk:\n{text[-3000:]}"
+        after = full_disk[f"after_{step}"]
+        assert after["damaged"] == [] and after["leftovers"] == [], f"{step}: {after}"
+        assert after["first_job_differences"] == [], \
+            f"{step}: the job finished before the disk filled up differs from the reference"
+    first = _job_dir_name(full_disk["reference"], FIRST_JOB) + "/"
+    assert {k: v for k, v in full_disk["after_still_full"]["files"].items() if k.startswith(first)} \
+        == {k: v for k, v in full_disk["after_full"]["files"].items() if k.startswith(first)}, \
         "a run on a full disk changed the finished job's files"
-    assert faults.damaged(sweep) == [] and faults.leftovers(sweep) == []
-
-    rerun = faults.run(args, tmp_path, faults.plain_env())
+    rerun = full_disk["rerun"]
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert faults.differences(reference, sweep) == []
-    assert faults.damaged(sweep) == [] and faults.leftovers(sweep) == []
+    after = full_disk["after_rerun"]
+    assert after["differences"] == [] and after["damaged"] == [] and after["leftovers"] == []
+
+
+@pytest.mark.slow
+def test_full_disk_is_one_error_line(full_disk):
+    """Each run on the full disk says so in exactly one error line (the job's failure, not a
+    second line about the failure record that could not be written)."""
+    for step in ("full", "still_full"):
+        proc = full_disk[step]
+        lines = _error_lines(proc)
+        assert len(lines) == 1, f"{step}: {len(lines)} error lines name the full disk:\n" + \
+            "\n".join(lines)
 
 
 def test_the_comparison_sees_torn_files_leftovers_and_changed_results(tmp_path):
