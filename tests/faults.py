@@ -155,10 +155,10 @@ def strip(value):
     return value
 
 
-# multirun.yaml records the directory the sweep was started from (hydra.runtime.*)
-MULTIRUN_VOLATILE = ("cwd", "output_dir")
-# files whose bytes carry no result: the job's log, the job lock (its holder's pid)
-IGNORED_NAMES = ("runner.log", ".lock")
+# multirun.yaml records the directory the sweep was started from (hydra.runtime.cwd)
+MULTIRUN_VOLATILE = ("cwd",)
+# files whose bytes carry no result: the job lock (it holds its last holder's pid)
+IGNORED_NAMES = (".lock",)
 
 
 def _checkpoint_state(path: Path) -> dict:
@@ -233,7 +233,8 @@ def leftovers(root: Path) -> list[str]:
 
 
 STAGES = (("checkpoints/", "checkpoint"), ("probes/", "probes"), ("landscape/", "slices"),
-          ("figures/", "figures"), ("/.figures.json", "figures"), ("report/", "report"), ("metrics.jsonl", "training"),
+          ("figures/", "figures"), ("/.figures.json", "figures"), ("report/", "report"),
+          ("metrics.jsonl", "training"),
           ("result.json", "result"))
 
 
