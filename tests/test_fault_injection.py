@@ -222,17 +222,24 @@ def test_two_runners_on_one_sweep_do_each_job_once(sweep_ref, tmp_path, data):
     cmd = [sys.executable, *runner_args(data, SEEDS)]
     procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    deadline = time.monotonic() + 300
-    while not list(state.glob("held.*")) and time.monotonic() < deadline and \
-            all(p.poll() is None for p in procs):
-        time.sleep(0.1)
-    held = [int(p.name.split(".")[1]) for p in state.glob("held.*")]
-    assert len(held) == 1, f"expected one runner inside the first job, found {held}"
-    holder = next(p for p in procs if p.pid == held[0])
-    other = next(p for p in procs if p is not holder)
-    other_out, other_err = other.communicate(timeout=300)
-    (state / "release").touch()
-    holder_out, holder_err = holder.communicate(timeout=300)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(state.glob("held.*")) and time.monotonic() < deadline and \
+                all(p.poll() is None for p in procs):
+            time.sleep(0.1)
+        held = [int(p.name.split(".")[1]) for p in state.glob("held.*")]
+        assert len(held) == 1, f"expected one runner inside the first job, found {held}"
+        holder = next(p for p in procs if p.pid == held[0])
+        other = next(p for p in procs if p is not holder)
+        other_out, other_err = other.communicate(timeout=300)  # while the holder is held
+        (state / "release").touch()
+        holder_out, holder_err = holder.communicate(timeout=300)
+    finally:  # a failed wait must not leave a runner behind
+        (state / "release").touch()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
 
     assert holder.returncode == 0, f"the first runner failed:\n{holder_err[-2000:]}"
     assert other.returncode == 0, f"the second runner failed:\n{other_err[-2000:]}"
