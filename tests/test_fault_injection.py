@@ -231,7 +231,12 @@ def test_two_runners_on_one_sweep_do_each_job_once(sweep_ref, tmp_path, data):
         assert len(held) == 1, f"expected one runner inside the first job, found {held}"
         holder = next(p for p in procs if p.pid == held[0])
         other = next(p for p in procs if p is not holder)
-        other_out, other_err = other.communicate(timeout=300)  # while the holder is held
+        while other.poll() is None and len(list(state.glob("held.*"))) == 1 and \
+                time.monotonic() < deadline:  # the other runs while the holder is held
+            time.sleep(0.1)
+        assert len(list(state.glob("held.*"))) == 1, \
+            "both runners entered the first job (no lock kept the second out)"
+        other_out, other_err = other.communicate(timeout=300)
         (state / "release").touch()
         holder_out, holder_err = holder.communicate(timeout=300)
     finally:  # a failed wait must not leave a runner behind
