@@ -161,9 +161,6 @@ def test_sigkill_at_every_write_then_rerun_is_bit_identical(campaign):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="nothing removes the .<name>.*.tmp file of an atomic write "
-                   "killed before its os.replace: the rerun leaves it in the job, sweep or "
-                   "report directory (found by this campaign; 24 of 26 rounds)")
 def test_sigkill_leaves_no_temporary_file_after_the_rerun(campaign):
     """A kill between writing a temporary file and swapping it in leaves ``.<name>.*.tmp``
     behind; the rerun must not leave it there (a killed checkpoint write is a model-sized
@@ -352,10 +349,6 @@ def test_full_disk_nothing_corrupt_and_a_rerun_completes(full_disk):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="a job failing on a full disk logs two error lines: "
-                   "'error: JOB: no space left on device; ...' and, from jobs._record_failure, "
-                   "'error: JOB_DIR: the failure could not be recorded (no space left on device; "
-                   "...)'")
 def test_full_disk_is_one_error_line(full_disk):
     """Each run on the full disk says so in exactly one error line (the job's failure, not a
     second line about the failure record that could not be written)."""

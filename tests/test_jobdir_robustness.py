@@ -290,3 +290,28 @@ def test_probe_presets_live_side_by_side(trained, tmp_path):
     assert read_json(job / "result.json") == r3
     # a sweep asking for either preset skips the job
     assert run_job(trained[1](), job, [])["message"] == "skipped: already done"
+
+
+def test_a_killed_writes_temporary_file_is_removed_by_the_next_write(tmp_path):
+    """issue #17 (fault campaign): a write killed between its temporary file and the swap left
+    ``.<name>.*.tmp`` behind for good. Temporary names carry host and pid; the next atomic
+    write into the directory removes those whose process is gone, never a live one's or
+    another host's."""
+    import subprocess
+    import sys
+
+    from landscope import io as lio
+
+    code = ("import os, sys, tempfile; sys.path.insert(0, sys.argv[2]); from landscope import io; "
+            "tempfile.mkstemp(dir=sys.argv[1], prefix='.epoch_000001.pt.' + io._OWNER + '.', "
+            "suffix='.tmp'); os.kill(os.getpid(), 9)")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path), str(Path(lio.__file__).parents[1])])
+    dead = [p.name for p in tmp_path.iterdir()]
+    assert len(dead) == 1 and dead[0].endswith(".tmp")  # the killed write's leftover
+    live = tmp_path / f".a.json.{lio._OWNER}.abc123.tmp"
+    other_host = tmp_path / ".b.json.otherhost-1.abc123.tmp"
+    live.write_text("x")
+    other_host.write_text("x")
+    lio.atomic_write_text(tmp_path / "result.json", "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [live.name, other_host.name, "result.json"])

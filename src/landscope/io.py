@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -29,7 +30,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = Fal
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temporaries(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_OWNER}.",
+                               suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             os.fchmod(fh.fileno(), 0o666 & ~current_umask())
@@ -44,6 +47,49 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = Fal
         except FileNotFoundError:
             pass
         raise
+
+
+_HOST = socket.gethostname().replace(".", "_") or "host"
+_OWNER = f"{_HOST}-{os.getpid()}"  # in every temporary name: whose write it is
+
+
+def _owner_is_gone(name: str) -> bool:
+    """Whether the temporary file ``name`` (``.<target>.<host>-<pid>.<random>.tmp``) was left
+    by a process of this host that no longer exists (killed mid-write). A file of another
+    host, of a live process or of unknown owner is never judged gone."""
+    owner = name[:-len(".tmp")].rsplit(".", 2)
+    if len(owner) != 3:
+        return False
+    host, _, pid = owner[1].rpartition("-")
+    if host != _HOST or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists (another user's process) or cannot tell
+        return False
+    return False
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[str]:
+    """Remove the temporary files that killed writes left in ``directory`` (their process is
+    gone); returns their names. Called before every atomic write, so a rerun after a SIGKILL
+    leaves no ``.<name>.*.tmp`` behind."""
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        if entry.name.startswith(".") and entry.name.endswith(".tmp") and \
+                _owner_is_gone(entry.name):
+            try:
+                os.unlink(entry.path)
+                removed.append(entry.name)
+            except OSError:
+                pass
+    return removed
 
 
 def _write(fh: Any, data: bytes) -> None:

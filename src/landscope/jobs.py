@@ -463,8 +463,12 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: in
         return {**summary, "status": INVALID, "message": str(exc)}
     except Exception as exc:
         message = _one_line(exc)
+        problem = record_failure(cfg, job_dir, overrides, message,
+                                 isinstance(exc, LandscopeError))
+        if problem is not None:  # one line says both
+            message += ("; the failure could not be recorded either" if problem == message
+                        else f"; the failure could not be recorded ({problem})")
         log.error("error: %s: %s", name, message)
-        _record_failure(cfg, job_dir, overrides, message, isinstance(exc, LandscopeError))
         return {**summary, "status": FAILED, "message": message}
     final = result.get("final", {})
     note = "skipped: already done" if result.get("skipped") else result.get("stop_reason", "")
@@ -473,13 +477,14 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: in
             "train_loss": final.get("train_loss")}
 
 
-def _record_failure(cfg: DictConfig, job_dir: Path, overrides: list[str], message: str,
-                    user_error: bool) -> None:
+def record_failure(cfg: DictConfig, job_dir: Path, overrides: list[str], message: str,
+                   user_error: bool) -> Optional[str]:
     """traceback.txt, and a failed result.json unless one is there that must stay (a finished
     job's, of this config: a failed probe pass or checkpoint read does not undo the training;
-    or any, for a user error). A write that fails (a full disk) is logged, never raised."""
+    or any, for a user error). A write that fails (a full disk) is never raised: its one-line
+    reason is returned for the caller's message (None when everything was recorded)."""
     if not job_dir.is_dir():
-        return
+        return None
     previous = read_result(job_dir / "result.json", warn=False)
     keep = (user_error and (job_dir / "result.json").exists()) or (
         previous is not None and previous["status"] in FINISHED
@@ -492,8 +497,8 @@ def _record_failure(cfg: DictConfig, job_dir: Path, overrides: list[str], messag
                 "overrides": overrides, "fingerprint": fingerprint(cfg),
                 "versions": package_versions(), "git_commit": git_commit()})
     except OSError as exc:
-        log.error("error: %s: the failure could not be recorded (%s)", job_dir,
-                  _one_line(exc))
+        return _one_line(exc)
+    return None
 
 
 def _one_line(exc: BaseException) -> str:

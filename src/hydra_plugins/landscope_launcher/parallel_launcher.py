@@ -251,10 +251,10 @@ class ParallelLauncher(JoblibLauncher):
 
     def _died(self, overrides: List[str], reason: str) -> JobReturn:
         """Record a job whose worker died as run_job records a failed job
-        (``landscope.jobs._record_failure``: result.json ``failed`` with the reason and the
+        (``landscope.jobs.record_failure``: result.json ``failed`` with the reason and the
         config fingerprint unless a finished result of this config is there, traceback.txt,
         a full disk logged); the summary is the one the sweeper's table shows."""
-        from landscope.jobs import FAILED, _record_failure
+        from landscope.jobs import FAILED, record_failure
 
         assert self.hydra_context is not None and self.config is not None
         job_cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
@@ -266,7 +266,9 @@ class ParallelLauncher(JoblibLauncher):
             job_dir.mkdir(parents=True, exist_ok=True)
             raise WorkerDied(reason)  # traceback.txt then names the cause
         except WorkerDied:
-            _record_failure(task_cfg, job_dir, overrides, reason, user_error=False)
+            problem = record_failure(task_cfg, job_dir, overrides, reason, user_error=False)
+            if problem is not None:
+                log.error("error: %s: the failure could not be recorded (%s)", job_dir, problem)
         except OSError as exc:
             log.error("error: %s: the failure could not be recorded (%s)", job_dir,
                       exc.strerror or exc)
