@@ -12,6 +12,7 @@ training, checkpoints, probes, slices, result.json, figures and the report's tab
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -131,7 +132,9 @@ def campaign(campaign_ref, tmp_path_factory, data) -> list[dict]:
     moments = _campaign_moments(runner_writes, report_writes)
     root = tmp_path_factory.mktemp("fault-rounds")
     tic = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    # two rounds at a time alone; one under pytest-xdist, whose workers already fill the cores
+    with ThreadPoolExecutor(max_workers=1 if os.environ.get("PYTEST_XDIST_WORKER") else 2) \
+            as pool:
         rounds = list(pool.map(lambda im: _kill_round(im[0], im[1], root, ref_root, shim, data),
                                enumerate(moments)))
     tally = Counter(r["stage"] for r in rounds)
