@@ -1,7 +1,7 @@
 """The H2 calibration scenarios (landscope.analysis.calibration.h2): simulated h2_skip sweeps
 with connectivity files, read back with collect() and load_barriers and tested with what the
 report's H2 section calls. The fast test runs a few datasets per scenario; the slow one bounds
-the false-positive rates at R = 100."""
+the false-positive rates at R = 60."""
 
 from __future__ import annotations
 
@@ -53,17 +53,18 @@ def test_calibrate_runs_every_scenario_with_a_small_R():
 
 @pytest.mark.slow
 def test_null_rates_are_bounded_at_R100():
-    """R = 100 datasets per scenario: every null rate ≤ 0.10 (5 % plus 2.3 binomial sd); the
+    """R = 60 datasets per scenario: every null rate ≤ 8/60 (the one-sided 99.5 % binomial
+    quantile around 5 %); the
     stress rows (the ungated barrier tests when the seed-level differences are strongly
     skewed) are measured but not bounded; power printed (λmax power at least 40 %). The
     measured rates at R = 200 are in the module's report (calibration/h2.py, h2.py
     docstrings)."""
-    df = calibrate(scenarios(), R=100, seed=1)
+    df = calibrate(scenarios(), R=60, seed=1)
     print(df[["scenario", "test", "kind", "rate", "low", "high"]].to_string())
     assert set(df.loc[df["kind"] == "stress", "scenario"]) == {"h2_null_barriers_unequal_basins"}
     null = df[df["kind"] == "null"]
     assert (null["failed"] == 0).all()
-    assert (null["rate"] <= 0.10).all(), null[null["rate"] > 0.10]
+    assert (null["rejections"] <= 8).all(), null[null["rejections"] > 8]
     power = df[(df["kind"] == "power") & (df["test"] == h2.TEST_PRIMARY)]
     assert power["rate"].iloc[0] >= 0.4
 
