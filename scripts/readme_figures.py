@@ -117,14 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-tests", action="store_true", help="time `make test` (slow)")
     p.add_argument("--check", action="store_true", help="exit 1 if the README is stale")
     args = p.parse_args(argv)
-    text = README.read_text(encoding="utf-8")
-    rates = pd.read_csv(RATES, keep_default_na=False, na_values=["", "nan", "NaN"])
-    new = replace(text, "calibration", calibration_table(rates))
     minutes = None
     if args.run_tests:
         tic = time.perf_counter()
         subprocess.run(["make", "test"], cwd=ROOT, check=True)
         minutes = (time.perf_counter() - tic) / 60
+    text = README.read_text(encoding="utf-8")  # read after the tests: edits meanwhile stay
+    rates = pd.read_csv(RATES, keep_default_na=False, na_values=["", "nan", "NaN"])
+    new = replace(text, "calibration", calibration_table(rates))
     new = replace(new, "tests", tests_sentence(count_tests(), minutes, current(text, "tests")))
     if args.check:
         if new != text:
