@@ -317,3 +317,15 @@ def test_bezier_with_batchnorm_leaves_model_untouched_and_recomputes_statistics(
     mid = bezier_point(a, b, bend.theta_c, 0.5)
     assert torch.allclose(mid, 0.25 * a + 0.5 * bend.theta_c + 0.25 * b, atol=0, rtol=0)
     assert _same(ma, snap)
+
+
+def test_a_nan_loss_on_the_path_is_an_infinite_barrier():
+    """issue #17 defect 12's rule for every search: a non-finite loss midway (the path left
+    the region the model can evaluate) counts as +inf, never as a missing or flat value."""
+    from landscope.geometry.connectivity import barrier_interp, barrier_mean, path_stats
+
+    ts, v = [0.0, 0.5, 1.0], [0.1, float("nan"), 0.2]
+    assert barrier_mean(v) == float("inf") and barrier_interp(ts, v) == float("inf")
+    stats = path_stats(ts, v)
+    assert stats["max"] == float("inf") and stats["argmax_t"] == 0.5
+    assert barrier_mean([0.1, 0.3, 0.2]) == pytest.approx(0.15)  # finite paths unchanged

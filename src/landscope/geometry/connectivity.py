@@ -101,9 +101,17 @@ def check_ts(ts) -> np.ndarray:
     return t
 
 
+def _path_values(values) -> np.ndarray:
+    """The values along a path as float64, a non-finite one (a NaN loss where the path
+    leaves the region the model can evaluate) as +inf: the barrier is then infinite, never
+    dropped by ``max`` or read as flat."""
+    v = np.asarray(values, dtype=np.float64)
+    return np.where(np.isnan(v), np.inf, v)
+
+
 def barrier_mean(values) -> float:
     """``max_t v(t) - (v(0) + v(1)) / 2``: barrier against the mean of the endpoints."""
-    v = np.asarray(values, dtype=np.float64)
+    v = _path_values(values)
     return float(np.max(v) - 0.5 * (v[0] + v[-1]))
 
 
@@ -111,7 +119,7 @@ def barrier_interp(ts, values) -> float:
     """``max_t [v(t) - ((1-t) v(0) + t v(1))]``: barrier against the linear interpolation
     of the endpoint values."""
     t = np.asarray(ts, dtype=np.float64)
-    v = np.asarray(values, dtype=np.float64)
+    v = _path_values(values)
     return float(np.max(v - ((1.0 - t) * v[0] + t * v[-1])))
 
 
@@ -125,7 +133,7 @@ def trapezoid(ts, values) -> float:
 def path_stats(ts, values) -> dict[str, float]:
     """Barriers (both conventions), max, t of the max, mean, integral, start and end."""
     t = np.asarray(ts, dtype=np.float64)
-    v = np.asarray(values, dtype=np.float64)
+    v = _path_values(values)
     return {"barrier_mean": barrier_mean(v), "barrier_interp": barrier_interp(t, v),
             "max": float(np.max(v)), "argmax_t": float(t[int(np.argmax(v))]),
             "mean": float(np.mean(v)), "integral": trapezoid(t, v),
