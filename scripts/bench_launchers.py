@@ -1,8 +1,9 @@
-"""The joblib launcher's speedup on the default sweep (issue #6 item 4; goal >= 1.7x on 2 cores).
+"""The parallel launcher's speedup on the default sweep (issue #6 item 4; goal >= 1.7x on 2 cores).
 
 Runs ``python -m runner -m <sweep>`` twice in fresh temporary directories, once with the basic
 launcher (jobs one after another in one process) and once with ``hydra/launcher=parallel``
-(joblib/loky, ``--jobs`` processes, each with cores // jobs torch threads), on the same data
+(landscope's own worker processes with joblib's settings, ``--jobs`` of them, each with
+cores // jobs torch threads), on the same data
 (MNIST-1D generated once beforehand), and prints both wall times and their ratio. The order is
 alternated over ``--repeats`` rounds and the median ratio reported with the per-round values.
 The job results of the two launchers are compared (metrics.jsonl minus wall-clock fields):
@@ -85,7 +86,7 @@ def main() -> None:
     speedup = statistics.median(ratios)
     print(f"\n| launcher | wall time (s, median) |\n|---|---|\n"
           f"| basic | {statistics.median(t['basic'] for t in rows):.1f} |\n"
-          f"| joblib x{opts.jobs} | {statistics.median(t['parallel'] for t in rows):.1f} |\n"
+          f"| parallel x{opts.jobs} | {statistics.median(t['parallel'] for t in rows):.1f} |\n"
           f"| speedup | {speedup:.2f}x (goal >= 1.7x: {'met' if speedup >= 1.7 else 'MISSED'}) |")
     print(f"load average after: {os.getloadavg()}")
 
