@@ -27,6 +27,7 @@ class DatasetName(str, Enum):
     cifar100 = "cifar100"
     quadratic = "quadratic"  # synthetic, closed-form answers (landscope.synthetic)
     two_basin = "two_basin"  # synthetic, closed-form answers (landscope.synthetic)
+    cifar_like = "cifar_like"  # seeded tensors of CIFAR's shape (3x32x32): benchmarks, no files
 
 
 class ModelName(str, Enum):
@@ -34,6 +35,9 @@ class ModelName(str, Enum):
     cnn = "cnn"
     resnet = "resnet"
     vit = "vit"
+    resnet18 = "resnet18"  # He et al. 2016, CIFAR stem (3x3 conv, no max-pool)
+    resnet34 = "resnet34"
+    vit_small = "vit_small"  # patch 4, dim 384, depth 12, 6 heads
     quadratic = "quadratic"  # only with dataset=quadratic
     two_basin = "two_basin"  # only with dataset=two_basin
 
@@ -98,6 +102,14 @@ class Schedule(str, Enum):
     constant = "constant"
     cosine = "cosine"
     step = "step"
+
+
+class Precision(str, Enum):
+    """Training arithmetic: fp32, or autocast to bf16 / fp16 (fp16 with a gradient scaler)."""
+
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
 
 
 class ProbeName(str, Enum):
@@ -277,6 +289,8 @@ class TrainConfig:
     threads: Optional[int] = None  # torch intra-op threads; null = auto
     progress: Optional[bool] = None  # tqdm bar; null = only on an interactive terminal
     device: str = "cpu"
+    # arithmetic of the training forward/backward (probes always run in fp32, float64 in verify)
+    precision: Precision = Precision.fp32
 
 
 @dataclass
@@ -290,6 +304,12 @@ class ProbeConfig:
     data_size: Optional[int] = 1000  # seeded subset of the training set; null = all
     micro_batch: int = 1000  # samples per forward/backward pass (bounds memory)
     mode: ProbeMode = ProbeMode.eval
+    # caps on the whole probe run: Hessian-vector products, and wall seconds; what a cap cut
+    # short is recorded (<estimator>_converged = false, <estimator>_stopped_by); null = none
+    max_products: Optional[int] = None
+    budget_s: Optional[float] = None
+    checkpointing: bool = False  # recompute activations in products (less memory, more time)
+    progress: Optional[bool] = None  # a tqdm bar per estimator; null = on a terminal
     seed: int = 0
     top_k: int = 0  # largest eigenpairs (Lanczos); 0 = off
     bottom_k: int = 0  # most negative eigenpairs; 0 = off
@@ -499,6 +519,10 @@ def validate(cfg: Any) -> None:
     _check(p.data_size is None or p.data_size >= 1, "probe.data_size", ">= 1 or null",
            p.data_size)
     _check(p.micro_batch >= 1, "probe.micro_batch", ">= 1", p.micro_batch)
+    _check(p.max_products is None or p.max_products >= 1, "probe.max_products", ">= 1 or null",
+           p.max_products)
+    _check(p.budget_s is None or p.budget_s > 0, "probe.budget_s", "> 0 seconds or null",
+           p.budget_s)
     for key in ("top_k", "bottom_k", "every_n_epochs", "seed"):
         _check(getattr(p, key) >= 0, f"probe.{key}", ">= 0", getattr(p, key))
     _check(0 < p.lanczos_tol < 1, "probe.lanczos_tol", "in (0, 1)", p.lanczos_tol)

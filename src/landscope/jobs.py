@@ -88,6 +88,10 @@ def probe_fingerprint(cfg: DictConfig) -> Optional[str]:
     if str(getattr(cfg.probe.name, "value", cfg.probe.name)) == "none":
         return None
     c = OmegaConf.to_container(cfg.probe, resolve=True, enum_to_str=True)
+    c.pop("progress", None)  # drawing a bar or not changes no result
+    for key, default in (("max_products", None), ("budget_s", None), ("checkpointing", False)):
+        if c.get(key, default) == default:  # added later: jobs probed before keep their hash
+            c.pop(key, None)
     if not c.get("pacbayes"):  # its settings change nothing when it is off: old hashes stay
         c = {k: v for k, v in c.items() if not k.startswith("pacbayes")}
     else:
@@ -139,6 +143,8 @@ def fingerprint(cfg: DictConfig) -> str:
         c.get("dataset", {}).pop("classes", None)
     if c.get("train", {}).get("max_grad_evals", None) is None:
         c.get("train", {}).pop("max_grad_evals", None)
+    if c.get("train", {}).get("precision", "fp32") == "fp32":  # added later, as above
+        c.get("train", {}).pop("precision", None)
     text = OmegaConf.to_yaml(OmegaConf.create(c), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
