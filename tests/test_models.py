@@ -15,7 +15,7 @@ from torch.func import functional_call, grad, jvp, vmap
 
 from landscope.config import Activation, ModelConfig, ModelName, Norm
 from landscope.errors import ConfigError
-from landscope.models import build_model, count_parameters, frozen_batchnorm_stats
+from landscope.models import FIXED_DEPTH, build_model, count_parameters, frozen_batchnorm_stats
 from landscope.models.resnet import blocks_per_stage
 from landscope.synthetic import SYNTHETIC
 
@@ -43,6 +43,8 @@ ACT_TYPES = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU,
 def small_cfg(name: str, **kw) -> ModelConfig:
     base = dict(name=ModelName(name), width=8, depth=2, heads=2, patch_size=4)
     base.update(kw)
+    if name in FIXED_DEPTH:  # resnet18/34: the name fixes the depth
+        base["depth"] = FIXED_DEPTH[name]
     return ModelConfig(**base)
 
 
@@ -91,7 +93,7 @@ def test_forward_backward_mnist_shape(name):
     check_forward_backward(build(name, MNIST, norm="batch", skip=True), MNIST)
 
 
-@pytest.mark.parametrize("name", ["cnn", "resnet", "vit"])
+@pytest.mark.parametrize("name", ["cnn", "resnet", "vit", "resnet18", "vit_small"])
 @pytest.mark.parametrize("meta", [Meta((2, 3), 4), Meta((1, 2, 3), 4), Meta((1, 41), 3)])
 def test_tiny_and_odd_inputs(name, meta):
     """Downsampling stops when the feature map gets small; odd sizes are fine."""
@@ -99,11 +101,11 @@ def test_tiny_and_odd_inputs(name, meta):
 
 
 def test_conv_layers_follow_input_rank():
-    for name in ("cnn", "resnet", "vit"):
+    for name in ("cnn", "resnet", "vit", "resnet18", "resnet34", "vit_small"):
         m1, m2 = build(name, ONE_D, norm="batch"), build(name, IMAGE, norm="batch")
         assert count(m1, nn.Conv1d) > 0 and count(m1, nn.Conv2d) == 0
         assert count(m2, nn.Conv2d) > 0 and count(m2, nn.Conv1d) == 0
-        if name != "vit":
+        if not name.startswith("vit"):
             assert count(m1, nn.BatchNorm1d) > 0 and count(m1, nn.BatchNorm2d) == 0
             assert count(m2, nn.BatchNorm2d) > 0 and count(m2, nn.BatchNorm1d) == 0
             assert count(m1, nn.MaxPool2d) == 0
@@ -115,7 +117,7 @@ def test_skip_changes_the_computation(name):
     plain, res = build(name, IMAGE, skip=False).eval(), build(name, IMAGE, skip=True).eval()
     assert not torch.allclose(plain(x), res(x))
     shortcuts = [n for n, _ in res.named_modules() if "shortcut" in n]
-    if name == "resnet":
+    if name.startswith("resnet"):
         assert shortcuts  # identity and projection shortcuts
         assert not [n for n, _ in plain.named_modules() if "shortcut" in n]
         assert count(res, nn.Conv2d) > count(plain, nn.Conv2d)  # 1x1 projections
@@ -141,12 +143,13 @@ def test_norm_layers_as_configured(name, norm):
     model = build(name, IMAGE, norm=norm, depth=depth, skip=False)
     n_bn, n_ln, n_gn = count(model, BN_TYPES), count(model, nn.LayerNorm), count(model,
                                                                                nn.GroupNorm)
-    expected = {"mlp": depth, "cnn": 2 * depth, "resnet": 1 + 2 * depth, "vit": 2 * depth + 1}
+    expected = {"mlp": depth, "cnn": 2 * depth, "resnet": 1 + 2 * depth, "vit": 2 * depth + 1,
+                "resnet18": 1 + 2 * 8, "resnet34": 1 + 2 * 16, "vit_small": 2 * depth + 1}
     if norm == "none":
         assert n_bn == n_ln == n_gn == 0
     elif norm == "batch":
         assert (n_bn, n_ln, n_gn) == (expected[name], 0, 0)
-    elif name in ("mlp", "vit"):
+    elif name in ("mlp", "vit", "vit_small"):
         assert (n_bn, n_ln, n_gn) == (0, expected[name], 0)
     else:
         assert (n_bn, n_ln, n_gn) == (0, 0, expected[name])
@@ -181,9 +184,10 @@ def test_init_scale_multiplies_weights_only(name, norm):
 @pytest.mark.parametrize("name", ARCHS)
 def test_width_and_depth_grow_parameter_count(name):
     widths = [count_parameters(build(name, IMAGE, width=w)) for w in (4, 8, 16)]
-    depths = [count_parameters(build(name, IMAGE, depth=d)) for d in (1, 2, 3, 4)]
     assert widths == sorted(widths) and len(set(widths)) == 3
-    assert depths == sorted(depths) and len(set(depths)) == 4
+    if name not in FIXED_DEPTH:  # resnet18/34: the name fixes the depth
+        depths = [count_parameters(build(name, IMAGE, depth=d)) for d in (1, 2, 3, 4)]
+        assert depths == sorted(depths) and len(set(depths)) == 4
     model = build(name, IMAGE, norm="batch")
     assert count_parameters(model) == sum(p.numel() for p in model.parameters())
     model.head.weight.requires_grad_(False)

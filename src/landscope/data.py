@@ -10,6 +10,12 @@
 * ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100`` -- torchvision's
   on-disk formats under ``data_dir`` (downloaded only with ``download=true``),
   pixels scaled from 0..255 to 0..1;
+* ``cifar_like`` -- synthetic CIFAR-10-shaped data generated in memory (no files): 3x32x32
+  float images, 10 classes, ``x = a * s * T[y] + noise`` with smooth class templates ``T``
+  (see :func:`_cifar_like`); ``train_size``/``test_size`` are the generated counts
+  (null = :data:`CIFAR_LIKE_SIZES`), ``seed`` draws the training samples, the templates and
+  the test set are fixed, and ``classes`` draws labels from those classes only (relabelled);
+  label noise and standardization then apply as below.  For benchmarks and tests;
 * ``quadratic``, ``two_basin`` -- synthetic problems with closed-form answers, generated
   in float64 by :mod:`landscope.synthetic` (none of the steps below apply to them).
 
@@ -54,6 +60,10 @@ MAX_IN_MEMORY_FLOATS = 64_000_000  # auto mode: larger splits are streamed
 _TEST_SUBSET_SEED = 1234  # test subsets never depend on cfg.seed
 _DIGITS_SPLIT_SEED = 0
 _CHUNK = 4096  # samples per chunk when computing statistics
+CIFAR_LIKE_SIZES = (5000, 1000)  # cifar_like: generated train/test samples when the size is null
+CIFAR_LIKE_SIGNAL = 0.1  # cifar_like: template amplitude over unit pixel noise (RMS)
+_CIFAR_LIKE_SEED = 2718  # cifar_like: fixed seed of the class templates
+_CIFAR_LIKE_BLOCK = 1000  # cifar_like: samples drawn per seeded block (sizes nest as prefixes)
 
 
 @dataclass(frozen=True)
@@ -179,6 +189,7 @@ _SPECS: dict[str, _Spec] = {
                      tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta"),
                      "CIFAR10"),
     "cifar100": _Spec((3, 32, 32), 100, "cifar-100-python", ("train", "test", "meta"), "CIFAR100"),
+    "cifar_like": _Spec((3, 32, 32), 10),  # generated in memory (no files)
 }
 
 
@@ -250,21 +261,25 @@ class _Raw(NamedTuple):
 @functools.lru_cache(maxsize=4)
 def _load_cached(key: _Key) -> DataBundle:
     spec = _SPECS[key.name]
-    if key.name == "mnist1d":
-        train, test = _mnist1d(key.data_dir)
-    elif key.name == "digits":
-        train, test = _digits()
-    else:
-        train, test = (_torchvision(key, spec, is_train) for is_train in (True, False))
-
     num_classes = spec.num_classes
-    if key.classes is not None:  # only these classes, relabelled 0..k-1 in the given order
+    if key.classes is not None:
         _check_classes(key.classes, num_classes, key.name)
-        train, test = (keep_classes(r, key.classes) for r in (train, test))
         num_classes = len(key.classes)
-    train = _subset(train, key.train_size, np.random.default_rng([key.seed, 0]), "train", key.name)
-    test = _subset(test, key.test_size, np.random.default_rng([_TEST_SUBSET_SEED, 1]), "test",
-                   key.name)
+    if key.name == "cifar_like":  # generated at the asked sizes, from the asked classes
+        train, test = _cifar_like(key)
+    else:
+        if key.name == "mnist1d":
+            train, test = _mnist1d(key.data_dir)
+        elif key.name == "digits":
+            train, test = _digits()
+        else:
+            train, test = (_torchvision(key, spec, is_train) for is_train in (True, False))
+        if key.classes is not None:  # only these classes, relabelled 0..k-1 in the given order
+            train, test = (keep_classes(r, key.classes) for r in (train, test))
+        train = _subset(train, key.train_size, np.random.default_rng([key.seed, 0]), "train",
+                        key.name)
+        test = _subset(test, key.test_size, np.random.default_rng([_TEST_SUBSET_SEED, 1]),
+                       "test", key.name)
     if key.label_noise > 0:
         rng = np.random.default_rng([key.seed, 2])
         train = train._replace(targets=_noisy(train.targets, key.label_noise, num_classes, rng))
@@ -428,6 +443,45 @@ def _digits() -> tuple[_Raw, _Raw]:
                     torch.from_numpy(ys.astype(np.int64)), 16.0)
 
     return raw(xtr, ytr), raw(xte, yte)
+
+
+def cifar_like_templates(num_classes: int = 10) -> Tensor:
+    """The fixed class templates of ``cifar_like``: ``(num_classes, 3, 32, 32)`` float32, each a
+    bilinear upsampling of 3x4x4 Gaussian noise (a smooth layout) plus a Gaussian colour per
+    channel (what a global average pool sees), scaled to unit RMS.  Independent of every config value."""
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng([_CIFAR_LIKE_SEED, 0])
+    coarse = torch.from_numpy(rng.standard_normal((num_classes, 3, 4, 4), dtype=np.float32))
+    colour = torch.from_numpy(rng.standard_normal((num_classes, 3, 1, 1), dtype=np.float32))
+    t = F.interpolate(coarse, size=(32, 32), mode="bilinear", align_corners=False) + colour
+    return t / t.square().mean(dim=(1, 2, 3), keepdim=True).sqrt()
+
+
+def _cifar_like(key: _Key) -> tuple[_Raw, _Raw]:
+    """``cifar_like``: sample ``i`` of label ``y`` is ``a_i * CIFAR_LIKE_SIGNAL * T[c_y] + z_i``
+    with ``T`` :func:`cifar_like_templates`, ``c_y`` the ``y``-th kept class, ``a_i ~ U[0.5,
+    1.5]``, ``z_i ~ N(0, I)`` and ``y`` uniform.  Drawn in blocks of ``_CIFAR_LIKE_BLOCK``
+    samples, block ``b`` from the generator ``[seed, 10, b]`` (train) or ``[1234, 11, b]``
+    (test, independent of ``seed``), so a smaller size is a prefix of a larger one's."""
+    templates = cifar_like_templates()
+    kept = torch.as_tensor(key.classes if key.classes is not None else range(len(templates)))
+    default_train, default_test = CIFAR_LIKE_SIZES
+
+    def draw(n: int, seed: int, stream: int) -> _Raw:
+        xs, ys = [], []
+        for block in range(-(-n // _CIFAR_LIKE_BLOCK)):
+            rng = np.random.default_rng([seed, stream, block])
+            m = _CIFAR_LIKE_BLOCK
+            y = torch.from_numpy(rng.integers(0, len(kept), size=m))
+            amp = torch.from_numpy(rng.uniform(0.5, 1.5, size=m).astype(np.float32))
+            noise = torch.from_numpy(rng.standard_normal((m, 3, 32, 32), dtype=np.float32))
+            xs.append(noise + (CIFAR_LIKE_SIGNAL * amp).view(m, 1, 1, 1) * templates[kept[y]])
+            ys.append(y)
+        return _Raw(torch.cat(xs)[:n].contiguous(), torch.cat(ys)[:n].contiguous(), None)
+
+    return (draw(key.train_size or default_train, key.seed, 10),
+            draw(key.test_size or default_test, _TEST_SUBSET_SEED, 11))
 
 
 def _torchvision(key: _Key, spec: _Spec, train: bool) -> _Raw:

@@ -12,7 +12,12 @@ for what ``width`` and ``depth`` mean there):
 * ``kernel_size`` (cnn, resnet), ``patch_size`` and ``heads`` (vit).
 
 Architectures: :mod:`~landscope.models.mlp`, :mod:`~landscope.models.cnn`,
-:mod:`~landscope.models.resnet`, :mod:`~landscope.models.vit`; ``quadratic`` and ``two_basin``
+:mod:`~landscope.models.resnet`, :mod:`~landscope.models.vit`; the named models of the research
+plan reuse them: ``resnet18`` / ``resnet34`` (CIFAR ResNets, BasicBlock stages ``[2, 2, 2, 2]`` /
+``[3, 4, 6, 3]``, channels ``width * (1, 2, 4, 8)``; ``model.depth`` must be 18 / 34, the
+layout being fixed by the name) and ``vit_small`` (the vit with an MLP ratio of 4 instead of 2;
+its conf file holds ViT-S's sizes: patch 4, width 384, depth 12, 6 heads, each overridable, so
+tests build tiny ones).  ``quadratic`` and ``two_basin``
 are the models of the synthetic datasets of the same names (:mod:`landscope.synthetic`: a
 parameter vector, ``init_scale * N(0, I)``; they run on their own dataset only).  No dropout
 anywhere and no in-place ops on activations, so models work under ``torch.func.functional_call``,
@@ -38,13 +43,16 @@ from landscope.models.blocks import (ACTIVATIONS, NORMS, enum_value, frozen_batc
                                      scale_weights, spatial_dims_of)
 from landscope.models.cnn import CNN
 from landscope.models.mlp import MLP
-from landscope.models.resnet import ResNet
-from landscope.models.vit import ViT
+from landscope.models.resnet import NAMED_STAGES, ResNet, named_depth
+from landscope.models.vit import MLP_RATIO, MLP_RATIO_SMALL, ViT
 
-__all__ = ["MODEL_NAMES", "build_model", "count_parameters", "frozen_batchnorm_stats", "MLP",
+__all__ = ["FIXED_DEPTH", "MODEL_NAMES", "build_model", "count_parameters", "frozen_batchnorm_stats", "MLP",
            "CNN", "ResNet", "ViT"]
 
-MODEL_NAMES: tuple[str, ...] = ("mlp", "cnn", "resnet", "vit", *synthetic.SYNTHETIC)
+MODEL_NAMES: tuple[str, ...] = ("mlp", "cnn", "resnet", "vit", "resnet18", "resnet34", "vit_small",
+                                 *synthetic.SYNTHETIC)
+# Named models whose depth the name fixes: model.depth must equal it.
+FIXED_DEPTH: dict[str, int] = {name: named_depth(name) for name in NAMED_STAGES}
 _DEFAULTS = ModelConfig()
 
 
@@ -105,12 +113,18 @@ def build_model(cfg: Any, meta: Any) -> nn.Module:
     model: nn.Module
     if name == "mlp":
         model = MLP(**common)
-    elif name in ("cnn", "resnet"):
+    elif name in ("cnn", "resnet", *NAMED_STAGES):
         spatial_dims_of(input_shape, name)
         kernel_size = _field(cfg, "kernel_size")
         _require(isinstance(kernel_size, int) and kernel_size >= 1 and kernel_size % 2 == 1,
                  "kernel_size", "odd and >= 1", kernel_size)
-        model = (CNN if name == "cnn" else ResNet)(**common, kernel_size=kernel_size)
+        if name in NAMED_STAGES:
+            _require(depth == FIXED_DEPTH[name], "depth", f"{FIXED_DEPTH[name]} with model={name} "
+                     f"(its stages are fixed: {list(NAMED_STAGES[name])} blocks; use model=resnet "
+                     "for another depth)", depth)
+            model = ResNet(**common, kernel_size=kernel_size, stages=NAMED_STAGES[name])
+        else:
+            model = (CNN if name == "cnn" else ResNet)(**common, kernel_size=kernel_size)
     else:
         spatial_dims_of(input_shape, name)
         patch_size, heads = _field(cfg, "patch_size"), _field(cfg, "heads")
@@ -118,6 +132,7 @@ def build_model(cfg: Any, meta: Any) -> nn.Module:
                  "an integer >= 1", patch_size)
         _require(isinstance(heads, int) and heads >= 1, "heads", "an integer >= 1", heads)
         _require(width % heads == 0, "width", f"divisible by model.heads={heads}", width)
-        model = ViT(**common, patch_size=patch_size, heads=heads)
+        model = ViT(**common, patch_size=patch_size, heads=heads,
+                    mlp_ratio=MLP_RATIO_SMALL if name == "vit_small" else MLP_RATIO)
     scale_weights(model, float(init_scale))
     return model

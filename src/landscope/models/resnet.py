@@ -14,6 +14,15 @@ BasicBlocks; the net has ``1 + 2 * depth`` convs plus any 1x1 projections)::
         shortcut = identity, or norm(conv_1x1(cin -> cout, stride)) when shapes change
     logits = Linear(c_last, num_classes)(global_avg_pool(h))
 
+Named ResNets (He et al. 2016, "Deep Residual Learning for Image Recognition", CVPR; the
+CIFAR variant of their section 4.2 stem): ``resnet18`` and ``resnet34`` pass ``stages`` =
+:data:`NAMED_STAGES` -- ``[2, 2, 2, 2]`` and ``[3, 4, 6, 3]`` BasicBlocks, channels ``width *
+2 ** s`` (64/128/256/512 at width 64), stride 2 in the first block of stages 2-4 with a 1x1
+projection shortcut -- after a stride-1 ``kernel_size`` stem conv and no max-pool.  Their depth
+(weighted layers: stem + 2 per block + head) is fixed by the name.  With ``norm=batch``,
+``skip=true`` and 10 classes on 3x32x32 inputs, resnet18 has 11,173,962 parameters, as the
+usual CIFAR ResNet-18.
+
 ``skip=false`` removes the shortcut entirely (no projection modules either): a plain deep
 net with the same main-path layers.  ``norm``: ``batch`` = ``BatchNorm1d/2d``, ``layer`` =
 ``GroupNorm(1, C)``, ``none`` = identity; convs carry a bias only when ``norm`` is ``none``.
@@ -29,6 +38,14 @@ from torch import nn
 from landscope.models.blocks import (can_downsample, conv_nd, conv_norm_act, enum_value,
                                      global_avg_pool, halve_strided, make_activation,
                                      make_feature_norm, spatial_dims_of)
+
+
+NAMED_STAGES: dict[str, tuple[int, ...]] = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+
+
+def named_depth(name: str) -> int:
+    """Weighted layers of a named ResNet: stem + two convs per block + the head (18, 34)."""
+    return 2 + 2 * sum(NAMED_STAGES[name])
 
 
 def blocks_per_stage(depth: int, max_stages: int = 3) -> list[int]:
@@ -67,11 +84,13 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """Stem, ``depth`` BasicBlocks in up to 3 stages, global average pool, linear head."""
+    """Stem, ``depth`` BasicBlocks in up to 3 stages (or the blocks per stage ``stages``, which
+    then replaces ``depth``), global average pool, linear head."""
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, width: int = 128,
                  depth: int = 3, norm: Any = "none", skip: bool = True,
-                 activation: Any = "relu", kernel_size: int = 3) -> None:
+                 activation: Any = "relu", kernel_size: int = 3,
+                 stages: Optional[Sequence[int]] = None) -> None:
         super().__init__()
         spatial_dims = spatial_dims_of(input_shape, "resnet")
         size: tuple[int, ...] = tuple(int(s) for s in input_shape[1:])
@@ -79,7 +98,8 @@ class ResNet(nn.Module):
                                   activation)
         blocks = []
         cin = width
-        for s, n_blocks in enumerate(blocks_per_stage(depth)):
+        layout = blocks_per_stage(depth) if stages is None else [int(n) for n in stages]
+        for s, n_blocks in enumerate(layout):
             cout = width * 2 ** s
             for b in range(n_blocks):
                 stride = 2 if (s > 0 and b == 0 and can_downsample(size)) else 1

@@ -13,7 +13,9 @@ Definition (``width`` = token dimension ``D``, ``depth`` = number of transformer
 
 ``attn`` is multi-head self-attention with ``heads`` heads (``D % heads == 0``), written
 out with matmuls and softmax so that every op supports ``torch.func`` (vmap, jvp, hessian);
-``mlp`` is ``Linear(D, 2D) -> act -> Linear(2D, D)``.  ``norm``: ``layer`` =
+``mlp`` is ``Linear(D, rD) -> act -> Linear(rD, D)`` with ``r = mlp_ratio`` (2 for ``vit``, 4 for
+``vit_small``: ViT-S of Touvron et al. 2021 / Dosovitskiy et al. 2021, at patch 4, D = 384,
+depth 12, 6 heads on 3x32x32 inputs it has 21,342,346 parameters for 10 classes).  ``norm``: ``layer`` =
 ``LayerNorm(D)``, ``batch`` = ``BatchNorm1d(D)`` over the batch and tokens, ``none`` =
 identity.  No dropout.  The CLS token and positional embedding start as N(0, 0.02^2)
 (truncated at 2 std) and, being ``dim > 1`` parameters, are scaled by ``init_scale``.
@@ -30,7 +32,8 @@ from torch import nn
 
 from landscope.models.blocks import TokenNorm, make_activation, spatial_dims_of
 
-MLP_RATIO = 2
+MLP_RATIO = 2  # vit
+MLP_RATIO_SMALL = 4  # vit_small (ViT-S)
 
 
 class PatchEmbed(nn.Module):
@@ -78,14 +81,15 @@ class SelfAttention(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-norm block: attention then MLP, each residual when ``skip``."""
 
-    def __init__(self, dim: int, heads: int, norm: Any, activation: Any, skip: bool) -> None:
+    def __init__(self, dim: int, heads: int, norm: Any, activation: Any, skip: bool,
+                 mlp_ratio: int = MLP_RATIO) -> None:
         super().__init__()
         self.skip = skip
         self.norm1 = TokenNorm(norm, dim)
         self.attn = SelfAttention(dim, heads)
         self.norm2 = TokenNorm(norm, dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, MLP_RATIO * dim), make_activation(activation),
-                                 nn.Linear(MLP_RATIO * dim, dim))
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), make_activation(activation),
+                                 nn.Linear(mlp_ratio * dim, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.attn(self.norm1(x))
@@ -99,7 +103,8 @@ class ViT(nn.Module):
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, width: int = 128,
                  depth: int = 3, norm: Any = "layer", skip: bool = True,
-                 activation: Any = "gelu", patch_size: int = 4, heads: int = 4) -> None:
+                 activation: Any = "gelu", patch_size: int = 4, heads: int = 4,
+                 mlp_ratio: int = MLP_RATIO) -> None:
         super().__init__()
         if width % heads != 0:
             raise ValueError(f"width {width} is not divisible by heads {heads}")
@@ -109,7 +114,7 @@ class ViT(nn.Module):
         for p in (self.cls_token, self.pos_embed):
             nn.init.trunc_normal_(p, std=0.02, a=-0.04, b=0.04)
         self.blocks = nn.Sequential(*[
-            TransformerBlock(width, heads, norm, activation, skip) for _ in range(depth)
+            TransformerBlock(width, heads, norm, activation, skip, mlp_ratio) for _ in range(depth)
         ])
         self.norm = TokenNorm(norm, width)
         self.head = nn.Linear(width, num_classes)
