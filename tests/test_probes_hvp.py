@@ -206,6 +206,25 @@ def test_train_mode_uses_batch_stats_and_leaves_model_untouched(name):
     assert all(p.grad is None for p in model.parameters())
 
 
+@pytest.mark.parametrize("name,mode", [("mlp", "eval"), ("cnn_bn", "train")])
+def test_shard_operators_add_up_to_the_whole_set(name, mode):
+    """What the ranks of a data-parallel operator all-reduce: the shards' products, losses
+    and gradients (weights over the whole set) sum to the whole set's, for any number of
+    shards; train mode keeps whole micro-batches, so BatchNorm's statistics are unchanged."""
+    model, x, y = make(name, n=11)
+    data = ProbeData.from_tensors(x, y, 2)
+    whole = HessianOperator(model, data, mode=mode)
+    v = torch.randn(whole.dim, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    for world in (2, 3, 6):
+        parts = [HessianOperator(model, data.shard(r, world, keep_batches=mode == "train"),
+                                 mode=mode, check_determinism=False) for r in range(world)]
+        assert rel(sum(p.matvec(v) for p in parts), whole.matvec(v)) < 1e-12
+        assert rel(sum(p.gradient() for p in parts), whole.gradient()) < 1e-12
+        assert abs(sum(p.loss() for p in parts) - whole.loss()) < 1e-12 * whole.loss()
+    with pytest.raises(LandscopeError, match="6 micro-batches for 7 ranks"):
+        data.shard(0, 7, keep_batches=True)
+
+
 # ------------------------------------------------------------------------ determinism
 class DropoutNet(nn.Module):
     def __init__(self) -> None:

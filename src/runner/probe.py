@@ -11,13 +11,30 @@ costs nothing. Every job directory is checked before anything is computed: that 
 written (exit 2 otherwise) and that its final checkpoint loads (otherwise one ``error:`` line
 saying whether it is missing or corrupt, and the job is left alone).
 Exit codes as for the runner: 0 all probed, 1 a job failed, 2 bad input.
+
+Data-parallel: ``torchrun --nproc_per_node=N -m runner.probe PATH... [overrides]`` (or
+``python -m torch.distributed.run ...``) runs the command on N processes (gloo backend: the
+probes of finished jobs run on the CPU). The Hessian products are split over the ranks'
+shards of the probe data and summed (:mod:`landscope.probes.distributed`), so the results are
+the one-process ones up to rounding. Every rank computes; only rank 0 prints and writes into
+the job directories. The other ranks work on private copies of the jobs (checkpoints linked,
+not copied) in a temporary directory, removed at the end, so that they take the same path
+as rank 0 (cache hits and misses included); their output is discarded except a traceback.
+Do not run a second command on the same jobs meanwhile: a job locked by it would be skipped
+by rank 0 alone and the ranks' collectives would wait on each other until they time out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shutil
 import sys
+import tempfile
+import traceback
 from pathlib import Path
+from typing import Any, Iterator
 
 from landscope.errors import LandscopeError
 
@@ -55,14 +72,112 @@ def _requested(result: dict, pfp: str | None) -> dict:
     return _shown(by_fp.get(pfp) or result.get("probes", {}))
 
 
+Plan = tuple[Path, "Path | None", Any]
+
+
 def main(argv: list[str] | None = None) -> None:
-    from landscope.jobs import probe_checkpoint, probe_fingerprint
-    from runner.app import one_line
-    from runner.cli import (arguments, check_writable, finished_job_outputs, group_config,
-                            input_errors, job_config, paths_and_overrides, update_finished_jobs)
+    from landscope.probes.distributed import init_from_env, shutdown
+    from runner.cli import arguments, input_errors
 
     args = arguments(argv, __doc__)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with input_errors():
+        rank, world = init_from_env()
+    try:
+        with _quiet(rank):
+            code = _run(args, rank, world)
+    finally:
+        shutdown()
+    sys.exit(code)
+
+
+@contextlib.contextmanager
+def _quiet(rank: int) -> Iterator[None]:
+    """Rank 0 (or a single process) as usual; another rank prints nothing (rank 0 prints the
+    same lines) except the traceback of an exception that escapes, marked with its rank."""
+    if rank == 0:
+        yield
+        return
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), \
+            contextlib.redirect_stderr(null):
+        try:
+            yield
+        except BaseException as exc:
+            if not isinstance(exc, SystemExit):
+                sys.__stderr__.write(f"rank {rank}: {''.join(traceback.format_exc())}")
+            raise
+
+
+def _agree(code: int, world: int) -> int:
+    """The largest of the ranks' exit codes (every rank stops when one refused its input)."""
+    if world == 1:
+        return code
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([code], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t)
+
+
+def _run(args: list[str], rank: int, world: int) -> int:
+    try:
+        plans, pfp = _plans(args, rank)
+        code = 0
+    except SystemExit as exc:
+        plans, pfp, code = [], None, int(exc.code or 0)
+    code = _agree(code, world)
+    if code:
+        return code
+    if rank == 0:
+        # waits until every other rank has copied the jobs: rank 0 writes nothing before
+        if _agree(0, world):
+            print("error: another rank could not copy the jobs (see its traceback)",
+                  file=sys.stderr)
+            return 1
+        return _probe(plans, pfp)
+    with tempfile.TemporaryDirectory(prefix=f"landscope-rank{rank}-") as root:
+        try:
+            mirrored = _mirror(plans, Path(root))
+        except BaseException:
+            sys.__stderr__.write(f"rank {rank}: {traceback.format_exc()}")
+            _agree(1, world)
+            return 1
+        if _agree(0, world):
+            return 1
+        return _probe(mirrored, pfp)
+
+
+def _mirror(plans: list[Plan], root: Path) -> list[Plan]:
+    """The plans on private copies of their jobs under ``root`` (one copy per job directory;
+    checkpoint files are symbolic links, the lock file is left out)."""
+    from landscope.joblock import LOCK_FILE
+
+    copies: dict[Path, Path] = {}
+    out: list[Plan] = []
+    for job, ckpt, cfg in plans:
+        key = job.resolve()
+        if key not in copies:
+            copies[key] = copy = root / str(len(copies)) / job.name
+            shutil.copytree(job, copy, symlinks=True, ignore=lambda d, names, top=job: [
+                n for n in names if n == LOCK_FILE or (Path(d) == top and n == "checkpoints")])
+            if (job / "checkpoints").is_dir():
+                (copy / "checkpoints").mkdir()
+                for f in (job / "checkpoints").iterdir():
+                    os.symlink(f.resolve(), copy / "checkpoints" / f.name)
+        copy = copies[key]
+        out.append((copy, None if ckpt is None else copy / ckpt.relative_to(job), cfg))
+    return out
+
+
+def _plans(args: list[str], rank: int) -> tuple[list[Plan], str | None]:
+    """The checked ``(job, checkpoint or None, config)`` per target and the probe
+    fingerprint; exits 2 on bad input (rank 0 alone checks that the jobs can be written)."""
+    from landscope.jobs import probe_fingerprint
+    from runner.cli import (check_writable, finished_job_outputs, group_config, input_errors,
+                            job_config, paths_and_overrides)
+
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(message)s")
     paths, overrides = paths_and_overrides(args)
     if not any(o.startswith("probe=") for o in overrides):
         overrides.insert(0, "probe=standard")
@@ -74,9 +189,19 @@ def main(argv: list[str] | None = None) -> None:
                                  "standard, full or pacbayes")
         plans = [(job, ckpt, job_config(job, "probe", probe_cfg)) for job, ckpt in jobs]
         pfp = probe_fingerprint(plans[0][2]) if plans else None
-        check_writable(d for job, ckpt, cfg in plans
-                       for d in (finished_job_outputs(job, cfg) if ckpt is None
-                                 else [job / "probes"]))
+        if rank == 0:
+            check_writable(d for job, ckpt, cfg in plans
+                           for d in (finished_job_outputs(job, cfg) if ckpt is None
+                                     else [job / "probes"]))
+    return plans, pfp
+
+
+def _probe(plans: list[Plan], pfp: str | None) -> int:
+    """Probe every plan (finished jobs first, then checkpoint files); the exit code."""
+    from landscope.jobs import probe_checkpoint
+    from runner.app import one_line
+    from runner.cli import update_finished_jobs
+
     failed = update_finished_jobs([(job, cfg) for job, ckpt, cfg in plans if ckpt is None],
                                   "probed", "probe", lambda r: _requested(r, pfp))
     for job, ckpt, cfg in plans:
@@ -89,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"failed: {ckpt}: {one_line(exc)}", file=sys.stderr)
             continue
         print(f"probed: {ckpt} (epoch {result['epoch']}) {_shown(result['probes'])}")
-    sys.exit(1 if failed else 0)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

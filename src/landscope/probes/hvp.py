@@ -38,6 +38,15 @@ updating the running statistics (:func:`landscope.models.frozen_batchnorm_stats`
 model's train/eval flags are restored after every evaluation.  At construction a
 curvlinops-style determinism check computes two products with one seeded vector and
 refuses the operator when they differ (dropout, other randomness in the forward).
+
+Data-parallel (``group``, a ``torch.distributed`` process group): each rank holds a shard of
+the probe data (:meth:`ProbeData.shard`, weights over the whole set's size) and every
+product, :meth:`loss` and :meth:`gradient` is the sum (``all_reduce``) of the ranks' weighted
+partial results, so it equals the one-process operator on the whole data up to rounding and
+is the same on every rank.  Construction checks (one ``all_gather``) that the ranks probe the
+same parameters and that their weights add up to 1; the determinism check compares reduced
+products, so every rank accepts or refuses together.  :mod:`landscope.probes.distributed`
+shards and builds in one call.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ import contextlib
 from typing import Any, Iterator, Literal, Optional, Sequence
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -138,7 +148,7 @@ class HessianOperator:
                  params: Optional[dict[str, Tensor]] = None, mode: Mode = "eval",
                  method: Optional[Method] = None, check_determinism: bool = True,
                  max_cached_batches: int = MAX_CACHED_BATCHES, seed: int = 0,
-                 primitives: bool = True) -> None:
+                 primitives: bool = True, group: Optional[Any] = None) -> None:
         if mode not in MODES:
             raise LandscopeError(f"probe mode must be one of {', '.join(MODES)} (got {mode!r})")
         chosen: str = DEFAULT_METHOD if method is None else method
@@ -160,6 +170,9 @@ class HessianOperator:
             data = data.to(self.dtype, self.device)
         self.data = data
         self._weights = data.weights
+        self.group = group  # a torch.distributed ProcessGroup: products are all-reduced
+        if group is not None:
+            self._check_ranks()
         self.n_matvecs = 0
         self.n_check_matvecs = 0
         self._cache: Optional[Tensor] = None  # cached method: the flat gradient graph
@@ -174,6 +187,42 @@ class HessianOperator:
                 self._build_cache()
         if check_determinism:
             self._check_determinism(seed)
+
+    # ----------------------------------------------------------------- ranks
+    def _reduce(self, t: Tensor) -> Tensor:
+        """``t`` summed over the ranks of ``group`` (in place); ``t`` itself without one."""
+        if self.group is not None:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
+        return t
+
+    def _reduce_float(self, x: float) -> float:
+        if self.group is None:
+            return x
+        return float(self._reduce(torch.tensor([x], dtype=torch.float64, device=self.device)))
+
+    def _check_ranks(self) -> None:
+        """Every rank probes the same parameters and the shards' weights add up to 1."""
+        flat = self.flat_params().to(torch.float64)
+        mine = torch.tensor([float(self.dim), float(sum(self._weights)), float(flat.sum()),
+                             float(flat.square().sum())], dtype=torch.float64, device=self.device)
+        world = dist.get_world_size(self.group)
+        every = [torch.empty_like(mine) for _ in range(world)]
+        dist.all_gather(every, mine, group=self.group)
+        stats = torch.stack(every).cpu()
+        dims = sorted({int(d) for d in stats[:, 0]})
+        if len(dims) > 1:
+            raise LandscopeError(f"the {world} ranks probe models of different sizes "
+                                 f"({', '.join(map(str, dims))} parameters); every rank needs "
+                                 "the same model")
+        spread = (stats[:, 2:].max(0).values - stats[:, 2:].min(0).values).abs()
+        if bool((spread > 1e-9 * stats[:, 2:].abs().max(0).values.clamp_min(1e-300)).any()):
+            raise LandscopeError(f"the {world} ranks hold different parameter values; every "
+                                 "rank must load the same model")
+        total = float(stats[:, 1].sum())
+        if abs(total - 1.0) > 1e-9:
+            raise LandscopeError(
+                f"the {world} ranks' probe-data weights add up to {total:.6g}, not 1: give each "
+                "rank its shard of the same data (ProbeData.shard(rank, world)), not the whole set")
 
     # ----------------------------------------------------------------- parameters
     def flat_params(self) -> Tensor:
@@ -213,7 +262,7 @@ class HessianOperator:
         with torch.no_grad(), forward_mode(self.model, self.mode):
             for (x, y), w in zip(self.data.batches, self._weights):
                 total += w * float(self._batch_loss(self._leaf_dict(), x, y))
-        return total
+        return self._reduce_float(total)
 
     def gradient(self) -> Tensor:
         """The flat gradient of the probe loss."""
@@ -223,7 +272,7 @@ class HessianOperator:
         with torch.enable_grad(), forward_mode(self.model, self.mode):
             for (x, y), w in zip(self.data.batches, self._weights):
                 total += self._flatten(self._grads(w * self._batch_loss(self._leaf_dict(), x, y)))
-        return total
+        return self._reduce(total)
 
     # ----------------------------------------------------------------- products
     def _build_cache(self) -> None:
@@ -248,9 +297,10 @@ class HessianOperator:
                 loss += float(lb.detach())
         self._theta = theta
         self._cache = graph if graph is not None and graph.requires_grad else None
-        self._cached_loss = loss
-        self._cached_grad = (torch.zeros(self.dim, dtype=self.dtype, device=self.device)
-                             if graph is None else graph.detach().clone())
+        self._cached_loss = self._reduce_float(loss)
+        self._cached_grad = self._reduce(
+            torch.zeros(self.dim, dtype=self.dtype, device=self.device) if graph is None
+            else graph.detach().clone())
 
     def _cached_product(self, v: Tensor) -> Tensor:
         if self._cache is None:  # the gradient does not depend on the parameters: H = 0
@@ -293,13 +343,13 @@ class HessianOperator:
             raise LandscopeError(f"expected a vector of shape ({self.dim},), got {tuple(v.shape)}")
         v = v.detach().to(device=self.device, dtype=self.dtype)
         if method == "cached":
-            return self._cached_product(v)
+            return self._reduce(self._cached_product(v))
         vs = list(self.unflatten(v).values())
         if method == "double_backward":
             hv = self._double_backward_product(vs)
         else:
             hv = self._forward_over_reverse_product(vs)
-        return self._flatten(hv)
+        return self._reduce(self._flatten(hv))
 
     def matvec(self, v: Tensor) -> Tensor:
         """``H v`` for a flat ``v`` of shape ``(dim,)``; increments ``n_matvecs``."""

@@ -11,6 +11,11 @@ The probe loss is the mean over *all* samples, not the mean of batch means: micr
 ``b`` enters with weight ``weights[b] = len(batch_b) / n`` (curvlinops' exact loader
 weighting), so the result does not depend on ``micro_batch`` (in eval mode; in train mode
 BatchNorm's batch statistics make the partition part of the definition of the loss).
+
+For data-parallel probes (:mod:`landscope.probes.distributed`) :meth:`ProbeData.shard` gives
+each rank a contiguous part of the samples that keeps the whole set's count in ``total``,
+so a shard's weights are ``len(batch_b) / total`` and the ranks' weighted partial sums add
+up to the one-process loss.
 """
 
 from __future__ import annotations
@@ -30,12 +35,15 @@ _CHUNK = 4096  # samples read per step while gathering from a split
 
 @dataclass(frozen=True, eq=False)
 class ProbeData:
-    """Micro-batches ``(x, y)`` of a fixed sample set; ``n`` samples in total.
+    """Micro-batches ``(x, y)`` of a fixed sample set; ``n`` samples here.
 
-    Treat it as read-only: the tensors may be shared with the split they came from.
+    ``total`` (``None``: ``n``) is the size of the whole sample set this is a shard of
+    (:meth:`shard`); the weights divide by it.  Treat it as read-only: the tensors may be
+    shared with the split they came from.
     """
 
     batches: list[Batch]
+    total: Optional[int] = None
 
     def __post_init__(self) -> None:
         if not self.batches:
@@ -46,6 +54,9 @@ class ProbeData:
                                      "labels (need equal, non-zero sizes)")
         # counted once: slices read it at every grid point
         object.__setattr__(self, "_n", sum(len(y) for _, y in self.batches))
+        if self.total is not None and self.total < self._n:  # type: ignore[attr-defined]
+            raise LandscopeError(f"probe data shard of {self.n} samples cannot belong to a set "
+                                 f"of {self.total}")
 
     @property
     def n(self) -> int:
@@ -53,9 +64,15 @@ class ProbeData:
         return self._n  # type: ignore[attr-defined]
 
     @property
+    def n_total(self) -> int:
+        """Samples in the whole set: ``total`` for a shard, else ``n``."""
+        return self.n if self.total is None else self.total
+
+    @property
     def weights(self) -> list[float]:
-        """``len(batch_b) / n`` per micro-batch: ``sum_b w_b * mean_b(loss)`` = mean loss."""
-        n = self.n
+        """``len(batch_b) / n_total`` per micro-batch: ``sum_b w_b * mean_b(loss)`` = mean loss
+        (for a shard: its share of the whole set's mean loss)."""
+        n = self.n_total
         return [len(y) / n for _, y in self.batches]
 
     @property
@@ -107,7 +124,50 @@ class ProbeData:
            device: Optional[torch.device | str] = None) -> "ProbeData":
         """A converted copy: inputs to ``dtype`` (labels stay int64), both to ``device``."""
         return ProbeData([(x.to(device=device, dtype=dtype), y.to(device=device))
-                          for x, y in self.batches])
+                          for x, y in self.batches], total=self.total)
+
+    def shard(self, rank: int, world: int, *, keep_batches: bool = False) -> "ProbeData":
+        """Rank ``rank``'s contiguous part of the samples out of ``world`` ranks, with
+        ``total = n_total`` so the ranks' weighted sums add up to this set's.
+
+        ``keep_batches=False``: samples ``[rank*n//world, (rank+1)*n//world)``, cut into
+        micro-batches no larger than this set's first one (the loss, its gradient and its
+        Hessian in eval mode do not depend on the partition).  ``keep_batches=True``: whole
+        micro-batches ``[rank*B//world, (rank+1)*B//world)`` of the ``B`` there are, so the
+        partition is unchanged (train-mode BatchNorm: batch statistics per micro-batch).
+        ``world == 1`` returns this object.  Every rank needs at least one sample (one
+        micro-batch with ``keep_batches``), otherwise one error line says so.
+        """
+        if world < 1 or not 0 <= rank < world:
+            raise LandscopeError(f"shard rank {rank} of world size {world} (need 0 <= rank < "
+                                 "world)")
+        if world == 1:
+            return self
+        if keep_batches:
+            count = len(self.batches)
+            if count < world:
+                raise LandscopeError(
+                    f"probe data has {count} micro-batch{'es' * (count != 1)} for {world} ranks; "
+                    "train-mode probes shard whole micro-batches (BatchNorm's batch statistics "
+                    "follow the partition): lower probe.micro_batch or use fewer ranks")
+            return ProbeData(self.batches[rank * count // world:(rank + 1) * count // world],
+                             total=self.n_total)
+        if self.n < world:
+            raise LandscopeError(f"probe data has {self.n} sample{'s' * (self.n != 1)} for "
+                                 f"{world} ranks; each rank needs at least one (raise "
+                                 "probe.data_size or use fewer ranks)")
+        lo, hi = rank * self.n // world, (rank + 1) * self.n // world
+        xs, ys, start = [], [], 0
+        for xb, yb in self.batches:  # the batches overlapping [lo, hi); only the shard is copied
+            a, b = max(lo - start, 0), min(hi - start, len(yb))
+            if a < b:
+                xs.append(xb[a:b])
+                ys.append(yb[a:b])
+            start += len(yb)
+        x, y = torch.cat(xs), torch.cat(ys)
+        micro = len(self.batches[0][1])
+        return ProbeData([(x[i:i + micro], y[i:i + micro]) for i in range(0, len(y), micro)],
+                         total=self.n_total)
 
 
 def _gather(split: Split, order: Tensor) -> Batch:
