@@ -93,7 +93,8 @@ def cached_probes(cfg: DictConfig, job_dir: Path, model, data, stem: str,
     if cfg.probe.get("pacbayes", False):  # the prior mean: the initialization, not 0
         device = next(model.parameters()).device
         w0 = initial_model(cfg, data).to(device)
-    report = run_probes(model, data.train, cfg.probe, w0=w0)
+    report = run_probes(model, data.train, cfg.probe, w0=w0,
+                        log=lambda line: log.info("%s: %s", job_dir, line))
     save_results(cache, report.arrays, {
         "scalars": report.scalars,
         "probe": OmegaConf.to_container(cfg.probe, resolve=True, enum_to_str=True),

@@ -16,12 +16,14 @@ Rademacher; both give unbiased ``tr f(A)/D``. Lanczos runs with full reorthogona
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from landscope.probes.lanczos import _Lanczos
+from landscope.probes.lanczos import EigResult, _Lanczos
 from landscope.probes.operator import Operator
 from landscope.probes.trace import Dist, TraceResult, probe_vector
 
@@ -63,6 +65,13 @@ class SLQResult:
     weights: Tensor
     dim: int
     n_matvecs: int
+    # zᵀPAPz per probe (Hutchinson samples of the (deflated) trace, see slq), Lanczos steps per
+    # probe, eigenvalues deflated into every row, and the cap that cut the runs short
+    trace_samples: Tensor | None = None
+    steps: list[int] | None = None
+    deflated: int = 0
+    stopped_by: str | None = None
+    deflation: EigResult | None = None  # every pair deflated (top-k + the first run's outliers)
 
     @property
     def n_probes(self) -> int:
@@ -167,19 +176,168 @@ class SLQResult:
                         tail_mass=max(0.0, above - float(m.sum())))
 
 
+class _Deflated:
+    """``P A P`` with ``P = I − VVᵀ`` for orthonormal columns V: the operator on the complement of
+    the top-k eigenvectors (one product of A per product)."""
+
+    def __init__(self, op: Operator, basis: Tensor) -> None:
+        self.op, self.basis = op, basis
+        self.dim, self.dtype, self.device = op.dim, op.dtype, op.device
+
+    @property
+    def n_matvecs(self) -> int:
+        return self.op.n_matvecs
+
+    def project(self, v: Tensor) -> Tensor:
+        for _ in range(2):
+            v = v - self.basis @ (self.basis.T @ v)
+        return v
+
+    def matvec(self, v: Tensor) -> Tensor:
+        return self.project(self.op.matvec(self.project(v)))
+
+
+def _smoothed_change(prev: tuple[np.ndarray, np.ndarray], cur: tuple[np.ndarray, np.ndarray],
+                     sigma: float) -> float:
+    """L1 distance ``∫|φ_cur − φ_prev|`` of two quadrature rules broadened by ``N(0, σ²)``
+    (in [0, 2]; evaluated on a grid of spacing σ/4 that covers both ± 5σ)."""
+    lo = min(prev[0].min(), cur[0].min()) - 5 * sigma
+    hi = max(prev[0].max(), cur[0].max()) + 5 * sigma
+    t = np.linspace(lo, hi, max(8, int(math.ceil((hi - lo) / (sigma / 4))) + 1))[:, None]
+
+    def phi(rule: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        x, w = rule
+        return (w[None, :] * np.exp(-0.5 * ((t - x[None, :]) / sigma) ** 2)).sum(1) / (
+            sigma * math.sqrt(2 * math.pi))
+
+    return float(np.trapezoid(np.abs(phi(cur) - phi(prev)), t[:, 0]))
+
+
+def _run(target: Operator, z: Tensor, m: int, *, adaptive: bool, resolution: float | None,
+         resolution_tol: float, min_steps: int, seen: list[float],
+         stop: Callable[[], str | None] | None) -> tuple[_Lanczos, str | None]:
+    """One Lanczos run of up to ``m`` steps from ``z``; with ``adaptive`` it stops once two
+    consecutive steps change its rule, broadened at ``resolution``, by ≤ ``resolution_tol``."""
+    lz = _Lanczos(target, z, restart=False, capacity=m)
+    prev, calm, why = None, 0, None
+    while lz.m < m and not lz.exhausted:
+        if lz.m >= 1 and stop is not None and (why := stop()) is not None:
+            break
+        lz.step()
+        if not adaptive or resolution is None or lz.m < 2:
+            continue
+        theta, s_ = lz.ritz()
+        cur = (theta, s_[0] ** 2)
+        lo, hi = min(seen[0], float(theta.min())), max(seen[1], float(theta.max()))
+        sigma = resolution * (hi - lo) if hi > lo else 1.0
+        calm = calm + 1 if prev is not None and _smoothed_change(prev, cur, sigma) <= resolution_tol else 0
+        prev = cur
+        if calm >= 2 and lz.m >= min_steps:
+            break
+    return lz, why
+
+
+def _settled_outliers(lz: _Lanczos, spread: float, alpha: float = 0.01, gap: float = 0.5,
+                      rtol: float = 1e-3) -> tuple[np.ndarray, Tensor]:
+    """The run's converged Ritz pairs above its outlier threshold (its rule's weighted 1 − alpha
+    quantile plus ``gap`` times the inter-quantile range, as in :meth:`SLQResult.outliers`),
+    converged meaning Ritz residual ``β |s_{m,i}| ≤ rtol · spread``: values and unit vectors."""
+    theta, s = lz.ritz()
+    cdf = np.cumsum(s[0] ** 2)
+    lo = theta[min(int(np.searchsorted(cdf, alpha)), len(theta) - 1)]
+    hi = theta[min(int(np.searchsorted(cdf, 1 - alpha)), len(theta) - 1)]
+    res = abs(lz.beta[-1]) * np.abs(s[-1])
+    idx = np.nonzero((theta > hi + gap * (hi - lo)) & (res <= rtol * max(spread, 1e-300)))[0]
+    coeffs = torch.from_numpy(np.ascontiguousarray(s[:, idx])).to(lz.V.dtype).to(lz.V.device)
+    vecs = lz.V[: lz.m].T @ coeffs
+    return theta[idx], vecs / torch.linalg.vector_norm(vecs, dim=0, keepdim=True).clamp_min(1e-300)
+
+
 def slq(op: Operator, n_probes: int = 10, m_steps: int = 30, seed: int = 0,
-        dist: Dist = "gaussian") -> SLQResult:
+        dist: Dist = "gaussian", *, deflate: EigResult | None = None,
+        resolution: float | None = None, resolution_tol: float = 0.05, min_steps: int = 6,
+        stop: Callable[[], str | None] | None = None) -> SLQResult:
     """Stochastic Lanczos quadrature: ``n_probes`` unit probes (Gaussian or Rademacher, normalized),
-    ``m_steps`` Lanczos steps each with full reorthogonalization (``n_probes · m_steps`` products)."""
+    up to ``m_steps`` Lanczos steps each with full reorthogonalization (``n_probes · m_steps``
+    products at most).
+
+    ``deflate`` (top-k eigenpairs computed anyway): the k eigenvalues enter every probe's rule as
+    exact nodes of weight 1/D, and the Lanczos runs see only ``P A P`` on the complement
+    (``P = I − VVᵀ``; Gaussian probes projected, so ``Pz/‖Pz‖`` is uniform on the complement's
+    sphere and its rule carries weight ``(D − k)/D``). The outliers then cost no Lanczos steps.
+
+    ``resolution`` (a fraction of the spectral range, the density's broadening; needs ``deflate``)
+    makes the runs adaptive. The first run takes all ``m_steps``; its converged Ritz pairs above
+    its outlier threshold (:func:`_settled_outliers`) join the deflated pairs, so the outliers the
+    top-k did not reach are resolved once, not once per probe. Every later run, on the complement
+    of all of them, stops once two consecutive steps change its rule, broadened by
+    σ = resolution × (the range seen so far), by at most ``resolution_tol`` in L1 (at least
+    ``min_steps`` steps): it takes no more steps than the density's resolution asks for.
+    ``deflation`` then holds every deflated pair, and each later run's first step is a
+    Hutchinson sample ``zᵀPAPz = ‖Pz‖²·α₁`` of the trace deflated by them (``trace_samples``),
+    which :func:`~landscope.probes.trace.deflated_trace` counts as its own.
+
+    ``stop``: a cap asked before each product; a run cut by it keeps the steps it has, and no
+    further probes start (``stopped_by``)."""
     if n_probes < 1 or m_steps < 1:
         raise ValueError(f"need n_probes >= 1 and m_steps >= 1, got {n_probes}, {m_steps}")
+    if resolution is not None and deflate is None:
+        raise ValueError("slq(resolution=...) needs deflate= (the top-k eigenpairs)")
     start = op.n_matvecs
     gen = torch.Generator().manual_seed(seed)
-    m = min(m_steps, op.dim)
-    nodes = torch.empty(n_probes, m, dtype=torch.float64)
-    weights = torch.zeros(n_probes, m, dtype=torch.float64)
+    d = op.dim
+    values = np.zeros(0) if deflate is None else deflate.eigenvalues.numpy().astype(np.float64)
+    basis = None
+    if deflate is not None:
+        if deflate.eigenvectors is None:
+            raise ValueError("slq(deflate=...) needs eigenvectors")
+        basis = deflate.eigenvectors.to(dtype=op.dtype, device=op.device)
+    rows: list[tuple[np.ndarray, np.ndarray]] = []
+    trace_samples: list[float] = []
+    steps: list[int] = []
+    stopped_by: str | None = None
+    seen = [math.inf, -math.inf] if deflate is None else [float(values.min()), float(values.max())]
     for i in range(n_probes):
-        theta, w = _lanczos_quadrature(op, probe_vector(op.dim, gen, dist, op.dtype, op.device), m)
-        nodes[i] = theta[0]
-        nodes[i, : len(theta)], weights[i, : len(w)] = theta, w
-    return SLQResult(nodes=nodes, weights=weights, dim=op.dim, n_matvecs=op.n_matvecs - start)
+        if stop is not None and (stopped_by := stop()) is not None:
+            break
+        k = len(values)
+        target: Operator = op if basis is None else _Deflated(op, basis)
+        m = max(1, min(m_steps, d - k))
+        z = probe_vector(d, gen, dist, op.dtype, op.device)
+        if isinstance(target, _Deflated):
+            z = target.project(z)
+        lz, stopped_by = _run(target, z, m, adaptive=i > 0, resolution=resolution,
+                              resolution_tol=resolution_tol, min_steps=min_steps, seen=seen,
+                              stop=stop)
+        theta, s_ = lz.ritz()
+        seen = [min(seen[0], float(theta.min())), max(seen[1], float(theta.max()))]
+        row_nodes = np.concatenate([values, theta])
+        row_w = np.concatenate([np.full(k, 1.0 / d), s_[0] ** 2 * (d - k) / d])
+        rows.append((row_nodes, row_w))
+        steps.append(lz.m)
+        if i > 0 or resolution is None:
+            trace_samples.append(float(z @ z) * lz.alpha[0])
+        if i == 0 and resolution is not None and stopped_by is None:
+            extra_vals, extra_vecs = _settled_outliers(lz, seen[1] - seen[0])
+            if len(extra_vals):
+                values = np.concatenate([values, extra_vals])
+                q, _ = torch.linalg.qr(torch.cat([basis, extra_vecs], dim=1))
+                basis = q
+        if stopped_by is not None:
+            break
+    width = max(len(t) for t, _ in rows)
+    nodes = torch.empty(len(rows), width, dtype=torch.float64)
+    weights = torch.zeros(len(rows), width, dtype=torch.float64)
+    for i, (row_nodes, row_w) in enumerate(rows):
+        nodes[i] = float(row_nodes[0])
+        nodes[i, : len(row_nodes)] = torch.from_numpy(np.asarray(row_nodes, dtype=np.float64))
+        weights[i, : len(row_w)] = torch.from_numpy(np.asarray(row_w, dtype=np.float64))
+    deflation = None
+    if basis is not None:
+        deflation = EigResult(eigenvalues=torch.from_numpy(values.copy()), eigenvectors=basis,
+                              residuals=torch.zeros(len(values), dtype=torch.float64),
+                              converged=torch.ones(len(values), dtype=torch.bool), n_matvecs=0,
+                              iterations=0)
+    return SLQResult(nodes=nodes, weights=weights, dim=d, n_matvecs=op.n_matvecs - start,
+                     trace_samples=torch.tensor(trace_samples, dtype=torch.float64),
+                     steps=steps, deflated=len(values), stopped_by=stopped_by, deflation=deflation)

@@ -62,6 +62,7 @@ from torch.func import functional_call
 from landscope.errors import LandscopeError
 from landscope.losses import task_loss
 from landscope.models import frozen_batchnorm_stats
+from landscope.probes.memory import activation_checkpointing
 from landscope.probes.primitives import CurvaturePrimitives
 from landscope.probes.probe_data import ProbeData
 
@@ -148,10 +149,19 @@ class HessianOperator:
                  params: Optional[dict[str, Tensor]] = None, mode: Mode = "eval",
                  method: Optional[Method] = None, check_determinism: bool = True,
                  max_cached_batches: int = MAX_CACHED_BATCHES, seed: int = 0,
-                 primitives: bool = True, group: Optional[Any] = None) -> None:
+                 primitives: bool = True, group: Optional[Any] = None,
+                 checkpointing: bool = False) -> None:
         if mode not in MODES:
             raise LandscopeError(f"probe mode must be one of {', '.join(MODES)} (got {mode!r})")
         chosen: str = DEFAULT_METHOD if method is None else method
+        # Activation checkpointing (landscope.probes.memory): the cached graph keeps every
+        # activation anyway, so it forces double_backward; torch.func refuses its hooks.
+        self.checkpointing = bool(checkpointing)
+        if self.checkpointing and chosen == "forward_over_reverse":
+            raise LandscopeError("probe.checkpointing needs the double_backward product "
+                                 "(torch.func refuses checkpoint hooks)")
+        if self.checkpointing and chosen == "cached":
+            chosen = "double_backward"
         if chosen not in METHODS:
             raise LandscopeError(f"HVP method must be one of {', '.join(METHODS)} "
                                  f"(got {chosen!r})")
@@ -242,7 +252,9 @@ class HessianOperator:
 
     # ----------------------------------------------------------------- loss pieces
     def _batch_loss(self, params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        with CurvaturePrimitives() if self.primitives else contextlib.nullcontext():
+        with CurvaturePrimitives() if self.primitives else contextlib.nullcontext(), \
+                activation_checkpointing(self.model) if self.checkpointing \
+                else contextlib.nullcontext():
             logits = functional_call(self.model, {**self._fixed, **params}, (x,))
             return task_loss(self.model, logits, y)
 

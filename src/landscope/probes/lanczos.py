@@ -28,6 +28,7 @@ worst relative error / products over 10 seeds (float64, no verification products
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -59,6 +60,7 @@ class EigResult:
     iterations: int
     which: str = "largest"
     n_restarts: int = 0
+    stopped_by: str | None = None  # the cap that ended the run early (``stop``), else None
 
 
 def _random_vector(op: Operator, gen: torch.Generator) -> Tensor:
@@ -143,7 +145,8 @@ class _Lanczos:
 
 def lanczos_eigs(op: Operator, k: int = 5, which: Which = "largest", tol: float = 1e-6, *,
                  atol: float = 0.0, max_iter: int | None = None, seed: int = 0,
-                 return_vectors: bool = True, verify: bool = True) -> EigResult:
+                 return_vectors: bool = True, verify: bool = True,
+                 stop: Callable[[], str | None] | None = None) -> EigResult:
     """The k algebraically largest (``which="largest"``, top-k) or smallest (``"smallest"``, the
     most negative) eigenpairs of the symmetric operator by Lanczos with full reorthogonalization.
 
@@ -156,6 +159,11 @@ def lanczos_eigs(op: Operator, k: int = 5, which: Which = "largest", tol: float 
     Lanczos estimate ``β_m |s_{m,i}|`` this does not rely on the recurrence's orthogonality.
     Without ``verify`` the (free) Lanczos estimates are reported, which agree with the true
     residuals up to roundoff.
+
+    ``stop`` (a cap, :class:`~landscope.probes.cost.ProbeLedger`) is asked before each product
+    once the space holds k vectors; when it names a cap the run ends there, the pairs are the
+    current Ritz pairs with their true residuals (``converged`` says which meet the tolerance) and
+    ``stopped_by`` is the cap's name. No extra verification products are spent then.
 
     Repeated eigenvalues: the Krylov space of one start vector holds only the start vector's
     projection onto an eigenspace, so an exactly repeated eigenvalue is found once (its eigenvector
@@ -190,7 +198,12 @@ def lanczos_eigs(op: Operator, k: int = 5, which: Which = "largest", tol: float 
     def thresholds(theta_k: np.ndarray) -> np.ndarray:
         return np.maximum(np.maximum(tol * np.abs(theta_k), atol), floor_c * lz.anorm)
 
+    stopped_by = None
     while lz.m < max_iter and not lz.exhausted:
+        if stop is not None and lz.m >= k:
+            stopped_by = stop()
+            if stopped_by is not None:
+                break
         lz.step()
         if lz.m >= k:
             theta, s = lz.ritz()
@@ -214,7 +227,7 @@ def lanczos_eigs(op: Operator, k: int = 5, which: Which = "largest", tol: float 
         ay = (lz.AV[:m].T @ coeffs) / norms
         theta = torch.as_tensor(vals, dtype=op.dtype, device=op.device)
         res = torch.linalg.vector_norm(ay - vecs * theta, dim=0).double().cpu().numpy()
-    elif verify:
+    elif verify and stopped_by is None:
         assert vecs is not None
         res = np.array([float(torch.linalg.vector_norm(op.matvec(vecs[:, i]) - float(vals[i]) * vecs[:, i]))
                         for i in range(k)])
@@ -225,7 +238,8 @@ def lanczos_eigs(op: Operator, k: int = 5, which: Which = "largest", tol: float 
         eigenvectors=vecs if return_vectors else None,
         residuals=torch.from_numpy(np.asarray(res, dtype=np.float64)),
         converged=torch.from_numpy(res <= thresholds(vals)),
-        n_matvecs=op.n_matvecs - start, iterations=m, which=which, n_restarts=lz.n_restarts)
+        n_matvecs=op.n_matvecs - start, iterations=m, which=which, n_restarts=lz.n_restarts,
+        stopped_by=stopped_by)
 
 
 def power_iteration(op: Operator, k: int = 1, tol: float = 1e-6, max_iter: int = 1000, *,

@@ -38,16 +38,19 @@ also ``pacbayes_complexity_{naive,isotropic,hessian}``, ``pacbayes_matched_error
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
 from landscope.probes.blocks import block_spectra, parameter_groups
+from landscope.probes.cost import ProbeLedger
 from landscope.probes.density import slq
+from landscope.probes.distributed import hessian_operator, rank_and_world
 from landscope.probes.hvp import HessianOperator
 from landscope.probes.lanczos import lanczos_eigs, spectral_summary
 from landscope.probes.noise import gradient_noise
@@ -56,6 +59,13 @@ from landscope.probes.sharpness import (ModelObjective, average_sharpness, keska
                                         pac_bayes_flatness, worst_case_sharpness)
 from landscope.probes.trace import deflated_trace, hutchinson
 from landscope.probes.verify import dense_hessian, spectrum
+
+
+# Fewest samples before the trace's auto-stop may fire: stopping on an estimated stderr biases
+# the estimate low when it may fire early (large samples raise both the mean and the stderr).
+# Measured on a 20-dim quadratic (top-5 deflated, rse 0.01, 400 seeds): with 10, mean error
+# -0.038 +- 0.011 and error/stderr has sd 1.35; with 30, +0.008 +- 0.008 and sd 1.08.
+TRACE_MIN_SAMPLES = 30
 
 
 @dataclass
@@ -73,37 +83,86 @@ def probe_data(train_split, cfg: Any) -> ProbeData:
                                 micro_batch=cfg.micro_batch)
 
 
+def _planned(cfg: Any, dim: int) -> dict[str, int]:
+    """The most products each switched-on full-Hessian estimator may spend (its own caps)."""
+    plan: dict[str, int] = {}
+    if cfg.top_k > 0:
+        plan["top"] = min(dim, 50 + 20 * min(cfg.top_k, dim))
+    if cfg.bottom_k > 0:
+        plan["bottom"] = min(dim, 50 + 20 * min(cfg.bottom_k, dim))
+    if cfg.density:
+        plan["density"] = cfg.slq_probes * min(cfg.slq_steps, dim)
+    if cfg.trace:
+        plan["trace"] = cfg.trace_max_samples
+    return plan
+
+
 def run_probes(model: nn.Module, train_split, cfg: Any,
-               w0: Optional[nn.Module | torch.Tensor] = None) -> ProbeReport:
+               w0: Optional[nn.Module | torch.Tensor] = None,
+               log: Optional[Callable[[str], None]] = None) -> ProbeReport:
     """All probes ``cfg`` switches on, on a fixed seeded subset of ``train_split``.
 
     ``w0``: the prior mean of the PAC-Bayes bounds (``cfg.pacbayes``), which must not depend
     on the training data: the model at initialization (a model of the same architecture or
     a flat vector in parameter order; :func:`landscope.jobs.initial_model` rebuilds a job's).
-    ``None`` centres the prior at 0 (valid too, usually looser)."""
+    ``None`` centres the prior at 0 (valid too, usually looser). ``log``: where the plan line
+    and the caps' messages go.
+
+    Cost (:mod:`~landscope.probes.cost`): ``probe_cost`` holds each estimator's seconds,
+    products and evaluations; ``probe.max_products`` / ``probe.budget_s`` cap the run, and an
+    estimator a cap cut short says so in ``<estimator>_stopped_by`` (top, bottom, density,
+    trace, noise, sharpness, blocks, pacbayes). Products are shared: the density's Lanczos runs
+    work on the complement of the top-k eigenvectors (which enter as exact nodes) and each run's
+    first step is a sample of the deflated trace; the trace stops on its standard error relative
+    to the larger of |tr H| and an estimate of Σ|λ| (well posed for traces near zero)."""
     tic = time.perf_counter()
     data = probe_data(train_split, cfg)
-    op = HessianOperator(model, data, mode=_value(cfg.mode), seed=cfg.seed)
+    # data-parallel over torch.distributed ranks when a process group is up (torchrun)
+    op = hessian_operator(model, data, mode=_value(cfg.mode), seed=cfg.seed,
+                          checkpointing=bool(getattr(cfg, "checkpointing", False)))
     rep = ProbeReport()
     s, a = rep.scalars, rep.arrays
-    s.update(probe_mode=op.mode, probe_data_size=data.n, n_params=op.dim, hvp_method=op.method)
+    s.update(probe_mode=op.mode, probe_data_size=data.n, n_params=op.dim, hvp_method=op.method,
+             probe_ranks=rank_and_world()[1],
+             probe_dtype=str(op.dtype).replace("torch.", ""))
+    show = cfg.progress if getattr(cfg, "progress", None) is not None else sys.stderr.isatty()
+    obj_box: list[Any] = []
+    ledger = ProbeLedger(counter=lambda: op.n_matvecs, max_products=getattr(cfg, "max_products", None),
+                         budget_s=getattr(cfg, "budget_s", None), progress=bool(show), log=log,
+                         evals=lambda: (obj_box[0].n_loss, obj_box[0].n_grad) if obj_box else (0, 0),
+                         started=tic)
+    plan = _planned(cfg, op.dim)
+    if plan:
+        t0 = time.perf_counter()
+        op.matvec(torch.randn(op.dim, generator=torch.Generator().manual_seed(cfg.seed),
+                              dtype=op.dtype).to(op.device))
+        per_product = time.perf_counter() - t0
+        s["probe_seconds_per_product"] = per_product
+        s["probe_plan"] = ledger.plan(plan, per_product)
 
     top = bottom = None
     if cfg.top_k > 0:
-        top = lanczos_eigs(op, k=min(cfg.top_k, op.dim), which="largest", tol=cfg.lanczos_tol,
-                           seed=cfg.seed)
+        with ledger.stage("top", plan.get("top")):
+            top = lanczos_eigs(op, k=min(cfg.top_k, op.dim), which="largest", tol=cfg.lanczos_tol,
+                               seed=cfg.seed, stop=ledger.stop)
         a["eigenvalues_top"] = top.eigenvalues.numpy()
         a["eigenvectors_top"] = top.eigenvectors.detach().cpu().numpy()
         a["residuals_top"] = top.residuals.numpy()
         s["hvps_top"] = top.n_matvecs
+        s["top_converged"] = bool(top.converged.all())
+        _stopped(s, ledger, "top", top.stopped_by)
     if cfg.bottom_k > 0:
-        bottom = lanczos_eigs(op, k=min(cfg.bottom_k, op.dim), which="smallest",
-                              tol=cfg.lanczos_tol, atol=1e-6, seed=cfg.seed + 1)
+        with ledger.stage("bottom", plan.get("bottom")):
+            bottom = lanczos_eigs(op, k=min(cfg.bottom_k, op.dim), which="smallest",
+                                  tol=cfg.lanczos_tol, atol=1e-6, seed=cfg.seed + 1,
+                                  stop=ledger.stop)
         a["eigenvalues_bottom"] = bottom.eigenvalues.numpy()
         a["eigenvectors_bottom"] = bottom.eigenvectors.detach().cpu().numpy()
         a["residuals_bottom"] = bottom.residuals.numpy()
         s["hvps_bottom"] = bottom.n_matvecs
         s["lambda_min"] = float(bottom.eigenvalues[0])
+        s["bottom_converged"] = bool(bottom.converged.all())
+        _stopped(s, ledger, "bottom", bottom.stopped_by)
     if top is not None:
         s.update({k: v for k, v in spectral_summary(top, bottom).items()
                   if k in ("lambda_max", "lambda_2", "spectral_gap", "negative_ratio",
@@ -113,38 +172,61 @@ def run_probes(model: nn.Module, train_split, cfg: Any,
         conv = [top.converged] + ([bottom.converged] if bottom is not None else [])
         s["eig_all_converged"] = bool(torch.cat(conv).all())
 
-    if cfg.trace:
-        # the top-k pairs computed anyway deflate the estimator's variance (GUIDE §6)
-        cap = cfg.trace_max_samples
-        tr = (deflated_trace(op, top, seed=cfg.seed, target_rse=cfg.trace_rse, max_samples=cap)
-              if top is not None else hutchinson(op, seed=cfg.seed, target_rse=cfg.trace_rse,
-                                                 max_samples=cap))
-        s.update(trace=tr.estimate, trace_stderr=tr.stderr, trace_samples=tr.n_samples)
-
+    q = None
     if cfg.density:
-        q = slq(op, n_probes=cfg.slq_probes, m_steps=min(cfg.slq_steps, op.dim), seed=cfg.seed)
-        lo, hi = float(q.nodes.min()), float(q.nodes.max())
-        pad = 0.05 * (hi - lo) + 1e-12
-        grid = torch.linspace(lo - pad, hi + pad, cfg.density_grid, dtype=torch.float64)
-        sigma = cfg.density_sigma * (hi - lo + 1e-12)
-        a.update(density_grid=grid.numpy(), density=q.density(grid, sigma).numpy(),
-                 slq_nodes=q.nodes.numpy(), slq_weights=q.weights.numpy())
-        out = q.outliers()
-        s.update(density_negative_mass=q.negative_mass(), density_n_outliers=out.count,
-                 density_outlier_mass=float(out.masses.sum()) if out.count else 0.0,
-                 density_bulk_edge=out.bulk_edge, density_tail_mass=out.tail_mass)
-        if cfg.logdet_eps > 0:
-            s.update(_logdet(q, cfg.logdet_eps, bottom))
+        with ledger.stage("density", plan.get("density")):
+            q = slq(op, n_probes=cfg.slq_probes, m_steps=min(cfg.slq_steps, op.dim), seed=cfg.seed,
+                    deflate=top, resolution=cfg.density_sigma, stop=ledger.stop)
+        s.update(_density(q, cfg, bottom, a))
+        _stopped(s, ledger, "density", q.stopped_by)
+
+    if cfg.trace:
+        # the top-k pairs computed anyway deflate the estimator's variance (GUIDE §6), the
+        # density's runs are its first samples, and its stop is relative to Σ|λ| where known
+        cap = cfg.trace_max_samples
+        with ledger.stage("trace", plan.get("trace")):
+            if top is not None:
+                prior = q.trace_samples.tolist() if q is not None and q.trace_samples is not None else ()
+                scale = q.trace_f(q.nodes.abs()).estimate if q is not None else 0.0
+                basis = q.deflation if q is not None and q.deflation is not None else top
+                tr = deflated_trace(op, basis, seed=cfg.seed + 1, target_rse=cfg.trace_rse,
+                                    max_samples=cap, prior=prior, scale=scale, stop=ledger.stop,
+                                    min_samples=TRACE_MIN_SAMPLES)
+            else:
+                scale = q.trace_f(q.nodes.abs()).estimate if q is not None else 0.0
+                tr = hutchinson(op, seed=cfg.seed + 1, target_rse=cfg.trace_rse, max_samples=cap,
+                                scale=scale, stop=ledger.stop, min_samples=TRACE_MIN_SAMPLES)
+        reference = max(abs(tr.estimate), scale, float(top.eigenvalues.abs().sum()) if top is not None else 0.0)
+        s.update(trace=tr.estimate, trace_stderr=tr.stderr, trace_samples=tr.n_samples,
+                 trace_reference=reference,
+                 trace_converged=bool(tr.stderr <= cfg.trace_rse * reference))
+        _stopped(s, ledger, "trace", tr.stopped_by)
 
     if _value(cfg.per_block) != "none":
-        _per_block(model, data, op.mode, cfg, s, a)
+        with ledger.stage("blocks") as cost:
+            _per_block(model, data, op.mode, cfg, s, a)
+        cost.products += s.get("block_hvps", 0)
     if cfg.sharpness or cfg.sharpness_family:
-        s.update(_sharpness(model, data, op.mode, cfg))
+        obj = ModelObjective(model, data, mode=op.mode)
+        obj_box.append(obj)
+        with ledger.stage("sharpness"):
+            s.update(_sharpness(obj, cfg, ledger))
     if cfg.noise:
-        s.update(_noise(model, train_split, cfg, op, top, s, a))
+        with ledger.stage("noise"):
+            if (why := ledger.stop()) is None:
+                s.update(_noise(model, train_split, cfg, op, top, s, a))
+            else:
+                _stopped(s, ledger, "noise", why)
     if getattr(cfg, "pacbayes", False):
-        s.update(_pacbayes(model, train_split, cfg, top, w0))
+        with ledger.stage("pacbayes"):
+            if (why := ledger.stop(products=False)) is None:
+                s.update(_pacbayes(model, train_split, cfg, top, w0))
+            else:
+                _stopped(s, ledger, "pacbayes", why)
     s["hvps"] = op.n_matvecs
+    s["probe_cost"] = ledger.summary()
+    if ledger.stopped and log is not None:
+        log("probe caps cut short: " + ", ".join(f"{k} ({v})" for k, v in ledger.stopped.items()))
     if cfg.verify:
         s.update(_verify(model, data, op.mode, cfg, s, a))
     s["probe_seconds"] = time.perf_counter() - tic
@@ -152,6 +234,32 @@ def run_probes(model: nn.Module, train_split, cfg: Any,
         if isinstance(value, float) and not math.isfinite(value):
             s[key] = None
     return rep
+
+
+def _stopped(s: dict, ledger: ProbeLedger, name: str, reason: Optional[str]) -> None:
+    if reason is not None:
+        s[f"{name}_stopped_by"] = reason
+        ledger.record_stop(name, reason)
+
+
+def _density(q: Any, cfg: Any, bottom: Any, a: dict) -> dict[str, Any]:
+    """The density on a grid and its scalar summaries (outliers, negative mass, log det)."""
+    lo, hi = float(q.nodes.min()), float(q.nodes.max())
+    pad = 0.05 * (hi - lo) + 1e-12
+    grid = torch.linspace(lo - pad, hi + pad, cfg.density_grid, dtype=torch.float64)
+    sigma = cfg.density_sigma * (hi - lo + 1e-12)
+    a.update(density_grid=grid.numpy(), density=q.density(grid, sigma).numpy(),
+             slq_nodes=q.nodes.numpy(), slq_weights=q.weights.numpy())
+    out = q.outliers()
+    s: dict[str, Any] = dict(
+        density_negative_mass=q.negative_mass(), density_n_outliers=out.count,
+        density_outlier_mass=float(out.masses.sum()) if out.count else 0.0,
+        density_bulk_edge=out.bulk_edge, density_tail_mass=out.tail_mass,
+        density_probes=q.n_probes, density_steps_mean=float(np.mean(q.steps)) if q.steps else 0.0,
+        density_deflated=q.deflated)
+    if cfg.logdet_eps > 0:
+        s.update(_logdet(q, cfg.logdet_eps, bottom))
+    return s
 
 
 def _logdet(q: Any, eps: float, bottom: Any) -> dict[str, Any]:
@@ -189,32 +297,51 @@ def _per_block(model: nn.Module, data: ProbeData, mode: str, cfg: Any, s: dict, 
              block_trace_stderr=np.array([b.trace_stderr for b in spectra]))
 
 
-def _sharpness(model: nn.Module, data: ProbeData, mode: str, cfg: Any) -> dict[str, Any]:
-    """Sharpness scalars; each name carries its radius, e.g. ``sharpness_l2_rho0.05``."""
-    obj = ModelObjective(model, data, mode=mode)
+def _sharpness(obj: ModelObjective, cfg: Any, ledger: ProbeLedger) -> dict[str, Any]:
+    """Sharpness scalars; each name carries its radius, e.g. ``sharpness_l2_rho0.05``. The
+    measures share one objective (its loss and gradient at the trained point are computed once);
+    ``budget_s`` is checked between measures and a measure it skips is named in
+    ``sharpness_stopped_by`` / ``sharpness_skipped``."""
     rhos = [float(r) for r in cfg.sharpness_rhos]
     out: dict[str, Any] = {}
-    wc = worst_case_sharpness(obj, rhos, seed=cfg.seed)
-    for r, v, v1 in zip(rhos, wc.values, wc.one_step):
-        out[f"sharpness_l2_rho{r:g}"] = v
-        out[f"sharpness_l2_onestep_rho{r:g}"] = v1
+    skipped: list[str] = []
+
+    def go(name: str) -> bool:
+        why = ledger.stop(products=False)
+        if why is not None:
+            skipped.append(name)
+            out["sharpness_stopped_by"] = why
+            ledger.record_stop("sharpness", why)
+        return why is None
+
+    if go("worst_case"):
+        wc = worst_case_sharpness(obj, rhos, seed=cfg.seed)
+        for r, v, v1 in zip(rhos, wc.values, wc.one_step):
+            out[f"sharpness_l2_rho{r:g}"] = v
+            out[f"sharpness_l2_onestep_rho{r:g}"] = v1
     if cfg.sharpness_family:
-        asam = worst_case_sharpness(obj, rhos, adaptive=True, seed=cfg.seed)
-        for r, v in zip(rhos, asam.values):
-            out[f"sharpness_adaptive_l2_rho{r:g}"] = v
-        eps = [float(e) for e in cfg.keskar_epsilons]
-        for e, v in zip(eps, keskar_sharpness(obj, eps, seed=cfg.seed).values):
-            out[f"sharpness_keskar_eps{e:g}"] = v
+        if go("adaptive"):
+            asam = worst_case_sharpness(obj, rhos, adaptive=True, seed=cfg.seed)
+            for r, v in zip(rhos, asam.values):
+                out[f"sharpness_adaptive_l2_rho{r:g}"] = v
+        if go("keskar"):
+            eps = [float(e) for e in cfg.keskar_epsilons]
+            for e, v in zip(eps, keskar_sharpness(obj, eps, seed=cfg.seed).values):
+                out[f"sharpness_keskar_eps{e:g}"] = v
         for adaptive, name in ((False, "random"), (True, "adaptive")):
-            avg = average_sharpness(obj, rhos, adaptive=adaptive,
-                                    n_samples=cfg.sharpness_samples, seed=cfg.seed)
-            for r, m, se in zip(rhos, avg.means, avg.stderrs):
-                out[f"sharpness_average_{name}_rho{r:g}"] = m
-                out[f"sharpness_average_{name}_rho{r:g}_stderr"] = se
+            if go(f"average_{name}"):
+                avg = average_sharpness(obj, rhos, adaptive=adaptive,
+                                        n_samples=cfg.sharpness_samples, seed=cfg.seed)
+                for r, m, se in zip(rhos, avg.means, avg.stderrs):
+                    out[f"sharpness_average_{name}_rho{r:g}"] = m
+                    out[f"sharpness_average_{name}_rho{r:g}_stderr"] = se
         for aware, name in ((False, "pac_bayes"), (True, "pac_bayes_magnitude")):
-            pb = pac_bayes_flatness(obj, magnitude_aware=aware, seed=cfg.seed)
-            out.update({f"{name}_sigma": pb.sigma, f"{name}_measure": pb.measure,
-                        f"{name}_bracketed": pb.bracketed})
+            if go(name):
+                pb = pac_bayes_flatness(obj, magnitude_aware=aware, seed=cfg.seed)
+                out.update({f"{name}_sigma": pb.sigma, f"{name}_measure": pb.measure,
+                            f"{name}_bracketed": pb.bracketed})
+    if skipped:
+        out["sharpness_skipped"] = skipped
     out["sharpness_loss_evals"], out["sharpness_grad_evals"] = obj.n_loss, obj.n_grad
     # A measure whose ascent or average met a non-finite loss is inf (or NaN when the loss at
     # the trained point is not finite); result.json stores those as null, so a flag says why.
@@ -228,7 +355,7 @@ def _noise(model: nn.Module, train_split, cfg: Any, op: HessianOperator, top: An
            a: dict) -> dict[str, Any]:
     """Gradient-noise statistics on ``noise_samples`` per-sample gradients (the first
     samples of the probe subset), aligned with the Hessian ``op`` of the whole subset."""
-    data = ProbeData.from_split(train_split, size=min(cfg.noise_samples, op.data.n),
+    data = ProbeData.from_split(train_split, size=min(cfg.noise_samples, op.data.n_total),
                                 seed=cfg.seed, micro_batch=cfg.micro_batch)
     g = gradient_noise(model, data, hessian=op, top_k_eigs=top, seed=cfg.seed, mode=op.mode,
                        alignment=_value(cfg.noise_alignment), trace_h=s.get("trace"))

@@ -17,7 +17,7 @@ error ``stderr = std(samples, ddof=1)/√n`` of its stochastic part (determinist
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -42,6 +42,7 @@ class TraceResult:
     n_matvecs: int
     samples: Tensor
     exact_part: float = 0.0
+    stopped_by: str | None = None  # the cap that ended sampling early, else None
 
     @property
     def rse(self) -> float:
@@ -72,36 +73,52 @@ def _stderr(samples: list[float]) -> float:
 def _hutchinson(op: Operator, *, n_samples: int | None, gen: torch.Generator, dist: Dist,
                 target_rse: float | None, min_samples: int, max_samples: int,
                 project: Callable[[Tensor], Tensor] | None, exact_part: float,
-                start: int) -> TraceResult:
+                start: int, scale: float = 0.0, prior: Sequence[float] = (),
+                stop: Callable[[], str | None] | None = None) -> TraceResult:
     """Core loop: samples ``(Pz)ᵀ A (Pz)`` until ``n_samples`` (fixed mode) or until
-    ``stderr/|estimate| ≤ target_rse`` with at least ``min_samples`` (auto-stop mode)."""
-    samples: list[float] = []
+    ``stderr ≤ target_rse · max(|estimate|, scale)`` with at least ``min_samples`` (auto-stop
+    mode). ``prior``: samples of the same quantity drawn elsewhere (SLQ's first Lanczos steps),
+    counted first. ``stop``: a cap asked before each product (``stopped_by``)."""
+    samples: list[float] = [float(x) for x in prior]
     limit = max_samples if target_rse is not None else int(n_samples or 0)
-    while len(samples) < limit:
+    stopped_by = None
+
+    def done() -> bool:
+        if target_rse is None or len(samples) < min_samples:
+            return False
+        est = exact_part + sum(samples) / len(samples)
+        reference = max(abs(est), scale)
+        return reference > 0 and _stderr(samples) <= target_rse * reference
+
+    while len(samples) < limit and not done():
+        if stop is not None and (stopped_by := stop()) is not None:
+            break
         z = probe_vector(op.dim, gen, dist, op.dtype, op.device)
         if project is not None:
             z = project(z)
         samples.append(float(z @ op.matvec(z)))
-        if target_rse is not None and len(samples) >= min_samples:
-            est = exact_part + sum(samples) / len(samples)
-            if est != 0 and _stderr(samples) <= target_rse * abs(est):
-                break
     n = len(samples)
     mean = sum(samples) / n if n else 0.0
     return TraceResult(estimate=exact_part + mean, stderr=_stderr(samples) if n else math.inf,
                        n_samples=n, n_matvecs=op.n_matvecs - start,
-                       samples=torch.tensor(samples, dtype=torch.float64), exact_part=exact_part)
+                       samples=torch.tensor(samples, dtype=torch.float64), exact_part=exact_part,
+                       stopped_by=stopped_by)
 
 
 def hutchinson(op: Operator, n_samples: int | None = None, seed: int = 0, dist: Dist = "rademacher", *,
                target_rse: float | None = None, min_samples: int = 10,
-               max_samples: int = 10_000) -> TraceResult:
+               max_samples: int = 10_000, scale: float = 0.0,
+               stop: Callable[[], str | None] | None = None) -> TraceResult:
     """Hutchinson's estimator ``tr A ≈ (1/n) Σ z_iᵀ A z_i`` (one product per sample).
 
     Fixed mode: ``n_samples`` samples (default 100). Auto-stop mode (``target_rse`` given, then
     ``n_samples`` must be None): draw until the relative standard error ``stderr/|estimate|`` is at
     most ``target_rse`` with at least ``min_samples`` samples (the stderr of a handful of samples is
     itself too noisy to stop on), or ``max_samples`` is reached (check ``result.rse``).
+    ``scale`` makes the stop well posed for traces near zero: it stops once
+    ``stderr ≤ target_rse · max(|estimate|, scale)``; pass an estimate of ``Σ|λ_i|`` (the
+    nuclear norm, which is ``|tr A|`` for a definite A), never more. ``stop``: a cap asked
+    before each product; ``stopped_by`` names it when it ended the run.
     """
     if target_rse is not None and n_samples is not None:
         raise ValueError("give either n_samples (fixed) or target_rse (auto-stop), not both")
@@ -111,7 +128,7 @@ def hutchinson(op: Operator, n_samples: int | None = None, seed: int = 0, dist: 
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     return _hutchinson(op, n_samples=n_samples, gen=torch.Generator().manual_seed(seed), dist=dist,
                        target_rse=target_rse, min_samples=max(2, min_samples), max_samples=max_samples,
-                       project=None, exact_part=0.0, start=op.n_matvecs)
+                       project=None, exact_part=0.0, start=op.n_matvecs, scale=scale, stop=stop)
 
 
 def _projector(basis: Tensor) -> Callable[[Tensor], Tensor]:
@@ -143,13 +160,20 @@ def hutchpp(op: Operator, n_matvecs_budget: int, seed: int = 0, dist: Dist = "ra
 
 def deflated_trace(op: Operator, eig: EigResult, n_samples: int | None = 30, seed: int = 0,
                    dist: Dist = "rademacher", *, target_rse: float | None = None,
-                   min_samples: int = 10, max_samples: int = 10_000) -> TraceResult:
+                   min_samples: int = 10, max_samples: int = 10_000, scale: float = 0.0,
+                   prior: Sequence[float] = (),
+                   stop: Callable[[], str | None] | None = None) -> TraceResult:
     """``tr A ≈ Σ_i λ_i + Hutchinson[(I − VVᵀ) A (I − VVᵀ)]`` from eigenpairs already computed
     (no products spent on them). Unbiased for any orthonormal V whose λ_i are the Rayleigh quotients
     ``v_iᵀ A v_i`` (Ritz pairs are), since ``tr A = tr(VᵀAV) + tr(PAP)`` for ``P = I − VVᵀ``; the
     variance drops to that of the deflated remainder (zero when V spans A's range).
     With ``target_rse`` (then ``n_samples`` is ignored) it samples until the relative standard
-    error of the whole estimate is at most ``target_rse``, as :func:`hutchinson` does.
+    error of the whole estimate is at most ``target_rse``, as :func:`hutchinson` does, relative to
+    ``max(|estimate|, scale, Σ|λ_i|)``: by pinching, ``Σ|λ_i| ≤ ‖VᵀAV‖_* ≤ ‖A‖_* = Σ|eig(A)|``, so
+    the reference never exceeds the nuclear norm, and the stop is well posed for an indefinite A
+    whose trace is near zero (a purely relative stop would never fire there).
+    ``prior``: samples ``zᵀPAPz`` drawn elsewhere (the deflated SLQ runs of
+    :func:`~landscope.probes.density.slq`, one per probe), counted first. ``stop``: a cap.
     """
     if eig.eigenvectors is None:
         raise ValueError("deflated_trace needs eigenvectors (call lanczos_eigs with return_vectors=True)")
@@ -159,4 +183,6 @@ def deflated_trace(op: Operator, eig: EigResult, n_samples: int | None = 30, see
                        gen=torch.Generator().manual_seed(seed), dist=dist, target_rse=target_rse,
                        min_samples=max(2, min_samples) if auto else 2,
                        max_samples=max_samples if auto else 0, project=_projector(v),
-                       exact_part=float(eig.eigenvalues.sum()), start=op.n_matvecs)
+                       exact_part=float(eig.eigenvalues.sum()), start=op.n_matvecs,
+                       scale=max(scale, float(eig.eigenvalues.abs().sum())), prior=prior,
+                       stop=stop)

@@ -1,0 +1,162 @@
+"""What ``probe=standard`` costs on each architecture, in gradient-equivalents, estimator by estimator.
+
+For each model (MNIST-1D, trained for ``--epochs`` epochs the way the runner trains it, float32,
+CPU) it measures, side by side in one process:
+
+* ``grad``   one gradient of the probe loss on the probe data (the unit; median of 5),
+* ``hvp``    one Hessian-vector product (the operator's own method, median of 5) and its ratio to a
+             gradient (issue #18: keep it <= 2.5),
+* the whole ``run_probes`` of the preset, its wall time over one gradient (the preset's cost in
+  gradient-equivalents; issue #18's goal: <= 400), and each estimator's share from the suite's
+  own ledger (``probe_cost``: seconds and products per estimator).
+
+    python scripts/bench_probe_cost.py [--models mlp,cnn,resnet,resnet_ln_noskip,vit]
+                                       [--preset standard] [--samples 1000] [--epochs 3]
+                                       [--threads 1] [--verify]
+
+``--verify`` runs the preset again in verify mode on a small width (8, depth 2) of each model
+and prints the errors against the dense float64 Hessian.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+MODELS = {
+    "mlp": ["model=mlp"],
+    "cnn": ["model=cnn", "model.norm=batch"],
+    "resnet": ["model=resnet", "model.norm=batch"],
+    "resnet_ln_noskip": ["model=resnet", "model.norm=layer", "model.skip=false"],
+    "vit": ["model=vit", "model.norm=none"],
+}
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from landscope.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides)
+
+
+def trained(overrides: list[str], data_dir: str, epochs: int):
+    """The model after ``epochs`` epochs of the runner's training loop, and its data."""
+    from landscope.data import load_data
+    from landscope.jobs import seed_everything
+    from landscope.models import build_model
+    from landscope.optim import build_optimizer, build_scheduler
+    from landscope.train import TrainState, fit
+
+    cfg = compose([*overrides, f"train.epochs={epochs}", f"dataset.data_dir={data_dir}"])
+    data = load_data(cfg.dataset)
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model, data.meta)
+    opt = build_optimizer(model.parameters(), cfg.optimizer)
+    state = TrainState(model, opt, build_scheduler(opt, cfg.optimizer, epochs))
+    fit(state, data.train, data.test, epochs=epochs, batch_size=cfg.train.batch_size, seed=cfg.seed)
+    return cfg, model, data
+
+
+def median_time(fn, repeats: int = 5) -> float:
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - tic)
+    return statistics.median(times)
+
+
+def measure(name: str, overrides: list[str], args, data_dir: str) -> dict:
+    from landscope.probes.hvp import HessianOperator
+    from landscope.probes.suite import probe_data, run_probes
+
+    cfg, model, data = trained(overrides, data_dir, args.epochs)
+    pcfg = compose([*overrides, f"probe={args.preset}", f"probe.data_size={args.samples}",
+                    "probe.progress=false"]).probe
+    pd = probe_data(data.train, pcfg)
+    op = HessianOperator(model, pd, check_determinism=False)
+    v = torch.randn(op.dim, generator=torch.Generator().manual_seed(0))
+    fresh = lambda: HessianOperator(model, pd, check_determinism=False, method="double_backward")
+    grad_op = fresh()
+    t_grad = median_time(grad_op.gradient)
+    t_hvp = median_time(lambda: op.matvec(v))
+    tic = time.perf_counter()
+    rep = run_probes(model, data.train, pcfg)
+    wall = time.perf_counter() - tic
+    s = rep.scalars
+    return {"name": name, "params": op.dim, "grad_s": t_grad, "hvp_ratio": t_hvp / t_grad,
+            "wall_s": wall, "grad_eq": wall / t_grad, "products": s["hvps"],
+            "cost": s.get("probe_cost", {}), "scalars": s}
+
+
+def verify(name: str, overrides: list[str], args, data_dir: str) -> dict:
+    from landscope.probes.suite import run_probes
+
+    small = [*overrides, "model.width=8", "model.depth=2"]
+    cfg, model, data = trained(small, data_dir, args.epochs)
+    pcfg = compose([*small, f"probe={args.preset}", f"probe.data_size={args.samples}",
+                    "probe.verify=true", "probe.progress=false"]).probe
+    s = run_probes(model.double(), data.train, pcfg).scalars
+    return {k: v for k, v in s.items() if k.startswith("verify_")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--preset", default="standard")
+    ap.add_argument("--samples", type=int, default=1000)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--verify", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    data_dir = tempfile.mkdtemp(prefix="bench_probe_cost_")
+    rows = []
+    for name in args.models.split(","):
+        rows.append(measure(name, MODELS[name], args, data_dir))
+        r = rows[-1]
+        print(f"{name}: {r['params']} params, grad {r['grad_s'] * 1e3:.1f} ms, "
+              f"hvp/grad {r['hvp_ratio']:.2f}, probe {r['wall_s']:.1f} s = "
+              f"{r['grad_eq']:.0f} gradient-equivalents, {r['products']} products", flush=True)
+    print(f"\nprobe={args.preset}, {args.samples} probe samples, {args.epochs} training epochs, "
+          f"{args.threads} thread(s), float32, CPU")
+    print("| model | params | product / gradient | preset (gradient-equivalents) | products | "
+          "per estimator (gradient-equivalents) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        parts = ", ".join(f"{k} {c['seconds'] / r['grad_s']:.0f}"
+                          for k, c in r["cost"].items())
+        print(f"| {r['name']} | {r['params']:,} | {r['hvp_ratio']:.2f} | {r['grad_eq']:.0f} | "
+              f"{r['products']} | {parts} |")
+    goal = all(r["grad_eq"] <= 400 for r in rows) and all(r["hvp_ratio"] <= 2.5 for r in rows)
+    print(f"goal (<= 400 gradient-equivalents, product <= 2.5 gradients): "
+          f"{'met' if goal else 'MISSED'}")
+    for r in rows:
+        s = r["scalars"]
+        keys = ("lambda_max", "trace", "trace_stderr", "trace_samples", "density_steps_mean",
+                "density_n_outliers", "density_negative_mass", "sharpness_loss_evals",
+                "sharpness_grad_evals")
+        print(r["name"], {k: (round(s[k], 4) if isinstance(s.get(k), float) else s.get(k))
+                          for k in keys})
+    if args.verify:
+        print("\nverify mode (width 8, depth 2, float64 dense Hessian):")
+        for name in args.models.split(","):
+            errs = verify(name, MODELS[name], args, data_dir)
+            print(name, {k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in errs.items()})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""Bounded, visible, shared probe cost (issue #18 items 1-4): caps that stop estimators and say so,
+a trace stop that is well posed for indefinite spectra with traces near zero, the density's Lanczos
+runs deflated by the top-k pairs and feeding the trace, and the suite's ledger and plan."""
+
+from __future__ import annotations
+
+import math
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from landscope.config import ProbeConfig
+from landscope.data import TensorSplit
+from landscope.probes.cost import ProbeLedger
+from landscope.probes.density import slq
+from landscope.probes.lanczos import lanczos_eigs
+from landscope.probes.operator import DenseOperator, quadratic_with_spectrum
+from landscope.probes.probe_data import ProbeData
+from landscope.probes.suite import run_probes
+from landscope.probes.trace import deflated_trace, hutchinson
+from probe_models import seeded_model
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+torch.set_num_threads(1)
+
+
+def _op(eigs: torch.Tensor, seed: int = 0) -> DenseOperator:
+    a, _ = quadratic_with_spectrum(eigs.to(torch.float64), seed=seed)
+    return DenseOperator(a)
+
+
+def _indefinite(d: int = 300) -> torch.Tensor:
+    """Eigenvalues ±u (u in [0.1, 1]) plus a few outliers: trace exactly 8.0 - 3.0 = 5.0,
+    sum |lambda| about 170, so |tr| is 3% of the nuclear norm."""
+    g = torch.Generator().manual_seed(1)
+    u = 0.1 + 0.9 * torch.rand(d // 2 - 2, generator=g, dtype=torch.float64)
+    return torch.cat([u, -u, torch.tensor([5.0, 3.0, -2.0, -1.0], dtype=torch.float64)])
+
+
+def test_relative_trace_stop_never_fires_on_a_near_zero_indefinite_trace():
+    op = _op(_indefinite())
+    tr = hutchinson(op, seed=0, target_rse=0.01, max_samples=300)
+    assert tr.n_samples == 300  # |tr| is tiny against the spread: the cap decides
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_trace_stop_relative_to_the_nuclear_norm_is_well_posed(seed):
+    eigs = _indefinite()
+    op = _op(eigs)
+    nuclear = float(eigs.abs().sum())
+    tr = hutchinson(op, seed=seed, target_rse=0.01, max_samples=5000, scale=nuclear)
+    assert tr.n_samples < 5000 and tr.stderr <= 0.01 * nuclear
+    assert abs(tr.estimate - float(eigs.sum())) <= 4 * tr.stderr
+
+
+def test_deflated_trace_scale_is_at_least_the_deflated_eigenvalues():
+    """By pinching, sum |lambda_i| of the deflated pairs never exceeds the nuclear norm, so
+    it is a valid reference and the stop fires on the indefinite spectrum too."""
+    eigs = _indefinite()
+    op = _op(eigs)
+    top = lanczos_eigs(op, k=4, seed=0)
+    tr = deflated_trace(op, top, seed=0, target_rse=0.05, max_samples=3000)
+    assert tr.n_samples < 3000
+    assert abs(tr.estimate - float(eigs.sum())) <= 4 * tr.stderr
+
+
+def test_lanczos_stopped_by_a_cap_says_so():
+    op = _op(torch.linspace(0.0, 1.0, 200, dtype=torch.float64) ** 3)
+    budget = ProbeLedger(counter=lambda: op.n_matvecs, max_products=12)
+    r = lanczos_eigs(op, k=3, tol=1e-10, seed=0, stop=budget.stop)
+    assert r.stopped_by == "max_products" and op.n_matvecs == 12
+    assert not bool(r.converged.all()) and len(r.eigenvalues) == 3
+    free = lanczos_eigs(_op(torch.linspace(0.0, 1.0, 200, dtype=torch.float64) ** 3), k=3,
+                        tol=1e-10, seed=0)
+    assert free.stopped_by is None and bool(free.converged.all())
+
+
+def test_trace_and_slq_stopped_by_a_cap():
+    op = _op(torch.linspace(-1.0, 1.0, 100, dtype=torch.float64))
+    budget = ProbeLedger(counter=lambda: op.n_matvecs, max_products=15)
+    tr = hutchinson(op, seed=0, target_rse=1e-6, max_samples=100, stop=budget.stop)
+    assert tr.stopped_by == "max_products" and tr.n_samples == 15
+    op2 = _op(torch.linspace(-1.0, 1.0, 100, dtype=torch.float64))
+    budget2 = ProbeLedger(counter=lambda: op2.n_matvecs, max_products=25)
+    q = slq(op2, n_probes=5, m_steps=10, seed=0, stop=budget2.stop)
+    assert q.stopped_by == "max_products" and op2.n_matvecs == 25 and q.n_probes == 3
+    assert torch.allclose(q.weights.sum(1), torch.ones(q.n_probes, dtype=torch.float64))
+
+
+def test_budget_in_seconds():
+    ledger = ProbeLedger(counter=lambda: 0, budget_s=1e-9)
+    assert ledger.stop() == "budget_s" and ledger.stop(products=False) == "budget_s"
+    assert ProbeLedger(counter=lambda: 10, max_products=5).stop(products=False) is None
+
+
+def _spectrum_with_outliers(d: int = 1200) -> torch.Tensor:
+    g = torch.Generator().manual_seed(3)
+    bulk = torch.randn(d - 8, generator=g, dtype=torch.float64).abs() * 0.2 - 0.05
+    return torch.cat([torch.tensor([40.0, 30.0, 22.0, 15.0, 11.0, 8.0, 6.5, 5.0],
+                                   dtype=torch.float64), bulk])
+
+
+def test_deflated_slq_has_exact_top_nodes_and_unbiased_moments():
+    eigs = _spectrum_with_outliers()
+    op = _op(eigs)
+    top = lanczos_eigs(op, k=3, seed=0)
+    q = slq(op, n_probes=30, m_steps=20, seed=0, deflate=top)
+    assert q.deflated == 3
+    np.testing.assert_allclose(q.nodes[:, :3].numpy(), np.tile(top.eigenvalues.numpy(), (30, 1)))
+    assert torch.allclose(q.weights.sum(1), torch.ones(30, dtype=torch.float64))
+    for p in (1, 2):
+        exact = float((eigs ** p).sum())
+        est = q.trace_f(q.nodes ** p)
+        assert abs(est.estimate - exact) <= 4 * est.stderr, p
+    # each run's first step is a Hutchinson sample of the deflated trace
+    rest = float(eigs.sum() - top.eigenvalues.sum())
+    ts = q.trace_samples
+    assert abs(float(ts.mean()) - rest) <= 4 * float(ts.std()) / math.sqrt(len(ts))
+
+
+def test_adaptive_slq_resolves_the_outliers_once_and_takes_fewer_steps():
+    eigs = _spectrum_with_outliers()
+    full = slq(_op(eigs), n_probes=10, m_steps=40, seed=0,
+               deflate=lanczos_eigs(_op(eigs), k=3, seed=0))
+    op = _op(eigs)
+    top = lanczos_eigs(op, k=3, seed=0)
+    ada = slq(op, n_probes=10, m_steps=40, seed=0, deflate=top, resolution=0.01)
+    assert ada.steps[0] == 40 and max(ada.steps[1:]) < 40
+    assert ada.deflated == 8  # the 5 outliers the top-3 missed come from the first run
+    np.testing.assert_allclose(np.sort(ada.deflation.eigenvalues.numpy())[::-1],
+                               eigs[:8].numpy(), rtol=1e-6)
+    assert ada.outliers().count == full.outliers().count == 8
+    grid = torch.linspace(-1.0, 41.0, 800, dtype=torch.float64)
+    dx = float(grid[1] - grid[0])
+    l1 = float((ada.density(grid, 0.42) - full.density(grid, 0.42)).abs().sum()) * dx
+    assert l1 < 0.1
+    tr = deflated_trace(op, ada.deflation, seed=1, target_rse=0.01, max_samples=4000,
+                        prior=ada.trace_samples.tolist(), min_samples=30)
+    assert abs(tr.estimate - float(eigs.sum())) <= 4 * tr.stderr
+
+
+META = types.SimpleNamespace(input_shape=(1, 12), num_classes=3)
+
+
+def _split_and_model(n: int = 60):
+    model, x, y = seeded_model(dict(name="mlp", width=8, depth=2), META.input_shape,
+                               META.num_classes, n, shift=0.3)
+    return model.float(), TensorSplit(x.float(), y)
+
+
+def test_suite_records_costs_plan_and_what_a_cap_cut():
+    model, split = _split_and_model()
+    lines: list[str] = []
+    cfg = ProbeConfig(top_k=3, trace=True, density=True, slq_steps=12, sharpness=True,
+                      sharpness_rhos=[0.05], data_size=None, micro_batch=60, progress=False)
+    s = run_probes(model, split, cfg, log=lines.append).scalars
+    assert lines and lines[0].startswith("probe plan: at most")
+    assert set(s["probe_cost"]) == {"top", "density", "trace", "sharpness"}
+    assert sum(c["products"] for c in s["probe_cost"].values()) <= s["hvps"]
+    assert s["probe_cost"]["sharpness"]["loss_evals"] > 0
+    assert s["top_converged"] and s["trace_converged"]
+    assert not any(k.endswith("_stopped_by") for k in s)
+    assert s["probe_dtype"] == "float32"
+
+    capped = ProbeConfig(top_k=3, trace=True, density=True, slq_steps=12, data_size=None,
+                         micro_batch=60, max_products=20, progress=False)
+    lines.clear()
+    c = run_probes(model, split, capped, log=lines.append).scalars
+    assert c["hvps"] <= 21  # the cap, and at most the one product timed for the plan
+    assert "max_products" in c.values() and any("cut short" in line for line in lines)
+    assert c.get("trace_stopped_by") == "max_products" and not c["trace_converged"]
+
+    timed = ProbeConfig(top_k=3, sharpness=True, sharpness_family=True, data_size=None,
+                        micro_batch=60, budget_s=1e-6, progress=False)
+    t = run_probes(model, split, timed).scalars
+    assert t["top_stopped_by"] == "budget_s" and t["sharpness_stopped_by"] == "budget_s"
+    assert "pac_bayes_sigma" not in t and "pac_bayes" in t["sharpness_skipped"]
+
+
+def test_suite_progress_bars_and_verify_accuracy(capsys):
+    """Bars on request; verify mode keeps the accuracy: top-k to 1e-6 relative (float64),
+    the trace within 4 of its standard errors of the dense Hessian's."""
+    model, split = _split_and_model(80)
+    cfg = ProbeConfig(top_k=5, trace=True, density=True, data_size=None, micro_batch=80,
+                      verify=True, progress=True)
+    s = run_probes(model.double(), TensorSplit(split.x.double(), split.y), cfg).scalars
+    assert "probe top" in capsys.readouterr().err
+    assert s["verify_top_max_rel_error"] <= 1e-6
+    assert abs(s["verify_trace_error_in_stderr"]) <= 4
