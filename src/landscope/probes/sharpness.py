@@ -16,8 +16,8 @@ radius the first ascent starts at SAM's one-step point ``P(step * rho * d(theta)
 is ``one_step``), or, when the gradient at ``theta`` vanishes, at a seeded random boundary
 point.
 
-Precision (``tol``): an ascent stops after the first iteration that raises the largest loss
-seen by less than ``tol * (largest - L(theta))`` (or by less than the loss's rounding,
+Precision (``tol``): an ascent stops after two iterations in a row that each raise the
+largest loss seen by less than ``tol * (largest - L(theta))`` (or by less than the loss's rounding,
 ``16 eps |L|`` in its dtype), or after ``steps`` evaluations; ``converged`` says which.  The
 value is then within about ``tol`` (relative) of where the full ``steps`` would have led
 when the ascent converges geometrically at least twice as fast as ``tol`` shrinks (the
@@ -194,8 +194,8 @@ def worst_case_sharpness(obj: Objective, rhos: Sequence[float] = (0.01, 0.05), *
     generalization", ICML 2023) with ``c = |theta| + eta`` and ``p`` in {"2", "inf"}.
     Maximized by projected normalized-gradient ascent (module docstring), step
     ``step_size * rho`` in ``z``, at most ``steps`` evaluations per ascent and ``restarts``
-    ascents per radius; an ascent stops once an iteration raises the maximum by less than
-    ``tol`` relative to the sharpness (``tol=0``: always ``steps`` evaluations).
+    ascents per radius; an ascent stops once two iterations in a row raise the maximum by
+    less than ``tol`` relative to the sharpness (``tol=0``: always ``steps`` evaluations).
     """
     rho_list = _check(rhos, "rho", steps, restarts, tol)
     if p not in ("2", "inf"):
