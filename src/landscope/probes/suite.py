@@ -129,7 +129,8 @@ def run_probes(model: nn.Module, train_split, cfg: Any,
     obj_box: list[Any] = []
     ledger = ProbeLedger(counter=lambda: op.n_matvecs, max_products=getattr(cfg, "max_products", None),
                          budget_s=getattr(cfg, "budget_s", None), progress=bool(show), log=log,
-                         evals=lambda: (obj_box[0].n_loss, obj_box[0].n_grad) if obj_box else (0, 0),
+                         evals=lambda: ((obj_box[0].n_loss + obj_box[0].n_acc, obj_box[0].n_grad)
+                                        if obj_box else (0, 0)),
                          started=tic)
     plan = _planned(cfg, op.dim)
     if plan:
@@ -207,7 +208,8 @@ def run_probes(model: nn.Module, train_split, cfg: Any,
             _per_block(model, data, op.mode, cfg, s, a)
         cost.products += s.get("block_hvps", 0)
     if cfg.sharpness or cfg.sharpness_family:
-        obj = ModelObjective(model, data, mode=op.mode)
+        # the loss and gradient at the trained point come from the operator (computed once)
+        obj = ModelObjective(model, data, mode=op.mode, at_origin=(op.loss(), op.gradient()))
         obj_box.append(obj)
         with ledger.stage("sharpness"):
             s.update(_sharpness(obj, cfg, ledger))
@@ -343,6 +345,7 @@ def _sharpness(obj: ModelObjective, cfg: Any, ledger: ProbeLedger) -> dict[str, 
     if skipped:
         out["sharpness_skipped"] = skipped
     out["sharpness_loss_evals"], out["sharpness_grad_evals"] = obj.n_loss, obj.n_grad
+    out["sharpness_acc_evals"] = obj.n_acc  # PAC-Bayes sigma' (accuracy of perturbed weights)
     # A measure whose ascent or average met a non-finite loss is inf (or NaN when the loss at
     # the trained point is not finite); result.json stores those as null, so a flag says why.
     for k, v in list(out.items()):
