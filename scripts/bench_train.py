@@ -3,6 +3,9 @@
 Same model, same data, same batch order, same per-epoch evaluation (train and test
 loss/accuracy over the whole splits), measured side by side in one process with the
 variants interleaved; the best (min) and median times over the repeats are reported.
+``--precision bf16|fp16`` trains every variant in that arithmetic (autocast; fp16 with a
+``torch.amp.GradScaler``; evaluation in float32 everywhere, as landscope does), so the ratio
+is landscope's overhead at that precision (the GPU goal: <= 5% with bf16).
 
 - ``bare``      a hand-written PyTorch loop (the floor)
 - ``fit``       ``landscope.train.fit`` (the loop itself, no files)
@@ -14,6 +17,8 @@ With ``--sweep`` it also times the default 15-job sweep through ``python -m runn
 with the in-process launcher and with the joblib preset (``hydra/launcher=parallel``).
 
     python scripts/bench_train.py [--epochs 5] [--repeats 5] [--sweep]
+    python scripts/bench_train.py --precision bf16 --dataset cifar_like --model resnet18 \
+        --set model.width=16 --device cuda
 """
 
 from __future__ import annotations
@@ -38,8 +43,8 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from landscope.config import register_configs  # noqa: E402
 from landscope.data import load_data  # noqa: E402
 from landscope.jobs import seed_everything, train_job  # noqa: E402
-from landscope.models import build_model  # noqa: E402
-from landscope.optim import build_optimizer, build_scheduler  # noqa: E402
+from landscope.models import build_model, count_parameters  # noqa: E402
+from landscope.optim import build_optimizer, build_scheduler, make_precision  # noqa: E402
 from landscope.train import TrainState, epoch_generator, fit  # noqa: E402
 
 
@@ -49,8 +54,16 @@ def compose_cfg(overrides: list[str]):
         return compose(config_name="config", overrides=overrides)
 
 
-def bare_loop(model, x, y, xt, yt, lr, epochs, batch_size, seed) -> float:
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def bare_loop(model, x, y, xt, yt, lr, epochs, batch_size, seed, precision="fp32",
+              device="cpu") -> float:
+    """The hand-written loop: CPU tensors, each batch moved to ``device``; autocast for
+    bf16/fp16 (with a GradScaler for fp16); float32 evaluation."""
+    dev = torch.device(device)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
+    scaler = torch.amp.GradScaler(dev.type) if precision == "fp16" else None
     tic = time.perf_counter()
     n = len(y)
     for epoch in range(epochs):
@@ -58,26 +71,41 @@ def bare_loop(model, x, y, xt, yt, lr, epochs, batch_size, seed) -> float:
         perm = torch.randperm(n, generator=epoch_generator(seed, epoch))
         for i in range(0, n, batch_size):
             idx = perm[i:i + batch_size]
+            xb, yb = x[idx].to(dev, non_blocking=True), y[idx].to(dev, non_blocking=True)
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            loss.backward()
-            opt.step()
+            if precision == "fp32":
+                loss = F.cross_entropy(model(xb), yb)
+                loss.backward()
+                opt.step()
+            else:
+                with torch.autocast(dev.type, dtype=DTYPES[precision]):
+                    loss = F.cross_entropy(model(xb), yb)
+                if scaler is None:
+                    loss.backward()
+                    opt.step()
+                else:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
             loss.item()
         model.eval()
         with torch.no_grad():
             for xs, ys in ((x, y), (xt, yt)):
                 for i in range(0, len(ys), 2048):
-                    out = model(xs[i:i + 2048])
-                    F.cross_entropy(out, ys[i:i + 2048], reduction="sum").item()
-                    (out.argmax(1) == ys[i:i + 2048]).sum().item()
+                    xb, yb = xs[i:i + 2048].to(dev), ys[i:i + 2048].to(dev)
+                    out = model(xb)
+                    F.cross_entropy(out, yb, reduction="sum").item()
+                    (out.argmax(1) == yb).sum().item()
     return time.perf_counter() - tic
 
 
 def run_fit(cfg, data, init_state, epochs) -> float:
-    model = build_model(cfg.model, data.meta)
+    model = build_model(cfg.model, data.meta).to(cfg.train.device)
     model.load_state_dict(init_state)
     opt = build_optimizer(model.parameters(), cfg.optimizer)
-    state = TrainState(model, opt, build_scheduler(opt, cfg.optimizer, epochs))
+    state = TrainState(model, opt, build_scheduler(opt, cfg.optimizer, epochs),
+                       amp=make_precision(cfg.train.precision, cfg.optimizer.name,
+                                          cfg.train.device))
     tic = time.perf_counter()
     fit(state, data.train, data.test, epochs=epochs, batch_size=cfg.train.batch_size,
         seed=cfg.seed)
@@ -91,28 +119,36 @@ def run_job(cfg, tmp: Path, k: int) -> float:
 
 
 def bench_loop(args) -> None:
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
     overrides = [f"train.epochs={args.epochs}", f"dataset.data_dir={tmp / 'data'}",
-                 "optimizer=sgd", f"model={args.model}", "probe=none", "landscape=none",
-                 "landscape.figures=false"]
+                 "optimizer=sgd", f"model={args.model}", f"dataset={args.dataset}",
+                 f"train.precision={args.precision}", f"train.device={args.device}",
+                 f"train.threads={args.threads}", "probe=none", "landscape=none",
+                 "landscape.figures=false", *args.set]
+    if args.batch_size:
+        overrides.append(f"train.batch_size={args.batch_size}")
     cfg = compose_cfg(overrides)
     data = load_data(cfg.dataset)
     seed_everything(cfg.seed)
-    init = copy.deepcopy(build_model(cfg.model, data.meta).state_dict())
+    first = build_model(cfg.model, data.meta)
+    init, n_params = copy.deepcopy(first.state_dict()), count_parameters(first)
     x, y, xt, yt = data.train.x, data.train.y, data.test.x, data.test.y
     times = {"bare": [], "fit": [], "job": []}
     for k in range(args.repeats):
-        model = build_model(cfg.model, data.meta)
+        model = build_model(cfg.model, data.meta).to(args.device)
         model.load_state_dict(init)
         times["bare"].append(bare_loop(model, x, y, xt, yt, cfg.optimizer.lr, args.epochs,
-                                       cfg.train.batch_size, cfg.seed))
+                                       cfg.train.batch_size, cfg.seed, args.precision,
+                                       args.device))
         times["fit"].append(run_fit(cfg, data, init, args.epochs))
         times["job"].append(run_job(cfg, tmp, k))
     floor_min, floor_med = min(times["bare"]), statistics.median(times["bare"])
-    print(f"\nmodel={args.model} dataset=mnist1d (4000 train / 1000 test), batch "
-          f"{cfg.train.batch_size}, {args.epochs} epochs, 1 thread, {args.repeats} interleaved "
-          "repeats; overhead from the best (min) time, which shared-machine noise inflates least")
+    print(f"\nmodel={' '.join([args.model, *args.set])} ({n_params:,} parameters) "
+          f"dataset={args.dataset} ({data.meta.train_size} train / {data.meta.test_size} test), "
+          f"batch {cfg.train.batch_size}, {args.epochs} epochs, precision {args.precision}, "
+          f"device {args.device}, {args.threads} thread(s), {args.repeats} interleaved repeats; "
+          "overhead from the best (min) time, which shared-machine noise inflates least")
     print(f"{'variant':<8}{'min s':>9}{'median s':>10}{'ratio':>8}{'overhead':>10}")
     for name, ts in times.items():
         lo, med = min(ts), statistics.median(ts)
@@ -145,6 +181,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--model", default="mlp")
+    parser.add_argument("--dataset", default="mnist1d")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                        help="training arithmetic of every variant (evaluation stays fp32)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the config's")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra config override, e.g. --set model.width=16 (repeatable)")
     parser.add_argument("--sweep", action="store_true", help="also time the default sweep")
     args = parser.parse_args()
     bench_loop(args)

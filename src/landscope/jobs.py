@@ -53,7 +53,7 @@ from landscope.jobresults import (cached_probes, draw_figures, probe_fingerprint
                                   landscape_results)
 from landscope.io import atomic_write_text, read_jsonl, write_json, write_jsonl
 from landscope.models import build_model, count_parameters
-from landscope.optim import build_optimizer, build_scheduler
+from landscope.optim import build_optimizer, build_scheduler, check_precision, make_precision
 from landscope.probes.suite import curvature_during_training, probe_data
 from landscope.synthetic import DATASET_FIELDS, SYNTHETIC
 from landscope.tracking import Tracker, make_tracker
@@ -75,11 +75,18 @@ _NON_RESULT_KEYS = ("name", "resume", "logger", "probe", "landscape", "train.pro
 def check_inputs(cfg: DictConfig) -> None:
     """Every check that can run before a job writes anything (raises LandscopeError)."""
     validate(cfg)
+    check_precision(_precision(cfg), cfg.optimizer.name)
     device = str(cfg.train.device)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise LandscopeError(f"train.device={device!r} but no CUDA device is available here; "
                              "use train.device=cpu")
     check_available(cfg.dataset)
+
+
+def _precision(cfg: DictConfig) -> str:
+    """``train.precision`` (fp32 for a config from before the field existed)."""
+    value = cfg.train.get("precision", "fp32")
+    return str(getattr(value, "value", value))
 
 
 def probe_fingerprint(cfg: DictConfig) -> Optional[str]:
@@ -276,7 +283,9 @@ def _train(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: int
     torch.set_num_threads(cfg.train.threads or default_threads(count_parameters(model), n_parallel))
     optimizer = build_optimizer(model.parameters(), cfg.optimizer)
     scheduler = build_scheduler(optimizer, cfg.optimizer, cfg.train.epochs)
-    state = TrainState(model, optimizer, scheduler)
+    # fp32: None, the float32 loop; bf16/fp16: autocast (+ fp16's gradient scaler)
+    amp = make_precision(_precision(cfg), cfg.optimizer.name, cfg.train.device)
+    state = TrainState(model, optimizer, scheduler, amp=amp)
     prior_seconds, resumed_from = 0.0, None
 
     ckpt = load_latest(ckpt_dir, warn=lambda m: log.warning("warning: %s", m)) \
@@ -287,6 +296,10 @@ def _train(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: int
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
+        if amp is not None:  # the gradient scaler's scale and growth tracker (fp16)
+            if "precision" not in ckpt:
+                raise CheckpointError(f"checkpoint in {ckpt_dir} lacks the {amp.precision} state")
+            amp.load_state_dict(ckpt["precision"])
         state.epoch, state.grad_evals = ckpt["epoch"], ckpt["grad_evals"]
         state.history = list(ckpt["history"])
         restore_rng(ckpt["rng"])
@@ -314,6 +327,7 @@ def _train(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: int
                 "model": st.model.state_dict(), "optimizer": st.optimizer.state_dict(),
                 "scheduler": st.scheduler.state_dict(), "rng": capture_rng(),
                 "seconds": prior_seconds + time.perf_counter() - tic, "fingerprint": fp,
+                **({} if st.amp is None else {"precision": st.amp.state_dict()}),
             }, keep=cfg.train.keep_checkpoints)
         write_jsonl(job_dir / "metrics.jsonl", st.history)
         tracker.log_epoch(row)

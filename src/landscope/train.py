@@ -5,6 +5,11 @@ metrics to a callback (the job layer checkpoints and writes files there).  All
 randomness is explicit: the batch order of epoch ``e`` comes from a generator
 seeded with ``(seed, e)``, so a run resumed from an epoch-boundary checkpoint
 sees exactly the batches an uninterrupted run would.
+
+``TrainState.amp`` selects the training arithmetic (:mod:`landscope.optim.precision`):
+``None`` is float32 and runs the same code as before mixed precision existed; a
+:class:`~landscope.optim.precision.MixedPrecision` runs the training forward/loss under
+autocast (bf16, or fp16 with a gradient scaler).  Evaluation always runs in float32.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from torch import Tensor, nn
 
 from landscope.losses import n_correct, task_loss
 from landscope.optim import is_llp, is_sam
+from landscope.optim.precision import MixedPrecision, check_precision
 
 STOP_MAX_EPOCHS = "max_epochs"
 STOP_TARGET_LOSS = "target_train_loss"
@@ -38,6 +44,7 @@ class TrainState:
     history: list = field(default_factory=list)  # one metrics dict per completed epoch
     # optimizer steps so far; on resume: sum(row["steps"] for row in history)
     step: int = 0
+    amp: Optional[MixedPrecision] = None  # None = float32 training
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -67,7 +74,7 @@ def _device_of(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split, batch_size: int) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over a whole split, in eval mode."""
+    """Mean cross-entropy and accuracy over a whole split, in eval mode (always float32)."""
     was_training = model.training
     model.eval()
     device = _device_of(model)
@@ -83,12 +90,15 @@ def evaluate(model: nn.Module, split, batch_size: int) -> tuple[float, float]:
 
 
 def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor,
-                   grad_clip: Optional[float] = None) -> tuple[Tensor, int]:
+                   grad_clip: Optional[float] = None,
+                   amp: Optional[MixedPrecision] = None) -> tuple[Tensor, int]:
     """One optimizer step on the mini-batch ``(x, y)`` (model in train mode, data on its
     device): the task loss and its gradient, then SAM's second gradient at ``w + e`` or
     LLP's finite-difference probes (both with BatchNorm statistics frozen at ``w``), gradient
     clipping, the update. Returns the mini-batch loss at ``w`` (detached) and the gradient
-    evaluations spent."""
+    evaluations spent. With ``amp`` the same under autocast (:func:`mixed_precision_step`)."""
+    if amp is not None:
+        return mixed_precision_step(model, opt, x, y, amp, grad_clip)
     params = [p for p in model.parameters() if p.requires_grad]
     opt.zero_grad(set_to_none=True)
     loss = task_loss(model, model(x), y)
@@ -113,6 +123,42 @@ def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: T
     return loss.detach(), grad_evals
 
 
+def mixed_precision_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor,
+                         amp: MixedPrecision,
+                         grad_clip: Optional[float] = None) -> tuple[Tensor, int]:
+    """:func:`optimizer_step` with the forward and loss under ``amp.autocast()``. With fp16
+    the loss is scaled before ``backward`` and the gradients unscaled before SAM's
+    perturbation, clipping and the step; a non-finite gradient skips the step (see
+    :mod:`landscope.optim.precision`). LLP is refused before training starts."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt.zero_grad(set_to_none=True)
+    with amp.autocast():
+        loss = task_loss(model, model(x), y)
+    amp.backward(loss)
+    grad_evals = 1
+    if is_sam(opt):
+        amp.unscale(opt)  # the perturbation is computed from the true gradient
+        if amp.gradients_finite(params):  # else: no perturbation, no step, the scale backs off
+            opt.first_step()
+            opt.zero_grad(set_to_none=True)
+            with _running_stats_frozen(model), amp.autocast():
+                amp.backward(task_loss(model, model(x), y))
+            grad_evals += 1
+            amp.unscale(opt.base_optimizer)  # a second optimizer object: its own inf check
+            if grad_clip is not None:
+                nn.utils.clip_grad_norm_(params, grad_clip)
+            opt.second_step(base_step=lambda: amp.step(opt.base_optimizer))
+    else:
+        if is_llp(opt):  # refused up front by make_precision; a direct caller gets the same
+            check_precision(amp.precision, "llp")
+        if grad_clip is not None:
+            amp.unscale(opt)
+            nn.utils.clip_grad_norm_(params, grad_clip)
+        amp.step(opt)
+    amp.update()
+    return loss.detach(), grad_evals
+
+
 def train_epoch(state: TrainState, split, batch_size: int, generator: torch.Generator,
                 grad_clip: Optional[float] = None, progress: Any = None,
                 on_step: Optional[Callable[[TrainState], None]] = None,
@@ -121,14 +167,15 @@ def train_epoch(state: TrainState, split, batch_size: int, generator: torch.Gene
     number of steps; the loss is non-finite if training diverged (stops early).
     ``on_step(state)`` runs after every optimizer step (``state.step`` already counts it).
     Stops after the step that brings ``state.grad_evals`` to ``max_grad_evals``.
-    With LLP the epoch's averaged probe metrics are under ``"optimizer"``."""
+    With LLP the epoch's averaged probe metrics are under ``"optimizer"``, with fp16 the loss
+    scale and the skipped steps under ``"precision"``."""
     model, opt = state.model, state.optimizer
     model.train()
     device = _device_of(model)
     loss_sum, n_seen, steps = 0.0, 0, 0
     for x, y in split.batches(batch_size, shuffle=True, generator=generator):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss, grad_evals = optimizer_step(model, opt, x, y, grad_clip)
+        loss, grad_evals = optimizer_step(model, opt, x, y, grad_clip, state.amp)
         state.grad_evals += grad_evals
         state.step += 1
         if on_step is not None:
@@ -146,6 +193,8 @@ def train_epoch(state: TrainState, split, batch_size: int, generator: torch.Gene
     out = {"running_loss": loss_sum / max(n_seen, 1), "steps": steps}
     if is_llp(opt):
         out["optimizer"] = opt.pop_epoch_metrics()
+    if state.amp is not None:
+        out["precision"] = state.amp.pop_metrics()
     return out
 
 
@@ -162,7 +211,9 @@ def fit(state: TrainState, train_split, test_split, *, epochs: int, batch_size: 
     ``batch_size`` larger than the training set means full-batch gradient descent.
     Metrics per epoch: train/test loss and accuracy (exact, eval mode, whole splits),
     the running mini-batch loss, learning rate, steps, gradient evaluations, seconds;
-    with LLP also its epoch averages (``llp_*``: curvature estimates, mean step size).
+    with LLP also its epoch averages (``llp_*``: curvature estimates, mean step size); with
+    fp16 the loss scale at the epoch's end and the steps skipped for an inf/NaN gradient
+    (``loss_scale``, ``skipped_steps``).
     ``on_step(state)`` runs after every optimizer step, ``on_epoch_end(state, row)``
     after every epoch.
     """
@@ -202,6 +253,7 @@ def fit(state: TrainState, train_split, test_split, *, epochs: int, batch_size: 
                "test_loss": test_loss, "test_acc": test_acc,
                "running_loss": run["running_loss"], "steps": run["steps"],
                "grad_evals": state.grad_evals, **run.get("optimizer", {}),
+               **run.get("precision", {}),
                "seconds": time.perf_counter() - tic, "stop_reason": stop}
         state.history.append(row)
         if on_epoch_end is not None:

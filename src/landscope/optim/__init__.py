@@ -31,6 +31,9 @@ Optimizers (:func:`build_optimizer`), with :math:`g_t` the gradient plus
   ``torch.initial_seed()`` (the job seed: the runner seeds torch with it before building
   the optimizer); the global RNG is never drawn from.
 
+Training precision (``train.precision``: fp32, bf16 autocast, fp16 autocast with a gradient
+scaler; LLP only in fp32): :mod:`landscope.optim.precision`.
+
 Schedules (:func:`build_scheduler`), stepped once per *epoch*, :math:`e` the epoch:
 
 * ``constant``: :math:`\eta_e = \eta_0` (``ConstantLR`` with factor 1).
@@ -52,9 +55,11 @@ from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LRScheduler,
 
 from landscope.errors import ConfigError
 from landscope.optim.llp import LLP
+from landscope.optim.precision import MixedPrecision, check_precision, make_precision
 from landscope.optim.sam import SAM
 
-__all__ = ["LLP", "SAM", "build_optimizer", "build_scheduler", "is_llp", "is_sam"]
+__all__ = ["LLP", "SAM", "MixedPrecision", "build_optimizer", "build_scheduler",
+           "check_precision", "is_llp", "is_sam", "make_precision"]
 
 
 def _value(x: Any) -> str:

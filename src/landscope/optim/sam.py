@@ -142,15 +142,20 @@ class SAM(torch.optim.Optimizer):
             self.zero_grad()
 
     @torch.no_grad()
-    def second_step(self, zero_grad: bool = False) -> None:
-        """Restore :math:`w` exactly, then ``base_optimizer.step()`` with the perturbed gradients."""
+    def second_step(self, zero_grad: bool = False,
+                    base_step: Optional[Callable[[], Any]] = None) -> None:
+        """Restore :math:`w` exactly, then ``base_optimizer.step()`` with the perturbed gradients
+        (or ``base_step()`` instead, e.g. a gradient scaler's step that skips a non-finite one)."""
         for group in self.param_groups:
             for p in group["params"]:
                 state = self.state.get(p)
                 if state and "old_p" in state:
                     p.copy_(state.pop("old_p"))
                     state.pop("e_w", None)
-        self.base_optimizer.step()
+        if base_step is None:
+            self.base_optimizer.step()
+        else:
+            base_step()
         # Tell an attached LR scheduler that an optimizer step happened even when
         # first_step/second_step are used instead of step() (avoids its spurious
         # "lr_scheduler.step() before optimizer.step()" warning).
