@@ -206,3 +206,18 @@ def test_tiny_resnet18_trains_on_cifar_like(compose, tmp_path):
     assert result["status"] == COMPLETED and result["epochs_completed"] == 2
     assert result["n_params"] == resnet_params((2, 2, 2, 2), width=4)
     assert math.isfinite(result["final"]["train_loss"])
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("model.depth=3", "model.depth must be 18 with model=resnet18"),
+    ("model.heads=5", "model.width must be divisible by model.heads=5"),
+])
+def test_bad_named_model_is_invalid_before_anything_is_written(compose, tmp_path, override,
+                                                                 fragment):
+    from landscope.jobs import INVALID, run_job
+
+    name = "resnet18" if "depth" in override else "vit_small"
+    job = tmp_path / "job"
+    summary = run_job(compose([f"model={name}", override, "dataset=cifar_like"]), job, [])
+    assert summary["status"] == INVALID and fragment in summary["message"]
+    assert "\n" not in summary["message"] and not job.exists()

@@ -52,7 +52,7 @@ from landscope.jobresults import (cached_probes, draw_figures, probe_fingerprint
                                   remove_traceback, repair_finished,
                                   landscape_results)
 from landscope.io import atomic_write_text, read_jsonl, write_json, write_jsonl
-from landscope.models import build_model, count_parameters
+from landscope.models import build_model, check_named_model, count_parameters
 from landscope.optim import build_optimizer, build_scheduler, check_precision, make_precision
 from landscope.probes.suite import curvature_during_training, probe_data
 from landscope.synthetic import DATASET_FIELDS, SYNTHETIC
@@ -76,6 +76,7 @@ def check_inputs(cfg: DictConfig) -> None:
     """Every check that can run before a job writes anything (raises LandscopeError)."""
     validate(cfg)
     check_precision(_precision(cfg), cfg.optimizer.name)
+    check_named_model(cfg.model)  # resnet18/34's fixed depth, vit_small's heads
     device = str(cfg.train.device)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise LandscopeError(f"train.device={device!r} but no CUDA device is available here; "

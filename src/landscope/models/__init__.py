@@ -46,7 +46,7 @@ from landscope.models.mlp import MLP
 from landscope.models.resnet import NAMED_STAGES, ResNet, named_depth
 from landscope.models.vit import MLP_RATIO, MLP_RATIO_SMALL, ViT
 
-__all__ = ["FIXED_DEPTH", "MODEL_NAMES", "build_model", "count_parameters", "frozen_batchnorm_stats", "MLP",
+__all__ = ["FIXED_DEPTH", "MODEL_NAMES", "build_model", "check_named_model", "count_parameters", "frozen_batchnorm_stats", "MLP",
            "CNN", "ResNet", "ViT"]
 
 MODEL_NAMES: tuple[str, ...] = ("mlp", "cnn", "resnet", "vit", "resnet18", "resnet34", "vit_small",
@@ -74,6 +74,20 @@ def _require(ok: bool, key: str, requirement: str, value: Any) -> None:
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of scalar parameters (``sum(p.numel())``), optionally only ``requires_grad``."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def check_named_model(cfg: Any) -> None:
+    """The checks of the named models that need no data (the job runs them before writing
+    anything): resnet18/34's fixed depth, vit_small's width divisible by its heads."""
+    name, depth = _field(cfg, "name"), _field(cfg, "depth")
+    if name in FIXED_DEPTH:
+        _require(depth == FIXED_DEPTH[name], "depth", f"{FIXED_DEPTH[name]} with model={name} "
+                 f"(its stages are fixed: {list(NAMED_STAGES[name])} blocks; use model=resnet "
+                 "for another depth)", depth)
+    if name == "vit_small":
+        width, heads = _field(cfg, "width"), _field(cfg, "heads")
+        _require(isinstance(heads, int) and heads >= 1 and width % heads == 0, "width",
+                 f"divisible by model.heads={heads}", width)
 
 
 def build_model(cfg: Any, meta: Any) -> nn.Module:
@@ -119,9 +133,7 @@ def build_model(cfg: Any, meta: Any) -> nn.Module:
         _require(isinstance(kernel_size, int) and kernel_size >= 1 and kernel_size % 2 == 1,
                  "kernel_size", "odd and >= 1", kernel_size)
         if name in NAMED_STAGES:
-            _require(depth == FIXED_DEPTH[name], "depth", f"{FIXED_DEPTH[name]} with model={name} "
-                     f"(its stages are fixed: {list(NAMED_STAGES[name])} blocks; use model=resnet "
-                     "for another depth)", depth)
+            check_named_model(cfg)
             model = ResNet(**common, kernel_size=kernel_size, stages=NAMED_STAGES[name])
         else:
             model = (CNN if name == "cnn" else ResNet)(**common, kernel_size=kernel_size)
