@@ -158,6 +158,8 @@ def test_suite_records_costs_plan_and_what_a_cap_cut():
     s = run_probes(model, split, cfg, log=lines.append).scalars
     assert lines and lines[0].startswith("probe plan: at most")
     assert set(s["probe_cost"]) == {"top", "density", "trace", "sharpness"}
+    assert set(s["probe_cost_seconds"]) == {f"{k}_seconds" for k in s["probe_cost"]}
+    assert s["probe_plan"] == {"top": 50 + 20 * 3, "density": 10 * 12, "trace": 2000}
     assert sum(c["products"] for c in s["probe_cost"].values()) <= s["hvps"]
     assert s["probe_cost"]["sharpness"]["loss_evals"] > 0
     assert s["top_converged"] and s["trace_converged"]

@@ -138,8 +138,9 @@ def run_probes(model: nn.Module, train_split, cfg: Any,
         op.matvec(torch.randn(op.dim, generator=torch.Generator().manual_seed(cfg.seed),
                               dtype=op.dtype).to(op.device))
         per_product = time.perf_counter() - t0
-        s["probe_seconds_per_product"] = per_product
-        s["probe_plan"] = ledger.plan(plan, per_product)
+        s["probe_product_seconds"] = per_product  # timings end in "seconds" (not results)
+        s["probe_plan"] = dict(plan)
+        ledger.plan(plan, per_product)
 
     top = bottom = None
     if cfg.top_k > 0:
@@ -226,7 +227,9 @@ def run_probes(model: nn.Module, train_split, cfg: Any,
             else:
                 _stopped(s, ledger, "pacbayes", why)
     s["hvps"] = op.n_matvecs
-    s["probe_cost"] = ledger.summary()
+    cost = ledger.summary()
+    s["probe_cost"] = {k: {f: v for f, v in c.items() if f != "seconds"} for k, c in cost.items()}
+    s["probe_cost_seconds"] = {f"{k}_seconds": c["seconds"] for k, c in cost.items()}
     if ledger.stopped and log is not None:
         log("probe caps cut short: " + ", ".join(f"{k} ({v})" for k, v in ledger.stopped.items()))
     if cfg.verify:
