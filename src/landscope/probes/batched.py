@@ -35,7 +35,8 @@ __all__ = ["matmat", "batched_available"]
 def batched_available(op: Any) -> bool:
     """Whether :func:`matmat` can try one batched backward for ``op`` (a cached operator)."""
     return (getattr(op, "method", None) == "cached" and getattr(op, "_theta", None) is not None
-            and hasattr(op, "_cache"))
+            and hasattr(op, "_cache")
+            and getattr(op, "group", None) is None)  # data-parallel products all-reduce
 
 
 def _check(op: Any, V: Tensor) -> Tensor:

@@ -66,6 +66,9 @@ from landscope.probes.verify import dense_hessian, spectrum
 # Measured on a 20-dim quadratic (top-5 deflated, rse 0.01, 400 seeds): with 10, mean error
 # -0.038 +- 0.011 and error/stderr has sd 1.35; with 30, +0.008 +- 0.008 and sd 1.08.
 TRACE_MIN_SAMPLES = 30
+# Hutchinson products per batched call on a GPU (probes.batched.matmat); 1 on CPU, where
+# batching measured 1.04-1.36x slower than single products (scripts/bench_memory.py)
+TRACE_GPU_BLOCK = 8
 
 
 @dataclass
@@ -186,6 +189,7 @@ def run_probes(model: nn.Module, train_split, cfg: Any,
         # the top-k pairs computed anyway deflate the estimator's variance (GUIDE §6), the
         # density's runs are its first samples, and its stop is relative to Σ|λ| where known
         cap = cfg.trace_max_samples
+        block = TRACE_GPU_BLOCK if op.device.type == "cuda" else 1  # batching did not pay on CPU
         with ledger.stage("trace", plan.get("trace")):
             if top is not None:
                 prior = q.trace_samples.tolist() if q is not None and q.trace_samples is not None else ()
@@ -193,11 +197,12 @@ def run_probes(model: nn.Module, train_split, cfg: Any,
                 basis = q.deflation if q is not None and q.deflation is not None else top
                 tr = deflated_trace(op, basis, seed=cfg.seed + 1, target_rse=cfg.trace_rse,
                                     max_samples=cap, prior=prior, scale=scale, stop=ledger.stop,
-                                    min_samples=TRACE_MIN_SAMPLES)
+                                    min_samples=TRACE_MIN_SAMPLES, block=block)
             else:
                 scale = q.trace_f(q.nodes.abs()).estimate if q is not None else 0.0
                 tr = hutchinson(op, seed=cfg.seed + 1, target_rse=cfg.trace_rse, max_samples=cap,
-                                scale=scale, stop=ledger.stop, min_samples=TRACE_MIN_SAMPLES)
+                                scale=scale, stop=ledger.stop, min_samples=TRACE_MIN_SAMPLES,
+                                block=block)
         reference = max(abs(tr.estimate), scale, float(top.eigenvalues.abs().sum()) if top is not None else 0.0)
         s.update(trace=tr.estimate, trace_stderr=tr.stderr, trace_samples=tr.n_samples,
                  trace_reference=reference,

@@ -74,11 +74,15 @@ def _hutchinson(op: Operator, *, n_samples: int | None, gen: torch.Generator, di
                 target_rse: float | None, min_samples: int, max_samples: int,
                 project: Callable[[Tensor], Tensor] | None, exact_part: float,
                 start: int, scale: float = 0.0, prior: Sequence[float] = (),
-                stop: Callable[[], str | None] | None = None) -> TraceResult:
+                stop: Callable[[], str | None] | None = None, block: int = 1) -> TraceResult:
     """Core loop: samples ``(Pz)ᵀ A (Pz)`` until ``n_samples`` (fixed mode) or until
     ``stderr ≤ target_rse · max(|estimate|, scale)`` with at least ``min_samples`` (auto-stop
     mode). ``prior``: samples of the same quantity drawn elsewhere (SLQ's first Lanczos steps),
-    counted first. ``stop``: a cap asked before each product (``stopped_by``)."""
+    counted first. ``stop``: a cap asked before each product (``stopped_by``). ``block`` > 1
+    computes that many samples' products in one batched call (:func:`~landscope.probes.batched.
+    matmat`, for GPUs) and uses them one by one in the same order, so the stop is the same as
+    with ``block=1`` up to rounding; at most ``block − 1`` products of the last call go unused,
+    and a cap is checked once per call."""
     samples: list[float] = [float(x) for x in prior]
     limit = max_samples if target_rse is not None else int(n_samples or 0)
     stopped_by = None
@@ -90,13 +94,24 @@ def _hutchinson(op: Operator, *, n_samples: int | None, gen: torch.Generator, di
         reference = max(abs(est), scale)
         return reference > 0 and _stderr(samples) <= target_rse * reference
 
+    pending: list[float] = []
     while len(samples) < limit and not done():
-        if stop is not None and (stopped_by := stop()) is not None:
-            break
-        z = probe_vector(op.dim, gen, dist, op.dtype, op.device)
-        if project is not None:
-            z = project(z)
-        samples.append(float(z @ op.matvec(z)))
+        if not pending:
+            if stop is not None and (stopped_by := stop()) is not None:
+                break
+            nb = max(1, min(block, limit - len(samples)))
+            zs = []
+            for _ in range(nb):
+                z = probe_vector(op.dim, gen, dist, op.dtype, op.device)
+                zs.append(project(z) if project is not None else z)
+            if nb == 1:
+                pending = [float(zs[0] @ op.matvec(zs[0]))]
+            else:  # one batched call (GPUs); the samples are used in the same order
+                from landscope.probes.batched import matmat
+
+                zm = torch.stack(zs, dim=1)
+                pending = (zm * matmat(op, zm)).sum(0).tolist()
+        samples.append(pending.pop(0))
     n = len(samples)
     mean = sum(samples) / n if n else 0.0
     return TraceResult(estimate=exact_part + mean, stderr=_stderr(samples) if n else math.inf,
@@ -108,7 +123,7 @@ def _hutchinson(op: Operator, *, n_samples: int | None, gen: torch.Generator, di
 def hutchinson(op: Operator, n_samples: int | None = None, seed: int = 0, dist: Dist = "rademacher", *,
                target_rse: float | None = None, min_samples: int = 10,
                max_samples: int = 10_000, scale: float = 0.0,
-               stop: Callable[[], str | None] | None = None) -> TraceResult:
+               stop: Callable[[], str | None] | None = None, block: int = 1) -> TraceResult:
     """Hutchinson's estimator ``tr A ≈ (1/n) Σ z_iᵀ A z_i`` (one product per sample).
 
     Fixed mode: ``n_samples`` samples (default 100). Auto-stop mode (``target_rse`` given, then
@@ -128,7 +143,8 @@ def hutchinson(op: Operator, n_samples: int | None = None, seed: int = 0, dist: 
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     return _hutchinson(op, n_samples=n_samples, gen=torch.Generator().manual_seed(seed), dist=dist,
                        target_rse=target_rse, min_samples=max(2, min_samples), max_samples=max_samples,
-                       project=None, exact_part=0.0, start=op.n_matvecs, scale=scale, stop=stop)
+                       project=None, exact_part=0.0, start=op.n_matvecs, scale=scale, stop=stop,
+                       block=block)
 
 
 def _projector(basis: Tensor) -> Callable[[Tensor], Tensor]:
@@ -162,7 +178,7 @@ def deflated_trace(op: Operator, eig: EigResult, n_samples: int | None = 30, see
                    dist: Dist = "rademacher", *, target_rse: float | None = None,
                    min_samples: int = 10, max_samples: int = 10_000, scale: float = 0.0,
                    prior: Sequence[float] = (),
-                   stop: Callable[[], str | None] | None = None) -> TraceResult:
+                   stop: Callable[[], str | None] | None = None, block: int = 1) -> TraceResult:
     """``tr A ≈ Σ_i λ_i + Hutchinson[(I − VVᵀ) A (I − VVᵀ)]`` from eigenpairs already computed
     (no products spent on them). Unbiased for any orthonormal V whose λ_i are the Rayleigh quotients
     ``v_iᵀ A v_i`` (Ritz pairs are), since ``tr A = tr(VᵀAV) + tr(PAP)`` for ``P = I − VVᵀ``; the
@@ -185,4 +201,4 @@ def deflated_trace(op: Operator, eig: EigResult, n_samples: int | None = 30, see
                        max_samples=max_samples if auto else 0, project=_projector(v),
                        exact_part=float(eig.eigenvalues.sum()), start=op.n_matvecs,
                        scale=max(scale, float(eig.eigenvalues.abs().sum())), prior=prior,
-                       stop=stop)
+                       stop=stop, block=block)
