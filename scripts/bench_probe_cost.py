@@ -5,7 +5,8 @@ CPU) it measures, side by side in one process:
 
 * ``grad``   one gradient of the probe loss on the probe data (the unit; median of 5),
 * ``hvp``    one Hessian-vector product (the operator's own method, median of 5) and its ratio to a
-             gradient (issue #18: keep it <= 2.5),
+             gradient (issue #18: keep it <= 2.5), next to PyHessian 0.1's product on the same
+             samples when it is installed (``pip install -e .[bench]``),
 * the whole ``run_probes`` of the preset, its wall time over one gradient (the preset's cost in
   gradient-equivalents; issue #18's goal: <= 400), and each estimator's share from the suite's
   own ledger (``probe_cost``: seconds and products per estimator).
@@ -93,13 +94,33 @@ def measure(name: str, overrides: list[str], args, data_dir: str) -> dict:
     grad_op = fresh()
     t_grad = median_time(grad_op.gradient)
     t_hvp = median_time(lambda: op.matvec(v))
+    t_pyh = pyhessian_product_seconds(model, pd, v)
     tic = time.perf_counter()
     rep = run_probes(model, data.train, pcfg)
     wall = time.perf_counter() - tic
     s = rep.scalars
     return {"name": name, "params": op.dim, "grad_s": t_grad, "hvp_ratio": t_hvp / t_grad,
+            "pyh_ratio": None if t_pyh is None else t_pyh / t_grad,
             "wall_s": wall, "grad_eq": wall / t_grad, "products": s["hvps"],
             "cost": s.get("probe_cost_seconds", {}), "scalars": s}
+
+
+def pyhessian_product_seconds(model, pd, v) -> float | None:
+    """One PyHessian 0.1 product (its gradient graph built once, as ours; eval mode, the same
+    probe samples as one batch), median of 5; None when PyHessian is not installed."""
+    try:
+        from pyhessian.hessian import hessian, hessian_vector_product
+    except ImportError:
+        return None
+    x = torch.cat([b[0] for b in pd.batches])
+    y = torch.cat([b[1] for b in pd.batches])
+    model.zero_grad(set_to_none=True)  # PyHessian accumulates into .grad (GUIDE 5)
+    model.eval()
+    h = hessian(model, torch.nn.CrossEntropyLoss(), data=(x, y), cuda=False)
+    vs = [t.view_as(q) for t, q in zip(torch.split(v, [q.numel() for q in h.params]), h.params)]
+    seconds = median_time(lambda: hessian_vector_product(h.gradsH, h.params, vs))
+    model.zero_grad(set_to_none=True)
+    return seconds
 
 
 def verify(name: str, overrides: list[str], args, data_dir: str) -> dict:
@@ -133,14 +154,15 @@ def main() -> None:
               f"{r['grad_eq']:.0f} gradient-equivalents, {r['products']} products", flush=True)
     print(f"\nprobe={args.preset}, {args.samples} probe samples, {args.epochs} training epochs, "
           f"{args.threads} thread(s), float32, CPU")
-    print("| model | params | product / gradient | preset (gradient-equivalents) | products | "
-          "per estimator (gradient-equivalents) |")
-    print("|---|---|---|---|---|---|")
+    print("| model | params | product / gradient | PyHessian product / gradient | "
+          "preset (gradient-equivalents) | products | per estimator (gradient-equivalents) |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         parts = ", ".join(f"{k.removesuffix('_seconds')} {sec / r['grad_s']:.0f}"
                           for k, sec in r["cost"].items())
-        print(f"| {r['name']} | {r['params']:,} | {r['hvp_ratio']:.2f} | {r['grad_eq']:.0f} | "
-              f"{r['products']} | {parts} |")
+        pyh = "n/a" if r["pyh_ratio"] is None else f"{r['pyh_ratio']:.2f}"
+        print(f"| {r['name']} | {r['params']:,} | {r['hvp_ratio']:.2f} | {pyh} | "
+              f"{r['grad_eq']:.0f} | {r['products']} | {parts} |")
     goal = all(r["grad_eq"] <= 400 for r in rows) and all(r["hvp_ratio"] <= 2.5 for r in rows)
     print(f"goal (<= 400 gradient-equivalents, product <= 2.5 gradients): "
           f"{'met' if goal else 'MISSED'}")

@@ -86,6 +86,9 @@ def test_trace_and_slq_stopped_by_a_cap():
     budget2 = ProbeLedger(counter=lambda: op2.n_matvecs, max_products=25)
     q = slq(op2, n_probes=5, m_steps=10, seed=0, stop=budget2.stop)
     assert q.stopped_by == "max_products" and op2.n_matvecs == 25 and q.n_probes == 3
+    spent = _op(torch.linspace(-1.0, 1.0, 100, dtype=torch.float64))
+    q1 = slq(spent, n_probes=5, m_steps=10, seed=0, stop=lambda: "max_products")
+    assert q1.n_probes == 1 and q1.steps == [1] and q1.stopped_by == "max_products"
     assert torch.allclose(q.weights.sum(1), torch.ones(q.n_probes, dtype=torch.float64))
 
 
@@ -206,3 +209,31 @@ def test_batched_trace_samples_match_single_products():
     b = hutchinson(many, seed=3, target_rse=0.02, max_samples=200, block=4)
     assert a.n_samples == b.n_samples and a.estimate == pytest.approx(b.estimate, rel=1e-10)
     assert 0 <= b.n_matvecs - a.n_matvecs <= 3
+
+
+def test_a_job_logs_its_plan_and_records_what_the_cap_cut(compose, tmp_path, caplog):
+    import logging
+
+    from landscope.jobs import train_job
+
+    overrides = ["probe=standard", "probe.max_products=25", "probe.data_size=100",
+                 "model.width=8", "model.depth=2", "train.epochs=1", "landscape=none",
+                 "dataset.train_size=256", "dataset.test_size=128", "train.batch_size=32"]
+    with caplog.at_level(logging.INFO):
+        result = train_job(compose(overrides), tmp_path, overrides)
+    p = result["probes"]
+    assert p["hvps"] <= 27 and "top_converged" in p  # top-k runs at least k products
+    cut = {k: v for k, v in p.items() if k.endswith("_stopped_by")}
+    assert cut and set(cut.values()) == {"max_products"}
+    assert p["probe_plan"]["top"] == 150 and p["probe_dtype"] == "float32"
+    text = caplog.text
+    assert "probe plan: at most" in text and "probe caps cut short" in text
+
+
+def test_density_without_top_k_runs_fixed_steps():
+    model, split = _split_and_model()
+    cfg = ProbeConfig(top_k=0, trace=True, density=True, slq_steps=10, data_size=None,
+                      micro_batch=60, progress=False)
+    s = run_probes(model, split, cfg).scalars
+    assert s["density_deflated"] == 0 and s["density_steps_mean"] == 10
+    assert s["trace_samples"] >= 30 and s["trace_converged"] in (True, False)

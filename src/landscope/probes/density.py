@@ -297,8 +297,8 @@ def slq(op: Operator, n_probes: int = 10, m_steps: int = 30, seed: int = 0,
     steps: list[int] = []
     stopped_by: str | None = None
     seen = [math.inf, -math.inf] if deflate is None else [float(values.min()), float(values.max())]
-    for i in range(n_probes):
-        if stop is not None and (stopped_by := stop()) is not None:
+    for i in range(n_probes):  # at least one run (of at least one step), whatever the cap
+        if i > 0 and stop is not None and (stopped_by := stop()) is not None:
             break
         k = len(values)
         target: Operator = op if basis is None else _Deflated(op, basis)

@@ -178,10 +178,14 @@ def run_probes(model: nn.Module, train_split, cfg: Any,
         s["eig_all_converged"] = bool(torch.cat(conv).all())
 
     q = None
-    if cfg.density:
+    if cfg.density and (why := ledger.stop()) is not None:
+        _stopped(s, ledger, "density", why)  # the cap was spent before it started
+    elif cfg.density:
         with ledger.stage("density", plan.get("density")):
+            # adaptive steps need the top-k pairs (the outliers are resolved through them)
             q = slq(op, n_probes=cfg.slq_probes, m_steps=min(cfg.slq_steps, op.dim), seed=cfg.seed,
-                    deflate=top, resolution=cfg.density_sigma, stop=ledger.stop)
+                    deflate=top, resolution=cfg.density_sigma if top is not None else None,
+                    stop=ledger.stop)
         s.update(_density(q, cfg, bottom, a))
         _stopped(s, ledger, "density", q.stopped_by)
 
