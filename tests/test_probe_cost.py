@@ -237,3 +237,21 @@ def test_density_without_top_k_runs_fixed_steps():
     s = run_probes(model, split, cfg).scalars
     assert s["density_deflated"] == 0 and s["density_steps_mean"] == 10
     assert s["trace_samples"] >= 30 and s["trace_converged"] in (True, False)
+
+
+def test_negative_mass_broadened_and_its_bracket():
+    """A resolved spectrum: the broadened mass equals the count below 0 and the bracket is
+    tight around it; an unresolved one: the bracket is wide and holds the true fraction."""
+    eigs = torch.cat([torch.linspace(-2.0, -1.0, 40), torch.linspace(1.0, 3.0, 160)]).double()
+    q = slq(_op(eigs), n_probes=8, m_steps=200, seed=0)  # exact rules (Krylov space exhausted)
+    assert q.negative_mass(sigma=0.01) == pytest.approx(0.2, abs=0.03)
+    lo, hi = q.negative_mass_bracket()
+    assert lo <= q.negative_mass() <= hi and hi - lo < 0.05
+    g = torch.Generator().manual_seed(0)
+    bulk = (torch.randn(2000, generator=g, dtype=torch.float64) * 1e-3)
+    rough = slq(_op(torch.cat([bulk, torch.tensor([50.0, 40.0], dtype=torch.float64)])),
+                n_probes=8, m_steps=10, seed=0)
+    exact = float((bulk < 0).double().sum()) / 2002
+    lo, hi = rough.negative_mass_bracket()
+    assert hi - lo > 0.5 and lo - 0.05 <= exact <= hi + 0.05
+    assert abs(rough.negative_mass(sigma=0.5) - 0.5) < 0.1  # unresolved: about half, not 0 or 1

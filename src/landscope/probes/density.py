@@ -114,11 +114,36 @@ class SLQResult:
             raise ValueError(f"logdet needs node + eps > 0; smallest node + eps is {float(shifted.min()):.3g}")
         return self.trace_f(torch.log(shifted.clamp_min(torch.finfo(torch.float64).tiny)))
 
-    def negative_mass(self, below: float = 0.0) -> float:
-        """Fraction of spectral weight at nodes ``< below`` (estimates #{λ_i < below}/D). The
-        quadrature CDF is within about one node's weight of the true one (a gap holds at most one
-        node per probe), so it is accurate when m resolves the spectrum near ``below``."""
+    def negative_mass(self, below: float = 0.0, sigma: float = 0.0) -> float:
+        """Fraction of spectral weight below ``below`` (estimates #{λ_i < below}/D): at nodes
+        ``< below`` (``sigma=0``), or under the density broadened by ``N(0, σ²)``, where a node
+        within σ of ``below`` counts in part (half of it at ``below`` itself) instead of wholly on
+        the side its rounding puts it. The quadrature CDF is within about one node's weight of
+        the true one (:meth:`negative_mass_bracket`), so either is accurate only when the rule
+        resolves the spectrum near ``below``."""
+        if sigma > 0:
+            share = 0.5 * torch.erfc((self.nodes - below) / (sigma * math.sqrt(2.0)))
+            return float(self._per_probe(share).mean())
         return float(self._per_probe((self.nodes < below).to(torch.float64)).mean())
+
+    def negative_mass_bracket(self, below: float = 0.0) -> tuple[float, float]:
+        """Bounds on the mass below ``below`` that each probe's rule guarantees (the
+        Chebyshev–Markov–Stieltjes inequalities: the measure's CDF at a point between the nodes
+        θ_i < t < θ_{i+1} lies within ``[Σ_{j<i} w_j, Σ_{j≤i+1} w_j]``), averaged over probes.
+        A wide bracket says the rule does not resolve the spectrum there."""
+        lows, highs = [], []
+        for x, w in zip(self.nodes, self.weights):
+            keep = w > 0
+            x, w = x[keep], w[keep]
+            order = torch.argsort(x)
+            x, w = x[order], w[order]
+            cdf = torch.cumsum(w, 0)
+            i = int((x < below).sum())  # nodes strictly below
+            lo = float(cdf[i - 2]) if i >= 2 else 0.0  # drop the node just below
+            hi = float(cdf[min(i, len(x) - 1)]) if len(x) else 1.0  # add the node just above
+            lows.append(lo)
+            highs.append(min(1.0, hi))
+        return float(np.mean(lows)), float(np.mean(highs))
 
     def outliers(self, *, alpha: float = 0.01, gap: float = 0.5, min_probe_frac: float = 0.5,
                  cluster_rtol: float = 1e-3, max_multiplicity: float = 3.0) -> Outliers:

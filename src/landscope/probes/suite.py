@@ -265,8 +265,12 @@ def _density(q: Any, cfg: Any, bottom: Any, a: dict) -> dict[str, Any]:
     a.update(density_grid=grid.numpy(), density=q.density(grid, sigma).numpy(),
              slq_nodes=q.nodes.numpy(), slq_weights=q.weights.numpy())
     out = q.outliers()
+    low, high = q.negative_mass_bracket()
     s: dict[str, Any] = dict(
-        density_negative_mass=q.negative_mass(), density_n_outliers=out.count,
+        # nodes below 0; the bracket is what the rules guarantee (wide: not resolved)
+        density_negative_mass=q.negative_mass(),
+        density_negative_mass_lower=low, density_negative_mass_upper=high,
+        density_n_outliers=out.count,
         density_outlier_mass=float(out.masses.sum()) if out.count else 0.0,
         density_bulk_edge=out.bulk_edge, density_tail_mass=out.tail_mass,
         density_probes=q.n_probes, density_steps_mean=float(np.mean(q.steps)) if q.steps else 0.0,
