@@ -38,8 +38,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from landscope.errors import ConfigError  # noqa: E402
-from landscope.models import ResNet, build_model, count_parameters  # noqa: E402
+from landscope.models import build_model, count_parameters  # noqa: E402
 from landscope.probes.batched import matmat  # noqa: E402
 from landscope.probes.hvp import HessianOperator  # noqa: E402
 from landscope.probes.memory import activation_checkpointing, peak_memory  # noqa: E402
@@ -59,12 +58,7 @@ MB = 2.0 ** 20
 
 
 def make_model(cfg: dict[str, Any], shape: tuple[int, ...], classes: int) -> torch.nn.Module:
-    meta = types.SimpleNamespace(input_shape=shape, num_classes=classes)
-    try:
-        return build_model(cfg, meta)
-    except ConfigError:  # resnet18 not in this checkout: the same 8 BasicBlocks, 3 stages
-        assert cfg["name"] == "resnet18"
-        return ResNet(shape, classes, width=cfg["width"], depth=8, norm="batch", skip=True)
+    return build_model(cfg, types.SimpleNamespace(input_shape=shape, num_classes=classes))
 
 
 def median_time(fn: Callable[[], Any], repeats: int) -> float:

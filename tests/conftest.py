@@ -87,6 +87,14 @@ def metrics_without_time(job_dir: Path) -> list[dict]:
             for row in read_jsonl(Path(job_dir) / "metrics.jsonl")]
 
 
+def cut_back_to_epoch_2(job_dir: Path) -> None:
+    """Make a finished 4-epoch job look interrupted after epoch 2: drop the last two
+    checkpoints and result.json, so the next train_job resumes from epoch 2."""
+    for ckpt in ("epoch_000004.pt", "epoch_000003.pt"):
+        (Path(job_dir) / "checkpoints" / ckpt).unlink()
+    (Path(job_dir) / "result.json").unlink()
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread (as the runner and the worker processes use), restored afterwards."""

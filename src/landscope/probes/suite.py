@@ -134,11 +134,8 @@ def run_probes(model: nn.Module, train_split, cfg: Any,
              probe_ranks=rank_and_world()[1],
              probe_dtype=str(op.dtype).replace("torch.", ""))
     show = cfg.progress if getattr(cfg, "progress", None) is not None else sys.stderr.isatty()
-    obj_box: list[Any] = []
     ledger = ProbeLedger(counter=lambda: op.n_matvecs, max_products=getattr(cfg, "max_products", None),
                          budget_s=getattr(cfg, "budget_s", None), progress=bool(show), log=log,
-                         evals=lambda: ((obj_box[0].n_loss + obj_box[0].n_acc, obj_box[0].n_grad)
-                                        if obj_box else (0, 0)),
                          started=tic)
     plan = _planned(cfg, op.dim)
     if plan:
@@ -212,10 +209,9 @@ def run_probes(model: nn.Module, train_split, cfg: Any,
                 tr = hutchinson(op, seed=cfg.seed + 1, target_rse=cfg.trace_rse, max_samples=cap,
                                 scale=scale, stop=ledger.stop, min_samples=TRACE_MIN_SAMPLES,
                                 block=block)
-        reference = max(abs(tr.estimate), scale, float(top.eigenvalues.abs().sum()) if top is not None else 0.0)
         s.update(trace=tr.estimate, trace_stderr=tr.stderr, trace_samples=tr.n_samples,
-                 trace_reference=reference,
-                 trace_converged=bool(tr.stderr <= cfg.trace_rse * reference))
+                 trace_reference=tr.reference,
+                 trace_converged=bool(tr.stderr <= cfg.trace_rse * tr.reference))
         _stopped(s, ledger, "trace", tr.stopped_by)
 
     if _value(cfg.per_block) != "none":
@@ -225,7 +221,7 @@ def run_probes(model: nn.Module, train_split, cfg: Any,
     if cfg.sharpness or cfg.sharpness_family:
         # the loss and gradient at the trained point come from the operator (computed once)
         obj = ModelObjective(model, data, mode=op.mode, at_origin=(op.loss(), op.gradient()))
-        obj_box.append(obj)
+        ledger.evals = lambda: (obj.n_loss + obj.n_acc, obj.n_grad)
         with ledger.stage("sharpness"):
             s.update(_sharpness(obj, cfg, ledger))
     if cfg.noise:

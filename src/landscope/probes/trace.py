@@ -43,6 +43,7 @@ class TraceResult:
     samples: Tensor
     exact_part: float = 0.0
     stopped_by: str | None = None  # the cap that ended sampling early, else None
+    reference: float = 0.0  # what the auto-stop compares the stderr with: max(|estimate|, scale)
 
     @property
     def rse(self) -> float:
@@ -117,7 +118,7 @@ def _hutchinson(op: Operator, *, n_samples: int | None, gen: torch.Generator, di
     return TraceResult(estimate=exact_part + mean, stderr=_stderr(samples) if n else math.inf,
                        n_samples=n, n_matvecs=op.n_matvecs - start,
                        samples=torch.tensor(samples, dtype=torch.float64), exact_part=exact_part,
-                       stopped_by=stopped_by)
+                       stopped_by=stopped_by, reference=max(abs(exact_part + mean), scale))
 
 
 def hutchinson(op: Operator, n_samples: int | None = None, seed: int = 0, dist: Dist = "rademacher", *,
