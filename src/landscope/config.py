@@ -329,7 +329,8 @@ class ProbeConfig:
     sharpness_family: bool = False
     sharpness_rhos: List[float] = field(default_factory=lambda: [0.05])
     keskar_epsilons: List[float] = field(default_factory=lambda: [1e-3, 5e-3])
-    sharpness_samples: int = 32  # Monte Carlo draws for average sharpness
+    sharpness_samples: int = 16  # loss evaluations per radius for average sharpness
+    sharpness_antithetic: bool = True  # ... as pairs (delta, -delta): the gradient term cancels
     noise: bool = False  # gradient-noise covariance from per-sample gradients
     noise_samples: int = 256  # per-sample gradients held in memory (n x D)
     noise_alignment: NoiseAlignment = NoiseAlignment.lowrank  # how tr(H Sigma) is computed
@@ -539,6 +540,9 @@ def validate(cfg: Any) -> None:
     _check(len(p.keskar_epsilons) >= 1 and all(e > 0 for e in p.keskar_epsilons),
            "probe.keskar_epsilons", "a non-empty list of values > 0", list(p.keskar_epsilons))
     _check(p.block_top_k >= 1, "probe.block_top_k", ">= 1", p.block_top_k)
+    if p.sharpness_antithetic:
+        _check(p.sharpness_samples >= 4 and p.sharpness_samples % 2 == 0, "probe.sharpness_samples",
+               "even and >= 4 with probe.sharpness_antithetic=true", p.sharpness_samples)
     _check(p.sharpness_samples >= 2, "probe.sharpness_samples", ">= 2", p.sharpness_samples)
     _check(p.pacbayes_data_size is None or p.pacbayes_data_size >= 2, "probe.pacbayes_data_size",
            ">= 2 or null (the bound needs m >= 2 samples)", p.pacbayes_data_size)
