@@ -78,6 +78,8 @@ def test_enum_field_lists_allowed_values(compose):
     ("optimizer.momentum=1.0", "optimizer.momentum"), ("train.grad_clip=0", "train.grad_clip"),
     ("logger.init_timeout=0", "logger.init_timeout"),
     ("landscape.snapshot_dtype=float64", "landscape.snapshot_dtype"),
+    ("probe.sharpness_samples=7", "probe.sharpness_samples"),  # antithetic pairs
+    ("probe.sharpness_samples=2", "probe.sharpness_samples"),
 ])
 def test_impossible_values_are_one_line_errors(compose, override, key):
     with pytest.raises(ConfigError) as err:
@@ -89,6 +91,12 @@ def test_impossible_values_are_one_line_errors(compose, override, key):
 def test_vit_width_must_divide_heads(compose):
     with pytest.raises(ConfigError, match="model.width"):
         validate(compose(["model=vit", "model.width=30", "model.heads=4"]))
+
+
+def test_plain_average_sharpness_takes_any_count_from_two(compose):
+    validate(compose(["probe.sharpness_antithetic=false", "probe.sharpness_samples=3"]))
+    with pytest.raises(ConfigError, match="probe.sharpness_samples"):
+        validate(compose(["probe.sharpness_antithetic=false", "probe.sharpness_samples=1"]))
 
 
 def test_seed_zero_is_a_valid_seed(compose):

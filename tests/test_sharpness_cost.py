@@ -119,7 +119,7 @@ def test_family_cost_as_probe_standard_calls_it() -> None:
     """probe=standard's calls (suite._sharpness) on a tiny, rather non-convex MLP: before,
     243 gradient and 385 + 324 (accuracy) forward evaluations whatever the model; now the
     origin once, the ascents (restarts run here: they find other maxima), the averages their
-    4 x 32 draws, PAC-Bayes ~100 accuracies."""
+    4 x 32 draws here (the preset's are 4 x 16, antithetic), PAC-Bayes ~100 accuracies."""
     model, data = trained("mlp")
     obj = ModelObjective(model, data)
     worst_case_sharpness(obj, RHOS, seed=0)

@@ -291,12 +291,13 @@ class AverageSharpness:
     n_samples: int
     n_loss_evals: int              # this call's (the shared origin excluded when known)
     seed: int
+    antithetic: bool = False       # pairs (delta, -delta); stderr of the pair means
 
 
 def average_sharpness(obj: Objective, rhos: Sequence[float] = (0.01, 0.05), *,
-                      adaptive: bool = False, eta: float = 0.01, n_samples: int = 32,
-                      seed: int = 0) -> AverageSharpness:
-    """Monte Carlo average sharpness with ``n_samples`` Gaussian draws (mean, stderr).
+                      adaptive: bool = False, eta: float = 0.01, n_samples: int = 16,
+                      antithetic: bool = True, seed: int = 0) -> AverageSharpness:
+    """Monte Carlo average sharpness from ``n_samples`` loss evaluations per radius (mean, stderr).
 
     ``adaptive=False``: random average sharpness, ``c = 1`` (``delta ~ N(0, rho^2 I)``);
     ``adaptive=True``: ``c = |theta| + eta`` (Andriushchenko et al., ICML 2023, average
@@ -304,25 +305,40 @@ def average_sharpness(obj: Objective, rhos: Sequence[float] = (0.01, 0.05), *,
     normal draws are reused for every ``rho`` (common random numbers: the differences
     between radii carry less noise than independent draws would), so the cost is
     ``n_samples`` loss evaluations per radius plus ``L(theta)`` (shared, see
-    :meth:`Objective.origin_loss`).  A non-finite loss counts as ``+inf``
-    (:func:`loss_value`), so the mean is ``inf`` rather than ``NaN``.
+    :meth:`Objective.origin_loss`).
+
+    ``antithetic=True`` (``n_samples`` even, >= 4) evaluates ``n_samples / 2`` pairs
+    ``(delta, -delta)`` and averages ``(L(theta + delta) + L(theta - delta)) / 2 - L(theta)``
+    over the pairs: the odd terms of the Taylor expansion (the gradient term ``g . delta``,
+    whose spread dominates away from a minimum) cancel within each pair, the expectation is
+    unchanged, and the standard error is that of the pair means.  ``antithetic=False``: plain
+    independent draws.  A non-finite loss counts as ``+inf`` (:func:`loss_value`), so the mean
+    is ``inf`` rather than ``NaN``.
     """
     rho_list = _check(rhos, "rho")
+    if antithetic and (n_samples < 4 or n_samples % 2):
+        raise LandscopeError(f"antithetic average sharpness needs an even n_samples >= 4 "
+                             f"(two pairs for a standard error; got {n_samples})")
     if n_samples < 2:
         raise LandscopeError(f"n_samples must be >= 2 for a standard error (got {n_samples})")
     n0, theta = obj.n_loss, obj.theta0
     c = theta.abs() + eta if adaptive else torch.ones_like(theta)
     gen = torch.Generator().manual_seed(int(seed))
-    xi = torch.randn(n_samples, theta.numel(), generator=gen, dtype=torch.float64).to(theta)
+    n_draws = n_samples // 2 if antithetic else n_samples
+    xi = torch.randn(n_draws, theta.numel(), generator=gen, dtype=torch.float64).to(theta)
     l0 = obj.origin_loss()
     means, errs = [], []
     for rho in rho_list:
-        diffs = torch.tensor([loss_value(obj.loss(theta + rho * c * x)) - l0 for x in xi],
-                             dtype=torch.float64)
+        if antithetic:
+            vals = [0.5 * (loss_value(obj.loss(theta + rho * c * x))
+                           + loss_value(obj.loss(theta - rho * c * x))) - l0 for x in xi]
+        else:
+            vals = [loss_value(obj.loss(theta + rho * c * x)) - l0 for x in xi]
+        diffs = torch.tensor(vals, dtype=torch.float64)
         means.append(float(diffs.mean()))
-        errs.append(float(diffs.std() / math.sqrt(n_samples)))
+        errs.append(float(diffs.std() / math.sqrt(n_draws)))
     return AverageSharpness(rho_list, means, errs, adaptive, eta, l0, n_samples,
-                            obj.n_loss - n0, int(seed))
+                            obj.n_loss - n0, int(seed), antithetic)
 
 
 # ----------------------------------------------------------------------------- PAC-Bayes

@@ -350,7 +350,8 @@ def _sharpness(obj: ModelObjective, cfg: Any, ledger: ProbeLedger) -> dict[str, 
         for adaptive, name in ((False, "random"), (True, "adaptive")):
             if go(f"average_{name}"):
                 avg = average_sharpness(obj, rhos, adaptive=adaptive,
-                                        n_samples=cfg.sharpness_samples, seed=cfg.seed)
+                                        n_samples=cfg.sharpness_samples,
+                                        antithetic=cfg.sharpness_antithetic, seed=cfg.seed)
                 for r, m, se in zip(rhos, avg.means, avg.stderrs):
                     out[f"sharpness_average_{name}_rho{r:g}"] = m
                     out[f"sharpness_average_{name}_rho{r:g}_stderr"] = se
