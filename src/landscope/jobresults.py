@@ -1,8 +1,9 @@
 """A finished job's post-training files: probe caches, probe presets side by side in
 result.json, figures, and the repair of what a finished job misses.
 
-- Caches (``probes/<stem>.npz`` + ``.json``, ``landscape/<lfp>.npz`` + ``.json``): the npz is
-  written first, the JSON last (it marks a complete result). Reading one is a cache miss
+- Caches (``probes/<stem>.npz`` + ``.json``, ``landscape/<lfp>.npz`` + ``.json``; the job
+  directory's :class:`~landscope.jobdir.Cache`): the npz is written first, the JSON last (it
+  marks a complete result). Reading one is a cache miss
   whenever anything about it is unreadable (not JSON, not an object, no scalars, an npz that
   does not load or lacks an array the JSON lists): the result is recomputed, never an error.
 - Probe presets side by side: ``result.json`` keeps every preset's scalars under its probe
@@ -15,19 +16,18 @@ result.json, figures, and the repair of what a finished job misses.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from landscope.checkpoint import checkpoint_path, newest_valid
-from landscope.errors import LandscopeError
-from landscope.io import atomic_write_bytes, jsonable, read_json, write_json, write_jsonl
+from landscope.errors import one_line
+from landscope.io import jsonable, read_json, write_json, write_jsonl
 from landscope.jobcheck import metrics_intact
+from landscope.jobdir import JobDir
 
 log = logging.getLogger("landscope")
 
@@ -36,47 +36,6 @@ TRACEBACK = "traceback.txt"
 
 
 # ------------------------------------------------------------------------------ caches
-def read_cache(json_path: Path, key: Optional[dict] = None) -> Optional[dict]:
-    """The record of a ``<stem>.json``/``<stem>.npz`` cache pair when both are readable, hold
-    scalars and match ``key``; None (a cache miss) otherwise."""
-    try:
-        record = read_json(json_path)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or not isinstance(record.get("scalars"), dict):
-        return None
-    if any(record.get(k) != v for k, v in (key or {}).items()):
-        return None
-    names = record.get("arrays")
-    if not isinstance(names, list):
-        return None
-    try:
-        with np.load(Path(json_path).with_suffix(".npz"), allow_pickle=False) as z:
-            if not set(names) <= set(z.files):
-                return None
-    except Exception:  # noqa: BLE001 - any unreadable npz is a miss
-        return None
-    return record
-
-
-def load_arrays(npz_path: Path, names: tuple[str, ...]) -> Optional[dict]:
-    """``names`` (those present) from an npz, or None when the file is absent or unreadable."""
-    try:
-        with np.load(npz_path, allow_pickle=False) as z:
-            return {n: z[n] for n in names if n in z.files}
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def save_results(json_path: Path, arrays: dict, record: dict) -> None:
-    """``<stem>.npz`` (the arrays) then ``<stem>.json`` (``record`` plus the array names),
-    each atomically: the JSON, written last, marks a complete result."""
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    atomic_write_bytes(json_path.with_suffix(".npz"), buf.getvalue())
-    write_json(json_path, {**record, "arrays": sorted(arrays)})
-
-
 def cached_probes(cfg: DictConfig, job_dir: Path, model, data, stem: str,
                   key: Optional[dict] = None) -> dict:
     """Probe scalars from ``probes/<stem>.json`` when it is a readable cache matching ``key``,
@@ -84,8 +43,8 @@ def cached_probes(cfg: DictConfig, job_dir: Path, model, data, stem: str,
     from landscope.jobs import initial_model
     from landscope.probes.suite import run_probes
 
-    cache = Path(job_dir) / "probes" / f"{stem}.json"
-    cached = read_cache(cache, key)
+    cache = JobDir(job_dir).cache("probes", stem)
+    cached = cache.read(key)
     if cached is not None:
         return cached["scalars"]
     log.info("%s: running probes (%s)", job_dir, getattr(cfg.probe.name, "value", cfg.probe.name))
@@ -95,10 +54,10 @@ def cached_probes(cfg: DictConfig, job_dir: Path, model, data, stem: str,
         w0 = initial_model(cfg, data).to(device)
     report = run_probes(model, data.train, cfg.probe, w0=w0,
                         log=lambda line: log.info("%s: %s", job_dir, line))
-    save_results(cache, report.arrays, {
+    cache.write({
         "scalars": report.scalars,
         "probe": OmegaConf.to_container(cfg.probe, resolve=True, enum_to_str=True),
-        **(key or {})})
+        **(key or {})}, report.arrays)
     return report.scalars
 
 
@@ -114,16 +73,18 @@ def landscape_results(cfg: DictConfig, job_dir: Path, model, data, result: dict,
         return {}
     if result.get("status") == "diverged":
         return {"landscape": {"skipped": "diverged"}, "landscape_fingerprint": lfp}
-    cache = job_dir / "landscape" / f"{lfp}.json"
-    cached = read_cache(cache)
+    job = JobDir(job_dir)
+    cache = job.cache("landscape", lfp)
+    cached = cache.read()
     if cached is not None:
         return {"landscape": cached["scalars"], "landscape_fingerprint": lfp}
     log.info("%s: landscape (%s)", job_dir, getattr(cfg.landscape.name, "value",
                                                    cfg.landscape.name))
     eigenvectors = None
     pfp = result.get("probe_fingerprint")
-    if pfp and (job_dir / "probes" / f"{pfp}.npz").is_file():
-        arrays = load_arrays(job_dir / "probes" / f"{pfp}.npz", ("eigenvectors_top",))
+    probes = job.cache("probes", pfp) if pfp else None
+    if probes is not None and probes.npz_path.is_file():
+        arrays = probes.arrays(("eigenvectors_top",))
         if arrays is None:
             log.warning("warning: %s: probes/%s.npz is unreadable: no eigenvector slices",
                         job_dir, pfp)
@@ -139,9 +100,10 @@ def landscape_results(cfg: DictConfig, job_dir: Path, model, data, result: dict,
         batch_size=min(cfg.train.batch_size, len(data.train)), store_dir=job_dir / "landscape")
     for note in report.notes:
         log.warning("warning: %s: %s", job_dir, note)
-    save_results(cache, report.arrays, {
+    cache.write({
         "scalars": report.scalars, "notes": report.notes,
-        "landscape": OmegaConf.to_container(cfg.landscape, resolve=True, enum_to_str=True)})
+        "landscape": OmegaConf.to_container(cfg.landscape, resolve=True, enum_to_str=True)},
+        report.arrays)
     for partial in (job_dir / "landscape").glob("*.partial.npz"):
         partial.unlink(missing_ok=True)  # finished scans: their resume stores are done
     return {"landscape": jsonable(report.scalars), "landscape_fingerprint": lfp}
@@ -225,12 +187,8 @@ def draw_figures(cfg: DictConfig, job_dir: Path, result: dict) -> None:
                 stale.unlink(missing_ok=True)
         write_json(job_dir / FIGURES_MARK, {"result": _mark(result), "files": sorted(written)})
     except Exception as exc:  # noqa: BLE001
-        log.warning("warning: %s: figures not drawn (%s)", job_dir, _one_line(exc))
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text if isinstance(exc, LandscopeError) else f"{type(exc).__name__}: {text}"
+        log.warning("warning: %s: figures not drawn (%s)", job_dir,
+                    one_line(exc, typed=True, plain=True))
 
 
 # ------------------------------------------------------------------------------ repairs

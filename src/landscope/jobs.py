@@ -19,7 +19,6 @@ anything was written).
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import os
@@ -44,9 +43,10 @@ from landscope.checkpoint import (capture_rng, load_checkpoint, load_latest, pay
                                  restore_rng, save_checkpoint)
 from landscope.config import ProbeConfig, validate
 from landscope.data import check_available, load_data
-from landscope.errors import CheckpointError, ConfigError, LandscopeError
+from landscope.errors import CheckpointError, ConfigError, LandscopeError, one_line
 from landscope.geometry.snapshots import SnapshotRecorder
 from landscope.jobcheck import FINISHED, JobRefused, conflict_reason, read_result
+from landscope.jobdir import JobDir
 from landscope.joblock import JobLocked, job_lock
 from landscope.jobresults import (cached_probes, draw_figures, probe_fingerprints_of, probe_results,
                                   remove_traceback, repair_finished,
@@ -389,14 +389,6 @@ def _trajectory_recorder(cfg: DictConfig, job_dir: Path, state: TrainState):
     return recorder
 
 
-def _model_from_state(cfg: DictConfig, state: dict):
-    """``(model, data)``: the job's dataset and its model with the saved weights."""
-    data = load_data(cfg.dataset)
-    model = build_model(cfg.model, data.meta)
-    model.load_state_dict(state)
-    return model, data
-
-
 def probe_checkpoint(cfg: DictConfig, ckpt_path: Path) -> dict:
     """Run the configured probes on one checkpoint file of a job (any epoch, e.g. one
     kept during training); ``result.json`` is left alone.
@@ -411,7 +403,7 @@ def probe_checkpoint(cfg: DictConfig, ckpt_path: Path) -> dict:
         raise ConfigError("probe=none switches every probe off; choose probe=basic, standard, "
                           "full or pacbayes")
     ckpt = load_checkpoint(ckpt_path)
-    model, data = _model_from_state(cfg, ckpt["model"])
+    model, data = JobDir(job_dir).load_model(ckpt["model"], cfg)
     key = {"checkpoint": ckpt_path.name, "checkpoint_sha256": payload_digest(ckpt_path)}
     scalars = cached_probes(cfg, job_dir, model, data, f"{pfp}_{ckpt_path.stem}", key)
     return {"epoch": ckpt.get("epoch"), "checkpoint": str(ckpt_path), "probes": scalars,
@@ -428,26 +420,10 @@ def probe_finished_job(cfg: DictConfig, job_dir: Path, previous: dict) -> dict:
         return _probe_finished(cfg, job_dir, current if current is not None else previous)
 
 
-def final_checkpoint(job_dir: Path, result: dict) -> dict:
-    """The finished job's final checkpoint, or one :class:`CheckpointError` line saying it is
-    missing or corrupt and how to rebuild it (a defective file is moved aside)."""
-    epochs = result.get("epochs_completed")
-    ckpt = load_latest(Path(job_dir) / "checkpoints",
-                       warn=lambda m: log.warning("warning: %s", m))
-    if ckpt is None or ckpt.get("epoch") != epochs or \
-            ckpt.get("fingerprint") != result.get("fingerprint"):
-        why = ("no valid checkpoint remains" if ckpt is None else
-               f"the newest valid one is epoch {ckpt.get('epoch')}" if ckpt.get("epoch") != epochs
-               else "the newest valid one was written by another config")
-        raise CheckpointError(f"{job_dir}: its final checkpoint (epoch {epochs}) is missing or "
-                              f"corrupt ({why}); rerun the training with resume=false (the same "
-                              "command otherwise) to rebuild it")
-    return ckpt
-
-
 def _probe_finished(cfg: DictConfig, job_dir: Path, previous: dict) -> dict:
-    ckpt = final_checkpoint(job_dir, previous)
-    model, data = _model_from_state(cfg, ckpt["model"])
+    job = JobDir(job_dir)
+    _, ckpt = job.final_checkpoint(previous, fallback=True)
+    model, data = job.load_model(ckpt["model"], cfg)
     result = {**previous, **probe_results(cfg, job_dir, model, data, previous["status"],
                                           probe_fingerprint(cfg), previous)}
     result.update(landscape_results(cfg, job_dir, model, data, result, landscape_fingerprint(cfg)))
@@ -483,7 +459,7 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: in
         _remove_if_empty(job_dir, existed)
         return {**summary, "status": INVALID, "message": str(exc)}
     except Exception as exc:
-        message = _one_line(exc)
+        message = one_line(exc, typed=True, plain=True)
         problem = record_failure(cfg, job_dir, overrides, message,
                                  isinstance(exc, LandscopeError))
         if problem is not None:  # one line says both
@@ -518,16 +494,8 @@ def record_failure(cfg: DictConfig, job_dir: Path, overrides: list[str], message
                 "overrides": overrides, "fingerprint": fingerprint(cfg),
                 "versions": package_versions(), "git_commit": git_commit()})
     except OSError as exc:
-        return _one_line(exc)
+        return one_line(exc, typed=True, plain=True)
     return None
-
-
-def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        where = f" writing {exc.filename}" if exc.filename else ""
-        return f"no space left on device{where}; free some and run the same command again"
-    text = " ".join(str(exc).split())
-    return text if isinstance(exc, LandscopeError) else f"{type(exc).__name__}: {text}"
 
 
 def _remove_if_empty(job_dir: Path, existed: bool) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from landscope.config import register_configs
+from landscope.errors import one_line
 
 
 def _conf_dir() -> str:
@@ -81,53 +81,6 @@ def hydra_main(cfg: DictConfig) -> dict:
             raise JobFailed(1)
         print(f"{summary['status']}: {summary['dir']} ({summary['message']})", flush=True)
     return summary
-
-
-# Hydra's hints that suggest ``+key=value`` / ``++key=value``: keys the schema lacks are
-# refused (landscope.config), so these would only mislead.
-_PLUS_HINTS = ("To append to your", "Either remove + prefix", "Or add a second +")
-_UNKNOWN = re.compile(r"Could not override '([\w.]+)'\.\s*\nTo append to your config use")
-_PRESENT = re.compile(r"An item is already at '([\w.]+)'\.\s*\nEither remove \+ prefix: '([^']*)'")
-
-
-def _plus_free(text: str) -> str:
-    """Hydra's composition message without its ``+``/``++`` advice (one known case reworded)."""
-    m = _UNKNOWN.match(text)
-    if m and not m.group(1).startswith("hydra."):
-        from landscope.config_checks import unknown_option
-
-        return unknown_option(m.group(1))
-    m = _PRESENT.search(text)
-    if m:
-        return f"{m.group(1)} is already an option: set it with {m.group(2)}"
-    return text
-
-
-def one_line(exc: BaseException) -> str:
-    """Condense Hydra/OmegaConf multi-line messages into one line (never advising ``+``)."""
-    parts, options = [], []
-    first = _plus_free(str(exc))
-    if first != str(exc):
-        return first
-    for exc_i in (exc, exc.__cause__):
-        if exc_i is None:
-            continue
-        for raw in str(exc_i).splitlines():
-            line = raw.strip()
-            if line.startswith("Config search path"):
-                break
-            if not line or line.startswith(("Set the environment variable", "object_type=",
-                                            "reference_type=", *_PLUS_HINTS)):
-                continue
-            if raw.startswith("\t"):  # Hydra lists available options tab-indented
-                options.append(line)
-            elif line not in parts:
-                parts.append(line)
-    text = "; ".join(p.rstrip(":") if options and i == len(parts) - 1 else p
-                     for i, p in enumerate(parts))
-    if options:
-        text += ": " + ", ".join(options)
-    return text or type(exc).__name__
 
 
 def main() -> None:

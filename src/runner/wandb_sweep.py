@@ -65,8 +65,7 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, list[str
     overrides expanded as Hydra's basic sweeper expands them."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from landscope.errors import LandscopeError
-    from runner.app import one_line
+    from landscope.errors import LandscopeError, one_line
 
     parser = OverridesParser.create()
     try:
@@ -93,8 +92,8 @@ def sweep_spec(overrides: list[str], method: str = "grid", metric: str = "final/
     from hydra import compose, initialize_config_dir
 
     from landscope.config import register_configs
-    from landscope.errors import LandscopeError
-    from runner.app import _conf_dir, one_line
+    from landscope.errors import LandscopeError, one_line
+    from runner.app import _conf_dir
 
     import itertools
 
