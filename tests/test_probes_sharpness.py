@@ -15,7 +15,7 @@ from landscope.probes.hvp import HessianOperator
 from landscope.probes.operator import quadratic_with_spectrum
 from landscope.probes.probe_data import ProbeData
 from landscope.probes.sharpness import (ModelObjective, QuadraticObjective, average_sharpness,
-                                        keskar_sharpness, pac_bayes_flatness,
+                                        keskar_sharpness, pac_bayes_flatness, sigma_guess,
                                         worst_case_sharpness)
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
@@ -199,6 +199,54 @@ def test_pac_bayes_magnitude_aware_on_quadratic() -> None:
     exact = math.sqrt((2 * target - eps ** 2 * float(DIAG.sum()))
                       / float((DIAG * theta ** 2).sum()))
     assert res.sigma == pytest.approx(exact, rel=0.05)
+
+
+@pytest.mark.parametrize("guess", [None, 0.02, 1e-4, 0.9, 5e-6, 9.0])
+def test_pac_bayes_guess_finds_the_same_sigma(guess) -> None:
+    """A guess only changes where the search starts: good, far too low, far too high or next
+    to an end of sigma_range, the answer is the no-guess answer within rtol."""
+    A, _ = quadratic_with_spectrum(LAM, seed=13)
+    target, rtol = 0.05, 1e-3
+    ref = pac_bayes_flatness(QuadraticObjective(A), target=target, n_draws=200, seed=4, rtol=rtol)
+    res = pac_bayes_flatness(QuadraticObjective(A), target=target, n_draws=200, seed=4, rtol=rtol,
+                             guess=guess)
+    assert res.bracketed and res.sigma == pytest.approx(ref.sigma, rel=2 * rtol)
+    # the deviation at the answer is below the target, just above it exceeds it (the draws
+    # are the same for every sigma)
+    dev = dict(res.deviations)
+    assert dev[res.sigma] <= target
+    assert any(s <= res.sigma * (1 + 2 * rtol) and d > target for s, d in res.deviations)
+
+
+def test_a_good_guess_saves_points() -> None:
+    A, _ = quadratic_with_spectrum(LAM, seed=13)
+    target = 0.05
+    avg = average_sharpness(QuadraticObjective(A), [0.1], n_samples=64, seed=0)
+    guess = sigma_guess(avg.means[0], 0.1, loss_increase=target)
+    exact = math.sqrt(2 * target / float(LAM.sum()))
+    assert guess == pytest.approx(exact, rel=0.1)  # the quadratic: E dL = sigma^2/2 tr A
+    ref = pac_bayes_flatness(QuadraticObjective(A), target=target, n_draws=200, seed=4)
+    res = pac_bayes_flatness(QuadraticObjective(A), target=target, n_draws=200, seed=4,
+                             guess=guess)
+    assert res.sigma == pytest.approx(ref.sigma, rel=2e-3)
+    assert res.n_evals < 0.7 * ref.n_evals, (res.n_evals, ref.n_evals)
+
+
+@pytest.mark.parametrize("guess", [1e-3, 1.0])
+def test_a_guess_keeps_the_range_limits(guess) -> None:
+    """sigma' beyond either end of sigma_range is reported unbracketed, guess or not."""
+    A, _ = quadratic_with_spectrum(LAM, seed=13)
+    flat = pac_bayes_flatness(QuadraticObjective(A), target=1e6, n_draws=20, guess=guess)
+    assert not flat.bracketed and flat.sigma == 10.0
+    sharp = pac_bayes_flatness(QuadraticObjective(A), target=1e-14, n_draws=20, guess=guess,
+                               sigma_range=(1e-3, 10.0))
+    assert not sharp.bracketed and sharp.sigma == 1e-3
+
+
+def test_sigma_guess_needs_a_positive_increase() -> None:
+    assert sigma_guess(0.0, 0.05) is None and sigma_guess(float("nan"), 0.05) is None
+    assert sigma_guess(float("inf"), 0.05) is None and sigma_guess(-1.0, 0.05) is None
+    assert sigma_guess(0.3, 0.05) == pytest.approx(0.05)
 
 
 def test_errors() -> None:

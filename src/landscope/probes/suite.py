@@ -56,7 +56,8 @@ from landscope.probes.lanczos import lanczos_eigs, spectral_summary
 from landscope.probes.noise import gradient_noise
 from landscope.probes.probe_data import ProbeData
 from landscope.probes.sharpness import (ModelObjective, average_sharpness, keskar_sharpness,
-                                        pac_bayes_flatness, worst_case_sharpness)
+                                        pac_bayes_flatness, sigma_guess,
+                                        worst_case_sharpness)
 from landscope.probes.trace import deflated_trace, hutchinson
 from landscope.probes.verify import dense_hessian, spectrum
 
@@ -347,6 +348,7 @@ def _sharpness(obj: ModelObjective, cfg: Any, ledger: ProbeLedger) -> dict[str, 
             eps = [float(e) for e in cfg.keskar_epsilons]
             for e, v in zip(eps, keskar_sharpness(obj, eps, seed=cfg.seed).values):
                 out[f"sharpness_keskar_eps{e:g}"] = v
+        guesses: dict[bool, float | None] = {}  # sigma' from the averages (the largest radius)
         for adaptive, name in ((False, "random"), (True, "adaptive")):
             if go(f"average_{name}"):
                 avg = average_sharpness(obj, rhos, adaptive=adaptive,
@@ -355,10 +357,12 @@ def _sharpness(obj: ModelObjective, cfg: Any, ledger: ProbeLedger) -> dict[str, 
                 for r, m, se in zip(rhos, avg.means, avg.stderrs):
                     out[f"sharpness_average_{name}_rho{r:g}"] = m
                     out[f"sharpness_average_{name}_rho{r:g}_stderr"] = se
+                r_max, m_max = max(zip(avg.rhos, avg.means))
+                guesses[adaptive] = sigma_guess(m_max, r_max)
         for aware, name in ((False, "pac_bayes"), (True, "pac_bayes_magnitude")):
             if go(name):
                 pb = pac_bayes_flatness(obj, magnitude_aware=aware, seed=cfg.seed,
-                                        rtol=PAC_BAYES_SIGMA_RTOL)
+                                        rtol=PAC_BAYES_SIGMA_RTOL, guess=guesses.get(aware))
                 out.update({f"{name}_sigma": pb.sigma, f"{name}_measure": pb.measure,
                             f"{name}_bracketed": pb.bracketed})
     if skipped:
