@@ -170,6 +170,15 @@ class JobDir:
 
         return list_checkpoints(self.path / CHECKPOINT_DIR)
 
+    def newest_checkpoint(self) -> Path:
+        """The newest checkpoint file (not read); :class:`FinalCheckpointError` when none."""
+        found = self.checkpoints()
+        if not found:
+            raise FinalCheckpointError(
+                f"{self.name} has no checkpoint",
+                f"it is missing ({self.path / CHECKPOINT_DIR} holds no checkpoint)")
+        return found[0]
+
     def final_checkpoint(self, result: Optional[dict] = None,
                          fallback: bool = False) -> tuple[Path, dict]:
         """``(path, state)`` of the job's final checkpoint: the newest file, which must load
@@ -186,13 +195,9 @@ class JobDir:
         epochs = result.get("epochs_completed")
         if fallback:
             return self._fallback_checkpoint(epochs, result.get("fingerprint"))
-        found = self.checkpoints()
-        if not found:
-            raise FinalCheckpointError(
-                f"{self.name} has no checkpoint",
-                f"it is missing ({self.path / CHECKPOINT_DIR} holds no checkpoint)")
+        path = self.newest_checkpoint()
         try:
-            ckpt = load_checkpoint(found[0])
+            ckpt = load_checkpoint(path)
         except CheckpointError as exc:
             raise FinalCheckpointError(str(exc),
                                        f"it is corrupt ({' '.join(str(exc).split())})") from None
@@ -200,9 +205,9 @@ class JobDir:
             raise FinalCheckpointError(
                 f"{self.name}: newest checkpoint is epoch {ckpt.get('epoch')}, the job "
                 f"completed {epochs}",
-                f"it is missing (the newest checkpoint, {found[0].name}, is of epoch "
+                f"it is missing (the newest checkpoint, {path.name}, is of epoch "
                 f"{ckpt.get('epoch')}; the job completed {epochs})")
-        return found[0], ckpt
+        return path, ckpt
 
     def _fallback_checkpoint(self, epochs: Any, fingerprint: Any) -> tuple[Path, dict]:
         from landscope.checkpoint import checkpoint_path, load_latest
@@ -273,16 +278,19 @@ class Sweep:
     def __str__(self) -> str:
         return str(self.path)
 
-    def job_dirs(self, markers: Iterable[str] = (RESULT_FILE,),
-                 hidden: bool = True) -> list[JobDir]:
+    def job_dirs(self, markers: Iterable[str] = (RESULT_FILE,), hidden: bool = True,
+                 required: bool = False) -> list[JobDir]:
         """The subdirectories that hold any of ``markers`` (:meth:`JobDir.holds`), sorted by
-        path; ``hidden=False`` leaves out those whose name starts with a dot."""
-        if not self.path.is_dir():
-            return []
+        path; ``hidden=False`` leaves out those whose name starts with a dot. ``required``:
+        none is a one-line LandscopeError."""
         markers = tuple(markers)
-        return [JobDir(p) for p in sorted(self.path.iterdir())
-                if p.is_dir() and (hidden or not p.name.startswith("."))
-                and JobDir(p).holds(markers)]
+        found = [JobDir(p) for p in sorted(self.path.iterdir())
+                 if p.is_dir() and (hidden or not p.name.startswith("."))
+                 and JobDir(p).holds(markers)] if self.path.is_dir() else []
+        if required and not found:
+            raise LandscopeError(f"{self.path} holds no job directories "
+                                 f"(no {' or '.join('*/' + m for m in markers)})")
+        return found
 
     def jobs(self, status: Optional[Collection[str]] = None) -> list[JobDir]:
         """The jobs (subdirectories with ``result.json``), only those whose status is in
@@ -304,9 +312,7 @@ def find_jobs(paths: Iterable[str | Path], not_found: str = "{path} is neither a
         if JobDir(p).has_result():
             found = [JobDir(p)]
         elif p.is_dir():
-            found = Sweep(p).job_dirs()
-            if not found:
-                raise LandscopeError(f"{p} holds no job directories (no */{RESULT_FILE})")
+            found = Sweep(p).job_dirs(required=True)
         else:
             raise LandscopeError(not_found.format(path=p))
         for job in found:

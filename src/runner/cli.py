@@ -46,8 +46,7 @@ def input_errors(composing: bool = False) -> Iterator[None]:
     A :class:`~landscope.errors.LandscopeError` is always bad input. With ``composing`` (the
     block composes configs), any other exception is too: Hydra and OmegaConf report an unknown
     key or a wrong type with their own types, in several lines, condensed here to one."""
-    from landscope.errors import LandscopeError
-    from runner.app import one_line
+    from landscope.errors import LandscopeError, one_line
 
     try:
         yield
@@ -98,6 +97,27 @@ def pop_out(args: list[str]) -> Optional[Path]:
     return Path(found[0]) if found else None
 
 
+def job_targets(paths: list[str]) -> list[tuple[Path, Optional[Path]]]:
+    """``(job directory, checkpoint file or None for the final one)`` per command-line path:
+    a checkpoint file of a job (``JOB/checkpoints/<file>``), a job directory or a sweep
+    directory (its jobs); anything else raises a one-line LandscopeError."""
+    from landscope.errors import LandscopeError
+    from landscope.jobdir import CONFIG_FILE, find_jobs
+
+    targets: list[tuple[Path, Optional[Path]]] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_file():
+            if not (p.parent.parent / CONFIG_FILE).is_file():
+                raise LandscopeError(f"{p} is not a checkpoint in a job directory "
+                                     f"(expected JOB/checkpoints/<file> next to JOB/config.yaml)")
+            targets.append((p.parent.parent, p))
+            continue
+        found = find_jobs([p], "{path} is not a job directory, sweep directory or checkpoint file")
+        targets += [(job.path, None) for job in found]
+    return targets
+
+
 # ----------------------------------------------------------------------------- up-front checks
 def check_writable(dirs: Iterable[Path]) -> None:
     """Raise a one-line :class:`~landscope.errors.LandscopeError` naming the first directory
@@ -146,25 +166,6 @@ def _write_problem(d: Path) -> Optional[str]:
     return None
 
 
-def final_checkpoint_problem(job: Path, epochs_completed: Any) -> Optional[str]:
-    """Why the job's final checkpoint (the one of epoch ``epochs_completed``) cannot be used,
-    in words (missing, corrupt, or not the final epoch); None when it loads."""
-    from landscope.checkpoint import list_checkpoints, load_checkpoint
-    from landscope.errors import CheckpointError
-
-    found = list_checkpoints(Path(job) / "checkpoints")
-    if not found:
-        return f"it is missing ({Path(job) / 'checkpoints'} holds no checkpoint)"
-    try:
-        ckpt = load_checkpoint(found[0])
-    except CheckpointError as exc:
-        return f"it is corrupt ({' '.join(str(exc).split())})"
-    if ckpt.get("epoch") != epochs_completed:
-        return (f"it is missing (the newest checkpoint, {found[0].name}, is of epoch "
-                f"{ckpt.get('epoch')}; the job completed {epochs_completed})")
-    return None
-
-
 # ----------------------------------------------------------------------------- configs
 def group_config(group: str, overrides: list[str]):
     """One config group (e.g. ``probe``) composed with ``overrides`` as the runner would."""
@@ -181,12 +182,10 @@ def group_config(group: str, overrides: list[str]):
 def job_config(job: Path, group: str, value):
     """The job's saved config (on the typed schema) with config group ``group`` replaced,
     checked as the runner would check it."""
-    from omegaconf import OmegaConf
-
-    from landscope.config import Config
+    from landscope.jobdir import JobDir
     from landscope.jobs import check_inputs
 
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(job / "config.yaml"))
+    cfg = JobDir(job).config()
     cfg[group] = value
     check_inputs(cfg)
     return cfg
@@ -210,28 +209,28 @@ def update_finished_jobs(plans: Sequence[tuple[Path, Any]], verb: str, purpose: 
     each. Every job is checked first: one not completed or diverged is skipped; one whose
     final checkpoint is missing or corrupt gets one ``error: JOB: no final checkpoint to
     <purpose>: ...`` line and is left alone. Returns how many jobs failed."""
-    from landscope.io import read_json
+    from landscope.jobdir import FinalCheckpointError, JobDir, screen
     from landscope.jobs import COMPLETED, DIVERGED
 
     ready, failed = [], 0
-    for job, cfg in plans:
+    found = screen((JobDir(job) for job, _ in plans), (COMPLETED, DIVERGED))
+    for (job, cfg), s in zip(plans, found):
+        if s.error is not None:
+            print(f"error: {job}: result.json unreadable ({type(s.error).__name__})",
+                  file=sys.stderr)
+            failed += 1
+            continue
+        if not s.ok:
+            print(f"skipped: {job} (status {s.status})")
+            continue
         try:
-            previous = read_json(job / "result.json")
-            status = previous.get("status")
-        except (OSError, ValueError, AttributeError) as exc:
-            print(f"error: {job}: result.json unreadable ({type(exc).__name__})", file=sys.stderr)
+            s.job.final_checkpoint(s.result)
+        except FinalCheckpointError as exc:
+            print(f"error: {job}: no final checkpoint to {purpose}: {exc.problem}",
+                  file=sys.stderr, flush=True)
             failed += 1
             continue
-        if status not in (COMPLETED, DIVERGED):
-            print(f"skipped: {job} (status {status})")
-            continue
-        problem = final_checkpoint_problem(job, previous.get("epochs_completed"))
-        if problem is not None:
-            print(f"error: {job}: no final checkpoint to {purpose}: {problem}", file=sys.stderr,
-                  flush=True)
-            failed += 1
-            continue
-        ready.append((job, cfg, previous))
+        ready.append((job, cfg, s.result))
     for job, cfg, previous in ready:
         failed += not _update_finished_job(job, cfg, previous, verb, shown)
     return failed
@@ -239,9 +238,9 @@ def update_finished_jobs(plans: Sequence[tuple[Path, Any]], verb: str, purpose: 
 
 def _update_finished_job(job: Path, cfg, previous: dict, verb: str,
                          shown: Callable[[dict], dict]) -> bool:
+    from landscope.errors import one_line
     from landscope.joblock import JobLocked
     from landscope.jobs import probe_finished_job
-    from runner.app import one_line
 
     try:
         result = probe_finished_job(cfg, job, previous)
@@ -262,8 +261,7 @@ def run_each(items: Iterable[Any], label: Callable[[Any], str],
     Ctrl-C exits 130 with a hint that the same command resumes. Returns the counts."""
     import time
 
-    from landscope.errors import LandscopeError
-    from runner.app import one_line
+    from landscope.errors import one_line
 
     counts = {"computed": 0, "cached": 0, "failed": 0}
     for item in items:
@@ -275,9 +273,8 @@ def run_each(items: Iterable[Any], label: Callable[[Any], str],
             sys.exit(130)
         except Exception as exc:
             counts["failed"] += 1
-            msg = one_line(exc) if isinstance(exc, LandscopeError) \
-                else f"{type(exc).__name__}: {one_line(exc)}"
-            print(f"failed: {label(item)}: {msg}", file=sys.stderr, flush=True)
+            print(f"failed: {label(item)}: {one_line(exc, typed=True)}", file=sys.stderr,
+                  flush=True)
             continue
         counts[how] += 1
         took = f" ({time.perf_counter() - tic:.1f} s)" if how == "computed" else ""

@@ -43,7 +43,6 @@ before anything is computed): one ``error:`` line on stderr.
 
 from __future__ import annotations
 
-import io
 import itertools
 import logging
 import math
@@ -51,12 +50,11 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from landscope.config import Config
-from landscope.errors import CheckpointError, ConfigError, LandscopeError
+from landscope.errors import ConfigError, LandscopeError
 
 # the landscape settings a connectivity result depends on (its cache key)
 KEYS = ("path_points", "bezier", "bezier_epochs", "bezier_lr", "bn", "data_size", "seed",
@@ -93,10 +91,6 @@ def _validate(s: dict) -> None:
     need(math.isfinite(s["bezier_lr"]) and s["bezier_lr"] > 0, "bezier_lr", "> 0")
 
 
-def _job_config(job: Path) -> DictConfig:
-    return OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(job / "config.yaml"))
-
-
 def _group_key(cfg: DictConfig) -> str:
     from landscope.jobs import fingerprint
 
@@ -113,29 +107,28 @@ def _group_name(job_name: str) -> str:
 def _plan(sweep: Path) -> tuple[list[dict], list[str]]:
     """``(pairs, notes)``: every pair of completed jobs differing only in seed."""
     from landscope.data import check_available
-    from landscope.io import read_json
+    from landscope.jobdir import Sweep, screen
 
     if not sweep.is_dir():
         raise LandscopeError(f"{sweep} is not a sweep directory")
-    jobs = sorted(r.parent for r in sweep.glob("*/result.json"))
-    if not jobs:
-        raise LandscopeError(f"{sweep} holds no job directories (no */result.json)")
     groups: dict[str, list[dict]] = {}
     notes = []
-    for job in jobs:
-        try:
-            result = read_json(job / "result.json")
-            status = result.get("status")
-            if status != "completed":
-                notes.append(f"skipped: {job.name} (status {status})")
-                continue
-            cfg = _job_config(job)
-        except Exception as exc:
-            notes.append(f"skipped: {job.name} (unreadable result.json or config.yaml: "
-                         f"{type(exc).__name__})")
+    for s in screen(Sweep(sweep).job_dirs(required=True), ("completed",)):
+        error = s.error
+        if s.ok:
+            try:
+                cfg = s.job.config()
+            except Exception as exc:  # noqa: BLE001 - a note, the other jobs still pair
+                error = exc
+        if error is not None:
+            notes.append(f"skipped: {s.job.name} (unreadable result.json or config.yaml: "
+                         f"{type(error).__name__})")
+            continue
+        if not s.ok:
+            notes.append(f"skipped: {s.job.name} (status {s.status})")
             continue
         groups.setdefault(_group_key(cfg), []).append(
-            {"dir": job, "name": job.name, "cfg": cfg, "result": result})
+            {"job": s.job, "name": s.job.name, "cfg": cfg, "result": s.result})
     pairs, names = [], set()
     for key, members in groups.items():
         if len(members) < 2:
@@ -155,26 +148,7 @@ def _plan(sweep: Path) -> tuple[list[dict], list[str]]:
     return pairs, notes
 
 
-def _newest_checkpoint(job: Path) -> Path:
-    from landscope.checkpoint import list_checkpoints
-
-    found = list_checkpoints(job / "checkpoints")
-    if not found:
-        raise CheckpointError(f"{job.name} has no checkpoint")
-    return found[0]
-
-
-def _final_state(job: dict, path: Path) -> dict:
-    from landscope.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(path)
-    if ckpt.get("epoch") != job["result"].get("epochs_completed"):
-        raise CheckpointError(f"{job['name']}: newest checkpoint is epoch {ckpt.get('epoch')}, "
-                              f"the job completed {job['result'].get('epochs_completed')}")
-    return ckpt
-
-
-def _connect(pair: dict, settings: dict, ckpts: tuple[Path, Path]) -> tuple[dict, dict]:
+def _connect(pair: dict, settings: dict) -> tuple[dict, dict]:
     """Compute one pair: ``(record for the JSON file, arrays for the npz)``."""
     import numpy as np
     import torch
@@ -182,14 +156,15 @@ def _connect(pair: dict, settings: dict, ckpts: tuple[Path, Path]) -> tuple[dict
     from landscope.geometry.connectivity import (bezier_path, linear_path, path_ts,
                                                  train_bezier)
     from landscope.geometry.space import ParamSpace
-    from landscope.jobs import _model_from_state, default_threads
+    from landscope.jobs import default_threads
     from landscope.models import count_parameters
     from landscope.probes.probe_data import ProbeData
 
     a, b = pair["a"], pair["b"]
-    state_a, state_b = _final_state(a, ckpts[0]), _final_state(b, ckpts[1])
-    model_a, data = _model_from_state(a["cfg"], state_a["model"])
-    model_b, _ = _model_from_state(b["cfg"], state_b["model"])
+    _, state_a = a["job"].final_checkpoint(a["result"])
+    _, state_b = b["job"].final_checkpoint(b["result"])
+    model_a, data = a["job"].load_model(state_a["model"], a["cfg"])
+    model_b, _ = b["job"].load_model(state_b["model"], b["cfg"])
     torch.set_num_threads(default_threads(count_parameters(model_a)))
     torch.use_deterministic_algorithms(True, warn_only=True)
     s = settings
@@ -228,18 +203,6 @@ def _connect(pair: dict, settings: dict, ckpts: tuple[Path, Path]) -> tuple[dict
     return {**record, "scalars": scalars}, arrays
 
 
-def _cached(path: Path, key: dict) -> Optional[dict]:
-    from landscope.io import read_json
-
-    try:
-        record = read_json(path)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or not path.with_suffix(".npz").is_file():
-        return None
-    return record if all(record.get(k) == v for k, v in key.items()) else None
-
-
 def _summary(scalars: dict) -> str:
     """Barriers (mean-of-endpoints / interpolation conventions) of train loss, test error."""
     parts = []
@@ -254,30 +217,22 @@ def _summary(scalars: dict) -> str:
 
 def run_pair(pair: dict, settings: dict, out_dir: Path) -> tuple[str, dict]:
     """Connect one pair (or read its cached result): ``("computed"|"cached", record)``."""
-    import numpy as np
-
     from landscope.checkpoint import payload_digest
-    from landscope.io import atomic_write_bytes, write_json
+    from landscope.jobdir import Cache
 
-    ckpts = (_newest_checkpoint(pair["a"]["dir"]), _newest_checkpoint(pair["b"]["dir"]))
+    ckpts = (pair["a"]["job"].newest_checkpoint(), pair["b"]["job"].newest_checkpoint())
     key = {"checkpoint_a": payload_digest(ckpts[0]), "checkpoint_b": payload_digest(ckpts[1]),
            "landscape": settings}
-    stem = out_dir / pair["group"] / f"{pair['a']['name']}__{pair['b']['name']}"
-    json_path = stem.with_name(stem.name + ".json")
-    cached = _cached(json_path, key)
+    cache = Cache(out_dir / pair["group"], f"{pair['a']['name']}__{pair['b']['name']}")
+    cached = cache.read(key, npz="present")
     if cached is not None:
         return "cached", cached
     tic = time.perf_counter()
-    record, arrays = _connect(pair, settings, ckpts)
+    record, arrays = _connect(pair, settings)
     record = {"group": pair["group"], "job_a": pair["a"]["name"], "job_b": pair["b"]["name"],
               "seed_a": int(pair["a"]["cfg"].seed), "seed_b": int(pair["b"]["cfg"].seed),
-              **key, **record, "arrays": sorted(arrays),
-              "wall_time_s": time.perf_counter() - tic}
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    atomic_write_bytes(stem.with_name(stem.name + ".npz"), buf.getvalue())
-    write_json(json_path, record)  # last: its presence marks a complete result
-    return "computed", record
+              **key, **record, "wall_time_s": time.perf_counter() - tic}
+    return "computed", cache.write(record, arrays)
 
 
 def main(argv: list[str] | None = None) -> None:

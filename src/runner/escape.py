@@ -63,12 +63,11 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, List, Optional
 
 from omegaconf import OmegaConf
 
-from landscope.errors import CheckpointError, ConfigError, LandscopeError
+from landscope.errors import ConfigError, LandscopeError
 
 PREFIX = "escape."
 RESULTS_DIR = "escape"
@@ -178,64 +177,22 @@ def settings_fingerprint(settings: dict) -> str:
 
 
 # --------------------------------------------------------------------------- jobs
-def find_jobs(paths: list[str]) -> tuple[list[dict], list[str]]:
+def completed_jobs(paths: list[str]) -> tuple[list[dict], list[str]]:
     """``(jobs, notes)``: the completed jobs under ``paths`` (each a sweep directory, whose
     ``*/result.json`` are its jobs, or a job directory)."""
-    from landscope.io import read_json
+    from landscope.jobdir import find_jobs, screen
 
-    dirs: list[Path] = []
-    for raw in paths:
-        p = Path(raw)
-        if (p / "result.json").is_file():
-            dirs.append(p)
-        elif p.is_dir():
-            found = sorted(r.parent for r in p.glob("*/result.json"))
-            if not found:
-                raise LandscopeError(f"{p} holds no job directories (no */result.json)")
-            dirs += found
+    jobs, notes = [], []
+    for s in screen(find_jobs(paths, unique=True), ("completed",)):
+        if s.error is not None:
+            notes.append(f"skipped: {s.job} (unreadable result.json: {type(s.error).__name__})")
+        elif not s.ok:
+            notes.append(f"skipped: {s.job} (status {s.status})")
         else:
-            raise LandscopeError(f"{p} is neither a sweep nor a job directory")
-    jobs, notes, seen = [], [], set()
-    for job in dirs:
-        if job.resolve() in seen:
-            continue
-        seen.add(job.resolve())
-        try:
-            result = read_json(job / "result.json")
-            status = result.get("status")
-        except (OSError, ValueError, AttributeError) as exc:
-            notes.append(f"skipped: {job} (unreadable result.json: {type(exc).__name__})")
-            continue
-        if status != "completed":
-            notes.append(f"skipped: {job} (status {status})")
-            continue
-        jobs.append({"dir": job, "name": job.name, "result": result})
+            jobs.append({"job": s.job, "name": s.job.name, "result": s.result})
     if not jobs:
         raise LandscopeError(f"no completed jobs in {' '.join(paths)}")
     return jobs, notes
-
-
-def _final_checkpoint(job: dict) -> tuple[Path, dict]:
-    from landscope.checkpoint import list_checkpoints, load_checkpoint
-
-    found = list_checkpoints(job["dir"] / "checkpoints")
-    if not found:
-        raise CheckpointError(f"{job['name']} has no checkpoint")
-    ckpt = load_checkpoint(found[0])
-    if ckpt.get("epoch") != job["result"].get("epochs_completed"):
-        raise CheckpointError(f"{job['name']}: newest checkpoint is epoch {ckpt.get('epoch')}, "
-                              f"the job completed {job['result'].get('epochs_completed')}")
-    return found[0], ckpt
-
-
-def _read(path: Path) -> Optional[dict]:
-    from landscope.io import read_json
-
-    try:
-        record = read_json(path)
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
 
 
 def _cell_key(lr: float, b: int, seed: int, noise: str = "sgd") -> tuple:
@@ -251,8 +208,8 @@ def _probe_arrays(job: dict) -> dict:
     import numpy as np
 
     pfp = job["result"].get("probe_fingerprint")
-    path = job["dir"] / "probes" / f"{pfp}.npz"
-    if not pfp or not path.is_file():
+    path = job["job"].cache("probes", pfp).npz_path if pfp else None
+    if path is None or not path.is_file():
         return {}
     with np.load(path) as z:
         return {k: z[k] for k in z.files}
@@ -304,18 +261,18 @@ def _noise_inputs(job: dict, settings: dict, model, data) -> dict:
     return out
 
 
-def run_job(job: dict, settings: dict) -> tuple[str, dict]:
+def continue_job(job: dict, settings: dict) -> tuple[str, dict]:
     """Every continuation of one job (resuming a partial file): ``("computed"|"cached",
     record)``."""
-    from landscope.checkpoint import list_checkpoints, payload_digest
+    from landscope.checkpoint import payload_digest
 
     fp = settings_fingerprint(settings)
-    path = job["dir"] / RESULTS_DIR / f"{fp}.json"
-    newest = list_checkpoints(job["dir"] / "checkpoints")
+    cache = job["job"].cache(RESULTS_DIR, fp)
+    newest = job["job"].checkpoints()
     digest = payload_digest(newest[0]) if newest else None
-    previous = _read(path)
-    if previous is not None and previous.get("checkpoint_sha256") == digest and \
-            previous.get("settings") == settings and digest is not None:
+    previous = cache.read({"checkpoint_sha256": digest, "settings": settings}, npz="none") \
+        if digest is not None else None
+    if previous is not None:
         if previous.get("complete"):
             return "cached", previous
         done = {_cell_key(r.get("requested_lr", r["lr"]), r["requested_batch_size"], r["seed"],
@@ -323,17 +280,13 @@ def run_job(job: dict, settings: dict) -> tuple[str, dict]:
     else:
         done = {}
     import torch
-    from omegaconf import OmegaConf as OC
 
-    from landscope.config import Config
     from landscope.escape import EscapeRule, run_escape
-    from landscope.io import write_json
-    from landscope.jobs import _model_from_state, default_threads
+    from landscope.jobs import default_threads
     from landscope.models import count_parameters
 
-    ckpt_path, ckpt = _final_checkpoint(job)
-    cfg = OC.merge(OC.structured(Config), OC.load(job["dir"] / "config.yaml"))
-    model, data = _model_from_state(cfg, ckpt["model"])
+    ckpt_path, ckpt = job["job"].final_checkpoint(job["result"])
+    model, data = job["job"].load_model(ckpt["model"])
     torch.set_num_threads(default_threads(count_parameters(model)))  # CPU: deterministic
     rule = EscapeRule(delta_abs=settings["delta_abs"], delta_rel=settings["delta_rel"],
                       confirm=settings["confirm"], radius=settings["radius"])
@@ -372,10 +325,10 @@ def run_job(job: dict, settings: dict) -> tuple[str, dict]:
                     runs.append(row)
                     fresh = True
                 if fresh:
-                    write_json(path, {**record, "runs": runs,
-                                      "wall_time_s": time.perf_counter() - tic})
+                    cache.write({**record, "runs": runs,
+                                 "wall_time_s": time.perf_counter() - tic})
     record.update(runs=runs, complete=True, wall_time_s=time.perf_counter() - tic)
-    write_json(path, record)
+    cache.write(record)
     return "computed", record
 
 
@@ -396,12 +349,12 @@ def main(argv: list[str] | None = None) -> None:
         if not paths:
             raise LandscopeError("expected at least one sweep or job directory")
         settings = escape_config(overrides)
-        jobs, notes = find_jobs(paths)
-        check_writable(job["dir"] / RESULTS_DIR for job in jobs)
+        jobs, notes = completed_jobs(paths)
+        check_writable(job["job"].path / RESULTS_DIR for job in jobs)
     for note in notes:
         print(note, flush=True)
     fp = settings_fingerprint(settings)
-    counts = run_each(jobs, lambda job: str(job["dir"]), lambda job: run_job(job, settings),
+    counts = run_each(jobs, lambda job: str(job["job"]), lambda job: continue_job(job, settings),
                       _summary)
     print(f"{len(jobs)} jobs: {counts['computed']} computed, {counts['cached']} cached, "
           f"{counts['failed']} failed (results in <job>/{RESULTS_DIR}/{fp}.json)")

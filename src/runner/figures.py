@@ -18,15 +18,16 @@ from pathlib import Path
 def _targets(paths: list[str]) -> tuple[list[Path], list[Path]]:
     """``(job directories, sweep directories)``."""
     from landscope.errors import LandscopeError
+    from landscope.jobdir import JobDir, Sweep
 
     jobs: list[Path] = []
     sweeps: list[Path] = []
     for raw in paths:
         p = Path(raw)
-        if (p / "result.json").is_file():
+        if JobDir(p).has_result():
             jobs.append(p)
-        elif p.is_dir() and (any(p.glob("*/result.json")) or (p / "connectivity").is_dir()):
-            jobs.extend(sorted(r.parent for r in p.glob("*/result.json")))
+        elif (found := Sweep(p).job_dirs()) or (p / "connectivity").is_dir():
+            jobs.extend(job.path for job in found)
             sweeps.append(p)
         else:
             raise LandscopeError(f"{p} is not a job directory or a sweep directory")
@@ -44,16 +45,8 @@ def _outputs(jobs: list[Path], sweeps: list[Path], out: Path | None) -> list[Pat
     return dirs
 
 
-def _failure(exc: Exception) -> str:
-    from landscope.errors import LandscopeError
-    from runner.app import one_line
-
-    return one_line(exc) if isinstance(exc, LandscopeError) else \
-        f"{type(exc).__name__}: {one_line(exc)}"
-
-
 def main(argv: list[str] | None = None) -> None:
-    from landscope.errors import LandscopeError
+    from landscope.errors import LandscopeError, one_line
     from landscope.plots import connectivity_figures, job_figures
     from runner.cli import arguments, check_writable, input_errors, pop_out
 
@@ -70,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
             written = job_figures(job, None if out is None else out / job.name)
         except Exception as exc:  # noqa: BLE001 - report and go on with the others
             failed += 1
-            print(f"failed: {job}: {_failure(exc)}", file=sys.stderr)
+            print(f"failed: {job}: {one_line(exc, typed=True)}", file=sys.stderr)
             continue
         print(f"drew: {job} ({len(written)} figures)")
     for sweep in sweeps:
@@ -78,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
             written = connectivity_figures(sweep, None if out is None else out / "connectivity")
         except Exception as exc:  # noqa: BLE001
             failed += 1
-            print(f"failed: {sweep}/connectivity: {_failure(exc)}", file=sys.stderr)
+            print(f"failed: {sweep}/connectivity: {one_line(exc, typed=True)}", file=sys.stderr)
             continue
         if written:
             print(f"drew: {sweep}/connectivity ({len(written)} figures)")

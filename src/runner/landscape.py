@@ -21,7 +21,6 @@ import logging
 import sys
 
 from landscope.errors import LandscopeError
-from runner.probe import _job_dirs
 
 
 def _shown(scalars: dict) -> dict:
@@ -33,7 +32,8 @@ def _shown(scalars: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     from runner.cli import (arguments, check_writable, finished_job_outputs, group_config,
-                            input_errors, job_config, paths_and_overrides, update_finished_jobs)
+                            input_errors, job_config, job_targets, paths_and_overrides,
+                            update_finished_jobs)
 
     args = arguments(argv, __doc__)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
         bad = [o for o in overrides if not o.lstrip("+~").startswith("landscape")]
         if bad:
             raise LandscopeError(f"only landscape overrides are accepted here (got {bad[0]})")
-        jobs = _job_dirs(paths)
+        jobs = job_targets(paths)
         if any(ckpt is not None for _, ckpt in jobs):
             raise LandscopeError("give job or sweep directories (the landscape of a single "
                                  "checkpoint file is not supported)")

@@ -39,28 +39,6 @@ from typing import Any, Iterator
 from landscope.errors import LandscopeError
 
 
-def _job_dirs(paths: list[str]) -> list[tuple[Path, Path | None]]:
-    """``(job directory, checkpoint file or None for the final one)`` per target."""
-    dirs: list[tuple[Path, Path | None]] = []
-    for raw in paths:
-        p = Path(raw)
-        if p.is_file():
-            if not (p.parent.parent / "config.yaml").is_file():
-                raise LandscopeError(f"{p} is not a checkpoint in a job directory "
-                                     f"(expected JOB/checkpoints/<file> next to JOB/config.yaml)")
-            dirs.append((p.parent.parent, p))
-        elif (p / "result.json").is_file():
-            dirs.append((p, None))
-        elif p.is_dir():
-            found = sorted(r.parent for r in p.glob("*/result.json"))
-            if not found:
-                raise LandscopeError(f"{p} holds no job directories (no */result.json)")
-            dirs.extend((d, None) for d in found)
-        else:
-            raise LandscopeError(f"{p} is not a job directory, sweep directory or checkpoint file")
-    return dirs
-
-
 def _shown(probes: dict) -> dict:
     return {k: probes[k] for k in ("lambda_max", "trace", "hvps") if k in probes}
 
@@ -174,7 +152,7 @@ def _plans(args: list[str], rank: int) -> tuple[list[Plan], str | None]:
     fingerprint; exits 2 on bad input (rank 0 alone checks that the jobs can be written)."""
     from landscope.jobs import probe_fingerprint
     from runner.cli import (check_writable, finished_job_outputs, group_config, input_errors,
-                            job_config, paths_and_overrides)
+                            job_config, job_targets, paths_and_overrides)
 
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(message)s")
@@ -182,7 +160,7 @@ def _plans(args: list[str], rank: int) -> tuple[list[Plan], str | None]:
     if not any(o.startswith("probe=") for o in overrides):
         overrides.insert(0, "probe=standard")
     with input_errors(composing=True):
-        jobs = _job_dirs(paths)
+        jobs = job_targets(paths)
         probe_cfg = group_config("probe", overrides)
         if str(getattr(probe_cfg.name, "value", probe_cfg.name)) == "none":
             raise LandscopeError("probe=none switches every probe off; choose probe=basic, "
@@ -198,8 +176,8 @@ def _plans(args: list[str], rank: int) -> tuple[list[Plan], str | None]:
 
 def _probe(plans: list[Plan], pfp: str | None) -> int:
     """Probe every plan (finished jobs first, then checkpoint files); the exit code."""
+    from landscope.errors import one_line
     from landscope.jobs import probe_checkpoint
-    from runner.app import one_line
     from runner.cli import update_finished_jobs
 
     failed = update_finished_jobs([(job, cfg) for job, ckpt, cfg in plans if ckpt is None],
