@@ -54,12 +54,11 @@ def test_basic_landscape_results_contract(compose, tmp_path):
 def test_centre_equals_an_independent_evaluation(compose, tmp_path):
     """The slice centre is the final model's exact mean loss on the seeded subset."""
     from landscope.data import load_data
-    from landscope.jobs import _model_from_state
-    from landscope.checkpoint import load_latest
+    from landscope.jobdir import JobDir
 
     cfg = _cfg(compose, "landscape=basic", "train.epochs=1")
     result = train_job(cfg, tmp_path, [])
-    model, data = _model_from_state(cfg, load_latest(tmp_path / "checkpoints")["model"])
+    model, data = JobDir(tmp_path).load_model()
     sub = ProbeData.from_split(load_data(cfg.dataset).train, 64, cfg.landscape.seed, 2048)
     x, y = sub.batches[0]
     with torch.no_grad():

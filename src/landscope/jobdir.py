@@ -147,15 +147,16 @@ class JobDir:
         """``result.json`` as parsed (OSError when unreadable, ValueError when not JSON)."""
         return read_json(self.path / RESULT_FILE)
 
-    def config(self):
+    def config(self, typed: bool = True):
         """The job's config on the typed schema (:class:`landscope.config.Config` merged
-        with its ``config.yaml``, so fields added since keep their defaults)."""
+        with its ``config.yaml``, so fields added since keep their defaults); ``typed=False``:
+        the file as OmegaConf loads it, untouched by the schema."""
         from omegaconf import OmegaConf
 
         from landscope.config import Config
 
-        return OmegaConf.merge(OmegaConf.structured(Config),
-                               OmegaConf.load(self.path / CONFIG_FILE))
+        saved = OmegaConf.load(self.path / CONFIG_FILE)
+        return OmegaConf.merge(OmegaConf.structured(Config), saved) if typed else saved
 
     def saved_config(self) -> Any:
         """``config.yaml`` as plain data, as written (YAML's safe loader; None for an empty
@@ -301,18 +302,21 @@ class Sweep:
 
 
 def find_jobs(paths: Iterable[str | Path], not_found: str = "{path} is neither a sweep nor a "
-              "job directory", unique: bool = False) -> list[JobDir]:
-    """The jobs of command-line paths, each a job directory (it holds ``result.json``) or a
-    sweep directory (its jobs; LandscopeError when it has none). Anything else raises
-    LandscopeError(``not_found`` with ``{path}``). ``unique``: a job named twice is listed once."""
+              "job directory", unique: bool = False, markers: Iterable[str] = (RESULT_FILE,),
+              hidden: bool = True, required: bool = True) -> list[JobDir]:
+    """The jobs of command-line paths, each a job directory (it holds any of ``markers``) or
+    a sweep directory (its jobs, :meth:`Sweep.job_dirs`; with ``required``, none is a
+    LandscopeError). Anything else raises LandscopeError(``not_found`` with ``{path}``).
+    ``unique``: a job named twice is listed once."""
+    markers = tuple(markers)
     out: list[JobDir] = []
     seen: set[Path] = set()
     for raw in paths:
         p = Path(raw)
-        if JobDir(p).has_result():
+        if JobDir(p).holds(markers):
             found = [JobDir(p)]
         elif p.is_dir():
-            found = Sweep(p).job_dirs(required=True)
+            found = Sweep(p).job_dirs(markers, hidden, required)
         else:
             raise LandscopeError(not_found.format(path=p))
         for job in found:

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _sources(args: list[str]) -> list[Path]:
     """The sweep or job directories to report on, each checked to hold at least one job."""
-    from landscope.analysis.collect import find_jobs
+    from landscope.analysis.collect import job_dirs
     from landscope.errors import LandscopeError
 
     if not args:
@@ -72,7 +72,7 @@ def _sources(args: list[str]) -> list[Path]:
     for p in paths:
         if not p.is_dir():
             raise LandscopeError(f"{p} is not a sweep or job directory")
-        if not find_jobs(p):
+        if not job_dirs(p):
             raise LandscopeError(f"{p} holds no jobs (no directory below it has result.json "
                                  "or config.yaml)")
     return paths
@@ -97,13 +97,13 @@ def _tracked_logger(paths: list[Path], flag):
         return None
     from omegaconf import OmegaConf
 
-    from landscope.analysis.collect import find_jobs
+    from landscope.analysis.collect import job_dirs
     from landscope.config import LoggerConfig
 
     for path in paths:
-        for job in find_jobs(path):
+        for job in job_dirs(path):
             try:
-                logger = OmegaConf.load(job / "config.yaml").get("logger")
+                logger = job.config(typed=False).get("logger")
             except Exception:  # noqa: BLE001 - an unreadable config is the report's business
                 continue
             if logger is not None and str(logger.get("name")) == "wandb":

@@ -37,7 +37,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from landscope.io import atomic_write_bytes, atomic_write_text, read_json, write_json
+from landscope.io import atomic_write_bytes, atomic_write_text, write_json
+from landscope.jobdir import CONFIG_FILE, JOB_MARKERS, RESULT_FILE, JobDir, find_jobs
 
 # The statuses of landscope.jobs (kept in step with it by tests/test_analysis_collect.py;
 # not imported, because importing landscope.jobs loads torch).
@@ -45,10 +46,6 @@ COMPLETED, DIVERGED, FAILED = "completed", "diverged", "failed"
 INCOMPLETE = "incomplete"  # a job directory without result.json (running, killed, never finished)
 UNREADABLE = "unreadable"  # result.json that is not valid JSON or not an object
 
-RESULT_FILE = "result.json"
-# Files or folders that mark a directory as a job directory.
-_JOB_MARKERS = ("result.json", "config.yaml", "overrides.yaml", "metrics.jsonl", "checkpoints",
-                "traceback.txt")
 # Config groups whose names the measured scalars use; their config keys get a "config." prefix.
 _PREFIXED_GROUPS = ("probe", "landscape")
 # Config keys that never count as swept hyperparameters: seeds and bookkeeping that do not
@@ -101,35 +98,32 @@ def _scalar(value: Any) -> Any:
     return str(value)  # enums and anything else
 
 
-def find_jobs(path: str | os.PathLike) -> list[Path]:
-    """The job directories of a sweep directory (sorted), or ``[path]`` for a job directory."""
+def job_dirs(path: str | os.PathLike) -> list[JobDir]:
+    """The job directories collected from ``path``: ``[path]`` when it is one (it holds any
+    of :data:`~landscope.jobdir.JOB_MARKERS`, whatever became of the job), else those below it
+    (sorted; hidden directories left out)."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"no such directory: {path}")
-    if _is_job_dir(path):
-        return [path]
-    return sorted(p for p in path.iterdir()
-                  if p.is_dir() and not p.name.startswith(".") and _is_job_dir(p))
+    return find_jobs([path], markers=JOB_MARKERS, hidden=False, required=False)
 
 
-def _is_job_dir(path: Path) -> bool:
-    return any((path / marker).exists() for marker in _JOB_MARKERS)
-
-
-def _read_config(job: Path) -> tuple[dict[str, Any], str | None]:
-    """The flattened config.yaml of a job (and a note when it is missing or unreadable)."""
-    path = job / "config.yaml"
-    if not path.is_file():
-        return {}, "no config.yaml"
+def config_columns(job: JobDir) -> tuple[dict[str, Any] | None, str | None]:
+    """``(columns, note)``: the job's flattened config.yaml, its groups ``probe`` and
+    ``landscape`` prefixed ``config.``; columns None for an empty file (no note) or, with a
+    note saying why, for a missing or unreadable one."""
+    if not (job.path / CONFIG_FILE).is_file():
+        return None, "no config.yaml"
     try:
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(cfg, dict):
+        cfg = job.saved_config()
+        if cfg and not isinstance(cfg, dict):
             raise ValueError("not a mapping")
     except Exception as exc:  # noqa: BLE001 - reported, not raised
-        return {}, f"unreadable config.yaml: {type(exc).__name__}: {exc}"
-    flat = flatten(cfg)
+        return None, f"unreadable config.yaml: {type(exc).__name__}: {exc}"
+    if not isinstance(cfg, dict):  # an empty file
+        return None, None
     return {(f"config.{k}" if k.split(".")[0] in _PREFIXED_GROUPS else k): v
-            for k, v in flat.items()}, None
+            for k, v in flatten(cfg).items()}, None
 
 
 def _read_overrides(job: Path, result: dict | None) -> str | None:
@@ -144,16 +138,16 @@ def _read_overrides(job: Path, result: dict | None) -> str | None:
     return None
 
 
-def _job_row(job: Path, sweep: str) -> dict[str, Any]:
-    row: dict[str, Any] = {"sweep": sweep, "job": job.name, "path": str(job.resolve())}
-    config, config_note = _read_config(job)
+def _job_row(job: JobDir, sweep: str) -> dict[str, Any]:
+    row: dict[str, Any] = {"sweep": sweep, "job": job.name, "path": str(job.path.resolve())}
+    config, config_note = config_columns(job)
+    config = config or {}
     result: dict | None = None
-    result_path = job / RESULT_FILE
-    if not result_path.exists():
+    if not (job.path / RESULT_FILE).exists():
         status, reason = INCOMPLETE, "no result.json"
     else:
         try:
-            result = read_json(result_path)
+            result = job.result()
             if not isinstance(result, dict):
                 raise ValueError(f"expected a JSON object, got {type(result).__name__}")
             if "status" not in result:
@@ -181,7 +175,7 @@ def _job_row(job: Path, sweep: str) -> dict[str, Any]:
                seed=result.get("seed", config.get("seed")),
                n_params=result.get("n_params"), wall_time_s=result.get("wall_time_s"),
                epochs_completed=result.get("epochs_completed"),
-               overrides=_read_overrides(job, result))
+               overrides=_read_overrides(job.path, result))
     final = result.get("final") if isinstance(result.get("final"), dict) else {}
     for key in _FINAL_KEYS:
         row[f"final.{key}"] = final.get(key)
@@ -249,21 +243,21 @@ def collect(sweep_dirs: Iterable[str | os.PathLike] | str | os.PathLike) -> Coll
     """Collect sweep directories (or single job directories) into a :class:`Collection`."""
     if isinstance(sweep_dirs, (str, os.PathLike)):
         sweep_dirs = [sweep_dirs]
-    rows, sources, config_columns, seen = [], [], {}, set()
+    rows, sources, columns, seen = [], [], {}, set()
     for sweep_dir in sweep_dirs:
         sweep_dir = Path(sweep_dir)
-        jobs = find_jobs(sweep_dir)
-        single = jobs == [sweep_dir]
+        jobs = job_dirs(sweep_dir)
+        single = jobs == [JobDir(sweep_dir)]
         sweep = (sweep_dir.resolve().parent if single else sweep_dir.resolve()).name
         sources.append(str(sweep_dir))
         for job in jobs:
-            if job.resolve() in seen:  # the same job named twice
+            if job.path.resolve() in seen:  # the same job named twice
                 continue
-            seen.add(job.resolve())
-            config, _ = _read_config(job)
-            config_columns.update(dict.fromkeys(config))
-            rows.append(_job_row(job, sweep))
-    jobs = pd.DataFrame(rows, columns=_column_order(rows, config_columns))
+            seen.add(job.path.resolve())
+            row = _job_row(job, sweep)
+            columns.update(dict.fromkeys(config_columns(job)[0] or {}))
+            rows.append(row)
+    jobs = pd.DataFrame(rows, columns=_column_order(rows, columns))
     if len(jobs):
         jobs["included"] = jobs["included"].astype(bool)
         for col in ("final.test_acc", "final.train_acc"):
@@ -274,7 +268,7 @@ def collect(sweep_dirs: Iterable[str | os.PathLike] | str | os.PathLike) -> Coll
                 .reset_index(drop=True) if len(jobs)
                 else pd.DataFrame(columns=["sweep", "job", "status", "reason", "path"]))
     counts = {str(k): int(v) for k, v in jobs["status"].value_counts().items()} if len(jobs) else {}
-    swept = swept_keys(jobs, [c for c in config_columns if c in jobs]) if len(jobs) else []
+    swept = swept_keys(jobs, [c for c in columns if c in jobs]) if len(jobs) else []
     return Collection(jobs=jobs, excluded=excluded, counts=counts, swept=swept, sources=sources)
 
 

@@ -15,6 +15,7 @@ from typing import Any, Optional
 import pandas as pd
 
 from landscope.errors import LandscopeError
+from landscope.jobdir import JobDir, Sweep
 
 ESCAPE_DIR = "escape"  # <job>/escape/<settings fingerprint>.json (runner.escape)
 ROW_COLUMNS = ["sweep", "job", "settings", "seed", "job_seed", "n_params", "lr", "batch_size",
@@ -34,23 +35,26 @@ def is_noise_comparison(rec: dict) -> bool:
     return _noise_list(rec) != ["sgd"]
 
 
-def _job_dirs(path: Path) -> list[Path]:
-    if (path / ESCAPE_DIR).is_dir() and (path / "result.json").is_file():
-        return [path]
-    return sorted({p.parent.parent for p in path.glob(f"*/{ESCAPE_DIR}/*.json")})
+def escape_jobs(path: Path) -> list[JobDir]:
+    """The jobs with escape results: ``[path]`` when it is such a job directory (it holds
+    ``result.json`` and ``escape/``), else those below it holding ``escape/*.json``."""
+    job = JobDir(path)
+    if job.holds((ESCAPE_DIR,)) and job.has_result():
+        return [job]
+    return Sweep(path).job_dirs((f"{ESCAPE_DIR}/*.json",))
 
 
 def has_escapes(path: str | Path) -> bool:
     """True when ``path`` (a sweep or a job directory) holds escape results."""
     path = Path(path)
-    return any((j / ESCAPE_DIR).glob("*.json") for j in _job_dirs(path)) if path.is_dir() \
-        else False
+    return any((j.path / ESCAPE_DIR).glob("*.json") for j in escape_jobs(path)) \
+        if path.is_dir() else False
 
 
-def _probe_scalars(job: Path) -> tuple[dict[str, Any], Optional[int]]:
+def _probe_scalars(job: JobDir) -> tuple[dict[str, Any], Optional[int]]:
     """``({probe.* scalars, n_params}, seed)`` of a job's ``result.json``."""
     try:
-        result = json.loads((job / "result.json").read_text(encoding="utf-8"))
+        result = job.result()
     except (OSError, ValueError):
         return {}, None
     probes = result.get("probes") if isinstance(result, dict) else None
@@ -88,8 +92,8 @@ def load_escapes(sweep_dir: str | Path, settings: Optional[str] = None) -> pd.Da
     Incomplete files (an interrupted run) are left out and noted.  Raises
     :class:`LandscopeError` when there are no escape results."""
     root = Path(sweep_dir)
-    jobs = _job_dirs(root) if root.is_dir() else []
-    files = [(job, p) for job in jobs for p in sorted((job / ESCAPE_DIR).glob("*.json"))]
+    jobs = escape_jobs(root) if root.is_dir() else []
+    files = [(job, p) for job in jobs for p in sorted((job.path / ESCAPE_DIR).glob("*.json"))]
     if not files:
         raise LandscopeError(f"no escape results in {root}: run python -m runner.escape "
                              f"{root} first")

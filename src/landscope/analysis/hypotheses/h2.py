@@ -108,10 +108,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import yaml
 from scipy import stats
 
-from landscope.analysis.collect import _NOT_SWEPT, _NOT_SWEPT_PREFIXES, flatten
+from landscope.analysis.collect import _NOT_SWEPT, _NOT_SWEPT_PREFIXES, config_columns
 from landscope.analysis.doc import short as _fmt
 from landscope.analysis.hypotheses.paired import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED,
                                                   holm, paired_rank_stats, sign_flip_p)
@@ -119,6 +118,7 @@ from landscope.analysis.hypotheses.pairing import (as_number, check_columns, fac
                                                    h2_comparisons, other_level, pair_jobs,
                                                    resolve_level, side_names)
 from landscope.errors import LandscopeError
+from landscope.jobdir import JobDir
 
 MEASURES = ("probe.lambda_max", "probe.trace", "probe.density_n_outliers",
             "probe.density_outlier_mass")
@@ -524,22 +524,11 @@ def h2_table(results: Sequence[H2Result]) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- barriers
-def _config(job_dir: Path) -> dict[str, Any] | None:
-    try:
-        cfg = yaml.safe_load((job_dir / "config.yaml").read_text(encoding="utf-8"))
-    except Exception:  # noqa: BLE001 - reported as a reason
-        return None
-    if not isinstance(cfg, dict):
-        return None
-    flat = flatten(cfg)
-    return {(f"config.{k}" if k.split(".")[0] in ("probe", "landscape") else k): v
-            for k, v in flat.items()}
-
-
 def _cached_config(sweep_dir: Path, job: str, cache: dict[str, dict[str, Any] | None]
                    ) -> dict[str, Any] | None:
+    """The job's config columns (None when its config.yaml is missing, unreadable or empty)."""
     if job not in cache:
-        cache[job] = _config(sweep_dir / job)
+        cache[job] = config_columns(JobDir(sweep_dir / job))[0]
     return cache[job]
 
 

@@ -58,7 +58,7 @@ import pandas as pd
 
 from landscope.analysis.doc import short as _fmt
 from landscope.analysis.hypotheses import survival as sv
-from landscope.analysis.hypotheses.escapes import (ESCAPE_DIR, _job_dirs, is_noise_comparison,
+from landscope.analysis.hypotheses.escapes import (ESCAPE_DIR, escape_jobs, is_noise_comparison,
                                                    load_escapes)
 from landscope.analysis.inference import invert_test
 
@@ -81,8 +81,8 @@ def noise_fingerprints(path: str | Path) -> dict[str, int]:
     counts: dict[str, int] = {}
     if not root.is_dir():
         return counts
-    for job in _job_dirs(root):
-        for p in sorted((job / ESCAPE_DIR).glob("*.json")):
+    for job in escape_jobs(root):
+        for p in sorted((job.path / ESCAPE_DIR).glob("*.json")):
             try:
                 rec = json.loads(p.read_text(encoding="utf-8"))
             except (OSError, ValueError):
