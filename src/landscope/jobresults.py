@@ -119,9 +119,10 @@ def probe_fingerprints_of(result: dict) -> set:
 
 
 def _preset(job_dir: Path, pfp: str) -> Optional[str]:
+    record = JobDir(job_dir).cache("probes", pfp).read(npz="none")
     try:
-        return str(read_json(Path(job_dir) / "probes" / f"{pfp}.json")["probe"]["name"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return str(record["probe"]["name"])
+    except (KeyError, TypeError):
         return None
 
 
