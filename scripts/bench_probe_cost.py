@@ -170,7 +170,7 @@ def main() -> None:
         s = r["scalars"]
         keys = ("lambda_max", "trace", "trace_stderr", "trace_samples", "density_steps_mean",
                 "density_n_outliers", "density_negative_mass", "sharpness_loss_evals",
-                "sharpness_grad_evals")
+                "sharpness_grad_evals", "sharpness_acc_evals")
         print(r["name"], {k: (round(s[k], 4) if isinstance(s.get(k), float) else s.get(k))
                           for k in keys})
     if args.verify:
