@@ -1,0 +1,128 @@
+"""The probe suite as a typed pipeline (issue #19 item 4): the same scalars and arrays as before.
+
+``tests/expected/probe_run_expected.json`` / ``.npz`` hold what :func:`run_probes` returned for the
+cases below before the suite became a :class:`ProbeRun` (written by running this file as a
+script: ``python tests/test_probe_run.py``). Every scalar name (in order), every value except
+the timings (names ending in ``seconds``) and every array must come out the same."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from landscope.config import ProbeConfig  # noqa: E402
+from landscope.data import TensorSplit  # noqa: E402
+from landscope.probes.suite import run_probes  # noqa: E402
+from probe_models import seeded_model  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+
+DATA = Path(__file__).resolve().parent / "expected"
+EXPECTED_JSON = DATA / "probe_run_expected.json"
+EXPECTED_NPZ = DATA / "probe_run_expected.npz"
+META = types.SimpleNamespace(input_shape=(1, 12), num_classes=3)
+N = 48
+SMALL_PACBAYES = dict(pacbayes=True, pacbayes_n_mc=8, pacbayes_n_select=2, pacbayes_n_match=2,
+                      pacbayes_steps=6, pacbayes_batch_size=16, pacbayes_beta_grid=[1e-2, 1.0])
+FULL = dict(top_k=3, bottom_k=2, trace=True, density=True, slq_probes=3, slq_steps=10,
+            density_grid=40, logdet_eps=1e-3, sharpness=True, sharpness_family=True,
+            sharpness_samples=4, noise=True, noise_samples=24, per_block="layer",
+            block_top_k=2, verify=True, **SMALL_PACBAYES)
+CASES: dict[str, dict[str, Any]] = {
+    # every estimator, PAC-Bayes with optimised posteriors and the prior at another model
+    "full": FULL,
+    # the grid search of the PAC-Bayes posteriors, the prior at 0, a log det that is defined
+    "grid_logdet": dict(FULL, bottom_k=0, logdet_eps=50.0, per_block="none", noise=False,
+                        pacbayes_posterior="grid"),
+    # no top-k: the plain Hutchinson trace, the density without deflation, noise without pairs
+    "no_top": dict(top_k=0, trace=True, density=True, slq_probes=3, slq_steps=8,
+                   density_grid=30, logdet_eps=50.0, noise=True, noise_samples=16,
+                   noise_alignment="exact", verify=True),
+    # a product cap cuts Lanczos, the density and the trace short (and says so)
+    "capped": dict(top_k=3, bottom_k=2, trace=True, density=True, slq_steps=10, noise=True,
+                   noise_samples=16, max_products=40),
+    # no time left: every estimator stops at once, the sharpness measures are skipped
+    "no_time": dict(top_k=2, trace=True, density=True, sharpness=True, sharpness_family=True,
+                    noise=True, budget_s=1e-9, **SMALL_PACBAYES),
+}
+
+
+def run_case(name: str):
+    """``run_probes`` on a tiny float64 MLP for case ``name`` (one thread: the reductions'
+    order is then fixed)."""
+    torch.set_num_threads(1)
+    model, x, y = seeded_model(dict(name="mlp", width=6, depth=2), META.input_shape,
+                               META.num_classes, N, shift=0.3)
+    w0 = seeded_model(dict(name="mlp", width=6, depth=2), META.input_shape, META.num_classes,
+                      2, seed=1)[0] if name == "full" else None
+    cfg = ProbeConfig(data_size=None, micro_batch=N, progress=False, **CASES[name])
+    return run_probes(model, TensorSplit(x, y), cfg, w0=w0)
+
+
+def _untimed(scalars: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in scalars.items() if not k.endswith("seconds")}
+
+
+def write_expected() -> None:
+    """Record today's output of every case (run as a script)."""
+    DATA.mkdir(exist_ok=True)
+    scalars, arrays = {}, {}
+    for name in CASES:
+        rep = run_case(name)
+        scalars[name] = _untimed(rep.scalars)
+        arrays.update({f"{name}/{k}": v for k, v in rep.arrays.items()})
+        scalars[name]["__arrays__"] = list(rep.arrays)
+    EXPECTED_JSON.write_text(json.dumps(scalars, indent=1) + "\n")
+    np.savez_compressed(EXPECTED_NPZ, **arrays)
+
+
+def _same(got: Any, want: Any, where: str) -> None:
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and list(got) == list(want), where
+        for k in want:
+            _same(got[k], want[k], f"{where}.{k}")
+    elif isinstance(want, list):
+        assert isinstance(got, (list, tuple)) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            _same(g, w, f"{where}[{i}]")
+    elif isinstance(want, float) and not isinstance(got, bool):
+        assert isinstance(got, (float, int)), where
+        if math.isnan(want):
+            assert math.isnan(got), where
+        else:
+            assert got == pytest.approx(want, rel=1e-12, abs=1e-12), where
+    else:
+        assert type(got) is type(want) and got == want, where
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_scalars_and_arrays_as_before(name):
+    expected = json.loads(EXPECTED_JSON.read_text())[name]
+    names = expected.pop("__arrays__")
+    rep = run_case(name)
+    got = json.loads(json.dumps(_untimed(rep.scalars)))  # as result.json stores them
+    assert list(got) == list(expected)
+    _same(got, expected, name)
+    assert list(rep.arrays) == names
+    with np.load(EXPECTED_NPZ) as npz:
+        for k in names:
+            want, have = npz[f"{name}/{k}"], rep.arrays[k]
+            assert have.dtype == want.dtype and have.shape == want.shape, k
+            if want.dtype.kind == "f":
+                np.testing.assert_allclose(have, want, rtol=1e-12, atol=1e-12, err_msg=k)
+            else:
+                np.testing.assert_array_equal(have, want, err_msg=k)
+
+
+if __name__ == "__main__":
+    write_expected()
