@@ -80,6 +80,7 @@ def test_enum_field_lists_allowed_values(compose):
     ("landscape.snapshot_dtype=float64", "landscape.snapshot_dtype"),
     ("probe.sharpness_samples=7", "probe.sharpness_samples"),  # antithetic pairs
     ("probe.sharpness_samples=2", "probe.sharpness_samples"),
+    ("probe.ranks=0", "probe.ranks"),
 ])
 def test_impossible_values_are_one_line_errors(compose, override, key):
     with pytest.raises(ConfigError) as err:

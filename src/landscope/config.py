@@ -310,6 +310,9 @@ class ProbeConfig:
     budget_s: Optional[float] = None
     checkpointing: bool = False  # recompute activations in products (less memory, more time)
     progress: Optional[bool] = None  # a tqdm bar per estimator; null = on a terminal
+    # local worker processes the products are spread over (data-parallel, landscope.probes.spawn;
+    # one GPU each when the model is on a GPU); a layout, not a result: not in the fingerprint
+    ranks: int = 1
     seed: int = 0
     top_k: int = 0  # largest eigenpairs (Lanczos); 0 = off
     bottom_k: int = 0  # most negative eigenpairs; 0 = off
@@ -520,6 +523,7 @@ def validate(cfg: Any) -> None:
     _check(p.data_size is None or p.data_size >= 1, "probe.data_size", ">= 1 or null",
            p.data_size)
     _check(p.micro_batch >= 1, "probe.micro_batch", ">= 1", p.micro_batch)
+    _check(p.ranks >= 1, "probe.ranks", ">= 1", p.ranks)
     _check(p.max_products is None or p.max_products >= 1, "probe.max_products", ">= 1 or null",
            p.max_products)
     _check(p.budget_s is None or p.budget_s > 0, "probe.budget_s", "> 0 seconds or null",

@@ -41,7 +41,7 @@ def cached_probes(cfg: DictConfig, job_dir: Path, model, data, stem: str,
     """Probe scalars from ``probes/<stem>.json`` when it is a readable cache matching ``key``,
     else run the probes and write ``<stem>.npz`` then ``<stem>.json`` (atomically)."""
     from landscope.jobs import initial_model
-    from landscope.probes.suite import run_probes
+    from landscope.probes.spawn import run_probes_on_ranks
 
     cache = JobDir(job_dir).cache("probes", stem)
     cached = cache.read(key)
@@ -52,8 +52,8 @@ def cached_probes(cfg: DictConfig, job_dir: Path, model, data, stem: str,
     if cfg.probe.get("pacbayes", False):  # the prior mean: the initialization, not 0
         device = next(model.parameters()).device
         w0 = initial_model(cfg, data).to(device)
-    report = run_probes(model, data.train, cfg.probe, w0=w0,
-                        log=lambda line: log.info("%s: %s", job_dir, line))
+    report = run_probes_on_ranks(model, data.train, cfg.probe, int(cfg.probe.get("ranks", 1)),
+                                 w0=w0, log=lambda line: log.info("%s: %s", job_dir, line))
     cache.write({
         "scalars": report.scalars,
         "probe": OmegaConf.to_container(cfg.probe, resolve=True, enum_to_str=True),

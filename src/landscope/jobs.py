@@ -97,6 +97,7 @@ def probe_fingerprint(cfg: DictConfig) -> Optional[str]:
         return None
     c = OmegaConf.to_container(cfg.probe, resolve=True, enum_to_str=True)
     c.pop("progress", None)  # drawing a bar or not changes no result
+    c.pop("ranks", None)  # nor does the number of processes (beyond rounding)
     for key, default in (("max_products", None), ("budget_s", None), ("checkpointing", False)):
         if c.get(key, default) == default:  # added later: jobs probed before keep their hash
             c.pop(key, None)
