@@ -1,8 +1,8 @@
 """Markdown and HTML written side by side: the building blocks of the report.
 
 Every report section (the measures table, one per hypothesis, one per study preset) writes
-into one :class:`Doc`; a section is a function ``section(doc, coll, paths, out)`` (see
-:mod:`landscope.analysis.report`). Figures are PNG files under ``out/figures`` linked from
+into one :class:`Doc` (a :class:`~landscope.analysis.section.Section` writes through the
+``ReportContext`` of :mod:`landscope.analysis.report`). Figures are PNG files under ``out/figures`` linked from
 the Markdown and embedded as data URIs in the HTML, so ``report.html`` alone is enough to share.
 """
 

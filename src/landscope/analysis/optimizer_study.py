@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from landscope.analysis.section import Section
 from landscope.io import atomic_write_text
 
 FACTOR = "optimizer.name"
@@ -313,3 +314,7 @@ def section(ctx: Any) -> None:
     plot(jobs, png)
     doc.image(png, "figures/optimizer_study.png",
               "test accuracy, λmax and trace per optimizer, one dot per seed (LLP in red)")
+
+
+SECTION = Section("the optimizer study (LLP against the baselines)", applies, section,
+                  "optimizers")

@@ -34,15 +34,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
+from landscope.analysis import optimizer_study, studies
 from landscope.analysis.collect import Collection, collect, save
 from landscope.analysis.doc import Doc, table
+from landscope.analysis.hypotheses import h1, h2, h3, h4
 from landscope.analysis.report_measures import (TOP_SCATTER, calibration_appendix,
                                                 measures_section, summary_section,
                                                 within_fit_text)
+from landscope.analysis.section import Section
 from landscope.errors import LandscopeError
 from landscope.io import atomic_write_text
 
-__all__ = ["ReportContext", "SECTIONS", "TOP_SCATTER", "build_report"]
+__all__ = ["ReportContext", "SECTIONS", "Section", "TOP_SCATTER", "build_report"]
 
 
 @dataclass
@@ -59,24 +62,9 @@ class ReportContext:
     appendix: list[tuple[str, str]] = field(default_factory=list)
 
 
-# The hypothesis and study sections, in report order: (applies, section), each a
-# "module:function" taking a ReportContext. A section is written when ``applies`` is true.
-SECTIONS: list[tuple[str, str]] = [
-    ("landscope.analysis.hypotheses.h1:applies", "landscope.analysis.hypotheses.h1:section"),
-    ("landscope.analysis.hypotheses.h2:applies", "landscope.analysis.hypotheses.h2:section"),
-    ("landscope.analysis.hypotheses.h3:applies", "landscope.analysis.hypotheses.h3:section"),
-    ("landscope.analysis.hypotheses.h4:applies", "landscope.analysis.hypotheses.h4:section"),
-    ("landscope.analysis.optimizer_study:applies", "landscope.analysis.optimizer_study:section"),
-    *[(f"landscope.analysis.studies:applies_{s}", f"landscope.analysis.studies:section_{s}")
-      for s in ("study_training", "study_width", "study_optimizers")],
-]
-
-
-def _resolve(ref: str):
-    import importlib
-
-    module, name = ref.split(":")
-    return getattr(importlib.import_module(module), name)
+# The hypothesis and study sections, in report order; each is written when it applies.
+SECTIONS: list[Section] = [h1.SECTION, h2.SECTION, h3.SECTION, h4.SECTION,
+                           optimizer_study.SECTION, *studies.SECTIONS]
 
 
 def build_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
@@ -110,14 +98,11 @@ def build_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
     summary_section(ctx)
     mtable = measures_section(ctx)
     used = ["measures"]
-    for applies, section in SECTIONS:
-        if _resolve(applies)(ctx):
-            _resolve(section)(ctx)
-            name = section.rsplit(".", 1)[-1].split(":")[0]
-            if name in ("h1", "h2", "h3", "h4"):
-                used.append(name.upper())
-            elif name == "optimizer_study":
-                used.append("optimizers")
+    for section in SECTIONS:
+        if section.applies(ctx):
+            section.write(ctx)
+            if section.calibration is not None:
+                used.append(section.calibration)
 
     doc.heading("Appendix: fits")
     if len(mtable):

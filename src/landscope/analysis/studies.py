@@ -34,6 +34,7 @@ import pandas as pd
 
 from landscope.analysis.doc import fmt
 from landscope.analysis.measures import kendall
+from landscope.analysis.section import Section
 from landscope.errors import LandscopeError
 from landscope.io import atomic_write_text
 from landscope.plots import pyplot, save_png
@@ -484,6 +485,10 @@ def section_study_optimizers(ctx: Any) -> None:
         _image(ctx, png, "study (c): λmax, slices and barriers per optimizer and architecture")
 
 
-#: (applies, section) references for landscope.analysis.report.SECTIONS, in report order.
-SECTIONS = [(f"landscope.analysis.studies:applies_{s}", f"landscope.analysis.studies:section_{s}")
-            for s in (TRAINING, WIDTH, OPTIMIZERS)]
+#: The founding studies' report sections, in report order.
+SECTIONS = [
+    Section("study (a): training dynamics", applies_study_training, section_study_training),
+    Section("study (b): width", applies_study_width, section_study_width),
+    Section("study (c): optimizers and architectures", applies_study_optimizers,
+            section_study_optimizers),
+]

@@ -72,6 +72,7 @@ from landscope.analysis.doc import short as _fmt
 from landscope.analysis.fixed_effects import seed_codes, within
 from landscope.analysis.hypotheses.h1_jobs import off_target, read_jobs
 from landscope.analysis.hypotheses.mediation import Effect, Mediation, mediation
+from landscope.analysis.section import Section
 from landscope.errors import LandscopeError
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
@@ -431,3 +432,6 @@ def section(ctx, n_boot: int = 2000) -> None:
     doc.image(png, f"figures/{png.name}",
               "H1: λmax against batch size (a) and test error against λmax")
     ctx.appendix.extend(res.summaries())
+
+
+SECTION = Section("H1: batch size, sharpness and generalization", applies, section, "H1")

@@ -117,6 +117,7 @@ from landscope.analysis.hypotheses.paired import (INCONCLUSIVE, NOT_SUPPORTED, S
 from landscope.analysis.hypotheses.pairing import (as_number, check_columns, factor_side,
                                                    h2_comparisons, other_level, pair_jobs,
                                                    resolve_level, side_names)
+from landscope.analysis.section import Section
 from landscope.errors import LandscopeError
 from landscope.jobdir import JobDir
 
@@ -699,3 +700,7 @@ def section(ctx) -> None:
             doc.image(png, f"figures/{png.name}",
                       f"{res.primary}, {off_name} vs {on_name}, one line per seed")
     atomic_write_text(out / "h2.csv", h2_table(results).to_csv(index=False))
+
+
+SECTION = Section("H2: skip connections and normalization flatten the landscape", applies,
+                  section, "H2")

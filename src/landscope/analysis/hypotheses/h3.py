@@ -98,6 +98,7 @@ from landscope.analysis.doc import short as _fmt
 from landscope.analysis.hypotheses import survival as sv
 from landscope.analysis.hypotheses.escapes import (ESCAPE_DIR, ROW_COLUMNS,  # noqa: F401
                                                    has_escapes, load_escapes)
+from landscope.analysis.section import Section
 from landscope.errors import LandscopeError
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
@@ -651,3 +652,6 @@ def _noise_part(ctx) -> None:
     from landscope.analysis.hypotheses import h3_noise
 
     h3_noise.section_part(ctx)
+
+
+SECTION = Section("H3: escape from sharp minima", applies, section, "H3")

@@ -56,6 +56,7 @@ from scipy import stats
 
 from landscope.analysis.doc import short as _fmt
 from landscope.analysis.hypotheses.paired import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, holm
+from landscope.analysis.section import Section
 from landscope.errors import LandscopeError
 
 HESSIAN = "probe.pacbayes_hessian"
@@ -492,3 +493,6 @@ def section(ctx: Any) -> None:
             plot_paired(a[ok], b[ok], png, what, ("isotropic", "Hessian"))
             doc.image(png, f"figures/{png.name}",
                       f"{what}, isotropic vs Hessian-informed posterior, one line per job")
+
+
+SECTION = Section("H4: Hessian-informed PAC-Bayes bounds", applies, section, "H4")
