@@ -342,7 +342,7 @@ class ProbeConfig:
     every_n_epochs: int = 0  # > 0: lambda_max and trace into metrics.jsonl during training
     verify: bool = False  # compare every estimate with the dense float64 Hessian
     verify_max_params: int = 5000
-    # PAC-Bayes bounds on the 0-1 error (Dziugaite & Roy 2017; landscope.analysis.pacbayes):
+    # PAC-Bayes bounds on the 0-1 error (Dziugaite & Roy 2017; landscope.probes.pacbayes):
     # naive parameter count, isotropic and Hessian-informed Gaussian posteriors (the latter in
     # the basis of the top_k eigenvectors: needs top_k >= 1). Prior mean: the job's
     # initialization. Cost: (13 * (len(beta_grid) + 1) * n_select + 2 * n_mc) forward passes
@@ -358,7 +358,7 @@ class ProbeConfig:
     # (the posterior may be chosen after seeing the data)
     pacbayes_beta_grid: List[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0])
     # how the posteriors are chosen: "optimized" (Dziugaite & Roy: Adam on the mean and the
-    # log-variances of a differentiable bound surrogate, landscope.analysis.pacbayes_optimize;
+    # log-variances of a differentiable bound surrogate, landscope.probes.pacbayes_optimize;
     # reports the complexity terms at matched posterior error too) or "grid" (variances on a
     # half-decade grid around the trained weights, the mean fixed; n_select draws each)
     pacbayes_posterior: str = "optimized"

@@ -24,13 +24,13 @@ trace_stderr, converged, hvps}}, see :mod:`~landscope.probes.blocks`), ``block_h
 ``hvps`` (products used by the full-Hessian probes), ``probe_seconds``, ``probe_data_size``,
 ``probe_mode``, ``n_params``; with verify mode ``verify_*`` errors against the
 dense float64 Hessian. With ``pacbayes`` (:func:`_pacbayes`), the PAC-Bayes bounds of
-:func:`~landscope.analysis.pacbayes.pac_bayes_bounds` with a ``pacbayes_`` prefix:
+:func:`~landscope.probes.pacbayes.pac_bayes_bounds` with a ``pacbayes_`` prefix:
 ``pacbayes_naive``, ``pacbayes_isotropic``, ``pacbayes_hessian``, ``pacbayes_kl_{isotropic,hessian}``,
 ``pacbayes_{isotropic,hessian}_e_mc`` / ``_e_upper`` / ``_prior_var`` / ``_prior_j``,
 ``pacbayes_train_error``, ``pacbayes_m``, ``pacbayes_D``, ``pacbayes_k``,
 ``pacbayes_dist2_to_prior_mean``, ``pacbayes_hessian_is_isotropic``, ...,
 ``pacbayes_prior_mean`` (``"init"`` or ``"zero"``) and ``pacbayes_seconds``; with
-``pacbayes_posterior=optimized`` (the default; :mod:`~landscope.analysis.pacbayes_optimize`)
+``pacbayes_posterior=optimized`` (the default; :mod:`~landscope.probes.pacbayes_optimize`)
 also ``pacbayes_complexity_{naive,isotropic,hessian}``, ``pacbayes_matched_error`` and
 ``pacbayes_matched_complexity_{isotropic,hessian}`` (complexity terms at matched posterior error).
 """
@@ -401,8 +401,8 @@ def _pacbayes(model: nn.Module, train_split, cfg: Any, top: Any,
     the bound is over the m samples its empirical error is measured on), with the Hessian
     posterior in the basis of the top-k eigenvectors computed above (on the probe subset:
     a posterior may depend on the data). Scalars prefixed ``pacbayes_``."""
-    from landscope.analysis.pacbayes import pac_bayes_bounds
-    from landscope.analysis.pacbayes_optimize import optimized_pac_bayes_bounds
+    from landscope.probes.pacbayes import pac_bayes_bounds
+    from landscope.probes.pacbayes_optimize import optimized_pac_bayes_bounds
     from landscope.errors import ConfigError
 
     if top is None:

@@ -13,11 +13,11 @@ import torch
 from torch import nn
 from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
 
-from landscope.analysis.pacbayes import _Candidate
-from landscope.analysis.pacbayes import (choose_prior, dziugaite_roy_bound, gaussian_kl,
-                                         gaussian_kl_eigenbasis, kl_bernoulli, kl_inverse_lower,
-                                         kl_inverse_upper, mc_error_upper, occam_bound,
-                                         pac_bayes_bounds, prior_variance)
+from landscope.probes.pacbayes import Candidate, pac_bayes_bounds
+from landscope.probes.pacbayes_bound import (choose_prior, dziugaite_roy_bound, gaussian_kl,
+                                             gaussian_kl_eigenbasis, kl_bernoulli,
+                                             kl_inverse_lower, kl_inverse_upper, mc_error_upper,
+                                             occam_bound, prior_variance)
 from landscope.errors import LandscopeError
 from landscope.probes.hvp import HessianOperator
 from landscope.probes.lanczos import lanczos_eigs
@@ -110,7 +110,7 @@ def test_posterior_draws_have_the_eigenbasis_covariance():
     d = 6
     v, _ = torch.linalg.qr(torch.randn(d, 3, generator=g, dtype=F64))
     lam = torch.tensor([50.0, 2.0, -1.0], dtype=F64)
-    cand = _Candidate(0.2, 1.0, lam, 1e-12, d, dist2=1.0, b=100.0, c=1.0)
+    cand = Candidate(0.2, 1.0, lam, 1e-12, d, dist2=1.0, b=100.0, c=1.0)
     assert torch.allclose(cand.s_v, torch.tensor([1 / 50, 0.2, 0.2], dtype=F64), rtol=0, atol=1e-15)
     eye = torch.eye(d, dtype=F64)
     a = torch.stack([cand.draw(torch.zeros(d, dtype=F64), e, v.T @ e, v) for e in eye], dim=1)
@@ -262,9 +262,9 @@ def test_bad_inputs_raise_one_line(trained):
 
 
 # ------------------------------------------------------------------------ optimised posteriors
-from landscope.analysis.pacbayes import complexity_term  # noqa: E402
-from landscope.analysis.pacbayes_optimize import (Posterior, interpolate_scale,  # noqa: E402
-                                                  optimize_posterior, optimized_pac_bayes_bounds)
+from landscope.probes.pacbayes_bound import complexity_term  # noqa: E402
+from landscope.probes.pacbayes_optimize import (Posterior, interpolate_scale,  # noqa: E402
+                                                optimize_posterior, optimized_pac_bayes_bounds)
 
 
 def test_complexity_term_closed_form_and_bound():
@@ -346,3 +346,32 @@ def test_optimize_posterior_rejects_bad_inputs(trained):
         assert "\n" not in str(err.value)
     with pytest.raises(LandscopeError):
         optimized_pac_bayes_bounds(model, data, vals, vecs, w0=init, n_match=0)
+
+
+# ------------------------------------------------------------------------ the error evaluator
+@pytest.mark.parametrize("cfg,shape", [
+    (dict(name="mlp", width=6, depth=2, norm="batch"), (1, 12)),
+    (dict(name="cnn", width=2, depth=2, norm="batch"), (1, 6, 6)),
+    (dict(name="vit", width=4, depth=2, norm="layer", skip=True, heads=2, patch_size=4,
+          activation="gelu"), (1, 12)),
+])
+def test_zero_one_error_is_the_geometry_evaluation_bit_for_bit(cfg, shape):
+    """The bounds' error evaluator (probes, no geometry) gives exactly the error that
+    ParamSpace.evaluate (which the bounds used before they moved next to the probes) gives,
+    at perturbed points of models with BatchNorm and LayerNorm, and leaves the model alone."""
+    from landscope.geometry.space import ParamSpace
+    from landscope.probes.pacbayes import ZeroOneError
+    from probe_models import seeded_model
+
+    model, x, y = seeded_model(cfg, shape, 3, 40, seed=3)
+    before = copy.deepcopy(model.state_dict())
+    data = ProbeData.from_tensors(x, y, micro_batch=16)
+    error, space = ZeroOneError(model, data), ParamSpace(model)
+    assert torch.equal(error.theta0, space.theta0) and error.dim == space.dim
+    g = torch.Generator().manual_seed(0)
+    for scale in (0.0, 0.1, 0.5, 2.0):
+        theta = space.theta0 + scale * torch.randn(space.dim, generator=g, dtype=F64)
+        assert error(theta) == 1.0 - space.evaluate(theta, data)[0].acc
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with pytest.raises(LandscopeError):
+        error(theta[:-1])

@@ -14,7 +14,7 @@ weights) and
 surrogate ``L_S(Q) + sqrt(B(Q) / 2)`` over ``mu`` and the log-variances with Adam, where
 ``L_S`` is the cross-entropy divided by ln 2 (an upper bound of the 0-1 error: a wrong argmax has
 ``p_y <= 1/2``) of one reparameterised draw on a minibatch, and ``B`` the bound's complexity
-term (:func:`~landscope.analysis.pacbayes.complexity_term`) with the prior variance at its
+term (:func:`~landscope.probes.pacbayes_bound.complexity_term`) with the prior variance at its
 continuous optimum ``lambda* = (tr Sigma + ||mu - w0||^2) / D`` (the final bound pays for the
 grid). Both families start from the same point (``mu = w``, ``s`` the best of a coarse isotropic
 grid, scored with a few draws) and run the same number of steps with the same minibatch and
@@ -23,7 +23,7 @@ noise stream, so a difference is the families', not the budget's.
 **Final bound** (:func:`evaluate_posterior`): fresh draws (``n_mc``, independent of the
 optimisation), the Monte Carlo error's kl upper value (Langford & Caruana) and the
 Dziugaite–Roy bound with the prior variance on the union-bound grid
-(:func:`~landscope.analysis.pacbayes.choose_prior`). The statement is uniform over ``Q``, so
+(:func:`~landscope.probes.pacbayes_bound.choose_prior`). The statement is uniform over ``Q``, so
 optimising ``Q`` on the data costs nothing; the prior mean ``w0`` (the initialization) is
 data-independent.
 
@@ -47,11 +47,11 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from landscope.analysis.pacbayes import (F64, _basis, _check_delta, _check_m, _flat_prior_mean,
-                                         choose_prior, complexity_term, dziugaite_roy_bound,
-                                         mc_error_upper, occam_bound)
 from landscope.errors import LandscopeError
-from landscope.geometry.space import ParamSpace
+from landscope.probes.pacbayes import ZeroOneError, eigenbasis, flat_prior_mean, standard_normal
+from landscope.probes.pacbayes_bound import (F64, check_delta, check_m, choose_prior,
+                                             complexity_term, dziugaite_roy_bound,
+                                             mc_error_upper, occam_bound)
 from landscope.probes.probe_data import ProbeData
 
 FAMILIES = ("isotropic", "hessian")
@@ -109,9 +109,9 @@ class _Surrogate:
         self.names = [n for n, _ in named]
         self.shapes = [p.shape for _, p in named]
         self.numels = [p.numel() for _, p in named]
-        self.dtype = named[0][1].dtype
-        self.x = torch.cat([x for x, _ in data.batches]).to(self.dtype)
-        self.y = torch.cat([y for _, y in data.batches])
+        self.dtype, self.device = named[0][1].dtype, named[0][1].device
+        self.x = torch.cat([x for x, _ in data.batches]).to(self.device, self.dtype)
+        self.y = torch.cat([y for _, y in data.batches]).to(self.device)
         self.m, self.dim = len(self.y), sum(self.numels)
         self.w0 = w0
         self.log_const = math.log(math.pi ** 2 * self.m / (6.0 * delta))
@@ -151,23 +151,25 @@ def optimize_posterior(model: nn.Module, data: ProbeData, family: str, *,
     if not (math.isfinite(init_var) and init_var > 0) or steps < 0 or batch_size < 1:
         raise LandscopeError(f"need init_var > 0, steps >= 0, batch_size >= 1 (got {init_var}, "
                              f"{steps}, {batch_size})")
-    _check_delta(delta, "delta")
-    _check_m(data.n)
+    check_delta(delta, "delta")
+    check_m(data.n)
     w = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    sur = _Surrogate(model, data, _flat_prior_mean(w0, w.numel()), delta, b, c)
+    sur = _Surrogate(model, data, flat_prior_mean(w0, w.numel(), w.device), delta, b, c)
     k = basis.shape[1] if family == "hessian" and basis is not None else 0
-    V = basis.to(sur.dtype) if k else None
+    V = basis.to(sur.device, sur.dtype) if k else None
     mean = w.clone().to(sur.dtype).requires_grad_(True)
-    s_perp_log = torch.tensor(math.log(init_var), dtype=F64, requires_grad=True)
-    s_v_log = torch.full((k,), math.log(init_var), dtype=F64, requires_grad=True)
+    s_perp_log = torch.tensor(math.log(init_var), dtype=F64, device=sur.device,
+                              requires_grad=True)
+    s_v_log = torch.full((k,), math.log(init_var), dtype=F64, device=sur.device,
+                         requires_grad=True)
     opt = torch.optim.Adam([{"params": [mean], "lr": lr_mean},
                             {"params": [s_perp_log, s_v_log], "lr": lr_var}])
     gen = torch.Generator().manual_seed(int(seed))
     bs = min(int(batch_size), sur.m)
     for _ in range(int(steps)):
         opt.zero_grad()
-        z = torch.randn(sur.dim, generator=gen, dtype=sur.dtype)
-        idx = torch.randint(0, sur.m, (bs,), generator=gen)
+        z = standard_normal(sur.dim, gen, sur.device, sur.dtype)
+        idx = torch.randint(0, sur.m, (bs,), generator=gen).to(sur.device)
         sd_perp = (0.5 * s_perp_log).exp().to(sur.dtype)
         u = sd_perp * z
         if V is not None:
@@ -180,34 +182,33 @@ def optimize_posterior(model: nn.Module, data: ProbeData, family: str, *,
             s_perp_log.clamp_(-60.0, 10.0)
             s_v_log.clamp_(-60.0, 10.0)
     return Posterior(family, mean.detach().to(F64), float(s_perp_log.detach().exp()),
-                     s_v_log.detach().exp(), basis.to(F64) if k else None)
+                     s_v_log.detach().exp(), basis.to(sur.device, F64) if k else None)
 
 
-def _errors(space: ParamSpace, data: ProbeData, posts: Sequence[Posterior],
-            scales: Sequence[float], n: int, gen: torch.Generator) -> np.ndarray:
+def _errors(error: ZeroOneError, posts: Sequence[Posterior], scales: Sequence[float], n: int,
+            gen: torch.Generator) -> np.ndarray:
     """Mean 0-1 error of ``n`` draws of each posterior at each covariance scale, with common
     random numbers (one ``z`` per draw shared by all); shape ``(len(posts), len(scales))``."""
     total = np.zeros((len(posts), len(scales)))
     for _ in range(int(n)):
-        z = torch.randn(space.dim, generator=gen, dtype=F64)
+        z = standard_normal(error.dim, gen, error.device)
         for i, post in enumerate(posts):
             for j, t in enumerate(scales):
-                theta = (post.mean + post.noise(z, t)).to(space.dtype)
-                total[i, j] += 1.0 - space.evaluate(theta, data)[0].acc
+                total[i, j] += error((post.mean + post.noise(z, t)).to(error.dtype))
     return total / int(n)
 
 
-def evaluate_posterior(space: ParamSpace, data: ProbeData, post: Posterior, w0: Tensor, *,
+def evaluate_posterior(error: ZeroOneError, post: Posterior, w0: Tensor, *,
                        n_mc: int, delta: float, delta_mc: float, gen: torch.Generator,
                        b: float = 100.0, c: float = 0.1) -> dict[str, float]:
     """The final bound of ``post`` from ``n_mc`` fresh draws: ``e_mc``, ``e_upper`` (kl upper
     value at ``delta_mc``), ``kl``, ``prior_j``, ``prior_var``, ``complexity`` and ``bound``."""
-    e_mc = float(_errors(space, data, [post], [1.0], n_mc, gen)[0, 0])
+    e_mc = float(_errors(error, [post], [1.0], n_mc, gen)[0, 0])
     up = mc_error_upper(e_mc, int(n_mc), delta_mc)
     j, lam, kl = post.kl_prior(w0, 1.0, b, c)
     return {"e_mc": e_mc, "e_upper": up, "kl": kl, "prior_j": float(j), "prior_var": lam,
-            "complexity": complexity_term(kl, data.n, delta, j),
-            "bound": dziugaite_roy_bound(up, kl, data.n, delta, j)}
+            "complexity": complexity_term(kl, error.n, delta, j),
+            "bound": dziugaite_roy_bound(up, kl, error.n, delta, j)}
 
 
 def interpolate_scale(errors: np.ndarray, scales: Sequence[float], target: float
@@ -227,36 +228,36 @@ def interpolate_scale(errors: np.ndarray, scales: Sequence[float], target: float
     return float(math.exp(logt[lo] + frac * (logt[hi] - logt[lo]))), False
 
 
-def complexity_at_error(space: ParamSpace, data: ProbeData, posts: Sequence[Posterior],
-                        target: float, w0: Tensor, *, delta: float, n_draws: int,
+def complexity_at_error(error: ZeroOneError, posts: Sequence[Posterior], target: float,
+                        w0: Tensor, *, delta: float, n_draws: int,
                         gen: torch.Generator, scales: Sequence[float] = MATCH_SCALES,
                         b: float = 100.0, c: float = 0.1) -> list[dict[str, float]]:
     """For each posterior: the covariance scale ``t*`` at which its Monte Carlo error equals
     ``target`` (common random numbers across posteriors and scales), the complexity term of
     ``N(mean, t* Sigma)`` there and whether ``t*`` was clipped to the grid."""
-    errs = _errors(space, data, posts, scales, n_draws, gen)
+    errs = _errors(error, posts, scales, n_draws, gen)
     out = []
     for post, e in zip(posts, errs):
         t, clipped = interpolate_scale(e, scales, target)
         j, _, kl = post.kl_prior(w0, t, b, c)
         out.append({"scale": t, "clipped": float(clipped), "kl": kl,
-                    "complexity": complexity_term(kl, data.n, delta, j)})
+                    "complexity": complexity_term(kl, error.n, delta, j)})
     return out
 
 
-def _initial_variance(space: ParamSpace, data: ProbeData, w0: Tensor, *, delta: float,
-                      n_draws: int, gen: torch.Generator, b: float, c: float) -> float:
+def _initial_variance(error: ZeroOneError, w0: Tensor, *, delta: float, n_draws: int,
+                      gen: torch.Generator, b: float, c: float) -> float:
     """The best isotropic variance of a coarse grid (``mean(w^2) * 10^{-6..0}``) by the plain
     Monte Carlo bound of ``n_draws`` draws (a starting point only)."""
-    w = space.theta0.to(F64)
+    w = error.theta0.to(F64)
     scale = max(float((w ** 2).mean()), 1e-12)
     grid = [scale * 10.0 ** e for e in range(-6, 1)]
-    post = Posterior("isotropic", w, 1.0, torch.zeros(0, dtype=F64))
-    errs = _errors(space, data, [post], grid, n_draws, gen)[0]
+    post = Posterior("isotropic", w, 1.0, torch.zeros(0, dtype=F64, device=w.device))
+    errs = _errors(error, [post], grid, n_draws, gen)[0]
     scores = []
     for s, e in zip(grid, errs):
         j, _, kl = post.kl_prior(w0, s, b, c)
-        scores.append(dziugaite_roy_bound(float(e), kl, data.n, delta, j))
+        scores.append(dziugaite_roy_bound(float(e), kl, error.n, delta, j))
     return grid[int(np.argmin(scores))]
 
 
@@ -269,7 +270,7 @@ def optimized_pac_bayes_bounds(model: nn.Module, train: ProbeData, eigvals: Tens
                                seed: int = 0) -> dict[str, float]:
     """Naive, optimised-isotropic and optimised-Hessian bounds, their complexity terms and
     the complexities at matched posterior error (module docstring). Keys as
-    :func:`~landscope.analysis.pacbayes.pac_bayes_bounds` where they mean the same
+    :func:`~landscope.probes.pacbayes.pac_bayes_bounds` where they mean the same
     (``pacbayes_naive``/``_isotropic``/``_hessian``, ``kl_*``, ``*_e_mc``, ``*_e_upper``,
     ``*_prior_var``, ``*_prior_j``, ``train_error``, ``m``, ``D``, ``k``, ...) plus
     ``complexity_{naive,isotropic,hessian}``, ``matched_error``,
@@ -278,31 +279,30 @@ def optimized_pac_bayes_bounds(model: nn.Module, train: ProbeData, eigvals: Tens
     starting variance; ``n_match`` draws per scale build the matched-error curves. Each final
     Monte Carlo statement holds at ``delta_mc / 2`` (two posteriors), so both bounds hold
     simultaneously with probability ``>= 1 - delta - delta_mc``. The model is not modified."""
-    _check_delta(delta, "delta")
-    _check_delta(delta_mc, "delta_mc")
+    check_delta(delta, "delta")
+    check_delta(delta_mc, "delta_mc")
     m = train.n
-    _check_m(m)
+    check_m(m)
     if min(int(n_mc), int(n_select), int(n_match)) < 1:
         raise LandscopeError(f"n_mc, n_select and n_match must be >= 1 (got {n_mc}, "
                              f"{n_select}, {n_match})")
-    space = ParamSpace(model)
-    dim = space.dim
-    lam, basis = _basis(eigvals, eigvecs, dim)
-    prior_mean = _flat_prior_mean(w0, dim)
+    error = ZeroOneError(model, train)
+    lam, basis = eigenbasis(eigvals, eigvecs, error.dim, error.device)
+    prior_mean = flat_prior_mean(w0, error.dim, error.device)
     gen = torch.Generator().manual_seed(int(seed))
-    init = _initial_variance(space, train, prior_mean, delta=delta, n_draws=int(n_select),
-                             gen=gen, b=b, c=c)
+    init = _initial_variance(error, prior_mean, delta=delta, n_draws=int(n_select), gen=gen,
+                             b=b, c=c)
     common = dict(w0=prior_mean, init_var=init, steps=steps, lr_mean=lr_mean, lr_var=lr_var,
                   batch_size=batch_size, delta=delta, b=b, c=c, seed=seed)
     posts = [optimize_posterior(model, train, "isotropic", **common),
              optimize_posterior(model, train, "hessian", basis=basis, **common)]
-    finals = [evaluate_posterior(space, train, p, prior_mean, n_mc=int(n_mc), delta=delta,
+    finals = [evaluate_posterior(error, p, prior_mean, n_mc=int(n_mc), delta=delta,
                                  delta_mc=delta_mc / 2, gen=gen, b=b, c=c) for p in posts]
     target = finals[0]["e_mc"]
-    matched = complexity_at_error(space, train, posts, target, prior_mean, delta=delta,
+    matched = complexity_at_error(error, posts, target, prior_mean, delta=delta,
                                   n_draws=int(n_match), gen=gen, b=b, c=c)
-    train_error = 1.0 - space.evaluate(space.theta0, train)[0].acc
-    bits = 8 * torch.empty((), dtype=space.dtype).element_size()
+    bits = 8 * torch.empty((), dtype=error.dtype).element_size()
+    dim, train_error = error.dim, error(error.theta0)
     out: dict[str, float] = {
         "pacbayes_naive": occam_bound(train_error, dim, m, delta, bits),
         "complexity_naive": (bits * dim * math.log(2.0) + math.log(1.0 / delta)) / m,
@@ -311,8 +311,17 @@ def optimized_pac_bayes_bounds(model: nn.Module, train: ProbeData, eigvals: Tens
         "n_select": float(n_select), "n_match": float(n_match), "steps": float(steps),
         "delta": float(delta), "delta_mc": float(delta_mc), "posterior": 1.0,
         "init_var": init, "matched_error": target,
-        "dist2_to_prior_mean": float(((space.theta0.to(F64) - prior_mean) ** 2).sum()),
+        "dist2_to_prior_mean": float(((error.theta0.to(F64) - prior_mean) ** 2).sum()),
     }
+    out.update(_families(posts, finals, matched, prior_mean))
+    return out
+
+
+def _families(posts: list[Posterior], finals: list[dict[str, float]],
+              matched: list[dict[str, float]], prior_mean: Tensor) -> dict[str, float]:
+    """Each optimised family's bound, complexity, errors and matched complexity, and the
+    variances of the posteriors (the keys of :func:`optimized_pac_bayes_bounds`)."""
+    out: dict[str, float] = {}
     for name, post, fin, mat in zip(FAMILIES, posts, finals, matched):
         out[f"pacbayes_{name}"] = fin["bound"]
         out.update({f"kl_{name}": fin["kl"], f"complexity_{name}": fin["complexity"],
