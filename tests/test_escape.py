@@ -167,7 +167,7 @@ def _run(argv, capsys):
 
 
 def test_command_writes_cached_results(tiny_sweep, capsys):
-    from runner.escape import escape_config, settings_fingerprint
+    from landscope.escape.settings import escape_config, settings_fingerprint
 
     code, out, err = _run([tiny_sweep, *SMALL], capsys)
     assert code == 0, out + err

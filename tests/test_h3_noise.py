@@ -94,7 +94,7 @@ def test_run_escape_noise_modes():
 
 # --------------------------------------------------------------------------- the command
 def test_default_settings_keep_their_fingerprint():
-    from runner.escape import escape_config, settings_fingerprint
+    from landscope.escape.settings import escape_config, settings_fingerprint
 
     assert settings_fingerprint(escape_config([])) == "7c4fca0204b4f67b"  # as before noise
     s = escape_config(["escape.noise=[sgd,isotropic,topk]", "escape.lr_unit=stability"])
