@@ -38,22 +38,8 @@ seeded with ``seed`` (through :class:`numpy.random.SeedSequence`), cut into batc
 the split size means full-batch gradient descent (``batch_size`` then reports the split
 size).  Training-mode forward passes (as :mod:`landscope.train`), evaluation in eval mode.
 
-**Noise modes** (``noise``; H3's design at one minimum).  ``"sgd"`` (default) is the
-mini-batch SGD above.  ``"isotropic"`` and ``"topk"`` replace the mini-batch gradient by the
-full-batch gradient (the whole split, train mode) plus injected Gaussian noise ``ξ``::
-
-    θ_{t+1} = θ_t − η (∇L(θ_t) + ξ_t),   E ξ = 0,   tr Cov ξ = T
-
-with ``T`` the trace of SGD's mini-batch gradient-noise covariance at the minimum for this
-batch size, ``T = tr Σ / B · (n − B)/(n − 1)`` (``Σ`` the per-sample gradient covariance at
-θ0, ``sigma_trace = tr Σ``, :func:`sgd_noise_trace`; the factor is the without-replacement
-correction of one batch of ``B`` from ``n``, 1 at ``B = 1``, 0 at full batch).  Isotropic:
-``ξ ~ N(0, (T/D) I)``.  Top-k: ``ξ = V z``, ``z ~ N(0, (T/k) I_k)``, ``V`` an orthonormal basis
-(QR of the given ``noise_basis``, D × k: the top-k Hessian eigenvectors) — the trace spread
-**equally** over the k directions, so ``ξ`` lies in span(V).  ``T`` is fixed at its θ0 value
-(SGD's own noise changes as θ moves).  ``ξ`` is drawn in float64 from its own generator seeded
-with ``seed`` (through :class:`numpy.random.SeedSequence`, a different stream from the batch
-order) and cast to the parameters' dtype: the same seed gives the same run.
+**Noise modes** (``noise``: ``"sgd"``, ``"isotropic"``, ``"topk"``): mini-batch SGD or the
+full-batch gradient plus injected Gaussian noise of SGD's trace, :mod:`landscope.escape.noise`.
 
 The caller's model is never modified: the run works on a :func:`copy.deepcopy`.
 """
@@ -70,8 +56,13 @@ import torch
 from torch import Tensor, nn
 
 from landscope.errors import ConfigError
+from landscope.escape.noise import (NOISES, InjectedNoise, _noise_generator,
+                                    minibatch_noise_trace, sgd_noise_trace)
 from landscope.losses import task_loss
 from landscope.probes.probe_data import ProbeData
+
+__all__ = ["NOISES", "EscapeRule", "EscapeRun", "InjectedNoise", "minibatch_noise_trace",
+           "run_escape", "sgd_noise_trace"]
 
 
 @dataclass(frozen=True)
@@ -168,84 +159,6 @@ def _batch_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(s)
 
 
-NOISES = ("sgd", "isotropic", "topk")
-
-
-def _noise_generator(seed: int) -> torch.Generator:
-    s = int(np.random.SeedSequence([int(seed), 0x15A7]).generate_state(1, dtype=np.uint64)[0])
-    return torch.Generator().manual_seed(s)
-
-
-def minibatch_noise_trace(sigma_trace: float, batch_size: int, n: int) -> float:
-    """``tr Σ / B · (n − B)/(n − 1)``: the trace of the covariance of the mean gradient of
-    ``B`` samples drawn without replacement from ``n`` (0 at ``B >= n``)."""
-    b = min(int(batch_size), int(n))
-    if n <= 1 or b >= n:
-        return 0.0
-    return float(sigma_trace) / b * (n - b) / (n - 1)
-
-
-class InjectedNoise:
-    """Gaussian gradient noise of covariance trace ``trace`` in ``dim`` dimensions:
-    ``"isotropic"`` (``N(0, trace/dim · I)``) or ``"topk"`` (``trace/k`` on each of the k
-    orthonormalized columns of ``basis``, D × k, nothing elsewhere).  :meth:`sample` draws one
-    flat float64 vector from ``generator``."""
-
-    def __init__(self, kind: str, trace: float, dim: int, basis=None,
-                 generator: Optional[torch.Generator] = None) -> None:
-        if kind not in ("isotropic", "topk"):
-            raise ConfigError(f"injected noise must be isotropic or topk (got {kind!r})")
-        if not (math.isfinite(trace) and trace >= 0):
-            raise ConfigError(f"noise trace must be finite and >= 0 (got {trace!r})")
-        self.kind, self.trace, self.dim = kind, float(trace), int(dim)
-        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
-        self.basis: Optional[Tensor] = None
-        if kind == "topk":
-            if basis is None:
-                raise ConfigError("topk noise needs the top-k Hessian eigenvectors (basis)")
-            v = basis.detach().to("cpu", torch.float64) if isinstance(basis, Tensor) \
-                else torch.as_tensor(np.asarray(basis, dtype=np.float64))
-            v = v[:, None] if v.ndim == 1 else v
-            if v.ndim != 2 or v.shape[0] != self.dim or v.shape[1] < 1:
-                raise ConfigError(f"topk basis must be D x k with D = {self.dim} "
-                                  f"(got {tuple(v.shape)})")
-            if not torch.isfinite(v).all():
-                raise ConfigError("topk basis has non-finite entries")
-            q, r = torch.linalg.qr(v)
-            if torch.abs(torch.diagonal(r)).min() <= 1e-8 * torch.abs(torch.diagonal(r)).max():
-                raise ConfigError("topk basis is rank-deficient")
-            self.basis = q
-        self.k = None if self.basis is None else int(self.basis.shape[1])
-
-    def sample(self) -> Tensor:
-        if self.kind == "isotropic":
-            z = torch.randn(self.dim, generator=self.generator, dtype=torch.float64)
-            return z * math.sqrt(self.trace / self.dim)
-        z = torch.randn(self.k, generator=self.generator, dtype=torch.float64)
-        return self.basis @ (z * math.sqrt(self.trace / self.k))
-
-
-def sgd_noise_trace(model: nn.Module, train_split, size: Optional[int] = None, seed: int = 0,
-                    chunk: int = 64) -> float:
-    """``tr Σ``: the trace of the per-sample gradient covariance at the model's parameters,
-    ``mean_i ‖g_i − ḡ‖²`` over ``size`` samples of the split (``None``: all; a seeded subset
-    as :meth:`ProbeData.from_split`), per-sample gradients in eval mode as the probes
-    (:func:`landscope.probes.noise.per_sample_gradients`), accumulated ``chunk`` samples at a
-    time (no n × D matrix is kept)."""
-    from landscope.probes.noise import per_sample_gradients
-
-    data = ProbeData.from_split(train_split, size, seed, chunk)
-    total_sq, total, n = 0.0, None, 0
-    for x, y in data.batches:
-        g = per_sample_gradients(model, ProbeData.from_tensors(x, y, chunk), chunk=chunk)
-        g = g.to(torch.float64)
-        total_sq += float((g * g).sum())
-        total = g.sum(0) if total is None else total + g.sum(0)
-        n += g.shape[0]
-    mean = total / n
-    return max(total_sq / n - float(mean @ mean), 0.0)
-
-
 def _full_gradient(work: nn.Module, params: list[Tensor], train_split, n: int,
                    dtype: torch.dtype, device: torch.device, chunk: int) -> list[Tensor]:
     """The gradient of the mean task loss over the whole split (train mode)."""
@@ -291,20 +204,7 @@ def run_escape(model: nn.Module, train_split, *, lr: float, batch_size: int, see
     plus Gaussian noise of trace ``tr Σ/B·(n−B)/(n−1)``; ``sigma_trace`` = tr Σ is required,
     ``noise_basis`` the D × k top-k Hessian eigenvectors for ``"topk"``, in the flat order of
     the trainable parameters); module docstring."""
-    if noise not in NOISES:
-        raise ConfigError(f"escape noise must be one of {', '.join(NOISES)} (got {noise!r})")
-    if noise != "sgd" and (sigma_trace is None or not math.isfinite(sigma_trace)
-                           or sigma_trace < 0):
-        raise ConfigError(f"escape noise={noise} needs sigma_trace = tr Σ >= 0 "
-                          f"(got {sigma_trace!r})")
-    if not (math.isfinite(lr) and lr > 0):
-        raise ConfigError(f"escape lr must be finite and > 0 (got {lr!r})")
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise ConfigError(f"escape batch_size must be an integer >= 1 (got {batch_size!r})")
-    if int(max_steps) != max_steps or max_steps < 1:
-        raise ConfigError(f"escape max_steps must be an integer >= 1 (got {max_steps!r})")
-    if int(eval_every) != eval_every or eval_every < 1:
-        raise ConfigError(f"escape eval_every must be an integer >= 1 (got {eval_every!r})")
+    _check_escape(noise, sigma_trace, lr, batch_size, max_steps, eval_every)
     n = len(train_split)
     if n < 1:
         raise ConfigError("escape needs a non-empty training split")
@@ -322,68 +222,109 @@ def run_escape(model: nn.Module, train_split, *, lr: float, batch_size: int, see
         step_trace = minibatch_noise_trace(sigma_trace, batch_size, n)
         injected = InjectedNoise(noise, step_trace, int(theta0.numel()), noise_basis,
                                  _noise_generator(seed))
-        shapes = [p.shape for p in params]
-        sizes = [p.numel() for p in params]
-
+    gradient = _Gradient(work, params, train_split, b, gen, injected, eval_batch)
     loss0 = _eval_loss(work, data, dtype, device)
     if not math.isfinite(loss0):
         raise ConfigError(f"the loss at the starting point is not finite ({loss0})")
-    threshold = rule.threshold(loss0)
-    steps, losses, distances = [0], [loss0], [0.0]
-    escape_step = radius_step = None
-    streak_start, streak = None, 0
-    diverged = False
-
-    def batches():
-        while True:
-            for x, y in train_split.batches(b, shuffle=True, generator=gen):
-                if len(y) == b:
-                    yield x, y
-
-    stream = batches()
-    step = 0
+    watch, step = _Watch(rule, loss0), 0
     while step < max_steps:
         work.train()
-        if injected is None:
-            x, y = next(stream)
-            x = x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device)
-            grads = torch.autograd.grad(task_loss(work, work(x), y.to(device)), params)
-        else:
-            grads = _full_gradient(work, params, train_split, n, dtype, device, eval_batch)
-            xi = injected.sample().to(device=device, dtype=dtype).split(sizes)
-            grads = [g + e.reshape(shape) for g, e, shape in zip(grads, xi, shapes)]
+        grads = gradient()
         with torch.no_grad():  # plain SGD (torch.optim.SGD would import torch._dynamo: ~5 s)
             for p, g in zip(params, grads):
                 p.add_(g, alpha=-float(lr))
         step += 1
         if step % eval_every and step != max_steps:
             continue
-        loss = _eval_loss(work, data, dtype, device)
-        dist = float((_flat(params) - theta0).norm())
-        steps.append(step)
-        losses.append(loss)
-        distances.append(dist)
-        if rule.radius is not None and radius_step is None and not dist <= rule.radius:
-            radius_step = step
-        bad = not (math.isfinite(loss) and math.isfinite(dist))
-        above = bad or not loss <= threshold  # NaN and inf count as above
-        if escape_step is None:
-            if above:
-                streak_start = step if streak == 0 else streak_start
-                streak += 1
-            else:
-                streak, streak_start = 0, None
-            if bad or streak >= rule.confirm:
-                escape_step = streak_start
-        if bad:
-            diverged = True
+        if watch.record(step, _eval_loss(work, data, dtype, device),
+                        float((_flat(params) - theta0).norm())):
             break
-        if escape_step is not None and (rule.radius is None or radius_step is not None):
-            break
-    return EscapeRun(escaped=escape_step is not None, escape_step=escape_step,
-                     radius_step=radius_step, diverged=diverged, loss0=loss0,
-                     threshold=threshold, steps_run=step, lr=float(lr), batch_size=b,
+    return EscapeRun(escaped=watch.escape_step is not None, escape_step=watch.escape_step,
+                     radius_step=watch.radius_step, diverged=watch.diverged, loss0=loss0,
+                     threshold=watch.threshold, steps_run=step, lr=float(lr), batch_size=b,
                      seed=int(seed), max_steps=int(max_steps), eval_every=int(eval_every),
                      eval_size=data.n, rule=rule, noise=noise, noise_trace=step_trace,
-                     noise_k=None if injected is None else injected.k, steps=steps,
-                     losses=losses, distances=distances)
+                     noise_k=None if injected is None else injected.k, steps=watch.steps,
+                     losses=watch.losses, distances=watch.distances)
+
+
+def _check_escape(noise: str, sigma_trace: Optional[float], lr: float, batch_size: int,
+                  max_steps: int, eval_every: int) -> None:
+    if noise not in NOISES:
+        raise ConfigError(f"escape noise must be one of {', '.join(NOISES)} (got {noise!r})")
+    if noise != "sgd" and (sigma_trace is None or not math.isfinite(sigma_trace)
+                           or sigma_trace < 0):
+        raise ConfigError(f"escape noise={noise} needs sigma_trace = tr Σ >= 0 "
+                          f"(got {sigma_trace!r})")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"escape lr must be finite and > 0 (got {lr!r})")
+    for name, value in (("batch_size", batch_size), ("max_steps", max_steps),
+                        ("eval_every", eval_every)):
+        if int(value) != value or value < 1:
+            raise ConfigError(f"escape {name} must be an integer >= 1 (got {value!r})")
+
+
+class _Gradient:
+    """A step's gradient: mini-batch ``t`` of the reshuffled epochs (``injected`` None) or the
+    full-batch gradient plus one draw of the injected noise."""
+
+    def __init__(self, work: nn.Module, params: list[Tensor], train_split, b: int,
+                 gen: torch.Generator, injected: Optional[InjectedNoise], chunk: int) -> None:
+        self.work, self.params, self.split, self.b, self.gen = work, params, train_split, b, gen
+        self.injected, self.chunk, self.n = injected, chunk, len(train_split)
+        self.dtype, self.device = params[0].dtype, params[0].device
+        self.shapes = [p.shape for p in params]
+        self.sizes = [p.numel() for p in params]
+        self.stream = self._batches()
+
+    def _batches(self):
+        while True:
+            for x, y in self.split.batches(self.b, shuffle=True, generator=self.gen):
+                if len(y) == self.b:
+                    yield x, y
+
+    def __call__(self) -> list[Tensor]:
+        work, params, dtype, device = self.work, self.params, self.dtype, self.device
+        if self.injected is None:
+            x, y = next(self.stream)
+            x = x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device)
+            return list(torch.autograd.grad(task_loss(work, work(x), y.to(device)), params))
+        grads = _full_gradient(work, params, self.split, self.n, dtype, device, self.chunk)
+        xi = self.injected.sample().to(device=device, dtype=dtype).split(self.sizes)
+        return [g + e.reshape(shape) for g, e, shape in zip(grads, xi, self.shapes)]
+
+
+class _Watch:
+    """The evaluated steps of a run and its escape criteria (module docstring)."""
+
+    def __init__(self, rule: EscapeRule, loss0: float) -> None:
+        self.rule, self.threshold = rule, rule.threshold(loss0)
+        self.steps, self.losses, self.distances = [0], [loss0], [0.0]
+        self.escape_step: Optional[int] = None
+        self.radius_step: Optional[int] = None
+        self.streak_start: Optional[int] = None
+        self.streak, self.diverged = 0, False
+
+    def record(self, step: int, loss: float, dist: float) -> bool:
+        """Record the evaluation at ``step``; whether the run is over."""
+        rule = self.rule
+        self.steps.append(step)
+        self.losses.append(loss)
+        self.distances.append(dist)
+        if rule.radius is not None and self.radius_step is None and not dist <= rule.radius:
+            self.radius_step = step
+        bad = not (math.isfinite(loss) and math.isfinite(dist))
+        above = bad or not loss <= self.threshold  # NaN and inf count as above
+        if self.escape_step is None:
+            if above:
+                self.streak_start = step if self.streak == 0 else self.streak_start
+                self.streak += 1
+            else:
+                self.streak, self.streak_start = 0, None
+            if bad or self.streak >= rule.confirm:
+                self.escape_step = self.streak_start
+        if bad:
+            self.diverged = True
+            return True
+        return self.escape_step is not None and (rule.radius is None
+                                                 or self.radius_step is not None)

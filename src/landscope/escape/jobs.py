@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any, Optional
 
 from landscope.errors import ConfigError, LandscopeError
 from landscope.escape.settings import LATER_DEFAULTS, RESULTS_DIR, settings_fingerprint
@@ -102,20 +103,12 @@ def continue_job(job: dict, settings: dict) -> tuple[str, dict]:
 
     fp = settings_fingerprint(settings)
     cache = job["job"].cache(RESULTS_DIR, fp)
-    newest = job["job"].checkpoints()
-    digest = payload_digest(newest[0]) if newest else None
-    previous = cache.read({"checkpoint_sha256": digest, "settings": settings}, npz="none") \
-        if digest is not None else None
-    if previous is not None:
-        if previous.get("complete"):
-            return "cached", previous
-        done = {cell_key(r.get("requested_lr", r["lr"]), r["requested_batch_size"], r["seed"],
-                          r.get("noise", "sgd")): r for r in previous.get("runs", [])}
-    else:
-        done = {}
+    finished, done = _previous(job, settings, cache)
+    if finished is not None:
+        return "cached", finished
     import torch
 
-    from landscope.escape.dynamics import EscapeRule, run_escape
+    from landscope.escape.dynamics import EscapeRule
     from landscope.jobs import default_threads
     from landscope.models import count_parameters
 
@@ -145,18 +138,8 @@ def continue_job(job: dict, settings: dict) -> tuple[str, dict]:
                     if key in done:
                         runs.append(done[key])
                         continue
-                    run = run_escape(model, data.train, lr=eta, batch_size=b, seed=seed,
-                                     max_steps=settings["max_steps"],
-                                     eval_every=settings["eval_every"], rule=rule,
-                                     eval_size=settings["eval_size"],
-                                     eval_seed=settings["eval_seed"], noise=noise,
-                                     sigma_trace=extra.get("sigma_trace"),
-                                     noise_basis=extra.get("basis") if noise == "topk" else None)
-                    row = run.to_dict()
-                    row.update(requested_batch_size=int(b), eta_over_b=run.lr / run.batch_size)
-                    if stability:
-                        row.update(requested_lr=float(lr), lambda_max=extra["lambda_max"])
-                    runs.append(row)
+                    runs.append(_escape_row(model, data, settings, rule, extra, noise, lr,
+                                            eta, b, seed, stability))
                     fresh = True
                 if fresh:
                     cache.write({**record, "runs": runs,
@@ -164,6 +147,42 @@ def continue_job(job: dict, settings: dict) -> tuple[str, dict]:
     record.update(runs=runs, complete=True, wall_time_s=time.perf_counter() - tic)
     cache.write(record)
     return "computed", record
+
+
+def _previous(job: dict, settings: dict, cache: Any) -> tuple[Optional[dict], dict]:
+    """The cached record when it is complete (else None), and the runs a partial file already
+    holds, by cell."""
+    from landscope.checkpoint import payload_digest
+
+    newest = job["job"].checkpoints()
+    digest = payload_digest(newest[0]) if newest else None
+    previous = cache.read({"checkpoint_sha256": digest, "settings": settings}, npz="none") \
+        if digest is not None else None
+    if previous is None:
+        return None, {}
+    if previous.get("complete"):
+        return previous, {}
+    return None, {cell_key(r.get("requested_lr", r["lr"]), r["requested_batch_size"], r["seed"],
+                           r.get("noise", "sgd")): r for r in previous.get("runs", [])}
+
+
+def _escape_row(model: Any, data: Any, settings: dict, rule: Any, extra: dict, noise: str,
+                lr: float, eta: float, b: int, seed: int, stability: bool) -> dict:
+    """One escape run (step size ``eta`` for the requested ``lr``) as a record row."""
+    from landscope.escape.dynamics import run_escape
+
+    run = run_escape(model, data.train, lr=eta, batch_size=b, seed=seed,
+                     max_steps=settings["max_steps"],
+                     eval_every=settings["eval_every"], rule=rule,
+                     eval_size=settings["eval_size"],
+                     eval_seed=settings["eval_seed"], noise=noise,
+                     sigma_trace=extra.get("sigma_trace"),
+                     noise_basis=extra.get("basis") if noise == "topk" else None)
+    row = run.to_dict()
+    row.update(requested_batch_size=int(b), eta_over_b=run.lr / run.batch_size)
+    if stability:
+        row.update(requested_lr=float(lr), lambda_max=extra["lambda_max"])
+    return row
 
 
 def summary(record: dict) -> str:

@@ -113,6 +113,30 @@ def _eval_split(space: ParamSpace, split: Any, batch_size: int) -> tuple[float, 
     return total / n, correct / n
 
 
+def _adam_epochs(sub: SubspaceModel, theta_d: Tensor, opt: torch.optim.Optimizer,
+                 train_split: Any, epochs: int, batch_size: int, seed: int
+                 ) -> tuple[int, int, bool]:
+    """``epochs`` shuffled passes of ``opt`` on ``theta_d``: (gradient evaluations, steps,
+    diverged); a non-finite batch loss ends the training before its step."""
+    grad_evals, steps, diverged = 0, 0, False
+    for epoch in range(epochs):
+        for x, y in train_split.batches(batch_size, shuffle=True,
+                                        generator=epoch_generator(seed, epoch)):
+            x, y = x.to(theta_d.device, theta_d.dtype), y.to(theta_d.device)
+            opt.zero_grad(set_to_none=True)
+            loss = sub.loss(theta_d, x, y)
+            loss.backward()
+            grad_evals += 1
+            if not torch.isfinite(loss):
+                diverged = True
+                break
+            opt.step()
+            steps += 1
+        if diverged:
+            break
+    return grad_evals, steps, diverged
+
+
 def train_subspace(model: nn.Module, d: int, projection: Any, train_split: Any, test_split: Any,
                    epochs: int = 10, lr: float = 0.01, batch_size: int = 128, seed: int = 0, *,
                    eval_batch_size: int = 2048, bn: str = "recompute",
@@ -141,22 +165,8 @@ def train_subspace(model: nn.Module, d: int, projection: Any, train_split: Any, 
     sub.work.train()
     theta_d = torch.zeros(d, dtype=first.dtype, device=first.device, requires_grad=True)
     opt = torch.optim.Adam([theta_d], lr=lr)
-    grad_evals, steps, diverged = 0, 0, False
-    for epoch in range(epochs):
-        for x, y in train_split.batches(batch_size, shuffle=True,
-                                        generator=epoch_generator(seed, epoch)):
-            x, y = x.to(first.device, first.dtype), y.to(first.device)
-            opt.zero_grad(set_to_none=True)
-            loss = sub.loss(theta_d, x, y)
-            loss.backward()
-            grad_evals += 1
-            if not torch.isfinite(loss):
-                diverged = True
-                break
-            opt.step()
-            steps += 1
-        if diverged:
-            break
+    grad_evals, steps, diverged = _adam_epochs(sub, theta_d, opt, train_split, epochs,
+                                               batch_size, seed)
     theta = sub.theta(theta_d.detach())
     nan = float("nan")
     if diverged or not torch.isfinite(theta).all():

@@ -82,87 +82,125 @@ def run_landscape(model: nn.Module, data: Any, cfg: Any, *,
     ``store_dir`` keeps partial grids so an interrupted scan resumes. The model is left
     untouched.
     """
-    rep = LandscapeReport()
-    space = ParamSpace(model)
-    train = ProbeData.from_split(data.train, cfg.data_size, cfg.seed, cfg.batch_size)
-    test = ProbeData.from_split(data.test, cfg.data_size, cfg.seed, cfg.batch_size)
-    bn, norm = _value(cfg.bn), _value(cfg.normalization)
-    common = dict(bn=bn, bn_data=train if bn == "recompute" else None, workers=cfg.workers)
-    store = (lambda name: None) if store_dir is None else (lambda name: Path(store_dir) / name)
-    rep.scalars["landscape_train_samples"] = train.n
-    rep.scalars["landscape_test_samples"] = test.n
-
-    def timed(part: str, tic: float) -> None:
-        rep.scalars[f"landscape_{part}_seconds"] = time.perf_counter() - tic
-
-    k_rand = max(cfg.line_directions if cfg.line else 0, 2 if cfg.plane else 0)
-    dirs = random_directions(space, k_rand, cfg.seed, norm, cfg.include_bias_norm) \
-        if k_rand else None
-    if cfg.line and cfg.line_directions > 0:
-        tic = time.perf_counter()
-        res = line_slice(space, dirs[:cfg.line_directions],
-                         symmetric_grid(cfg.line_range, cfg.line_points), train, test,
-                         store=store("line.partial.npz"), **common)
-        rep.arrays.update(_prefixed("line", res.arrays()))
-        rep.scalars.update(res.scalars())
-        timed("line", tic)
+    suite = _Suite(model, data, cfg)
     eig = None if eigenvectors is None else np.asarray(eigenvectors)
-    n_eig = 0 if eig is None or eig.ndim != 2 or eig.shape[0] != space.dim else eig.shape[1]
-    if cfg.line and cfg.line_eigen > 0:
-        if n_eig >= cfg.line_eigen:
+    suite.lines(store_dir, eig)
+    if cfg.plane:
+        suite.plane(store_dir, eig)
+    if cfg.trajectory:
+        suite.trajectory(trajectory_path)
+    if cfg.intrinsic_dim:
+        suite.intrinsic(init_model, reference_acc, batch_size)
+    return suite.rep
+
+
+class _Suite:
+    """The parts of one :func:`run_landscape` call, each adding its scalars, arrays and notes
+    to ``rep`` (in the order the parts run)."""
+
+    def __init__(self, model: nn.Module, data: Any, cfg: Any) -> None:
+        self.rep, self.data, self.cfg = LandscapeReport(), data, cfg
+        self.space = space = ParamSpace(model)
+        self.train = train = ProbeData.from_split(data.train, cfg.data_size, cfg.seed,
+                                                  cfg.batch_size)
+        self.test = ProbeData.from_split(data.test, cfg.data_size, cfg.seed, cfg.batch_size)
+        self.bn, norm = _value(cfg.bn), _value(cfg.normalization)
+        self.common = dict(bn=self.bn, bn_data=train if self.bn == "recompute" else None,
+                           workers=cfg.workers)
+        self.rep.scalars["landscape_train_samples"] = train.n
+        self.rep.scalars["landscape_test_samples"] = self.test.n
+        k_rand = max(cfg.line_directions if cfg.line else 0, 2 if cfg.plane else 0)
+        self.dirs = random_directions(space, k_rand, cfg.seed, norm, cfg.include_bias_norm) \
+            if k_rand else None
+
+    def timed(self, part: str, tic: float) -> None:
+        self.rep.scalars[f"landscape_{part}_seconds"] = time.perf_counter() - tic
+
+    def n_eig(self, eig: Optional[np.ndarray]) -> int:
+        """How many usable saved eigenvectors ``eig`` holds."""
+        ok = eig is not None and eig.ndim == 2 and eig.shape[0] == self.space.dim
+        return eig.shape[1] if ok else 0  # type: ignore[union-attr]
+
+    def lines(self, store_dir: Optional[Path], eig: Optional[np.ndarray]) -> None:
+        """``line`` (random directions) and ``line_eigen`` (saved eigenvectors)."""
+        cfg, rep, space = self.cfg, self.rep, self.space
+        if cfg.line and cfg.line_directions > 0:
             tic = time.perf_counter()
-            res = line_slice(space, eigen_directions(eig, space, cfg.line_eigen),
-                             symmetric_grid(cfg.line_range, cfg.line_points), train, test,
-                             store=store("eigline.partial.npz"), **common)
-            rep.arrays.update(_prefixed("eigline", res.arrays()))
-            rep.scalars.update(_renamed(res.scalars(), "line_", "eigline_"))
-            timed("eigline", tic)
-        else:
+            res = line_slice(space, self.dirs[:cfg.line_directions],  # type: ignore[index]
+                             symmetric_grid(cfg.line_range, cfg.line_points), self.train,
+                             self.test, store=_store(store_dir, "line.partial.npz"),
+                             **self.common)
+            rep.arrays.update(_prefixed("line", res.arrays()))
+            rep.scalars.update(res.scalars())
+            self.timed("line", tic)
+        n_eig = self.n_eig(eig)
+        if not (cfg.line and cfg.line_eigen > 0):
+            return
+        if n_eig < cfg.line_eigen:
             rep.notes.append(f"line_eigen={cfg.line_eigen} skipped: the probes saved {n_eig} "
                              f"eigenvectors (run probes with probe.top_k >= {cfg.line_eigen})")
-    if cfg.plane:
+            return
         tic = time.perf_counter()
-        use_eig = bool(cfg.plane_eigen) and n_eig >= 2
+        res = line_slice(space, eigen_directions(eig, space, cfg.line_eigen),
+                         symmetric_grid(cfg.line_range, cfg.line_points), self.train, self.test,
+                         store=_store(store_dir, "eigline.partial.npz"), **self.common)
+        rep.arrays.update(_prefixed("eigline", res.arrays()))
+        rep.scalars.update(_renamed(res.scalars(), "line_", "eigline_"))
+        self.timed("eigline", tic)
+
+    def plane(self, store_dir: Optional[Path], eig: Optional[np.ndarray]) -> None:
+        cfg, rep = self.cfg, self.rep
+        tic = time.perf_counter()
+        use_eig = bool(cfg.plane_eigen) and self.n_eig(eig) >= 2
         if cfg.plane_eigen and not use_eig:
             rep.notes.append("plane_eigen skipped: fewer than 2 saved eigenvectors; the plane "
                              "uses random directions")
-        d = eigen_directions(eig, space, 2) if use_eig else dirs[:2]
+        d = eigen_directions(eig, self.space, 2) if use_eig else self.dirs[:2]  # type: ignore
         grid = symmetric_grid(cfg.plane_range, cfg.plane_points)
-        res = plane_slice(space, d[0], d[1], grid, grid, train, test,
-                          store=store("plane.partial.npz"), **common)
+        res = plane_slice(self.space, d[0], d[1], grid, grid, self.train, self.test,
+                          store=_store(store_dir, "plane.partial.npz"), **self.common)
         rep.arrays.update(_prefixed("plane", res.arrays()))
         rep.scalars.update(res.scalars())
         rep.scalars["plane_directions_eigen"] = use_eig
-        timed("plane", tic)
-    if cfg.trajectory:
-        if trajectory_path is not None and Path(trajectory_path).is_file():
-            tic = time.perf_counter()
-            traj = trajectory_landscape(space, load_trajectory(trajectory_path), train,
-                                        cfg.trajectory_points, bn=bn,
-                                        bn_data=train if bn == "recompute" else None)
-            rep.arrays.update(_prefixed("traj", traj.arrays()))
-            rep.scalars.update(traj.scalars())
-            timed("trajectory", tic)
-        else:
-            rep.notes.append("trajectory skipped: no snapshots were recorded (train the job "
-                             "with landscape.trajectory=true)")
-    if cfg.intrinsic_dim:
+        self.timed("plane", tic)
+
+    def trajectory(self, trajectory_path: Optional[Path]) -> None:
+        if trajectory_path is None or not Path(trajectory_path).is_file():
+            self.rep.notes.append("trajectory skipped: no snapshots were recorded (train the "
+                                  "job with landscape.trajectory=true)")
+            return
+        tic = time.perf_counter()
+        train, bn = self.train, self.bn
+        traj = trajectory_landscape(self.space, load_trajectory(trajectory_path), train,
+                                    self.cfg.trajectory_points, bn=bn,
+                                    bn_data=train if bn == "recompute" else None)
+        self.rep.arrays.update(_prefixed("traj", traj.arrays()))
+        self.rep.scalars.update(traj.scalars())
+        self.timed("trajectory", tic)
+
+    def intrinsic(self, init_model: Optional[nn.Module], reference_acc: Optional[float],
+                  batch_size: int) -> None:
+        cfg, rep = self.cfg, self.rep
         if init_model is None or reference_acc is None:
             rep.notes.append("intrinsic_dim skipped: needs the job's initial model and its "
                              "final test accuracy")
-        else:
-            tic = time.perf_counter()
-            dims = list(cfg.intrinsic_dims)
-            n_params = sum(p.numel() for p in init_model.parameters())
-            if max(dims) > n_params:  # a subspace cannot be larger than the space
-                dims = sorted({d for d in dims if d < n_params} | {n_params})
-                rep.notes.append(f"intrinsic_dim: dims above the model's {n_params} parameters "
-                                 f"replaced by {n_params} (grid {dims})")
-            res = intrinsic_dimension(init_model, dims, float(reference_acc),
-                                      data.train, data.test, _value(cfg.intrinsic_projection),
-                                      epochs=cfg.intrinsic_epochs, lr=cfg.intrinsic_lr,
-                                      batch_size=batch_size, seed=cfg.seed)
-            rep.arrays.update(_prefixed("intrinsic", res.arrays()))
-            rep.scalars.update(res.scalars())
-            timed("intrinsic_dim", tic)
-    return rep
+            return
+        tic = time.perf_counter()
+        dims = list(cfg.intrinsic_dims)
+        n_params = sum(p.numel() for p in init_model.parameters())
+        if max(dims) > n_params:  # a subspace cannot be larger than the space
+            dims = sorted({d for d in dims if d < n_params} | {n_params})
+            rep.notes.append(f"intrinsic_dim: dims above the model's {n_params} parameters "
+                             f"replaced by {n_params} (grid {dims})")
+        res = intrinsic_dimension(init_model, dims, float(reference_acc),
+                                  self.data.train, self.data.test,
+                                  _value(cfg.intrinsic_projection), epochs=cfg.intrinsic_epochs,
+                                  lr=cfg.intrinsic_lr, batch_size=batch_size, seed=cfg.seed)
+        rep.arrays.update(_prefixed("intrinsic", res.arrays()))
+        rep.scalars.update(res.scalars())
+        self.timed("intrinsic_dim", tic)
+
+
+def _store(store_dir: Optional[Path], name: str) -> Optional[Path]:
+    """Where a scan keeps its partial grid (None: nowhere)."""
+    return None if store_dir is None else Path(store_dir) / name

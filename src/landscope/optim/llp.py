@@ -194,31 +194,13 @@ class LLP(torch.optim.Optimizer):
         for _ in range(self.n_probes):
             d = torch.randn(dim, generator=self.generator, dtype=torch.float64)
             d = (d / torch.linalg.vector_norm(d)).to(g0.device, g0.dtype)
-            offset = 0
-            for p in params:
-                n = p.numel()
-                p.add_(d[offset:offset + n].view_as(p), alpha=self.eps)
-                offset += n
-            for p in params:
-                p.grad = None
-            with torch.enable_grad():
-                closure()
-            gi = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                            for p in params])
-            h = (gi - g0) / self.eps
-            for p, t in zip(params, theta):
-                p.copy_(t)  # exact restore: (θ + εd) − εd != θ in floats
+            h = self._gradient_change(params, theta, g0, d, closure)
             changes.append(h)
             curv.append(float(torch.linalg.vector_norm(h)))
             dirc.append(float(torch.dot(d.double(), h.double())))
         for p, g in zip(params, saved_grads):
             p.grad = g
-        agg = {"max": max, "median": statistics.median,
-               "mean": lambda v: sum(v) / len(v)}[self.aggregate]
-        if self.curvature == "frobenius":
-            kappa = math.sqrt(dim * agg([x * x for x in curv]))
-        else:
-            kappa = agg(curv)
+        kappa = self._probe_curvature(curv, dim)
         if self.kappa is None or not math.isfinite(self.kappa):
             self.kappa = kappa
         else:
@@ -236,6 +218,34 @@ class LLP(torch.optim.Optimizer):
         self._acc["llp_probe_steps"] = self._acc.get("llp_probe_steps", 0.0) + 1
         self._acc["llp_probe_evals"] = self._acc.get("llp_probe_evals", 0.0) + self.n_probes
         return self.n_probes
+
+    def _gradient_change(self, params: list[torch.Tensor], theta: list[torch.Tensor],
+                         g0: torch.Tensor, d: torch.Tensor, closure: Callable[[], Any]
+                         ) -> torch.Tensor:
+        """``(g(θ + εd) − g(θ)) / ε`` from one ``closure()`` at ``θ + εd``; θ restored exactly."""
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.add_(d[offset:offset + n].view_as(p), alpha=self.eps)
+            offset += n
+        for p in params:
+            p.grad = None
+        with torch.enable_grad():
+            closure()
+        gi = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                        for p in params])
+        h = (gi - g0) / self.eps
+        for p, t in zip(params, theta):
+            p.copy_(t)  # exact restore: (θ + εd) − εd != θ in floats
+        return h
+
+    def _probe_curvature(self, curv: list[float], dim: int) -> float:
+        """This probe's curvature from the directions' ``‖H d‖`` (``aggregate``, ``curvature``)."""
+        agg = {"max": max, "median": statistics.median,
+               "mean": lambda v: sum(v) / len(v)}[self.aggregate]
+        if self.curvature == "frobenius":
+            return math.sqrt(dim * agg([x * x for x in curv]))
+        return agg(curv)
 
     # ------------------------------------------------------------------ the step
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:  # type: ignore[override]

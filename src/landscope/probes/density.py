@@ -310,46 +310,84 @@ def slq(op: Operator, n_probes: int = 10, m_steps: int = 30, seed: int = 0,
         raise ValueError("slq(resolution=...) needs deflate= (the top-k eigenpairs)")
     start = op.n_matvecs
     gen = torch.Generator().manual_seed(seed)
-    d = op.dim
-    values = np.zeros(0) if deflate is None else deflate.eigenvalues.numpy().astype(np.float64)
-    basis = None
-    if deflate is not None:
-        if deflate.eigenvectors is None:
-            raise ValueError("slq(deflate=...) needs eigenvectors")
-        basis = deflate.eigenvectors.to(dtype=op.dtype, device=op.device)
-    rows: list[tuple[np.ndarray, np.ndarray]] = []
-    trace_samples: list[float] = []
-    steps: list[int] = []
+    runs = _Runs(op, deflate, gen, dist, m_steps, resolution, resolution_tol, min_steps, stop)
     stopped_by: str | None = None
-    seen = [math.inf, -math.inf] if deflate is None else [float(values.min()), float(values.max())]
     for i in range(n_probes):  # at least one run (of at least one step), whatever the cap
         if i > 0 and stop is not None and (stopped_by := stop()) is not None:
             break
-        k = len(values)
-        target: Operator = op if basis is None else _Deflated(op, basis)
-        m = max(1, min(m_steps, d - k))
-        z = probe_vector(d, gen, dist, op.dtype, op.device)
-        if isinstance(target, _Deflated):
-            z = target.project(z)
-        lz, stopped_by = _run(target, z, m, adaptive=i > 0, resolution=resolution,
-                              resolution_tol=resolution_tol, min_steps=min_steps, seen=seen,
-                              stop=stop)
-        theta, s_ = lz.ritz()
-        seen = [min(seen[0], float(theta.min())), max(seen[1], float(theta.max()))]
-        row_nodes = np.concatenate([values, theta])
-        row_w = np.concatenate([np.full(k, 1.0 / d), s_[0] ** 2 * (d - k) / d])
-        rows.append((row_nodes, row_w))
-        steps.append(lz.m)
-        if i > 0 or resolution is None:
-            trace_samples.append(float(z @ z) * lz.alpha[0])
-        if i == 0 and resolution is not None and stopped_by is None:
-            extra_vals, extra_vecs = _settled_outliers(lz, seen[1] - seen[0])
-            if len(extra_vals):
-                values = np.concatenate([values, extra_vals])
-                q, _ = torch.linalg.qr(torch.cat([basis, extra_vecs], dim=1))
-                basis = q
+        stopped_by = runs.run(i)
         if stopped_by is not None:
             break
+    nodes, weights = _padded(runs.rows)
+    return SLQResult(nodes=nodes, weights=weights, dim=op.dim, n_matvecs=op.n_matvecs - start,
+                     trace_samples=torch.tensor(runs.trace_samples, dtype=torch.float64),
+                     steps=runs.steps, deflated=len(runs.values), stopped_by=stopped_by,
+                     deflation=runs.deflation())
+
+
+class _Runs:
+    """The Lanczos runs of :func:`slq`, one per probe: the deflated pairs (``values``,
+    ``basis``), the range of Ritz values seen and, per run, its quadrature row, steps and
+    trace sample."""
+
+    def __init__(self, op: Operator, deflate: EigResult | None, gen: torch.Generator, dist: Dist,
+                 m_steps: int, resolution: float | None, resolution_tol: float, min_steps: int,
+                 stop: Callable[[], str | None] | None) -> None:
+        self.op, self.gen, self.dist, self.m_steps, self.stop = op, gen, dist, m_steps, stop
+        self.resolution, self.resolution_tol, self.min_steps = resolution, resolution_tol, min_steps
+        values = np.zeros(0) if deflate is None else deflate.eigenvalues.numpy().astype(np.float64)
+        self.values, self.basis = values, None
+        if deflate is not None:
+            if deflate.eigenvectors is None:
+                raise ValueError("slq(deflate=...) needs eigenvectors")
+            self.basis = deflate.eigenvectors.to(dtype=op.dtype, device=op.device)
+        self.rows: list[tuple[np.ndarray, np.ndarray]] = []
+        self.trace_samples: list[float] = []
+        self.steps: list[int] = []
+        self.seen = ([math.inf, -math.inf] if deflate is None
+                     else [float(values.min()), float(values.max())])
+
+    def run(self, i: int) -> str | None:
+        """Run ``i`` (the first takes all steps; the later ones adapt); the cap that cut it."""
+        op, d, k = self.op, self.op.dim, len(self.values)
+        target: Operator = op if self.basis is None else _Deflated(op, self.basis)
+        m = max(1, min(self.m_steps, d - k))
+        z = probe_vector(d, self.gen, self.dist, op.dtype, op.device)
+        if isinstance(target, _Deflated):
+            z = target.project(z)
+        lz, stopped_by = _run(target, z, m, adaptive=i > 0, resolution=self.resolution,
+                              resolution_tol=self.resolution_tol, min_steps=self.min_steps,
+                              seen=self.seen, stop=self.stop)
+        theta, s_ = lz.ritz()
+        self.seen = [min(self.seen[0], float(theta.min())), max(self.seen[1], float(theta.max()))]
+        row_nodes = np.concatenate([self.values, theta])
+        row_w = np.concatenate([np.full(k, 1.0 / d), s_[0] ** 2 * (d - k) / d])
+        self.rows.append((row_nodes, row_w))
+        self.steps.append(lz.m)
+        if i > 0 or self.resolution is None:
+            self.trace_samples.append(float(z @ z) * lz.alpha[0])
+        if i == 0 and self.resolution is not None and stopped_by is None:
+            extra_vals, extra_vecs = _settled_outliers(lz, self.seen[1] - self.seen[0])
+            if len(extra_vals):
+                self.values = np.concatenate([self.values, extra_vals])
+                q, _ = torch.linalg.qr(torch.cat([self.basis, extra_vecs], dim=1))
+                self.basis = q
+        return stopped_by
+
+    def deflation(self) -> EigResult | None:
+        """Every deflated pair (None without ``deflate``)."""
+        if self.basis is None:
+            return None
+        values = self.values
+        return EigResult(eigenvalues=torch.from_numpy(values.copy()), eigenvectors=self.basis,
+                         residuals=torch.zeros(len(values), dtype=torch.float64),
+                         converged=torch.ones(len(values), dtype=torch.bool), n_matvecs=0,
+                         iterations=0)
+
+
+def _padded(rows: list[tuple[np.ndarray, np.ndarray]]) -> tuple[Tensor, Tensor]:
+    """The rows' nodes and weights as ``(n, width)`` float64 tensors; a short row is padded
+    with its first node at weight 0."""
     width = max(len(t) for t, _ in rows)
     nodes = torch.empty(len(rows), width, dtype=torch.float64)
     weights = torch.zeros(len(rows), width, dtype=torch.float64)
@@ -357,12 +395,4 @@ def slq(op: Operator, n_probes: int = 10, m_steps: int = 30, seed: int = 0,
         nodes[i] = float(row_nodes[0])
         nodes[i, : len(row_nodes)] = torch.from_numpy(np.asarray(row_nodes, dtype=np.float64))
         weights[i, : len(row_w)] = torch.from_numpy(np.asarray(row_w, dtype=np.float64))
-    deflation = None
-    if basis is not None:
-        deflation = EigResult(eigenvalues=torch.from_numpy(values.copy()), eigenvectors=basis,
-                              residuals=torch.zeros(len(values), dtype=torch.float64),
-                              converged=torch.ones(len(values), dtype=torch.bool), n_matvecs=0,
-                              iterations=0)
-    return SLQResult(nodes=nodes, weights=weights, dim=d, n_matvecs=op.n_matvecs - start,
-                     trace_samples=torch.tensor(trace_samples, dtype=torch.float64),
-                     steps=steps, deflated=len(values), stopped_by=stopped_by, deflation=deflation)
+    return nodes, weights

@@ -177,69 +177,97 @@ def lanczos_eigs(op: Operator, k: int = 5, which: Which = "largest", tol: float 
     is an eigenvalue to within its residual either way; ask for more pairs than needed (or compare
     two seeds) when multiplicity matters.
     """
-    if which not in ("largest", "smallest"):
-        raise ValueError(f"which must be 'largest' or 'smallest', got {which!r}")
-    if not 1 <= k <= op.dim:
-        raise ValueError(f"need 1 <= k <= dim={op.dim}, got k={k}")
-    max_iter = min(op.dim, max_iter if max_iter is not None else 50 + 20 * k)
-    max_iter = max(max_iter, k)
+    max_iter = _eigs_iterations(op, k, which, max_iter)
     start = op.n_matvecs
     gen = torch.Generator().manual_seed(seed)
     itemsize = torch.empty((), dtype=op.dtype).element_size()
     keep = verify and max_iter * op.dim * itemsize <= KEEP_PRODUCTS_BYTES
     lz = _Lanczos(op, _random_vector(op, gen), restart=True, capacity=min(max_iter, 2 * k + 20),
                   gen=gen, keep_products=keep)
-    floor_c = 100.0 * torch.finfo(op.dtype).eps
-
-    def wanted(theta: np.ndarray) -> np.ndarray:
-        order = np.argsort(-theta if which == "largest" else theta, kind="stable")
-        return order[:k]
-
-    def thresholds(theta_k: np.ndarray) -> np.ndarray:
-        return np.maximum(np.maximum(tol * np.abs(theta_k), atol), floor_c * lz.anorm)
-
-    stopped_by = None
-    while lz.m < max_iter and not lz.exhausted:
-        if stop is not None and lz.m >= k:
-            stopped_by = stop()
-            if stopped_by is not None:
-                break
-        lz.step()
-        if lz.m >= k:
-            theta, s = lz.ritz()
-            idx = wanted(theta)
-            est = abs(lz.beta[-1]) * np.abs(s[-1, idx])
-            if np.all(est <= thresholds(theta[idx])):
-                break
+    want = _Wanted(lz, k, which, tol, atol)
+    stopped_by = _grow_until_converged(lz, want, max_iter, stop)
     theta, s = lz.ritz()
-    idx = wanted(theta)
+    idx = want.indices(theta)
     m = lz.m
     vals = theta[idx]
     est = abs(lz.beta[-1]) * np.abs(s[-1, idx])
-    vecs = None
-    if return_vectors or verify:
-        coeffs = torch.from_numpy(np.ascontiguousarray(s[:, idx])).to(dtype=op.dtype, device=op.device)
-        vecs = lz.V[:m].T @ coeffs
-        norms = torch.linalg.vector_norm(vecs, dim=0, keepdim=True)
-        vecs = vecs / norms
-    if verify and lz.AV is not None:
-        assert vecs is not None
-        ay = (lz.AV[:m].T @ coeffs) / norms
-        theta = torch.as_tensor(vals, dtype=op.dtype, device=op.device)
-        res = torch.linalg.vector_norm(ay - vecs * theta, dim=0).double().cpu().numpy()
-    elif verify and stopped_by is None:
-        assert vecs is not None
-        res = np.array([float(torch.linalg.vector_norm(op.matvec(vecs[:, i]) - float(vals[i]) * vecs[:, i]))
-                        for i in range(k)])
-    else:
-        res = est
+    vecs, res = _ritz_pairs(op, lz, s[:, idx], vals, est, return_vectors,
+                            verify and (lz.AV is not None or stopped_by is None))
     return EigResult(
         eigenvalues=torch.from_numpy(vals.copy()),
         eigenvectors=vecs if return_vectors else None,
         residuals=torch.from_numpy(np.asarray(res, dtype=np.float64)),
-        converged=torch.from_numpy(res <= thresholds(vals)),
+        converged=torch.from_numpy(res <= want.thresholds(vals)),
         n_matvecs=op.n_matvecs - start, iterations=m, which=which, n_restarts=lz.n_restarts,
         stopped_by=stopped_by)
+
+
+def _eigs_iterations(op: Operator, k: int, which: str, max_iter: int | None) -> int:
+    """The checked arguments' Krylov dimension limit (at least k, at most dim)."""
+    if which not in ("largest", "smallest"):
+        raise ValueError(f"which must be 'largest' or 'smallest', got {which!r}")
+    if not 1 <= k <= op.dim:
+        raise ValueError(f"need 1 <= k <= dim={op.dim}, got k={k}")
+    max_iter = min(op.dim, max_iter if max_iter is not None else 50 + 20 * k)
+    return max(max_iter, k)
+
+
+class _Wanted:
+    """The k wanted Ritz pairs of :func:`lanczos_eigs` and their convergence thresholds."""
+
+    def __init__(self, lz: _Lanczos, k: int, which: str, tol: float, atol: float) -> None:
+        self.lz, self.k, self.which, self.tol, self.atol = lz, k, which, tol, atol
+        self.floor_c = 100.0 * torch.finfo(lz.op.dtype).eps
+
+    def indices(self, theta: np.ndarray) -> np.ndarray:
+        order = np.argsort(-theta if self.which == "largest" else theta, kind="stable")
+        return order[:self.k]
+
+    def thresholds(self, theta_k: np.ndarray) -> np.ndarray:
+        return np.maximum(np.maximum(self.tol * np.abs(theta_k), self.atol),
+                          self.floor_c * self.lz.anorm)
+
+
+def _grow_until_converged(lz: _Lanczos, want: _Wanted, max_iter: int,
+                          stop: Callable[[], str | None] | None) -> str | None:
+    """Lanczos steps until the wanted pairs' estimates meet their thresholds, ``max_iter`` or
+    an invariant space; the cap ``stop`` named when it ended the run (else None)."""
+    k = want.k
+    while lz.m < max_iter and not lz.exhausted:
+        if stop is not None and lz.m >= k:
+            stopped_by = stop()
+            if stopped_by is not None:
+                return stopped_by
+        lz.step()
+        if lz.m >= k:
+            theta, s = lz.ritz()
+            idx = want.indices(theta)
+            est = abs(lz.beta[-1]) * np.abs(s[-1, idx])
+            if np.all(est <= want.thresholds(theta[idx])):
+                break
+    return None
+
+
+def _ritz_pairs(op: Operator, lz: _Lanczos, s_k: np.ndarray, vals: np.ndarray, est: np.ndarray,
+                return_vectors: bool, verify: bool) -> tuple[Tensor | None, np.ndarray]:
+    """The unit Ritz vectors (when asked for or verified) and the residuals: true ones when
+    ``verify`` (from the kept products, else k extra products), else the estimates ``est``."""
+    vecs = None
+    if return_vectors or verify:
+        coeffs = torch.from_numpy(np.ascontiguousarray(s_k)).to(dtype=op.dtype, device=op.device)
+        vecs = lz.V[:lz.m].T @ coeffs
+        norms = torch.linalg.vector_norm(vecs, dim=0, keepdim=True)
+        vecs = vecs / norms
+    if verify and lz.AV is not None:
+        assert vecs is not None
+        ay = (lz.AV[:lz.m].T @ coeffs) / norms
+        theta = torch.as_tensor(vals, dtype=op.dtype, device=op.device)
+        return vecs, torch.linalg.vector_norm(ay - vecs * theta, dim=0).double().cpu().numpy()
+    if verify:
+        assert vecs is not None
+        return vecs, np.array([float(torch.linalg.vector_norm(
+            op.matvec(vecs[:, i]) - float(vals[i]) * vecs[:, i])) for i in range(len(vals))])
+    return vecs, est
 
 
 def power_iteration(op: Operator, k: int = 1, tol: float = 1e-6, max_iter: int = 1000, *,

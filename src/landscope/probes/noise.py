@@ -252,28 +252,14 @@ def gradient_noise(model: nn.Module, data: ProbeData, *,
     tr_sigma = noise_trace(c)
     lam, vecs = noise_eigs(c, k_sigma)
     before = op.n_matvecs
-    stderr = 0.0
-    if alignment == "exact":
-        ths = alignment_exact(c, op)
-    elif alignment == "hutchinson":
-        ths, stderr = alignment_hutchinson(c, op, n_probes, seed)
-    else:
-        ths = alignment_lowrank(lam, vecs, op)
+    ths, stderr = _alignment(alignment, c, op, lam, vecs, n_probes, seed)
     align_hvps = op.n_matvecs - before
     if trace_h is None:
         tr = hutchinson(op, trace_samples, seed=seed)
         tr_h, tr_err = tr.estimate, tr.stderr
     else:
         tr_h, tr_err = float(trace_h), 0.0
-    if top_k_eigs is None:
-        lam_max = float(lanczos_eigs(op, k=1, seed=seed, return_vectors=False).eigenvalues[0])
-        share, k = None, 0
-    else:
-        lam_max = float(top_k_eigs.eigenvalues[0])
-        if top_k_eigs.eigenvectors is None:
-            share, k = None, 0
-        else:
-            share, k = energy_share(c, top_k_eigs.eigenvectors), top_k_eigs.eigenvectors.shape[1]
+    lam_max, share, k = _lambda_max_and_share(op, top_k_eigs, c, seed)
     kappa = alignment_ratio(ths, tr_sigma, op.dim, tr_h)
     return GradientNoise(
         n=grads.shape[0], dim=op.dim, mean_gradient=mean, trace_sigma=tr_sigma,
@@ -283,3 +269,29 @@ def gradient_noise(model: nn.Module, data: ProbeData, *,
         alignment_ratio=kappa, lambda_max=lam_max,
         difficulty_index=lam_max ** 2 / tr_h * kappa if tr_h != 0 else math.nan,
         top_k_energy_share=share, top_k=k, n_hvps=op.n_matvecs - start, seed=seed)
+
+
+def _alignment(alignment: Alignment, c: Tensor, op: Operator, lam: Tensor, vecs: Tensor,
+               n_probes: int, seed: int) -> tuple[float, float]:
+    """``tr(H Sigma)`` by the chosen method and its standard error (0 unless Hutchinson)."""
+    stderr = 0.0
+    if alignment == "exact":
+        ths = alignment_exact(c, op)
+    elif alignment == "hutchinson":
+        ths, stderr = alignment_hutchinson(c, op, n_probes, seed)
+    else:
+        ths = alignment_lowrank(lam, vecs, op)
+    return ths, stderr
+
+
+def _lambda_max_and_share(op: Operator, top_k_eigs: Optional[EigResult], c: Tensor,
+                          seed: int) -> tuple[float, Optional[float], int]:
+    """``lambda_max`` (from ``top_k_eigs``, else a k=1 Lanczos run) and the noise's energy
+    share in the top-k eigenvectors with k (None, 0 without them)."""
+    if top_k_eigs is None:
+        lam_max = float(lanczos_eigs(op, k=1, seed=seed, return_vectors=False).eigenvalues[0])
+        return lam_max, None, 0
+    lam_max = float(top_k_eigs.eigenvalues[0])
+    if top_k_eigs.eigenvectors is None:
+        return lam_max, None, 0
+    return lam_max, energy_share(c, top_k_eigs.eigenvectors), top_k_eigs.eigenvectors.shape[1]

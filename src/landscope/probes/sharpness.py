@@ -33,12 +33,14 @@ met anywhere (an overflowed forward pass: ``inf`` or ``NaN``) counts as ``+inf``
 (:func:`loss_value`): the measure is then ``inf`` and ``diverged`` says so, never a smaller
 finite value.  For a convex loss (a quadratic with PSD ``A``) the iteration converges to the
 maximizer of the trust-region / box problem.
+
+PAC-Bayes flatness (the ``sigma'`` search) lives in :mod:`landscope.probes.flatness` and is
+re-exported here.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Sequence
 
@@ -46,6 +48,7 @@ import torch
 from torch import Tensor
 
 from landscope.errors import LandscopeError
+from landscope.probes.flatness import PacBayesFlatness, pac_bayes_flatness, sigma_guess
 from landscope.probes.objective import (ModelObjective, Objective, QuadraticObjective,
                                         loss_value)
 
@@ -340,189 +343,3 @@ def average_sharpness(obj: Objective, rhos: Sequence[float] = (0.01, 0.05), *,
         errs.append(float(diffs.std() / math.sqrt(n_draws)))
     return AverageSharpness(rho_list, means, errs, adaptive, eta, l0, n_samples,
                             obj.n_loss - n0, int(seed), antithetic)
-
-
-# ----------------------------------------------------------------------------- PAC-Bayes
-@dataclass
-class PacBayesFlatness:
-    """Largest ``sigma`` with mean deviation ``<= target``; ``measure = 1 / sigma^2``."""
-
-    sigma: float
-    measure: float
-    criterion: str                 # "accuracy" or "loss"
-    target: float
-    magnitude_aware: bool
-    eps: float
-    n_draws: int
-    antithetic: bool
-    sigma_range: tuple[float, float]
-    bracketed: bool                # False: the answer is an end of sigma_range
-    # (sigma, deviation) per point tried; from the draws made (all, unless decided early)
-    deviations: list[tuple[float, float]] = field(default_factory=list)
-    n_evals: int = 0               # loss or accuracy evaluations of this call
-    seed: int = 0
-
-
-def sigma_guess(average_increase: float, rho: float, loss_increase: float = 0.3) -> Optional[float]:
-    """A rough ``sigma'`` for :func:`pac_bayes_flatness`'s ``guess`` from an average sharpness
-    ``average_increase`` = E L(theta + rho c xi) - L(theta) measured at radius ``rho``: near a
-    quadratic the increase grows as sigma^2, so ``sigma = rho sqrt(loss_increase /
-    average_increase)`` is where the loss rises by ``loss_increase``, about where the accuracy of
-    a trained network has dropped by the default target of 0.1 (0.25-0.8 measured on the MNIST-1D
-    MLP and ViT).  The random average (``c = 1``) guesses the plain ``sigma'``, the adaptive one
-    (``c = |theta| + eta``) the magnitude-aware one.  None when the increase is not a finite
-    positive number (no guess: the search starts from ``sigma_range``)."""
-    if not (math.isfinite(average_increase) and average_increase > 0 and rho > 0):
-        return None
-    return rho * math.sqrt(loss_increase / average_increase)
-
-
-def _bracket_from(above: Callable[[float], bool], seen: list[tuple[float, float]], guess: float,
-                  factor: float, lo: float, hi: float
-                  ) -> tuple[float, Optional[float], float, Optional[float]]:
-    """Walk from ``guess`` by ``factor`` until the target is crossed, within ``(lo, hi)``:
-    ``(lo, d_lo, hi, d_hi)`` with the deviations at the points tried (None: an end of the range
-    that was not tried)."""
-    d_lo: Optional[float] = None
-    d_hi: Optional[float] = None
-    sigma = guess
-    if above(sigma):
-        while True:
-            hi, d_hi = sigma, seen[-1][1]
-            sigma = sigma / factor
-            if sigma <= lo:
-                return lo, None, hi, d_hi
-            if not above(sigma):
-                return sigma, seen[-1][1], hi, d_hi
-    while True:
-        lo, d_lo = sigma, seen[-1][1]
-        sigma = sigma * factor
-        if sigma >= hi:
-            return lo, d_lo, hi, None
-        if above(sigma):
-            return lo, d_lo, sigma, seen[-1][1]
-
-
-def pac_bayes_flatness(obj: Objective, *, target: float = 0.1,
-                       criterion: Optional[str] = None, magnitude_aware: bool = False,
-                       eps: float = 1e-3, n_draws: int = 10,
-                       sigma_range: tuple[float, float] = (1e-6, 10.0), rtol: float = 1e-3,
-                       antithetic: bool = True, seed: int = 0, guess: Optional[float] = None,
-                       guess_factor: float = 4.0) -> PacBayesFlatness:
-    """Jiang et al., "Fantastic generalization measures and where to find them", ICLR 2020
-    (PAC-Bayes flatness, their eqs. 48-51): the largest ``sigma'`` with
-    ``|E_u acc(theta + u) - acc(theta)| <= target``, ``u ~ N(0, sigma'^2 I)`` or, magnitude
-    aware, ``u_i ~ N(0, sigma'^2 theta_i^2 + eps^2)``; the reported measure is ``1/sigma'^2``.
-
-    The expectation is the mean over ``n_draws`` seeded draws ``u = s(sigma) * xi_m``, the
-    same ``xi_m`` for every ``sigma`` (common random numbers, so the deviation is a smooth
-    function of ``sigma``); ``antithetic=True`` pairs each ``xi`` with ``-xi``, which cancels
-    the odd (first-order) terms that dominate the Monte Carlo noise away from a minimum.
-
-    Search: ``sigma'`` is bracketed in ``sigma_range`` until ``hi / lo <= 1 + rtol`` (the
-    stated relative precision of ``sigma'``).  The next point is the Illinois (modified
-    regula falsi) root of ``log deviation - log target`` against ``log sigma`` once both ends
-    have a positive finite deviation, else the bisection point on ``log sigma``, and the
-    bisection point whenever two steps in a row failed to halve the bracket.  ``sigma_range[1]``
-    is tried first; ``sigma_range[0]`` only if the bracket closes on it.  ``guess`` (a rough
-    ``sigma'`` from measures already made, e.g. :func:`sigma_guess`) replaces that start: the
-    guess is tried, then points a factor ``guess_factor`` further down (or up) until one falls
-    on the other side of the target, which brackets ``sigma'`` in one or two points instead of
-    a search over the seven decades of ``sigma_range``; the ends of ``sigma_range`` stay the
-    limits.  Under the single-crossing assumption the answer is the same within ``rtol``
-    whatever the guess; a poor guess only costs more points.  Draws per point: the
-    accuracy lies in [0, 1], so the draws are made pair by pair and stop as soon as the
-    remaining ones cannot move the ``n_draws`` mean across the target either way (decided
-    exactly as with all draws); the loss criterion uses all ``n_draws``.  Means are
-    ``math.fsum`` sums (independent of the order of the draws).
-    ``criterion="loss"`` (the default when the objective has no accuracy) uses
-    ``|E_u L(theta + u) - L(theta)|`` instead.  The search assumes, like a bisection, that the
-    deviation crosses the target once in ``sigma_range``.
-    """
-    theta = obj.theta0
-    counted = obj.n_acc, obj.n_loss
-    base_acc = None if criterion == "loss" else obj.origin_accuracy()
-    crit = criterion or ("loss" if base_acc is None else "accuracy")
-    if crit not in ("accuracy", "loss") or (crit == "accuracy" and base_acc is None):
-        raise LandscopeError(f"criterion must be 'loss' or 'accuracy' (the latter only for "
-                             f"objectives with an accuracy; got {criterion!r})")
-    lo, hi = float(sigma_range[0]), float(sigma_range[1])
-    if not (0 < lo < hi) or target <= 0 or n_draws < 1 or not rtol > 0:
-        raise LandscopeError(f"need 0 < sigma_range[0] < sigma_range[1], target > 0, rtol > 0 "
-                             f"and n_draws >= 1 (got {sigma_range}, {target}, {rtol}, {n_draws})")
-    gen = torch.Generator().manual_seed(int(seed))
-    half = (n_draws + 1) // 2 if antithetic else n_draws
-    xi = torch.randn(half, theta.numel(), generator=gen, dtype=torch.float64).to(theta)
-    # pair by pair (xi_1, -xi_1, xi_2, ...): the same n_draws draws as xi then -xi
-    xi = torch.stack([xi, -xi], 1).reshape(-1, theta.numel())[:n_draws] if antithetic else xi
-    fn = obj.loss if crit == "loss" else obj.accuracy
-    base = obj.origin_loss() if crit == "loss" else float(base_acc)  # type: ignore[arg-type]
-    seen: list[tuple[float, float]] = []
-
-    def decided(vals: list[float]) -> Optional[bool]:
-        """Above/below the target whatever the remaining accuracies in [0, 1] are, or None."""
-        s, rest = math.fsum(vals), n_draws - len(vals)
-        m_lo, m_hi = s / n_draws, (s + rest) / n_draws    # range of the n_draws mean
-        far = max(abs(m_lo - base), abs(m_hi - base))
-        near = 0.0 if m_lo <= base <= m_hi else min(abs(m_lo - base), abs(m_hi - base))
-        margin = 1e-12 * target                           # rounding: never decide a tie early
-        return True if near > target + margin else False if far < target - margin else None
-
-    def above(sigma: float) -> bool:
-        """Whether the ``n_draws`` deviation at ``sigma`` exceeds the target."""
-        std = (sigma ** 2 * theta ** 2 + eps ** 2).sqrt() if magnitude_aware else sigma
-        vals: list[float] = []
-        verdict: Optional[bool] = None
-        for x in xi:
-            vals.append(float(fn(theta + std * x)))  # type: ignore[arg-type]
-            if not math.isfinite(vals[-1]):
-                verdict = True  # a NaN or infinite mean: the deviation exceeds any target
-            elif crit == "accuracy" and len(vals) % 2 == 0 and len(vals) < n_draws:
-                verdict = decided(vals)
-            if verdict is not None:
-                break
-        dev = abs(math.fsum(vals) / len(vals) - base)
-        dev = dev if math.isfinite(dev) else math.inf
-        seen.append((sigma, dev))
-        return dev > target if verdict is None else verdict
-
-    bracketed = True
-    d_lo: Optional[float] = None       # unknown until a point below the target is found
-    d_hi: Optional[float] = None
-    if guess is not None and lo < guess < hi and guess_factor > 1:
-        lo, d_lo, hi, d_hi = _bracket_from(above, seen, float(guess), float(guess_factor), lo, hi)
-    if d_hi is None:
-        d_hi = seen[-1][1] if above(hi) else None
-        if d_hi is None:
-            lo, bracketed = hi, False
-    w_lo = w_hi = 1.0                  # Illinois weights of the retained ends
-    last, widths = 0, [math.log(hi / lo)] if bracketed else []
-    while bracketed and hi / lo > 1 + rtol:
-        a, b = math.log(lo), math.log(hi)
-        mid = 0.5 * (a + b)
-        u = mid
-        # interpolate only off a plateau at the target (accuracies are discrete)
-        if d_lo and d_lo < target * (1 - 1e-9) and d_hi < math.inf and not (len(widths) > 2
-                                                      and widths[-1] > 0.5 * widths[-3]):
-            ra, rb = w_lo * math.log(d_lo / target), w_hi * math.log(d_hi / target)
-            if rb > ra:
-                # never closer to an end than half the target width: a root next to an
-                # end (or a plateau at the target) then closes the bracket in one step
-                step = min(0.5 * math.log1p(rtol), 0.25 * (b - a))
-                u = min(max(a + (b - a) * ra / (ra - rb), a + step), b - step)
-        sigma = math.exp(u)
-        if above(sigma):
-            hi, d_hi = sigma, seen[-1][1]
-            w_lo, w_hi = (0.5 * w_lo if last == 1 else 1.0), 1.0
-            last = 1
-        else:
-            lo, d_lo = sigma, seen[-1][1]
-            w_hi, w_lo = (0.5 * w_hi if last == -1 else 1.0), 1.0
-            last = -1
-        widths.append(math.log(hi / lo))
-    if bracketed and lo == float(sigma_range[0]) and above(lo):
-        bracketed = False
-    n = obj.n_acc - counted[0] if crit == "accuracy" else obj.n_loss - counted[1]
-    return PacBayesFlatness(lo, 1.0 / lo ** 2, crit, float(target), magnitude_aware, eps,
-                            n_draws, antithetic, (float(sigma_range[0]), float(sigma_range[1])),
-                            bracketed, seen, n, int(seed))
