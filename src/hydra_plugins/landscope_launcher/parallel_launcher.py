@@ -145,78 +145,93 @@ def run_pool(tasks: Sequence[tuple], n: int, env: dict, shared: bytes
              ) -> tuple[list, dict[int, str]]:
     """Run ``tasks`` (``(idx, overrides)``) on at most ``n`` workers; returns each task's
     JobReturn (None for a task whose worker died) and ``{task: reason}`` for those."""
-    cloudpickle = _cloudpickle()
-    from joblib.externals.loky.backend.context import get_context
-
-    ctx = get_context("loky")
-    results: list = [None] * len(tasks)
-    deaths: dict[int, str] = {}
-    todo = collections.deque(range(len(tasks)))
-    workers: List[_Worker] = []
-
-    def dispatch(w: _Worker) -> bool:
-        """Give ``w`` the next task; False (task kept) when ``w`` died while idle."""
-        t = todo[0]
-        try:
-            w.give(t, pickle.dumps(tasks[t]))
-        except OSError:  # BrokenPipeError: it died between two jobs
-            w.task = None
-            return False
-        todo.popleft()
-        return True
-
-    def bury(w: _Worker) -> None:
-        w.proc.join(timeout=10)
-        w.conn.close()
-        workers.remove(w)
-
+    pool = _Pool(tasks, n, env, shared)
     clean = False
     try:
-        while todo or any(w.task is not None for w in workers):
-            for w in list(workers):
-                if w.task is None and todo and not dispatch(w):
-                    bury(w)
-            while todo and len(workers) < n:
-                workers.append(_Worker(ctx, env, shared))
-                if not dispatch(workers[-1]):
-                    w = workers[-1]
-                    bury(w)
-                    raise RuntimeError(f"a new worker process died at start "
-                                       f"({death_reason(w.proc.exitcode)})")
-            busy = [w for w in workers if w.task is not None]
+        while pool.todo or any(w.task is not None for w in pool.workers):
+            pool.fill()
+            busy = [w for w in pool.workers if w.task is not None]
             if not busy:
                 continue
             ready = set(wait([w.conn for w in busy] + [w.proc.sentinel for w in busy]))
             for w in busy:
                 if w.conn not in ready and w.proc.sentinel not in ready:
                     continue
-                reply = None
-                try:
-                    if w.conn.poll():
-                        reply = cloudpickle.loads(w.conn.recv_bytes())
-                except (EOFError, OSError):
-                    pass  # the pipe closed without a result: the worker died
-                if reply is not None:
-                    status, value = reply
-                    if status == "error":
-                        raise value
-                    results[w.task], w.task = value, None
-                    continue
-                w.proc.join(timeout=10)
-                if w.proc.is_alive():
-                    continue  # the pipe closed first; its exit code comes next round
-                deaths[w.task] = death_reason(w.proc.exitcode)
-                log.error("error: job #%s: %s; the sweep goes on", tasks[w.task][0],
-                          deaths[w.task])
-                bury(w)
+                pool.receive(w)
         clean = True
     finally:
-        for w in workers:
+        for w in pool.workers:
             try:
                 w.stop(force=not clean)
             except OSError:
                 pass
-    return results, deaths
+    return pool.results, pool.deaths
+
+
+class _Pool:
+    """The workers, the tasks still to give out and the results of one :func:`run_pool`."""
+
+    def __init__(self, tasks: Sequence[tuple], n: int, env: dict, shared: bytes) -> None:
+        self.cloudpickle = _cloudpickle()
+        from joblib.externals.loky.backend.context import get_context
+
+        self.ctx = get_context("loky")
+        self.tasks, self.n, self.env, self.shared = tasks, n, env, shared
+        self.results: list = [None] * len(tasks)
+        self.deaths: dict[int, str] = {}
+        self.todo = collections.deque(range(len(tasks)))
+        self.workers: List[_Worker] = []
+
+    def dispatch(self, w: _Worker) -> bool:
+        """Give ``w`` the next task; False (task kept) when ``w`` died while idle."""
+        t = self.todo[0]
+        try:
+            w.give(t, pickle.dumps(self.tasks[t]))
+        except OSError:  # BrokenPipeError: it died between two jobs
+            w.task = None
+            return False
+        self.todo.popleft()
+        return True
+
+    def bury(self, w: _Worker) -> None:
+        w.proc.join(timeout=10)
+        w.conn.close()
+        self.workers.remove(w)
+
+    def fill(self) -> None:
+        """Give the idle workers tasks and start new workers (up to ``n``) for the rest."""
+        for w in list(self.workers):
+            if w.task is None and self.todo and not self.dispatch(w):
+                self.bury(w)
+        while self.todo and len(self.workers) < self.n:
+            self.workers.append(_Worker(self.ctx, self.env, self.shared))
+            if not self.dispatch(self.workers[-1]):
+                w = self.workers[-1]
+                self.bury(w)
+                raise RuntimeError(f"a new worker process died at start "
+                                   f"({death_reason(w.proc.exitcode)})")
+
+    def receive(self, w: _Worker) -> None:
+        """Take the reply of a ready worker, or record its death (its job's reason)."""
+        reply = None
+        try:
+            if w.conn.poll():
+                reply = self.cloudpickle.loads(w.conn.recv_bytes())
+        except (EOFError, OSError):
+            pass  # the pipe closed without a result: the worker died
+        if reply is not None:
+            status, value = reply
+            if status == "error":
+                raise value
+            self.results[w.task], w.task = value, None  # type: ignore[index]
+            return
+        w.proc.join(timeout=10)
+        if w.proc.is_alive():
+            return  # the pipe closed first; its exit code comes next round
+        self.deaths[w.task] = death_reason(w.proc.exitcode)  # type: ignore[index]
+        log.error("error: job #%s: %s; the sweep goes on", self.tasks[w.task][0],  # type: ignore
+                  self.deaths[w.task])  # type: ignore[index]
+        self.bury(w)
 
 
 # ----------------------------------------------------------------------------- the launcher

@@ -59,6 +59,7 @@ Both barriers are >= 0 because the endpoints are among the evaluated points.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Sequence, Union
@@ -304,6 +305,34 @@ def _as_split(data: BendData) -> Split:
     return TensorSplit(torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches]))
 
 
+def _check_bend(epochs: int, lr: float, batch_size: int, optimizer: str) -> None:
+    if int(epochs) < 1:
+        raise LandscopeError(f"bend training needs epochs >= 1 (got {epochs})")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise LandscopeError(f"bend training needs a learning rate > 0 (got {lr!r})")
+    if int(batch_size) < 1:
+        raise LandscopeError(f"bend training needs batch_size >= 1 (got {batch_size})")
+    if optimizer not in OPTIMIZERS:
+        raise LandscopeError(f"optimizer must be one of {', '.join(OPTIMIZERS)} "
+                             f"(got {optimizer!r})")
+
+
+def _flat_vector(v: Optional[Tensor], what: str, *, dim: int, device: torch.device,
+                 dtype: torch.dtype) -> Tensor:
+    if not isinstance(v, Tensor) or v.shape != (dim,):
+        shape = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
+        raise LandscopeError(f"{what} must be a flat vector of shape ({dim},), got {shape}")
+    return v.detach().to(device, dtype)
+
+
+def _loss_at(work: nn.Module, names: list[str], shapes: list[torch.Size], numels: list[int],
+             phi: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    """The task loss of ``work`` at the flat parameters ``phi`` (differentiable in ``phi``)."""
+    params = {nm: p.view(s) for nm, p, s in zip(names, torch.split(phi, numels), shapes)}
+    out = torch.func.functional_call(work, params, (x,))
+    return task_loss(work, out, y)
+
+
 def train_bezier(model: nn.Module, theta_a: Tensor, theta_b: Tensor, data: BendData, *,
                  epochs: int, lr: float, batch_size: int, seed: int,
                  optimizer: str = "adam", theta_c: Optional[Tensor] = None) -> Bend:
@@ -314,15 +343,7 @@ def train_bezier(model: nn.Module, theta_a: Tensor, theta_b: Tensor, data: BendD
     (default: the midpoint).  ``model`` supplies the architecture and the task loss and is
     left untouched.  Deterministic given ``seed`` (on CPU).  See the module docstring.
     """
-    if int(epochs) < 1:
-        raise LandscopeError(f"bend training needs epochs >= 1 (got {epochs})")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise LandscopeError(f"bend training needs a learning rate > 0 (got {lr!r})")
-    if int(batch_size) < 1:
-        raise LandscopeError(f"bend training needs batch_size >= 1 (got {batch_size})")
-    if optimizer not in OPTIMIZERS:
-        raise LandscopeError(f"optimizer must be one of {', '.join(OPTIMIZERS)} "
-                             f"(got {optimizer!r})")
+    _check_bend(epochs, lr, batch_size, optimizer)
     named = list(model.named_parameters())
     if not named:
         raise LandscopeError("the model has no parameters")
@@ -330,13 +351,7 @@ def train_bezier(model: nn.Module, theta_a: Tensor, theta_b: Tensor, data: BendD
     shapes = [p.shape for _, p in named]
     numels = [p.numel() for _, p in named]
     dim, dtype, device = sum(numels), named[0][1].dtype, named[0][1].device
-
-    def flat(v: Optional[Tensor], what: str) -> Tensor:
-        if not isinstance(v, Tensor) or v.shape != (dim,):
-            shape = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
-            raise LandscopeError(f"{what} must be a flat vector of shape ({dim},), got {shape}")
-        return v.detach().to(device, dtype)
-
+    flat = functools.partial(_flat_vector, dim=dim, device=device, dtype=dtype)
     a, b = flat(theta_a, "theta_a"), flat(theta_b, "theta_b")
     start = 0.5 * (a + b) if theta_c is None else flat(theta_c, "theta_c")
     c = start.clone().requires_grad_(True)
@@ -363,10 +378,7 @@ def train_bezier(model: nn.Module, theta_a: Tensor, theta_b: Tensor, data: BendD
                 for group in opt.param_groups:  # cosine annealing from lr to 0
                     group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * step / total))
                 phi = (1.0 - t) ** 2 * a + 2.0 * t * (1.0 - t) * c + t ** 2 * b
-                params = {nm: p.view(s) for nm, p, s in zip(names, torch.split(phi, numels),
-                                                             shapes)}
-                out = torch.func.functional_call(work, params, (x,))
-                loss = task_loss(work, out, y)
+                loss = _loss_at(work, names, shapes, numels, phi, x, y)
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     raise LandscopeError(f"bend training diverged at step {step + 1} (loss "

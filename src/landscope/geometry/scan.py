@@ -28,7 +28,7 @@ key differs is never reused.
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import os
 import shutil
 import tempfile
@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from landscope.geometry.scan_pickle import _cloudpickle, _scan_payload, _unportable
 from landscope.geometry.scan_store import load_store as _load_store
 from landscope.geometry.scan_store import save_store as _save_store
 from landscope.geometry.scan_store import scan_key as _scan_key
@@ -120,40 +121,6 @@ def evaluate_points(space: ParamSpace, scan: Scan, idx: Sequence[int],
 
 # worker side: the current scan and the last ParamSpace (rebuilt only for another space)
 _WORKER: dict[str, Any] = {}
-
-
-def _cloudpickle() -> Any:
-    """cloudpickle (a joblib dependency; older joblib versions vendor it): pickles models whose
-    classes live in ``__main__`` by value."""
-    try:
-        import cloudpickle
-    except ImportError:  # pragma: no cover - joblib < 1.3
-        from joblib.externals import cloudpickle  # type: ignore[no-redef]
-    return cloudpickle
-
-
-def _portable(data: Optional[ProbeData]) -> Any:
-    """ProbeData as numpy arrays: a numpy view pickles only the samples its batch holds (a
-    tensor slice would pickle its whole storage). Dtypes numpy lacks stay tensors (copied)."""
-    if data is None:
-        return None
-
-    def one(t: Tensor) -> Any:
-        t = t.detach().cpu()
-        try:
-            return t.numpy()
-        except TypeError:  # e.g. bfloat16
-            return t.clone()
-    return [(one(x), one(y)) for x, y in data.batches]
-
-
-def _unportable(batches: Any) -> Optional[ProbeData]:
-    if batches is None:
-        return None
-
-    def one(a: Any) -> Tensor:
-        return torch.from_numpy(a).clone() if isinstance(a, np.ndarray) else a
-    return ProbeData([(one(x), one(y)) for x, y in batches])
 
 
 def _load_worker_scan(token: str, payload: str) -> None:
@@ -252,29 +219,12 @@ def _run_parallel(space: ParamSpace, scan: Scan, todo: np.ndarray, workers: int,
     # joblib's factory, not loky's: both share loky's one reusable pool, and a pool made by
     # loky's own factory breaks a later joblib.Parallel in this process
     from joblib.executor import get_memmapping_executor
-    pickler = _cloudpickle()
-    space_blob = pickler.dumps(space)
     chunks = _chunks(todo, workers)
-    payload = pickler.dumps({
-        "space": space_blob, "space_key": hashlib.blake2b(space_blob, digest_size=16).digest(),
-        "kind": scan.kind, "dirs": scan.dirs.cpu(), "terms": scan.terms,
-        "axes": scan.axes, "sets": [_portable(s) for s in scan.sets], "bn": scan.bn,
-        "bn_data": _portable(scan.bn_data), "chunks": chunks})
+    payload = _scan_payload(space, scan, chunks)
     workdir = tempfile.mkdtemp(prefix="landscope-slice-")
     path = os.path.join(workdir, "scan.pkl")
     collected: set[int] = set()
-
-    def collect() -> None:
-        if not files:  # the workers return their values instead of writing files
-            return
-        for k, idx in enumerate(chunks):
-            if k in collected:
-                continue
-            f = os.path.join(workdir, f"{k}.npy")
-            if os.path.exists(f):
-                collected.add(k)
-                on_chunk(idx, np.load(f))
-
+    collect = functools.partial(_collect_files, files, workdir, chunks, collected, on_chunk)
     try:
         with open(path, "wb") as fh:
             fh.write(payload)
@@ -285,14 +235,7 @@ def _run_parallel(space: ParamSpace, scan: Scan, todo: np.ndarray, workers: int,
                    for _ in range(min(workers, len(chunks)) - 1)]
         try:
             _own_share(space, scan, chunks, workdir, futures, collected, on_chunk, collect)
-            pending = set(futures)
-            while pending and len(collected) < len(chunks):
-                done, pending = wait(pending, timeout=_POLL_S, return_when=FIRST_EXCEPTION)
-                for f in done:
-                    for k, vals in f.result():  # a worker's error is raised here
-                        collected.add(k)
-                        on_chunk(chunks[k], vals)
-                collect()
+            _wait_workers(futures, chunks, collected, on_chunk, collect)
             collect()
             # workers still pending hold no chunk: every chunk is in. They find the scan gone
             # and return nothing (a worker still starting up is not waited for).
@@ -303,6 +246,35 @@ def _run_parallel(space: ParamSpace, scan: Scan, todo: np.ndarray, workers: int,
             raise
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _collect_files(files: bool, workdir: str, chunks: list[np.ndarray], collected: set[int],
+                   on_chunk: Callable[[np.ndarray, np.ndarray], None]) -> None:
+    """Pass the chunks the workers have written (and not yet collected) to ``on_chunk``."""
+    if not files:  # the workers return their values instead of writing files
+        return
+    for k, idx in enumerate(chunks):
+        if k in collected:
+            continue
+        f = os.path.join(workdir, f"{k}.npy")
+        if os.path.exists(f):
+            collected.add(k)
+            on_chunk(idx, np.load(f))
+
+
+def _wait_workers(futures: list[Any], chunks: list[np.ndarray], collected: set[int],
+                  on_chunk: Callable[[np.ndarray, np.ndarray], None],
+                  collect: Callable[[], None]) -> None:
+    """Wait for the workers until every chunk is in, collecting every ``_POLL_S`` seconds
+    (a worker's error is raised here)."""
+    pending = set(futures)
+    while pending and len(collected) < len(chunks):
+        done, pending = wait(pending, timeout=_POLL_S, return_when=FIRST_EXCEPTION)
+        for f in done:
+            for k, vals in f.result():  # a worker's error is raised here
+                collected.add(k)
+                on_chunk(chunks[k], vals)
+        collect()
 
 
 def _own_share(space: ParamSpace, scan: Scan, chunks: list[np.ndarray], workdir: str,

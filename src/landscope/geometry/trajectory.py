@@ -199,6 +199,32 @@ def bilinear(grid_x: np.ndarray, grid_y: np.ndarray, values: np.ndarray,
             + (1 - tx) * ty * v[j + 1, i] + tx * ty * v[j + 1, i + 1])
 
 
+def _check_centre(pca: TrajectoryPCA, theta0: Tensor) -> None:
+    gap = float((pca.centre - theta0.to("cpu", torch.float64)).abs().max())
+    scale = float(theta0.abs().max()) + 1.0
+    if gap > 1e-5 * scale:
+        raise LandscopeError(f"the PCA centre is not the model's point (max difference "
+                             f"{gap:.3g}); compute the PCA with final=space.theta0")
+
+
+def _plane_grid(space: ParamSpace, pca: TrajectoryPCA, gx: np.ndarray, gy: np.ndarray,
+                train: ProbeData, bn: BNMode, bn_data: Optional[ProbeData]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Loss and accuracy ``[j, i]`` at ``theta0 + gx[i] d1 + gy[j] d2``."""
+    theta0 = space.theta0
+    d1 = pca.d1.to(theta0.device)
+    d2 = pca.d2.to(theta0.device)
+    points_y, points_x = len(gy), len(gx)
+    loss = np.empty((points_y, points_x))
+    acc = np.empty((points_y, points_x))
+    for j, y in enumerate(gy):
+        for i, x in enumerate(gx):
+            theta = theta0 + (float(x) * d1 + float(y) * d2).to(space.dtype)
+            ev = space.evaluate(theta, train, bn, bn_data)[0]
+            loss[j, i], acc[j, i] = ev.loss, ev.acc
+    return loss, acc
+
+
 def trajectory_on_plane(space: ParamSpace, pca: TrajectoryPCA, train: ProbeData,
                         points: int = 21, margin: float = 0.2, *, snapshots: Any,
                         steps: Optional[Sequence[int]] = None,
@@ -231,11 +257,7 @@ def trajectory_on_plane(space: ParamSpace, pca: TrajectoryPCA, train: ProbeData,
                              f"{pca.centre.shape[0]}) do not match the model's {space.dim} "
                              "parameters")
     theta0 = space.theta0
-    gap = float((pca.centre - theta0.to("cpu", torch.float64)).abs().max())
-    scale = float(theta0.abs().max()) + 1.0
-    if gap > 1e-5 * scale:
-        raise LandscopeError(f"the PCA centre is not the model's point (max difference "
-                             f"{gap:.3g}); compute the PCA with final=space.theta0")
+    _check_centre(pca, theta0)
     steps_a = np.arange(S) if steps is None else np.asarray(steps, np.int64)
     epochs_a = np.zeros(S, np.int64) if epochs is None else np.asarray(epochs, np.int64)
     if len(steps_a) != S or len(epochs_a) != S:
@@ -244,15 +266,7 @@ def trajectory_on_plane(space: ParamSpace, pca: TrajectoryPCA, train: ProbeData,
     coords = pca.coords.numpy()
     gx = plane_axis(coords[:, 0].min(), coords[:, 0].max(), points, margin)
     gy = plane_axis(coords[:, 1].min(), coords[:, 1].max(), points, margin)
-    d1 = pca.d1.to(theta0.device)
-    d2 = pca.d2.to(theta0.device)
-    loss = np.empty((points, points))
-    acc = np.empty((points, points))
-    for j, y in enumerate(gy):
-        for i, x in enumerate(gx):
-            theta = theta0 + (float(x) * d1 + float(y) * d2).to(space.dtype)
-            ev = space.evaluate(theta, train, bn, bn_data)[0]
-            loss[j, i], acc[j, i] = ev.loss, ev.acc
+    loss, acc = _plane_grid(space, pca, gx, gy, train, bn, bn_data)
     path_loss = np.empty(S)
     path_acc = np.empty(S)
     for k in range(S):
