@@ -22,7 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from landscope.config import ProbeConfig  # noqa: E402
 from landscope.data import TensorSplit  # noqa: E402
-from landscope.probes.suite import run_probes  # noqa: E402
+from landscope.probes import steps  # noqa: E402
+from landscope.probes.run import ProbeRun  # noqa: E402
+from landscope.probes.suite import finish_run, run_probes, start_run  # noqa: E402
 from probe_models import seeded_model  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
@@ -57,16 +59,21 @@ CASES: dict[str, dict[str, Any]] = {
 }
 
 
-def run_case(name: str):
-    """``run_probes`` on a tiny float64 MLP for case ``name`` (one thread: the reductions'
-    order is then fixed)."""
+def _inputs(name: str):
     torch.set_num_threads(1)
     model, x, y = seeded_model(dict(name="mlp", width=6, depth=2), META.input_shape,
                                META.num_classes, N, shift=0.3)
     w0 = seeded_model(dict(name="mlp", width=6, depth=2), META.input_shape, META.num_classes,
                       2, seed=1)[0] if name == "full" else None
     cfg = ProbeConfig(data_size=None, micro_batch=N, progress=False, **CASES[name])
-    return run_probes(model, TensorSplit(x, y), cfg, w0=w0)
+    return model, TensorSplit(x, y), cfg, w0
+
+
+def run_case(name: str):
+    """``run_probes`` on a tiny float64 MLP for case ``name`` (one thread: the reductions'
+    order is then fixed)."""
+    model, split, cfg, w0 = _inputs(name)
+    return run_probes(model, split, cfg, w0=w0)
 
 
 def _untimed(scalars: dict[str, Any]) -> dict[str, Any]:
@@ -122,6 +129,84 @@ def test_scalars_and_arrays_as_before(name):
                 np.testing.assert_allclose(have, want, rtol=1e-12, atol=1e-12, err_msg=k)
             else:
                 np.testing.assert_array_equal(have, want, err_msg=k)
+
+
+# names each step adds (besides what a finished run adds: hvps, probe_cost, probe_seconds, ...)
+STEP_NAMES = {
+    "top": ({"hvps_top", "top_converged", "lambda_max", "lambda_2", "spectral_gap",
+             "condition_number", "eig_max_residual", "eig_all_converged"},
+            {"eigenvalues_top", "eigenvectors_top", "residuals_top"}),
+    "bottom": ({"hvps_bottom", "lambda_min", "bottom_converged", "negative_ratio"},
+               {"eigenvalues_bottom", "eigenvectors_bottom", "residuals_bottom"}),
+    "density": ({"density_negative_mass", "density_n_outliers", "density_probes",
+                 "logdet_skipped"}, {"density_grid", "density", "slq_nodes", "slq_weights"}),
+    "trace": ({"trace", "trace_stderr", "trace_samples", "trace_converged"}, set()),
+    "blocks": ({"per_block", "blocks", "block_hvps"}, {"block_names", "block_eigenvalues"}),
+    "sharpness": ({"sharpness_l2_rho0.05", "sharpness_keskar_eps0.001", "pac_bayes_sigma",
+                   "sharpness_acc_evals"}, set()),
+    "noise": ({"noise_trace_sigma", "noise_alignment_ratio", "difficulty_index"},
+              {"noise_sigma_eigenvalues"}),
+    "pacbayes": ({"pacbayes_naive", "pacbayes_hessian", "pacbayes_prior_mean",
+                  "pacbayes_seconds"}, set()),
+}
+
+
+def _step_of(name: str) -> str:
+    for step, (scalars, arrays) in STEP_NAMES.items():
+        if name in scalars or name in arrays:
+            return step
+    return ""
+
+
+def test_each_step_fills_its_field_and_adds_only_its_names():
+    """A run step by step: after each step the names of that step appear (and nothing of a
+    step that has not run), each step's typed field is set; the finished run is what
+    run_probes reports, and scalars()/arrays() do not change the run."""
+    model, split, cfg, w0 = _inputs("full")
+    run = start_run(model, split, cfg, w0=w0)
+    assert isinstance(run, ProbeRun) and run.arrays() == {}
+    header = set(run.scalars())
+    assert {"probe_mode", "n_params", "probe_plan"} <= header
+    assert not any(_step_of(k) for k in header)
+    ran: list[str] = []
+    for step in steps.steps_for(cfg):
+        name = step.__name__.removeprefix("step_")
+        step(run)
+        ran.append(name)
+        assert getattr(run, name) is not None
+        s, a = run.scalars(), run.arrays()
+        assert STEP_NAMES[name][0] <= set(s) and STEP_NAMES[name][1] <= set(a), name
+        assert {_step_of(k) for k in [*s, *a]} - {""} == set(ran), name
+        assert "hvps" not in s and "probe_seconds" not in s and "verify_trace_exact" not in s
+    assert ran == list(STEP_NAMES)
+    finish_run(run)
+    s = run.scalars()
+    assert run.verification is not None and "verify_trace_rel_error" in s
+    assert {"hvps", "probe_cost", "probe_cost_seconds", "probe_seconds"} <= set(s)
+    assert _untimed(s) == _untimed(run.scalars()) and list(run.arrays()) == list(run.arrays())
+    report = run_case("full")
+    assert list(report.scalars) == list(s) and list(report.arrays) == list(run.arrays())
+
+
+def test_a_result_left_empty_leaves_no_names():
+    """The names come from the typed fields only: emptying one field removes exactly that
+    estimator's names (a cap that stopped it before it began leaves ``<name>_stopped_by``)."""
+    model, split, cfg, w0 = _inputs("full")
+    run = start_run(model, split, cfg, w0=w0)
+    for step in steps.steps_for(cfg):
+        step(run)
+    finish_run(run)
+    full_s, full_a = run.scalars(), run.arrays()
+    run.noise = None
+    s, a = run.scalars(), run.arrays()
+    gone = set(full_s) - set(s)
+    assert STEP_NAMES["noise"][0] <= gone and all(_step_of(k) in ("noise", "") for k in gone)
+    assert "noise_samples" in gone and set(full_a) - set(a) == {"noise_sigma_eigenvalues"}
+    run.not_started["noise"] = "budget_s"
+    assert run.scalars()["noise_stopped_by"] == "budget_s"
+    run.pacbayes, run.sharpness, run.verification = None, None, None
+    s = run.scalars()
+    assert not any(k.startswith(("pacbayes_", "sharpness_", "pac_bayes", "verify_")) for k in s)
 
 
 if __name__ == "__main__":

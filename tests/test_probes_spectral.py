@@ -233,18 +233,18 @@ def test_probe_logdet_only_where_h_plus_eps_is_positive_definite():
     the smallest node) is <= -eps, even if the quadrature's nodes stay above it."""
     import types
 
-    from landscope.probes.suite import _logdet
+    from landscope.probes.run import logdet_scalars
 
     eigs = _uniform(60, 0.1, 5.0, 3)
     q = slq(_op(eigs)[0], n_probes=4, m_steps=20, seed=0)
-    ok = _logdet(q, 1e-3, None)
+    ok = logdet_scalars(q, 1e-3, None)
     assert ok["logdet"] == q.logdet(1e-3).estimate and "logdet_skipped" not in ok
     lanczos_says = types.SimpleNamespace(eigenvalues=torch.tensor([-0.0012], dtype=F64))
-    skipped = _logdet(q, 1e-3, lanczos_says)
+    skipped = logdet_scalars(q, 1e-3, lanczos_says)
     assert "logdet" not in skipped and "lambda_min (Lanczos) -0.0012" in skipped["logdet_skipped"]
     negative = torch.cat([eigs, torch.tensor([-0.5], dtype=F64)])
     q_neg = slq(_op(negative)[0], n_probes=4, m_steps=61, seed=0)
-    assert "smallest SLQ node" in _logdet(q_neg, 1e-3, None)["logdet_skipped"]
+    assert "smallest SLQ node" in logdet_scalars(q_neg, 1e-3, None)["logdet_skipped"]
 
 
 def test_slq_negative_mass_and_outliers():

@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -123,3 +124,12 @@ def block_spectra(model: nn.Module, data: ProbeData, groups: dict[str, Sequence[
                                  converged=bool(eig.converged.all()), trace=tr,
                                  trace_stderr=se, n_matvecs=op.n_matvecs))
     return out
+
+
+def eigenvalue_table(spectra: Sequence[BlockSpectrum], k: int) -> np.ndarray:
+    """The blocks' top eigenvalues as a (blocks, ``k``) array, padded with NaN where a block
+    has fewer than ``k`` (a block of fewer parameters, or a Lanczos run cut short)."""
+    eigs = np.full((len(spectra), k), np.nan)
+    for i, b in enumerate(spectra):
+        eigs[i, : len(b.eigenvalues)] = b.eigenvalues.numpy()
+    return eigs

@@ -229,28 +229,31 @@ def pac_bayes_bounds(model: nn.Module, train: ProbeData, eigvals: Tensor, eigvec
     betas = [math.inf, *sorted(float(x) for x in beta_grid)]
     cands = [Candidate(float(s), beta, lam, eps, dim, dist2, b, c) for s in s_grid for beta in betas]
     gen = torch.Generator().manual_seed(int(seed))
-
-    def errors(chosen: list[Candidate], n: int) -> list[float]:
-        """Mean error of ``n`` draws of each candidate (common random numbers)."""
-        total = [0.0] * len(chosen)
-        for _ in range(n):
-            z = standard_normal(dim, gen, error.device)
-            vtz = basis.T @ z
-            for i, cand in enumerate(chosen):
-                total[i] += error(cand.draw(w, z, vtz, basis))
-        return [t / n for t in total]
-
     # Stage 1: selection (common random numbers, plain MC means, no confidence claimed).
-    sel = errors(cands, int(n_select))
+    sel = _mean_errors(error, basis, cands, int(n_select), gen)
     score = [dziugaite_roy_bound(e, cd.kl, m, delta, cd.j) for e, cd in zip(sel, cands)]
     iso_i = min((i for i, cd in enumerate(cands) if math.isinf(cd.beta)), key=lambda i: score[i])
     hes_i = min(range(len(cands)), key=lambda i: score[i])
     # Stage 2: fresh draws, each winner's MC upper value at delta_mc / 2 (union over the two).
     finals = [cands[iso_i], cands[hes_i]]
-    e_fin = errors(finals, int(n_mc))
+    e_fin = _mean_errors(error, basis, finals, int(n_mc), gen)
     return _grid_bounds(finals, e_fin, train_error=train_error, dim=dim, m=m, bits=bits,
                         k=lam.numel(), n_mc=int(n_mc), n_select=int(n_select),
                         n_candidates=len(cands), delta=delta, delta_mc=delta_mc, dist2=dist2)
+
+
+def _mean_errors(error: ZeroOneError, basis: Tensor, chosen: list[Candidate], n: int,
+                 gen: torch.Generator) -> list[float]:
+    """Mean error of ``n`` draws of each candidate around ``error.theta0`` (common random
+    numbers: one ``z`` per draw shared by all)."""
+    w = error.theta0
+    total = [0.0] * len(chosen)
+    for _ in range(n):
+        z = standard_normal(error.dim, gen, error.device)
+        vtz = basis.T @ z
+        for i, cand in enumerate(chosen):
+            total[i] += error(cand.draw(w, z, vtz, basis))
+    return [t / n for t in total]
 
 
 def _grid_bounds(finals: list[Candidate], e_fin: list[float], *, train_error: float, dim: int,

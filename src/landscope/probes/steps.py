@@ -1,0 +1,255 @@
+"""The probe suite's steps: one function per estimator, each filling one typed field of a
+:class:`~landscope.probes.run.ProbeRun` from the fields it needs.
+
+Products are shared: the density's Lanczos runs work on the complement of the top-k
+eigenvectors (``run.top``, which enter as exact nodes) and each run's first step is a sample
+of the deflated trace, so the trace step reads ``run.top`` and ``run.density``; its stop is
+relative to the larger of |tr H| and an estimate of Σ|λ| (well posed for traces near zero).
+The noise step reads ``run.top`` and ``run.trace``, the PAC-Bayes step ``run.top``, the
+verification every estimate. Each step runs inside the ledger's stage of its name and records
+a cap that cut it short (``ledger.record_stop``); an estimator a cap stopped before it began
+is named in ``run.not_started``. The result names are :class:`ProbeRun`'s business.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from landscope.errors import ConfigError
+from landscope.probes.blocks import block_spectra, eigenvalue_table, parameter_groups
+from landscope.probes.cost import ProbeLedger
+from landscope.probes.density import slq
+from landscope.probes.lanczos import lanczos_eigs
+from landscope.probes.noise import gradient_noise
+from landscope.probes.pacbayes import pac_bayes_bounds
+from landscope.probes.pacbayes_optimize import optimized_pac_bayes_bounds
+from landscope.probes.probe_data import ProbeData
+from landscope.probes.run import (PacBayesBounds, ProbeRun, SharpnessResults, enum_str,
+                                  logdet_scalars)
+from landscope.probes.sharpness import (ModelObjective, average_sharpness, keskar_sharpness,
+                                        pac_bayes_flatness, sigma_guess,
+                                        worst_case_sharpness)
+from landscope.probes.trace import deflated_trace, hutchinson
+from landscope.probes.verify import verify_estimates
+
+# Fewest samples before the trace's auto-stop may fire: stopping on an estimated stderr biases
+# the estimate low when it may fire early (large samples raise both the mean and the stderr).
+# Measured on a 20-dim quadratic (top-5 deflated, rse 0.01, 400 seeds): with 10, mean error
+# -0.038 +- 0.011 and error/stderr has sd 1.35; with 30, +0.008 +- 0.008 and sd 1.08.
+TRACE_MIN_SAMPLES = 30
+# Relative precision of the PAC-Bayes sigma' search. Its 10 Monte Carlo draws move sigma' by
+# 5-15% from one probe.seed to another (measured on the mlp, cnn and vit of bench_probe_cost),
+# so 1e-3 was spurious precision; 1e-2 changed sigma' by < 1% and saved 10-70 of its
+# 73-151 accuracy evaluations per measure.
+PAC_BAYES_SIGMA_RTOL = 1e-2
+# Hutchinson products per batched call on a GPU (probes.batched.matmat); 1 on CPU, where
+# batching measured 1.04-1.36x slower than single products (scripts/bench_memory.py)
+TRACE_GPU_BLOCK = 8
+
+Step = Callable[[ProbeRun], None]
+
+
+def steps_for(cfg: Any) -> list[Step]:
+    """The steps ``cfg`` switches on, in the order they run (each may read the ones before)."""
+    steps: list[tuple[bool, Step]] = [
+        (cfg.top_k > 0, step_top), (cfg.bottom_k > 0, step_bottom),
+        (bool(cfg.density), step_density), (bool(cfg.trace), step_trace),
+        (enum_str(cfg.per_block) != "none", step_blocks),
+        (bool(cfg.sharpness or cfg.sharpness_family), step_sharpness),
+        (bool(cfg.noise), step_noise), (bool(getattr(cfg, "pacbayes", False)), step_pacbayes)]
+    return [step for on, step in steps if on]
+
+
+def _not_started(run: ProbeRun, name: str, reason: str) -> None:
+    run.not_started[name] = reason
+    run.ledger.record_stop(name, reason)
+
+
+def step_top(run: ProbeRun) -> None:
+    """The top-k eigenpairs (Lanczos): ``run.top``."""
+    cfg, op, ledger = run.cfg, run.op, run.ledger
+    with ledger.stage("top", run.plan.get("top")):
+        run.top = lanczos_eigs(op, k=min(cfg.top_k, op.dim), which="largest", tol=cfg.lanczos_tol,
+                               seed=cfg.seed, stop=ledger.stop)
+    ledger.record_stop("top", run.top.stopped_by)
+
+
+def step_bottom(run: ProbeRun) -> None:
+    """The bottom-k (most negative) eigenpairs: ``run.bottom``."""
+    cfg, op, ledger = run.cfg, run.op, run.ledger
+    with ledger.stage("bottom", run.plan.get("bottom")):
+        run.bottom = lanczos_eigs(op, k=min(cfg.bottom_k, op.dim), which="smallest",
+                                  tol=cfg.lanczos_tol, atol=1e-6, seed=cfg.seed + 1,
+                                  stop=ledger.stop)
+    ledger.record_stop("bottom", run.bottom.stopped_by)
+
+
+def step_density(run: ProbeRun) -> None:
+    """The spectral density (SLQ), deflated by ``run.top``: ``run.density``."""
+    cfg, op, ledger = run.cfg, run.op, run.ledger
+    if (why := ledger.stop()) is not None:
+        _not_started(run, "density", why)  # the cap was spent before it started
+        return
+    with ledger.stage("density", run.plan.get("density")):
+        # adaptive steps need the top-k pairs (the outliers are resolved through them)
+        run.density = slq(op, n_probes=cfg.slq_probes, m_steps=min(cfg.slq_steps, op.dim),
+                          seed=cfg.seed, deflate=run.top,
+                          resolution=cfg.density_sigma if run.top is not None else None,
+                          stop=ledger.stop)
+    ledger.record_stop("density", run.density.stopped_by)
+
+
+def step_trace(run: ProbeRun) -> None:
+    """tr H: deflated by the top-k pairs computed anyway (GUIDE §6), the density's runs as its
+    first samples, its stop relative to Σ|λ| where the density knows it: ``run.trace``."""
+    cfg, op, ledger, top, q = run.cfg, run.op, run.ledger, run.top, run.density
+    cap = cfg.trace_max_samples
+    block = TRACE_GPU_BLOCK if op.device.type == "cuda" else 1  # batching did not pay on CPU
+    with ledger.stage("trace", run.plan.get("trace")):
+        scale = q.trace_f(q.nodes.abs()).estimate if q is not None else 0.0
+        if top is not None:
+            prior = q.trace_samples.tolist() if q is not None and q.trace_samples is not None else ()
+            basis = q.deflation if q is not None and q.deflation is not None else top
+            run.trace = deflated_trace(op, basis, seed=cfg.seed + 1, target_rse=cfg.trace_rse,
+                                       max_samples=cap, prior=prior, scale=scale,
+                                       stop=ledger.stop, min_samples=TRACE_MIN_SAMPLES,
+                                       block=block)
+        else:
+            run.trace = hutchinson(op, seed=cfg.seed + 1, target_rse=cfg.trace_rse,
+                                   max_samples=cap, scale=scale, stop=ledger.stop,
+                                   min_samples=TRACE_MIN_SAMPLES, block=block)
+    ledger.record_stop("trace", run.trace.stopped_by)
+
+
+def step_blocks(run: ProbeRun) -> None:
+    """Top-k eigenvalues and trace of each diagonal block (``probe.per_block``): ``run.blocks``."""
+    cfg = run.cfg
+    with run.ledger.stage("blocks") as cost:
+        groups = parameter_groups(run.model, enum_str(cfg.per_block))
+        run.blocks = block_spectra(run.model, run.data, groups, k=cfg.block_top_k,
+                                   mode=run.op.mode, tol=cfg.lanczos_tol,
+                                   trace_rse=cfg.trace_rse, trace=cfg.trace, seed=cfg.seed)
+    cost.products += sum(b.n_matvecs for b in run.blocks)
+
+
+def step_sharpness(run: ProbeRun) -> None:
+    """The sharpness measures on one objective whose loss and gradient at the trained point
+    come from the operator (computed once): ``run.sharpness``."""
+    op = run.op
+    obj = ModelObjective(run.model, run.data, mode=op.mode, at_origin=(op.loss(), op.gradient()))
+    run.ledger.evals = lambda: (obj.n_loss + obj.n_acc, obj.n_grad)
+    with run.ledger.stage("sharpness"):
+        run.sharpness = _sharpness(obj, run.cfg, run.ledger)
+
+
+def _sharpness(obj: ModelObjective, cfg: Any, ledger: ProbeLedger) -> SharpnessResults:
+    """``budget_s`` is checked between measures; a measure it skips is named in ``skipped``."""
+    res = SharpnessResults(rhos=[float(r) for r in cfg.sharpness_rhos],
+                           epsilons=[float(e) for e in cfg.keskar_epsilons])
+
+    def go(name: str) -> bool:
+        why = ledger.stop(products=False)
+        if why is not None:
+            res.skipped.append(name)
+            res.stopped_by = why
+            ledger.record_stop("sharpness", why)
+        return why is None
+
+    if go("worst_case"):
+        res.worst_case = worst_case_sharpness(obj, res.rhos, seed=cfg.seed)
+    if cfg.sharpness_family:
+        _family(obj, cfg, res, go)
+    res.loss_evals, res.grad_evals, res.acc_evals = obj.n_loss, obj.n_grad, obj.n_acc
+    return res
+
+
+def _family(obj: ModelObjective, cfg: Any, res: SharpnessResults,
+            go: Callable[[str], bool]) -> None:
+    """Adaptive worst case, Keskar, the averages and PAC-Bayes flatness (``sharpness_family``);
+    sigma' starts from the guess the average of the largest radius gives."""
+    if go("adaptive"):
+        res.adaptive = worst_case_sharpness(obj, res.rhos, adaptive=True, seed=cfg.seed)
+    if go("keskar"):
+        res.keskar = keskar_sharpness(obj, res.epsilons, seed=cfg.seed)
+    guesses: dict[bool, Optional[float]] = {}
+    for adaptive, name in ((False, "random"), (True, "adaptive")):
+        if go(f"average_{name}"):
+            avg = average_sharpness(obj, res.rhos, adaptive=adaptive,
+                                    n_samples=cfg.sharpness_samples,
+                                    antithetic=cfg.sharpness_antithetic, seed=cfg.seed)
+            res.average[name] = avg
+            r_max, m_max = max(zip(avg.rhos, avg.means))
+            guesses[adaptive] = sigma_guess(m_max, r_max)
+    for aware, name in ((False, "pac_bayes"), (True, "pac_bayes_magnitude")):
+        if go(name):
+            res.pac_bayes[name] = pac_bayes_flatness(obj, magnitude_aware=aware, seed=cfg.seed,
+                                                     rtol=PAC_BAYES_SIGMA_RTOL,
+                                                     guess=guesses.get(aware))
+
+
+def step_noise(run: ProbeRun) -> None:
+    """Gradient-noise statistics on ``noise_samples`` per-sample gradients (the first samples
+    of the probe subset), aligned with the Hessian of the whole subset: ``run.noise``."""
+    cfg, op = run.cfg, run.op
+    with run.ledger.stage("noise"):
+        if (why := run.ledger.stop()) is not None:
+            _not_started(run, "noise", why)
+            return
+        data = ProbeData.from_split(run.train_split, size=min(cfg.noise_samples, op.data.n_total),
+                                    seed=cfg.seed, micro_batch=cfg.micro_batch)
+        run.noise = gradient_noise(run.model, data, hessian=op, top_k_eigs=run.top,
+                                   seed=cfg.seed, mode=op.mode,
+                                   alignment=enum_str(cfg.noise_alignment),
+                                   trace_h=run.trace.estimate if run.trace is not None else None)
+
+
+def step_pacbayes(run: ProbeRun) -> None:
+    """PAC-Bayes bounds on ``pacbayes_data_size`` training samples (null: the whole split:
+    the bound is over the m samples its empirical error is measured on), with the Hessian
+    posterior in the basis of ``run.top`` (computed on the probe subset: a posterior may
+    depend on the data) and the prior centred at ``run.w0``: ``run.pacbayes``."""
+    cfg, top, w0 = run.cfg, run.top, run.w0
+    with run.ledger.stage("pacbayes"):
+        if (why := run.ledger.stop(products=False)) is not None:
+            _not_started(run, "pacbayes", why)
+            return
+        if top is None:
+            raise ConfigError("probe.pacbayes=true needs probe.top_k >= 1 (the Hessian-informed "
+                              "posterior uses the top-k eigenvectors)")
+        tic = time.perf_counter()
+        data = ProbeData.from_split(run.train_split, size=cfg.pacbayes_data_size, seed=cfg.seed,
+                                    micro_batch=cfg.micro_batch)
+        common = dict(w0=w0, delta=cfg.pacbayes_delta, delta_mc=cfg.pacbayes_delta_mc,
+                      n_mc=cfg.pacbayes_n_mc, n_select=cfg.pacbayes_n_select, seed=cfg.seed)
+        if str(getattr(cfg, "pacbayes_posterior", "optimized")) == "grid":
+            values = pac_bayes_bounds(run.model, data, top.eigenvalues, top.eigenvectors,
+                                      beta_grid=list(cfg.pacbayes_beta_grid), **common)
+        else:
+            values = optimized_pac_bayes_bounds(
+                run.model, data, top.eigenvalues, top.eigenvectors, n_match=cfg.pacbayes_n_match,
+                steps=cfg.pacbayes_steps, lr_mean=cfg.pacbayes_lr_mean,
+                lr_var=cfg.pacbayes_lr_var, batch_size=cfg.pacbayes_batch_size, **common)
+        run.pacbayes = PacBayesBounds(values, "zero" if w0 is None else "init",
+                                      time.perf_counter() - tic)
+
+
+def step_verify(run: ProbeRun) -> None:
+    """Every estimate of the run against the dense float64 Hessian: ``run.verification``."""
+    cfg, top, bottom, q = run.cfg, run.top, run.bottom, run.density
+    blocks = None
+    if run.blocks is not None:
+        blocks = (enum_str(cfg.per_block), eigenvalue_table(run.blocks, cfg.block_top_k),
+                  np.array([b.trace for b in run.blocks]))
+    logdet = None
+    if q is not None and cfg.logdet_eps > 0:
+        ld = logdet_scalars(q, cfg.logdet_eps, bottom)
+        logdet = (cfg.logdet_eps, ld["logdet"], ld["logdet_stderr"]) if "logdet" in ld else None
+    run.verification = verify_estimates(
+        run.model, run.data, run.op.mode, max_params=cfg.verify_max_params,
+        top=top.eigenvalues.numpy() if top is not None else None,
+        bottom=bottom.eigenvalues.numpy() if bottom is not None else None, blocks=blocks,
+        trace=(run.trace.estimate, run.trace.stderr) if run.trace is not None else None,
+        negative_mass=q.negative_mass() if q is not None else None, logdet=logdet)
