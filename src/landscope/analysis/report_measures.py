@@ -8,6 +8,7 @@ Each function writes into a :class:`~landscope.analysis.report.ReportContext`.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -17,8 +18,12 @@ from scipy import stats
 from landscope.analysis.calibration import calibration_note, shipped_rates
 from landscope.analysis.doc import fmt, safe_name
 from landscope.analysis.measures import default_measures, target_column
-from landscope.analysis.measures_table import (config_labels, joint_regression, measures_table,
-                                              swept_hyperparameters)
+from landscope.analysis.measures_table import (
+    config_labels,
+    joint_regression,
+    measures_table,
+    swept_hyperparameters,
+)
 from landscope.io import atomic_write_text
 
 TOP_SCATTER = 6  # measures drawn as scatter plots
@@ -128,8 +133,6 @@ def _no_measure_reason(inc: pd.DataFrame, min_count: int = 5) -> str:
 def measures_section(ctx: Any) -> pd.DataFrame:
     """The measures table against test error (and ``measures_gap.csv`` against the gap), the
     joint regression and the scatter plots. Returns the table (empty when no measure)."""
-    from landscope.plots import plot_measure_scatter
-
     doc, inc, out = ctx.doc, ctx.coll.included, ctx.out
     doc.heading("Measures against test error")
     measures = default_measures(inc) if len(inc) else []
@@ -168,7 +171,14 @@ def measures_section(ctx: Any) -> pd.DataFrame:
         + ". Every column is in measures.csv; the same against the generalization gap in "
           "measures_gap.csv.")
     doc.frame(mtable, [("measure", "measure"), *_SHOWN])
+    _joint_part(doc, inc, measures, out)
+    _scatter_part(doc, inc, mtable, out)
+    return mtable
 
+
+def _joint_part(doc: Any, inc: pd.DataFrame, measures: list[str], out: Path) -> None:
+    """The joint regression of test error on up to three curvature summaries (``joint.csv``);
+    nothing when none is measured."""
     joint = joint_regression(inc, [m for m in JOINT if m in measures][:3])
     if len(joint):
         atomic_write_text(out / "joint.csv", joint.to_csv(index=False))
@@ -182,6 +192,11 @@ def measures_section(ctx: Any) -> pd.DataFrame:
         doc.frame(joint, [("term", "term"), ("coef", "coef"), ("se", "se (CR2)"), ("df", "df"),
                           ("p", "p"), ("ci_low", "CI low"), ("ci_high", "CI high")])
 
+
+def _scatter_part(doc: Any, inc: pd.DataFrame, mtable: pd.DataFrame, out: Path) -> None:
+    """The scatter plots of the :data:`TOP_SCATTER` strongest measures against test error."""
+    from landscope.plots import plot_measure_scatter
+
     doc.heading("Strongest measures", 3)
     target = target_column(inc, "test_error")
     hps = swept_hyperparameters(inc)
@@ -191,7 +206,6 @@ def measures_section(ctx: Any) -> pd.DataFrame:
         plot_measure_scatter(inc[m].to_numpy(float), target.to_numpy(float), png,
                              m, "test error", None if hue is None else inc[hue].astype(str))
         doc.image(png, f"figures/{png.name}", f"{m} against test error")
-    return mtable
 
 
 def within_fit_text(inc: pd.DataFrame, measure: str) -> str:

@@ -98,6 +98,26 @@ def load_escapes(sweep_dir: str | Path, settings: Optional[str] = None) -> pd.Da
         raise LandscopeError(f"no escape results in {root}: run python -m runner.escape "
                              f"{root} first")
     notes: list[str] = []
+    records = _complete_records(root, files, notes)
+    settings = _choose_settings(root, records, settings, notes)
+    rows = []
+    for job, fp, rec in records:
+        if fp != settings:
+            continue
+        probes, job_seed = _probe_scalars(job)
+        rows.extend(_run_row(root.name, job.name, fp, job_seed, run, probes)
+                    for run in rec["runs"])
+    df = pd.DataFrame(rows)
+    for col in ROW_COLUMNS:
+        if col not in df.columns:
+            df[col] = math.nan
+    df.attrs["notes"] = notes
+    return df
+
+
+def _complete_records(root: Path, files: list, notes: list[str]) -> list[tuple[Any, str, dict]]:
+    """``(job, fingerprint, record)`` of every readable, complete escape file; the others are
+    noted. Raises :class:`LandscopeError` when none is left."""
     records = []
     for job, path in files:
         try:
@@ -116,6 +136,13 @@ def load_escapes(sweep_dir: str | Path, settings: Optional[str] = None) -> pd.Da
     if not records:
         raise LandscopeError(f"no complete escape results in {root}"
                              + (f" ({'; '.join(notes)})" if notes else ""))
+    return records
+
+
+def _choose_settings(root: Path, records: list[tuple[Any, str, dict]], settings: Optional[str],
+                     notes: list[str]) -> str:
+    """The fingerprint to read (see :func:`load_escapes`); the choice is noted when the jobs
+    hold several."""
     counts: dict[str, int] = {}
     noisy: set[str] = set()
     for _, fp, rec in records:
@@ -132,35 +159,28 @@ def load_escapes(sweep_dir: str | Path, settings: Optional[str] = None) -> pd.Da
     elif settings not in counts:
         raise LandscopeError(f"no escape results with settings {settings} in {root} (found "
                              f"{', '.join(sorted(counts))})")
-    rows = []
-    sweep_name = root.name
-    for job, fp, rec in records:
-        if fp != settings:
-            continue
-        probes, job_seed = _probe_scalars(job)
-        for run in rec["runs"]:
-            lr, b = float(run["lr"]), int(run["batch_size"])
-            escaped = bool(run["escaped"])
-            max_steps = int(run["max_steps"])
-            step = run.get("escape_step")
-            rows.append({"sweep": sweep_name, "job": job.name, "settings": fp,
-                         "seed": int(run["seed"]), "job_seed": job_seed, "lr": lr,
-                         "batch_size": b, "eta_over_b": lr / b, "escaped": escaped,
-                         "escape_step": float(step) if step is not None else math.nan,
-                         "radius_step": float(run["radius_step"])
-                         if run.get("radius_step") is not None else math.nan,
-                         "diverged": bool(run.get("diverged", False)), "max_steps": max_steps,
-                         "eval_every": int(run["eval_every"]), "steps_run": int(run["steps_run"]),
-                         "loss0": run.get("loss0"), "threshold": run.get("threshold"),
-                         "time": float(step) if escaped else float(max_steps),
-                         "noise": str(run.get("noise") or "sgd"),
-                         "noise_trace": float(run["noise_trace"])
-                         if run.get("noise_trace") is not None else math.nan,
-                         "lr_fraction": float(run["requested_lr"])
-                         if run.get("requested_lr") is not None else math.nan, **probes})
-    df = pd.DataFrame(rows)
-    for col in ROW_COLUMNS:
-        if col not in df.columns:
-            df[col] = math.nan
-    df.attrs["notes"] = notes
-    return df
+    return settings
+
+
+def _run_row(sweep_name: str, job_name: str, fp: str, job_seed: Any, run: dict,
+             probes: dict) -> dict[str, Any]:
+    """One continuation's row of :func:`load_escapes`."""
+    lr, b = float(run["lr"]), int(run["batch_size"])
+    escaped = bool(run["escaped"])
+    max_steps = int(run["max_steps"])
+    step = run.get("escape_step")
+    return {"sweep": sweep_name, "job": job_name, "settings": fp,
+            "seed": int(run["seed"]), "job_seed": job_seed, "lr": lr,
+            "batch_size": b, "eta_over_b": lr / b, "escaped": escaped,
+            "escape_step": float(step) if step is not None else math.nan,
+            "radius_step": float(run["radius_step"])
+            if run.get("radius_step") is not None else math.nan,
+            "diverged": bool(run.get("diverged", False)), "max_steps": max_steps,
+            "eval_every": int(run["eval_every"]), "steps_run": int(run["steps_run"]),
+            "loss0": run.get("loss0"), "threshold": run.get("threshold"),
+            "time": float(step) if escaped else float(max_steps),
+            "noise": str(run.get("noise") or "sgd"),
+            "noise_trace": float(run["noise_trace"])
+            if run.get("noise_trace") is not None else math.nan,
+            "lr_fraction": float(run["requested_lr"])
+            if run.get("requested_lr") is not None else math.nan, **probes}

@@ -25,28 +25,9 @@ def _require(jobs: pd.DataFrame, columns: dict[str, str]) -> None:
         raise LandscopeError("H1: the jobs table has no column " + ", ".join(missing))
 
 
-def read_jobs(jobs: pd.DataFrame, batch: str, measure: str, target: str, control: str,
-           cluster: str, target_loss: Optional[float], extra: Sequence[str] = ()
-           ) -> tuple[pd.DataFrame, Optional[float], list[str]]:
-    """The analysed rows with normalized column names, the common target and notes."""
-    if not isinstance(jobs, pd.DataFrame) or jobs.empty:
-        raise LandscopeError("H1: the jobs table is empty")
-    needs = {batch: "batch size", measure: "the curvature measure", control: "train loss",
-             cluster: "clusters"}
-    _require(jobs, needs)
-    if target not in jobs.columns and not (target == "test_error" and "final.test_acc" in jobs):
-        raise LandscopeError(f"H1: the jobs table has no column {target!r} (test error)")
-    notes: list[str] = []
-    rows = jobs
-    if "included" in jobs.columns:
-        inc = jobs["included"].fillna(False).astype(bool)
-        if (~inc).any():
-            notes.append(f"{int((~inc).sum())} jobs not included (not completed) are not analysed")
-        rows = jobs[inc]
-    if rows.empty:
-        raise LandscopeError("H1: no included (completed) job in the jobs table")
-    y = (_numeric(rows[target]) if target in rows.columns
-         else 1.0 - _numeric(rows["final.test_acc"]))
+def _batch_sizes(rows: pd.DataFrame, batch: str) -> np.ndarray:
+    """The batch sizes of ``rows``; raises :class:`LandscopeError` when one is not positive or
+    fewer than two differ."""
     b = _numeric(rows[batch])
     bad = np.isfinite(b) & (b <= 0)
     if bad.any():
@@ -57,12 +38,15 @@ def read_jobs(jobs: pd.DataFrame, batch: str, measure: str, target: str, control
         raise LandscopeError(f"H1: {batch} does not vary across the included jobs "
                              f"({', '.join(f'{v:g}' for v in distinct) or 'no value'}); "
                              f"H1 needs at least two batch sizes")
+    return b
+
+
+def _targets(rows: pd.DataFrame, stop: np.ndarray, train_loss: np.ndarray,
+             target_loss: Optional[float], notes: list[str]
+             ) -> tuple[np.ndarray, Optional[float], np.ndarray]:
+    """Each job's target train loss, the common one (None: none or several) and whether the
+    job reached it (stopped at it, or below it without a stop reason; no target counts)."""
     n = len(rows)
-    names = np.array([str(v) for v in (rows["job"] if "job" in rows.columns else rows.index)],
-                     dtype=object)
-    stop = rows["stop_reason"].to_numpy(dtype=object) if "stop_reason" in rows.columns \
-        else np.full(n, None, dtype=object)
-    train_loss = _numeric(rows[control])
     # the target train loss: the argument, else each job's train.target_train_loss
     if target_loss is not None:
         goal = np.full(n, float(target_loss))
@@ -92,6 +76,39 @@ def read_jobs(jobs: pd.DataFrame, batch: str, measure: str, target: str, control
         if no_target.any():
             notes.append(f"{int(no_target.sum())} jobs without a target train loss count as at "
                          "target")
+    return goal, common, reached
+
+
+def read_jobs(jobs: pd.DataFrame, batch: str, measure: str, target: str, control: str,
+           cluster: str, target_loss: Optional[float], extra: Sequence[str] = ()
+           ) -> tuple[pd.DataFrame, Optional[float], list[str]]:
+    """The analysed rows with normalized column names, the common target and notes."""
+    if not isinstance(jobs, pd.DataFrame) or jobs.empty:
+        raise LandscopeError("H1: the jobs table is empty")
+    needs = {batch: "batch size", measure: "the curvature measure", control: "train loss",
+             cluster: "clusters"}
+    _require(jobs, needs)
+    if target not in jobs.columns and not (target == "test_error" and "final.test_acc" in jobs):
+        raise LandscopeError(f"H1: the jobs table has no column {target!r} (test error)")
+    notes: list[str] = []
+    rows = jobs
+    if "included" in jobs.columns:
+        inc = jobs["included"].fillna(False).astype(bool)
+        if (~inc).any():
+            notes.append(f"{int((~inc).sum())} jobs not included (not completed) are not analysed")
+        rows = jobs[inc]
+    if rows.empty:
+        raise LandscopeError("H1: no included (completed) job in the jobs table")
+    y = (_numeric(rows[target]) if target in rows.columns
+         else 1.0 - _numeric(rows["final.test_acc"]))
+    b = _batch_sizes(rows, batch)
+    n = len(rows)
+    names = np.array([str(v) for v in (rows["job"] if "job" in rows.columns else rows.index)],
+                     dtype=object)
+    stop = rows["stop_reason"].to_numpy(dtype=object) if "stop_reason" in rows.columns \
+        else np.full(n, None, dtype=object)
+    train_loss = _numeric(rows[control])
+    goal, common, reached = _targets(rows, stop, train_loss, target_loss, notes)
     data = pd.DataFrame({
         "job": pd.Series(names, dtype=object), "seed": rows[cluster].to_numpy(),
         "batch_size": b, "log2_batch": np.log2(np.where(np.isfinite(b), b, np.nan)),

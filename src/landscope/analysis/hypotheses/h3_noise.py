@@ -58,8 +58,12 @@ import pandas as pd
 
 from landscope.analysis.doc import short as _fmt
 from landscope.analysis.hypotheses import survival as sv
-from landscope.analysis.hypotheses.escapes import (ESCAPE_DIR, escape_jobs, is_noise_comparison,
-                                                   load_escapes)
+from landscope.analysis.hypotheses.escapes import (
+    ESCAPE_DIR,
+    escape_jobs,
+    is_noise_comparison,
+    load_escapes,
+)
 from landscope.analysis.inference import invert_test
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
@@ -200,11 +204,9 @@ class NoiseResult:
         return str(self.row("topk")["verdict"])
 
 
-def noise_test(escapes: pd.DataFrame, alpha: float = 0.05, n_flip: int = 9999, seed: int = 0,
-               interval: bool = True) -> NoiseResult:
-    """The paired noise comparison on :func:`load_noise_escapes` rows (module docstring):
-    per-minimum contrasts of ``topk`` and ``sgd`` against ``isotropic``, each tested by sign
-    flips across minima."""
+def _timed(escapes: pd.DataFrame) -> pd.DataFrame:
+    """The rows with a finite positive ``time`` (escape step, or ``max_steps`` when
+    censored); raises :class:`LandscopeError` when a needed column is missing."""
     need = {"job", "noise", "escaped", "escape_step", "max_steps", "eval_every", "lr",
             "batch_size"}
     missing = need - set(escapes.columns)
@@ -216,7 +218,32 @@ def noise_test(escapes: pd.DataFrame, alpha: float = 0.05, n_flip: int = 9999, s
     d["escaped"] = d["escaped"].astype(bool)
     step = pd.to_numeric(d["escape_step"], errors="coerce")
     d["time"] = np.where(d["escaped"], step, pd.to_numeric(d["max_steps"], errors="coerce"))
-    d = d[np.isfinite(d["time"]) & (d["time"] > 0)]
+    return d[np.isfinite(d["time"]) & (d["time"] > 0)]
+
+
+def _decide(base: dict[str, Any], a: str, g: int, stat: float, p: float, exact: bool,
+            alpha: float) -> None:
+    """Set the verdict and reason of contrast ``a``'s row ``base`` (``g`` minima)."""
+    if exact and 2 / 2 ** g >= alpha:
+        base["reason"] = (f"too few minima: the smallest sign-flip p with {g} minima is "
+                          f"{2 / 2 ** g:.3g} >= {alpha:g}")
+    elif base["n_informative"] == 0:
+        base["reason"] = "no run escaped"
+    elif p < alpha and stat < 0:
+        base.update(verdict=SUPPORTED, reason=f"{a} escapes faster (p={p:.3g} < {alpha:g})")
+    elif p < alpha and stat > 0:
+        base.update(verdict=NOT_SUPPORTED, reason=f"{a} escapes slower, against the "
+                    f"prediction (p={p:.3g} < {alpha:g})")
+    else:
+        base["reason"] = f"not significant (p={p:.3g} >= {alpha:g})"
+
+
+def noise_test(escapes: pd.DataFrame, alpha: float = 0.05, n_flip: int = 9999, seed: int = 0,
+               interval: bool = True) -> NoiseResult:
+    """The paired noise comparison on :func:`load_noise_escapes` rows (module docstring):
+    per-minimum contrasts of ``topk`` and ``sgd`` against ``isotropic``, each tested by sign
+    flips across minima."""
+    d = _timed(escapes)
     notes = list(escapes.attrs.get("notes", []))
     rows, per = [], []
     for a in CONTRASTS:
@@ -242,18 +269,7 @@ def noise_test(escapes: pd.DataFrame, alpha: float = 0.05, n_flip: int = 9999, s
                     n_separated=int(sum(c.kind == "separated" for c in cs)),
                     n_rows=int(sub["noise"].isin([a, REFERENCE]).sum()), estimate=stat,
                     ratio=math.exp(stat), clip=clip, n_flips=flips, exact=exact, p=p)
-        if exact and 2 / 2 ** g >= alpha:
-            base["reason"] = (f"too few minima: the smallest sign-flip p with {g} minima is "
-                              f"{2 / 2 ** g:.3g} >= {alpha:g}")
-        elif base["n_informative"] == 0:
-            base["reason"] = "no run escaped"
-        elif p < alpha and stat < 0:
-            base.update(verdict=SUPPORTED, reason=f"{a} escapes faster (p={p:.3g} < {alpha:g})")
-        elif p < alpha and stat > 0:
-            base.update(verdict=NOT_SUPPORTED, reason=f"{a} escapes slower, against the "
-                        f"prediction (p={p:.3g} < {alpha:g})")
-        else:
-            base["reason"] = f"not significant (p={p:.3g} >= {alpha:g})"
+        _decide(base, a, g, stat, p, exact, alpha)
         if interval and base["n_informative"]:
             base["ci_low"], base["ci_high"] = _interval(raw, clip, alpha, stat, n_flip, seed)
         if base["n_separated"]:

@@ -46,27 +46,37 @@ verdict carries the ratio, its interval, the units, the test and the calibration
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from landscope.analysis.doc import short as _fmt
-from landscope.analysis.hypotheses.paired import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, holm
+from landscope.analysis.hypotheses.h4_crossed import CrossedTest, crossed_mean_test  # noqa: F401
+from landscope.analysis.hypotheses.h4_data import (  # noqa: F401 - the public names of H4
+    BOUNDS,
+    CHANCE_ERROR,
+    COMPLEXITY,
+    HESSIAN,
+    IS_ISOTROPIC,
+    ISOTROPIC,
+    MATCHED,
+    NAIVE,
+    _numeric,
+    chance_error,
+    complexities,
+    config_labels,
+)
+from landscope.analysis.hypotheses.paired import (
+    INCONCLUSIVE,
+    NOT_SUPPORTED,
+    SUPPORTED,
+    holm,
+)
 from landscope.analysis.section import Section
 from landscope.errors import LandscopeError
 
-HESSIAN = "probe.pacbayes_hessian"
-ISOTROPIC = "probe.pacbayes_isotropic"
-NAIVE = "probe.pacbayes_naive"
-BOUNDS = {"naive": NAIVE, "isotropic": ISOTROPIC, "hessian": HESSIAN}
-IS_ISOTROPIC = "probe.pacbayes_hessian_is_isotropic"
-MATCHED = {"isotropic": "probe.pacbayes_matched_complexity_isotropic",
-           "hessian": "probe.pacbayes_matched_complexity_hessian"}
-COMPLEXITY = {k: f"probe.pacbayes_complexity_{k}" for k in ("naive", "isotropic", "hessian")}
 MARGIN = 0.05  # minimum relative tightening that counts (fixed before any sweep was run)
 TEST = "crossed random-effects t (config × seed, Satterthwaite df)"
 TEST_NAMES = {"isotropic": "H4 complexity vs isotropic", "naive": "H4 complexity vs naive"}
@@ -77,180 +87,9 @@ TABLE_COLUMNS = ["comparison", "other", "matched", "n_jobs", "n_seeds", "n_confi
                  "calibration", "verdict", "reason"]
 BOUNDS_COLUMNS = ["quantity", "column", "n", "median", "mean", "min", "max", "frac_below_1",
                   "frac_below_chance"]
-CHANCE_ERROR = 0.9  # error of guessing uniformly among 10 classes (mnist1d, mnist, cifar10)
 _ERRORS = [("test error of w", "test_error"), ("train error of w", "train_error"),
            ("train error of Q isotropic (MC)", "probe.pacbayes_isotropic_e_mc"),
            ("train error of Q Hessian (MC)", "probe.pacbayes_hessian_e_mc")]
-_NOT_CONFIG = ("seed", "dataset.seed", "name", "resume")
-
-
-@dataclass
-class CrossedTest:
-    """The outcome of :func:`crossed_mean_test`."""
-
-    estimate: float  # the grand mean of the complete configuration x seed table
-    se: float
-    df: float
-    t: float
-    p: float
-    ci_low: float
-    ci_high: float
-    n_jobs: int  # jobs used (in the complete table)
-    n_seeds: int
-    n_configs: int
-    reason: str = ""
-    # the configurations taken as fixed (the claim for the swept configurations only): the
-    # one-sample t-test over the seed means of the complete table (units: seeds)
-    t_fixed: float = math.nan
-    df_fixed: float = math.nan
-    p_fixed: float = math.nan
-
-
-def _numeric(jobs: pd.DataFrame, column: str) -> pd.Series:
-    if column in jobs.columns:
-        return pd.to_numeric(jobs[column], errors="coerce").astype(float)
-    if column == "test_error" and "final.test_acc" in jobs.columns:
-        return 1.0 - pd.to_numeric(jobs["final.test_acc"], errors="coerce").astype(float)
-    if column == "train_error" and "final.train_acc" in jobs.columns:
-        return 1.0 - pd.to_numeric(jobs["final.train_acc"], errors="coerce").astype(float)
-    return pd.Series(np.nan, index=jobs.index, dtype=float)
-
-
-def _complete_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Drop the configuration or seed with the most missing cells until none is missing."""
-    while table.size and table.isna().any().any():
-        row_na, col_na = table.isna().sum(axis=1), table.isna().sum(axis=0)
-        if row_na.max() / table.shape[1] >= col_na.max() / table.shape[0]:
-            table = table.drop(index=row_na.idxmax())
-        else:
-            table = table.drop(columns=col_na.idxmax())
-    return table
-
-
-def crossed_mean_test(values: Sequence[float], configs: Sequence[Any], seeds: Sequence[Any],
-                      level: float = 0.95) -> CrossedTest:
-    """Test ``mean = 0`` for values with random configuration and seed effects (module
-    docstring): cell means of the configuration x seed table (largest complete sub-table),
-    ``Var = max(MS_c + MS_s - MS_e, MS_c, MS_s) / (C S)`` and Satterthwaite degrees of
-    freedom; a two-sided t-test and a ``level`` t interval of the mean."""
-    frame = pd.DataFrame({"v": np.asarray(values, float), "c": [str(c) for c in configs],
-                          "s": [str(s) for s in seeds]})
-    frame = frame[np.isfinite(frame["v"])]
-    nan = CrossedTest(math.nan, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan,
-                      0, 0, 0)
-    if frame.empty:
-        nan.reason = "no jobs with finite values"
-        return nan
-    table = _complete_table(frame.pivot_table(index="c", columns="s", values="v", aggfunc="mean"))
-    C, S = table.shape
-    used = frame[frame["c"].isin(table.index) & frame["s"].isin(table.columns)]
-    grand = float(table.to_numpy().mean()) if table.size else math.nan
-    if C * S < 2:
-        nan.estimate, nan.n_jobs, nan.n_seeds, nan.n_configs = grand, len(used), S, C
-        nan.reason = f"too few units: {C} configuration(s) x {S} seed(s)"
-        return nan
-    x = table.to_numpy(float)
-    rows, cols = x.mean(axis=1), x.mean(axis=0)
-    fixed = dict(t_fixed=math.nan, df_fixed=math.nan, p_fixed=math.nan)
-    if S > 1 and np.std(cols) > 1e-12 * max(1.0, abs(grand)):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ref = stats.ttest_1samp(cols, 0.0)
-        fixed = dict(t_fixed=float(ref.statistic), df_fixed=S - 1.0, p_fixed=float(ref.pvalue))
-    terms: list[tuple[float, float, float]] = []  # (coefficient, mean square, df)
-    ms_c = S * float(((rows - grand) ** 2).sum()) / (C - 1) if C > 1 else 0.0
-    ms_s = C * float(((cols - grand) ** 2).sum()) / (S - 1) if S > 1 else 0.0
-    if C > 1:
-        terms.append((1.0, ms_c, C - 1.0))
-    if S > 1:
-        terms.append((1.0, ms_s, S - 1.0))
-    if C > 1 and S > 1:
-        resid = x - rows[:, None] - cols[None, :] + grand
-        ms_e = float((resid ** 2).sum()) / ((C - 1) * (S - 1))
-        terms.append((-1.0, ms_e, (C - 1.0) * (S - 1.0)))
-    combo = sum(a * ms for a, ms, _ in terms)
-    floor = max(ms_c, ms_s)
-    if combo < floor:  # truncate the unbiased combination at the larger main-effect term
-        combo = floor
-        terms = [max(terms[:2], key=lambda t: t[1])] if len(terms) > 1 else terms
-    if not combo > 0:
-        out = CrossedTest(grand, 0.0, math.nan, math.nan, math.nan, grand, grand, len(used), S,
-                          C, "zero variance between units", **fixed)
-        if grand != 0:
-            out.p, out.t = 0.0, math.copysign(math.inf, grand)
-        else:
-            out.p, out.t = 1.0, 0.0
-        return out
-    df = combo ** 2 / sum((a * ms) ** 2 / d for a, ms, d in terms)
-    se = math.sqrt(combo / (C * S))
-    t = grand / se
-    p = float(2 * stats.t.sf(abs(t), df))
-    q = float(stats.t.ppf(0.5 + level / 2, df))
-    return CrossedTest(grand, se, float(df), float(t), p, grand - q * se, grand + q * se,
-                       len(used), S, C, **fixed)
-
-
-def config_labels(jobs: pd.DataFrame, config_keys: Sequence[str] | None = None) -> pd.Series:
-    """One label per job naming its configuration: the values of ``config_keys`` (default:
-    every config column that varies across the jobs, seeds excluded)."""
-    if config_keys is None:
-        from landscope.analysis.collect import swept_keys
-
-        measured = ("probe.", "landscape.", "final.")
-        candidates = [c for c in jobs.columns if "." in c and not c.startswith(measured)
-                      and c not in _NOT_CONFIG]
-        config_keys = swept_keys(jobs, candidates)
-    keys = [k for k in config_keys if k in jobs.columns and k not in _NOT_CONFIG]
-    if not keys:
-        return pd.Series("all", index=jobs.index)
-    return jobs[keys].astype(str).agg("|".join, axis=1)
-
-
-def chance_error(jobs: pd.DataFrame) -> float:
-    """``1 - 1/classes`` of the jobs' dataset: ``dataset.classes`` when set (0.5 for two),
-    0.99 for cifar100, else 0.9 (10 classes); the largest when jobs differ."""
-    import json
-
-    values = []
-    chosen = jobs["dataset.classes"] if "dataset.classes" in jobs else pd.Series(None, jobs.index)
-    names = jobs["dataset.name"] if "dataset.name" in jobs else pd.Series("", jobs.index)
-    for c, n in zip(chosen, names):
-        if isinstance(c, str):
-            try:
-                c = json.loads(c)
-            except ValueError:
-                c = None
-        if isinstance(c, (list, tuple)) and len(c) >= 2:
-            values.append(1.0 - 1.0 / len(c))
-        else:
-            values.append(0.99 if str(n) == "cifar100" else CHANCE_ERROR)
-    return max(values) if values else CHANCE_ERROR
-
-
-def _from_pieces(jobs: pd.DataFrame, name: str) -> pd.Series:
-    """The complexity term from ``kl_*``, ``*_prior_j``, ``m`` and ``delta`` (jobs probed before
-    the complexity was stored)."""
-    kl, j = _numeric(jobs, f"probe.pacbayes_kl_{name}"), _numeric(jobs, f"probe.pacbayes_{name}_prior_j")
-    m, delta = _numeric(jobs, "probe.pacbayes_m"), _numeric(jobs, "probe.pacbayes_delta")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return (kl + 2 * np.log(j) + np.log(math.pi ** 2 * m / (6 * delta))) / (m - 1)
-
-
-def complexities(jobs: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
-    """Per job the complexity terms ``hessian``, ``isotropic`` (at matched posterior error when
-    the jobs carry them) and ``naive``; the flag says whether they are matched."""
-    matched = all(c in jobs.columns for c in MATCHED.values()) and bool(
-        np.isfinite(_numeric(jobs, MATCHED["hessian"])).any())
-    out = pd.DataFrame(index=jobs.index)
-    for name in ("hessian", "isotropic"):
-        col = MATCHED[name] if matched else COMPLEXITY[name]
-        out[name] = _numeric(jobs, col) if col in jobs.columns else _from_pieces(jobs, name)
-    naive = _numeric(jobs, COMPLEXITY["naive"])
-    if not np.isfinite(naive).any() and "probe.pacbayes_naive_log_hypotheses" in jobs.columns:
-        naive = (_numeric(jobs, "probe.pacbayes_naive_log_hypotheses")
-                 + np.log(1 / _numeric(jobs, "probe.pacbayes_delta"))) / _numeric(jobs, "probe.pacbayes_m")
-    out["naive"] = naive
-    return out, matched
 
 
 @dataclass
@@ -356,6 +195,53 @@ def _verdict(row: pd.Series, alpha: float) -> tuple[str, str]:
     return INCONCLUSIVE, f"not significant at alpha={alpha:g}: {evidence}"
 
 
+def _notes(matched: bool, usable: np.ndarray) -> list[str]:
+    """The notes on the complexities: not at matched error, jobs without a Hessian one."""
+    notes = []
+    if not matched:
+        notes.append("complexities not at matched posterior error (jobs probed with "
+                     "probe.pacbayes_posterior=grid or before matching existed): a posterior "
+                     "with a larger error may have a smaller complexity")
+    if (~usable).any():
+        notes.append(f"{int((~usable).sum())} included jobs without a finite Hessian "
+                     "complexity left out of the test (their bounds are in the bounds table)")
+    return notes
+
+
+def _per_job(sel: pd.DataFrame, seeds: pd.Series, configs: pd.Series, cx: pd.DataFrame
+             ) -> pd.DataFrame:
+    """One row per included job: its seed, configuration, bounds, complexity terms, errors
+    and whether its Hessian posterior fell back to isotropic (``h4_jobs.csv``)."""
+    per_job = pd.DataFrame({"job": sel["job"] if "job" in sel.columns else sel.index.astype(str),
+                            "seed": seeds.to_numpy(), "config": configs.to_numpy()})
+    for name, col in BOUNDS.items():
+        per_job[name] = _numeric(sel, col).to_numpy()
+    for name in ("hessian", "isotropic", "naive"):
+        per_job[f"complexity_{name}"] = cx[name].to_numpy()
+    for name, col in (("test_error", "test_error"), ("train_error", "train_error"),
+                      ("matched_error", "probe.pacbayes_matched_error"),
+                      ("hessian_is_isotropic", IS_ISOTROPIC)):
+        per_job[name] = _numeric(sel, col).to_numpy()
+    return per_job
+
+
+def _overall(table: pd.DataFrame) -> tuple[str, str]:
+    """The overall verdict: supported when every comparison is, not supported when one is
+    not, else inconclusive; the reason joins the comparisons that decide it."""
+    verdict_list = list(table["verdict"])
+    if verdict_list and all(v == SUPPORTED for v in verdict_list):
+        verdict, reason = SUPPORTED, "; ".join(f"{r.comparison}: {r.reason}"
+                                                for r in table.itertuples())
+    elif NOT_SUPPORTED in verdict_list:
+        verdict = NOT_SUPPORTED
+        reason = "; ".join(f"{r.comparison}: {r.reason}" for r in table.itertuples()
+                           if r.verdict == NOT_SUPPORTED)
+    else:
+        verdict = INCONCLUSIVE
+        reason = "; ".join(f"{r.comparison}: {r.reason}" for r in table.itertuples()
+                           if r.verdict != SUPPORTED) or "no comparison"
+    return verdict, reason
+
 def h4_test(jobs: pd.DataFrame, margin: float = MARGIN, alpha: float = 0.05,
             others: Sequence[str] = ("isotropic", "naive"),
             config_keys: Sequence[str] | None = None,
@@ -378,14 +264,7 @@ def h4_test(jobs: pd.DataFrame, margin: float = MARGIN, alpha: float = 0.05,
     configs = config_labels(sel, config_keys)
     seeds = sel["seed"] if "seed" in sel.columns else pd.Series(range(len(sel)), index=sel.index)
     chance = chance_error(sel) if chance is None else chance
-    notes = []
-    if not matched:
-        notes.append("complexities not at matched posterior error (jobs probed with "
-                     "probe.pacbayes_posterior=grid or before matching existed): a posterior "
-                     "with a larger error may have a smaller complexity")
-    if (~usable).any():
-        notes.append(f"{int((~usable).sum())} included jobs without a finite Hessian "
-                     "complexity left out of the test (their bounds are in the bounds table)")
+    notes = _notes(matched, usable)
     table = pd.DataFrame([comparison_row(cx["hessian"].to_numpy(), cx[o].to_numpy(),
                                          list(configs), list(seeds), o, margin,
                                          matched if o != "naive" else False) for o in others])
@@ -397,32 +276,11 @@ def h4_test(jobs: pd.DataFrame, margin: float = MARGIN, alpha: float = 0.05,
     table["reason"] = [r for _, r in verdicts]
     table = table[TABLE_COLUMNS].reset_index(drop=True)
 
-    per_job = pd.DataFrame({"job": sel["job"] if "job" in sel.columns else sel.index.astype(str),
-                            "seed": seeds.to_numpy(), "config": configs.to_numpy()})
-    for name, col in BOUNDS.items():
-        per_job[name] = _numeric(sel, col).to_numpy()
-    for name in ("hessian", "isotropic", "naive"):
-        per_job[f"complexity_{name}"] = cx[name].to_numpy()
-    for name, col in (("test_error", "test_error"), ("train_error", "train_error"),
-                      ("matched_error", "probe.pacbayes_matched_error"),
-                      ("hessian_is_isotropic", IS_ISOTROPIC)):
-        per_job[name] = _numeric(sel, col).to_numpy()
+    per_job = _per_job(sel, seeds, configs, cx)
     flags = per_job["hessian_is_isotropic"].to_numpy(float)
     flags = flags[np.isfinite(flags)]
     frac_non_iso = float(np.mean(flags == 0)) if len(flags) else math.nan
-
-    verdict_list = list(table["verdict"])
-    if verdict_list and all(v == SUPPORTED for v in verdict_list):
-        verdict, reason = SUPPORTED, "; ".join(f"{r.comparison}: {r.reason}"
-                                                for r in table.itertuples())
-    elif NOT_SUPPORTED in verdict_list:
-        verdict = NOT_SUPPORTED
-        reason = "; ".join(f"{r.comparison}: {r.reason}" for r in table.itertuples()
-                           if r.verdict == NOT_SUPPORTED)
-    else:
-        verdict = INCONCLUSIVE
-        reason = "; ".join(f"{r.comparison}: {r.reason}" for r in table.itertuples()
-                           if r.verdict != SUPPORTED) or "no comparison"
+    verdict, reason = _overall(table)
     return H4Result(table=table, bounds=_bounds_table(sel, chance), jobs=per_job.reset_index(
         drop=True), verdict=verdict, reason=reason, margin=margin, alpha=alpha,
         chance_error=chance, matched=matched, frac_non_isotropic=frac_non_iso, notes=notes)

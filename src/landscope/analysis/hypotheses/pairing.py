@@ -197,6 +197,19 @@ def pair_jobs(jobs: pd.DataFrame, factor: str = "model.skip", keys: Sequence[str
             continue
         key = tuple(config_code(rows.at[label, k]) for k in keys) + (config_code(as_number(seed)),)
         groups.setdefault(key, {True: [], False: []})[value].append(label)
+    pairs = _match(groups, rows, keys, job_names, factor, (on_name, off_name), boolean,
+                   unpaired)
+    pairs_df = pd.DataFrame(pairs, columns=[*keys, "seed", "on", "off", "job_on", "job_off"])
+    unpaired_df = pd.DataFrame(unpaired, columns=["row", "job", "seed", factor, "reason"])
+    return pairs_df, unpaired_df, keys
+
+
+def _match(groups: dict[tuple, dict[bool, list]], rows: pd.DataFrame, keys: list[str],
+           job_names: pd.Series, factor: str, names: tuple[str, str], boolean: bool,
+           unpaired: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pairs of :func:`pair_jobs`: each group (config and seed) with exactly one job on
+    each side; the jobs of every other group go to ``unpaired`` with the reason."""
+    on_name, off_name = names
     pairs: list[dict[str, Any]] = []
     for key, side in groups.items():
         on, off = side[True], side[False]
@@ -215,9 +228,7 @@ def pair_jobs(jobs: pd.DataFrame, factor: str = "model.skip", keys: Sequence[str
             unpaired.append({"row": label, "job": job_names[label], "seed": rows.at[label, "seed"],
                              factor: (label in on) if boolean else rows.at[label, factor],
                              "reason": why})
-    pairs_df = pd.DataFrame(pairs, columns=[*keys, "seed", "on", "off", "job_on", "job_off"])
-    unpaired_df = pd.DataFrame(unpaired, columns=["row", "job", "seed", factor, "reason"])
-    return pairs_df, unpaired_df, keys
+    return pairs
 
 
 def as_number(value: Any) -> Any:
