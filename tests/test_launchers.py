@@ -142,7 +142,7 @@ def test_threads_per_job_follow_the_model_size_and_the_parallel_jobs(monkeypatch
     (-1: all cores)."""
     import types
 
-    import landscope.jobs as jobs
+    import landscope.jobtrain as jobs
     import runner.app as app
 
     monkeypatch.setattr(jobs, "available_cores", lambda: 8)

@@ -105,11 +105,12 @@ def test_diverged_job_run_is_marked_failed(tmp_path, warm_data):
 
 def test_failing_job_run_is_finished_as_failed(tmp_path, compose, monkeypatch):
     import landscope.jobs as jobs
+    import landscope.jobtrain as jobtrain
 
     def boom(*args, **kwargs):
         raise RuntimeError("simulated crash in training")
 
-    monkeypatch.setattr(jobs, "fit", boom)
+    monkeypatch.setattr(jobtrain, "fit", boom)
     cfg = compose([*SMOKE, *OFFLINE])
     summary = jobs.run_job(cfg, tmp_path / "job", [*SMOKE, *OFFLINE])
     assert summary["status"] == "failed" and "simulated crash" in summary["message"]

@@ -1,5 +1,7 @@
-"""A finished job's post-training files: probe caches, probe presets side by side in
-result.json, figures, and the repair of what a finished job misses.
+"""A finished job's post-training files: the stages of a job (:data:`JOB_STAGES`: probes,
+landscape, figures; run by :func:`landscope.stages.run_stages`), probe presets side by side in
+result.json, the probes of a finished job or of one checkpoint, and the repair of what a
+finished job misses.
 
 - Caches (``probes/<stem>.npz`` + ``.json``, ``landscape/<lfp>.npz`` + ``.json``; the job
   directory's :class:`~landscope.jobdir.Cache`): the npz is written first, the JSON last (it
@@ -24,92 +26,145 @@ from typing import Optional
 from omegaconf import DictConfig, OmegaConf
 
 from landscope.checkpoint import checkpoint_path, newest_valid
-from landscope.errors import one_line
+from landscope.errors import ConfigError, one_line
+from landscope.fingerprints import landscape_fingerprint, probe_fingerprint
 from landscope.io import jsonable, read_json, write_json, write_jsonl
-from landscope.jobcheck import metrics_intact
+from landscope.jobcheck import metrics_intact, read_result
 from landscope.jobdir import JobDir
+from landscope.stages import CachedStage, Report, StageContext, cached_run, run_stages
 
 log = logging.getLogger("landscope")
 
 FIGURES_MARK = ".figures.json"
 TRACEBACK = "traceback.txt"
+TRAJECTORY_FILE = "trajectory.npz"  # landscape.trajectory snapshots in the job directory
 
 
-# ------------------------------------------------------------------------------ caches
+# ------------------------------------------------------------------------------ stages
+class ProbeStage(CachedStage):
+    """The probes on the trained model (``probes/<pfp>``); result.json keeps every preset's
+    scalars side by side (:meth:`merge`)."""
+
+    group, config_field, fingerprint_field = "probes", "probe", "probe_fingerprint"
+
+    def fingerprint(self, cfg: DictConfig) -> Optional[str]:
+        return probe_fingerprint(cfg)
+
+    def run(self, ctx: StageContext) -> Report:
+        from landscope.jobtrain import initial_model
+        from landscope.probes.spawn import run_probes_on_ranks
+
+        cfg, model = ctx.cfg, ctx.model
+        log.info("%s: running probes (%s)", ctx.job.path, _name(cfg.probe))
+        w0 = None
+        if cfg.probe.get("pacbayes", False):  # the prior mean: the initialization, not 0
+            device = next(model.parameters()).device
+            w0 = initial_model(cfg, ctx.data).to(device)
+        report = run_probes_on_ranks(model, ctx.data.train, cfg.probe,
+                                     int(cfg.probe.get("ranks", 1)), w0=w0,
+                                     log=lambda line: log.info("%s: %s", ctx.job.path, line))
+        return Report(report.scalars, report.arrays)
+
+    def record(self, ctx: StageContext, report: Report) -> dict:
+        return {"scalars": report.scalars,
+                "probe": OmegaConf.to_container(ctx.cfg.probe, resolve=True, enum_to_str=True)}
+
+    def merge(self, ctx: StageContext, fp: str, scalars: dict) -> dict:
+        """The probe fields of result.json, with the presets ``ctx.previous`` holds kept
+        beside the one just run or read."""
+        previous = ctx.previous or {}
+        by = dict(previous.get("probes_by_fingerprint") or {})
+        old = previous.get("probe_fingerprint")
+        if old and old not in by and isinstance(previous.get("probes"), dict) \
+                and "skipped" not in previous["probes"]:
+            by[old] = previous["probes"]  # a result.json written before presets lived side by side
+        by.pop(fp, None)
+        by[fp] = scalars  # last: the newest wins a tie
+        top = max(reversed(list(by)), key=lambda k: len(by[k]))
+        preset = _name(ctx.cfg.probe) if top == fp else _preset(ctx.job, top)
+        return {"probes": by[top], "probe_fingerprint": top, "probe_preset": preset,
+                "probes_by_fingerprint": by}
+
+
+class LandscapeStage(CachedStage):
+    """The landscape suite on the trained model (``landscape/<lfp>``), with the probes'
+    eigenvectors of the result's ``probe_fingerprint`` when they were saved."""
+
+    group, config_field = "landscape", "landscape"
+
+    def fingerprint(self, cfg: DictConfig) -> Optional[str]:
+        return landscape_fingerprint(cfg)
+
+    def run(self, ctx: StageContext) -> Report:
+        from landscope.geometry.suite import run_landscape
+        from landscope.jobtrain import seed_everything
+        from landscope.models import build_model
+
+        cfg, job, result = ctx.cfg, ctx.job, ctx.result
+        log.info("%s: landscape (%s)", job.path, _name(cfg.landscape))
+        init_model = None
+        if cfg.landscape.intrinsic_dim:
+            seed_everything(cfg.seed)  # the job's initialization (global RNGs not restored)
+            init_model = build_model(cfg.model, ctx.data.meta)
+        report = run_landscape(
+            ctx.model, ctx.data, cfg.landscape, eigenvectors=_eigenvectors(job, result),
+            trajectory_path=job.path / TRAJECTORY_FILE, init_model=init_model,
+            reference_acc=(result.get("final") or {}).get("test_acc"),
+            batch_size=min(cfg.train.batch_size, len(ctx.data.train)),
+            store_dir=job.path / "landscape")
+        for note in report.notes:
+            log.warning("warning: %s: %s", job.path, note)
+        return Report(report.scalars, report.arrays, report.notes)
+
+    def merge(self, ctx: StageContext, fp: str, scalars: dict) -> dict:
+        return {"landscape": jsonable(scalars), "landscape_fingerprint": fp}
+
+    def finish(self, ctx: StageContext) -> None:
+        for partial in (ctx.job.path / "landscape").glob("*.partial.npz"):
+            partial.unlink(missing_ok=True)  # finished scans: their resume stores are done
+
+
+class FiguresStage:
+    """The job's figures, drawn from result.json once it is written (:func:`draw_figures`)."""
+
+    group, after_result, skip_diverged = "figures", True, False
+
+    def fingerprint(self, cfg: DictConfig) -> Optional[str]:
+        return "figures" if cfg.landscape.figures else None
+
+    def run(self, ctx: StageContext) -> Report:
+        draw_figures(ctx.cfg, ctx.job.path, ctx.result)
+        return Report()
+
+
+JOB_STAGES = (ProbeStage(), LandscapeStage(), FiguresStage())
+
+
+def _name(group: DictConfig) -> str:
+    return str(getattr(group.name, "value", group.name))
+
+
+def _eigenvectors(job: JobDir, result: dict):
+    """The probes' ``eigenvectors_top`` of the result's probe fingerprint, or None."""
+    pfp = result.get("probe_fingerprint")
+    probes = job.cache("probes", pfp) if pfp else None
+    if probes is None or not probes.npz_path.is_file():
+        return None
+    arrays = probes.arrays(("eigenvectors_top",))
+    if arrays is None:
+        log.warning("warning: %s: probes/%s.npz is unreadable: no eigenvector slices",
+                    job.path, pfp)
+    return (arrays or {}).get("eigenvectors_top")
+
+
 def cached_probes(cfg: DictConfig, job_dir: Path, model, data, stem: str,
                   key: Optional[dict] = None) -> dict:
     """Probe scalars from ``probes/<stem>.json`` when it is a readable cache matching ``key``,
-    else run the probes and write ``<stem>.npz`` then ``<stem>.json`` (atomically)."""
-    from landscope.jobs import initial_model
-    from landscope.probes.spawn import run_probes_on_ranks
-
-    cache = JobDir(job_dir).cache("probes", stem)
-    cached = cache.read(key)
-    if cached is not None:
-        return cached["scalars"]
-    log.info("%s: running probes (%s)", job_dir, getattr(cfg.probe.name, "value", cfg.probe.name))
-    w0 = None
-    if cfg.probe.get("pacbayes", False):  # the prior mean: the initialization, not 0
-        device = next(model.parameters()).device
-        w0 = initial_model(cfg, data).to(device)
-    report = run_probes_on_ranks(model, data.train, cfg.probe, int(cfg.probe.get("ranks", 1)),
-                                 w0=w0, log=lambda line: log.info("%s: %s", job_dir, line))
-    cache.write({
-        "scalars": report.scalars,
-        "probe": OmegaConf.to_container(cfg.probe, resolve=True, enum_to_str=True),
-        **(key or {})}, report.arrays)
-    return report.scalars
+    else run the probes and cache them."""
+    ctx = StageContext(cfg, JobDir(job_dir), model, data)
+    return cached_run(ctx, ProbeStage(), stem, key)
 
 
-def landscape_results(cfg: DictConfig, job_dir: Path, model, data, result: dict,
-                      lfp: Optional[str]) -> dict:
-    """``{"landscape": scalars, "landscape_fingerprint": lfp}`` for result.json, cached in
-    ``landscape/<lfp>.json`` (scalars, notes, config) and ``landscape/<lfp>.npz`` (arrays)."""
-    from landscope.geometry.suite import run_landscape
-    from landscope.jobs import TRAJECTORY_FILE, seed_everything
-    from landscope.models import build_model
-
-    if lfp is None:
-        return {}
-    if result.get("status") == "diverged":
-        return {"landscape": {"skipped": "diverged"}, "landscape_fingerprint": lfp}
-    job = JobDir(job_dir)
-    cache = job.cache("landscape", lfp)
-    cached = cache.read()
-    if cached is not None:
-        return {"landscape": cached["scalars"], "landscape_fingerprint": lfp}
-    log.info("%s: landscape (%s)", job_dir, getattr(cfg.landscape.name, "value",
-                                                   cfg.landscape.name))
-    eigenvectors = None
-    pfp = result.get("probe_fingerprint")
-    probes = job.cache("probes", pfp) if pfp else None
-    if probes is not None and probes.npz_path.is_file():
-        arrays = probes.arrays(("eigenvectors_top",))
-        if arrays is None:
-            log.warning("warning: %s: probes/%s.npz is unreadable: no eigenvector slices",
-                        job_dir, pfp)
-        eigenvectors = (arrays or {}).get("eigenvectors_top")
-    init_model = None
-    if cfg.landscape.intrinsic_dim:
-        seed_everything(cfg.seed)
-        init_model = build_model(cfg.model, data.meta)
-    report = run_landscape(
-        model, data, cfg.landscape, eigenvectors=eigenvectors,
-        trajectory_path=job_dir / TRAJECTORY_FILE, init_model=init_model,
-        reference_acc=(result.get("final") or {}).get("test_acc"),
-        batch_size=min(cfg.train.batch_size, len(data.train)), store_dir=job_dir / "landscape")
-    for note in report.notes:
-        log.warning("warning: %s: %s", job_dir, note)
-    cache.write({
-        "scalars": report.scalars, "notes": report.notes,
-        "landscape": OmegaConf.to_container(cfg.landscape, resolve=True, enum_to_str=True)},
-        report.arrays)
-    for partial in (job_dir / "landscape").glob("*.partial.npz"):
-        partial.unlink(missing_ok=True)  # finished scans: their resume stores are done
-    return {"landscape": jsonable(report.scalars), "landscape_fingerprint": lfp}
-
-
-# ------------------------------------------------------------------ probes side by side
 def probe_fingerprints_of(result: dict) -> set:
     """Every probe fingerprint whose scalars ``result`` holds."""
     known = set((result.get("probes_by_fingerprint") or {}))
@@ -118,36 +173,12 @@ def probe_fingerprints_of(result: dict) -> set:
     return known
 
 
-def _preset(job_dir: Path, pfp: str) -> Optional[str]:
-    record = JobDir(job_dir).cache("probes", pfp).read(npz="none")
+def _preset(job: JobDir, pfp: str) -> Optional[str]:
+    record = job.cache("probes", pfp).read(npz="none")
     try:
         return str(record["probe"]["name"])
     except (KeyError, TypeError):
         return None
-
-
-def probe_results(cfg: DictConfig, job_dir: Path, model, data, status: str, pfp: Optional[str],
-                  previous: Optional[dict] = None) -> dict:
-    """The probe fields of result.json after running (or reading from the cache) the
-    configured probes, with the presets ``previous`` holds kept beside them."""
-    if pfp is None:
-        return {}
-    if status == "diverged":
-        return {"probes": {"skipped": "diverged"}, "probe_fingerprint": pfp}
-    scalars = cached_probes(cfg, job_dir, model, data, pfp)
-    previous = previous or {}
-    by = dict(previous.get("probes_by_fingerprint") or {})
-    old = previous.get("probe_fingerprint")
-    if old and old not in by and isinstance(previous.get("probes"), dict) \
-            and "skipped" not in previous["probes"]:
-        by[old] = previous["probes"]  # a result.json written before presets lived side by side
-    by.pop(pfp, None)
-    by[pfp] = scalars  # last: the newest wins a tie
-    top = max(reversed(list(by)), key=lambda k: len(by[k]))
-    preset = str(getattr(cfg.probe.name, "value", cfg.probe.name)) if top == pfp \
-        else _preset(job_dir, top)
-    return {"probes": by[top], "probe_fingerprint": top, "probe_preset": preset,
-            "probes_by_fingerprint": by}
 
 
 # ----------------------------------------------------------------------------- figures
@@ -228,3 +259,50 @@ def repair_finished(cfg: DictConfig, job_dir: Path, result: dict) -> list[str]:
     if repaired:
         log.info("%s: repaired %s", job_dir, ", ".join(repaired))
     return repaired
+
+
+# -------------------------------------------------------------------- finished jobs
+def probe_checkpoint(cfg: DictConfig, ckpt_path: Path) -> dict:
+    """Run the configured probes on one checkpoint file of a job (any epoch, e.g. one
+    kept during training); ``result.json`` is left alone.
+
+    Results go to ``probes/<pfp>_<checkpoint stem>.json/.npz`` in the job directory,
+    keyed by the checkpoint's SHA-256, so asking again costs nothing.
+    Returns ``{"epoch", "checkpoint", "probes", "probe_fingerprint"}``."""
+    from landscope.checkpoint import load_checkpoint, payload_digest
+
+    ckpt_path = Path(ckpt_path)
+    job_dir = ckpt_path.parent.parent
+    pfp = probe_fingerprint(cfg)
+    if pfp is None:
+        raise ConfigError("probe=none switches every probe off; choose probe=basic, standard, "
+                          "full or pacbayes")
+    ckpt = load_checkpoint(ckpt_path)
+    model, data = JobDir(job_dir).load_model(ckpt["model"], cfg)
+    key = {"checkpoint": ckpt_path.name, "checkpoint_sha256": payload_digest(ckpt_path)}
+    scalars = cached_probes(cfg, job_dir, model, data, f"{pfp}_{ckpt_path.stem}", key)
+    return {"epoch": ckpt.get("epoch"), "checkpoint": str(ckpt_path), "probes": scalars,
+            "probe_fingerprint": pfp}
+
+
+def probe_finished_job(cfg: DictConfig, job_dir: Path, previous: dict) -> dict:
+    """Run the configured probes and landscape on a finished job's final checkpoint (no
+    retraining; cached results are reused) and update its result.json and figures, holding
+    the job directory's lock (:class:`JobLocked` when another process has it)."""
+    from landscope.joblock import job_lock
+
+    job_dir = Path(job_dir)
+    with job_lock(job_dir):
+        current = read_result(job_dir / "result.json")  # another process may have updated it
+        return probe_finished(cfg, job_dir, current if current is not None else previous)
+
+
+def probe_finished(cfg: DictConfig, job_dir: Path, previous: dict) -> dict:
+    """:func:`probe_finished_job` once the lock is held."""
+    job = JobDir(job_dir)
+    _, ckpt = job.final_checkpoint(previous, fallback=True)
+    model, data = job.load_model(ckpt["model"], cfg)
+    ctx = StageContext(cfg, job, model, data, dict(previous), previous)
+    run_stages(ctx, JOB_STAGES)
+    remove_traceback(job_dir)
+    return ctx.result

@@ -45,6 +45,43 @@ class TrainState:
     # optimizer steps so far; on resume: sum(row["steps"] for row in history)
     step: int = 0
     amp: Optional[MixedPrecision] = None  # None = float32 training
+    # The job layer's checkpoint state: training seconds of earlier processes (from the
+    # checkpoint resumed), when this process started, when it saved last, the epoch resumed.
+    prior_seconds: float = 0.0
+    tic: float = field(default_factory=time.perf_counter)
+    last_save: float = field(default_factory=time.perf_counter)
+    resumed_from: Optional[int] = None
+
+    def seconds(self) -> float:
+        """Training seconds so far, earlier processes included."""
+        return self.prior_seconds + time.perf_counter() - self.tic
+
+    def checkpoint(self, fingerprint: str) -> dict:
+        """The checkpoint payload of this state (RNG states captured now)."""
+        from landscope.checkpoint import capture_rng
+
+        return {"epoch": self.epoch, "grad_evals": self.grad_evals, "history": self.history,
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": capture_rng(),
+                "seconds": self.seconds(), "fingerprint": fingerprint,
+                **({} if self.amp is None else {"precision": self.amp.state_dict()})}
+
+    def restore(self, ckpt: dict, where: str = "the checkpoint") -> None:
+        """Resume from a :meth:`checkpoint` payload (RNG states restored)."""
+        from landscope.checkpoint import restore_rng
+        from landscope.errors import CheckpointError
+
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.amp is not None:  # the gradient scaler's scale and growth tracker (fp16)
+            if "precision" not in ckpt:
+                raise CheckpointError(f"{where} lacks the {self.amp.precision} state")
+            self.amp.load_state_dict(ckpt["precision"])
+        self.epoch, self.grad_evals = ckpt["epoch"], ckpt["grad_evals"]
+        self.history = list(ckpt["history"])
+        restore_rng(ckpt["rng"])
+        self.prior_seconds, self.resumed_from = ckpt["seconds"], ckpt["epoch"]
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -239,15 +276,8 @@ def fit(state: TrainState, train_split, test_split, *, epochs: int, batch_size: 
             train_loss, train_acc = evaluate(state.model, train_split, eval_batch_size)
             test_loss, test_acc = evaluate(state.model, test_split, eval_batch_size)
             diverged = not math.isfinite(train_loss)
-        stop = None
-        if diverged:
-            stop = STOP_DIVERGED
-        elif target_train_loss is not None and train_loss <= target_train_loss:
-            stop = STOP_TARGET_LOSS
-        elif epoch + 1 == epochs:
-            stop = STOP_MAX_EPOCHS
-        elif max_grad_evals is not None and state.grad_evals >= max_grad_evals:
-            stop = STOP_MAX_GRAD_EVALS
+        stop = _stop_reason(diverged, train_loss, target_train_loss, epoch + 1 == epochs,
+                            state.grad_evals, max_grad_evals)
         state.epoch = epoch + 1
         row = {"epoch": state.epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
                "test_loss": test_loss, "test_acc": test_acc,
@@ -261,3 +291,17 @@ def fit(state: TrainState, train_split, test_split, *, epochs: int, batch_size: 
         if stop is not None:
             return stop
     return STOP_MAX_EPOCHS
+
+
+def _stop_reason(diverged: bool, train_loss: float, target_train_loss: Optional[float],
+                 last_epoch: bool, grad_evals: int, max_grad_evals: Optional[int]) -> Optional[str]:
+    """Why training stops after an epoch (None: it goes on), in order of precedence."""
+    if diverged:
+        return STOP_DIVERGED
+    if target_train_loss is not None and train_loss <= target_train_loss:
+        return STOP_TARGET_LOSS
+    if last_epoch:
+        return STOP_MAX_EPOCHS
+    if max_grad_evals is not None and grad_evals >= max_grad_evals:
+        return STOP_MAX_GRAD_EVALS
+    return None

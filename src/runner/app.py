@@ -49,7 +49,7 @@ class JobFailed(SystemExit):
 
 def _parallel_jobs() -> int:
     """How many jobs the launcher runs at once on this machine (joblib's n_jobs)."""
-    from landscope.jobs import available_cores
+    from landscope.jobtrain import available_cores
 
     launcher = HydraConfig.get().launcher
     n_jobs = launcher.get("n_jobs") if "n_jobs" in launcher else None

@@ -72,7 +72,7 @@ class LandscopeSweeper(BasicSweeper):
         global LAST_SWEEP
         from landscope.errors import LandscopeError
         from landscope.io import atomic_write_text
-        from landscope.jobs import FAILED, check_inputs, directory_conflict, format_status_table
+        from landscope.jobs import FAILED, check_inputs, directory_conflict
 
         assert self.config is not None and self.launcher is not None
         assert self.hydra_context is not None
@@ -138,3 +138,19 @@ def _summary(job_overrides: List[str], r: Any, failed: str) -> dict:
     msg = " ".join(str(err).split()) if err is not None else "job did not return"
     return {"job": ",".join(job_overrides), "status": failed,
             "message": f"{type(err).__name__}: {msg}"}
+
+
+def format_status_table(summaries: list[dict]) -> str:
+    """Plain-text table of job statuses for the end of a multirun."""
+    rows = [("job", "status", "epochs", "test_acc", "note")]
+    for s in summaries:
+        acc = s.get("test_acc")
+        rows.append((s["job"], s["status"], "" if s.get("epochs") is None else str(s["epochs"]),
+                     "" if acc is None else f"{acc:.4f}", s.get("message") or ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
+    counts: dict[str, int] = {}
+    for s in summaries:
+        counts[s["status"]] = counts.get(s["status"], 0) + 1
+    total = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:], f"{len(summaries)} jobs: {total}"])
