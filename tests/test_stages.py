@@ -11,8 +11,8 @@ import pytest
 from landscope.io import read_json
 from landscope.jobdir import JobDir
 from landscope.jobresults import JOB_STAGES, LandscapeStage, ProbeStage
-from landscope.stages import (CachedStage, Report, Stage, StageContext, cached_run, run_stages,
-                              stage_fields)
+from landscope.stages import (CachedStage, Report, Stage, StageContext, cached_run, missing,
+                              run_stages, stage_fields)
 
 
 class Toy:
@@ -158,3 +158,16 @@ def test_cached_stage_defaults(tmp_path):
 @pytest.mark.parametrize("stage", JOB_STAGES)
 def test_job_stages_follow_the_protocol(stage):
     assert isinstance(stage, Stage) and stage.group in ("probes", "landscape", "figures")
+
+
+def test_missing_names_the_stages_a_finished_result_lacks(compose):
+    """What makes a finished job run its stages again without retraining: a stage that is on
+    and whose fingerprint the result does not hold (probes: any preset kept side by side)."""
+    cfg = compose(["probe=basic", "landscape=none"])
+    probes, toy = ProbeStage(), Toy()
+    pfp = probes.fingerprint(cfg)
+    assert missing(cfg, {"status": "completed"}, [probes, toy, *JOB_STAGES[1:]]) == [probes, toy]
+    done = {"status": "completed", "probe_fingerprint": "other",
+            "probes_by_fingerprint": {pfp: {}}, "toy_fingerprint": "toy1"}
+    assert missing(cfg, done, [probes, toy, *JOB_STAGES]) == []
+    assert missing(compose(["probe=none", "landscape=none"]), {}, JOB_STAGES) == []

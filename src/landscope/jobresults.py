@@ -69,6 +69,9 @@ class ProbeStage(CachedStage):
         return {"scalars": report.scalars,
                 "probe": OmegaConf.to_container(ctx.cfg.probe, resolve=True, enum_to_str=True)}
 
+    def recorded(self, result: dict) -> set:
+        return probe_fingerprints_of(result)
+
     def merge(self, ctx: StageContext, fp: str, scalars: dict) -> dict:
         """The probe fields of result.json, with the presets ``ctx.previous`` holds kept
         beside the one just run or read."""

@@ -36,14 +36,15 @@ from landscope.io import atomic_write_text, write_json
 from landscope.jobcheck import FINISHED, JobRefused, conflict_reason, read_result
 from landscope.joblock import JobLocked, job_lock
 # Re-exported: commands, scripts and tests import these from here.
-from landscope.jobresults import (TRAJECTORY_FILE, probe_checkpoint,  # noqa: F401
-                                  probe_fingerprints_of, probe_finished, probe_finished_job,
+from landscope.jobresults import (JOB_STAGES, TRAJECTORY_FILE,  # noqa: F401
+                                  probe_checkpoint, probe_finished, probe_finished_job,
                                   repair_finished)
 from landscope.jobtrain import (COMPLETED, DIVERGED, available_cores,  # noqa: F401
                                 default_threads, git_commit, initial_model, package_versions,
                                 precision_of, seed_everything, train)
 from landscope.models import check_named_model
 from landscope.optim import check_precision
+from landscope.stages import missing
 from landscope.tracking import make_tracker
 
 log = logging.getLogger("landscope")
@@ -94,8 +95,7 @@ def _train_locked(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parall
         raise JobRefused(reason)
     previous = read_result(job_dir / "result.json")
     if previous is not None and previous["status"] in FINISHED and cfg.resume:
-        if probe_fingerprint(cfg) not in (None, *probe_fingerprints_of(previous)) or \
-                landscape_fingerprint(cfg) not in (None, previous.get("landscape_fingerprint")):
+        if missing(cfg, previous, JOB_STAGES):  # e.g. another probe preset: no retraining
             return probe_finished(cfg, job_dir, previous)
         repair_finished(cfg, job_dir, previous)
         log.info("%s: already %s, skipped", job_dir, previous["status"])

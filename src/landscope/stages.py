@@ -102,6 +102,21 @@ def fingerprint_field(stage: Stage) -> str:
     return getattr(stage, "fingerprint_field", "") or f"{stage.group}_fingerprint"
 
 
+def recorded(stage: Stage, result: dict) -> set:
+    """The fingerprints of ``stage`` whose results ``result`` holds (a stage may keep
+    several side by side: its ``recorded(result)``)."""
+    if hasattr(stage, "recorded"):
+        return set(stage.recorded(result))
+    return {result.get(fingerprint_field(stage))}
+
+
+def missing(cfg: Any, result: dict, stages: Sequence[Stage]) -> list:
+    """The stages (those merged into result.json) that ``cfg`` switches on and whose
+    results ``result`` lacks: a finished job runs them without retraining."""
+    return [s for s in stages if not getattr(s, "after_result", False)
+            and s.fingerprint(cfg) not in (None, *recorded(s, result))]
+
+
 def cached_run(ctx: StageContext, stage: Stage, name: str, key: Optional[dict] = None) -> dict:
     """The stage's scalars from ``<group>/<name>.json`` when it is a readable cache whose
     items match ``key``; else run the stage and cache its report (npz, then the record with
