@@ -137,7 +137,7 @@ def test_pac_bayes_from_the_averages_guess_matches_the_bisection(net, aware: boo
 
 
 def test_family_cost_as_probe_standard_calls_it() -> None:
-    """probe=standard's calls (suite._sharpness) on a tiny, rather non-convex MLP: before,
+    """probe=standard's calls (probes.steps._sharpness) on a tiny, rather non-convex MLP: before,
     243 gradient and 385 + 324 (accuracy) forward evaluations whatever the model; now the
     origin once, the ascents (restarts run here: they find other maxima), the averages their
     4 x 32 draws here (the preset's are 4 x 16, antithetic), PAC-Bayes ~100 accuracies."""

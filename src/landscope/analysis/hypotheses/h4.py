@@ -1,8 +1,8 @@
 """H4 (issue #5, #16 item 5): PAC-Bayes bounds with a Hessian-informed posterior are tighter than
 a naive parameter-count bound and an isotropic-posterior bound.
 
-Every job run with ``probe=pacbayes`` (:mod:`landscope.analysis.pacbayes`,
-:mod:`landscope.analysis.pacbayes_optimize`; Dziugaite & Roy 2017) carries three bounds on its
+Every job run with ``probe=pacbayes`` (:mod:`landscope.probes.pacbayes`,
+:mod:`landscope.probes.pacbayes_optimize`; Dziugaite & Roy 2017) carries three bounds on its
 own 0-1 error (``probe.pacbayes_naive``/``_isotropic``/``_hessian``) and their **complexity
 terms** ``B = [KL + 2 ln j + ln(pi^2 m / (6 delta))] / (m - 1)`` (naive: ``(bits D ln 2 +
 ln 1/delta) / m``). Sweeps: :file:`conf/experiment/h4_pacbayes.yaml` (10 classes) and
