@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from landscope.analysis import collect, save, swept_factors
+
 collect_module = importlib.import_module("landscope.analysis.collect")
 
 

@@ -12,10 +12,16 @@ import pandas as pd
 import pytest
 import yaml
 
-from landscope.analysis.hypotheses.h1 import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, TESTS,
-                                              applies, h1_test, section)
-from landscope.analysis.hypotheses.mediation import (boot_fe, boot_weights, expansion,
-                                                     mediation)
+from landscope.analysis.hypotheses.h1 import (
+    INCONCLUSIVE,
+    NOT_SUPPORTED,
+    SUPPORTED,
+    TESTS,
+    applies,
+    h1_test,
+    section,
+)
+from landscope.analysis.hypotheses.mediation import boot_fe, boot_weights, expansion, mediation
 from landscope.errors import LandscopeError
 
 SIZES = (16, 32, 64, 128, 256)

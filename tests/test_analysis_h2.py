@@ -526,8 +526,12 @@ def test_hodges_lehmann_and_wilcoxon_interval_by_hand():
     7/256, so t_up = 36 − 3 = 33, C = 36 + 1 − 33 = 4 and the interval is [W_(4), W_(33)] =
     [1, 10.5] with coverage 1 − 10/256 = 0.9609 (Hollander & Wolfe's C = 4 for n = 8); at
     90 %: P(T+ ≤ 5) = 10/256 ≤ 0.05 < 14/256, C = 6, [W_(6), W_(31)] = [2, 9.5], 0.9219."""
-    from landscope.analysis.hypotheses.paired import (hodges_lehmann, signed_rank_counts,
-                                                      walsh_averages, wilcoxon_ci)
+    from landscope.analysis.hypotheses.paired import (
+        hodges_lehmann,
+        signed_rank_counts,
+        walsh_averages,
+        wilcoxon_ci,
+    )
 
     d = np.array([-2, 1, 3, 4, 6, 9, 10, 15.0])
     w = walsh_averages(d)

@@ -14,9 +14,21 @@ import pytest
 from scipy import optimize, stats
 
 from landscope.analysis.hypotheses import survival as sv
-from landscope.analysis.hypotheses.h3 import (ALIGNMENT, COVARIATE, INCONCLUSIVE, LEGACY,
-                                              NOT_SUPPORTED, SUPPORTED, TESTS, applies,
-                                              evidence, h3_power, h3_test, load_escapes, section)
+from landscope.analysis.hypotheses.h3 import (
+    ALIGNMENT,
+    COVARIATE,
+    INCONCLUSIVE,
+    LEGACY,
+    NOT_SUPPORTED,
+    SUPPORTED,
+    TESTS,
+    applies,
+    evidence,
+    h3_power,
+    h3_test,
+    load_escapes,
+    section,
+)
 from landscope.errors import LandscopeError
 
 LRS, BATCHES, SEEDS = (0.05, 0.1, 0.2), (4, 16, 64), (0, 1)

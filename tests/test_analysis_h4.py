@@ -15,10 +15,20 @@ from scipy import stats
 
 from landscope.analysis.collect import Collection
 from landscope.analysis.doc import Doc
-from landscope.analysis.hypotheses.h4 import (HESSIAN, ISOTROPIC, MARGIN, MATCHED, NAIVE,
-                                              applies, chance_error, complexities,
-                                              config_labels, crossed_mean_test, h4_test,
-                                              section)
+from landscope.analysis.hypotheses.h4 import (
+    HESSIAN,
+    ISOTROPIC,
+    MARGIN,
+    MATCHED,
+    NAIVE,
+    applies,
+    chance_error,
+    complexities,
+    config_labels,
+    crossed_mean_test,
+    h4_test,
+    section,
+)
 from landscope.errors import LandscopeError
 
 

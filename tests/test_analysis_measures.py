@@ -9,8 +9,13 @@ import pandas as pd
 import pytest
 
 from landscope.analysis.inference import cluster_ols, dummies
-from landscope.analysis.measures import (correct, default_measures, granulated_kendall, kendall,
-                                         partial_correlation, spearman)
+from landscope.analysis.measures import (
+    correct,
+    default_measures,
+    granulated_kendall,
+    kendall,
+    partial_correlation,
+)
 from landscope.analysis.measures_table import joint_regression, measures_table
 
 

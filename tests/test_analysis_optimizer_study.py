@@ -12,8 +12,14 @@ from scipy import stats
 from landscope.analysis.calibration import calibration_note
 from landscope.analysis.collect import Collection
 from landscope.analysis.doc import Doc
-from landscope.analysis.optimizer_study import (TESTS, applies, job_table, paired_tests,
-                                                section, summary_table)
+from landscope.analysis.optimizer_study import (
+    TESTS,
+    applies,
+    job_table,
+    paired_tests,
+    section,
+    summary_table,
+)
 from landscope.analysis.report import ReportContext
 
 SEEDS = range(6)

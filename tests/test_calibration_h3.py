@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from landscope.analysis.calibration import calibrate
-from landscope.analysis.calibration.h3 import (EFFECT, FINGERPRINT, MAX_STEPS, n_params,
-                                               scenarios)
+from landscope.analysis.calibration.h3 import EFFECT, FINGERPRINT, MAX_STEPS, n_params, scenarios
 from landscope.analysis.hypotheses.h3 import ALIGNMENT, LEGACY, TESTS, load_escapes
 
 

@@ -13,8 +13,14 @@ import pytest
 from scipy import stats
 
 from conftest import REPO
-from landscope.analysis.calibration import (NULL_LIMIT, binomial_interval, calibrate,
-                                            calibration_note, completed, write_job)
+from landscope.analysis.calibration import (
+    NULL_LIMIT,
+    binomial_interval,
+    calibrate,
+    calibration_note,
+    completed,
+    write_job,
+)
 from landscope.analysis.calibration.measures import MEASURES, scenarios
 from landscope.analysis.collect import collect
 

@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from landscope.checkpoint import (capture_rng, list_checkpoints, load_checkpoint, load_latest,
-                                  restore_rng, save_checkpoint)
+from landscope.checkpoint import (
+    capture_rng,
+    list_checkpoints,
+    load_checkpoint,
+    load_latest,
+    restore_rng,
+    save_checkpoint,
+)
 from landscope.errors import CheckpointError
 
 

@@ -23,8 +23,7 @@ import torch.multiprocessing as mp
 
 from landscope.errors import LandscopeError
 from landscope.probes.density import slq
-from landscope.probes.distributed import (hessian_operator, init_from_env, rank_and_world,
-                                          shard)
+from landscope.probes.distributed import hessian_operator, init_from_env, rank_and_world, shard
 from landscope.probes.hvp import HessianOperator
 from landscope.probes.lanczos import lanczos_eigs
 from landscope.probes.probe_data import ProbeData

@@ -16,9 +16,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from landscope.errors import LandscopeError
-from landscope.geometry.connectivity import (Bend, barrier_interp, barrier_mean, bezier_path,
-                                             bezier_point, check_ts, linear_path, linear_point,
-                                             path_stats, path_ts, train_bezier, trapezoid)
+from landscope.geometry.connectivity import (
+    Bend,
+    barrier_interp,
+    barrier_mean,
+    bezier_path,
+    bezier_point,
+    check_ts,
+    linear_path,
+    linear_point,
+    path_stats,
+    path_ts,
+    train_bezier,
+    trapezoid,
+)
 from landscope.geometry.space import ParamSpace
 from landscope.probes.probe_data import ProbeData
 

@@ -10,13 +10,16 @@ import pytest
 import torch
 
 from landscope.errors import LandscopeError
-from landscope.geometry.directions import (NORMALIZATIONS, direction_to, eigen_directions,
-                                           normalize_direction, random_direction,
-                                           random_directions)
+from landscope.geometry.directions import (
+    NORMALIZATIONS,
+    direction_to,
+    eigen_directions,
+    normalize_direction,
+    random_direction,
+    random_directions,
+)
 from landscope.geometry.space import ParamSpace
 from landscope.models import build_model
-
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

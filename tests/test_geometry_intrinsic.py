@@ -13,10 +13,20 @@ from torch.func import functional_call
 
 from landscope.data import TensorSplit
 from landscope.errors import LandscopeError
-from landscope.geometry.intrinsic_dim import (SubspaceModel, crossing, intrinsic_dimension,
-                                              train_subspace)
-from landscope.geometry.projections import (PROJECTIONS, DenseProjection, FastfoodProjection,
-                                            SparseProjection, fwht, make_projection)
+from landscope.geometry.intrinsic_dim import (
+    SubspaceModel,
+    crossing,
+    intrinsic_dimension,
+    train_subspace,
+)
+from landscope.geometry.projections import (
+    PROJECTIONS,
+    DenseProjection,
+    FastfoodProjection,
+    SparseProjection,
+    fwht,
+    make_projection,
+)
 from landscope.losses import task_loss
 
 F64 = torch.float64

@@ -17,13 +17,17 @@ from torch.nn.utils import vector_to_parameters
 
 from landscope.errors import LandscopeError
 from landscope.geometry.directions import random_directions
-from landscope.geometry.slices import (RISE_DELTA, LineSlice, PlaneSlice, line_slice,
-                                       plane_slice, symmetric_grid)
+from landscope.geometry.slices import (
+    RISE_DELTA,
+    LineSlice,
+    PlaneSlice,
+    line_slice,
+    plane_slice,
+    symmetric_grid,
+)
 from landscope.geometry.space import ParamSpace
 from landscope.models import build_model
 from landscope.probes.probe_data import ProbeData
-
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

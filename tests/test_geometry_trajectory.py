@@ -13,10 +13,15 @@ from torch import nn
 
 from landscope.data import TensorSplit
 from landscope.errors import LandscopeError
-from landscope.geometry.space import ParamSpace
 from landscope.geometry.snapshots import SnapshotRecorder, Trajectory, load
-from landscope.geometry.trajectory import (bilinear, plane_axis, trajectory_landscape,
-                                           trajectory_on_plane, trajectory_pca)
+from landscope.geometry.space import ParamSpace
+from landscope.geometry.trajectory import (
+    bilinear,
+    plane_axis,
+    trajectory_landscape,
+    trajectory_on_plane,
+    trajectory_pca,
+)
 from landscope.probes.probe_data import ProbeData
 from landscope.train import TrainState, fit
 

@@ -12,8 +12,13 @@ import pytest
 import torch
 
 from landscope.errors import ConfigError
-from landscope.escape import (EscapeRule, InjectedNoise, minibatch_noise_trace, run_escape,
-                              sgd_noise_trace)
+from landscope.escape import (
+    EscapeRule,
+    InjectedNoise,
+    minibatch_noise_trace,
+    run_escape,
+    sgd_noise_trace,
+)
 from test_escape import SMALL, _run, tiny_sweep, two_basin  # noqa: F401  (fixture)
 
 
@@ -178,8 +183,12 @@ def test_sign_flip_test_is_exact():
 
 def test_noise_test_on_simulated_sweeps(tmp_path):
     from landscope.analysis.calibration.h3 import _simulate_noise
-    from landscope.analysis.hypotheses.h3_noise import (INCONCLUSIVE, SUPPORTED,
-                                                        load_noise_escapes, noise_test)
+    from landscope.analysis.hypotheses.h3_noise import (
+        INCONCLUSIVE,
+        SUPPORTED,
+        load_noise_escapes,
+        noise_test,
+    )
 
     sweep = tmp_path / "planted"
     sweep.mkdir()

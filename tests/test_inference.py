@@ -10,9 +10,15 @@ import pytest
 import statsmodels.api as sm
 from scipy import stats
 
-from landscope.analysis.inference import (cluster_ols, config_means_association, dummies,
-                                          kendall_rows, permutation_p, permutations,
-                                          seed_permutation_test)
+from landscope.analysis.inference import (
+    cluster_ols,
+    config_means_association,
+    dummies,
+    kendall_rows,
+    permutation_p,
+    permutations,
+    seed_permutation_test,
+)
 
 
 def test_cr2_with_singleton_clusters_is_hc2():

@@ -20,9 +20,19 @@ from conftest import metrics_without_time
 from landscope.checkpoint import load_latest, save_checkpoint
 from landscope.errors import CheckpointError
 from landscope.io import atomic_write_bytes, read_json, read_jsonl
-from landscope.jobs import (COMPLETED, FAILED, INVALID, SKIPPED, directory_conflict, fingerprint,
-                            probe_finished_job, probe_fingerprint, run_job, train_job)
 from landscope.joblock import job_lock
+from landscope.jobs import (
+    COMPLETED,
+    FAILED,
+    INVALID,
+    SKIPPED,
+    directory_conflict,
+    fingerprint,
+    probe_fingerprint,
+    probe_finished_job,
+    run_job,
+    train_job,
+)
 
 TINY = ["dataset.train_size=256", "dataset.test_size=128", "train.batch_size=64",
         "model.width=16", "model.depth=2", "train.epochs=2", "landscape=none"]

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from conftest import REPO
-from landscope.geometry.space import ParamSpace
 from landscope.geometry.snapshots import load as load_trajectory
+from landscope.geometry.space import ParamSpace
 from landscope.io import read_json, read_jsonl
 from landscope.jobs import COMPLETED, landscape_fingerprint, train_job
 from landscope.probes.probe_data import ProbeData

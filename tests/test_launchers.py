@@ -61,8 +61,9 @@ def test_slurm_preset_requeues_into_a_resume(compose):
     assert launcher.timeout_min > 0 and launcher.cpus_per_task >= 1
     # on SLURM's signal submitit calls the launcher's checkpoint(): the same task is
     # resubmitted with the same arguments, and the runner's resume=true continues the job
-    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
     import submitit
+
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 
     delayed = BaseSubmititLauncher.checkpoint("launcher", "job-args", idx=3)
     assert isinstance(delayed, submitit.helpers.DelayedSubmission)

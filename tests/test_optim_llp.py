@@ -13,8 +13,13 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import metrics_without_time, run_cli
-from landscope.config import (BaseOptimizerName, LLPAggregate, OptimizerConfig, OptimizerName,
-                              validate)
+from landscope.config import (
+    BaseOptimizerName,
+    LLPAggregate,
+    OptimizerConfig,
+    OptimizerName,
+    validate,
+)
 from landscope.errors import ConfigError
 from landscope.optim import LLP, build_optimizer, build_scheduler, is_llp, is_sam
 

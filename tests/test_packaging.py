@@ -8,11 +8,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import tomllib
 import zipfile
-from pathlib import Path
 
-import pytest
+import tomllib
 
 from conftest import REPO
 

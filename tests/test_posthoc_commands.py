@@ -260,10 +260,10 @@ def test_report_says_it_was_saved_offline_and_how_to_sync(tmp_path, capsys, monk
 
 
 def test_a_disabled_report_log_says_so():
-    from landscope.tracking import ReportLog, log_report
     from omegaconf import OmegaConf
 
     from landscope.config import LoggerConfig
+    from landscope.tracking import ReportLog, log_report
 
     cfg = OmegaConf.structured(LoggerConfig(name="wandb", mode="disabled"))
     logged = log_report(Path("/nonexistent"), "g", cfg, [])

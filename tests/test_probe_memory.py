@@ -14,8 +14,12 @@ from torch import nn
 
 from landscope.models import build_model
 from landscope.probes.hvp import HessianOperator
-from landscope.probes.memory import (LiveTensorBytes, activation_checkpointing,
-                                     checkpoint_blocks, peak_memory)
+from landscope.probes.memory import (
+    LiveTensorBytes,
+    activation_checkpointing,
+    checkpoint_blocks,
+    peak_memory,
+)
 from landscope.probes.probe_data import ProbeData
 from probe_models import seeded_model
 

@@ -15,9 +15,9 @@ from landscope.data import TensorSplit
 from landscope.errors import LandscopeError
 from landscope.probes.blocks import EXACT_TRACE_MAX, block_spectra, parameter_groups
 from landscope.probes.probe_data import ProbeData
-from probe_models import seeded_model
 from landscope.probes.suite import run_probes
 from landscope.probes.verify import dense_hessian, spectrum
+from probe_models import seeded_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 torch.set_num_threads(1)

@@ -16,13 +16,22 @@ from torch import nn
 from landscope.errors import LandscopeError
 from landscope.probes.hvp import HessianOperator
 from landscope.probes.lanczos import EigResult, lanczos_eigs
-from landscope.probes.noise import (alignment_exact, alignment_hutchinson, alignment_lowrank,
-                                    alignment_ratio, center, energy_share, gradient_noise,
-                                    noise_eigs, noise_trace, per_sample_gradients)
+from landscope.probes.noise import (
+    alignment_exact,
+    alignment_hutchinson,
+    alignment_lowrank,
+    alignment_ratio,
+    center,
+    energy_share,
+    gradient_noise,
+    noise_eigs,
+    noise_trace,
+    per_sample_gradients,
+)
 from landscope.probes.operator import DenseOperator, quadratic_with_spectrum
 from landscope.probes.probe_data import ProbeData
-from probe_models import seeded_model
 from landscope.probes.verify import dense_hessian
+from probe_models import seeded_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 torch.set_num_threads(1)

@@ -13,14 +13,22 @@ import torch
 from torch import nn
 from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
 
-from landscope.probes.pacbayes import Candidate, pac_bayes_bounds
-from landscope.probes.pacbayes_bound import (choose_prior, dziugaite_roy_bound, gaussian_kl,
-                                             gaussian_kl_eigenbasis, kl_bernoulli,
-                                             kl_inverse_lower, kl_inverse_upper, mc_error_upper,
-                                             occam_bound, prior_variance)
 from landscope.errors import LandscopeError
 from landscope.probes.hvp import HessianOperator
 from landscope.probes.lanczos import lanczos_eigs
+from landscope.probes.pacbayes import Candidate, pac_bayes_bounds
+from landscope.probes.pacbayes_bound import (
+    choose_prior,
+    dziugaite_roy_bound,
+    gaussian_kl,
+    gaussian_kl_eigenbasis,
+    kl_bernoulli,
+    kl_inverse_lower,
+    kl_inverse_upper,
+    mc_error_upper,
+    occam_bound,
+    prior_variance,
+)
 from landscope.probes.probe_data import ProbeData
 
 F64 = torch.float64
@@ -263,8 +271,12 @@ def test_bad_inputs_raise_one_line(trained):
 
 # ------------------------------------------------------------------------ optimised posteriors
 from landscope.probes.pacbayes_bound import complexity_term  # noqa: E402
-from landscope.probes.pacbayes_optimize import (Posterior, interpolate_scale,  # noqa: E402
-                                                optimize_posterior, optimized_pac_bayes_bounds)
+from landscope.probes.pacbayes_optimize import (  # noqa: E402
+    Posterior,
+    interpolate_scale,
+    optimize_posterior,
+    optimized_pac_bayes_bounds,
+)
 
 
 def test_complexity_term_closed_form_and_bound():

@@ -14,6 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from conftest import REPO
 from landscope.checkpoint import load_checkpoint
 from landscope.config import validate
 from landscope.data import load_data
@@ -21,8 +22,6 @@ from landscope.errors import ConfigError
 from landscope.geometry.snapshots import load as load_trajectory
 from landscope.io import read_json
 from landscope.jobs import TRAJECTORY_FILE, initial_model, probe_fingerprint, train_job
-
-from conftest import REPO
 
 TINY = ["dataset.train_size=256", "dataset.test_size=128", "train.batch_size=32",
         "model.width=8", "model.depth=2", "landscape=none"]

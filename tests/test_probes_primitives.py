@@ -4,7 +4,6 @@ what they claim, and leave every other case to the original function."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from landscope.probes.density import _lanczos_quadrature, slq
 import landscope.probes.lanczos as lanczos_module
+from landscope.probes.density import _lanczos_quadrature, slq
 from landscope.probes.lanczos import lanczos_eigs, power_iteration, spectral_summary
 from landscope.probes.operator import DenseOperator, quadratic_with_spectrum
 from landscope.probes.trace import deflated_trace, hutchinson, hutchpp

@@ -17,9 +17,14 @@ from landscope.errors import LandscopeError
 from landscope.models import build_model
 from landscope.probes.hvp import HessianOperator
 from landscope.probes.probe_data import ProbeData
-from landscope.probes.sharpness import (ModelObjective, average_sharpness, keskar_sharpness,
-                                        pac_bayes_flatness, sigma_guess,
-                                        worst_case_sharpness)
+from landscope.probes.sharpness import (
+    ModelObjective,
+    average_sharpness,
+    keskar_sharpness,
+    pac_bayes_flatness,
+    sigma_guess,
+    worst_case_sharpness,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 torch.set_num_threads(1)

@@ -31,8 +31,12 @@ from landscope.probes.probe_data import ProbeData
 from landscope.probes.sharpness import ModelObjective, average_sharpness, worst_case_sharpness
 from landscope.probes.suite import run_probes
 from landscope.probes.trace import hutchinson
-from landscope.synthetic import (quadratic_min_samples, quadratic_reference, resolve_spectrum,
-                                 two_basin_reference)
+from landscope.synthetic import (
+    quadratic_min_samples,
+    quadratic_reference,
+    resolve_spectrum,
+    two_basin_reference,
+)
 
 INDEFINITE = [4.0, 2.5, 1.0, 0.5, 0.0, -0.3, -1.5]
 

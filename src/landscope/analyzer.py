@@ -193,8 +193,11 @@ class Analyzer:
         from landscope.probes.density import slq
         from landscope.probes.hvp import HessianOperator
         from landscope.probes.lanczos import lanczos_eigs, spectral_summary
-        from landscope.probes.sharpness import (ModelObjective, pac_bayes_flatness,
-                                                worst_case_sharpness)
+        from landscope.probes.sharpness import (
+            ModelObjective,
+            pac_bayes_flatness,
+            worst_case_sharpness,
+        )
         from landscope.probes.trace import deflated_trace
 
         _check_count(top_k, "top_k")

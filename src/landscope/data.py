@@ -48,8 +48,17 @@ from torch.utils.data import DataLoader, Dataset
 
 from landscope import synthetic
 from landscope.data_sources import (  # noqa: F401 (CIFAR_LIKE_*, cifar_like_templates re-exported)
-    _SPECS, _TEST_SUBSET_SEED, CIFAR_LIKE_SIGNAL, CIFAR_LIKE_SIZES, _cifar_like, _digits, _mnist1d,
-    _Raw, _torchvision, cifar_like_templates)
+    _SPECS,
+    _TEST_SUBSET_SEED,
+    CIFAR_LIKE_SIGNAL,
+    CIFAR_LIKE_SIZES,
+    _cifar_like,
+    _digits,
+    _mnist1d,
+    _Raw,
+    _torchvision,
+    cifar_like_templates,
+)
 from landscope.errors import DataError
 
 Batch = tuple[Tensor, Tensor]

@@ -12,9 +12,19 @@ import numpy as np
 
 from landscope.errors import LandscopeError
 from landscope.io import read_json
-from landscope.plots import (Arrays, _sub, plot_curvature, plot_density, plot_intrinsic,
-                             plot_line, plot_path, plot_plane_contour, plot_plane_surface,
-                             plot_trajectory, plot_training)
+from landscope.plots import (
+    Arrays,
+    _sub,
+    plot_curvature,
+    plot_density,
+    plot_intrinsic,
+    plot_line,
+    plot_path,
+    plot_plane_contour,
+    plot_plane_surface,
+    plot_training,
+    plot_trajectory,
+)
 
 __all__ = ["connectivity_figures", "job_figures"]
 

@@ -29,9 +29,21 @@ from torch import Tensor, nn
 
 from landscope.errors import ConfigError
 from landscope.synthetic_forms import (  # noqa: F401 (the closed forms, re-exported)
-    _TEST, _TRAIN, DEFAULT_SIZE, QuadraticReference, QuadraticSpec, TwoBasinReference, _groups,
-    _orthonormal, _quadratic_setup, _sizes, quadratic_min_samples, quadratic_reference,
-    resolve_spectrum, two_basin_reference)
+    _TEST,
+    _TRAIN,
+    DEFAULT_SIZE,
+    QuadraticReference,
+    QuadraticSpec,
+    TwoBasinReference,
+    _groups,
+    _orthonormal,
+    _quadratic_setup,
+    _sizes,
+    quadratic_min_samples,
+    quadratic_reference,
+    resolve_spectrum,
+    two_basin_reference,
+)
 
 SYNTHETIC = ("quadratic", "two_basin")  # each dataset pairs with the model of the same name
 # the DatasetConfig fields only the synthetic datasets read

@@ -79,8 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
     import pandas as pd
 
-    from landscope.analysis.calibration import (NULL_LIMIT, RATES_FILE, merge_rates,
-                                                shipped_rates)
+    from landscope.analysis.calibration import NULL_LIMIT, RATES_FILE, merge_rates, shipped_rates
     from landscope.io import atomic_write_text
 
     names = _selected(args.only)

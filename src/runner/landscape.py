@@ -31,9 +31,17 @@ def _shown(scalars: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from runner.cli import (arguments, check_writable, finished_job_outputs, group_config,
-                            input_errors, job_config, job_targets, paths_and_overrides,
-                            update_finished_jobs)
+    from runner.cli import (
+        arguments,
+        check_writable,
+        finished_job_outputs,
+        group_config,
+        input_errors,
+        job_config,
+        job_targets,
+        paths_and_overrides,
+        update_finished_jobs,
+    )
 
     args = arguments(argv, __doc__)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

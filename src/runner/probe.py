@@ -151,8 +151,15 @@ def _plans(args: list[str], rank: int) -> tuple[list[Plan], str | None]:
     """The checked ``(job, checkpoint or None, config)`` per target and the probe
     fingerprint; exits 2 on bad input (rank 0 alone checks that the jobs can be written)."""
     from landscope.jobs import probe_fingerprint
-    from runner.cli import (check_writable, finished_job_outputs, group_config, input_errors,
-                            job_config, job_targets, paths_and_overrides)
+    from runner.cli import (
+        check_writable,
+        finished_job_outputs,
+        group_config,
+        input_errors,
+        job_config,
+        job_targets,
+        paths_and_overrides,
+    )
 
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(message)s")

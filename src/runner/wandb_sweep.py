@@ -89,15 +89,14 @@ def sweep_spec(overrides: list[str], method: str = "grid", metric: str = "final/
                goal: str = "maximize", project: Optional[str] = None) -> dict[str, Any]:
     """The W&B sweep configuration (a dict ready for YAML) for ``python -m runner -m
     OVERRIDES``. Checks that the plain overrides compose into a valid config."""
+    import itertools
+
     from hydra import compose, initialize_config_dir
 
     from landscope.config import register_configs
     from landscope.errors import LandscopeError, one_line
-    from runner.app import _conf_dir
-
-    import itertools
-
     from landscope.jobs import check_inputs
+    from runner.app import _conf_dir
 
     plain, swept = split_overrides(overrides)
     register_configs()

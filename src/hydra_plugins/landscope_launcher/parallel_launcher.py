@@ -34,14 +34,15 @@ from typing import Any, List, Optional, Sequence
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
-from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
 from omegaconf import open_dict, read_write
+
+from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
 
 log = logging.getLogger(__name__)
 
 
 def n_workers(n_jobs: Any, n_tasks: int) -> int:
-    """joblib's reading of ``n_jobs`` (None: 1; -1: all cores; -2: all but one; ...),
+    """Joblib's reading of ``n_jobs`` (None: 1; -1: all cores; -2: all but one; ...),
     capped by the number of jobs."""
     from joblib import effective_n_jobs
 
@@ -67,7 +68,7 @@ def death_reason(exitcode: Optional[int]) -> str:
 
 
 def _cloudpickle() -> Any:
-    """cloudpickle (pickles Hydra's task function, a closure), as loky uses it."""
+    """Cloudpickle (pickles Hydra's task function, a closure), as loky uses it."""
     try:
         import cloudpickle
     except ImportError:  # joblib < 1.5 vendored it

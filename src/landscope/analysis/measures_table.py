@@ -42,10 +42,21 @@ import pandas as pd
 from scipy import stats
 
 from landscope.analysis.collect import swept_factors, swept_keys
-from landscope.analysis.inference import cluster_ols, config_means_association, dummies, \
-    seed_permutation_test
-from landscope.analysis.measures import (_analysed, _numeric, correct, default_measures,
-                                         granulated_kendall, kendall, target_column)
+from landscope.analysis.inference import (
+    cluster_ols,
+    config_means_association,
+    dummies,
+    seed_permutation_test,
+)
+from landscope.analysis.measures import (
+    _analysed,
+    _numeric,
+    correct,
+    default_measures,
+    granulated_kendall,
+    kendall,
+    target_column,
+)
 
 P_FAMILIES = ("within_tau_p", "within_p", "between_p", "between_p_r")
 CLAIMS = {"within_tau": "within-config", "within_coef": "within-config",

@@ -38,9 +38,13 @@ from landscope.analysis import optimizer_study, studies
 from landscope.analysis.collect import Collection, collect, save
 from landscope.analysis.doc import Doc, table
 from landscope.analysis.hypotheses import h1, h2, h3, h4
-from landscope.analysis.report_measures import (TOP_SCATTER, calibration_appendix,
-                                                measures_section, summary_section,
-                                                within_fit_text)
+from landscope.analysis.report_measures import (
+    TOP_SCATTER,
+    calibration_appendix,
+    measures_section,
+    summary_section,
+    within_fit_text,
+)
 from landscope.analysis.section import Section
 from landscope.errors import LandscopeError
 from landscope.io import atomic_write_text

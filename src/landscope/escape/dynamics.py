@@ -56,8 +56,13 @@ import torch
 from torch import Tensor, nn
 
 from landscope.errors import ConfigError
-from landscope.escape.noise import (NOISES, InjectedNoise, _noise_generator,
-                                    minibatch_noise_trace, sgd_noise_trace)
+from landscope.escape.noise import (
+    NOISES,
+    InjectedNoise,
+    _noise_generator,
+    minibatch_noise_trace,
+    sgd_noise_trace,
+)
 from landscope.losses import task_loss
 from landscope.probes.probe_data import ProbeData
 

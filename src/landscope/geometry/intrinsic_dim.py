@@ -39,8 +39,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from landscope.errors import LandscopeError
-from landscope.geometry.projections import (PROJECTIONS, RandomProjection, check_dim,
-                                            make_projection)
+from landscope.geometry.projections import PROJECTIONS, RandomProjection, check_dim, make_projection
 from landscope.geometry.space import ParamSpace
 from landscope.losses import n_correct, task_loss
 from landscope.probes.probe_data import ProbeData

@@ -99,8 +99,7 @@ def connect_pair(pair: dict, settings: dict) -> tuple[dict, dict]:
     import numpy as np
     import torch
 
-    from landscope.geometry.connectivity import (bezier_path, linear_path, path_ts,
-                                                 train_bezier)
+    from landscope.geometry.connectivity import bezier_path, linear_path, path_ts, train_bezier
     from landscope.geometry.space import ParamSpace
     from landscope.jobs import default_threads
     from landscope.models import count_parameters

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 def _cloudpickle() -> Any:
-    """cloudpickle (a joblib dependency; older joblib versions vendor it): pickles models whose
+    """Cloudpickle (a joblib dependency; older joblib versions vendor it): pickles models whose
     classes live in ``__main__`` by value."""
     try:
         import cloudpickle

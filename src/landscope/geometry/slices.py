@@ -72,9 +72,9 @@ import torch
 from torch import Tensor
 
 from landscope.errors import LandscopeError
-from landscope.geometry.space import BN_MODES, ParamSpace
 from landscope.geometry.scan import SAVE_EVERY_S, Scan, run_scan
 from landscope.geometry.scan_store import store_path
+from landscope.geometry.space import BN_MODES, ParamSpace
 from landscope.probes.probe_data import ProbeData
 
 RISE_DELTA = 0.1  # loss rise (nats) that defines the radius / basin scalars

@@ -41,8 +41,8 @@ from torch import nn
 from landscope.geometry.directions import eigen_directions, random_directions
 from landscope.geometry.intrinsic_dim import intrinsic_dimension
 from landscope.geometry.slices import line_slice, plane_slice, symmetric_grid
-from landscope.geometry.space import ParamSpace
 from landscope.geometry.snapshots import load as load_trajectory
+from landscope.geometry.space import ParamSpace
 from landscope.geometry.trajectory import trajectory_landscape
 from landscope.probes.probe_data import ProbeData
 

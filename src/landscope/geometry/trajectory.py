@@ -33,6 +33,7 @@ from landscope.geometry.snapshots import Trajectory
 from landscope.geometry.space import BNMode, ParamSpace
 from landscope.probes.probe_data import ProbeData
 
+
 # ---------------------------------------------------------------------------- PCA
 @dataclass(frozen=True)
 class TrajectoryPCA:

@@ -39,8 +39,14 @@ from torch import nn
 from landscope import synthetic
 from landscope.config import ModelConfig
 from landscope.errors import ConfigError
-from landscope.models.blocks import (ACTIVATIONS, NORMS, enum_value, frozen_batchnorm_stats,
-                                     scale_weights, spatial_dims_of)
+from landscope.models.blocks import (
+    ACTIVATIONS,
+    NORMS,
+    enum_value,
+    frozen_batchnorm_stats,
+    scale_weights,
+    spatial_dims_of,
+)
 from landscope.models.cnn import CNN
 from landscope.models.mlp import MLP
 from landscope.models.resnet import NAMED_STAGES, ResNet, named_depth

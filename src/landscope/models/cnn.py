@@ -25,8 +25,14 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from landscope.models.blocks import (can_downsample, conv_norm_act, global_avg_pool, halve,
-                                     max_pool_nd, spatial_dims_of)
+from landscope.models.blocks import (
+    can_downsample,
+    conv_norm_act,
+    global_avg_pool,
+    halve,
+    max_pool_nd,
+    spatial_dims_of,
+)
 
 
 class CNNStage(nn.Module):

@@ -35,10 +35,17 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from landscope.models.blocks import (can_downsample, conv_nd, conv_norm_act, enum_value,
-                                     global_avg_pool, halve_strided, make_activation,
-                                     make_feature_norm, spatial_dims_of)
-
+from landscope.models.blocks import (
+    can_downsample,
+    conv_nd,
+    conv_norm_act,
+    enum_value,
+    global_avg_pool,
+    halve_strided,
+    make_activation,
+    make_feature_norm,
+    spatial_dims_of,
+)
 
 NAMED_STAGES: dict[str, tuple[int, ...]] = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 

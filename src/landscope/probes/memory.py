@@ -171,14 +171,14 @@ def activation_checkpointing(model: nn.Module, blocks: Optional[Sequence[nn.Modu
         for block in chosen:
             own = block.__dict__.get("forward")  # an instance-level forward, if any
             saved.append((block, own))
-            setattr(block, "forward", _checkpointed_forward(block, block.forward))
+            block.forward = _checkpointed_forward(block, block.forward)
         yield chosen
     finally:
         for block, own in reversed(saved):
             if own is None:
                 del block.forward
             else:
-                setattr(block, "forward", own)
+                block.forward = own
 
 
 # ---------------------------------------------------------------------- peak memory

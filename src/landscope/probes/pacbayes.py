@@ -76,9 +76,16 @@ from torch import Tensor, nn
 
 from landscope.errors import LandscopeError
 from landscope.losses import n_correct
-from landscope.probes.pacbayes_bound import (F64, check_delta, check_m, choose_prior,
-                                             complexity_term, dziugaite_roy_bound,
-                                             mc_error_upper, occam_bound)
+from landscope.probes.pacbayes_bound import (
+    F64,
+    check_delta,
+    check_m,
+    choose_prior,
+    complexity_term,
+    dziugaite_roy_bound,
+    mc_error_upper,
+    occam_bound,
+)
 from landscope.probes.probe_data import ProbeData
 
 

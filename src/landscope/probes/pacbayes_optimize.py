@@ -49,9 +49,16 @@ from torch.func import functional_call
 
 from landscope.errors import LandscopeError
 from landscope.probes.pacbayes import ZeroOneError, eigenbasis, flat_prior_mean, standard_normal
-from landscope.probes.pacbayes_bound import (F64, check_delta, check_m, choose_prior,
-                                             complexity_term, dziugaite_roy_bound,
-                                             mc_error_upper, occam_bound)
+from landscope.probes.pacbayes_bound import (
+    F64,
+    check_delta,
+    check_m,
+    choose_prior,
+    complexity_term,
+    dziugaite_roy_bound,
+    mc_error_upper,
+    occam_bound,
+)
 from landscope.probes.probe_data import ProbeData
 
 FAMILIES = ("isotropic", "hessian")

@@ -57,8 +57,12 @@ from landscope.probes.hvp import HessianOperator
 from landscope.probes.lanczos import EigResult, spectral_summary
 from landscope.probes.noise import GradientNoise
 from landscope.probes.probe_data import ProbeData
-from landscope.probes.sharpness import (AverageSharpness, KeskarSharpness, PacBayesFlatness,
-                                        WorstCaseSharpness)
+from landscope.probes.sharpness import (
+    AverageSharpness,
+    KeskarSharpness,
+    PacBayesFlatness,
+    WorstCaseSharpness,
+)
 from landscope.probes.trace import TraceResult
 from landscope.probes.verify import Verification
 

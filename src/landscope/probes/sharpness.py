@@ -49,8 +49,7 @@ from torch import Tensor
 
 from landscope.errors import LandscopeError
 from landscope.probes.flatness import PacBayesFlatness, pac_bayes_flatness, sigma_guess
-from landscope.probes.objective import (ModelObjective, Objective, QuadraticObjective,
-                                        loss_value)
+from landscope.probes.objective import ModelObjective, Objective, QuadraticObjective, loss_value
 
 __all__ = ["Objective", "QuadraticObjective", "ModelObjective", "loss_value",
            "WorstCaseSharpness", "KeskarSharpness", "AverageSharpness", "PacBayesFlatness",

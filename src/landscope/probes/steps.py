@@ -27,11 +27,21 @@ from landscope.probes.noise import gradient_noise
 from landscope.probes.pacbayes import pac_bayes_bounds
 from landscope.probes.pacbayes_optimize import optimized_pac_bayes_bounds
 from landscope.probes.probe_data import ProbeData
-from landscope.probes.run import (PacBayesBounds, ProbeRun, SharpnessResults, enum_str,
-                                  logdet_scalars)
-from landscope.probes.sharpness import (ModelObjective, average_sharpness, keskar_sharpness,
-                                        pac_bayes_flatness, sigma_guess,
-                                        worst_case_sharpness)
+from landscope.probes.run import (
+    PacBayesBounds,
+    ProbeRun,
+    SharpnessResults,
+    enum_str,
+    logdet_scalars,
+)
+from landscope.probes.sharpness import (
+    ModelObjective,
+    average_sharpness,
+    keskar_sharpness,
+    pac_bayes_flatness,
+    sigma_guess,
+    worst_case_sharpness,
+)
 from landscope.probes.trace import deflated_trace, hutchinson
 from landscope.probes.verify import verify_estimates
 
@@ -103,7 +113,7 @@ def step_density(run: ProbeRun) -> None:
 
 
 def step_trace(run: ProbeRun) -> None:
-    """tr H: deflated by the top-k pairs computed anyway (GUIDE §6), the density's runs as its
+    """Tr H: deflated by the top-k pairs computed anyway (GUIDE §6), the density's runs as its
     first samples, its stop relative to Σ|λ| where the density knows it: ``run.trace``."""
     cfg, op, ledger, top, q = run.cfg, run.op, run.ledger, run.top, run.density
     cap = cfg.trace_max_samples

@@ -27,8 +27,13 @@ from landscope.probes.hvp import HessianOperator
 from landscope.probes.lanczos import lanczos_eigs
 from landscope.probes.probe_data import ProbeData
 from landscope.probes.run import ProbeRun, enum_str
-from landscope.probes.steps import (PAC_BAYES_SIGMA_RTOL, TRACE_GPU_BLOCK, TRACE_MIN_SAMPLES,
-                                    step_verify, steps_for)
+from landscope.probes.steps import (
+    PAC_BAYES_SIGMA_RTOL,
+    TRACE_GPU_BLOCK,
+    TRACE_MIN_SAMPLES,
+    step_verify,
+    steps_for,
+)
 from landscope.probes.trace import hutchinson
 
 __all__ = ["ProbeReport", "ProbeRun", "probe_data", "run_probes", "start_run", "finish_run",

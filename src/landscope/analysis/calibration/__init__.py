@@ -16,8 +16,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from landscope.analysis.calibration.core import (NULL_LIMIT, Rate, Scenario, binomial_interval,
-                                                 calibrate, completed, run_scenario, write_job)
+from landscope.analysis.calibration.core import (
+    NULL_LIMIT,
+    Rate,
+    Scenario,
+    binomial_interval,
+    calibrate,
+    completed,
+    run_scenario,
+    write_job,
+)
 
 __all__ = ["NULL_LIMIT", "Rate", "Scenario", "binomial_interval", "calibrate", "completed",
            "run_scenario", "write_job", "MODULES", "all_scenarios", "shipped_rates",

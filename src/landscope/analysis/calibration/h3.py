@@ -107,8 +107,13 @@ def _simulate(rng: np.random.Generator, sweep: Path, *, width_effect: float, sha
 
 
 def _evaluate(sweep: Path, power: bool) -> dict[str, bool | None]:
-    from landscope.analysis.hypotheses.h3 import INCONCLUSIVE, SUPPORTED, TESTS, h3_test, \
-        load_escapes
+    from landscope.analysis.hypotheses.h3 import (
+        INCONCLUSIVE,
+        SUPPORTED,
+        TESTS,
+        h3_test,
+        load_escapes,
+    )
 
     res = h3_test(load_escapes(sweep))
     out: dict[str, bool | None] = {}
@@ -181,8 +186,13 @@ def _simulate_noise(rng: np.random.Generator, sweep: Path, *, topk_effect: float
 
 
 def _evaluate_noise(sweep: Path, power: bool) -> dict[str, bool | None]:
-    from landscope.analysis.hypotheses.h3_noise import (INCONCLUSIVE, SUPPORTED, TESTS,
-                                                        load_noise_escapes, noise_test)
+    from landscope.analysis.hypotheses.h3_noise import (
+        INCONCLUSIVE,
+        SUPPORTED,
+        TESTS,
+        load_noise_escapes,
+        noise_test,
+    )
 
     df = load_noise_escapes(sweep)
     if df is None:

@@ -27,7 +27,7 @@ TESTS = {"within τ (seed permutation)": "within_tau_p",
 def _simulate(rng: np.random.Generator, sweep: Path, *, configs: int = 3, seeds: int = 5,
               config_sd: float = 1.0, seed_sd: float = 0.0, within: float = 0.0,
               between: float = 0.0) -> None:
-    """x = config effect + seed effect + noise for each measure; error = its own config and
+    """X = config effect + seed effect + noise for each measure; error = its own config and
     seed effects + noise + ``within``·(x₀ − its config mean) + ``between``·(config mean of x₀),
     where x₀ is the first measure. All effects standard normal times the stated sd."""
     k = len(MEASURES)
