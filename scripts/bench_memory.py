@@ -93,13 +93,13 @@ def bench_model(label: str, cfg: dict[str, Any], shape: tuple[int, ...], classes
         for ck in (False, True):
             ctx = activation_checkpointing(model) if ck else contextlib.nullcontext()
             with ctx:
-                build = measure(lambda: HessianOperator(model, data, method=method,
-                                                            check_determinism=False))
+                build = measure(lambda method=method: HessianOperator(
+                    model, data, method=method, check_determinism=False))
                 op = build.result
-                product = measure(lambda: op.matvec(v))
+                product = measure(lambda op=op: op.matvec(v))
                 grad = measure(lambda: HessianOperator(
                     model, data, method="double_backward", check_determinism=False).gradient())
-                t = median_time(lambda: (op.matvec(v), sync()), repeats)
+                t = median_time(lambda op=op: (op.matvec(v), sync()), repeats)
             hv = product.result
             if ref is None:
                 ref, base["t"] = hv, t

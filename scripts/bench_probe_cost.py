@@ -1,4 +1,5 @@
-"""What ``probe=standard`` costs on each architecture, in gradient-equivalents, estimator by estimator.
+"""What ``probe=standard`` costs on each architecture, in gradient-equivalents, estimator by
+estimator.
 
 For each model (MNIST-1D, trained for ``--epochs`` epochs the way the runner trains it, float32,
 CPU) it measures, side by side in one process:
@@ -90,8 +91,7 @@ def measure(name: str, overrides: list[str], args, data_dir: str) -> dict:
     pd = probe_data(data.train, pcfg)
     op = HessianOperator(model, pd, check_determinism=False)
     v = torch.randn(op.dim, generator=torch.Generator().manual_seed(0))
-    fresh = lambda: HessianOperator(model, pd, check_determinism=False, method="double_backward")
-    grad_op = fresh()
+    grad_op = HessianOperator(model, pd, check_determinism=False, method="double_backward")
     t_grad = median_time(grad_op.gradient)
     t_hvp = median_time(lambda: op.matvec(v))
     t_pyh = pyhessian_product_seconds(model, pd, v)

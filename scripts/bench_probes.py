@@ -27,8 +27,8 @@ the per-round ratios (ours and the peer timed in the same round) with a 95% boot
 A goal is "met" when the whole interval is within it, "parity" when the interval contains the
 bound (the difference is within the machine's noise), "MISSED" when the interval lies beyond it.
 
-HVP counts: ours from the operator's own counters (``n_matvecs + n_check_matvecs``); PyHessian by wrapping
-``pyhessian.hessian.hessian_vector_product``; hessian-eigenthings by wrapping
+HVP counts: ours from the operator's own counters (``n_matvecs + n_check_matvecs``); PyHessian by
+wrapping ``pyhessian.hessian.hessian_vector_product``; hessian-eigenthings by wrapping
 ``HessianOperator.matvec``; curvlinops by wrapping ``HessianLinearOperator._matmat`` and counting
 columns (this includes its determinism check and, for SLQ, the ``eigsh`` boundary estimate).
 Peers are imported lazily and skipped when missing (``pip install -e .[bench]``).  The exit
@@ -196,7 +196,8 @@ def make_problem(name: str, cfg: dict[str, Any], samples: int, dense: bool) -> P
         ev = spectrum(hess).numpy()
         return Problem(name, model, x, y, data, dim, ev[::-1][:K].copy(), "dense float64 Hessian",
                        float(ev.sum()), float((ev ** 2).sum()) / dim, lambda v: hess @ v)
-    # No dense reference: float64 Lanczos at tol 1e-10, cross-checked by ARPACK on the same products.
+    # No dense reference: float64 Lanczos at tol 1e-10, cross-checked by ARPACK on the same
+    # products.
     from scipy.sparse.linalg import LinearOperator, eigsh
     op64 = HessianOperator(copy.deepcopy(model).double(), data.to(torch.float64),
                            check_determinism=False)
@@ -349,7 +350,7 @@ def tune(p: Problem, row: Row, run: Runner, settings: list[tuple[str, Any]], see
             return
         if worst <= EIG_RTOL:
             row.setting, row.error, row.n_hvp = label, worst, n0
-            row.timed = lambda: run(p, 0, setting)
+            row.timed = lambda setting=setting: run(p, 0, setting)
             return
         best = min(best, (worst, label))
     row.status = f"target not reached (tightest {settings[-1][0]}: {worst:.1e})"

@@ -33,7 +33,7 @@ def _model(kind: str, dtype=torch.float64):
         dict(name="cnn", width=4, depth=1, norm="batch")
     model = build_model(cfg, META).to(dtype)
     with torch.no_grad():  # non-trivial norm parameters
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() <= 1:
                 p.add_(torch.randn_like(p) * 0.3)
     return model

@@ -81,7 +81,7 @@ def _train(model, opt, sched, batches):
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(x), y).backward()
 
-        def closure():
+        def closure(x=x, y=y):
             loss = torch.nn.functional.cross_entropy(model(x), y)
             loss.backward()
             return loss

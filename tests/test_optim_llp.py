@@ -185,7 +185,7 @@ def _train(model, opt, batches):
     for x, y in batches:
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(x), y).backward()
-        opt.probe(lambda: torch.nn.functional.cross_entropy(model(x), y).backward())
+        opt.probe(lambda x=x, y=y: torch.nn.functional.cross_entropy(model(x), y).backward())
         opt.step()
 
 

@@ -40,7 +40,7 @@ def test_a_multi_line_composition_error_is_condensed_to_one_line(capsys):
 def test_other_errors_propagate_unless_the_block_composes(capsys):
     with pytest.raises(ZeroDivisionError):
         with input_errors():
-            1 / 0
+            _ = 1 / 0
     assert capsys.readouterr().err == ""
     with input_errors(composing=True):  # nothing raised: nothing printed, no exit
         pass

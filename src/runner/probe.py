@@ -189,7 +189,7 @@ def _probe(plans: list[Plan], pfp: str | None) -> int:
 
     failed = update_finished_jobs([(job, cfg) for job, ckpt, cfg in plans if ckpt is None],
                                   "probed", "probe", lambda r: _requested(r, pfp))
-    for job, ckpt, cfg in plans:
+    for _job, ckpt, cfg in plans:
         if ckpt is None:
             continue
         try:

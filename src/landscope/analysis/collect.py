@@ -138,30 +138,27 @@ def _read_overrides(job: Path, result: dict | None) -> str | None:
     return None
 
 
-def _job_row(job: JobDir, sweep: str) -> dict[str, Any]:
-    row: dict[str, Any] = {"sweep": sweep, "job": job.name, "path": str(job.path.resolve())}
-    config, config_note = config_columns(job)
-    config = config or {}
-    result: dict | None = None
+def _read_status(job: JobDir) -> tuple[dict | None, str, str | None]:
+    """``(result or None, status, reason)`` from the job's result.json as it is on disk."""
     if not (job.path / RESULT_FILE).exists():
-        status, reason = INCOMPLETE, "no result.json"
-    else:
-        try:
-            result = job.result()
-            if not isinstance(result, dict):
-                raise ValueError(f"expected a JSON object, got {type(result).__name__}")
-            if "status" not in result:
-                status, reason = UNREADABLE, "result.json has no status"
-            elif result["status"] in (COMPLETED, DIVERGED) and \
-                    not isinstance(result.get("final"), dict):
-                # {"status": "completed"} alone is no result: the runner reruns such a job
-                status, reason = UNREADABLE, "result.json has no final metrics"
-            else:
-                status, reason = str(result["status"]), None
-        except Exception as exc:  # noqa: BLE001 - a corrupt file is a row, not a crash
-            result, status = None, UNREADABLE
-            reason = f"{type(exc).__name__}: {exc}"
-    result = result or {}
+        return None, INCOMPLETE, "no result.json"
+    try:
+        result = job.result()
+        if not isinstance(result, dict):
+            raise ValueError(f"expected a JSON object, got {type(result).__name__}")
+        if "status" not in result:
+            return result, UNREADABLE, "result.json has no status"
+        if result["status"] in (COMPLETED, DIVERGED) and not isinstance(result.get("final"), dict):
+            # {"status": "completed"} alone is no result: the runner reruns such a job
+            return result, UNREADABLE, "result.json has no final metrics"
+        return result, str(result["status"]), None
+    except Exception as exc:  # noqa: BLE001 - a corrupt file is a row, not a crash
+        return None, UNREADABLE, f"{type(exc).__name__}: {exc}"
+
+
+def _reason(status: str, reason: str | None, result: dict, config_note: str | None
+            ) -> str | None:
+    """Why a job is not analysed (or what is missing of an analysed one), or None."""
     if status == FAILED:
         reason = str(result.get("error") or "failed")
     elif status == DIVERGED:
@@ -170,6 +167,16 @@ def _job_row(job: JobDir, sweep: str) -> dict[str, Any]:
         reason = f"status {status!r}"
     if status == COMPLETED and config_note:
         reason = config_note  # still included: the result is there, the config is not
+    return reason
+
+
+def _job_row(job: JobDir, sweep: str) -> dict[str, Any]:
+    row: dict[str, Any] = {"sweep": sweep, "job": job.name, "path": str(job.path.resolve())}
+    config, config_note = config_columns(job)
+    config = config or {}
+    result, status, reason = _read_status(job)
+    result = result or {}
+    reason = _reason(status, reason, result, config_note)
     row.update(status=status, included=status == COMPLETED, reason=reason,
                stop_reason=result.get("stop_reason"),
                seed=result.get("seed", config.get("seed")),

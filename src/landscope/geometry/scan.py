@@ -281,7 +281,7 @@ def _own_share(space: ParamSpace, scan: Scan, chunks: list[np.ndarray], workdir:
                futures: list[Any], collected: set[int],
                on_chunk: Callable[[np.ndarray, np.ndarray], None],
                collect: Callable[[], None]) -> None:
-    """This process's part of a parallel scan: claim and evaluate chunks like a worker (one
+    """The calling process's part of a parallel scan: claim and evaluate chunks like a worker (one
     torch thread, the same code, so the values are the same), passing each to ``on_chunk`` and
     collecting the workers' finished chunks in between; stops early when a worker failed."""
     threads = torch.get_num_threads()
@@ -351,7 +351,8 @@ def run_scan(space: ParamSpace, scan: Scan, workers: int, store: Optional[Path],
         try:
             save(True)
         except Exception as err:  # keep the original error
-            warnings.warn(f"could not save the partial slice to {store}: {err}", RuntimeWarning)
+            warnings.warn(f"could not save the partial slice to {store}: {err}", RuntimeWarning,
+                          stacklevel=2)
         raise
     else:
         save(True)

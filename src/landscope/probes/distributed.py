@@ -91,7 +91,7 @@ def shutdown() -> None:
 
 
 def shard(data: ProbeData, mode: str = "eval", group: Optional[Any] = None) -> ProbeData:
-    """This rank's shard of ``data`` (``data`` itself without a group of several ranks):
+    """The shard of ``data`` held by this rank (``data`` itself without a group of several ranks):
     whole micro-batches in train mode, an even split of the samples otherwise."""
     rank, world = rank_and_world(group)
     return data.shard(rank, world, keep_batches=mode == "train")

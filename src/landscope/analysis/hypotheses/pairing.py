@@ -211,7 +211,7 @@ def _match(groups: dict[tuple, dict[bool, list]], rows: pd.DataFrame, keys: list
     each side; the jobs of every other group go to ``unpaired`` with the reason."""
     on_name, off_name = names
     pairs: list[dict[str, Any]] = []
-    for key, side in groups.items():
+    for side in groups.values():
         on, off = side[True], side[False]
         if len(on) == 1 and len(off) == 1:
             first = rows.loc[on[0]]
