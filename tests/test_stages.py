@@ -11,8 +11,16 @@ import pytest
 from landscope.io import read_json
 from landscope.jobdir import JobDir
 from landscope.jobresults import JOB_STAGES, LandscapeStage, ProbeStage
-from landscope.stages import (CachedStage, Report, Stage, StageContext, cached_run, missing,
-                              run_stages, stage_fields)
+from landscope.stages import (
+    CachedStage,
+    Report,
+    Stage,
+    StageContext,
+    cached_run,
+    missing,
+    run_stages,
+    stage_fields,
+)
 
 
 class Toy:

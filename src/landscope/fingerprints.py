@@ -16,10 +16,9 @@ from landscope.synthetic import DATASET_FIELDS, SYNTHETIC
 
 # Keys that do not change what a job computes; excluded from the fingerprint.
 # Probes are run (and cached) separately from training: see probe_fingerprint.
-_NON_RESULT_KEYS = ("name", "resume", "logger", "probe", "landscape", "train.progress", "train.threads",
-                    "train.checkpoint_every", "train.checkpoint_interval_s",
-                    "train.keep_checkpoints", "dataset.data_dir",
-                    "dataset.download")
+_NON_RESULT_KEYS = ("name", "resume", "logger", "probe", "landscape", "train.progress",
+                    "train.threads", "train.checkpoint_every", "train.checkpoint_interval_s",
+                    "train.keep_checkpoints", "dataset.data_dir", "dataset.download")
 
 
 def probe_fingerprint(cfg: DictConfig) -> Optional[str]:

@@ -30,18 +30,32 @@ from omegaconf import DictConfig, OmegaConf
 from landscope.config import validate
 from landscope.data import check_available
 from landscope.errors import LandscopeError, one_line
-from landscope.fingerprints import (fingerprint, landscape_fingerprint,  # noqa: F401
-                                    probe_fingerprint)
+from landscope.fingerprints import fingerprint, landscape_fingerprint, probe_fingerprint  # noqa: F401
 from landscope.io import atomic_write_text, write_json
 from landscope.jobcheck import FINISHED, JobRefused, conflict_reason, read_result
 from landscope.joblock import JobLocked, job_lock
+
 # Re-exported: commands, scripts and tests import these from here.
-from landscope.jobresults import (JOB_STAGES, TRAJECTORY_FILE,  # noqa: F401
-                                  probe_checkpoint, probe_finished, probe_finished_job,
-                                  repair_finished)
-from landscope.jobtrain import (COMPLETED, DIVERGED, available_cores,  # noqa: F401
-                                default_threads, git_commit, initial_model, package_versions,
-                                precision_of, seed_everything, train)
+from landscope.jobresults import (  # noqa: F401
+    JOB_STAGES,
+    TRAJECTORY_FILE,
+    probe_checkpoint,
+    probe_finished,
+    probe_finished_job,
+    repair_finished,
+)
+from landscope.jobtrain import (  # noqa: F401
+    COMPLETED,
+    DIVERGED,
+    available_cores,
+    default_threads,
+    git_commit,
+    initial_model,
+    package_versions,
+    precision_of,
+    seed_everything,
+    train,
+)
 from landscope.models import check_named_model
 from landscope.optim import check_precision
 from landscope.stages import missing
