@@ -78,7 +78,8 @@ MISSING = "not installed (pip install -e .[bench])"
 
 # ----------------------------------------------------------------------------- setup
 def train_model(epochs: int, seed: int = 0) -> tuple[nn.Module, Any]:
-    """The default MLP after ``epochs`` epochs of SGD (lr 0.1, momentum 0.9, batch 128) on mnist1d."""
+    """The default MLP after ``epochs`` epochs of SGD (lr 0.1, momentum 0.9, batch 128) on
+    mnist1d."""
     bundle = load_data(DatasetConfig(data_dir=str(REPO / "data")))
     torch.manual_seed(seed)
     model = build_model(ModelConfig(), bundle.meta)

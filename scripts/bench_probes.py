@@ -658,7 +658,8 @@ def verdict(x: Ratio, bound: float) -> str:
 
 
 def summary(results: dict[str, list[Row]]) -> None:
-    print("\nratios (ours / peer: median over interleaved rounds of the per-round ratio, with a 95% "
+    print("\nratios (ours / peer: median over interleaved rounds of the per-round ratio, "
+          "with a 95% "
           "bootstrap interval; < 1 means landscope is faster; peers that missed the accuracy "
           "target or crashed are excluded)")
     print(f"  {'task':<7} {'vs PyHessian':>24} {'vs fastest peer':>24}  fastest peer")

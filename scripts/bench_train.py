@@ -163,7 +163,8 @@ def bench_sweep(args) -> None:
                     f"dataset.data_dir={tmp}/data", "hydra.run.dir=warm"], cwd=tmp,
                    check=True, capture_output=True)  # generate the dataset cache first
     rows = []
-    for label, extra in (("basic (in-process)", []), ("joblib n_jobs=2", ["hydra/launcher=parallel"])):
+    for label, extra in (("basic (in-process)", []),
+                         ("joblib n_jobs=2", ["hydra/launcher=parallel"])):
         tic = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "runner", *sweep, *extra,
                                f"hydra.sweep.dir=sweep_{len(rows)}"], cwd=tmp,

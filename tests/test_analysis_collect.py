@@ -26,7 +26,8 @@ def _config(lr: float, seed: int, width: int = 32, name: str = "sgd") -> dict:
 def _result(seed: int, test_acc: float, status: str = "completed") -> dict:
     return {"status": status, "stop_reason": "max_epochs" if status == "completed" else "diverged",
             "final": {"epoch": 3, "train_loss": 0.1, "train_acc": 0.95, "test_loss": 0.5,
-                      "test_acc": test_acc, "generalization_gap": 0.95 - test_acc, "grad_evals": 30},
+                      "test_acc": test_acc, "generalization_gap": 0.95 - test_acc,
+                     "grad_evals": 30},
             "epochs_completed": 3, "wall_time_s": 1.5, "n_params": 100, "seed": seed,
             "overrides": [f"seed={seed}"],
             "probes": {"trace": 4.0 + seed, "lambda_max": 1.0, "hvp_method": "cached",
@@ -55,7 +56,8 @@ def sweep(tmp_path):
     diverged = _result(0, 0.1, status="diverged")
     diverged["probes"] = {"skipped": "diverged"}
     _job(root, "lr=10,seed=0", _config(10.0, 0, width=64), diverged)
-    _job(root, "lr=1,seed=0", _config(1.0, 0), {"status": "failed", "error": "ValueError: boom", "seed": 0})
+    _job(root, "lr=1,seed=0", _config(1.0, 0),
+         {"status": "failed", "error": "ValueError: boom", "seed": 0})
     _job(root, "lr=2,seed=0", _config(2.0, 0))  # killed before result.json
     _job(root, "lr=3,seed=0", _config(3.0, 0), raw='{"status": "compl')  # torn file
     (root / "connectivity").mkdir()  # runner.connect output: not a job
@@ -68,7 +70,8 @@ def test_rows_statuses_counts_and_reasons(sweep):
     c = collect([sweep])
     jobs = c.jobs.set_index("job")
     assert len(jobs) == 7  # connectivity/, .hydra/ and multirun.yaml are not jobs
-    assert c.counts == {"completed": 3, "diverged": 1, "failed": 1, "incomplete": 1, "unreadable": 1}
+    assert c.counts == {"completed": 3, "diverged": 1, "failed": 1, "incomplete": 1,
+                        "unreadable": 1}
     assert jobs["included"].to_dict() == {
         "lr=0.01,seed=0": True, "lr=0.1,seed=0": True, "lr=0.1,seed=1": True, "lr=10,seed=0": False,
         "lr=1,seed=0": False, "lr=2,seed=0": False, "lr=3,seed=0": False}
@@ -77,7 +80,8 @@ def test_rows_statuses_counts_and_reasons(sweep):
     assert jobs.loc["lr=3,seed=0", "status"] == "unreadable"
     assert "JSONDecodeError" in jobs.loc["lr=3,seed=0", "reason"]
     assert jobs.loc["lr=10,seed=0", "reason"].startswith("diverged")
-    assert sorted(c.excluded["job"]) == sorted(["lr=10,seed=0", "lr=1,seed=0", "lr=2,seed=0", "lr=3,seed=0"])
+    assert sorted(c.excluded["job"]) == sorted(["lr=10,seed=0", "lr=1,seed=0", "lr=2,seed=0",
+                                                "lr=3,seed=0"])
     assert list(c.excluded.columns) == ["sweep", "job", "status", "reason", "path"]
     assert set(c.jobs["sweep"]) == {"grid"}
     assert len(c.included) == 3 and c.included["included"].all()

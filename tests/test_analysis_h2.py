@@ -74,7 +74,8 @@ def test_statistics_equal_scipy():
         w = stats.wilcoxon(on[measure] - off[measure])
         t = stats.ttest_rel(on[measure], off[measure])
         d = on[measure] - off[measure]
-        assert row["statistic"] == pytest.approx(w.statistic) and row["p"] == pytest.approx(w.pvalue)
+        assert (row["statistic"] == pytest.approx(w.statistic)
+                and row["p"] == pytest.approx(w.pvalue))
         assert row["t"] == pytest.approx(t.statistic) and row["t_p"] == pytest.approx(t.pvalue)
         assert row["cohens_d"] == pytest.approx(d.mean() / d.std(ddof=1))
         assert row["median_diff"] == pytest.approx(d.median())
@@ -272,7 +273,8 @@ def test_preset_composes_and_sweeps_skip(compose):
     assert cfg.name == "h2_skip" and cfg.dataset.name == "mnist1d" and cfg.probe.name == "standard"
     assert cfg.model.name == "mlp" and cfg.model.depth >= 4 and cfg.train.epochs <= 30
     from conftest import CONF
-    params = yaml.safe_load((CONF / "experiment" / "h2_skip.yaml").read_text())["hydra"]["sweeper"]["params"]
+    params = yaml.safe_load((CONF / "experiment" / "h2_skip.yaml").read_text())
+    params = params["hydra"]["sweeper"]["params"]
     assert params["model.skip"] == "true,false" and len(str(params["seed"]).split(",")) >= 8
 
 
@@ -444,7 +446,8 @@ def test_norm_preset_composes_and_sweeps_norm(compose):
     assert (cfg.model.width, cfg.model.depth, cfg.train.epochs) == \
         (skip.model.width, skip.model.depth, skip.train.epochs)
     from conftest import CONF
-    params = yaml.safe_load((CONF / "experiment" / "h2_norm.yaml").read_text())["hydra"]["sweeper"]["params"]
+    params = yaml.safe_load((CONF / "experiment" / "h2_norm.yaml").read_text())
+    params = params["hydra"]["sweeper"]["params"]
     assert set(params) == {"model.norm", "seed"}
     assert params["model.norm"].split(",") == ["none", "batch", "layer"]
     # 2 comparisons at alpha/2 each, Holm among 4 secondary rows after the gate: Wilcoxon

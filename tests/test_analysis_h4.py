@@ -87,7 +87,8 @@ def test_crossed_test_two_way_closed_form_and_missing_cells():
     vals = x.ravel().copy()
     vals[2] = np.nan
     res = crossed_mean_test(vals, cfg, seed)
-    assert (res.n_configs, res.n_seeds) in ((3, 3), (4, 2)) and res.n_jobs == res.n_configs * res.n_seeds
+    assert ((res.n_configs, res.n_seeds) in ((3, 3), (4, 2))
+            and res.n_jobs == res.n_configs * res.n_seeds)
     assert math.isnan(crossed_mean_test([1.0], ["a"], [0]).p)
     assert "too few" in crossed_mean_test([1.0], ["a"], [0]).reason
 

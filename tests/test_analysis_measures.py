@@ -173,7 +173,8 @@ def test_joint_regression_matches_cr2_by_hand():
     df = _synthetic(rng).assign(**{"probe.other": rng.normal(size=60)})
     joint = joint_regression(df, ["probe.sharp", "probe.other"]).set_index("term")
     assert list(joint.index) == ["probe.sharp", "probe.other", "final.train_loss"]
-    assert (joint["n"] == 60).all() and (joint["n_seeds"] == 6).all() and 0 < joint["r2"].iloc[0] < 1
+    assert ((joint["n"] == 60).all() and (joint["n_seeds"] == 6).all()
+            and 0 < joint["r2"].iloc[0] < 1)
     a, b = df["probe.sharp"].to_numpy(), df["probe.other"].to_numpy()
     D, _ = dummies(df["optimizer.lr"].astype(str))
     X = np.column_stack([np.ones(60), (a - a.mean()) / a.std(ddof=1),

@@ -46,7 +46,8 @@ def test_training_table_mean_sd_per_configuration():
     assert row["n"] == 3
     assert row["test_acc_mean"] == pytest.approx(0.54)  # (0.55 + 0.57 + 0.50) / 3
     assert row["test_acc_sd"] == pytest.approx(math.sqrt((0.01**2 + 0.03**2 + 0.04**2) / 2))
-    assert row["lambda_max_mean"] == pytest.approx(35.0) and row["lambda_max_sd"] == pytest.approx(5.0)
+    assert (row["lambda_max_mean"] == pytest.approx(35.0)
+            and row["lambda_max_sd"] == pytest.approx(5.0))
     assert row["lambda_max"] == "35 ± 5"
     assert t.loc["sgd lr=0.1", "stability_limit"] == pytest.approx(20.0)
     assert math.isnan(t.loc["adam lr=0.003", "stability_limit"])
@@ -66,7 +67,8 @@ def test_training_kendall_across_jobs_equals_scipy():
     df.loc[0, "probe.lambda_max"] = np.nan  # left out, not a crash
     k = st.training_kendall(df)
     ref = stats.kendalltau(df["probe.lambda_max"][1:], df["final.test_acc"][1:])
-    assert k["n"] == 8 and k["tau"] == pytest.approx(ref.statistic) and k["p"] == pytest.approx(ref.pvalue)
+    assert (k["n"] == 8 and k["tau"] == pytest.approx(ref.statistic)
+            and k["p"] == pytest.approx(ref.pvalue))
     assert k["tau"] < 0
 
 
@@ -135,7 +137,8 @@ def test_width_table_epochs_reached_and_not_reached(tmp_path):
     assert mlp["epochs_sd"] == pytest.approx(math.sqrt(2.0))  # epochs 2 and 4
     assert (cnn["n_reached"], cnn["n_not_reached"], cnn["n_no_metrics"]) == (2, 0, 1)
     assert cnn["epochs_mean"] == pytest.approx(2.0)  # epochs 1 and 3
-    assert mlp["lambda_max_mean"] == pytest.approx(20.0) and mlp["plane_rise_mean"] == pytest.approx(3.0)
+    assert (mlp["lambda_max_mean"] == pytest.approx(20.0)
+            and mlp["plane_rise_mean"] == pytest.approx(3.0))
     assert mlp["epochs_budget"] == 4 and mlp["target_test_acc"] == 0.4 and mlp["n_params"] == 32000
 
 
@@ -153,7 +156,8 @@ def optimizers_frame(root: Path):
                              "landscape.line_train_radius_min": 0.1,
                              "landscape.plane_train_rise_border_mean": 7.0,
                              "landscape.plane_train_basin_fraction": 0.05,
-                             "path": str((root / f"model={arch},optimizer={opt},seed={seed}").resolve())})
+                             "path": str((root / f"model={arch},optimizer={opt},seed={seed}")
+                                         .resolve())})
     return pd.DataFrame(rows)
 
 
@@ -171,7 +175,8 @@ def test_optimizers_table_with_barriers(tmp_path):
     assert row["n_pairs"] == 3 and row["barrier_loss_mean"] == pytest.approx(2.0)
     assert row["barrier_loss_sd"] == pytest.approx(1.0)
     assert row["barrier_test_error_mean"] == pytest.approx(0.3)
-    assert row["lambda_max_mean"] == pytest.approx(2.0) and row["line_rise_mean"] == pytest.approx(10.0)
+    assert (row["lambda_max_mean"] == pytest.approx(2.0)
+            and row["line_rise_mean"] == pytest.approx(10.0))
     other = t.loc[("adam lr=0.003", "cnn-16")]
     assert other["n_pairs"] == 0 and math.isnan(other["barrier_loss_mean"])
     assert st.optimizers_table(jobs)["n_pairs"].sum() == 0  # no barriers at all

@@ -56,7 +56,8 @@ def test_null_rates_within_the_bound_and_power_printed():
     table = calibrate(scenarios(), R=60, seed=1)
     print(table[["scenario", "test", "kind", "rate", "low", "high"]].to_string())
     null = table[table["kind"] == "null"]
-    # at R = 60 the binomial error is wide: 5 % true rate gives ≤ 7/60 in 99 % of runs (seed 1: worst 6/60)
+    # at R = 60 the binomial error is wide: 5 % true rate gives ≤ 7/60 in 99 % of runs (seed 1:
+    # worst 6/60)
     assert (null["rate"] <= 7 / 60).all(), null
     power = table[table["kind"] == "power"]
     assert (power["rate"] >= 0.2).all(), power

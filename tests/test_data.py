@@ -225,16 +225,19 @@ def _write_cifar(root: Path, hundred: bool, seed: int = 0):
     classes, label_key = (100, "fine_labels") if hundred else (10, "labels")
     names = ["train"] if hundred else [f"data_batch_{i}" for i in range(1, 6)]
     out = {"train": [], "test": []}
-    for name, which in [(n, "train") for n in names] + [("test" if hundred else "test_batch", "test")]:
+    for name, which in ([(n, "train") for n in names]
+                        + [("test" if hundred else "test_batch", "test")]):
         x = rng.integers(0, 256, size=(4, 3072), dtype=np.uint8)
         y = rng.integers(0, classes, size=4).tolist()
         with open(folder / name, "wb") as fh:
             pickle.dump({"data": x, label_key: y}, fh)
         out[which].append((x, y))
-    meta_name, meta_key = ("meta", "fine_label_names") if hundred else ("batches.meta", "label_names")
+    meta_name, meta_key = (("meta", "fine_label_names") if hundred
+                           else ("batches.meta", "label_names"))
     with open(folder / meta_name, "wb") as fh:
         pickle.dump({meta_key: [f"c{i}" for i in range(classes)]}, fh)
-    return {k: (np.concatenate([a for a, _ in v]), sum((b for _, b in v), [])) for k, v in out.items()}
+    return {k: (np.concatenate([a for a, _ in v]), sum((b for _, b in v), []))
+            for k, v in out.items()}
 
 
 @pytest.fixture
@@ -330,5 +333,6 @@ def test_stream_split_matches_on_mnist1d(mnist1d_dir):
     stream = D.load_data(cfg("mnist1d", root, normalize=True, in_memory=False))
     assert isinstance(stream.train, D.StreamSplit)
     xa, ya = all_batches(mem.train, 512, shuffle=True, generator=torch.Generator().manual_seed(2))
-    xb, yb = all_batches(stream.train, 512, shuffle=True, generator=torch.Generator().manual_seed(2))
+    xb, yb = all_batches(stream.train, 512, shuffle=True,
+                         generator=torch.Generator().manual_seed(2))
     assert torch.equal(xa, xb) and torch.equal(ya, yb)

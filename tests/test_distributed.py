@@ -83,8 +83,9 @@ def _spawn(tmp_path: Path, job: str, *args) -> list:
 def _distributed_quantities(name: str, n: int, micro: int, mode: str, method: str) -> dict:
     model, data = _setup(name, n, micro)
     op = hessian_operator(model, data, mode=mode, method=method, seed=0)
-    return {**_quantities(op, estimators=method != "forward_over_reverse"), "shard_n": op.data.n, "n_total": op.data.n_total,
-            "group": op.group is not None, "rank_world": rank_and_world()}
+    return {**_quantities(op, estimators=method != "forward_over_reverse"), "shard_n": op.data.n,
+            "n_total": op.data.n_total, "group": op.group is not None,
+            "rank_world": rank_and_world()}
 
 
 # (model, n, micro_batch, mode, method): one micro-batch split by samples, uneven ones, and

@@ -89,7 +89,8 @@ def test_kendall_rows_equals_scipy_with_ties_and_gaps():
     assert np.allclose(np.nan_to_num(got, nan=9), np.nan_to_num(ref, nan=9))
     A[0, 2] = np.nan  # a missing value drops its pairs
     keep = np.isfinite(A[0])
-    assert kendall_rows(A[:1], b)[0] == pytest.approx(stats.kendalltau(A[0, keep], b[keep]).statistic)
+    assert kendall_rows(A[:1], b)[0] == pytest.approx(
+        stats.kendalltau(A[0, keep], b[keep]).statistic)
 
 
 def test_permutations_and_exact_p():

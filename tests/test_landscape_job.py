@@ -120,7 +120,8 @@ def test_finished_job_gets_landscape_without_retraining(compose, tmp_path):
     full = train_job(_cfg(compose, "landscape=basic", "landscape.trajectory=true",
                           "train.epochs=1"), tmp_path, [])
     lfp = full["landscape_fingerprint"]
-    assert any("trajectory" in n for n in read_json(tmp_path / "landscape" / f"{lfp}.json")["notes"])
+    assert any("trajectory" in n
+               for n in read_json(tmp_path / "landscape" / f"{lfp}.json")["notes"])
 
 
 def _cli(module, *args, cwd):

@@ -54,7 +54,8 @@ def test_groups_follow_the_architecture():
     for groups in (blocks, layers, vblocks):  # a partition of the trainable parameters
         flat = [p for members in groups.values() for p in members]
         assert len(flat) == len(set(flat))
-    assert sorted(p for m in layers.values() for p in m) == sorted(n for n, _ in vit.named_parameters())
+    assert (sorted(p for m in layers.values() for p in m)
+            == sorted(n for n, _ in vit.named_parameters()))
     with pytest.raises(LandscopeError, match="per-block level"):
         parameter_groups(vit, "neuron")
 
@@ -84,7 +85,8 @@ def test_block_spectra_match_dense_diagonal_blocks(name, level):
         if b.n_params <= EXACT_TRACE_MAX:
             assert b.trace_stderr == 0 and abs(b.trace - exact_tr) <= 1e-9 * max(1, abs(exact_tr))
         else:
-            assert abs(b.trace - exact_tr) <= 3 * b.trace_stderr + 1e-12, (b.name, b.trace, exact_tr)
+            assert abs(b.trace - exact_tr) <= 3 * b.trace_stderr + 1e-12, (b.name, b.trace,
+                                                                           exact_tr)
         # interlacing: a principal block's top eigenvalue is at most lambda_max(H)
         assert float(b.eigenvalues[0]) <= float(spectrum(h)[-1]) * (1 + 1e-9)
         total, total_var = total + b.trace, total_var + b.trace_stderr ** 2
@@ -101,7 +103,8 @@ def test_per_block_in_the_probe_suite_with_verify():
                       data_size=None, micro_batch=16)
     rep = run_probes(model.float(), split, cfg)
     s, a = rep.scalars, rep.arrays
-    assert s["per_block"] == "block" and list(s["blocks"]) == ["stem", "blocks.0", "blocks.1", "head"]
+    assert (s["per_block"] == "block"
+            and list(s["blocks"]) == ["stem", "blocks.0", "blocks.1", "head"])
     assert all(0 <= b["lambda_max_share"] <= 1 + 1e-3 for b in s["blocks"].values())
     assert a["block_eigenvalues"].shape == (4, 2) and list(a["block_names"]) == list(s["blocks"])
     assert s["verify_block_top_max_rel_error"] < 1e-3  # float32 model, float64 reference

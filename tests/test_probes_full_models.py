@@ -185,12 +185,14 @@ def test_slq_trace_second_moment_and_logdet_within_3_stderr(name):
     log_h = (q * torch.log(lam + eps)) @ q.T
     us = sphere_probes(d, n, seed=0)
     exact_samples = d * (us * (log_h @ us)).sum(0)
-    assert torch.allclose(ld.samples, exact_samples, rtol=1e-8, atol=1e-8 * float(exact_samples.abs().max()))
+    assert torch.allclose(ld.samples, exact_samples, rtol=1e-8,
+                          atol=1e-8 * float(exact_samples.abs().max()))
 
     for what, est, spectrum_f in (("trace", tr1, ev), ("tr H^2", tr2, ev ** 2),
                                   ("logdet", ld, torch.log(ev + eps))):
         exact = float(spectrum_f.sum())
-        assert abs(est.estimate - exact) <= 3 * est.stderr, (name, what, est.estimate, exact, est.stderr)
+        assert abs(est.estimate - exact) <= 3 * est.stderr, (name, what, est.estimate, exact,
+                                                             est.stderr)
         ratio = est.stderr / (sphere_std(spectrum_f) / math.sqrt(n))
         assert 1 / 3 <= ratio <= 3, (name, what, ratio)
 

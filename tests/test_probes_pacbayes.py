@@ -37,8 +37,8 @@ F64 = torch.float64
 # ------------------------------------------------------------------------ Bernoulli kl
 def test_kl_bernoulli_hand_values():
     assert kl_bernoulli(0.5, 0.5) == 0.0
-    assert kl_bernoulli(0.1, 0.3) == pytest.approx(0.1 * math.log(1 / 3) + 0.9 * math.log(0.9 / 0.7),
-                                                   abs=1e-15)
+    assert kl_bernoulli(0.1, 0.3) == pytest.approx(0.1 * math.log(1 / 3)
+                                                   + 0.9 * math.log(0.9 / 0.7), abs=1e-15)
     assert kl_bernoulli(0.0, 0.2) == pytest.approx(-math.log(0.8), abs=1e-15)
     assert kl_bernoulli(1.0, 0.2) == pytest.approx(-math.log(0.2), abs=1e-15)
     assert kl_bernoulli(0.3, 0.0) == math.inf and kl_bernoulli(0.3, 1.0) == math.inf
@@ -84,10 +84,12 @@ def test_gaussian_kl_matches_torch_distributions():
     mq, mp = torch.randn(d, generator=g, dtype=F64), torch.randn(d, generator=g, dtype=F64)
     vq = torch.rand(d, generator=g, dtype=F64) + 0.1
     vp = torch.rand(d, generator=g, dtype=F64) + 0.1
-    ref = float(kl_divergence(Independent(Normal(mq, vq.sqrt()), 1), Independent(Normal(mp, vp.sqrt()), 1)))
+    ref = float(kl_divergence(Independent(Normal(mq, vq.sqrt()), 1),
+                              Independent(Normal(mp, vp.sqrt()), 1)))
     assert abs(gaussian_kl(mq, vq, mp, vp) - ref) <= 1e-10
     ref_iso = float(kl_divergence(Independent(Normal(mq, vq.sqrt()), 1),
-                                  Independent(Normal(mp, torch.full((d,), 0.7, dtype=F64).sqrt()), 1)))
+                                  Independent(Normal(mp, torch.full((d,), 0.7, dtype=F64).sqrt()),
+                                             1)))
     assert abs(gaussian_kl(mq, vq, mp, 0.7) - ref_iso) <= 1e-10
     assert gaussian_kl(mq, vq, mq, vq) == pytest.approx(0.0, abs=1e-14)
 
@@ -125,7 +127,8 @@ def test_posterior_draws_have_the_eigenbasis_covariance():
     cov = v @ torch.diag(cand.s_v) @ v.T + 0.2 * (eye - v @ v.T)
     assert (a @ a.T - cov).abs().max() <= 1e-12
     assert cand.kl == pytest.approx(gaussian_kl_eigenbasis(eye[0], v, cand.s_v, 0.2,
-                                                           torch.zeros(d, dtype=F64), cand.lam), rel=1e-12)
+                                                           torch.zeros(d, dtype=F64), cand.lam),
+                                    rel=1e-12)
 
 
 # ------------------------------------------------------------------------ bound pieces
@@ -224,7 +227,8 @@ def test_three_bounds_on_tiny_model(trained):
     assert out["pacbayes_hessian"] <= out["pacbayes_isotropic"]  # isotropic is in the family
     # every reported number follows from the reported pieces (exactly: same functions)
     for name in ("isotropic", "hessian"):
-        assert out[f"{name}_e_upper"] == mc_error_upper(out[f"{name}_e_mc"], 40, out["delta_mc"] / 2)
+        assert out[f"{name}_e_upper"] == mc_error_upper(out[f"{name}_e_mc"], 40,
+                                                        out["delta_mc"] / 2)
         assert out[f"{name}_e_upper"] >= out[f"{name}_e_mc"]
         assert out[f"pacbayes_{name}"] == dziugaite_roy_bound(
             out[f"{name}_e_upper"], out[f"kl_{name}"], M, out["delta"], int(out[f"{name}_prior_j"]))
@@ -295,10 +299,12 @@ def test_posterior_noise_covariance_and_kl_against_dense_references():
     mean, w0 = torch.randn(d, generator=g, dtype=F64), torch.randn(d, generator=g, dtype=F64)
     post = Posterior("hessian", mean, s_perp, s_v, basis)
     a = torch.stack([post.noise(e, t) for e in torch.eye(d, dtype=F64)], dim=1)
-    cov = t * (basis @ torch.diag(s_v) @ basis.T + s_perp * (torch.eye(d, dtype=F64) - basis @ basis.T))
+    cov = t * (basis @ torch.diag(s_v) @ basis.T
+               + s_perp * (torch.eye(d, dtype=F64) - basis @ basis.T))
     assert torch.allclose(a @ a.T, cov, atol=1e-12)
     j, lam, kl = post.kl_prior(w0, t, b=100.0, c=1.0)
-    ref = float(kl_divergence(MultivariateNormal(mean, cov), MultivariateNormal(w0, lam * torch.eye(d, dtype=F64))))
+    ref = float(kl_divergence(MultivariateNormal(mean, cov),
+                              MultivariateNormal(w0, lam * torch.eye(d, dtype=F64))))
     assert kl == pytest.approx(ref, rel=1e-9) and lam == prior_variance(j, 100.0, 1.0)
     iso = Posterior("isotropic", mean, s_perp, torch.zeros(0, dtype=F64))
     assert iso.kl_prior(w0, 1.0, c=1.0)[2] == pytest.approx(
@@ -333,7 +339,8 @@ def test_optimised_bounds_beat_the_start_and_the_grid(trained):
         assert opt[f"pacbayes_{name}"] < start[f"pacbayes_{name}"]
         assert opt[f"pacbayes_{name}"] <= grid[f"pacbayes_{name}"] + 0.01
         # every number follows from the reported pieces (same functions)
-        assert opt[f"{name}_e_upper"] == mc_error_upper(opt[f"{name}_e_mc"], 200, opt["delta_mc"] / 2)
+        assert opt[f"{name}_e_upper"] == mc_error_upper(opt[f"{name}_e_mc"], 200,
+                                                        opt["delta_mc"] / 2)
         assert opt[f"complexity_{name}"] == complexity_term(
             opt[f"kl_{name}"], M, opt["delta"], int(opt[f"{name}_prior_j"]))
         assert opt[f"pacbayes_{name}"] == dziugaite_roy_bound(
@@ -341,7 +348,8 @@ def test_optimised_bounds_beat_the_start_and_the_grid(trained):
         assert opt[f"matched_complexity_{name}"] > 0 and opt[f"matched_scale_{name}"] > 0
     assert opt["matched_error"] == opt["isotropic_e_mc"] and opt["hessian_is_isotropic"] == 0.0
     assert start["hessian_is_isotropic"] == 1.0  # steps=0: both start at the same point
-    assert opt["complexity_naive"] == pytest.approx((32 * opt["D"] * math.log(2) + math.log(40)) / M)
+    assert opt["complexity_naive"] == pytest.approx(
+        (32 * opt["D"] * math.log(2) + math.log(40)) / M)
     short = dict(OPT, n_mc=20, n_select=2, n_match=2)
     first = optimized_pac_bayes_bounds(model, data, vals, vecs, w0=init, steps=30, seed=4, **short)
     assert optimized_pac_bayes_bounds(model, data, vals, vecs, w0=init, steps=30, seed=4,

@@ -183,7 +183,8 @@ def test_antithetic_needs_an_even_count_of_at_least_four(n: int) -> None:
     obj = QuadraticObjective(torch.diag(DIAG))
     with pytest.raises(LandscopeError, match="even n_samples >= 4"):
         average_sharpness(obj, [0.1], n_samples=n)
-    assert average_sharpness(obj, [0.1], n_samples=max(n, 2), antithetic=False).n_samples == max(n, 2)
+    assert average_sharpness(obj, [0.1], n_samples=max(n, 2),
+                             antithetic=False).n_samples == max(n, 2)
 
 
 # ----------------------------------------------------------------------------- PAC-Bayes

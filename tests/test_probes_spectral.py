@@ -27,8 +27,10 @@ def _op(eigs: torch.Tensor, seed: int = 1) -> tuple[DenseOperator, torch.Tensor]
 
 
 DECAY = 100.0 * 0.9 ** torch.arange(500, dtype=F64)                                # D = 500
-CLUSTER = torch.cat([10.0 - 0.01 * torch.arange(10, dtype=F64), _uniform(390, 0, 5, 0)])  # 10, 9.99, …
-NEGATIVE = torch.cat([torch.tensor([-3.0, -2.5, -2.5], dtype=F64), torch.linspace(-1, 5, 297, dtype=F64)])
+# 10, 9.99, …
+CLUSTER = torch.cat([10.0 - 0.01 * torch.arange(10, dtype=F64), _uniform(390, 0, 5, 0)])
+NEGATIVE = torch.cat([torch.tensor([-3.0, -2.5, -2.5], dtype=F64),
+                      torch.linspace(-1, 5, 297, dtype=F64)])
 
 
 def _check_pairs(op: DenseOperator, res, expected: torch.Tensor) -> None:
@@ -81,11 +83,12 @@ def test_lanczos_repeated_eigenvalue_behaviour():
     eigs = torch.cat([torch.tensor([8.0, 8.0, 6.0], dtype=F64), _uniform(397, 0, 1, 0)])
     op, q = _op(eigs, seed=3)
     two = lanczos_eigs(op, k=2, seed=0)
-    assert two.converged.all() and torch.allclose(two.eigenvalues, torch.tensor([8.0, 6.0], dtype=F64), rtol=1e-6)
+    assert two.converged.all() and torch.allclose(two.eigenvalues,
+                                                  torch.tensor([8.0, 6.0], dtype=F64), rtol=1e-6)
     assert (q[:, :2].T @ two.eigenvectors[:, 0]).norm() >= 1 - 1e-9  # inside the 2-d eigenspace
     three = lanczos_eigs(op, k=3, seed=0)
     _check_pairs(op, three, torch.tensor([8.0, 8.0, 6.0], dtype=F64))
-    v = three.eigenvectors[:, :2]                      # both copies: an orthonormal basis of the space
+    v = three.eigenvectors[:, :2]  # both copies: an orthonormal basis of the space
     assert torch.allclose(v.T @ v, torch.eye(2, dtype=F64), atol=1e-8)
     assert torch.linalg.svdvals(q[:, :2].T @ v).min() >= 1 - 1e-8
 
@@ -122,14 +125,18 @@ def test_spectral_summary():
     op, _ = _op(NEGATIVE)
     top, bottom = lanczos_eigs(op, k=3, seed=0), lanczos_eigs(op, k=2, which="smallest", seed=0)
     s = spectral_summary(top, bottom)
-    assert s["lambda_max"] == pytest.approx(5.0, rel=1e-9) and s["lambda_min"] == pytest.approx(-3.0, rel=1e-9)
+    assert (s["lambda_max"] == pytest.approx(5.0, rel=1e-9)
+            and s["lambda_min"] == pytest.approx(-3.0, rel=1e-9))
     assert s["spectral_gap"] == pytest.approx(6 / 296, rel=1e-5)
     assert s["negative_ratio"] == pytest.approx(0.6, rel=1e-9)
-    assert s["condition_number"] == pytest.approx(5.0 / (5.0 - 12 / 296), rel=1e-6)  # λ1/λ3: bottom is negative
+    # λ1/λ3: bottom is negative
+    assert s["condition_number"] == pytest.approx(5.0 / (5.0 - 12 / 296), rel=1e-6)
     pd, _ = _op(torch.cat([torch.tensor([1.0, 2.0, 20.0], dtype=F64), _uniform(197, 4, 10, 11)]))
-    s = spectral_summary(lanczos_eigs(pd, k=2, seed=0), lanczos_eigs(pd, k=2, which="smallest", seed=0))
+    s = spectral_summary(lanczos_eigs(pd, k=2, seed=0),
+                         lanczos_eigs(pd, k=2, which="smallest", seed=0))
     assert s["condition_number"] == pytest.approx(20.0, rel=1e-6)
-    assert s["all_converged"] == 1.0 and math.isnan(spectral_summary(lanczos_eigs(pd, k=1))["lambda_2"])
+    assert (s["all_converged"] == 1.0
+            and math.isnan(spectral_summary(lanczos_eigs(pd, k=1))["lambda_2"]))
 
 
 # ---------------------------------------------------------------- trace
@@ -169,7 +176,8 @@ def test_hutchpp_beats_hutchinson_on_low_rank_plus_noise():
     err_pp = [abs(r.estimate - tr) for r in pp]
     assert all(r.n_matvecs == 60 for r in pp)
     assert sum(err_pp) * 20 <= sum(err_h)
-    assert sum(abs(r.estimate - tr) <= 3 * r.stderr for r in pp) >= 8  # stderr of 20 samples is itself noisy
+    # stderr of 20 samples is itself noisy
+    assert sum(abs(r.estimate - tr) <= 3 * r.stderr for r in pp) >= 8
 
 
 def test_deflated_trace():
@@ -218,7 +226,8 @@ def test_slq_trace_logdet_density():
     assert abs(tr.estimate - float(eigs.sum())) <= 3 * tr.stderr
     eps = 1e-3
     ld, exact = res.logdet(eps), float(torch.log(eigs + eps).sum())
-    assert abs(ld.estimate - exact) <= 0.05 * abs(exact) and abs(ld.estimate - exact) <= 3 * ld.stderr
+    assert (abs(ld.estimate - exact) <= 0.05 * abs(exact)
+            and abs(ld.estimate - exact) <= 3 * ld.stderr)
     assert res.moment(0) == pytest.approx(1.0)
     grid = torch.linspace(-2, 12, 2001, dtype=F64)
     dens = res.density(grid, sigma=0.1)
@@ -256,7 +265,8 @@ def test_slq_negative_mass_and_outliers():
     out = res.outliers()
     assert out.count == 3
     assert torch.allclose(out.locations, torch.tensor([30.0, 15.0, 8.0], dtype=F64), rtol=1e-6)
-    assert ((out.multiplicities - 1).abs() <= 1.5).all() and 2.5 <= out.bulk_edge <= out.threshold < 8.0
+    assert (((out.multiplicities - 1).abs() <= 1.5).all()
+            and 2.5 <= out.bulk_edge <= out.threshold < 8.0)
     bulk_only = slq(_op(eigs[:397])[0], n_probes=10, m_steps=30, seed=0).outliers()
     assert bulk_only.count == 0
     assert out.tail_mass <= 1.5 / 400 and bulk_only.tail_mass <= 1.5 / 400

@@ -33,6 +33,7 @@ def test_readme_calibration_table_is_the_generated_one():
 def test_replace_rewrites_only_between_markers():
     rf = _script()
     text = "a <!-- figures:tests -->old<!-- /figures:tests --> b"
-    assert rf.replace(text, "tests", "new") == "a <!-- figures:tests -->new<!-- /figures:tests --> b"
+    assert rf.replace(text, "tests", "new") == ("a <!-- figures:tests -->new"
+                                                "<!-- /figures:tests --> b")
     sentence = rf.tests_sentence(12, None, "The suite … took 3.0 minutes on this 2-core CPU")
     assert "12 tests" in sentence and "took 3.0 minutes on this" in sentence

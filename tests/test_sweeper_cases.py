@@ -27,7 +27,8 @@ def test_cases_times_params(tmp_path, warm_data):
     assert proc.returncode == 0, proc.stderr
     sweep = tmp_path / "sweep"
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
-    assert jobs == ["optimizer.lr=0.05,optimizer=sgd,seed=0", "optimizer.lr=0.05,optimizer=sgd,seed=1",
+    assert jobs == ["optimizer.lr=0.05,optimizer=sgd,seed=0",
+                    "optimizer.lr=0.05,optimizer=sgd,seed=1",
                     "optimizer=adam,seed=0", "optimizer=adam,seed=1"]
     cfg = read_json(sweep / "optimizer=adam,seed=1" / "result.json")
     assert cfg["status"] == "completed" and cfg["seed"] == 1

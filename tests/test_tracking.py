@@ -116,7 +116,8 @@ def test_failing_job_run_is_finished_as_failed(tmp_path, compose, monkeypatch):
     assert summary["status"] == "failed" and "simulated crash" in summary["message"]
     (run_dir,) = offline_runs(tmp_path / "job")
     run = read_run(run_dir)
-    assert run.exit_code == 1 and run.run["name"] == "experiment=smoke,logger=wandb,logger.mode=offline"
+    assert (run.exit_code == 1
+            and run.run["name"] == "experiment=smoke,logger=wandb,logger.mode=offline")
 
 
 def test_resumed_job_continues_its_own_run(tmp_path, warm_data):

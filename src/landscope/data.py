@@ -24,8 +24,8 @@ Then, in order: seeded train subset (``train_size``, seed ``cfg.seed``; subsets
 are nested: a smaller size is a prefix of a larger one's selection), test subset
 (``test_size``, fixed seed so the test set does not depend on ``cfg.seed``),
 only the listed ``classes`` (relabelled 0..k-1; two of them give a binary task, as
-Dziugaite & Roy's binary MNIST), label noise on the training labels only, and per-channel standardization with
-training statistics.  A split is a :class:`TensorSplit` (all in memory) or,
+Dziugaite & Roy's binary MNIST), label noise on the training labels only, and per-channel
+standardization with training statistics.  A split is a :class:`TensorSplit` (all in memory) or,
 when large, a :class:`StreamSplit` that keeps the raw uint8 pixels and converts
 each batch; both give identical values and batch orders.
 
@@ -101,7 +101,8 @@ class Split:
 
 
 class TensorSplit(Split):
-    """In-memory split: ``.x`` float32 and ``.y`` int64; batches are index slices (shared, read-only)."""
+    """In-memory split: ``.x`` float32 and ``.y`` int64; batches are index slices (shared,
+    read-only)."""
 
     def __init__(self, x: Tensor, y: Tensor) -> None:
         if len(x) != len(y):
@@ -140,7 +141,8 @@ class _RawDataset(Dataset):
 
 
 class StreamSplit(Split):
-    """Large split: keeps a raw torch Dataset and converts each batch in a DataLoader (no workers)."""
+    """Large split: keeps a raw torch Dataset and converts each batch in a DataLoader (no
+    workers)."""
 
     def __init__(self, dataset: _RawDataset, convert: Callable[[Tensor], Tensor]) -> None:
         self.dataset, self.convert = dataset, convert
@@ -212,7 +214,8 @@ def _opt(value: Any, kind: type) -> Any:
 
 
 def load_data(cfg: Any) -> DataBundle:
-    """Load the dataset ``cfg`` describes (cached per process; never modify the tensors in place)."""
+    """Load the dataset ``cfg`` describes (cached per process; never modify the tensors in
+    place)."""
     if synthetic.is_synthetic(_name(cfg)):
         return synthetic.load_synthetic(cfg)
     key = _Key(_name(cfg), os.path.abspath(str(cfg.data_dir)), bool(cfg.download),

@@ -141,7 +141,8 @@ def _digits() -> tuple[_Raw, _Raw]:
 def cifar_like_templates(num_classes: int = 10) -> Tensor:
     """The fixed class templates of ``cifar_like``: ``(num_classes, 3, 32, 32)`` float32, each a
     bilinear upsampling of 3x4x4 Gaussian noise (a smooth layout) plus a Gaussian colour per
-    channel (what a global average pool sees), scaled to unit RMS.  Independent of every config value."""
+    channel (what a global average pool sees), scaled to unit RMS.  Independent of every config
+    value."""
     import torch.nn.functional as F
 
     rng = np.random.default_rng([_CIFAR_LIKE_SEED, 0])

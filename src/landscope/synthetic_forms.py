@@ -6,8 +6,8 @@ their data that makes every identity below exact.
 ``dataset.spectrum`` (any signs; zero is allowed) or generated as ``dataset.outliers``
 followed by ``dim - len(outliers)`` values spaced geometrically from 1 down to
 ``1 / condition``; ``Q`` is a seeded random orthogonal matrix (Haar) and
-``theta* ~ N(0, I)``.  A sample ``i`` is a row ``(x_i, t_i = x_i^T theta*, eps_i, s_i)`` with per-sample loss
-``l_i = 1/2 s_i (x_i^T theta - t_i - eps_i)^2``.  Construction (per sign group
+``theta* ~ N(0, I)``.  A sample ``i`` is a row ``(x_i, t_i = x_i^T theta*, eps_i, s_i)`` with
+per-sample loss ``l_i = 1/2 s_i (x_i^T theta - t_i - eps_i)^2``.  Construction (per sign group
 ``g in {+, -}`` of ``n_g`` samples, ``r`` a random +-1 vector)::
 
     X_g = sqrt(n) U_g diag(sqrt|lambda_g|) Q_g^T,  U_g^T U_g = I,  U_g^T r_g = 0,

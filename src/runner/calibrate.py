@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     bad = table[(table["kind"] == "null") & (table["rate"] > NULL_LIMIT)]
     if len(bad):
         print(f"\n{len(bad)} null rate(s) above {100 * NULL_LIMIT:.1f} %: "
-              + "; ".join(f"{r.scenario} / {r.test} {100 * r.rate:.1f} %" for r in bad.itertuples()))
+              + "; ".join(f"{r.scenario} / {r.test} {100 * r.rate:.1f} %"
+                          for r in bad.itertuples()))
         sys.exit(1)
 
 

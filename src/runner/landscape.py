@@ -1,4 +1,5 @@
-"""Landscape geometry on finished jobs without retraining: ``python -m runner.landscape PATH... [overrides]``.
+"""Landscape geometry on finished jobs without retraining:
+``python -m runner.landscape PATH... [overrides]``.
 
 ``PATH`` is a job directory (it holds ``result.json``) or a sweep directory (every job
 below it). Overrides choose the landscape config exactly as for the runner (default
@@ -24,8 +25,8 @@ from landscope.errors import LandscopeError
 
 
 def _shown(scalars: dict) -> dict:
-    keys = ("line_train_rise_mean", "plane_train_rise_border_mean", "trajectory_pc1_explained_variance",
-            "intrinsic_d90_relative")
+    keys = ("line_train_rise_mean", "plane_train_rise_border_mean",
+            "trajectory_pc1_explained_variance", "intrinsic_d90_relative")
     return {k: round(scalars[k], 4) if isinstance(scalars[k], float) else scalars[k]
             for k in keys if k in scalars}
 

@@ -108,7 +108,8 @@ def sweep_spec(overrides: list[str], method: str = "grid", metric: str = "final/
         if cfg.hydra.sweeper.get("cases"):
             raise LandscopeError("this sweep has hydra.sweeper.cases (a union of products), "
                                  "which one W&B grid cannot express: write one sweep file per "
-                                 "case by giving that case's overrides and hydra.sweeper.cases=null")
+                                 "case by giving that case's overrides and "
+                                 "hydra.sweeper.cases=null")
         params = cfg.hydra.sweeper.get("params") or {}
         preset: dict[str, list[str]] = {}
         if params:

@@ -83,7 +83,8 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
             if isinstance(value, dict) and value:
                 out.update(flatten(value, name))
             else:
-                out.update(flatten(value, name) if isinstance(value, dict) else {name: _scalar(value)})
+                out.update(flatten(value, name) if isinstance(value, dict)
+                           else {name: _scalar(value)})
         return out
     return {prefix: _scalar(obj)}
 
@@ -223,10 +224,12 @@ def swept_factors(jobs: pd.DataFrame, keys: Iterable[str]) -> list[str]:
     undefined there anyway (no two jobs differ in a single hyperparameter)."""
     keys = list(keys)
     rows = jobs[jobs["included"]] if "included" in jobs else jobs
-    codes = {k: rows[k].map(lambda v: json.dumps(None if _isna(v) else v, default=str)) for k in keys}
+    codes = {k: rows[k].map(lambda v: json.dumps(None if _isna(v) else v, default=str))
+             for k in keys}
 
     def determines(a: str, b: str) -> bool:
-        return bool((pd.DataFrame({"a": codes[a], "b": codes[b]}).groupby("a")["b"].nunique() <= 1).all())
+        return bool((pd.DataFrame({"a": codes[a], "b": codes[b]}).groupby("a")["b"].nunique()
+                     <= 1).all())
 
     factors = []
     for i, b in enumerate(keys):
@@ -234,7 +237,8 @@ def swept_factors(jobs: pd.DataFrame, keys: Iterable[str]) -> list[str]:
         for j, a in enumerate(keys):
             if a == b or not determines(a, b):
                 continue
-            if not determines(b, a) or j < i:  # a is strictly finer, or an equal partition seen first
+            # a is strictly finer, or an equal partition seen first
+            if not determines(b, a) or j < i:
                 dependent = True
                 break
         if not dependent:
@@ -269,8 +273,10 @@ def collect(sweep_dirs: Iterable[str | os.PathLike] | str | os.PathLike) -> Coll
         jobs["included"] = jobs["included"].astype(bool)
         for col in ("final.test_acc", "final.train_acc"):
             jobs[col] = pd.to_numeric(jobs[col], errors="coerce")
-        jobs.insert(jobs.columns.get_loc("final.test_acc") + 1, "test_error", 1.0 - jobs["final.test_acc"])
-        jobs.insert(jobs.columns.get_loc("final.train_acc") + 1, "train_error", 1.0 - jobs["final.train_acc"])
+        jobs.insert(jobs.columns.get_loc("final.test_acc") + 1, "test_error",
+                    1.0 - jobs["final.test_acc"])
+        jobs.insert(jobs.columns.get_loc("final.train_acc") + 1, "train_error",
+                    1.0 - jobs["final.train_acc"])
     excluded = (jobs.loc[~jobs["included"], ["sweep", "job", "status", "reason", "path"]]
                 .reset_index(drop=True) if len(jobs)
                 else pd.DataFrame(columns=["sweep", "job", "status", "reason", "path"]))

@@ -2,8 +2,9 @@
 
 Every report section (the measures table, one per hypothesis, one per study preset) writes
 into one :class:`Doc` (a :class:`~landscope.analysis.section.Section` writes through the
-``ReportContext`` of :mod:`landscope.analysis.report`). Figures are PNG files under ``out/figures`` linked from
-the Markdown and embedded as data URIs in the HTML, so ``report.html`` alone is enough to share.
+``ReportContext`` of :mod:`landscope.analysis.report`). Figures are PNG files under ``out/figures``
+linked from the Markdown and embedded as data URIs in the HTML, so ``report.html`` alone is enough
+to share.
 """
 
 from __future__ import annotations

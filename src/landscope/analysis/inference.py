@@ -119,7 +119,8 @@ def cluster_ols(y: Sequence[float], X: np.ndarray, clusters: Sequence, names: Se
     return ClusterFit(names, beta, se, df, p, beta - q * se, beta + q * se, n, G, r2, note)
 
 
-def dummies(groups: Sequence, prefix: str = "g", drop_first: bool = True) -> tuple[np.ndarray, list[str]]:
+def dummies(groups: Sequence, prefix: str = "g",
+            drop_first: bool = True) -> tuple[np.ndarray, list[str]]:
     """Indicator columns of ``groups`` (the first level dropped for use beside an intercept)."""
     codes, uniq = pd.factorize(pd.Series(list(groups)).astype(str))
     start = 1 if drop_first else 0
@@ -202,9 +203,9 @@ def _pooled_r(xg: np.ndarray, yg: np.ndarray) -> np.ndarray:
         return np.where(den > 0, (xc * yc).sum((-1, -2)) / np.where(den > 0, den, 1), np.nan)
 
 
-def seed_permutation_test(x: Sequence[float], y: Sequence[float], configs: Sequence, seeds: Sequence,
-                          statistic: str = "kendall", n_perm: int = 2000, seed: int = 0,
-                          max_exact: int = 5040) -> Association:
+def seed_permutation_test(x: Sequence[float], y: Sequence[float], configs: Sequence,
+                          seeds: Sequence, statistic: str = "kendall", n_perm: int = 2000,
+                          seed: int = 0, max_exact: int = 5040) -> Association:
     """Within-configuration association of ``x`` and ``y`` with seeds as the units.
 
     ``statistic``: ``"kendall"`` (mean over configurations of Kendall τ-b within each

@@ -45,13 +45,16 @@ def default_measures(df: pd.DataFrame, min_count: int = 5, min_fraction: float =
             continue
         if rows[col].dtype == bool or pd.api.types.is_bool_dtype(rows[col]):
             continue
-        values = pd.to_numeric(rows[col], errors="coerce") if rows[col].dtype == object else rows[col]
+        values = (pd.to_numeric(rows[col], errors="coerce") if rows[col].dtype == object
+                  else rows[col])
         if not pd.api.types.is_numeric_dtype(values):
             continue
-        if rows[col].dtype == object and rows[col].dropna().map(lambda v: isinstance(v, bool)).any():
+        if (rows[col].dtype == object
+                and rows[col].dropna().map(lambda v: isinstance(v, bool)).any()):
             continue
         finite = values[np.isfinite(values.astype(float))]
-        if len(finite) >= max(min_count, math.ceil(min_fraction * len(rows))) and finite.nunique() > 1:
+        if (len(finite) >= max(min_count, math.ceil(min_fraction * len(rows)))
+                and finite.nunique() > 1):
             out.append(col)
     return out
 
@@ -132,7 +135,8 @@ class Granulated:
     psi: float  # mean of per_hyperparameter over the hyperparameters where it is defined
     per_hyperparameter: dict[str, float] = field(default_factory=dict)  # ψ_i (NaN: no valid group)
     groups_used: dict[str, int] = field(default_factory=dict)  # groups with a defined τ
-    groups_skipped: dict[str, int] = field(default_factory=dict)  # groups with < 2 values or τ undefined
+    # groups with < 2 values or τ undefined
+    groups_skipped: dict[str, int] = field(default_factory=dict)
 
 
 def granulated_kendall(df: pd.DataFrame, measure: str, target: str | pd.Series = "test_error",
@@ -153,20 +157,23 @@ def granulated_kendall(df: pd.DataFrame, measure: str, target: str | pd.Series =
     - ψ_i is NaN when no group of θ_i is valid, and Ψ averages the defined ψ_i (NaN if none).
 
     ``hyperparameters`` defaults to the independent swept dimensions of the rows (config keys
-    that differ, merged when one determines another: :func:`~landscope.analysis.collect.swept_factors`).
-    Missing values of a hyperparameter count as one value of their own."""
+    that differ, merged when one determines another:
+    :func:`~landscope.analysis.collect.swept_factors`). Missing values of a hyperparameter count as
+    one value of their own."""
     rows = _analysed(df)
-    y = target_column(rows, target) if isinstance(target, str) else pd.Series(np.asarray(target, float))
+    y = (target_column(rows, target) if isinstance(target, str)
+         else pd.Series(np.asarray(target, float)))
     x = pd.Series(_numeric(rows[measure]))
     keep = np.isfinite(x.to_numpy()) & np.isfinite(y.to_numpy())
-    rows, x, y = rows[keep].reset_index(drop=True), x[keep].reset_index(drop=True), y[keep].reset_index(drop=True)
+    rows, x, y = (rows[keep].reset_index(drop=True), x[keep].reset_index(drop=True),
+                  y[keep].reset_index(drop=True))
     if hyperparameters is None:
         config = [c for c in rows.columns if "." in c and not c.startswith(
             ("probe.", "landscape.", "final.", "config."))]
         hyperparameters = swept_factors(rows, swept_keys(rows, config))
     fixed = [f for f in fixed if f in rows and f not in hyperparameters]
-    keyed = rows[list(hyperparameters) + fixed].astype(object).where(rows[list(hyperparameters) + fixed].notna(),
-                                                                     "\0missing").astype(str)
+    keyed = rows[list(hyperparameters) + fixed].astype(object).where(
+        rows[list(hyperparameters) + fixed].notna(), "\0missing").astype(str)
     out = Granulated(psi=math.nan)
     for hp in hyperparameters:
         others = [c for c in hyperparameters if c != hp] + fixed

@@ -17,14 +17,14 @@ not included and why, the per-configuration summary (mean ± 95 % interval over 
 λmax against 2/η), the measures table (within-configuration claims with seeds as units,
 between-configuration claims with configurations as units:
 :mod:`~landscope.analysis.measures_table`), the joint regression, scatter plots of the
-strongest measures (:mod:`~landscope.analysis.report_measures`). Then one section per hypothesis or study that
-applies to the collected jobs (:data:`SECTIONS`): H1 when ``train.batch_size`` is swept
+strongest measures (:mod:`~landscope.analysis.report_measures`). Then one section per hypothesis or
+study that applies to the collected jobs (:data:`SECTIONS`): H1 when ``train.batch_size`` is swept
 (:mod:`~landscope.analysis.hypotheses.h1`), H2 when ``model.skip`` is swept or ``model.norm``
-with ``none`` and another level (``h2``), H3 when the sweep has ``runner.escape`` results (``h3``), H4 when the jobs carry PAC-Bayes bounds
-(``h4``), the optimizer study when LLP is among the optimizers
-(:mod:`~landscope.analysis.optimizer_study`), and the founding studies by their experiment
-names (:mod:`~landscope.analysis.studies`). The appendix holds the fits and the calibration
-of every test family the report used (:mod:`~landscope.analysis.calibration`).
+with ``none`` and another level (``h2``), H3 when the sweep has ``runner.escape`` results (``h3``),
+H4 when the jobs carry PAC-Bayes bounds (``h4``), the optimizer study when LLP is among the
+optimizers (:mod:`~landscope.analysis.optimizer_study`), and the founding studies by their
+experiment names (:mod:`~landscope.analysis.studies`). The appendix holds the fits and the
+calibration of every test family the report used (:mod:`~landscope.analysis.calibration`).
 """
 
 from __future__ import annotations

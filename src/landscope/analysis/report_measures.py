@@ -28,7 +28,8 @@ from landscope.io import atomic_write_text
 
 TOP_SCATTER = 6  # measures drawn as scatter plots
 # Headline measures of the per-configuration summary, when the jobs have them.
-HEADLINE = ("probe.lambda_max", "probe.trace", "probe.sharpness_avg", "landscape.line_train_rise_mean")
+HEADLINE = ("probe.lambda_max", "probe.trace", "probe.sharpness_avg",
+            "landscape.line_train_rise_mean")
 # Curvature summaries regressed jointly on test error (those present, at most 3).
 JOINT = ("probe.lambda_max", "probe.trace", "probe.spectral_norm_density_mass",
          "probe.sharpness_avg", "probe.keskar_sharpness")
@@ -72,7 +73,8 @@ def config_summary(inc: pd.DataFrame) -> pd.DataFrame:
     stability limit 2/η (``lambda_max_x_lr_over_2`` = λmax·η/2, 1 at the edge of stability)."""
     hps = swept_hyperparameters(inc)
     labels = config_labels(inc, hps)
-    present = [m for m in HEADLINE if m in inc and pd.to_numeric(inc[m], errors="coerce").notna().any()]
+    present = [m for m in HEADLINE
+               if m in inc and pd.to_numeric(inc[m], errors="coerce").notna().any()]
     rows = []
     groups = labels.groupby(labels, sort=False).groups
     order = sorted(groups, key=lambda lab: tuple(_sortable(inc.loc[groups[lab][0], h])

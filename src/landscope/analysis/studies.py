@@ -85,7 +85,8 @@ def _figure_path(ctx: Any, study: str) -> Path:
 
 
 def _grid_step(jobs: pd.DataFrame) -> str:
-    points, span = _num(jobs, "config.landscape.plane_points"), _num(jobs, "config.landscape.plane_range")
+    points, span = (_num(jobs, "config.landscape.plane_points"),
+                    _num(jobs, "config.landscape.plane_range"))
     if points.nunique() == 1 and span.nunique() == 1 and points.iloc[0] > 1:
         n, r = int(points.iloc[0]), float(span.iloc[0])
         return f": {2 * r / (n - 1):g} on these {n} × {n} grids over [−{r:g}, {r:g}]"

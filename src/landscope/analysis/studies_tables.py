@@ -145,8 +145,10 @@ def training_table(jobs: pd.DataFrame) -> pd.DataFrame:
         label = training_label(cfg)
         if any(k in cfg for k in _ARCH_KEYS):
             label += f" ({arch_label(cfg)})"
-        plain_sgd = cfg.get("optimizer.name") == "sgd" and not float(cfg.get("optimizer.momentum") or 0)
-        limit = 2.0 / float(cfg["optimizer.lr"]) if plain_sgd and cfg.get("optimizer.lr") else math.nan
+        plain_sgd = (cfg.get("optimizer.name") == "sgd"
+                     and not float(cfg.get("optimizer.momentum") or 0))
+        limit = (2.0 / float(cfg["optimizer.lr"]) if plain_sgd and cfg.get("optimizer.lr")
+                 else math.nan)
         rows.append({"configuration": label, **cfg, "n": len(g),
                      **_summaries(g, TRAINING_MEASURES), "stability_limit": limit})
     return pd.DataFrame(rows)
@@ -259,7 +261,8 @@ def optimizers_table(jobs: pd.DataFrame, barriers: Optional[pd.DataFrame] = None
     ``barrier_test_error``, each over the pairs whose first job is in the configuration
     (``n_pairs``); rows of ``barriers`` with a ``reason`` are left out."""
     if barriers is not None and len(barriers):
-        usable = barriers["reason"].isna() if "reason" in barriers else pd.Series(True, barriers.index)
+        usable = (barriers["reason"].isna() if "reason" in barriers
+                  else pd.Series(True, barriers.index))
         barriers = barriers[usable]
     rows = []
     keys = ["optimizer.name", "optimizer.lr", "optimizer.momentum", *_ARCH_KEYS]

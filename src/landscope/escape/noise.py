@@ -2,8 +2,9 @@
 these names).
 
 **Noise modes** (``noise``; H3's design at one minimum).  ``"sgd"`` (default) is the
-mini-batch SGD of :mod:`landscope.escape.dynamics`.  ``"isotropic"`` and ``"topk"`` replace the mini-batch gradient by the
-full-batch gradient (the whole split, train mode) plus injected Gaussian noise ``ξ``::
+mini-batch SGD of :mod:`landscope.escape.dynamics`.  ``"isotropic"`` and ``"topk"`` replace the
+mini-batch gradient by the full-batch gradient (the whole split, train mode) plus injected Gaussian
+noise ``ξ``::
 
     θ_{t+1} = θ_t − η (∇L(θ_t) + ξ_t),   E ξ = 0,   tr Cov ξ = T
 

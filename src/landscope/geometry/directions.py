@@ -30,10 +30,10 @@ comparable to that of the filters. Any other 1-D parameter (a weight vector, suc
 ``theta`` of the synthetic problems in :mod:`landscope.synthetic`) is one filter, scaled to its
 own norm. (Li et al.'s code zeroes every 1-D tensor; for a model whose weights are all 1-D
 that would make every direction zero.) With ``include_bias_norm=True`` each bias or norm
-tensor is also treated as a single filter and scaled to its own norm, ``d_p <- d_p * ||theta_p|| / ||d_p||`` (Li et al.'s code copies ``theta_p`` itself
-instead; a random direction scaled the same way keeps the direction random). A filter or
-tensor whose weights are all zero gets a zero component. ``"model"`` and ``"none"`` always keep
-every component.
+tensor is also treated as a single filter and scaled to its own norm,
+``d_p <- d_p * ||theta_p|| / ||d_p||`` (Li et al.'s code copies ``theta_p`` itself instead; a random
+direction scaled the same way keeps the direction random). A filter or tensor whose weights are all
+zero gets a zero component. ``"model"`` and ``"none"`` always keep every component.
 
 Eigen directions
     :func:`eigen_directions` returns the columns of the probes' ``eigenvectors_top`` array

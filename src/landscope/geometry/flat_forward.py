@@ -26,9 +26,9 @@ the modules in ``keep`` (the layers a scan may serve as input layers, whose ``fo
 swapped at run time) where their input may be the model's input or a view of it: a layer
 that reads the output of another layer (a fresh tensor) is inlined.
 The graph module's ``forward`` is called directly (no ``Module.__call__``) and reads the
-parameters and buffers as plain attributes. It is used in eval mode only, and :class:`FlatForward` checks on the first batch of
-each input shape that it reproduces the working copy's output bit for bit; a model that
-``torch.fx`` cannot trace, or that fails the check, runs as a module.
+parameters and buffers as plain attributes. It is used in eval mode only, and :class:`FlatForward`
+checks on the first batch of each input shape that it reproduces the working copy's output bit for
+bit; a model that ``torch.fx`` cannot trace, or that fails the check, runs as a module.
 """
 
 from __future__ import annotations

@@ -29,11 +29,11 @@ eval forward (:mod:`landscope.geometry.flat_forward`); loss and accuracy take a 
 about 1.03 bare forward passes of the model (``scripts/bench_geometry.py``).
 
 Workers and resume. ``workers > 1`` spreads the points over this process and ``workers - 1``
-joblib (loky) processes with identical results; ``store=Path`` keeps the completed points in an atomically written ``.npz``
-with a key, so an interrupted scan resumes with only the missing points (and a store from a
-different scan is never reused, with a ``RuntimeWarning``). Both are the scan engine's, see
-:mod:`landscope.geometry.scan`. The speedup needs free cores; CUDA models are evaluated in
-the calling process (with a warning).
+joblib (loky) processes with identical results; ``store=Path`` keeps the completed points in an
+atomically written ``.npz`` with a key, so an interrupted scan resumes with only the missing points
+(and a store from a different scan is never reused, with a ``RuntimeWarning``). Both are the scan
+engine's, see :mod:`landscope.geometry.scan`. The speedup needs free cores; CUDA models are
+evaluated in the calling process (with a warning).
 
 Scalars (``scalars()``; ``{s}`` is ``train`` and, when test data is given, ``test``;
 ``delta`` = :data:`RISE_DELTA` = 0.1 nats):

@@ -52,8 +52,8 @@ from landscope.models.mlp import MLP
 from landscope.models.resnet import NAMED_STAGES, ResNet, named_depth
 from landscope.models.vit import MLP_RATIO, MLP_RATIO_SMALL, ViT
 
-__all__ = ["FIXED_DEPTH", "MODEL_NAMES", "build_model", "check_named_model", "count_parameters", "frozen_batchnorm_stats", "MLP",
-           "CNN", "ResNet", "ViT"]
+__all__ = ["FIXED_DEPTH", "MODEL_NAMES", "build_model", "check_named_model", "count_parameters",
+           "frozen_batchnorm_stats", "MLP", "CNN", "ResNet", "ViT"]
 
 MODEL_NAMES: tuple[str, ...] = ("mlp", "cnn", "resnet", "vit", "resnet18", "resnet34", "vit_small",
                                  *synthetic.SYNTHETIC)

@@ -15,8 +15,8 @@ Definition (``width`` = token dimension ``D``, ``depth`` = number of transformer
 out with matmuls and softmax so that every op supports ``torch.func`` (vmap, jvp, hessian);
 ``mlp`` is ``Linear(D, rD) -> act -> Linear(rD, D)`` with ``r = mlp_ratio`` (2 for ``vit``, 4 for
 ``vit_small``: ViT-S of Touvron et al. 2021 / Dosovitskiy et al. 2021, at patch 4, D = 384,
-depth 12, 6 heads on 3x32x32 inputs it has 21,342,346 parameters for 10 classes).  ``norm``: ``layer`` =
-``LayerNorm(D)``, ``batch`` = ``BatchNorm1d(D)`` over the batch and tokens, ``none`` =
+depth 12, 6 heads on 3x32x32 inputs it has 21,342,346 parameters for 10 classes).  ``norm``:
+``layer`` = ``LayerNorm(D)``, ``batch`` = ``BatchNorm1d(D)`` over the batch and tokens, ``none`` =
 identity.  No dropout.  The CLS token and positional embedding start as N(0, 0.02^2)
 (truncated at 2 std) and, being ``dim > 1`` parameters, are scaled by ``init_scale``.
 """

@@ -120,7 +120,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Any, epochs: int) -> 
         return CosineAnnealingLR(optimizer, T_max=max(int(epochs), 1), eta_min=float(cfg.min_lr))
     if schedule == "step":
         return StepLR(optimizer, step_size=int(cfg.step_size), gamma=float(cfg.gamma))
-    raise ConfigError(f"optimizer.schedule must be one of constant, cosine, step (got {schedule!r})")
+    raise ConfigError("optimizer.schedule must be one of constant, cosine, step "
+                      f"(got {schedule!r})")
 
 
 def is_llp(optimizer: Any) -> bool:

@@ -104,7 +104,8 @@ class SAM(torch.optim.Optimizer):
         self.base_optimizer.add_param_group(param_group)
 
     def _grad_norm(self) -> Optional[torch.Tensor]:
-        r""":math:`\|T_w g\|_2` over all parameters with a gradient (``T_w = I`` unless adaptive)."""
+        r""":math:`\|T_w g\|_2` over all parameters with a gradient (``T_w = I`` unless
+        adaptive)."""
         norms = []
         for group in self.param_groups:
             for p in group["params"]:
@@ -122,7 +123,8 @@ class SAM(torch.optim.Optimizer):
 
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> None:
-        r"""Ascend: :math:`w \leftarrow w + e(w)` from the current gradients; keep :math:`w`, :math:`e(w)`."""
+        r"""Ascend: :math:`w \leftarrow w + e(w)` from the current gradients; keep :math:`w`,
+        :math:`e(w)`."""
         norm = self._grad_norm()
         if norm is None:
             return
@@ -177,7 +179,8 @@ class SAM(torch.optim.Optimizer):
         return loss
 
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
-        """The base optimizer's state dict; its param groups include ``rho``/``adaptive``/``eta``."""
+        """The base optimizer's state dict; its param groups include
+        ``rho``/``adaptive``/``eta``."""
         return self.base_optimizer.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

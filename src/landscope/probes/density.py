@@ -44,7 +44,8 @@ class Outliers:
     """Eigenvalues split off above the bulk (see :meth:`SLQResult.outliers`): ``locations``
     (descending), ``masses`` (fraction of spectral weight), ``multiplicities`` (= D × mass, the
     estimated number of eigenvalues at each location), ``bulk_edge``, ``threshold`` and
-    ``tail_mass`` (weight above the threshold that is not in an outlier: a continuous upper tail)."""
+    ``tail_mass`` (weight above the threshold that is not in an outlier: a continuous upper
+    tail)."""
 
     count: int
     locations: Tensor
@@ -82,7 +83,8 @@ class SLQResult:
         (float64); integrates to 1 over a grid that covers the nodes ± a few σ."""
         t = grid.to(torch.float64).reshape(-1, 1)
         x, w = self.nodes.reshape(1, -1), self.weights.reshape(1, -1)
-        phi = (w * torch.exp(-0.5 * ((t - x) / sigma) ** 2)).sum(1) / (sigma * math.sqrt(2 * math.pi))
+        phi = ((w * torch.exp(-0.5 * ((t - x) / sigma) ** 2)).sum(1)
+               / (sigma * math.sqrt(2 * math.pi)))
         return (phi / self.n_probes).reshape(grid.shape)
 
     def _per_probe(self, values: Tensor) -> Tensor:
@@ -111,7 +113,8 @@ class SLQResult:
         Raises ValueError unless every node with positive weight has ``θ + ε > 0``."""
         shifted = self.nodes + eps
         if bool(((shifted <= 0) & (self.weights > 0)).any()):
-            raise ValueError(f"logdet needs node + eps > 0; smallest node + eps is {float(shifted.min()):.3g}")
+            raise ValueError(f"logdet needs node + eps > 0; smallest node + eps is "
+                             f"{float(shifted.min()):.3g}")
         return self.trace_f(torch.log(shifted.clamp_min(torch.finfo(torch.float64).tiny)))
 
     def negative_mass(self, below: float = 0.0, sigma: float = 0.0) -> float:
@@ -150,15 +153,15 @@ class SLQResult:
         """Bulk/outlier split of the upper spectrum.
 
         Rule: pool every probe's nodes with weights w/n_probes (the SLQ spectral measure μ).
-        The bulk spans the quantiles ``lo = Q_μ(α)``, ``hi = Q_μ(1 − α)``; ``bulk_edge = hi`` and the
-        outlier threshold is ``hi + gap · (hi − lo)``. Nodes above it are merged into clusters
+        The bulk spans the quantiles ``lo = Q_μ(α)``, ``hi = Q_μ(1 − α)``; ``bulk_edge = hi`` and
+        the outlier threshold is ``hi + gap · (hi − lo)``. Nodes above it are merged into clusters
         (sorted nodes closer than ``cluster_rtol · max|θ|``) and a cluster is an outlier only if at
-        least ``min_probe_frac`` of the probes have a node in it: an isolated eigenvalue is a converged
-        Ritz value of every probe, while a gap between bulk and outliers holds at most one wandering
-        node per probe. Assumes the outliers carry less than α of the weight (a few eigenvalues out of
-        D ≫ 1/α). Location = weighted mean of the cluster's nodes; mass = its weight/n_probes;
-        multiplicity = D · mass (≈1 per eigenvalue; for one eigenvalue its spread over n probes is
-        about sqrt(2/n)).
+        least ``min_probe_frac`` of the probes have a node in it: an isolated eigenvalue is a
+        converged Ritz value of every probe, while a gap between bulk and outliers holds at most one
+        wandering node per probe. Assumes the outliers carry less than α of the weight (a few
+        eigenvalues out of D ≫ 1/α). Location = weighted mean of the cluster's nodes; mass = its
+        weight/n_probes; multiplicity = D · mass (≈1 per eigenvalue; for one eigenvalue its spread
+        over n probes is about sqrt(2/n)).
 
         Heavy upper tails: when the spectrum decays smoothly above the bulk (no gap), the nodes
         below the top few stand for groups of eigenvalues, not single ones, and their estimated
@@ -173,8 +176,11 @@ class SLQResult:
         probe = torch.arange(self.n_probes).repeat_interleave(self.nodes.shape[1])
         order = torch.argsort(x)
         cdf = torch.cumsum(w[order], 0)
-        lo = float(x[order][min(int(torch.searchsorted(cdf, torch.tensor(alpha, dtype=cdf.dtype))), len(x) - 1)])
-        hi = float(x[order][min(int(torch.searchsorted(cdf, torch.tensor(1 - alpha, dtype=cdf.dtype))), len(x) - 1)])
+        lo = float(x[order][min(int(torch.searchsorted(cdf, torch.tensor(alpha, dtype=cdf.dtype))),
+                                len(x) - 1)])
+        hi = float(x[order][min(int(torch.searchsorted(cdf,
+                                                       torch.tensor(1 - alpha, dtype=cdf.dtype))),
+                                len(x) - 1)])
         threshold = hi + gap * (hi - lo)
         keep = torch.nonzero((x > threshold) & (w > 0)).flatten()
         keep = keep[torch.argsort(x[keep], descending=True)]
@@ -196,8 +202,8 @@ class SLQResult:
                 masses.append(mass)
         m = torch.tensor(masses, dtype=torch.float64)
         above = float(w[keep].sum()) if len(keep) else 0.0
-        return Outliers(count=len(locs), locations=torch.tensor(locs, dtype=torch.float64), masses=m,
-                        multiplicities=self.dim * m, bulk_edge=hi, threshold=threshold,
+        return Outliers(count=len(locs), locations=torch.tensor(locs, dtype=torch.float64),
+                        masses=m, multiplicities=self.dim * m, bulk_edge=hi, threshold=threshold,
                         tail_mass=max(0.0, above - float(m.sum())))
 
 
@@ -255,7 +261,9 @@ def _run(target: Operator, z: Tensor, m: int, *, adaptive: bool, resolution: flo
         cur = (theta, s_[0] ** 2)
         lo, hi = min(seen[0], float(theta.min())), max(seen[1], float(theta.max()))
         sigma = resolution * (hi - lo) if hi > lo else 1.0
-        calm = calm + 1 if prev is not None and _smoothed_change(prev, cur, sigma) <= resolution_tol else 0
+        calm = (calm + 1
+                if prev is not None and _smoothed_change(prev, cur, sigma) <= resolution_tol
+                else 0)
         prev = cur
         if calm >= 2 and lz.m >= min_steps:
             break

@@ -1,4 +1,5 @@
-"""Extreme eigenpairs of a symmetric operator: Lanczos (full reorthogonalization) and power iteration.
+"""Extreme eigenpairs of a symmetric operator: Lanczos (full reorthogonalization) and power
+iteration.
 
 Lanczos (Lanczos 1950; Golub & Van Loan, *Matrix Computations*, §10.1) builds an orthonormal
 basis ``Q_m = [q_1 … q_m]`` of the Krylov space ``K_m(A, q_1)`` with
@@ -81,7 +82,8 @@ class _Lanczos:
     def __init__(self, op: Operator, v0: Tensor, *, restart: bool, capacity: int,
                  gen: torch.Generator | None = None, keep_products: bool = False) -> None:
         self.op, self.restart, self.gen = op, restart, gen
-        self.V = torch.empty(max(1, min(capacity, op.dim)), op.dim, dtype=op.dtype, device=op.device)
+        self.V = torch.empty(max(1, min(capacity, op.dim)), op.dim, dtype=op.dtype,
+                             device=op.device)
         # AV[j] = A q_j as returned by the operator (before orthogonalization), when kept
         self.AV = torch.empty_like(self.V) if keep_products else None
         self.alpha: list[float] = []
@@ -131,7 +133,8 @@ class _Lanczos:
             self.n_restarts += 1
 
     def _grown(self, buf: Tensor, j: int) -> Tensor:
-        grown = torch.empty(min(2 * j, self.op.dim), self.op.dim, dtype=buf.dtype, device=buf.device)
+        grown = torch.empty(min(2 * j, self.op.dim), self.op.dim, dtype=buf.dtype,
+                            device=buf.device)
         grown[:j] = buf
         return grown
 
@@ -155,8 +158,8 @@ def lanczos_eigs(op: Operator, k: int = 5, which: Which = "largest", tol: float 
     or ``max_iter`` (default ``min(dim, 50 + 20k)``) is reached. With ``verify`` the true residuals
     ``‖A y_i − θ_i y_i‖`` are then computed explicitly and decide ``converged``: from the products
     ``A q_j`` kept during the recurrence (``A y_i = Σ_j s_ji A q_j``, no extra products) when they
-    fit in ``KEEP_PRODUCTS_BYTES``, else with k extra products (counted in ``n_matvecs``). Unlike the
-    Lanczos estimate ``β_m |s_{m,i}|`` this does not rely on the recurrence's orthogonality.
+    fit in ``KEEP_PRODUCTS_BYTES``, else with k extra products (counted in ``n_matvecs``). Unlike
+    the Lanczos estimate ``β_m |s_{m,i}|`` this does not rely on the recurrence's orthogonality.
     Without ``verify`` the (free) Lanczos estimates are reported, which agree with the true
     residuals up to roundoff.
 
@@ -170,12 +173,12 @@ def lanczos_eigs(op: Operator, k: int = 5, which: Which = "largest", tol: float 
     is that projection, normalized) in exact arithmetic (unless the Krylov space becomes invariant
     and a restart reaches the other copies). In floating point, roundoff (~eps·‖A‖ per product)
     seeds the other copies once the first has converged, and full reorthogonalization lets them
-    grow and converge after roughly as many further steps again. So a repeated eigenvalue is listed with its multiplicity only if the
-    wanted pairs take long enough to converge; otherwise it is listed once and the list goes on
-    with the next distinct eigenvalue. Measured (D = 400, bulk in [0, 1]): spectrum 8, 8, 6, bulk:
-    k=2 returns [8, 6] (10 products), k=3 returns [8, 8, 6] (22–24 products). Every returned value
-    is an eigenvalue to within its residual either way; ask for more pairs than needed (or compare
-    two seeds) when multiplicity matters.
+    grow and converge after roughly as many further steps again. So a repeated eigenvalue is listed
+    with its multiplicity only if the wanted pairs take long enough to converge; otherwise it is
+    listed once and the list goes on with the next distinct eigenvalue. Measured (D = 400, bulk in
+    [0, 1]): spectrum 8, 8, 6, bulk: k=2 returns [8, 6] (10 products), k=3 returns [8, 8, 6] (22–24
+    products). Every returned value is an eigenvalue to within its residual either way; ask for more
+    pairs than needed (or compare two seeds) when multiplicity matters.
     """
     max_iter = _eigs_iterations(op, k, which, max_iter)
     start = op.n_matvecs
@@ -303,7 +306,8 @@ def power_iteration(op: Operator, k: int = 1, tol: float = 1e-6, max_iter: int =
             lam = float(v @ av)
             r = float(torch.linalg.vector_norm(av - lam * v))
             w = deflate(deflate(av))
-            if float(torch.linalg.vector_norm(w - lam * v)) <= max(tol * abs(lam), floor_c * abs(lam)):
+            if (float(torch.linalg.vector_norm(w - lam * v))
+                    <= max(tol * abs(lam), floor_c * abs(lam))):
                 ok = True
                 break
             v = w / torch.linalg.vector_norm(w)
@@ -324,8 +328,8 @@ def spectral_summary(top: EigResult, bottom: EigResult | None = None) -> dict[st
     - with ``bottom``: ``lambda_min`` and ``negative_ratio`` = |λmin/λmax| (the Ghorbani et al. 2019
       measure of negative curvature);
     - ``condition_number`` = max R / min R over R = the *converged* eigenvalues > 0 in top ∪ bottom
-      ("resolved positive spectrum"), with ``lambda_min_positive`` = min R. When ``bottom`` reaches the
-      smallest positive eigenvalue (positive-definite A) this is the true κ(A); otherwise it is
+      ("resolved positive spectrum"), with ``lambda_min_positive`` = min R. When ``bottom`` reaches
+      the smallest positive eigenvalue (positive-definite A) this is the true κ(A); otherwise it is
       λ1/λk, a lower bound on the condition number of the positive part. NaN if R is empty.
     - ``all_converged``: 1.0 if every reported pair converged, else 0.0.
     """

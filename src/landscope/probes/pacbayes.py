@@ -8,7 +8,8 @@ Reference: G. K. Dziugaite and D. M. Roy, "Computing nonvacuous generalization b
 over the ``m`` training samples, simultaneously for every posterior ``Q`` and every ``j`` (union
 bound with weights ``6 / (pi^2 j^2)``)::
 
-    kl(e_S(Q) || e(Q)) <= [KL(Q || P_j) + 2 ln(b ln(c / lambda_j)) + ln(pi^2 m / (6 delta))] / (m - 1)
+    kl(e_S(Q) || e(Q))
+        <= [KL(Q || P_j) + 2 ln(b ln(c / lambda_j)) + ln(pi^2 m / (6 delta))] / (m - 1)
 
 so ``e(Q) <= kl_inverse_upper(e_S(Q), that / (m - 1))``, with ``kl`` the Bernoulli KL and ``e`` the
 0-1 error (``2 ln(b ln(c/lambda_j)) = 2 ln j``). Because the statement is uniform over ``Q``,
@@ -51,7 +52,8 @@ to the float grid is ignored, as in Dziugaite & Roy).
 **Prior variance.** For a posterior with covariance trace ``T`` the KL is minimized over
 continuous ``lambda`` at ``lambda* = (T + ||w - w0||^2) / D``; we take the grid index
 ``j* = b ln(c / lambda*)`` and use whichever of its two integer neighbours (at least 1) gives the
-smaller ``KL + 2 ln j`` (valid: the union bound covers every ``j``). ``lambda* >= c`` gives ``j = 1``.
+smaller ``KL + 2 ln j`` (valid: the union bound covers every ``j``). ``lambda* >= c`` gives
+``j = 1``.
 
 **Naive bound.** Occam's razor for a finite class with a uniform prior (Langford 2005, "Tutorial on
 practical prediction theory for classification", Thm. 4.6 in kl form): the network's weights are
@@ -234,7 +236,8 @@ def pac_bayes_bounds(model: nn.Module, train: ProbeData, eigvals: Tensor, eigvec
     bits = 8 * torch.empty((), dtype=error.dtype).element_size()
 
     betas = [math.inf, *sorted(float(x) for x in beta_grid)]
-    cands = [Candidate(float(s), beta, lam, eps, dim, dist2, b, c) for s in s_grid for beta in betas]
+    cands = [Candidate(float(s), beta, lam, eps, dim, dist2, b, c)
+             for s in s_grid for beta in betas]
     gen = torch.Generator().manual_seed(int(seed))
     # Stage 1: selection (common random numbers, plain MC means, no confidence claimed).
     sel = _mean_errors(error, basis, cands, int(n_select), gen)
@@ -283,7 +286,8 @@ def _grid_bounds(finals: list[Candidate], e_fin: list[float], *, train_error: fl
     }
     for name, cd, e_mc, up in (("isotropic", finals[0], e_fin[0], upper[0]),
                                ("hessian", finals[h], e_fin[h], upper[h])):
-        out.update({f"kl_{name}": cd.kl, f"complexity_{name}": complexity_term(cd.kl, m, delta, cd.j),
+        out.update({f"kl_{name}": cd.kl,
+                    f"complexity_{name}": complexity_term(cd.kl, m, delta, cd.j),
                     f"{name}_prior_var": cd.lam, f"{name}_prior_j": float(cd.j),
                     f"{name}_e_mc": e_mc, f"{name}_e_upper": up})
     out["isotropic_s"] = finals[0].s_perp

@@ -116,7 +116,8 @@ def _positive(x: object, name: str) -> Tensor:
 def gaussian_kl(mu_q: object, var_q: object, mu_p: object, var_p: object) -> float:
     """``KL(N(mu_q, diag var_q) || N(mu_p, diag var_p))`` in float64::
 
-        1/2 sum_i [ var_q_i / var_p_i + (mu_q_i - mu_p_i)^2 / var_p_i - 1 + ln var_p_i - ln var_q_i ]
+        1/2 sum_i [ var_q_i / var_p_i + (mu_q_i - mu_p_i)^2 / var_p_i - 1
+                    + ln var_p_i - ln var_q_i ]
 
     Variances may be scalars (isotropic) or vectors of the means' length."""
     mq, mp = _f64(mu_q, "mu_q"), _f64(mu_p, "mu_p")
@@ -207,7 +208,8 @@ def occam_bound(train_error: float, dim: int, m: int, delta: float, bits: int = 
     (finite class of ``2^(bits D)`` weight vectors, uniform prior; module docstring)."""
     check_delta(delta, "delta")
     check_m(m)
-    return float(kl_inverse_upper(train_error, (bits * dim * math.log(2.0) + math.log(1.0 / delta)) / m))
+    return float(kl_inverse_upper(train_error,
+                                  (bits * dim * math.log(2.0) + math.log(1.0 / delta)) / m))
 
 
 def choose_prior(trace: float, dist2: float, logdet: float, dim: int, b: float = 100.0,

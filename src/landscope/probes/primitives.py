@@ -17,9 +17,9 @@ float64 against the dense Hessian of the plain model):
   and only with running statistics (``training=False``); train-mode BatchNorm is left
   alone.  The convolution's unfolded output stays in the graph, so a model that also uses
   it elsewhere still gets the right derivatives.
-* **ReLU** as ``z * mask`` with ``mask = (z > 0)``, a constant.  Its derivative is a mask that does not depend on
-  ``z`` (a.e.), but ``threshold_backward``'s own derivative materializes a zero gradient
-  for ``z`` at every ReLU; the mask form has none.
+* **ReLU** as ``z * mask`` with ``mask = (z > 0)``, a constant.  Its derivative is a mask that does
+  not depend on ``z`` (a.e.), but ``threshold_backward``'s own derivative materializes a zero
+  gradient for ``z`` at every ReLU; the mask form has none.
 * **Cross-entropy with class indices** as ``logsumexp(z) - z[y]``, whose double backward is
   cheaper than ``log_softmax``'s.  Only the plain case is rewritten: 2-D logits, no class
   weights, no label smoothing, no ignored targets.

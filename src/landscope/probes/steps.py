@@ -121,7 +121,8 @@ def step_trace(run: ProbeRun) -> None:
     with ledger.stage("trace", run.plan.get("trace")):
         scale = q.trace_f(q.nodes.abs()).estimate if q is not None else 0.0
         if top is not None:
-            prior = q.trace_samples.tolist() if q is not None and q.trace_samples is not None else ()
+            prior = (q.trace_samples.tolist() if q is not None and q.trace_samples is not None
+                     else ())
             basis = q.deflation if q is not None and q.deflation is not None else top
             run.trace = deflated_trace(op, basis, seed=cfg.seed + 1, target_rse=cfg.trace_rse,
                                        max_samples=cap, prior=prior, scale=scale,

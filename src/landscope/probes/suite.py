@@ -101,7 +101,8 @@ def start_run(model: nn.Module, train_split, cfg: Any,
                           checkpointing=bool(getattr(cfg, "checkpointing", False)))
     ranks = rank_and_world()[1]
     show = cfg.progress if getattr(cfg, "progress", None) is not None else sys.stderr.isatty()
-    ledger = ProbeLedger(counter=lambda: op.n_matvecs, max_products=getattr(cfg, "max_products", None),
+    ledger = ProbeLedger(counter=lambda: op.n_matvecs,
+                         max_products=getattr(cfg, "max_products", None),
                          budget_s=getattr(cfg, "budget_s", None), progress=bool(show), log=log,
                          started=tic)
     run = ProbeRun(model=model, train_split=train_split, cfg=cfg, data=data, op=op,

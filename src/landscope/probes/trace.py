@@ -121,8 +121,8 @@ def _hutchinson(op: Operator, *, n_samples: int | None, gen: torch.Generator, di
                        stopped_by=stopped_by, reference=max(abs(exact_part + mean), scale))
 
 
-def hutchinson(op: Operator, n_samples: int | None = None, seed: int = 0, dist: Dist = "rademacher", *,
-               target_rse: float | None = None, min_samples: int = 10,
+def hutchinson(op: Operator, n_samples: int | None = None, seed: int = 0,
+               dist: Dist = "rademacher", *, target_rse: float | None = None, min_samples: int = 10,
                max_samples: int = 10_000, scale: float = 0.0,
                stop: Callable[[], str | None] | None = None, block: int = 1) -> TraceResult:
     """Hutchinson's estimator ``tr A ≈ (1/n) Σ z_iᵀ A z_i`` (one product per sample).
@@ -143,9 +143,9 @@ def hutchinson(op: Operator, n_samples: int | None = None, seed: int = 0, dist: 
     if n_samples is not None and n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     return _hutchinson(op, n_samples=n_samples, gen=torch.Generator().manual_seed(seed), dist=dist,
-                       target_rse=target_rse, min_samples=max(2, min_samples), max_samples=max_samples,
-                       project=None, exact_part=0.0, start=op.n_matvecs, scale=scale, stop=stop,
-                       block=block)
+                       target_rse=target_rse, min_samples=max(2, min_samples),
+                       max_samples=max_samples, project=None, exact_part=0.0, start=op.n_matvecs,
+                       scale=scale, stop=stop, block=block)
 
 
 def _projector(basis: Tensor) -> Callable[[Tensor], Tensor]:
@@ -157,22 +157,26 @@ def _projector(basis: Tensor) -> Callable[[Tensor], Tensor]:
     return project
 
 
-def hutchpp(op: Operator, n_matvecs_budget: int, seed: int = 0, dist: Dist = "rademacher") -> TraceResult:
+def hutchpp(op: Operator, n_matvecs_budget: int, seed: int = 0,
+            dist: Dist = "rademacher") -> TraceResult:
     """Hutch++ (Meyer et al. 2021, Algorithm 1) with ``n_matvecs_budget = m`` products:
-    ``s = ⌊m/3⌋`` for the sketch ``A S``, ``s`` for ``tr(Qᵀ A Q)`` and ``m − 2s`` Hutchinson samples of
-    the projected remainder ``(I − QQᵀ) A (I − QQᵀ)``. ``exact_part = tr(Qᵀ A Q)``; the stderr is that
-    of the Hutchinson part (the sketch part is exact given Q, and the estimator is unbiased for any Q).
+    ``s = ⌊m/3⌋`` for the sketch ``A S``, ``s`` for ``tr(Qᵀ A Q)`` and ``m − 2s`` Hutchinson samples
+    of the projected remainder ``(I − QQᵀ) A (I − QQᵀ)``. ``exact_part = tr(Qᵀ A Q)``; the stderr is
+    that of the Hutchinson part (the sketch part is exact given Q, and the estimator is unbiased for
+    any Q).
     """
     if n_matvecs_budget < 4:
         raise ValueError(f"Hutch++ needs a budget of at least 4 products, got {n_matvecs_budget}")
     start = op.n_matvecs
     gen = torch.Generator().manual_seed(seed)
     s = min(n_matvecs_budget // 3, op.dim)
-    sketch = torch.stack([op.matvec(probe_vector(op.dim, gen, dist, op.dtype, op.device)) for _ in range(s)], 1)
+    sketch = torch.stack([op.matvec(probe_vector(op.dim, gen, dist, op.dtype, op.device))
+                          for _ in range(s)], 1)
     q, _ = torch.linalg.qr(sketch)
     exact = float(sum(float(q[:, i] @ op.matvec(q[:, i])) for i in range(q.shape[1])))
     return _hutchinson(op, n_samples=n_matvecs_budget - 2 * s, gen=gen, dist=dist, target_rse=None,
-                       min_samples=2, max_samples=0, project=_projector(q), exact_part=exact, start=start)
+                       min_samples=2, max_samples=0, project=_projector(q), exact_part=exact,
+                       start=start)
 
 
 def deflated_trace(op: Operator, eig: EigResult, n_samples: int | None = 30, seed: int = 0,
@@ -193,7 +197,8 @@ def deflated_trace(op: Operator, eig: EigResult, n_samples: int | None = 30, see
     :func:`~landscope.probes.density.slq`, one per probe), counted first. ``stop``: a cap.
     """
     if eig.eigenvectors is None:
-        raise ValueError("deflated_trace needs eigenvectors (call lanczos_eigs with return_vectors=True)")
+        raise ValueError("deflated_trace needs eigenvectors "
+                         "(call lanczos_eigs with return_vectors=True)")
     v = eig.eigenvectors.to(dtype=op.dtype, device=op.device)
     auto = target_rse is not None
     return _hutchinson(op, n_samples=None if auto else n_samples,

@@ -175,7 +175,8 @@ def _block_errors(model: nn.Module, hessian: Tensor, level: str, eigenvalues: np
         est = eigenvalues[i]
         k = int(np.sum(np.isfinite(est)))
         ref = exact[:k].numpy()
-        eig_err = max(eig_err, float(np.max(np.abs(est[:k] - ref) / np.maximum(np.abs(ref), 1e-12))))
+        eig_err = max(eig_err,
+                      float(np.max(np.abs(est[:k] - ref) / np.maximum(np.abs(ref), 1e-12))))
         if np.isfinite(traces[i]):
             exact_tr = float(exact.sum())
             tr_err = max(tr_err, abs(float(traces[i]) - exact_tr) / max(abs(exact_tr), 1e-12))

@@ -14,9 +14,9 @@ The world (:func:`simulate`): seed s has an effect a_s ~ N(0, 1) shared by every
 job with that seed (data order, initialisation); each job adds its own noise:
 test accuracy = 0.70 + 0.02 a_s + e (e ~ N(0, 0.01²)), λmax = 20 + 3 a_s + e (sd 1.5),
 trace = 400 + 60 a_s + e (sd 30); in the planted scenario SGD's jobs are shifted so that
-LLP − SGD is the planted effect (LLP equals the other baselines). ``skewed=True`` draws LLP's job noise as sd·(Exponential(1) − 1):
-mean 0, same sd, skewness 2 (LLP occasionally trains much worse or sharper), the paired
-t-test's known weak spot with 5 pairs.
+LLP − SGD is the planted effect (LLP equals the other baselines). ``skewed=True`` draws LLP's job
+noise as sd·(Exponential(1) − 1): mean 0, same sd, skewness 2 (LLP occasionally trains much worse or
+sharper), the paired t-test's known weak spot with 5 pairs.
 
 The tests (:data:`landscope.analysis.optimizer_study.TESTS`, one per measure): under a null a
 dataset counts as a rejection when the verdict of *any* baseline on that measure is

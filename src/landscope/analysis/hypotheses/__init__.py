@@ -1,1 +1,2 @@
-"""Statistical tests of the hypotheses of issue #5, one module per hypothesis (``h2``: skip connections flatten the landscape)."""
+"""Statistical tests of the hypotheses of issue #5, one module per hypothesis (``h2``: skip
+connections flatten the landscape)."""

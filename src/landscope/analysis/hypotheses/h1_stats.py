@@ -64,7 +64,8 @@ def decide(fit: Mediation, alpha: float = 0.05) -> tuple[str, str]:
     a, ind, direct = fit.a, fit.indirect, fit.direct
     evidence = (f"indirect a·b′ = {_ci(ind)} per doubling (seed bootstrap, {fit.n_boot} draws, "
                 f"widened ×{fit.expansion:.2f}); a = {_ci(a)} λmax per doubling "
-                f"({'per-seed slope t' if fit.a_per_seed else 'CR2'} p = {_fmt(a.p)}); direct c′ = {_ci(direct)} per doubling (CR2 p = "
+                f"({'per-seed slope t' if fit.a_per_seed else 'CR2'} p = {_fmt(a.p)}); "
+                f"direct c′ = {_ci(direct)} per doubling (CR2 p = "
                 f"{_fmt(direct.p)}); {fit.n_seeds} seeds, {fit.n} jobs; "
                 f"{calibration_note(TESTS['verdict'])}")
     a_pos = a.p < alpha and a.estimate > 0

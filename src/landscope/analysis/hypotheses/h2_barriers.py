@@ -70,7 +70,8 @@ def load_barriers(sweep_dir: str | Path, factor: str = "model.skip") -> pd.DataF
             else:
                 row[factor] = ca[factor]
             rest = {k: v for k, v in ca.items()
-                    if k not in (factor, "seed", *_NOT_SWEPT) and not k.startswith(_NOT_SWEPT_PREFIXES)}
+                    if k not in (factor, "seed", *_NOT_SWEPT)
+                   and not k.startswith(_NOT_SWEPT_PREFIXES)}
             seeds = sorted(str(as_number(s)) for s in (row["seed_a"], row["seed_b"]))
             row["match"] = json.dumps({"config": rest, "seeds": seeds}, sort_keys=True, default=str)
         row["reason"] = "; ".join(reasons) or None

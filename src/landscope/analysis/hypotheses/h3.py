@@ -163,7 +163,8 @@ _SHOWN = [("fit", "fit"), ("term", "term"), ("measure", "measure"), ("predicted"
 
 def evidence(res: H3Result, fit: str = "primary") -> str:
     """The verdict of one fit's alignment row with its evidence: estimate, interval, n of
-    minima, the test and its calibration (:func:`~landscope.analysis.calibration.calibration_note`)."""
+    minima, the test and its calibration
+    (:func:`~landscope.analysis.calibration.calibration_note`)."""
     from landscope.analysis.calibration import calibration_note
 
     r = res.row(fit, "alignment")

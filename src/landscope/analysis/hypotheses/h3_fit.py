@@ -269,7 +269,8 @@ def _ols_rows(d: pd.DataFrame, measure: str, alpha: float, min_jobs: int, fits: 
     row = {c: math.nan for c in TABLE_COLUMNS}
     row.update(fit="imputed_ols", term="alignment", measure=measure, predicted="negative",
                **counts, coef=coef, se=float(fit.bse[1]), ci_low=lo, ci_high=hi,
-               ci_method="Wald, t(G-1)", test=f"OLS, CV3 cluster-robust, t with {counts['n_jobs'] - 1} df",
+               ci_method="Wald, t(G-1)",
+               test=f"OLS, CV3 cluster-robust, t with {counts['n_jobs'] - 1} df",
                statistic=float(fit.tvalues[1]), df=float(counts["n_jobs"] - 1), p=p,
                ratio=math.exp(coef), verdict=verdict, reason=reason)
     return [row]

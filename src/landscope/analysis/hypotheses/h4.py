@@ -13,9 +13,9 @@ Dziugaite & Roy's binary MNIST).
 bound near 1, as the 10-class sweep gives) "tighter" says little, and a lower bound can come from
 a lower posterior error rather than a lower complexity. The section therefore (1) first states
 non-vacuity: per bound, how many jobs are below 1 and below the error of guessing
-(``chance_error``: ``1 - 1/classes``, 0.5 for two ``dataset.classes``); (2) compares complexity terms
-**at matched posterior error**: each optimised posterior's covariance is scaled until its Monte
-Carlo error equals a common target (``probe.pacbayes_matched_complexity_{hessian,isotropic}``;
+(``chance_error``: ``1 - 1/classes``, 0.5 for two ``dataset.classes``); (2) compares complexity
+terms **at matched posterior error**: each optimised posterior's covariance is scaled until its
+Monte Carlo error equals a common target (``probe.pacbayes_matched_complexity_{hessian,isotropic}``;
 jobs probed with the grid search have only their own complexities, used with a note saying the
 errors are not matched).
 
@@ -319,8 +319,10 @@ def section(ctx: Any) -> None:
     doc.para(
         f"Verdict: {res.verdict} ({res.reason}). The comparison is of complexity terms "
         f"[KL + 2 ln j + ln(π²m/6δ)]/(m − 1) "
-        f"{'at matched posterior error (each posterior scaled to the isotropic one’s Monte Carlo error)' if res.matched else '(not at matched posterior error: see the note)'}"
-        f", not of the bounds (Dziugaite & Roy 2017; prior centred at the initialization). "
+        + ("at matched posterior error (each posterior scaled to the isotropic one’s "
+           "Monte Carlo error)" if res.matched
+           else "(not at matched posterior error: see the note)")
+        + f", not of the bounds (Dziugaite & Roy 2017; prior centred at the initialization). "
         f"Per job ln(B_hessian/B_other) − ln(1 − {res.margin:g}) (a tightening of more than "
         f"{res.margin:.0%} counts); jobs of one configuration share its effect and jobs of one "
         f"seed share its model start, so the test is a {TEST} whose units are the seeds and "

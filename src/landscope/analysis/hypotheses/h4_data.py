@@ -71,7 +71,8 @@ def chance_error(jobs: pd.DataFrame) -> float:
 def _from_pieces(jobs: pd.DataFrame, name: str) -> pd.Series:
     """The complexity term from ``kl_*``, ``*_prior_j``, ``m`` and ``delta`` (jobs probed before
     the complexity was stored)."""
-    kl, j = _numeric(jobs, f"probe.pacbayes_kl_{name}"), _numeric(jobs, f"probe.pacbayes_{name}_prior_j")
+    kl, j = (_numeric(jobs, f"probe.pacbayes_kl_{name}"),
+             _numeric(jobs, f"probe.pacbayes_{name}_prior_j"))
     m, delta = _numeric(jobs, "probe.pacbayes_m"), _numeric(jobs, "probe.pacbayes_delta")
     with np.errstate(divide="ignore", invalid="ignore"):
         return (kl + 2 * np.log(j) + np.log(math.pi ** 2 * m / (6 * delta))) / (m - 1)
@@ -88,7 +89,8 @@ def complexities(jobs: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
         out[name] = _numeric(jobs, col) if col in jobs.columns else _from_pieces(jobs, name)
     naive = _numeric(jobs, COMPLEXITY["naive"])
     if not np.isfinite(naive).any() and "probe.pacbayes_naive_log_hypotheses" in jobs.columns:
-        naive = (_numeric(jobs, "probe.pacbayes_naive_log_hypotheses")
-                 + np.log(1 / _numeric(jobs, "probe.pacbayes_delta"))) / _numeric(jobs, "probe.pacbayes_m")
+        naive = ((_numeric(jobs, "probe.pacbayes_naive_log_hypotheses")
+                  + np.log(1 / _numeric(jobs, "probe.pacbayes_delta")))
+                 / _numeric(jobs, "probe.pacbayes_m"))
     out["naive"] = naive
     return out, matched

@@ -32,8 +32,8 @@ TABLE_COLUMNS = ["measure", "test", "n", "n_on", "n_off", "median_diff", "mean_d
 
 def empty_row(measure: str, test: str, t_test: str) -> dict[str, Any]:
     row = {c: math.nan for c in TABLE_COLUMNS}
-    row.update(measure=measure, test=test, t_test=t_test, n=0, n_on=0, n_off=0, verdict=INCONCLUSIVE,
-               reason="")
+    row.update(measure=measure, test=test, t_test=t_test, n=0, n_on=0, n_off=0,
+               verdict=INCONCLUSIVE, reason="")
     return row
 
 

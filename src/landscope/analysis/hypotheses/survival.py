@@ -84,7 +84,8 @@ def _terms(theta: np.ndarray, y: np.ndarray, x: np.ndarray, event: np.ndarray):
     r = (y - x @ beta) / sigma
     cens = ~event
     lam = _mills(r[cens])
-    ll = float(np.sum(-0.5 * r[event] ** 2 - _LOG_SQRT_2PI - s) + np.sum(special.log_ndtr(-r[cens])))
+    ll = float(np.sum(-0.5 * r[event] ** 2 - _LOG_SQRT_2PI - s)
+               + np.sum(special.log_ndtr(-r[cens])))
     g = np.empty_like(r)  # dℓ/dr
     g[event], g[cens] = -r[event], -lam
     gp = np.empty_like(r)  # d²ℓ/dr²
