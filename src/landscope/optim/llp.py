@@ -240,7 +240,8 @@ class LLP(torch.optim.Optimizer):
         return h
 
     def _probe_curvature(self, curv: list[float], dim: int) -> float:
-        """The curvature of the current probe from the directions' ``‖H d‖`` (``aggregate``, ``curvature``)."""
+        """The curvature of the current probe from the directions' ``‖H d‖`` (``aggregate``,
+        ``curvature``)."""
         agg = {"max": max, "median": statistics.median,
                "mean": lambda v: sum(v) / len(v)}[self.aggregate]
         if self.curvature == "frobenius":
