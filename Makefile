@@ -28,13 +28,14 @@ run: install
 	status=0; $(PY) -m runner -m $(SWEEP) || status=$$?; \
 	$(PY) -m runner.report $(SWEEP_DIR) && exit $$status
 
-# The whole suite, slow tests included, on every core with pytest-xdist (`-n auto`: one
-# worker per core; TEST_WORKERS=1 for one process). --dist loadfile keeps a test file on one
+# ruff (its rules in pyproject.toml), then the whole suite, slow tests included, on every
+# core with pytest-xdist (`-n auto`: one worker per core; TEST_WORKERS=1 for one process). --dist loadfile keeps a test file on one
 # worker, so its module fixtures (trained jobs, sweeps) are built once.
 TEST_WORKERS ?= auto
 PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test: install
+	$(PY) -m ruff check
 	$(PYTEST)
 
 # Everything except the end-to-end tests marked slow.
