@@ -184,3 +184,21 @@ def test_dataset_classes_keeps_and_relabels_those_classes(compose):
     del old.dataset["classes"]
     assert fingerprint(old) == fingerprint(base)
     assert fingerprint(compose(["dataset.classes=[0,1]"])) != fingerprint(base)
+
+
+def test_average_sharpness_settings_enter_the_hash_only_with_the_family(compose):
+    """Antithetic pairs (16 evaluations) replaced 32 independent draws: presets with the
+    sharpness family get a new hash (their averages changed), presets without it keep the
+    hash they had, computed from their config as it was then (no ``sharpness_antithetic``,
+    ``sharpness_samples`` 32)."""
+    for preset, family in (("basic", False), ("standard", True)):
+        now = compose([f"probe={preset}"])
+        before = OmegaConf.create(OmegaConf.to_container(now, enum_to_str=True))
+        del before.probe["sharpness_antithetic"]
+        before.probe["sharpness_samples"] = 32
+        before.probe.pop("ranks")
+        assert (probe_fingerprint(now) == probe_fingerprint(before)) is not family, preset
+    basic = probe_fingerprint(compose(["probe=basic"]))
+    assert probe_fingerprint(compose(["probe=basic", "probe.sharpness_samples=8"])) == basic
+    assert probe_fingerprint(compose(["probe=standard", "probe.sharpness_samples=8"])) != \
+        probe_fingerprint(compose(["probe=standard"]))

@@ -32,6 +32,12 @@ def probe_fingerprint(cfg: DictConfig) -> Optional[str]:
     for key, default in (("max_products", None), ("budget_s", None), ("checkpointing", False)):
         if c.get(key, default) == default:  # added later: jobs probed before keep their hash
             c.pop(key, None)
+    if not c.get("sharpness_family"):
+        # average sharpness runs only in the family: without it these settings change nothing,
+        # so presets without it keep the hash they had before antithetic pairs (16 evaluations)
+        # replaced 32 independent draws
+        c.pop("sharpness_antithetic", None)
+        c["sharpness_samples"] = 32
     if not c.get("pacbayes"):  # its settings change nothing when it is off: old hashes stay
         c = {k: v for k, v in c.items() if not k.startswith("pacbayes")}
     else:
