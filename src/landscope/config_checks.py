@@ -93,7 +93,7 @@ def check_composed_job(cfg: Any) -> None:
     for group in NAMED_GROUPS:
         choice = choices.get(group)
         if f"{group}.name" in overridden and choice is not None:
-            name = str(getattr(cfg[group].name, "value", cfg[group].name))
+            name = str(cfg[group].name)
             if name != str(choice):
                 raise ConfigError(
                     f"{group}.name={name} contradicts the {group} preset {choice}: choose it with "

@@ -11,24 +11,28 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from landscope.config import ProbeConfig
+from landscope.config import (
+    STAGE_GROUPS,
+    LandscapeConfig,
+    ProbeConfig,
+    layout_keys,
+    result_free_keys,
+)
 from landscope.synthetic import DATASET_FIELDS, SYNTHETIC
 
-# Keys that do not change what a job computes; excluded from the fingerprint.
-# Probes are run (and cached) separately from training: see probe_fingerprint.
-_NON_RESULT_KEYS = ("name", "resume", "logger", "probe", "landscape", "train.progress",
-                    "train.threads", "train.checkpoint_every", "train.checkpoint_interval_s",
-                    "train.keep_checkpoints", "dataset.data_dir", "dataset.download")
+# What the training fingerprint leaves out: the options marked as changing no result, and the
+# stage groups (probes and landscape are run and cached separately, under their own hashes).
+_NON_RESULT_KEYS = (*result_free_keys(), *STAGE_GROUPS)
 
 
 def probe_fingerprint(cfg: DictConfig) -> Optional[str]:
     """Hash of the probe config (None when probes are off): a completed job whose
     result.json carries another one gets its probes (re)computed, without retraining."""
-    if str(getattr(cfg.probe.name, "value", cfg.probe.name)) == "none":
+    if str(cfg.probe.name) == "none":
         return None
     c = OmegaConf.to_container(cfg.probe, resolve=True, enum_to_str=True)
-    c.pop("progress", None)  # drawing a bar or not changes no result
-    c.pop("ranks", None)  # nor does the number of processes (beyond rounding)
+    for key in layout_keys(ProbeConfig):  # progress bars, ranks: no result changes
+        c.pop(key, None)
     for key, default in (("max_products", None), ("budget_s", None), ("checkpointing", False)):
         if c.get(key, default) == default:  # added later: jobs probed before keep their hash
             c.pop(key, None)
@@ -53,10 +57,11 @@ def probe_fingerprint(cfg: DictConfig) -> Optional[str]:
 
 def landscape_fingerprint(cfg: DictConfig) -> Optional[str]:
     """Hash of the landscape config (None when it is off), like :func:`probe_fingerprint`."""
-    if str(getattr(cfg.landscape.name, "value", cfg.landscape.name)) == "none":
+    if str(cfg.landscape.name) == "none":
         return None
     c = OmegaConf.to_container(cfg.landscape, resolve=True, enum_to_str=True)
-    c.pop("figures", None)  # drawing or not changes no result
+    for key in layout_keys(LandscapeConfig):  # drawing figures or not changes no result
+        c.pop(key, None)
     if c.get("snapshot_dtype") == "float32":  # added later: jobs scanned before keep their hash
         c.pop("snapshot_dtype")
     text = OmegaConf.to_yaml(OmegaConf.create(c), sort_keys=True)

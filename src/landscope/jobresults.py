@@ -55,7 +55,7 @@ class ProbeStage(CachedStage):
         from landscope.probes.spawn import run_probes_on_ranks
 
         cfg, model = ctx.cfg, ctx.model
-        log.info("%s: running probes (%s)", ctx.job.path, _name(cfg.probe))
+        log.info("%s: running probes (%s)", ctx.job.path, str(cfg.probe.name))
         w0 = None
         if cfg.probe.get("pacbayes", False):  # the prior mean: the initialization, not 0
             device = next(model.parameters()).device
@@ -84,7 +84,7 @@ class ProbeStage(CachedStage):
         by.pop(fp, None)
         by[fp] = scalars  # last: the newest wins a tie
         top = max(reversed(list(by)), key=lambda k: len(by[k]))
-        preset = _name(ctx.cfg.probe) if top == fp else _preset(ctx.job, top)
+        preset = str(ctx.cfg.probe.name) if top == fp else _preset(ctx.job, top)
         return {"probes": by[top], "probe_fingerprint": top, "probe_preset": preset,
                 "probes_by_fingerprint": by}
 
@@ -104,7 +104,7 @@ class LandscapeStage(CachedStage):
         from landscope.models import build_model
 
         cfg, job, result = ctx.cfg, ctx.job, ctx.result
-        log.info("%s: landscape (%s)", job.path, _name(cfg.landscape))
+        log.info("%s: landscape (%s)", job.path, str(cfg.landscape.name))
         init_model = None
         if cfg.landscape.intrinsic_dim:
             seed_everything(cfg.seed)  # the job's initialization (global RNGs not restored)
@@ -142,9 +142,6 @@ class FiguresStage:
 
 JOB_STAGES = (ProbeStage(), LandscapeStage(), FiguresStage())
 
-
-def _name(group: DictConfig) -> str:
-    return str(getattr(group.name, "value", group.name))
 
 
 def _eigenvectors(job: JobDir, result: dict):

@@ -50,7 +50,7 @@ COMPLETED, DIVERGED = "completed", "diverged"
 def precision_of(cfg: DictConfig) -> str:
     """``train.precision`` (fp32 for a config from before the field existed)."""
     value = cfg.train.get("precision", "fp32")
-    return str(getattr(value, "value", value))
+    return str(value)
 
 
 @lru_cache(maxsize=1)

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import functools
 import math
-from enum import Enum
 from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from landscope.config import SYNTHETIC  # each dataset pairs with the model of the same name
 from landscope.errors import ConfigError
 from landscope.synthetic_forms import (  # noqa: F401 (the closed forms, re-exported)
     _TEST,
@@ -45,18 +45,14 @@ from landscope.synthetic_forms import (  # noqa: F401 (the closed forms, re-expo
     two_basin_reference,
 )
 
-SYNTHETIC = ("quadratic", "two_basin")  # each dataset pairs with the model of the same name
 # the DatasetConfig fields only the synthetic datasets read
 DATASET_FIELDS = ("noise", "test_shift", "spectrum", "dim", "condition", "outliers", "tolerance",
                   "sharp_curvature", "flat_curvature", "barrier", "tilt")
 
 
-def _value(x: Any) -> Any:
-    return x.value if isinstance(x, Enum) else x
-
 
 def is_synthetic(name: Any) -> bool:
-    return str(_value(name)) in SYNTHETIC
+    return str(name) in SYNTHETIC
 
 
 # ------------------------------------------------------------------ quadratic
@@ -158,7 +154,7 @@ class _Key(NamedTuple):
 def load_synthetic(cfg: Any):
     """The :class:`~landscope.data.DataBundle` of a synthetic dataset config (cached per
     process; the float64 tensors are shared, never modify them in place)."""
-    name = str(_value(cfg.name))
+    name = str(cfg.name)
     n, n_test = _sizes(cfg)
     common = dict(name=name, train_size=n, test_size=n_test, seed=int(cfg.seed),
                   noise=float(cfg.noise), test_shift=float(cfg.test_shift))
@@ -229,7 +225,7 @@ def _finite(values: Sequence[Any]) -> bool:
 def validate_synthetic(cfg: Any) -> None:
     """Checks of a composed config whose dataset or model is synthetic (ConfigError)."""
     d, m = cfg.dataset, cfg.model
-    dname, mname = str(_value(d.name)), str(_value(m.name))
+    dname, mname = str(d.name), str(m.name)
     if is_synthetic(mname) and dname != mname:
         raise ConfigError(f"model={mname} runs only on dataset={mname} (got dataset={dname}); "
                           f"use dataset={mname} model={mname}")

@@ -44,9 +44,6 @@ log = logging.getLogger("landscope")
 RUN_ID_FILE = "wandb_run_id"
 
 
-def _value(x: Any) -> Any:
-    return getattr(x, "value", x)
-
 
 def api_key_configured() -> bool:
     """True when W&B has an API key: ``WANDB_API_KEY`` or a netrc entry for its host."""
@@ -69,7 +66,7 @@ def _settings(wandb: Any, logger_cfg: Any) -> Any:
 
 def resolve_mode(mode: Any) -> str:
     """``online``/``offline``/``disabled`` for ``logger.mode`` (``auto``: see module doc)."""
-    mode = str(_value(mode))
+    mode = str(mode)
     if mode != "auto":
         return mode
     env = os.environ.get("WANDB_MODE")
@@ -149,8 +146,8 @@ class WandbTracker(Tracker):
         try:
             import wandb
 
-            tags = [*map(str, lc.tags), f"dataset:{_value(cfg.dataset.name)}",
-                    f"model:{_value(cfg.model.name)}", f"optimizer:{_value(cfg.optimizer.name)}"]
+            tags = [*map(str, lc.tags), f"dataset:{cfg.dataset.name}",
+                    f"model:{cfg.model.name}", f"optimizer:{cfg.optimizer.name}"]
             wdir = Path(lc.dir) if lc.dir else job_dir
             wdir.mkdir(parents=True, exist_ok=True)
             self.run = wandb.init(
@@ -198,7 +195,7 @@ class WandbTracker(Tracker):
 
 def make_tracker(cfg: Any) -> Tracker:
     """The tracker ``cfg.logger`` asks for."""
-    name = str(_value(cfg.logger.name)) if "logger" in cfg else "none"
+    name = str(cfg.logger.name) if "logger" in cfg else "none"
     if name == "wandb" and resolve_mode(cfg.logger.mode) != "disabled":
         return WandbTracker(cfg.logger)
     return Tracker()

@@ -195,7 +195,7 @@ def finished_job_outputs(job: Path, cfg) -> list[Path]:
     """Where updating a finished job writes: the job directory (``result.json``), its probe
     and landscape caches and, when the config draws them, its figures."""
     out = [job, job / "probes"]
-    if str(getattr(cfg.landscape.name, "value", cfg.landscape.name)) != "none":
+    if str(cfg.landscape.name) != "none":
         out.append(job / "landscape")
     if cfg.landscape.figures:
         out.append(job / "figures")

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
             raise LandscopeError("give job or sweep directories (the landscape of a single "
                                  "checkpoint file is not supported)")
         land = group_config("landscape", overrides)
-        if str(getattr(land.name, "value", land.name)) == "none":
+        if str(land.name) == "none":
             raise LandscopeError("landscape=none switches the landscape off; choose "
                                  "landscape=basic or full")
         plans = [(job, job_config(job, "landscape", land)) for job, _ in jobs]

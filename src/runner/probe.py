@@ -169,7 +169,7 @@ def _plans(args: list[str], rank: int) -> tuple[list[Plan], str | None]:
     with input_errors(composing=True):
         jobs = job_targets(paths)
         probe_cfg = group_config("probe", overrides)
-        if str(getattr(probe_cfg.name, "value", probe_cfg.name)) == "none":
+        if str(probe_cfg.name) == "none":
             raise LandscopeError("probe=none switches every probe off; choose probe=basic, "
                                  "standard, full or pacbayes")
         plans = [(job, ckpt, job_config(job, "probe", probe_cfg)) for job, ckpt in jobs]

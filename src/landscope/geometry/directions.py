@@ -65,7 +65,7 @@ __all__ = ["NORMALIZATIONS", "random_direction", "random_directions", "normalize
 
 def check_normalization(normalization: Any) -> str:
     """The normalization name (enum members allowed), or a one-line :class:`LandscopeError`."""
-    name = getattr(normalization, "value", normalization)
+    name = str(normalization)
     if name not in NORMALIZATIONS:
         raise LandscopeError(f"direction normalization must be one of "
                              f"{', '.join(NORMALIZATIONS)} (got {normalization!r})")

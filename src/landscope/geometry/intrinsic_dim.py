@@ -272,7 +272,7 @@ def intrinsic_dimension(model: nn.Module, dims: Sequence[int], reference_acc: fl
     if not 0 < fraction <= 1 or not 0 < absolute <= 1:
         raise LandscopeError(f"fraction and absolute thresholds must be in (0, 1] "
                              f"(got {fraction}, {absolute})")
-    name = str(getattr(projection, "value", projection))
+    name = str(projection)
     if name not in PROJECTIONS:
         raise LandscopeError(f"unknown projection {name!r}; choose one of "
                              f"{', '.join(PROJECTIONS)}")

@@ -194,7 +194,7 @@ def check_dim(d: Any, D: int) -> None:
 def make_projection(name: Any, D: int, d: int, seed: int, dtype: torch.dtype = torch.float32,
                     device: Any = "cpu") -> RandomProjection:
     """The seeded projection ``name`` (dense, sparse, fastfood) of shape D x d."""
-    name = str(getattr(name, "value", name))
+    name = str(name)
     if name not in PROJECTIONS:
         raise LandscopeError(f"unknown projection {name!r}; choose one of "
                              f"{', '.join(PROJECTIONS)}")

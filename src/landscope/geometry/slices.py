@@ -274,7 +274,7 @@ def _check_common(space: Any, train: Any, test: Any, bn: Any, bn_data: Any, work
     if bn_data is not None and not isinstance(bn_data, ProbeData):
         raise LandscopeError(f"bn_data must be a ProbeData or None "
                              f"(got {type(bn_data).__name__})")
-    mode = getattr(bn, "value", bn)
+    mode = str(bn)
     if mode not in BN_MODES:
         raise LandscopeError(f"bn must be one of {', '.join(BN_MODES)} (got {bn!r})")
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:

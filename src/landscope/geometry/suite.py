@@ -54,9 +54,6 @@ class LandscapeReport:
     notes: list[str] = field(default_factory=list)  # parts skipped, and why
 
 
-def _value(x: Any) -> Any:
-    return getattr(x, "value", x)
-
 
 def _prefixed(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
     return {f"{prefix}_{k}": v for k, v in values.items()}
@@ -104,7 +101,7 @@ class _Suite:
         self.train = train = ProbeData.from_split(data.train, cfg.data_size, cfg.seed,
                                                   cfg.batch_size)
         self.test = ProbeData.from_split(data.test, cfg.data_size, cfg.seed, cfg.batch_size)
-        self.bn, norm = _value(cfg.bn), _value(cfg.normalization)
+        self.bn, norm = str(cfg.bn), str(cfg.normalization)
         self.common = dict(bn=self.bn, bn_data=train if self.bn == "recompute" else None,
                            workers=cfg.workers)
         self.rep.scalars["landscape_train_samples"] = train.n
@@ -194,7 +191,7 @@ class _Suite:
                              f"replaced by {n_params} (grid {dims})")
         res = intrinsic_dimension(init_model, dims, float(reference_acc),
                                   self.data.train, self.data.test,
-                                  _value(cfg.intrinsic_projection), epochs=cfg.intrinsic_epochs,
+                                  str(cfg.intrinsic_projection), epochs=cfg.intrinsic_epochs,
                                   lr=cfg.intrinsic_lr, batch_size=batch_size, seed=cfg.seed)
         rep.arrays.update(_prefixed("intrinsic", res.arrays()))
         rep.scalars.update(res.scalars())

@@ -37,12 +37,11 @@ from typing import Any
 from torch import nn
 
 from landscope import synthetic
-from landscope.config import ModelConfig
+from landscope.config import Choice, ModelConfig
 from landscope.errors import ConfigError
 from landscope.models.blocks import (
     ACTIVATIONS,
     NORMS,
-    enum_value,
     frozen_batchnorm_stats,
     scale_weights,
     spatial_dims_of,
@@ -69,7 +68,8 @@ def _field(cfg: Any, key: str) -> Any:
         value = cfg.get(key, default)
     else:
         value = getattr(cfg, key, default)
-    return enum_value(default if value is None else value)
+    value = default if value is None else value
+    return str(value) if isinstance(value, Choice) else value
 
 
 def _require(ok: bool, key: str, requirement: str, value: Any) -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from enum import Enum
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -40,17 +39,10 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._BatchNorm, nn.L
 MIN_DOWNSAMPLE_SIZE = 4
 
 
-def enum_value(x: Any) -> Any:
-    """The plain value of a (str-)Enum member, anything else unchanged.
-
-    ``str(ModelName.mlp)`` is ``'ModelName.mlp'`` on Python >= 3.11, so compare values.
-    """
-    return x.value if isinstance(x, Enum) else x
-
 
 def make_activation(name: Any) -> nn.Module:
     """A fresh activation module for ``name`` (one of :data:`ACTIVATIONS`)."""
-    name = enum_value(name)
+    name = str(name)
     if name == "relu":
         return nn.ReLU()
     if name == "gelu":
@@ -67,7 +59,7 @@ def make_activation(name: Any) -> nn.Module:
 
 
 def _check_norm(norm: Any) -> str:
-    norm = enum_value(norm)
+    norm = str(norm)
     if norm not in NORMS:
         raise ConfigError(f"model.norm must be one of {', '.join(NORMS)} (got {norm!r})")
     return norm

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from landscope.models.blocks import enum_value, make_activation, make_vector_norm
+from landscope.models.blocks import make_activation, make_vector_norm
 
 
 class MLPBlock(nn.Module):
@@ -36,7 +36,7 @@ class MLPBlock(nn.Module):
         if residual and fin != fout:
             raise ValueError("a residual MLP block needs fin == fout")
         self.residual = residual
-        self.linear = nn.Linear(fin, fout, bias=enum_value(norm) == "none")
+        self.linear = nn.Linear(fin, fout, bias=str(norm) == "none")
         self.norm = make_vector_norm(norm, fout)
         self.act = make_activation(activation)
 

@@ -39,7 +39,6 @@ from landscope.models.blocks import (
     can_downsample,
     conv_nd,
     conv_norm_act,
-    enum_value,
     global_avg_pool,
     halve_strided,
     make_activation,
@@ -67,7 +66,7 @@ class BasicBlock(nn.Module):
     def __init__(self, spatial_dims: int, cin: int, cout: int, kernel_size: int, stride: int,
                  norm: Any, activation: Any, skip: bool) -> None:
         super().__init__()
-        bias = enum_value(norm) == "none"
+        bias = str(norm) == "none"
         self.conv1 = conv_norm_act(spatial_dims, cin, cout, kernel_size, norm, activation,
                                    stride=stride)
         self.conv2 = conv_nd(spatial_dims, cout, cout, kernel_size, bias=bias)

@@ -47,7 +47,6 @@ checkpoint round-trips.
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Any
 
 import torch
@@ -61,10 +60,6 @@ from landscope.optim.sam import SAM
 __all__ = ["LLP", "SAM", "MixedPrecision", "build_optimizer", "build_scheduler",
            "check_precision", "is_llp", "is_sam", "make_precision"]
 
-
-def _value(x: Any) -> str:
-    """The plain string of a str-Enum member (or of a string)."""
-    return str(x.value) if isinstance(x, Enum) else str(x)
 
 
 def _base_spec(name: str, cfg: Any, key: str) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
@@ -93,17 +88,17 @@ def _base_spec(name: str, cfg: Any, key: str) -> tuple[type[torch.optim.Optimize
 
 def build_optimizer(params: Any, cfg: Any) -> torch.optim.Optimizer:
     """The optimizer named by ``cfg.name`` over ``params`` (tensors or param groups)."""
-    name = _value(cfg.name)
+    name = str(cfg.name)
     if name == "sam":
-        cls, kwargs = _base_spec(_value(cfg.base), cfg, "optimizer.base")
+        cls, kwargs = _base_spec(str(cfg.base), cfg, "optimizer.base")
         return SAM(params, cls, rho=float(cfg.rho), adaptive=bool(cfg.adaptive), **kwargs)
     if name == "llp":
-        base = _value(cfg.base)
+        base = str(cfg.base)
         cls, kwargs = _base_spec(base, cfg, "optimizer.base")
         seed = cfg.llp_seed if cfg.llp_seed is not None else torch.initial_seed()
         return LLP(params, cls, n_probes=int(cfg.llp_probes), probe_eps=float(cfg.llp_eps),
-                   every=int(cfg.llp_every), rule=_value(cfg.llp_rule), c=float(cfg.llp_c),
-                   curvature=_value(cfg.llp_curvature), aggregate=_value(cfg.llp_aggregate),
+                   every=int(cfg.llp_every), rule=str(cfg.llp_rule), c=float(cfg.llp_c),
+                   curvature=str(cfg.llp_curvature), aggregate=str(cfg.llp_aggregate),
                    ema=float(cfg.llp_ema), damping=float(cfg.llp_damping),
                    seed=int(seed) % 2**63,
                    momentum_scale=1.0 + float(kwargs.get("momentum", 0.0)), **kwargs)
@@ -113,7 +108,7 @@ def build_optimizer(params: Any, cfg: Any) -> torch.optim.Optimizer:
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Any, epochs: int) -> LRScheduler:
     """The per-epoch LR schedule named by ``cfg.schedule`` (call ``.step()`` once per epoch)."""
-    schedule = _value(cfg.schedule)
+    schedule = str(cfg.schedule)
     if schedule == "constant":
         return ConstantLR(optimizer, factor=1.0, total_iters=0)
     if schedule == "cosine":

@@ -32,7 +32,6 @@ Optimizers with extra gradient evaluations:
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from enum import Enum
 from typing import Any, Optional
 
 import torch
@@ -43,13 +42,10 @@ PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _value(x: Any) -> str:
-    return str(x.value) if isinstance(x, Enum) else str(x)
-
 
 def check_precision(precision: Any, optimizer: Any) -> None:
     """One-line :class:`ConfigError` for an unknown precision or an unsupported optimizer."""
-    precision, optimizer = _value(precision), _value(optimizer)
+    precision, optimizer = str(precision), str(optimizer)
     if precision not in PRECISIONS:
         raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)} "
                           f"(got {precision!r})")
@@ -138,7 +134,7 @@ def make_precision(precision: Any, optimizer: Any = "sgd",
     """``None`` for fp32 (the unchanged float32 loop), else a :class:`MixedPrecision` for the
     device type of ``device``; raises :func:`check_precision`'s errors."""
     check_precision(precision, optimizer)
-    precision = _value(precision)
+    precision = str(precision)
     if precision == "fp32":
         return None
     return MixedPrecision(precision, torch.device(str(device)).type)

@@ -69,10 +69,6 @@ from landscope.probes.verify import Verification
 SPECTRAL_NAMES = ("lambda_max", "lambda_2", "spectral_gap", "negative_ratio", "condition_number")
 
 
-def enum_str(x: Any) -> str:
-    """A config value that may be an enum, as its string."""
-    return str(getattr(x, "value", x))
-
 
 @dataclass
 class SharpnessResults:
@@ -240,7 +236,7 @@ class ProbeRun:
         if self.blocks is None:
             return {}
         lambda_max = float(self.top.eigenvalues[0]) if self.top is not None else None
-        return {"per_block": enum_str(self.cfg.per_block),
+        return {"per_block": str(self.cfg.per_block),
                 "blocks": {b.name: b.summary(lambda_max) for b in self.blocks},
                 "block_hvps": sum(b.n_matvecs for b in self.blocks)}
 

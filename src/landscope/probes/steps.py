@@ -31,7 +31,6 @@ from landscope.probes.run import (
     PacBayesBounds,
     ProbeRun,
     SharpnessResults,
-    enum_str,
     logdet_scalars,
 )
 from landscope.probes.sharpness import (
@@ -67,7 +66,7 @@ def steps_for(cfg: Any) -> list[Step]:
     steps: list[tuple[bool, Step]] = [
         (cfg.top_k > 0, step_top), (cfg.bottom_k > 0, step_bottom),
         (bool(cfg.density), step_density), (bool(cfg.trace), step_trace),
-        (enum_str(cfg.per_block) != "none", step_blocks),
+        (str(cfg.per_block) != "none", step_blocks),
         (bool(cfg.sharpness or cfg.sharpness_family), step_sharpness),
         (bool(cfg.noise), step_noise), (bool(getattr(cfg, "pacbayes", False)), step_pacbayes)]
     return [step for on, step in steps if on]
@@ -139,7 +138,7 @@ def step_blocks(run: ProbeRun) -> None:
     """Top-k eigenvalues and trace of each diagonal block (``probe.per_block``): ``run.blocks``."""
     cfg = run.cfg
     with run.ledger.stage("blocks") as cost:
-        groups = parameter_groups(run.model, enum_str(cfg.per_block))
+        groups = parameter_groups(run.model, str(cfg.per_block))
         run.blocks = block_spectra(run.model, run.data, groups, k=cfg.block_top_k,
                                    mode=run.op.mode, tol=cfg.lanczos_tol,
                                    trace_rse=cfg.trace_rse, trace=cfg.trace, seed=cfg.seed)
@@ -213,7 +212,7 @@ def step_noise(run: ProbeRun) -> None:
                                     seed=cfg.seed, micro_batch=cfg.micro_batch)
         run.noise = gradient_noise(run.model, data, hessian=op, top_k_eigs=run.top,
                                    seed=cfg.seed, mode=op.mode,
-                                   alignment=enum_str(cfg.noise_alignment),
+                                   alignment=str(cfg.noise_alignment),
                                    trace_h=run.trace.estimate if run.trace is not None else None)
 
 
@@ -252,7 +251,7 @@ def step_verify(run: ProbeRun) -> None:
     cfg, top, bottom, q = run.cfg, run.top, run.bottom, run.density
     blocks = None
     if run.blocks is not None:
-        blocks = (enum_str(cfg.per_block), eigenvalue_table(run.blocks, cfg.block_top_k),
+        blocks = (str(cfg.per_block), eigenvalue_table(run.blocks, cfg.block_top_k),
                   np.array([b.trace for b in run.blocks]))
     logdet = None
     if q is not None and cfg.logdet_eps > 0:

@@ -26,7 +26,7 @@ from landscope.probes.distributed import hessian_operator, rank_and_world
 from landscope.probes.hvp import HessianOperator
 from landscope.probes.lanczos import lanczos_eigs
 from landscope.probes.probe_data import ProbeData
-from landscope.probes.run import ProbeRun, enum_str
+from landscope.probes.run import ProbeRun
 from landscope.probes.steps import (
     PAC_BAYES_SIGMA_RTOL,
     TRACE_GPU_BLOCK,
@@ -97,7 +97,7 @@ def start_run(model: nn.Module, train_split, cfg: Any,
     product is timed and the plan line goes to ``log``."""
     tic = time.perf_counter()
     data = probe_data(train_split, cfg)
-    op = hessian_operator(model, data, mode=enum_str(cfg.mode), seed=cfg.seed,
+    op = hessian_operator(model, data, mode=str(cfg.mode), seed=cfg.seed,
                           checkpointing=bool(getattr(cfg, "checkpointing", False)))
     ranks = rank_and_world()[1]
     show = cfg.progress if getattr(cfg, "progress", None) is not None else sys.stderr.isatty()
@@ -132,7 +132,7 @@ def finish_run(run: ProbeRun, log: Optional[Callable[[str], None]] = None) -> No
 def curvature_during_training(model: nn.Module, data: ProbeData, cfg: Any) -> dict[str, float]:
     """λmax (Lanczos, tol 1e-3) and a 10-sample Hutchinson trace: the cheap subset
     logged into ``metrics.jsonl`` every ``probe.every_n_epochs`` epochs."""
-    op = HessianOperator(model, data, mode=enum_str(cfg.mode), seed=cfg.seed,
+    op = HessianOperator(model, data, mode=str(cfg.mode), seed=cfg.seed,
                          check_determinism=False)
     top = lanczos_eigs(op, k=1, which="largest", tol=1e-3, seed=cfg.seed)
     tr = hutchinson(op, n_samples=10, seed=cfg.seed)

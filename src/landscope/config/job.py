@@ -1,0 +1,214 @@
+"""The groups that say what a job trains: ``dataset``, ``model``, ``optimizer``, ``train``,
+and ``logger`` (which changes no result). Each field carries its default and meaning, each
+group its :meth:`check`; options marked :data:`~landscope.config.check.LAYOUT` change how a
+job runs, never what it computes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from landscope.config.check import LAYOUT, need, positive
+from landscope.config.choices import (
+    Activation,
+    BaseOptimizerName,
+    DatasetName,
+    LLPAggregate,
+    LLPCurvature,
+    LLPRule,
+    LoggerName,
+    ModelName,
+    Norm,
+    OptimizerName,
+    Precision,
+    Schedule,
+    WandbMode,
+)
+
+
+@dataclass
+class DatasetConfig:
+    """Which data, and how much of it.
+
+    ``seed`` fixes the train subset and the label noise; it is separate from the
+    job seed so that a multi-seed sweep trains every seed on the same data.
+    """
+
+    name: DatasetName = DatasetName.mnist1d
+    data_dir: str = field(default="data", metadata=LAYOUT)
+    download: bool = field(default=False, metadata=LAYOUT)
+    train_size: Optional[int] = None  # seeded subset of the training set; null = all
+    test_size: Optional[int] = None  # seeded subset of the test set; null = all
+    label_noise: float = 0.0  # fraction of training labels replaced by another class
+    normalize: bool = True  # standardize inputs per channel with training statistics
+    in_memory: Optional[bool] = None  # null = auto (tensors when small, streamed when large)
+    seed: int = 0
+    # only these classes, relabelled 0..k-1 in this order, before train_size/test_size subsetting
+    # ([0, 1]: a binary task as Dziugaite & Roy's binary MNIST, H4); null = all; not for the
+    # synthetic problems
+    classes: Optional[List[int]] = None
+    # Synthetic problems (landscope.synthetic; ignored by the other datasets). Their
+    # train_size/test_size are the generated sample counts (null = 256).
+    noise: float = 0.5  # quadratic: target noise sigma; two_basin: gradient-noise std
+    test_shift: float = 0.3  # test optimum moved by this (quadratic: norm; two_basin: along v)
+    spectrum: Optional[List[float]] = None  # quadratic: eigenvalues of A; null = generated:
+    dim: int = 20  # ... outliers, then dim - len(outliers) values from 1 down to 1/condition
+    condition: float = 100.0
+    outliers: List[float] = field(default_factory=lambda: [10.0, 5.0])
+    tolerance: float = 0.5  # quadratic: correct iff |noise-free residual| < tolerance
+    sharp_curvature: float = 10.0  # two_basin: d2L/dv2 at the sharp minimum (-1, 0)
+    flat_curvature: float = 1.0  # two_basin: d2L/dv2 at the flat minimum (1, 0)
+    barrier: float = 0.125  # two_basin: saddle loss minus the mean of the minima's losses
+    tilt: float = 0.0  # two_basin: saddle at u = tilt in (-1, 1); > 0: sharp minimum deeper
+
+    def check(self) -> None:
+        """Refuse impossible values (:class:`ConfigError` naming the key)."""
+        need(0 <= self.label_noise <= 1, "dataset.label_noise", "in [0, 1]", self.label_noise)
+        for key in ("train_size", "test_size"):
+            v = getattr(self, key)
+            need(v is None or v >= 1, f"dataset.{key}", ">= 1 or null", v)
+        need(self.seed >= 0, "dataset.seed", ">= 0", self.seed)
+
+
+@dataclass
+class ModelConfig:
+    name: ModelName = ModelName.mlp
+    width: int = 128
+    depth: int = 3
+    norm: Norm = Norm.none
+    skip: bool = False
+    activation: Activation = Activation.relu
+    init_scale: float = 1.0
+    patch_size: int = 4  # vit: patch length (1-D) or side (images)
+    heads: int = 4  # vit: attention heads (must divide width)
+    kernel_size: int = 3  # cnn / resnet
+
+    def check(self) -> None:
+        """Refuse impossible values (:class:`ConfigError` naming the key)."""
+        for key in ("width", "depth", "patch_size", "heads"):
+            need(getattr(self, key) >= 1, f"model.{key}", ">= 1", getattr(self, key))
+        need(self.init_scale > 0, "model.init_scale", "> 0", self.init_scale)
+        need(self.kernel_size >= 1 and self.kernel_size % 2 == 1, "model.kernel_size",
+             "odd and >= 1", self.kernel_size)
+        if self.name == ModelName.vit:
+            need(self.width % self.heads == 0, "model.width",
+                 f"divisible by model.heads={self.heads}", self.width)
+
+
+@dataclass
+class OptimizerConfig:
+    name: OptimizerName = OptimizerName.sgd
+    lr: float = 0.1
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    # SAM (Foret et al. 2021): two-step ascent/descent around a base optimizer.
+    rho: float = 0.05
+    adaptive: bool = False  # ASAM (Kwon et al. 2021): perturbation scaled by |theta|
+    base: BaseOptimizerName = BaseOptimizerName.momentum  # what sam and llp wrap
+    # LLP (landscope.optim.llp): every llp_every steps, llp_probes random unit directions d,
+    # curvature from the gradient change (grad L(theta + eps d) - grad L(theta)) / eps on the
+    # mini-batch; step lr_t = min(lr, llp_c * s / curvature), s = 1 + momentum for a momentum
+    # base (else 1); lr is the cap. Cost: 1 + llp_probes / llp_every gradient evals per step.
+    llp_probes: int = 4  # N directions per probe step
+    llp_eps: float = 1e-4  # finite-difference distance (l2); ReLU kinks bias larger ones
+    llp_every: int = 10  # k: steps between probe steps
+    llp_rule: LLPRule = LLPRule.inverse
+    llp_c: float = 1.0  # 1: eta * lambda_max <= 1, half the stability limit 2 (Cohen et al. 2021)
+    llp_curvature: LLPCurvature = LLPCurvature.frobenius
+    llp_aggregate: LLPAggregate = LLPAggregate.median
+    llp_ema: float = 0.9  # smoothing of the curvature across probe steps (0 = latest only)
+    llp_damping: float = 0.0  # in [0, 1]: gradient components along span{Hd_i} times (1 - this)
+    llp_seed: Optional[int] = None  # directions' generator; null = the job seed
+    # learning-rate schedule, stepped once per epoch
+    schedule: Schedule = Schedule.constant
+    step_size: int = 10  # step: epochs between decays
+    gamma: float = 0.1  # step: decay factor
+    min_lr: float = 0.0  # cosine: final learning rate
+
+    def check(self) -> None:
+        """Refuse impossible values (:class:`ConfigError` naming the key)."""
+        need(positive(self.lr), "optimizer.lr", "> 0", self.lr)
+        need(self.weight_decay >= 0, "optimizer.weight_decay", ">= 0", self.weight_decay)
+        need(0 <= self.momentum < 1, "optimizer.momentum", "in [0, 1)", self.momentum)
+        need(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optimizer.betas",
+             "two values in [0, 1)", list(self.betas))
+        need(self.eps > 0, "optimizer.eps", "> 0", self.eps)
+        need(self.rho > 0, "optimizer.rho", "> 0", self.rho)
+        self._check_llp()
+        need(self.step_size >= 1, "optimizer.step_size", ">= 1", self.step_size)
+        need(0 < self.gamma <= 1, "optimizer.gamma", "in (0, 1]", self.gamma)
+        need(0 <= self.min_lr <= self.lr, "optimizer.min_lr", "in [0, lr]", self.min_lr)
+
+    def _check_llp(self) -> None:
+        for key in ("llp_probes", "llp_every"):
+            need(getattr(self, key) >= 1, f"optimizer.{key}", ">= 1", getattr(self, key))
+        for key in ("llp_eps", "llp_c"):
+            need(positive(getattr(self, key)), f"optimizer.{key}", "> 0", getattr(self, key))
+        need(0 <= self.llp_ema < 1, "optimizer.llp_ema", "in [0, 1)", self.llp_ema)
+        need(0 <= self.llp_damping <= 1, "optimizer.llp_damping", "in [0, 1]", self.llp_damping)
+        need(self.llp_seed is None or self.llp_seed >= 0, "optimizer.llp_seed", ">= 0 or null",
+             self.llp_seed)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 50
+    batch_size: int = 64
+    full_batch: bool = False  # one gradient step per epoch on the whole training set
+    grad_clip: Optional[float] = None  # max global gradient norm; null = off
+    target_train_loss: Optional[float] = None  # stop once train cross-entropy <= this
+    # stop after the step that brings the gradient evaluations (forward+backward passes over a
+    # mini-batch, SAM's and LLP's extra ones included) to >= this; null = no budget
+    max_grad_evals: Optional[int] = None
+    eval_batch_size: int = 2048
+    # A checkpoint is written at the end of an epoch that is a multiple of
+    # checkpoint_every once checkpoint_interval_s have passed since the last one, and
+    # always after the last epoch. Resuming from any of them gives identical results.
+    checkpoint_every: int = field(default=1, metadata=LAYOUT)
+    checkpoint_interval_s: float = field(default=10.0, metadata=LAYOUT)
+    keep_checkpoints: int = field(default=2, metadata=LAYOUT)
+    # torch intra-op threads; null = auto
+    threads: Optional[int] = field(default=None, metadata=LAYOUT)
+    # tqdm bar; null = only on an interactive terminal
+    progress: Optional[bool] = field(default=None, metadata=LAYOUT)
+    device: str = "cpu"
+    # arithmetic of the training forward/backward (probes always run in fp32, float64 in verify)
+    precision: Precision = Precision.fp32
+
+    def check(self) -> None:
+        """Refuse impossible values (:class:`ConfigError` naming the key)."""
+        need(self.epochs >= 0, "train.epochs", ">= 0", self.epochs)
+        for key in ("batch_size", "eval_batch_size", "checkpoint_every", "keep_checkpoints"):
+            need(getattr(self, key) >= 1, f"train.{key}", ">= 1", getattr(self, key))
+        for key in ("grad_clip", "target_train_loss"):
+            v = getattr(self, key)
+            need(v is None or v > 0, f"train.{key}", "> 0 or null", v)
+        for key in ("max_grad_evals", "threads"):
+            v = getattr(self, key)
+            need(v is None or v >= 1, f"train.{key}", ">= 1 or null", v)
+        need(self.checkpoint_interval_s >= 0, "train.checkpoint_interval_s", ">= 0",
+             self.checkpoint_interval_s)
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment tracking (``logger=wandb``: one Weights & Biases run per job; see
+    :mod:`landscope.tracking`). Changing it never changes a job's results or directory."""
+
+    name: LoggerName = LoggerName.none
+    project: str = "landscope"
+    entity: Optional[str] = None  # W&B user or team; null = the API key's default
+    mode: WandbMode = WandbMode.auto
+    job_type: str = "train"
+    tags: List[str] = field(default_factory=list)
+    dir: Optional[str] = None  # where W&B writes its files; null = the job directory
+    log_figures: bool = True  # the job's figures/*.png as images
+    init_timeout: float = 30.0  # seconds W&B may take to start online; then the job runs untracked
+
+    def check(self) -> None:
+        """Refuse impossible values (:class:`ConfigError` naming the key)."""
+        need(positive(self.init_timeout), "logger.init_timeout", "> 0 seconds",
+             self.init_timeout)

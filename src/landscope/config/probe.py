@@ -1,0 +1,151 @@
+"""The ``probe`` group: the curvature estimators run on a job's final checkpoint, their
+budgets and the PAC-Bayes bounds; each field with its default and meaning, :meth:`check`
+refusing impossible values."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from landscope.config.check import LAYOUT, need, positive
+from landscope.config.choices import NoiseAlignment, PerBlock, ProbeMode, ProbeName
+
+
+@dataclass
+class ProbeConfig:
+    """Curvature probes on the final checkpoint (and optionally during training).
+
+    The presets in ``conf/probe`` switch estimators on; every field can be overridden.
+    """
+
+    name: ProbeName = ProbeName.none
+    data_size: Optional[int] = 1000  # seeded subset of the training set; null = all
+    micro_batch: int = 1000  # samples per forward/backward pass (bounds memory)
+    mode: ProbeMode = ProbeMode.eval
+    # caps on the whole probe run: Hessian-vector products, and wall seconds; what a cap cut
+    # short is recorded (<estimator>_converged = false, <estimator>_stopped_by); null = none
+    max_products: Optional[int] = None
+    budget_s: Optional[float] = None
+    checkpointing: bool = False  # recompute activations in products (less memory, more time)
+    # a tqdm bar per estimator; null = on a terminal
+    progress: Optional[bool] = field(default=None, metadata=LAYOUT)
+    # local worker processes the products are spread over (data-parallel, landscope.probes.spawn;
+    # one GPU each when the model is on a GPU); a layout, not a result: not in the fingerprint
+    ranks: int = field(default=1, metadata=LAYOUT)
+    seed: int = 0
+    top_k: int = 0  # largest eigenpairs (Lanczos); 0 = off
+    bottom_k: int = 0  # most negative eigenpairs; 0 = off
+    lanczos_tol: float = 1e-6  # converged when ||Hv - lambda v|| <= tol * |lambda|
+    trace: bool = False  # Hutchinson, deflated by the top-k pairs, to a target rel. stderr
+    trace_rse: float = 0.01
+    trace_max_samples: int = 2000  # cap on Hutchinson samples (trace_stderr shows the RSE reached)
+    density: bool = False  # stochastic Lanczos quadrature
+    slq_probes: int = 10
+    slq_steps: int = 30
+    density_grid: int = 400
+    density_sigma: float = 0.01  # Gaussian broadening, as a fraction of the spectral range
+    logdet_eps: float = 0.0  # > 0: log det(H + eps I) from the quadrature
+    # sharpness: worst-case l2 (SAM) at sharpness_rhos always; the family adds adaptive
+    # (ASAM), Keskar epsilon-sharpness, average sharpness and PAC-Bayes flatness
+    sharpness: bool = False
+    sharpness_family: bool = False
+    sharpness_rhos: List[float] = field(default_factory=lambda: [0.05])
+    keskar_epsilons: List[float] = field(default_factory=lambda: [1e-3, 5e-3])
+    sharpness_samples: int = 16  # loss evaluations per radius for average sharpness
+    sharpness_antithetic: bool = True  # ... as pairs (delta, -delta): the gradient term cancels
+    noise: bool = False  # gradient-noise covariance from per-sample gradients
+    noise_samples: int = 256  # per-sample gradients held in memory (n x D)
+    noise_alignment: NoiseAlignment = NoiseAlignment.lowrank  # how tr(H Sigma) is computed
+    per_block: PerBlock = PerBlock.none  # top-k eigenvalues and trace of each diagonal block
+    block_top_k: int = 3
+    every_n_epochs: int = 0  # > 0: lambda_max and trace into metrics.jsonl during training
+    verify: bool = False  # compare every estimate with the dense float64 Hessian
+    verify_max_params: int = 5000
+    # PAC-Bayes bounds on the 0-1 error (Dziugaite & Roy 2017; landscope.probes.pacbayes):
+    # naive parameter count, isotropic and Hessian-informed Gaussian posteriors (the latter in
+    # the basis of the top_k eigenvectors: needs top_k >= 1). Prior mean: the job's
+    # initialization. Cost: (13 * (len(beta_grid) + 1) * n_select + 2 * n_mc) forward passes
+    # over the samples.
+    pacbayes: bool = False
+    pacbayes_data_size: Optional[int] = None  # m samples of the bound; null = whole train split
+    pacbayes_n_mc: int = 300  # final Monte Carlo draws per posterior (error upper value)
+    pacbayes_n_select: int = 24  # draws per candidate posterior in the selection stage
+    pacbayes_delta: float = 0.025  # confidence of the PAC-Bayes statement
+    pacbayes_delta_mc: float = 0.01  # confidence of the Monte Carlo error (total: delta + delta_mc)
+    # the Hessian posterior's constants beta (tolerated loss rise per eigendirection); the
+    # isotropic member (beta = inf) is always added; more entries cost draws, not tightness
+    # (the posterior may be chosen after seeing the data)
+    pacbayes_beta_grid: List[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0])
+    # how the posteriors are chosen: "optimized" (Dziugaite & Roy: Adam on the mean and the
+    # log-variances of a differentiable bound surrogate, landscope.probes.pacbayes_optimize;
+    # reports the complexity terms at matched posterior error too) or "grid" (variances on a
+    # half-decade grid around the trained weights, the mean fixed; n_select draws each)
+    pacbayes_posterior: str = "optimized"
+    pacbayes_steps: int = 300  # optimized: Adam steps per posterior family
+    pacbayes_lr_mean: float = 1e-3  # optimized: Adam step size of the posterior mean
+    pacbayes_lr_var: float = 3e-2  # optimized: Adam step size of the log-variances
+    pacbayes_batch_size: int = 256  # optimized: samples per step (one draw per step)
+    pacbayes_n_match: int = 32  # optimized: draws per covariance scale of the matched-error curves
+
+    def check(self) -> None:
+        """Refuse impossible values (:class:`ConfigError` naming the key)."""
+        for key in ("data_size", "max_products"):
+            v = getattr(self, key)
+            need(v is None or v >= 1, f"probe.{key}", ">= 1 or null", v)
+        for key in ("micro_batch", "ranks", "block_top_k"):
+            need(getattr(self, key) >= 1, f"probe.{key}", ">= 1", getattr(self, key))
+        need(self.budget_s is None or self.budget_s > 0, "probe.budget_s", "> 0 seconds or null",
+             self.budget_s)
+        for key in ("top_k", "bottom_k", "every_n_epochs", "seed"):
+            need(getattr(self, key) >= 0, f"probe.{key}", ">= 0", getattr(self, key))
+        for key in ("lanczos_tol", "trace_rse"):
+            need(0 < getattr(self, key) < 1, f"probe.{key}", "in (0, 1)", getattr(self, key))
+        need(self.trace_max_samples >= 2, "probe.trace_max_samples", ">= 2",
+             self.trace_max_samples)
+        need(self.slq_probes >= 1 and self.slq_steps >= 2, "probe.slq_probes/slq_steps",
+             ">= 1 and >= 2", (self.slq_probes, self.slq_steps))
+        need(self.density_grid >= 2 and self.density_sigma > 0, "probe.density_grid/density_sigma",
+             ">= 2 and > 0", (self.density_grid, self.density_sigma))
+        need(self.logdet_eps >= 0, "probe.logdet_eps", ">= 0", self.logdet_eps)
+        need(self.noise_samples >= 2, "probe.noise_samples", ">= 2", self.noise_samples)
+        self._check_sharpness()
+        self._check_pacbayes()
+
+    def _check_sharpness(self) -> None:
+        for key in ("sharpness_rhos", "keskar_epsilons"):
+            v = list(getattr(self, key))
+            need(len(v) >= 1 and all(x > 0 for x in v), f"probe.{key}",
+                 "a non-empty list of values > 0", v)
+        if self.sharpness_antithetic:
+            need(self.sharpness_samples >= 4 and self.sharpness_samples % 2 == 0,
+                 "probe.sharpness_samples", "even and >= 4 with probe.sharpness_antithetic=true",
+                 self.sharpness_samples)
+        need(self.sharpness_samples >= 2, "probe.sharpness_samples", ">= 2",
+             self.sharpness_samples)
+
+    def _check_pacbayes(self) -> None:
+        need(self.pacbayes_data_size is None or self.pacbayes_data_size >= 2,
+             "probe.pacbayes_data_size", ">= 2 or null (the bound needs m >= 2 samples)",
+             self.pacbayes_data_size)
+        for key in ("pacbayes_n_mc", "pacbayes_n_select", "pacbayes_batch_size",
+                    "pacbayes_n_match"):
+            need(getattr(self, key) >= 1, f"probe.{key}", ">= 1", getattr(self, key))
+        for key in ("pacbayes_delta", "pacbayes_delta_mc"):
+            v = getattr(self, key)
+            need(math.isfinite(v) and 0 < v < 1, f"probe.{key}", "in (0, 1)", v)
+        total = self.pacbayes_delta + self.pacbayes_delta_mc
+        need(total < 1, "probe.pacbayes_delta + pacbayes_delta_mc",
+             "< 1 (the bounds hold with probability 1 - their sum)", total)
+        need(self.pacbayes_posterior in ("optimized", "grid"), "probe.pacbayes_posterior",
+             "optimized or grid", self.pacbayes_posterior)
+        need(self.pacbayes_steps >= 0, "probe.pacbayes_steps", ">= 0", self.pacbayes_steps)
+        for key in ("pacbayes_lr_mean", "pacbayes_lr_var"):
+            v = getattr(self, key)
+            need(math.isfinite(v) and v >= 0, f"probe.{key}", "finite and >= 0", v)
+        grid = list(self.pacbayes_beta_grid)
+        need(len(grid) >= 1 and all(positive(b) for b in grid), "probe.pacbayes_beta_grid",
+             "a non-empty list of finite values > 0", grid)
+        if self.pacbayes:
+            need(self.top_k >= 1, "probe.top_k", ">= 1 with probe.pacbayes=true (the "
+                 "Hessian-informed posterior uses the top-k eigenvectors)", self.top_k)

@@ -1,0 +1,107 @@
+"""The schema is the one place of every option's default and of what changes no result:
+the fingerprint and Hydra's job directory names derive their exclusions from its LAYOUT
+marks, the YAML presets repeat no default, and every group checks its own values."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from landscope.config import (
+    Config,
+    LoggerConfig,
+    ProbeConfig,
+    result_free_keys,
+    typed,
+    validate,
+)
+from landscope.config.choices import Norm
+from landscope.config_checks import option_names
+from landscope.errors import ConfigError
+from landscope.fingerprints import fingerprint, probe_fingerprint
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def test_job_directory_names_leave_out_exactly_the_options_that_change_no_result():
+    excluded = set(yaml.safe_load((CONF / "config.yaml").read_text())["hydra"]["job"]["config"]
+                   ["override_dirname"]["exclude_keys"])
+    schema = set(option_names())
+    expected = set()
+    for key in result_free_keys():
+        expected.add(key)
+        if key == "logger":  # a marked group: each of its options too
+            expected |= {f"logger.{f.name}" for f in fields(LoggerConfig)}
+    assert expected <= schema
+    assert excluded & schema == expected
+    assert excluded - schema == {"experiment", "hydra.launcher.n_jobs"}  # not job options
+
+
+def test_the_training_fingerprint_ignores_every_result_free_option_and_nothing_else(compose):
+    base = compose([])
+    fp = fingerprint(base)
+    changed = {"name": "other", "resume": False, "dataset.data_dir": "/elsewhere",
+               "dataset.download": True, "train.checkpoint_every": 3,
+               "train.checkpoint_interval_s": 1.0, "train.keep_checkpoints": 5,
+               "train.threads": 1, "train.progress": True, "probe.progress": True,
+               "probe.ranks": 2, "landscape.figures": False, "logger.project": "p"}
+    assert set(changed) >= set(result_free_keys()) - {"logger"}
+    for key, value in changed.items():
+        cfg = compose([f"{key}={value}" if not isinstance(value, bool) else
+                       f"{key}={str(value).lower()}"])
+        assert fingerprint(cfg) == fp, key
+    for override in ("seed=1", "train.epochs=3", "optimizer.lr=0.05", "train.device=cuda"):
+        assert fingerprint(compose([override])) != fp, override
+
+
+def test_the_probe_fingerprint_ignores_progress_and_ranks_only(compose):
+    fp = probe_fingerprint(compose([]))
+    assert probe_fingerprint(compose(["probe.progress=true", "probe.ranks=3"])) == fp
+    assert probe_fingerprint(compose(["probe.top_k=3"])) != fp
+
+
+def _presets() -> list[Path]:
+    groups = [p for p in CONF.iterdir() if p.is_dir() and p.name not in ("experiment", "hydra")]
+    return [CONF / "config.yaml", *sorted(f for g in groups for f in g.glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("path", _presets(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_no_preset_repeats_a_schema_default(path):
+    """A group file sets its name and what differs from the schema; config.yaml sets nothing
+    the schema holds (experiments may restate defaults: they override presets)."""
+    data = yaml.safe_load(path.read_text()) or {}
+    if path.name == "config.yaml":
+        data = {k: v for k, v in data.items() if k not in ("defaults", "hydra")}
+        assert data == {}
+        return
+    data.pop("defaults", None)
+    default = OmegaConf.to_container(OmegaConf.structured(Config)[path.parent.name],
+                                     enum_to_str=True)
+    repeats = {k: v for k, v in data.items() if k != "name" and default.get(k) == v}
+    assert repeats == {}, f"{path} repeats the schema's defaults"
+
+
+def test_typed_gives_dataclasses_and_enums_all_the_way_down(compose):
+    cfg = typed(compose(["model.norm=batch"]))
+    assert isinstance(cfg, Config) and isinstance(cfg.probe, ProbeConfig)
+    assert cfg.model.norm is Norm.batch and str(cfg.model.norm) == "batch"
+    assert typed(cfg) is cfg
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optimizer.llp_ema=1.0", "optimizer.llp_ema must be in [0, 1)"),
+    ("train.keep_checkpoints=0", "train.keep_checkpoints must be >= 1"),
+    ("model.kernel_size=4", "model.kernel_size must be odd and >= 1"),
+    ("probe.pacbayes_delta=0.995", "probe.pacbayes_delta + pacbayes_delta_mc must be < 1"),
+    ("landscape.line_points=4", "landscape.line_points must be odd and >= 3"),
+    ("logger.init_timeout=0", "logger.init_timeout must be > 0 seconds"),
+    ("dataset.label_noise=2", "dataset.label_noise must be in [0, 1]"),
+])
+def test_each_group_checks_its_own_values(compose, override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")
+                       .replace(")", r"\)").replace("+", r"\+")):
+        validate(compose([override]))
