@@ -213,8 +213,9 @@ def seed_permutation_test(x: Sequence[float], y: Sequence[float], configs: Seque
     (Pearson r of the config-demeaned values, pooled). The null distribution permutes the seed
     labels of ``x`` — one permutation applied in every configuration — so what a seed shares
     across configurations moves with it and the test stays exact when seeds share effects
-    (independent permutations within each configuration would not: they rejected 9–11 % of
-    such null sweeps). Cells missing after a permutation are left out."""
+    (independent permutations within each configuration would not: they rejected such null
+    sweeps above the level, docs/measurements.md#analysis-inference). Cells missing after a
+    permutation are left out."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     cc, cu = pd.factorize(pd.Series(list(configs)).astype(str))
     sc, su = pd.factorize(pd.Series(list(seeds)).astype(str))

@@ -18,7 +18,7 @@ from landscope.errors import LandscopeError
 
 TRAINING, WIDTH, OPTIMIZERS = "study_training", "study_width", "study_optimizers"
 #: study_width: the test accuracy every configuration reaches within the preset's 30 epochs
-#: (measured: MLP width 32, the weakest, peaks at 0.48-0.51 test accuracy).
+#: (below the weakest configuration's peak: docs/measurements.md#analysis-studies-tables).
 TARGET_TEST_ACC = 0.4
 
 _OPT_KEYS = ("optimizer.name", "optimizer.lr", "optimizer.momentum", "optimizer.weight_decay")

@@ -170,9 +170,8 @@ class SLQResult:
         multiplicities grow. Walking down from the largest, the outliers stop at the first cluster
         whose multiplicity exceeds ``max_multiplicity``; the weight above the threshold from there
         down is ``tail_mass``. (A group of more than ``max_multiplicity`` equal outliers is then
-        reported as tail; raise it when such groups are expected.) Measured on the default
-        MNIST-1D MLP after training: 25 clusters above the threshold, of which the top 14 have
-        multiplicity ≤ 2.1 (the first 11 match Lanczos eigenvalues to 4 digits) and the rest 2.8–90.
+        reported as tail; raise it when such groups are expected.) What the split finds on a
+        trained network: docs/measurements.md#probes-density.
         """
         x, w = self.nodes.reshape(-1), self.weights.reshape(-1) / self.n_probes
         probe = torch.arange(self.n_probes).repeat_interleave(self.nodes.shape[1])

@@ -22,10 +22,10 @@ Three ways to compute the same product (``method``):
   create_graph=True)``, then ``grad(g, grad_outputs=v)``.  Memory of one micro-batch.
 * ``forward_over_reverse`` -- ``torch.func.jvp(torch.func.grad(loss), (params,), (v,))``.
 
-Measured on CPU (2 cores, 1 thread, float32) by ``scripts/bench_hvp.py``: ``cached`` costs
-0.53-0.69x a fresh ``double_backward`` (1.7-2.0x a plain gradient) for an MLP, a CNN and a
-ResNet with BatchNorm and a ViT with LayerNorm; ``forward_over_reverse`` is the slowest
-(1.3-1.5x ``double_backward``).  So ``cached`` is the default for every model family.
+On CPU ``cached`` is cheaper than a fresh ``double_backward`` for an MLP, a CNN and a ResNet
+with BatchNorm and a ViT with LayerNorm, and ``forward_over_reverse`` is the slowest
+(``scripts/bench_hvp.py``; the figures: docs/measurements.md#probes-hvp).  So ``cached`` is the
+default for every model family.
 
 With ``primitives=True`` (the default) the loss is evaluated inside
 :class:`~landscope.probes.primitives.CurvaturePrimitives`: eval-mode BatchNorm folded into

@@ -169,8 +169,8 @@ def _frozen_heap() -> Iterator[None]:
     """Leave the objects alive before a scenario's loop out of garbage collection while it
     runs (``gc.freeze``). The loop makes many short-lived containers; every collection would
     otherwise traverse the whole heap (torch, pandas, scipy and, in a test process, every
-    earlier test's objects): measured 2.6× faster in a fresh process, 20× with a heap of
-    6 million objects. Nothing is leaked: the frozen objects are alive anyway."""
+    earlier test's objects; the speed-up: docs/measurements.md#analysis-calibration).
+    Nothing is leaked: the frozen objects are alive anyway."""
     already = gc.get_freeze_count() > 0
     gc.collect()
     gc.freeze()

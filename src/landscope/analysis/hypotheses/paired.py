@@ -114,7 +114,7 @@ def unpaired_stats(on: np.ndarray, off: np.ndarray, measure: str, n_boot: int = 
 def holm(p: Sequence[float]) -> np.ndarray:
     """Holm-adjusted p-values (NaN stays NaN): the values of statsmodels'
     ``multipletests(p, method="holm")[1]`` (checked in the tests), computed here because
-    statsmodels runs a garbage collection per call (~50 ms)."""
+    statsmodels runs a garbage collection per call (docs/measurements.md#analysis-paired)."""
     p = np.asarray(p, dtype=float)
     out = np.full(p.shape, np.nan)
     ok = np.flatnonzero(np.isfinite(p))
