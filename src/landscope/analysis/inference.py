@@ -121,7 +121,12 @@ def cluster_ols(y: Sequence[float], X: np.ndarray, clusters: Sequence, names: Se
 
 def dummies(groups: Sequence, prefix: str = "g",
             drop_first: bool = True) -> tuple[np.ndarray, list[str]]:
-    """Indicator columns of ``groups`` (the first level dropped for use beside an intercept)."""
+    """Indicator columns of ``groups`` (the first level dropped for use beside an intercept).
+
+    >>> mat, names = dummies(["a", "b", "a", "c"])
+    >>> mat.tolist(), names
+    ([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [0.0, 1.0]], ['g[b]', 'g[c]'])
+    """
     codes, uniq = pd.factorize(pd.Series(list(groups)).astype(str))
     start = 1 if drop_first else 0
     cols = [(codes == j).astype(float) for j in range(start, len(uniq))]
@@ -145,7 +150,11 @@ def permutations(n: int, n_perm: int, seed: int = 0, max_exact: int = 5040
 def permutation_p(values: np.ndarray) -> float:
     """Two-sided p-value from statistics under permutations, the observed value first:
     (#{|T*| ≥ |T|} counting the observed) / (number of finite values). For an exact
-    enumeration this is the exact p; for random permutations it is the usual (1 + hits)/(1 + B)."""
+    enumeration this is the exact p; for random permutations it is the usual (1 + hits)/(1 + B).
+
+    >>> permutation_p([2.0, -3.0, 1.0, 2.0])  # |T*| ≥ 2 in 3 of the 4 values
+    0.75
+    """
     values = np.asarray(values, float)
     obs = values[0]
     if not math.isfinite(obs):

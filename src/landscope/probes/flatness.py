@@ -73,7 +73,13 @@ def sigma_guess(average_increase: float, rho: float, loss_increase: float = 0.3)
     trained networks: docs/measurements.md#probes-flatness).  The random average (``c = 1``) guesses
     the plain ``sigma'``, the adaptive one (``c = |theta| + eta``) the magnitude-aware one.  None
     when the increase is not a finite positive number (no guess: the search starts from
-    ``sigma_range``)."""
+    ``sigma_range``).
+
+    >>> sigma_guess(1.2, 0.1)  # sigma' = 0.1 · sqrt(0.3 / 1.2)
+    0.05
+    >>> sigma_guess(0.0, 0.1) is None
+    True
+    """
     if not (math.isfinite(average_increase) and average_increase > 0 and rho > 0):
         return None
     return rho * math.sqrt(loss_increase / average_increase)

@@ -118,7 +118,14 @@ class Rate:
 
 
 def binomial_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Clopper–Pearson (exact) interval of a binomial proportion k/n."""
+    """Clopper–Pearson (exact) interval of a binomial proportion k/n.
+
+    >>> low, high = binomial_interval(0, 10)
+    >>> low, round(high, 4)
+    (0.0, 0.3085)
+    >>> binomial_interval(0, 0)
+    (nan, nan)
+    """
     from scipy import stats
 
     if n == 0:

@@ -26,7 +26,7 @@ the fixed-effects fit on the stacked resample), so a and b′ keep their depende
 the percentile interval is too narrow (each resample holds about 63 % of the seeds): on simulated
 sweeps of 6 seeds where b′ = 0 the plain interval excludes zero on one side well above the nominal
 2.5 %. The interval is therefore widened about the estimate by sqrt(G/(G − 1)) · t_{G−1}/z
-(:func:`expansion`; 1.44 at G = 6, 1.23 at G = 10), which brings the rate back to about its level
+(:func:`expansion`; 1.44 at G = 6, 1.22 at G = 10), which brings the rate back to about its level
 (the rates: docs/measurements.md#analysis-mediation). Draws
 where either equation is singular (too few distinct seeds drawn) are dropped and counted.
 """
@@ -164,7 +164,11 @@ def _interval(draws: np.ndarray, level: float, est: float, f: float) -> tuple[fl
 
 def expansion(g: int, level: float = 0.95) -> float:
     """The factor that widens a percentile interval from ``g`` resampled seeds about the
-    estimate: sqrt(g/(g − 1)) · t_{g−1}/z (1 when g < 2)."""
+    estimate: sqrt(g/(g − 1)) · t_{g−1}/z (1 when g < 2).
+
+    >>> round(expansion(6), 2), round(expansion(10), 2), expansion(1)
+    (1.44, 1.22, 1.0)
+    """
     if g < 2:
         return 1.0
     from scipy import stats
