@@ -70,7 +70,7 @@ Method = Literal["cached", "double_backward", "forward_over_reverse"]
 Mode = Literal["eval", "train"]
 METHODS: tuple[str, ...] = ("cached", "double_backward", "forward_over_reverse")
 MODES: tuple[str, ...] = ("eval", "train")
-DEFAULT_METHOD: str = "cached"  # fastest measured on CPU for MLP, CNN and ResNet (bench_hvp)
+DEFAULT_METHOD: str = "cached"  # the cheapest on CPU (docs/measurements.md#probes-hvp)
 MAX_CACHED_BATCHES = 8
 # Relative tolerance of the determinism check, by dtype (anything else: float32's).
 _CHECK_RTOL = {torch.float64: 1e-10, torch.float32: 1e-4}
