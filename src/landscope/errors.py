@@ -81,7 +81,13 @@ def one_line(exc: BaseException, typed: bool = False, plain: bool = False) -> st
     ``; `` (hints to use ``+`` and the config search path dropped, the options Hydra lists
     appended). ``plain`` (the messages a job records): a full disk says what to do, any other
     message has its whitespace, newlines included, collapsed. ``typed``: the exception's type
-    name leads, except for a :class:`LandscopeError` (whose message is written for the user)."""
+    name leads, except for a :class:`LandscopeError` (whose message is written for the user).
+
+    >>> one_line(ValueError("bad\\n   value"), typed=True, plain=True)
+    'ValueError: bad value'
+    >>> one_line(LandscopeError("no jobs\\nfound"), typed=True, plain=True)
+    'no jobs found'
+    """
     if plain and isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         where = f" writing {exc.filename}" if exc.filename else ""
         return f"no space left on device{where}; free some and run the same command again"

@@ -117,7 +117,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def jsonable(value: Any) -> Any:
-    """Convert to strict JSON: non-finite floats become null, tuples become lists."""
+    """Convert to strict JSON: non-finite floats become null, tuples become lists.
+
+    >>> import json
+    >>> import numpy as np
+    >>> json.dumps(jsonable({"a": (1, float("nan")), 2: np.float64(0.5)}))
+    '{"a": [1, null], "2": 0.5}'
+    """
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):

@@ -20,7 +20,14 @@ def only_group(overrides: list[str], group: str, example: str, *,
                group_choice: bool = False) -> None:
     """Raise :class:`ConfigError` unless every override sets a key of ``group``:
     ``group.KEY=VALUE``, or with ``group_choice`` (overrides that Hydra composes) also
-    ``group=PRESET`` and the ``+``/``~`` forms."""
+    ``group=PRESET`` and the ``+``/``~`` forms.
+
+    >>> only_group(["probe.top_k=3"], "probe", "probe.top_k=3")
+    >>> only_group(["train.epochs=3"], "probe", "probe.top_k=3")
+    Traceback (most recent call last):
+        ...
+    landscope.errors.ConfigError: only probe.KEY=VALUE overrides are accepted here ...
+    """
     prefixes = (f"{group}.", f"{group}=") if group_choice else (f"{group}.",)
     for o in overrides:
         if not (o.lstrip("+~") if group_choice else o).startswith(prefixes):

@@ -21,7 +21,13 @@ import pandas as pd
 
 
 def fmt(value: Any) -> str:
-    """A table cell: 3 significant digits, scientific below 1e-3, '–' for missing values."""
+    """A table cell: 3 significant digits, scientific below 1e-3, '–' for missing values.
+
+    >>> fmt(3.14159), fmt(0.000123), fmt(12345.6), fmt(0.0)
+    ('3.14', '1.2e-04', '1.23e+04', '0')
+    >>> fmt(None), fmt(float("nan")), fmt(7)
+    ('–', '–', '7')
+    """
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     if isinstance(value, (float, np.floating)):
@@ -33,7 +39,11 @@ def fmt(value: Any) -> str:
 
 
 def short(x: Any) -> str:
-    """A number in a plain-text summary: 4 significant digits, 'nan' when missing."""
+    """A number in a plain-text summary: 4 significant digits, 'nan' when missing.
+
+    >>> short(3.14159265), short(None), short("n/a")
+    ('3.142', 'nan', 'n/a')
+    """
     try:
         return "nan" if x is None or not math.isfinite(float(x)) else f"{float(x):.4g}"
     except (TypeError, ValueError):
@@ -55,7 +65,11 @@ def table(df: pd.DataFrame, columns: Sequence[tuple[str, str]]) -> tuple[str, st
 
 
 def safe_name(name: str) -> str:
-    """``name`` usable as a file name."""
+    """``name`` usable as a file name.
+
+    >>> safe_name("h2 skip/on:1")
+    'h2_skip_on_1'
+    """
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 

@@ -23,12 +23,20 @@ def _seed_keys(seeds: Sequence[Any]) -> np.ndarray:
 
 
 def seed_codes(seeds: Sequence[Any]) -> np.ndarray:
-    """Integer codes of the seeds (1 and 1.0 and "1" are one seed)."""
+    """Integer codes of the seeds (1 and 1.0 and "1" are one seed).
+
+    >>> seed_codes([1, "1", 1.0, 2, 3, 2]).tolist()
+    [0, 0, 0, 1, 2, 1]
+    """
     return pd.factorize(_seed_keys(seeds))[0]
 
 
 def within(values: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """``values`` (n or n×p) minus their mean within each code (the seed fixed effects)."""
+    """``values`` (n or n×p) minus their mean within each code (the seed fixed effects).
+
+    >>> within(np.array([1.0, 3.0, 10.0, 20.0]), np.array([0, 0, 1, 1])).tolist()
+    [-1.0, 1.0, -5.0, 5.0]
+    """
     values = np.asarray(values, float)
     flat = values.reshape(len(values), -1)
     g = codes.max() + 1

@@ -121,7 +121,12 @@ def cluster_ols(y: Sequence[float], X: np.ndarray, clusters: Sequence, names: Se
 
 def dummies(groups: Sequence, prefix: str = "g",
             drop_first: bool = True) -> tuple[np.ndarray, list[str]]:
-    """Indicator columns of ``groups`` (the first level dropped for use beside an intercept)."""
+    """Indicator columns of ``groups`` (the first level dropped for use beside an intercept).
+
+    >>> mat, names = dummies(["a", "b", "a", "c"])
+    >>> mat.tolist(), names
+    ([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [0.0, 1.0]], ['g[b]', 'g[c]'])
+    """
     codes, uniq = pd.factorize(pd.Series(list(groups)).astype(str))
     start = 1 if drop_first else 0
     cols = [(codes == j).astype(float) for j in range(start, len(uniq))]
@@ -145,7 +150,11 @@ def permutations(n: int, n_perm: int, seed: int = 0, max_exact: int = 5040
 def permutation_p(values: np.ndarray) -> float:
     """Two-sided p-value from statistics under permutations, the observed value first:
     (#{|T*| ≥ |T|} counting the observed) / (number of finite values). For an exact
-    enumeration this is the exact p; for random permutations it is the usual (1 + hits)/(1 + B)."""
+    enumeration this is the exact p; for random permutations it is the usual (1 + hits)/(1 + B).
+
+    >>> permutation_p([2.0, -3.0, 1.0, 2.0])  # |T*| ≥ 2 in 3 of the 4 values
+    0.75
+    """
     values = np.asarray(values, float)
     obs = values[0]
     if not math.isfinite(obs):
@@ -213,8 +222,9 @@ def seed_permutation_test(x: Sequence[float], y: Sequence[float], configs: Seque
     (Pearson r of the config-demeaned values, pooled). The null distribution permutes the seed
     labels of ``x`` — one permutation applied in every configuration — so what a seed shares
     across configurations moves with it and the test stays exact when seeds share effects
-    (independent permutations within each configuration would not: they rejected 9–11 % of
-    such null sweeps). Cells missing after a permutation are left out."""
+    (independent permutations within each configuration would not: they rejected such null
+    sweeps above the level, docs/measurements.md#analysis-inference). Cells missing after a
+    permutation are left out."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     cc, cu = pd.factorize(pd.Series(list(configs)).astype(str))
     sc, su = pd.factorize(pd.Series(list(seeds)).astype(str))

@@ -81,7 +81,14 @@ def _numeric(series: pd.Series) -> np.ndarray:
 
 # --------------------------------------------------------------------------- statistics
 def kendall(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
-    """Kendall τ-b and its two-sided p-value (NaN when undefined: n < 2 or a constant input)."""
+    """Kendall τ-b and its two-sided p-value (NaN when undefined: n < 2 or a constant input).
+
+    >>> tau, p = kendall([1, 2, 3, 4], [1, 3, 2, 4])
+    >>> round(tau, 4), round(p, 4)
+    (0.6667, 0.3333)
+    >>> kendall([1, 1, 1], [1, 2, 3])
+    (nan, nan)
+    """
     x, y = np.asarray(x, float), np.asarray(y, float)
     if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return math.nan, math.nan
@@ -199,7 +206,11 @@ def granulated_kendall(df: pd.DataFrame, measure: str, target: str | pd.Series =
 
 def correct(pvalues: Iterable[float], method: str) -> np.ndarray:
     """Multiple-testing correction over the finite p-values (NaN stays NaN).
-    ``method``: ``"holm"`` or ``"fdr_bh"`` (statsmodels.stats.multitest.multipletests)."""
+    ``method``: ``"holm"`` or ``"fdr_bh"`` (statsmodels.stats.multitest.multipletests).
+
+    >>> correct([0.01, 0.04, 0.03, float("nan")], "holm").tolist()
+    [0.03, 0.06, 0.06, nan]
+    """
     from statsmodels.stats.multitest import multipletests
 
     p = np.asarray(list(pvalues), float)

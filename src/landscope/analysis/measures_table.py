@@ -21,13 +21,15 @@ claim it makes:
   configuration means, p from all permutations of the configurations (with 3 configurations
   the smallest possible p is 1/3: no between-config claim can be made);
   ``between_r``/``between_p_r``: Pearson r of the configuration means with the same exact
-  permutation p (the OLS t on C − 2 df rejected 8 % of null sweeps of 3 configurations in
-  the calibration suite; the permutation test cannot exceed its level);
+  permutation p (the OLS t on C − 2 df rejected null sweeps of 3 configurations above its
+  level in the calibration suite, docs/measurements.md#analysis-measures-table; the
+  permutation test cannot exceed its level);
   ``between_coef``/``between_r2``: the OLS slope of the mean target per sd of the mean measure
   and its R² (estimates only).
 - **descriptive** (no p-value): ``tau`` (pooled Kendall τ-b over jobs) and ``psi`` (granulated
   Ψ of Jiang et al. 2020), as the literature reports them. Pooled p-values over jobs rejected
-  24–57 % of null sweeps with per-configuration effects, so none is given.
+  null sweeps with per-configuration effects far above their level
+  (docs/measurements.md#analysis-measures-table), so none is given.
 
 ``*_holm`` and ``*_bh`` columns correct each p family across the measures.
 """

@@ -18,7 +18,7 @@ from landscope.errors import LandscopeError
 
 TRAINING, WIDTH, OPTIMIZERS = "study_training", "study_width", "study_optimizers"
 #: study_width: the test accuracy every configuration reaches within the preset's 30 epochs
-#: (measured: MLP width 32, the weakest, peaks at 0.48-0.51 test accuracy).
+#: (below the weakest configuration's peak: docs/measurements.md#analysis-studies-tables).
 TARGET_TEST_ACC = 0.4
 
 _OPT_KEYS = ("optimizer.name", "optimizer.lr", "optimizer.momentum", "optimizer.weight_decay")
@@ -56,7 +56,13 @@ def _num(df: pd.DataFrame, col: str) -> pd.Series:
 
 
 def mean_sd(values: Iterable[Any]) -> tuple[float, float, int]:
-    """``(mean, sd, n)`` over the finite values; sd has ddof 1 (NaN below two values)."""
+    """``(mean, sd, n)`` over the finite values; sd has ddof 1 (NaN below two values).
+
+    >>> mean_sd([1, 2, 3, None, "x"])
+    (2.0, 1.0, 3)
+    >>> mean_sd([5])
+    (5.0, nan, 1)
+    """
     x = pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce").to_numpy(float)
     x = x[np.isfinite(x)]
     if len(x) == 0:
@@ -65,7 +71,11 @@ def mean_sd(values: Iterable[Any]) -> tuple[float, float, int]:
 
 
 def pm(mean: float, sd: float) -> str:
-    """``"mean ± sd"`` for a table cell (``mean`` alone without an sd, '–' without a mean)."""
+    """``"mean ± sd"`` for a table cell (``mean`` alone without an sd, '–' without a mean).
+
+    >>> pm(0.5, 0.1), pm(0.5, float("nan")), pm(float("nan"), 0.1)
+    ('0.5 ± 0.1', '0.5', '–')
+    """
     if not (isinstance(mean, (int, float)) and math.isfinite(mean)):
         return "–"
     if not math.isfinite(sd):

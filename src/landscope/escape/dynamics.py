@@ -235,7 +235,9 @@ def run_escape(model: nn.Module, train_split, *, lr: float, batch_size: int, see
     while step < max_steps:
         work.train()
         grads = gradient()
-        with torch.no_grad():  # plain SGD (torch.optim.SGD would import torch._dynamo: ~5 s)
+        # plain SGD: torch.optim.SGD would import torch._dynamo, which takes seconds
+        # (docs/measurements.md#escape-dynamics)
+        with torch.no_grad():
             for p, g in zip(params, grads):
                 p.add_(g, alpha=-float(lr))
         step += 1

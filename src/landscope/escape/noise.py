@@ -42,7 +42,13 @@ def _noise_generator(seed: int) -> torch.Generator:
 
 def minibatch_noise_trace(sigma_trace: float, batch_size: int, n: int) -> float:
     """``tr Σ / B · (n − B)/(n − 1)``: the trace of the covariance of the mean gradient of
-    ``B`` samples drawn without replacement from ``n`` (0 at ``B >= n``)."""
+    ``B`` samples drawn without replacement from ``n`` (0 at ``B >= n``).
+
+    >>> minibatch_noise_trace(10.0, 4, 9)  # 10/4 · 5/8
+    1.5625
+    >>> minibatch_noise_trace(10.0, 9, 9)
+    0.0
+    """
     b = min(int(batch_size), int(n))
     if n <= 1 or b >= n:
         return 0.0

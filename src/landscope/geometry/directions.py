@@ -64,7 +64,15 @@ __all__ = ["NORMALIZATIONS", "random_direction", "random_directions", "normalize
 
 
 def check_normalization(normalization: Any) -> str:
-    """The normalization name (enum members allowed), or a one-line :class:`LandscopeError`."""
+    """The normalization name (enum members allowed), or a one-line :class:`LandscopeError`.
+
+    >>> check_normalization("filter")
+    'filter'
+    >>> check_normalization("sideways")
+    Traceback (most recent call last):
+        ...
+    landscope.errors.LandscopeError: direction normalization must be one of ... (got 'sideways')
+    """
     name = str(normalization)
     if name not in NORMALIZATIONS:
         raise LandscopeError(f"direction normalization must be one of "

@@ -2,8 +2,8 @@
 
 A grid point is one forward pass of the working copy under ``inference_mode``. An
 activation that writes its result into its input instead of a new tensor saves an
-allocation and keeps the activations in cache: on the default MLP (mnist1d, 1000 samples,
-one thread) a forward took 688 us instead of 754 us. Values are bit for bit the same.
+allocation and keeps the activations in cache (the saving on the default MLP:
+docs/measurements.md#geometry-forward). Values are bit for bit the same.
 
 In-place is only safe when nothing reads the activation's input afterwards. The working copy
 is traced with ``torch.fx``; an activation *module* is switched to ``inplace=True`` only when

@@ -10,11 +10,10 @@ the output
 The terms on the right are computed once per scan (one call per term, by the layer's own
 forward with the flat buffer temporarily set to ``theta0`` or to ``d_k``), and each point
 then costs one or two vector additions instead of the layer. That pays when the layer's
-fan-in is large: an MLP on MNIST-shaped inputs (784 inputs, width 128, 1000 samples, one
-thread) went from 2.09 ms to 0.82 ms per point. With 40 inputs (the default MLP on mnist1d)
-the additions' memory traffic costs about as much as the layer (measured 0.84 vs 0.82 ms),
-so layers with a fan-in below :data:`MIN_FAN_IN` are left alone. The centre (all
-``c_k == 0``) returns the layer's own output at ``theta0`` bit for bit.
+fan-in is large (784 inputs); with 40 inputs (the default MLP on mnist1d) the additions'
+memory traffic costs about as much as the layer (the timings:
+docs/measurements.md#geometry-input-layers), so layers with a fan-in below :data:`MIN_FAN_IN` are
+left alone. The centre (all ``c_k == 0``) returns the layer's own output at ``theta0`` bit for bit.
 
 What qualifies, conservatively:
 

@@ -130,7 +130,13 @@ class SparseProjection(RandomProjection):
 
 def fwht(x: Tensor) -> Tensor:
     """Unnormalized fast Walsh-Hadamard transform along the last dim (a power of 2):
-    ``x @ H`` with ``H`` the Sylvester-Hadamard matrix (symmetric, ``H H = n I``)."""
+    ``x @ H`` with ``H`` the Sylvester-Hadamard matrix (symmetric, ``H H = n I``).
+
+    >>> fwht(torch.tensor([1.0, 2.0, 3.0, 4.0])).tolist()
+    [10.0, -2.0, -4.0, 0.0]
+    >>> fwht(fwht(torch.tensor([1.0, 2.0, 3.0, 4.0]))).tolist()  # H H = n I
+    [4.0, 8.0, 12.0, 16.0]
+    """
     n = x.shape[-1]
     if n & (n - 1):
         raise LandscopeError(f"Walsh-Hadamard size must be a power of 2 (got {n})")
@@ -185,6 +191,14 @@ class FastfoodProjection(RandomProjection):
 
 
 def check_dim(d: Any, D: int) -> None:
+    """Raise a one-line :class:`LandscopeError` unless ``d`` is an integer in ``1 .. D``.
+
+    >>> check_dim(2, 3)
+    >>> check_dim(5, 3)
+    Traceback (most recent call last):
+        ...
+    landscope.errors.LandscopeError: subspace dimension d=5 exceeds the 3 parameters
+    """
     if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d <= 0:
         raise LandscopeError(f"subspace dimension d must be a positive integer (got {d!r})")
     if d > D:

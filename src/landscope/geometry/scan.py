@@ -8,16 +8,17 @@ A :class:`Scan` lists points ``base + c * dirs[d]`` with ``base = theta0 + rc * 
 
 Workers. With ``workers > 1`` the points are evaluated by this process and ``workers - 1``
 loky (joblib's process pool) worker processes, each with one torch thread (this process
-computes while the workers start and read the scan: with two workers idling the parent cost
-about 5% of the speedup). The scan (the space, directions, coordinates, data and
+computes while the workers start and read the scan: an idle parent costs part of the
+speedup, docs/measurements.md#geometry-scan). The scan (the space, directions, coordinates, data and
 the list of chunks) is pickled once into a temporary directory that every worker reads once per
 scan (the space is rebuilt only when it differs from the worker's previous one). The chunks are
 guided (large first, at most 32 points, small at the end so the workers finish together), and
 the processes schedule themselves: each claims the next free chunk by creating its claim file
 exclusively, so no chunk waits for the parent process to hand it out (with a queue per chunk,
-a parent descheduled on a busy 2-core machine left the workers idle for a quarter of a 21 x 21
-plane). Every point is computed by the same code from the same inputs whatever process runs
-it, so the values do not depend on ``workers`` or on how a scan was interrupted and resumed.
+a parent descheduled on a busy machine left the workers idle:
+docs/measurements.md#geometry-scan). Every point is computed by the same code from the same inputs
+whatever process runs it, so the values do not depend on ``workers`` or on how a scan was
+interrupted and resumed.
 
 Resume. With a store path the completed points are written atomically (temp file +
 ``os.replace``) every ``save_every`` seconds, when the scan ends and when it is interrupted by

@@ -25,8 +25,9 @@ by writing ``theta0 + a d1 (+ b d2)`` into its flat parameter buffer in place (`
 out=)``; a plane row's ``theta0 + a d1`` is computed once per row); no model copies, no
 allocation of parameter vectors per point; the forward pass is the working copy's flat
 eval forward (:mod:`landscope.geometry.flat_forward`); loss and accuracy take a few cheap ops
-(see :meth:`ParamSpace.evaluate_current`). On the default MLP with 1000 samples a point costs
-about 1.03 bare forward passes of the model (``scripts/bench_geometry.py``).
+(see :meth:`ParamSpace.evaluate_current`). On the default MLP a point costs little more than
+a bare forward pass of the model (``scripts/bench_geometry.py``;
+docs/measurements.md#geometry-space).
 
 Workers and resume. ``workers > 1`` spreads the points over this process and ``workers - 1``
 joblib (loky) processes with identical results; ``store=Path`` keeps the completed points in an

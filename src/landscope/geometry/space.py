@@ -27,8 +27,9 @@ batch). The working copy's activations are in-place where that is provably safe
 per-module call overhead (:mod:`landscope.geometry.flat_forward`), and on a scan the layers
 that read the data directly can be served as linear combinations
 (:mod:`landscope.geometry.input_layers`); hot loops call :meth:`ParamSpace.measure` inside
-one ``inference_mode`` context. A grid point of the default MLP costs about 1.03 bare
-forward passes of the model (``scripts/bench_geometry.py``). A :class:`ParamSpace`
+one ``inference_mode`` context. A grid point of the default MLP costs little more than a
+bare forward pass of the model (``scripts/bench_geometry.py``;
+docs/measurements.md#geometry-space). A :class:`ParamSpace`
 pickles (for worker processes) as the model plus ``theta0``/``buffers0``; unpickling
 rebuilds the working copy.
 """
@@ -205,10 +206,9 @@ class ParamSpace:
         out_iy`` with the row maximum ``m_i`` (stable); ``max(1)`` gives ``m`` and the
         predictions (first maximal index, as :func:`landscope.losses.correct`) in one pass,
         the row sums are one matrix product with a ones column (a row reduction over C
-        entries is ~3x slower on CPU), everything stays in ``(B, 1)`` columns written into
-        reused buffers, and there is one host sync per batch and value. On the default MLP
-        with 1000 samples this costs ~75 us against ~300 us for ``F.cross_entropy`` +
-        ``argmax``.
+        entries is slower on CPU), everything stays in ``(B, 1)`` columns written into
+        reused buffers, and there is one host sync per batch and value. This costs a fraction
+        of ``F.cross_entropy`` + ``argmax`` (docs/measurements.md#geometry-space).
         """
         if self._work.training:
             self._work.eval()

@@ -13,11 +13,9 @@ finite-difference gradient change
 which is exact for a quadratic and, on a network, the Hessian-vector product smoothed over
 a "bore hole" of depth :math:`\varepsilon` (on ReLU networks it includes the kinks the hole
 crosses, so it differs from the HVP at the point: a curvature *at scale* ε).  Choice of
-ε = 1e-4 (default), measured against the exact HVP on the default MNIST-1D MLP (width 128,
-depth 3, float32, 40 directions, at initialization and after 20 SGD epochs): ε ≥ 3e-4 let
-5-30% of the directions cross a ReLU kink, and a kink adds a gradient jump divided by ε
-(‖h‖ up to 500× ‖Hd‖), while ε = 1e-4 had no outlier and a median relative error of 2-7%
-(float32 round-off; 1e-5 rose to 18-50%).  Per probe step it records
+ε = 1e-4 (default): a larger ε lets more directions cross a ReLU kink, and a kink adds a
+gradient jump divided by ε; a smaller one drowns the difference in float32 round-off (the
+comparison against the exact HVP: docs/measurements.md#optim-llp).  Per probe step it records
 
 * the gradient-change curvature :math:`\|h_i\|` (mean and max over the N directions;
   ``curv_mean``, ``curv_max``), with :math:`\mathbb{E}\|Hd\|^2 = \operatorname{tr}(H^2)/D`
@@ -32,8 +30,8 @@ depth 3, float32, 40 directions, at initialization and after 20 SGD epochs): ε 
     :math:`\operatorname{tr}(H^2) = \|H\|_F^2 \ge \lambda_{max}^2`, so :math:`\kappa` is on
     the scale of (and in expectation above) the top eigenvalue; ``aggregate=max`` is more
     conservative still.  ``aggregate=median`` (default) is robust to the rare direction
-    that crosses a ReLU kink (in a 40-epoch MNIST-1D run with ``mean``, such directions
-    gave gradient changes 10-40× the typical one and pushed the step down to ~0.002), at a
+    that crosses a ReLU kink (with ``mean``, such directions pushed the step down in a
+    MNIST-1D run: docs/measurements.md#optim-llp), at a
     bias: when one eigenvalue dominates, :math:`D\|Hd\|^2/\lambda^2` is a
     :math:`\chi^2_1`-like variable whose median is 0.45 of its mean, so :math:`\kappa`
     can be down to ~0.67 :math:`\|H\|_F`; with a spread spectrum the ratio tends to 1.

@@ -22,10 +22,10 @@ Three ways to compute the same product (``method``):
   create_graph=True)``, then ``grad(g, grad_outputs=v)``.  Memory of one micro-batch.
 * ``forward_over_reverse`` -- ``torch.func.jvp(torch.func.grad(loss), (params,), (v,))``.
 
-Measured on CPU (2 cores, 1 thread, float32) by ``scripts/bench_hvp.py``: ``cached`` costs
-0.53-0.69x a fresh ``double_backward`` (1.7-2.0x a plain gradient) for an MLP, a CNN and a
-ResNet with BatchNorm and a ViT with LayerNorm; ``forward_over_reverse`` is the slowest
-(1.3-1.5x ``double_backward``).  So ``cached`` is the default for every model family.
+On CPU ``cached`` is cheaper than a fresh ``double_backward`` for an MLP, a CNN and a ResNet
+with BatchNorm and a ViT with LayerNorm, and ``forward_over_reverse`` is the slowest
+(``scripts/bench_hvp.py``; the figures: docs/measurements.md#probes-hvp).  So ``cached`` is the
+default for every model family.
 
 With ``primitives=True`` (the default) the loss is evaluated inside
 :class:`~landscope.probes.primitives.CurvaturePrimitives`: eval-mode BatchNorm folded into
@@ -70,7 +70,7 @@ Method = Literal["cached", "double_backward", "forward_over_reverse"]
 Mode = Literal["eval", "train"]
 METHODS: tuple[str, ...] = ("cached", "double_backward", "forward_over_reverse")
 MODES: tuple[str, ...] = ("eval", "train")
-DEFAULT_METHOD: str = "cached"  # fastest measured on CPU for MLP, CNN and ResNet (bench_hvp)
+DEFAULT_METHOD: str = "cached"  # the cheapest on CPU (docs/measurements.md#probes-hvp)
 MAX_CACHED_BATCHES = 8
 # Relative tolerance of the determinism check, by dtype (anything else: float32's).
 _CHECK_RTOL = {torch.float64: 1e-10, torch.float32: 1e-4}

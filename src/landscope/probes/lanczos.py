@@ -17,13 +17,9 @@ floor)`` with ``floor = 100·eps(dtype)·‖T‖`` (the working-precision limit,
 float32). For a symmetric A a residual r puts an exact eigenvalue within r of θ (and within
 r²/gap), so the default ``tol = 1e-6`` guarantees relative eigenvalue error ≤ 1e-6 even for
 clustered spectra, where the r²/gap bound is weak. Looser stops fail there by *mis-convergence*
-(a cluster member not yet in the Krylov space is skipped, which no residual can reveal). Measured
-worst relative error / products over 10 seeds (float64, no verification products):
-
-    tol     decay top-5 (D=500)   10 − 0.01i top-5   10 − 0.001i top-5   bottom-3 (D=300)
-    1e-3    4e-6 / 21             2e-3 / 40          5e-4 / 59           8e-7 / 55
-    1e-4    1e-8 / 22             1e-3 / 47          2e-4 / 120          6e-9 / 57
-    1e-6    1e-12 / 25            9e-13 / 52         3e-12 / 133         4e-13 / 62
+(a cluster member not yet in the Krylov space is skipped, which no residual can reveal). The
+worst relative error and the products per ``tol`` on decaying and clustered test spectra:
+see docs/measurements.md#probes-lanczos.
 """
 
 from __future__ import annotations
@@ -175,10 +171,10 @@ def lanczos_eigs(op: Operator, k: int = 5, which: Which = "largest", tol: float 
     seeds the other copies once the first has converged, and full reorthogonalization lets them
     grow and converge after roughly as many further steps again. So a repeated eigenvalue is listed
     with its multiplicity only if the wanted pairs take long enough to converge; otherwise it is
-    listed once and the list goes on with the next distinct eigenvalue. Measured (D = 400, bulk in
-    [0, 1]): spectrum 8, 8, 6, bulk: k=2 returns [8, 6] (10 products), k=3 returns [8, 8, 6] (22–24
-    products). Every returned value is an eigenvalue to within its residual either way; ask for more
-    pairs than needed (or compare two seeds) when multiplicity matters.
+    listed once and the list goes on with the next distinct eigenvalue (an example with a double
+    eigenvalue: docs/measurements.md#probes-lanczos). Every returned value is an eigenvalue to
+    within its residual either way; ask for more pairs than needed (or compare two seeds) when
+    multiplicity matters.
     """
     max_iter = _eigs_iterations(op, k, which, max_iter)
     start = op.n_matvecs

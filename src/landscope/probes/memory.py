@@ -9,14 +9,14 @@ Three things the plain ``checkpoint`` call gets wrong for the probes, handled he
 
 * **functional_call.**  The recomputation runs during backward, after
   ``torch.func.functional_call`` has put the module's own parameters back, so a plain
-  checkpoint recomputes with the *wrong* tensors (measured on an MLP: ``H v`` off by 54-84 %,
-  the gradient by 31 %).  Each block's current parameters and buffers (the substituted ones
-  inside ``functional_call``) are passed to the checkpointed function as inputs and the block
+  checkpoint recomputes with the *wrong* tensors (``H v`` and the gradient come out wrong:
+  docs/measurements.md#probes-memory).  Each block's current parameters and buffers (the substituted
+  ones inside ``functional_call``) are passed to the checkpointed function as inputs and the block
   is re-run with them.
 * **Torch-function modes** (:class:`~landscope.probes.primitives.CurvaturePrimitives`) are
   not active during backward, so a plain recomputation runs different ops than the forward
-  did: a ``CheckpointError`` with BatchNorm, a silently wrong ``H v`` (30-75 % off) on the
-  MLP and the ViT.
+  did: a ``CheckpointError`` with BatchNorm, a silently wrong ``H v`` on the MLP and the
+  ViT.
   The modes active at the forward are re-entered for the recomputation; each block's inputs
   enter it through an alias, so a mode's state (the last affine call) never crosses a block
   boundary and the forward and the recomputation make the same rewrites.
@@ -25,16 +25,15 @@ Three things the plain ``checkpoint`` call gets wrong for the probes, handled he
   *not* support ``torch.func`` transforms (``grad``/``jvp`` refuse saved-tensor hooks), so
   the ``forward_over_reverse`` product cannot be checkpointed.
 
-What it buys (``scripts/bench_memory.py``, CPU, float32): the peak of a *gradient* falls
-2.2-2.4x (CNN, ResNet, ViT, a ResNet-18 layout on 3x32x32), but a Hessian-vector product
-gains little.  Reverse-over-reverse differentiates the whole gradient graph; that graph holds
-every activation again (recomputed in the first backward), and the second backward walks the
-checkpointed forward once more, recomputing it again.  With ``double_backward`` the peak of a
-product fell by 3-19 % (the ViT's rose 1 %) for 1.1-1.8x its time; the ``cached`` operator
-keeps the recomputed activations in its graph (what it keeps shrank by 0-13 %) and every
-product recomputes every block (1.5-2x the time).  Forward-mode AD over a checkpointed
-backward (dual tensors; not a method of the operator) was tried on two models: correct, and
-its peak *rose* with checkpointing.
+What it buys (``scripts/bench_memory.py``; the figures: docs/measurements.md#probes-memory):
+the peak of a *gradient* falls by more than half, but a Hessian-vector product gains little.
+Reverse-over-reverse differentiates the whole gradient graph; that graph holds every activation
+again (recomputed in the first backward), and the second backward walks the checkpointed forward
+once more, recomputing it again.  With ``double_backward`` the peak of a product falls a little for
+more time; the ``cached`` operator keeps the recomputed activations in its graph (what it keeps
+shrinks a little) and every product recomputes every block (more time).  Forward-mode AD over a
+checkpointed backward (dual tensors; not a method of the operator) was tried on two models: correct,
+and its peak *rose* with checkpointing.
 
 :func:`peak_memory` measures a callable: on CUDA ``torch.cuda.max_memory_allocated`` above
 the memory allocated at the start; elsewhere :class:`LiveTensorBytes`, the peak of the

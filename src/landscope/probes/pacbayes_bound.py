@@ -62,7 +62,13 @@ def _kl(q: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 def kl_bernoulli(q: object, p: object) -> float | np.ndarray:
     """``kl(q || p) = q ln(q/p) + (1-q) ln((1-q)/(1-p))`` (``0 ln 0 = 0``; ``inf`` where ``p``
-    is 0 or 1 and ``q`` is not). Broadcasts over arrays; floats in, float out."""
+    is 0 or 1 and ``q`` is not). Broadcasts over arrays; floats in, float out.
+
+    >>> kl_bernoulli(0.5, 0.5), kl_bernoulli(0.1, 0.0)
+    (0.0, inf)
+    >>> kl_bernoulli(0.0, 0.5) == math.log(2)
+    True
+    """
     q, p = _unit_interval(q, "q"), _unit_interval(p, "p")
     return _out(_kl(q, p))
 
@@ -88,7 +94,13 @@ def _kl_inverse(q: object, c: object, upper: bool) -> float | np.ndarray:
 def kl_inverse_upper(q: object, c: object) -> float | np.ndarray:
     """``sup{p in [q, 1] : kl(q || p) <= c}`` by bisection (200 halvings: to the last ulp).
 
-    ``c = 0`` gives ``q``; a large ``c`` gives (nearly) 1; ``q = 1`` gives 1. Broadcasts."""
+    ``c = 0`` gives ``q``; a large ``c`` gives (nearly) 1; ``q = 1`` gives 1. Broadcasts.
+
+    >>> kl_inverse_upper(0.1, 0.0), kl_inverse_upper(1.0, 0.3)
+    (0.1, 1.0)
+    >>> round(kl_inverse_upper(0.0, math.log(2)), 12)  # kl(0 || p) = −ln(1 − p)
+    0.5
+    """
     return _kl_inverse(q, c, upper=True)
 
 
@@ -172,7 +184,11 @@ def check_m(m: int) -> None:
 
 
 def prior_variance(j: int, b: float = 100.0, c: float = 0.1) -> float:
-    """Grid point ``lambda_j = c exp(-j / b)``."""
+    """Grid point ``lambda_j = c exp(-j / b)``.
+
+    >>> prior_variance(0), prior_variance(100) == 0.1 * math.exp(-1)
+    (0.1, True)
+    """
     return c * math.exp(-j / b)
 
 

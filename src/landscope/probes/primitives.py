@@ -24,9 +24,9 @@ float64 against the dense Hessian of the plain model):
   cheaper than ``log_softmax``'s.  Only the plain case is rewritten: 2-D logits, no class
   weights, no label smoothing, no ignored targets.
 
-Measured by ``scripts/bench_probes.py`` (one product, 1 thread, CPU): the MLP product gets
-about 10% cheaper, the CNN with BatchNorm about 30%.  The forward pays a few microseconds
-of Python per call for the mode, which the cached product (one backward per product) never
+The rewrites make a product cheaper, most with BatchNorm (``scripts/bench_probes.py``;
+docs/measurements.md#probes-primitives).  The forward pays a little Python per call for the
+mode, which the cached product (one backward per product) never
 pays again.  ``HessianOperator(..., primitives=False)`` turns the rewrites off.
 """
 
@@ -128,7 +128,8 @@ class CurvaturePrimitives(TorchFunctionMode):
             return None
         z = args[0]
         self.n_relu += 1
-        # A multiplied mask: measured ~2x cheaper to differentiate twice than ``torch.where``.
+        # A multiplied mask: cheaper to differentiate twice than ``torch.where``
+        # (docs/measurements.md#probes-primitives).
         # (An infinite pre-activation would give 0 * inf = nan, which the operator's
         # finiteness check reports; plain ReLU would give 0.)
         return z * (z > 0).to(z.dtype)

@@ -20,10 +20,10 @@ Precision (``tol``): an ascent stops after two iterations in a row that each rai
 largest loss seen by less than ``tol * (largest - L(theta))`` (or by less than the loss's rounding,
 ``16 eps |L|`` in its dtype), or after ``steps`` evaluations; ``converged`` says which.  The
 value is then within about ``tol`` (relative) of where the full ``steps`` would have led
-when the ascent converges geometrically at least twice as fast as ``tol`` shrinks (the
-networks measured: ratios 0.25-0.35 per step).  Restarts, from seeded random boundary points,
-only while they find something: a restart is abandoned once its iterate's cosine with the
-incumbent maximizer exceeds ``1 - 1e-2`` (it has joined it); one that does not end at a
+when the ascent converges geometrically at least twice as fast as ``tol`` shrinks (as on
+the networks measured: docs/measurements.md#probes-sharpness).  Restarts, from seeded random
+boundary points, only while they find something: a restart is abandoned once its iterate's cosine
+with the incumbent maximizer exceeds ``1 - 1e-2`` (it has joined it); one that does not end at a
 higher maximum (by more than ``tol``) at another point (cosine ``<= 1 - 1e-2``) ends the
 restarts of this radius and of every later one.
 

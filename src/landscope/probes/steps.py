@@ -45,17 +45,15 @@ from landscope.probes.trace import deflated_trace, hutchinson
 from landscope.probes.verify import verify_estimates
 
 # Fewest samples before the trace's auto-stop may fire: stopping on an estimated stderr biases
-# the estimate low when it may fire early (large samples raise both the mean and the stderr).
-# Measured on a 20-dim quadratic (top-5 deflated, rse 0.01, 400 seeds): with 10, mean error
-# -0.038 +- 0.011 and error/stderr has sd 1.35; with 30, +0.008 +- 0.008 and sd 1.08.
+# the estimate low when it may fire early (large samples raise both the mean and the stderr);
+# the bias at 10 and at 30 samples: docs/measurements.md#probes-steps.
 TRACE_MIN_SAMPLES = 30
-# Relative precision of the PAC-Bayes sigma' search. Its 10 Monte Carlo draws move sigma' by
-# 5-15% from one probe.seed to another (measured on the mlp, cnn and vit of bench_probe_cost),
-# so 1e-3 was spurious precision; 1e-2 changed sigma' by < 1% and saved 10-70 of its
-# 73-151 accuracy evaluations per measure.
+# Relative precision of the PAC-Bayes sigma' search. Its 10 Monte Carlo draws move sigma' from
+# one probe.seed to another by far more than 1e-2, so 1e-3 was spurious precision, and 1e-2
+# saves accuracy evaluations (docs/measurements.md#probes-steps).
 PAC_BAYES_SIGMA_RTOL = 1e-2
 # Hutchinson products per batched call on a GPU (probes.batched.matmat); 1 on CPU, where
-# batching measured 1.04-1.36x slower than single products (scripts/bench_memory.py)
+# batching is slower than single products (docs/measurements.md#probes-steps)
 TRACE_GPU_BLOCK = 8
 
 Step = Callable[[ProbeRun], None]

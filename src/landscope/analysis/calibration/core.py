@@ -118,7 +118,14 @@ class Rate:
 
 
 def binomial_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Clopper–Pearson (exact) interval of a binomial proportion k/n."""
+    """Clopper–Pearson (exact) interval of a binomial proportion k/n.
+
+    >>> low, high = binomial_interval(0, 10)
+    >>> low, round(high, 4)
+    (0.0, 0.3085)
+    >>> binomial_interval(0, 0)
+    (nan, nan)
+    """
     from scipy import stats
 
     if n == 0:
@@ -169,8 +176,8 @@ def _frozen_heap() -> Iterator[None]:
     """Leave the objects alive before a scenario's loop out of garbage collection while it
     runs (``gc.freeze``). The loop makes many short-lived containers; every collection would
     otherwise traverse the whole heap (torch, pandas, scipy and, in a test process, every
-    earlier test's objects): measured 2.6× faster in a fresh process, 20× with a heap of
-    6 million objects. Nothing is leaked: the frozen objects are alive anyway."""
+    earlier test's objects; the speed-up: docs/measurements.md#analysis-calibration).
+    Nothing is leaked: the frozen objects are alive anyway."""
     already = gc.get_freeze_count() > 0
     gc.collect()
     gc.freeze()

@@ -20,33 +20,16 @@ The world (:func:`simulate`):
   *every* barrier it is part of, with c_s ~ N(0, 0.3²) shared by the seed's two models and
   b ~ Exponential(mean 0.5) (skewed, one per model); B(i, j) = 0.2 + u_i + u_j +
   N(0, 0.1²) − ΔB·skip. This is the world in which a Wilcoxon over the 28 pairs of seeds
-  rejected about half the null datasets (issue #16: 48 % raw), because each model's basin is
-  shared by 7 pairs.
+  rejected far too many null datasets (issue #16), because each model's basin is shared by
+  7 pairs.
 
-Measured (``calibrate(scenarios(), R=200)``, seed 0; rate [Clopper–Pearson 95 %]):
-
-- ``h2_null_seed_effects``: λmax 4.5 % [2.1, 8.4]; secondary rows after the gate 0.5 %;
-  barrier jackknife ungated 4.0 % [1.7, 7.7], gated 0 %; sign-flip ungated 5.5 %;
-- ``h2_null_barriers_gate_open``: secondary rows 4.0 %; barrier ungated 4.0 %, gated 1.0 %;
-  sign-flip 5.5 %;
-- ``h2_null_barriers_unequal_basins`` (the known limit: skewed seed-level differences, the
-  t on 7 df is anti-conservative): barrier ungated 7.0 % [3.9, 11.5] (10.8 % [7.9, 14.2] at
-  R = 400, seed 7), gated 2.5 % (5.8 % at R = 400); sign-flip 7.0 % (9.8 %). The two
-  ungated rows are ``stress`` rows (:mod:`~landscope.analysis.calibration.core`): equal mean
-  barriers with an exponential against a normal basin shape is a null for the mean, and no
-  test of a mean over 8 units holds its level for every shape. Measured on the seed
-  pseudo-values of this world directly (20,000 datasets): the jackknife t 9.5 % (9.1 % in the
-  lower tail alone), the exact sign flip 8.5 %, Johnson's and Hall's skewness-corrected t
-  7.4 % and 7.7 %, a bootstrap-t 7.5 % (4,000 datasets), and the jackknife t still 8.0 % at
-  16 seeds; the gated row, which decides the verdict, stays a null row. At R = 1000 (the
-  shipped rates of the three nulls): ungated jackknife 9.6 % [7.8, 11.6] and sign flip 8.5 %
-  (stress), gated 3.9 % [2.8, 5.3]; in ``h2_null_seed_effects`` and the open gate every null
-  row ≤ 5.3 % [4.0, 6.9];
-- ``h2_planted_skip`` (power): λmax 68 %, secondary rows 25.5 %, barrier ungated 50 %, gated
-  14 %, sign-flip 53 %.
-
-For reference, the former Wilcoxon over the 28 matched pairs of seeds rejected 47 % of 2000
-datasets of the ``h2_null_seed_effects`` barrier world (the jackknife 3.7 %).
+The rates of these scenarios (``calibrate(scenarios(), R=200)`` and the shipped rates) are in
+docs/measurements.md#calibration-h2. In ``h2_null_barriers_unequal_basins`` (the known limit:
+skewed seed-level differences, the t on 7 df is anti-conservative) the two ungated barrier rows
+are ``stress`` rows (:mod:`~landscope.analysis.calibration.core`): equal mean barriers with an
+exponential against a normal basin shape is a null for the mean, and no test of a mean over 8
+units holds its level for every shape; the gated row, which decides the verdict, stays a null
+row.
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ steps, censored at 600.  Per minimum ``g`` of width ``w`` and continuation ``i``
 
 with ``u_g ~ N(0, 0.4²)`` (the minimum's basin, shared by its continuations),
 ``ε ~ N(0, 0.5²)``, ``b_rate = −0.5``; ``T`` rounded up to an even step (at least 2) and
-censored at 600 (about 10–25 % of the runs).  The minimum's energy share is
-``m_w + 0.05·e_g`` with ``e_g ~ N(0, 1)`` (so ``b`` is the effect per within-width sd), κ is
-``D/10 · exp(N(0, 0.15²))``; ``n_params`` = D of a depth-3 MLP on MNIST-1D (40 inputs, 10
+censored at 600 (a minority of the runs: docs/measurements.md#analysis-calibration).  The minimum's
+energy share is ``m_w + 0.05·e_g`` with ``e_g ~ N(0, 1)`` (so ``b`` is the effect per within-width
+sd), κ is ``D/10 · exp(N(0, 0.15²))``; ``n_params`` = D of a depth-3 MLP on MNIST-1D (40 inputs, 10
 classes).  Files: ``config.yaml``, ``result.json`` (probes with both alignment measures and
 ``n_params``) and ``escape/<fingerprint>.json`` exactly as :func:`~landscope.analysis.
 hypotheses.h3.load_escapes` reads them.
@@ -36,7 +36,7 @@ censored at 400::
     log T = log 60 + u_g + 0.4·log(B/4) − 0.5·log(f/0.5) + c_noise + ε,
     u_g ~ N(0, 0.5²),  ε ~ N(0, 0.6²)
 
-rounded up to an even step (about 10–20 % censored).  ``h3_noise_null``: ``c`` = 0 for every
+rounded up to an even step (a minority censored).  ``h3_noise_null``: ``c`` = 0 for every
 noise type (the type is irrelevant: the labels are exchangeable within a minimum).
 ``h3_noise_planted``: ``c_topk`` = :data:`NOISE_EFFECT` (top-k noise escape time ×0.74),
 ``c_sgd = c_isotropic = 0`` (the sgd test stays a null).  ``evaluate`` reads the files with

@@ -23,13 +23,8 @@ dataset counts as a rejection when the verdict of *any* baseline on that measure
 ``higher`` or ``lower`` (the family-wise rate Holm controls); under the planted scenario (LLP
 differs from SGD only) when the SGD row's verdict is the planted direction.
 
-Measured (``calibrate(scenarios(), R=200)``, seed 0; rate [Clopper–Pearson 95 %]; stored in
-rates.csv, hypothesis ``optimizers``):
-
-- ``opt_null_seed_effects``: test accuracy 4.0 % [1.7, 7.7], λmax 3.5 % [1.4, 7.1], trace 4.0 %;
-- ``opt_null_skewed_llp``: test accuracy 5.0 % [2.4, 9.0], λmax 3.0 %, trace 5.5 % [2.8, 9.6];
-- ``opt_planted_sgd`` (power, d_z 2.12 against SGD only, 5 seeds, Holm across 4): test
-  accuracy 70 % [63, 76], λmax 62 % [55, 69], trace 67 % [60, 73].
+The rates of these scenarios (``calibrate(scenarios(), R=200)``; stored in rates.csv,
+hypothesis ``optimizers``): docs/measurements.md#calibration-optimizers.
 """
 
 from __future__ import annotations

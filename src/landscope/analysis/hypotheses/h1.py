@@ -22,7 +22,7 @@ the equation alone); b′, c′ and c: CR2 cluster-robust t-tests by seed with S
 and their t intervals;
 a·b′: a seed-level bootstrap percentile interval (both equations refitted on each resample of
 seeds), widened by sqrt(G/(G−1))·t_{G−1}/z for G seeds (see the mediation module: the plain
-interval fired 7–8 % of the time on one side under b′ = 0 with 6 seeds).
+interval is too narrow with few seeds, docs/measurements.md#analysis-mediation).
 
 Verdict (an intersection–union test: every component must hold, so no Holm across them):
 

@@ -16,8 +16,8 @@ a jobs table supports and :func:`h2_tests` runs several at once (what the report
 :func:`h2_table` stacks their tables with a ``comparison`` column.
 
 The sweeps are :file:`conf/experiment/h2_skip.yaml` (16 jobs: ``model.skip`` × 8 seeds,
-6-layer MLP of width 64 on mnist1d, ``probe=standard``, 20 epochs; about 2.5 min with
-``hydra/launcher=parallel`` on 2 CPU cores) and :file:`conf/experiment/h2_norm.yaml`
+6-layer MLP of width 64 on mnist1d, ``probe=standard``, 20 epochs; its run time:
+docs/measurements.md#analysis-h2) and :file:`conf/experiment/h2_norm.yaml`
 (``model.norm`` = none, batch, layer × 10 seeds, skip off). Caveat: with SGD at lr 0.1 both
 variants may end near the stability limit 2/lr = 20, and the plain network trains much worse in
 20 epochs, so λmax compares edge-of-stability dynamics and unequal train losses as much as
@@ -28,9 +28,10 @@ seed (n = pairs = seeds: the paired tests below are right there). A barrier row 
 per *pair of seeds* within an arm (8 seeds → 28 pairs per arm), and each model enters n − 1 of
 them, so the pairs are **not** independent: a model that sits in an odd basin raises every
 barrier it is part of. The barrier row is therefore tested at the seed level (below) and
-reports n = seeds, never n = pairs. (Measured with the calibration suite,
-:mod:`landscope.analysis.calibration.h2`: the former Wilcoxon over the 28 matched pairs of
-seeds rejected about half of the null datasets whose models carry their own basin effect.)
+reports n = seeds, never n = pairs. (In the calibration suite,
+:mod:`landscope.analysis.calibration.h2`, the former Wilcoxon over the 28 matched pairs of
+seeds rejected far too many of the null datasets whose models carry their own basin effect:
+docs/measurements.md#analysis-h2.)
 
 **Per-job rows** (one row of :attr:`H2Result.table` per measure,
 :func:`~landscope.analysis.hypotheses.paired.paired_rank_stats`):
@@ -65,12 +66,13 @@ over 8 seeds cannot go below 2/256). The exact sign-flip permutation p of the ps
 (:func:`~landscope.analysis.hypotheses.paired.sign_flip_p`, all 2^n patterns) is reported
 beside it (``t_test`` = ``seed sign-flip``, ``t_p``), not used. ``n`` = seeds, ``n_on`` /
 ``n_off`` = pairs of seeds per arm. Barrier frames need ``seed_a`` and ``seed_b``
-(:func:`load_barriers` has them); fewer than 3 seeds → inconclusive. Calibration (R = 200,
-8 seeds, every model adding its own Exponential basin to each of its 7 barriers): 4.0 %
-ungated under the null, where the Wilcoxon over the 28 pairs rejected 47 %. Known limit: when
-the seed-level differences are strongly skewed (equal mean barrier, but exponential basins in
-one arm and normal in the other) the t on 7 df is anti-conservative (7-11 % ungated; 2.5-5.8 %
-behind the gate); no test of a mean from 8 skewed values is exact.
+(:func:`load_barriers` has them); fewer than 3 seeds → inconclusive. Calibration (8 seeds,
+every model adding its own Exponential basin to each of its 7 barriers): near its level
+ungated under the null, where the Wilcoxon over the 28 pairs rejected far above it. Known
+limit: when the seed-level differences are strongly skewed (equal mean barrier, but
+exponential basins in one arm and normal in the other) the t on 7 df is anti-conservative
+(ungated; less so behind the gate); no test of a mean from 8 skewed values is exact. The
+rates: docs/measurements.md#analysis-h2.
 
 **Gatekeeping** (one declared primary measure, λmax by default; ``primary=``): with k
 comparisons (1 for ``h2_skip``; one per normalization level for ``h2_norm``) each comparison

@@ -23,9 +23,10 @@ normalized cosine tr(HΣ)/(‖H‖_F‖Σ‖_F) would be the other dimension-fre
 store no ‖H‖_F (tr H² is never estimated) and ‖Σ‖_F only as the top eigenvalues of Σ, so it
 cannot be computed from what a job stores.  The old primary, κ = tr(HΣ)/((trΣ/D)·trH)
 (``probe.noise_alignment_ratio``), is 1 for isotropic noise in any dimension, so for a fixed
-concentration of Σ it grows like D: across widths it measures width (measured: κ ≈ 90–130 at
-width 32, 1380–1660 at 128).  It is kept as a sensitivity row (its log, same test).  The
-energy share of isotropic noise is k/D, so it is not free of D either; log D is in the model.
+concentration of Σ it grows like D: across widths it measures width (the values measured at
+two widths: docs/measurements.md#analysis-h3).  It is kept as a sensitivity row (its log, same
+test).  The energy share of isotropic noise is k/D, so it is not free of D either; log D is in the
+model.
 
 **Primary fit** (:func:`h3_test`, statistics in :mod:`~landscope.analysis.hypotheses.survival`):
 a log-normal accelerated-failure-time model with right censoring, fitted by maximum
@@ -40,13 +41,13 @@ minima (coefficient = log escape-time factor per within-width sd of alignment).
 **Inference on b1, with the minima as units.**  The alignment is a property of the minimum, and
 the ~18–27 continuations from one minimum share its basin, so there are G ≈ 12 independent
 units, too few for z-tests with sandwich errors (a Cox fit with robust errors on 12 clusters
-rejected 16 % of null datasets at 5 %).  The test is a permutation score test: fit the model
-without z, sum each minimum's score (how much later than predicted its runs escape, censored
-runs through the inverse Mills ratio), and compare ``U = Σ_g z̃_g S_g`` with its distribution
-when the alignment values are permuted across minima **within strata of equal parameter count**
-(width): exact under the null that, within a width, the escape-time distribution of a minimum
-does not depend on its alignment.  ``n_perm`` random within-strata permutations (all of them
-when there are fewer).  When too few minima share a parameter count (fewer than ``min_jobs``
+rejected null datasets far above 5 %: docs/measurements.md#analysis-h3).  The test is a permutation
+score test: fit the model without z, sum each minimum's score (how much later than predicted its
+runs escape, censored runs through the inverse Mills ratio), and compare ``U = Σ_g z̃_g S_g`` with
+its distribution when the alignment values are permuted across minima **within strata of equal
+parameter count** (width): exact under the null that, within a width, the escape-time distribution
+of a minimum does not depend on its alignment.  ``n_perm`` random within-strata permutations (all of
+them when there are fewer).  When too few minima share a parameter count (fewer than ``min_jobs``
 in strata of ≥ 2), the alignment's residual on log D is permuted across all minima instead
 (approximate; noted).  **Interval**: the set of b1 the test does not reject at ``alpha``
 (test inversion on ``log T − b·z``, censoring points shifted alike).  H3 predicts **b1 < 0**.
@@ -72,8 +73,8 @@ permutation p < ``alpha`` with b1 < 0; ``not supported`` when p < ``alpha`` with
 ``inconclusive`` otherwise (absence of evidence, no equivalence test).
 
 **Noise design.**  The escapes ``runner.escape`` measures by default are instability exits
-(η·λmax > 2; measured median 2–14 steps), not the noise-activated escapes of Zhu et al.  The
-design that isolates the noise structure: at one minimum with η < 2/λmax
+(η·λmax > 2; a few steps, docs/measurements.md#analysis-h3), not the noise-activated escapes of Zhu
+et al.  The design that isolates the noise structure: at one minimum with η < 2/λmax
 (``escape.lr_unit=stability``), continue with (a) SGD noise, (b) isotropic Gaussian noise of
 the same trace tr Σ/B added to the full-batch gradient, (c) Gaussian noise of the same trace in
 the span of the top-k Hessian eigenvectors (``escape.noise=[sgd,isotropic,topk]``;

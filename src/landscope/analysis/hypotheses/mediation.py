@@ -14,19 +14,20 @@ Two equations, each with one intercept per seed (the seed fixed effects) and the
 Tests and intervals of b′, c′ and c: :func:`~landscope.analysis.inference.cluster_ols`
 (OLS with seed dummies, CR2 standard errors clustered by seed, Bell–McCaffrey/Satterthwaite df,
 t interval). Step (a) is tested by the t-test on per-seed slopes (:func:`per_seed_t`, exact in
-the balanced designs the presets run): CR2 rejected 5.8 % of 3000 simulated null sweeps of
-6 seeds × 5 batch sizes (7.5 % in the suite's 200), the per-seed test holds 5 %; CR2 is the
-fallback when a seed cannot fit the equation alone. The indirect effect's point estimate uses
-the fixed-effects a (equal to the mean per-seed slope in a balanced design). The indirect effect
-a·b′ has no usable t-test (its distribution is a product); its interval is a percentile bootstrap
-resampling **seeds** with replacement (``n_boot`` draws of ``numpy.random.default_rng(seed)``):
-every draw refits both equations on the resample (weighted least squares on the within-seed data, a
-job weighted by how often its seed was drawn, which equals the fixed-effects fit on the stacked
-resample), so a and b′ keep their dependence. With few seeds the percentile interval is too narrow
-(each resample holds about 63 % of the seeds): measured on simulated sweeps of 6 seeds, the plain
-interval excluded zero on the positive side in 7.5–8 % of datasets where b′ = 0 (2.5 % is the
-nominal rate of one side). The interval is therefore widened about the estimate by sqrt(G/(G − 1)) ·
-t_{G−1}/z (:func:`expansion`; 1.44 at G = 6, 1.23 at G = 10): 2–4 % on the same datasets. Draws
+the balanced designs the presets run): CR2 rejects simulated null sweeps of 6 seeds × 5 batch
+sizes above its level while the per-seed test holds it (docs/measurements.md#analysis-mediation);
+CR2 is the fallback when a seed cannot fit the equation alone. The indirect effect's point estimate
+uses the fixed-effects a (equal to the mean per-seed slope in a balanced design). The indirect
+effect a·b′ has no usable t-test (its distribution is a product); its interval is a percentile
+bootstrap resampling **seeds** with replacement (``n_boot`` draws of
+``numpy.random.default_rng(seed)``): every draw refits both equations on the resample (weighted
+least squares on the within-seed data, a job weighted by how often its seed was drawn, which equals
+the fixed-effects fit on the stacked resample), so a and b′ keep their dependence. With few seeds
+the percentile interval is too narrow (each resample holds about 63 % of the seeds): on simulated
+sweeps of 6 seeds where b′ = 0 the plain interval excludes zero on one side well above the nominal
+2.5 %. The interval is therefore widened about the estimate by sqrt(G/(G − 1)) · t_{G−1}/z
+(:func:`expansion`; 1.44 at G = 6, 1.22 at G = 10), which brings the rate back to about its level
+(the rates: docs/measurements.md#analysis-mediation). Draws
 where either equation is singular (too few distinct seeds drawn) are dropped and counted.
 """
 
@@ -163,7 +164,11 @@ def _interval(draws: np.ndarray, level: float, est: float, f: float) -> tuple[fl
 
 def expansion(g: int, level: float = 0.95) -> float:
     """The factor that widens a percentile interval from ``g`` resampled seeds about the
-    estimate: sqrt(g/(g − 1)) · t_{g−1}/z (1 when g < 2)."""
+    estimate: sqrt(g/(g − 1)) · t_{g−1}/z (1 when g < 2).
+
+    >>> round(expansion(6), 2), round(expansion(10), 2), expansion(1)
+    (1.44, 1.22, 1.0)
+    """
     if g < 2:
         return 1.0
     from scipy import stats

@@ -114,7 +114,11 @@ def unpaired_stats(on: np.ndarray, off: np.ndarray, measure: str, n_boot: int = 
 def holm(p: Sequence[float]) -> np.ndarray:
     """Holm-adjusted p-values (NaN stays NaN): the values of statsmodels'
     ``multipletests(p, method="holm")[1]`` (checked in the tests), computed here because
-    statsmodels runs a garbage collection per call (~50 ms)."""
+    statsmodels runs a garbage collection per call (docs/measurements.md#analysis-paired).
+
+    >>> holm([0.01, 0.04, 0.03, float("nan")]).tolist()
+    [0.03, 0.06, 0.06, nan]
+    """
     p = np.asarray(p, dtype=float)
     out = np.full(p.shape, np.nan)
     ok = np.flatnonzero(np.isfinite(p))
@@ -130,7 +134,11 @@ def holm(p: Sequence[float]) -> np.ndarray:
 def signed_rank_counts(n: int) -> np.ndarray:
     """The exact null distribution of the Wilcoxon signed-rank statistic T+ for ``n`` non-tied
     differences, as counts: ``counts[t]`` = the number of the 2^n sign patterns with T+ = t,
-    t = 0 .. n(n+1)/2 (the coefficients of prod_k (1 + x^k))."""
+    t = 0 .. n(n+1)/2 (the coefficients of prod_k (1 + x^k)).
+
+    >>> signed_rank_counts(3).tolist()  # T+ = 0 .. 6 over the 8 sign patterns
+    [1.0, 1.0, 1.0, 2.0, 1.0, 1.0, 1.0]
+    """
     counts = np.zeros(n * (n + 1) // 2 + 1, dtype=float)
     counts[0] = 1.0
     for k in range(1, n + 1):
@@ -139,7 +147,11 @@ def signed_rank_counts(n: int) -> np.ndarray:
 
 
 def walsh_averages(d: np.ndarray) -> np.ndarray:
-    """The n(n+1)/2 Walsh averages (d_i + d_j)/2, i ≤ j, sorted."""
+    """The n(n+1)/2 Walsh averages (d_i + d_j)/2, i ≤ j, sorted.
+
+    >>> walsh_averages([1.0, 2.0, 4.0]).tolist()
+    [1.0, 1.5, 2.0, 2.5, 3.0, 4.0]
+    """
     d = np.asarray(d, dtype=float)
     i, j = np.triu_indices(len(d))
     return np.sort((d[i] + d[j]) / 2.0)
@@ -148,7 +160,11 @@ def walsh_averages(d: np.ndarray) -> np.ndarray:
 def hodges_lehmann(d: np.ndarray) -> float:
     """The Hodges–Lehmann estimate of the centre of the paired differences ``d``: the median of
     the Walsh averages (Hodges & Lehmann 1963; Hollander & Wolfe, Nonparametric Statistical
-    Methods, 3rd ed., §3.2). NaN when ``d`` is empty."""
+    Methods, 3rd ed., §3.2). NaN when ``d`` is empty.
+
+    >>> hodges_lehmann([1.0, 2.0, 4.0])
+    2.25
+    """
     d = np.asarray(d, dtype=float)
     return float(np.median(walsh_averages(d))) if len(d) else math.nan
 
@@ -196,7 +212,13 @@ def wilcoxon_ci(d: np.ndarray, level: float = 0.95) -> tuple[float, float, float
 def sign_flip_p(x: np.ndarray, n_perm: int = 20000, seed: int = 0) -> float:
     """Two-sided sign-flip permutation p-value of H0 "``x`` is symmetric about 0": the share of
     sign patterns ε with |Σ ε_i x_i| ≥ |Σ x_i|. Exact (every one of the 2^n patterns) for
-    n ≤ 16, else ``n_perm`` random patterns plus the observed one. NaN for n = 0."""
+    n ≤ 16, else ``n_perm`` random patterns plus the observed one. NaN for n = 0.
+
+    >>> sign_flip_p([1.0, 2.0, 3.0])  # only (+, +, +) and (−, −, −) reach |Σ| = 6
+    0.25
+    >>> sign_flip_p([1.0, -1.0])
+    1.0
+    """
     x = np.asarray(x, dtype=float)
     n = len(x)
     if n == 0:

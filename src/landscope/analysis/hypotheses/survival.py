@@ -190,11 +190,22 @@ def strata_permutations(strata: np.ndarray, n_perm: int, seed: int = 0
 
 
 def n_strata_permutations(strata: np.ndarray) -> int:
+    """The number of permutations within strata: the product of the factorials of the
+    strata sizes.
+
+    >>> n_strata_permutations(np.array([32, 32, 32, 64, 64]))  # 3! · 2!
+    12
+    """
     strata = np.asarray(strata)
     return math.prod(math.factorial(int((strata == s).sum())) for s in np.unique(strata))
 
 
 def centred_within(a: np.ndarray, strata: np.ndarray) -> np.ndarray:
+    """``a`` minus its mean within each stratum.
+
+    >>> centred_within([1.0, 2.0, 3.0, 10.0, 20.0], np.array([0, 0, 0, 1, 1])).tolist()
+    [-1.0, 0.0, 1.0, -5.0, 5.0]
+    """
     out = np.asarray(a, float).copy()
     for s in np.unique(strata):
         sel = strata == s

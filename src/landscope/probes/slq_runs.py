@@ -1,0 +1,171 @@
+"""The Lanczos runs behind :func:`landscope.probes.density.slq`: one run per probe, on ``A`` or
+on the deflated ``P A P`` (:class:`_Deflated`), adaptive runs that stop once the broadened rule
+settles (:func:`_run`), the first run's settled outliers joining the deflation
+(:func:`_settled_outliers`), and the padding of the rows into the ``(n, m)`` node/weight tensors
+of :class:`~landscope.probes.density.SLQResult` (:func:`_padded`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from landscope.probes.lanczos import EigResult, _Lanczos
+from landscope.probes.operator import Operator
+from landscope.probes.trace import Dist, probe_vector
+
+
+class _Deflated:
+    """``P A P`` with ``P = I − VVᵀ`` for orthonormal columns V: the operator on the complement of
+    the top-k eigenvectors (one product of A per product)."""
+
+    def __init__(self, op: Operator, basis: Tensor) -> None:
+        self.op, self.basis = op, basis
+        self.dim, self.dtype, self.device = op.dim, op.dtype, op.device
+
+    @property
+    def n_matvecs(self) -> int:
+        return self.op.n_matvecs
+
+    def project(self, v: Tensor) -> Tensor:
+        for _ in range(2):
+            v = v - self.basis @ (self.basis.T @ v)
+        return v
+
+    def matvec(self, v: Tensor) -> Tensor:
+        return self.project(self.op.matvec(self.project(v)))
+
+
+def _smoothed_change(prev: tuple[np.ndarray, np.ndarray], cur: tuple[np.ndarray, np.ndarray],
+                     sigma: float) -> float:
+    """L1 distance ``∫|φ_cur − φ_prev|`` of two quadrature rules broadened by ``N(0, σ²)``
+    (in [0, 2]; evaluated on a grid of spacing σ/4 that covers both ± 5σ)."""
+    lo = min(prev[0].min(), cur[0].min()) - 5 * sigma
+    hi = max(prev[0].max(), cur[0].max()) + 5 * sigma
+    t = np.linspace(lo, hi, max(8, int(math.ceil((hi - lo) / (sigma / 4))) + 1))[:, None]
+
+    def phi(rule: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        x, w = rule
+        return (w[None, :] * np.exp(-0.5 * ((t - x[None, :]) / sigma) ** 2)).sum(1) / (
+            sigma * math.sqrt(2 * math.pi))
+
+    return float(np.trapezoid(np.abs(phi(cur) - phi(prev)), t[:, 0]))
+
+
+def _run(target: Operator, z: Tensor, m: int, *, adaptive: bool, resolution: float | None,
+         resolution_tol: float, min_steps: int, seen: list[float],
+         stop: Callable[[], str | None] | None) -> tuple[_Lanczos, str | None]:
+    """One Lanczos run of up to ``m`` steps from ``z``; with ``adaptive`` it stops once two
+    consecutive steps change its rule, broadened at ``resolution``, by ≤ ``resolution_tol``."""
+    lz = _Lanczos(target, z, restart=False, capacity=m)
+    prev, calm, why = None, 0, None
+    while lz.m < m and not lz.exhausted:
+        if lz.m >= 1 and stop is not None and (why := stop()) is not None:
+            break
+        lz.step()
+        if not adaptive or resolution is None or lz.m < 2:
+            continue
+        theta, s_ = lz.ritz()
+        cur = (theta, s_[0] ** 2)
+        lo, hi = min(seen[0], float(theta.min())), max(seen[1], float(theta.max()))
+        sigma = resolution * (hi - lo) if hi > lo else 1.0
+        calm = (calm + 1
+                if prev is not None and _smoothed_change(prev, cur, sigma) <= resolution_tol
+                else 0)
+        prev = cur
+        if calm >= 2 and lz.m >= min_steps:
+            break
+    return lz, why
+
+
+def _settled_outliers(lz: _Lanczos, spread: float, alpha: float = 0.01, gap: float = 0.5,
+                      rtol: float = 1e-3) -> tuple[np.ndarray, Tensor]:
+    """The run's converged Ritz pairs above its outlier threshold (its rule's weighted 1 − alpha
+    quantile plus ``gap`` times the inter-quantile range, as in
+    :meth:`~landscope.probes.density.SLQResult.outliers`), converged meaning Ritz residual
+    ``β |s_{m,i}| ≤ rtol · spread``: values and unit vectors."""
+    theta, s = lz.ritz()
+    cdf = np.cumsum(s[0] ** 2)
+    lo = theta[min(int(np.searchsorted(cdf, alpha)), len(theta) - 1)]
+    hi = theta[min(int(np.searchsorted(cdf, 1 - alpha)), len(theta) - 1)]
+    res = abs(lz.beta[-1]) * np.abs(s[-1])
+    idx = np.nonzero((theta > hi + gap * (hi - lo)) & (res <= rtol * max(spread, 1e-300)))[0]
+    coeffs = torch.from_numpy(np.ascontiguousarray(s[:, idx])).to(lz.V.dtype).to(lz.V.device)
+    vecs = lz.V[: lz.m].T @ coeffs
+    return theta[idx], vecs / torch.linalg.vector_norm(vecs, dim=0, keepdim=True).clamp_min(1e-300)
+
+
+class _Runs:
+    """The Lanczos runs of :func:`~landscope.probes.density.slq`, one per probe: the deflated
+    pairs (``values``, ``basis``), the range of Ritz values seen and, per run, its quadrature
+    row, steps and trace sample."""
+
+    def __init__(self, op: Operator, deflate: EigResult | None, gen: torch.Generator, dist: Dist,
+                 m_steps: int, resolution: float | None, resolution_tol: float, min_steps: int,
+                 stop: Callable[[], str | None] | None) -> None:
+        self.op, self.gen, self.dist, self.m_steps, self.stop = op, gen, dist, m_steps, stop
+        self.resolution, self.resolution_tol, self.min_steps = resolution, resolution_tol, min_steps
+        values = np.zeros(0) if deflate is None else deflate.eigenvalues.numpy().astype(np.float64)
+        self.values, self.basis = values, None
+        if deflate is not None:
+            if deflate.eigenvectors is None:
+                raise ValueError("slq(deflate=...) needs eigenvectors")
+            self.basis = deflate.eigenvectors.to(dtype=op.dtype, device=op.device)
+        self.rows: list[tuple[np.ndarray, np.ndarray]] = []
+        self.trace_samples: list[float] = []
+        self.steps: list[int] = []
+        self.seen = ([math.inf, -math.inf] if deflate is None
+                     else [float(values.min()), float(values.max())])
+
+    def run(self, i: int) -> str | None:
+        """Run ``i`` (the first takes all steps; the later ones adapt); the cap that cut it."""
+        op, d, k = self.op, self.op.dim, len(self.values)
+        target: Operator = op if self.basis is None else _Deflated(op, self.basis)
+        m = max(1, min(self.m_steps, d - k))
+        z = probe_vector(d, self.gen, self.dist, op.dtype, op.device)
+        if isinstance(target, _Deflated):
+            z = target.project(z)
+        lz, stopped_by = _run(target, z, m, adaptive=i > 0, resolution=self.resolution,
+                              resolution_tol=self.resolution_tol, min_steps=self.min_steps,
+                              seen=self.seen, stop=self.stop)
+        theta, s_ = lz.ritz()
+        self.seen = [min(self.seen[0], float(theta.min())), max(self.seen[1], float(theta.max()))]
+        row_nodes = np.concatenate([self.values, theta])
+        row_w = np.concatenate([np.full(k, 1.0 / d), s_[0] ** 2 * (d - k) / d])
+        self.rows.append((row_nodes, row_w))
+        self.steps.append(lz.m)
+        if i > 0 or self.resolution is None:
+            self.trace_samples.append(float(z @ z) * lz.alpha[0])
+        if i == 0 and self.resolution is not None and stopped_by is None:
+            extra_vals, extra_vecs = _settled_outliers(lz, self.seen[1] - self.seen[0])
+            if len(extra_vals):
+                self.values = np.concatenate([self.values, extra_vals])
+                q, _ = torch.linalg.qr(torch.cat([self.basis, extra_vecs], dim=1))
+                self.basis = q
+        return stopped_by
+
+    def deflation(self) -> EigResult | None:
+        """Every deflated pair (None without ``deflate``)."""
+        if self.basis is None:
+            return None
+        values = self.values
+        return EigResult(eigenvalues=torch.from_numpy(values.copy()), eigenvectors=self.basis,
+                         residuals=torch.zeros(len(values), dtype=torch.float64),
+                         converged=torch.ones(len(values), dtype=torch.bool), n_matvecs=0,
+                         iterations=0)
+
+
+def _padded(rows: list[tuple[np.ndarray, np.ndarray]]) -> tuple[Tensor, Tensor]:
+    """The rows' nodes and weights as ``(n, width)`` float64 tensors; a short row is padded
+    with its first node at weight 0."""
+    width = max(len(t) for t, _ in rows)
+    nodes = torch.empty(len(rows), width, dtype=torch.float64)
+    weights = torch.zeros(len(rows), width, dtype=torch.float64)
+    for i, (row_nodes, row_w) in enumerate(rows):
+        nodes[i] = float(row_nodes[0])
+        nodes[i, : len(row_nodes)] = torch.from_numpy(np.asarray(row_nodes, dtype=np.float64))
+        weights[i, : len(row_w)] = torch.from_numpy(np.asarray(row_w, dtype=np.float64))
+    return nodes, weights
