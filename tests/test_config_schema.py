@@ -81,8 +81,28 @@ def test_no_preset_repeats_a_schema_default(path):
     data.pop("defaults", None)
     default = OmegaConf.to_container(OmegaConf.structured(Config)[path.parent.name],
                                      enum_to_str=True)
-    repeats = {k: v for k, v in data.items() if k != "name" and default.get(k) == v}
-    assert repeats == {}, f"{path} repeats the schema's defaults"
+    data.pop("name", None)
+    assert _repeats(data, default) == {}, f"{path} repeats the schema's defaults"
+
+
+def _repeats(data: dict, default: dict) -> dict:
+    """The entries of ``data`` equal to the schema's ``default``, nested groups compared
+    entry by entry (``optimizer.llp: {eps: 1e-4}`` repeats a default, ``{eps: 1e-3}`` not)."""
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, dict) and isinstance(default.get(k), dict):
+            inner = _repeats(v, default[k])
+            if inner or not v:
+                out[k] = inner or v
+        elif default.get(k) == v:
+            out[k] = v
+    return out
+
+
+def test_a_nested_group_in_a_preset_is_compared_field_by_field():
+    default = {"lr": 0.1, "llp": {"eps": 1e-4, "c": 1.0}}
+    assert _repeats({"lr": 0.2, "llp": {"eps": 1e-3}}, default) == {}
+    assert _repeats({"llp": {"eps": 1e-3, "c": 1.0}}, default) == {"llp": {"c": 1.0}}
 
 
 def test_typed_gives_dataclasses_and_enums_all_the_way_down(compose):
@@ -93,7 +113,7 @@ def test_typed_gives_dataclasses_and_enums_all_the_way_down(compose):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("optimizer.llp_ema=1.0", "optimizer.llp_ema must be in [0, 1)"),
+    ("optimizer.llp.ema=1.0", "optimizer.llp.ema must be in [0, 1)"),
     ("train.keep_checkpoints=0", "train.keep_checkpoints must be >= 1"),
     ("model.kernel_size=4", "model.kernel_size must be odd and >= 1"),
     ("probe.pacbayes_delta=0.995", "probe.pacbayes_delta + pacbayes_delta_mc must be < 1"),

@@ -16,6 +16,7 @@ from conftest import metrics_without_time, run_cli
 from landscope.config import (
     BaseOptimizerName,
     LLPAggregate,
+    LLPConfig,
     OptimizerConfig,
     OptimizerName,
     validate,
@@ -192,8 +193,8 @@ def _train(model, opt, batches):
 @pytest.mark.parametrize("base", ["sgd", "momentum", "adam"])
 def test_state_dict_round_trip_resumes_bit_identically(base):
     cfg = OptimizerConfig(name=OptimizerName.llp, base=BaseOptimizerName(base), lr=0.3,
-                          momentum=0.9, llp_every=3, llp_probes=2, llp_damping=0.5,
-                          llp_seed=7, llp_aggregate=LLPAggregate.max)
+                          momentum=0.9, llp=LLPConfig(every=3, probes=2, damping=0.5, seed=7,
+                                                      aggregate=LLPAggregate.max))
     model = _model(0)
     opt = build_optimizer(model.parameters(), cfg)
     assert is_llp(opt) and not is_sam(opt)
@@ -207,8 +208,8 @@ def test_state_dict_round_trip_resumes_bit_identically(base):
     model2 = _model(1)
     opt2 = build_optimizer(model2.parameters(), OptimizerConfig(
         name=OptimizerName.llp, base=BaseOptimizerName(base), lr=0.3, momentum=0.9,
-        llp_every=3, llp_probes=2, llp_damping=0.5, llp_seed=99,  # generator from the ckpt
-        llp_aggregate=LLPAggregate.max))
+        llp=LLPConfig(every=3, probes=2, damping=0.5, seed=99,  # generator from the ckpt
+                      aggregate=LLPAggregate.max)))
     model2.load_state_dict(ckpt["model"])
     opt2.load_state_dict(ckpt["opt"])
     _train(model2, opt2, _batches(9, 4))
@@ -242,7 +243,7 @@ def job(compose, tmp_path):
 
 def test_grad_evals_count_the_probes_exactly_and_metrics_are_logged(job):
     # 8 steps per epoch, probes at steps 0, 3, 6 | 9, 12, 15 | 18, 21: 3, 3, 2 probe steps
-    result, path = job(["optimizer=llp", "optimizer.llp_every=3", "optimizer.llp_probes=2",
+    result, path = job(["optimizer=llp", "optimizer.llp.every=3", "optimizer.llp.probes=2",
                         "train.epochs=3"])
     rows = metrics_without_time(path)
     assert [r["llp_probe_steps"] for r in rows] == [3, 3, 2]
@@ -257,7 +258,7 @@ def test_grad_evals_count_the_probes_exactly_and_metrics_are_logged(job):
 
 
 def test_resume_matches_uninterrupted(job):
-    full = ["optimizer=llp", "optimizer.llp_every=3", "optimizer.llp_damping=0.5",
+    full = ["optimizer=llp", "optimizer.llp.every=3", "optimizer.llp.damping=0.5",
             "model.norm=batch", "model.width=16", "train.epochs=3", "train.keep_checkpoints=3",
             "train.checkpoint_interval_s=0"]
     job(full, "full")
@@ -277,7 +278,7 @@ def test_probes_do_not_update_batchnorm_statistics(compose):
     from landscope.models import build_model
     from landscope.train import TrainState, epoch_generator, train_epoch
 
-    cfg = compose(["model.norm=batch", "optimizer=llp", "optimizer.llp_every=1",
+    cfg = compose(["model.norm=batch", "optimizer=llp", "optimizer.llp.every=1",
                    "model.width=8"])
     torch.manual_seed(0)
     model = build_model(cfg.model, SimpleNamespace(input_shape=(1, 40), num_classes=10))
@@ -287,7 +288,7 @@ def test_probes_do_not_update_batchnorm_statistics(compose):
     opt = build_optimizer(model.parameters(), cfg.optimizer)
     state = TrainState(model, opt, build_scheduler(opt, cfg.optimizer, 1))
     run = train_epoch(state, TensorSplit(x, y), 16, epoch_generator(0, 0))
-    assert state.grad_evals == 1 + cfg.optimizer.llp_probes and run["optimizer"]
+    assert state.grad_evals == 1 + cfg.optimizer.llp.probes and run["optimizer"]
     ours, ref = dict(model.named_buffers()), dict(reference.named_buffers())
     for name in (n for n in ours if "running" in n):
         torch.testing.assert_close(ours[name], ref[name], rtol=1e-6, atol=1e-7)
@@ -310,7 +311,7 @@ def test_max_grad_evals_stops_at_the_budget(job):
 def test_llp_seed_defaults_to_the_job_seed(compose):
     def directions(seed, llp_seed=None):
         torch.manual_seed(seed)  # what the runner does before building the optimizer
-        extra = [] if llp_seed is None else [f"optimizer.llp_seed={llp_seed}"]
+        extra = [] if llp_seed is None else [f"optimizer.llp.seed={llp_seed}"]
         opt = build_optimizer([torch.nn.Parameter(torch.zeros(3))],
                               compose(["optimizer=llp", *extra]).optimizer)
         return torch.randn(3, generator=opt.generator)
@@ -320,13 +321,13 @@ def test_llp_seed_defaults_to_the_job_seed(compose):
 
 
 @pytest.mark.parametrize("override,key", [
-    ("optimizer.llp_probes=0", "optimizer.llp_probes"),
-    ("optimizer.llp_eps=0", "optimizer.llp_eps"),
-    ("optimizer.llp_every=0", "optimizer.llp_every"),
-    ("optimizer.llp_c=-1", "optimizer.llp_c"),
-    ("optimizer.llp_ema=1", "optimizer.llp_ema"),
-    ("optimizer.llp_damping=1.5", "optimizer.llp_damping"),
-    ("optimizer.llp_seed=-1", "optimizer.llp_seed"),
+    ("optimizer.llp.probes=0", "optimizer.llp.probes"),
+    ("optimizer.llp.eps=0", "optimizer.llp.eps"),
+    ("optimizer.llp.every=0", "optimizer.llp.every"),
+    ("optimizer.llp.c=-1", "optimizer.llp.c"),
+    ("optimizer.llp.ema=1", "optimizer.llp.ema"),
+    ("optimizer.llp.damping=1.5", "optimizer.llp.damping"),
+    ("optimizer.llp.seed=-1", "optimizer.llp.seed"),
     ("train.max_grad_evals=0", "train.max_grad_evals"),
 ])
 def test_impossible_values_are_one_line_config_errors(compose, override, key):
@@ -336,8 +337,8 @@ def test_impossible_values_are_one_line_config_errors(compose, override, key):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["optimizer.llp_probes=0"], "optimizer.llp_probes"),
-    (["optimizer.llp_rule=cubic"], "inverse, none"),
+    (["optimizer.llp.probes=0"], "optimizer.llp.probes"),
+    (["optimizer.llp.rule=cubic"], "inverse, none"),
 ])
 def test_runner_rejects_bad_options_with_one_line(tmp_path, data_dir, args, needle):
     proc = run_cli(["optimizer=llp", "experiment=smoke", *args], tmp_path, data_dir=data_dir)

@@ -77,6 +77,12 @@ def test_a_sweep_over_another_configs_jobs_is_refused_whole_and_touches_nothing(
     (["+optimizer.lr=0.2"], "optimizer.lr is already an option: set it with optimizer.lr=0.2"),
     (["-m", "+optimizer.lrr=0.1,0.2"], "unknown option optimizer.lrr (did you mean optimizer.lr?)"),
     (["-m", "optimizer.lrr=0.1,0.2"], "unknown option optimizer.lrr (did you mean optimizer.lr?)"),
+    # an option renamed since the previous release (landscope.config.renames): its new name
+    (["optimizer.llp_c=2"], "error: unknown option optimizer.llp_c: renamed optimizer.llp.c"),
+    (["+optimizer.llp_eps=0.001"],
+     "error: unknown option optimizer.llp_eps: renamed optimizer.llp.eps"),
+    (["-m", "optimizer=llp", "optimizer.llp_every=2,3"],
+     "unknown option optimizer.llp_every: renamed optimizer.llp.every"),
 ])
 def test_keys_the_schema_lacks_are_refused_and_never_advised(tmp_path, warm_data, args, needle):
     """Defect 2: ``+``/``++`` cannot add options, and no message suggests them."""

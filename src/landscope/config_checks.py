@@ -39,7 +39,17 @@ def option_names() -> tuple:
 
 
 def unknown_option(key: str) -> str:
-    """The one-line refusal of ``key``, an option the schema does not define."""
+    """The one-line refusal of ``key``, an option the schema does not define; an option
+    renamed since (:mod:`landscope.config.renames`) is told its current name.
+
+    >>> unknown_option("optimizer.llp_c")
+    'unknown option optimizer.llp_c: renamed optimizer.llp.c'
+    """
+    from landscope.config.renames import renamed
+
+    current = renamed(key)
+    if current is not None:
+        return f"unknown option {key}: renamed {current}"
     close = difflib.get_close_matches(key, option_names(), n=1, cutoff=0.6)
     return f"unknown option {key}" + (f" (did you mean {close[0]}?)" if close else "")
 

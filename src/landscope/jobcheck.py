@@ -64,11 +64,12 @@ def read_result(path: Path, warn: bool = True) -> Optional[dict]:
 
 def saved_config_fingerprint(job_dir: Path, fingerprint: Callable) -> Optional[str]:
     """Fingerprint of the config recorded in ``job_dir/config.yaml`` (read on the current
-    schema, so fields added since keep their defaults), or None when it is absent or
-    unreadable."""
+    schema, so fields added since keep their defaults, and options renamed since under their
+    current names), or None when it is absent or unreadable."""
     from omegaconf import OmegaConf
 
     from landscope.config import Config
+    from landscope.config.renames import to_current
 
     path = Path(job_dir) / "config.yaml"
     if not path.is_file():
@@ -79,8 +80,9 @@ def saved_config_fingerprint(job_dir: Path, fingerprint: Callable) -> Optional[s
         return None
     if not isinstance(saved, type(OmegaConf.create({}))) or len(saved) == 0:
         return None
-    try:
-        return fingerprint(OmegaConf.merge(OmegaConf.structured(Config), saved))
+    try:  # options renamed since the job was written are read under their current names
+        current = OmegaConf.create(to_current(OmegaConf.to_container(saved, resolve=False)))
+        return fingerprint(OmegaConf.merge(OmegaConf.structured(Config), current))
     except Exception:  # noqa: BLE001 - keys or values the schema refuses: compare as written
         try:
             return fingerprint(saved)

@@ -1,7 +1,8 @@
 """A job directory as one object, and a sweep of them: what commands and analysis ask of a job.
 
 - :class:`JobDir`: a job's ``result.json`` (:meth:`~JobDir.result`), its config
-  (:meth:`~JobDir.config` typed on the schema, :meth:`~JobDir.saved_config` as written), its
+  (:meth:`~JobDir.config` typed on the schema, :meth:`~JobDir.saved_config` as written,
+  both with renamed options under their current names), its
   checkpoints and the final one checked against ``epochs_completed``
   (:meth:`~JobDir.final_checkpoint`), its model (:meth:`~JobDir.load_model`) and its keyed
   caches (:meth:`~JobDir.cache`).
@@ -150,20 +151,29 @@ class JobDir:
     def config(self, typed: bool = True):
         """The job's config on the typed schema (:class:`landscope.config.Config` merged
         with its ``config.yaml``, so fields added since keep their defaults); ``typed=False``:
-        the file as OmegaConf loads it, untouched by the schema."""
-        from omegaconf import OmegaConf
+        the file as OmegaConf loads it, untouched by the schema. Either way an option renamed
+        since the job was written is read under its current name
+        (:func:`landscope.config.renames.to_current`)."""
+        from omegaconf import DictConfig, OmegaConf
 
         from landscope.config import Config
+        from landscope.config.renames import to_current
 
         saved = OmegaConf.load(self.path / CONFIG_FILE)
+        if isinstance(saved, DictConfig):
+            saved = OmegaConf.create(to_current(OmegaConf.to_container(saved, resolve=False)))
         return OmegaConf.merge(OmegaConf.structured(Config), saved) if typed else saved
 
     def saved_config(self) -> Any:
         """``config.yaml`` as plain data, as written (YAML's safe loader; None for an empty
-        file); raises OSError or a YAML error when unreadable."""
+        file) except that an option renamed since is under its current name; raises OSError
+        or a YAML error when unreadable."""
         import yaml
 
-        return yaml.safe_load((self.path / CONFIG_FILE).read_text(encoding="utf-8"))
+        from landscope.config.renames import to_current
+
+        saved = yaml.safe_load((self.path / CONFIG_FILE).read_text(encoding="utf-8"))
+        return to_current(saved) if isinstance(saved, dict) else saved
 
     def checkpoints(self) -> list[Path]:
         """The checkpoint files, newest epoch first."""

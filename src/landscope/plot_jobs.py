@@ -123,9 +123,9 @@ def _lr(job_dir: Path) -> Optional[float]:
     with SGD or heavy-ball momentum β at a constant rate: η = lr / (1 + β), i.e. the
     threshold 2(1 + β)/lr; None otherwise."""
     try:
-        from omegaconf import OmegaConf
+        from landscope.jobdir import JobDir
 
-        cfg = OmegaConf.load(job_dir / "config.yaml")
+        cfg = JobDir(job_dir).config(typed=False)  # renamed options under their current names
         o = cfg.optimizer
         if str(o.name) in ("sgd", "momentum") and str(o.get("schedule", "constant")) == "constant":
             return float(o.lr) / (1 + float(o.get("momentum", 0.0) or 0.0))

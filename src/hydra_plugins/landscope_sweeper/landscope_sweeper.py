@@ -10,7 +10,8 @@ run, which aborts the sweep.  This sweeper:
    the same job directory and that no job directory already holds a job of another
    config (``landscope.jobs.directory_conflict``), before any job starts or any file
    (multirun.yaml included) is written, so a refused sweep is one error line and a
-   byte-identical output tree;
+   byte-identical output tree; then renames the job directories an earlier release named
+   with an option's old spelling (``landscope.legacy_dirs``) to the current names;
 3. runs all batches; a job that raised through the launcher is recorded as
    ``failed`` instead of stopping the sweep;
 4. prints a table of job statuses and records it in :data:`LAST_SWEEP` for the
@@ -73,6 +74,7 @@ class LandscopeSweeper(BasicSweeper):
         from landscope.errors import LandscopeError
         from landscope.io import atomic_write_text
         from landscope.jobs import FAILED, check_inputs, directory_conflict
+        from landscope.legacy_dirs import adopt_legacy_dir, legacy_job_dir, separators
 
         assert self.config is not None and self.launcher is not None
         assert self.hydra_context is not None
@@ -81,6 +83,7 @@ class LandscopeSweeper(BasicSweeper):
 
         loader = self.hydra_context.config_loader
         dirs: dict = {}
+        moves: list = []  # (legacy, job_dir): job directories named by an earlier release
         for batch in self.overrides:
             for job_overrides in batch:
                 job_cfg = loader.load_sweep_config(self.config, list(job_overrides))
@@ -97,10 +100,17 @@ class LandscopeSweeper(BasicSweeper):
                         f"that hydra.job.config.override_dirname.exclude_keys leaves out of the "
                         f"name)")
                 dirs[job_dir] = list(job_overrides)
-                conflict = directory_conflict(_task_config(job_cfg), job_dir)
+                # a directory an earlier release named with an option's old spelling is this
+                # job's: checked as such now, renamed once every job passed
+                legacy = legacy_job_dir(job_dir, *separators(job_cfg))
+                conflict = directory_conflict(_task_config(job_cfg), legacy or job_dir)
                 if conflict is not None:
                     raise LandscopeError(conflict)
+                if legacy is not None:
+                    moves.append((legacy, job_dir))
 
+        for legacy, job_dir in moves:
+            adopt_legacy_dir(job_dir, legacy)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         try:
             sweep_dir.mkdir(parents=True, exist_ok=True)

@@ -112,7 +112,9 @@ def job_dirs(path: str | os.PathLike) -> list[JobDir]:
 def config_columns(job: JobDir) -> tuple[dict[str, Any] | None, str | None]:
     """``(columns, note)``: the job's flattened config.yaml, its groups ``probe`` and
     ``landscape`` prefixed ``config.``; columns None for an empty file (no note) or, with a
-    note saying why, for a missing or unreadable one."""
+    note saying why, for a missing or unreadable one. Options renamed since a job was written
+    are under their current names (:meth:`JobDir.saved_config`), so old and new jobs share
+    one column (``optimizer.llp.c``, not also ``optimizer.llp_c``)."""
     if not (job.path / CONFIG_FILE).is_file():
         return None, "no config.yaml"
     try:

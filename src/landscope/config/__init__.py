@@ -44,6 +44,7 @@ from landscope.config.choices import (  # noqa: F401 - the schema's public names
 )
 from landscope.config.job import (
     DatasetConfig,
+    LLPConfig,  # noqa: F401 - the schema's public names
     LoggerConfig,
     ModelConfig,
     OptimizerConfig,

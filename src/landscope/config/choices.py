@@ -79,7 +79,7 @@ class BaseOptimizerName(Choice):
 
 
 class LLPRule(Choice):
-    """LLP learning-rate rule: inverse = min(lr, llp_c * s / curvature); none = lr."""
+    """LLP learning-rate rule: inverse = min(lr, llp.c * s / curvature); none = lr."""
 
     inverse = "inverse"
     none = "none"

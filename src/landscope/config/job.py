@@ -96,6 +96,38 @@ class ModelConfig:
 
 
 @dataclass
+class LLPConfig:
+    """LLP (:mod:`landscope.optim.llp`, ``optimizer=llp``): every ``every`` steps, ``probes``
+    random unit directions d, curvature from the gradient change
+    (grad L(theta + eps d) - grad L(theta)) / eps on the mini-batch; step
+    lr_t = min(lr, c * s / curvature), s = 1 + momentum for a momentum base (else 1); lr is
+    the cap. Cost: 1 + probes / every gradient evals per step. Only LLP reads these."""
+
+    probes: int = 4  # N directions per probe step
+    eps: float = 1e-4  # finite-difference distance (l2); ReLU kinks bias larger ones
+    every: int = 10  # k: steps between probe steps
+    rule: LLPRule = LLPRule.inverse
+    c: float = 1.0  # 1: eta * lambda_max <= 1, half the stability limit 2 (Cohen et al. 2021)
+    curvature: LLPCurvature = LLPCurvature.frobenius
+    aggregate: LLPAggregate = LLPAggregate.median
+    ema: float = 0.9  # smoothing of the curvature across probe steps (0 = latest only)
+    damping: float = 0.0  # in [0, 1]: gradient components along span{Hd_i} times (1 - this)
+    seed: Optional[int] = None  # directions' generator; null = the job seed
+
+    def check(self) -> None:
+        """Refuse impossible values (:class:`ConfigError` naming the key)."""
+        for key in ("probes", "every"):
+            need(getattr(self, key) >= 1, f"optimizer.llp.{key}", ">= 1", getattr(self, key))
+        for key in ("eps", "c"):
+            need(positive(getattr(self, key)), f"optimizer.llp.{key}", "> 0",
+                 getattr(self, key))
+        need(0 <= self.ema < 1, "optimizer.llp.ema", "in [0, 1)", self.ema)
+        need(0 <= self.damping <= 1, "optimizer.llp.damping", "in [0, 1]", self.damping)
+        need(self.seed is None or self.seed >= 0, "optimizer.llp.seed", ">= 0 or null",
+             self.seed)
+
+
+@dataclass
 class OptimizerConfig:
     name: OptimizerName = OptimizerName.sgd
     lr: float = 0.1
@@ -108,20 +140,8 @@ class OptimizerConfig:
     rho: float = 0.05
     adaptive: bool = False  # ASAM (Kwon et al. 2021): perturbation scaled by |theta|
     base: BaseOptimizerName = BaseOptimizerName.momentum  # what sam and llp wrap
-    # LLP (landscope.optim.llp): every llp_every steps, llp_probes random unit directions d,
-    # curvature from the gradient change (grad L(theta + eps d) - grad L(theta)) / eps on the
-    # mini-batch; step lr_t = min(lr, llp_c * s / curvature), s = 1 + momentum for a momentum
-    # base (else 1); lr is the cap. Cost: 1 + llp_probes / llp_every gradient evals per step.
-    llp_probes: int = 4  # N directions per probe step
-    llp_eps: float = 1e-4  # finite-difference distance (l2); ReLU kinks bias larger ones
-    llp_every: int = 10  # k: steps between probe steps
-    llp_rule: LLPRule = LLPRule.inverse
-    llp_c: float = 1.0  # 1: eta * lambda_max <= 1, half the stability limit 2 (Cohen et al. 2021)
-    llp_curvature: LLPCurvature = LLPCurvature.frobenius
-    llp_aggregate: LLPAggregate = LLPAggregate.median
-    llp_ema: float = 0.9  # smoothing of the curvature across probe steps (0 = latest only)
-    llp_damping: float = 0.0  # in [0, 1]: gradient components along span{Hd_i} times (1 - this)
-    llp_seed: Optional[int] = None  # directions' generator; null = the job seed
+    # LLP (landscope.optim.llp), the curvature-probing optimizer around ``base``
+    llp: LLPConfig = field(default_factory=LLPConfig)
     # learning-rate schedule, stepped once per epoch
     schedule: Schedule = Schedule.constant
     step_size: int = 10  # step: epochs between decays
@@ -137,20 +157,10 @@ class OptimizerConfig:
              "two values in [0, 1)", list(self.betas))
         need(self.eps > 0, "optimizer.eps", "> 0", self.eps)
         need(self.rho > 0, "optimizer.rho", "> 0", self.rho)
-        self._check_llp()
+        self.llp.check()
         need(self.step_size >= 1, "optimizer.step_size", ">= 1", self.step_size)
         need(0 < self.gamma <= 1, "optimizer.gamma", "in (0, 1]", self.gamma)
         need(0 <= self.min_lr <= self.lr, "optimizer.min_lr", "in [0, lr]", self.min_lr)
-
-    def _check_llp(self) -> None:
-        for key in ("llp_probes", "llp_every"):
-            need(getattr(self, key) >= 1, f"optimizer.{key}", ">= 1", getattr(self, key))
-        for key in ("llp_eps", "llp_c"):
-            need(positive(getattr(self, key)), f"optimizer.{key}", "> 0", getattr(self, key))
-        need(0 <= self.llp_ema < 1, "optimizer.llp_ema", "in [0, 1)", self.llp_ema)
-        need(0 <= self.llp_damping <= 1, "optimizer.llp_damping", "in [0, 1]", self.llp_damping)
-        need(self.llp_seed is None or self.llp_seed >= 0, "optimizer.llp_seed", ">= 0 or null",
-             self.llp_seed)
 
 
 @dataclass

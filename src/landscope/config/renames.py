@@ -5,15 +5,22 @@ written by an earlier release spell it) to the current one. :func:`to_current` r
 stored config tree (a job's ``config.yaml``) to the current names, so jobs written before a
 rename still load on the schema; :func:`to_legacy` rewrites a current tree to the old names,
 for the version-1 fingerprints, which were hashes of the old layout; :func:`renamed` gives
-the one-line hint for a command line that uses an old name."""
+the one-line hint for a command line that uses an old name; :func:`legacy_dirname` spells a
+job directory name (Hydra's ``override_dirname``) as the release before the renames did, so
+that the runner can move a job directory written then to its current name."""
 
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any, Optional
 
 #: old dotted name -> current dotted name
-RENAMED: dict[str, str] = {}
+RENAMED: dict[str, str] = {
+    f"optimizer.llp_{key}": f"optimizer.llp.{key}"
+    for key in ("probes", "eps", "every", "rule", "c", "curvature", "aggregate", "ema",
+                "damping", "seed")
+}
 
 
 def _move(tree: dict, old: str, new: str) -> None:
@@ -70,3 +77,30 @@ def renamed(key: str) -> Optional[str]:
     True
     """
     return RENAMED.get(key)
+
+
+def legacy_dirname(name: str, item_sep: str = ",", kv_sep: str = "=") -> str:
+    """``name``, a job directory name made of overrides (Hydra's ``override_dirname``: the
+    ``key=value`` items sorted and joined by ``item_sep``), as the release before the renames
+    spelled it: every current option name replaced by its old one, the items sorted again as
+    Hydra sorts them. A name with no renamed option comes back unchanged.
+
+    >>> legacy_dirname("optimizer.llp.c=2,optimizer=llp,seed=0")
+    'optimizer.llp_c=2,optimizer=llp,seed=0'
+    >>> legacy_dirname("optimizer.betas=[0.9,0.99],seed=1")
+    'optimizer.betas=[0.9,0.99],seed=1'
+    """
+    old_of = {new: old for old, new in RENAMED.items()}
+    # an item starts where item_sep is followed by a key and kv_sep (list values hold item_sep)
+    key = rf"[+~]*[\w.@/-]+{re.escape(kv_sep)}"
+    items = re.split(rf"{re.escape(item_sep)}(?={key})", name)
+    changed = False
+    for i, item in enumerate(items):
+        m = re.match(rf"([+~]*)([\w.@/-]+){re.escape(kv_sep)}", item)
+        if m and m.group(2) in old_of:
+            items[i] = m.group(1) + old_of[m.group(2)] + item[m.end() - len(kv_sep):]
+            changed = True
+    if not changed:
+        return name
+    # Hydra sorts the items as written with "=" before it puts kv_sep in
+    return item_sep.join(sorted(items, key=lambda it: it.replace(kv_sep, "=")))

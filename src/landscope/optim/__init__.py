@@ -22,12 +22,12 @@ Optimizers (:func:`build_optimizer`), with :math:`g_t` the gradient plus
   al. 2021 when ``adaptive``) with radius ``rho`` around the base optimizer
   ``cfg.base`` in {sgd, momentum, adam, adamw}, built with the rules above.
 * ``llp``: :class:`~landscope.optim.llp.LLP`, the curvature-probing "bore-hole"
-  optimizer around the base optimizer ``cfg.base`` (same rules): every ``llp_every``
-  steps ``llp_probes`` finite-difference gradient probes at distance ``llp_eps``; step
-  :math:`\eta_t = \min(\eta, c\,s/\kappa_t)` with ``c = llp_c``, :math:`s = 1 + \mu`
+  optimizer around the base optimizer ``cfg.base`` (same rules): every ``llp.every``
+  steps ``llp.probes`` finite-difference gradient probes at distance ``llp.eps``; step
+  :math:`\eta_t = \min(\eta, c\,s/\kappa_t)` with ``c = llp.c``, :math:`s = 1 + \mu`
   for the momentum base (else 1) and :math:`\kappa_t` the smoothed curvature scale
-  (``llp_curvature``, ``llp_aggregate``, ``llp_ema``); optional ``llp_damping``.  The
-  directions' generator is seeded with ``llp_seed``, or when null with
+  (``llp.curvature``, ``llp.aggregate``, ``llp.ema``); optional ``llp.damping``.  The
+  directions' generator is seeded with ``llp.seed``, or when null with
   ``torch.initial_seed()`` (the job seed: the runner seeds torch with it before building
   the optimizer); the global RNG is never drawn from.
 
@@ -95,11 +95,12 @@ def build_optimizer(params: Any, cfg: Any) -> torch.optim.Optimizer:
     if name == "llp":
         base = str(cfg.base)
         cls, kwargs = _base_spec(base, cfg, "optimizer.base")
-        seed = cfg.llp_seed if cfg.llp_seed is not None else torch.initial_seed()
-        return LLP(params, cls, n_probes=int(cfg.llp_probes), probe_eps=float(cfg.llp_eps),
-                   every=int(cfg.llp_every), rule=str(cfg.llp_rule), c=float(cfg.llp_c),
-                   curvature=str(cfg.llp_curvature), aggregate=str(cfg.llp_aggregate),
-                   ema=float(cfg.llp_ema), damping=float(cfg.llp_damping),
+        llp = cfg.llp
+        seed = llp.seed if llp.seed is not None else torch.initial_seed()
+        return LLP(params, cls, n_probes=int(llp.probes), probe_eps=float(llp.eps),
+                   every=int(llp.every), rule=str(llp.rule), c=float(llp.c),
+                   curvature=str(llp.curvature), aggregate=str(llp.aggregate),
+                   ema=float(llp.ema), damping=float(llp.damping),
                    seed=int(seed) % 2**63,
                    momentum_scale=1.0 + float(kwargs.get("momentum", 0.0)), **kwargs)
     cls, kwargs = _base_spec(name, cfg, "optimizer.name")

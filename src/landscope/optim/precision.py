@@ -25,8 +25,8 @@ Optimizers with extra gradient evaluations:
   the whole step and halves ``S``), the second before clipping, and the base step is skipped
   when it is non-finite (``w`` is restored either way).
 * ``llp`` -- refused with bf16/fp16 (:func:`check_precision`): its finite-difference probes
-  measure gradient changes ``eps * |H d|`` with ``llp_eps = 1e-4``, far below the rounding of
-  a bf16 (relative 2**-8) or fp16 (2**-11) forward, so the curvature would be noise.
+  measure gradient changes ``eps * |H d|`` with ``optimizer.llp.eps = 1e-4``, far below the
+  rounding of a bf16 (relative 2**-8) or fp16 (2**-11) forward, so the curvature would be noise.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def check_precision(precision: Any, optimizer: Any) -> None:
                           f"(got {precision!r})")
     if precision != "fp32" and optimizer == "llp":
         raise ConfigError(f"optimizer=llp needs train.precision=fp32 (got {precision}): its "
-                          "finite-difference curvature probes (llp_eps) fall below "
+                          "finite-difference curvature probes (optimizer.llp.eps) fall below "
                           f"{precision} rounding")
 
 

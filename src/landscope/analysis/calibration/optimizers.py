@@ -79,8 +79,8 @@ def simulate(rng: np.random.Generator, sweep: Path, n_seeds: int = SEEDS,
             if opt in ("momentum", "sam"):
                 optimizer["momentum"] = 0.9
             if opt == "llp":
-                optimizer.update(base="sgd", llp_probes=4, llp_eps=0.001, llp_every=10,
-                                 llp_c=1.0)
+                optimizer.update(base="sgd", llp={"probes": 4, "eps": 0.001, "every": 10,
+                                                  "c": 1.0})
             config = {"seed": s, "name": "optimizer_study",
                       "model": {"name": "mlp", "width": 128, "depth": 3, "activation": "gelu"},
                       "optimizer": optimizer, "train": {"epochs": 40},

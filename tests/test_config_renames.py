@@ -1,0 +1,188 @@
+"""Options renamed since the previous release (``optimizer.llp_*`` -> ``optimizer.llp.*``):
+the names map, stored configs of the old layout still load, a command line with an old name
+is one line (tests/test_refusals.py), and a job directory named with the old spelling is
+renamed to the current one before its job runs (single runs and sweeps)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from conftest import run_cli
+from landscope.config.renames import RENAMED, legacy_dirname, renamed, to_current, to_legacy
+
+LLP_KEYS = ("probes", "eps", "every", "rule", "c", "curvature", "aggregate", "ema", "damping",
+            "seed")
+
+
+def test_the_llp_options_moved_into_their_group():
+    from landscope.config_checks import option_names
+
+    assert RENAMED == {f"optimizer.llp_{k}": f"optimizer.llp.{k}" for k in LLP_KEYS}
+    names = set(option_names())
+    assert set(RENAMED.values()) <= names and not set(RENAMED) & names
+    assert renamed("optimizer.llp_c") == "optimizer.llp.c" and renamed("optimizer.lr") is None
+
+
+def _tree(compose, overrides) -> dict:
+    return OmegaConf.to_container(compose(overrides), resolve=True, enum_to_str=True)
+
+
+def test_a_config_goes_to_the_old_layout_and_back(compose):
+    tree = _tree(compose, ["optimizer=llp", "optimizer.llp.c=2", "optimizer.llp.seed=3"])
+    old = to_legacy(tree)
+    assert "llp" not in old["optimizer"]
+    assert old["optimizer"]["llp_c"] == 2.0 and old["optimizer"]["llp_seed"] == 3
+    assert {k for k in old["optimizer"] if k.startswith("llp_")} == {f"llp_{k}" for k in LLP_KEYS}
+    assert to_current(old) == tree and to_legacy(to_current(old)) == old
+
+
+def _old_job(path: Path, tree: dict) -> Path:
+    """A job directory whose config.yaml the previous release wrote (flat llp_* names)."""
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(yaml.safe_dump(to_legacy(tree), sort_keys=False))
+    return path
+
+
+def test_a_stored_config_of_the_old_layout_loads_under_the_new_names(compose, tmp_path):
+    from landscope.analysis.collect import config_columns
+    from landscope.fingerprints import fingerprint
+    from landscope.jobcheck import saved_config_fingerprint
+    from landscope.jobdir import JobDir
+
+    cfg = compose(["optimizer=llp", "optimizer.llp.c=2", "optimizer.llp.every=3"])
+    job = JobDir(_old_job(tmp_path / "old", _tree(compose, ["optimizer=llp", "optimizer.llp.c=2",
+                                                             "optimizer.llp.every=3"])))
+    assert "llp_c" in (job.path / "config.yaml").read_text()
+    typed = job.config()
+    assert typed.optimizer.llp.c == 2.0 and typed.optimizer.llp.every == 3
+    assert job.config(typed=False).optimizer.llp.c == 2.0
+    assert job.saved_config()["optimizer"]["llp"]["c"] == 2.0
+    columns, note = config_columns(job)
+    assert note is None and columns["optimizer.llp.c"] == 2.0
+    assert not [k for k in columns if k.startswith("optimizer.llp_")]
+    assert saved_config_fingerprint(job.path, fingerprint) == fingerprint(cfg)
+
+
+def test_the_figures_read_an_old_config(compose, tmp_path):
+    from landscope.plot_jobs import _lr
+
+    job = _old_job(tmp_path / "old", _tree(compose, ["optimizer=momentum"]))
+    assert _lr(job) == pytest.approx(0.03 / 1.9)
+
+
+@pytest.mark.parametrize("name,old", [
+    ("optimizer.llp.c=2,optimizer=llp,seed=0", "optimizer.llp_c=2,optimizer=llp,seed=0"),
+    ("+optimizer.llp.seed=3,optimizer.llp.every=2,optimizer.lr=0.1",
+     "+optimizer.llp_seed=3,optimizer.llp_every=2,optimizer.lr=0.1"),
+    ("optimizer.betas=[0.9,0.99],optimizer.llp.ema=0.5",
+     "optimizer.betas=[0.9,0.99],optimizer.llp_ema=0.5"),
+    ("optimizer.llp.c=2", "optimizer.llp_c=2"),
+    ("optimizer.lr=0.1,seed=0", "optimizer.lr=0.1,seed=0"),  # nothing renamed: unchanged
+    ("optimizer.llp.cc=2", "optimizer.llp.cc=2"),  # not an option name of the map
+    ("smoke", "smoke"),
+])
+def test_legacy_dirname_spells_a_directory_name_the_old_way(name, old):
+    assert legacy_dirname(name) == old
+
+
+def test_legacy_dirname_with_other_separators():
+    assert legacy_dirname("optimizer.llp.c:2__seed:0", "__", ":") == "optimizer.llp_c:2__seed:0"
+
+
+def test_legacy_job_dir_only_when_the_new_one_is_absent_or_empty(tmp_path):
+    from landscope.legacy_dirs import adopt_legacy_dir, legacy_job_dir
+
+    new = tmp_path / "sweep" / "optimizer.llp.c=2,seed=0"
+    old = tmp_path / "sweep" / "optimizer.llp_c=2,seed=0"
+    assert legacy_job_dir(new) is None  # no old directory
+    old.mkdir(parents=True)
+    (old / "result.json").write_text("{}")
+    assert legacy_job_dir(new) == old
+    new.mkdir()
+    assert legacy_job_dir(new) == old  # an empty directory (a launcher made it) is replaced
+    (new / "config.yaml").write_text("seed: 0\n")
+    assert legacy_job_dir(new) is None  # the new one holds something: leave both alone
+    (new / "config.yaml").unlink()
+    assert adopt_legacy_dir(new, old)
+    assert not old.exists() and (new / "result.json").read_text() == "{}"
+    assert legacy_job_dir(tmp_path / "sweep" / "seed=0") is None  # nothing renamed
+
+
+def test_a_locked_old_directory_is_not_renamed(tmp_path):
+    from landscope.joblock import job_lock
+    from landscope.legacy_dirs import adopt_legacy_dir
+
+    new, old = tmp_path / "optimizer.llp.c=2", tmp_path / "optimizer.llp_c=2"
+    old.mkdir()
+    with job_lock(old):
+        assert not adopt_legacy_dir(new, old)
+    assert old.is_dir() and not new.exists()
+
+
+# ------------------------------------------------------------------ through the runner
+TINY = ["experiment=smoke", "model.width=8", "model.depth=1", "dataset.train_size=128",
+        "dataset.test_size=64", "train.epochs=1", "optimizer=llp", "optimizer.llp.every=3"]
+
+
+@pytest.fixture(scope="module")
+def warm_data(data_dir):
+    """Generate MNIST-1D once so subprocesses only read the cache."""
+    from landscope.config import DatasetConfig
+    from landscope.data import load_data
+
+    load_data(DatasetConfig(data_dir=str(data_dir)))
+    return data_dir
+
+
+def _make_old(job: Path) -> Path:
+    """Turn a finished job into what the previous release left: its directory named with the
+    old spelling and its config.yaml and overrides.yaml in the old names."""
+    config = yaml.safe_load((job / "config.yaml").read_text())
+    (job / "config.yaml").write_text(yaml.safe_dump(to_legacy(config), sort_keys=False))
+    overrides = yaml.safe_load((job / "overrides.yaml").read_text())
+    (job / "overrides.yaml").write_text(yaml.safe_dump(
+        [o.replace("optimizer.llp.", "optimizer.llp_") for o in overrides]))
+    old = job.with_name(legacy_dirname(job.name))
+    job.rename(old)
+    return old
+
+
+@pytest.mark.parametrize("multirun", [True, False])
+def test_a_job_directory_named_the_old_way_is_renamed_and_its_job_kept(tmp_path, warm_data,
+                                                                        multirun):
+    args = [*(["-m"] if multirun else []), *TINY, "optimizer.llp.c=2", "seed=0"]
+    first = run_cli(args, tmp_path, data_dir=warm_data)
+    assert first.returncode == 0, first.stdout + first.stderr
+    (job,) = (tmp_path / "outputs" / ("sweeps" if multirun else "runs") / "smoke").glob("*=*")
+    assert "optimizer.llp.c=2" in job.name
+    result = json.loads((job / "result.json").read_text())
+    old = _make_old(job)
+    assert "optimizer.llp_c=2" in old.name and not job.exists()
+
+    again = run_cli(args, tmp_path, data_dir=warm_data)
+    out = again.stdout + again.stderr
+    assert again.returncode == 0, out
+    assert f"renamed from {old.name}" in out and "skipped: already done" in out
+    assert job.is_dir() and not old.exists()
+    assert json.loads((job / "result.json").read_text()) == result  # neither rerun nor redone
+
+
+def test_an_old_directory_holding_another_config_is_refused_and_left_alone(tmp_path,
+                                                                           warm_data):
+    args = ["-m", *TINY, "optimizer.llp.c=2", "seed=0"]
+    assert run_cli(args, tmp_path, data_dir=warm_data).returncode == 0
+    (job,) = (tmp_path / "outputs" / "sweeps" / "smoke").glob("*=*")
+    other = job.with_name(job.name.replace("optimizer.llp.c=2", "optimizer.llp.c=3"))
+    shutil.copytree(job, other)  # the c=2 job where the c=3 job would be
+    old = _make_old(other)
+    refused = run_cli(["-m", *TINY, "optimizer.llp.c=3", "seed=0"], tmp_path,
+                      data_dir=warm_data)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert f"{old.name} holds a job with a different config" in refused.stderr
+    assert old.is_dir() and not other.exists()
