@@ -19,6 +19,7 @@ from landscope.checkpoint import load_checkpoint
 from landscope.config import validate
 from landscope.data import load_data
 from landscope.errors import ConfigError
+from landscope.fingerprints_v1 import probe_fingerprint_v1
 from landscope.geometry.snapshots import load as load_trajectory
 from landscope.io import read_json
 from landscope.jobs import TRAJECTORY_FILE, initial_model, probe_fingerprint, train_job
@@ -112,24 +113,27 @@ def test_fingerprint_ignores_pacbayes_settings_while_it_is_off(compose):
     assert on != base
     assert probe_fingerprint(compose(["probe=standard", "probe.pacbayes=true",
                                       "probe.pacbayes_n_mc=7"])) != on
-    # the beta grid (added later) stays out of the hash at its default, so jobs probed
-    # before it existed keep theirs (the config as it was then: no such key); another grid
-    # is another probe
+    # another beta grid is another probe
+    assert probe_fingerprint(compose(
+        ["probe=standard", "probe.pacbayes=true", "probe.pacbayes_beta_grid=[0.5]"])) != on
+    # version 1 (the jobs probed before fingerprint version 2, recognized by it): a config
+    # from before the beta grid existed (no such key) kept its hash, and so did one from
+    # before the optimised posterior (the grid search ignores the optimiser's settings)
+    on_v1 = probe_fingerprint_v1(compose(["probe=standard", "probe.pacbayes=true"]))
     before = OmegaConf.create(OmegaConf.to_container(
         compose(["probe=standard", "probe.pacbayes=true"]), enum_to_str=True))
     del before.probe["pacbayes_beta_grid"]
-    assert probe_fingerprint(before) == on
-    assert probe_fingerprint(compose(
-        ["probe=standard", "probe.pacbayes=true", "probe.pacbayes_beta_grid=[0.5]"])) != on
-    # the optimised posterior (the default) is another probe; the grid search ignores the
-    # optimiser's settings, so jobs probed with it before they existed keep their hash
+    assert probe_fingerprint_v1(before) == on_v1
     old = OmegaConf.create(OmegaConf.to_container(
         compose(["probe=standard", "probe.pacbayes=true", *GRID]), enum_to_str=True))
     for key in ("pacbayes_posterior", "pacbayes_steps", "pacbayes_lr_mean", "pacbayes_lr_var",
                 "pacbayes_batch_size", "pacbayes_n_match"):
         del old.probe[key]
+    assert probe_fingerprint_v1(old) == probe_fingerprint_v1(
+        compose(["probe=standard", "probe.pacbayes=true", *GRID]))
+    # the optimised posterior (the default) is another probe than the grid search
     grid = probe_fingerprint(compose(["probe=standard", "probe.pacbayes=true", *GRID]))
-    assert probe_fingerprint(old) == grid and grid != on
+    assert grid != on
     assert probe_fingerprint(compose(["probe=standard", "probe.pacbayes=true", *GRID,
                                       "probe.pacbayes_steps=5"])) == grid
 

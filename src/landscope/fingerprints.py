@@ -1,96 +1,184 @@
 """The hashes that key a job and its caches: :func:`fingerprint` (what training computes: a
 job directory holds one config's job), :func:`probe_fingerprint` and
 :func:`landscape_fingerprint` (what the post-training stages compute: their caches and
-result.json fields). Fields added later that change nothing at their defaults stay out of
-the hashes, so jobs run before they existed keep theirs (skipped or resumed, not redone)."""
+result.json fields).
+
+Version 2 (:data:`FINGERPRINT_VERSION`, recorded in result.json and checkpoints) hashes the
+options that can change a result and differ from the schema's defaults: an option added
+later at a default that keeps the old behaviour changes no hash, with no special case.
+Options are hashed under their first names (a rename or a nesting changes no hash).
+Options marked LAYOUT (threads, progress bars, checkpoint cadence, W&B...) and options the
+config does not read (LLP's settings under another optimizer, the synthetic problems'
+settings on real data, PAC-Bayes settings with the bound off...) are left out. Changing a
+default, or what an option means, needs a new version and a migration (a test holds the
+version-2 defaults). Jobs written before version 2 are recognized by their version-1
+fingerprints (:mod:`landscope.fingerprints_v1`) and migrated once (:mod:`landscope.migrate`).
+"""
 
 from __future__ import annotations
 
 import hashlib
-from typing import Optional
+import json
+from functools import lru_cache
+from typing import Any, Mapping, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from landscope.config import (
     STAGE_GROUPS,
+    SYNTHETIC,
+    Config,
     LandscapeConfig,
     ProbeConfig,
     layout_keys,
     result_free_keys,
+    typed,
 )
-from landscope.synthetic import DATASET_FIELDS, SYNTHETIC
+from landscope.config.renames import to_legacy
 
-# What the training fingerprint leaves out: the options marked as changing no result, and the
-# stage groups (probes and landscape are run and cached separately, under their own hashes).
-_NON_RESULT_KEYS = (*result_free_keys(), *STAGE_GROUPS)
+FINGERPRINT_VERSION = 2
+#: the DatasetConfig options only the synthetic datasets read
+DATASET_FIELDS = ("noise", "test_shift", "spectrum", "dim", "condition", "outliers", "tolerance",
+                  "sharp_curvature", "flat_curvature", "barrier", "tilt")
+#: the PAC-Bayes options the grid search (pacbayes_posterior=grid) does not read
+_OPTIMIZED_ONLY = ("pacbayes_posterior", "pacbayes_steps", "pacbayes_lr_mean", "pacbayes_lr_var",
+                   "pacbayes_batch_size", "pacbayes_n_match")
 
 
-def probe_fingerprint(cfg: DictConfig) -> Optional[str]:
-    """Hash of the probe config (None when probes are off): a completed job whose
+def _tree(cfg: Any) -> dict:
+    """``cfg`` on the schema (options it lacks at their defaults) as plain data, each option
+    under its first name (:func:`~landscope.config.renames.to_legacy`): renaming or nesting
+    an option changes no hash."""
+    node = OmegaConf.structured(typed(cfg))
+    return to_legacy(OmegaConf.to_container(node, resolve=True, enum_to_str=True))
+
+
+@lru_cache(maxsize=1)
+def _defaults() -> str:
+    return json.dumps(_tree(Config()))
+
+
+def _default_tree() -> dict:
+    return json.loads(_defaults())
+
+
+def _drop(tree: dict, dotted: str) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for p in parents:
+        node = node.get(p, {})
+    node.pop(leaf, None)
+
+
+def _changed(tree: Any, default: Any) -> Any:
+    """The entries of ``tree`` that differ from ``default`` (recursively for sections)."""
+    if not isinstance(tree, dict) or not isinstance(default, dict):
+        return tree
+    out = {}
+    for k, v in tree.items():
+        if k not in default:
+            out[k] = v
+        elif isinstance(v, dict) and isinstance(default[k], dict):
+            sub = _changed(v, default[k])
+            if sub:
+                out[k] = sub
+        elif v != default[k]:
+            out[k] = v
+    return out
+
+
+def _hash(kind: str, canonical: dict) -> str:
+    text = json.dumps({"fingerprint_version": FINGERPRINT_VERSION, "kind": kind,
+                       "options": canonical}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _training_options(tree: dict) -> dict:
+    """The options of a whole-config tree that training reads."""
+    for key in (*result_free_keys(), *STAGE_GROUPS):
+        _drop(tree, key)
+    if tree["dataset"]["name"] not in SYNTHETIC:
+        for key in DATASET_FIELDS:
+            tree["dataset"].pop(key, None)
+    opt = tree["optimizer"]
+    if opt["name"] != "llp":  # only LLP reads its settings
+        for key in [k for k in opt if k == "llp" or k.startswith("llp_")]:
+            opt.pop(key)
+    return tree
+
+
+def _probe_options(probe: dict) -> dict:
+    """The options of the probe group that its estimators read."""
+    for key in layout_keys(ProbeConfig):
+        probe.pop(key, None)
+    if not probe.get("sharpness_family"):  # average sharpness runs only in the family
+        probe.pop("sharpness_samples", None)
+        probe.pop("sharpness_antithetic", None)
+    if not probe.get("pacbayes"):
+        for key in [k for k in probe if k.startswith("pacbayes_")]:
+            probe.pop(key)
+    elif probe.get("pacbayes_posterior") == "grid":
+        for key in _OPTIMIZED_ONLY[1:]:
+            probe.pop(key, None)
+    return probe
+
+
+def _landscape_options(landscape: dict) -> dict:
+    for key in layout_keys(LandscapeConfig):
+        landscape.pop(key, None)
+    return landscape
+
+
+def fingerprint(cfg: Any) -> str:
+    """Hash of the options training reads that differ from their defaults."""
+    return _hash("train", _changed(_training_options(_tree(cfg)),
+                                   _training_options(_default_tree())))
+
+
+def probe_fingerprint(cfg: Any) -> Optional[str]:
+    """Hash of the probe options (None when probes are off): a completed job whose
     result.json carries another one gets its probes (re)computed, without retraining."""
     if str(cfg.probe.name) == "none":
         return None
-    c = OmegaConf.to_container(cfg.probe, resolve=True, enum_to_str=True)
-    for key in layout_keys(ProbeConfig):  # progress bars, ranks: no result changes
-        c.pop(key, None)
-    for key, default in (("max_products", None), ("budget_s", None), ("checkpointing", False)):
-        if c.get(key, default) == default:  # added later: jobs probed before keep their hash
-            c.pop(key, None)
-    if not c.get("sharpness_family"):
-        # average sharpness runs only in the family: without it these settings change nothing,
-        # so presets without it keep the hash they had before antithetic pairs (16 evaluations)
-        # replaced 32 independent draws
-        c.pop("sharpness_antithetic", None)
-        c["sharpness_samples"] = 32
-    if not c.get("pacbayes"):  # its settings change nothing when it is off: old hashes stay
-        c = {k: v for k, v in c.items() if not k.startswith("pacbayes")}
-    else:
-        if c.get("pacbayes_beta_grid") == ProbeConfig().pacbayes_beta_grid:
-            c.pop("pacbayes_beta_grid")  # added later: jobs probed before keep their hash
-        if c.get("pacbayes_posterior") == "grid":  # the grid search reads none of these
-            for key in ("pacbayes_posterior", "pacbayes_steps", "pacbayes_lr_mean",
-                        "pacbayes_lr_var", "pacbayes_batch_size", "pacbayes_n_match"):
-                c.pop(key, None)
-    text = OmegaConf.to_yaml(OmegaConf.create(c), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return _hash("probe", _changed(_probe_options(_tree(cfg)["probe"]),
+                                   _probe_options(_default_tree()["probe"])))
 
 
-def landscape_fingerprint(cfg: DictConfig) -> Optional[str]:
-    """Hash of the landscape config (None when it is off), like :func:`probe_fingerprint`."""
+def landscape_fingerprint(cfg: Any) -> Optional[str]:
+    """Hash of the landscape options (None when it is off), like :func:`probe_fingerprint`."""
     if str(cfg.landscape.name) == "none":
         return None
-    c = OmegaConf.to_container(cfg.landscape, resolve=True, enum_to_str=True)
-    for key in layout_keys(LandscapeConfig):  # drawing figures or not changes no result
-        c.pop(key, None)
-    if c.get("snapshot_dtype") == "float32":  # added later: jobs scanned before keep their hash
-        c.pop("snapshot_dtype")
-    text = OmegaConf.to_yaml(OmegaConf.create(c), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return _hash("landscape", _changed(_landscape_options(_tree(cfg)["landscape"]),
+                                       _landscape_options(_default_tree()["landscape"])))
 
 
-def fingerprint(cfg: DictConfig) -> str:
-    """Hash of the training-relevant part of the resolved config."""
-    c = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    for key in _NON_RESULT_KEYS:
-        *parents, leaf = key.split(".")
-        node = c
-        for p in parents:
-            node = node.get(p, {})
-        node.pop(leaf, None)
-    if c.get("dataset", {}).get("name") not in SYNTHETIC:  # fields only synthetic data read
-        for key in DATASET_FIELDS:
-            c["dataset"].pop(key, None)
-    # Fields added later that change nothing at their defaults stay out of the hash, so jobs
-    # run before they existed keep their fingerprint (and are skipped or resumed, not refused).
-    opt = c.get("optimizer", {})
-    if opt.get("name") != "llp":  # only LLP reads its settings
-        for key in [k for k in opt if k.startswith("llp_")]:
-            opt.pop(key)
-    if c.get("dataset", {}).get("classes", None) is None:  # added later (H4's binary preset)
-        c.get("dataset", {}).pop("classes", None)
-    if c.get("train", {}).get("max_grad_evals", None) is None:
-        c.get("train", {}).pop("max_grad_evals", None)
-    if c.get("train", {}).get("precision", "fp32") == "fp32":  # added later, as above
-        c.get("train", {}).pop("precision", None)
-    text = OmegaConf.to_yaml(OmegaConf.create(c), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def legacy_fingerprint(cfg: Any) -> str:
+    """The version-1 training fingerprint of ``cfg`` (what a job directory written before
+    version 2 records)."""
+    from landscope.fingerprints_v1 import fingerprint_v1
+
+    return fingerprint_v1(cfg)
+
+
+def same_config(record: Mapping, fp: str, legacy: Optional[str] = None) -> bool:
+    """Whether ``record`` (a result.json or checkpoint) holds a job of the config whose
+    fingerprint is ``fp``: by its version-2 fingerprint, or, for a record written before
+    version 2, by ``legacy`` (the config's version-1 fingerprint) or the record's own
+    ``fingerprint_v1`` (kept by the migration)."""
+    stored = record.get("fingerprint")
+    if stored is None:
+        return False
+    if stored == fp:
+        return True
+    if record.get("fingerprint_version", 1) >= 2:
+        return False
+    return stored in {legacy, record.get("fingerprint_v1")} - {None}
+
+
+def checkpoint_of(ckpt: Mapping, result: Mapping) -> bool:
+    """Whether checkpoint ``ckpt`` was written by the job whose result is ``result`` (a
+    checkpoint from before version 2 carries the fingerprint the migration kept as the
+    result's ``fingerprint_v1``)."""
+    stored = ckpt.get("fingerprint")
+    return stored is not None and stored in {result.get("fingerprint"),
+                                             result.get("fingerprint_v1")}

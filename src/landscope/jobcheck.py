@@ -90,25 +90,33 @@ def saved_config_fingerprint(job_dir: Path, fingerprint: Callable) -> Optional[s
             return None
 
 
-def conflict_reason(job_dir: Path, fp: str, fingerprint: Callable) -> Optional[str]:
+def conflict_reason(job_dir: Path, fp: str, fingerprint: Callable,
+                    legacy: Optional[str] = None) -> Optional[str]:
     """The one-line refusal when ``job_dir`` holds a job of another config than ``fp``;
-    None when it is absent, empty, holds this job, or only unreadable leftovers."""
+    None when it is absent, empty, holds this job (a record written before fingerprint
+    version 2 may carry ``legacy``, the config's version-1 fingerprint), or only unreadable
+    leftovers."""
+    from landscope.fingerprints import FINGERPRINT_VERSION, same_config
+
     job_dir = Path(job_dir)
     if not job_dir.is_dir():
         return None
     result = read_result(job_dir / "result.json", warn=False)
     if result is not None:
-        other, source = result["fingerprint"], "result.json"
+        record, source = result, "result.json"
     else:
         found = newest_valid(job_dir / "checkpoints")
         if found is not None:
-            other, source = found[1].get("fingerprint"), f"checkpoint {found[0].name}"
+            record, source = found[1], f"checkpoint {found[0].name}"
         else:
-            other, source = saved_config_fingerprint(job_dir, fingerprint), "config.yaml"
-            if other is None:
+            saved = saved_config_fingerprint(job_dir, fingerprint)
+            if saved is None:
                 return None
-    if other == fp:
+            record = {"fingerprint": saved, "fingerprint_version": FINGERPRINT_VERSION}
+            source = "config.yaml"
+    if same_config(record, fp, legacy):
         return None
+    other = record.get("fingerprint")
     return (f"{job_dir} holds a job with a different config ({source} has fingerprint {other}, "
             f"this config {fp}); nothing was changed there: the command that made it still "
             "resumes it, and this config needs another hydra.sweep.dir, hydra.run.dir or name")

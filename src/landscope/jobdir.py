@@ -205,7 +205,7 @@ class JobDir:
         result = self.result() if result is None else result
         epochs = result.get("epochs_completed")
         if fallback:
-            return self._fallback_checkpoint(epochs, result.get("fingerprint"))
+            return self._fallback_checkpoint(epochs, result)
         path = self.newest_checkpoint()
         try:
             ckpt = load_checkpoint(path)
@@ -220,12 +220,13 @@ class JobDir:
                 f"{ckpt.get('epoch')}; the job completed {epochs})")
         return path, ckpt
 
-    def _fallback_checkpoint(self, epochs: Any, fingerprint: Any) -> tuple[Path, dict]:
+    def _fallback_checkpoint(self, epochs: Any, result: dict) -> tuple[Path, dict]:
         from landscope.checkpoint import checkpoint_path, load_latest
+        from landscope.fingerprints import checkpoint_of
 
         ckpt = load_latest(self.path / CHECKPOINT_DIR,
                            warn=lambda m: log.warning("warning: %s", m))
-        if ckpt is None or ckpt.get("epoch") != epochs or ckpt.get("fingerprint") != fingerprint:
+        if ckpt is None or ckpt.get("epoch") != epochs or not checkpoint_of(ckpt, result):
             why = ("no valid checkpoint remains" if ckpt is None else
                    f"the newest valid one is epoch {ckpt.get('epoch')}"
                    if ckpt.get("epoch") != epochs

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from landscope.checkpoint import checkpoint_path, newest_valid
 from landscope.errors import ConfigError, one_line
-from landscope.fingerprints import landscape_fingerprint, probe_fingerprint
+from landscope.fingerprints import checkpoint_of, landscape_fingerprint, probe_fingerprint
 from landscope.io import jsonable, read_json, write_json, write_jsonl
 from landscope.jobcheck import metrics_intact, read_result
 from landscope.jobdir import JobDir
@@ -241,7 +241,7 @@ def repair_finished(cfg: DictConfig, job_dir: Path, result: dict) -> list[str]:
     if not metrics_intact(job_dir, epochs):
         found = newest_valid(job_dir / "checkpoints")
         if found is not None and found[1].get("epoch") == epochs and \
-                found[1].get("fingerprint") == result.get("fingerprint"):
+                checkpoint_of(found[1], result):
             write_jsonl(job_dir / "metrics.jsonl", found[1]["history"])
             repaired.append("metrics.jsonl")
         else:
@@ -290,9 +290,11 @@ def probe_finished_job(cfg: DictConfig, job_dir: Path, previous: dict) -> dict:
     retraining; cached results are reused) and update its result.json and figures, holding
     the job directory's lock (:class:`JobLocked` when another process has it)."""
     from landscope.joblock import job_lock
+    from landscope.migrate import migrate_job
 
     job_dir = Path(job_dir)
     with job_lock(job_dir):
+        migrate_job(job_dir, cfg)  # written before fingerprint version 2: records moved, once
         current = read_result(job_dir / "result.json")  # another process may have updated it
         return probe_finished(cfg, job_dir, current if current is not None else previous)
 

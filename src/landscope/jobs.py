@@ -30,7 +30,14 @@ from omegaconf import DictConfig, OmegaConf
 from landscope.config import validate
 from landscope.data import check_available
 from landscope.errors import LandscopeError, one_line
-from landscope.fingerprints import fingerprint, landscape_fingerprint, probe_fingerprint  # noqa: F401
+from landscope.fingerprints import (  # noqa: F401
+    FINGERPRINT_VERSION,
+    fingerprint,
+    landscape_fingerprint,
+    legacy_fingerprint,
+    probe_fingerprint,
+    same_config,
+)
 from landscope.io import atomic_write_text, write_json
 from landscope.jobcheck import FINISHED, JobRefused, conflict_reason, read_result
 from landscope.joblock import JobLocked, job_lock
@@ -56,6 +63,7 @@ from landscope.jobtrain import (  # noqa: F401
     seed_everything,
     train,
 )
+from landscope.migrate import migrate_job
 from landscope.models import check_named_model
 from landscope.optim import check_precision
 from landscope.stages import missing
@@ -83,7 +91,7 @@ def directory_conflict(cfg: DictConfig, job_dir: Path) -> Optional[str]:
     """One line when ``job_dir`` already holds a job of another config (by its result.json,
     else its newest valid checkpoint, else its config.yaml), None when it is absent, empty,
     holds this job or only unreadable leftovers. Reads only: call it before writing."""
-    return conflict_reason(Path(job_dir), fingerprint(cfg), fingerprint)
+    return conflict_reason(Path(job_dir), fingerprint(cfg), fingerprint, legacy_fingerprint(cfg))
 
 
 def train_job(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: int = 1) -> dict:
@@ -94,7 +102,7 @@ def train_job(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: 
     anything is written; one held by another process raises :class:`JobLocked`."""
     job_dir = Path(job_dir)
     fp = fingerprint(cfg)
-    reason = conflict_reason(job_dir, fp, fingerprint)
+    reason = conflict_reason(job_dir, fp, fingerprint, legacy_fingerprint(cfg))
     if reason is not None:
         raise JobRefused(reason)
     job_dir.mkdir(parents=True, exist_ok=True)
@@ -104,9 +112,10 @@ def train_job(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: 
 
 def _train_locked(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: int,
                   fp: str) -> dict:
-    reason = conflict_reason(job_dir, fp, fingerprint)  # written meanwhile by another process
+    reason = conflict_reason(job_dir, fp, fingerprint, legacy_fingerprint(cfg))  # meanwhile?
     if reason is not None:
         raise JobRefused(reason)
+    migrate_job(job_dir, cfg)  # written before fingerprint version 2: records moved, once
     previous = read_result(job_dir / "result.json")
     if previous is not None and previous["status"] in FINISHED and cfg.resume:
         if missing(cfg, previous, JOB_STAGES):  # e.g. another probe preset: no retraining
@@ -181,13 +190,14 @@ def record_failure(cfg: DictConfig, job_dir: Path, overrides: list[str], message
     previous = read_result(job_dir / "result.json", warn=False)
     keep = (user_error and (job_dir / "result.json").exists()) or (
         previous is not None and previous["status"] in FINISHED
-        and previous["fingerprint"] == fingerprint(cfg))
+        and same_config(previous, fingerprint(cfg), legacy_fingerprint(cfg)))
     try:
         atomic_write_text(job_dir / "traceback.txt", traceback.format_exc())
         if not keep:
             write_json(job_dir / "result.json", {
                 "status": FAILED, "error": message, "seed": cfg.seed,
                 "overrides": overrides, "fingerprint": fingerprint(cfg),
+                "fingerprint_version": FINGERPRINT_VERSION,
                 "versions": package_versions(), "git_commit": git_commit()})
     except OSError as exc:
         return one_line(exc, typed=True, plain=True)

@@ -30,7 +30,13 @@ from landscope import __version__
 from landscope.checkpoint import capture_rng, load_latest, restore_rng, save_checkpoint
 from landscope.data import load_data
 from landscope.errors import CheckpointError, LandscopeError
-from landscope.fingerprints import landscape_fingerprint, probe_fingerprint
+from landscope.fingerprints import (
+    FINGERPRINT_VERSION,
+    landscape_fingerprint,
+    legacy_fingerprint,
+    probe_fingerprint,
+    same_config,
+)
 from landscope.geometry.snapshots import SnapshotRecorder
 from landscope.io import write_jsonl
 from landscope.jobdir import JobDir
@@ -146,8 +152,10 @@ def resume(cfg: DictConfig, job_dir: Path, state: TrainState, fp: str) -> None:
         if cfg.resume else None
     if ckpt is None:
         return
-    if ckpt.get("fingerprint") != fp:
+    if not same_config(ckpt, fp, legacy_fingerprint(cfg)):
         raise CheckpointError(f"checkpoint in {ckpt_dir} was written by a different config")
+    if ckpt["fingerprint"] != fp:  # written before fingerprint version 2
+        state.fingerprint_v1 = ckpt["fingerprint"]
     state.restore(ckpt, f"checkpoint in {ckpt_dir}")
     log.info("%s: resuming from epoch %d", job_dir, ckpt["epoch"])
 
@@ -204,7 +212,9 @@ def finalize(cfg: DictConfig, job_dir: Path, overrides: list[str], data, state: 
         "n_params": count_parameters(model), "seed": cfg.seed, "overrides": overrides,
         "dataset": {"name": data.meta.name, "train_size": data.meta.train_size,
                     "test_size": data.meta.test_size},
-        "fingerprint": fp, "versions": package_versions(), "git_commit": git_commit(),
+        "fingerprint": fp, "fingerprint_version": FINGERPRINT_VERSION,
+        **({"fingerprint_v1": state.fingerprint_v1} if state.fingerprint_v1 else {}),
+        "versions": package_versions(), "git_commit": git_commit(),
         "host": socket.gethostname(), "torch_threads": torch.get_num_threads(),
     }
     ctx = StageContext(cfg, JobDir(job_dir), model, data, result, previous)

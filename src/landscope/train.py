@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from landscope.fingerprints import FINGERPRINT_VERSION
 from landscope.losses import n_correct, task_loss
 from landscope.optim import is_llp, is_sam
 from landscope.optim.precision import MixedPrecision, check_precision
@@ -51,6 +52,9 @@ class TrainState:
     tic: float = field(default_factory=time.perf_counter)
     last_save: float = field(default_factory=time.perf_counter)
     resumed_from: Optional[int] = None
+    # the fingerprint of a checkpoint resumed from before fingerprint version 2 (the job's
+    # result keeps it, so that checkpoint still counts as this job's)
+    fingerprint_v1: Optional[str] = None
 
     def seconds(self) -> float:
         """Training seconds so far, earlier processes included."""
@@ -64,6 +68,7 @@ class TrainState:
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "rng": capture_rng(),
                 "seconds": self.seconds(), "fingerprint": fingerprint,
+                "fingerprint_version": FINGERPRINT_VERSION,
                 **({} if self.amp is None else {"precision": self.amp.state_dict()})}
 
     def restore(self, ckpt: dict, where: str = "the checkpoint") -> None:
