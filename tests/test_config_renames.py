@@ -1,7 +1,9 @@
-"""Options renamed since the previous release (``optimizer.llp_*`` -> ``optimizer.llp.*``):
-the names map, stored configs of the old layout still load, a command line with an old name
-is one line (tests/test_refusals.py), and a job directory named with the old spelling is
-renamed to the current one before its job runs (single runs and sweeps)."""
+"""Options renamed since the previous release (``optimizer.llp_*`` -> ``optimizer.llp.*``;
+``probe.pacbayes`` -> ``probe.pacbayes.enabled`` and ``probe.pacbayes_*`` ->
+``probe.pacbayes.*``, the old switch's path now the group's): the names map, stored configs of
+the old layout still load, a command line with an old name is one line
+(tests/test_refusals.py), and a job directory named with the old spelling is renamed to the
+current one before its job runs (single runs and sweeps)."""
 
 from __future__ import annotations
 
@@ -18,15 +20,33 @@ from landscope.config.renames import RENAMED, legacy_dirname, renamed, to_curren
 
 LLP_KEYS = ("probes", "eps", "every", "rule", "c", "curvature", "aggregate", "ema", "damping",
             "seed")
+PACBAYES_KEYS = ("data_size", "n_mc", "n_select", "delta", "delta_mc", "beta_grid", "posterior",
+                 "steps", "lr_mean", "lr_var", "batch_size", "n_match")
 
 
 def test_the_llp_options_moved_into_their_group():
     from landscope.config_checks import option_names
 
-    assert RENAMED == {f"optimizer.llp_{k}": f"optimizer.llp.{k}" for k in LLP_KEYS}
+    llp = {k: v for k, v in RENAMED.items() if k.startswith("optimizer.")}
+    assert llp == {f"optimizer.llp_{k}": f"optimizer.llp.{k}" for k in LLP_KEYS}
     names = set(option_names())
-    assert set(RENAMED.values()) <= names and not set(RENAMED) & names
+    assert set(RENAMED.values()) <= names
+    # probe.pacbayes is an old name (the switch) and a current one (the group); no other
+    assert set(RENAMED) & names == {"probe.pacbayes"}
     assert renamed("optimizer.llp_c") == "optimizer.llp.c" and renamed("optimizer.lr") is None
+
+
+def test_the_pacbayes_options_moved_into_their_group():
+    pb = {k: v for k, v in RENAMED.items() if k.startswith("probe.")}
+    assert pb == {"probe.pacbayes": "probe.pacbayes.enabled",
+                  **{f"probe.pacbayes_{k}": f"probe.pacbayes.{k}" for k in PACBAYES_KEYS}}
+    # the switch leaves the group's path before any option moves into the group
+    order = list(RENAMED)
+    assert order.index("probe.pacbayes") < min(order.index(f"probe.pacbayes_{k}")
+                                               for k in PACBAYES_KEYS)
+    assert renamed("probe.pacbayes_n_mc") == "probe.pacbayes.n_mc"
+    assert renamed("probe.pacbayes") == "probe.pacbayes.enabled"
+    assert renamed("probe.pacbayes_hessian") is None  # a result's name, not an option
 
 
 def _tree(compose, overrides) -> dict:
@@ -40,6 +60,54 @@ def test_a_config_goes_to_the_old_layout_and_back(compose):
     assert old["optimizer"]["llp_c"] == 2.0 and old["optimizer"]["llp_seed"] == 3
     assert {k for k in old["optimizer"] if k.startswith("llp_")} == {f"llp_{k}" for k in LLP_KEYS}
     assert to_current(old) == tree and to_legacy(to_current(old)) == old
+
+
+@pytest.mark.parametrize("overrides", [
+    ["probe=standard"],  # the switch off, every setting at its default
+    ["probe=pacbayes"],  # the switch on
+    ["probe=standard", "probe.pacbayes.n_mc=7", "probe.pacbayes.beta_grid=[0.5]"],  # off, set
+    ["probe=pacbayes", "probe.pacbayes.n_mc=7", "probe.pacbayes.posterior=grid",
+     "probe.pacbayes.data_size=100"],  # on, set
+    ["probe=none", "probe.pacbayes.enabled=true", "optimizer=llp", "optimizer.llp.c=2"],
+])
+def test_a_config_with_the_pacbayes_group_goes_to_the_old_layout_and_back(compose, overrides):
+    tree = _tree(compose, overrides)
+    group = tree["probe"]["pacbayes"]
+    old = to_legacy(tree)
+    assert old["probe"]["pacbayes"] is group["enabled"]  # the switch, a bool, back in its place
+    assert {k: old["probe"][f"pacbayes_{k}"] for k in PACBAYES_KEYS} == {
+        k: group[k] for k in PACBAYES_KEYS}
+    assert not [k for k in old["probe"] if k.startswith("pacbayes.")]
+    assert to_current(old) == tree and to_legacy(to_current(old)) == old
+    # each translation leaves a tree already in its layout alone
+    assert to_current(tree) == tree and to_legacy(old) == old
+    # the order of the keys in the tree does not matter: settings before the switch
+    flipped = {**old, "probe": dict(reversed(list(old["probe"].items())))}
+    assert to_current(flipped) == tree
+    inner = {**tree, "probe": {**tree["probe"], "pacbayes": dict(reversed(list(group.items())))}}
+    assert to_legacy(inner) == old
+
+
+@pytest.mark.parametrize("old, current", [
+    ({"probe": {"pacbayes": True}}, {"probe": {"pacbayes": {"enabled": True}}}),
+    ({"probe": {"pacbayes": False}}, {"probe": {"pacbayes": {"enabled": False}}}),
+    ({"probe": {"pacbayes_n_mc": 7}}, {"probe": {"pacbayes": {"n_mc": 7}}}),  # no switch
+    ({"probe": {"pacbayes_n_mc": 7, "pacbayes": True, "top_k": 3}},  # settings first
+     {"probe": {"pacbayes": {"enabled": True, "n_mc": 7}, "top_k": 3}}),
+    ({"probe": {"top_k": 3}}, {"probe": {"top_k": 3}}),  # neither
+    ({"probe": {"pacbayes": None}}, {"probe": {"pacbayes": {"enabled": None}}}),
+])
+def test_partial_pacbayes_trees_go_both_ways(old, current):
+    assert to_current(old) == current
+    assert to_legacy(current) == old
+    assert to_current(current) == current and to_legacy(old) == old
+
+
+def test_a_group_with_options_left_in_it_is_not_replaced_by_the_switch():
+    # an option the map does not know (a later release's) keeps the group: nothing is lost
+    tree = {"probe": {"pacbayes": {"enabled": True, "n_mc": 7, "later": 1}}}
+    assert to_legacy(tree) == {"probe": {"pacbayes": {"enabled": True, "later": 1},
+                                         "pacbayes_n_mc": 7}}
 
 
 def _old_job(path: Path, tree: dict) -> Path:
@@ -69,6 +137,46 @@ def test_a_stored_config_of_the_old_layout_loads_under_the_new_names(compose, tm
     assert saved_config_fingerprint(job.path, fingerprint) == fingerprint(cfg)
 
 
+@pytest.mark.parametrize("overrides", [
+    ["probe=pacbayes", "probe.pacbayes.n_mc=7", "probe.pacbayes.beta_grid=[0.5,1.0]"],
+    ["probe=standard", "probe.pacbayes.n_mc=7"],  # switch off, a setting changed
+    ["+experiment=h4_binary"],
+])
+def test_a_stored_pacbayes_config_of_the_old_layout_loads_under_the_new_names(compose, tmp_path,
+                                                                              overrides):
+    from landscope.analysis.collect import config_columns
+    from landscope.fingerprints import fingerprint, probe_fingerprint
+    from landscope.fingerprints_v1 import probe_fingerprint_v1
+    from landscope.jobcheck import saved_config_fingerprint
+    from landscope.jobdir import JobDir
+
+    try:
+        cfg = compose(overrides)
+    except Exception:  # noqa: BLE001 - experiment given without + where it is a default
+        overrides = [o.lstrip("+") for o in overrides]
+        cfg = compose(overrides)
+    tree = _tree(compose, overrides)
+    job = JobDir(_old_job(tmp_path / "old", tree))
+    text = (job.path / "config.yaml").read_text()
+    assert "pacbayes_n_mc:" in text and "enabled" not in text
+    stored = yaml.safe_load(text)["probe"]
+    assert isinstance(stored["pacbayes"], bool)
+    typed = job.config()
+    pb = cfg.probe.pacbayes
+    assert typed.probe.pacbayes.enabled == pb.enabled and typed.probe.pacbayes.n_mc == pb.n_mc
+    assert list(typed.probe.pacbayes.beta_grid) == list(pb.beta_grid)
+    assert OmegaConf.to_container(typed.probe) == OmegaConf.to_container(cfg.probe)
+    assert job.config(typed=False).probe.pacbayes.n_mc == pb.n_mc
+    assert job.saved_config()["probe"]["pacbayes"]["enabled"] is pb.enabled
+    columns, note = config_columns(job)
+    assert note is None and columns["config.probe.pacbayes.n_mc"] == pb.n_mc
+    assert bool(columns["config.probe.pacbayes.enabled"]) is pb.enabled
+    assert not [k for k in columns if "pacbayes_" in k]
+    assert saved_config_fingerprint(job.path, fingerprint) == fingerprint(cfg)
+    assert probe_fingerprint(typed) == probe_fingerprint(cfg)
+    assert probe_fingerprint_v1(typed) == probe_fingerprint_v1(cfg)
+
+
 def test_the_figures_read_an_old_config(compose, tmp_path):
     from landscope.plot_jobs import _lr
 
@@ -83,6 +191,15 @@ def test_the_figures_read_an_old_config(compose, tmp_path):
     ("optimizer.betas=[0.9,0.99],optimizer.llp.ema=0.5",
      "optimizer.betas=[0.9,0.99],optimizer.llp_ema=0.5"),
     ("optimizer.llp.c=2", "optimizer.llp_c=2"),
+    ("probe.pacbayes.enabled=true,probe=standard", "probe.pacbayes=true,probe=standard"),
+    ("probe.pacbayes.n_mc=7,probe=pacbayes,seed=0", "probe.pacbayes_n_mc=7,probe=pacbayes,seed=0"),
+    # Hydra sorts the old spelling: "probe.pacbayes=" before "probe.pacbayes_"
+    ("probe.pacbayes.beta_grid=[0.1,1.0],probe.pacbayes.enabled=true,probe.pacbayes.n_mc=7",
+     "probe.pacbayes=true,probe.pacbayes_beta_grid=[0.1,1.0],probe.pacbayes_n_mc=7"),
+    ("optimizer.llp.c=2,probe.pacbayes.delta=0.01",
+     "optimizer.llp_c=2,probe.pacbayes_delta=0.01"),
+    ("probe.pacbayes.enabled=true", "probe.pacbayes=true"),
+    ("probe.pacbayes_hessian=1", "probe.pacbayes_hessian=1"),  # not an option name of the map
     ("optimizer.lr=0.1,seed=0", "optimizer.lr=0.1,seed=0"),  # nothing renamed: unchanged
     ("optimizer.llp.cc=2", "optimizer.llp.cc=2"),  # not an option name of the map
     ("smoke", "smoke"),
@@ -112,6 +229,15 @@ def test_legacy_job_dir_only_when_the_new_one_is_absent_or_empty(tmp_path):
     assert adopt_legacy_dir(new, old)
     assert not old.exists() and (new / "result.json").read_text() == "{}"
     assert legacy_job_dir(tmp_path / "sweep" / "seed=0") is None  # nothing renamed
+
+
+def test_legacy_job_dir_finds_a_pacbayes_directory_of_the_old_spelling(tmp_path):
+    from landscope.legacy_dirs import legacy_job_dir
+
+    new = tmp_path / "sweep" / "probe.pacbayes.enabled=true,probe.pacbayes.n_mc=7,seed=0"
+    old = tmp_path / "sweep" / "probe.pacbayes=true,probe.pacbayes_n_mc=7,seed=0"
+    old.mkdir(parents=True)
+    assert legacy_job_dir(new) == old
 
 
 def test_a_locked_old_directory_is_not_renamed(tmp_path):

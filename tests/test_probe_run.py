@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from landscope.config import ProbeConfig  # noqa: E402
+from landscope.config import PacBayesConfig, ProbeConfig  # noqa: E402
 from landscope.data import TensorSplit  # noqa: E402
 from landscope.probes import steps  # noqa: E402
 from landscope.probes.run import ProbeRun  # noqa: E402
@@ -34,8 +34,9 @@ EXPECTED_JSON = DATA / "probe_run_expected.json"
 EXPECTED_NPZ = DATA / "probe_run_expected.npz"
 META = types.SimpleNamespace(input_shape=(1, 12), num_classes=3)
 N = 48
-SMALL_PACBAYES = dict(pacbayes=True, pacbayes_n_mc=8, pacbayes_n_select=2, pacbayes_n_match=2,
-                      pacbayes_steps=6, pacbayes_batch_size=16, pacbayes_beta_grid=[1e-2, 1.0])
+PACBAYES = dict(enabled=True, n_mc=8, n_select=2, n_match=2, steps=6, batch_size=16,
+                beta_grid=[1e-2, 1.0])
+SMALL_PACBAYES = dict(pacbayes=PacBayesConfig(**PACBAYES))
 FULL = dict(top_k=3, bottom_k=2, trace=True, density=True, slq_probes=3, slq_steps=10,
             density_grid=40, logdet_eps=1e-3, sharpness=True, sharpness_family=True,
             sharpness_samples=4, noise=True, noise_samples=24, per_block="layer",
@@ -45,7 +46,7 @@ CASES: dict[str, dict[str, Any]] = {
     "full": FULL,
     # the grid search of the PAC-Bayes posteriors, the prior at 0, a log det that is defined
     "grid_logdet": dict(FULL, bottom_k=0, logdet_eps=50.0, per_block="none", noise=False,
-                        pacbayes_posterior="grid"),
+                        pacbayes=PacBayesConfig(**PACBAYES, posterior="grid")),
     # no top-k: the plain Hutchinson trace, the density without deflation, noise without pairs
     "no_top": dict(top_k=0, trace=True, density=True, slq_probes=3, slq_steps=8,
                    density_grid=30, logdet_eps=50.0, noise=True, noise_samples=16,

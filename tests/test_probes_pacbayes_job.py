@@ -29,9 +29,9 @@ TINY = ["dataset.train_size=256", "dataset.test_size=128", "train.batch_size=32"
 # pacbayes on a small budget, the rest of the preset off (seconds, not minutes)
 FAST = ["probe=pacbayes", "probe.top_k=3", "probe.trace=false", "probe.density=false",
         "probe.noise=false", "probe.sharpness=false", "probe.sharpness_family=false",
-        "probe.pacbayes_n_mc=20", "probe.pacbayes_n_select=2", "probe.pacbayes_steps=20",
-        "probe.pacbayes_n_match=2"]
-GRID = ["probe.pacbayes_posterior=grid"]
+        "probe.pacbayes.n_mc=20", "probe.pacbayes.n_select=2", "probe.pacbayes.steps=20",
+        "probe.pacbayes.n_match=2"]
+GRID = ["probe.pacbayes.posterior=grid"]
 
 
 @pytest.fixture(autouse=True)
@@ -86,20 +86,20 @@ def test_pacbayes_settings_are_validated_in_one_line(compose):
     validate(ok)
     validate(compose([*FAST, *GRID]))
     for bad, needle in ((["probe.top_k=0"], "probe.top_k"),
-                        (["probe.pacbayes_n_mc=0"], "probe.pacbayes_n_mc"),
-                        (["probe.pacbayes_n_select=0"], "probe.pacbayes_n_select"),
-                        (["probe.pacbayes_delta=0"], "probe.pacbayes_delta"),
-                        (["probe.pacbayes_delta_mc=1.5"], "probe.pacbayes_delta_mc"),
-                        (["probe.pacbayes_delta=0.6", "probe.pacbayes_delta_mc=0.5"], "< 1"),
-                        (["probe.pacbayes_data_size=1"], "probe.pacbayes_data_size"),
-                        (["probe.pacbayes_beta_grid=[]"], "probe.pacbayes_beta_grid"),
-                        (["probe.pacbayes_beta_grid=[0.1,-1]"], "probe.pacbayes_beta_grid"),
-                        (["probe.pacbayes_beta_grid=[inf]"], "probe.pacbayes_beta_grid"),
-                        (["probe.pacbayes_posterior=diag"], "probe.pacbayes_posterior"),
-                        (["probe.pacbayes_steps=-1"], "probe.pacbayes_steps"),
-                        (["probe.pacbayes_n_match=0"], "probe.pacbayes_n_match"),
-                        (["probe.pacbayes_batch_size=0"], "probe.pacbayes_batch_size"),
-                        (["probe.pacbayes_lr_mean=-1"], "probe.pacbayes_lr_mean")):
+                        (["probe.pacbayes.n_mc=0"], "probe.pacbayes.n_mc"),
+                        (["probe.pacbayes.n_select=0"], "probe.pacbayes.n_select"),
+                        (["probe.pacbayes.delta=0"], "probe.pacbayes.delta"),
+                        (["probe.pacbayes.delta_mc=1.5"], "probe.pacbayes.delta_mc"),
+                        (["probe.pacbayes.delta=0.6", "probe.pacbayes.delta_mc=0.5"], "< 1"),
+                        (["probe.pacbayes.data_size=1"], "probe.pacbayes.data_size"),
+                        (["probe.pacbayes.beta_grid=[]"], "probe.pacbayes.beta_grid"),
+                        (["probe.pacbayes.beta_grid=[0.1,-1]"], "probe.pacbayes.beta_grid"),
+                        (["probe.pacbayes.beta_grid=[inf]"], "probe.pacbayes.beta_grid"),
+                        (["probe.pacbayes.posterior=diag"], "probe.pacbayes.posterior"),
+                        (["probe.pacbayes.steps=-1"], "probe.pacbayes.steps"),
+                        (["probe.pacbayes.n_match=0"], "probe.pacbayes.n_match"),
+                        (["probe.pacbayes.batch_size=0"], "probe.pacbayes.batch_size"),
+                        (["probe.pacbayes.lr_mean=-1"], "probe.pacbayes.lr_mean")):
         with pytest.raises(ConfigError, match="must be") as err:
             validate(compose([*FAST, *bad]))
         assert needle in str(err.value) and "\n" not in str(err.value)
@@ -108,34 +108,33 @@ def test_pacbayes_settings_are_validated_in_one_line(compose):
 
 def test_fingerprint_ignores_pacbayes_settings_while_it_is_off(compose):
     base = probe_fingerprint(compose(["probe=standard"]))
-    assert probe_fingerprint(compose(["probe=standard", "probe.pacbayes_n_mc=7"])) == base
-    on = probe_fingerprint(compose(["probe=standard", "probe.pacbayes=true"]))
+    assert probe_fingerprint(compose(["probe=standard", "probe.pacbayes.n_mc=7"])) == base
+    on = probe_fingerprint(compose(["probe=standard", "probe.pacbayes.enabled=true"]))
     assert on != base
-    assert probe_fingerprint(compose(["probe=standard", "probe.pacbayes=true",
-                                      "probe.pacbayes_n_mc=7"])) != on
+    assert probe_fingerprint(compose(["probe=standard", "probe.pacbayes.enabled=true",
+                                      "probe.pacbayes.n_mc=7"])) != on
     # another beta grid is another probe
     assert probe_fingerprint(compose(
-        ["probe=standard", "probe.pacbayes=true", "probe.pacbayes_beta_grid=[0.5]"])) != on
+        ["probe=standard", "probe.pacbayes.enabled=true", "probe.pacbayes.beta_grid=[0.5]"])) != on
     # version 1 (the jobs probed before fingerprint version 2, recognized by it): a config
     # from before the beta grid existed (no such key) kept its hash, and so did one from
     # before the optimised posterior (the grid search ignores the optimiser's settings)
-    on_v1 = probe_fingerprint_v1(compose(["probe=standard", "probe.pacbayes=true"]))
+    on_v1 = probe_fingerprint_v1(compose(["probe=standard", "probe.pacbayes.enabled=true"]))
     before = OmegaConf.create(OmegaConf.to_container(
-        compose(["probe=standard", "probe.pacbayes=true"]), enum_to_str=True))
-    del before.probe["pacbayes_beta_grid"]
+        compose(["probe=standard", "probe.pacbayes.enabled=true"]), enum_to_str=True))
+    del before.probe.pacbayes["beta_grid"]
     assert probe_fingerprint_v1(before) == on_v1
     old = OmegaConf.create(OmegaConf.to_container(
-        compose(["probe=standard", "probe.pacbayes=true", *GRID]), enum_to_str=True))
-    for key in ("pacbayes_posterior", "pacbayes_steps", "pacbayes_lr_mean", "pacbayes_lr_var",
-                "pacbayes_batch_size", "pacbayes_n_match"):
-        del old.probe[key]
+        compose(["probe=standard", "probe.pacbayes.enabled=true", *GRID]), enum_to_str=True))
+    for key in ("posterior", "steps", "lr_mean", "lr_var", "batch_size", "n_match"):
+        del old.probe.pacbayes[key]
     assert probe_fingerprint_v1(old) == probe_fingerprint_v1(
-        compose(["probe=standard", "probe.pacbayes=true", *GRID]))
+        compose(["probe=standard", "probe.pacbayes.enabled=true", *GRID]))
     # the optimised posterior (the default) is another probe than the grid search
-    grid = probe_fingerprint(compose(["probe=standard", "probe.pacbayes=true", *GRID]))
+    grid = probe_fingerprint(compose(["probe=standard", "probe.pacbayes.enabled=true", *GRID]))
     assert grid != on
-    assert probe_fingerprint(compose(["probe=standard", "probe.pacbayes=true", *GRID,
-                                      "probe.pacbayes_steps=5"])) == grid
+    assert probe_fingerprint(compose(["probe=standard", "probe.pacbayes.enabled=true", *GRID,
+                                      "probe.pacbayes.steps=5"])) == grid
 
 
 def test_probe_command_adds_pacbayes_to_a_finished_job(compose, tmp_path):
@@ -153,7 +152,7 @@ def test_probe_command_adds_pacbayes_to_a_finished_job(compose, tmp_path):
     assert bad.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") \
         and "probe.top_k" in lines[0] and "pacbayes" in lines[0], bad.stderr
     assert "probes" not in read_json(job / "result.json")
-    done = probe(*FAST, *GRID, "probe.pacbayes_beta_grid=[0.5]")
+    done = probe(*FAST, *GRID, "probe.pacbayes.beta_grid=[0.5]")
     assert done.returncode == 0, done.stderr
     result = read_json(job / "result.json")
     p = result["probes"]
@@ -162,7 +161,7 @@ def test_probe_command_adds_pacbayes_to_a_finished_job(compose, tmp_path):
     assert p["pacbayes_prior_mean"] == "init" and p["pacbayes_m"] == 256.0
     assert p["pacbayes_hessian"] <= p["pacbayes_isotropic"] <= p["pacbayes_naive"]
     cached = read_json(job / "probes" / f"{result['probe_fingerprint']}.json")
-    assert cached["probe"]["pacbayes"] is True and cached["scalars"] == p
+    assert cached["probe"]["pacbayes"]["enabled"] is True and cached["scalars"] == p
 
 
 def test_dataset_classes_keeps_and_relabels_those_classes(compose):

@@ -83,6 +83,15 @@ def test_a_sweep_over_another_configs_jobs_is_refused_whole_and_touches_nothing(
      "error: unknown option optimizer.llp_eps: renamed optimizer.llp.eps"),
     (["-m", "optimizer=llp", "optimizer.llp_every=2,3"],
      "unknown option optimizer.llp_every: renamed optimizer.llp.every"),
+    (["probe.pacbayes_n_mc=7"],
+     "error: unknown option probe.pacbayes_n_mc: renamed probe.pacbayes.n_mc"),
+    # the old switch's path is the group's now: Hydra reads it as a value for the whole group
+    (["probe.pacbayes=true"],
+     "error: probe.pacbayes is a group now: use probe.pacbayes.enabled=true"),
+    (["+probe.pacbayes=true"],
+     "error: probe.pacbayes is a group now: use probe.pacbayes.enabled=true"),
+    (["-m", "probe.pacbayes=true,false"],
+     "probe.pacbayes is a group now: use probe.pacbayes.enabled=true"),
 ])
 def test_keys_the_schema_lacks_are_refused_and_never_advised(tmp_path, warm_data, args, needle):
     """Defect 2: ``+``/``++`` cannot add options, and no message suggests them."""

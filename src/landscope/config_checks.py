@@ -10,7 +10,7 @@ import difflib
 import math
 from dataclasses import fields, is_dataclass
 from functools import lru_cache
-from typing import Any, get_type_hints
+from typing import Any, Optional, get_type_hints
 
 from landscope.errors import ConfigError
 
@@ -52,6 +52,25 @@ def unknown_option(key: str) -> str:
         return f"unknown option {key}: renamed {current}"
     close = difflib.get_close_matches(key, option_names(), n=1, cutoff=0.6)
     return f"unknown option {key}" + (f" (did you mean {close[0]}?)" if close else "")
+
+
+def group_now(key: str, value: str) -> Optional[str]:
+    """The one-line refusal of the override ``key=value`` when ``key``, an old option, names a
+    group now (the old switch ``probe.pacbayes`` is ``probe.pacbayes.enabled``: Hydra reads
+    ``probe.pacbayes=true`` as a value for the whole group); None for any other key.
+
+    >>> group_now("probe.pacbayes", "true")
+    'probe.pacbayes is a group now: use probe.pacbayes.enabled=true'
+    >>> group_now("probe.top_k", "3") is None
+    True
+    """
+    from landscope.config.renames import renamed
+
+    current = renamed(key)
+    if current is None or not current.startswith(key + "."):
+        return None
+    value = {"True": "true", "False": "false"}.get(value, value)  # as a sweep's job spells it
+    return f"{key} is a group now: use {current}={value}"
 
 
 def plain_tree(cfg: Any) -> dict:

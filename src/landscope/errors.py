@@ -32,6 +32,7 @@ class CheckpointError(LandscopeError):
 _PLUS_HINTS = ("To append to your", "Either remove + prefix", "Or add a second +")
 _UNKNOWN = re.compile(r"Could not override '([\w.]+)'\.\s*\nTo append to your config use")
 _PRESENT = re.compile(r"An item is already at '([\w.]+)'\.\s*\nEither remove \+ prefix: '([^']*)'")
+_MERGING = re.compile(r"Error merging override [+~]*([\w.]+)=(.*)")
 
 
 def _plus_free(text: str) -> str:
@@ -41,6 +42,15 @@ def _plus_free(text: str) -> str:
         from landscope.config_checks import unknown_option
 
         return unknown_option(m.group(1))
+    m = _MERGING.match(text) or _PRESENT.search(text)
+    if m:  # an old switch that names a group now (probe.pacbayes=true): its new name
+        from landscope.config_checks import group_now
+
+        key, value = (m.group(1), m.group(2)) if m.re is _MERGING else (
+            m.group(1), m.group(2).split("=", 1)[-1])
+        line = group_now(key, value)
+        if line is not None:
+            return line
     m = _PRESENT.search(text)
     if m:
         return f"{m.group(1)} is already an option: set it with {m.group(2)}"

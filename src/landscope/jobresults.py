@@ -57,7 +57,7 @@ class ProbeStage(CachedStage):
         cfg, model = ctx.cfg, ctx.model
         log.info("%s: running probes (%s)", ctx.job.path, str(cfg.probe.name))
         w0 = None
-        if cfg.probe.get("pacbayes", False):  # the prior mean: the initialization, not 0
+        if cfg.probe.pacbayes.enabled:  # the prior mean: the initialization, not 0
             device = next(model.parameters()).device
             w0 = initial_model(cfg, ctx.data).to(device)
         report = run_probes_on_ranks(model, ctx.data.train, cfg.probe,

@@ -51,7 +51,7 @@ from landscope.config.job import (
     TrainConfig,
 )
 from landscope.config.landscape import LandscapeConfig
-from landscope.config.probe import ProbeConfig
+from landscope.config.probe import PacBayesConfig, ProbeConfig  # noqa: F401
 from landscope.errors import ConfigError  # noqa: F401 - raised by validate; importable here
 
 #: The synthetic problems (dataset and model of the same name; landscope.synthetic).

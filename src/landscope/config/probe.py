@@ -13,6 +13,58 @@ from landscope.config.choices import NoiseAlignment, PerBlock, ProbeMode, ProbeN
 
 
 @dataclass
+class PacBayesConfig:
+    """PAC-Bayes bounds on the 0-1 error (Dziugaite & Roy 2017; :mod:`landscope.probes.pacbayes`,
+    ``probe.pacbayes.*``): naive parameter count, isotropic and Hessian-informed Gaussian
+    posteriors (the latter in the basis of the top_k eigenvectors: needs ``probe.top_k >= 1``).
+    Prior mean: the job's initialization. Cost: (13 * (len(beta_grid) + 1) * n_select + 2 *
+    n_mc) forward passes over the samples. Only read with ``enabled``."""
+
+    enabled: bool = False  # compute the bounds
+    data_size: Optional[int] = None  # m samples of the bound; null = whole train split
+    n_mc: int = 300  # final Monte Carlo draws per posterior (error upper value)
+    n_select: int = 24  # draws per candidate posterior in the selection stage
+    delta: float = 0.025  # confidence of the PAC-Bayes statement
+    delta_mc: float = 0.01  # confidence of the Monte Carlo error (total: delta + delta_mc)
+    # the Hessian posterior's constants beta (tolerated loss rise per eigendirection); the
+    # isotropic member (beta = inf) is always added; more entries cost draws, not tightness
+    # (the posterior may be chosen after seeing the data)
+    beta_grid: List[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0])
+    # how the posteriors are chosen: "optimized" (Dziugaite & Roy: Adam on the mean and the
+    # log-variances of a differentiable bound surrogate, landscope.probes.pacbayes_optimize;
+    # reports the complexity terms at matched posterior error too) or "grid" (variances on a
+    # half-decade grid around the trained weights, the mean fixed; n_select draws each)
+    posterior: str = "optimized"
+    steps: int = 300  # optimized: Adam steps per posterior family
+    lr_mean: float = 1e-3  # optimized: Adam step size of the posterior mean
+    lr_var: float = 3e-2  # optimized: Adam step size of the log-variances
+    batch_size: int = 256  # optimized: samples per step (one draw per step)
+    n_match: int = 32  # optimized: draws per covariance scale of the matched-error curves
+
+    def check(self) -> None:
+        """Refuse impossible values (:class:`ConfigError` naming the key)."""
+        need(self.data_size is None or self.data_size >= 2, "probe.pacbayes.data_size",
+             ">= 2 or null (the bound needs m >= 2 samples)", self.data_size)
+        for key in ("n_mc", "n_select", "batch_size", "n_match"):
+            need(getattr(self, key) >= 1, f"probe.pacbayes.{key}", ">= 1", getattr(self, key))
+        for key in ("delta", "delta_mc"):
+            v = getattr(self, key)
+            need(math.isfinite(v) and 0 < v < 1, f"probe.pacbayes.{key}", "in (0, 1)", v)
+        total = self.delta + self.delta_mc
+        need(total < 1, "probe.pacbayes.delta + delta_mc",
+             "< 1 (the bounds hold with probability 1 - their sum)", total)
+        need(self.posterior in ("optimized", "grid"), "probe.pacbayes.posterior",
+             "optimized or grid", self.posterior)
+        need(self.steps >= 0, "probe.pacbayes.steps", ">= 0", self.steps)
+        for key in ("lr_mean", "lr_var"):
+            v = getattr(self, key)
+            need(math.isfinite(v) and v >= 0, f"probe.pacbayes.{key}", "finite and >= 0", v)
+        grid = list(self.beta_grid)
+        need(len(grid) >= 1 and all(positive(b) for b in grid), "probe.pacbayes.beta_grid",
+             "a non-empty list of finite values > 0", grid)
+
+
+@dataclass
 class ProbeConfig:
     """Curvature probes on the final checkpoint (and optionally during training).
 
@@ -62,31 +114,9 @@ class ProbeConfig:
     every_n_epochs: int = 0  # > 0: lambda_max and trace into metrics.jsonl during training
     verify: bool = False  # compare every estimate with the dense float64 Hessian
     verify_max_params: int = 5000
-    # PAC-Bayes bounds on the 0-1 error (Dziugaite & Roy 2017; landscope.probes.pacbayes):
-    # naive parameter count, isotropic and Hessian-informed Gaussian posteriors (the latter in
-    # the basis of the top_k eigenvectors: needs top_k >= 1). Prior mean: the job's
-    # initialization. Cost: (13 * (len(beta_grid) + 1) * n_select + 2 * n_mc) forward passes
-    # over the samples.
-    pacbayes: bool = False
-    pacbayes_data_size: Optional[int] = None  # m samples of the bound; null = whole train split
-    pacbayes_n_mc: int = 300  # final Monte Carlo draws per posterior (error upper value)
-    pacbayes_n_select: int = 24  # draws per candidate posterior in the selection stage
-    pacbayes_delta: float = 0.025  # confidence of the PAC-Bayes statement
-    pacbayes_delta_mc: float = 0.01  # confidence of the Monte Carlo error (total: delta + delta_mc)
-    # the Hessian posterior's constants beta (tolerated loss rise per eigendirection); the
-    # isotropic member (beta = inf) is always added; more entries cost draws, not tightness
-    # (the posterior may be chosen after seeing the data)
-    pacbayes_beta_grid: List[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0])
-    # how the posteriors are chosen: "optimized" (Dziugaite & Roy: Adam on the mean and the
-    # log-variances of a differentiable bound surrogate, landscope.probes.pacbayes_optimize;
-    # reports the complexity terms at matched posterior error too) or "grid" (variances on a
-    # half-decade grid around the trained weights, the mean fixed; n_select draws each)
-    pacbayes_posterior: str = "optimized"
-    pacbayes_steps: int = 300  # optimized: Adam steps per posterior family
-    pacbayes_lr_mean: float = 1e-3  # optimized: Adam step size of the posterior mean
-    pacbayes_lr_var: float = 3e-2  # optimized: Adam step size of the log-variances
-    pacbayes_batch_size: int = 256  # optimized: samples per step (one draw per step)
-    pacbayes_n_match: int = 32  # optimized: draws per covariance scale of the matched-error curves
+    # PAC-Bayes bounds on the 0-1 error (landscope.probes.pacbayes), switched on and set up by
+    # probe.pacbayes.enabled / probe.pacbayes.*
+    pacbayes: PacBayesConfig = field(default_factory=PacBayesConfig)
 
     def check(self) -> None:
         """Refuse impossible values (:class:`ConfigError` naming the key)."""
@@ -125,27 +155,7 @@ class ProbeConfig:
              self.sharpness_samples)
 
     def _check_pacbayes(self) -> None:
-        need(self.pacbayes_data_size is None or self.pacbayes_data_size >= 2,
-             "probe.pacbayes_data_size", ">= 2 or null (the bound needs m >= 2 samples)",
-             self.pacbayes_data_size)
-        for key in ("pacbayes_n_mc", "pacbayes_n_select", "pacbayes_batch_size",
-                    "pacbayes_n_match"):
-            need(getattr(self, key) >= 1, f"probe.{key}", ">= 1", getattr(self, key))
-        for key in ("pacbayes_delta", "pacbayes_delta_mc"):
-            v = getattr(self, key)
-            need(math.isfinite(v) and 0 < v < 1, f"probe.{key}", "in (0, 1)", v)
-        total = self.pacbayes_delta + self.pacbayes_delta_mc
-        need(total < 1, "probe.pacbayes_delta + pacbayes_delta_mc",
-             "< 1 (the bounds hold with probability 1 - their sum)", total)
-        need(self.pacbayes_posterior in ("optimized", "grid"), "probe.pacbayes_posterior",
-             "optimized or grid", self.pacbayes_posterior)
-        need(self.pacbayes_steps >= 0, "probe.pacbayes_steps", ">= 0", self.pacbayes_steps)
-        for key in ("pacbayes_lr_mean", "pacbayes_lr_var"):
-            v = getattr(self, key)
-            need(math.isfinite(v) and v >= 0, f"probe.{key}", "finite and >= 0", v)
-        grid = list(self.pacbayes_beta_grid)
-        need(len(grid) >= 1 and all(positive(b) for b in grid), "probe.pacbayes_beta_grid",
-             "a non-empty list of finite values > 0", grid)
-        if self.pacbayes:
-            need(self.top_k >= 1, "probe.top_k", ">= 1 with probe.pacbayes=true (the "
+        self.pacbayes.check()
+        if self.pacbayes.enabled:
+            need(self.top_k >= 1, "probe.top_k", ">= 1 with probe.pacbayes.enabled=true (the "
                  "Hessian-informed posterior uses the top-k eigenvectors)", self.top_k)

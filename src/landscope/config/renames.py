@@ -15,28 +15,45 @@ import copy
 import re
 from typing import Any, Optional
 
-#: old dotted name -> current dotted name
+#: old dotted name -> current dotted name, in the order :func:`to_current` applies them
+#: (:func:`to_legacy` the reverse): an old option whose name becomes a group (the switch
+#: ``probe.pacbayes``, now ``probe.pacbayes.enabled``) comes before the options that move
+#: into that group, so the switch has left the path before the group is made there.
 RENAMED: dict[str, str] = {
-    f"optimizer.llp_{key}": f"optimizer.llp.{key}"
-    for key in ("probes", "eps", "every", "rule", "c", "curvature", "aggregate", "ema",
-                "damping", "seed")
+    **{f"optimizer.llp_{key}": f"optimizer.llp.{key}"
+       for key in ("probes", "eps", "every", "rule", "c", "curvature", "aggregate", "ema",
+                   "damping", "seed")},
+    "probe.pacbayes": "probe.pacbayes.enabled",
+    **{f"probe.pacbayes_{key}": f"probe.pacbayes.{key}"
+       for key in ("data_size", "n_mc", "n_select", "delta", "delta_mc", "beta_grid",
+                   "posterior", "steps", "lr_mean", "lr_var", "batch_size", "n_match")},
 }
 
 
 def _move(tree: dict, old: str, new: str) -> None:
+    """Move the option at dotted ``old`` to ``new`` in ``tree``, making the groups on the way.
+    Nothing moves when ``old`` is absent or holds a group (a dict: the current layout's
+    ``probe.pacbayes``, not the old switch), when a non-group value (an old switch) stands where
+    ``new`` needs a group, or when ``new`` holds a group that is not empty."""
     *parents, leaf = old.split(".")
     node = tree
     for p in parents:
         node = node.get(p) if isinstance(node, dict) else None
         if node is None:
             return
-    if not isinstance(node, dict) or leaf not in node:
+    if not isinstance(node, dict) or leaf not in node or isinstance(node[leaf], dict):
         return
-    value = node.pop(leaf)
+    source, value = node, node.pop(leaf)
     *parents, leaf = new.split(".")
     node = tree
     for p in parents:
         node = node.setdefault(p, {})
+        if not isinstance(node, dict):  # an old switch where a group goes: leave as it was
+            source[old.rsplit(".", 1)[-1]] = value
+            return
+    if isinstance(node.get(leaf), dict) and node[leaf]:  # a group with options left in it
+        source[old.rsplit(".", 1)[-1]] = value
+        return
     node[leaf] = value
 
 
@@ -55,6 +72,8 @@ def to_current(tree: dict) -> dict:
 
     >>> to_current({"seed": 1})
     {'seed': 1}
+    >>> to_current({"probe": {"pacbayes": True, "pacbayes_n_mc": 7}})
+    {'probe': {'pacbayes': {'enabled': True, 'n_mc': 7}}}
     """
     out = copy.deepcopy(tree)
     for old, new in RENAMED.items():
@@ -63,9 +82,15 @@ def to_current(tree: dict) -> dict:
 
 
 def to_legacy(tree: dict) -> dict:
-    """A copy of ``tree`` with every current name moved back to its old one."""
+    """A copy of ``tree`` with every current name moved back to its old one (in the reverse
+    of :func:`to_current`'s order: a group's options leave it before the switch takes its
+    place).
+
+    >>> to_legacy({"probe": {"pacbayes": {"enabled": True, "n_mc": 7}}})
+    {'probe': {'pacbayes': True, 'pacbayes_n_mc': 7}}
+    """
     out = copy.deepcopy(tree)
-    for old, new in RENAMED.items():
+    for old, new in reversed(RENAMED.items()):
         _move(out, new, old)
     return _prune(out) if RENAMED else out
 

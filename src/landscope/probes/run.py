@@ -27,14 +27,14 @@ trace_stderr, converged, hvps}}, see :mod:`~landscope.probes.blocks`), ``block_h
 per estimator) and ``probe_cost_seconds``, ``<estimator>_stopped_by`` (the cap that cut it
 short), ``probe_seconds``, ``probe_data_size``, ``probe_mode``, ``n_params``; with verify mode
 ``verify_*`` errors against the dense float64 Hessian
-(:class:`~landscope.probes.verify.Verification`). With ``pacbayes``, the PAC-Bayes bounds of
+(:class:`~landscope.probes.verify.Verification`). With ``pacbayes.enabled``, the PAC-Bayes bounds of
 :func:`~landscope.probes.pacbayes.pac_bayes_bounds` with a ``pacbayes_`` prefix:
 ``pacbayes_naive``, ``pacbayes_isotropic``, ``pacbayes_hessian``,
 ``pacbayes_kl_{isotropic,hessian}``, ``pacbayes_{isotropic,hessian}_e_mc`` / ``_e_upper`` /
 ``_prior_var`` / ``_prior_j``, ``pacbayes_train_error``, ``pacbayes_m``, ``pacbayes_D``,
 ``pacbayes_k``, ``pacbayes_dist2_to_prior_mean``, ``pacbayes_hessian_is_isotropic``, ...,
 ``pacbayes_prior_mean`` (``"init"`` or ``"zero"``) and ``pacbayes_seconds``; with
-``pacbayes_posterior=optimized`` (the default; :mod:`~landscope.probes.pacbayes_optimize`)
+``pacbayes.posterior=optimized`` (the default; :mod:`~landscope.probes.pacbayes_optimize`)
 also ``pacbayes_complexity_{naive,isotropic,hessian}``, ``pacbayes_matched_error`` and
 ``pacbayes_matched_complexity_{isotropic,hessian}`` (complexity terms at matched posterior
 error). Non-finite floats (``lambda_2`` with ``top_k=1``, ...) come out as None.

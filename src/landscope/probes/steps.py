@@ -66,7 +66,7 @@ def steps_for(cfg: Any) -> list[Step]:
         (bool(cfg.density), step_density), (bool(cfg.trace), step_trace),
         (str(cfg.per_block) != "none", step_blocks),
         (bool(cfg.sharpness or cfg.sharpness_family), step_sharpness),
-        (bool(cfg.noise), step_noise), (bool(getattr(cfg, "pacbayes", False)), step_pacbayes)]
+        (bool(cfg.noise), step_noise), (bool(cfg.pacbayes.enabled), step_pacbayes)]
     return [step for on, step in steps if on]
 
 
@@ -215,31 +215,32 @@ def step_noise(run: ProbeRun) -> None:
 
 
 def step_pacbayes(run: ProbeRun) -> None:
-    """PAC-Bayes bounds on ``pacbayes_data_size`` training samples (null: the whole split:
+    """PAC-Bayes bounds on ``pacbayes.data_size`` training samples (null: the whole split:
     the bound is over the m samples its empirical error is measured on), with the Hessian
     posterior in the basis of ``run.top`` (computed on the probe subset: a posterior may
     depend on the data) and the prior centred at ``run.w0``: ``run.pacbayes``."""
     cfg, top, w0 = run.cfg, run.top, run.w0
+    pb = cfg.pacbayes
     with run.ledger.stage("pacbayes"):
         if (why := run.ledger.stop(products=False)) is not None:
             _not_started(run, "pacbayes", why)
             return
         if top is None:
-            raise ConfigError("probe.pacbayes=true needs probe.top_k >= 1 (the Hessian-informed "
-                              "posterior uses the top-k eigenvectors)")
+            raise ConfigError("probe.pacbayes.enabled=true needs probe.top_k >= 1 (the "
+                              "Hessian-informed posterior uses the top-k eigenvectors)")
         tic = time.perf_counter()
-        data = ProbeData.from_split(run.train_split, size=cfg.pacbayes_data_size, seed=cfg.seed,
+        data = ProbeData.from_split(run.train_split, size=pb.data_size, seed=cfg.seed,
                                     micro_batch=cfg.micro_batch)
-        common = dict(w0=w0, delta=cfg.pacbayes_delta, delta_mc=cfg.pacbayes_delta_mc,
-                      n_mc=cfg.pacbayes_n_mc, n_select=cfg.pacbayes_n_select, seed=cfg.seed)
-        if str(getattr(cfg, "pacbayes_posterior", "optimized")) == "grid":
+        common = dict(w0=w0, delta=pb.delta, delta_mc=pb.delta_mc, n_mc=pb.n_mc,
+                      n_select=pb.n_select, seed=cfg.seed)
+        if str(pb.posterior) == "grid":
             values = pac_bayes_bounds(run.model, data, top.eigenvalues, top.eigenvectors,
-                                      beta_grid=list(cfg.pacbayes_beta_grid), **common)
+                                      beta_grid=list(pb.beta_grid), **common)
         else:
             values = optimized_pac_bayes_bounds(
-                run.model, data, top.eigenvalues, top.eigenvectors, n_match=cfg.pacbayes_n_match,
-                steps=cfg.pacbayes_steps, lr_mean=cfg.pacbayes_lr_mean,
-                lr_var=cfg.pacbayes_lr_var, batch_size=cfg.pacbayes_batch_size, **common)
+                run.model, data, top.eigenvalues, top.eigenvectors, n_match=pb.n_match,
+                steps=pb.steps, lr_mean=pb.lr_mean, lr_var=pb.lr_var,
+                batch_size=pb.batch_size, **common)
         run.pacbayes = PacBayesBounds(values, "zero" if w0 is None else "init",
                                       time.perf_counter() - tic)
 

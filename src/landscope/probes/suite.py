@@ -71,8 +71,8 @@ def run_probes(model: nn.Module, train_split, cfg: Any,
                log: Optional[Callable[[str], None]] = None) -> ProbeReport:
     """All probes ``cfg`` switches on, on a fixed seeded subset of ``train_split``.
 
-    ``w0``: the prior mean of the PAC-Bayes bounds (``cfg.pacbayes``), which must not depend
-    on the training data: the model at initialization (a model of the same architecture or
+    ``w0``: the prior mean of the PAC-Bayes bounds (``cfg.pacbayes.enabled``), which must not
+    depend on the training data: the model at initialization (a model of the same architecture or
     a flat vector in parameter order; :func:`landscope.jobs.initial_model` rebuilds a job's).
     ``None`` centres the prior at 0 (valid too, usually looser). ``log``: where the plan line
     and the caps' messages go.

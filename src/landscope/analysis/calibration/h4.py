@@ -73,7 +73,7 @@ def _simulate(shift: float, shift_naive: float, n_seeds: int = N_SEEDS,
                           "model": {"name": "mlp", "width": width, "depth": 3},
                           "optimizer": {"name": opt, "lr": 0.05 if opt == "sgd" else 0.001},
                           "dataset": {"name": "mnist1d", "classes": None},
-                          "probe": {"name": "pacbayes", "pacbayes": True}}
+                          "probe": {"name": "pacbayes", "pacbayes": {"enabled": True}}}
                 final = {"train_acc": float(rng.uniform(0.7, 0.9)),
                          "test_acc": float(rng.uniform(0.6, 0.8))}
                 write_job(sweep, f"model.width={width},optimizer={opt},seed={s}", config,

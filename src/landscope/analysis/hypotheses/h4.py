@@ -200,7 +200,7 @@ def _notes(matched: bool, usable: np.ndarray) -> list[str]:
     notes = []
     if not matched:
         notes.append("complexities not at matched posterior error (jobs probed with "
-                     "probe.pacbayes_posterior=grid or before matching existed): a posterior "
+                     "probe.pacbayes.posterior=grid or before matching existed): a posterior "
                      "with a larger error may have a smaller complexity")
     if (~usable).any():
         notes.append(f"{int((~usable).sum())} included jobs without a finite Hessian "
