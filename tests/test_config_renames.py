@@ -273,7 +273,7 @@ def _make_old(job: Path) -> Path:
     (job / "config.yaml").write_text(yaml.safe_dump(to_legacy(config), sort_keys=False))
     overrides = yaml.safe_load((job / "overrides.yaml").read_text())
     (job / "overrides.yaml").write_text(yaml.safe_dump(
-        [o.replace("optimizer.llp.", "optimizer.llp_") for o in overrides]))
+        [legacy_dirname(o) for o in overrides]))
     old = job.with_name(legacy_dirname(job.name))
     job.rename(old)
     return old
@@ -297,6 +297,31 @@ def test_a_job_directory_named_the_old_way_is_renamed_and_its_job_kept(tmp_path,
     assert f"renamed from {old.name}" in out and "skipped: already done" in out
     assert job.is_dir() and not old.exists()
     assert json.loads((job / "result.json").read_text()) == result  # neither rerun nor redone
+
+
+def test_a_pacbayes_job_directory_named_the_old_way_is_renamed_and_its_job_kept(tmp_path,
+                                                                               warm_data):
+    """The old switch and a setting in the name (``probe.pacbayes=true,probe.pacbayes_n_mc=20``):
+    the sweep finds the job there, renames the directory, and neither retrains nor re-probes."""
+    args = ["-m", "experiment=smoke", "model.width=8", "dataset.train_size=128",
+            "dataset.test_size=64", "train.epochs=1", "probe=basic", "probe.pacbayes.enabled=true",
+            "probe.pacbayes.n_mc=20", "probe.pacbayes.posterior=grid",
+            "probe.pacbayes.n_select=2", "seed=0"]
+    first = run_cli(args, tmp_path, data_dir=warm_data)
+    assert first.returncode == 0, first.stdout + first.stderr
+    (job,) = (tmp_path / "outputs" / "sweeps" / "smoke").glob("*=*")
+    result = json.loads((job / "result.json").read_text())
+    assert result["probes"]["pacbayes_n_mc"] == 20.0
+    old = _make_old(job)
+    assert "probe.pacbayes=true" in old.name.lower() and "probe.pacbayes_n_mc=20" in old.name
+    assert "pacbayes_n_mc: 20" in (old / "config.yaml").read_text()
+
+    again = run_cli(args, tmp_path, data_dir=warm_data)
+    out = again.stdout + again.stderr
+    assert again.returncode == 0, out
+    assert f"renamed from {old.name}" in out and "skipped: already done" in out
+    assert job.is_dir() and not old.exists()
+    assert json.loads((job / "result.json").read_text()) == result
 
 
 def test_an_old_directory_holding_another_config_is_refused_and_left_alone(tmp_path,
