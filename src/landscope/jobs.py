@@ -1,21 +1,9 @@
 """One job = validate -> train (resumable) -> results contract -> status.
 
-Results contract of a job directory (see README):
-
-- ``config.yaml``      the resolved config; ``overrides.yaml`` the command-line overrides
-- ``metrics.jsonl``    one JSON object per completed epoch
-- ``result.json``      status, stop reason, final metrics, wall time, parameter count,
-                       seed, package versions, git commit, config fingerprint
-- ``checkpoints/``     ``epoch_NNNNNN.pt`` (atomic, checksummed, newest few kept)
-- ``traceback.txt``    only when the job failed (removed when it later completes)
-- ``probes/``, ``landscape/``, ``figures/`` post-training caches and figures (see jobresults)
-- ``.lock``            the advisory lock of the process working on the job (see joblock)
-
-Statuses: ``completed`` (stopped at max epochs or the target train loss),
-``diverged`` (the loss became non-finite: a result, not a failure), ``failed``
-(an exception; traceback saved) and ``invalid`` (bad input, detected before
-anything was written).
-"""
+A job directory's files are described in the README ("Where the results go"). Statuses:
+``completed`` (max epochs or the target train loss reached), ``diverged`` (the loss became
+non-finite: a result, not a failure), ``failed`` (an exception; traceback saved) and
+``invalid`` (bad input, detected before anything was written)."""
 
 from __future__ import annotations
 
@@ -71,8 +59,7 @@ from landscope.tracking import make_tracker
 
 log = logging.getLogger("landscope")
 
-FAILED, INVALID = "failed", "invalid"
-SKIPPED = "skipped"  # a run summary's status only: another process holds the job directory
+FAILED, INVALID, SKIPPED = "failed", "invalid", "skipped"  # skipped: a summary's only (locked)
 
 
 def check_inputs(cfg: DictConfig) -> None:
@@ -100,9 +87,8 @@ def train_job(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: 
 
     A directory holding another config's job is refused (:class:`JobRefused`) before
     anything is written; one held by another process raises :class:`JobLocked`."""
-    job_dir = Path(job_dir)
-    fp = fingerprint(cfg)
-    reason = conflict_reason(job_dir, fp, fingerprint, legacy_fingerprint(cfg))
+    job_dir, fp = Path(job_dir), fingerprint(cfg)
+    reason = directory_conflict(cfg, job_dir)
     if reason is not None:
         raise JobRefused(reason)
     job_dir.mkdir(parents=True, exist_ok=True)
@@ -112,7 +98,7 @@ def train_job(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: 
 
 def _train_locked(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: int,
                   fp: str) -> dict:
-    reason = conflict_reason(job_dir, fp, fingerprint, legacy_fingerprint(cfg))  # meanwhile?
+    reason = directory_conflict(cfg, job_dir)  # written meanwhile by another process?
     if reason is not None:
         raise JobRefused(reason)
     migrate_job(job_dir, cfg)  # written before fingerprint version 2: records moved, once
