@@ -73,13 +73,44 @@ class LandscopeSweeper(BasicSweeper):
         global LAST_SWEEP
         from landscope.errors import LandscopeError
         from landscope.io import atomic_write_text
-        from landscope.jobs import FAILED, check_inputs, directory_conflict
-        from landscope.legacy_dirs import adopt_legacy_dir, legacy_job_dir, separators
+        from landscope.jobs import FAILED
+        from landscope.legacy_dirs import adopt_legacy_dir
 
         assert self.config is not None and self.launcher is not None
         assert self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         self.overrides = self._expand(parser, list(arguments))
+
+        for legacy, job_dir in self._check_jobs():
+            adopt_legacy_dir(job_dir, legacy)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        try:
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config))
+        except OSError as exc:
+            raise LandscopeError(f"cannot write the sweep directory {sweep_dir}: "
+                                 f"{exc.strerror or exc}") from None
+
+        returns, summaries, idx = [], [], 0
+        while not self.is_done():
+            batch = self.get_job_batch()
+            results = self.launcher.launch(batch, initial_job_idx=idx)
+            for job_overrides, r in zip(batch, results):
+                summaries.append(_summary(job_overrides, r, FAILED))
+            idx += len(batch)
+            returns.append(results)
+
+        LAST_SWEEP = summaries
+        print("\n" + format_status_table(summaries) + f"\nsweep directory: {sweep_dir}", flush=True)
+        return returns
+
+    def _check_jobs(self) -> list:
+        """Every job's inputs and directory, checked before anything is written; returns the
+        ``(legacy, job_dir)`` pairs of directories an earlier release named with an option's
+        old spelling (renamed once every job passed)."""
+        from landscope.errors import LandscopeError
+        from landscope.jobs import check_inputs, directory_conflict
+        from landscope.legacy_dirs import legacy_job_dir, separators
 
         loader = self.hydra_context.config_loader
         dirs: dict = {}
@@ -108,29 +139,7 @@ class LandscopeSweeper(BasicSweeper):
                     raise LandscopeError(conflict)
                 if legacy is not None:
                     moves.append((legacy, job_dir))
-
-        for legacy, job_dir in moves:
-            adopt_legacy_dir(job_dir, legacy)
-        sweep_dir = Path(self.config.hydra.sweep.dir)
-        try:
-            sweep_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config))
-        except OSError as exc:
-            raise LandscopeError(f"cannot write the sweep directory {sweep_dir}: "
-                                 f"{exc.strerror or exc}") from None
-
-        returns, summaries, idx = [], [], 0
-        while not self.is_done():
-            batch = self.get_job_batch()
-            results = self.launcher.launch(batch, initial_job_idx=idx)
-            for job_overrides, r in zip(batch, results):
-                summaries.append(_summary(job_overrides, r, FAILED))
-            idx += len(batch)
-            returns.append(results)
-
-        LAST_SWEEP = summaries
-        print("\n" + format_status_table(summaries) + f"\nsweep directory: {sweep_dir}", flush=True)
-        return returns
+        return moves
 
 
 def _task_config(job_cfg: Any) -> Any:

@@ -221,8 +221,7 @@ def run_escape(model: nn.Module, train_split, *, lr: float, batch_size: int, see
     dtype, device = params[0].dtype, params[0].device
     data = ProbeData.from_split(train_split, eval_size, eval_seed, eval_batch)
     theta0 = _flat(params)
-    gen = _batch_generator(seed)
-    injected, step_trace = None, None
+    gen, injected, step_trace = _batch_generator(seed), None, None
     if noise != "sgd":
         step_trace = minibatch_noise_trace(sigma_trace, batch_size, n)
         injected = InjectedNoise(noise, step_trace, int(theta0.numel()), noise_basis,
@@ -235,8 +234,7 @@ def run_escape(model: nn.Module, train_split, *, lr: float, batch_size: int, see
     while step < max_steps:
         work.train()
         grads = gradient()
-        # plain SGD: torch.optim.SGD would import torch._dynamo, which takes seconds
-        # (docs/measurements.md#escape-dynamics)
+        # plain SGD: torch.optim.SGD imports torch._dynamo (docs/measurements.md#escape-dynamics)
         with torch.no_grad():
             for p, g in zip(params, grads):
                 p.add_(g, alpha=-float(lr))
