@@ -315,7 +315,7 @@ def test_preset_width(compose):
     assert cfg.name == "study_width" and cfg.dataset.name == "mnist1d"
     assert (cfg.model.name, cfg.model.width) == ("cnn", 16)
     assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.momentum) == ("momentum", 0.01, 0.9)
-    assert cfg.landscape.plane and cfg.landscape.plane_points == 11 and cfg.probe.top_k >= 1
+    assert cfg.landscape.plane.enabled and cfg.landscape.plane.points == 11 and cfg.probe.top_k >= 1
 
 
 def test_preset_optimizers(compose):
@@ -328,7 +328,7 @@ def test_preset_optimizers(compose):
     cfg = compose(["experiment=study_optimizers", "optimizer=momentum", "model=cnn"])
     assert cfg.name == "study_optimizers" and cfg.train.epochs == 5
     assert (cfg.optimizer.name, cfg.optimizer.momentum, cfg.model.name) == ("momentum", 0.9, "cnn")
-    assert cfg.landscape.line and cfg.landscape.plane and cfg.probe.top_k >= 1
+    assert cfg.landscape.line.enabled and cfg.landscape.plane.enabled and cfg.probe.top_k >= 1
 
 
 def test_mean_sd_cells():

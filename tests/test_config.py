@@ -77,7 +77,7 @@ def test_enum_field_lists_allowed_values(compose):
     ("dataset.label_noise=1.5", "dataset.label_noise"), ("seed=-1", "seed"),
     ("optimizer.momentum=1.0", "optimizer.momentum"), ("train.grad_clip=0", "train.grad_clip"),
     ("logger.init_timeout=0", "logger.init_timeout"),
-    ("landscape.snapshot_dtype=float64", "landscape.snapshot_dtype"),
+    ("landscape.trajectory.snapshot_dtype=float64", "landscape.trajectory.snapshot_dtype"),
     ("probe.sharpness_samples=7", "probe.sharpness_samples"),  # antithetic pairs
     ("probe.sharpness_samples=2", "probe.sharpness_samples"),
     ("probe.ranks=0", "probe.ranks"),

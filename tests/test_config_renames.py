@@ -1,6 +1,8 @@
 """Options renamed since the previous release (``optimizer.llp_*`` -> ``optimizer.llp.*``;
 ``probe.pacbayes`` -> ``probe.pacbayes.enabled`` and ``probe.pacbayes_*`` ->
-``probe.pacbayes.*``, the old switch's path now the group's): the names map, stored configs of
+``probe.pacbayes.*``, the old switch's path now the group's; the landscape parts ``landscape.line``
+-> ``landscape.line.enabled``, ``landscape.line_*`` -> ``landscape.line.*`` and likewise
+``plane``, ``trajectory``, ``intrinsic`` and ``bezier``): the names map, stored configs of
 the old layout still load, a command line with an old name is one line
 (tests/test_refusals.py), and a job directory named with the old spelling is renamed to the
 current one before its job runs (single runs and sweeps)."""
@@ -31,13 +33,14 @@ def test_the_llp_options_moved_into_their_group():
     assert llp == {f"optimizer.llp_{k}": f"optimizer.llp.{k}" for k in LLP_KEYS}
     names = set(option_names())
     assert set(RENAMED.values()) <= names
-    # probe.pacbayes is an old name (the switch) and a current one (the group); no other
-    assert set(RENAMED) & names == {"probe.pacbayes"}
+    # an old switch (probe.pacbayes, landscape.line) is a current name too (its group's); no other
+    switches = {old for old, new in RENAMED.items() if new == f"{old}.enabled"}
+    assert set(RENAMED) & names == switches and "probe.pacbayes" in switches
     assert renamed("optimizer.llp_c") == "optimizer.llp.c" and renamed("optimizer.lr") is None
 
 
 def test_the_pacbayes_options_moved_into_their_group():
-    pb = {k: v for k, v in RENAMED.items() if k.startswith("probe.")}
+    pb = {k: v for k, v in RENAMED.items() if k.startswith("probe.pacbayes")}
     assert pb == {"probe.pacbayes": "probe.pacbayes.enabled",
                   **{f"probe.pacbayes_{k}": f"probe.pacbayes.{k}" for k in PACBAYES_KEYS}}
     # the switch leaves the group's path before any option moves into the group
@@ -251,6 +254,165 @@ def test_a_locked_old_directory_is_not_renamed(tmp_path):
     assert old.is_dir() and not new.exists()
 
 
+# ------------------------------------------------------------------ the landscape parts
+LANDSCAPE_GROUPS = {  # old switch -> its group, and the old names of the group's settings
+    "line": ("line", {f"line_{k}": k for k in ("directions", "eigen", "points", "range")}),
+    "plane": ("plane", {f"plane_{k}": k for k in ("points", "range", "eigen")}),
+    "trajectory": ("trajectory", {"snapshot_every_steps": "snapshot_every_steps",
+                                  "snapshot_dtype": "snapshot_dtype",
+                                  "trajectory_points": "points"}),
+    "intrinsic_dim": ("intrinsic", {f"intrinsic_{k}": k
+                                    for k in ("dims", "projection", "epochs", "lr")}),
+    "bezier": ("bezier", {f"bezier_{k}": k for k in ("epochs", "lr")}),
+}
+
+
+def test_the_landscape_options_moved_into_their_groups():
+    land = {k: v for k, v in RENAMED.items() if k.startswith("landscape.")}
+    expected = {}
+    for switch, (group, settings) in LANDSCAPE_GROUPS.items():
+        expected[f"landscape.{switch}"] = f"landscape.{group}.enabled"
+        expected.update({f"landscape.{old}": f"landscape.{group}.{new}"
+                         for old, new in settings.items()})
+    assert land == expected
+    order = list(RENAMED)
+    for switch, (_group, settings) in LANDSCAPE_GROUPS.items():
+        # the switch leaves the group's path before any option moves into the group
+        assert order.index(f"landscape.{switch}") < min(order.index(f"landscape.{old}")
+                                                        for old in settings)
+    assert renamed("landscape.line") == "landscape.line.enabled"
+    assert renamed("landscape.snapshot_dtype") == "landscape.trajectory.snapshot_dtype"
+    assert renamed("landscape.path_points") is None  # stays where it was
+    assert renamed("landscape.line_train_rise_mean") is None  # a result's name, not an option
+
+
+def _landscape_old_layout_matches(tree: dict, old: dict) -> None:
+    for switch, (group, settings) in LANDSCAPE_GROUPS.items():
+        node = tree["landscape"][group]
+        assert old["landscape"][switch] is node["enabled"]  # the switch, a bool, in its place
+        assert {o: old["landscape"][o] for o in settings} == {o: node[n]
+                                                              for o, n in settings.items()}
+    assert not [k for k in old["landscape"] if isinstance(old["landscape"][k], dict)]
+    assert "intrinsic" not in old["landscape"]
+
+
+@pytest.mark.parametrize("overrides", [
+    ["landscape=basic"],
+    ["landscape=full"],
+    ["landscape=none"],
+    ["landscape=basic", "landscape.line.points=11", "landscape.line.range=0.5",
+     "landscape.plane.enabled=true", "landscape.plane.eigen=true",
+     "landscape.trajectory.snapshot_dtype=float16", "landscape.intrinsic.dims=[4,16]",
+     "landscape.bezier.enabled=false", "landscape.bezier.lr=0.1"],
+    ["landscape=full", "landscape.line.enabled=false", "landscape.trajectory.points=7",
+     "landscape.trajectory.snapshot_every_steps=3", "landscape.intrinsic.projection=dense",
+     "probe.pacbayes.enabled=true", "optimizer=llp", "optimizer.llp.c=2"],
+    ["experiment=study_width"],
+])
+def test_a_config_with_the_landscape_groups_goes_to_the_old_layout_and_back(compose, overrides):
+    tree = _tree(compose, overrides)
+    old = to_legacy(tree)
+    _landscape_old_layout_matches(tree, old)
+    assert to_current(old) == tree and to_legacy(to_current(old)) == old
+    # each translation leaves a tree already in its layout alone
+    assert to_current(tree) == tree and to_legacy(old) == old
+    # the order of the keys does not matter: settings before the switches, and inside a group
+    flipped = {**old, "landscape": dict(reversed(list(old["landscape"].items())))}
+    assert to_current(flipped) == tree
+    inner = {**tree, "landscape": {k: dict(reversed(list(v.items()))) if isinstance(v, dict)
+                                   else v for k, v in reversed(list(tree["landscape"].items()))}}
+    assert to_legacy(inner) == old
+
+
+@pytest.mark.parametrize("old, current", [
+    ({"landscape": {"line": True}}, {"landscape": {"line": {"enabled": True}}}),
+    ({"landscape": {"line_points": 11, "line": False}},  # a setting before its switch
+     {"landscape": {"line": {"enabled": False, "points": 11}}}),
+    ({"landscape": {"snapshot_dtype": "float16"}},  # no switch
+     {"landscape": {"trajectory": {"snapshot_dtype": "float16"}}}),
+    ({"landscape": {"intrinsic_dims": [4], "intrinsic_dim": True, "seed": 1}},
+     {"landscape": {"intrinsic": {"enabled": True, "dims": [4]}, "seed": 1}}),
+    ({"landscape": {"bezier": False, "bezier_lr": 0.1, "path_points": 11}},
+     {"landscape": {"bezier": {"enabled": False, "lr": 0.1}, "path_points": 11}}),
+    ({"landscape": {"plane": True, "line": True}},
+     {"landscape": {"plane": {"enabled": True}, "line": {"enabled": True}}}),
+    ({"landscape": {"seed": 1}}, {"landscape": {"seed": 1}}),  # neither
+])
+def test_partial_landscape_trees_go_both_ways(old, current):
+    assert to_current(old) == current
+    assert to_legacy(current) == old
+    assert to_current(current) == current and to_legacy(old) == old
+
+
+@pytest.mark.parametrize("overrides", [
+    ["landscape=basic", "landscape.line.points=11"],
+    ["landscape=full", "landscape.plane.points=11", "landscape.trajectory.points=7",
+     "landscape.trajectory.snapshot_dtype=float16", "landscape.intrinsic.dims=[4,16]",
+     "landscape.intrinsic.epochs=3"],
+    ["landscape=none", "landscape.bezier.enabled=false", "landscape.bezier.epochs=3"],
+    ["experiment=study_optimizers"],
+])
+def test_a_stored_landscape_config_of_the_old_layout_loads_under_the_new_names(compose,
+                                                                               tmp_path,
+                                                                               overrides):
+    from landscope.analysis.collect import config_columns
+    from landscope.fingerprints import fingerprint, landscape_fingerprint
+    from landscope.fingerprints_v1 import landscape_fingerprint_v1
+    from landscope.jobcheck import saved_config_fingerprint
+    from landscope.jobdir import JobDir
+
+    cfg = compose(overrides)
+    job = JobDir(_old_job(tmp_path / "old", _tree(compose, overrides)))
+    stored = yaml.safe_load((job.path / "config.yaml").read_text())["landscape"]
+    assert isinstance(stored["line"], bool) and "trajectory_points" in stored
+    assert "intrinsic" not in stored and "enabled" not in str(stored)
+    typed = job.config()
+    assert OmegaConf.to_container(typed.landscape) == OmegaConf.to_container(cfg.landscape)
+    assert typed.landscape.line.points == cfg.landscape.line.points
+    assert typed.landscape.trajectory.snapshot_dtype == cfg.landscape.trajectory.snapshot_dtype
+    assert job.config(typed=False).landscape.plane.enabled == cfg.landscape.plane.enabled
+    assert job.saved_config()["landscape"]["bezier"]["enabled"] is cfg.landscape.bezier.enabled
+    columns, note = config_columns(job)
+    assert note is None and columns["config.landscape.line.points"] == cfg.landscape.line.points
+    assert bool(columns["config.landscape.intrinsic.enabled"]) is cfg.landscape.intrinsic.enabled
+    assert not [k for k in columns if k.startswith("config.landscape.line_")]
+    assert saved_config_fingerprint(job.path, fingerprint) == fingerprint(cfg)
+    assert landscape_fingerprint(typed) == landscape_fingerprint(cfg)
+    assert landscape_fingerprint_v1(typed) == landscape_fingerprint_v1(cfg)
+
+
+@pytest.mark.parametrize("name,old", [
+    ("landscape.line.enabled=true,landscape=none", "landscape.line=true,landscape=none"),
+    # Hydra sorts the old spelling: "landscape.line=" before "landscape.line_"
+    ("landscape.line.directions=1,landscape.line.enabled=true,landscape.line.points=5",
+     "landscape.line=true,landscape.line_directions=1,landscape.line_points=5"),
+    ("landscape.data_size=64,landscape.line.directions=1,landscape.line.points=5,"
+     "landscape=basic,optimizer.llp.c=2",
+     "landscape.data_size=64,landscape.line_directions=1,landscape.line_points=5,"
+     "landscape=basic,optimizer.llp_c=2"),
+    ("landscape.trajectory.enabled=true,landscape.trajectory.snapshot_dtype=float16",
+     "landscape.snapshot_dtype=float16,landscape.trajectory=true"),
+    ("landscape.intrinsic.dims=[4,16],landscape.intrinsic.enabled=true,seed=0",
+     "landscape.intrinsic_dim=true,landscape.intrinsic_dims=[4,16],seed=0"),
+    ("landscape.bezier.enabled=false,landscape.path_points=11",
+     "landscape.bezier=false,landscape.path_points=11"),
+    ("landscape.plane.eigen=true,landscape.plane.points=11",
+     "landscape.plane_eigen=true,landscape.plane_points=11"),
+    ("landscape.path_points=11,landscape.seed=1", "landscape.path_points=11,landscape.seed=1"),
+])
+def test_legacy_dirname_spells_a_landscape_directory_name_the_old_way(name, old):
+    assert legacy_dirname(name) == old
+
+
+def test_legacy_job_dir_finds_a_landscape_directory_of_the_old_spelling(tmp_path):
+    from landscope.legacy_dirs import legacy_job_dir
+
+    new = tmp_path / "sweep" / "landscape.line.points=5,landscape.plane.enabled=true,seed=0"
+    old = tmp_path / "sweep" / "landscape.line_points=5,landscape.plane=true,seed=0"
+    old.mkdir(parents=True)
+    assert legacy_job_dir(new) == old
+
+
 # ------------------------------------------------------------------ through the runner
 TINY = ["experiment=smoke", "model.width=8", "model.depth=1", "dataset.train_size=128",
         "dataset.test_size=64", "train.epochs=1", "optimizer=llp", "optimizer.llp.every=3"]
@@ -315,6 +477,33 @@ def test_a_pacbayes_job_directory_named_the_old_way_is_renamed_and_its_job_kept(
     old = _make_old(job)
     assert "probe.pacbayes=true" in old.name.lower() and "probe.pacbayes_n_mc=20" in old.name
     assert "pacbayes_n_mc: 20" in (old / "config.yaml").read_text()
+
+    again = run_cli(args, tmp_path, data_dir=warm_data)
+    out = again.stdout + again.stderr
+    assert again.returncode == 0, out
+    assert f"renamed from {old.name}" in out and "skipped: already done" in out
+    assert job.is_dir() and not old.exists()
+    assert json.loads((job / "result.json").read_text()) == result
+
+
+def test_a_landscape_job_directory_named_the_old_way_is_renamed_and_its_job_kept(tmp_path,
+                                                                                 warm_data):
+    """Old switches and settings in the name (``landscape.line_points=5``,
+    ``landscape.trajectory=true``, ...): the sweep finds the job there, renames the directory,
+    and neither retrains nor scans again."""
+    args = ["-m", "experiment=smoke", "model.width=8", "dataset.train_size=128",
+            "dataset.test_size=64", "train.epochs=1", "landscape=basic",
+            "landscape.data_size=64", "landscape.line.points=5", "landscape.line.directions=1",
+            "landscape.trajectory.enabled=true", "landscape.trajectory.points=3", "seed=0"]
+    first = run_cli(args, tmp_path, data_dir=warm_data)
+    assert first.returncode == 0, first.stdout + first.stderr
+    (job,) = (tmp_path / "outputs" / "sweeps" / "smoke").glob("*=*")
+    result = json.loads((job / "result.json").read_text())
+    assert "line_train_loss_centre" in result["landscape"]
+    assert "trajectory_snapshots" in result["landscape"]
+    old = _make_old(job)
+    assert "landscape.line_points=5" in old.name and "landscape.trajectory=true" in old.name.lower()
+    assert "trajectory_points: 3" in (old / "config.yaml").read_text()
 
     again = run_cli(args, tmp_path, data_dir=warm_data)
     out = again.stdout + again.stderr

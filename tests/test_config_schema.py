@@ -117,7 +117,7 @@ def test_typed_gives_dataclasses_and_enums_all_the_way_down(compose):
     ("train.keep_checkpoints=0", "train.keep_checkpoints must be >= 1"),
     ("model.kernel_size=4", "model.kernel_size must be odd and >= 1"),
     ("probe.pacbayes.delta=0.995", "probe.pacbayes.delta + delta_mc must be < 1"),
-    ("landscape.line_points=4", "landscape.line_points must be odd and >= 3"),
+    ("landscape.line.points=4", "landscape.line.points must be odd and >= 3"),
     ("logger.init_timeout=0", "logger.init_timeout must be > 0 seconds"),
     ("dataset.label_noise=2", "dataset.label_noise must be in [0, 1]"),
 ])

@@ -32,7 +32,7 @@ def test_connect_sweep_writes_pairs_and_caches(tmp_path, data_dir):
     proc = run_cli(["-m", "seed=0,1", "train.epochs=1", "probe=none", "dataset.train_size=200",
                     "model.width=16", f"hydra.sweep.dir={sweep}"], tmp_path, data_dir=data_dir)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    settings = ["landscape.path_points=5", "landscape.bezier_epochs=2",
+    settings = ["landscape.path_points=5", "landscape.bezier.epochs=2",
                 "landscape.data_size=100"]
     first = run_connect([sweep, *settings], tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
@@ -76,7 +76,7 @@ def test_connect_sweep_writes_pairs_and_caches(tmp_path, data_dir):
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
     # another setting is another computation, without the Bezier curve
-    third = run_connect([sweep, "landscape.path_points=3", "landscape.bezier=false",
+    third = run_connect([sweep, "landscape.path_points=3", "landscape.bezier.enabled=false",
                          "landscape.data_size=50"], tmp_path)
     assert third.returncode == 0, third.stderr
     assert "1 computed" in third.stdout
@@ -105,6 +105,10 @@ def _fake_job(sweep: Path, name: str, seed: int, status: str = "completed",
     ("override", "only landscape overrides"),
     ("unknown_key", "path_pointz"),
     ("bad_value", "landscape.path_points must be >= 2"),
+    ("bad_bezier", "landscape.bezier.epochs must be >= 1"),
+    # names of the release before landscape.bezier.* was a group: the one-line hints
+    ("old_switch", "landscape.bezier is a group now: use landscape.bezier.enabled=false"),
+    ("old_name", "unknown option landscape.bezier_lr: renamed landscape.bezier.lr"),
     ("two_paths", "expected one sweep directory"),
 ])
 def test_bad_input_exits_2_with_one_error_line(tmp_path, capsys, case, needle):
@@ -121,6 +125,9 @@ def test_bad_input_exits_2_with_one_error_line(tmp_path, capsys, case, needle):
         "override": [sweep, "model.width=3"],
         "unknown_key": [sweep, "landscape.path_pointz=3"],
         "bad_value": [sweep, "landscape.path_points=1"],
+        "bad_bezier": [sweep, "landscape.bezier.epochs=0"],
+        "old_switch": [sweep, "landscape.bezier=false"],
+        "old_name": [sweep, "landscape.bezier_lr=0.1"],
         "two_paths": [sweep, sweep / "seed=0"],
     }[case]
     if case == "empty":

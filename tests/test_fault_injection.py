@@ -30,8 +30,8 @@ import faults
 # 1-D slices (a resumable slice store), and the figures (training.png, line.png)
 TINY = ["experiment=smoke", "probe=basic", "landscape=basic", "train.checkpoint_interval_s=0",
         "dataset.train_size=256", "dataset.test_size=128", "model.width=16",
-        "probe.data_size=64", "landscape.data_size=64", "landscape.line_points=5",
-        "landscape.line_directions=2"]
+        "probe.data_size=64", "landscape.data_size=64", "landscape.line.points=5",
+        "landscape.line.directions=2"]
 SWEEP = "sweep"  # relative to each round's directory: every command runs with cwd = round
 
 

@@ -147,8 +147,8 @@ def test_an_unreadable_probe_cache_is_a_miss(trained, tmp_path, content):
 
 def test_an_unreadable_landscape_cache_or_probe_npz_is_a_miss(trained, tmp_path):
     job = _copy(trained, tmp_path)
-    cfg = trained[1]("landscape=basic", "landscape.data_size=64", "landscape.line_points=5",
-                     "landscape.line_directions=2", "landscape.plane=false")
+    cfg = trained[1]("landscape=basic", "landscape.data_size=64", "landscape.line.points=5",
+                     "landscape.line.directions=2", "landscape.plane.enabled=false")
     good = train_job(cfg, job, [])  # the landscape on the finished job
     (job / "landscape" / f"{good['landscape_fingerprint']}.json").write_text("null")
     (job / "probes" / f"{good['probe_fingerprint']}.npz").write_bytes(b"garbage")

@@ -19,8 +19,8 @@ from landscope.jobs import COMPLETED, landscape_fingerprint, train_job
 from landscope.probes.probe_data import ProbeData
 
 TINY = ["dataset.train_size=256", "dataset.test_size=128", "train.batch_size=64",
-        "model.width=16", "model.depth=2", "landscape.data_size=64", "landscape.line_points=5",
-        "landscape.line_directions=2"]
+        "model.width=16", "model.depth=2", "landscape.data_size=64", "landscape.line.points=5",
+        "landscape.line.directions=2"]
 
 
 @pytest.fixture(autouse=True)
@@ -68,9 +68,9 @@ def test_centre_equals_an_independent_evaluation(compose, tmp_path):
 
 
 def test_full_landscape_with_trajectory_and_intrinsic_dim(compose, tmp_path):
-    cfg = _cfg(compose, "landscape=full", "train.epochs=2", "landscape.plane_points=5",
-               "landscape.trajectory_points=5", "landscape.intrinsic_dims=[4,16]",
-               "landscape.intrinsic_epochs=1", "landscape.snapshot_every_steps=2",
+    cfg = _cfg(compose, "landscape=full", "train.epochs=2", "landscape.plane.points=5",
+               "landscape.trajectory.points=5", "landscape.intrinsic.dims=[4,16]",
+               "landscape.intrinsic.epochs=1", "landscape.trajectory.snapshot_every_steps=2",
                probe="basic")
     result = train_job(cfg, tmp_path, [])
     s = result["landscape"]
@@ -84,11 +84,11 @@ def test_full_landscape_with_trajectory_and_intrinsic_dim(compose, tmp_path):
     assert list(z["intrinsic_dims"]) == [4, 16] and "intrinsic_d90_relative" in s
     # probe=basic saves no eigenvectors: the eigenvector lines are skipped with a note
     notes = read_json(tmp_path / "landscape" / f"{result['landscape_fingerprint']}.json")["notes"]
-    assert any("line_eigen" in n for n in notes) and "eigline_train_loss_centre" not in s
+    assert any("line.eigen" in n for n in notes) and "eigline_train_loss_centre" not in s
 
 
 def test_eigenvector_lines_use_the_probes_eigenvectors(compose, tmp_path):
-    cfg = _cfg(compose, "landscape=basic", "landscape.line_eigen=2", "train.epochs=1",
+    cfg = _cfg(compose, "landscape=basic", "landscape.line.eigen=2", "train.epochs=1",
                "probe.top_k=2", "probe.trace=false", "probe.density=false", "probe.noise=false",
                "probe.sharpness_family=false", probe="standard")
     result = train_job(cfg, tmp_path, [])
@@ -117,7 +117,7 @@ def test_finished_job_gets_landscape_without_retraining(compose, tmp_path):
     again = train_job(cfg, tmp_path, [])
     assert again.get("skipped") and (tmp_path / "result.json").stat().st_mtime_ns == mtime
     # a trajectory cannot be recovered for a job trained without it: a note, not a failure
-    full = train_job(_cfg(compose, "landscape=basic", "landscape.trajectory=true",
+    full = train_job(_cfg(compose, "landscape=basic", "landscape.trajectory.enabled=true",
                           "train.epochs=1"), tmp_path, [])
     lfp = full["landscape_fingerprint"]
     assert any("trajectory" in n
@@ -135,19 +135,19 @@ def _cli(module, *args, cwd):
 def test_landscape_and_figures_commands(compose, tmp_path):
     job = tmp_path / "job"
     train_job(_cfg(compose, "landscape=none", "train.epochs=1"), job, [])
-    small = ["landscape.data_size=64", "landscape.line_points=5", "landscape.line_directions=2"]
-    first = _cli("runner.landscape", job, *small, "landscape.plane=true",
-                 "landscape.plane_points=5", cwd=tmp_path)
+    small = ["landscape.data_size=64", "landscape.line.points=5", "landscape.line.directions=2"]
+    first = _cli("runner.landscape", job, *small, "landscape.plane.enabled=true",
+                 "landscape.plane.points=5", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert "landscape: " in first.stdout and "landscape (basic)" in first.stdout + first.stderr
     result = read_json(job / "result.json")
     assert result["landscape"]["plane_train_loss_centre"] == \
         result["landscape"]["line_train_loss_centre"]
     assert (job / "figures" / "plane_contour.png").is_file()
-    again = _cli("runner.landscape", job, *small, "landscape.plane=true",
-                 "landscape.plane_points=5", cwd=tmp_path)
+    again = _cli("runner.landscape", job, *small, "landscape.plane.enabled=true",
+                 "landscape.plane.points=5", cwd=tmp_path)
     assert again.returncode == 0 and "landscape (basic)" not in again.stdout + again.stderr
-    for bad in (["landscape=steep"], ["probe=full"], ["landscape.line_points=4"],
+    for bad in (["landscape=steep"], ["probe=full"], ["landscape.line.points=4"],
                 ["landscape=none"]):
         proc = _cli("runner.landscape", job, *bad, cwd=tmp_path)
         assert proc.returncode == 2 and proc.stderr.startswith("error: "), (bad, proc.stderr)
@@ -167,8 +167,8 @@ def test_landscape_and_figures_commands(compose, tmp_path):
 
 
 def test_float16_snapshots_through_a_job_and_the_fingerprint_at_the_default(compose, tmp_path):
-    """landscape.snapshot_dtype=float16 records the trajectory in half precision (the
-    snapshots equal the float32 ones rounded to float16); at its default the setting stays
+    """landscape.trajectory.snapshot_dtype=float16 records the trajectory in half precision
+    (the snapshots equal the float32 ones rounded to float16); at its default the setting stays
     out of the landscape fingerprint, so jobs scanned before it existed keep their hash."""
     from omegaconf import OmegaConf
 
@@ -177,16 +177,16 @@ def test_float16_snapshots_through_a_job_and_the_fingerprint_at_the_default(comp
 
     runs = {}
     for dtype in ("float32", "float16"):
-        cfg = _cfg(compose, "landscape=basic", "landscape.trajectory=true", "train.epochs=1",
-                   f"landscape.snapshot_dtype={dtype}")
+        cfg = _cfg(compose, "landscape=basic", "landscape.trajectory.enabled=true",
+                   "train.epochs=1", f"landscape.trajectory.snapshot_dtype={dtype}")
         train_job(cfg, tmp_path / dtype, [])
         runs[dtype] = load_trajectory(tmp_path / dtype / TRAJECTORY_FILE).snapshots
     assert runs["float16"].dtype == np.float16 and runs["float32"].dtype == np.float32
     assert np.array_equal(runs["float16"], runs["float32"].astype(np.float16))
     default = _cfg(compose, "landscape=basic")
     before = OmegaConf.create(OmegaConf.to_container(default, enum_to_str=True))
-    del before.landscape["snapshot_dtype"]  # a config saved before the setting existed
+    del before.landscape.trajectory["snapshot_dtype"]  # saved before the setting existed
     assert landscape_fingerprint(before) == landscape_fingerprint(default)
     assert landscape_fingerprint(_cfg(compose, "landscape=basic",
-                                      "landscape.snapshot_dtype=float16")) != \
+                                      "landscape.trajectory.snapshot_dtype=float16")) != \
         landscape_fingerprint(default)

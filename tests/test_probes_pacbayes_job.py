@@ -45,8 +45,9 @@ def _flat(model: torch.nn.Module) -> torch.Tensor:
 
 def test_pacbayes_probe_in_a_job_centres_the_prior_at_the_initialization(compose, tmp_path):
     # the landscape group on with only the trajectory: it records the true initial weights
-    overrides = [*TINY, *FAST, "train.epochs=1", "landscape=basic", "landscape.line=false",
-                 "landscape.trajectory=true", "landscape.trajectory_points=3"]
+    overrides = [*TINY, *FAST, "train.epochs=1", "landscape=basic",
+                 "landscape.line.enabled=false", "landscape.trajectory.enabled=true",
+                 "landscape.trajectory.points=3"]
     cfg = compose(overrides)
     result = train_job(cfg, tmp_path, overrides)
     p = result["probes"]

@@ -92,6 +92,19 @@ def test_a_sweep_over_another_configs_jobs_is_refused_whole_and_touches_nothing(
      "error: probe.pacbayes is a group now: use probe.pacbayes.enabled=true"),
     (["-m", "probe.pacbayes=true,false"],
      "probe.pacbayes is a group now: use probe.pacbayes.enabled=true"),
+    # the landscape parts' switches and settings (landscape.line.*, landscape.plane.*, ...)
+    (["landscape.line_points=11"],
+     "error: unknown option landscape.line_points: renamed landscape.line.points"),
+    (["landscape.snapshot_dtype=float16"], "error: unknown option landscape.snapshot_dtype: "
+     "renamed landscape.trajectory.snapshot_dtype"),
+    (["landscape.intrinsic_dim=true"],
+     "error: unknown option landscape.intrinsic_dim: renamed landscape.intrinsic.enabled"),
+    (["landscape.line=true"],
+     "error: landscape.line is a group now: use landscape.line.enabled=true"),
+    (["+landscape.plane=false"],
+     "error: landscape.plane is a group now: use landscape.plane.enabled=false"),
+    (["-m", "landscape.trajectory=true,false"],
+     "landscape.trajectory is a group now: use landscape.trajectory.enabled=true"),
 ])
 def test_keys_the_schema_lacks_are_refused_and_never_advised(tmp_path, warm_data, args, needle):
     """Defect 2: ``+``/``++`` cannot add options, and no message suggests them."""

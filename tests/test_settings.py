@@ -41,8 +41,8 @@ def test_bad_overrides_are_one_line_naming_the_key(overrides, message) -> None:
 
 
 def test_a_hydra_group_also_takes_its_preset_and_plus_forms() -> None:
-    only_group(["landscape=basic", "+landscape.bezier=true", "landscape.seed=1"], "landscape",
-               "landscape.path_points=11", group_choice=True)
+    only_group(["landscape=basic", "+landscape.bezier.enabled=true", "landscape.seed=1"],
+               "landscape", "landscape.path_points=11", group_choice=True)
     with pytest.raises(ConfigError, match="only landscape overrides are accepted here"):
         only_group(["probe.top_k=3"], "landscape", "landscape.path_points=11",
                    group_choice=True)

@@ -385,7 +385,7 @@ def test_landscape_full_on_a_synthetic_problem_caps_the_intrinsic_dims(tmp_path)
     """landscape=full on two_basin (2 parameters): the default intrinsic-dimension grid
     (100 ... 30000) is replaced by d = 2 with a note, instead of failing the job."""
     out = run_cli(["model=two_basin", "probe=none", "landscape=full", "train.epochs=2",
-                   "landscape.intrinsic_epochs=1"], tmp_path)
+                   "landscape.intrinsic.epochs=1"], tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     job = next((tmp_path / "outputs" / "runs" / "default").iterdir())
     record = read_json(next((job / "landscape").glob("*.json")))

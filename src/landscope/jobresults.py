@@ -37,7 +37,7 @@ log = logging.getLogger("landscope")
 
 FIGURES_MARK = ".figures.json"
 TRACEBACK = "traceback.txt"
-TRAJECTORY_FILE = "trajectory.npz"  # landscape.trajectory snapshots in the job directory
+TRAJECTORY_FILE = "trajectory.npz"  # landscape.trajectory.* snapshots in the job directory
 
 
 # ------------------------------------------------------------------------------ stages
@@ -106,7 +106,7 @@ class LandscapeStage(CachedStage):
         cfg, job, result = ctx.cfg, ctx.job, ctx.result
         log.info("%s: landscape (%s)", job.path, str(cfg.landscape.name))
         init_model = None
-        if cfg.landscape.intrinsic_dim:
+        if cfg.landscape.intrinsic.enabled:
             seed_everything(cfg.seed)  # the job's initialization (global RNGs not restored)
             init_model = build_model(cfg.model, ctx.data.meta)
         report = run_landscape(

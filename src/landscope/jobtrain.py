@@ -254,10 +254,11 @@ def _progress_factory(cfg: DictConfig, steps_per_epoch: int):
 def _trajectory_recorder(cfg: DictConfig, job_dir: Path, state: TrainState):
     """The snapshot recorder of ``landscape.trajectory`` (None when off), started at the
     state's epoch (a resumed job drops the snapshots after its checkpoint)."""
-    if landscape_fingerprint(cfg) is None or not cfg.landscape.trajectory:
+    traj = cfg.landscape.trajectory
+    if landscape_fingerprint(cfg) is None or not traj.enabled:
         return None
-    recorder = SnapshotRecorder(job_dir / TRAJECTORY_FILE, cfg.landscape.snapshot_every_steps,
-                                dtype=str(cfg.landscape.get("snapshot_dtype", "float32")))
+    recorder = SnapshotRecorder(job_dir / TRAJECTORY_FILE, traj.snapshot_every_steps,
+                                dtype=str(traj.get("snapshot_dtype", "float32")))
     try:
         recorder.begin(state)
     except LandscopeError as exc:  # e.g. resumed with the trajectory newly switched on

@@ -8,9 +8,9 @@ within a group, from their final checkpoints:
 * the straight line between the two parameter vectors (BatchNorm per ``landscape.bn``:
   ``keep`` interpolates the two models' running statistics, ``recompute`` re-estimates
   them at every point on the train subset);
-* with ``landscape.bezier=true``, a quadratic Bezier curve whose bend is trained
-  (Garipov et al. 2018) for ``landscape.bezier_epochs`` epochs over the job's training
-  split, with the job's ``train.batch_size``, Adam at ``landscape.bezier_lr`` (cosine
+* with ``landscape.bezier.enabled=true``, a quadratic Bezier curve whose bend is trained
+  (Garipov et al. 2018) for ``landscape.bezier.epochs`` epochs over the job's training
+  split, with the job's ``train.batch_size``, Adam at ``landscape.bezier.lr`` (cosine
   decay) and t ~ U[0, 1] per batch seeded by ``landscape.seed``; BatchNorm statistics are
   always re-estimated at every point of the curve.
 
@@ -19,7 +19,7 @@ seeded subsets of the train and test splits (``landscape.data_size`` samples eac
 ``landscape.seed``, ``landscape.batch_size`` samples per forward pass).
 
 Overrides set the landscape config as for the runner (default ``landscape=basic``), e.g.
-``landscape.path_points=11 landscape.bezier=false landscape.bezier_epochs=5
+``landscape.path_points=11 landscape.bezier.enabled=false landscape.bezier.epochs=5
 landscape.bn=recompute``; only ``landscape`` keys are accepted.
 
 Output per pair (written atomically), in ``SWEEP_DIR/connectivity/<group>/``, where
@@ -28,8 +28,10 @@ Output per pair (written atomically), in ``SWEEP_DIR/connectivity/<group>/``, wh
 * ``<jobA>__<jobB>.json``: ``scalars`` (``linear_*`` and ``bezier_*``: barriers against the
   endpoint mean and against the endpoint interpolation, max, its t, mean, integral, start
   and end of loss and error on train and test; see ``landscope.geometry.connectivity``),
-  the ``landscape`` settings used, the checkpoints' SHA-256 digests and epochs, the bend's
-  training record;
+  the ``landscape`` settings used (the cache key: ``path_points``, ``bezier``,
+  ``bezier_epochs``, ``bezier_lr``, ``bn``, ``data_size``, ``seed``, ``batch_size``, named
+  as before ``landscape.bezier.*`` was a group, so cached pairs stay valid), the
+  checkpoints' SHA-256 digests and epochs, the bend's training record;
 * ``<jobA>__<jobB>.npz``: ``linear_t``, ``linear_train_loss``, ``linear_train_acc``,
   ``linear_test_loss``, ``linear_test_acc``, the same with ``bezier_``, ``bezier_bend``
   (the bend as a flat parameter vector) and ``bezier_loss_history``.
@@ -56,15 +58,16 @@ from landscope.settings import only_group
 
 def _landscape_config(overrides: list[str]) -> dict:
     """The connectivity settings: the landscape group (default ``landscape=basic``) composed
-    with the overrides as the runner would, its :data:`KEYS`, checked."""
+    with the overrides as the runner would, its :data:`KEYS` (under their cache-key names),
+    checked."""
     from runner.cli import group_config
 
     only_group(overrides, "landscape", "landscape.path_points=11", group_choice=True)
     if not any(o.startswith("landscape=") for o in overrides):
         overrides = ["landscape=basic", *overrides]
-    c = OmegaConf.to_container(group_config("landscape", overrides), resolve=True,
-                               enum_to_str=True)
-    settings = {k: c[k] for k in KEYS}
+    c = OmegaConf.create(OmegaConf.to_container(group_config("landscape", overrides),
+                                                resolve=True, enum_to_str=True))
+    settings = {k: OmegaConf.select(c, path) for k, path in KEYS.items()}
     validate(settings)
     return settings
 

@@ -3,7 +3,7 @@
 
 ``PATH`` is a job directory (it holds ``result.json``) or a sweep directory (every job
 below it). Overrides choose the landscape config exactly as for the runner (default
-``landscape=basic``), e.g. ``landscape=full landscape.plane_points=41 landscape.bn=recompute``.
+``landscape=basic``), e.g. ``landscape=full landscape.plane.points=41 landscape.bn=recompute``.
 Each job's final checkpoint is scanned, ``result.json`` gets the ``landscape`` scalars,
 ``landscape/<fingerprint>.json/.npz`` the results and ``figures/`` the pictures. Results
 are cached per landscape config, so asking again costs nothing, and an interrupted scan

@@ -85,8 +85,8 @@ def _figure_path(ctx: Any, study: str) -> Path:
 
 
 def _grid_step(jobs: pd.DataFrame) -> str:
-    points, span = (_num(jobs, "config.landscape.plane_points"),
-                    _num(jobs, "config.landscape.plane_range"))
+    points, span = (_num(jobs, "config.landscape.plane.points"),
+                    _num(jobs, "config.landscape.plane.range"))
     if points.nunique() == 1 and span.nunique() == 1 and points.iloc[0] > 1:
         n, r = int(points.iloc[0]), float(span.iloc[0])
         return f": {2 * r / (n - 1):g} on these {n} × {n} grids over [−{r:g}, {r:g}]"
@@ -165,7 +165,7 @@ def section_study_optimizers(ctx: Any) -> None:
     ctx.doc.heading("Study (c): optimizers across architectures at a fixed budget")
     note = ("" if barriers is not None and len(table) and table["n_pairs"].sum() else
             " No connectivity results for these jobs: run python -m runner.connect "
-            "<sweep dir> landscape.bezier=false for the barrier columns.")
+            "<sweep dir> landscape.bezier.enabled=false for the barrier columns.")
     ctx.doc.para(
         f"{len(jobs)} jobs of experiment=study_optimizers; mean ± sd over seeds. Line rise: "
         "mean over filter-normalized random directions of the train-loss rise at ±1; plane "

@@ -50,7 +50,14 @@ from landscope.config.job import (
     OptimizerConfig,
     TrainConfig,
 )
-from landscope.config.landscape import LandscapeConfig
+from landscope.config.landscape import (  # noqa: F401 - the schema's public names
+    BezierConfig,
+    IntrinsicConfig,
+    LandscapeConfig,
+    LineConfig,
+    PlaneConfig,
+    TrajectoryConfig,
+)
 from landscope.config.probe import PacBayesConfig, ProbeConfig  # noqa: F401
 from landscope.errors import ConfigError  # noqa: F401 - raised by validate; importable here
 

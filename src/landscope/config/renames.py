@@ -27,6 +27,21 @@ RENAMED: dict[str, str] = {
     **{f"probe.pacbayes_{key}": f"probe.pacbayes.{key}"
        for key in ("data_size", "n_mc", "n_select", "delta", "delta_mc", "beta_grid",
                    "posterior", "steps", "lr_mean", "lr_var", "batch_size", "n_match")},
+    # the landscape parts: each switch first, then its settings
+    "landscape.line": "landscape.line.enabled",
+    **{f"landscape.line_{key}": f"landscape.line.{key}"
+       for key in ("directions", "eigen", "points", "range")},
+    "landscape.plane": "landscape.plane.enabled",
+    **{f"landscape.plane_{key}": f"landscape.plane.{key}" for key in ("points", "range", "eigen")},
+    "landscape.trajectory": "landscape.trajectory.enabled",
+    "landscape.snapshot_every_steps": "landscape.trajectory.snapshot_every_steps",
+    "landscape.snapshot_dtype": "landscape.trajectory.snapshot_dtype",
+    "landscape.trajectory_points": "landscape.trajectory.points",
+    "landscape.intrinsic_dim": "landscape.intrinsic.enabled",
+    **{f"landscape.intrinsic_{key}": f"landscape.intrinsic.{key}"
+       for key in ("dims", "projection", "epochs", "lr")},
+    "landscape.bezier": "landscape.bezier.enabled",
+    **{f"landscape.bezier_{key}": f"landscape.bezier.{key}" for key in ("epochs", "lr")},
 }
 
 

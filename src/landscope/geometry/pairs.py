@@ -16,9 +16,11 @@ from omegaconf import DictConfig
 
 from landscope.errors import ConfigError, LandscopeError
 
-# the landscape settings a connectivity result depends on (its cache key)
-KEYS = ("path_points", "bezier", "bezier_epochs", "bezier_lr", "bn", "data_size", "seed",
-        "batch_size")
+# the landscape settings a connectivity result depends on (its cache key, under the names the
+# cached results carry) -> the option of the landscape group each is read from
+KEYS = {"path_points": "path_points", "bezier": "bezier.enabled",
+        "bezier_epochs": "bezier.epochs", "bezier_lr": "bezier.lr", "bn": "bn",
+        "data_size": "data_size", "seed": "seed", "batch_size": "batch_size"}
 _SEED_ITEM = re.compile(r"^seed=\d+$")
 
 
@@ -27,7 +29,7 @@ def validate(s: dict) -> None:
 
     def need(ok: bool, key: str, what: str) -> None:
         if not ok:
-            raise ConfigError(f"landscape.{key} must be {what} (got {s[key]!r})")
+            raise ConfigError(f"landscape.{KEYS[key]} must be {what} (got {s[key]!r})")
 
     need(s["path_points"] >= 2, "path_points", ">= 2")
     need(s["data_size"] is None or s["data_size"] >= 1, "data_size", ">= 1 or null")

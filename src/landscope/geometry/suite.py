@@ -9,18 +9,18 @@ for the job's ``landscape/<fingerprint>.npz``:
 ==================  ============================================================  ==========
 part                what                                                          arrays
 ==================  ============================================================  ==========
-``line``            1-D slices along ``line_directions`` seeded random directions   ``line_*``
+``line``            1-D slices along ``line.directions`` seeded random directions   ``line_*``
                     (``normalization``, default filter-normalized), coordinates
-                    in ``[-line_range, line_range]``
-``line_eigen``      1-D slices along the top ``line_eigen`` Hessian eigenvectors   ``eigline_*``
+                    in ``[-line.range, line.range]``
+``line.eigen``      1-D slices along the top ``line.eigen`` Hessian eigenvectors   ``eigline_*``
                     saved by the probes (unit norm: the coordinate is the
                     Euclidean distance); skipped with a note without them
 ``plane``           2-D slice on the first two random directions (or the top two  ``plane_*``
-                    eigenvectors with ``plane_eigen``)
+                    eigenvectors with ``plane.eigen``)
 ``trajectory``      PCA of the snapshots recorded during training, the loss        ``traj_*``
                     contour of the PC plane and the fidelity diagnostic
-``intrinsic_dim``   subspace training from the job's initialization at each of     ``intrinsic_*``
-                    ``intrinsic_dims``; d_int90 against the job's test accuracy
+``intrinsic``       subspace training from the job's initialization at each of     ``intrinsic_*``
+                    ``intrinsic.dims``; d_int90 against the job's test accuracy
 ==================  ============================================================  ==========
 
 Scalar names come from each measure (``line_*``, ``eigline_*``, ``plane_*``,
@@ -82,11 +82,11 @@ def run_landscape(model: nn.Module, data: Any, cfg: Any, *,
     suite = _Suite(model, data, cfg)
     eig = None if eigenvectors is None else np.asarray(eigenvectors)
     suite.lines(store_dir, eig)
-    if cfg.plane:
+    if cfg.plane.enabled:
         suite.plane(store_dir, eig)
-    if cfg.trajectory:
+    if cfg.trajectory.enabled:
         suite.trajectory(trajectory_path)
-    if cfg.intrinsic_dim:
+    if cfg.intrinsic.enabled:
         suite.intrinsic(init_model, reference_acc, batch_size)
     return suite.rep
 
@@ -106,7 +106,7 @@ class _Suite:
                            workers=cfg.workers)
         self.rep.scalars["landscape_train_samples"] = train.n
         self.rep.scalars["landscape_test_samples"] = self.test.n
-        k_rand = max(cfg.line_directions if cfg.line else 0, 2 if cfg.plane else 0)
+        k_rand = max(cfg.line.directions if cfg.line.enabled else 0, 2 if cfg.plane.enabled else 0)
         self.dirs = random_directions(space, k_rand, cfg.seed, norm, cfg.include_bias_norm) \
             if k_rand else None
 
@@ -119,41 +119,41 @@ class _Suite:
         return eig.shape[1] if ok else 0  # type: ignore[union-attr]
 
     def lines(self, store_dir: Optional[Path], eig: Optional[np.ndarray]) -> None:
-        """``line`` (random directions) and ``line_eigen`` (saved eigenvectors)."""
-        cfg, rep, space = self.cfg, self.rep, self.space
-        if cfg.line and cfg.line_directions > 0:
+        """``line`` (random directions) and ``line.eigen`` (saved eigenvectors)."""
+        cfg, rep, space = self.cfg.line, self.rep, self.space
+        if cfg.enabled and cfg.directions > 0:
             tic = time.perf_counter()
-            res = line_slice(space, self.dirs[:cfg.line_directions],  # type: ignore[index]
-                             symmetric_grid(cfg.line_range, cfg.line_points), self.train,
+            res = line_slice(space, self.dirs[:cfg.directions],  # type: ignore[index]
+                             symmetric_grid(cfg.range, cfg.points), self.train,
                              self.test, store=_store(store_dir, "line.partial.npz"),
                              **self.common)
             rep.arrays.update(_prefixed("line", res.arrays()))
             rep.scalars.update(res.scalars())
             self.timed("line", tic)
         n_eig = self.n_eig(eig)
-        if not (cfg.line and cfg.line_eigen > 0):
+        if not (cfg.enabled and cfg.eigen > 0):
             return
-        if n_eig < cfg.line_eigen:
-            rep.notes.append(f"line_eigen={cfg.line_eigen} skipped: the probes saved {n_eig} "
-                             f"eigenvectors (run probes with probe.top_k >= {cfg.line_eigen})")
+        if n_eig < cfg.eigen:
+            rep.notes.append(f"line.eigen={cfg.eigen} skipped: the probes saved {n_eig} "
+                             f"eigenvectors (run probes with probe.top_k >= {cfg.eigen})")
             return
         tic = time.perf_counter()
-        res = line_slice(space, eigen_directions(eig, space, cfg.line_eigen),
-                         symmetric_grid(cfg.line_range, cfg.line_points), self.train, self.test,
+        res = line_slice(space, eigen_directions(eig, space, cfg.eigen),
+                         symmetric_grid(cfg.range, cfg.points), self.train, self.test,
                          store=_store(store_dir, "eigline.partial.npz"), **self.common)
         rep.arrays.update(_prefixed("eigline", res.arrays()))
         rep.scalars.update(_renamed(res.scalars(), "line_", "eigline_"))
         self.timed("eigline", tic)
 
     def plane(self, store_dir: Optional[Path], eig: Optional[np.ndarray]) -> None:
-        cfg, rep = self.cfg, self.rep
+        cfg, rep = self.cfg.plane, self.rep
         tic = time.perf_counter()
-        use_eig = bool(cfg.plane_eigen) and self.n_eig(eig) >= 2
-        if cfg.plane_eigen and not use_eig:
-            rep.notes.append("plane_eigen skipped: fewer than 2 saved eigenvectors; the plane "
+        use_eig = bool(cfg.eigen) and self.n_eig(eig) >= 2
+        if cfg.eigen and not use_eig:
+            rep.notes.append("plane.eigen skipped: fewer than 2 saved eigenvectors; the plane "
                              "uses random directions")
         d = eigen_directions(eig, self.space, 2) if use_eig else self.dirs[:2]  # type: ignore
-        grid = symmetric_grid(cfg.plane_range, cfg.plane_points)
+        grid = symmetric_grid(cfg.range, cfg.points)
         res = plane_slice(self.space, d[0], d[1], grid, grid, self.train, self.test,
                           store=_store(store_dir, "plane.partial.npz"), **self.common)
         rep.arrays.update(_prefixed("plane", res.arrays()))
@@ -164,12 +164,12 @@ class _Suite:
     def trajectory(self, trajectory_path: Optional[Path]) -> None:
         if trajectory_path is None or not Path(trajectory_path).is_file():
             self.rep.notes.append("trajectory skipped: no snapshots were recorded (train the "
-                                  "job with landscape.trajectory=true)")
+                                  "job with landscape.trajectory.enabled=true)")
             return
         tic = time.perf_counter()
         train, bn = self.train, self.bn
         traj = trajectory_landscape(self.space, load_trajectory(trajectory_path), train,
-                                    self.cfg.trajectory_points, bn=bn,
+                                    self.cfg.trajectory.points, bn=bn,
                                     bn_data=train if bn == "recompute" else None)
         self.rep.arrays.update(_prefixed("traj", traj.arrays()))
         self.rep.scalars.update(traj.scalars())
@@ -177,13 +177,13 @@ class _Suite:
 
     def intrinsic(self, init_model: Optional[nn.Module], reference_acc: Optional[float],
                   batch_size: int) -> None:
-        cfg, rep = self.cfg, self.rep
+        cfg, rep = self.cfg.intrinsic, self.rep
         if init_model is None or reference_acc is None:
             rep.notes.append("intrinsic_dim skipped: needs the job's initial model and its "
                              "final test accuracy")
             return
         tic = time.perf_counter()
-        dims = list(cfg.intrinsic_dims)
+        dims = list(cfg.dims)
         n_params = sum(p.numel() for p in init_model.parameters())
         if max(dims) > n_params:  # a subspace cannot be larger than the space
             dims = sorted({d for d in dims if d < n_params} | {n_params})
@@ -191,8 +191,8 @@ class _Suite:
                              f"replaced by {n_params} (grid {dims})")
         res = intrinsic_dimension(init_model, dims, float(reference_acc),
                                   self.data.train, self.data.test,
-                                  str(cfg.intrinsic_projection), epochs=cfg.intrinsic_epochs,
-                                  lr=cfg.intrinsic_lr, batch_size=batch_size, seed=cfg.seed)
+                                  str(cfg.projection), epochs=cfg.epochs, lr=cfg.lr,
+                                  batch_size=batch_size, seed=self.cfg.seed)
         rep.arrays.update(_prefixed("intrinsic", res.arrays()))
         rep.scalars.update(res.scalars())
         self.timed("intrinsic_dim", tic)
