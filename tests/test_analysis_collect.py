@@ -19,7 +19,7 @@ def _config(lr: float, seed: int, width: int = 32, name: str = "sgd") -> dict:
             "model": {"name": "mlp", "width": width, "norm": "none"},
             "optimizer": {"name": name, "lr": lr, "betas": [0.9, 0.999]},
             "train": {"epochs": 3, "threads": seed},  # threads: bookkeeping, never swept
-            "probe": {"name": "standard", "trace": True, "seed": 0},
+            "probe": {"name": "standard", "trace": {"enabled": True}, "seed": 0},
             "landscape": {"name": "basic", "seed": 0}}
 
 
@@ -93,7 +93,8 @@ def test_columns_flattened_and_prefixed(sweep):
     assert row["optimizer.lr"] == 0.1 and row["model.width"] == 32
     assert row["optimizer.name"] == "sgd" and row["model.norm"] == "none"  # enums as strings
     assert json.loads(row["optimizer.betas"]) == [0.9, 0.999]  # lists as JSON strings
-    assert row["probe.trace"] == 5.0 and bool(row["config.probe.trace"]) is True  # no collision
+    # no collision: the Hessian trace and the switch that asked for it
+    assert row["probe.trace"] == 5.0 and bool(row["config.probe.trace.enabled"]) is True
     assert row["config.landscape.seed"] == 0 and row["landscape.line_train_rise_mean"] == 2.0
     assert row["final.test_acc"] == 0.82 and row["test_error"] == pytest.approx(0.18)
     assert row["final.generalization_gap"] == pytest.approx(0.13)

@@ -148,7 +148,7 @@ def _fake_sweep(tmp_path, skips=(True, False), seeds=(0, 1), barrier=None):
             job.mkdir()
             (job / "config.yaml").write_text(yaml.safe_dump(
                 {"seed": seed, "name": "h2_skip", "model": {"skip": skip, "depth": 6},
-                 "probe": {"trace": True}}))
+                 "probe": {"trace": {"enabled": True}}}))
         group = tmp_path / "connectivity" / f"model.skip={str(skip).lower()}"
         group.mkdir(parents=True)
         a, b = (f"model.skip={str(skip).lower()},seed={s}" for s in seeds[:2])

@@ -350,5 +350,6 @@ def test_report_section(tmp_path):
 def test_preset_composes(compose):
     cfg = compose(["experiment=h3_sharp"])
     assert cfg.name == "h3_sharp" and cfg.train.full_batch and cfg.dataset.train_size == 256
-    assert cfg.probe.noise and cfg.probe.top_k == 5 and str(cfg.landscape.name.value) == "none"
+    assert cfg.probe.noise.enabled and cfg.probe.top_k == 5
+    assert str(cfg.landscape.name.value) == "none"
     assert cfg.train.target_train_loss == 0.02

@@ -78,8 +78,8 @@ def test_enum_field_lists_allowed_values(compose):
     ("optimizer.momentum=1.0", "optimizer.momentum"), ("train.grad_clip=0", "train.grad_clip"),
     ("logger.init_timeout=0", "logger.init_timeout"),
     ("landscape.trajectory.snapshot_dtype=float64", "landscape.trajectory.snapshot_dtype"),
-    ("probe.sharpness_samples=7", "probe.sharpness_samples"),  # antithetic pairs
-    ("probe.sharpness_samples=2", "probe.sharpness_samples"),
+    ("probe.sharpness.samples=7", "probe.sharpness.samples"),  # antithetic pairs
+    ("probe.sharpness.samples=2", "probe.sharpness.samples"),
     ("probe.ranks=0", "probe.ranks"),
 ])
 def test_impossible_values_are_one_line_errors(compose, override, key):
@@ -95,9 +95,9 @@ def test_vit_width_must_divide_heads(compose):
 
 
 def test_plain_average_sharpness_takes_any_count_from_two(compose):
-    validate(compose(["probe.sharpness_antithetic=false", "probe.sharpness_samples=3"]))
-    with pytest.raises(ConfigError, match="probe.sharpness_samples"):
-        validate(compose(["probe.sharpness_antithetic=false", "probe.sharpness_samples=1"]))
+    validate(compose(["probe.sharpness.antithetic=false", "probe.sharpness.samples=3"]))
+    with pytest.raises(ConfigError, match="probe.sharpness.samples"):
+        validate(compose(["probe.sharpness.antithetic=false", "probe.sharpness.samples=1"]))
 
 
 def test_seed_zero_is_a_valid_seed(compose):

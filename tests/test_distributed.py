@@ -234,8 +234,8 @@ def test_torchrun_probe_writes_from_rank_zero_and_matches_one_process(compose, t
     for d in (single, multi):
         shutil.copytree(job, d)
     before = _files(multi)
-    probe = ["probe=basic", "probe.data_size=96", "probe.sharpness=false",
-             "probe.trace_max_samples=20"]
+    probe = ["probe=basic", "probe.data_size=96", "probe.sharpness.enabled=false",
+             "probe.trace.max_samples=20"]
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TMPDIR": str(tmp),

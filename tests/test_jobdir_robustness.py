@@ -36,7 +36,8 @@ from landscope.jobs import (
 
 TINY = ["dataset.train_size=256", "dataset.test_size=128", "train.batch_size=64",
         "model.width=16", "model.depth=2", "train.epochs=2", "landscape=none"]
-BASIC = ["probe=basic", "probe.sharpness=false", "probe.trace=false", "probe.data_size=128"]
+BASIC = ["probe=basic", "probe.sharpness.enabled=false", "probe.trace.enabled=false",
+         "probe.data_size=128"]
 
 
 def _timeless(scalars: dict) -> dict:
@@ -287,7 +288,7 @@ def test_a_finished_job_without_a_valid_checkpoint_says_so_and_stays_completed(t
 def test_probe_presets_live_side_by_side(trained, tmp_path):
     job = _copy(trained, tmp_path)
     first = read_json(job / "result.json")
-    richer = trained[1]("probe.trace=true")  # more scalars than the trained preset
+    richer = trained[1]("probe.trace.enabled=true")  # more scalars than the trained preset
     pfp1, pfp2 = first["probe_fingerprint"], probe_fingerprint(richer)
     r2 = probe_finished_job(richer, job, first)
     assert r2["probe_fingerprint"] == pfp2 and set(r2["probes_by_fingerprint"]) == {pfp1, pfp2}

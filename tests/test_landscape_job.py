@@ -89,8 +89,8 @@ def test_full_landscape_with_trajectory_and_intrinsic_dim(compose, tmp_path):
 
 def test_eigenvector_lines_use_the_probes_eigenvectors(compose, tmp_path):
     cfg = _cfg(compose, "landscape=basic", "landscape.line.eigen=2", "train.epochs=1",
-               "probe.top_k=2", "probe.trace=false", "probe.density=false", "probe.noise=false",
-               "probe.sharpness_family=false", probe="standard")
+               "probe.top_k=2", "probe.trace.enabled=false", "probe.density.enabled=false",
+               "probe.noise.enabled=false", "probe.sharpness.family=false", probe="standard")
     result = train_job(cfg, tmp_path, [])
     s = result["landscape"]
     z = np.load(tmp_path / "landscape" / f"{result['landscape_fingerprint']}.npz")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from landscope.config import ProbeConfig
+from landscope.config import DensityConfig, ProbeConfig, SharpnessConfig, TraceConfig
 from landscope.data import TensorSplit
 from landscope.probes.cost import ProbeLedger
 from landscope.probes.density import slq
@@ -156,8 +156,10 @@ def _split_and_model(n: int = 60):
 def test_suite_records_costs_plan_and_what_a_cap_cut():
     model, split = _split_and_model()
     lines: list[str] = []
-    cfg = ProbeConfig(top_k=3, trace=True, density=True, slq_steps=12, sharpness=True,
-                      sharpness_rhos=[0.05], data_size=None, micro_batch=60, progress=False)
+    cfg = ProbeConfig(top_k=3, trace=TraceConfig(enabled=True),
+                      density=DensityConfig(enabled=True, steps=12),
+                      sharpness=SharpnessConfig(enabled=True, rhos=[0.05]), data_size=None,
+                      micro_batch=60, progress=False)
     s = run_probes(model, split, cfg, log=lines.append).scalars
     assert lines and lines[0].startswith("probe plan: at most")
     assert set(s["probe_cost"]) == {"top", "density", "trace", "sharpness"}
@@ -169,7 +171,8 @@ def test_suite_records_costs_plan_and_what_a_cap_cut():
     assert not any(k.endswith("_stopped_by") for k in s)
     assert s["probe_dtype"] == "float32"
 
-    capped = ProbeConfig(top_k=3, trace=True, density=True, slq_steps=12, data_size=None,
+    capped = ProbeConfig(top_k=3, trace=TraceConfig(enabled=True),
+                         density=DensityConfig(enabled=True, steps=12), data_size=None,
                          micro_batch=60, max_products=20, progress=False)
     lines.clear()
     c = run_probes(model, split, capped, log=lines.append).scalars
@@ -177,8 +180,8 @@ def test_suite_records_costs_plan_and_what_a_cap_cut():
     assert "max_products" in c.values() and any("cut short" in line for line in lines)
     assert c.get("trace_stopped_by") == "max_products" and not c["trace_converged"]
 
-    timed = ProbeConfig(top_k=3, sharpness=True, sharpness_family=True, data_size=None,
-                        micro_batch=60, budget_s=1e-6, progress=False)
+    timed = ProbeConfig(top_k=3, sharpness=SharpnessConfig(enabled=True, family=True),
+                        data_size=None, micro_batch=60, budget_s=1e-6, progress=False)
     t = run_probes(model, split, timed).scalars
     assert t["top_stopped_by"] == "budget_s" and t["sharpness_stopped_by"] == "budget_s"
     assert "pac_bayes_sigma" not in t and "pac_bayes" in t["sharpness_skipped"]
@@ -188,7 +191,8 @@ def test_suite_progress_bars_and_verify_accuracy(capsys):
     """Bars on request; verify mode keeps the accuracy: top-k to 1e-6 relative (float64),
     the trace within 4 of its standard errors of the dense Hessian's."""
     model, split = _split_and_model(80)
-    cfg = ProbeConfig(top_k=5, trace=True, density=True, data_size=None, micro_batch=80,
+    cfg = ProbeConfig(top_k=5, trace=TraceConfig(enabled=True),
+                      density=DensityConfig(enabled=True), data_size=None, micro_batch=80,
                       verify=True, progress=True)
     s = run_probes(model.double(), TensorSplit(split.x.double(), split.y), cfg).scalars
     assert "probe top" in capsys.readouterr().err
@@ -232,7 +236,8 @@ def test_a_job_logs_its_plan_and_records_what_the_cap_cut(compose, tmp_path, cap
 
 def test_density_without_top_k_runs_fixed_steps():
     model, split = _split_and_model()
-    cfg = ProbeConfig(top_k=0, trace=True, density=True, slq_steps=10, data_size=None,
+    cfg = ProbeConfig(top_k=0, trace=TraceConfig(enabled=True),
+                      density=DensityConfig(enabled=True, steps=10), data_size=None,
                       micro_batch=60, progress=False)
     s = run_probes(model, split, cfg).scalars
     assert s["density_deflated"] == 0 and s["density_steps_mean"] == 10

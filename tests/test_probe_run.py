@@ -20,7 +20,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from landscope.config import PacBayesConfig, ProbeConfig  # noqa: E402
+from landscope.config import (  # noqa: E402
+    DensityConfig,
+    NoiseConfig,
+    PacBayesConfig,
+    ProbeConfig,
+    SharpnessConfig,
+    TraceConfig,
+)
 from landscope.data import TensorSplit  # noqa: E402
 from landscope.probes import steps  # noqa: E402
 from landscope.probes.run import ProbeRun  # noqa: E402
@@ -37,26 +44,30 @@ N = 48
 PACBAYES = dict(enabled=True, n_mc=8, n_select=2, n_match=2, steps=6, batch_size=16,
                 beta_grid=[1e-2, 1.0])
 SMALL_PACBAYES = dict(pacbayes=PacBayesConfig(**PACBAYES))
-FULL = dict(top_k=3, bottom_k=2, trace=True, density=True, slq_probes=3, slq_steps=10,
-            density_grid=40, logdet_eps=1e-3, sharpness=True, sharpness_family=True,
-            sharpness_samples=4, noise=True, noise_samples=24, per_block="layer",
+TRACE = dict(trace=TraceConfig(enabled=True))
+DENSITY = dict(enabled=True, probes=3, steps=10, grid=40)
+FULL = dict(top_k=3, bottom_k=2, **TRACE, density=DensityConfig(**DENSITY, logdet_eps=1e-3),
+            sharpness=SharpnessConfig(enabled=True, family=True, samples=4),
+            noise=NoiseConfig(enabled=True, samples=24), per_block="layer",
             block_top_k=2, verify=True, **SMALL_PACBAYES)
 CASES: dict[str, dict[str, Any]] = {
     # every estimator, PAC-Bayes with optimised posteriors and the prior at another model
     "full": FULL,
     # the grid search of the PAC-Bayes posteriors, the prior at 0, a log det that is defined
-    "grid_logdet": dict(FULL, bottom_k=0, logdet_eps=50.0, per_block="none", noise=False,
+    "grid_logdet": dict(FULL, bottom_k=0, density=DensityConfig(**DENSITY, logdet_eps=50.0),
+                        per_block="none", noise=NoiseConfig(enabled=False, samples=24),
                         pacbayes=PacBayesConfig(**PACBAYES, posterior="grid")),
     # no top-k: the plain Hutchinson trace, the density without deflation, noise without pairs
-    "no_top": dict(top_k=0, trace=True, density=True, slq_probes=3, slq_steps=8,
-                   density_grid=30, logdet_eps=50.0, noise=True, noise_samples=16,
-                   noise_alignment="exact", verify=True),
+    "no_top": dict(top_k=0, **TRACE, density=DensityConfig(enabled=True, probes=3, steps=8,
+                                                           grid=30, logdet_eps=50.0),
+                   noise=NoiseConfig(enabled=True, samples=16, alignment="exact"), verify=True),
     # a product cap cuts Lanczos, the density and the trace short (and says so)
-    "capped": dict(top_k=3, bottom_k=2, trace=True, density=True, slq_steps=10, noise=True,
-                   noise_samples=16, max_products=40),
+    "capped": dict(top_k=3, bottom_k=2, **TRACE, density=DensityConfig(enabled=True, steps=10),
+                   noise=NoiseConfig(enabled=True, samples=16), max_products=40),
     # no time left: every estimator stops at once, the sharpness measures are skipped
-    "no_time": dict(top_k=2, trace=True, density=True, sharpness=True, sharpness_family=True,
-                    noise=True, budget_s=1e-9, **SMALL_PACBAYES),
+    "no_time": dict(top_k=2, **TRACE, density=DensityConfig(enabled=True),
+                    sharpness=SharpnessConfig(enabled=True, family=True),
+                    noise=NoiseConfig(enabled=True), budget_s=1e-9, **SMALL_PACBAYES),
 }
 
 

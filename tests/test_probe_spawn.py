@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from landscope.config import ProbeConfig
+from landscope.config import (
+    DensityConfig,
+    NoiseConfig,
+    ProbeConfig,
+    SharpnessConfig,
+    TraceConfig,
+)
 from landscope.data import TensorSplit
 from landscope.errors import LandscopeError
 from landscope.probes.spawn import run_probes_on_ranks
@@ -43,8 +49,10 @@ def _close(a, b, key: str) -> None:
 def test_two_workers_give_the_one_process_report() -> None:
     model, x, y = seeded_model(dict(name="mlp", width=6, depth=2), (1, 12), 3, 80, seed=0)
     split = TensorSplit(x, y)
-    cfg = ProbeConfig(top_k=3, trace=True, density=True, slq_probes=3, slq_steps=10,
-                      sharpness=True, sharpness_rhos=[0.05], noise=True, noise_samples=40,
+    cfg = ProbeConfig(top_k=3, trace=TraceConfig(enabled=True),
+                      density=DensityConfig(enabled=True, probes=3, steps=10),
+                      sharpness=SharpnessConfig(enabled=True, rhos=[0.05]),
+                      noise=NoiseConfig(enabled=True, samples=40),
                       data_size=None, micro_batch=20, progress=False)
     one = run_probes(model, split, cfg)
     lines: list[str] = []

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from landscope.config import ProbeConfig
+from landscope.config import ProbeConfig, TraceConfig
 from landscope.data import TensorSplit
 from landscope.errors import LandscopeError
 from landscope.probes.blocks import EXACT_TRACE_MAX, block_spectra, parameter_groups
@@ -99,7 +99,8 @@ def test_per_block_in_the_probe_suite_with_verify():
     model, data = make("resnet_bn", n=40)
     x = torch.cat([b[0] for b in data.batches]).float()
     split = TensorSplit(x, torch.cat([b[1] for b in data.batches]))
-    cfg = ProbeConfig(top_k=2, trace=True, per_block="block", block_top_k=2, verify=True,
+    cfg = ProbeConfig(top_k=2, trace=TraceConfig(enabled=True), per_block="block",
+                      block_top_k=2, verify=True,
                       data_size=None, micro_batch=16)
     rep = run_probes(model.float(), split, cfg)
     s, a = rep.scalars, rep.arrays
@@ -113,11 +114,11 @@ def test_per_block_in_the_probe_suite_with_verify():
 
 
 def test_suite_trace_stops_at_trace_max_samples():
-    """An unreachable target RSE runs to probe.trace_max_samples, and trace_stderr tells."""
+    """An unreachable target RSE runs to probe.trace.max_samples, and trace_stderr tells."""
     model, data = make("mlp", n=40)
     x = torch.cat([b[0] for b in data.batches]).float()
     split = TensorSplit(x, torch.cat([b[1] for b in data.batches]))
-    cfg = ProbeConfig(top_k=0, trace=True, trace_rse=1e-9, trace_max_samples=25,
+    cfg = ProbeConfig(top_k=0, trace=TraceConfig(enabled=True, rse=1e-9, max_samples=25),
                       data_size=None, micro_batch=40)
     s = run_probes(model.float(), split, cfg).scalars
     assert s["trace_samples"] == 25 and s["trace_stderr"] > 1e-9 * abs(s["trace"])

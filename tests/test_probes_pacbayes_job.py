@@ -27,8 +27,9 @@ from landscope.jobs import TRAJECTORY_FILE, initial_model, probe_fingerprint, tr
 TINY = ["dataset.train_size=256", "dataset.test_size=128", "train.batch_size=32",
         "model.width=8", "model.depth=2", "landscape=none"]
 # pacbayes on a small budget, the rest of the preset off (seconds, not minutes)
-FAST = ["probe=pacbayes", "probe.top_k=3", "probe.trace=false", "probe.density=false",
-        "probe.noise=false", "probe.sharpness=false", "probe.sharpness_family=false",
+FAST = ["probe=pacbayes", "probe.top_k=3", "probe.trace.enabled=false",
+        "probe.density.enabled=false", "probe.noise.enabled=false",
+        "probe.sharpness.enabled=false", "probe.sharpness.family=false",
         "probe.pacbayes.n_mc=20", "probe.pacbayes.n_select=2", "probe.pacbayes.steps=20",
         "probe.pacbayes.n_match=2"]
 GRID = ["probe.pacbayes.posterior=grid"]
@@ -193,16 +194,16 @@ def test_dataset_classes_keeps_and_relabels_those_classes(compose):
 def test_average_sharpness_settings_enter_the_hash_only_with_the_family(compose):
     """Antithetic pairs (16 evaluations) replaced 32 independent draws: presets with the
     sharpness family get a new hash (their averages changed), presets without it keep the
-    hash they had, computed from their config as it was then (no ``sharpness_antithetic``,
-    ``sharpness_samples`` 32)."""
+    hash they had, computed from their config as it was then (no ``sharpness.antithetic``,
+    ``sharpness.samples`` 32)."""
     for preset, family in (("basic", False), ("standard", True)):
         now = compose([f"probe={preset}"])
         before = OmegaConf.create(OmegaConf.to_container(now, enum_to_str=True))
-        del before.probe["sharpness_antithetic"]
-        before.probe["sharpness_samples"] = 32
+        del before.probe.sharpness["antithetic"]
+        before.probe.sharpness["samples"] = 32
         before.probe.pop("ranks")
         assert (probe_fingerprint(now) == probe_fingerprint(before)) is not family, preset
     basic = probe_fingerprint(compose(["probe=basic"]))
-    assert probe_fingerprint(compose(["probe=basic", "probe.sharpness_samples=8"])) == basic
-    assert probe_fingerprint(compose(["probe=standard", "probe.sharpness_samples=8"])) != \
+    assert probe_fingerprint(compose(["probe=basic", "probe.sharpness.samples=8"])) == basic
+    assert probe_fingerprint(compose(["probe=standard", "probe.sharpness.samples=8"])) != \
         probe_fingerprint(compose(["probe=standard"]))

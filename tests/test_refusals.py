@@ -92,6 +92,19 @@ def test_a_sweep_over_another_configs_jobs_is_refused_whole_and_touches_nothing(
      "error: probe.pacbayes is a group now: use probe.pacbayes.enabled=true"),
     (["-m", "probe.pacbayes=true,false"],
      "probe.pacbayes is a group now: use probe.pacbayes.enabled=true"),
+    # the probe estimators' switches and settings (probe.trace.*, probe.density.*, ...)
+    (["probe.trace_rse=0.05"], "error: unknown option probe.trace_rse: renamed probe.trace.rse"),
+    (["probe.slq_steps=20"], "error: unknown option probe.slq_steps: renamed probe.density.steps"),
+    (["+probe.keskar_epsilons=[0.01]"], "error: unknown option probe.keskar_epsilons: "
+     "renamed probe.sharpness.keskar_epsilons"),
+    (["probe.noise_alignment=exact"],
+     "error: unknown option probe.noise_alignment: renamed probe.noise.alignment"),
+    (["probe.trace=false"], "error: probe.trace is a group now: use probe.trace.enabled=false"),
+    (["+probe.density=true"],
+     "error: probe.density is a group now: use probe.density.enabled=true"),
+    (["probe.noise=true"], "error: probe.noise is a group now: use probe.noise.enabled=true"),
+    (["-m", "probe.sharpness=true,false"],
+     "probe.sharpness is a group now: use probe.sharpness.enabled=true"),
     # the landscape parts' switches and settings (landscape.line.*, landscape.plane.*, ...)
     (["landscape.line_points=11"],
      "error: unknown option landscape.line_points: renamed landscape.line.points"),
@@ -137,7 +150,7 @@ def test_overrides_within_the_schema_still_validate(overrides):
     (["model.init_scale=inf"], "model.init_scale must be a finite number (got inf)"),
     (["model.init_scale=nan"], "model.init_scale must be a finite number (got nan)"),
     (["train.checkpoint_interval_s=inf"], "train.checkpoint_interval_s must be a finite"),
-    (["probe.sharpness_rhos=[0.05,inf]"], "probe.sharpness_rhos must be a finite"),
+    (["probe.sharpness.rhos=[0.05,inf]"], "probe.sharpness.rhos must be a finite"),
     (["train.grad_clip=-inf"], "train.grad_clip must be a finite"),
     (["dataset=quadratic", "model=quadratic", "dataset.condition=inf"],
      "dataset.condition must be a finite"),
@@ -170,7 +183,7 @@ def test_runner_refuses_non_finite_and_contradictions_up_front(tmp_path, warm_da
     assert not (tmp_path / "outputs").exists()
 
 
-LONG = "probe.sharpness_rhos=[" + ",".join(f"0.{i:04d}1" for i in range(1, 41)) + "]"
+LONG = "probe.sharpness.rhos=[" + ",".join(f"0.{i:04d}1" for i in range(1, 41)) + "]"
 
 
 @pytest.mark.parametrize("args", [["-m", "seed=0,1", LONG], ["seed=0", LONG]])

@@ -17,7 +17,15 @@ from torch.func import functional_call, hessian
 
 from conftest import run_cli
 from landscope.checkpoint import load_latest
-from landscope.config import DatasetConfig, ModelConfig, ProbeConfig, validate
+from landscope.config import (
+    DatasetConfig,
+    DensityConfig,
+    ModelConfig,
+    NoiseConfig,
+    ProbeConfig,
+    TraceConfig,
+    validate,
+)
 from landscope.data import load_data
 from landscope.errors import ConfigError
 from landscope.io import read_json
@@ -167,8 +175,10 @@ def test_quadratic_run_probes_and_sharpness_at_optimum():
     cfg = quad_cfg(train_size=128)
     model, data, ref = model64(cfg, theta=quadratic_reference(quad_cfg(train_size=128))
                                .theta_star)
-    pcfg = ProbeConfig(name="standard", top_k=5, trace=True, density=True, noise=True,
-                       noise_samples=128, lanczos_tol=1e-10, verify=True, logdet_eps=1e-3)
+    pcfg = ProbeConfig(name="standard", top_k=5, trace=TraceConfig(enabled=True),
+                       density=DensityConfig(enabled=True, logdet_eps=1e-3),
+                       noise=NoiseConfig(enabled=True, samples=128), lanczos_tol=1e-10,
+                       verify=True)
     report = run_probes(model, data.train, pcfg)
     s, a = report.scalars, report.arrays
     assert s["probe_data_size"] == 128 and s["noise_samples"] == 128
@@ -263,8 +273,8 @@ def test_two_basin_noise_accuracy_and_probes():
         model.theta.copy_(torch.tensor([0.0, 0.1]))
         assert n_correct(model, model(data.train.x), data.train.y) == 0
         model.theta.copy_(torch.tensor([-1.0, 0.0]))
-    pcfg = ProbeConfig(name="full", top_k=2, bottom_k=1, trace=True, noise=True,
-                       lanczos_tol=1e-10)
+    pcfg = ProbeConfig(name="full", top_k=2, bottom_k=1, trace=TraceConfig(enabled=True),
+                       noise=NoiseConfig(enabled=True), lanczos_tol=1e-10)
     s = run_probes(model, data.train, pcfg).scalars
     assert s["lambda_max"] == pytest.approx(10.0, rel=1e-8)
     assert s["lambda_min"] == pytest.approx(1.0, rel=1e-8)

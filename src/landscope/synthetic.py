@@ -6,7 +6,7 @@ data are generated from ``dataset.seed`` (never downloaded), held in memory as *
 rows, and never normalized or subset: ``dataset.train_size`` / ``test_size`` are the numbers
 of generated samples (default 256 each), and every identity below holds exactly (to
 float64 rounding) for each split as a whole.  Keep ``probe.data_size`` and
-``probe.noise_samples`` at least ``train_size`` for the probes to see the exact mean.
+``probe.noise.samples`` at least ``train_size`` for the probes to see the exact mean.
 
 The two problems, their closed forms and the construction of their data are described in
 :mod:`landscope.synthetic_forms` (re-exported here).  Both models output ``(n, 2)``: the

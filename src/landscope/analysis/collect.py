@@ -21,7 +21,8 @@ Columns of :attr:`Collection.jobs`:
 - the flattened ``config.yaml`` (``optimizer.lr``, ``model.width``, ...; lists as JSON strings).
   The config groups ``probe`` and ``landscape`` become ``config.probe.*`` and
   ``config.landscape.*``, because ``probe.*`` and ``landscape.*`` hold the measured scalars
-  (``probe.trace`` is the Hessian trace, ``config.probe.trace`` the switch that asked for it).
+  (``probe.trace`` is the Hessian trace, ``config.probe.trace.enabled`` the switch that asked
+  for it).
 """
 
 from __future__ import annotations

@@ -58,7 +58,14 @@ from landscope.config.landscape import (  # noqa: F401 - the schema's public nam
     PlaneConfig,
     TrajectoryConfig,
 )
-from landscope.config.probe import PacBayesConfig, ProbeConfig  # noqa: F401
+from landscope.config.probe import (  # noqa: F401
+    DensityConfig,
+    NoiseConfig,
+    PacBayesConfig,
+    ProbeConfig,
+    SharpnessConfig,
+    TraceConfig,
+)
 from landscope.errors import ConfigError  # noqa: F401 - raised by validate; importable here
 
 #: The synthetic problems (dataset and model of the same name; landscope.synthetic).

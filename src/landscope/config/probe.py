@@ -13,6 +13,86 @@ from landscope.config.choices import NoiseAlignment, PerBlock, ProbeMode, ProbeN
 
 
 @dataclass
+class TraceConfig:
+    """Hutchinson's estimate of tr H (``probe.trace.*``), deflated by the top-k pairs, run to a
+    target relative standard error. Only read with ``enabled``, except ``rse``, the target of
+    the block traces too (``probe.per_block``)."""
+
+    enabled: bool = False  # Hutchinson, deflated by the top-k pairs, to a target rel. stderr
+    # target relative standard error: stop once the stderr is at most rse times the larger of
+    # |tr H| and an estimate of sum |lambda_i|
+    rse: float = 0.01
+    max_samples: int = 2000  # cap on Hutchinson samples (trace_stderr shows the RSE reached)
+
+    def check(self) -> None:
+        """Refuse impossible values (:class:`ConfigError` naming the key)."""
+        need(0 < self.rse < 1, "probe.trace.rse", "in (0, 1)", self.rse)
+        need(self.max_samples >= 2, "probe.trace.max_samples", ">= 2", self.max_samples)
+
+
+@dataclass
+class DensityConfig:
+    """The spectral density by stochastic Lanczos quadrature (``probe.density.*``). Only read
+    with ``enabled``."""
+
+    enabled: bool = False  # stochastic Lanczos quadrature
+    probes: int = 10  # random starts (one quadrature rule each)
+    steps: int = 30  # the most Lanczos steps per probe
+    grid: int = 400  # points of the density's grid (density_grid in probes/<pfp>.npz)
+    sigma: float = 0.01  # Gaussian broadening, as a fraction of the spectral range
+    logdet_eps: float = 0.0  # > 0: log det(H + eps I) from the quadrature
+
+    def check(self) -> None:
+        """Refuse impossible values (:class:`ConfigError` naming the key)."""
+        need(self.probes >= 1 and self.steps >= 2, "probe.density.probes/steps",
+             ">= 1 and >= 2", (self.probes, self.steps))
+        need(self.grid >= 2 and self.sigma > 0, "probe.density.grid/sigma",
+             ">= 2 and > 0", (self.grid, self.sigma))
+        need(self.logdet_eps >= 0, "probe.density.logdet_eps", ">= 0", self.logdet_eps)
+
+
+@dataclass
+class SharpnessConfig:
+    """The sharpness measures (``probe.sharpness.*``; :mod:`landscope.probes.sharpness`).
+    Only read with ``enabled`` or ``family``."""
+
+    # worst-case l2 (SAM) at rhos always; the family adds adaptive (ASAM), Keskar
+    # epsilon-sharpness, average sharpness and PAC-Bayes flatness
+    enabled: bool = False
+    family: bool = False
+    rhos: List[float] = field(default_factory=lambda: [0.05])  # radii of the l2 balls
+    # Keskar epsilon-sharpness: the boxes |y_i| <= eps (|theta_i| + 1)
+    keskar_epsilons: List[float] = field(default_factory=lambda: [1e-3, 5e-3])
+    samples: int = 16  # loss evaluations per radius for average sharpness
+    antithetic: bool = True  # ... as pairs (delta, -delta): the gradient term cancels
+
+    def check(self) -> None:
+        """Refuse impossible values (:class:`ConfigError` naming the key)."""
+        for key in ("rhos", "keskar_epsilons"):
+            v = list(getattr(self, key))
+            need(len(v) >= 1 and all(x > 0 for x in v), f"probe.sharpness.{key}",
+                 "a non-empty list of values > 0", v)
+        if self.antithetic:
+            need(self.samples >= 4 and self.samples % 2 == 0, "probe.sharpness.samples",
+                 "even and >= 4 with probe.sharpness.antithetic=true", self.samples)
+        need(self.samples >= 2, "probe.sharpness.samples", ">= 2", self.samples)
+
+
+@dataclass
+class NoiseConfig:
+    """The gradient-noise covariance from per-sample gradients (``probe.noise.*``;
+    :mod:`landscope.probes.noise`). Only read with ``enabled``."""
+
+    enabled: bool = False  # gradient-noise covariance from per-sample gradients
+    samples: int = 256  # per-sample gradients held in memory (n x D)
+    alignment: NoiseAlignment = NoiseAlignment.lowrank  # how tr(H Sigma) is computed
+
+    def check(self) -> None:
+        """Refuse impossible values (:class:`ConfigError` naming the key)."""
+        need(self.samples >= 2, "probe.noise.samples", ">= 2", self.samples)
+
+
+@dataclass
 class PacBayesConfig:
     """PAC-Bayes bounds on the 0-1 error (Dziugaite & Roy 2017; :mod:`landscope.probes.pacbayes`,
     ``probe.pacbayes.*``): naive parameter count, isotropic and Hessian-informed Gaussian
@@ -89,26 +169,13 @@ class ProbeConfig:
     top_k: int = 0  # largest eigenpairs (Lanczos); 0 = off
     bottom_k: int = 0  # most negative eigenpairs; 0 = off
     lanczos_tol: float = 1e-6  # converged when ||Hv - lambda v|| <= tol * |lambda|
-    trace: bool = False  # Hutchinson, deflated by the top-k pairs, to a target rel. stderr
-    trace_rse: float = 0.01
-    trace_max_samples: int = 2000  # cap on Hutchinson samples (trace_stderr shows the RSE reached)
-    density: bool = False  # stochastic Lanczos quadrature
-    slq_probes: int = 10
-    slq_steps: int = 30
-    density_grid: int = 400
-    density_sigma: float = 0.01  # Gaussian broadening, as a fraction of the spectral range
-    logdet_eps: float = 0.0  # > 0: log det(H + eps I) from the quadrature
-    # sharpness: worst-case l2 (SAM) at sharpness_rhos always; the family adds adaptive
-    # (ASAM), Keskar epsilon-sharpness, average sharpness and PAC-Bayes flatness
-    sharpness: bool = False
-    sharpness_family: bool = False
-    sharpness_rhos: List[float] = field(default_factory=lambda: [0.05])
-    keskar_epsilons: List[float] = field(default_factory=lambda: [1e-3, 5e-3])
-    sharpness_samples: int = 16  # loss evaluations per radius for average sharpness
-    sharpness_antithetic: bool = True  # ... as pairs (delta, -delta): the gradient term cancels
-    noise: bool = False  # gradient-noise covariance from per-sample gradients
-    noise_samples: int = 256  # per-sample gradients held in memory (n x D)
-    noise_alignment: NoiseAlignment = NoiseAlignment.lowrank  # how tr(H Sigma) is computed
+    # Hutchinson's trace (probe.trace.*), the spectral density (probe.density.*), the
+    # sharpness measures (probe.sharpness.*) and the gradient noise (probe.noise.*): each
+    # switched on by its own enabled
+    trace: TraceConfig = field(default_factory=TraceConfig)
+    density: DensityConfig = field(default_factory=DensityConfig)
+    sharpness: SharpnessConfig = field(default_factory=SharpnessConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
     per_block: PerBlock = PerBlock.none  # top-k eigenvalues and trace of each diagonal block
     block_top_k: int = 3
     every_n_epochs: int = 0  # > 0: lambda_max and trace into metrics.jsonl during training
@@ -129,30 +196,10 @@ class ProbeConfig:
              self.budget_s)
         for key in ("top_k", "bottom_k", "every_n_epochs", "seed"):
             need(getattr(self, key) >= 0, f"probe.{key}", ">= 0", getattr(self, key))
-        for key in ("lanczos_tol", "trace_rse"):
-            need(0 < getattr(self, key) < 1, f"probe.{key}", "in (0, 1)", getattr(self, key))
-        need(self.trace_max_samples >= 2, "probe.trace_max_samples", ">= 2",
-             self.trace_max_samples)
-        need(self.slq_probes >= 1 and self.slq_steps >= 2, "probe.slq_probes/slq_steps",
-             ">= 1 and >= 2", (self.slq_probes, self.slq_steps))
-        need(self.density_grid >= 2 and self.density_sigma > 0, "probe.density_grid/density_sigma",
-             ">= 2 and > 0", (self.density_grid, self.density_sigma))
-        need(self.logdet_eps >= 0, "probe.logdet_eps", ">= 0", self.logdet_eps)
-        need(self.noise_samples >= 2, "probe.noise_samples", ">= 2", self.noise_samples)
-        self._check_sharpness()
+        need(0 < self.lanczos_tol < 1, "probe.lanczos_tol", "in (0, 1)", self.lanczos_tol)
+        for group in (self.trace, self.density, self.noise, self.sharpness):
+            group.check()
         self._check_pacbayes()
-
-    def _check_sharpness(self) -> None:
-        for key in ("sharpness_rhos", "keskar_epsilons"):
-            v = list(getattr(self, key))
-            need(len(v) >= 1 and all(x > 0 for x in v), f"probe.{key}",
-                 "a non-empty list of values > 0", v)
-        if self.sharpness_antithetic:
-            need(self.sharpness_samples >= 4 and self.sharpness_samples % 2 == 0,
-                 "probe.sharpness_samples", "even and >= 4 with probe.sharpness_antithetic=true",
-                 self.sharpness_samples)
-        need(self.sharpness_samples >= 2, "probe.sharpness_samples", ">= 2",
-             self.sharpness_samples)
 
     def _check_pacbayes(self) -> None:
         self.pacbayes.check()

@@ -27,6 +27,21 @@ RENAMED: dict[str, str] = {
     **{f"probe.pacbayes_{key}": f"probe.pacbayes.{key}"
        for key in ("data_size", "n_mc", "n_select", "delta", "delta_mc", "beta_grid",
                    "posterior", "steps", "lr_mean", "lr_var", "batch_size", "n_match")},
+    # the probe estimators: each switch first, then its settings
+    "probe.sharpness": "probe.sharpness.enabled",
+    **{f"probe.sharpness_{key}": f"probe.sharpness.{key}"
+       for key in ("family", "rhos", "samples", "antithetic")},
+    "probe.keskar_epsilons": "probe.sharpness.keskar_epsilons",
+    "probe.trace": "probe.trace.enabled",
+    **{f"probe.trace_{key}": f"probe.trace.{key}" for key in ("rse", "max_samples")},
+    "probe.density": "probe.density.enabled",
+    "probe.slq_probes": "probe.density.probes",
+    "probe.slq_steps": "probe.density.steps",
+    "probe.density_grid": "probe.density.grid",
+    "probe.density_sigma": "probe.density.sigma",
+    "probe.logdet_eps": "probe.density.logdet_eps",
+    "probe.noise": "probe.noise.enabled",
+    **{f"probe.noise_{key}": f"probe.noise.{key}" for key in ("samples", "alignment")},
     # the landscape parts: each switch first, then its settings
     "landscape.line": "landscape.line.enabled",
     **{f"landscape.line_{key}": f"landscape.line.{key}"

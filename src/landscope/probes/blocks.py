@@ -16,7 +16,7 @@ Two partitions (``probe.per_block``):
   stages, the ResNet's and ViT's residual blocks) split into its items.
 
 Each block's top-k pairs come from Lanczos on the restricted operator, its trace from Hutchinson
-deflated by those pairs (to ``probe.trace_rse``), or exactly from its unit vectors when the block
+deflated by those pairs (to ``probe.trace.rse``), or exactly from its unit vectors when the block
 has at most :data:`EXACT_TRACE_MAX` parameters.
 """
 

@@ -156,7 +156,7 @@ class ProbeRun:
                 a[f"residuals_{name}"] = eig.residuals.numpy()
         if self.density is not None:
             q = self.density
-            grid, sigma = density_grid(q, self.cfg.density_grid, self.cfg.density_sigma)
+            grid, sigma = density_grid(q, self.cfg.density.grid, self.cfg.density.sigma)
             a.update(density_grid=grid.numpy(), density=q.density(grid, sigma).numpy(),
                      slq_nodes=q.nodes.numpy(), slq_weights=q.weights.numpy())
         if self.blocks is not None:
@@ -219,8 +219,8 @@ class ProbeRun:
             density_probes=q.n_probes,
             density_steps_mean=float(np.mean(q.steps)) if q.steps else 0.0,
             density_deflated=q.deflated)
-        if self.cfg.logdet_eps > 0:
-            s.update(logdet_scalars(q, self.cfg.logdet_eps, self.bottom))
+        if self.cfg.density.logdet_eps > 0:
+            s.update(logdet_scalars(q, self.cfg.density.logdet_eps, self.bottom))
         return {**s, **self._stopped("density", q.stopped_by)}
 
     def _trace(self) -> dict[str, Any]:
@@ -229,7 +229,7 @@ class ProbeRun:
             return {}
         return dict(trace=tr.estimate, trace_stderr=tr.stderr, trace_samples=tr.n_samples,
                     trace_reference=tr.reference,
-                    trace_converged=bool(tr.stderr <= self.cfg.trace_rse * tr.reference),
+                    trace_converged=bool(tr.stderr <= self.cfg.trace.rse * tr.reference),
                     **self._stopped("trace", tr.stopped_by))
 
     def _blocks(self) -> dict[str, Any]:

@@ -63,10 +63,10 @@ def steps_for(cfg: Any) -> list[Step]:
     """The steps ``cfg`` switches on, in the order they run (each may read the ones before)."""
     steps: list[tuple[bool, Step]] = [
         (cfg.top_k > 0, step_top), (cfg.bottom_k > 0, step_bottom),
-        (bool(cfg.density), step_density), (bool(cfg.trace), step_trace),
+        (bool(cfg.density.enabled), step_density), (bool(cfg.trace.enabled), step_trace),
         (str(cfg.per_block) != "none", step_blocks),
-        (bool(cfg.sharpness or cfg.sharpness_family), step_sharpness),
-        (bool(cfg.noise), step_noise), (bool(cfg.pacbayes.enabled), step_pacbayes)]
+        (bool(cfg.sharpness.enabled or cfg.sharpness.family), step_sharpness),
+        (bool(cfg.noise.enabled), step_noise), (bool(cfg.pacbayes.enabled), step_pacbayes)]
     return [step for on, step in steps if on]
 
 
@@ -102,9 +102,9 @@ def step_density(run: ProbeRun) -> None:
         return
     with ledger.stage("density", run.plan.get("density")):
         # adaptive steps need the top-k pairs (the outliers are resolved through them)
-        run.density = slq(op, n_probes=cfg.slq_probes, m_steps=min(cfg.slq_steps, op.dim),
-                          seed=cfg.seed, deflate=run.top,
-                          resolution=cfg.density_sigma if run.top is not None else None,
+        run.density = slq(op, n_probes=cfg.density.probes,
+                          m_steps=min(cfg.density.steps, op.dim), seed=cfg.seed, deflate=run.top,
+                          resolution=cfg.density.sigma if run.top is not None else None,
                           stop=ledger.stop)
     ledger.record_stop("density", run.density.stopped_by)
 
@@ -113,7 +113,7 @@ def step_trace(run: ProbeRun) -> None:
     """Tr H: deflated by the top-k pairs computed anyway (GUIDE §6), the density's runs as its
     first samples, its stop relative to Σ|λ| where the density knows it: ``run.trace``."""
     cfg, op, ledger, top, q = run.cfg, run.op, run.ledger, run.top, run.density
-    cap = cfg.trace_max_samples
+    cap, rse = cfg.trace.max_samples, cfg.trace.rse
     block = TRACE_GPU_BLOCK if op.device.type == "cuda" else 1  # batching did not pay on CPU
     with ledger.stage("trace", run.plan.get("trace")):
         scale = q.trace_f(q.nodes.abs()).estimate if q is not None else 0.0
@@ -121,12 +121,12 @@ def step_trace(run: ProbeRun) -> None:
             prior = (q.trace_samples.tolist() if q is not None and q.trace_samples is not None
                      else ())
             basis = q.deflation if q is not None and q.deflation is not None else top
-            run.trace = deflated_trace(op, basis, seed=cfg.seed + 1, target_rse=cfg.trace_rse,
+            run.trace = deflated_trace(op, basis, seed=cfg.seed + 1, target_rse=rse,
                                        max_samples=cap, prior=prior, scale=scale,
                                        stop=ledger.stop, min_samples=TRACE_MIN_SAMPLES,
                                        block=block)
         else:
-            run.trace = hutchinson(op, seed=cfg.seed + 1, target_rse=cfg.trace_rse,
+            run.trace = hutchinson(op, seed=cfg.seed + 1, target_rse=rse,
                                    max_samples=cap, scale=scale, stop=ledger.stop,
                                    min_samples=TRACE_MIN_SAMPLES, block=block)
     ledger.record_stop("trace", run.trace.stopped_by)
@@ -139,7 +139,8 @@ def step_blocks(run: ProbeRun) -> None:
         groups = parameter_groups(run.model, str(cfg.per_block))
         run.blocks = block_spectra(run.model, run.data, groups, k=cfg.block_top_k,
                                    mode=run.op.mode, tol=cfg.lanczos_tol,
-                                   trace_rse=cfg.trace_rse, trace=cfg.trace, seed=cfg.seed)
+                                   trace_rse=cfg.trace.rse, trace=bool(cfg.trace.enabled),
+                                   seed=cfg.seed)
     cost.products += sum(b.n_matvecs for b in run.blocks)
 
 
@@ -155,8 +156,8 @@ def step_sharpness(run: ProbeRun) -> None:
 
 def _sharpness(obj: ModelObjective, cfg: Any, ledger: ProbeLedger) -> SharpnessResults:
     """``budget_s`` is checked between measures; a measure it skips is named in ``skipped``."""
-    res = SharpnessResults(rhos=[float(r) for r in cfg.sharpness_rhos],
-                           epsilons=[float(e) for e in cfg.keskar_epsilons])
+    res = SharpnessResults(rhos=[float(r) for r in cfg.sharpness.rhos],
+                           epsilons=[float(e) for e in cfg.sharpness.keskar_epsilons])
 
     def go(name: str) -> bool:
         why = ledger.stop(products=False)
@@ -168,7 +169,7 @@ def _sharpness(obj: ModelObjective, cfg: Any, ledger: ProbeLedger) -> SharpnessR
 
     if go("worst_case"):
         res.worst_case = worst_case_sharpness(obj, res.rhos, seed=cfg.seed)
-    if cfg.sharpness_family:
+    if cfg.sharpness.family:
         _family(obj, cfg, res, go)
     res.loss_evals, res.grad_evals, res.acc_evals = obj.n_loss, obj.n_grad, obj.n_acc
     return res
@@ -176,7 +177,7 @@ def _sharpness(obj: ModelObjective, cfg: Any, ledger: ProbeLedger) -> SharpnessR
 
 def _family(obj: ModelObjective, cfg: Any, res: SharpnessResults,
             go: Callable[[str], bool]) -> None:
-    """Adaptive worst case, Keskar, the averages and PAC-Bayes flatness (``sharpness_family``);
+    """Adaptive worst case, Keskar, the averages and PAC-Bayes flatness (``sharpness.family``);
     sigma' starts from the guess the average of the largest radius gives."""
     if go("adaptive"):
         res.adaptive = worst_case_sharpness(obj, res.rhos, adaptive=True, seed=cfg.seed)
@@ -186,8 +187,8 @@ def _family(obj: ModelObjective, cfg: Any, res: SharpnessResults,
     for adaptive, name in ((False, "random"), (True, "adaptive")):
         if go(f"average_{name}"):
             avg = average_sharpness(obj, res.rhos, adaptive=adaptive,
-                                    n_samples=cfg.sharpness_samples,
-                                    antithetic=cfg.sharpness_antithetic, seed=cfg.seed)
+                                    n_samples=cfg.sharpness.samples,
+                                    antithetic=cfg.sharpness.antithetic, seed=cfg.seed)
             res.average[name] = avg
             r_max, m_max = max(zip(avg.rhos, avg.means))
             guesses[adaptive] = sigma_guess(m_max, r_max)
@@ -199,18 +200,18 @@ def _family(obj: ModelObjective, cfg: Any, res: SharpnessResults,
 
 
 def step_noise(run: ProbeRun) -> None:
-    """Gradient-noise statistics on ``noise_samples`` per-sample gradients (the first samples
+    """Gradient-noise statistics on ``noise.samples`` per-sample gradients (the first samples
     of the probe subset), aligned with the Hessian of the whole subset: ``run.noise``."""
     cfg, op = run.cfg, run.op
     with run.ledger.stage("noise"):
         if (why := run.ledger.stop()) is not None:
             _not_started(run, "noise", why)
             return
-        data = ProbeData.from_split(run.train_split, size=min(cfg.noise_samples, op.data.n_total),
+        data = ProbeData.from_split(run.train_split, size=min(cfg.noise.samples, op.data.n_total),
                                     seed=cfg.seed, micro_batch=cfg.micro_batch)
         run.noise = gradient_noise(run.model, data, hessian=op, top_k_eigs=run.top,
                                    seed=cfg.seed, mode=op.mode,
-                                   alignment=str(cfg.noise_alignment),
+                                   alignment=str(cfg.noise.alignment),
                                    trace_h=run.trace.estimate if run.trace is not None else None)
 
 
@@ -253,9 +254,10 @@ def step_verify(run: ProbeRun) -> None:
         blocks = (str(cfg.per_block), eigenvalue_table(run.blocks, cfg.block_top_k),
                   np.array([b.trace for b in run.blocks]))
     logdet = None
-    if q is not None and cfg.logdet_eps > 0:
-        ld = logdet_scalars(q, cfg.logdet_eps, bottom)
-        logdet = (cfg.logdet_eps, ld["logdet"], ld["logdet_stderr"]) if "logdet" in ld else None
+    eps = cfg.density.logdet_eps
+    if q is not None and eps > 0:
+        ld = logdet_scalars(q, eps, bottom)
+        logdet = (eps, ld["logdet"], ld["logdet_stderr"]) if "logdet" in ld else None
     run.verification = verify_estimates(
         run.model, run.data, run.op.mode, max_params=cfg.verify_max_params,
         top=top.eigenvalues.numpy() if top is not None else None,

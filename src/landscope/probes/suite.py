@@ -59,10 +59,10 @@ def _planned(cfg: Any, dim: int) -> dict[str, int]:
         plan["top"] = min(dim, 50 + 20 * min(cfg.top_k, dim))
     if cfg.bottom_k > 0:
         plan["bottom"] = min(dim, 50 + 20 * min(cfg.bottom_k, dim))
-    if cfg.density:
-        plan["density"] = cfg.slq_probes * min(cfg.slq_steps, dim)
-    if cfg.trace:
-        plan["trace"] = cfg.trace_max_samples
+    if cfg.density.enabled:
+        plan["density"] = cfg.density.probes * min(cfg.density.steps, dim)
+    if cfg.trace.enabled:
+        plan["trace"] = cfg.trace.max_samples
     return plan
 
 
