@@ -4,6 +4,7 @@ marks, the YAML presets repeat no default, and every group checks its own values
 
 from __future__ import annotations
 
+import json
 from dataclasses import fields
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from landscope.config import (
     Config,
     LoggerConfig,
     ProbeConfig,
+    ProbeName,
     result_free_keys,
     typed,
     validate,
@@ -125,3 +127,30 @@ def test_each_group_checks_its_own_values(compose, override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")
                        .replace(")", r"\)").replace("+", r"\+")):
         validate(compose([override]))
+
+
+def test_below_a_jobs_entrance_the_config_is_dataclasses(compose, tmp_path, monkeypatch):
+    """train_job and probe_finished_job take the composed DictConfig, write config.yaml from
+    it, and hand training and the stages a :class:`Config` (dataclasses and enums)."""
+    from landscope import jobresults, jobs
+
+    seen = []
+
+    def spy(real):
+        def wrapped(cfg, *args, **kwargs):
+            seen.append(cfg)
+            return real(cfg, *args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(jobs, "train", spy(jobs.train))
+    monkeypatch.setattr(jobresults, "probe_finished", spy(jobresults.probe_finished))
+    overrides = ["experiment=smoke", "probe=none", "landscape=none", "train.epochs=1",
+                 "dataset.train_size=128", "dataset.test_size=64", "model.width=8"]
+    job = tmp_path / "job"
+    jobs.train_job(compose(overrides), job, overrides)
+    result = jobs.probe_finished_job(compose([*overrides, "probe=basic",
+                                              "probe.data_size=64"]), job,
+                                     json.loads((job / "result.json").read_text()))
+    assert [type(c) for c in seen] == [Config, Config]
+    assert seen[1].probe.name is ProbeName.basic and result["probe_preset"] == "basic"
+    assert (job / "config.yaml").read_text().startswith("seed: 0\n")

@@ -23,9 +23,10 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from landscope.checkpoint import checkpoint_path, newest_valid
+from landscope.config import plain, typed
 from landscope.errors import ConfigError, one_line
 from landscope.fingerprints import checkpoint_of, landscape_fingerprint, probe_fingerprint
 from landscope.io import jsonable, read_json, write_json, write_jsonl
@@ -61,13 +62,13 @@ class ProbeStage(CachedStage):
             device = next(model.parameters()).device
             w0 = initial_model(cfg, ctx.data).to(device)
         report = run_probes_on_ranks(model, ctx.data.train, cfg.probe,
-                                     int(cfg.probe.get("ranks", 1)), w0=w0,
+                                     int(cfg.probe.ranks), w0=w0,
                                      log=lambda line: log.info("%s: %s", ctx.job.path, line))
         return Report(report.scalars, report.arrays)
 
     def record(self, ctx: StageContext, report: Report) -> dict:
         return {"scalars": report.scalars,
-                "probe": OmegaConf.to_container(ctx.cfg.probe, resolve=True, enum_to_str=True)}
+                "probe": plain(ctx.cfg.probe)}
 
     def recorded(self, result: dict) -> set:
         return probe_fingerprints_of(result)
@@ -296,7 +297,7 @@ def probe_finished_job(cfg: DictConfig, job_dir: Path, previous: dict) -> dict:
     with job_lock(job_dir):
         migrate_job(job_dir, cfg)  # written before fingerprint version 2: records moved, once
         current = read_result(job_dir / "result.json")  # another process may have updated it
-        return probe_finished(cfg, job_dir, current if current is not None else previous)
+        return probe_finished(typed(cfg), job_dir, current if current is not None else previous)
 
 
 def probe_finished(cfg: DictConfig, job_dir: Path, previous: dict) -> dict:

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from landscope.config import validate
+from landscope.config import typed, validate
 from landscope.data import check_available
 from landscope.errors import LandscopeError, one_line
 from landscope.fingerprints import (  # noqa: F401
@@ -103,6 +103,7 @@ def _train_locked(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parall
         raise JobRefused(reason)
     migrate_job(job_dir, cfg)  # written before fingerprint version 2: records moved, once
     previous = read_result(job_dir / "result.json")
+    config_yaml, cfg = OmegaConf.to_yaml(cfg, resolve=True), typed(cfg)  # dataclasses below
     if previous is not None and previous["status"] in FINISHED and cfg.resume:
         if missing(cfg, previous, JOB_STAGES):  # e.g. another probe preset: no retraining
             return probe_finished(cfg, job_dir, previous)
@@ -110,7 +111,7 @@ def _train_locked(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parall
         log.info("%s: already %s, skipped", job_dir, previous["status"])
         return {**previous, "skipped": True}
 
-    atomic_write_text(job_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(job_dir / "config.yaml", config_yaml)
     atomic_write_text(job_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
     tracker = make_tracker(cfg)
     tracker.start(cfg, job_dir, overrides)

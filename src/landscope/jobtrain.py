@@ -55,7 +55,7 @@ COMPLETED, DIVERGED = "completed", "diverged"
 
 def precision_of(cfg: DictConfig) -> str:
     """``train.precision`` (fp32 for a config from before the field existed)."""
-    value = cfg.train.get("precision", "fp32")
+    value = getattr(cfg.train, "precision", "fp32")
     return str(value)
 
 
@@ -258,7 +258,7 @@ def _trajectory_recorder(cfg: DictConfig, job_dir: Path, state: TrainState):
     if landscape_fingerprint(cfg) is None or not traj.enabled:
         return None
     recorder = SnapshotRecorder(job_dir / TRAJECTORY_FILE, traj.snapshot_every_steps,
-                                dtype=str(traj.get("snapshot_dtype", "float32")))
+                                dtype=str(traj.snapshot_dtype))
     try:
         recorder.begin(state)
     except LandscopeError as exc:  # e.g. resumed with the trajectory newly switched on

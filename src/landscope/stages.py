@@ -84,11 +84,10 @@ class CachedStage:
 
     def record(self, ctx: StageContext, report: Report) -> dict:
         """The cache's JSON record (its ``arrays`` list is added when it is written)."""
-        from omegaconf import OmegaConf
+        from landscope.config import plain
 
         return {"scalars": report.scalars, "notes": report.notes,
-                self.config_field: OmegaConf.to_container(ctx.cfg[self.config_field],
-                                                          resolve=True, enum_to_str=True)}
+                self.config_field: plain(getattr(ctx.cfg, self.config_field))}
 
     def merge(self, ctx: StageContext, fp: str, scalars: dict) -> dict:
         """The fields this stage adds to ``result.json``."""

@@ -138,7 +138,7 @@ class WandbTracker(Tracker):
         self.run = None
 
     def start(self, cfg: Any, job_dir: Path, overrides: list[str]) -> None:
-        from omegaconf import OmegaConf
+        from landscope.config import plain
 
         job_dir = Path(job_dir)
         lc = self.cfg
@@ -153,7 +153,7 @@ class WandbTracker(Tracker):
             self.run = wandb.init(
                 project=lc.project, entity=lc.entity, group=str(cfg.name),
                 job_type=lc.job_type, name=run_name(job_dir, overrides), tags=tags,
-                config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+                config=plain(cfg),
                 dir=str(wdir), mode=mode, id=_run_id(job_dir), resume="allow",
                 settings=_settings(wandb, lc))
             self.run.define_metric("epoch")
@@ -195,7 +195,7 @@ class WandbTracker(Tracker):
 
 def make_tracker(cfg: Any) -> Tracker:
     """The tracker ``cfg.logger`` asks for."""
-    name = str(cfg.logger.name) if "logger" in cfg else "none"
+    name = str(cfg.logger.name) if getattr(cfg, "logger", None) is not None else "none"
     if name == "wandb" and resolve_mode(cfg.logger.mode) != "disabled":
         return WandbTracker(cfg.logger)
     return Tracker()

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from landscope.config.check import LAYOUT, layout_keys, need
 from landscope.config.choices import (  # noqa: F401 - the schema's public names
@@ -125,6 +125,18 @@ def typed(cfg: Any) -> Config:
     if isinstance(cfg, DictConfig) and "hydra" in cfg:
         cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), cfg))
+
+
+def plain(node: Any) -> Any:
+    """A config node (a :class:`Config` or group dataclass, or an OmegaConf node) as plain
+    containers, enums as their names: what config records and W&B store.
+
+    >>> plain(typed(OmegaConf.create({})).model)["norm"]
+    'none'
+    """
+    if not isinstance(node, (DictConfig, ListConfig)):
+        node = OmegaConf.structured(node)
+    return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
 
 
 def result_free_keys() -> list[str]:
