@@ -26,15 +26,12 @@ by rank 0 alone and the ranks' collectives would wait on each other until they t
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import shutil
 import sys
 import tempfile
 import traceback
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from landscope.errors import LandscopeError
 
@@ -54,97 +51,48 @@ Plan = tuple[Path, "Path | None", Any]
 
 
 def main(argv: list[str] | None = None) -> None:
-    from landscope.probes.distributed import init_from_env, shutdown
+    from landscope.probes.distributed import init_from_env, quiet_other_ranks, shutdown
     from runner.cli import arguments, input_errors
 
     args = arguments(argv, __doc__)
     with input_errors():
         rank, world = init_from_env()
     try:
-        with _quiet(rank):
+        with quiet_other_ranks(rank):
             code = _run(args, rank, world)
     finally:
         shutdown()
     sys.exit(code)
 
 
-@contextlib.contextmanager
-def _quiet(rank: int) -> Iterator[None]:
-    """Rank 0 (or a single process) as usual; another rank prints nothing (rank 0 prints the
-    same lines) except the traceback of an exception that escapes, marked with its rank."""
-    if rank == 0:
-        yield
-        return
-    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), \
-            contextlib.redirect_stderr(null):
-        try:
-            yield
-        except BaseException as exc:
-            if not isinstance(exc, SystemExit):
-                sys.__stderr__.write(f"rank {rank}: {''.join(traceback.format_exc())}")
-            raise
-
-
-def _agree(code: int, world: int) -> int:
-    """The largest of the ranks' exit codes (every rank stops when one refused its input)."""
-    if world == 1:
-        return code
-    import torch
-    import torch.distributed as dist
-
-    t = torch.tensor([code], dtype=torch.int64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t)
-
-
 def _run(args: list[str], rank: int, world: int) -> int:
+    from landscope.probes.distributed import agree_max, mirror_jobs
+
     try:
         plans, pfp = _plans(args, rank)
         code = 0
     except SystemExit as exc:
         plans, pfp, code = [], None, int(exc.code or 0)
-    code = _agree(code, world)
+    code = agree_max(code, world)
     if code:
         return code
     if rank == 0:
         # waits until every other rank has copied the jobs: rank 0 writes nothing before
-        if _agree(0, world):
+        if agree_max(0, world):
             print("error: another rank could not copy the jobs (see its traceback)",
                   file=sys.stderr)
             return 1
         return _probe(plans, pfp)
     with tempfile.TemporaryDirectory(prefix=f"landscope-rank{rank}-") as root:
         try:
-            mirrored = _mirror(plans, Path(root))
+            mirrored = mirror_jobs(plans, Path(root))
         except BaseException:
             sys.__stderr__.write(f"rank {rank}: {traceback.format_exc()}")
-            _agree(1, world)
+            agree_max(1, world)
             return 1
-        if _agree(0, world):
+        if agree_max(0, world):
             return 1
         return _probe(mirrored, pfp)
-
-
-def _mirror(plans: list[Plan], root: Path) -> list[Plan]:
-    """The plans on private copies of their jobs under ``root`` (one copy per job directory;
-    checkpoint files are symbolic links, the lock file is left out)."""
-    from landscope.joblock import LOCK_FILE
-
-    copies: dict[Path, Path] = {}
-    out: list[Plan] = []
-    for job, ckpt, cfg in plans:
-        key = job.resolve()
-        if key not in copies:
-            copies[key] = copy = root / str(len(copies)) / job.name
-            shutil.copytree(job, copy, symlinks=True, ignore=lambda d, names, top=job: [
-                n for n in names if n == LOCK_FILE or (Path(d) == top and n == "checkpoints")])
-            if (job / "checkpoints").is_dir():
-                (copy / "checkpoints").mkdir()
-                for f in (job / "checkpoints").iterdir():
-                    os.symlink(f.resolve(), copy / "checkpoints" / f.name)
-        copy = copies[key]
-        out.append((copy, None if ckpt is None else copy / ckpt.relative_to(job), cfg))
-    return out
 
 
 def _plans(args: list[str], rank: int) -> tuple[list[Plan], str | None]:

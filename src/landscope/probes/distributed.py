@@ -22,9 +22,14 @@ change the eval-mode loss).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import sys
+import traceback
 from datetime import timedelta
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -114,3 +119,53 @@ def hessian_operator(model: nn.Module, data: ProbeData, *, group: Optional[Any] 
     if group is None:
         group = dist.group.WORLD
     return HessianOperator(model, shard(data, kw.get("mode", "eval"), group), group=group, **kw)
+
+
+# ---------------------------------------------- commands run under torchrun (runner.probe)
+@contextlib.contextmanager
+def quiet_other_ranks(rank: int) -> Iterator[None]:
+    """Rank 0 (or a single process) as usual; another rank prints nothing (rank 0 prints the
+    same lines) except the traceback of an exception that escapes, marked with its rank."""
+    if rank == 0:
+        yield
+        return
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), \
+            contextlib.redirect_stderr(null):
+        try:
+            yield
+        except BaseException as exc:
+            if not isinstance(exc, SystemExit):
+                sys.__stderr__.write(f"rank {rank}: {''.join(traceback.format_exc())}")
+            raise
+
+
+def agree_max(code: int, world: int) -> int:
+    """The largest of the ranks' exit codes (every rank stops when one refused its input)."""
+    if world == 1:
+        return code
+    t = torch.tensor([code], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t)
+
+
+def mirror_jobs(plans: list, root: Path) -> list:
+    """``(job, checkpoint or None, config)`` plans on private copies of their jobs under
+    ``root``, for a rank other than 0 to work on (one copy per job directory; checkpoint files
+    are symbolic links, the lock file is left out)."""
+    from landscope.joblock import LOCK_FILE
+
+    copies: dict[Path, Path] = {}
+    out: list = []
+    for job, ckpt, cfg in plans:
+        key = job.resolve()
+        if key not in copies:
+            copies[key] = copy = root / str(len(copies)) / job.name
+            shutil.copytree(job, copy, symlinks=True, ignore=lambda d, names, top=job: [
+                n for n in names if n == LOCK_FILE or (Path(d) == top and n == "checkpoints")])
+            if (job / "checkpoints").is_dir():
+                (copy / "checkpoints").mkdir()
+                for f in (job / "checkpoints").iterdir():
+                    os.symlink(f.resolve(), copy / "checkpoints" / f.name)
+        copy = copies[key]
+        out.append((copy, None if ckpt is None else copy / ckpt.relative_to(job), cfg))
+    return out
