@@ -51,98 +51,12 @@ def _options(args: list[str]) -> tuple[dict[str, Any], list[str]]:
     return opts, rest
 
 
-def _hydra_str(value: Any) -> str:
-    """A sweep value as Hydra override text (``true``, ``null``, ``0.1``, ``sgd``)."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if value is None:
-        return "null"
-    return str(value)
-
-
-def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, list[str]]]:
-    """``(plain overrides, {key: [value strings]})`` of a Hydra command line, the sweep
-    overrides expanded as Hydra's basic sweeper expands them."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from landscope.errors import LandscopeError, one_line
-
-    parser = OverridesParser.create()
-    try:
-        parsed = parser.parse_overrides(overrides)
-    except Exception as exc:  # hydra's OverrideParseException
-        raise LandscopeError(one_line(exc)) from None
-    plain, swept = [], {}
-    for text, ov in zip(overrides, parsed):
-        if ov.is_sweep_override():
-            if ov.is_range_sweep() or ov.is_choice_sweep():
-                swept[ov.get_key_element()] = [_hydra_str(v) for v in ov.sweep_iterator()]
-            else:
-                raise LandscopeError(f"{text}: only choice and range sweeps can become a "
-                                     "W&B grid (interval sweeps need an optimizer sweeper)")
-        else:
-            plain.append(text)
-    return plain, swept
-
-
-def sweep_spec(overrides: list[str], method: str = "grid", metric: str = "final/test_acc",
-               goal: str = "maximize", project: Optional[str] = None) -> dict[str, Any]:
-    """The W&B sweep configuration (a dict ready for YAML) for ``python -m runner -m
-    OVERRIDES``. Checks that the plain overrides compose into a valid config."""
-    import itertools
-
-    from hydra import compose, initialize_config_dir
-
-    from landscope.config import register_configs
-    from landscope.errors import LandscopeError, one_line
-    from landscope.jobs import check_inputs
-    from runner.app import _conf_dir
-
-    plain, swept = split_overrides(overrides)
-    register_configs()
-    with initialize_config_dir(config_dir=_conf_dir(), version_base="1.3"):
-        try:
-            cfg = compose(config_name="config", overrides=plain, return_hydra_config=True)
-        except Exception as exc:  # noqa: BLE001 - composition errors are bad input
-            raise LandscopeError(one_line(exc)) from None
-        if cfg.hydra.sweeper.get("cases"):
-            raise LandscopeError("this sweep has hydra.sweeper.cases (a union of products), "
-                                 "which one W&B grid cannot express: write one sweep file per "
-                                 "case by giving that case's overrides and "
-                                 "hydra.sweeper.cases=null")
-        params = cfg.hydra.sweeper.get("params") or {}
-        preset: dict[str, list[str]] = {}
-        if params:
-            _, preset = split_overrides([f"{k}={v}" for k, v in params.items()])
-        grid = {**preset, **swept}  # the command line wins, as with the Hydra sweeper
-        if not grid:
-            raise LandscopeError("nothing is swept: give an experiment preset with sweep "
-                                 "params or sweep overrides such as seed=0,1,2")
-        for values in itertools.product(*grid.values()):  # every run must be valid
-            job = [f"{k}={v}" for k, v in zip(grid, values)]
-            try:
-                check_inputs(compose(config_name="config", overrides=[*plain, *job],
-                                     return_hydra_config=True))
-            except Exception as exc:  # noqa: BLE001
-                raise LandscopeError(f"{' '.join(job)}: {one_line(exc)}") from None
-    command = ["${env}", "${interpreter}", "-m", "runner",
-               *[o for o in plain if not o.startswith("logger=")], "logger=wandb",
-               "${args_no_hyphens}"]
-    spec: dict[str, Any] = {
-        "name": str(cfg.name), "method": method,
-        "metric": {"name": metric, "goal": goal},
-        "command": command,
-        "parameters": {k: {"values": v} for k, v in grid.items()},
-    }
-    if project or cfg.logger.get("project"):
-        spec["project"] = project or str(cfg.logger.project)
-    return spec
-
-
 def main(argv: Optional[list[str]] = None) -> None:
     import yaml
 
     from landscope.io import atomic_write_text
+    from landscope.wandb_sweeps import sweep_spec
+    from runner.app import _conf_dir
     from runner.cli import arguments, check_writable, input_errors
 
     args = arguments(argv, __doc__, options=tuple(OPTIONS))
@@ -150,8 +64,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         opts, overrides = _options(args)
         if opts["--out"] != "-":
             check_writable([Path(opts["--out"]).parent if opts["--out"] else Path(".")])
-        spec = sweep_spec(overrides, opts["--method"], opts["--metric"], opts["--goal"],
-                          opts["--project"])
+        spec = sweep_spec(overrides, _conf_dir(), opts["--method"], opts["--metric"],
+                          opts["--goal"], opts["--project"])
     text = ("# W&B sweep written by `python -m runner.wandb_sweep " + " ".join(args) + "`\n"
             + yaml.safe_dump(spec, sort_keys=False))
     out = opts["--out"] or f"{spec['name']}.sweep.yaml"
