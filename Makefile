@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 SWEEP  ?= optimizer=sgd,adam,momentum seed=0,1,2,3,4
 SWEEP_DIR ?= outputs/sweeps/default
 
-.PHONY: install run test test-fast bench clean
+.PHONY: install run test test-fast notebooks bench clean
 
 install: $(STAMP)
 
@@ -42,6 +42,13 @@ test: install
 test-fast: install
 	$(PYTEST) -m "not slow"
 
+# The tutorial notebooks (notebooks/NN_*.py, jupytext percent format, committed without
+# outputs): each converted and executed top to bottom in a kernel of the venv's Python; the
+# executed .ipynb with their figures go to notebooks/_build/, what they compute to
+# notebooks/_out/ (both git-ignored). Exits 1 if a cell fails.
+notebooks: install
+	$(PY) scripts/run_notebooks.py --out notebooks/_build
+
 # The benchmarks: training-loop overhead, the curvature probes against PyHessian,
 # hessian-eigenthings and curvlinops, and landscape slices against the forward-pass floor
 # and loss-landscapes (the peers are installed from the `bench` extra on first use).
@@ -57,5 +64,5 @@ $(VENV)/.bench-installed: $(STAMP)
 	touch $@
 
 clean:
-	rm -rf outputs .pytest_cache build dist src/*.egg-info
+	rm -rf outputs .pytest_cache build dist src/*.egg-info notebooks/_out notebooks/_build
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -35,7 +35,8 @@ FAMILIES = [("measures", "measures table"), ("H1", "H1 (mediation)"),
             ("H3", "H3 (censored AFT, permutation across minima)"),
             ("H3 noise", "H3 noise comparison (exact sign flips across minima)"),
             ("H4", "H4 (crossed config × seed test)"),
-            ("optimizers", "optimizer study (paired t over seeds, Holm)")]
+            ("optimizers", "optimizer study (paired t over seeds, Holm)"),
+            ("init_scale", "init-scale study (per-seed slope/curvature t, Holm; τ exact)")]
 
 
 def _pct(x: float) -> str:

@@ -88,11 +88,52 @@ def metrics_without_time(job_dir: Path) -> list[dict]:
 
 
 def cut_back_to_epoch_2(job_dir: Path) -> None:
-    """Make a finished 4-epoch job look interrupted after epoch 2: drop the last two
-    checkpoints and result.json, so the next train_job resumes from epoch 2."""
-    for ckpt in ("epoch_000004.pt", "epoch_000003.pt"):
-        (Path(job_dir) / "checkpoints" / ckpt).unlink()
+    """Make a finished job (3 or more epochs, every checkpoint kept) look interrupted after
+    epoch 2: drop the later checkpoints and result.json, so the next train_job resumes from
+    epoch 2."""
+    later = sorted((Path(job_dir) / "checkpoints").glob("epoch_*.pt"))[2:]
+    assert later and later[0].name == "epoch_000003.pt", later
+    for ckpt in later:
+        ckpt.unlink()
     (Path(job_dir) / "result.json").unlink()
+
+
+def interrupted_pair(compose, overrides: list, root: Path) -> tuple[Path, Path]:
+    """Train the job ``overrides`` (4 epochs, every checkpoint kept) into ``root/"full"`` and
+    into ``root/"part"``, then cut ``part`` back to epoch 2: the caller resumes it and compares
+    it with ``full``. Returns ``(full, part)``."""
+    from landscope.jobs import train_job
+
+    full, part = Path(root) / "full", Path(root) / "part"
+    train_job(compose(overrides), full, overrides)
+    train_job(compose(overrides), part, overrides)
+    cut_back_to_epoch_2(part)
+    return full, part
+
+
+@pytest.fixture
+def tiny_job(compose, tmp_path, request):
+    """``tiny_job(overrides, name="job") -> (result, job_dir)``: one job trained into
+    ``tmp_path/name`` with the test module's ``TINY`` overrides appended."""
+    from landscope.jobs import train_job
+
+    tiny = list(getattr(request.module, "TINY", ()))
+
+    def _job(overrides, name="job"):
+        overrides = [*overrides, *tiny]
+        return train_job(compose(overrides), tmp_path / name, overrides), tmp_path / name
+    return _job
+
+
+@pytest.fixture
+def compose_no_stages(compose):
+    """``compose`` with probes and landscape off unless the overrides choose them (the
+    defaults run them on every job)."""
+    def _compose(overrides=(), **kw):
+        off = [f"{g}=none" for g in ("probe", "landscape")
+               if not any(str(o).startswith(f"{g}=") for o in overrides)]
+        return compose([*overrides, *off], **kw)
+    return _compose
 
 
 @pytest.fixture(scope="module")

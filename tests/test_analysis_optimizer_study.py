@@ -13,6 +13,7 @@ from landscope.analysis.calibration import calibration_note
 from landscope.analysis.collect import Collection
 from landscope.analysis.doc import Doc
 from landscope.analysis.optimizer_study import (
+    META_TESTS,
     TESTS,
     applies,
     job_table,
@@ -131,3 +132,35 @@ def test_unpaired_llp_gives_too_few_pairs(tmp_path):
     assert (tests["n"] == 0).all() and (tests["verdict"] == "too few pairs").all()
     section(ctx)  # still writes a section
     assert "LLP" in ctx.doc.render_md()
+
+
+def test_llp_and_llp_meta_side_by_side(tmp_path):
+    df = _frame(tmp_path)
+    df["optimizer.llp.meta"] = False
+    meta = df[df["optimizer.name"] == "llp"].copy()
+    gain = np.array([0.01, 0.02, 0.015, 0.01, 0.02, 0.012])  # LLP + meta − LLP, by seed
+    meta["final.test_acc"] = meta["final.test_acc"].to_numpy() + gain
+    meta["optimizer.llp.meta"] = True
+    meta["job"] = meta["job"] + "_meta"
+    ctx = _ctx(tmp_path, pd.concat([df, meta], ignore_index=True))
+    jobs = job_table(ctx.coll.included)
+    assert (jobs["optimizer"] == "llp+meta").sum() == len(SEEDS)
+    assert list(summary_table(jobs)["optimizer"])[-2:] == ["llp", "llp+meta"]
+    tests = paired_tests(ctx.coll.included, ctx.coll.swept, jobs)
+    assert len(tests) == 2 * 3 * 4 + 3
+    vs = tests[tests["test"].isin(META_TESTS.values())].set_index("measure")
+    assert (vs["challenger"] == "llp+meta").all() and (vs["baseline"] == "llp").all()
+    assert vs.at["final.test_acc", "mean_diff"] == pytest.approx(gain.mean())
+    assert vs.at["final.test_acc", "t_p_holm"] == vs.at["final.test_acc", "t_p"]  # one test
+    assert vs.at["final.test_acc", "verdict"] == "higher"
+    assert vs.at["probe.trace", "mean_diff"] == pytest.approx(0.0)  # same jobs otherwise
+    llp = tests[(tests["challenger"] == "llp") & (tests["measure"] == "final.test_acc")]
+    assert llp.set_index("baseline").at["sgd", "mean_diff"] == pytest.approx(np.mean(DIFF["sgd"]))
+    section(ctx)
+    md = ctx.doc.render_md()
+    for heading in ("LLP against each baseline", "LLP + meta against each baseline",
+                    "LLP + meta against LLP"):
+        assert heading in md
+    assert "On test accuracy (LLP + meta − LLP), LLP + meta is significantly more accurate " \
+        f"than llp (mean difference {gain.mean():+.3g}" in md
+    assert len(pd.read_csv(ctx.out / "optimizer_study_tests.csv")) == 2 * 3 * 4 + 3

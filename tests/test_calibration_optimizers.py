@@ -14,15 +14,22 @@ import numpy as np
 import pytest
 
 from landscope.analysis.calibration import MODULES, all_scenarios, calibrate
-from landscope.analysis.calibration.optimizers import OPTIMIZERS, SEEDS, evaluate, scenarios
+from landscope.analysis.calibration.optimizers import (
+    OPTIMIZERS,
+    SEEDS,
+    evaluate,
+    evaluate_meta,
+    scenarios,
+)
 from landscope.analysis.collect import collect
-from landscope.analysis.optimizer_study import TESTS, job_table
+from landscope.analysis.optimizer_study import META_TESTS, TESTS, job_table, paired_tests
 
 
 def test_scenarios_write_the_sweep_the_section_reads(tmp_path):
     assert "optimizers" in MODULES
     sc = {s.name: s for s in scenarios()}
-    assert set(sc) == {"opt_null_seed_effects", "opt_null_skewed_llp", "opt_planted_sgd"}
+    assert set(sc) == {"opt_null_seed_effects", "opt_null_skewed_llp", "opt_planted_sgd",
+                       "opt_meta_null", "opt_meta_planted"}
     assert all(s.hypothesis == "optimizers" for s in sc.values())
     assert {s.name for s in all_scenarios(("optimizers",))} == set(sc)
     assert set(sc["opt_planted_sgd"].expect) == set(TESTS.values())
@@ -44,9 +51,28 @@ def test_scenarios_write_the_sweep_the_section_reads(tmp_path):
     assert set(out) == set(TESTS.values()) and all(isinstance(v, bool) for v in out.values())
 
 
+def test_the_meta_arm_is_told_apart_and_its_tests_evaluated(tmp_path):
+    sc = {s.name: s for s in scenarios()}
+    assert set(sc["opt_meta_planted"].expect) == set(META_TESTS.values())
+    assert set(sc["opt_meta_null"].expect) == set(META_TESTS.values()) | set(TESTS.values())
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    sc["opt_meta_planted"].simulate(np.random.default_rng(0), sweep)
+    inc = collect(sweep).included
+    jobs = job_table(inc)
+    assert (jobs["optimizer"] == "llp+meta").sum() == SEEDS == (jobs["optimizer"] == "llp").sum()
+    tests = paired_tests(inc, list(collect(sweep).swept), jobs)
+    meta = tests[tests["test"].isin(META_TESTS.values())]
+    assert list(meta["baseline"]) == ["llp"] * 3 and (meta["n"] == SEEDS).all()
+    assert len(tests) == 2 * 3 * 4 + 3  # two challengers × 3 measures × 4 baselines, + meta
+    out = evaluate_meta(sweep, power=True)
+    assert set(out) == set(META_TESTS.values()) and all(isinstance(v, bool) for v in out.values())
+    assert evaluate(sweep, power=True).keys() == set(TESTS.values())  # LLP rows only
+
+
 def test_small_calibration_run():
     table = calibrate(scenarios(), R=3)
-    assert len(table) == 3 * len(TESTS) and (table["runs"] == 3).all()
+    assert len(table) == 4 * len(TESTS) + 2 * len(META_TESTS) and (table["runs"] == 3).all()
     assert (table["failed"] == 0).all()
     assert set(table["hypothesis"]) == {"optimizers"}
 

@@ -21,7 +21,9 @@ from conftest import run_cli
 from landscope.config.renames import RENAMED, legacy_dirname, renamed, to_current, to_legacy
 
 LLP_KEYS = ("probes", "eps", "every", "rule", "c", "curvature", "aggregate", "ema", "damping",
-            "seed")
+            "seed",
+            # added since the release (the meta-model, issue 21), flattened alike
+            "meta", "meta_action", "meta_ridge", "meta_warmup", "meta_horizon", "meta_min_scale")
 PACBAYES_KEYS = ("data_size", "n_mc", "n_select", "delta", "delta_mc", "beta_grid", "posterior",
                  "steps", "lr_mean", "lr_var", "batch_size", "n_match")
 
@@ -161,8 +163,8 @@ def test_a_stored_pacbayes_config_of_the_old_layout_loads_under_the_new_names(co
     tree = _tree(compose, overrides)
     job = JobDir(_old_job(tmp_path / "old", tree))
     text = (job.path / "config.yaml").read_text()
-    assert "pacbayes_n_mc:" in text and "enabled" not in text
     stored = yaml.safe_load(text)["probe"]
+    assert "pacbayes_n_mc:" in text and "enabled" not in yaml.safe_dump(stored)
     assert isinstance(stored["pacbayes"], bool)
     typed = job.config()
     pb = cfg.probe.pacbayes
@@ -428,6 +430,17 @@ def warm_data(data_dir):
     return data_dir
 
 
+def assert_renamed_and_skipped(args, cwd, data_dir, job, old, result) -> None:
+    """Running ``args`` again finds the job in its old-named directory ``old``: one logged
+    rename to ``job``, then skipped as done, result.json unchanged (neither rerun nor redone)."""
+    again = run_cli(args, cwd, data_dir=data_dir)
+    out = again.stdout + again.stderr
+    assert again.returncode == 0, out
+    assert f"renamed from {old.name}" in out and "skipped: already done" in out
+    assert job.is_dir() and not old.exists()
+    assert json.loads((job / "result.json").read_text()) == result
+
+
 def _make_old(job: Path) -> Path:
     """Turn a finished job into what the previous release left: its directory named with the
     old spelling and its config.yaml and overrides.yaml in the old names."""
@@ -453,12 +466,7 @@ def test_a_job_directory_named_the_old_way_is_renamed_and_its_job_kept(tmp_path,
     old = _make_old(job)
     assert "optimizer.llp_c=2" in old.name and not job.exists()
 
-    again = run_cli(args, tmp_path, data_dir=warm_data)
-    out = again.stdout + again.stderr
-    assert again.returncode == 0, out
-    assert f"renamed from {old.name}" in out and "skipped: already done" in out
-    assert job.is_dir() and not old.exists()
-    assert json.loads((job / "result.json").read_text()) == result  # neither rerun nor redone
+    assert_renamed_and_skipped(args, tmp_path, warm_data, job, old, result)
 
 
 def test_a_pacbayes_job_directory_named_the_old_way_is_renamed_and_its_job_kept(tmp_path,
@@ -478,12 +486,7 @@ def test_a_pacbayes_job_directory_named_the_old_way_is_renamed_and_its_job_kept(
     assert "probe.pacbayes=true" in old.name.lower() and "probe.pacbayes_n_mc=20" in old.name
     assert "pacbayes_n_mc: 20" in (old / "config.yaml").read_text()
 
-    again = run_cli(args, tmp_path, data_dir=warm_data)
-    out = again.stdout + again.stderr
-    assert again.returncode == 0, out
-    assert f"renamed from {old.name}" in out and "skipped: already done" in out
-    assert job.is_dir() and not old.exists()
-    assert json.loads((job / "result.json").read_text()) == result
+    assert_renamed_and_skipped(args, tmp_path, warm_data, job, old, result)
 
 
 def test_a_landscape_job_directory_named_the_old_way_is_renamed_and_its_job_kept(tmp_path,
@@ -505,12 +508,7 @@ def test_a_landscape_job_directory_named_the_old_way_is_renamed_and_its_job_kept
     assert "landscape.line_points=5" in old.name and "landscape.trajectory=true" in old.name.lower()
     assert "trajectory_points: 3" in (old / "config.yaml").read_text()
 
-    again = run_cli(args, tmp_path, data_dir=warm_data)
-    out = again.stdout + again.stderr
-    assert again.returncode == 0, out
-    assert f"renamed from {old.name}" in out and "skipped: already done" in out
-    assert job.is_dir() and not old.exists()
-    assert json.loads((job / "result.json").read_text()) == result
+    assert_renamed_and_skipped(args, tmp_path, warm_data, job, old, result)
 
 
 def test_an_old_directory_holding_another_config_is_refused_and_left_alone(tmp_path,

@@ -177,3 +177,32 @@ def test_a_failing_pair_exits_1_and_the_others_still_run(tmp_path, capsys):
     assert "cached: model.width=8/model.width=8,seed=0__model.width=8,seed=1" in out.out
     assert "linear train loss barrier 0.5/0.25" in out.out
     assert "2 pairs: 0 computed, 1 cached, 1 failed" in out.out
+
+
+@pytest.mark.slow
+def test_long_job_names_get_hashed_pair_files_that_the_h2_reader_follows(tmp_path, data_dir):
+    """Two seeds with many overrides: ``<jobA>__<jobB>`` is over 255 bytes with the atomic
+    writer's temporary prefix; the pair files are named by digests, their json names the jobs,
+    and the H2 reader (load_barriers) reads the jobs' configs through those names."""
+    from landscope.analysis.hypotheses.h2_barriers import load_barriers
+    from landscope.geometry.pairs import MAX_PAIR_NAME, pair_file_name
+
+    sweep = tmp_path / "sweep"
+    long = ["train.epochs=1", "probe=none", "landscape=none", "dataset.train_size=120",
+            "dataset.test_size=60", "model.width=8", "model.depth=2", "optimizer.lr=0.05",
+            "optimizer.weight_decay=0.0001", "train.batch_size=40", "model.activation=tanh",
+            "train.eval_batch_size=512"]
+    proc = run_cli(["-m", "seed=0,1", *long, f"hydra.sweep.dir={sweep}"], tmp_path,
+                   data_dir=data_dir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = run_connect([sweep, "landscape.path_points=3", "landscape.bezier.enabled=false",
+                       "landscape.data_size=60"], tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    (json_path,) = (sweep / "connectivity").glob("*/*.json")
+    record = read_json(json_path)
+    assert len(f"{record['job_a']}__{record['job_b']}".encode()) > MAX_PAIR_NAME
+    assert json_path.stem == pair_file_name(record["job_a"], record["job_b"])
+    assert len(json_path.stem) == 26 and json_path.with_suffix(".npz").is_file()
+    rows = load_barriers(sweep, factor="model.width")
+    assert list(rows["job_a"]) == [record["job_a"]] and rows["reason"].isna().all()
+    assert (rows["seed_a"].iloc[0], rows["seed_b"].iloc[0]) == (0, 1)

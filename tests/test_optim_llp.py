@@ -12,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import metrics_without_time, run_cli
+from conftest import cut_back_to_epoch_2, metrics_without_time, run_cli
 from landscope.config import (
     BaseOptimizerName,
     LLPAggregate,
@@ -232,13 +232,9 @@ def test_scheduler_moves_the_cap():
 
 # ----------------------------------------------------------------------------- in the loop
 @pytest.fixture
-def job(compose, tmp_path):
-    from landscope.jobs import train_job
-
-    def _job(overrides, name="job"):
-        overrides = [*overrides, *TINY]
-        return train_job(compose(overrides), tmp_path / name, overrides), tmp_path / name
-    return _job
+def job(tiny_job):
+    """One job with this module's TINY overrides (conftest's tiny_job)."""
+    return tiny_job
 
 
 def test_grad_evals_count_the_probes_exactly_and_metrics_are_logged(job):
@@ -263,8 +259,7 @@ def test_resume_matches_uninterrupted(job):
             "train.checkpoint_interval_s=0"]
     job(full, "full")
     _, part = job(full, "part")
-    (part / "checkpoints" / "epoch_000003.pt").unlink()
-    (part / "result.json").unlink()
+    cut_back_to_epoch_2(part)
     result, part = job(full, "part")
     assert result["resumed_from_epoch"] == 2
     assert metrics_without_time(part) == metrics_without_time(part.parent / "full")

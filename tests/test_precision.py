@@ -8,7 +8,7 @@ import pytest
 import torch
 from hydra.errors import ConfigCompositionException
 
-from conftest import cut_back_to_epoch_2, metrics_without_time
+from conftest import interrupted_pair, metrics_without_time
 from landscope.checkpoint import list_checkpoints, load_checkpoint
 from landscope.config import ModelConfig, ModelName, OptimizerConfig, OptimizerName
 from landscope.errors import ConfigError
@@ -75,10 +75,7 @@ def test_fp16_resume_is_bit_identical(compose, tmp_path, optimizer):
     full = [f"optimizer={optimizer}", "model=resnet", "model.width=8", "model.depth=2",
             "train.precision=fp16", "train.epochs=4", "train.keep_checkpoints=4",
             "train.checkpoint_interval_s=0", "train.grad_clip=1.0", *TINY]
-    train_job(compose(full), tmp_path / "full", full)
-    part = tmp_path / "part"
-    train_job(compose(full), part, full)
-    cut_back_to_epoch_2(part)
+    _, part = interrupted_pair(compose, full, tmp_path)
     saved = _final_state(part)["precision"]  # the epoch-2 checkpoint the resume starts from
     assert saved["precision"] == "fp16" and saved["scaler"]["scale"] > 0
     assert saved["scaler"]["_growth_tracker"] > 0 or saved["scaler"]["scale"] < 2.0 ** 16

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cut_back_to_epoch_2, metrics_without_time
+from conftest import interrupted_pair, metrics_without_time
 from landscope.io import read_json
 from landscope.jobs import COMPLETED, DIVERGED, INVALID, run_job, train_job
 
@@ -21,13 +21,9 @@ def one_thread():
 
 
 @pytest.fixture
-def compose(compose):
+def compose(compose_no_stages):
     """Probes and landscape off unless a test chooses them (the defaults run them on every job)."""
-    def _compose(overrides=(), **kw):
-        off = [f"{g}=none" for g in ("probe", "landscape")
-               if not any(str(o).startswith(f"{g}=") for o in overrides)]
-        return compose([*overrides, *off], **kw)
-    return _compose
+    return compose_no_stages
 
 
 @pytest.mark.parametrize("dataset", ["mnist1d", "digits"])
@@ -61,15 +57,11 @@ def test_resume_matches_uninterrupted(compose, tmp_path, optimizer, model):
     base = [f"optimizer={optimizer}", f"model={model}", "model.width=8", "model.depth=2",
             "optimizer.schedule=cosine", *TINY]
     full = [*base, "train.epochs=4", "train.keep_checkpoints=4", "train.checkpoint_interval_s=0"]
-    train_job(compose(full), tmp_path / "full", full)
-    # first two epochs as their own job, then the same directory continues to epoch 4:
-    # everything else in the config is the same, so it resumes from the epoch-2 checkpoint.
-    part = tmp_path / "part"
-    train_job(compose(full), part, full)
-    cut_back_to_epoch_2(part)
+    # the interrupted job resumes from the epoch-2 checkpoint (the config is the same)
+    full_dir, part = interrupted_pair(compose, full, tmp_path)
     result = train_job(compose(full), part, full)
     assert result["resumed_from_epoch"] == 2
-    assert metrics_without_time(part) == metrics_without_time(tmp_path / "full")
+    assert metrics_without_time(part) == metrics_without_time(full_dir)
 
 
 def test_completed_job_is_skipped(compose, tmp_path):

@@ -15,7 +15,8 @@ from typing import Any, Optional, get_type_hints
 from landscope.errors import ConfigError
 
 #: Config groups whose option files set ``<group>.name`` (the choice and the name must agree).
-NAMED_GROUPS = ("dataset", "model", "optimizer", "probe", "landscape", "logger")
+NAMED_GROUPS = ("dataset", "model", "optimizer", "loss", "augment", "probe", "landscape",
+                "logger")
 #: Longest file or directory name most filesystems accept (bytes).
 MAX_NAME_BYTES = 255
 

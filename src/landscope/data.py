@@ -17,15 +17,23 @@
   (null = :data:`CIFAR_LIKE_SIZES`), ``seed`` draws the training samples, the templates and
   the test set are fixed, and ``classes`` draws labels from those classes only (relabelled);
   label noise and standardization then apply as below.  For benchmarks and tests;
+* ``tiny_imagenet`` -- Tiny-ImageNet's on-disk layout under ``<data_dir>/tiny-imagenet-200``
+  (``train/<wnid>/images/*.JPEG`` through torchvision's ``ImageFolder``; the val split, labelled
+  by ``val/val_annotations.txt``, is the test split), pixels scaled from 0..255 to 0..1; never
+  downloaded (``dataset.download=true`` only says where to get it);
 * ``quadratic``, ``two_basin`` -- synthetic problems with closed-form answers, generated
   in float64 by :mod:`landscope.synthetic` (none of the steps below apply to them).
 
-Then, in order: seeded train subset (``train_size``, seed ``cfg.seed``; subsets
-are nested: a smaller size is a prefix of a larger one's selection), test subset
-(``test_size``, fixed seed so the test set does not depend on ``cfg.seed``),
-only the listed ``classes`` (relabelled 0..k-1; two of them give a binary task, as
-Dziugaite & Roy's binary MNIST), label noise on the training labels only, and per-channel
-standardization with training statistics.  A split is a :class:`TensorSplit` (all in memory) or,
+Then, in order: only the listed ``classes`` (relabelled 0..k-1 in the given order; two of
+them give a binary task, as Dziugaite & Roy's binary MNIST) or ``class_subset`` classes drawn
+with ``cfg.seed`` (relabelled 0..k-1 in sorted order), seeded train subset (``train_size``,
+seed ``cfg.seed``; subsets are nested: a smaller size is a prefix of a larger one's
+selection), test subset (``test_size``, fixed seed so the test set does not depend on
+``cfg.seed``), images resized to ``image_size`` (image sets), label noise on the training
+labels only, and per-channel standardization with training statistics.  With
+``ood.enabled`` the bundle also holds the shifted test split ``ood``
+(:mod:`landscope.data_shift`), standardized with the same statistics; without it, ``ood``
+is None and nothing else changes.  A split is a :class:`TensorSplit` (all in memory) or,
 when large, a :class:`StreamSplit` that keeps the raw uint8 pixels and converts
 each batch; both give identical values and batch orders.
 
@@ -47,17 +55,24 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from landscope import synthetic
+from landscope.data_shift import OODKey, ood_key, shifted_split
 from landscope.data_sources import (  # noqa: F401 (CIFAR_LIKE_*, cifar_like_templates re-exported)
     _SPECS,
     _TEST_SUBSET_SEED,
     CIFAR_LIKE_SIGNAL,
     CIFAR_LIKE_SIZES,
+    TINY_IMAGENET_URL,
     _cifar_like,
     _digits,
     _mnist1d,
     _Raw,
+    _tiny_imagenet,
     _torchvision,
     cifar_like_templates,
+    keep_classes,
+    num_classes_of,
+    resize,
+    resolve_classes,
 )
 from landscope.errors import DataError
 
@@ -165,11 +180,13 @@ class StreamSplit(Split):
 
 @dataclass
 class DataBundle:
-    """Train and test splits plus metadata; the tensors are shared (do not modify in place)."""
+    """Train and test splits plus metadata, and the shifted test split ``ood`` (None unless
+    ``dataset.ood.enabled``); the tensors are shared (do not modify in place)."""
 
     train: Split
     test: Split
     meta: DatasetMeta
+    ood: Optional[Split] = None
 
 
 def _name(cfg: Any) -> str:
@@ -182,18 +199,27 @@ def _name(cfg: Any) -> str:
 
 
 def check_available(cfg: Any) -> None:
-    """Raise a one-line :class:`DataError` if the dataset is not on disk and download is off."""
+    """Raise a one-line :class:`DataError` if the dataset is not on disk and download is off
+    (Tiny-ImageNet: whenever it is missing: it is never downloaded), or if ``classes`` or
+    ``class_subset`` asks for labels it lacks."""
     name = _name(cfg)
     spec = _SPECS.get(name)
-    if spec is None or not spec.files or cfg.download:  # synthetic: generated
+    if spec is None:  # synthetic: generated
         return
-    root = str(cfg.data_dir)
+    root = str(cfg.data_dir).rstrip("/")
     missing = [f for f in spec.files if not os.path.isfile(os.path.join(root, spec.folder, f))]
-    if missing:
+    if name == "tiny_imagenet" and missing:
+        asked = " (dataset.download=true)" if cfg.download else ""
+        raise DataError(f"dataset 'tiny_imagenet' not found: {root}/{spec.folder}/{missing[0]} "
+                        f"is missing; landscope never downloads it{asked}: get "
+                        f"{TINY_IMAGENET_URL} and unzip it under {root}/")
+    if missing and not cfg.download:
         raise DataError(
-            f"dataset '{name}' not found under {root.rstrip('/')}/ (expected torchvision's "
+            f"dataset '{name}' not found under {root}/ (expected torchvision's "
             f"{spec.folder} files; {spec.folder}/{missing[0]} is missing); "
             "put the files there or set dataset.download=true")
+    if not missing:
+        resolve_classes(cfg, name)
 
 
 class _Key(NamedTuple):
@@ -207,6 +233,8 @@ class _Key(NamedTuple):
     in_memory: Optional[bool]
     seed: int
     classes: Optional[tuple[int, ...]] = None
+    image_size: Optional[int] = None
+    ood: Optional[OODKey] = None  # None: no shifted split
 
 
 def _opt(value: Any, kind: type) -> Any:
@@ -218,11 +246,13 @@ def load_data(cfg: Any) -> DataBundle:
     place)."""
     if synthetic.is_synthetic(_name(cfg)):
         return synthetic.load_synthetic(cfg)
-    key = _Key(_name(cfg), os.path.abspath(str(cfg.data_dir)), bool(cfg.download),
+    check_available(cfg)
+    name = _name(cfg)
+    key = _Key(name, os.path.abspath(str(cfg.data_dir)), bool(cfg.download),
                _opt(cfg.train_size, int), _opt(cfg.test_size, int), float(cfg.label_noise),
                bool(cfg.normalize), _opt(cfg.in_memory, bool), int(cfg.seed),
-               _classes(getattr(cfg, "classes", None)))
-    check_available(cfg)
+               resolve_classes(cfg, name), _opt(getattr(cfg, "image_size", None), int),
+               ood_key(getattr(cfg, "ood", None), name))
     return _load_cached(key)
 
 
@@ -235,25 +265,10 @@ def clear_cache() -> None:
 @functools.lru_cache(maxsize=4)
 def _load_cached(key: _Key) -> DataBundle:
     spec = _SPECS[key.name]
-    num_classes = spec.num_classes
-    if key.classes is not None:
-        _check_classes(key.classes, num_classes, key.name)
-        num_classes = len(key.classes)
-    if key.name == "cifar_like":  # generated at the asked sizes, from the asked classes
-        train, test = _cifar_like(key)
-    else:
-        if key.name == "mnist1d":
-            train, test = _mnist1d(key.data_dir)
-        elif key.name == "digits":
-            train, test = _digits()
-        else:
-            train, test = (_torchvision(key, spec, is_train) for is_train in (True, False))
-        if key.classes is not None:  # only these classes, relabelled 0..k-1 in the given order
-            train, test = (keep_classes(r, key.classes) for r in (train, test))
-        train = _subset(train, key.train_size, np.random.default_rng([key.seed, 0]), "train",
-                        key.name)
-        test = _subset(test, key.test_size, np.random.default_rng([_TEST_SUBSET_SEED, 1]),
-                       "test", key.name)
+    num_classes = len(key.classes) if key.classes is not None else \
+        num_classes_of(key.name, key.data_dir)
+    train, test = _sources(key, spec)
+    train, test = resize(train, key.image_size), resize(test, key.image_size)
     if key.label_noise > 0:
         rng = np.random.default_rng([key.seed, 2])
         train = train._replace(targets=_noisy(train.targets, key.label_noise, num_classes, rng))
@@ -263,10 +278,33 @@ def _load_cached(key: _Key) -> DataBundle:
         mean, std = _channel_stats(train.data, convert)
         convert = _converter(train.divisor, mean, std)
 
-    meta = DatasetMeta(key.name, spec.shape, num_classes, len(train.targets),
-                       len(test.targets))
+    meta = DatasetMeta(key.name, tuple(train.data.shape[1:]), num_classes,
+                       len(train.targets), len(test.targets))
+    ood = None if key.ood is None else \
+        _make_split(shifted_split(key, test, train.divisor), convert, key.in_memory)
     return DataBundle(_make_split(train, convert, key.in_memory),
-                      _make_split(test, convert, key.in_memory), meta)
+                      _make_split(test, convert, key.in_memory), meta, ood)
+
+
+def _sources(key: _Key, spec: Any) -> tuple[_Raw, _Raw]:
+    """The raw train and test splits after ``classes`` and the train/test subsets."""
+    if key.name == "cifar_like":  # generated at the asked sizes, from the asked classes
+        return _cifar_like(key)
+    if key.name == "mnist1d":
+        train, test = _mnist1d(key.data_dir)
+    elif key.name == "digits":
+        train, test = _digits()
+    elif key.name == "tiny_imagenet":  # reads only the kept classes' images
+        train, test = (_tiny_imagenet(key, is_train) for is_train in (True, False))
+    else:
+        train, test = (_torchvision(key, spec, is_train) for is_train in (True, False))
+    if key.classes is not None:  # only these classes, relabelled 0..k-1 in the given order
+        train, test = (keep_classes(r, key.classes) for r in (train, test))
+    train = _subset(train, key.train_size, np.random.default_rng([key.seed, 0]), "train",
+                    key.name)
+    test = _subset(test, key.test_size, np.random.default_rng([_TEST_SUBSET_SEED, 1]),
+                   "test", key.name)
+    return train, test
 
 
 def _converter(divisor: Optional[float], mean: Optional[Tensor],
@@ -320,27 +358,6 @@ def _subset(raw: _Raw, size: Optional[int], rng: np.random.Generator, which: str
         raise DataError(f"dataset.{which}_size={size} exceeds the {n} {which} examples of '{name}'")
     idx = torch.from_numpy(np.sort(rng.permutation(n)[:size]))
     return _Raw(raw.data[idx], raw.targets[idx], raw.divisor)
-
-
-def _classes(value: Any) -> Optional[tuple[int, ...]]:
-    return None if value is None else tuple(int(c) for c in value)
-
-
-def _check_classes(classes: tuple[int, ...], num_classes: int, name: str) -> None:
-    if len(classes) < 2 or len(set(classes)) != len(classes) or \
-            any(not 0 <= c < num_classes for c in classes):
-        raise DataError(f"dataset.classes must list at least 2 distinct labels of '{name}' in "
-                        f"0..{num_classes - 1} (got {list(classes)})")
-
-
-def keep_classes(raw: "_Raw", classes: tuple[int, ...]) -> "_Raw":
-    """``dataset.classes``: the samples of these classes, labelled by their position in
-    ``classes`` (``[0, 1]`` gives a binary task, as Dziugaite & Roy's binary MNIST)."""
-    lut = torch.full((max(int(raw.targets.max()), *classes) + 1,), -1, dtype=torch.int64)
-    lut[list(classes)] = torch.arange(len(classes))
-    new = lut[raw.targets]
-    idx = torch.nonzero(new >= 0).reshape(-1)
-    return _Raw(raw.data[idx], new[idx], raw.divisor)
 
 
 def _noisy(y: Tensor, p: float, num_classes: int, rng: np.random.Generator) -> Tensor:

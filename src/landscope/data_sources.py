@@ -9,7 +9,14 @@
   on-disk formats under ``data_dir`` (downloaded only with ``download=true``),
   pixels scaled from 0..255 to 0..1;
 * ``cifar_like`` -- synthetic CIFAR-10-shaped data generated in memory (no files)
-  (:func:`_cifar_like`).
+  (:func:`_cifar_like`);
+* ``tiny_imagenet`` -- Tiny-ImageNet (Le & Yang 2015; 200 classes, 64x64 RGB) in its own
+  on-disk layout under ``<data_dir>/tiny-imagenet-200`` (:func:`_tiny_imagenet`), never
+  downloaded (:data:`TINY_IMAGENET_URL`).
+
+:func:`draw_classes` (``dataset.class_subset``) and :func:`resize` (``dataset.image_size``)
+serve every image set; :func:`resolve_classes` and :func:`keep_classes` every dataset but the
+synthetic problems.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import json
 import os
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -62,7 +69,12 @@ _SPECS: dict[str, _Spec] = {
                      "CIFAR10"),
     "cifar100": _Spec((3, 32, 32), 100, "cifar-100-python", ("train", "test", "meta"), "CIFAR100"),
     "cifar_like": _Spec((3, 32, 32), 10),  # generated in memory (no files)
+    "tiny_imagenet": _Spec((3, 64, 64), 200, "tiny-imagenet-200",
+                           ("wnids.txt", "val/val_annotations.txt")),
 }
+#: where Tiny-ImageNet comes from (landscope never downloads it: unzip it under data_dir)
+TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+_CLASS_SUBSET_STREAM = 3  # dataset.class_subset draws with the generator [dataset.seed, 3]
 
 
 class _Raw(NamedTuple):
@@ -201,3 +213,146 @@ def _torchvision(key: _Key, spec: _Spec, train: bool) -> _Raw:
         raise DataError(f"dataset '{key.name}' under {key.data_dir}/ has labels outside "
                         f"0..{spec.num_classes - 1}")
     return _Raw(data.contiguous(), targets, 255.0)
+
+
+def tiny_imagenet_wnids(data_dir: str) -> list[str]:
+    """The class ids (WordNet ids) of Tiny-ImageNet, sorted: label ``i`` is ``wnids[i]``, the
+    order of torchvision's ``ImageFolder`` over ``train/``. Read from ``wnids.txt``."""
+    path = os.path.join(data_dir, _SPECS["tiny_imagenet"].folder, "wnids.txt")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            wnids = sorted({line.strip() for line in fh if line.strip()})
+    except OSError as exc:
+        raise DataError(f"dataset 'tiny_imagenet': cannot read {path} ({exc.strerror}); "
+                        f"get {TINY_IMAGENET_URL} and unzip it under {data_dir}/") from exc
+    if len(wnids) < 2:
+        raise DataError(f"dataset 'tiny_imagenet': {path} lists {len(wnids)} class(es), "
+                        "expected 200 (at least 2)")
+    return wnids
+
+
+def _tiny_imagenet(key: _Key, train: bool) -> _Raw:
+    """Tiny-ImageNet's train split (``train/<wnid>/images/*.JPEG`` through torchvision's
+    ``ImageFolder``) or its val split, which serves as the test split (``val/images/``,
+    labelled by ``val/val_annotations.txt``: file, wnid, bounding box per line). Labels index
+    :func:`tiny_imagenet_wnids`; only the images of ``key.classes`` are read (all when
+    None). Raw uint8 (N, 3, 64, 64) pixels (greyscale JPEGs converted to RGB)."""
+    from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import default_loader
+
+    root = os.path.join(key.data_dir, _SPECS["tiny_imagenet"].folder)
+    wnids = tiny_imagenet_wnids(key.data_dir)
+    keep = [wnids[c] for c in key.classes] if key.classes is not None else wnids
+    index = {w: wnids.index(w) for w in keep}
+    where = os.path.join(root, "train" if train else "val")
+    try:
+        if train:
+            class _Chosen(ImageFolder):
+                def find_classes(self, directory):  # the kept classes, with their labels
+                    return sorted(index), index
+
+            samples = _Chosen(where).samples
+        else:
+            samples = _val_samples(root, index)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"dataset 'tiny_imagenet': cannot read {where}/ ({_reason(exc)}); "
+                        f"get {TINY_IMAGENET_URL} and unzip it under {key.data_dir}/") from exc
+    data = torch.empty((len(samples), *_SPECS["tiny_imagenet"].shape), dtype=torch.uint8)
+    for i, (path, _) in enumerate(samples):
+        try:
+            pixels = np.array(default_loader(path))
+        except OSError as exc:
+            raise DataError(f"dataset 'tiny_imagenet': cannot read the image {path} "
+                            f"({_reason(exc)})") from exc
+        if pixels.shape != (64, 64, 3):
+            raise DataError(f"dataset 'tiny_imagenet': the image {path} is "
+                            f"{pixels.shape[1]}x{pixels.shape[0]}, expected 64x64")
+        data[i] = torch.from_numpy(pixels).permute(2, 0, 1)
+    targets = torch.tensor([label for _, label in samples], dtype=torch.int64)
+    return _Raw(data, targets, 255.0)
+
+
+def _val_samples(root: str, index: dict[str, int]) -> list[tuple[str, int]]:
+    """(path, label) of the val images of the classes in ``index``, sorted by file name."""
+    out = []
+    with open(os.path.join(root, "val", "val_annotations.txt"), encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) < 2:
+                raise ValueError(f"val_annotations.txt line {n} has no class id")
+            if fields[1] in index:
+                out.append((os.path.join(root, "val", "images", fields[0]), index[fields[1]]))
+    return sorted(out)
+
+
+def _reason(exc: BaseException) -> str:
+    return (" ".join(str(exc).split()) or type(exc).__name__)[:200]
+
+
+def draw_classes(k: int, num_classes: int, seed: int) -> tuple[int, ...]:
+    """``dataset.class_subset``: ``k`` of the ``num_classes`` labels drawn without
+    replacement with the generator ``[seed, 3]``, sorted (so they are relabelled 0..k-1 in
+    their original order)."""
+    if not 2 <= k <= num_classes:
+        raise DataError(f"dataset.class_subset must be in 2..{num_classes} (got {k})")
+    rng = np.random.default_rng([seed, _CLASS_SUBSET_STREAM])
+    return tuple(sorted(int(c) for c in rng.choice(num_classes, size=k, replace=False)))
+
+
+def resize(raw: _Raw, side: Optional[int]) -> _Raw:
+    """``dataset.image_size``: every image resized to ``side`` x ``side`` (bilinear, with
+    antialiasing when shrinking; torchvision's ``resize``); uint8 stays uint8 (rounded).
+    ``None`` or the native side: ``raw`` unchanged."""
+    if side is None or tuple(raw.data.shape[-2:]) == (side, side):
+        return raw
+    from torchvision.transforms.v2.functional import resize as tv_resize
+
+    out = [tv_resize(raw.data[i:i + 4096], [side, side], antialias=True)
+           for i in range(0, len(raw.data), 4096)]
+    data = torch.cat(out) if out else raw.data.new_empty((0, raw.data.shape[1], side, side))
+    return raw._replace(data=data.contiguous())
+
+
+def num_classes_of(name: str, data_dir: str) -> int:
+    """How many classes the dataset ``name`` has before ``classes``/``class_subset``
+    (Tiny-ImageNet: the lines of its ``wnids.txt``, 200 in the real one)."""
+    if name == "tiny_imagenet":
+        return len(tiny_imagenet_wnids(data_dir))
+    return _SPECS[name].num_classes
+
+
+def resolve_classes(cfg: Any, name: str) -> Optional[tuple[int, ...]]:
+    """The labels a dataset config keeps, in their new order: ``classes`` as listed (checked),
+    ``class_subset`` drawn (:func:`draw_classes`), or None (all)."""
+    classes = _classes(getattr(cfg, "classes", None))
+    k = getattr(cfg, "class_subset", None)
+    if classes is None and k is None:
+        return None
+    n = num_classes_of(name, str(cfg.data_dir))
+    if classes is None:
+        return draw_classes(int(k), n, int(cfg.seed))
+    _check_classes(classes, n, name)
+    return classes
+
+
+def _classes(value: Any) -> Optional[tuple[int, ...]]:
+    return None if value is None else tuple(int(c) for c in value)
+
+
+def _check_classes(classes: tuple[int, ...], num_classes: int, name: str) -> None:
+    if len(classes) < 2 or len(set(classes)) != len(classes) or \
+            any(not 0 <= c < num_classes for c in classes):
+        raise DataError(f"dataset.classes must list at least 2 distinct labels of '{name}' in "
+                        f"0..{num_classes - 1} (got {list(classes)})")
+
+
+def keep_classes(raw: _Raw, classes: tuple[int, ...]) -> _Raw:
+    """``dataset.classes``: the samples of these classes, labelled by their position in
+    ``classes`` (``[0, 1]`` gives a binary task, as Dziugaite & Roy's binary MNIST)."""
+    lut = torch.full((max(int(raw.targets.max()), *classes) + 1,), -1, dtype=torch.int64)
+    lut[list(classes)] = torch.arange(len(classes))
+    new = lut[raw.targets]
+    idx = torch.nonzero(new >= 0).reshape(-1)
+    return _Raw(raw.data[idx], new[idx], raw.divisor)

@@ -100,9 +100,20 @@ def _training_options(tree: dict) -> dict:
     if tree["dataset"]["name"] not in SYNTHETIC:
         for key in DATASET_FIELDS:
             tree["dataset"].pop(key, None)
+    augment = tree.get("augment") or {}
+    if augment.get("name", "none") == "none":  # augment=none reads none of its settings
+        tree["augment"] = {"name": "none"}
+    ood = tree["dataset"].get("ood")
+    if isinstance(ood, dict) and not ood.get("enabled"):  # its settings are read only when on
+        tree["dataset"].pop("ood")
+    elif isinstance(ood, dict) and tree["dataset"]["name"] == "mnist1d":  # shift: the generator
+        ood.pop("corruptions", None)
     opt = tree["optimizer"]
     if opt["name"] != "llp":  # only LLP reads its settings
         for key in [k for k in opt if k == "llp" or k.startswith("llp_")]:
+            opt.pop(key)
+    elif not opt.get("llp_meta"):  # the meta-model (off: LLP's hash as before it existed)
+        for key in [k for k in opt if k == "llp_meta" or k.startswith("llp_meta_")]:
             opt.pop(key)
     return tree
 

@@ -247,7 +247,7 @@ class JobDir:
         if state is None:
             state = self.final_checkpoint()[1]["model"]
         data = load_data(cfg.dataset)
-        model = build_model(cfg.model, data.meta)
+        model = build_model(cfg.model, data.meta, cfg.loss)
         model.load_state_dict(state)
         return model, data
 

@@ -25,6 +25,7 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
+from landscope.augment import stage_data_note
 from landscope.checkpoint import checkpoint_path, newest_valid
 from landscope.config import plain, typed
 from landscope.errors import ConfigError, one_line
@@ -56,7 +57,8 @@ class ProbeStage(CachedStage):
         from landscope.probes.spawn import run_probes_on_ranks
 
         cfg, model = ctx.cfg, ctx.model
-        log.info("%s: running probes (%s)", ctx.job.path, str(cfg.probe.name))
+        log.info("%s: running probes (%s)%s", ctx.job.path, str(cfg.probe.name),
+                 stage_data_note(cfg))
         w0 = None
         if cfg.probe.pacbayes.enabled:  # the prior mean: the initialization, not 0
             device = next(model.parameters()).device
@@ -105,11 +107,12 @@ class LandscapeStage(CachedStage):
         from landscope.models import build_model
 
         cfg, job, result = ctx.cfg, ctx.job, ctx.result
-        log.info("%s: landscape (%s)", job.path, str(cfg.landscape.name))
+        log.info("%s: landscape (%s)%s", job.path, str(cfg.landscape.name),
+                 stage_data_note(cfg))
         init_model = None
         if cfg.landscape.intrinsic.enabled:
             seed_everything(cfg.seed)  # the job's initialization (global RNGs not restored)
-            init_model = build_model(cfg.model, ctx.data.meta)
+            init_model = build_model(cfg.model, ctx.data.meta, ctx.cfg.loss)
         report = run_landscape(
             ctx.model, ctx.data, cfg.landscape, eigenvectors=_eigenvectors(job, result),
             trajectory_path=job.path / TRAJECTORY_FILE, init_model=init_model,

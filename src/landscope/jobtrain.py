@@ -27,6 +27,7 @@ import torch
 from omegaconf import DictConfig
 
 from landscope import __version__
+from landscope.augment import augment_fields, make_augment
 from landscope.checkpoint import capture_rng, load_latest, restore_rng, save_checkpoint
 from landscope.data import load_data
 from landscope.errors import CheckpointError, LandscopeError
@@ -43,10 +44,11 @@ from landscope.jobdir import JobDir
 from landscope.jobresults import JOB_STAGES, TRAJECTORY_FILE, remove_traceback
 from landscope.models import build_model, count_parameters
 from landscope.optim import build_optimizer, build_scheduler, make_precision
+from landscope.probes.step_curvature import StepCurvature
 from landscope.probes.suite import curvature_during_training, probe_data
 from landscope.stages import StageContext, run_stages
 from landscope.tracking import Tracker
-from landscope.train import STOP_DIVERGED, TrainState, evaluate, fit
+from landscope.train import OOD_KEYS, STOP_DIVERGED, TrainState, evaluate, fit
 
 log = logging.getLogger("landscope")
 
@@ -96,7 +98,7 @@ def initial_model(cfg: DictConfig, data) -> torch.nn.Module:
     state = capture_rng()
     try:
         seed_everything(cfg.seed)
-        return build_model(cfg.model, data.meta)
+        return build_model(cfg.model, data.meta, cfg.loss)
     finally:
         restore_rng(state)
 
@@ -136,7 +138,7 @@ def train(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: int,
 def setup(cfg: DictConfig, data, n_parallel: int) -> TrainState:
     """The seeded model on its device, the thread count, optimizer, scheduler, precision."""
     seed_everything(cfg.seed)
-    model = build_model(cfg.model, data.meta).to(cfg.train.device)
+    model = build_model(cfg.model, data.meta, cfg.loss).to(cfg.train.device)
     torch.set_num_threads(cfg.train.threads or default_threads(count_parameters(model), n_parallel))
     optimizer = build_optimizer(model.parameters(), cfg.optimizer)
     scheduler = build_scheduler(optimizer, cfg.optimizer, cfg.train.epochs)
@@ -169,6 +171,7 @@ def fit_job(cfg: DictConfig, job_dir: Path, data, state: TrainState, fp: str,
     state.last_save = time.perf_counter()
     every = cfg.probe.every_n_epochs if probe_fingerprint(cfg) else 0
     curvature_data = probe_data(data.train, cfg.probe) if every else None
+    per_step = _step_curvature(cfg, data, state)
 
     def on_epoch_end(st: TrainState, row: dict) -> None:
         last = row["stop_reason"] is not None or st.epoch == cfg.train.epochs
@@ -176,6 +179,8 @@ def fit_job(cfg: DictConfig, job_dir: Path, data, state: TrainState, fp: str,
             recorder.on_epoch_end(st, row)
         if every and st.epoch % every == 0 and row["stop_reason"] != STOP_DIVERGED:
             row.update(curvature_during_training(st.model, curvature_data, cfg.probe))
+        if per_step is not None:  # the epoch's lambda_max every probe.every_n_steps steps
+            row.update(per_step.pop())
         due = (st.epoch % cfg.train.checkpoint_every == 0 and
                time.perf_counter() - st.last_save >= cfg.train.checkpoint_interval_s)
         if last or due:
@@ -194,8 +199,9 @@ def fit_job(cfg: DictConfig, job_dir: Path, data, state: TrainState, fp: str,
                seed=cfg.seed, eval_batch_size=cfg.train.eval_batch_size,
                grad_clip=cfg.train.grad_clip, target_train_loss=cfg.train.target_train_loss,
                max_grad_evals=cfg.train.max_grad_evals, on_epoch_end=on_epoch_end,
-               on_step=None if recorder is None else recorder.on_step,
-               progress_factory=_progress_factory(cfg, -(-n_train // batch_size)))
+               on_step=_on_step(recorder, per_step),
+               progress_factory=_progress_factory(cfg, -(-n_train // batch_size)),
+               augment=make_augment(cfg.augment), ood_split=data.ood)
 
 
 def finalize(cfg: DictConfig, job_dir: Path, overrides: list[str], data, state: TrainState,
@@ -216,6 +222,7 @@ def finalize(cfg: DictConfig, job_dir: Path, overrides: list[str], data, state: 
         **({"fingerprint_v1": state.fingerprint_v1} if state.fingerprint_v1 else {}),
         "versions": package_versions(), "git_commit": git_commit(),
         "host": socket.gethostname(), "torch_threads": torch.get_num_threads(),
+        **augment_fields(cfg.augment),  # augment=none: nothing (the result as before)
     }
     ctx = StageContext(cfg, JobDir(job_dir), model, data, result, previous)
     run_stages(ctx, JOB_STAGES)
@@ -224,7 +231,8 @@ def finalize(cfg: DictConfig, job_dir: Path, overrides: list[str], data, state: 
 
 
 def _final_metrics(cfg: DictConfig, data, state: TrainState) -> dict:
-    """The last epoch's metrics (epochs=0: the initial model's)."""
+    """The last epoch's metrics (epochs=0: the initial model's); the shifted split's
+    (``ood_test_loss``, ``ood_test_acc``) only when ``dataset.ood`` is on."""
     if state.history:
         row = state.history[-1]
     else:
@@ -232,7 +240,11 @@ def _final_metrics(cfg: DictConfig, data, state: TrainState) -> dict:
         test_loss, test_acc = evaluate(state.model, data.test, cfg.train.eval_batch_size)
         row = {"epoch": 0, "train_loss": train_loss, "train_acc": train_acc,
                "test_loss": test_loss, "test_acc": test_acc, "grad_evals": 0}
+        if data.ood is not None:
+            row.update(zip(OOD_KEYS, evaluate(state.model, data.ood, cfg.train.eval_batch_size)))
     keys = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "grad_evals")
+    if data.ood is not None:
+        keys = (*keys, *OOD_KEYS)
     out = {k: row.get(k) for k in keys}
     if out["train_acc"] is not None and out["test_acc"] is not None:
         out["generalization_gap"] = out["train_acc"] - out["test_acc"]
@@ -249,6 +261,32 @@ def _progress_factory(cfg: DictConfig, steps_per_epoch: int):
 
     return lambda epoch, epochs: tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}",
                                       leave=False, dynamic_ncols=True)
+
+
+def _step_curvature(cfg: DictConfig, data, state: TrainState) -> Optional[StepCurvature]:
+    """The ``probe.every_n_steps`` hook (None when 0 or the probe stage is off), begun on the
+    state (a resumed job continues the global step count)."""
+    every = cfg.probe.every_n_steps if probe_fingerprint(cfg) else 0
+    if not every:
+        return None
+    hook = StepCurvature(probe_data(data.train, cfg.probe), every, mode=str(cfg.probe.mode),
+                         seed=cfg.probe.seed)
+    hook.begin(state)
+    return hook
+
+
+def _on_step(*hooks):
+    """One ``on_step`` callback running the hooks that are not None in order (None if none)."""
+    live = [h.on_step for h in hooks if h is not None]
+    if not live:
+        return None
+    if len(live) == 1:
+        return live[0]
+
+    def every_hook(st: TrainState) -> None:
+        for hook in live:
+            hook(st)
+    return every_hook
 
 
 def _trajectory_recorder(cfg: DictConfig, job_dir: Path, state: TrainState):

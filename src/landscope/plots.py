@@ -50,10 +50,15 @@ def __getattr__(name: str) -> Any:
 
 
 def pyplot():
-    """matplotlib.pyplot on the Agg backend (no display needed)."""
+    """matplotlib.pyplot on the Agg backend (no display needed). In a Jupyter kernel whose
+    backend is matplotlib-inline, that backend is kept: it draws off-screen as well, and a
+    switch to Agg would stop the notebook's own figures from showing (the figures drawn here
+    are closed once saved, so the notebook does not show them twice)."""
     import matplotlib
 
-    matplotlib.use("Agg", force=True)
+    chosen = dict.get(matplotlib.rcParams, "backend", "")  # read without resolving "auto"
+    if "matplotlib_inline" not in str(chosen):
+        matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
     return plt

@@ -4,7 +4,11 @@
 metrics to a callback (the job layer checkpoints and writes files there).  All
 randomness is explicit: the batch order of epoch ``e`` comes from a generator
 seeded with ``(seed, e)``, so a run resumed from an epoch-boundary checkpoint
-sees exactly the batches an uninterrupted run would.
+sees exactly the batches an uninterrupted run would.  An ``augment``
+(:mod:`landscope.augment`) maps each training mini-batch, before its step, with draws from
+its own generator seeded with ``(seed, e)`` (:func:`~landscope.augment.augment_generator`);
+the step's every gradient (SAM's second, LLP's probes) sees that one augmented batch, and
+evaluation the un-augmented splits.  Without one the loop is the code it was before.
 
 ``TrainState.amp`` selects the training arithmetic (:mod:`landscope.optim.precision`):
 ``None`` is float32 and runs the same code as before mixed precision existed; a
@@ -24,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from landscope.augment import augment_generator
 from landscope.fingerprints import FINGERPRINT_VERSION
 from landscope.losses import n_correct, task_loss
 from landscope.optim import is_llp, is_sam
@@ -33,6 +38,10 @@ STOP_MAX_EPOCHS = "max_epochs"
 STOP_TARGET_LOSS = "target_train_loss"
 STOP_MAX_GRAD_EVALS = "max_grad_evals"
 STOP_DIVERGED = "diverged"
+OOD_KEYS = ("ood_test_loss", "ood_test_acc")  # metrics of the shifted test split
+
+#: a training-batch map ``(x, generator) -> x'`` (:class:`landscope.augment.BasicAugment`)
+Augment = Callable[[Tensor, torch.Generator], Tensor]
 
 
 @dataclass
@@ -116,7 +125,8 @@ def _device_of(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split, batch_size: int) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over a whole split, in eval mode (always float32)."""
+    """Mean task loss (the job's ``loss``) and accuracy over a whole split, in eval mode
+    (always float32)."""
     was_training = model.training
     model.eval()
     device = _device_of(model)
@@ -137,7 +147,8 @@ def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: T
     """One optimizer step on the mini-batch ``(x, y)`` (model in train mode, data on its
     device): the task loss and its gradient, then SAM's second gradient at ``w + e`` or
     LLP's finite-difference probes (both with BatchNorm statistics frozen at ``w``), gradient
-    clipping, the update. Returns the mini-batch loss at ``w`` (detached) and the gradient
+    clipping, the update (LLP first gets the loss for its meta-model: ``opt.observe``,
+    a no-op when it is off). Returns the mini-batch loss at ``w`` (detached) and the gradient
     evaluations spent. With ``amp`` the same under autocast (:func:`mixed_precision_step`)."""
     if amp is not None:
         return mixed_precision_step(model, opt, x, y, amp, grad_clip)
@@ -157,6 +168,7 @@ def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: T
         opt.second_step()
     else:
         if is_llp(opt):  # finite-difference probes at w + eps d on this batch, before clipping
+            opt.observe(loss.detach())  # the meta-model's loss stream (read only when it is on)
             with _running_stats_frozen(model):
                 grad_evals += opt.probe(lambda: task_loss(model, model(x), y).backward())
         if grad_clip is not None:
@@ -204,9 +216,11 @@ def mixed_precision_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor
 def train_epoch(state: TrainState, split, batch_size: int, generator: torch.Generator,
                 grad_clip: Optional[float] = None, progress: Any = None,
                 on_step: Optional[Callable[[TrainState], None]] = None,
-                max_grad_evals: Optional[int] = None) -> dict:
+                max_grad_evals: Optional[int] = None, augment: Optional[Augment] = None,
+                augment_rng: Optional[torch.Generator] = None) -> dict:
     """One pass over ``split``. Returns the running (mini-batch mean) loss and the
     number of steps; the loss is non-finite if training diverged (stops early).
+    ``augment(x, augment_rng)`` maps each mini-batch (on the model's device) before its step.
     ``on_step(state)`` runs after every optimizer step (``state.step`` already counts it).
     Stops after the step that brings ``state.grad_evals`` to ``max_grad_evals``.
     With LLP the epoch's averaged probe metrics are under ``"optimizer"``, with fp16 the loss
@@ -217,6 +231,8 @@ def train_epoch(state: TrainState, split, batch_size: int, generator: torch.Gene
     loss_sum, n_seen, steps = 0.0, 0, 0
     for x, y in split.batches(batch_size, shuffle=True, generator=generator):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if augment is not None:
+            x = augment(x, augment_rng)
         loss, grad_evals = optimizer_step(model, opt, x, y, grad_clip, state.amp)
         state.grad_evals += grad_evals
         state.step += 1
@@ -245,7 +261,8 @@ def fit(state: TrainState, train_split, test_split, *, epochs: int, batch_size: 
         target_train_loss: Optional[float] = None, max_grad_evals: Optional[int] = None,
         on_epoch_end: Optional[Callable[[TrainState, dict], None]] = None,
         on_step: Optional[Callable[[TrainState], None]] = None,
-        progress_factory: Optional[Callable[[int, int], Any]] = None) -> str:
+        progress_factory: Optional[Callable[[int, int], Any]] = None,
+        augment: Optional[Augment] = None, ood_split: Any = None) -> str:
     """Train until ``epochs``, the target train loss, the gradient-evaluation budget
     ``max_grad_evals`` (checked after every step, so the last epoch may be partial and the
     budget overshot by at most one step's evaluations), or divergence; return the stop reason.
@@ -255,9 +272,11 @@ def fit(state: TrainState, train_split, test_split, *, epochs: int, batch_size: 
     the running mini-batch loss, learning rate, steps, gradient evaluations, seconds;
     with LLP also its epoch averages (``llp_*``: curvature estimates, mean step size); with
     fp16 the loss scale at the epoch's end and the steps skipped for an inf/NaN gradient
-    (``loss_scale``, ``skipped_steps``).
+    (``loss_scale``, ``skipped_steps``); with an ``ood_split`` (the shifted test split of
+    :mod:`landscope.data_shift`) its loss and accuracy (``ood_test_loss``, ``ood_test_acc``),
+    which change nothing else.
     ``on_step(state)`` runs after every optimizer step, ``on_epoch_end(state, row)``
-    after every epoch.
+    after every epoch; ``augment`` maps the training mini-batches (see the module docstring).
     """
     if state.history:
         last = state.history[-1]
@@ -269,23 +288,19 @@ def fit(state: TrainState, train_split, test_split, *, epochs: int, batch_size: 
         bar = progress_factory(epoch, epochs) if progress_factory else None
         try:
             run = train_epoch(state, train_split, batch_size, epoch_generator(seed, epoch),
-                              grad_clip, bar, on_step, max_grad_evals)
+                              grad_clip, bar, on_step, max_grad_evals, augment,
+                              None if augment is None else augment_generator(seed, epoch))
         finally:
             if bar is not None:
                 bar.close()
         state.scheduler.step()
-        diverged = not math.isfinite(run["running_loss"])
-        if diverged:
-            train_loss = train_acc = test_loss = test_acc = float("nan")
-        else:
-            train_loss, train_acc = evaluate(state.model, train_split, eval_batch_size)
-            test_loss, test_acc = evaluate(state.model, test_split, eval_batch_size)
-            diverged = not math.isfinite(train_loss)
-        stop = _stop_reason(diverged, train_loss, target_train_loss, epoch + 1 == epochs,
-                            state.grad_evals, max_grad_evals)
+        metrics = _epoch_metrics(state.model, (train_split, test_split, ood_split),
+                                 eval_batch_size, not math.isfinite(run["running_loss"]))
+        diverged = not math.isfinite(metrics["train_loss"])
+        stop = _stop_reason(diverged, metrics["train_loss"], target_train_loss,
+                            epoch + 1 == epochs, state.grad_evals, max_grad_evals)
         state.epoch = epoch + 1
-        row = {"epoch": state.epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
-               "test_loss": test_loss, "test_acc": test_acc,
+        row = {"epoch": state.epoch, "lr": lr, **metrics,
                "running_loss": run["running_loss"], "steps": run["steps"],
                "grad_evals": state.grad_evals, **run.get("optimizer", {}),
                **run.get("precision", {}),
@@ -296,6 +311,18 @@ def fit(state: TrainState, train_split, test_split, *, epochs: int, batch_size: 
         if stop is not None:
             return stop
     return STOP_MAX_EPOCHS
+
+
+def _epoch_metrics(model: nn.Module, splits: tuple, batch_size: int, diverged: bool) -> dict:
+    """Loss and accuracy in eval mode on the train, test and (when not None) shifted test
+    splits (``train_loss``, ``train_acc``, ``test_*``, ``ood_test_*``); NaN after a divergence."""
+    out: dict = {}
+    for prefix, split in zip(("train", "test", "ood_test"), splits):
+        if split is not None:
+            nan = (float("nan"), float("nan"))
+            out[f"{prefix}_loss"], out[f"{prefix}_acc"] = nan if diverged else evaluate(
+                model, split, batch_size)
+    return out
 
 
 def _stop_reason(diverged: bool, train_loss: float, target_train_loss: Optional[float],

@@ -7,13 +7,13 @@ does, and prints every test's rejection rate with a Clopper–Pearson 95 % inter
 null scenario it is the false-positive rate (goal ≤ 5 % within binomial error: ≤ 6.5 % at
 R = 200), under a planted one the power at the stated effect.
 
-``--only``: a comma-separated subset of hypotheses (measures, h1, h2, h3, h4, optimizers) or
-scenario names. ``--jobs``: scenarios run in parallel processes (default 1). ``--out``: also
-write the table as CSV. ``--write``: store the rates as the installation's calibration
-(``landscope/analysis/calibration/rates.csv``), which the report quotes; with ``--only`` the
-rows of the scenarios run replace their stored rows and every other scenario's rows are kept
-(:func:`~landscope.analysis.calibration.merge_rates`), so a scenario can be re-run at a larger
-R. Rows of kind ``stress`` (a null beyond the goal, see
+``--only``: a comma-separated subset of hypotheses (measures, h1, h2, h3, h4, optimizers,
+init_scale) or scenario names. ``--jobs``: scenarios run in parallel processes (default 1).
+``--out``: also write the table as CSV. ``--write``: store the rates as the installation's
+calibration (``landscope/analysis/calibration/rates.csv``), which the report quotes; with
+``--only`` the rows of the scenarios run replace their stored rows and every other scenario's
+rows are kept (:func:`~landscope.analysis.calibration.merge_rates`), so a scenario can be re-run
+at a larger R. Rows of kind ``stress`` (a null beyond the goal, see
 :mod:`landscope.analysis.calibration.core`) are printed but do not set the exit code.
 
 Exit codes: 0 every null rate within the goal, 1 some null rate above it (listed), 2 bad input.

@@ -280,3 +280,35 @@ def run_each(items: Iterable[Any], label: Callable[[Any], str],
         took = f" ({time.perf_counter() - tic:.1f} s)" if how == "computed" else ""
         print(f"{how}: {label(item)}  {shown(record)}{took}", flush=True)
     return counts
+
+
+def run_sweep_command(argv: Optional[list[str]], doc: str, *,
+                      settings_of: Callable[[list[str]], dict],
+                      jobs_of: Callable[[list[str]], tuple[list[dict], list[str]]],
+                      run_one: Callable[[dict, dict], Any], summary: Callable[[Any], str],
+                      results_dir: str, fingerprint_of: Callable[[dict], str]) -> None:
+    """A command over the jobs of sweeps with its own ``<group>.KEY=VALUE`` settings
+    (``runner.escape``, ``runner.sde``): every input checked before anything is written
+    (exit 2), each job run or read from its cache ``<job>/<results_dir>/<fingerprint>.json``,
+    the counts printed; exit 1 when a job failed."""
+    import logging
+
+    from landscope.errors import LandscopeError
+
+    args = arguments(argv, doc)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    paths, overrides = paths_and_overrides(args)
+    with input_errors(composing=True):  # OmegaConf: unknown key, wrong type
+        if not paths:
+            raise LandscopeError("expected at least one sweep or job directory")
+        settings = settings_of(overrides)
+        jobs, notes = jobs_of(paths)
+        check_writable(job["job"].path / results_dir for job in jobs)
+    for note in notes:
+        print(note, flush=True)
+    fp = fingerprint_of(settings)
+    counts = run_each(jobs, lambda job: str(job["job"]), lambda job: run_one(job, settings),
+                      summary)
+    print(f"{len(jobs)} jobs: {counts['computed']} computed, {counts['cached']} cached, "
+          f"{counts['failed']} failed (results in <job>/{results_dir}/{fp}.json)")
+    sys.exit(1 if counts["failed"] else 0)

@@ -56,10 +56,6 @@ be written, checked before anything is computed): one ``error:`` line on stderr.
 
 from __future__ import annotations
 
-import logging
-import sys
-
-from landscope.errors import LandscopeError
 from landscope.escape.jobs import completed_jobs, continue_job, summary
 from landscope.escape.settings import RESULTS_DIR, escape_config, settings_fingerprint
 
@@ -67,25 +63,11 @@ __all__ = ["escape_config", "main", "settings_fingerprint"]
 
 
 def main(argv: list[str] | None = None) -> None:
-    from runner.cli import arguments, check_writable, input_errors, paths_and_overrides, run_each
+    from runner.cli import run_sweep_command
 
-    args = arguments(argv, __doc__)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    paths, overrides = paths_and_overrides(args)
-    with input_errors(composing=True):  # OmegaConf: unknown key, wrong type
-        if not paths:
-            raise LandscopeError("expected at least one sweep or job directory")
-        settings = escape_config(overrides)
-        jobs, notes = completed_jobs(paths)
-        check_writable(job["job"].path / RESULTS_DIR for job in jobs)
-    for note in notes:
-        print(note, flush=True)
-    fp = settings_fingerprint(settings)
-    counts = run_each(jobs, lambda job: str(job["job"]), lambda job: continue_job(job, settings),
-                      summary)
-    print(f"{len(jobs)} jobs: {counts['computed']} computed, {counts['cached']} cached, "
-          f"{counts['failed']} failed (results in <job>/{RESULTS_DIR}/{fp}.json)")
-    sys.exit(1 if counts["failed"] else 0)
+    run_sweep_command(argv, __doc__, settings_of=escape_config, jobs_of=completed_jobs,
+                      run_one=continue_job, summary=summary, results_dir=RESULTS_DIR,
+                      fingerprint_of=settings_fingerprint)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,10 @@ Columns of :attr:`Collection.jobs`:
 - ``final.*``: the last epoch's ``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``,
   ``generalization_gap`` (train acc − test acc), ``epoch``, ``grad_evals``; and the derived
   ``test_error`` = 1 − ``final.test_acc`` and ``train_error`` = 1 − ``final.train_acc``;
+- only when some job has a shifted test split (``dataset.ood.enabled``): ``final.ood_test_acc``
+  and ``final.ood_test_loss`` (its accuracy and loss, as ``final`` holds them) and the derived
+  ``ood_test_error`` = 1 − ``final.ood_test_acc`` (NaN for a job without the split); sweeps
+  without one get none of these columns;
 - ``probe.*`` and ``landscape.*``: the scalars of ``result.json``'s ``probes`` and ``landscape``;
 - the flattened ``config.yaml`` (``optimizer.lr``, ``model.width``, ...; lists as JSON strings).
   The config groups ``probe`` and ``landscape`` become ``config.probe.*`` and
@@ -280,12 +284,25 @@ def collect(sweep_dirs: Iterable[str | os.PathLike] | str | os.PathLike) -> Coll
                     1.0 - jobs["final.test_acc"])
         jobs.insert(jobs.columns.get_loc("final.train_acc") + 1, "train_error",
                     1.0 - jobs["final.train_acc"])
+        _add_ood_error(jobs)
     excluded = (jobs.loc[~jobs["included"], ["sweep", "job", "status", "reason", "path"]]
                 .reset_index(drop=True) if len(jobs)
                 else pd.DataFrame(columns=["sweep", "job", "status", "reason", "path"]))
     counts = {str(k): int(v) for k, v in jobs["status"].value_counts().items()} if len(jobs) else {}
     swept = swept_keys(jobs, [c for c in columns if c in jobs]) if len(jobs) else []
     return Collection(jobs=jobs, excluded=excluded, counts=counts, swept=swept, sources=sources)
+
+
+def _add_ood_error(jobs: pd.DataFrame) -> None:
+    """``ood_test_error`` = 1 − ``final.ood_test_acc`` after that column, in place; nothing
+    when no job has a shifted test split."""
+    if "final.ood_test_acc" not in jobs:
+        return
+    for col in ("final.ood_test_acc", "final.ood_test_loss"):
+        if col in jobs:
+            jobs[col] = pd.to_numeric(jobs[col], errors="coerce")
+    jobs.insert(jobs.columns.get_loc("final.ood_test_acc") + 1, "ood_test_error",
+                1.0 - jobs["final.ood_test_acc"])
 
 
 def _column_order(rows: list[dict], config_columns: dict) -> list[str]:

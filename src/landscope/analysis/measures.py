@@ -27,7 +27,10 @@ _BOOKKEEPING = re.compile(
     r"(seconds|samples|_stderr|hvps|_evals|n_params|data_size|_residual|_converged|_bracketed"
     r"|_centre|^landscape\.landscape_)")
 TARGET_ALIASES = {"test_error": "test_error", "gap": "final.generalization_gap",
-                  "generalization_gap": "final.generalization_gap"}
+                  "generalization_gap": "final.generalization_gap",
+                  "ood_error": "ood_test_error", "ood_test_error": "ood_test_error"}
+# derived error columns and the accuracy they are 1 − of
+_ERRORS = {"test_error": "final.test_acc", "ood_test_error": "final.ood_test_acc"}
 
 
 # --------------------------------------------------------------------------- measure choice
@@ -65,13 +68,14 @@ def _analysed(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def target_column(df: pd.DataFrame, target: str) -> pd.Series:
-    """``test_error`` (1 − final.test_acc when the column is absent), ``gap`` /
+    """``test_error`` (1 − final.test_acc when the column is absent), ``ood_test_error`` /
+    ``ood_error`` (the shifted split's error, 1 − final.ood_test_acc when absent), ``gap`` /
     ``generalization_gap`` (final.generalization_gap), or any column by name."""
     name = TARGET_ALIASES.get(target, target)
     if name in df:
         return pd.to_numeric(df[name], errors="coerce").astype(float)
-    if name == "test_error" and "final.test_acc" in df:
-        return 1.0 - pd.to_numeric(df["final.test_acc"], errors="coerce").astype(float)
+    if name in _ERRORS and _ERRORS[name] in df:
+        return 1.0 - pd.to_numeric(df[_ERRORS[name]], errors="coerce").astype(float)
     raise KeyError(f"no target column {target!r}")
 
 

@@ -22,9 +22,16 @@ study that applies to the collected jobs (:data:`SECTIONS`): H1 when ``train.bat
 (:mod:`~landscope.analysis.hypotheses.h1`), H2 when ``model.skip`` is swept or ``model.norm``
 with ``none`` and another level (``h2``), H3 when the sweep has ``runner.escape`` results (``h3``),
 H4 when the jobs carry PAC-Bayes bounds (``h4``), the optimizer study when LLP is among the
-optimizers (:mod:`~landscope.analysis.optimizer_study`), and the founding studies by their
-experiment names (:mod:`~landscope.analysis.studies`). The appendix holds the fits and the
-calibration of every test family the report used (:mod:`~landscope.analysis.calibration`).
+optimizers (:mod:`~landscope.analysis.optimizer_study`), the founding studies by their
+experiment names (:mod:`~landscope.analysis.studies`), the initialization-scale study when
+``model.init_scale`` is swept (:mod:`~landscope.analysis.init_scale`), and the edge of stability
+when jobs measured λmax every k steps (:mod:`~landscope.analysis.eos`), the class structure
+of the outliers when jobs ran ``probe.classes`` (:mod:`~landscope.analysis.class_structure`),
+and the SGD-as-SDE check when the sweep has ``runner.sde`` results
+(:mod:`~landscope.analysis.sde`). With a shifted test split (``dataset.ood``) the measures
+section adds every measure against the OOD error. The appendix holds the fits and the
+calibration of every test family the report used
+(:mod:`~landscope.analysis.calibration`).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
-from landscope.analysis import optimizer_study, studies
+from landscope.analysis import class_structure, eos, init_scale, optimizer_study, sde, studies
 from landscope.analysis.collect import Collection, collect, save
 from landscope.analysis.doc import Doc, table
 from landscope.analysis.hypotheses import h1, h2, h3, h4
@@ -68,7 +75,8 @@ class ReportContext:
 
 # The hypothesis and study sections, in report order; each is written when it applies.
 SECTIONS: list[Section] = [h1.SECTION, h2.SECTION, h3.SECTION, h4.SECTION,
-                           optimizer_study.SECTION, *studies.SECTIONS]
+                           optimizer_study.SECTION, *studies.SECTIONS, init_scale.SECTION,
+                           eos.SECTION, class_structure.SECTION, sde.SECTION]
 
 
 def build_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike,

@@ -2,6 +2,11 @@
 claims and units, the joint regression, and the appendices that share the table's inference
 (the within-configuration fit of the strongest measure) and state every test's calibration.
 
+When the jobs have a shifted test split (``ood_test_error``, issue #20 item 6), the summary
+adds the OOD accuracy and the measures section a second table, every measure against the OOD
+error with the same columns, tests and units (``measures_ood.csv``); a sweep without one gets
+exactly the report it got before.
+
 Each function writes into a :class:`~landscope.analysis.report.ReportContext`.
 """
 
@@ -86,6 +91,9 @@ def config_summary(inc: pd.DataFrame) -> pd.DataFrame:
                                if "seed" in part else len(part)}
         acc = pd.to_numeric(part.get("final.test_acc"), errors="coerce")
         rec["test_acc"] = _pm(*mean_ci(acc)[:2]) if acc is not None else "–"
+        if has_ood(inc):
+            ood = pd.to_numeric(part.get("final.ood_test_acc"), errors="coerce")
+            rec["ood_test_acc"] = _pm(*mean_ci(ood)[:2]) if ood is not None else "–"
         for m in present:
             rec[m] = _pm(*mean_ci(pd.to_numeric(part[m], errors="coerce"))[:2])
         name = str(part["optimizer.name"].iloc[0]) if "optimizer.name" in part else ""
@@ -117,6 +125,19 @@ def summary_section(ctx: Any) -> None:
     atomic_write_text(ctx.out / "configurations.csv", table.to_csv(index=False))
 
 
+def has_ood(inc: pd.DataFrame) -> bool:
+    """Whether any analysed job has a finite OOD error (a shifted test split)."""
+    if "ood_test_error" not in inc and "final.ood_test_acc" not in inc:
+        return False
+    return bool(np.isfinite(target_column(inc, "ood_test_error").to_numpy(float)).any())
+
+
+def _ranked(table: pd.DataFrame) -> pd.DataFrame:
+    """Strongest first: by |τ within|, else |τ pooled|."""
+    key = table["within_tau"].abs().fillna(table["tau"].abs())
+    return table.loc[key.sort_values(ascending=False, na_position="last").index]
+
+
 def _no_measure_reason(inc: pd.DataFrame, min_count: int = 5) -> str:
     """Why no measure qualified (:func:`default_measures`: finite, non-constant values in at
     least ``min_count`` and half of the analysed jobs), stating the actual cause."""
@@ -141,9 +162,7 @@ def measures_section(ctx: Any) -> pd.DataFrame:
     if not measures:
         doc.para(_no_measure_reason(inc))
         return pd.DataFrame()
-    mtable = measures_table(inc, measures)
-    key = mtable["within_tau"].abs().fillna(mtable["tau"].abs())
-    mtable = mtable.loc[key.sort_values(ascending=False, na_position="last").index]
+    mtable = _ranked(measures_table(inc, measures))
     atomic_write_text(out / "measures.csv", mtable.to_csv(index=False))
     gap = measures_table(inc, measures, target="gap")
     atomic_write_text(out / "measures_gap.csv", gap.to_csv(index=False))
@@ -173,9 +192,27 @@ def measures_section(ctx: Any) -> pd.DataFrame:
         + ". Every column is in measures.csv; the same against the generalization gap in "
           "measures_gap.csv.")
     doc.frame(mtable, [("measure", "measure"), *_SHOWN])
+    if has_ood(inc):
+        _ood_part(doc, inc, measures, out)
     _joint_part(doc, inc, measures, out)
     _scatter_part(doc, inc, mtable, out)
     return mtable
+
+
+def _ood_part(doc: Any, inc: pd.DataFrame, measures: list[str], out: Path) -> None:
+    """Every measure against the OOD error (1 − accuracy on the shifted test split), with the
+    table's columns, tests and units (``measures_ood.csv``); jobs without the split left out."""
+    table = _ranked(measures_table(inc, measures, target="ood_test_error"))
+    atomic_write_text(out / "measures_ood.csv", table.to_csv(index=False))
+    n_ood = int(np.isfinite(target_column(inc, "ood_test_error").to_numpy(float)).sum())
+    doc.heading("Measures against the OOD error", 3)
+    doc.para(
+        f"The same measures against the error on the shifted test split (1 − OOD accuracy; "
+        f"{n_ood} of {len(inc)} jobs have one), with the same columns, tests, units and "
+        "calibration as the table above; p-values Holm-corrected across measures within this "
+        "table. A measure that ranks the test error need not rank the OOD error: compare the "
+        "two tables row by row (measures_ood.csv has every column).")
+    doc.frame(table, [("measure", "measure"), *_SHOWN])
 
 
 def _joint_part(doc: Any, inc: pd.DataFrame, measures: list[str], out: Path) -> None:

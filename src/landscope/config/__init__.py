@@ -20,16 +20,20 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from landscope.config.check import LAYOUT, layout_keys, need
 from landscope.config.choices import (  # noqa: F401 - the schema's public names
     Activation,
+    AugmentName,
     BaseOptimizerName,
     BNStats,
     Choice,
+    Corruption,
     DatasetName,
     DirectionNorm,
     LandscapeName,
     LLPAggregate,
     LLPCurvature,
+    LLPMetaAction,
     LLPRule,
     LoggerName,
+    LossName,
     ModelName,
     NoiseAlignment,
     Norm,
@@ -43,10 +47,13 @@ from landscope.config.choices import (  # noqa: F401 - the schema's public names
     WandbMode,
 )
 from landscope.config.job import (
+    AugmentConfig,
     DatasetConfig,
     LLPConfig,  # noqa: F401 - the schema's public names
     LoggerConfig,
+    LossConfig,
     ModelConfig,
+    OODConfig,  # noqa: F401 - the schema's public names
     OptimizerConfig,
     TrainConfig,
 )
@@ -88,6 +95,8 @@ class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     landscape: LandscapeConfig = field(default_factory=LandscapeConfig)
@@ -96,12 +105,20 @@ class Config:
     def check(self) -> None:
         """Every group's :meth:`check`, then the checks across groups."""
         need(self.seed >= 0, "seed", ">= 0", self.seed)
-        for group in (self.optimizer, self.train, self.model, self.dataset):
+        for group in (self.optimizer, self.train, self.model, self.dataset, self.loss,
+                      self.augment):
             group.check()
         if any(str(x) in SYNTHETIC for x in (self.dataset.name, self.model.name)):
             from landscope.synthetic import validate_synthetic
 
             validate_synthetic(self)  # the dataset/model pair and the synthetic fields
+            for key, value, plain_value in (("loss", self.loss.name, "cross_entropy"),
+                                            ("augment", self.augment.name, "none")):
+                need(value == plain_value, key, f"{plain_value} with dataset="
+                     f"{self.dataset.name} (the synthetic problems define their own task)",
+                     str(value))
+            need(not self.dataset.ood.enabled, "dataset.ood.enabled",
+                 f"false with dataset={self.dataset.name}", True)
         for group in (self.probe, self.logger, self.landscape):
             group.check()
 

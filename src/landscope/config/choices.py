@@ -31,6 +31,7 @@ class DatasetName(Choice):
     quadratic = "quadratic"  # synthetic, closed-form answers (landscope.synthetic)
     two_basin = "two_basin"  # synthetic, closed-form answers (landscope.synthetic)
     cifar_like = "cifar_like"  # seeded tensors of CIFAR's shape (3x32x32): benchmarks, no files
+    tiny_imagenet = "tiny_imagenet"  # 200 classes of 64x64 images, read from data_dir
 
 
 class ModelName(Choice):
@@ -101,10 +102,41 @@ class LLPAggregate(Choice):
     max = "max"
 
 
+class LLPMetaAction(Choice):
+    """What LLP's meta-model does with its prediction (landscope.optim.llp_meta): scale = step
+    times clip(predicted / mean realised decrease, min_scale, 1); veto = min_scale when a loss
+    increase is predicted."""
+
+    scale = "scale"
+    veto = "veto"
+
+
 class Schedule(Choice):
     constant = "constant"
     cosine = "cosine"
     step = "step"
+
+
+class LossName(Choice):
+    """The training objective (landscope.losses)."""
+
+    cross_entropy = "cross_entropy"
+    mse = "mse"  # squared error on one-hot targets: 1/2 sum_c (f_c - onehot_c)^2, mean over samples
+
+
+class AugmentName(Choice):
+    """Training-data augmentation (probes, slices and evaluation use the un-augmented data)."""
+
+    none = "none"
+    basic = "basic"  # images: random crop with padding + horizontal flip; 1-D: shift + jitter
+
+
+class Corruption(Choice):
+    """Deterministic corruptions of an image test set into its shifted (ood) split."""
+
+    noise = "noise"  # additive Gaussian pixel noise
+    blur = "blur"  # Gaussian blur
+    contrast = "contrast"  # contrast reduced towards the image mean
 
 
 class Precision(Choice):

@@ -11,12 +11,16 @@ from typing import List, Optional
 from landscope.config.check import LAYOUT, need, positive
 from landscope.config.choices import (
     Activation,
+    AugmentName,
     BaseOptimizerName,
+    Corruption,
     DatasetName,
     LLPAggregate,
     LLPCurvature,
+    LLPMetaAction,
     LLPRule,
     LoggerName,
+    LossName,
     ModelName,
     Norm,
     OptimizerName,
@@ -24,6 +28,33 @@ from landscope.config.choices import (
     Schedule,
     WandbMode,
 )
+
+
+@dataclass
+class OODConfig:
+    """A shifted ("out-of-distribution") test split beside the test split
+    (:mod:`landscope.data_shift`): for MNIST-1D a second split drawn from the generator with
+    more shear, scale and noise; for image sets the test images under deterministic
+    corruptions. Evaluated every epoch (``ood_test_loss``, ``ood_test_acc``); it changes no
+    other result."""
+
+    enabled: bool = False
+    severity: int = 3  # 1 (mild) .. 5 (strong): corruption strength / generator shift
+    corruptions: List[Corruption] = field(
+        default_factory=lambda: [Corruption.noise, Corruption.blur, Corruption.contrast])
+    size: Optional[int] = None  # samples in the split; null = as many as the test split
+
+    def check(self) -> None:
+        """Refuse impossible values (:class:`ConfigError` naming the key)."""
+        need(1 <= self.severity <= 5, "dataset.ood.severity", "in 1..5", self.severity)
+        need(len(self.corruptions) >= 1, "dataset.ood.corruptions", "a non-empty list",
+             list(self.corruptions))
+        need(self.size is None or self.size >= 1, "dataset.ood.size", ">= 1 or null",
+             self.size)
+
+
+_SYNTHETIC = (DatasetName.quadratic, DatasetName.two_basin)
+_NOT_IMAGES = (DatasetName.mnist1d, *_SYNTHETIC)  # dataset.image_size makes no sense for them
 
 
 @dataclass
@@ -47,6 +78,11 @@ class DatasetConfig:
     # ([0, 1]: a binary task as Dziugaite & Roy's binary MNIST, H4); null = all; not for the
     # synthetic problems
     classes: Optional[List[int]] = None
+    # this many classes drawn with dataset.seed (relabelled 0..k-1 in sorted order), before
+    # train_size/test_size subsetting; null = all (tiny_imagenet: 200 classes)
+    class_subset: Optional[int] = None
+    image_size: Optional[int] = None  # image sets: resized to this side; null = native size
+    ood: OODConfig = field(default_factory=OODConfig)  # the shifted test split
     # Synthetic problems (landscope.synthetic; ignored by the other datasets). Their
     # train_size/test_size are the generated sample counts (null = 256).
     noise: float = 0.5  # quadratic: target noise sigma; two_basin: gradient-noise std
@@ -68,6 +104,17 @@ class DatasetConfig:
             v = getattr(self, key)
             need(v is None or v >= 1, f"dataset.{key}", ">= 1 or null", v)
         need(self.seed >= 0, "dataset.seed", ">= 0", self.seed)
+        need(self.class_subset is None or self.class_subset >= 2, "dataset.class_subset",
+             ">= 2 or null", self.class_subset)
+        need(self.image_size is None or self.image_size >= 1, "dataset.image_size",
+             ">= 1 or null", self.image_size)
+        need(self.image_size is None or self.name not in _NOT_IMAGES, "dataset.image_size",
+             f"null with dataset={self.name} (not an image set)", self.image_size)
+        need(self.class_subset is None or self.name not in _SYNTHETIC, "dataset.class_subset",
+             f"null with dataset={self.name} (a synthetic problem)", self.class_subset)
+        need(self.classes is None or self.class_subset is None, "dataset.class_subset",
+             "null when dataset.classes is set (choose classes one way)", self.class_subset)
+        self.ood.check()
 
 
 @dataclass
@@ -96,6 +143,47 @@ class ModelConfig:
 
 
 @dataclass
+class LossConfig:
+    """The training objective (:mod:`landscope.losses`). The Hessian every probe, slice,
+    sharpness measure and PAC-Bayes search sees is the Hessian of this loss; accuracy stays
+    the metric.
+
+    ``mse``: 1/2 sum_c (f_c(x) - onehot_c(y))^2 per sample, averaged over samples (the
+    squared loss of Cohen et al. 2021's edge-of-stability experiments)."""
+
+    name: LossName = LossName.cross_entropy
+    # cross_entropy: targets (1 - s) onehot + s / C (Szegedy et al. 2016); 0 = plain
+    label_smoothing: float = 0.0
+
+    def check(self) -> None:
+        """Refuse impossible values (:class:`ConfigError` naming the key)."""
+        need(0 <= self.label_smoothing < 1, "loss.label_smoothing", "in [0, 1)",
+             self.label_smoothing)
+        need(self.name == LossName.cross_entropy or self.label_smoothing == 0,
+             "loss.label_smoothing", "0 with loss=mse (it smooths cross-entropy targets)",
+             self.label_smoothing)
+
+
+@dataclass
+class AugmentConfig:
+    """Training-data augmentation (:mod:`landscope.augment`), drawn per (seed, epoch) so a
+    resumed job sees the same batches. Evaluation, probes and slices use the un-augmented
+    data."""
+
+    name: AugmentName = AugmentName.none
+    padding: int = 4  # images: zero padding on each side before the random crop
+    flip: bool = True  # images: horizontal flip with probability 1/2
+    shift: int = 4  # 1-D signals: circular shift by up to this many positions either way
+    jitter: float = 0.05  # 1-D signals: std of additive Gaussian noise (input units)
+
+    def check(self) -> None:
+        """Refuse impossible values (:class:`ConfigError` naming the key)."""
+        for key in ("padding", "shift"):
+            need(getattr(self, key) >= 0, f"augment.{key}", ">= 0", getattr(self, key))
+        need(self.jitter >= 0, "augment.jitter", ">= 0", self.jitter)
+
+
+@dataclass
 class LLPConfig:
     """LLP (:mod:`landscope.optim.llp`, ``optimizer=llp``): every ``every`` steps, ``probes``
     random unit directions d, curvature from the gradient change
@@ -113,6 +201,15 @@ class LLPConfig:
     ema: float = 0.9  # smoothing of the curvature across probe steps (0 = latest only)
     damping: float = 0.0  # in [0, 1]: gradient components along span{Hd_i} times (1 - this)
     seed: Optional[int] = None  # directions' generator; null = the job seed
+    # meta-model (landscope.optim.llp_meta): online ridge regression from probe features to
+    # the relative mini-batch loss decrease over the next meta_horizon steps; after
+    # meta_warmup samples it scales (or vetoes) the steps until the next probe step
+    meta: bool = False
+    meta_action: LLPMetaAction = LLPMetaAction.scale
+    meta_ridge: float = 1.0  # lambda of (X^T X + lambda I)^-1 X^T y
+    meta_warmup: int = 10  # completed samples before the factor acts (factor 1 before)
+    meta_horizon: int = 10  # H: steps after a probe step over which the decrease is measured
+    meta_min_scale: float = 0.1  # in (0, 1]: smallest factor; under veto the factor
 
     def check(self) -> None:
         """Refuse impossible values (:class:`ConfigError` naming the key)."""
@@ -125,6 +222,11 @@ class LLPConfig:
         need(0 <= self.damping <= 1, "optimizer.llp.damping", "in [0, 1]", self.damping)
         need(self.seed is None or self.seed >= 0, "optimizer.llp.seed", ">= 0 or null",
              self.seed)
+        need(positive(self.meta_ridge), "optimizer.llp.meta_ridge", "> 0", self.meta_ridge)
+        for key in ("meta_warmup", "meta_horizon"):
+            need(getattr(self, key) >= 1, f"optimizer.llp.{key}", ">= 1", getattr(self, key))
+        need(0 < self.meta_min_scale <= 1, "optimizer.llp.meta_min_scale", "in (0, 1]",
+             self.meta_min_scale)
 
 
 @dataclass
@@ -169,7 +271,7 @@ class TrainConfig:
     batch_size: int = 64
     full_batch: bool = False  # one gradient step per epoch on the whole training set
     grad_clip: Optional[float] = None  # max global gradient norm; null = off
-    target_train_loss: Optional[float] = None  # stop once train cross-entropy <= this
+    target_train_loss: Optional[float] = None  # stop once the train loss (loss group) <= this
     # stop after the step that brings the gradient evaluations (forward+backward passes over a
     # mini-batch, SAM's and LLP's extra ones included) to >= this; null = no budget
     max_grad_evals: Optional[int] = None

@@ -11,6 +11,9 @@ from typing import List, Optional
 from landscope.config.check import LAYOUT, need, positive
 from landscope.config.choices import NoiseAlignment, PerBlock, ProbeMode, ProbeName
 
+# the curvature matrices probe.curvature may name (landscope.probes.curvature_ops)
+CURVATURE_KINDS = ("ggn", "fisher", "fisher_empirical", "ntk")
+
 
 @dataclass
 class TraceConfig:
@@ -179,11 +182,28 @@ class ProbeConfig:
     per_block: PerBlock = PerBlock.none  # top-k eigenvalues and trace of each diagonal block
     block_top_k: int = 3
     every_n_epochs: int = 0  # > 0: lambda_max and trace into metrics.jsonl during training
+    # > 0: lambda_max (Lanczos, rel. residual 1e-3) and the probe loss after every this many
+    # optimizer steps, into the epoch's metrics.jsonl row (curv_step, curv_step_lambda_max,
+    # curv_step_loss, curv_step_hvps; landscope.probes.step_curvature): the edge of stability
+    every_n_steps: int = 0
     verify: bool = False  # compare every estimate with the dense float64 Hessian
     verify_max_params: int = 5000
     # PAC-Bayes bounds on the 0-1 error (landscope.probes.pacbayes), switched on and set up by
     # probe.pacbayes.enabled / probe.pacbayes.*
     pacbayes: PacBayesConfig = field(default_factory=PacBayesConfig)
+    # curvature matrices beside the Hessian (landscope.probes.curvature_ops), any of ggn (the
+    # Gauss-Newton of the job's loss), fisher (true Fisher, Monte Carlo labels from the model),
+    # fisher_empirical, ntk (the NTK Gram on curvature_ntk_samples samples): top_k eigenvalues
+    # and trace of each, the residual H - G and the top eigenspaces' overlap; [] = none
+    curvature: List[str] = field(default_factory=list)
+    curvature_ntk_samples: int = 64  # the NTK's samples: the first of the probe subset
+    curvature_mc_samples: int = 1  # labels drawn per input for the true (Monte Carlo) Fisher
+    # the class structure of the outliers (landscope.probes.class_structure): the outlier count
+    # against C - 1 and C and the alignment of the top eigenvectors with the class-mean gradients
+    classes: bool = False
+    # eigenpairs it uses: 0 = the run's top-k when probe.top_k >= C + 1, else C + 2 of its own
+    # (C = the model's outputs); > 0: at least this many (its own Lanczos when the run has fewer)
+    classes_top_k: int = 0
 
     def check(self) -> None:
         """Refuse impossible values (:class:`ConfigError` naming the key)."""
@@ -194,12 +214,34 @@ class ProbeConfig:
             need(getattr(self, key) >= 1, f"probe.{key}", ">= 1", getattr(self, key))
         need(self.budget_s is None or self.budget_s > 0, "probe.budget_s", "> 0 seconds or null",
              self.budget_s)
-        for key in ("top_k", "bottom_k", "every_n_epochs", "seed"):
+        for key in ("top_k", "bottom_k", "every_n_epochs", "every_n_steps", "seed"):
             need(getattr(self, key) >= 0, f"probe.{key}", ">= 0", getattr(self, key))
         need(0 < self.lanczos_tol < 1, "probe.lanczos_tol", "in (0, 1)", self.lanczos_tol)
+        need(self.every_n_steps == 0 or self.name != ProbeName.none, "probe.every_n_steps",
+             "0 with probe=none (the probe stage is off; choose a probe preset, e.g. "
+             "probe=basic)", self.every_n_steps)
         for group in (self.trace, self.density, self.noise, self.sharpness):
             group.check()
+        need(self.classes_top_k == 0 or self.classes_top_k >= 3, "probe.classes_top_k",
+             "0 (automatic) or >= 3 (C + 1 for C >= 2 classes)", self.classes_top_k)
+        need(not self.classes or self.name != ProbeName.none, "probe.classes",
+             "false with probe=none (the probe stage is off; choose a probe preset, e.g. "
+             "probe=basic)", self.classes)
         self._check_pacbayes()
+        self._check_curvature()
+
+    def _check_curvature(self) -> None:
+        kinds = [str(k) for k in self.curvature]
+        need(all(k in CURVATURE_KINDS for k in kinds) and len(set(kinds)) == len(kinds),
+             "probe.curvature", f"a list of distinct names among {', '.join(CURVATURE_KINDS)}",
+             kinds)
+        need(not kinds or self.top_k >= 1, "probe.top_k", ">= 1 with probe.curvature (the "
+             "curvature matrices' top-k eigenvalues and their overlap with the Hessian's)",
+             self.top_k)
+        need(not kinds or self.ranks == 1, "probe.ranks", "1 with probe.curvature (the "
+             "curvature operators run in one process)", self.ranks)
+        for key in ("curvature_ntk_samples", "curvature_mc_samples"):
+            need(getattr(self, key) >= 1, f"probe.{key}", ">= 1", getattr(self, key))
 
     def _check_pacbayes(self) -> None:
         self.pacbayes.check()

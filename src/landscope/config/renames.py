@@ -22,7 +22,11 @@ from typing import Any, Optional
 RENAMED: dict[str, str] = {
     **{f"optimizer.llp_{key}": f"optimizer.llp.{key}"
        for key in ("probes", "eps", "every", "rule", "c", "curvature", "aggregate", "ema",
-                   "damping", "seed")},
+                   "damping", "seed",
+                   # added since the release (issue 21): flattened alike so the old layout
+                   # holds no llp group; hashed only away from their defaults
+                   "meta", "meta_action", "meta_ridge", "meta_warmup", "meta_horizon",
+                   "meta_min_scale")},
     "probe.pacbayes": "probe.pacbayes.enabled",
     **{f"probe.pacbayes_{key}": f"probe.pacbayes.{key}"
        for key in ("data_size", "n_mc", "n_select", "delta", "delta_mc", "beta_grid",

@@ -5,6 +5,7 @@ cached per (checkpoints, settings) in ``SWEEP/connectivity/<group>/<jobA>__<jobB
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import re
@@ -150,6 +151,28 @@ def connect_pair(pair: dict, settings: dict) -> tuple[dict, dict]:
     return {**record, "scalars": scalars}, arrays
 
 
+#: the longest pair name whose cache files' temporaries (``.<name>.npz.<host>-<pid>.<8>.tmp``)
+#: still fit the 255-byte file-name limit, with room for a long host name
+MAX_PAIR_NAME = 160
+
+
+def pair_file_name(job_a: str, job_b: str) -> str:
+    """The name of a pair's cache files: ``<jobA>__<jobB>``; when that is longer than
+    :data:`MAX_PAIR_NAME` bytes (two long job directory names), ``<hashA>__<hashB>`` with
+    12-hex-digit BLAKE2 digests of the names (the json's ``job_a`` / ``job_b`` name them).
+
+    >>> pair_file_name("seed=0", "seed=1")
+    'seed=0__seed=1'
+    >>> len(pair_file_name("x" * 100, "y" * 100))
+    26
+    """
+    name = f"{job_a}__{job_b}"
+    if len(name.encode()) <= MAX_PAIR_NAME:
+        return name
+    digest = [hashlib.blake2b(j.encode(), digest_size=6).hexdigest() for j in (job_a, job_b)]
+    return "__".join(digest)
+
+
 def run_pair(pair: dict, settings: dict, out_dir: Path) -> tuple[str, dict]:
     """Connect one pair (or read its cached result): ``("computed"|"cached", record)``."""
     from landscope.checkpoint import payload_digest
@@ -158,7 +181,7 @@ def run_pair(pair: dict, settings: dict, out_dir: Path) -> tuple[str, dict]:
     ckpts = (pair["a"]["job"].newest_checkpoint(), pair["b"]["job"].newest_checkpoint())
     key = {"checkpoint_a": payload_digest(ckpts[0]), "checkpoint_b": payload_digest(ckpts[1]),
            "landscape": settings}
-    cache = Cache(out_dir / pair["group"], f"{pair['a']['name']}__{pair['b']['name']}")
+    cache = Cache(out_dir / pair["group"], pair_file_name(pair["a"]["name"], pair["b"]["name"]))
     cached = cache.read(key, npz="present")
     if cached is not None:
         return "cached", cached

@@ -21,6 +21,7 @@ from torch import Tensor
 from landscope.errors import LandscopeError
 from landscope.geometry.space import ParamSpace
 from landscope.io import atomic_write_bytes
+from landscope.losses import ClassificationLoss
 from landscope.probes.probe_data import ProbeData
 
 if TYPE_CHECKING:
@@ -52,6 +53,8 @@ def scan_key(space: ParamSpace, scan: "Scan") -> str:
     h.update(f"{_STORE_VERSION}|{scan.kind}|{space.dtype}|{space.dim}|".encode())
     model = space.model
     h.update(f"{type(model).__module__}.{type(model).__qualname__}|{model!r}|".encode())
+    if isinstance(getattr(model, "task_loss", None), ClassificationLoss):  # the job's loss
+        h.update(f"loss:{model.task_loss!r}|".encode())
     for name, shape in zip(space.names, space.shapes):
         h.update(f"{name}:{shape}|".encode())
     _hash_tensor(h, space.theta0)

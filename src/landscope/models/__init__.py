@@ -39,6 +39,7 @@ from torch import nn
 from landscope import synthetic
 from landscope.config import Choice, ModelConfig
 from landscope.errors import ConfigError
+from landscope.losses import attach, loss_of
 from landscope.models.blocks import (
     ACTIVATIONS,
     NORMS,
@@ -96,8 +97,9 @@ def check_named_model(cfg: Any) -> None:
                  f"divisible by model.heads={heads}", width)
 
 
-def build_model(cfg: Any, meta: Any) -> nn.Module:
-    """Build the model ``cfg`` describes for data with ``meta.input_shape``/``num_classes``.
+def build_model(cfg: Any, meta: Any, loss: Any = None) -> nn.Module:
+    """Build the model ``cfg`` describes for data with ``meta.input_shape``/``num_classes``,
+    with the task loss of the ``loss`` config node (None: cross-entropy; losses.attach).
 
     ``cfg`` is a :class:`~landscope.config.ModelConfig`, a DictConfig with its fields, or a
     mapping.  Raises :class:`~landscope.errors.ConfigError` (one-line message) for an unknown
@@ -118,7 +120,8 @@ def build_model(cfg: Any, meta: Any) -> nn.Module:
              and init_scale > 0, "init_scale", "finite and > 0", init_scale)
 
     if synthetic.is_synthetic(name):
-        return synthetic.build_synthetic_model(name, meta, float(init_scale))
+        return attach(synthetic.build_synthetic_model(name, meta, float(init_scale)),
+                      loss_of(loss))
     if getattr(meta, "problem", None) is not None:
         raise ConfigError(f"dataset={meta.name} runs only with model={meta.name} (got "
                           f"model={name})")
@@ -153,4 +156,4 @@ def build_model(cfg: Any, meta: Any) -> nn.Module:
         model = ViT(**common, patch_size=patch_size, heads=heads,
                     mlp_ratio=MLP_RATIO_SMALL if name == "vit_small" else MLP_RATIO)
     scale_weights(model, float(init_scale))
-    return model
+    return attach(model, loss_of(loss))

@@ -29,7 +29,8 @@ Optimizers (:func:`build_optimizer`), with :math:`g_t` the gradient plus
   (``llp.curvature``, ``llp.aggregate``, ``llp.ema``); optional ``llp.damping``.  The
   directions' generator is seeded with ``llp.seed``, or when null with
   ``torch.initial_seed()`` (the job seed: the runner seeds torch with it before building
-  the optimizer); the global RNG is never drawn from.
+  the optimizer); the global RNG is never drawn from.  ``llp.meta=true`` adds the
+  meta-model :class:`~landscope.optim.llp_meta.MetaModel` (``llp.meta_*`` options).
 
 Training precision (``train.precision``: fp32, bf16 autocast, fp16 autocast with a gradient
 scaler; LLP only in fp32): :mod:`landscope.optim.precision`.
@@ -47,13 +48,14 @@ checkpoint round-trips.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LRScheduler, StepLR
 
 from landscope.errors import ConfigError
 from landscope.optim.llp import LLP
+from landscope.optim.llp_meta import MetaModel
 from landscope.optim.precision import MixedPrecision, check_precision, make_precision
 from landscope.optim.sam import SAM
 
@@ -102,9 +104,19 @@ def build_optimizer(params: Any, cfg: Any) -> torch.optim.Optimizer:
                    curvature=str(llp.curvature), aggregate=str(llp.aggregate),
                    ema=float(llp.ema), damping=float(llp.damping),
                    seed=int(seed) % 2**63,
-                   momentum_scale=1.0 + float(kwargs.get("momentum", 0.0)), **kwargs)
+                   momentum_scale=1.0 + float(kwargs.get("momentum", 0.0)),
+                   meta=_meta_model(llp), **kwargs)
     cls, kwargs = _base_spec(name, cfg, "optimizer.name")
     return cls(params, **kwargs)
+
+
+def _meta_model(llp: Any) -> Optional[MetaModel]:
+    """LLP's meta-model from ``optimizer.llp.meta*`` (None when ``meta`` is off)."""
+    if not getattr(llp, "meta", False):
+        return None
+    return MetaModel(ridge=float(llp.meta_ridge), warmup=int(llp.meta_warmup),
+                     horizon=int(llp.meta_horizon), action=str(llp.meta_action),
+                     min_scale=float(llp.meta_min_scale))
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Any, epochs: int) -> LRScheduler:

@@ -79,9 +79,15 @@ count; the training loop adds it to ``grad_evals``), so the average cost is
 mini-batch of the probes are the caller's (the training loop freezes BatchNorm running
 statistics during the probes).  Weight decay is not part of the probed curvature.
 
+**Meta-model** (``meta``, a :class:`~landscope.optim.llp_meta.MetaModel`; off by default):
+LLP hands it every step's mini-batch loss (:meth:`LLP.observe`) and, at each probe step, the
+probe's features; it learns online to predict the relative loss decrease over the next steps
+and multiplies :math:`\eta_t` by a factor in ``[min_scale, 1]`` until the next probe step
+(:mod:`landscope.optim.llp_meta`).  Without it nothing changes (no loss is even read).
+
 ``state_dict()`` holds the base optimizer's state plus an ``"llp"`` entry: the generator
 state, the step counter, the smoothed curvature, the damping basis and the epoch
-accumulators, so a checkpoint resumes exactly.
+accumulators (and the meta-model's state when it is on), so a checkpoint resumes exactly.
 """
 
 from __future__ import annotations
@@ -92,10 +98,13 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from landscope.optim.llp_meta import MetaModel, features
+
 RULES = ("inverse", "none")
 CURVATURES = ("frobenius", "raw")
 AGGREGATES = ("median", "mean", "max")
-# Per-epoch metrics (averages over the probe steps of the epoch; lr over every step).
+# Per-epoch metrics (averages over the probe steps of the epoch; lr over every step, the
+# meta-model's factor included; with the meta-model also llp_meta.EPOCH_KEYS).
 EPOCH_KEYS = ("llp_curv_mean", "llp_curv_max", "llp_dir_curv_mean", "llp_trace_est",
               "llp_curvature", "llp_lr", "llp_probe_steps", "llp_probe_evals")
 
@@ -105,21 +114,24 @@ class LLP(torch.optim.Optimizer):
 
     ``LLP(params, base_optimizer_cls, n_probes=4, probe_eps=1e-4, every=10, rule="inverse",
     c=1.0, curvature="frobenius", aggregate="median", ema=0.9, damping=0.0, seed=0,
-    momentum_scale=1.0, **base_kwargs)``; ``base_kwargs["lr"]`` is the cap
+    momentum_scale=1.0, meta=None, **base_kwargs)`` (``meta``: a
+    :class:`~landscope.optim.llp_meta.MetaModel` or None); ``base_kwargs["lr"]`` is the cap
     :math:`\\eta_{max}`.  Param groups are shared with the base optimizer (as in
     :class:`~landscope.optim.sam.SAM`), so an LR scheduler moves the cap.
 
     Usage: gradients at θ in ``p.grad``, then ``n = opt.probe(closure)`` (``closure``
     recomputes the loss on the same mini-batch and calls ``backward``; it runs N times
     on probe steps, never otherwise; ``n`` is the number of extra gradient evaluations),
-    optional gradient clipping, then ``opt.step()``.  ``opt.step(closure)`` does both.
+    optional gradient clipping, then ``opt.step()``.  ``opt.step(closure)`` does both.  With a
+    meta-model, ``opt.observe(loss)`` with the mini-batch loss at θ first (no-op without one).
     """
 
     def __init__(self, params: Any, base_optimizer_cls: Callable[..., torch.optim.Optimizer],
                  n_probes: int = 4, probe_eps: float = 1e-4, every: int = 10, rule: str = "inverse",
                  c: float = 1.0, curvature: str = "frobenius", aggregate: str = "median",
                  ema: float = 0.9, damping: float = 0.0, seed: int = 0,
-                 momentum_scale: float = 1.0, **base_kwargs: Any) -> None:
+                 momentum_scale: float = 1.0, meta: Optional[MetaModel] = None,
+                 **base_kwargs: Any) -> None:
         if n_probes < 1:
             raise ValueError(f"LLP n_probes must be >= 1 (got {n_probes!r})")
         if not (math.isfinite(probe_eps) and probe_eps > 0):
@@ -150,6 +162,7 @@ class LLP(torch.optim.Optimizer):
         self.basis: Optional[torch.Tensor] = None  # (r, D) orthonormal damping basis
         self._probed_at = -1  # n_steps at the latest probe
         self._acc: dict[str, float] = {}
+        self.meta = meta
 
     # ------------------------------------------------------------------ helpers
     def _params(self) -> list[torch.Tensor]:
@@ -169,6 +182,12 @@ class LLP(torch.optim.Optimizer):
         if self.rule == "none" or k is None or not math.isfinite(k) or k <= 0:
             return cap
         return min(cap, self.c * self.momentum_scale / k)
+
+    def observe(self, loss: Any) -> None:
+        """The mini-batch loss at θ of the coming step (before :meth:`probe`), for the
+        meta-model; nothing happens (the value is not even read) without one."""
+        if self.meta is not None:
+            self.meta.observe(float(loss))
 
     # ------------------------------------------------------------------ probes
     @torch.no_grad()
@@ -211,6 +230,11 @@ class LLP(torch.optim.Optimizer):
             q, r = torch.linalg.qr(mat.T)  # (D, N)
             keep = r.diagonal().abs() > 1e-12 * max(float(r.diagonal().abs().max()), 1e-300)
             self.basis = q.T[keep].to(g0.dtype).contiguous()
+        if self.meta is not None:
+            self.meta.decide(features(
+                self.kappa, self.last["curv_mean"], self.last["curv_max"],
+                self.last["dir_curv_mean"], self.lr_for(self.param_groups[0]["lr"]),
+                float(torch.linalg.vector_norm(g0)), self.meta.loss_now, self.meta.prev))
         for key, value in self.last.items():
             self._acc[f"llp_{key}"] = self._acc.get(f"llp_{key}", 0.0) + value
         self._acc["llp_probe_steps"] = self._acc.get("llp_probe_steps", 0.0) + 1
@@ -267,6 +291,9 @@ class LLP(torch.optim.Optimizer):
                             offset += n
         caps = [group["lr"] for group in self.param_groups]
         lrs = [self.lr_for(cap) for cap in caps]
+        if self.meta is not None:
+            lrs = [lr * self.meta.factor for lr in lrs]
+            self.meta.count_step()
         for group, lr in zip(self.param_groups, lrs):
             group["lr"] = lr
         try:
@@ -293,6 +320,8 @@ class LLP(torch.optim.Optimizer):
         out["llp_lr"] = acc["llp_lr_sum"] / steps if steps else math.nan
         out["llp_probe_steps"] = int(probes)
         out["llp_probe_evals"] = int(acc.get("llp_probe_evals", 0))
+        if self.meta is not None:
+            out.update(self.meta.pop_epoch_metrics())
         return out
 
     # ------------------------------------------------------------------ checkpoints
@@ -305,6 +334,8 @@ class LLP(torch.optim.Optimizer):
                      "kappa": self.kappa, "last": dict(self.last),
                      "basis": None if self.basis is None else self.basis.detach().clone(),
                      "acc": dict(self._acc)}
+        if self.meta is not None:
+            sd["llp"]["meta"] = self.meta.state_dict()
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -320,6 +351,8 @@ class LLP(torch.optim.Optimizer):
             self.last = dict(extra["last"])
             self.basis = extra["basis"]
             self._acc = dict(extra["acc"])
+            if self.meta is not None and "meta" in extra:
+                self.meta.load_state_dict(extra["meta"])
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base_optimizer.zero_grad(set_to_none)

@@ -62,6 +62,7 @@ from torch.func import functional_call
 from landscope.errors import LandscopeError
 from landscope.losses import task_loss
 from landscope.models import frozen_batchnorm_stats
+from landscope.probes.determinism import same_products
 from landscope.probes.memory import activation_checkpointing
 from landscope.probes.primitives import CurvaturePrimitives
 from landscope.probes.probe_data import ProbeData
@@ -73,7 +74,6 @@ MODES: tuple[str, ...] = ("eval", "train")
 DEFAULT_METHOD: str = "cached"  # the cheapest on CPU (docs/measurements.md#probes-hvp)
 MAX_CACHED_BATCHES = 8
 # Relative tolerance of the determinism check, by dtype (anything else: float32's).
-_CHECK_RTOL = {torch.float64: 1e-10, torch.float32: 1e-4}
 
 
 def resolve_params(model: nn.Module, params: Optional[dict[str, Tensor]]
@@ -382,16 +382,6 @@ class HessianOperator:
         first = self._product(v, self.method)
         second = self._product(v, "double_backward" if self.method == "cached" else self.method)
         self.n_check_matvecs += 2
-        if not (torch.isfinite(first).all() and torch.isfinite(second).all()):
-            raise LandscopeError("Hessian-vector product is not finite (NaN/inf in the loss, "
-                                 "its derivatives or the parameters)")
-        scale = max(float(first.norm()), float(second.norm()))
-        diff = float((first - second).norm())
-        rtol = _CHECK_RTOL.get(self.dtype, _CHECK_RTOL[torch.float32])
-        if diff > rtol * scale:
-            raise LandscopeError(
-                f"the Hessian operator is not deterministic: two products with the same vector "
-                f"differ by {diff / scale:.1e} (relative, tolerance {rtol:.0e}); dropout or other "
-                f"randomness in the forward (or train-mode BatchNorm with shuffled batches) "
-                f"makes the loss change between evaluations, so probe with mode='eval' or "
-                f"remove the randomness")
+        same_products(first, second, "the Hessian", "the loss, its derivatives or the "
+                      "parameters", "randomness in the forward (or train-mode BatchNorm with "
+                      "shuffled batches) makes the loss change")

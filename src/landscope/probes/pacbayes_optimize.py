@@ -11,14 +11,15 @@ weights) and
   eigenvectors (k + 1 log-variances). It contains the isotropic family (``s_v = s_perp``).
 
 **Optimisation** (:func:`optimize_posterior`), as Dziugaite & Roy do: minimise the differentiable
-surrogate ``L_S(Q) + sqrt(B(Q) / 2)`` over ``mu`` and the log-variances with Adam, where
-``L_S`` is the cross-entropy divided by ln 2 (an upper bound of the 0-1 error: a wrong argmax has
-``p_y <= 1/2``) of one reparameterised draw on a minibatch, and ``B`` the bound's complexity
-term (:func:`~landscope.probes.pacbayes_bound.complexity_term`) with the prior variance at its
-continuous optimum ``lambda* = (tr Sigma + ||mu - w0||^2) / D`` (the final bound pays for the
-grid). Both families start from the same point (``mu = w``, ``s`` the best of a coarse isotropic
-grid, scored with a few draws) and run the same number of steps with the same minibatch and
-noise stream, so a difference is the families', not the budget's.
+surrogate ``L_S(Q) + sqrt(B(Q) / 2)`` over ``mu`` and the log-variances with Adam, where ``L_S`` is
+the job's loss scaled into an upper bound of the 0-1 error (cross-entropy / ln 2: a wrong argmax
+has ``p_y <= 1/2``; 4 x the squared loss for ``loss=mse``;
+:func:`landscope.losses.error_surrogate`) of one reparameterised draw on a minibatch, and ``B`` the
+bound's complexity term (:func:`~landscope.probes.pacbayes_bound.complexity_term`) with the prior
+variance at its continuous optimum ``lambda* = (tr Sigma + ||mu - w0||^2) / D`` (the final bound
+pays for the grid). Both families start from the same point (``mu = w``, ``s`` the best of a coarse
+isotropic grid, scored with a few draws) and run the same number of steps with the same minibatch
+and noise stream, so a difference is the families', not the budget's.
 
 **Final bound** (:func:`evaluate_posterior`): fresh draws (``n_mc``, independent of the
 optimisation), the Monte Carlo error's kl upper value (Langford & Caruana) and the
@@ -48,6 +49,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from landscope.errors import LandscopeError
+from landscope.losses import error_surrogate
 from landscope.probes.pacbayes import ZeroOneError, eigenbasis, flat_prior_mean, standard_normal
 from landscope.probes.pacbayes_bound import (
     F64,
@@ -138,7 +140,7 @@ class _Surrogate:
         params = {n: p.view(s) for n, p, s in zip(self.names, torch.split(theta, self.numels),
                                                    self.shapes)}
         logits = functional_call(self.work, params, (self.x[idx],))
-        return nn.functional.cross_entropy(logits, self.y[idx]) / math.log(2.0)
+        return error_surrogate(self.work, logits, self.y[idx])
 
 
 def optimize_posterior(model: nn.Module, data: ProbeData, family: str, *,

@@ -37,7 +37,15 @@ short), ``probe_seconds``, ``probe_data_size``, ``probe_mode``, ``n_params``; wi
 ``pacbayes.posterior=optimized`` (the default; :mod:`~landscope.probes.pacbayes_optimize`)
 also ``pacbayes_complexity_{naive,isotropic,hessian}``, ``pacbayes_matched_error`` and
 ``pacbayes_matched_complexity_{isotropic,hessian}`` (complexity terms at matched posterior
-error). Non-finite floats (``lambda_2`` with ``top_k=1``, ...) come out as None.
+error). With ``probe.curvature``, the Gauss-Newton, Fisher and NTK names of
+:mod:`~landscope.probes.curvature_probes` (``ggn_lambda_max``, ``ggn_trace``,
+``residual_top_eigenvalues``, ``hessian_ggn_overlap``, ...).
+With ``classes``, the class structure of the outliers
+(:class:`~landscope.probes.class_structure.ClassStructure`): ``classes_n_classes`` (C),
+``classes_n_outliers`` (gap rule), ``classes_n_outliers_edge`` (with a density),
+``classes_capture_top_{c_minus_1,c}``, ``classes_energy_top_*``, ``classes_overlap_top_*``,
+``classes_relation``, ``classes_span_rank``, ... (arrays ``classes_*``). Non-finite floats
+(``lambda_2`` with ``top_k=1``, ...) come out as None.
 """
 
 from __future__ import annotations
@@ -51,7 +59,13 @@ import torch
 from torch import nn
 
 from landscope.probes.blocks import BlockSpectrum, eigenvalue_table
+from landscope.probes.class_structure import ClassStructure
 from landscope.probes.cost import ProbeLedger
+from landscope.probes.curvature_probes import (
+    CurvatureResults,
+    curvature_arrays,
+    curvature_scalars,
+)
 from landscope.probes.density import SLQResult
 from landscope.probes.hvp import HessianOperator
 from landscope.probes.lanczos import EigResult, spectral_summary
@@ -122,8 +136,10 @@ class ProbeRun:
     sharpness: Optional[SharpnessResults] = None
     noise: Optional[GradientNoise] = None
     pacbayes: Optional[PacBayesBounds] = None
+    classes: Optional[ClassStructure] = None
     verification: Optional[Verification] = None
     not_started: dict[str, str] = field(default_factory=dict)  # estimator -> cap spent before it
+    curvature: Optional[CurvatureResults] = None  # probe.curvature (GGN, Fisher, NTK)
     hvps: Optional[int] = None  # products of the whole run, once the estimators are done
     cost: Optional[dict[str, dict[str, float]]] = None  # the ledger's summary, then too
     seconds: Optional[float] = None  # the whole run, verification included
@@ -133,11 +149,13 @@ class ProbeRun:
         """The flat scalars of the results contract (module docstring)."""
         s = self._header()
         for part in (self._eigen, self._density, self._trace, self._blocks, self._sharpness,
-                     self._noise, self._pacbayes, self._cost):
+                     self._noise, self._pacbayes, self._classes, self._cost):
             s.update(part())
         if self.verification is not None:
             s.update({f"verify_{k}": v for k, v in asdict(self.verification).items()
                       if v is not None})
+        if self.curvature is not None:
+            s.update(curvature_scalars(self.curvature))
         if self.seconds is not None:
             s["probe_seconds"] = self.seconds
         for key, value in s.items():  # undefined quantities (lambda_2 with top_k=1, ...) -> None
@@ -168,6 +186,10 @@ class ProbeRun:
                      block_trace_stderr=np.array([x.trace_stderr for x in b]))
         if self.noise is not None:
             a["noise_sigma_eigenvalues"] = self.noise.sigma_eigenvalues.numpy()
+        if self.curvature is not None:
+            a.update(curvature_arrays(self.curvature))
+        if self.classes is not None:
+            a.update(self.classes.arrays())
         return a
 
     # ------------------------------------------------------------------ sections
@@ -266,6 +288,12 @@ class ProbeRun:
         s["pacbayes_prior_mean"] = pb.prior_mean
         s["pacbayes_seconds"] = pb.seconds
         return s
+
+    def _classes(self) -> dict[str, Any]:
+        c = self.classes
+        if c is None:
+            return self._stopped("classes", self.not_started.get("classes"))
+        return {**c.scalars(), **self._stopped("classes", self.ledger.stopped.get("classes"))}
 
     def _cost(self) -> dict[str, Any]:
         if self.cost is None:

@@ -20,7 +20,9 @@ import numpy as np
 
 from landscope.errors import ConfigError
 from landscope.probes.blocks import block_spectra, eigenvalue_table, parameter_groups
+from landscope.probes.class_structure import class_mean_gradients, class_structure
 from landscope.probes.cost import ProbeLedger
+from landscope.probes.curvature_probes import curvature_spectra, verify_curvature
 from landscope.probes.density import slq
 from landscope.probes.lanczos import lanczos_eigs
 from landscope.probes.noise import gradient_noise
@@ -64,9 +66,11 @@ def steps_for(cfg: Any) -> list[Step]:
     steps: list[tuple[bool, Step]] = [
         (cfg.top_k > 0, step_top), (cfg.bottom_k > 0, step_bottom),
         (bool(cfg.density.enabled), step_density), (bool(cfg.trace.enabled), step_trace),
+        (bool(list(getattr(cfg, "curvature", None) or [])), step_curvature),
         (str(cfg.per_block) != "none", step_blocks),
         (bool(cfg.sharpness.enabled or cfg.sharpness.family), step_sharpness),
-        (bool(cfg.noise.enabled), step_noise), (bool(cfg.pacbayes.enabled), step_pacbayes)]
+        (bool(cfg.noise.enabled), step_noise), (bool(cfg.pacbayes.enabled), step_pacbayes),
+        (bool(getattr(cfg, "classes", False)), step_classes)]
     return [step for on, step in steps if on]
 
 
@@ -130,6 +134,22 @@ def step_trace(run: ProbeRun) -> None:
                                    max_samples=cap, scale=scale, stop=ledger.stop,
                                    min_samples=TRACE_MIN_SAMPLES, block=block)
     ledger.record_stop("trace", run.trace.stopped_by)
+
+
+def step_curvature(run: ProbeRun) -> None:
+    """The Gauss-Newton, Fisher and NTK spectra, the residual H - G and the overlaps with the
+    Hessian's top-k (``probe.curvature``; :mod:`~landscope.probes.curvature_probes`):
+    ``run.curvature``. Their own products are counted per kind (``<kind>_products``); the
+    residual's Hessian products count in this stage's."""
+    if run.top is None:
+        raise ConfigError("probe.curvature needs probe.top_k >= 1 (the curvature matrices' "
+                          "top-k eigenvalues and their overlap with the Hessian's)")
+    if run.ranks > 1:
+        raise ConfigError("probe.curvature runs in one process (probe.ranks=1, no "
+                          "torch.distributed group)")
+    with run.ledger.stage("curvature"):
+        run.curvature = curvature_spectra(run.model, run.data, run.op, run.top, run.cfg,
+                                          run.ledger.stop, TRACE_MIN_SAMPLES)
 
 
 def step_blocks(run: ProbeRun) -> None:
@@ -246,6 +266,37 @@ def step_pacbayes(run: ProbeRun) -> None:
                                       time.perf_counter() - tic)
 
 
+def step_classes(run: ProbeRun) -> None:
+    """The class structure of the outliers (:mod:`~landscope.probes.class_structure`): the
+    class-mean gradients on the probe data against ``run.top`` when it holds at least C + 1
+    pairs (and ``probe.classes_top_k``), else against C + 2 (or ``classes_top_k``) pairs of its
+    own Lanczos run; with a density, its outlier threshold for the edge rule:
+    ``run.classes``."""
+    cfg, op = run.cfg, run.op
+    with run.ledger.stage("classes"):
+        if (why := run.ledger.stop()) is not None:
+            _not_started(run, "classes", why)
+            return
+        G, counts = class_mean_gradients(run.model, run.data, mode=op.mode)  # the whole set
+        C = G.shape[0]
+        if C < 2 or op.dim < C + 1:
+            raise ConfigError(f"probe.classes=true needs a model with >= 2 outputs and more "
+                              f"than C parameters (got C={C}, {op.dim} parameters)")
+        want = min(op.dim, max(C + 1, int(cfg.classes_top_k)))
+        top, source, before = run.top, "run", op.n_matvecs
+        if top is None or top.eigenvectors is None or len(top.eigenvalues) < want:
+            k = min(op.dim, max(C + 2, int(cfg.classes_top_k)))
+            top = lanczos_eigs(op, k=k, which="largest", tol=cfg.lanczos_tol, seed=cfg.seed,
+                               stop=run.ledger.stop)
+            source = "own"
+            run.ledger.record_stop("classes", top.stopped_by)
+        edge = run.density.outliers().threshold if run.density is not None else None
+        run.classes = class_structure(G, counts, top.eigenvalues, top.eigenvectors,
+                                      top_source=source, hvps=op.n_matvecs - before,
+                                      edge_threshold=edge,
+                                      converged=bool(top.converged[:want].all()))
+
+
 def step_verify(run: ProbeRun) -> None:
     """Every estimate of the run against the dense float64 Hessian: ``run.verification``."""
     cfg, top, bottom, q = run.cfg, run.top, run.bottom, run.density
@@ -264,3 +315,6 @@ def step_verify(run: ProbeRun) -> None:
         bottom=bottom.eigenvalues.numpy() if bottom is not None else None, blocks=blocks,
         trace=(run.trace.estimate, run.trace.stderr) if run.trace is not None else None,
         negative_mass=q.negative_mass() if q is not None else None, logdet=logdet)
+    if run.curvature is not None:
+        run.curvature.verification = verify_curvature(
+            run.model, run.data, run.op.mode, run.curvature, top, cfg.verify_max_params)

@@ -31,7 +31,7 @@ __all__ = ["NULL_LIMIT", "Rate", "Scenario", "binomial_interval", "calibrate", "
            "run_scenario", "write_job", "MODULES", "all_scenarios", "shipped_rates",
            "calibration_note", "merge_rates", "RATES_FILE"]
 
-MODULES = ("measures", "h1", "h2", "h3", "h4", "optimizers")
+MODULES = ("measures", "h1", "h2", "h3", "h4", "optimizers", "init_scale")
 RATES_FILE = Path(__file__).with_name("rates.csv")
 
 

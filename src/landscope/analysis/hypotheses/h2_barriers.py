@@ -30,7 +30,9 @@ def load_barriers(sweep_dir: str | Path, factor: str = "model.skip") -> pd.DataF
     ``match`` (the two jobs' config without ``factor``, the seed and bookkeeping, plus the
     pair of seeds: equal for the pairs to compare), ``reason`` (why a row is unusable, else
     None), ``path``, and every scalar of the file (``linear_train_loss_barrier_mean``, ...).
-    File names are ``<jobA>__<jobB>.json``; the job directories are siblings in SWEEP."""
+    File names are ``<jobA>__<jobB>.json`` (hashed names for long ones:
+    :func:`~landscope.geometry.pairs.pair_file_name`; the file's ``job_a``/``job_b`` win); the
+    job directories are siblings in SWEEP."""
     sweep_dir = Path(sweep_dir)
     root = sweep_dir / "connectivity"
     if not root.is_dir():
@@ -51,6 +53,9 @@ def load_barriers(sweep_dir: str | Path, factor: str = "model.skip") -> pd.DataF
                 raise ValueError("no scalars")
             for k, v in scalars.items():
                 row[k] = v
+            if isinstance(data.get("job_a"), str) and isinstance(data.get("job_b"), str):
+                job_a, job_b = data["job_a"], data["job_b"]  # hashed names of long pairs
+                row.update(job_a=job_a, job_b=job_b)
         except Exception as exc:  # noqa: BLE001 - a bad file is a row with a reason
             reasons.append(f"unreadable: {type(exc).__name__}: {exc}")
         if not sep:
