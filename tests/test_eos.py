@@ -218,3 +218,19 @@ def test_report_on_a_tiny_eos_sweep(tmp_path, data_dir):
         assert got == expect_reach
     again, _ = eos_table(pd.DataFrame())
     assert again.empty
+
+
+def test_the_step_hook_keys_the_training_fingerprint(compose):
+    """The λmax rows are written by training: turning the hook on (or changing what it reads)
+    makes another training job; with the hook off its options leave training's hash alone."""
+    from landscope.fingerprints import fingerprint
+
+    base = fingerprint(compose(["probe=basic"]))
+    assert fingerprint(compose(["probe=basic", "probe.seed=3"])) == base  # hook off: not read
+    on = fingerprint(compose(["probe=basic", "probe.every_n_steps=10"]))
+    assert on != base
+    assert fingerprint(compose(["probe=basic", "probe.every_n_steps=5"])) != on
+    assert fingerprint(compose(["probe=basic", "probe.every_n_steps=10",
+                                "probe.data_size=500"])) != on
+    assert fingerprint(compose(["probe=basic", "probe.every_n_steps=10",
+                                "probe.top_k=3"])) == on  # the final probes only

@@ -93,8 +93,16 @@ def _hash(kind: str, canonical: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+#: the probe options the in-training λmax hook (probe.every_n_steps > 0) reads: its rows are
+#: written by training, so they key the job like any other training option
+STEP_CURVATURE_KEYS = ("every_n_steps", "data_size", "seed", "micro_batch", "mode")
+
+
 def _training_options(tree: dict) -> dict:
     """The options of a whole-config tree that training reads."""
+    probe = tree.get("probe") or {}
+    if probe.get("name", "none") != "none" and probe.get("every_n_steps"):
+        tree["step_curvature"] = {k: probe.get(k) for k in STEP_CURVATURE_KEYS}
     for key in (*result_free_keys(), *STAGE_GROUPS):
         _drop(tree, key)
     if tree["dataset"]["name"] not in SYNTHETIC:
