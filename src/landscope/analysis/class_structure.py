@@ -184,12 +184,9 @@ def write(ctx: Any) -> None:
         "Descriptive only: no test is made, so no p-value and no calibration. Table: "
         "class_structure.csv.")
     ctx.doc.frame(table, _COLUMNS)
-    d = out / "figures"
-    d.mkdir(parents=True, exist_ok=True)
     labels = list(sel.apply(lambda j: _label(j, keys), axis=1))
-    png = plot_class_structure(sel, labels, d / "class_structure.png")
-    ctx.doc.image(png, f"figures/{png.name}",
-                  "top Hessian eigenvalues per job (filled: outliers by the gap rule; dotted: "
+    ctx.figure("class_structure", lambda png: plot_class_structure(sel, labels, png),
+               "top Hessian eigenvalues per job (filled: outliers by the gap rule; dotted: "
                   "after the (C − 1)-th and the C-th) and the share of each eigenvector inside "
                   "span{g_c}")
 

@@ -219,11 +219,8 @@ def write(ctx: Any) -> None:
         "rose, before the reach step and from it on; 'largest rise' the largest relative rise "
         "of one interval. Table: eos.csv.")
     ctx.doc.frame(table, _COLUMNS)
-    d = out / "figures"
-    d.mkdir(parents=True, exist_ok=True)
-    png = plot_eos(table, series, d / "eos.png")
-    ctx.doc.image(png, f"figures/{png.name}",
-                  "λmax over the threshold (2/η for plain gradient descent; band ±10 %) and the "
+    ctx.figure("eos", lambda png: plot_eos(table, series, png),
+               "λmax over the threshold (2/η for plain gradient descent; band ±10 %) and the "
                   "probe loss against optimizer steps; vertical lines: the reach steps")
 
 

@@ -263,9 +263,8 @@ def section(ctx: Any) -> None:
                           ("p", "p (exact)"), ("n_scales", "scales")])
         atomic_write_text(out / "init_scale_association.csv", assoc.to_csv(index=False))
     if len(table) and any(c in cols for c in TRENDS):
-        png = plot_init_scale(jobs, out / "figures" / "init_scale.png")
-        doc.image(png, f"figures/{png.name}",
-                  "init scale: each measure against the scale, one line per seed")
+        ctx.figure("init_scale", lambda png: plot_init_scale(jobs, png),
+                   "init scale: each measure against the scale, one line per seed")
 
 
 SECTION = Section("initialization scale", applies, section, "init_scale")

@@ -388,10 +388,8 @@ def section(ctx: Any) -> None:
         doc.frame(tests[tests["test"].isin(META_TESTS.values())], TEST_COLUMNS)
     atomic_write_text(out / "optimizer_study.csv", summary.to_csv(index=False))
     atomic_write_text(out / "optimizer_study_tests.csv", tests.to_csv(index=False))
-    png = out / "figures" / "optimizer_study.png"
-    plot(jobs, png)
-    doc.image(png, "figures/optimizer_study.png",
-              "test accuracy, λmax and trace per optimizer, one dot per seed (LLP in red"
+    ctx.figure("optimizer_study", lambda png: plot(jobs, png),
+               "test accuracy, λmax and trace per optimizer, one dot per seed (LLP in red"
               + (", LLP + meta in orange)" if with_meta else ")"))
 
 

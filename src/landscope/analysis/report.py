@@ -39,7 +39,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from landscope.analysis import class_structure, eos, init_scale, optimizer_study, sde, studies
 from landscope.analysis.collect import Collection, collect, save
@@ -71,6 +71,15 @@ class ReportContext:
     paths: list[Path]
     out: Path
     appendix: list[tuple[str, str]] = field(default_factory=list)
+
+    def figure(self, name: str, draw: Callable[[Path], object], alt: str) -> Path:
+        """Draw ``out/figures/<name>.png`` with ``draw(path)`` and put it into the document
+        under the caption ``alt``; returns the PNG's path."""
+        png = self.out / "figures" / f"{name}.png"
+        png.parent.mkdir(parents=True, exist_ok=True)
+        draw(png)
+        self.doc.image(png, f"figures/{png.name}", alt)
+        return png
 
 
 # The hypothesis and study sections, in report order; each is written when it applies.

@@ -190,11 +190,8 @@ def write(ctx: Any) -> None:
         "construction, so the det H factor is never replaced; with noise aligned with the "
         "Hessian (Σ ∝ H) the local stationary covariance is isotropic and the det H factor "
         "cancels (Zhu et al. 2019; Xie et al. 2021), a case this check does not cover.")
-    d = out / "figures"
-    d.mkdir(parents=True, exist_ok=True)
-    png = plot_sde(t, d / "sde.png")
-    ctx.doc.image(png, f"figures/{png.name}",
-                  "log-odds of the sharp basin against 1/T_eff: observed (95 % Wilson "
+    ctx.figure("sde", lambda png: plot_sde(t, png),
+               "log-odds of the sharp basin against 1/T_eff: observed (95 % Wilson "
                   "interval; open markers: not equilibrated), the Laplace prediction (solid) "
                   "and the exact Gibbs mass (dashed)")
 

@@ -74,16 +74,6 @@ def _write(ctx: Any, study: str, table: pd.DataFrame) -> None:
     atomic_write_text(Path(ctx.out) / f"{study}.csv", table.to_csv(index=False))
 
 
-def _image(ctx: Any, png: Path, alt: str) -> None:
-    ctx.doc.image(png, f"figures/{png.name}", alt)
-
-
-def _figure_path(ctx: Any, study: str) -> Path:
-    d = Path(ctx.out) / "figures"
-    d.mkdir(parents=True, exist_ok=True)
-    return d / f"{study}.png"
-
-
 def _grid_step(jobs: pd.DataFrame) -> str:
     points, span = (_num(jobs, "config.landscape.plane.points"),
                     _num(jobs, "config.landscape.plane.range"))
@@ -124,8 +114,8 @@ def section_study_training(ctx: Any) -> None:
                           ("stability_limit", "2/lr"), ("train_loss", "train loss")])
     _write(ctx, TRAINING, table)
     if len(table):
-        png = plot_training(jobs, table, _figure_path(ctx, TRAINING))
-        _image(ctx, png, "study (a): test accuracy against λmax, one colour per configuration")
+        ctx.figure(TRAINING, lambda png: plot_training(jobs, table, png),
+                   "study (a): test accuracy against λmax, one colour per configuration")
 
 
 def section_study_width(ctx: Any, target: float = TARGET_TEST_ACC) -> None:
@@ -152,9 +142,9 @@ def section_study_width(ctx: Any, target: float = TARGET_TEST_ACC) -> None:
                           ("plane_basin", "plane basin"), ("plane_radius", "plane radius")])
     _write(ctx, WIDTH, table)
     if len(table):
-        png = plot_width(table, _figure_path(ctx, WIDTH), target)
-        _image(ctx, png, f"study (b): epochs to {target:g} test accuracy, λmax and 2-D slice "
-                         "rise against width")
+        ctx.figure(WIDTH, lambda png: plot_width(table, png, target),
+                   f"study (b): epochs to {target:g} test accuracy, λmax and 2-D slice "
+                   "rise against width")
 
 
 def section_study_optimizers(ctx: Any) -> None:
@@ -180,8 +170,8 @@ def section_study_optimizers(ctx: Any) -> None:
                           ("barrier_test_error", "barrier (test error)")])
     _write(ctx, OPTIMIZERS, table)
     if len(table):
-        png = plot_optimizers(table, _figure_path(ctx, OPTIMIZERS))
-        _image(ctx, png, "study (c): λmax, slices and barriers per optimizer and architecture")
+        ctx.figure(OPTIMIZERS, lambda png: plot_optimizers(table, png),
+                   "study (c): λmax, slices and barriers per optimizer and architecture")
 
 
 #: The founding studies' report sections, in report order.
