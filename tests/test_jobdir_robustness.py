@@ -326,3 +326,19 @@ def test_a_killed_writes_temporary_file_is_removed_by_the_next_write(tmp_path):
     lio.atomic_write_text(tmp_path / "result.json", "{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [live.name, other_host.name, "result.json"])
+
+
+def test_append_jsonl_writes_what_write_jsonl_writes(tmp_path):
+    rows = [{"epoch": 1, "loss": float("nan"), "b": (1, 2)}, {"epoch": 2, "loss": 0.5}]
+    lio.write_jsonl(tmp_path / "w.jsonl", rows)
+    lio.append_jsonl(tmp_path / "a.jsonl", rows[:1])
+    lio.append_jsonl(tmp_path / "a.jsonl", rows[1:])
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "w.jsonl").read_bytes()
+
+
+def test_metrics_rows_appended_per_epoch_are_the_checkpoints_history(trained, tmp_path):
+    job = tmp_path / "job"
+    assert run_job(trained[1]("train.epochs=3"), job, [])["status"] == COMPLETED
+    history = load_latest(job / "checkpoints")["history"]
+    assert len(history) == 3
+    assert read_jsonl(job / "metrics.jsonl") == json.loads(json.dumps(lio.jsonable(history)))

@@ -39,7 +39,7 @@ from landscope.fingerprints import (
     same_config,
 )
 from landscope.geometry.snapshots import SnapshotRecorder
-from landscope.io import write_jsonl
+from landscope.io import append_jsonl, write_jsonl
 from landscope.jobdir import JobDir
 from landscope.jobresults import JOB_STAGES, TRAJECTORY_FILE, remove_traceback
 from landscope.models import build_model, count_parameters
@@ -172,6 +172,7 @@ def fit_job(cfg: DictConfig, job_dir: Path, data, state: TrainState, fp: str,
     every = cfg.probe.every_n_epochs if probe_fingerprint(cfg) else 0
     curvature_data = probe_data(data.train, cfg.probe) if every else None
     per_step = _step_curvature(cfg, data, state)
+    written = [len(state.history)]  # the rows metrics.jsonl holds (train() wrote them)
 
     def on_epoch_end(st: TrainState, row: dict) -> None:
         last = row["stop_reason"] is not None or st.epoch == cfg.train.epochs
@@ -187,7 +188,11 @@ def fit_job(cfg: DictConfig, job_dir: Path, data, state: TrainState, fp: str,
             st.last_save = time.perf_counter()
             save_checkpoint(job_dir / "checkpoints", st.epoch, st.checkpoint(fp),
                             keep=cfg.train.keep_checkpoints)
-        write_jsonl(job_dir / "metrics.jsonl", st.history)
+        if len(st.history) == written[0] + 1 and st.history[-1] is row:  # the new epoch's row
+            append_jsonl(job_dir / "metrics.jsonl", [row])
+        else:
+            write_jsonl(job_dir / "metrics.jsonl", st.history)
+        written[0] = len(st.history)
         tracker.log_epoch(row)
         log.info("epoch %d/%d  train_loss %.4f  train_acc %.4f  test_loss %.4f  test_acc %.4f",
                  st.epoch, cfg.train.epochs, row["train_loss"], row["train_acc"],
