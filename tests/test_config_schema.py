@@ -154,3 +154,30 @@ def test_below_a_jobs_entrance_the_config_is_dataclasses(compose, tmp_path, monk
     assert [type(c) for c in seen] == [Config, Config]
     assert seen[1].probe.name is ProbeName.basic and result["probe_preset"] == "basic"
     assert (job / "config.yaml").read_text().startswith("seed: 0\n")
+
+
+def test_what_a_config_does_not_read_is_marked_on_the_schema():
+    """The read_if marks: LLP's group under another optimizer, the meta-model's settings with
+    it off, the grid search without the Adam settings, the synthetic problems' settings on
+    real data, the OOD corruptions on MNIST-1D (its split is generated, not corrupted)."""
+    from omegaconf import OmegaConf
+
+    from landscope.config import Config
+    from landscope.config.check import unread_keys
+
+    tree = OmegaConf.to_container(OmegaConf.structured(Config()), enum_to_str=True)
+    unread = unread_keys(Config, tree)
+    assert "optimizer.llp" in unread and "dataset.ood.severity" in unread
+    assert "probe.pacbayes.n_mc" in unread and "dataset.tilt" in unread
+    assert not any(k.startswith(("model.", "train.", "optimizer.lr")) for k in unread)
+    tree["optimizer"]["name"] = "llp"
+    tree["dataset"]["ood"]["enabled"] = True
+    tree["probe"]["pacbayes"].update(enabled=True, posterior="grid")
+    unread = unread_keys(Config, tree)
+    assert "optimizer.llp" not in unread and "optimizer.llp.c" not in unread
+    assert {"optimizer.llp.meta", "optimizer.llp.meta_ridge"} <= set(unread)
+    assert "dataset.ood.corruptions" in unread and "dataset.ood.severity" not in unread
+    assert {"probe.pacbayes.steps", "probe.pacbayes.n_match"} <= set(unread)
+    assert "probe.pacbayes.n_select" not in unread  # the grid search draws n_select each
+    tree["dataset"]["name"] = "cifar10"
+    assert "dataset.ood.corruptions" not in unread_keys(Config, tree)

@@ -8,8 +8,9 @@ options that can change a result and differ from the schema's defaults: an optio
 later at a default that keeps the old behaviour changes no hash, with no special case.
 Options are hashed under their first names (a rename or a nesting changes no hash).
 Options marked LAYOUT (threads, progress bars, checkpoint cadence, W&B...) and options the
-config does not read (LLP's settings under another optimizer, the synthetic problems'
-settings on real data, PAC-Bayes settings with the bound off...) are left out. Changing a
+config does not read (marked ``read_if`` on the schema: LLP's settings under another
+optimizer, the synthetic problems' settings on real data, PAC-Bayes settings with the bound
+off...) are left out. Changing a
 default, or what an option means, needs a new version and a migration (a test holds the
 version-2 defaults). Jobs written before version 2 are recognized by their version-1
 fingerprints (:mod:`landscope.fingerprints_v1`) and migrated once (:mod:`landscope.migrate`).
@@ -26,7 +27,6 @@ from omegaconf import OmegaConf
 
 from landscope.config import (
     STAGE_GROUPS,
-    SYNTHETIC,
     Config,
     LandscapeConfig,
     ProbeConfig,
@@ -34,23 +34,22 @@ from landscope.config import (
     result_free_keys,
     typed,
 )
+from landscope.config.check import unread_keys
 from landscope.config.renames import to_legacy
 
 FINGERPRINT_VERSION = 2
-#: the DatasetConfig options only the synthetic datasets read
-DATASET_FIELDS = ("noise", "test_shift", "spectrum", "dim", "condition", "outliers", "tolerance",
-                  "sharp_curvature", "flat_curvature", "barrier", "tilt")
-#: the PAC-Bayes options the grid search (pacbayes_posterior=grid) does not read
-_OPTIMIZED_ONLY = ("pacbayes_posterior", "pacbayes_steps", "pacbayes_lr_mean", "pacbayes_lr_var",
-                   "pacbayes_batch_size", "pacbayes_n_match")
 
 
 def _tree(cfg: Any) -> dict:
-    """``cfg`` on the schema (options it lacks at their defaults) as plain data, each option
+    """``cfg`` on the schema (options it lacks at their defaults) as plain data without the
+    options it does not read (:func:`~landscope.config.check.unread_keys`), each option
     under its first name (:func:`~landscope.config.renames.to_legacy`): renaming or nesting
     an option changes no hash."""
-    node = OmegaConf.structured(typed(cfg))
-    return to_legacy(OmegaConf.to_container(node, resolve=True, enum_to_str=True))
+    tree = OmegaConf.to_container(OmegaConf.structured(typed(cfg)), resolve=True,
+                                  enum_to_str=True)
+    for key in unread_keys(Config, tree):
+        _drop(tree, key)
+    return to_legacy(tree)
 
 
 @lru_cache(maxsize=1)
@@ -105,24 +104,6 @@ def _training_options(tree: dict) -> dict:
         tree["step_curvature"] = {k: probe.get(k) for k in STEP_CURVATURE_KEYS}
     for key in (*result_free_keys(), *STAGE_GROUPS):
         _drop(tree, key)
-    if tree["dataset"]["name"] not in SYNTHETIC:
-        for key in DATASET_FIELDS:
-            tree["dataset"].pop(key, None)
-    augment = tree.get("augment") or {}
-    if augment.get("name", "none") == "none":  # augment=none reads none of its settings
-        tree["augment"] = {"name": "none"}
-    ood = tree["dataset"].get("ood")
-    if isinstance(ood, dict) and not ood.get("enabled"):  # its settings are read only when on
-        tree["dataset"].pop("ood")
-    elif isinstance(ood, dict) and tree["dataset"]["name"] == "mnist1d":  # shift: the generator
-        ood.pop("corruptions", None)
-    opt = tree["optimizer"]
-    if opt["name"] != "llp":  # only LLP reads its settings
-        for key in [k for k in opt if k == "llp" or k.startswith("llp_")]:
-            opt.pop(key)
-    elif not opt.get("llp_meta"):  # the meta-model (off: LLP's hash as before it existed)
-        for key in [k for k in opt if k == "llp_meta" or k.startswith("llp_meta_")]:
-            opt.pop(key)
     return tree
 
 
@@ -130,15 +111,6 @@ def _probe_options(probe: dict) -> dict:
     """The options of the probe group that its estimators read."""
     for key in layout_keys(ProbeConfig):
         probe.pop(key, None)
-    if not probe.get("sharpness_family"):  # average sharpness runs only in the family
-        probe.pop("sharpness_samples", None)
-        probe.pop("sharpness_antithetic", None)
-    if not probe.get("pacbayes"):
-        for key in [k for k in probe if k.startswith("pacbayes_")]:
-            probe.pop(key)
-    elif probe.get("pacbayes_posterior") == "grid":
-        for key in _OPTIMIZED_ONLY[1:]:
-            probe.pop(key, None)
     return probe
 
 

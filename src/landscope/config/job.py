@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from landscope.config.check import LAYOUT, need, positive
+from landscope.config.check import LAYOUT, need, positive, read_if
 from landscope.config.choices import (
     Activation,
     AugmentName,
@@ -29,6 +29,10 @@ from landscope.config.choices import (
     WandbMode,
 )
 
+#: the OOD split's settings are read only with it on; the corruptions only on image sets
+_OOD_ON = read_if(lambda ood, root: ood["enabled"])
+_OOD_IMAGES = read_if(lambda ood, root: ood["enabled"] and root["dataset"]["name"] != "mnist1d")
+
 
 @dataclass
 class OODConfig:
@@ -39,10 +43,13 @@ class OODConfig:
     other result."""
 
     enabled: bool = False
-    severity: int = 3  # 1 (mild) .. 5 (strong): corruption strength / generator shift
+    # 1 (mild) .. 5 (strong): corruption strength / generator shift
+    severity: int = field(default=3, metadata=_OOD_ON)
     corruptions: List[Corruption] = field(
-        default_factory=lambda: [Corruption.noise, Corruption.blur, Corruption.contrast])
-    size: Optional[int] = None  # samples in the split; null = as many as the test split
+        default_factory=lambda: [Corruption.noise, Corruption.blur, Corruption.contrast],
+        metadata=_OOD_IMAGES)
+    # samples in the split; null = as many as the test split
+    size: Optional[int] = field(default=None, metadata=_OOD_ON)
 
     def check(self) -> None:
         """Refuse impossible values (:class:`ConfigError` naming the key)."""
@@ -54,6 +61,7 @@ class OODConfig:
 
 
 _SYNTHETIC = (DatasetName.quadratic, DatasetName.two_basin)
+_SYNTHETIC_ONLY = read_if(lambda dataset, root: dataset["name"] in _SYNTHETIC)
 _NOT_IMAGES = (DatasetName.mnist1d, *_SYNTHETIC)  # dataset.image_size makes no sense for them
 
 
@@ -85,17 +93,27 @@ class DatasetConfig:
     ood: OODConfig = field(default_factory=OODConfig)  # the shifted test split
     # Synthetic problems (landscope.synthetic; ignored by the other datasets). Their
     # train_size/test_size are the generated sample counts (null = 256).
-    noise: float = 0.5  # quadratic: target noise sigma; two_basin: gradient-noise std
-    test_shift: float = 0.3  # test optimum moved by this (quadratic: norm; two_basin: along v)
-    spectrum: Optional[List[float]] = None  # quadratic: eigenvalues of A; null = generated:
-    dim: int = 20  # ... outliers, then dim - len(outliers) values from 1 down to 1/condition
-    condition: float = 100.0
-    outliers: List[float] = field(default_factory=lambda: [10.0, 5.0])
-    tolerance: float = 0.5  # quadratic: correct iff |noise-free residual| < tolerance
-    sharp_curvature: float = 10.0  # two_basin: d2L/dv2 at the sharp minimum (-1, 0)
-    flat_curvature: float = 1.0  # two_basin: d2L/dv2 at the flat minimum (1, 0)
-    barrier: float = 0.125  # two_basin: saddle loss minus the mean of the minima's losses
-    tilt: float = 0.0  # two_basin: saddle at u = tilt in (-1, 1); > 0: sharp minimum deeper
+    # quadratic: target noise sigma; two_basin: gradient-noise std
+    noise: float = field(default=0.5, metadata=_SYNTHETIC_ONLY)
+    # test optimum moved by this (quadratic: norm; two_basin: along v)
+    test_shift: float = field(default=0.3, metadata=_SYNTHETIC_ONLY)
+    # quadratic: eigenvalues of A; null = generated: the outliers, then dim - len(outliers)
+    # values from 1 down to 1/condition
+    spectrum: Optional[List[float]] = field(default=None, metadata=_SYNTHETIC_ONLY)
+    dim: int = field(default=20, metadata=_SYNTHETIC_ONLY)
+    condition: float = field(default=100.0, metadata=_SYNTHETIC_ONLY)
+    outliers: List[float] = field(default_factory=lambda: [10.0, 5.0],
+                                  metadata=_SYNTHETIC_ONLY)
+    # quadratic: correct iff |noise-free residual| < tolerance
+    tolerance: float = field(default=0.5, metadata=_SYNTHETIC_ONLY)
+    # two_basin: d2L/dv2 at the sharp minimum (-1, 0)
+    sharp_curvature: float = field(default=10.0, metadata=_SYNTHETIC_ONLY)
+    # two_basin: d2L/dv2 at the flat minimum (1, 0)
+    flat_curvature: float = field(default=1.0, metadata=_SYNTHETIC_ONLY)
+    # two_basin: saddle loss minus the mean of the minima's losses
+    barrier: float = field(default=0.125, metadata=_SYNTHETIC_ONLY)
+    # two_basin: saddle at u = tilt in (-1, 1); > 0: sharp minimum deeper
+    tilt: float = field(default=0.0, metadata=_SYNTHETIC_ONLY)
 
     def check(self) -> None:
         """Refuse impossible values (:class:`ConfigError` naming the key)."""
@@ -164,6 +182,9 @@ class LossConfig:
              self.label_smoothing)
 
 
+_AUGMENTING = read_if(lambda augment, root: augment["name"] != "none")
+
+
 @dataclass
 class AugmentConfig:
     """Training-data augmentation (:mod:`landscope.augment`), drawn per (seed, epoch) so a
@@ -171,16 +192,24 @@ class AugmentConfig:
     data."""
 
     name: AugmentName = AugmentName.none
-    padding: int = 4  # images: zero padding on each side before the random crop
-    flip: bool = True  # images: horizontal flip with probability 1/2
-    shift: int = 4  # 1-D signals: circular shift by up to this many positions either way
-    jitter: float = 0.05  # 1-D signals: std of additive Gaussian noise (input units)
+    # images: zero padding on each side before the random crop
+    padding: int = field(default=4, metadata=_AUGMENTING)
+    # images: horizontal flip with probability 1/2
+    flip: bool = field(default=True, metadata=_AUGMENTING)
+    # 1-D signals: circular shift by up to this many positions either way
+    shift: int = field(default=4, metadata=_AUGMENTING)
+    # 1-D signals: std of additive Gaussian noise (input units)
+    jitter: float = field(default=0.05, metadata=_AUGMENTING)
 
     def check(self) -> None:
         """Refuse impossible values (:class:`ConfigError` naming the key)."""
         for key in ("padding", "shift"):
             need(getattr(self, key) >= 0, f"augment.{key}", ">= 0", getattr(self, key))
         need(self.jitter >= 0, "augment.jitter", ">= 0", self.jitter)
+
+
+#: the meta-model's settings (and the switch itself: off hashes as LLP did before it existed)
+_META_ON = read_if(lambda llp, root: llp["meta"])
 
 
 @dataclass
@@ -204,12 +233,16 @@ class LLPConfig:
     # meta-model (landscope.optim.llp_meta): online ridge regression from probe features to
     # the relative mini-batch loss decrease over the next meta_horizon steps; after
     # meta_warmup samples it scales (or vetoes) the steps until the next probe step
-    meta: bool = False
-    meta_action: LLPMetaAction = LLPMetaAction.scale
-    meta_ridge: float = 1.0  # lambda of (X^T X + lambda I)^-1 X^T y
-    meta_warmup: int = 10  # completed samples before the factor acts (factor 1 before)
-    meta_horizon: int = 10  # H: steps after a probe step over which the decrease is measured
-    meta_min_scale: float = 0.1  # in (0, 1]: smallest factor; under veto the factor
+    meta: bool = field(default=False, metadata=_META_ON)  # off: LLP as before the meta-model
+    meta_action: LLPMetaAction = field(default=LLPMetaAction.scale, metadata=_META_ON)
+    # lambda of (X^T X + lambda I)^-1 X^T y
+    meta_ridge: float = field(default=1.0, metadata=_META_ON)
+    # completed samples before the factor acts (factor 1 before)
+    meta_warmup: int = field(default=10, metadata=_META_ON)
+    # H: steps after a probe step over which the decrease is measured
+    meta_horizon: int = field(default=10, metadata=_META_ON)
+    # in (0, 1]: smallest factor; under veto the factor
+    meta_min_scale: float = field(default=0.1, metadata=_META_ON)
 
     def check(self) -> None:
         """Refuse impossible values (:class:`ConfigError` naming the key)."""
@@ -243,7 +276,8 @@ class OptimizerConfig:
     adaptive: bool = False  # ASAM (Kwon et al. 2021): perturbation scaled by |theta|
     base: BaseOptimizerName = BaseOptimizerName.momentum  # what sam and llp wrap
     # LLP (landscope.optim.llp), the curvature-probing optimizer around ``base``
-    llp: LLPConfig = field(default_factory=LLPConfig)
+    llp: LLPConfig = field(default_factory=LLPConfig,
+                           metadata=read_if(lambda opt, root: opt["name"] == "llp"))
     # learning-rate schedule, stepped once per epoch
     schedule: Schedule = Schedule.constant
     step_size: int = 10  # step: epochs between decays

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from landscope.config.check import LAYOUT, need, positive
+from landscope.config.check import LAYOUT, need, positive, read_if
 from landscope.config.choices import NoiseAlignment, PerBlock, ProbeMode, ProbeName
 
 # the curvature matrices probe.curvature may name (landscope.probes.curvature_ops)
@@ -54,6 +54,14 @@ class DensityConfig:
         need(self.logdet_eps >= 0, "probe.density.logdet_eps", ">= 0", self.logdet_eps)
 
 
+#: average sharpness (its samples) runs only in the family
+_FAMILY = read_if(lambda sharpness, root: sharpness["family"])
+#: the bounds' settings are read only with the bounds on; the Adam search's only when it runs
+_BOUNDS_ON = read_if(lambda pacbayes, root: pacbayes["enabled"])
+_OPTIMIZED = read_if(lambda pacbayes, root: pacbayes["enabled"]
+                     and pacbayes["posterior"] == "optimized")
+
+
 @dataclass
 class SharpnessConfig:
     """The sharpness measures (``probe.sharpness.*``; :mod:`landscope.probes.sharpness`).
@@ -66,8 +74,10 @@ class SharpnessConfig:
     rhos: List[float] = field(default_factory=lambda: [0.05])  # radii of the l2 balls
     # Keskar epsilon-sharpness: the boxes |y_i| <= eps (|theta_i| + 1)
     keskar_epsilons: List[float] = field(default_factory=lambda: [1e-3, 5e-3])
-    samples: int = 16  # loss evaluations per radius for average sharpness
-    antithetic: bool = True  # ... as pairs (delta, -delta): the gradient term cancels
+    # loss evaluations per radius for average sharpness
+    samples: int = field(default=16, metadata=_FAMILY)
+    # ... as pairs (delta, -delta): the gradient term cancels
+    antithetic: bool = field(default=True, metadata=_FAMILY)
 
     def check(self) -> None:
         """Refuse impossible values (:class:`ConfigError` naming the key)."""
@@ -104,25 +114,36 @@ class PacBayesConfig:
     n_mc) forward passes over the samples. Only read with ``enabled``."""
 
     enabled: bool = False  # compute the bounds
-    data_size: Optional[int] = None  # m samples of the bound; null = whole train split
-    n_mc: int = 300  # final Monte Carlo draws per posterior (error upper value)
-    n_select: int = 24  # draws per candidate posterior in the selection stage
-    delta: float = 0.025  # confidence of the PAC-Bayes statement
-    delta_mc: float = 0.01  # confidence of the Monte Carlo error (total: delta + delta_mc)
+    # m samples of the bound; null = whole train split
+    data_size: Optional[int] = field(default=None, metadata=_BOUNDS_ON)
+    # final Monte Carlo draws per posterior (error upper value)
+    n_mc: int = field(default=300, metadata=_BOUNDS_ON)
+    # draws per candidate posterior in the selection stage
+    n_select: int = field(default=24, metadata=_BOUNDS_ON)
+    # confidence of the PAC-Bayes statement
+    delta: float = field(default=0.025, metadata=_BOUNDS_ON)
+    # confidence of the Monte Carlo error (total: delta + delta_mc)
+    delta_mc: float = field(default=0.01, metadata=_BOUNDS_ON)
     # the Hessian posterior's constants beta (tolerated loss rise per eigendirection); the
     # isotropic member (beta = inf) is always added; more entries cost draws, not tightness
     # (the posterior may be chosen after seeing the data)
-    beta_grid: List[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0])
+    beta_grid: List[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0],
+                                   metadata=_BOUNDS_ON)
     # how the posteriors are chosen: "optimized" (Dziugaite & Roy: Adam on the mean and the
     # log-variances of a differentiable bound surrogate, landscope.probes.pacbayes_optimize;
     # reports the complexity terms at matched posterior error too) or "grid" (variances on a
     # half-decade grid around the trained weights, the mean fixed; n_select draws each)
-    posterior: str = "optimized"
-    steps: int = 300  # optimized: Adam steps per posterior family
-    lr_mean: float = 1e-3  # optimized: Adam step size of the posterior mean
-    lr_var: float = 3e-2  # optimized: Adam step size of the log-variances
-    batch_size: int = 256  # optimized: samples per step (one draw per step)
-    n_match: int = 32  # optimized: draws per covariance scale of the matched-error curves
+    posterior: str = field(default="optimized", metadata=_BOUNDS_ON)
+    # optimized: Adam steps per posterior family
+    steps: int = field(default=300, metadata=_OPTIMIZED)
+    # optimized: Adam step size of the posterior mean
+    lr_mean: float = field(default=1e-3, metadata=_OPTIMIZED)
+    # optimized: Adam step size of the log-variances
+    lr_var: float = field(default=3e-2, metadata=_OPTIMIZED)
+    # optimized: samples per step (one draw per step)
+    batch_size: int = field(default=256, metadata=_OPTIMIZED)
+    # optimized: draws per covariance scale of the matched-error curves
+    n_match: int = field(default=32, metadata=_OPTIMIZED)
 
     def check(self) -> None:
         """Refuse impossible values (:class:`ConfigError` naming the key)."""
