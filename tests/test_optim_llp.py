@@ -324,10 +324,15 @@ def test_llp_seed_defaults_to_the_job_seed(compose):
     ("optimizer.llp.damping=1.5", "optimizer.llp.damping"),
     ("optimizer.llp.seed=-1", "optimizer.llp.seed"),
     ("train.max_grad_evals=0", "train.max_grad_evals"),
+    ("optimizer.llp.meta_ridge=0", "optimizer.llp.meta_ridge"),
+    ("optimizer.llp.meta_warmup=0", "optimizer.llp.meta_warmup"),
+    ("optimizer.llp.meta_horizon=0", "optimizer.llp.meta_horizon"),
+    ("optimizer.llp.meta_min_scale=1.5", "optimizer.llp.meta_min_scale"),
+    ("optimizer.llp.meta_min_scale=0", "optimizer.llp.meta_min_scale"),
 ])
 def test_impossible_values_are_one_line_config_errors(compose, override, key):
     with pytest.raises(ConfigError) as info:
-        validate(compose(["optimizer=llp", override]))
+        validate(compose(["optimizer=llp", "optimizer.llp.meta=true", override]))
     assert key in str(info.value) and "\n" not in str(info.value)
 
 
