@@ -23,6 +23,23 @@ def _cached_config(sweep_dir: Path, job: str, cache: dict[str, dict[str, Any] | 
     return cache[job]
 
 
+def _read_pair_file(path: Path, row: dict[str, Any]) -> list[str]:
+    """Put the scalars of one connectivity file into ``row`` (and the file's ``job_a`` /
+    ``job_b``, which win over the file name: hashed names of long pairs); returns the reasons
+    it is unusable ([] when it was read)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        scalars = data.get("scalars") if isinstance(data, dict) else None
+        if not isinstance(scalars, dict):
+            raise ValueError("no scalars")
+        row.update(scalars)
+        if isinstance(data.get("job_a"), str) and isinstance(data.get("job_b"), str):
+            row.update(job_a=data["job_a"], job_b=data["job_b"])
+    except Exception as exc:  # noqa: BLE001 - a bad file is a row with a reason
+        return [f"unreadable: {type(exc).__name__}: {exc}"]
+    return []
+
+
 def load_barriers(sweep_dir: str | Path, factor: str = "model.skip") -> pd.DataFrame:
     """Read ``SWEEP/connectivity/*/*.json`` (from ``python -m runner.connect SWEEP``) into one
     row per connected pair: ``group``, ``pair``, ``job_a``, ``job_b``, ``seed_a``, ``seed_b``,
@@ -45,19 +62,8 @@ def load_barriers(sweep_dir: str | Path, factor: str = "model.skip") -> pd.DataF
         row: dict[str, Any] = {"group": path.parent.name, "pair": path.stem, "job_a": job_a,
                                "job_b": job_b, "seed_a": None, "seed_b": None, factor: None,
                                "match": None, "reason": None, "path": str(path)}
-        reasons = []
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            scalars = data.get("scalars") if isinstance(data, dict) else None
-            if not isinstance(scalars, dict):
-                raise ValueError("no scalars")
-            for k, v in scalars.items():
-                row[k] = v
-            if isinstance(data.get("job_a"), str) and isinstance(data.get("job_b"), str):
-                job_a, job_b = data["job_a"], data["job_b"]  # hashed names of long pairs
-                row.update(job_a=job_a, job_b=job_b)
-        except Exception as exc:  # noqa: BLE001 - a bad file is a row with a reason
-            reasons.append(f"unreadable: {type(exc).__name__}: {exc}")
+        reasons = _read_pair_file(path, row)
+        job_a, job_b = row["job_a"], row["job_b"]
         if not sep:
             reasons.append("file name is not <jobA>__<jobB>.json")
         configs = [_cached_config(sweep_dir, job, cache) if job else None
