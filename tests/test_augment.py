@@ -159,9 +159,7 @@ TINY = ["dataset.train_size=256", "dataset.test_size=128", "train.batch_size=32"
         "model.width=8", "model.depth=2"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

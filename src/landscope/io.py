@@ -145,8 +145,11 @@ def read_json(path: str | os.PathLike) -> Any:
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
     """Rewrite a whole JSON-lines file atomically (one compact object per line)."""
-    text = "".join(json.dumps(jsonable(r), sort_keys=True) + "\n" for r in rows)
-    atomic_write_text(path, text)
+    atomic_write_text(path, _jsonl_text(rows))
+
+
+def _jsonl_text(rows: Iterable[dict]) -> str:
+    return "".join(json.dumps(jsonable(r), sort_keys=True) + "\n" for r in rows)
 
 
 def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
@@ -155,7 +158,7 @@ def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
     job's metrics grow by one row per epoch; rewriting them all made a 1,500-epoch job spend
     12 s on it), and a reader or a killed writer sees whole lines in practice (a torn last line
     is what :func:`landscope.jobcheck.metrics_intact` detects and the checkpoint repairs)."""
-    data = "".join(json.dumps(jsonable(r), sort_keys=True) + "\n" for r in rows).encode("utf-8")
+    data = _jsonl_text(rows).encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
         view = memoryview(data)

@@ -172,9 +172,10 @@ def fit_job(cfg: DictConfig, job_dir: Path, data, state: TrainState, fp: str,
     every = cfg.probe.every_n_epochs if probe_fingerprint(cfg) else 0
     curvature_data = probe_data(data.train, cfg.probe) if every else None
     per_step = _step_curvature(cfg, data, state)
-    written = [len(state.history)]  # the rows metrics.jsonl holds (train() wrote them)
+    written = len(state.history)  # the rows metrics.jsonl holds (train() wrote them)
 
     def on_epoch_end(st: TrainState, row: dict) -> None:
+        nonlocal written
         last = row["stop_reason"] is not None or st.epoch == cfg.train.epochs
         if recorder is not None:  # before the checkpoint: a resume truncates to it
             recorder.on_epoch_end(st, row)
@@ -188,11 +189,11 @@ def fit_job(cfg: DictConfig, job_dir: Path, data, state: TrainState, fp: str,
             st.last_save = time.perf_counter()
             save_checkpoint(job_dir / "checkpoints", st.epoch, st.checkpoint(fp),
                             keep=cfg.train.keep_checkpoints)
-        if len(st.history) == written[0] + 1 and st.history[-1] is row:  # the new epoch's row
+        if len(st.history) == written + 1 and st.history[-1] is row:  # the new epoch's row
             append_jsonl(job_dir / "metrics.jsonl", [row])
         else:
             write_jsonl(job_dir / "metrics.jsonl", st.history)
-        written[0] = len(st.history)
+        written = len(st.history)
         tracker.log_epoch(row)
         log.info("epoch %d/%d  train_loss %.4f  train_acc %.4f  test_loss %.4f  test_acc %.4f",
                  st.epoch, cfg.train.epochs, row["train_loss"], row["train_acc"],
