@@ -10,10 +10,10 @@ Options are hashed under their first names (a rename or a nesting changes no has
 Options marked LAYOUT (threads, progress bars, checkpoint cadence, W&B...) and options the
 config does not read (marked ``read_if`` on the schema: LLP's settings under another
 optimizer, the synthetic problems' settings on real data, PAC-Bayes settings with the bound
-off...) are left out. Changing a
-default, or what an option means, needs a new version and a migration (a test holds the
-version-2 defaults). Jobs written before version 2 are recognized by their version-1
-fingerprints (:mod:`landscope.fingerprints_v1`) and migrated once (:mod:`landscope.migrate`).
+off...) are left out. Changing a default, or what an option means, needs a new version
+and a migration (a test holds the version-2 defaults). Jobs written before version 2 are
+recognized by their version-1 fingerprints (:mod:`landscope.fingerprints_v1`) and migrated
+once (:mod:`landscope.migrate`).
 """
 
 from __future__ import annotations
