@@ -193,6 +193,10 @@ class ProbeConfig:
     top_k: int = 0  # largest eigenpairs (Lanczos); 0 = off
     bottom_k: int = 0  # most negative eigenpairs; 0 = off
     lanczos_tol: float = 1e-6  # converged when ||Hv - lambda v|| <= tol * |lambda|
+    # top-k / bottom-k (k >= 2) checked for missed copies of repeated eigenvalues
+    # (landscope.probes.complement): free through the density's first run when the density
+    # runs, else one Lanczos run on the complement (about the products of the list itself)
+    multiplicity_check: bool = True
     # Hutchinson's trace (probe.trace.*), the spectral density (probe.density.*), the
     # sharpness measures (probe.sharpness.*) and the gradient noise (probe.noise.*): each
     # switched on by its own enabled

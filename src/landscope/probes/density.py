@@ -75,6 +75,10 @@ class SLQResult:
     deflated: int = 0
     stopped_by: str | None = None
     deflation: EigResult | None = None  # every pair deflated (top-k + the first run's outliers)
+    # with ``deflate``: the first run's largest Ritz value and unit Ritz vector on the complement
+    # of the deflated top-k (a random start there: it shows a copy of a repeated eigenvalue the
+    # top-k missed, landscope.probes.complement), None when a cap cut that run
+    complement_top: tuple[float, Tensor] | None = None
 
     @property
     def n_probes(self) -> int:
@@ -253,4 +257,4 @@ def slq(op: Operator, n_probes: int = 10, m_steps: int = 30, seed: int = 0,
     return SLQResult(nodes=nodes, weights=weights, dim=op.dim, n_matvecs=op.n_matvecs - start,
                      trace_samples=torch.tensor(runs.trace_samples, dtype=torch.float64),
                      steps=runs.steps, deflated=len(runs.values), stopped_by=stopped_by,
-                     deflation=runs.deflation())
+                     deflation=runs.deflation(), complement_top=runs.complement_top)

@@ -58,6 +58,11 @@ class EigResult:
     which: str = "largest"
     n_restarts: int = 0
     stopped_by: str | None = None  # the cap that ended the run early (``stop``), else None
+    # the complement check for missed copies of repeated eigenvalues
+    # (:func:`~landscope.probes.complement.complement_check`): whether it reached its
+    # conclusion, and how many pairs it put in the list
+    checked: bool = False
+    added_by_check: int = 0
 
 
 def _random_vector(op: Operator, gen: torch.Generator) -> Tensor:
@@ -173,8 +178,8 @@ def lanczos_eigs(op: Operator, k: int = 5, which: Which = "largest", tol: float 
     with its multiplicity only if the wanted pairs take long enough to converge; otherwise it is
     listed once and the list goes on with the next distinct eigenvalue (an example with a double
     eigenvalue: docs/measurements.md#probes-lanczos). Every returned value is an eigenvalue to
-    within its residual either way; ask for more pairs than needed (or compare two seeds) when
-    multiplicity matters.
+    within its residual either way. :func:`~landscope.probes.complement.complement_check` puts
+    the missed copies in their place (the probe suite runs it: ``probe.multiplicity_check``).
     """
     max_iter = _eigs_iterations(op, k, which, max_iter)
     start = op.n_matvecs

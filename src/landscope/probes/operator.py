@@ -42,6 +42,28 @@ class DenseOperator:
         return self.matrix @ v
 
 
+class Deflated:
+    """``P A P`` with ``P = I − VVᵀ`` for orthonormal columns V: the operator on the complement of
+    some eigenvectors (one product of A per product; ``n_matvecs`` is A's counter)."""
+
+    def __init__(self, op: Operator, basis: Tensor) -> None:
+        self.op, self.basis = op, basis
+        self.dim, self.dtype, self.device = op.dim, op.dtype, op.device
+
+    @property
+    def n_matvecs(self) -> int:
+        return self.op.n_matvecs
+
+    def project(self, v: Tensor) -> Tensor:
+        """``P v`` (twice: one projection loses orthogonality to rounding)."""
+        for _ in range(2):
+            v = v - self.basis @ (self.basis.T @ v)
+        return v
+
+    def matvec(self, v: Tensor) -> Tensor:
+        return self.project(self.op.matvec(self.project(v)))
+
+
 def quadratic_with_spectrum(eigenvalues: Tensor, seed: int = 0) -> tuple[Tensor, Tensor]:
     """``(A, Q)`` with ``A = Q diag(eigenvalues) Q^T`` for a seeded random orthogonal ``Q``:
     an analytic oracle for every spectral estimator."""

@@ -10,7 +10,10 @@ until its step (:mod:`landscope.probes.steps`) has filled it. :meth:`ProbeRun.sc
 Scalar names: ``lambda_max``, ``lambda_2``, ``spectral_gap``, ``negative_ratio``,
 ``condition_number``, ``lambda_min`` (bottom-k), ``eig_max_residual``, ``eig_all_converged``,
 ``hvps_top`` / ``hvps_bottom`` (products used by each Lanczos run; their true residuals per pair
-are the arrays ``residuals_top`` / ``residuals_bottom``), ``trace``, ``trace_stderr``,
+are the arrays ``residuals_top`` / ``residuals_bottom``), ``top_checked`` / ``bottom_checked``
+and ``top_missed_copies`` / ``bottom_missed_copies`` (the check for missed copies of repeated
+eigenvalues, :mod:`~landscope.probes.complement`: whether it reached its conclusion, and how many
+pairs it put in the list; k >= 2 only), ``trace``, ``trace_stderr``,
 ``density_negative_mass``, ``density_n_outliers``, ``density_outlier_mass``,
 ``density_bulk_edge``, ``density_tail_mass``, ``logdet``, ``logdet_stderr`` (or
 ``logdet_skipped``, the reason, when H + eps I is not positive definite),
@@ -212,11 +215,11 @@ class ProbeRun:
         s: dict[str, Any] = {}
         if top is not None:
             s.update(hvps_top=top.n_matvecs, top_converged=bool(top.converged.all()),
-                     **self._stopped("top", top.stopped_by))
+                     **self._stopped("top", top.stopped_by), **_check_names("top", top))
         if bottom is not None:
             s.update(hvps_bottom=bottom.n_matvecs, lambda_min=float(bottom.eigenvalues[0]),
                      bottom_converged=bool(bottom.converged.all()),
-                     **self._stopped("bottom", bottom.stopped_by))
+                     **self._stopped("bottom", bottom.stopped_by), **_check_names("bottom", bottom))
         if top is not None:
             s.update({k: v for k, v in spectral_summary(top, bottom).items()
                       if k in SPECTRAL_NAMES})
@@ -362,3 +365,11 @@ def sharpness_scalars(sh: SharpnessResults) -> dict[str, Any]:
         if isinstance(v, float) and not math.isfinite(v) and not k.endswith("_stderr"):
             out[f"{k}_diverged"] = True
     return out
+
+
+def _check_names(name: str, eig: EigResult) -> dict[str, Any]:
+    """``<name>_checked`` / ``<name>_missed_copies`` for a list of k >= 2 pairs (a single
+    eigenvalue has no copies to miss)."""
+    if len(eig.eigenvalues) < 2:
+        return {}
+    return {f"{name}_checked": bool(eig.checked), f"{name}_missed_copies": int(eig.added_by_check)}

@@ -1,8 +1,8 @@
 """The Lanczos runs behind :func:`landscope.probes.density.slq`: one run per probe, on ``A`` or
-on the deflated ``P A P`` (:class:`_Deflated`), adaptive runs that stop once the broadened rule
-settles (:func:`_run`), the first run's settled outliers joining the deflation
-(:func:`_settled_outliers`), and the padding of the rows into the ``(n, m)`` node/weight tensors
-of :class:`~landscope.probes.density.SLQResult` (:func:`_padded`)."""
+on the deflated ``P A P`` (:class:`~landscope.probes.operator.Deflated`), adaptive runs that
+stop once the broadened rule settles (:func:`_run`), the first run's settled outliers joining
+the deflation (:func:`_settled_outliers`), and the padding of the rows into the ``(n, m)``
+node/weight tensors of :class:`~landscope.probes.density.SLQResult` (:func:`_padded`)."""
 
 from __future__ import annotations
 
@@ -14,29 +14,8 @@ import torch
 from torch import Tensor
 
 from landscope.probes.lanczos import EigResult, _Lanczos
-from landscope.probes.operator import Operator
+from landscope.probes.operator import Deflated, Operator
 from landscope.probes.trace import Dist, probe_vector
-
-
-class _Deflated:
-    """``P A P`` with ``P = I − VVᵀ`` for orthonormal columns V: the operator on the complement of
-    the top-k eigenvectors (one product of A per product)."""
-
-    def __init__(self, op: Operator, basis: Tensor) -> None:
-        self.op, self.basis = op, basis
-        self.dim, self.dtype, self.device = op.dim, op.dtype, op.device
-
-    @property
-    def n_matvecs(self) -> int:
-        return self.op.n_matvecs
-
-    def project(self, v: Tensor) -> Tensor:
-        for _ in range(2):
-            v = v - self.basis @ (self.basis.T @ v)
-        return v
-
-    def matvec(self, v: Tensor) -> Tensor:
-        return self.project(self.op.matvec(self.project(v)))
 
 
 def _smoothed_change(prev: tuple[np.ndarray, np.ndarray], cur: tuple[np.ndarray, np.ndarray],
@@ -115,6 +94,9 @@ class _Runs:
                 raise ValueError("slq(deflate=...) needs eigenvectors")
             self.basis = deflate.eigenvectors.to(dtype=op.dtype, device=op.device)
         self.rows: list[tuple[np.ndarray, np.ndarray]] = []
+        # the first run's largest Ritz value and unit vector, when it ran on the complement of
+        # ``deflate`` to its end (complement_check's free first round)
+        self.complement_top: tuple[float, Tensor] | None = None
         self.trace_samples: list[float] = []
         self.steps: list[int] = []
         self.seen = ([math.inf, -math.inf] if deflate is None
@@ -123,10 +105,10 @@ class _Runs:
     def run(self, i: int) -> str | None:
         """Run ``i`` (the first takes all steps; the later ones adapt); the cap that cut it."""
         op, d, k = self.op, self.op.dim, len(self.values)
-        target: Operator = op if self.basis is None else _Deflated(op, self.basis)
+        target: Operator = op if self.basis is None else Deflated(op, self.basis)
         m = max(1, min(self.m_steps, d - k))
         z = probe_vector(d, self.gen, self.dist, op.dtype, op.device)
-        if isinstance(target, _Deflated):
+        if isinstance(target, Deflated):
             z = target.project(z)
         lz, stopped_by = _run(target, z, m, adaptive=i > 0, resolution=self.resolution,
                               resolution_tol=self.resolution_tol, min_steps=self.min_steps,
@@ -139,6 +121,10 @@ class _Runs:
         self.steps.append(lz.m)
         if i > 0 or self.resolution is None:
             self.trace_samples.append(float(z @ z) * lz.alpha[0])
+        if i == 0 and self.basis is not None and stopped_by is None:
+            coeffs = torch.from_numpy(np.ascontiguousarray(s_[:, -1])).to(lz.V.dtype)
+            y = lz.V[: lz.m].T @ coeffs.to(lz.V.device)
+            self.complement_top = (float(theta[-1]), y / torch.linalg.vector_norm(y))
         if i == 0 and self.resolution is not None and stopped_by is None:
             extra_vals, extra_vecs = _settled_outliers(lz, self.seen[1] - self.seen[0])
             if len(extra_vals):

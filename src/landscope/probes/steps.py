@@ -5,6 +5,9 @@ Products are shared: the density's Lanczos runs work on the complement of the to
 eigenvectors (``run.top``, which enter as exact nodes) and each run's first step is a sample
 of the deflated trace, so the trace step reads ``run.top`` and ``run.density``; its stop is
 relative to the larger of |tr H| and an estimate of Σ|λ| (well posed for traces near zero).
+The density's first run, a random start on the complement of the top-k, doubles as the check
+for copies of a repeated eigenvalue the top-k missed (:mod:`~landscope.probes.complement`);
+without a density the top and bottom steps run that check themselves.
 The noise step reads ``run.top`` and ``run.trace``, the PAC-Bayes step ``run.top``, the
 verification every estimate. Each step runs inside the ledger's stage of its name and records
 a cap that cut it short (``ledger.record_stop``); an estimator a cap stopped before it began
@@ -14,6 +17,7 @@ is named in ``run.not_started``. The result names are :class:`ProbeRun`'s busine
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -21,10 +25,11 @@ import numpy as np
 from landscope.errors import ConfigError
 from landscope.probes.blocks import block_spectra, eigenvalue_table, parameter_groups
 from landscope.probes.class_structure import class_mean_gradients, class_structure
+from landscope.probes.complement import beyond_list, complement_check
 from landscope.probes.cost import ProbeLedger
 from landscope.probes.curvature_probes import curvature_spectra, verify_curvature
 from landscope.probes.density import slq
-from landscope.probes.lanczos import lanczos_eigs
+from landscope.probes.lanczos import EigResult, lanczos_eigs
 from landscope.probes.noise import gradient_noise
 from landscope.probes.pacbayes import pac_bayes_bounds
 from landscope.probes.pacbayes_optimize import optimized_pac_bayes_bounds
@@ -85,7 +90,17 @@ def step_top(run: ProbeRun) -> None:
     with ledger.stage("top", run.plan.get("top")):
         run.top = lanczos_eigs(op, k=min(cfg.top_k, op.dim), which="largest", tol=cfg.lanczos_tol,
                                seed=cfg.seed, stop=ledger.stop)
+        if _wants_check(cfg, run.top) and not cfg.density.enabled:  # else the density checks
+            run.top = complement_check(op, run.top, tol=cfg.lanczos_tol, seed=cfg.seed + 2,
+                                       stop=ledger.stop)
     ledger.record_stop("top", run.top.stopped_by)
+
+
+def _wants_check(cfg: Any, eig: EigResult) -> bool:
+    """Whether a list is checked for missed copies of repeated eigenvalues (k >= 2, the run
+    not cut short by a cap, ``probe.multiplicity_check``)."""
+    return (bool(cfg.multiplicity_check) and len(eig.eigenvalues) >= 2
+            and eig.stopped_by is None and eig.eigenvectors is not None)
 
 
 def step_bottom(run: ProbeRun) -> None:
@@ -95,6 +110,9 @@ def step_bottom(run: ProbeRun) -> None:
         run.bottom = lanczos_eigs(op, k=min(cfg.bottom_k, op.dim), which="smallest",
                                   tol=cfg.lanczos_tol, atol=1e-6, seed=cfg.seed + 1,
                                   stop=ledger.stop)
+        if _wants_check(cfg, run.bottom):
+            run.bottom = complement_check(op, run.bottom, tol=cfg.lanczos_tol, atol=1e-6,
+                                          seed=cfg.seed + 3, stop=ledger.stop)
     ledger.record_stop("bottom", run.bottom.stopped_by)
 
 
@@ -111,6 +129,27 @@ def step_density(run: ProbeRun) -> None:
                           resolution=cfg.density.sigma if run.top is not None else None,
                           stop=ledger.stop)
     ledger.record_stop("density", run.density.stopped_by)
+    if run.top is not None and _wants_check(cfg, run.top):
+        _check_top_by_density(run)
+
+
+def _check_top_by_density(run: ProbeRun) -> None:
+    """The density's first run, a random start on the complement of ``run.top``, is the first
+    round of :func:`~landscope.probes.complement.complement_check`: when its largest Ritz value
+    lies beyond the k-th eigenvalue, the top-k missed a copy of a repeated eigenvalue and the
+    check runs from that Ritz vector (its products count in the ``top`` stage)."""
+    top, q, cfg = run.top, run.density, run.cfg
+    assert top is not None and q is not None
+    if q.complement_top is None:
+        return  # a cap cut the first run: the list stays unchecked (top_checked false)
+    value, vector = q.complement_top
+    if not beyond_list(top, value, cfg.lanczos_tol):
+        run.top = replace(top, checked=True)
+        return
+    with run.ledger.stage("top"):
+        run.top = complement_check(run.op, top, tol=cfg.lanczos_tol, seed=cfg.seed + 2,
+                                   stop=run.ledger.stop, start=vector)
+    run.ledger.record_stop("top", run.top.stopped_by)
 
 
 def step_trace(run: ProbeRun) -> None:
@@ -288,6 +327,9 @@ def step_classes(run: ProbeRun) -> None:
             k = min(op.dim, max(C + 2, int(cfg.classes_top_k)))
             top = lanczos_eigs(op, k=k, which="largest", tol=cfg.lanczos_tol, seed=cfg.seed,
                                stop=run.ledger.stop)
+            if _wants_check(cfg, top):
+                top = complement_check(op, top, tol=cfg.lanczos_tol, seed=cfg.seed + 2,
+                                       stop=run.ledger.stop)
             source = "own"
             run.ledger.record_stop("classes", top.stopped_by)
         edge = run.density.outliers().threshold if run.density is not None else None

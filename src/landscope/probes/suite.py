@@ -53,12 +53,17 @@ def probe_data(train_split, cfg: Any) -> ProbeData:
 
 
 def _planned(cfg: Any, dim: int) -> dict[str, int]:
-    """The most products each switched-on full-Hessian estimator may spend (its own caps)."""
+    """The most products each switched-on full-Hessian estimator may spend (its own caps); a
+    list checked for missed copies of repeated eigenvalues adds one round of the check (each
+    copy found costs another)."""
     plan: dict[str, int] = {}
+    check = min(dim, 70) + 1 if cfg.multiplicity_check else 0  # a k=1 Lanczos run + a residual
     if cfg.top_k > 0:
         plan["top"] = min(dim, 50 + 20 * min(cfg.top_k, dim))
+        plan["top"] += check if cfg.top_k >= 2 and not cfg.density.enabled else 0
     if cfg.bottom_k > 0:
         plan["bottom"] = min(dim, 50 + 20 * min(cfg.bottom_k, dim))
+        plan["bottom"] += check if cfg.bottom_k >= 2 else 0
     if cfg.density.enabled:
         plan["density"] = cfg.density.probes * min(cfg.density.steps, dim)
     if cfg.trace.enabled:

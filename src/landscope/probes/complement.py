@@ -1,0 +1,147 @@
+"""Repeated eigenvalues: the check that a top-k (or bottom-k) list from one Lanczos run misses
+no copy of an eigenvalue (:func:`complement_check`).
+
+One start vector's Krylov space holds one direction of each eigenspace, so a single Lanczos run
+may list an exactly repeated eigenvalue once and go on with the next distinct one (the
+docstring of :func:`~landscope.probes.lanczos.lanczos_eigs`): on the spectrum 10, 10, 10, 7, 7,
+5, ... its top-5 is [10, 10, 7, 7, 5] (tests/test_complement.py). Power iteration with deflation
+(PyHessian) does not have this failure, because every pair starts from a fresh vector.
+
+The check starts Lanczos from a fresh random vector on the complement of the k vectors found
+(``P A P``, ``P = I − VVᵀ``). That vector has a component along every copy the list missed, so
+a missed copy is the complement's extreme eigenvalue, beyond the k-th value of the list. When
+the run's extreme Ritz pair has converged (the same residual test as the list) beyond the k-th
+value by more than the k-th value's tolerance, it enters the list, the k-th leaves, and the
+check starts again on the new complement. It ends at the first round whose extreme value is
+not beyond the k-th (a copy *equal* to the k-th value changes no value of the list), or whose
+extreme pair, converged to a relative residual of ``LOOSE``, lies short of the k-th value by
+more than that residual: a missed copy beyond the k-th value would have been that extreme pair
+(Lanczos finds a separated extreme eigenvalue first unless the start vector is nearly
+orthogonal to it, which a Gaussian start is with probability near zero).
+
+Cost: one Lanczos run to the convergence of its extreme pair per round, plus one product per
+pair that enters (its true residual): 30-70 % of a top-5's own products on the networks
+measured (docs/measurements.md#probes-complement). The probe suite does not pay it
+when the spectral density runs: the density's first Lanczos run is the same kind of random start
+on the same complement, and its extreme Ritz value (``SLQResult.complement_top``) shows a missed
+copy; only then does the suite run this check, from that run's Ritz vector
+(:func:`~landscope.probes.steps.step_density`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from landscope.probes.lanczos import (
+    EigResult,
+    _eigs_iterations,
+    _Lanczos,
+    _random_vector,
+    _Wanted,
+)
+from landscope.probes.operator import Deflated, Operator
+
+__all__ = ["beyond_list", "complement_check"]
+
+# A round ends early when its extreme Ritz pair, converged to this relative residual, lies short
+# of the k-th value by more than that residual (a missed copy, separated from the rest of the
+# complement, would have been that extreme pair)
+LOOSE = 1e-2
+
+
+def beyond_list(found: EigResult, value: float, tol: float, atol: float = 0.0) -> bool:
+    """Whether ``value`` (an extreme eigenvalue of the complement) lies beyond the list's k-th
+    value by more than that value's tolerance ``max(tol·|λ_k|, atol, its residual)``: then it
+    belongs in the list."""
+    last = float(found.eigenvalues[-1])
+    margin = max(tol * abs(last), atol, float(found.residuals[-1]))
+    sign = 1.0 if found.which == "largest" else -1.0
+    return sign * (value - last) > margin
+
+
+def _extreme_pair(op: Operator, basis: Tensor, z: Tensor, found: EigResult, tol: float,
+                  atol: float, max_iter: int | None, stop: Callable[[], str | None] | None
+                  ) -> tuple[float, Tensor, str, str | None]:
+    """Lanczos from ``z`` on the complement of ``basis`` until its extreme Ritz pair converges
+    (``max(tol·|θ|, atol)``) or, converged to ``LOOSE``, lies short of the list's k-th value by
+    more than its residual: the value, the unit vector (in the complement), which of
+    ``"converged"``, ``"short"`` or ``"unresolved"`` ended the run, and the cap that cut it."""
+    which = found.which
+    defl = Deflated(op, basis)
+    lz = _Lanczos(defl, defl.project(z), restart=False, capacity=40)
+    want = _Wanted(lz, 1, which, tol, atol)
+    sign, last = (1.0 if which == "largest" else -1.0), float(found.eigenvalues[-1])
+    state, stopped_by = "unresolved", None
+    max_iter = _eigs_iterations(op, 1, which, max_iter)
+    while lz.m < max_iter and not lz.exhausted:
+        if lz.m >= 1 and stop is not None and (stopped_by := stop()) is not None:
+            break
+        lz.step()
+        theta, s = lz.ritz()
+        i = int(want.indices(theta)[0])
+        t, est = float(theta[i]), abs(lz.beta[-1]) * abs(float(s[-1, i]))
+        if est <= want.thresholds(np.array([t]))[0]:
+            state = "converged"
+        elif est <= LOOSE * abs(t) and sign * (last - t) > est:
+            state = "short"
+        if state != "unresolved":
+            break
+    theta, s = lz.ritz()
+    i = int(want.indices(theta)[0])
+    coeffs = torch.from_numpy(np.ascontiguousarray(s[:, i])).to(dtype=op.dtype, device=op.device)
+    y = defl.project(lz.V[:lz.m].T @ coeffs)
+    return float(theta[i]), y / torch.linalg.vector_norm(y), state, stopped_by
+
+
+def complement_check(op: Operator, found: EigResult, *, tol: float = 1e-6, atol: float = 0.0,
+                     seed: int = 0, max_iter: int | None = None,
+                     stop: Callable[[], str | None] | None = None,
+                     start: Tensor | None = None) -> EigResult:
+    """``found`` (k pairs with eigenvectors, from :func:`~landscope.probes.lanczos.lanczos_eigs`)
+    with every missed copy of a repeated eigenvalue put in its place (module docstring).
+
+    Each round is a Lanczos run on the complement of the current k vectors from a seeded random
+    vector (``start`` for the first round: e.g. a Ritz vector that already points at a missed
+    copy), to the residual test ``max(tol·|θ|, atol)`` of its extreme pair. The result's
+    ``n_matvecs`` adds the check's products, ``added_by_check`` counts the pairs that entered
+    and ``checked`` says whether the check reached its conclusion (False when ``stop`` or
+    ``max_iter`` ended a round first; ``stopped_by`` then names the cap)."""
+    if found.eigenvectors is None:
+        raise ValueError("complement_check needs the eigenvectors of the list")
+    k, n0 = len(found.eigenvalues), op.n_matvecs
+    gen = torch.Generator().manual_seed(int(seed))
+    vals = found.eigenvalues.numpy().astype(np.float64).copy()
+    vecs = found.eigenvectors
+    res, conv = found.residuals.numpy().copy(), found.converged.numpy().copy()
+    sign = 1.0 if found.which == "largest" else -1.0
+    current, added, checked, stopped_by = found, 0, False, None
+    while vecs.shape[1] < op.dim:
+        z = start if (added == 0 and start is not None) else _random_vector(op, gen)
+        value, y, state, stopped_by = _extreme_pair(op, vecs, z.to(op.dtype), current, tol,
+                                                    atol, max_iter, stop)
+        if stopped_by is not None or state == "unresolved":
+            break
+        if state == "short" or not beyond_list(current, value, tol, atol):
+            checked = True
+            break
+        r = float(torch.linalg.vector_norm(op.matvec(y) - value * y))  # its true residual
+        vals, res = np.append(vals, value), np.append(res, r)
+        conv = np.append(conv, r <= max(tol * abs(value), atol))
+        vecs = torch.cat([vecs, y[:, None]], dim=1)
+        order = np.argsort(-sign * vals, kind="stable")[:k]
+        vals, res, conv = vals[order], res[order], conv[order]
+        vecs = vecs[:, torch.from_numpy(order.copy()).to(vecs.device)]
+        added += 1
+        current = replace(found, eigenvalues=torch.from_numpy(vals.copy()),
+                          residuals=torch.from_numpy(res.copy()))
+    return replace(found, eigenvalues=torch.from_numpy(vals.copy()), eigenvectors=vecs,
+                   residuals=torch.from_numpy(np.asarray(res, dtype=np.float64)),
+                   converged=torch.from_numpy(np.asarray(conv, dtype=bool)),
+                   n_matvecs=found.n_matvecs + op.n_matvecs - n0,
+                   stopped_by=found.stopped_by or stopped_by,
+                   added_by_check=found.added_by_check + added, checked=checked)

@@ -1,0 +1,141 @@
+"""The check for missed copies of repeated eigenvalues (landscope.probes.complement) on dense
+float64 matrices with chosen spectra, and its free first round in the probe suite (the
+density's first Lanczos run)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from landscope.config import DensityConfig, ProbeConfig
+from landscope.probes import steps
+from landscope.probes.complement import beyond_list, complement_check
+from landscope.probes.cost import ProbeLedger
+from landscope.probes.lanczos import lanczos_eigs
+from landscope.probes.operator import DenseOperator, quadratic_with_spectrum
+
+F64 = torch.float64
+
+
+def _spectrum(head: list[float], n: int = 300, seed: int = 1) -> tuple[DenseOperator, torch.Tensor]:
+    bulk = torch.rand(n - len(head), generator=torch.Generator().manual_seed(seed), dtype=F64)
+    eigs = torch.cat([torch.tensor(head, dtype=F64), bulk])
+    return DenseOperator(quadratic_with_spectrum(eigs, seed=seed)[0]), eigs
+
+
+def _exact(op: DenseOperator, res, expected: list[float]) -> None:
+    """The list is ``expected`` to 1e-6 relative, its vectors orthonormal, its residuals true
+    and within the tolerance."""
+    want = torch.tensor(expected, dtype=F64)
+    assert torch.allclose(res.eigenvalues, want, rtol=1e-6, atol=0)
+    v = res.eigenvectors
+    assert torch.allclose(v.T @ v, torch.eye(len(expected), dtype=F64), atol=1e-10)
+    true_res = (op.matrix @ v - v * res.eigenvalues).norm(dim=0)
+    assert torch.allclose(res.residuals, true_res, rtol=1e-6, atol=1e-12)
+    assert res.converged.all() and (true_res <= 1e-6 * want.abs()).all()
+
+
+@pytest.mark.parametrize("head,k,which,missed_by_lanczos", [
+    ([10.0, 10.0, 10.0, 7.0, 7.0, 5.0], 5, "largest", [10.0, 10.0, 7.0, 7.0, 5.0]),
+    ([8.0, 8.0, 6.0], 2, "largest", [8.0, 6.0]),
+    ([-3.0, -3.0, -3.0, -1.0], 3, "smallest", [-3.0, -3.0, -1.0]),
+])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_check_restores_the_copies_one_lanczos_run_misses(head, k, which, missed_by_lanczos,
+                                                          seed):
+    op, eigs = _spectrum(head)
+    one_run = lanczos_eigs(op, k=k, which=which, seed=seed)
+    # the failure the check exists for: one start vector lists a copy too few
+    assert torch.allclose(one_run.eigenvalues, torch.tensor(missed_by_lanczos, dtype=F64),
+                          rtol=1e-6)
+    checked = complement_check(op, one_run, seed=seed + 10)
+    expected = torch.sort(eigs, descending=(which == "largest")).values[:k].tolist()
+    _exact(op, checked, expected)
+    assert checked.checked and checked.added_by_check == 1
+    assert checked.n_matvecs > one_run.n_matvecs  # its products are counted
+    assert checked.which == which
+
+
+@pytest.mark.parametrize("head", [[5.0, 4.0, 3.0, 2.0, 1.5], [10.0, 9.99, 9.98, 9.97, 9.96, 9.95]])
+def test_check_changes_nothing_without_repeated_eigenvalues(head):
+    """Distinct eigenvalues, a separated list or a cluster: the list stays as it was, and the
+    check ends (a converged extreme pair of the complement short of the k-th value)."""
+    op, _ = _spectrum(head)
+    one_run = lanczos_eigs(op, k=5, seed=0)
+    checked = complement_check(op, one_run, seed=7)
+    assert torch.equal(checked.eigenvalues, one_run.eigenvalues)
+    assert torch.equal(checked.eigenvectors, one_run.eigenvectors)
+    assert checked.checked and checked.added_by_check == 0
+
+
+def test_check_stops_at_a_cap_and_says_it_did_not_conclude():
+    op, _ = _spectrum([10.0, 10.0, 10.0, 7.0, 7.0, 5.0])
+    one_run = lanczos_eigs(op, k=5, seed=0)
+    budget = op.n_matvecs + 3
+    cut = complement_check(op, one_run, seed=1,
+                           stop=lambda: "max_products" if op.n_matvecs >= budget else None)
+    assert not cut.checked and cut.stopped_by == "max_products"
+    assert torch.equal(cut.eigenvalues, one_run.eigenvalues)
+    with pytest.raises(ValueError, match="eigenvectors"):
+        complement_check(op, lanczos_eigs(op, k=2, seed=0, return_vectors=False))
+
+
+def test_beyond_list_uses_the_kth_tolerance():
+    op, _ = _spectrum([8.0, 8.0, 6.0])
+    top = lanczos_eigs(op, k=2, seed=0)  # [8, 6]
+    assert beyond_list(top, 8.0, 1e-6) and not beyond_list(top, 6.0 * (1 + 1e-7), 1e-6)
+    bottom = lanczos_eigs(op, k=2, which="smallest", seed=0)
+    assert beyond_list(bottom, float(bottom.eigenvalues[-1]) - 0.1, 1e-6)
+
+
+def _density_run(op: DenseOperator, top_k: int, multiplicity_check: bool = True):
+    cfg = ProbeConfig(top_k=top_k, multiplicity_check=multiplicity_check,
+                      density=DensityConfig(enabled=True, probes=3, steps=30))
+    ledger = ProbeLedger(counter=lambda: op.n_matvecs)
+    run = SimpleNamespace(cfg=cfg, op=op, ledger=ledger, plan={}, top=None, density=None,
+                          not_started={})
+    steps.step_top(run)
+    steps.step_density(run)
+    return run
+
+
+def test_the_density_first_run_is_the_free_first_round():
+    """With the density on, the top-k is checked by the density's first run: a missed copy
+    is put in the list (its products in the top stage), and nothing is spent without one."""
+    op, eigs = _spectrum([10.0, 10.0, 10.0, 7.0, 7.0, 5.0])
+    run = _density_run(op, 5)
+    _exact(op, run.top, [10.0, 10.0, 10.0, 7.0, 7.0])
+    assert run.top.checked and run.top.added_by_check == 1
+    assert run.ledger.stages["top"].products == run.top.n_matvecs
+    assert run.density.complement_top[0] == pytest.approx(10.0, rel=1e-6)
+
+    op, _ = _spectrum([5.0, 4.0, 3.0, 2.0, 1.5])
+    plain = lanczos_eigs(op, k=5, seed=0)
+    run = _density_run(op, 5)
+    assert run.top.checked and run.top.added_by_check == 0
+    assert run.top.n_matvecs == plain.n_matvecs  # the check cost no product
+    assert torch.equal(run.top.eigenvalues, plain.eigenvalues)
+
+
+def test_multiplicity_check_off_keeps_one_lanczos_run():
+    op, _ = _spectrum([10.0, 10.0, 10.0, 7.0, 7.0, 5.0])
+    run = _density_run(op, 5, multiplicity_check=False)
+    assert not run.top.checked and run.top.added_by_check == 0
+    assert float(run.top.eigenvalues[2]) == pytest.approx(7.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("which", ["top", "bottom"])
+def test_without_the_density_the_suite_runs_the_check(which):
+    head = [10.0, 10.0, 10.0, 7.0, 7.0, 5.0] if which == "top" else [-3.0, -3.0, -3.0, -1.0]
+    op, eigs = _spectrum(head)
+    k = 5 if which == "top" else 3
+    cfg = ProbeConfig(top_k=k if which == "top" else 0, bottom_k=k if which == "bottom" else 0)
+    run = SimpleNamespace(cfg=cfg, op=op, ledger=ProbeLedger(counter=lambda: op.n_matvecs),
+                          plan={}, top=None, bottom=None, density=None, not_started={})
+    getattr(steps, f"step_{which}")(run)
+    got = getattr(run, which)
+    _exact(op, got, torch.sort(eigs, descending=which == "top").values[:k].tolist())
+    assert got.checked and got.added_by_check == 1
+    assert run.ledger.stages[which].products == got.n_matvecs
