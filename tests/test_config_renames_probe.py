@@ -76,7 +76,8 @@ def test_the_defaults_go_to_the_previous_releases_probe_options():
     old = to_legacy(tree)["probe"]
     # new options: hashed only away from their defaults
     added_since = {"probe.every_n_steps", "probe.curvature", "probe.curvature_ntk_samples",
-                   "probe.curvature_mc_samples", "probe.classes", "probe.classes_top_k"}
+                   "probe.curvature_mc_samples", "probe.classes", "probe.classes_top_k",
+                   "probe.multiplicity_check"}
     assert {f"probe.{k}" for k in old} - added_since == {
         n for n in V1_OPTIONS if n.startswith("probe.")}
     assert to_current(to_legacy(tree)) == tree
