@@ -4,7 +4,8 @@ estimator.
 For each model (MNIST-1D, trained for ``--epochs`` epochs the way the runner trains it, float32,
 CPU) it measures, side by side in one process:
 
-* ``grad``   one gradient of the probe loss on the probe data (the unit; median of 5),
+* ``grad``   one gradient of the probe loss on the probe data (the unit; the median of 5 timed
+             before the preset and 5 after it),
 * ``hvp``    one Hessian-vector product (the operator's own method, median of 5) and its ratio to a
              gradient (issue #18: keep it <= 2.5), next to PyHessian 0.1's product on the same
              samples when it is installed (``pip install -e .[bench]``),
@@ -72,13 +73,17 @@ def trained(overrides: list[str], data_dir: str, epochs: int):
     return cfg, model, data
 
 
-def median_time(fn, repeats: int = 5) -> float:
+def sample_times(fn, repeats: int = 5) -> list[float]:
     times = []
     for _ in range(repeats):
         tic = time.perf_counter()
         fn()
         times.append(time.perf_counter() - tic)
-    return statistics.median(times)
+    return times
+
+
+def median_time(fn, repeats: int = 5) -> float:
+    return statistics.median(sample_times(fn, repeats))
 
 
 def measure(name: str, overrides: list[str], args, data_dir: str) -> dict:
@@ -92,12 +97,15 @@ def measure(name: str, overrides: list[str], args, data_dir: str) -> dict:
     op = HessianOperator(model, pd, check_determinism=False)
     v = torch.randn(op.dim, generator=torch.Generator().manual_seed(0))
     grad_op = HessianOperator(model, pd, check_determinism=False, method="double_backward")
-    t_grad = median_time(grad_op.gradient)
+    before = sample_times(grad_op.gradient)
     t_hvp = median_time(lambda: op.matvec(v))
     t_pyh = pyhessian_product_seconds(model, pd, v)
     tic = time.perf_counter()
     rep = run_probes(model, data.train, pcfg)
     wall = time.perf_counter() - tic
+    # the unit: the median of 5 gradients timed before and 5 after the preset, so that a drift
+    # of the machine's speed during the preset moves the unit with it
+    t_grad = statistics.median(before + sample_times(grad_op.gradient))
     s = rep.scalars
     return {"name": name, "params": op.dim, "grad_s": t_grad, "hvp_ratio": t_hvp / t_grad,
             "pyh_ratio": None if t_pyh is None else t_pyh / t_grad,

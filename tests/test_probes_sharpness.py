@@ -11,6 +11,7 @@ import torch
 
 from landscope.errors import LandscopeError
 from landscope.models import build_model
+from landscope.probes.flatness import WALK_OVERSHOOT, _quadratic_step
 from landscope.probes.hvp import HessianOperator
 from landscope.probes.operator import quadratic_with_spectrum
 from landscope.probes.probe_data import ProbeData
@@ -237,6 +238,22 @@ def test_a_good_guess_saves_points() -> None:
                              guess=guess)
     assert res.sigma == pytest.approx(ref.sigma, rel=2e-3)
     assert res.n_evals < 0.7 * ref.n_evals, (res.n_evals, ref.n_evals)
+    # the walk's second point is where a sigma^2 deviation reaches the target, 15 % past it:
+    # the bracket is that wide, not the factor guess_factor = 4 of a blind walk
+    (s0, d0), (s1, d1) = res.deviations[:2]
+    assert (d0 < target) != (d1 < target)
+    assert s1 / s0 == pytest.approx(math.sqrt(target / d0) * WALK_OVERSHOOT, rel=1e-12)
+    assert s1 / s0 < 1.5
+
+
+def test_quadratic_step_of_the_walk() -> None:
+    """sqrt(target / deviation) (or its inverse above the target) times WALK_OVERSHOOT, at least
+    WALK_OVERSHOOT, at most the factor; a zero or non-finite deviation takes the factor."""
+    assert _quadratic_step(0.025, 0.1, 4.0) == pytest.approx(2.0 * WALK_OVERSHOOT)
+    assert _quadratic_step(0.4, 0.1, 4.0) == pytest.approx(2.0 * WALK_OVERSHOOT)
+    assert _quadratic_step(0.1, 0.1, 4.0) == pytest.approx(WALK_OVERSHOOT)
+    assert _quadratic_step(1e-6, 0.1, 4.0) == 4.0
+    assert _quadratic_step(0.0, 0.1, 4.0) == 4.0 and _quadratic_step(math.inf, 0.1, 4.0) == 4.0
 
 
 @pytest.mark.parametrize("guess", [1e-3, 1.0])

@@ -15,10 +15,14 @@ have a positive finite deviation, else the bisection point on ``log sigma``, and
 bisection point whenever two steps in a row failed to halve the bracket.  ``sigma_range[1]``
 is tried first; ``sigma_range[0]`` only if the bracket closes on it.  ``guess`` (a rough
 ``sigma'`` from measures already made, e.g. :func:`sigma_guess`) replaces that start: the
-guess is tried, then points a factor ``guess_factor`` further down (or up) until one falls
-on the other side of the target, which brackets ``sigma'`` in one or two points instead of
-a search over the seven decades of ``sigma_range``; the ends of ``sigma_range`` stay the
-limits.  Under the single-crossing assumption the answer is the same within ``rtol``
+guess is tried, then points further down (or up) until one falls on the other side of the
+target, which brackets ``sigma'`` in one or two points instead of a search over the seven
+decades of ``sigma_range``; the ends of ``sigma_range`` stay the limits. The first step goes
+``WALK_OVERSHOOT`` past the point where a deviation growing as ``sigma^2`` (its growth near a
+minimum) would reach the target, at most a factor ``guess_factor``, the next ones a factor
+``guess_factor``: after a good guess the bracket is a few per cent wide instead of a factor
+``guess_factor``, and the narrowing takes fewer points.
+Under the single-crossing assumption the answer is the same within ``rtol``
 whatever the guess; a poor guess only costs more points.
 
 Draws per point: the accuracy lies in [0, 1], so the draws are made pair by pair and stop as
@@ -42,6 +46,11 @@ from landscope.errors import LandscopeError
 from landscope.probes.objective import Objective
 
 __all__ = ["PacBayesFlatness", "pac_bayes_flatness", "sigma_guess"]
+
+# The walk's first step from a guess aims this factor past the point where a deviation growing
+# as sigma^2 would reach the target (its cost against the factor-4 walk:
+# docs/measurements.md#probes-flatness)
+WALK_OVERSHOOT = 1.15
 
 
 @dataclass
@@ -85,26 +94,41 @@ def sigma_guess(average_increase: float, rho: float, loss_increase: float = 0.3)
     return rho * math.sqrt(loss_increase / average_increase)
 
 
+def _quadratic_step(deviation: float, target: float, factor: float) -> float:
+    """The factor to the next point of the walk: where a deviation growing as ``sigma^2``
+    reaches the target, moved ``WALK_OVERSHOOT`` past it so that the point likely falls on the
+    other side, within ``[WALK_OVERSHOOT, factor]`` (a zero or non-finite deviation: ``factor``)."""
+    if not (math.isfinite(deviation) and deviation > 0):
+        return factor
+    ratio = math.sqrt(max(target / deviation, deviation / target)) * WALK_OVERSHOOT
+    return min(max(ratio, WALK_OVERSHOOT), factor)
+
+
 def _bracket_from(above: Callable[[float], bool], seen: list[tuple[float, float]], guess: float,
-                  factor: float, lo: float, hi: float
+                  factor: float, lo: float, hi: float, target: float
                   ) -> tuple[float, Optional[float], float, Optional[float]]:
-    """Walk from ``guess`` by ``factor`` until the target is crossed, within ``(lo, hi)``:
-    ``(lo, d_lo, hi, d_hi)`` with the deviations at the points tried (None: an end of the range
-    that was not tried)."""
+    """Walk from ``guess`` until the target is crossed, within ``(lo, hi)``: the first step by
+    :func:`_quadratic_step`, the next ones by ``factor`` (a deviation that did not grow as
+    ``sigma^2``, e.g. on an accuracy plateau, would make small steps). ``(lo, d_lo, hi, d_hi)``
+    with the deviations at the points tried (None: an end of the range that was not tried)."""
     d_lo: Optional[float] = None
     d_hi: Optional[float] = None
     sigma = guess
+
+    def step(deviation: float) -> float:
+        return _quadratic_step(deviation, target, factor) if len(seen) == 1 else factor
+
     if above(sigma):
         while True:
             hi, d_hi = sigma, seen[-1][1]
-            sigma = sigma / factor
+            sigma = sigma / step(d_hi)
             if sigma <= lo:
                 return lo, None, hi, d_hi
             if not above(sigma):
                 return sigma, seen[-1][1], hi, d_hi
     while True:
         lo, d_lo = sigma, seen[-1][1]
-        sigma = sigma * factor
+        sigma = sigma * step(d_lo)
         if sigma >= hi:
             return lo, d_lo, hi, None
         if above(sigma):
@@ -178,7 +202,7 @@ def _first_bracket(dev: _Deviation, lo: float, hi: float, guess: Optional[float]
     d_hi: Optional[float] = None
     if guess is not None and lo < guess < hi and guess_factor > 1:
         lo, d_lo, hi, d_hi = _bracket_from(dev.above, dev.seen, float(guess),
-                                           float(guess_factor), lo, hi)
+                                           float(guess_factor), lo, hi, dev.target)
     if d_hi is None:
         d_hi = dev.seen[-1][1] if dev.above(hi) else None
         if d_hi is None:
