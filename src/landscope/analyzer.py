@@ -185,11 +185,13 @@ class Analyzer:
     def full_analysis(self, top_k: int = 5, sharpness_rho: float = 0.05,
                       trace_rse: float = 0.01, negative_tol: float = 1e-3,
                       slq_steps: int = 80) -> CurvatureSummary:
-        """Hessian spectrum (top-k and bottom eigenvalue, Lanczos), trace (to relative
-        standard error ``trace_rse``), spectral density (10 probes of ``slq_steps`` Lanczos
-        steps: the number of eigenvalues below −``negative_tol``·|λmax|), worst-case
+        """Hessian spectrum (top-k, checked for copies of a repeated eigenvalue, and bottom
+        eigenvalue, Lanczos), trace (to relative standard error ``trace_rse``), spectral
+        density (10 probes of ``slq_steps`` Lanczos steps: the number of eigenvalues below
+        −``negative_tol``·|λmax|), worst-case
         sharpness at radius ``sharpness_rho`` and PAC-Bayes flatness at the model's weights,
         on the train sample set (eval mode)."""
+        from landscope.probes.complement import complement_check
         from landscope.probes.density import slq
         from landscope.probes.hvp import HessianOperator
         from landscope.probes.lanczos import lanczos_eigs, spectral_summary
@@ -213,6 +215,8 @@ class Analyzer:
         op = HessianOperator(self._net, self.train, mode="eval", seed=seed)
         k = min(top_k, op.dim)
         top = lanczos_eigs(op, k=k, which="largest", seed=seed)
+        if k >= 2:  # copies of a repeated eigenvalue one Lanczos run misses
+            top = complement_check(op, top, seed=seed + 2)
         bottom = lanczos_eigs(op, k=1, which="smallest", atol=1e-6, seed=seed + 1)
         summary = spectral_summary(top, bottom)
         tr = deflated_trace(op, top, seed=seed, target_rse=trace_rse, max_samples=2000)
