@@ -78,6 +78,10 @@ def test_check_stops_at_a_cap_and_says_it_did_not_conclude():
                            stop=lambda: "max_products" if op.n_matvecs >= budget else None)
     assert not cut.checked and cut.stopped_by == "max_products"
     assert torch.equal(cut.eigenvalues, one_run.eigenvalues)
+    spent = op.n_matvecs  # a cap already spent: no product at all
+    at_once = complement_check(op, one_run, seed=1, stop=lambda: "budget_s")
+    assert op.n_matvecs == spent and at_once.n_matvecs == one_run.n_matvecs
+    assert not at_once.checked and at_once.stopped_by == "budget_s"
     with pytest.raises(ValueError, match="eigenvectors"):
         complement_check(op, lanczos_eigs(op, k=2, seed=0, return_vectors=False))
 
@@ -139,3 +143,29 @@ def test_without_the_density_the_suite_runs_the_check(which):
     _exact(op, got, torch.sort(eigs, descending=which == "top").values[:k].tolist())
     assert got.checked and got.added_by_check == 1
     assert run.ledger.stages[which].products == got.n_matvecs
+
+
+class _Diagonal:
+    """A diagonal operator (a large dimension at the cost of a vector product)."""
+
+    def __init__(self, d: torch.Tensor) -> None:
+        self.d, self.dim, self.n_matvecs = d, d.numel(), 0
+        self.dtype, self.device = d.dtype, d.device
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        self.n_matvecs += 1
+        return self.d * v
+
+
+def test_a_hessian_like_spectrum_is_not_ended_by_a_random_starts_rayleigh_quotient():
+    """D = 40,000 with a bulk near zero (as on a network's Hessian): a random start's Rayleigh
+    quotient is tiny and its residual small against the k-th value, yet the missed copy of 50
+    is found (the round runs until its extreme pair has converged relative to its own value)."""
+    bulk = 1e-2 * torch.rand(40_000 - 5, generator=torch.Generator().manual_seed(0), dtype=F64)
+    op = _Diagonal(torch.cat([torch.tensor([50.0, 50.0, 30.0, 20.0, 10.0], dtype=F64), bulk]))
+    one_run = lanczos_eigs(op, k=3, seed=0)
+    assert torch.allclose(one_run.eigenvalues, torch.tensor([50.0, 30.0, 20.0], dtype=F64))
+    checked = complement_check(op, one_run, seed=1)
+    assert torch.allclose(checked.eigenvalues, torch.tensor([50.0, 50.0, 30.0], dtype=F64),
+                          rtol=1e-6)
+    assert checked.checked and checked.added_by_check == 1

@@ -30,6 +30,7 @@ copy; only then does the suite run this check, from that run's Ritz vector
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -48,10 +49,14 @@ from landscope.probes.operator import Deflated, Operator
 
 __all__ = ["beyond_list", "complement_check"]
 
-# A round ends early when its extreme Ritz pair, converged to this relative residual, lies short
-# of the k-th value by more than that residual (a missed copy, separated from the rest of the
-# complement, would have been that extreme pair)
+# A round ends early when its extreme Ritz pair, converged to this relative residual after at
+# least SHORT_MIN_STEPS steps, lies short of the k-th value by more than that residual (a missed
+# copy, separated from the rest of the complement, would have been that extreme pair). The
+# residual is relative to the pair's own value: one relative to the k-th value lets a random
+# start's Rayleigh quotient (tiny, with a residual small against a large k-th value) end the
+# round after one product, before the Krylov space has grown towards any missed copy.
 LOOSE = 1e-2
+SHORT_MIN_STEPS = 4
 
 
 def beyond_list(found: EigResult, value: float, tol: float, atol: float = 0.0) -> bool:
@@ -68,9 +73,11 @@ def _extreme_pair(op: Operator, basis: Tensor, z: Tensor, found: EigResult, tol:
                   atol: float, max_iter: int | None, stop: Callable[[], str | None] | None
                   ) -> tuple[float, Tensor, str, str | None]:
     """Lanczos from ``z`` on the complement of ``basis`` until its extreme Ritz pair converges
-    (``max(tol·|θ|, atol)``) or, converged to ``LOOSE``, lies short of the list's k-th value by
-    more than its residual: the value, the unit vector (in the complement), which of
-    ``"converged"``, ``"short"`` or ``"unresolved"`` ended the run, and the cap that cut it."""
+    (``max(tol·|θ|, atol)``) or, converged to ``LOOSE·|θ|`` after ``SHORT_MIN_STEPS`` steps,
+    lies short of the list's k-th value by more than its residual: the value, the
+    unit vector (in the complement), which of ``"converged"``, ``"short"`` or ``"unresolved"``
+    ended the run, and the cap that cut it (NaN and ``z`` when the cap came before the first
+    product)."""
     which = found.which
     defl = Deflated(op, basis)
     lz = _Lanczos(defl, defl.project(z), restart=False, capacity=40)
@@ -79,7 +86,7 @@ def _extreme_pair(op: Operator, basis: Tensor, z: Tensor, found: EigResult, tol:
     state, stopped_by = "unresolved", None
     max_iter = _eigs_iterations(op, 1, which, max_iter)
     while lz.m < max_iter and not lz.exhausted:
-        if lz.m >= 1 and stop is not None and (stopped_by := stop()) is not None:
+        if stop is not None and (stopped_by := stop()) is not None:
             break
         lz.step()
         theta, s = lz.ritz()
@@ -87,10 +94,12 @@ def _extreme_pair(op: Operator, basis: Tensor, z: Tensor, found: EigResult, tol:
         t, est = float(theta[i]), abs(lz.beta[-1]) * abs(float(s[-1, i]))
         if est <= want.thresholds(np.array([t]))[0]:
             state = "converged"
-        elif est <= LOOSE * abs(t) and sign * (last - t) > est:
+        elif lz.m >= SHORT_MIN_STEPS and est <= LOOSE * abs(t) and sign * (last - t) > est:
             state = "short"
         if state != "unresolved":
             break
+    if lz.m == 0:  # a cap before the first product
+        return math.nan, z, state, stopped_by
     theta, s = lz.ritz()
     i = int(want.indices(theta)[0])
     coeffs = torch.from_numpy(np.ascontiguousarray(s[:, i])).to(dtype=op.dtype, device=op.device)
