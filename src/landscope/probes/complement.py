@@ -102,8 +102,7 @@ def _extreme_pair(op: Operator, basis: Tensor, z: Tensor, found: EigResult, tol:
         return math.nan, z, state, stopped_by
     theta, s = lz.ritz()
     i = int(want.indices(theta)[0])
-    coeffs = torch.from_numpy(np.ascontiguousarray(s[:, i])).to(dtype=op.dtype, device=op.device)
-    y = defl.project(lz.V[:lz.m].T @ coeffs)
+    y = defl.project(lz.ritz_vectors(s[:, i:i + 1])[:, 0])  # in the complement to rounding
     return float(theta[i]), y / torch.linalg.vector_norm(y), state, stopped_by
 
 

@@ -139,6 +139,13 @@ class _Lanczos:
         grown[:j] = buf
         return grown
 
+    def ritz_vectors(self, s_cols: np.ndarray) -> Tensor:
+        """The unit Ritz vectors ``V_mᵀ s`` of the columns ``s_cols`` (m × j) of :meth:`ritz`'s S,
+        in the operator's dtype and device (dim × j)."""
+        coeffs = torch.from_numpy(np.ascontiguousarray(s_cols)).to(self.V.dtype).to(self.V.device)
+        vecs = self.V[: self.m].T @ coeffs
+        return vecs / torch.linalg.vector_norm(vecs, dim=0, keepdim=True).clamp_min(1e-300)
+
     def ritz(self) -> tuple[np.ndarray, np.ndarray]:
         """Eigen-decomposition of T_m in float64: ascending θ and eigenvectors S (m×m)."""
         d = np.asarray(self.alpha, dtype=np.float64)

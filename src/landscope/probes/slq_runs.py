@@ -72,9 +72,7 @@ def _settled_outliers(lz: _Lanczos, spread: float, alpha: float = 0.01, gap: flo
     hi = theta[min(int(np.searchsorted(cdf, 1 - alpha)), len(theta) - 1)]
     res = abs(lz.beta[-1]) * np.abs(s[-1])
     idx = np.nonzero((theta > hi + gap * (hi - lo)) & (res <= rtol * max(spread, 1e-300)))[0]
-    coeffs = torch.from_numpy(np.ascontiguousarray(s[:, idx])).to(lz.V.dtype).to(lz.V.device)
-    vecs = lz.V[: lz.m].T @ coeffs
-    return theta[idx], vecs / torch.linalg.vector_norm(vecs, dim=0, keepdim=True).clamp_min(1e-300)
+    return theta[idx], lz.ritz_vectors(s[:, idx])
 
 
 class _Runs:
@@ -122,9 +120,7 @@ class _Runs:
         if i > 0 or self.resolution is None:
             self.trace_samples.append(float(z @ z) * lz.alpha[0])
         if i == 0 and self.basis is not None and stopped_by is None:
-            coeffs = torch.from_numpy(np.ascontiguousarray(s_[:, -1])).to(lz.V.dtype)
-            y = lz.V[: lz.m].T @ coeffs.to(lz.V.device)
-            self.complement_top = (float(theta[-1]), y / torch.linalg.vector_norm(y))
+            self.complement_top = (float(theta[-1]), lz.ritz_vectors(s_[:, -1:])[:, 0])
         if i == 0 and self.resolution is not None and stopped_by is None:
             extra_vals, extra_vecs = _settled_outliers(lz, self.seen[1] - self.seen[0])
             if len(extra_vals):
