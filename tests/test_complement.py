@@ -1,20 +1,32 @@
 """The check for missed copies of repeated eigenvalues (landscope.probes.complement) on dense
-float64 matrices with chosen spectra, and its free first round in the probe suite (the
-density's first Lanczos run)."""
+float64 matrices with chosen spectra, its free first round in the probe suite (the
+density's first Lanczos run), and the other lists it checks (per-block spectra, GGN, NTK and
+the residual H - G) on a network whose zeroed head repeats their eigenvalues."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from landscope.config import DensityConfig, ProbeConfig
-from landscope.probes import steps
-from landscope.probes.complement import beyond_list, complement_check
-from landscope.probes.cost import ProbeLedger
-from landscope.probes.lanczos import lanczos_eigs
-from landscope.probes.operator import DenseOperator, quadratic_with_spectrum
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from landscope.config import DensityConfig, ProbeConfig  # noqa: E402
+from landscope.probes import steps  # noqa: E402
+from landscope.probes.blocks import block_spectra, parameter_groups  # noqa: E402
+from landscope.probes.complement import beyond_list, complement_check  # noqa: E402
+from landscope.probes.cost import ProbeLedger  # noqa: E402
+from landscope.probes.curvature_ops import GGNOperator, NTKOperator  # noqa: E402
+from landscope.probes.curvature_probes import curvature_scalars, curvature_spectra  # noqa: E402
+from landscope.probes.hvp import HessianOperator  # noqa: E402
+from landscope.probes.lanczos import lanczos_eigs  # noqa: E402
+from landscope.probes.operator import DenseOperator, quadratic_with_spectrum  # noqa: E402
+from landscope.probes.probe_data import ProbeData  # noqa: E402
+from landscope.probes.verify import dense_hessian  # noqa: E402
+from probe_models import seeded_model  # noqa: E402
 
 F64 = torch.float64
 
@@ -169,3 +181,71 @@ def test_a_hessian_like_spectrum_is_not_ended_by_a_random_starts_rayleigh_quotie
     assert torch.allclose(checked.eigenvalues, torch.tensor([50.0, 50.0, 30.0], dtype=F64),
                           rtol=1e-6)
     assert checked.checked and checked.added_by_check == 1
+
+
+# ------------------------------------------------------- the other lists: blocks, GGN, NTK
+def _zero_head_mlp():
+    """The probe tests' MLP with its last layer zeroed: every sample's softmax is uniform, so
+    the output Hessian A = (I − 11ᵀ/C)/C is the same for all, and the head's weight block of the
+    Hessian, and the GGN, are A ⊗ (the features' second moment): each eigenvalue twice (C = 3),
+    the NTK's (features' Gram) ⊗ I_C: each eigenvalue three times."""
+    model, x, y = seeded_model({"name": "mlp", "width": 8, "depth": 2}, (1, 6), 3, 40)
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+    return model, ProbeData.from_tensors(x, y, 20), last
+
+
+def _top(matrix: torch.Tensor, k: int) -> torch.Tensor:
+    return torch.linalg.eigvalsh(0.5 * (matrix + matrix.T)).flip(0)[:k]
+
+
+def test_block_spectra_check_the_copies_of_a_zeroed_head():
+    model, data, last = _zero_head_mlp()
+    groups = parameter_groups(model, "layer")
+    name = next(g for g, members in groups.items() if any(
+        dict(model.named_parameters())[m] is last.weight for m in members))
+    names = [n for n, p in model.named_parameters()]
+    sizes = [p.numel() for p in model.parameters()]
+    start = sum(sizes[: names.index(groups[name][0])])
+    idx = torch.arange(start, start + sum(dict(model.named_parameters())[m].numel()
+                                          for m in groups[name]))
+    want = _top(dense_hessian(model, data)[idx][:, idx], 4)
+    assert float(want[0] - want[1]) < 1e-9 * float(want[0])  # the copies are there
+    plain = {b.name: b for b in block_spectra(model, data, groups, k=4, multiplicity_check=False)}
+    got = {b.name: b for b in block_spectra(model, data, groups, k=4)}
+    assert not plain[name].checked
+    assert not torch.allclose(plain[name].eigenvalues, want, rtol=1e-6)  # one run misses them
+    assert torch.allclose(got[name].eigenvalues, want, rtol=1e-6, atol=0)
+    assert got[name].checked and got[name].missed_copies >= 1
+    assert got[name].summary()["missed_copies"] == got[name].missed_copies
+    assert got[name].n_matvecs > plain[name].n_matvecs  # the check's products are counted
+    assert all(b.checked for b in got.values() if len(b.eigenvalues) >= 2)
+
+
+def test_ggn_and_ntk_spectra_check_the_copies_of_a_zeroed_head():
+    model, data, _ = _zero_head_mlp()
+    hessian = HessianOperator(model, data)
+    top_h = lanczos_eigs(hessian, k=4, seed=0)
+    dense = {}
+    ops = {"ggn": GGNOperator(model, data), "ntk": NTKOperator(model, data, samples=16)}
+    for kind, op in ops.items():
+        eye = torch.eye(op.dim, dtype=F64)
+        dense[kind] = _top(torch.stack([op.matvec(e) for e in eye], 1), 4)
+    assert float(dense["ntk"][0] - dense["ntk"][2]) < 1e-9 * float(dense["ntk"][0])
+    for check in (False, True):
+        cfg = ProbeConfig(top_k=4, curvature=["ggn", "ntk"], curvature_ntk_samples=16,
+                          multiplicity_check=check)
+        res = curvature_spectra(model, data, hessian, top_h, cfg, lambda: None, 10)
+        s = curvature_scalars(res)
+        for kind in ("ggn", "ntk"):
+            got = res.spectra[kind].top.eigenvalues
+            assert s[f"{kind}_checked"] is check
+            if check:
+                assert torch.allclose(got, dense[kind], rtol=1e-6, atol=0)
+                assert s[f"{kind}_missed_copies"] >= 1
+            else:
+                assert not torch.allclose(got, dense[kind], rtol=1e-6)
+                assert s[f"{kind}_missed_copies"] == 0
+        assert s["residual_checked"] is check

@@ -15,7 +15,9 @@ Two partitions (``probe.per_block``):
   ``nn.Sequential``/``nn.ModuleList`` of composite modules (the MLP's hidden layers, the CNN's
   stages, the ResNet's and ViT's residual blocks) split into its items.
 
-Each block's top-k pairs come from Lanczos on the restricted operator, its trace from Hutchinson
+Each block's top-k pairs come from Lanczos on the restricted operator, checked for missed copies of
+a repeated eigenvalue (:func:`~landscope.probes.complement.complement_check`; a block of identical
+units, such as the columns of a layer at a symmetric point, has them), its trace from Hutchinson
 deflated by those pairs (to ``probe.trace.rse``), or exactly from its unit vectors when the block
 has at most :data:`EXACT_TRACE_MAX` parameters.
 """
@@ -31,6 +33,7 @@ import torch
 from torch import nn
 
 from landscope.errors import LandscopeError
+from landscope.probes.complement import checked_list
 from landscope.probes.hvp import HessianOperator, Mode
 from landscope.probes.lanczos import lanczos_eigs
 from landscope.probes.probe_data import ProbeData
@@ -83,6 +86,8 @@ class BlockSpectrum:
     trace: float
     trace_stderr: float  # 0 for an exact trace
     n_matvecs: int
+    checked: bool = False    # the list was checked for missed copies of repeated eigenvalues
+    missed_copies: int = 0   # copies the check put in the list
 
     def summary(self, lambda_max: float | None = None) -> dict[str, Any]:
         finite = math.isfinite(self.trace)
@@ -90,7 +95,8 @@ class BlockSpectrum:
                                "lambda_max": float(self.eigenvalues[0]),
                                "trace": self.trace if finite else None,
                                "trace_stderr": self.trace_stderr if finite else None,
-                               "converged": self.converged, "hvps": self.n_matvecs}
+                               "converged": self.converged, "hvps": self.n_matvecs,
+                               "checked": self.checked, "missed_copies": self.missed_copies}
         if lambda_max:
             out["lambda_max_share"] = float(self.eigenvalues[0]) / lambda_max
         return out
@@ -103,9 +109,11 @@ def _exact_trace(op: HessianOperator) -> float:
 
 def block_spectra(model: nn.Module, data: ProbeData, groups: dict[str, Sequence[str]], *,
                   k: int = 3, mode: Mode = "eval", tol: float = 1e-6, trace_rse: float = 0.01,
-                  trace: bool = True, seed: int = 0) -> list[BlockSpectrum]:
-    """Top-``k`` eigenpairs (Lanczos, relative residual ``tol``) and the trace of ``H_bb`` for
-    every group of :func:`parameter_groups`; ``model`` is not modified."""
+                  trace: bool = True, seed: int = 0,
+                  multiplicity_check: bool = True) -> list[BlockSpectrum]:
+    """Top-``k`` eigenpairs (Lanczos, relative residual ``tol``; with ``multiplicity_check``
+    checked for missed copies of repeated eigenvalues) and the trace of ``H_bb`` for every
+    group of :func:`parameter_groups`; ``model`` is not modified."""
     named = dict(model.named_parameters())
     out = []
     for i, (name, members) in enumerate(groups.items()):
@@ -113,6 +121,9 @@ def block_spectra(model: nn.Module, data: ProbeData, groups: dict[str, Sequence[
                              check_determinism=False)
         eig = lanczos_eigs(op, k=min(k, op.dim), which="largest", tol=tol, atol=1e-10,
                            seed=seed + i)
+        # the check's start: a seed no block's own Lanczos run uses
+        eig = checked_list(op, eig, enabled=multiplicity_check, tol=tol, atol=1e-10,
+                           seed=seed + len(groups) + i)
         tr, se = float("nan"), float("nan")
         if trace and op.dim <= EXACT_TRACE_MAX:
             tr, se = _exact_trace(op), 0.0
@@ -122,7 +133,8 @@ def block_spectra(model: nn.Module, data: ProbeData, groups: dict[str, Sequence[
         out.append(BlockSpectrum(name=name, params=list(members), n_params=op.dim,
                                  eigenvalues=eig.eigenvalues, residuals=eig.residuals,
                                  converged=bool(eig.converged.all()), trace=tr,
-                                 trace_stderr=se, n_matvecs=op.n_matvecs))
+                                 trace_stderr=se, n_matvecs=op.n_matvecs,
+                                 checked=eig.checked, missed_copies=eig.added_by_check))
     return out
 
 

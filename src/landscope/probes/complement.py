@@ -47,7 +47,7 @@ from landscope.probes.lanczos import (
 )
 from landscope.probes.operator import Deflated, Operator
 
-__all__ = ["beyond_list", "complement_check"]
+__all__ = ["beyond_list", "check_applies", "complement_check", "checked_list"]
 
 # A round ends early when its extreme Ritz pair, converged to this relative residual after at
 # least SHORT_MIN_STEPS steps, lies short of the k-th value by more than that residual (a missed
@@ -57,6 +57,12 @@ __all__ = ["beyond_list", "complement_check"]
 # round after one product, before the Krylov space has grown towards any missed copy.
 LOOSE = 1e-2
 SHORT_MIN_STEPS = 4
+
+
+def check_applies(found: EigResult) -> bool:
+    """Whether a list can be checked: k >= 2 pairs, with eigenvectors, from a run no cap cut."""
+    return (len(found.eigenvalues) >= 2 and found.stopped_by is None
+            and found.eigenvectors is not None)
 
 
 def beyond_list(found: EigResult, value: float, tol: float, atol: float = 0.0) -> bool:
@@ -117,8 +123,9 @@ def complement_check(op: Operator, found: EigResult, *, tol: float = 1e-6, atol:
     vector (``start`` for the first round: e.g. a Ritz vector that already points at a missed
     copy), to the residual test ``max(tol·|θ|, atol)`` of its extreme pair. The result's
     ``n_matvecs`` adds the check's products, ``added_by_check`` counts the pairs that entered
-    and ``checked`` says whether the check reached its conclusion (False when ``stop`` or
-    ``max_iter`` ended a round first; ``stopped_by`` then names the cap)."""
+    and ``checked`` says whether the check reached its conclusion (at once for a list of the
+    whole space's ``dim`` pairs; False when ``stop`` or ``max_iter`` ended a round first;
+    ``stopped_by`` then names the cap)."""
     if found.eigenvectors is None:
         raise ValueError("complement_check needs the eigenvectors of the list")
     k, n0 = len(found.eigenvalues), op.n_matvecs
@@ -127,7 +134,8 @@ def complement_check(op: Operator, found: EigResult, *, tol: float = 1e-6, atol:
     vecs = found.eigenvectors
     res, conv = found.residuals.numpy().copy(), found.converged.numpy().copy()
     sign = 1.0 if found.which == "largest" else -1.0
-    current, added, checked, stopped_by = found, 0, False, None
+    # a list of the whole space's pairs can miss nothing
+    current, added, checked, stopped_by = found, 0, vecs.shape[1] >= op.dim, None
     while vecs.shape[1] < op.dim:
         z = start if (added == 0 and start is not None) else _random_vector(op, gen)
         value, y, state, stopped_by = _extreme_pair(op, vecs, z.to(op.dtype), current, tol,
@@ -153,3 +161,15 @@ def complement_check(op: Operator, found: EigResult, *, tol: float = 1e-6, atol:
                    n_matvecs=found.n_matvecs + op.n_matvecs - n0,
                    stopped_by=found.stopped_by or stopped_by,
                    added_by_check=found.added_by_check + added, checked=checked)
+
+
+def checked_list(op: Operator, found: EigResult, *, enabled: bool = True, tol: float = 1e-6,
+                 atol: float = 0.0, seed: int = 0,
+                 stop: Callable[[], str | None] | None = None) -> EigResult:
+    """``found`` through :func:`complement_check` when ``enabled`` and the check applies
+    (:func:`check_applies`), else unchanged (``checked`` stays False): the guard every list of
+    the probes shares (the Hessian's top-k and bottom-k, the per-block spectra, the GGN,
+    Fisher and NTK spectra)."""
+    if not (enabled and check_applies(found)):
+        return found
+    return complement_check(op, found, tol=tol, atol=atol, seed=seed, stop=stop)

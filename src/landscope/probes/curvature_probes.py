@@ -4,18 +4,22 @@ of their top eigenspaces with the Hessian's, their names in the results contract
 dense float64 references (verify mode).
 
 Per kind ``p`` in ``probe.curvature`` (``ggn``, ``fisher``, ``fisher_empirical``, ``ntk``):
-``p_lambda_max``, ``p_top_eigenvalues`` (the top ``probe.top_k``, Lanczos at
-``probe.lanczos_tol``), ``p_converged``, ``p_trace`` / ``p_trace_stderr`` (Hutchinson deflated by
-those pairs, to ``probe.trace.rse``), ``p_products`` (the operator's products, its own unit: one
-costs a Jacobian-vector and a vector-Jacobian product), and for the parameter-space kinds
+``p_lambda_max``, ``p_top_eigenvalues`` (the top ``probe.top_k``, Lanczos at ``probe.lanczos_tol``,
+checked for missed copies of repeated eigenvalues with ``probe.multiplicity_check``: the GGN and the
+NTK of a network at a symmetric point, such as a zero-initialized head, repeat eigenvalues),
+``p_converged``, ``p_checked`` / ``p_missed_copies`` (whether the check ran to its conclusion, and
+the copies it added), ``p_trace`` / ``p_trace_stderr`` (Hutchinson deflated by those pairs, to
+``probe.trace.rse``), ``p_products`` (the operator's products, its own unit: one costs a
+Jacobian-vector and a vector-Jacobian product), and for the parameter-space kinds
 ``hessian_p_overlap = ||V_H^T V_p||_F^2 / k`` (``V``: the top-k unit eigenvectors; 1 when the
 eigenspaces coincide, about ``k / D`` for random ones). With ``ggn``: ``residual_lambda_max``,
-``residual_top_eigenvalues``, ``residual_converged``, ``residual_products`` of ``H - G`` (Papyan
-2020's split of the Hessian; each of its products costs one Hessian and one GGN product, the
-Hessian's counted in ``hvps``). ``ntk_samples``: the Gram's samples. Arrays: ``eigenvalues_p``,
-``residuals_p``, ``eigenvalues_residual``. Verify mode adds ``verify_p_top_max_rel_error``,
-``verify_p_trace_exact``, ``verify_p_trace_error_in_stderr``,
-``verify_residual_top_max_rel_error`` and ``verify_hessian_p_overlap_error`` (absolute).
+``residual_top_eigenvalues``, ``residual_converged``, ``residual_checked``,
+``residual_missed_copies``, ``residual_products`` of ``H - G`` (Papyan 2020's split of the Hessian;
+each of its products costs one Hessian and one GGN product, the Hessian's counted in ``hvps``).
+``ntk_samples``: the Gram's samples. Arrays: ``eigenvalues_p``, ``residuals_p``,
+``eigenvalues_residual``. Verify mode adds ``verify_p_top_max_rel_error``, ``verify_p_trace_exact``,
+``verify_p_trace_error_in_stderr``, ``verify_residual_top_max_rel_error`` and
+``verify_hessian_p_overlap_error`` (absolute).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from landscope.losses import task_loss
+from landscope.probes.complement import checked_list
 from landscope.probes.curvature_ops import (
     DifferenceOperator,
     curvature_operator,
@@ -80,13 +85,15 @@ def curvature_spectra(model: nn.Module, data: ProbeData, hessian: Any, top_h: Ei
                       min_samples: int) -> CurvatureResults:
     """Every kind in ``cfg.curvature`` (module docstring); ``hessian``: the run's operator."""
     res = CurvatureResults()
-    k = int(cfg.top_k)
+    k, check = int(cfg.top_k), bool(cfg.multiplicity_check)
     for kind in (str(c) for c in cfg.curvature):
         op = curvature_operator(kind, model, data, mode=hessian.mode, seed=cfg.seed,
                                 ntk_samples=cfg.curvature_ntk_samples,
                                 mc_samples=cfg.curvature_mc_samples)
         top = lanczos_eigs(op, k=min(k, op.dim), which="largest", tol=cfg.lanczos_tol,
                            seed=cfg.seed, stop=stop)
+        top = checked_list(op, top, enabled=check, tol=cfg.lanczos_tol, seed=cfg.seed + 2,
+                           stop=stop)
         tr = deflated_trace(op, top, seed=cfg.seed + 1, target_rse=cfg.trace.rse,
                             max_samples=cfg.trace.max_samples, min_samples=min_samples, stop=stop)
         spec = CurvatureSpectrum(top, tr, op.n_matvecs)
@@ -98,8 +105,10 @@ def curvature_spectra(model: nn.Module, data: ProbeData, hessian: Any, top_h: Ei
             res.fisher_sampled = op.sampled
         if kind == "ggn":
             diff = DifferenceOperator(hessian, op)
-            res.residual = lanczos_eigs(diff, k=min(k, op.dim), which="largest",
-                                        tol=cfg.lanczos_tol, seed=cfg.seed, stop=stop)
+            res.residual = checked_list(
+                diff, lanczos_eigs(diff, k=min(k, op.dim), which="largest",
+                                   tol=cfg.lanczos_tol, seed=cfg.seed, stop=stop),
+                enabled=check, tol=cfg.lanczos_tol, seed=cfg.seed + 2, stop=stop)
             res.residual_products = diff.n_matvecs
         res.spectra[kind] = spec
     return res
@@ -112,6 +121,8 @@ def curvature_scalars(res: CurvatureResults) -> dict[str, Any]:
         ev = spec.top.eigenvalues
         s.update({f"{kind}_lambda_max": float(ev[0]), f"{kind}_top_eigenvalues": ev.tolist(),
                   f"{kind}_converged": bool(spec.top.converged.all()),
+                  f"{kind}_checked": spec.top.checked,
+                  f"{kind}_missed_copies": spec.top.added_by_check,
                   f"{kind}_trace": spec.trace.estimate, f"{kind}_trace_stderr": spec.trace.stderr,
                   f"{kind}_products": spec.products})
         if spec.overlap is not None:
@@ -120,6 +131,8 @@ def curvature_scalars(res: CurvatureResults) -> dict[str, Any]:
         ev = res.residual.eigenvalues
         s.update(residual_lambda_max=float(ev[0]), residual_top_eigenvalues=ev.tolist(),
                  residual_converged=bool(res.residual.converged.all()),
+                 residual_checked=res.residual.checked,
+                 residual_missed_copies=res.residual.added_by_check,
                  residual_products=res.residual_products)
     if res.ntk_samples is not None:
         s["ntk_samples"] = res.ntk_samples

@@ -24,8 +24,8 @@ pairs it put in the list; k >= 2 only), ``trace``, ``trace_stderr``,
 ``noise_trace_sigma``, ``noise_sigma_max``, ``noise_trace_h_sigma``,
 ``noise_alignment_ratio`` (kappa = tr(H Sigma) / ((tr Sigma / D) tr H)),
 ``noise_top_k_energy_share``, ``difficulty_index`` (lambda_max^2 / tr H * kappa),
-``per_block`` and ``blocks`` ({name: {n_params, lambda_max, lambda_max_share, trace,
-trace_stderr, converged, hvps}}, see :mod:`~landscope.probes.blocks`), ``block_hvps``,
+``per_block`` and ``blocks`` ({name: {n_params, lambda_max, lambda_max_share, trace, trace_stderr,
+converged, hvps, checked, missed_copies}}, see :mod:`~landscope.probes.blocks`), ``block_hvps``,
 ``hvps`` (products used by the full-Hessian probes), ``probe_cost`` (products and evaluations
 per estimator) and ``probe_cost_seconds``, ``<estimator>_stopped_by`` (the cap that cut it
 short), ``probe_seconds``, ``probe_data_size``, ``probe_mode``, ``n_params``; with verify mode

@@ -25,7 +25,12 @@ import numpy as np
 from landscope.errors import ConfigError
 from landscope.probes.blocks import block_spectra, eigenvalue_table, parameter_groups
 from landscope.probes.class_structure import class_mean_gradients, class_structure
-from landscope.probes.complement import beyond_list, complement_check
+from landscope.probes.complement import (
+    beyond_list,
+    check_applies,
+    checked_list,
+    complement_check,
+)
 from landscope.probes.cost import ProbeLedger
 from landscope.probes.curvature_probes import curvature_spectra, verify_curvature
 from landscope.probes.density import slq
@@ -99,8 +104,7 @@ def step_top(run: ProbeRun) -> None:
 def _wants_check(cfg: Any, eig: EigResult) -> bool:
     """Whether a list is checked for missed copies of repeated eigenvalues (k >= 2, the run
     not cut short by a cap, ``probe.multiplicity_check``)."""
-    return (bool(cfg.multiplicity_check) and len(eig.eigenvalues) >= 2
-            and eig.stopped_by is None and eig.eigenvectors is not None)
+    return bool(cfg.multiplicity_check) and check_applies(eig)
 
 
 def step_bottom(run: ProbeRun) -> None:
@@ -110,9 +114,9 @@ def step_bottom(run: ProbeRun) -> None:
         run.bottom = lanczos_eigs(op, k=min(cfg.bottom_k, op.dim), which="smallest",
                                   tol=cfg.lanczos_tol, atol=1e-6, seed=cfg.seed + 1,
                                   stop=ledger.stop)
-        if _wants_check(cfg, run.bottom):
-            run.bottom = complement_check(op, run.bottom, tol=cfg.lanczos_tol, atol=1e-6,
-                                          seed=cfg.seed + 3, stop=ledger.stop)
+        run.bottom = checked_list(op, run.bottom, enabled=bool(cfg.multiplicity_check),
+                                  tol=cfg.lanczos_tol, atol=1e-6, seed=cfg.seed + 3,
+                                  stop=ledger.stop)
     ledger.record_stop("bottom", run.bottom.stopped_by)
 
 
@@ -199,7 +203,8 @@ def step_blocks(run: ProbeRun) -> None:
         run.blocks = block_spectra(run.model, run.data, groups, k=cfg.block_top_k,
                                    mode=run.op.mode, tol=cfg.lanczos_tol,
                                    trace_rse=cfg.trace.rse, trace=bool(cfg.trace.enabled),
-                                   seed=cfg.seed)
+                                   seed=cfg.seed,
+                                   multiplicity_check=bool(cfg.multiplicity_check))
     cost.products += sum(b.n_matvecs for b in run.blocks)
 
 
