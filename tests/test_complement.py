@@ -249,3 +249,25 @@ def test_ggn_and_ntk_spectra_check_the_copies_of_a_zeroed_head():
                 assert not torch.allclose(got, dense[kind], rtol=1e-6)
                 assert s[f"{kind}_missed_copies"] == 0
         assert s["residual_checked"] is check
+
+
+def test_scalars_from_before_the_check_are_recognized():
+    """Today's scalars (every golden case of test_probe_run) are current; with a checked
+    name removed they are not; a k = 1 result never had one."""
+    import json
+
+    from landscope.probes.run import predates_multiplicity_check
+
+    golden = json.loads((Path(__file__).parent / "expected" / "probe_run_expected.json")
+                        .read_text())
+    assert not any(predates_multiplicity_check(s) for s in golden.values())
+    full = golden["full"]
+    assert predates_multiplicity_check({k: v for k, v in full.items() if k != "top_checked"})
+    blocks = {n: {k: v for k, v in b.items() if k != "checked"}
+              for n, b in full["blocks"].items()}
+    assert predates_multiplicity_check({**full, "blocks": blocks})
+    assert predates_multiplicity_check({"ggn_top_eigenvalues": [2.0, 1.0]})
+    assert not predates_multiplicity_check({"ggn_top_eigenvalues": [2.0, 1.0],
+                                            "ggn_checked": False})
+    assert not predates_multiplicity_check({"lambda_max": 1.0, "spectral_gap": None})
+    assert not predates_multiplicity_check({"skipped": "diverged"})

@@ -303,6 +303,42 @@ def test_probe_presets_live_side_by_side(trained, tmp_path):
     assert run_job(trained[1](), job, [])["message"] == "skipped: already done"
 
 
+def test_probes_written_before_the_multiplicity_check_are_probed_again(trained, tmp_path):
+    """Scalars of a top-k (k >= 2) without ``top_checked`` come from a version whose Lanczos
+    list could miss copies of a repeated eigenvalue: the job is probed again (result.json and
+    the cache alike), without retraining; k = 1 presets, which have nothing to check, stand."""
+    from landscope.jobresults import JOB_STAGES, ProbeStage
+    from landscope.stages import missing
+
+    job = _copy(trained, tmp_path)
+    first = read_json(job / "result.json")
+    assert ProbeStage().recorded(first) == {first["probe_fingerprint"]}  # basic: k = 1
+    cfg = trained[1]("probe.top_k=3")
+    pfp = probe_fingerprint(cfg)
+    now = probe_finished_job(cfg, job, first)
+    assert now["probes_by_fingerprint"][pfp]["top_checked"] is True
+    assert missing(cfg, now, JOB_STAGES) == []
+    names = ("top_checked", "top_missed_copies")
+    old = json.loads(json.dumps(now))  # as the older version wrote them
+    for scalars in (old["probes_by_fingerprint"][pfp], old["probes"]):
+        for n in names:
+            scalars.pop(n, None)
+    cache = job / "probes" / f"{pfp}.json"
+    record = read_json(cache)
+    for n in names:
+        record["scalars"].pop(n)
+    cache.write_text(json.dumps(record))
+    (job / "result.json").write_text(json.dumps(old))
+    checkpoints = sorted(p.name for p in (job / "checkpoints").iterdir())
+    assert [type(s) for s in missing(cfg, old, JOB_STAGES)] == [ProbeStage]
+    again = probe_finished_job(cfg, job, old)
+    assert again["probes_by_fingerprint"][pfp]["top_checked"] is True
+    assert read_json(cache)["scalars"]["top_checked"] is True
+    assert _timeless(again["probes_by_fingerprint"][first["probe_fingerprint"]]) == \
+        _timeless(first["probes"])
+    assert sorted(p.name for p in (job / "checkpoints").iterdir()) == checkpoints
+
+
 def test_a_killed_writes_temporary_file_is_removed_by_the_next_write(tmp_path):
     """issue #17 (fault campaign): a write killed between its temporary file and the swap left
     ``.<name>.*.tmp`` behind for good. Temporary names carry host and pid; the next atomic

@@ -73,7 +73,21 @@ class ProbeStage(CachedStage):
                 "probe": plain(ctx.cfg.probe)}
 
     def recorded(self, result: dict) -> set:
-        return probe_fingerprints_of(result)
+        """The probe fingerprints whose scalars ``result`` holds, less those written before the
+        multiplicity check (:func:`~landscope.probes.run.predates_multiplicity_check`)."""
+        from landscope.probes.run import predates_multiplicity_check
+
+        by = dict(result.get("probes_by_fingerprint") or {})
+        if result.get("probe_fingerprint"):
+            by.setdefault(result["probe_fingerprint"], result.get("probes"))
+        return {fp for fp in probe_fingerprints_of(result)
+                if not predates_multiplicity_check(by.get(fp))}
+
+    def current(self, record: dict) -> bool:
+        """Whether a probe cache record's scalars are of today's probes (else recomputed)."""
+        from landscope.probes.run import predates_multiplicity_check
+
+        return not predates_multiplicity_check(record.get("scalars"))
 
     def merge(self, ctx: StageContext, fp: str, scalars: dict) -> dict:
         """The probe fields of result.json, with the presets ``ctx.previous`` holds kept

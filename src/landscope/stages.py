@@ -118,10 +118,15 @@ def missing(cfg: Any, result: dict, stages: Sequence[Stage]) -> list:
 
 def cached_run(ctx: StageContext, stage: Stage, name: str, key: Optional[dict] = None) -> dict:
     """The stage's scalars from ``<group>/<name>.json`` when it is a readable cache whose
-    items match ``key``; else run the stage and cache its report (npz, then the record with
+    items match ``key`` (and that the stage's ``current(record)``, where it has one, accepts);
+    else run the stage and cache its report (npz, then the record with
     ``key``'s items)."""
     cache = ctx.job.cache(stage.group, name)
     hit = cache.read(key)
+    if hit is not None and hasattr(stage, "current") and not stage.current(hit):
+        log.info("%s: %s/%s.json was written by an older version of the stage: recomputing",
+                 ctx.job.path, stage.group, name)
+        hit = None
     if hit is not None:
         return hit["scalars"]
     report = stage.run(ctx)
