@@ -256,7 +256,7 @@ def test_scalars_from_before_the_check_are_recognized():
     name removed they are not; a k = 1 result never had one."""
     import json
 
-    from landscope.probes.run import predates_multiplicity_check
+    from landscope.probes.complement import predates_multiplicity_check
 
     golden = json.loads((Path(__file__).parent / "expected" / "probe_run_expected.json")
                         .read_text())
