@@ -74,14 +74,13 @@ class ProbeStage(CachedStage):
 
     def recorded(self, result: dict) -> set:
         """The probe fingerprints whose scalars ``result`` holds, less those written before the
-        multiplicity check (:func:`~landscope.probes.run.predates_multiplicity_check`)."""
+        multiplicity check (:func:`~landscope.probes.complement.predates_multiplicity_check`)."""
         from landscope.probes.complement import predates_multiplicity_check
 
         by = dict(result.get("probes_by_fingerprint") or {})
         if result.get("probe_fingerprint"):
             by.setdefault(result["probe_fingerprint"], result.get("probes"))
-        return {fp for fp in probe_fingerprints_of(result)
-                if not predates_multiplicity_check(by.get(fp))}
+        return {fp for fp, scalars in by.items() if not predates_multiplicity_check(scalars)}
 
     def current(self, record: dict) -> bool:
         """Whether a probe cache record's scalars are of today's probes (else recomputed)."""
@@ -181,14 +180,6 @@ def cached_probes(cfg: DictConfig, job_dir: Path, model, data, stem: str,
     else run the probes and cache them."""
     ctx = StageContext(cfg, JobDir(job_dir), model, data)
     return cached_run(ctx, ProbeStage(), stem, key)
-
-
-def probe_fingerprints_of(result: dict) -> set:
-    """Every probe fingerprint whose scalars ``result`` holds."""
-    known = set((result.get("probes_by_fingerprint") or {}))
-    if result.get("probe_fingerprint"):
-        known.add(result["probe_fingerprint"])
-    return known
 
 
 def _preset(job: JobDir, pfp: str) -> Optional[str]:

@@ -95,9 +95,10 @@ def step_top(run: ProbeRun) -> None:
     with ledger.stage("top", run.plan.get("top")):
         run.top = lanczos_eigs(op, k=min(cfg.top_k, op.dim), which="largest", tol=cfg.lanczos_tol,
                                seed=cfg.seed, stop=ledger.stop)
-        if _wants_check(cfg, run.top) and not cfg.density.enabled:  # else the density checks
-            run.top = complement_check(op, run.top, tol=cfg.lanczos_tol, seed=cfg.seed + 2,
-                                       stop=ledger.stop)
+        # with the density on, its first run is the check's first round (step_density)
+        run.top = checked_list(op, run.top, tol=cfg.lanczos_tol, seed=cfg.seed + 2,
+                               enabled=bool(cfg.multiplicity_check) and not cfg.density.enabled,
+                               stop=ledger.stop)
     ledger.record_stop("top", run.top.stopped_by)
 
 
@@ -332,9 +333,8 @@ def step_classes(run: ProbeRun) -> None:
             k = min(op.dim, max(C + 2, int(cfg.classes_top_k)))
             top = lanczos_eigs(op, k=k, which="largest", tol=cfg.lanczos_tol, seed=cfg.seed,
                                stop=run.ledger.stop)
-            if _wants_check(cfg, top):
-                top = complement_check(op, top, tol=cfg.lanczos_tol, seed=cfg.seed + 2,
-                                       stop=run.ledger.stop)
+            top = checked_list(op, top, enabled=bool(cfg.multiplicity_check),
+                               tol=cfg.lanczos_tol, seed=cfg.seed + 2, stop=run.ledger.stop)
             source = "own"
             run.ledger.record_stop("classes", top.stopped_by)
         edge = run.density.outliers().threshold if run.density is not None else None
