@@ -1,6 +1,6 @@
 """The check for missed copies of repeated eigenvalues (landscope.probes.complement) on dense
-float64 matrices with chosen spectra, its free first round in the probe suite (the
-density's first Lanczos run), and the other lists it checks (per-block spectra, GGN, NTK and
+float64 matrices with chosen spectra, its fresh start in the probe suite also when the
+density runs, and the other lists it checks (per-block spectra, GGN, NTK and
 the residual H - G) on a network whose zeroed head repeats their eigenvalues."""
 
 from __future__ import annotations
@@ -117,22 +117,27 @@ def _density_run(op: DenseOperator, top_k: int, multiplicity_check: bool = True)
     return run
 
 
-def test_the_density_first_run_is_the_free_first_round():
-    """With the density on, the top-k is checked by the density's first run: a missed copy
-    is put in the list (its products in the top stage), and nothing is spent without one."""
+def test_with_the_density_the_check_starts_fresh():
+    """With the density on, the top-k is checked from its own seed, not from the top-k's start
+    vector (the density's first probe: it has no component along a missed copy). A missed copy
+    is put in the list (its products in the top stage); the density then makes its own first
+    run, since the top-k's Krylov space no longer holds the list."""
     op, eigs = _spectrum([10.0, 10.0, 10.0, 7.0, 7.0, 5.0])
     run = _density_run(op, 5)
     _exact(op, run.top, [10.0, 10.0, 10.0, 7.0, 7.0])
     assert run.top.checked and run.top.added_by_check == 1
     assert run.ledger.stages["top"].products == run.top.n_matvecs
-    assert run.density.complement_top[0] == pytest.approx(10.0, rel=1e-6)
+    assert not run.density.first_from_top and run.top.krylov is None
 
     op, _ = _spectrum([5.0, 4.0, 3.0, 2.0, 1.5])
     plain = lanczos_eigs(op, k=5, seed=0)
     run = _density_run(op, 5)
     assert run.top.checked and run.top.added_by_check == 0
-    assert run.top.n_matvecs == plain.n_matvecs  # the check cost no product
+    assert run.top.n_matvecs > plain.n_matvecs  # the check's fresh round is paid
     assert torch.equal(run.top.eigenvalues, plain.eigenvalues)
+    # the density's first rule is the top-k's Krylov space grown to k + steps vectors
+    assert run.density.first_from_top and run.top.krylov is None
+    assert run.density.steps[0] == run.cfg.density.steps
 
 
 def test_multiplicity_check_off_keeps_one_lanczos_run():
@@ -140,6 +145,7 @@ def test_multiplicity_check_off_keeps_one_lanczos_run():
     run = _density_run(op, 5, multiplicity_check=False)
     assert not run.top.checked and run.top.added_by_check == 0
     assert float(run.top.eigenvalues[2]) == pytest.approx(7.0, rel=1e-6)
+    assert run.density.first_from_top  # the list is the Krylov space's own top-5
 
 
 @pytest.mark.parametrize("which", ["top", "bottom"])

@@ -164,7 +164,8 @@ def test_suite_records_costs_plan_and_what_a_cap_cut():
     assert lines and lines[0].startswith("probe plan: at most")
     assert set(s["probe_cost"]) == {"top", "density", "trace", "sharpness"}
     assert set(s["probe_cost_seconds"]) == {f"{k}_seconds" for k in s["probe_cost"]}
-    assert s["probe_plan"] == {"top": 50 + 20 * 3, "density": 10 * 12, "trace": 2000}
+    # the top-k's plan holds one round of the multiplicity check (a k=1 run and its residual)
+    assert s["probe_plan"] == {"top": 50 + 20 * 3 + 71, "density": 10 * 12, "trace": 2000}
     assert sum(c["products"] for c in s["probe_cost"].values()) <= s["hvps"]
     assert s["probe_cost"]["sharpness"]["loss_evals"] > 0
     assert s["top_converged"] and s["trace_converged"]
@@ -229,7 +230,7 @@ def test_a_job_logs_its_plan_and_records_what_the_cap_cut(compose, tmp_path, cap
     assert p["hvps"] <= 27 and "top_converged" in p  # top-k runs at least k products
     cut = {k: v for k, v in p.items() if k.endswith("_stopped_by")}
     assert cut and set(cut.values()) == {"max_products"}
-    assert p["probe_plan"]["top"] == 150 and p["probe_dtype"] == "float32"
+    assert p["probe_plan"]["top"] == 150 + 71 and p["probe_dtype"] == "float32"
     text = caplog.text
     assert "probe plan: at most" in text and "probe caps cut short" in text
 

@@ -287,3 +287,45 @@ def test_slq_outliers_stop_where_an_unresolved_tail_begins(seed):
     assert torch.allclose(out.locations, torch.tensor([30.0, 20.0, 12.0], dtype=F64), rtol=1e-6)
     assert 6 <= out.tail_mass * 2000 <= 15 and out.threshold < 2.0
     assert res.outliers(max_multiplicity=1e9).count == 4  # the old rule's extra "outlier"
+
+
+@pytest.mark.parametrize("steps", [30, 8])
+def test_slq_first_rule_from_the_top_k_krylov_space(steps):
+    """``slq(first=top.krylov)``: the first probe is the top-k run's own start vector z. Its
+    rule (the Krylov space grown to k + steps vectors, the top-k Ritz pairs left out) has the
+    moments ``ẑᵀ (PAP)^p ẑ`` of ``ẑ = Pz/‖Pz‖`` (P = I − VVᵀ, V the top-k) to 1e-10, as a first
+    run from Pz has, and costs the top-k's steps beyond k fewer products; the later probes are
+    the same draws either way."""
+    eigs = torch.cat([torch.tensor([5.0, 4.0, 3.0, 2.0, 1.5], dtype=torch.float64),
+                      torch.rand(295, generator=torch.Generator().manual_seed(1),
+                                 dtype=torch.float64)])
+    op = DenseOperator(quadratic_with_spectrum(eigs, seed=1)[0])
+    k = 5
+    top = lanczos_eigs(op, k=k, seed=0, keep_krylov=True)
+    m_top = top.iterations
+    n0 = op.n_matvecs
+    q = slq(op, n_probes=3, m_steps=steps, seed=0, deflate=top, resolution=0.01,
+            first=top.krylov)
+    spent = op.n_matvecs - n0
+    again = lanczos_eigs(op, k=k, seed=0)
+    n0 = op.n_matvecs
+    own = slq(op, n_probes=3, m_steps=steps, seed=0, deflate=again, resolution=0.01)
+    assert q.first_from_top and not own.first_from_top
+    assert q.steps[0] == max(steps, m_top - k) and own.steps[0] == steps
+    assert spent == op.n_matvecs - n0 - min(steps, m_top - k)
+    z = torch.randn(op.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    v = top.eigenvectors
+    proj = torch.eye(op.dim, dtype=torch.float64) - v @ v.T
+    zh = proj @ z / torch.linalg.vector_norm(proj @ z)
+    nodes, w = q.nodes[0, k:], q.weights[0, k:] * op.dim / (op.dim - k)
+    assert torch.allclose(q.nodes[0, :k], top.eigenvalues)
+    for p in range(2 * min(steps, 8)):
+        exact = float(zh @ torch.linalg.matrix_power(proj @ op.matrix @ proj, p) @ zh)
+        assert float((w * nodes ** p).sum()) == pytest.approx(exact, rel=1e-10)
+    assert q.deflated == own.deflated == k and q.steps[1:] == own.steps[1:]
+    for i in range(1, 3):  # the same probes, the same rules (rows padded to their widths)
+        width = k + own.steps[i]
+        assert torch.allclose(q.nodes[i, :width], own.nodes[i, :width], rtol=1e-12)
+        assert torch.allclose(q.weights[i, :width], own.weights[i, :width], rtol=1e-12)
+    with pytest.raises(ValueError, match="deflate"):
+        slq(op, first=top.krylov)

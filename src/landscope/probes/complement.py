@@ -21,11 +21,11 @@ orthogonal to it, which a Gaussian start is with probability near zero).
 
 Cost: one Lanczos run to the convergence of its extreme pair per round, plus one product per
 pair that enters (its true residual): 30-70 % of a top-5's own products on the networks
-measured (docs/measurements.md#probes-complement). The probe suite does not pay it
-when the spectral density runs: the density's first Lanczos run is the same kind of random start
-on the same complement, and its extreme Ritz value (``SLQResult.complement_top``) shows a missed
-copy; only then does the suite run this check, from that run's Ritz vector
-(:func:`~landscope.probes.steps.step_density`).
+measured (docs/measurements.md#probes-complement). The start must be fresh: a run from the
+list's own start vector (or its projection on the complement) has no component along a missed
+copy and could find one only through rounding, so the probe suite checks from its own seed
+(``probe.seed + 2`` for the top-k) also when the spectral density runs; the density instead
+reads its first rule from the top-k's own Krylov space (:func:`~landscope.probes.density.slq`).
 """
 
 from __future__ import annotations

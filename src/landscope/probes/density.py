@@ -75,10 +75,8 @@ class SLQResult:
     deflated: int = 0
     stopped_by: str | None = None
     deflation: EigResult | None = None  # every pair deflated (top-k + the first run's outliers)
-    # with ``deflate``: the first run's largest Ritz value and unit Ritz vector on the complement
-    # of the deflated top-k (a random start there: it shows a copy of a repeated eigenvalue the
-    # top-k missed, landscope.probes.complement), None when a cap cut that run
-    complement_top: tuple[float, Tensor] | None = None
+    # whether the first row came from the top-k's Krylov space (slq's ``first``)
+    first_from_top: bool = False
 
     @property
     def n_probes(self) -> int:
@@ -215,7 +213,8 @@ class SLQResult:
 def slq(op: Operator, n_probes: int = 10, m_steps: int = 30, seed: int = 0,
         dist: Dist = "gaussian", *, deflate: EigResult | None = None,
         resolution: float | None = None, resolution_tol: float = 0.05, min_steps: int = 6,
-        stop: Callable[[], str | None] | None = None) -> SLQResult:
+        stop: Callable[[], str | None] | None = None,
+        first: _Lanczos | None = None) -> SLQResult:
     """Stochastic Lanczos quadrature: ``n_probes`` unit probes (Gaussian or Rademacher, normalized),
     up to ``m_steps`` Lanczos steps each with full reorthogonalization (``n_probes · m_steps``
     products at most).
@@ -237,15 +236,26 @@ def slq(op: Operator, n_probes: int = 10, m_steps: int = 30, seed: int = 0,
     Hutchinson sample ``zᵀPAPz = ‖Pz‖²·α₁`` of the trace deflated by them (``trace_samples``),
     which :func:`~landscope.probes.trace.deflated_trace` counts as its own.
 
+    ``first`` (``deflate.krylov``, with ``deflate`` the top-k of
+    :func:`~landscope.probes.lanczos.lanczos_eigs` from ``seed``, every pair converged): the
+    first probe is the top-k run's own start vector, whose Krylov space already holds most of the
+    first run. It is grown to k + ``m_steps`` vectors (the products this costs are the density's);
+    its Ritz pairs other than the k deflated ones are then the rule of that start projected on the
+    complement (``m_steps`` nodes, to the top-k's residuals), and their settled outliers join the
+    deflation (``first_from_top``): the first run costs the top-k's steps beyond k fewer products
+    (at most ``m_steps``) than on its own. The first probe's draw is made either way, so the later
+    probes are the same.
+
     ``stop``: a cap asked before each product; a run cut by it keeps the steps it has, and no
     further probes start (``stopped_by``)."""
     if n_probes < 1 or m_steps < 1:
         raise ValueError(f"need n_probes >= 1 and m_steps >= 1, got {n_probes}, {m_steps}")
-    if resolution is not None and deflate is None:
-        raise ValueError("slq(resolution=...) needs deflate= (the top-k eigenpairs)")
+    if (resolution is not None or first is not None) and deflate is None:
+        raise ValueError("slq(resolution=... or first=...) needs deflate= (the top-k eigenpairs)")
     start = op.n_matvecs
     gen = torch.Generator().manual_seed(seed)
-    runs = _Runs(op, deflate, gen, dist, m_steps, resolution, resolution_tol, min_steps, stop)
+    runs = _Runs(op, deflate, gen, dist, m_steps, resolution, resolution_tol, min_steps, stop,
+                 first)
     stopped_by: str | None = None
     for i in range(n_probes):  # at least one run (of at least one step), whatever the cap
         if i > 0 and stop is not None and (stopped_by := stop()) is not None:
@@ -257,4 +267,4 @@ def slq(op: Operator, n_probes: int = 10, m_steps: int = 30, seed: int = 0,
     return SLQResult(nodes=nodes, weights=weights, dim=op.dim, n_matvecs=op.n_matvecs - start,
                      trace_samples=torch.tensor(runs.trace_samples, dtype=torch.float64),
                      steps=runs.steps, deflated=len(runs.values), stopped_by=stopped_by,
-                     deflation=runs.deflation(), complement_top=runs.complement_top)
+                     deflation=runs.deflation(), first_from_top=runs.first_from_top)

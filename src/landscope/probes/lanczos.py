@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -63,6 +63,10 @@ class EigResult:
     # conclusion, and how many pairs it put in the list
     checked: bool = False
     added_by_check: int = 0
+    # the run's Krylov space (``lanczos_eigs(keep_krylov=True)``): the spectral density takes
+    # its first quadrature rule from it instead of running Lanczos again from the same start
+    # (:func:`~landscope.probes.density.slq`, ``first=``); None once the density has read it
+    krylov: _Lanczos | None = field(default=None, repr=False, compare=False)
 
 
 def _random_vector(op: Operator, gen: torch.Generator) -> Tensor:
@@ -157,7 +161,8 @@ class _Lanczos:
 def lanczos_eigs(op: Operator, k: int = 5, which: Which = "largest", tol: float = 1e-6, *,
                  atol: float = 0.0, max_iter: int | None = None, seed: int = 0,
                  return_vectors: bool = True, verify: bool = True,
-                 stop: Callable[[], str | None] | None = None) -> EigResult:
+                 stop: Callable[[], str | None] | None = None,
+                 keep_krylov: bool = False) -> EigResult:
     """The k algebraically largest (``which="largest"``, top-k) or smallest (``"smallest"``, the
     most negative) eigenpairs of the symmetric operator by Lanczos with full reorthogonalization.
 
@@ -187,6 +192,10 @@ def lanczos_eigs(op: Operator, k: int = 5, which: Which = "largest", tol: float 
     eigenvalue: docs/measurements.md#probes-lanczos). Every returned value is an eigenvalue to
     within its residual either way. :func:`~landscope.probes.complement.complement_check` puts
     the missed copies in their place (the probe suite runs it: ``probe.multiplicity_check``).
+
+    ``keep_krylov``: the result keeps the run's Krylov space (``krylov``: its basis and
+    tridiagonal ``T``; the kept products are dropped), so that a spectral density from the same
+    start vector can continue it instead of starting again (:func:`~landscope.probes.density.slq`).
     """
     max_iter = _eigs_iterations(op, k, which, max_iter)
     start = op.n_matvecs
@@ -204,13 +213,14 @@ def lanczos_eigs(op: Operator, k: int = 5, which: Which = "largest", tol: float 
     est = abs(lz.beta[-1]) * np.abs(s[-1, idx])
     vecs, res = _ritz_pairs(op, lz, s[:, idx], vals, est, return_vectors,
                             verify and (lz.AV is not None or stopped_by is None))
+    lz.AV = None  # the kept products served the residuals
     return EigResult(
         eigenvalues=torch.from_numpy(vals.copy()),
         eigenvectors=vecs if return_vectors else None,
         residuals=torch.from_numpy(np.asarray(res, dtype=np.float64)),
         converged=torch.from_numpy(res <= want.thresholds(vals)),
         n_matvecs=op.n_matvecs - start, iterations=m, which=which, n_restarts=lz.n_restarts,
-        stopped_by=stopped_by)
+        stopped_by=stopped_by, krylov=lz if keep_krylov else None)
 
 
 def _eigs_iterations(op: Operator, k: int, which: str, max_iter: int | None) -> int:

@@ -1,8 +1,10 @@
 """The Lanczos runs behind :func:`landscope.probes.density.slq`: one run per probe, on ``A`` or
 on the deflated ``P A P`` (:class:`~landscope.probes.operator.Deflated`), adaptive runs that
 stop once the broadened rule settles (:func:`_run`), the first run's settled outliers joining
-the deflation (:func:`_settled_outliers`), and the padding of the rows into the ``(n, m)``
-node/weight tensors of :class:`~landscope.probes.density.SLQResult` (:func:`_padded`)."""
+the deflation (:func:`_settled_outliers`), the first row taken from the top-k's own Krylov
+space when the top-k comes from the same start (:meth:`_Runs._first_from`), and the padding of
+the rows into the ``(n, m)`` node/weight tensors of
+:class:`~landscope.probes.density.SLQResult` (:func:`_padded`)."""
 
 from __future__ import annotations
 
@@ -60,73 +62,118 @@ def _run(target: Operator, z: Tensor, m: int, *, adaptive: bool, resolution: flo
     return lz, why
 
 
-def _settled_outliers(lz: _Lanczos, spread: float, alpha: float = 0.01, gap: float = 0.5,
-                      rtol: float = 1e-3) -> tuple[np.ndarray, Tensor]:
-    """The run's converged Ritz pairs above its outlier threshold (its rule's weighted 1 − alpha
-    quantile plus ``gap`` times the inter-quantile range, as in
-    :meth:`~landscope.probes.density.SLQResult.outliers`), converged meaning Ritz residual
-    ``β |s_{m,i}| ≤ rtol · spread``: values and unit vectors."""
-    theta, s = lz.ritz()
-    cdf = np.cumsum(s[0] ** 2)
+def _outlier_indices(theta: np.ndarray, weights: np.ndarray, res: np.ndarray, spread: float,
+                     alpha: float = 0.01, gap: float = 0.5, rtol: float = 1e-3) -> np.ndarray:
+    """The converged nodes of a rule (ascending ``theta``, ``weights`` summing to 1, Ritz
+    residuals ``res``) above its outlier threshold: its weighted 1 − alpha quantile plus ``gap``
+    times the inter-quantile range, as in
+    :meth:`~landscope.probes.density.SLQResult.outliers`; converged meaning ``res ≤ rtol ·
+    spread``."""
+    cdf = np.cumsum(weights)
     lo = theta[min(int(np.searchsorted(cdf, alpha)), len(theta) - 1)]
     hi = theta[min(int(np.searchsorted(cdf, 1 - alpha)), len(theta) - 1)]
-    res = abs(lz.beta[-1]) * np.abs(s[-1])
-    idx = np.nonzero((theta > hi + gap * (hi - lo)) & (res <= rtol * max(spread, 1e-300)))[0]
+    return np.nonzero((theta > hi + gap * (hi - lo)) & (res <= rtol * max(spread, 1e-300)))[0]
+
+
+def _settled_outliers(lz: _Lanczos, spread: float, cols: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, Tensor]:
+    """A run's converged Ritz pairs above its rule's outlier threshold
+    (:func:`_outlier_indices`): values and unit vectors. ``cols``: only these Ritz pairs, their
+    weights renormalized (the rule of the start vector's projection on their span)."""
+    theta, s = lz.ritz()
+    cols = np.arange(len(theta)) if cols is None else np.sort(cols)
+    w = s[0, cols] ** 2
+    res = abs(lz.beta[-1]) * np.abs(s[-1, cols])
+    idx = cols[_outlier_indices(theta[cols], w / w.sum(), res, spread)]
     return theta[idx], lz.ritz_vectors(s[:, idx])
 
 
 class _Runs:
     """The Lanczos runs of :func:`~landscope.probes.density.slq`, one per probe: the deflated
     pairs (``values``, ``basis``), the range of Ritz values seen and, per run, its quadrature
-    row, steps and trace sample."""
+    row, steps and trace sample. ``first``: the top-k's own Lanczos run (``deflate`` came from
+    it), whose Krylov space gives the first row without products (:meth:`_first_from`)."""
 
     def __init__(self, op: Operator, deflate: EigResult | None, gen: torch.Generator, dist: Dist,
                  m_steps: int, resolution: float | None, resolution_tol: float, min_steps: int,
-                 stop: Callable[[], str | None] | None) -> None:
+                 stop: Callable[[], str | None] | None, first: _Lanczos | None = None) -> None:
         self.op, self.gen, self.dist, self.m_steps, self.stop = op, gen, dist, m_steps, stop
         self.resolution, self.resolution_tol, self.min_steps = resolution, resolution_tol, min_steps
         values = np.zeros(0) if deflate is None else deflate.eigenvalues.numpy().astype(np.float64)
-        self.values, self.basis = values, None
+        self.values, self.basis, self.first = values, None, first
         if deflate is not None:
             if deflate.eigenvectors is None:
                 raise ValueError("slq(deflate=...) needs eigenvectors")
             self.basis = deflate.eigenvectors.to(dtype=op.dtype, device=op.device)
         self.rows: list[tuple[np.ndarray, np.ndarray]] = []
-        # the first run's largest Ritz value and unit vector, when it ran on the complement of
-        # ``deflate`` to its end (complement_check's free first round)
-        self.complement_top: tuple[float, Tensor] | None = None
         self.trace_samples: list[float] = []
         self.steps: list[int] = []
+        # whether the first row came from ``first`` (the top-k's Krylov space, grown)
+        self.first_from_top = False
         self.seen = ([math.inf, -math.inf] if deflate is None
                      else [float(values.min()), float(values.max())])
+
+    def _add_row(self, theta: np.ndarray, w: np.ndarray, steps: int) -> None:
+        """A probe's rule on the complement (``theta`` ascending, ``w`` summing to 1) with the k
+        deflated values as exact nodes of weight 1/D each."""
+        d, k = self.op.dim, len(self.values)
+        self.seen = [min(self.seen[0], float(theta.min())), max(self.seen[1], float(theta.max()))]
+        self.rows.append((np.concatenate([self.values, theta]),
+                          np.concatenate([np.full(k, 1.0 / d), w * (d - k) / d])))
+        self.steps.append(steps)
+
+    def _deflate_more(self, values: np.ndarray, vectors: Tensor) -> None:
+        if len(values):
+            self.values = np.concatenate([self.values, values])
+            self.basis, _ = torch.linalg.qr(torch.cat([self.basis, vectors], dim=1))
+
+    def _first_from(self, lz: _Lanczos) -> tuple[bool, str | None]:
+        """The first row from the top-k's Krylov space ``K_m(A, z)``, grown to k + ``m_steps``
+        vectors (the steps a first run takes): its Ritz pairs other than the k deflated ones (the
+        top-k converged in it) are the Gauss rule of ``Pz/‖Pz‖`` on ``P A P`` with m − k nodes,
+        to the top-k's residuals, which is the rule a first run from ``Pz`` would build; its
+        settled outliers join the deflation. ``(False, None)`` when the space holds no weight
+        beyond the top-k (then the first run is made); else True and the cap that cut the
+        growth."""
+        k, why = len(self.values), None
+        while lz.m < min(k + self.m_steps, self.op.dim) and not lz.exhausted:
+            if self.stop is not None and (why := self.stop()) is not None:
+                break
+            lz.step()
+        theta, s = lz.ritz()
+        rest = np.sort(np.argsort(-theta, kind="stable")[k:])
+        w = s[0, rest] ** 2
+        if len(rest) == 0 or float(w.sum()) <= 1e-24:
+            return False, None
+        self._add_row(theta[rest], w / w.sum(), len(rest))
+        if why is None:
+            self._deflate_more(*_settled_outliers(lz, self.seen[1] - self.seen[0], rest))
+        self.first_from_top = True
+        return True, why
 
     def run(self, i: int) -> str | None:
         """Run ``i`` (the first takes all steps; the later ones adapt); the cap that cut it."""
         op, d, k = self.op, self.op.dim, len(self.values)
+        # drawn even when the top-k's run gives the first row, so that the later probes are
+        # the same draws either way (and never the top-k's start, drawn from the same seed)
+        z = probe_vector(d, self.gen, self.dist, op.dtype, op.device)
+        if i == 0 and self.first is not None:
+            used, why = self._first_from(self.first)
+            if used:
+                return why
         target: Operator = op if self.basis is None else Deflated(op, self.basis)
         m = max(1, min(self.m_steps, d - k))
-        z = probe_vector(d, self.gen, self.dist, op.dtype, op.device)
         if isinstance(target, Deflated):
             z = target.project(z)
         lz, stopped_by = _run(target, z, m, adaptive=i > 0, resolution=self.resolution,
                               resolution_tol=self.resolution_tol, min_steps=self.min_steps,
                               seen=self.seen, stop=self.stop)
         theta, s_ = lz.ritz()
-        self.seen = [min(self.seen[0], float(theta.min())), max(self.seen[1], float(theta.max()))]
-        row_nodes = np.concatenate([self.values, theta])
-        row_w = np.concatenate([np.full(k, 1.0 / d), s_[0] ** 2 * (d - k) / d])
-        self.rows.append((row_nodes, row_w))
-        self.steps.append(lz.m)
+        self._add_row(theta, s_[0] ** 2, lz.m)
         if i > 0 or self.resolution is None:
             self.trace_samples.append(float(z @ z) * lz.alpha[0])
-        if i == 0 and self.basis is not None and stopped_by is None:
-            self.complement_top = (float(theta[-1]), lz.ritz_vectors(s_[:, -1:])[:, 0])
         if i == 0 and self.resolution is not None and stopped_by is None:
-            extra_vals, extra_vecs = _settled_outliers(lz, self.seen[1] - self.seen[0])
-            if len(extra_vals):
-                self.values = np.concatenate([self.values, extra_vals])
-                q, _ = torch.linalg.qr(torch.cat([self.basis, extra_vecs], dim=1))
-                self.basis = q
+            self._deflate_more(*_settled_outliers(lz, self.seen[1] - self.seen[0]))
         return stopped_by
 
     def deflation(self) -> EigResult | None:

@@ -5,9 +5,10 @@ Products are shared: the density's Lanczos runs work on the complement of the to
 eigenvectors (``run.top``, which enter as exact nodes) and each run's first step is a sample
 of the deflated trace, so the trace step reads ``run.top`` and ``run.density``; its stop is
 relative to the larger of |tr H| and an estimate of Σ|λ| (well posed for traces near zero).
-The density's first run, a random start on the complement of the top-k, doubles as the check
-for copies of a repeated eigenvalue the top-k missed (:mod:`~landscope.probes.complement`);
-without a density the top and bottom steps run that check themselves.
+The density's first rule comes from the top-k's own Lanczos run (the same start vector: its
+Ritz pairs beyond the top-k), so the density pays only for growing that space; the top-k and
+bottom-k are checked for copies of a repeated eigenvalue they missed from a fresh random start
+(:mod:`~landscope.probes.complement`).
 The noise step reads ``run.top`` and ``run.trace``, the PAC-Bayes step ``run.top``, the
 verification every estimate. Each step runs inside the ledger's stage of its name and records
 a cap that cut it short (``ledger.record_stop``); an estimator a cap stopped before it began
@@ -25,12 +26,7 @@ import numpy as np
 from landscope.errors import ConfigError
 from landscope.probes.blocks import block_spectra, eigenvalue_table, parameter_groups
 from landscope.probes.class_structure import class_mean_gradients, class_structure
-from landscope.probes.complement import (
-    beyond_list,
-    check_applies,
-    checked_list,
-    complement_check,
-)
+from landscope.probes.complement import checked_list
 from landscope.probes.cost import ProbeLedger
 from landscope.probes.curvature_probes import curvature_spectra, verify_curvature
 from landscope.probes.density import slq
@@ -90,22 +86,16 @@ def _not_started(run: ProbeRun, name: str, reason: str) -> None:
 
 
 def step_top(run: ProbeRun) -> None:
-    """The top-k eigenpairs (Lanczos): ``run.top``."""
+    """The top-k eigenpairs (Lanczos), checked for missed copies from a fresh start:
+    ``run.top`` (with its Krylov space when the density will read it)."""
     cfg, op, ledger = run.cfg, run.op, run.ledger
     with ledger.stage("top", run.plan.get("top")):
         run.top = lanczos_eigs(op, k=min(cfg.top_k, op.dim), which="largest", tol=cfg.lanczos_tol,
-                               seed=cfg.seed, stop=ledger.stop)
-        # with the density on, its first run is the check's first round (step_density)
+                               seed=cfg.seed, stop=ledger.stop,
+                               keep_krylov=bool(cfg.density.enabled))
         run.top = checked_list(op, run.top, tol=cfg.lanczos_tol, seed=cfg.seed + 2,
-                               enabled=bool(cfg.multiplicity_check) and not cfg.density.enabled,
-                               stop=ledger.stop)
+                               enabled=bool(cfg.multiplicity_check), stop=ledger.stop)
     ledger.record_stop("top", run.top.stopped_by)
-
-
-def _wants_check(cfg: Any, eig: EigResult) -> bool:
-    """Whether a list is checked for missed copies of repeated eigenvalues (k >= 2, the run
-    not cut short by a cap, ``probe.multiplicity_check``)."""
-    return bool(cfg.multiplicity_check) and check_applies(eig)
 
 
 def step_bottom(run: ProbeRun) -> None:
@@ -122,8 +112,13 @@ def step_bottom(run: ProbeRun) -> None:
 
 
 def step_density(run: ProbeRun) -> None:
-    """The spectral density (SLQ), deflated by ``run.top``: ``run.density``."""
+    """The spectral density (SLQ), deflated by ``run.top``, its first row from the top-k's
+    Krylov space when that space is the complement's rule (:func:`_top_krylov`):
+    ``run.density``."""
     cfg, op, ledger = run.cfg, run.op, run.ledger
+    first = _top_krylov(run.top)
+    if run.top is not None:
+        run.top = replace(run.top, krylov=None)  # read once: its basis is freed with it
     if (why := ledger.stop()) is not None:
         _not_started(run, "density", why)  # the cap was spent before it started
         return
@@ -132,29 +127,17 @@ def step_density(run: ProbeRun) -> None:
         run.density = slq(op, n_probes=cfg.density.probes,
                           m_steps=min(cfg.density.steps, op.dim), seed=cfg.seed, deflate=run.top,
                           resolution=cfg.density.sigma if run.top is not None else None,
-                          stop=ledger.stop)
+                          stop=ledger.stop, first=first)
     ledger.record_stop("density", run.density.stopped_by)
-    if run.top is not None and _wants_check(cfg, run.top):
-        _check_top_by_density(run)
 
 
-def _check_top_by_density(run: ProbeRun) -> None:
-    """The density's first run, a random start on the complement of ``run.top``, is the first
-    round of :func:`~landscope.probes.complement.complement_check`: when its largest Ritz value
-    lies beyond the k-th eigenvalue, the top-k missed a copy of a repeated eigenvalue and the
-    check runs from that Ritz vector (its products count in the ``top`` stage)."""
-    top, q, cfg = run.top, run.density, run.cfg
-    assert top is not None and q is not None
-    if q.complement_top is None:
-        return  # a cap cut the first run: the list stays unchecked (top_checked false)
-    value, vector = q.complement_top
-    if not beyond_list(top, value, cfg.lanczos_tol):
-        run.top = replace(top, checked=True)
-        return
-    with run.ledger.stage("top"):
-        run.top = complement_check(run.op, top, tol=cfg.lanczos_tol, seed=cfg.seed + 2,
-                                   stop=run.ledger.stop, start=vector)
-    run.ledger.record_stop("top", run.top.stopped_by)
+def _top_krylov(top: Optional[EigResult]):
+    """The top-k run's Krylov space when its Ritz pairs beyond the list are the density's first
+    rule: the list is that run's own (no cap cut it, every pair converged, the multiplicity
+    check added none), else None (the density makes its first run)."""
+    if top is None or top.krylov is None or top.stopped_by is not None:
+        return None
+    return top.krylov if top.added_by_check == 0 and bool(top.converged.all()) else None
 
 
 def step_trace(run: ProbeRun) -> None:

@@ -60,7 +60,7 @@ def _planned(cfg: Any, dim: int) -> dict[str, int]:
     check = min(dim, 70) + 1 if cfg.multiplicity_check else 0  # a k=1 Lanczos run + a residual
     if cfg.top_k > 0:
         plan["top"] = min(dim, 50 + 20 * min(cfg.top_k, dim))
-        plan["top"] += check if cfg.top_k >= 2 and not cfg.density.enabled else 0
+        plan["top"] += check if cfg.top_k >= 2 else 0
     if cfg.bottom_k > 0:
         plan["bottom"] = min(dim, 50 + 20 * min(cfg.bottom_k, dim))
         plan["bottom"] += check if cfg.bottom_k >= 2 else 0
