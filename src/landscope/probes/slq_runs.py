@@ -129,12 +129,13 @@ class _Runs:
 
     def _first_from(self, lz: _Lanczos) -> tuple[bool, str | None]:
         """The first row from the top-k's Krylov space ``K_m(A, z)``, grown to k + ``m_steps``
-        vectors (the steps a first run takes): its Ritz pairs other than the k deflated ones (the
-        top-k converged in it) are the Gauss rule of ``Pz/‖Pz‖`` on ``P A P`` with m − k nodes,
-        to the top-k's residuals, which is the rule a first run from ``Pz`` would build; its
-        settled outliers join the deflation. ``(False, None)`` when the space holds no weight
-        beyond the top-k (then the first run is made); else True and the cap that cut the
-        growth."""
+        vectors, the steps a first run takes (ungrown, it settled fewer outliers:
+        docs/measurements.md#probes-density-first). Its Ritz pairs other than the k deflated
+        ones (the top-k converged in it) are the Gauss rule of ``Pz/‖Pz‖`` on ``P A P`` with
+        m − k nodes, to the top-k's residuals, which is the rule a first run from ``Pz`` would
+        build; its settled outliers join the deflation. ``(False, None)`` when the space holds
+        no weight beyond the top-k (then the first run is made); else True and the cap that cut
+        the growth."""
         k, why = len(self.values), None
         while lz.m < min(k + self.m_steps, self.op.dim) and not lz.exhausted:
             if self.stop is not None and (why := self.stop()) is not None:
