@@ -192,10 +192,7 @@ def lanczos_eigs(op: Operator, k: int = 5, which: Which = "largest", tol: float 
     eigenvalue: docs/measurements.md#probes-lanczos). Every returned value is an eigenvalue to
     within its residual either way. :func:`~landscope.probes.complement.complement_check` puts
     the missed copies in their place (the probe suite runs it: ``probe.multiplicity_check``).
-
-    ``keep_krylov``: the result keeps the run's Krylov space (``krylov``: its basis and
-    tridiagonal ``T``; the kept products are dropped), so that a spectral density from the same
-    start vector can continue it instead of starting again (:func:`~landscope.probes.density.slq`).
+    ``keep_krylov``: the result keeps the run in ``krylov``, for ``density.slq(first=...)``.
     """
     max_iter = _eigs_iterations(op, k, which, max_iter)
     start = op.n_matvecs
