@@ -329,3 +329,22 @@ def test_slq_first_rule_from_the_top_k_krylov_space(steps):
         assert torch.allclose(q.weights[i, :width], own.weights[i, :width], rtol=1e-12)
     with pytest.raises(ValueError, match="deflate"):
         slq(op, first=top.krylov)
+
+
+def test_slq_first_is_not_read_when_its_pairs_are_not_the_deflated_ones():
+    """The first rule leaves out the Ritz vectors that lie in the deflated span (matched by
+    overlap, not by value); when not exactly k of them do, the first run is made on its own."""
+    eigs = torch.cat([torch.tensor([5.0, 4.0, 3.0], dtype=torch.float64),
+                      torch.rand(197, generator=torch.Generator().manual_seed(2),
+                                 dtype=torch.float64)])
+    op = DenseOperator(quadratic_with_spectrum(eigs, seed=2)[0])
+    top = lanczos_eigs(op, k=3, seed=0, keep_krylov=True)
+    q, _ = torch.linalg.qr(torch.randn(op.dim, 3, generator=torch.Generator().manual_seed(5),
+                                       dtype=torch.float64))
+    other = lanczos_eigs(op, k=3, seed=0)
+    other.eigenvectors = q  # three directions the top-3's Krylov space does not hold
+    got = slq(op, n_probes=2, m_steps=10, seed=0, deflate=other, resolution=0.01,
+              first=top.krylov)
+    own = slq(op, n_probes=2, m_steps=10, seed=0, deflate=other, resolution=0.01)
+    assert not got.first_from_top
+    assert torch.allclose(got.nodes, own.nodes, rtol=1e-12) and got.steps == own.steps

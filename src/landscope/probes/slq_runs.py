@@ -134,17 +134,21 @@ class _Runs:
         ones (the top-k converged in it) are the Gauss rule of ``Pz/‖Pz‖`` on ``P A P`` with
         m − k nodes, to the top-k's residuals, which is the rule a first run from ``Pz`` would
         build; its settled outliers join the deflation. ``(False, None)`` when the space holds
-        no weight beyond the top-k (then the first run is made); else True and the cap that cut
-        the growth."""
+        no weight beyond the top-k, or when not exactly k of its Ritz vectors lie in the deflated
+        span (then the first run is made); else True and the cap that cut the growth."""
         k, why = len(self.values), None
         while lz.m < min(k + self.m_steps, self.op.dim) and not lz.exhausted:
             if self.stop is not None and (why := self.stop()) is not None:
                 break
             lz.step()
         theta, s = lz.ritz()
-        rest = np.sort(np.argsort(-theta, kind="stable")[k:])
+        # the deflated pairs are the Ritz vectors (nearly) inside their span: matched by
+        # overlap, not by value, which a copy of the k-th eigenvalue grown in the space can tie
+        assert self.basis is not None
+        overlap = (self.basis.T @ lz.ritz_vectors(s)).pow(2).sum(0).double().cpu().numpy()
+        rest = np.nonzero(overlap <= 0.5)[0]
         w = s[0, rest] ** 2
-        if len(rest) == 0 or float(w.sum()) <= 1e-24:
+        if len(rest) != len(theta) - k or len(rest) == 0 or float(w.sum()) <= 1e-24:
             return False, None
         self._add_row(theta[rest], w / w.sum(), len(rest))
         if why is None:
