@@ -92,7 +92,7 @@ class _Runs:
     """The Lanczos runs of :func:`~landscope.probes.density.slq`, one per probe: the deflated
     pairs (``values``, ``basis``), the range of Ritz values seen and, per run, its quadrature
     row, steps and trace sample. ``first``: the top-k's own Lanczos run (``deflate`` came from
-    it), whose Krylov space gives the first row without products (:meth:`_first_from`)."""
+    it), whose Krylov space, grown, gives the first row (:meth:`_first_from`)."""
 
     def __init__(self, op: Operator, deflate: EigResult | None, gen: torch.Generator, dist: Dist,
                  m_steps: int, resolution: float | None, resolution_tol: float, min_steps: int,
