@@ -145,7 +145,9 @@ class _Runs:
         # the deflated pairs are the Ritz vectors (nearly) inside their span: matched by
         # overlap, not by value, which a copy of the k-th eigenvalue grown in the space can tie
         assert self.basis is not None
-        overlap = (self.basis.T @ lz.ritz_vectors(s)).pow(2).sum(0).double().cpu().numpy()
+        # Bᵀ (V_mᵀ S) as (Bᵀ V_mᵀ) S: a k × m product instead of m vectors of the full dimension
+        coeffs = torch.from_numpy(s).to(dtype=lz.V.dtype, device=lz.V.device)
+        overlap = ((self.basis.T @ lz.V[:lz.m].T) @ coeffs).pow(2).sum(0).double().cpu().numpy()
         rest = np.nonzero(overlap <= 0.5)[0]
         w = s[0, rest] ** 2
         if len(rest) != len(theta) - k or len(rest) == 0 or float(w.sum()) <= 1e-24:
