@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 SWEEP  ?= optimizer=sgd,adam,momentum seed=0,1,2,3,4
 SWEEP_DIR ?= outputs/sweeps/default
 
-.PHONY: install run test test-fast notebooks bench clean
+.PHONY: install run test test-fast notebooks bench device-wheels clean
 
 install: $(STAMP)
 
@@ -48,6 +48,16 @@ test-fast: install
 # notebooks/_out/ (both git-ignored). Exits 1 if a cell fails.
 notebooks: install
 	$(PY) scripts/run_notebooks.py --out notebooks/_build
+
+# The pure-Python packages the device machine's image lacks (it has PyTorch, NumPy, SciPy,
+# pandas, statsmodels, pytest; nothing can be fetched there), as wheels in .whl/ (git-ignored)
+# for scripts/device_check.sh: the venv's versions, and PyHessian 0.1 for scripts/bench_gpu.py.
+DEVICE_PACKAGES := hydra-core omegaconf antlr4-python3-runtime mnist1d
+device-wheels: install
+	rm -rf .whl && mkdir -p .whl
+	$(PY) -m pip wheel -q --no-deps -w .whl PyHessian==0.1 \
+	    $$($(PY) -m pip freeze | grep -iE '^($(subst $(eval) ,|,$(DEVICE_PACKAGES)))==')
+	ls .whl
 
 # The benchmarks: training-loop overhead, the curvature probes against PyHessian,
 # hessian-eigenthings and curvlinops, and landscape slices against the forward-pass floor
