@@ -3,7 +3,8 @@
 # H100/H200 and the image's own python3 with PyTorch; nothing can be fetched there).
 #
 #   here, once:        make device-wheels        (what the image lacks, as wheels in .whl/)
-#   then, one call:    run(command="bash scripts/device_check.sh", carry=[".whl"], timeout_s=540)
+#   then, one call:    run(command="bash scripts/device_check.sh", carry=[".whl"], timeout_s=480)
+#   (about 7 minutes: the tests ~1.5, bench_gpu.py at most 4.3, bench_train.py at most 1.7)
 #
 # 1. tests/test_gpu.py: a job that trains and probes on cuda, every probe giving the CPU's
 #    answers there, bf16 training, the product methods, checkpointing's peak memory;
@@ -12,7 +13,7 @@
 # 3. scripts/bench_train.py: bf16 training of ResNet-18 against a bare PyTorch loop.
 # Everything is printed and written to $OUT (the device tool's folder that comes back).
 set -u -o pipefail
-OUT=${OUT:-$(mktemp -d)}
+OUT=${OUT:-$(mktemp -d)}; mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
 if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -25,8 +26,9 @@ status=0
 } 2>&1 | tee "$OUT/device.txt"
 timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 \
     | tee "$OUT/test_gpu.txt" || status=1
-timeout 150 python3 scripts/bench_gpu.py --out "$OUT/bench_gpu.json" 2>&1 \
-    | tee "$OUT/bench_gpu.txt" || status=1
+# BENCH_GPU_ARGS="--quick --device cpu" dry-runs this script on a CPU (with a python3 that has torch)
+timeout 260 python3 scripts/bench_gpu.py --out "$OUT/bench_gpu.json" \
+    ${BENCH_GPU_ARGS:---time-limit 200} 2>&1 | tee "$OUT/bench_gpu.txt" || status=1
 timeout 100 python3 scripts/bench_train.py --device cuda --precision bf16 --dataset cifar_like \
     --model resnet18 --epochs 1 --repeats 3 2>&1 | tee "$OUT/bench_train.txt" || status=1
 exit $status
