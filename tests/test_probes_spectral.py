@@ -348,3 +348,43 @@ def test_slq_first_is_not_read_when_its_pairs_are_not_the_deflated_ones():
     own = slq(op, n_probes=2, m_steps=10, seed=0, deflate=other, resolution=0.01)
     assert not got.first_from_top
     assert torch.allclose(got.nodes, own.nodes, rtol=1e-12) and got.steps == own.steps
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_slq_block_steps_the_later_probes_together_with_the_same_rules(dense):
+    """``slq(block=4)``: the probes after the first run in lockstep, their products one batched
+    backward on a cached HessianOperator (``dense``: a DenseOperator, single products): the
+    same rules, steps, trace samples and product count as one run after another (float64; the
+    spectral range seen is the first run's either way here), and a cap still cuts them."""
+    from landscope.probes.batched import batched_available
+    from landscope.probes.hvp import HessianOperator
+    from landscope.probes.probe_data import ProbeData
+    from probe_models import seeded_model
+
+    if dense:
+        eigs = torch.cat([torch.tensor([6.0, 5.0, 3.0]), torch.linspace(-0.5, 1.0, 197)]).double()
+        op = DenseOperator(quadratic_with_spectrum(eigs, seed=3)[0])
+    else:
+        model, x, y = seeded_model(dict(name="mlp", width=6, depth=2), (1, 12), 3, 24)
+        op = HessianOperator(model, ProbeData.from_tensors(x, y, 12))
+        assert batched_available(op)
+    top = lanczos_eigs(op, k=3, seed=0)
+    m, res = (20, 0.01) if dense else (40, 0.01)
+    runs = {}
+    for block in (1, 4):
+        n0 = op.n_matvecs
+        runs[block] = (slq(op, n_probes=7, m_steps=m, seed=0, deflate=top, resolution=res,
+                           block=block), op.n_matvecs - n0)
+    (one, n1), (four, n4) = runs[1], runs[4]
+    assert n1 == n4 == one.n_matvecs == four.n_matvecs and one.steps == four.steps
+    assert torch.allclose(one.nodes, four.nodes, rtol=1e-9, atol=1e-12)
+    assert torch.allclose(one.weights, four.weights, rtol=1e-9, atol=1e-12)
+    assert torch.allclose(one.trace_samples, four.trace_samples, rtol=1e-9, atol=1e-12)
+    assert four.n_probes == 7 and max(one.steps[1:]) < m  # the later runs stopped themselves
+    assert dense or len(set(one.steps[1:])) > 1  # the MLP's at different steps
+    budget = op.n_matvecs + one.steps[0] + 2 * 2  # the first run, then two lockstep steps
+    cut = slq(op, n_probes=7, m_steps=m, seed=0, deflate=top, resolution=res, block=4,
+              stop=lambda: "max_products" if op.n_matvecs >= budget else None)
+    assert cut.stopped_by == "max_products" and cut.n_probes <= 5
+    with pytest.raises(ValueError, match="block"):
+        slq(op, block=0)

@@ -214,7 +214,7 @@ def slq(op: Operator, n_probes: int = 10, m_steps: int = 30, seed: int = 0,
         dist: Dist = "gaussian", *, deflate: EigResult | None = None,
         resolution: float | None = None, resolution_tol: float = 0.05, min_steps: int = 6,
         stop: Callable[[], str | None] | None = None,
-        first: _Lanczos | None = None) -> SLQResult:
+        first: _Lanczos | None = None, block: int = 1) -> SLQResult:
     """Stochastic Lanczos quadrature: ``n_probes`` unit probes (Gaussian or Rademacher, normalized),
     up to ``m_steps`` Lanczos steps each with full reorthogonalization (``n_probes · m_steps``
     products at most).
@@ -247,22 +247,20 @@ def slq(op: Operator, n_probes: int = 10, m_steps: int = 30, seed: int = 0,
     probes are the same.
 
     ``stop``: a cap asked before each product; a run cut by it keeps the steps it has, and no
-    further probes start (``stopped_by``)."""
-    if n_probes < 1 or m_steps < 1:
-        raise ValueError(f"need n_probes >= 1 and m_steps >= 1, got {n_probes}, {m_steps}")
+    further probes start (``stopped_by``).
+
+    ``block`` > 1: the probes after the first, ``block`` at a time, in lockstep, each step's
+    products one batched call (for GPUs; :meth:`~landscope.probes.slq_runs._Runs.run_group`)."""
+    if n_probes < 1 or m_steps < 1 or block < 1:
+        raise ValueError(f"need n_probes, m_steps and block >= 1, got {n_probes}, {m_steps}, "
+                         f"{block}")
     if (resolution is not None or first is not None) and deflate is None:
         raise ValueError("slq(resolution=... or first=...) needs deflate= (the top-k eigenpairs)")
     start = op.n_matvecs
     gen = torch.Generator().manual_seed(seed)
     runs = _Runs(op, deflate, gen, dist, m_steps, resolution, resolution_tol, min_steps, stop,
                  first)
-    stopped_by: str | None = None
-    for i in range(n_probes):  # at least one run (of at least one step), whatever the cap
-        if i > 0 and stop is not None and (stopped_by := stop()) is not None:
-            break
-        stopped_by = runs.run(i)
-        if stopped_by is not None:
-            break
+    stopped_by = runs.run_all(n_probes, block)
     nodes, weights = _padded(runs.rows)
     return SLQResult(nodes=nodes, weights=weights, dim=op.dim, n_matvecs=op.n_matvecs - start,
                      trace_samples=torch.tensor(runs.trace_samples, dtype=torch.float64),

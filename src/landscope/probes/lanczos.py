@@ -107,14 +107,16 @@ class _Lanczos:
         w = w - torch.mv(basis.T, h2)
         return w, float(h[-1] + h2[-1])
 
-    def step(self) -> None:
+    def step(self, av: Tensor | None = None) -> None:
+        """One step; ``av``: the product ``A q`` of the next vector ``q`` (``_next``) when the
+        caller computed it (batched with other runs' products), else the step computes it."""
         j = self.m
         if j == self.V.shape[0]:  # grow the basis buffers geometrically
             self.V = self._grown(self.V, j)
             if self.AV is not None:
                 self.AV = self._grown(self.AV, j)
         self.V[j] = self._next
-        av = self.op.matvec(self.V[j])
+        av = self.op.matvec(self.V[j]) if av is None else av
         if self.AV is not None:
             self.AV[j] = av
         w, a = self._orthogonalize(av, j + 1)

@@ -2,7 +2,8 @@
 on the deflated ``P A P`` (:class:`~landscope.probes.operator.Deflated`), adaptive runs that
 stop once the broadened rule settles (:func:`_run`), the first run's settled outliers joining
 the deflation (:func:`_settled_outliers`), the first row taken from the top-k's own Krylov
-space when the top-k comes from the same start (:meth:`_Runs._first_from`), and the padding of
+space when the top-k comes from the same start (:meth:`_Runs._first_from`), later runs stepped
+in lockstep with their products batched (:func:`_lockstep`, for GPUs), and the padding of
 the rows into the ``(n, m)`` node/weight tensors of
 :class:`~landscope.probes.density.SLQResult` (:func:`_padded`)."""
 
@@ -36,30 +37,77 @@ def _smoothed_change(prev: tuple[np.ndarray, np.ndarray], cur: tuple[np.ndarray,
     return float(np.trapezoid(np.abs(phi(cur) - phi(prev)), t[:, 0]))
 
 
+class _Settle:
+    """The adaptive runs' stopping rule: how many consecutive steps changed the run's rule,
+    broadened at ``resolution`` × the range seen, by at most ``resolution_tol`` in L1."""
+
+    def __init__(self, resolution: float, resolution_tol: float, seen: list[float]) -> None:
+        self.resolution, self.resolution_tol, self.seen = resolution, resolution_tol, seen
+        self.prev: tuple[np.ndarray, np.ndarray] | None = None
+        self.calm = 0
+
+    def add(self, lz: _Lanczos) -> None:
+        """The rule after ``lz``'s latest step (at least its second)."""
+        theta, s_ = lz.ritz()
+        cur = (theta, s_[0] ** 2)
+        lo, hi = min(self.seen[0], float(theta.min())), max(self.seen[1], float(theta.max()))
+        sigma = self.resolution * (hi - lo) if hi > lo else 1.0
+        calm = (self.prev is not None
+                and _smoothed_change(self.prev, cur, sigma) <= self.resolution_tol)
+        self.calm, self.prev = (self.calm + 1 if calm else 0), cur
+
+
+def _settles(adaptive: bool, resolution: float | None, resolution_tol: float,
+             seen: list[float]) -> _Settle | None:
+    return _Settle(resolution, resolution_tol, seen) if adaptive and resolution is not None \
+        else None
+
+
 def _run(target: Operator, z: Tensor, m: int, *, adaptive: bool, resolution: float | None,
          resolution_tol: float, min_steps: int, seen: list[float],
          stop: Callable[[], str | None] | None) -> tuple[_Lanczos, str | None]:
     """One Lanczos run of up to ``m`` steps from ``z``; with ``adaptive`` it stops once two
-    consecutive steps change its rule, broadened at ``resolution``, by ≤ ``resolution_tol``."""
-    lz = _Lanczos(target, z, restart=False, capacity=m)
-    prev, calm, why = None, 0, None
-    while lz.m < m and not lz.exhausted:
-        if lz.m >= 1 and stop is not None and (why := stop()) is not None:
+    consecutive steps change its rule, broadened at ``resolution``, by ≤ ``resolution_tol``
+    (at least ``min_steps`` steps)."""
+    lzs, why = _lockstep(target, [z], m, _settles(adaptive, resolution, resolution_tol, seen),
+                         min_steps, stop, batched=False)
+    return lzs[0], why
+
+
+def _lockstep(target: Operator, zs: list[Tensor], m: int, settle: _Settle | None,
+              min_steps: int, stop: Callable[[], str | None] | None, *, batched: bool = True,
+              ) -> tuple[list[_Lanczos], str | None]:
+    """Lanczos runs from each of ``zs``, stepped together: each step's products of the runs
+    still going are one :func:`~landscope.probes.batched.matmat` call (one batched backward
+    where the operator allows it, for GPUs; ``batched=False``: single products). A run stops
+    as :func:`_run`'s does (``settle``: a copy per run, all reading the range seen when they
+    started); ``stop`` is asked before every step but the first."""
+    from landscope.probes.batched import matmat
+
+    lzs = [_Lanczos(target, z, restart=False, capacity=m) for z in zs]
+    rules = [None if settle is None else _Settle(settle.resolution, settle.resolution_tol,
+                                                 settle.seen) for _ in zs]
+    why = None
+    while True:
+        going = [i for i, lz in enumerate(lzs) if lz.m < m and not lz.exhausted
+                 and not (rules[i] is not None and rules[i].calm >= 2 and lz.m >= min_steps)]
+        if not going:
             break
-        lz.step()
-        if not adaptive or resolution is None or lz.m < 2:
-            continue
-        theta, s_ = lz.ritz()
-        cur = (theta, s_[0] ** 2)
-        lo, hi = min(seen[0], float(theta.min())), max(seen[1], float(theta.max()))
-        sigma = resolution * (hi - lo) if hi > lo else 1.0
-        calm = (calm + 1
-                if prev is not None and _smoothed_change(prev, cur, sigma) <= resolution_tol
-                else 0)
-        prev = cur
-        if calm >= 2 and lz.m >= min_steps:
+        if lzs[going[0]].m >= 1 and stop is not None and (why := stop()) is not None:
             break
-    return lz, why
+        if len(going) == 1 or not batched:
+            products = [lzs[i].op.matvec(lzs[i]._next) for i in going]
+        else:
+            V = torch.stack([lzs[i]._next for i in going], dim=1)
+            base = target.op if isinstance(target, Deflated) else target
+            AV = matmat(base, target.project(V) if isinstance(target, Deflated) else V)
+            AV = target.project(AV) if isinstance(target, Deflated) else AV
+            products = [AV[:, c] for c in range(len(going))]
+        for i, av in zip(going, products):
+            lzs[i].step(av=av)
+            if rules[i] is not None and lzs[i].m >= 2:
+                rules[i].add(lzs[i])
+    return lzs, why
 
 
 def _outlier_indices(theta: np.ndarray, weights: np.ndarray, res: np.ndarray, spread: float,
@@ -181,6 +229,42 @@ class _Runs:
             self.trace_samples.append(float(z @ z) * lz.alpha[0])
         if i == 0 and self.resolution is not None and stopped_by is None:
             self._deflate_more(*_settled_outliers(lz, self.seen[1] - self.seen[0]))
+        return stopped_by
+
+    def run_all(self, n_probes: int, block: int) -> str | None:
+        """Every run, the later ones ``block`` at a time (:meth:`run_group`); the cap that
+        stopped them. At least one run (of at least one step), whatever the cap."""
+        stopped_by, i = None, 0
+        while i < n_probes:
+            if i > 0 and self.stop is not None and (stopped_by := self.stop()) is not None:
+                break
+            count = min(block, n_probes - i) if i > 0 else 1
+            stopped_by = self.run_group(i, count) if count > 1 else self.run(i)
+            i += count
+            if stopped_by is not None:
+                break
+        return stopped_by
+
+    def run_group(self, first: int, count: int) -> str | None:
+        """The later runs ``first`` .. ``first + count − 1`` (``first >= 1``) stepped together,
+        their products batched (:func:`_lockstep`): the same draws, rules and trace samples as
+        one run after another, except that each reads the range seen before the group; the cap
+        that cut them."""
+        op, d, k = self.op, self.op.dim, len(self.values)
+        zs = [probe_vector(d, self.gen, self.dist, op.dtype, op.device) for _ in range(count)]
+        target: Operator = op if self.basis is None else Deflated(op, self.basis)
+        if isinstance(target, Deflated):
+            zs = [target.project(z) for z in zs]
+        m = max(1, min(self.m_steps, d - k))
+        lzs, stopped_by = _lockstep(target, zs, m, _settles(True, self.resolution,
+                                                             self.resolution_tol, self.seen),
+                                    self.min_steps, self.stop)
+        for z, lz in zip(zs, lzs):
+            if lz.m == 0:  # a cap before its first product
+                continue
+            theta, s_ = lz.ritz()
+            self._add_row(theta, s_[0] ** 2, lz.m)
+            self.trace_samples.append(float(z @ z) * lz.alpha[0])
         return stopped_by
 
     def deflation(self) -> EigResult | None:

@@ -63,6 +63,9 @@ PAC_BAYES_SIGMA_RTOL = 1e-2
 # Hutchinson products per batched call on a GPU (probes.batched.matmat); 1 on CPU, where
 # batching is slower than single products (docs/measurements.md#probes-steps)
 TRACE_GPU_BLOCK = 8
+# The density's later probes stepped together per batched call on a GPU (slq's ``block``; not
+# measured on a GPU yet, like TRACE_GPU_BLOCK); 1 on CPU
+SLQ_GPU_BLOCK = 8
 
 Step = Callable[[ProbeRun], None]
 
@@ -127,7 +130,8 @@ def step_density(run: ProbeRun) -> None:
         run.density = slq(op, n_probes=cfg.density.probes,
                           m_steps=min(cfg.density.steps, op.dim), seed=cfg.seed, deflate=run.top,
                           resolution=cfg.density.sigma if run.top is not None else None,
-                          stop=ledger.stop, first=first)
+                          stop=ledger.stop, first=first,
+                          block=SLQ_GPU_BLOCK if op.device.type == "cuda" else 1)
     ledger.record_stop("density", run.density.stopped_by)
 
 
