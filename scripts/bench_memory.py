@@ -52,7 +52,8 @@ MODELS: dict[str, tuple[dict[str, Any], tuple[tuple[int, ...], int]]] = {
                          MNIST1D),
     "vit w32 d4 ln": (dict(name="vit", width=32, depth=4, norm="layer", skip=True, heads=4,
                            patch_size=4), MNIST1D),
-    "resnet18 w8 bn 3x32x32": (dict(name="resnet18", width=8, norm="batch", skip=True), CIFAR),
+    "resnet18 w8 bn 3x32x32": (dict(name="resnet18", width=8, depth=18, norm="batch", skip=True),
+                               CIFAR),
 }
 MB = 2.0 ** 20
 
