@@ -1,9 +1,9 @@
 """The Lanczos runs behind :func:`landscope.probes.density.slq`: one run per probe, on ``A`` or
 on the deflated ``P A P`` (:class:`~landscope.probes.operator.Deflated`), adaptive runs that
-stop once the broadened rule settles (:func:`_run`), the first run's settled outliers joining
+stop once the broadened rule settles (:func:`_lockstep`), the first run's settled outliers joining
 the deflation (:func:`_settled_outliers`), the first row taken from the top-k's own Krylov
 space when the top-k comes from the same start (:meth:`_Runs._first_from`), later runs stepped
-in lockstep with their products batched (:func:`_lockstep`, for GPUs), and the padding of
+in lockstep with their products batched (for GPUs), and the padding of
 the rows into the ``(n, m)`` node/weight tensors of
 :class:`~landscope.probes.density.SLQResult` (:func:`_padded`)."""
 
@@ -57,36 +57,20 @@ class _Settle:
         self.calm, self.prev = (self.calm + 1 if calm else 0), cur
 
 
-def _settles(adaptive: bool, resolution: float | None, resolution_tol: float,
-             seen: list[float]) -> _Settle | None:
-    return _Settle(resolution, resolution_tol, seen) if adaptive and resolution is not None \
-        else None
-
-
-def _run(target: Operator, z: Tensor, m: int, *, adaptive: bool, resolution: float | None,
-         resolution_tol: float, min_steps: int, seen: list[float],
-         stop: Callable[[], str | None] | None) -> tuple[_Lanczos, str | None]:
-    """One Lanczos run of up to ``m`` steps from ``z``; with ``adaptive`` it stops once two
-    consecutive steps change its rule, broadened at ``resolution``, by ≤ ``resolution_tol``
-    (at least ``min_steps`` steps)."""
-    lzs, why = _lockstep(target, [z], m, _settles(adaptive, resolution, resolution_tol, seen),
-                         min_steps, stop, batched=False)
-    return lzs[0], why
-
-
-def _lockstep(target: Operator, zs: list[Tensor], m: int, settle: _Settle | None,
-              min_steps: int, stop: Callable[[], str | None] | None, *, batched: bool = True,
-              ) -> tuple[list[_Lanczos], str | None]:
-    """Lanczos runs from each of ``zs``, stepped together: each step's products of the runs
-    still going are one :func:`~landscope.probes.batched.matmat` call (one batched backward
-    where the operator allows it, for GPUs; ``batched=False``: single products). A run stops
-    as :func:`_run`'s does (``settle``: a copy per run, all reading the range seen when they
-    started); ``stop`` is asked before every step but the first."""
+def _lockstep(target: Operator, zs: list[Tensor], m: int, *,
+              rule: tuple[float, float, list[float]] | None, min_steps: int,
+              stop: Callable[[], str | None] | None) -> tuple[list[_Lanczos], str | None]:
+    """Lanczos runs of up to ``m`` steps from each of ``zs``, stepped together: each step's
+    products of the runs still going are one :func:`~landscope.probes.batched.matmat` call
+    (one batched backward where the operator allows it, for GPUs; a single product for one
+    run). ``rule`` (``(resolution, resolution_tol, seen)``, else every run takes ``m`` steps):
+    a run stops once two consecutive steps change its rule, broadened at ``resolution`` × the
+    range seen (``seen`` as when the runs started), by ≤ ``resolution_tol`` in L1, after at
+    least ``min_steps`` steps. ``stop`` is asked before every step but the first."""
     from landscope.probes.batched import matmat
 
     lzs = [_Lanczos(target, z, restart=False, capacity=m) for z in zs]
-    rules = [None if settle is None else _Settle(settle.resolution, settle.resolution_tol,
-                                                 settle.seen) for _ in zs]
+    rules = [None if rule is None else _Settle(*rule) for _ in zs]
     why = None
     while True:
         going = [i for i, lz in enumerate(lzs) if lz.m < m and not lz.exhausted
@@ -95,13 +79,14 @@ def _lockstep(target: Operator, zs: list[Tensor], m: int, settle: _Settle | None
             break
         if lzs[going[0]].m >= 1 and stop is not None and (why := stop()) is not None:
             break
-        if len(going) == 1 or not batched:
-            products = [lzs[i].op.matvec(lzs[i]._next) for i in going]
+        if len(going) == 1:
+            products = [target.matvec(lzs[going[0]]._next)]
         else:
             V = torch.stack([lzs[i]._next for i in going], dim=1)
-            base = target.op if isinstance(target, Deflated) else target
-            AV = matmat(base, target.project(V) if isinstance(target, Deflated) else V)
-            AV = target.project(AV) if isinstance(target, Deflated) else AV
+            if isinstance(target, Deflated):
+                AV = target.project(matmat(target.op, target.project(V)))
+            else:
+                AV = matmat(target, V)
             products = [AV[:, c] for c in range(len(going))]
         for i, av in zip(going, products):
             lzs[i].step(av=av)
@@ -206,28 +191,28 @@ class _Runs:
         self.first_from_top = True
         return True, why
 
-    def run(self, i: int) -> str | None:
-        """Run ``i`` (the first takes all steps; the later ones adapt); the cap that cut it."""
+    def run_first(self) -> str | None:
+        """The first run (all ``m_steps`` steps; its settled outliers join the deflation), from
+        the top-k's Krylov space when ``first`` allows it; the cap that cut it."""
         op, d, k = self.op, self.op.dim, len(self.values)
         # drawn even when the top-k's run gives the first row, so that the later probes are
         # the same draws either way (and never the top-k's start, drawn from the same seed)
         z = probe_vector(d, self.gen, self.dist, op.dtype, op.device)
-        if i == 0 and self.first is not None:
-            used, why = self._first_from(self.first)
+        first, self.first = self.first, None  # read once: its basis is freed after the row
+        if first is not None:
+            used, why = self._first_from(first)
             if used:
                 return why
         target: Operator = op if self.basis is None else Deflated(op, self.basis)
-        m = max(1, min(self.m_steps, d - k))
         if isinstance(target, Deflated):
             z = target.project(z)
-        lz, stopped_by = _run(target, z, m, adaptive=i > 0, resolution=self.resolution,
-                              resolution_tol=self.resolution_tol, min_steps=self.min_steps,
-                              seen=self.seen, stop=self.stop)
+        (lz,), stopped_by = _lockstep(target, [z], max(1, min(self.m_steps, d - k)), rule=None,
+                                      min_steps=self.min_steps, stop=self.stop)
         theta, s_ = lz.ritz()
         self._add_row(theta, s_[0] ** 2, lz.m)
-        if i > 0 or self.resolution is None:
+        if self.resolution is None:
             self.trace_samples.append(float(z @ z) * lz.alpha[0])
-        if i == 0 and self.resolution is not None and stopped_by is None:
+        elif stopped_by is None:
             self._deflate_more(*_settled_outliers(lz, self.seen[1] - self.seen[0]))
         return stopped_by
 
@@ -239,14 +224,14 @@ class _Runs:
             if i > 0 and self.stop is not None and (stopped_by := self.stop()) is not None:
                 break
             count = min(block, n_probes - i) if i > 0 else 1
-            stopped_by = self.run_group(i, count) if count > 1 else self.run(i)
+            stopped_by = self.run_group(count) if i > 0 else self.run_first()
             i += count
             if stopped_by is not None:
                 break
         return stopped_by
 
-    def run_group(self, first: int, count: int) -> str | None:
-        """The later runs ``first`` .. ``first + count − 1`` (``first >= 1``) stepped together,
+    def run_group(self, count: int) -> str | None:
+        """The next ``count`` later runs (adaptive with ``resolution``), stepped together with
         their products batched (:func:`_lockstep`): the same draws, rules and trace samples as
         one run after another, except that each reads the range seen before the group; the cap
         that cut them."""
@@ -255,13 +240,11 @@ class _Runs:
         target: Operator = op if self.basis is None else Deflated(op, self.basis)
         if isinstance(target, Deflated):
             zs = [target.project(z) for z in zs]
-        m = max(1, min(self.m_steps, d - k))
-        lzs, stopped_by = _lockstep(target, zs, m, _settles(True, self.resolution,
-                                                             self.resolution_tol, self.seen),
-                                    self.min_steps, self.stop)
-        for z, lz in zip(zs, lzs):
-            if lz.m == 0:  # a cap before its first product
-                continue
+        rule = (None if self.resolution is None
+                else (self.resolution, self.resolution_tol, self.seen))
+        lzs, stopped_by = _lockstep(target, zs, max(1, min(self.m_steps, d - k)), rule=rule,
+                                    min_steps=self.min_steps, stop=self.stop)
+        for z, lz in zip(zs, lzs):  # every run took at least one step
             theta, s_ = lz.ritz()
             self._add_row(theta, s_[0] ** 2, lz.m)
             self.trace_samples.append(float(z @ z) * lz.alpha[0])
