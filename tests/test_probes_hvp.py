@@ -253,6 +253,39 @@ def test_determinism_check_refuses_dropout_in_train_mode(method):
     assert ok.n_matvecs == 1 and model.training  # flag restored
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_checked_product_serves_the_top_k_first_step(method, monkeypatch):
+    """The determinism check's first product is on lanczos_eigs(seed)'s start vector: that
+    run's first step reads it (one product fewer computed), with exactly the same results."""
+    from landscope.probes.lanczos import lanczos_eigs
+    model, x, y = make("mlp")
+    data = ProbeData.from_tensors(x, y, 4)
+    computed = []
+    real = HessianOperator._product
+    monkeypatch.setattr(HessianOperator, "_product",
+                        lambda self, v, m: computed.append(m) or real(self, v, m))
+    checked = HessianOperator(model, data, method=method, seed=5)
+    assert checked.first_product_seconds > 0 and len(computed) == 2
+    plain = HessianOperator(model, data, method=method, check_determinism=False)
+    a = lanczos_eigs(checked, k=3, tol=1e-8, seed=5)
+    n_checked = len(computed) - 2
+    computed.clear()
+    b = lanczos_eigs(plain, k=3, tol=1e-8, seed=5)
+    assert n_checked == len(computed) - 1 and checked.n_matvecs == plain.n_matvecs
+    assert torch.equal(a.eigenvalues, b.eigenvalues) and torch.equal(a.residuals, b.residuals)
+    # another start vector (or dtype) computes its own product; the kept one is dropped
+    other = HessianOperator(model, data, method=method, seed=5)
+    computed.clear()
+    v = torch.randn(other.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    assert rel(other.matvec(v), dense_hessian(model, data) @ v) < 1e-10 and len(computed) == 1
+    assert other._kept is None and other.n_matvecs == 1
+    # without the check, prime() keeps a timed product for the same first step
+    computed.clear()
+    assert plain.prime(5) > 0 and len(computed) == 1 and plain.n_matvecs == b.n_matvecs
+    c = lanczos_eigs(plain, k=3, tol=1e-8, seed=5)
+    assert len(computed) == 1 + n_checked and torch.equal(c.eigenvalues, b.eigenvalues)
+
+
 # ------------------------------------------------------------------------ verify, errors
 def test_spectrum_and_guards():
     model, x, y = make("mlp")
