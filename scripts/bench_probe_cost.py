@@ -11,11 +11,16 @@ CPU) it measures, side by side in one process:
              samples when it is installed (``pip install -e .[bench]``),
 * the whole ``run_probes`` of the preset, its wall time over one gradient (the preset's cost in
   gradient-equivalents; issue #18's goal: <= 400), and each estimator's share from the suite's
-  own ledger (``probe_cost``: seconds and products per estimator).
+  own ledger (``probe_cost``: seconds and products per estimator). With ``--repeats N`` the
+  preset runs N times (the unit timed before and after each run): the table holds the median
+  run (the lower middle one for even N) and the line above it every run's figure.
+
+glibc's allocator is fixed first in the regime of a process that has trained
+(:func:`steady_allocator`), so that a model's figures do not depend on the models before it.
 
     python scripts/bench_probe_cost.py [--models mlp,cnn,resnet,resnet_ln_noskip,vit]
                                        [--preset standard] [--samples 1000] [--epochs 3]
-                                       [--threads 1] [--verify]
+                                       [--threads 1] [--repeats 1] [--verify]
 
 ``--verify`` runs the preset again in verify mode on a small width (8, depth 2) of each model
 and prints the errors against the dense float64 Hessian.
@@ -42,6 +47,23 @@ MODELS = {
     "resnet_ln_noskip": ["model=resnet", "model.norm=layer", "model.skip=false"],
     "vit": ["model=vit", "model.norm=none"],
 }
+
+
+def steady_allocator() -> bool:
+    """Fix glibc's malloc in the regime a process reaches once it has trained: allocations up
+    to 32 MiB from the heap (glibc raises its mmap threshold that far by itself as large blocks
+    are freed) and no trimming below 64 MiB. Without it the unit depends on what ran before in
+    the process: the plain ResNet's gradient took 80 ms alone and 62 ms after the other
+    models (its product about 150 ms either way). False where this is not glibc."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 32 << 20)
+                    and libc.mallopt(m_trim_threshold, 64 << 20))
+    except (OSError, AttributeError):
+        return False
 
 
 def compose(overrides: list[str]):
@@ -100,16 +122,22 @@ def measure(name: str, overrides: list[str], args, data_dir: str) -> dict:
     before = sample_times(grad_op.gradient)
     t_hvp = median_time(lambda: op.matvec(v))
     t_pyh = pyhessian_product_seconds(model, pd, v)
-    tic = time.perf_counter()
-    rep = run_probes(model, data.train, pcfg)
-    wall = time.perf_counter() - tic
-    # the unit: the median of 5 gradients timed before and 5 after the preset, so that a drift
-    # of the machine's speed during the preset moves the unit with it
-    t_grad = statistics.median(before + sample_times(grad_op.gradient))
-    s = rep.scalars
+    runs, grads = [], before
+    for _ in range(args.repeats):
+        tic = time.perf_counter()
+        rep = run_probes(model, data.train, pcfg)
+        runs.append((time.perf_counter() - tic, rep.scalars))
+        # the unit: the median of 5 gradients timed before and 5 after each preset, so that a
+        # drift of the machine's speed during the presets moves the unit with it
+        grads = grads + sample_times(grad_op.gradient)
+    t_grad = statistics.median(grads)
+    walls = sorted(w for w, _ in runs)
+    wall = statistics.median_low(walls)
+    s = next(sc for w, sc in runs if w == wall)  # the median run's own ledger
     return {"name": name, "params": op.dim, "grad_s": t_grad, "hvp_ratio": t_hvp / t_grad,
             "pyh_ratio": None if t_pyh is None else t_pyh / t_grad,
             "wall_s": wall, "grad_eq": wall / t_grad, "products": s["hvps"],
+            "grad_eq_all": [w / t_grad for w in walls],
             "cost": s.get("probe_cost_seconds", {}), "scalars": s}
 
 
@@ -149,9 +177,13 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--verify", action="store_true")
     args = ap.parse_args()
+    if args.repeats < 1:
+        ap.error(f"--repeats must be >= 1 (got {args.repeats})")
     torch.set_num_threads(args.threads)
+    steady = steady_allocator()
     data_dir = tempfile.mkdtemp(prefix="bench_probe_cost_")
     rows = []
     for name in args.models.split(","):
@@ -159,9 +191,12 @@ def main() -> None:
         r = rows[-1]
         print(f"{name}: {r['params']} params, grad {r['grad_s'] * 1e3:.1f} ms, "
               f"hvp/grad {r['hvp_ratio']:.2f}, probe {r['wall_s']:.1f} s = "
-              f"{r['grad_eq']:.0f} gradient-equivalents, {r['products']} products", flush=True)
+              f"{r['grad_eq']:.0f} gradient-equivalents, {r['products']} products"
+              + (f" (runs: {', '.join(f'{g:.0f}' for g in r['grad_eq_all'])})"
+                 if args.repeats > 1 else ""), flush=True)
     print(f"\nprobe={args.preset}, {args.samples} probe samples, {args.epochs} training epochs, "
-          f"{args.threads} thread(s), float32, CPU")
+          f"{args.threads} thread(s), float32, CPU, "
+          f"{'malloc fixed (steady_allocator)' if steady else 'malloc as found'}")
     print("| model | params | product / gradient | PyHessian product / gradient | "
           "preset (gradient-equivalents) | products | per estimator (gradient-equivalents) |")
     print("|---|---|---|---|---|---|---|")
