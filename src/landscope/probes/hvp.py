@@ -22,10 +22,9 @@ Three ways to compute the same product (``method``):
   create_graph=True)``, then ``grad(g, grad_outputs=v)``.  Memory of one micro-batch.
 * ``forward_over_reverse`` -- ``torch.func.jvp(torch.func.grad(loss), (params,), (v,))``.
 
-On CPU ``cached`` is cheaper than a fresh ``double_backward`` for an MLP, a CNN and a ResNet
-with BatchNorm and a ViT with LayerNorm, and ``forward_over_reverse`` is the slowest
-(``scripts/bench_hvp.py``; the figures: docs/measurements.md#probes-hvp).  So ``cached`` is the
-default for every model family.
+On CPU ``cached`` is the cheapest for an MLP, a CNN, a BatchNorm ResNet and a LayerNorm ViT and
+``forward_over_reverse`` the slowest (``scripts/bench_hvp.py``; docs/measurements.md#probes-hvp),
+so ``cached`` is the default for every model family.
 
 With ``primitives=True`` (the default) the loss is evaluated inside
 :class:`~landscope.probes.primitives.CurvaturePrimitives`: eval-mode BatchNorm folded into
@@ -368,8 +367,8 @@ class HessianOperator:
         return self._reduce(self._flatten(hv))
 
     def matvec(self, v: Tensor) -> Tensor:
-        """``H v`` for a flat ``v`` of shape ``(dim,)``; increments ``n_matvecs``. The first
-        call returns the product kept by :meth:`prime` when ``v`` is exactly its vector."""
+        """``H v`` for a flat ``v`` of shape ``(dim,)`` (the first call: :meth:`prime`'s kept
+        product when ``v`` is exactly its vector); increments ``n_matvecs``."""
         kept, self._kept = self._kept, None
         same = kept is not None and v.dtype == kept[0].dtype and v.device == kept[0].device
         out = kept[1] if same and torch.equal(v, kept[0]) else self._product(v, self.method)
@@ -390,11 +389,8 @@ class HessianOperator:
     __matmul__ = matvec
 
     def _check_determinism(self, seed: int) -> None:
-        """Refuse the operator when two products with the same vector differ.
-
-        The cached method compares its cached product with a fresh double-backward one, so
-        a random forward (dropout) baked into the cached graph is caught too.
-        """
+        """Refuse the operator when two products with the same vector differ (the cached
+        method against a fresh double backward: a dropout baked into the graph is caught)."""
         self.first_product_seconds = self.prime(seed)  # kept for the top-k's first step
         v, first = self._kept  # type: ignore[misc]
         second = self._product(v, "double_backward" if self.method == "cached" else self.method)
