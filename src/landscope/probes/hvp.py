@@ -63,6 +63,7 @@ from landscope.errors import LandscopeError
 from landscope.losses import task_loss
 from landscope.models import frozen_batchnorm_stats
 from landscope.probes.determinism import same_products
+from landscope.probes.lanczos import _random_vector
 from landscope.probes.memory import activation_checkpointing
 from landscope.probes.primitives import CurvaturePrimitives
 from landscope.probes.probe_data import ProbeData
@@ -379,9 +380,8 @@ class HessianOperator:
         """Compute and keep ``H q`` for the unit vector ``q`` that ``lanczos_eigs(seed=seed)``
         starts from (a seeded Gaussian, normalized), so that its first step reads it; the
         product's seconds. Not counted in ``n_matvecs`` until a :meth:`matvec` reads it."""
-        g = torch.Generator().manual_seed(int(seed))
-        q = torch.randn(self.dim, generator=g, dtype=self.dtype).to(self.device)
-        q = q / torch.linalg.vector_norm(q)
+        q = _random_vector(self, torch.Generator().manual_seed(int(seed)))
+        q = q / torch.linalg.vector_norm(q)  # as _Lanczos normalizes its start
         tic = time.perf_counter()
         self._kept = (q, self._product(q, self.method))
         return time.perf_counter() - tic
