@@ -4,8 +4,9 @@ estimator.
 For each model (MNIST-1D, trained for ``--epochs`` epochs the way the runner trains it, float32,
 CPU) it measures, side by side in one process:
 
-* ``grad``   one gradient of the probe loss on the probe data (the unit; the median of 5 timed
-             before the preset and 5 after it),
+* ``grad``   one gradient of the probe loss on the probe data, the model called directly
+             (:func:`plain_gradient`; the unit; the median of 5 timed before the preset and 5
+             after it),
 * ``hvp``    one Hessian-vector product (the operator's own method, median of 5) and its ratio to a
              gradient (issue #18: keep it <= 2.5), next to PyHessian 0.1's product on the same
              samples when it is installed (``pip install -e .[bench]``),
@@ -95,6 +96,27 @@ def trained(overrides: list[str], data_dir: str, epochs: int):
     return cfg, model, data
 
 
+def plain_gradient(model, pd):
+    """The unit: one gradient of the probe loss as a training step computes it, the model
+    called directly (eval mode, set here) and autograd over its trainable parameters. Neither
+    ``functional_call`` nor the curvature primitives, whose ReLU and cross-entropy rewrites make
+    a first-order pass slower (only products gain from them): until 2026-12-05 the unit was the
+    Hessian operator's own gradient, with both, and 2-50 % slower than this one."""
+    from landscope.losses import task_loss
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.eval()
+
+    def gradient() -> list:
+        grads = None
+        for (x, y), w in zip(pd.batches, pd.weights):
+            gs = torch.autograd.grad(w * task_loss(model, model(x), y), params)
+            grads = gs if grads is None else [a + b for a, b in zip(grads, gs)]
+        return grads
+
+    return gradient
+
+
 def sample_times(fn, repeats: int = 5) -> list[float]:
     times = []
     for _ in range(repeats):
@@ -118,8 +140,8 @@ def measure(name: str, overrides: list[str], args, data_dir: str) -> dict:
     pd = probe_data(data.train, pcfg)
     op = HessianOperator(model, pd, check_determinism=False)
     v = torch.randn(op.dim, generator=torch.Generator().manual_seed(0))
-    grad_op = HessianOperator(model, pd, check_determinism=False, method="double_backward")
-    before = sample_times(grad_op.gradient)
+    unit = plain_gradient(model, pd)
+    before = sample_times(unit)
     t_hvp = median_time(lambda: op.matvec(v))
     t_pyh = pyhessian_product_seconds(model, pd, v)
     runs, grads = [], before
@@ -129,7 +151,7 @@ def measure(name: str, overrides: list[str], args, data_dir: str) -> dict:
         runs.append((time.perf_counter() - tic, rep.scalars))
         # the unit: the median of 5 gradients timed before and 5 after each preset, so that a
         # drift of the machine's speed during the presets moves the unit with it
-        grads = grads + sample_times(grad_op.gradient)
+        grads = grads + sample_times(unit)
     t_grad = statistics.median(grads)
     walls = sorted(w for w, _ in runs)
     wall = statistics.median_low(walls)

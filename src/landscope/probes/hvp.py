@@ -22,9 +22,8 @@ Three ways to compute the same product (``method``):
   create_graph=True)``, then ``grad(g, grad_outputs=v)``.  Memory of one micro-batch.
 * ``forward_over_reverse`` -- ``torch.func.jvp(torch.func.grad(loss), (params,), (v,))``.
 
-On CPU ``cached`` is the cheapest for an MLP, a CNN, a BatchNorm ResNet and a LayerNorm ViT and
-``forward_over_reverse`` the slowest (``scripts/bench_hvp.py``; docs/measurements.md#probes-hvp),
-so ``cached`` is the default for every model family.
+On CPU ``cached`` is the cheapest and ``forward_over_reverse`` the slowest on every model family
+measured (docs/measurements.md#probes-hvp): ``cached`` is the default.
 
 With ``primitives=True`` (the default) the loss is evaluated inside
 :class:`~landscope.probes.primitives.CurvaturePrimitives`: eval-mode BatchNorm folded into
@@ -33,8 +32,8 @@ the convolution or linear layer before it, ReLU as a mask, cross-entropy as
 
 ``mode="eval"`` evaluates with the model in eval mode (BatchNorm uses running statistics);
 ``mode="train"`` uses batch statistics over the fixed micro-batch partition without
-updating the running statistics (:func:`landscope.models.frozen_batchnorm_stats`).  The
-model's train/eval flags are restored after every evaluation.  At construction a
+updating the running statistics (:func:`landscope.models.frozen_batchnorm_stats`); the
+flags are restored after every evaluation.  At construction a
 curvlinops-style determinism check computes two products with one seeded vector and
 refuses the operator when they differ (dropout, other randomness in the forward).
 
@@ -122,15 +121,16 @@ def fixed_tensors(model: nn.Module, names: Sequence[str], dtype: torch.dtype,
 @contextlib.contextmanager
 def forward_mode(model: nn.Module, mode: str) -> Iterator[None]:
     """Run the block with ``model`` in ``mode``; restore every module's flag afterwards.
-
-    ``train`` also freezes BatchNorm running statistics (batch statistics, no writes).
-    """
+    ``train`` also freezes BatchNorm running statistics (batch statistics, no writes)."""
     if mode not in MODES:
         raise LandscopeError(f"probe mode must be one of {', '.join(MODES)} (got {mode!r})")
-    flags = [(m, m.training) for m in model.modules()]
+    train = mode == "train"
+    # only the modules not yet in mode are set and restored (none inside run_probes)
+    flags = [(m, m.training) for m in model.modules() if m.training is not train]
     try:
-        model.train(mode == "train")
-        with frozen_batchnorm_stats(model) if mode == "train" else contextlib.nullcontext():
+        if flags:
+            model.train(train)
+        with frozen_batchnorm_stats(model) if train else contextlib.nullcontext():
             yield
     finally:
         for m, flag in flags:
@@ -144,8 +144,7 @@ class HessianOperator:
     probed parameter scalars, in ``param_names`` order) in the parameters' ``dtype``.
     ``n_matvecs`` counts products requested through :meth:`matvec`, the determinism check's
     in ``n_check_matvecs``; its first is on the top-k's start vector and serves that run's
-    first step (:meth:`prime`).
-    """
+    first step (:meth:`prime`)."""
 
     def __init__(self, model: nn.Module, data: ProbeData, *,
                  params: Optional[dict[str, Tensor]] = None, mode: Mode = "eval",

@@ -171,9 +171,10 @@ def alignment_lowrank(eigenvalues: Tensor, eigenvectors: Tensor, op: Operator) -
                for lam, v in zip(eigenvalues, eigenvectors.T))
 
 
-def energy_share(c: Tensor, v: Tensor) -> float:
-    """``||C V||_F^2 / ||C||_F^2 = tr(V^T Sigma V) / tr Sigma`` for orthonormal ``V`` (D x k)."""
-    total = float((c * c).sum())
+def energy_share(c: Tensor, v: Tensor, total: Optional[float] = None) -> float:
+    """``||C V||_F^2 / ||C||_F^2 = tr(V^T Sigma V) / tr Sigma`` for orthonormal ``V`` (D x k);
+    ``total``: ``||C||_F^2`` when known (``n * noise_trace(C)``)."""
+    total = float((c * c).sum()) if total is None else total
     return float(((c @ v.to(c.dtype)) ** 2).sum()) / total if total > 0 else math.nan
 
 
@@ -259,7 +260,7 @@ def gradient_noise(model: nn.Module, data: ProbeData, *,
         tr_h, tr_err = tr.estimate, tr.stderr
     else:
         tr_h, tr_err = float(trace_h), 0.0
-    lam_max, share, k = _lambda_max_and_share(op, top_k_eigs, c, seed)
+    lam_max, share, k = _lambda_max_and_share(op, top_k_eigs, c, seed, tr_sigma * c.shape[0])
     kappa = alignment_ratio(ths, tr_sigma, op.dim, tr_h)
     return GradientNoise(
         n=grads.shape[0], dim=op.dim, mean_gradient=mean, trace_sigma=tr_sigma,
@@ -285,7 +286,7 @@ def _alignment(alignment: Alignment, c: Tensor, op: Operator, lam: Tensor, vecs:
 
 
 def _lambda_max_and_share(op: Operator, top_k_eigs: Optional[EigResult], c: Tensor,
-                          seed: int) -> tuple[float, Optional[float], int]:
+                          seed: int, total: float) -> tuple[float, Optional[float], int]:
     """``lambda_max`` (from ``top_k_eigs``, else a k=1 Lanczos run) and the noise's energy
     share in the top-k eigenvectors with k (None, 0 without them)."""
     if top_k_eigs is None:
@@ -294,4 +295,5 @@ def _lambda_max_and_share(op: Operator, top_k_eigs: Optional[EigResult], c: Tens
     lam_max = float(top_k_eigs.eigenvalues[0])
     if top_k_eigs.eigenvectors is None:
         return lam_max, None, 0
-    return lam_max, energy_share(c, top_k_eigs.eigenvectors), top_k_eigs.eigenvectors.shape[1]
+    return (lam_max, energy_share(c, top_k_eigs.eigenvectors, total),
+            top_k_eigs.eigenvectors.shape[1])

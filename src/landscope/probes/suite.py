@@ -23,7 +23,7 @@ from torch import nn
 
 from landscope.probes.cost import ProbeLedger
 from landscope.probes.distributed import hessian_operator, rank_and_world
-from landscope.probes.hvp import HessianOperator
+from landscope.probes.hvp import HessianOperator, forward_mode
 from landscope.probes.lanczos import lanczos_eigs
 from landscope.probes.probe_data import ProbeData
 from landscope.probes.run import ProbeRun
@@ -87,10 +87,12 @@ def run_probes(model: nn.Module, train_split, cfg: Any,
     estimator a cap cut short says so in ``<estimator>_stopped_by`` (top, bottom, density,
     trace, noise, sharpness, blocks, pacbayes). Products are shared between the estimators
     (:mod:`~landscope.probes.steps`)."""
-    run = start_run(model, train_split, cfg, w0=w0, log=log)
-    for step in steps_for(cfg):
-        step(run)
-    finish_run(run, log)
+    # in cfg.mode once for the whole run, so that no evaluation sets and restores the flags
+    with forward_mode(model, str(cfg.mode)):
+        run = start_run(model, train_split, cfg, w0=w0, log=log)
+        for step in steps_for(cfg):
+            step(run)
+        finish_run(run, log)
     return ProbeReport(run.scalars(), run.arrays())
 
 
