@@ -4,8 +4,8 @@ For each model (same random mnist1d-shaped data, float32, eval mode) it times on
 with each method -- ``cached`` (gradient graph built once, one backward per product),
 ``double_backward`` (fresh forward + gradient graph + backward per product) and
 ``forward_over_reverse`` (``torch.func.jvp`` of ``torch.func.grad``) -- against a plain
-gradient evaluation (forward + backward).  Methods are interleaved in rotating order over
-the repeats and the median is reported; ``cached`` also reports its one-off build time
+gradient (forward + backward, the model called directly:
+``bench_probe_cost.plain_gradient``).  Methods are interleaved in rotating order over the repeats and the median is reported; ``cached`` also reports its one-off build time
 (median of 3).
 Every method's product is checked against ``double_backward`` before timing.
 
@@ -31,6 +31,9 @@ sys.path.insert(0, str(REPO / "src"))
 from landscope.models import build_model, count_parameters  # noqa: E402
 from landscope.probes.hvp import METHODS, HessianOperator  # noqa: E402
 from landscope.probes.probe_data import ProbeData  # noqa: E402
+
+sys.path.insert(0, str(REPO / "scripts"))
+from bench_probe_cost import plain_gradient  # noqa: E402
 
 INPUT_SHAPE, CLASSES = (1, 40), 10
 MODELS: dict[str, tuple[dict[str, Any], int]] = {  # name -> (model config, micro-batch)
@@ -69,7 +72,7 @@ def bench_model(cfg: dict[str, Any], micro_batch: int, samples: int, repeats: in
         assert err < 1e-4, f"{m} disagrees with double_backward: {err:.1e}"
     tasks: dict[str, Callable[[], Any]] = {m: functools.partial(op.matvec, v)
                                            for m, op in ops.items()}
-    tasks["gradient"] = ops["double_backward"].gradient
+    tasks["gradient"] = plain_gradient(model, data)  # the model called directly (the unit)
     times: dict[str, list[float]] = {k: [] for k in tasks}
     keys = list(tasks)
     for r in range(repeats):
