@@ -5,8 +5,9 @@ with each method -- ``cached`` (gradient graph built once, one backward per prod
 ``double_backward`` (fresh forward + gradient graph + backward per product) and
 ``forward_over_reverse`` (``torch.func.jvp`` of ``torch.func.grad``) -- against a plain
 gradient (forward + backward, the model called directly:
-``bench_probe_cost.plain_gradient``).  Methods are interleaved in rotating order over the repeats and the median is reported; ``cached`` also reports its one-off build time
-(median of 3).
+``bench_probe_cost.plain_gradient``).  Methods are interleaved in rotating order over the
+repeats and the median is reported; ``cached`` also reports its one-off build time (median
+of 3).
 Every method's product is checked against ``double_backward`` before timing.
 
     python scripts/bench_hvp.py [--repeats 9] [--threads 1] [--samples 1000]

@@ -225,5 +225,32 @@ def test_a_result_left_empty_leaves_no_names():
     assert not any(k.startswith(("pacbayes_", "sharpness_", "pac_bayes", "verify_")) for k in s)
 
 
+def test_run_is_in_probe_mode_throughout_and_restores_mixed_flags(monkeypatch):
+    """run_probes puts the model in ``probe.mode`` once for the whole run (no evaluation sets
+    and restores the flags): every forward of the run sees eval mode, the model's own mixed
+    flags come back, and the results are those of a model already in eval mode."""
+    model, split, _, _ = _inputs("no_top")
+    cfg = ProbeConfig(data_size=None, micro_batch=N, progress=False, top_k=2, **TRACE,
+                      sharpness=SharpnessConfig(enabled=True, rhos=[0.05]),
+                      noise=NoiseConfig(enabled=True, samples=8))
+    seen: list[bool] = []
+    handle = model.register_forward_pre_hook(lambda m, args: seen.append(m.training))
+    model.train()
+    first = next(m for m in model.modules() if m is not model)
+    first.eval()
+    flags = [m.training for m in model.modules()]
+    calls: list[bool] = []
+    train = torch.nn.Module.train
+    monkeypatch.setattr(torch.nn.Module, "train",
+                        lambda m, mode=True: (m is model and calls.append(mode)) or train(m, mode))
+    mixed = run_probes(model, split, cfg).scalars
+    monkeypatch.undo()
+    assert calls == [False]  # the mode is set once, at the start of the run
+    handle.remove()
+    assert [m.training for m in model.modules()] == flags  # restored, mixed as they were
+    assert len(seen) > 10 and not any(seen)
+    plain = run_probes(model.eval(), split, cfg).scalars
+    assert _untimed(mixed) == _untimed(plain)
+
 if __name__ == "__main__":
     write_expected()

@@ -11,7 +11,7 @@ import torch
 import landscope.probes.lanczos as lanczos_module
 from landscope.probes.density import _lanczos_quadrature, slq
 from landscope.probes.lanczos import lanczos_eigs, power_iteration, spectral_summary
-from landscope.probes.operator import DenseOperator, quadratic_with_spectrum
+from landscope.probes.operator import Deflated, DenseOperator, quadratic_with_spectrum
 from landscope.probes.trace import deflated_trace, hutchinson, hutchpp
 
 F64 = torch.float64
@@ -388,3 +388,22 @@ def test_slq_block_steps_the_later_probes_together_with_the_same_rules(dense):
     assert cut.stopped_by == "max_products" and cut.n_probes <= 5
     with pytest.raises(ValueError, match="block"):
         slq(op, block=0)
+
+
+def test_deflated_product_is_the_projected_operator_with_one_pass_each_side():
+    """``Deflated.matvec`` projects once before and once after the product: ``P A P v`` to
+    rounding for any ``v`` (also one with large components along the basis), in float64 and
+    float32, and nothing of the result lies along the basis."""
+    eigs = torch.linspace(-3.0, 10.0, 60, dtype=torch.float64)
+    a, q = quadratic_with_spectrum(eigs, seed=3)
+    basis = q[:, -7:]  # the top-7 eigenvectors
+    p = torch.eye(60, dtype=torch.float64) - basis @ basis.T
+    v = torch.randn(60, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    v = v + 50.0 * basis[:, 0]
+    for dtype, tol in ((torch.float64, 1e-13), (torch.float32, 1e-5)):
+        op = Deflated(DenseOperator(a.to(dtype)), basis.to(dtype))
+        got = op.matvec(v.to(dtype)).double()
+        want = p @ a @ p @ v
+        assert (got - want).norm() <= tol * want.norm()
+        assert (basis.T @ got).abs().max() <= tol * want.norm()
+        assert op.n_matvecs == 1
