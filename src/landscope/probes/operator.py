@@ -54,9 +54,10 @@ class Deflated:
     def n_matvecs(self) -> int:
         return self.op.n_matvecs
 
-    def project(self, v: Tensor) -> Tensor:
-        """``P v`` (twice: one projection loses orthogonality to rounding)."""
-        for _ in range(2):
+    def project(self, v: Tensor, passes: int = 2) -> Tensor:
+        """``P v`` (twice by default: one projection of a vector with large components along V
+        loses orthogonality to rounding)."""
+        for _ in range(passes):
             v = v - self.basis @ (self.basis.T @ v)
         return v
 
@@ -65,10 +66,7 @@ class Deflated:
         complement to rounding, and ``A v`` has components along V only of the size of V's
         residuals, so a second pass would remove nothing but rounding (it cost the default
         MLP's density 7 % of its time)."""
-        b = self.basis
-        v = v - b @ (b.T @ v)
-        av = self.op.matvec(v)
-        return av - b @ (b.T @ av)
+        return self.project(self.op.matvec(self.project(v, 1)), 1)
 
 
 def quadratic_with_spectrum(eigenvalues: Tensor, seed: int = 0) -> tuple[Tensor, Tensor]:

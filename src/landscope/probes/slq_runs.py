@@ -84,7 +84,7 @@ def _lockstep(target: Operator, zs: list[Tensor], m: int, *,
         else:
             V = torch.stack([lzs[i]._next for i in going], dim=1)
             if isinstance(target, Deflated):
-                AV = target.project(matmat(target.op, target.project(V)))
+                AV = target.project(matmat(target.op, target.project(V, 1)), 1)  # as matvec
             else:
                 AV = matmat(target, V)
             products = [AV[:, c] for c in range(len(going))]
