@@ -157,6 +157,18 @@ def test_noise_statistics_match_dense(name):
     assert abs(energy_share(c, top) - ref_share) <= 1e-10
 
 
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-13), (torch.float32, 1e-6)])
+def test_trace_sigma_read_off_the_gram_matrix_is_the_sum_of_squares(dtype, tol):
+    """``gradient_noise`` takes tr Sigma as the Gram matrix's trace: within ``tol`` (relative)
+    of the float64 sum of squares of the same centered per-sample gradients."""
+    model, data = make("cnn_bn")
+    model, data = model.to(dtype), data.to(dtype, torch.device("cpu"))
+    res = gradient_noise(model, data, trace_h=1.0, alignment="lowrank", k_sigma=1)
+    _, c = center(per_sample_gradients(model, data).double())
+    ref = float((c * c).sum()) / data.n
+    assert abs(res.trace_sigma - ref) <= tol * ref
+
+
 def test_gradient_noise_end_to_end_against_dense():
     model, data = make("mlp")
     h = dense_h("mlp")

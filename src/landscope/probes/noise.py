@@ -125,15 +125,21 @@ def noise_trace(c: Tensor) -> float:
     return float((c * c).sum()) / c.shape[0]
 
 
-def noise_eigs(c: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Top-``k`` eigenpairs of ``Sigma = C^T C / n`` by the Gram trick.
+def gram(c: Tensor) -> Tensor:
+    """``K = C C^T / n`` (n x n): the nonzero spectrum of ``Sigma``, and ``tr K = tr Sigma``."""
+    return c @ c.T / c.shape[0]
+
+
+def noise_eigs(c: Tensor, k: int, k_gram: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """Top-``k`` eigenpairs of ``Sigma = C^T C / n`` by the Gram trick (``k_gram``: ``gram(C)``
+    when known).
 
     Returns ``(eigenvalues (r,) float64 descending, eigenvectors (D, r))`` with ``r <= k``:
     pairs whose eigenvalue is below ``n * eps * lam_max`` (Sigma's null space; centering
     leaves rank <= n - 1) are dropped, since their direction is not defined by ``C``.
     """
     n = c.shape[0]
-    lam, u = torch.linalg.eigh(c @ c.T / n)
+    lam, u = torch.linalg.eigh(gram(c) if k_gram is None else k_gram)
     lam, u = lam.flip(0)[:max(0, k)], u.flip(1)[:, :max(0, k)]
     cut = n * torch.finfo(c.dtype).eps * float(lam[0]) if lam.numel() else 0.0
     keep = lam > max(cut, 0.0)
@@ -250,8 +256,12 @@ def gradient_noise(model: nn.Module, data: ProbeData, *,
                              f"Hessian operator {op.dim}: pass the same params to both")
     grads = grads.to(op.dtype)
     mean, c = center(grads)
-    tr_sigma = noise_trace(c)
-    lam, vecs = noise_eigs(c, k_sigma)
+    k_gram = gram(c)
+    # tr Sigma as the Gram matrix's trace: its diagonal's dot products are as exact as the sum
+    # of squares (1e-7 relative in float32) and spare another pass over C
+    # (docs/measurements.md#probes-noise)
+    tr_sigma = float(k_gram.diagonal().double().sum())
+    lam, vecs = noise_eigs(c, k_sigma, k_gram)
     before = op.n_matvecs
     ths, stderr = _alignment(alignment, c, op, lam, vecs, n_probes, seed)
     align_hvps = op.n_matvecs - before

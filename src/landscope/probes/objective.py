@@ -8,12 +8,15 @@ objective (or takes them precomputed: ``at_origin=(loss, grad)``, e.g. from
 :meth:`landscope.probes.hvp.HessianOperator.loss` / ``.gradient()``, which the operator has
 anyway), and :meth:`Objective.origin_accuracy` caches the accuracy there.
 
-:class:`ModelObjective` evaluates a network functionally (the model is never written);
-:class:`QuadraticObjective` is the closed-form oracle of the tests.
+:class:`ModelObjective` evaluates a network without writing it: on a private copy whose probed
+parameters are overwritten with each point (or, for a model that cannot be copied, through
+``torch.func.functional_call``); :class:`QuadraticObjective` is the closed-form oracle of the
+tests.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Optional
 
@@ -126,12 +129,35 @@ class QuadraticObjective(Objective):
         return float(0.5 * theta @ at + self.b @ theta) + self.c, at + self.b
 
 
+def _replica(model: nn.Module, names: list[str], dtype: torch.dtype, device: torch.device
+             ) -> Optional[tuple[nn.Module, list[Tensor]]]:
+    """A private copy of ``model`` (floating tensors in ``dtype`` on ``device``, as
+    :func:`~landscope.probes.hvp.fixed_tensors` casts them) and its parameters ``names``, the
+    only ones that require grad; None when the model cannot be deep-copied."""
+    try:
+        work = copy.deepcopy(model)
+    except Exception:  # noqa: BLE001 - any model deepcopy refuses: functional_call instead
+        return None
+    work.to(device=device, dtype=dtype)
+    named = dict(work.named_parameters())
+    for p in work.parameters():
+        p.requires_grad_(False)
+        p.grad = None
+    probed = [named[n] for n in names]
+    for p in probed:
+        p.requires_grad_(True)
+    return work, probed
+
+
 class ModelObjective(Objective):
     """Mean cross-entropy (exact micro-batch weights) and accuracy of ``model`` on ``data``
-    at any flat vector of the probed parameters, via ``torch.func.functional_call``.
+    at any flat vector of the probed parameters.
 
     The model is never written (its train/eval flags are restored; in ``mode="train"``
-    BatchNorm uses batch statistics without updating running ones).  ``params`` selects a
+    BatchNorm uses batch statistics without updating running ones).  Each point is written into
+    a private copy of the model, taken when the objective is made (``torch.func.functional_call``
+    on the model itself when it cannot be deep-copied: the same values, bit for bit, at 0.1-0.5
+    ms more per evaluation: docs/measurements.md#probes-objective).  ``params`` selects a
     subset as in :func:`landscope.probes.hvp.resolve_params`.  ``at_origin=(loss, grad)``
     skips the evaluation at ``theta0``: pass ``(op.loss(), op.gradient())`` of a
     :class:`~landscope.probes.hvp.HessianOperator` built on the same model, data, params and
@@ -139,7 +165,8 @@ class ModelObjective(Objective):
     """
 
     def __init__(self, model: nn.Module, data: ProbeData, params: Optional[dict[str, Tensor]]
-                 = None, mode: Mode = "eval", *, at_origin: Optional[Origin] = None) -> None:
+                 = None, mode: Mode = "eval", *, at_origin: Optional[Origin] = None,
+                 copy_model: bool = True) -> None:
         super().__init__(at_origin)
         self.model, self.mode = model, mode
         self.names, values = resolve_params(model, params)
@@ -147,33 +174,70 @@ class ModelObjective(Objective):
         self._shapes = [v.shape for v in values]
         self._numels = [v.numel() for v in values]
         self.theta0 = torch.cat([v.reshape(-1) for v in values]).clone()
-        self._fixed = fixed_tensors(model, self.names, self.dtype, self.device)
+        self._fixed: dict[str, Tensor] = {}
+        self._replica = _replica(model, self.names, self.dtype, self.device) if copy_model \
+            else None
+        if self._replica is None:
+            self._fixed = fixed_tensors(model, self.names, self.dtype, self.device)
         if data.dtype != self.dtype or data.device != self.device:
             data = data.to(self.dtype, self.device)
         self.data = data
         self._take_origin()
 
-    def _params(self, theta: Tensor) -> dict[str, Tensor]:
+    def _check(self, theta: Tensor) -> None:
         if theta.shape != self.theta0.shape:
             raise LandscopeError(f"expected a flat vector of shape {tuple(self.theta0.shape)}, "
                                  f"got {tuple(theta.shape)}")
+
+    def _params(self, theta: Tensor) -> dict[str, Tensor]:
+        self._check(theta)
         parts = torch.split(theta, self._numels)
         return {**self._fixed, **{n: p.view(s) for n, p, s in
                                   zip(self.names, parts, self._shapes)}}
 
+    def _at(self, theta: Tensor):
+        """The network at ``theta``: a callable of the inputs. The replica with ``theta``
+        written into its probed parameters, else ``functional_call`` of the model."""
+        if self._replica is None:
+            params = self._params(theta)
+            return lambda x: functional_call(self.model, params, (x,))
+        self._check(theta)
+        work, probed = self._replica
+        with torch.no_grad():
+            for p, t in zip(probed, torch.split(theta, self._numels)):
+                p.copy_(t.view_as(p))
+        return work
+
+    def _net(self) -> nn.Module:
+        return self.model if self._replica is None else self._replica[0]
+
     def loss(self, theta: Tensor) -> float:
         self.n_loss += 1
         total = 0.0
-        with torch.no_grad(), forward_mode(self.model, self.mode):
-            params = self._params(theta.detach())
+        with torch.no_grad(), forward_mode(self._net(), self.mode):
+            net = self._at(theta.detach())
             for (x, y), w in zip(self.data.batches, self.data.weights):
-                out = functional_call(self.model, params, (x,))
-                total += w * float(task_loss(self.model, out, y))
+                total += w * float(task_loss(self.model, net(x), y))
         return total
 
     def loss_and_grad(self, theta: Tensor) -> tuple[float, Tensor]:
         self.n_loss += 1
         self.n_grad += 1
+        if self._replica is None:
+            return self._functional_loss_and_grad(theta)
+        _, probed = self._replica
+        total, grads = 0.0, None
+        with torch.enable_grad(), forward_mode(self._net(), self.mode):
+            net = self._at(theta.detach())
+            for (x, y), w in zip(self.data.batches, self.data.weights):
+                lb = w * task_loss(self.model, net(x), y)
+                gs = torch.autograd.grad(lb, probed)
+                grads = gs if grads is None else [a + b for a, b in zip(grads, gs)]
+                total += float(lb.detach())
+        assert grads is not None
+        return total, torch.cat([g.reshape(-1) for g in grads])
+
+    def _functional_loss_and_grad(self, theta: Tensor) -> tuple[float, Tensor]:
         leaf = theta.detach().clone().requires_grad_(True)
         total, grad = 0.0, torch.zeros_like(leaf)
         with torch.enable_grad(), forward_mode(self.model, self.mode):
@@ -188,8 +252,8 @@ class ModelObjective(Objective):
         """Exact fraction of correctly classified probe samples."""
         self.n_acc += 1
         correct = 0
-        with torch.no_grad(), forward_mode(self.model, self.mode):
-            params = self._params(theta.detach())
+        with torch.no_grad(), forward_mode(self._net(), self.mode):
+            net = self._at(theta.detach())
             for x, y in self.data.batches:
-                correct += n_correct(self.model, functional_call(self.model, params, (x,)), y)
+                correct += n_correct(self.model, net(x), y)
         return correct / self.data.n
