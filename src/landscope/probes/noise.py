@@ -60,7 +60,9 @@ from landscope.probes.probe_data import ProbeData
 from landscope.probes.trace import hutchinson, probe_vector
 
 Alignment = Literal["exact", "hutchinson", "lowrank"]
-DEFAULT_CHUNK = 64
+# samples vmapped at a time: 256 took 26-32 % less time than 64 on every CPU model of
+# scripts/bench_probe_cost.py (docs/measurements.md#probes-noise)
+DEFAULT_CHUNK = 256
 
 
 def per_sample_gradients(model: nn.Module, data: ProbeData,
@@ -90,34 +92,41 @@ def per_sample_gradients(model: nn.Module, data: ProbeData,
         logits = functional_call(model, {**fixed, **p}, (x.unsqueeze(0),))
         return task_loss(model, logits, y.unsqueeze(0))
 
-    def flat(gs: dict[str, Tensor], rows: int) -> Tensor:
-        return torch.cat([gs[n].reshape(rows, -1) for n in names], 1)
+    # the rows are written in place: no list of blocks concatenated at the end
+    out = torch.empty(data.n, sum(v.numel() for v in values), dtype=dtype, device=device)
+    row = 0
+
+    def put(gs: dict[str, Tensor], rows: int) -> None:
+        nonlocal row
+        torch.cat([gs[n].detach().reshape(rows, -1) for n in names], 1, out=out[row:row + rows])
+        row += rows
 
     primals = dict(zip(names, values))
-    out: list[Tensor] = []
     batched = vmap(grad(sample_loss), in_dims=(None, 0, 0))
     with forward_mode(model, mode):
         for xb, yb in data.batches:
             for s in range(0, len(yb), chunk):
                 x, y = xb[s:s + chunk], yb[s:s + chunk]
                 if vectorize:
-                    out.append(flat(batched(primals, x, y), len(y)))
+                    put(batched(primals, x, y), len(y))
                     continue
                 for xi, yi in zip(x, y):
                     leaves = {n: v.clone().requires_grad_(True) for n, v in primals.items()}
                     with torch.enable_grad():
                         gs = torch.autograd.grad(sample_loss(leaves, xi, yi),
                                                  list(leaves.values()), allow_unused=True)
-                    out.append(flat({n: torch.zeros_like(v) if g is None else g
-                                     for (n, v), g in zip(leaves.items(), gs)}, 1))
-    return torch.cat(out, 0).detach()
+                    put({n: torch.zeros_like(v) if g is None else g
+                         for (n, v), g in zip(leaves.items(), gs)}, 1)
+    assert row == data.n
+    return out
 
 
 # ------------------------------------------------------------------ pure math on C (n x D)
-def center(grads: Tensor) -> tuple[Tensor, Tensor]:
-    """``(g_bar, C)``: the mean row and the centered rows ``C = G - g_bar``."""
+def center(grads: Tensor, inplace: bool = False) -> tuple[Tensor, Tensor]:
+    """``(g_bar, C)``: the mean row and the centered rows ``C = G - g_bar`` (``inplace``: ``G``
+    itself becomes ``C``, which spares allocating another n x D matrix)."""
     mean = grads.mean(0)
-    return mean, grads - mean
+    return mean, grads.sub_(mean) if inplace else grads - mean
 
 
 def noise_trace(c: Tensor) -> float:
@@ -255,7 +264,7 @@ def gradient_noise(model: nn.Module, data: ProbeData, *,
         raise LandscopeError(f"per-sample gradients have {grads.shape[1]} parameters, the "
                              f"Hessian operator {op.dim}: pass the same params to both")
     grads = grads.to(op.dtype)
-    mean, c = center(grads)
+    mean, c = center(grads, inplace=True)  # the rows are ours: computed above
     k_gram = gram(c)
     # tr Sigma as the Gram matrix's trace: its diagonal's dot products are as exact as the sum
     # of squares (1e-7 relative in float32) and spare another pass over C
