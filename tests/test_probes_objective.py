@@ -117,3 +117,12 @@ def test_the_copy_is_taken_when_the_objective_is_made() -> None:
         for p in model.parameters():
             p.add_(1.0)
     assert_same(evaluations(obj), first)
+
+
+def test_an_unknown_mode_is_one_clear_error() -> None:
+    from landscope.errors import LandscopeError
+
+    cfg, shape = MODELS["mlp"]
+    model, x, y = seeded_model(cfg, shape, 3, 20)
+    with pytest.raises(LandscopeError, match="probe mode must be one of eval, train"):
+        ModelObjective(model, ProbeData.from_tensors(x, y, 8), mode="nope")  # type: ignore[arg-type]

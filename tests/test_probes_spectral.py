@@ -10,7 +10,7 @@ import torch
 
 import landscope.probes.lanczos as lanczos_module
 from landscope.probes.density import _lanczos_quadrature, slq
-from landscope.probes.lanczos import lanczos_eigs, power_iteration, spectral_summary
+from landscope.probes.lanczos import _Lanczos, lanczos_eigs, power_iteration, spectral_summary
 from landscope.probes.operator import Deflated, DenseOperator, quadratic_with_spectrum
 from landscope.probes.trace import _projector, deflated_trace, hutchinson, hutchpp, probe_vector
 
@@ -427,3 +427,55 @@ def test_one_projection_pass_of_a_probe_vector_is_as_exact_as_two(dist):
             assert (got - exact).norm() <= tol * z.double().norm()
             form, exact_form = (got * eigs) @ got, (exact * eigs) @ exact
             assert abs(form - exact_form) <= 10 * tol * (exact * exact * eigs.abs()).sum()
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+def test_lanczos_on_a_deflated_operator_projects_once_per_step(dtype, tol):
+    """A Lanczos run on ``Deflated(A, B)`` multiplies by A and projects each new vector once:
+    its basis stays orthogonal to B, and its coefficients are those of a run on the explicit
+    ``P A P``, also when B holds Ritz vectors with residuals of 1e-3 of the spectrum's range
+    (the settled outliers the density deflates)."""
+    gen = torch.Generator().manual_seed(4)
+    eigs = torch.linspace(-3.0, 10.0, 300, dtype=torch.float64)
+    a, q = quadratic_with_spectrum(eigs, seed=5)
+    near = q[:, -7:] + 1e-3 * torch.randn(300, 7, generator=gen, dtype=torch.float64)
+    basis, _ = torch.linalg.qr(near)
+    p = torch.eye(300, dtype=torch.float64) - basis @ basis.T
+    z = p @ (p @ torch.randn(300, generator=gen, dtype=torch.float64))
+    dense, deflated = DenseOperator((p @ a @ p).to(dtype)), Deflated(DenseOperator(a.to(dtype)),
+                                                                    basis.to(dtype))
+    ref = _Lanczos(dense, z.to(dtype), restart=False, capacity=60)
+    run = _Lanczos(deflated, z.to(dtype), restart=False, capacity=60)
+    assert run.product_op is deflated.op and run.lock is deflated.basis
+    for _ in range(60):
+        ref.step()
+        run.step()
+    assert deflated.n_matvecs == 60
+    assert (basis.to(dtype).T @ run.V[:60].T).abs().max() <= tol
+    scale = float(eigs.abs().max())
+    assert max(abs(x - y) for x, y in zip(run.alpha, ref.alpha)) <= 10 * tol * scale
+    assert max(abs(x - y) for x, y in zip(run.beta, ref.beta)) <= 10 * tol * scale
+    # the Ritz values are those of the reference run, inside the spectrum of P A P
+    spectrum = torch.linalg.eigvalsh(p @ a @ p)
+    theta, _ = run.ritz()
+    assert abs(theta - ref.ritz()[0]).max() <= 10 * tol * scale
+    assert theta.max() <= float(spectrum[-1]) + 10 * tol * scale
+    assert theta.min() >= float(spectrum[0]) - 10 * tol * scale
+
+
+def test_a_restarted_deflated_run_stays_in_the_complement():
+    """A breakdown on a deflated operator restarts from a random vector projected on the
+    complement: the basis stays orthogonal to B and the Ritz values are eigenvalues of the
+    complement."""
+    a = torch.diag(torch.arange(1.0, 31.0, dtype=torch.float64))
+    basis = torch.eye(30, dtype=torch.float64)[:, -2:]          # the top-2 eigenvectors
+    z = torch.zeros(30, dtype=torch.float64)
+    z[:3] = 1.0                                                 # an invariant 3-dim start
+    op = Deflated(DenseOperator(a), basis)
+    run = _Lanczos(op, z, restart=True, capacity=20, gen=torch.Generator().manual_seed(0))
+    for _ in range(20):
+        run.step()
+    assert run.n_restarts >= 1
+    assert (basis.T @ run.V[:20].T).abs().max() <= 1e-13
+    theta, _ = run.ritz()
+    assert theta.max() <= 28.0 + 1e-10 and theta.min() >= 1.0 - 1e-10

@@ -34,7 +34,7 @@ import scipy.linalg
 import torch
 from torch import Tensor
 
-from landscope.probes.operator import Operator
+from landscope.probes.operator import Deflated, Operator
 
 Which = Literal["largest", "smallest"]
 # lanczos_eigs(verify=True) keeps A q_j for explicit residuals when they take at most this much
@@ -87,6 +87,15 @@ class _Lanczos:
     def __init__(self, op: Operator, v0: Tensor, *, restart: bool, capacity: int,
                  gen: torch.Generator | None = None, keep_products: bool = False) -> None:
         self.op, self.restart, self.gen = op, restart, gen
+        # On a deflated operator ``P A P`` (P = I − BBᵀ) whose start is in the complement, the
+        # products are A's and the new vector is projected once, after its reorthogonalization:
+        # every basis vector stays in the complement, so A q = P A P q up to components along B
+        # of the size of B's residuals, which that one pass removes (one projection per step
+        # instead of one on each side of the product: docs/measurements.md#probes-lanczos-lock)
+        self.lock: Tensor | None = None
+        self.product_op: Operator = op
+        if isinstance(op, Deflated) and not keep_products:
+            self.lock, self.product_op = op.basis, op.op
         self.V = torch.empty(max(1, min(capacity, op.dim)), op.dim, dtype=op.dtype,
                              device=op.device)
         # AV[j] = A q_j as returned by the operator (before orthogonalization), when kept
@@ -116,10 +125,12 @@ class _Lanczos:
             if self.AV is not None:
                 self.AV = self._grown(self.AV, j)
         self.V[j] = self._next
-        av = self.op.matvec(self.V[j]) if av is None else av
+        av = self.product_op.matvec(self.V[j]) if av is None else av
         if self.AV is not None:
             self.AV[j] = av
         w, a = self._orthogonalize(av, j + 1)
+        if self.lock is not None:
+            w = w - self.lock @ (self.lock.T @ w)
         b = float(torch.linalg.vector_norm(w))
         self.alpha.append(a)
         self.anorm = max(self.anorm, abs(a) + b + (self.beta[-1] if self.beta else 0.0))
@@ -135,7 +146,10 @@ class _Lanczos:
             if not self.restart or self.gen is None:
                 self.exhausted = True
                 return
-            r, _ = self._orthogonalize(_random_vector(self.op, self.gen), self.m)
+            r = _random_vector(self.op, self.gen)
+            if isinstance(self.op, Deflated):
+                r = self.op.project(r)
+            r, _ = self._orthogonalize(r, self.m)
             self._next = r / torch.linalg.vector_norm(r)
             self.n_restarts += 1
 

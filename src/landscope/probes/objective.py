@@ -16,6 +16,7 @@ tests.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from typing import Optional
@@ -26,7 +27,7 @@ from torch.func import functional_call
 
 from landscope.errors import LandscopeError
 from landscope.losses import n_correct, task_loss
-from landscope.probes.hvp import Mode, fixed_tensors, forward_mode, resolve_params
+from landscope.probes.hvp import MODES, Mode, fixed_tensors, forward_mode, resolve_params
 from landscope.probes.probe_data import ProbeData
 
 Origin = tuple[float, Tensor]
@@ -175,8 +176,15 @@ class ModelObjective(Objective):
         self._numels = [v.numel() for v in values]
         self.theta0 = torch.cat([v.reshape(-1) for v in values]).clone()
         self._fixed: dict[str, Tensor] = {}
+        if mode not in MODES:
+            raise LandscopeError(f"probe mode must be one of {', '.join(MODES)} (got {mode!r})")
         self._replica = _replica(model, self.names, self.dtype, self.device) if copy_model \
             else None
+        if self._replica is not None:
+            # the copy stays in the mode: no flags to set and restore per evaluation (in train
+            # mode its BatchNorm layers update their own running statistics, which no
+            # train-mode output reads)
+            self._replica[0].train(mode == "train")
         if self._replica is None:
             self._fixed = fixed_tensors(model, self.names, self.dtype, self.device)
         if data.dtype != self.dtype or data.device != self.device:
@@ -208,13 +216,15 @@ class ModelObjective(Objective):
                 p.copy_(t.view_as(p))
         return work
 
-    def _net(self) -> nn.Module:
-        return self.model if self._replica is None else self._replica[0]
+    def _mode(self) -> contextlib.AbstractContextManager:
+        """The model in the mode for the block (the copy is in it already)."""
+        return forward_mode(self.model, self.mode) if self._replica is None \
+            else contextlib.nullcontext()
 
     def loss(self, theta: Tensor) -> float:
         self.n_loss += 1
         total = 0.0
-        with torch.no_grad(), forward_mode(self._net(), self.mode):
+        with torch.no_grad(), self._mode():
             net = self._at(theta.detach())
             for (x, y), w in zip(self.data.batches, self.data.weights):
                 total += w * float(task_loss(self.model, net(x), y))
@@ -227,7 +237,7 @@ class ModelObjective(Objective):
             return self._functional_loss_and_grad(theta)
         _, probed = self._replica
         total, grads = 0.0, None
-        with torch.enable_grad(), forward_mode(self._net(), self.mode):
+        with torch.enable_grad(), self._mode():
             net = self._at(theta.detach())
             for (x, y), w in zip(self.data.batches, self.data.weights):
                 lb = w * task_loss(self.model, net(x), y)
@@ -252,7 +262,7 @@ class ModelObjective(Objective):
         """Exact fraction of correctly classified probe samples."""
         self.n_acc += 1
         correct = 0
-        with torch.no_grad(), forward_mode(self._net(), self.mode):
+        with torch.no_grad(), self._mode():
             net = self._at(theta.detach())
             for x, y in self.data.batches:
                 correct += n_correct(self.model, net(x), y)

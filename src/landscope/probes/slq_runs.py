@@ -79,14 +79,13 @@ def _lockstep(target: Operator, zs: list[Tensor], m: int, *,
             break
         if lzs[going[0]].m >= 1 and stop is not None and (why := stop()) is not None:
             break
+        # the runs' own product operator: A itself on a deflated target, whose runs project
+        # each new vector instead (:class:`~landscope.probes.lanczos._Lanczos`)
+        prod = lzs[going[0]].product_op
         if len(going) == 1:
-            products = [target.matvec(lzs[going[0]]._next)]
+            products = [prod.matvec(lzs[going[0]]._next)]
         else:
-            V = torch.stack([lzs[i]._next for i in going], dim=1)
-            if isinstance(target, Deflated):
-                AV = target.project(matmat(target.op, target.project(V, 1)), 1)  # as matvec
-            else:
-                AV = matmat(target, V)
+            AV = matmat(prod, torch.stack([lzs[i]._next for i in going], dim=1))
             products = [AV[:, c] for c in range(len(going))]
         for i, av in zip(going, products):
             lzs[i].step(av=av)
