@@ -49,97 +49,45 @@ from typing import Literal, Optional
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
 
 from landscope.errors import LandscopeError
-from landscope.losses import task_loss
-from landscope.probes.hvp import HessianOperator, Mode, fixed_tensors, forward_mode, resolve_params
+from landscope.probes.hvp import HessianOperator, Mode
 from landscope.probes.lanczos import EigResult, lanczos_eigs
 from landscope.probes.operator import Operator
+from landscope.probes.per_sample import (
+    DEFAULT_CHUNK,
+    GradientRows,
+    per_sample_gradients,
+    per_sample_rows,
+)
 from landscope.probes.probe_data import ProbeData
 from landscope.probes.trace import hutchinson, probe_vector
 
 Alignment = Literal["exact", "hutchinson", "lowrank"]
-# samples vmapped at a time: 256 took 26-32 % less time than 64 on every CPU model of
-# scripts/bench_probe_cost.py (docs/measurements.md#probes-noise)
-DEFAULT_CHUNK = 256
-
-
-def per_sample_gradients(model: nn.Module, data: ProbeData,
-                         params: Optional[dict[str, Tensor]] = None, mode: Mode = "eval",
-                         chunk: int = DEFAULT_CHUNK, vectorize: bool = True) -> Tensor:
-    """The ``n x D`` matrix of per-sample gradients of ``CE(f(x_i), y_i)``.
-
-    Columns follow :class:`HessianOperator`'s flat order (``params`` as there); rows follow
-    the samples of ``data`` in order, so ``G.mean(0)`` is the probe-loss gradient.  ``chunk``
-    samples are vmapped at a time (bounds activation memory; ``G`` itself is ``n x D``).
-    ``mode="train"`` is refused for models with BatchNorm (a one-sample batch statistic makes
-    the per-sample gradient ill-defined).  ``vectorize=False`` loops over samples with
-    autograd instead of vmap.
-    """
-    if chunk < 1:
-        raise LandscopeError(f"per-sample gradient chunk must be >= 1 (got {chunk})")
-    if mode == "train" and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
-                               for m in model.modules()):
-        raise LandscopeError("per-sample gradients of a BatchNorm model need mode='eval' "
-                             "(train-mode batch statistics couple the samples)")
-    names, values = resolve_params(model, params)
-    dtype, device = values[0].dtype, values[0].device
-    fixed = fixed_tensors(model, names, dtype, device)
-    data = data.to(dtype, device) if (data.dtype, data.device) != (dtype, device) else data
-
-    def sample_loss(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        logits = functional_call(model, {**fixed, **p}, (x.unsqueeze(0),))
-        return task_loss(model, logits, y.unsqueeze(0))
-
-    # the rows are written in place: no list of blocks concatenated at the end
-    out = torch.empty(data.n, sum(v.numel() for v in values), dtype=dtype, device=device)
-    row = 0
-
-    def put(gs: dict[str, Tensor], rows: int) -> None:
-        nonlocal row
-        torch.cat([gs[n].detach().reshape(rows, -1) for n in names], 1, out=out[row:row + rows])
-        row += rows
-
-    primals = dict(zip(names, values))
-    batched = vmap(grad(sample_loss), in_dims=(None, 0, 0))
-    with forward_mode(model, mode):
-        for xb, yb in data.batches:
-            for s in range(0, len(yb), chunk):
-                x, y = xb[s:s + chunk], yb[s:s + chunk]
-                if vectorize:
-                    put(batched(primals, x, y), len(y))
-                    continue
-                for xi, yi in zip(x, y):
-                    leaves = {n: v.clone().requires_grad_(True) for n, v in primals.items()}
-                    with torch.enable_grad():
-                        gs = torch.autograd.grad(sample_loss(leaves, xi, yi),
-                                                 list(leaves.values()), allow_unused=True)
-                    put({n: torch.zeros_like(v) if g is None else g
-                         for (n, v), g in zip(leaves.items(), gs)}, 1)
-    assert row == data.n
-    return out
+__all__ = ["DEFAULT_CHUNK", "GradientRows", "per_sample_gradients", "per_sample_rows"]
 
 
 # ------------------------------------------------------------------ pure math on C (n x D)
-def center(grads: Tensor, inplace: bool = False) -> tuple[Tensor, Tensor]:
-    """``(g_bar, C)``: the mean row and the centered rows ``C = G - g_bar`` (``inplace``: ``G``
-    itself becomes ``C``, which spares allocating another n x D matrix)."""
+def center(grads: Tensor) -> tuple[Tensor, Tensor]:
+    """``(g_bar, C)``: the mean row and the centered rows ``C = G - g_bar``
+    (:meth:`GradientRows.center_` centres in place)."""
     mean = grads.mean(0)
-    return mean, grads.sub_(mean) if inplace else grads - mean
+    return mean, grads - mean
 
 
-def noise_trace(c: Tensor) -> float:
+def noise_trace(c: Tensor | GradientRows) -> float:
     """``tr Sigma = ||C||_F^2 / n`` for centered rows ``C`` (n x D)."""
-    return float((c * c).sum()) / c.shape[0]
+    blocks = c.blocks if isinstance(c, GradientRows) else [c]
+    return sum(float((b * b).sum()) for b in blocks) / c.shape[0]
 
 
-def gram(c: Tensor) -> Tensor:
+def gram(c: Tensor | GradientRows) -> Tensor:
     """``K = C C^T / n`` (n x n): the nonzero spectrum of ``Sigma``, and ``tr K = tr Sigma``."""
-    return c @ c.T / c.shape[0]
+    return c.gram() if isinstance(c, GradientRows) else c @ c.T / c.shape[0]
 
 
-def noise_eigs(c: Tensor, k: int, k_gram: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+def noise_eigs(c: Tensor | GradientRows, k: int, k_gram: Optional[Tensor] = None
+               ) -> tuple[Tensor, Tensor]:
     """Top-``k`` eigenpairs of ``Sigma = C^T C / n`` by the Gram trick (``k_gram``: ``gram(C)``
     when known).
 
@@ -158,12 +106,12 @@ def noise_eigs(c: Tensor, k: int, k_gram: Optional[Tensor] = None) -> tuple[Tens
     return lam.to(torch.float64), v
 
 
-def alignment_exact(c: Tensor, op: Operator) -> float:
+def alignment_exact(c: Tensor | GradientRows, op: Operator) -> float:
     """``tr(H Sigma) = (1/n) sum_i c_i^T H c_i``: n products."""
     return sum(float(ci @ op.matvec(ci)) for ci in c) / c.shape[0]
 
 
-def alignment_hutchinson(c: Tensor, op: Operator, n_probes: int, seed: int = 0
+def alignment_hutchinson(c: Tensor | GradientRows, op: Operator, n_probes: int, seed: int = 0
                          ) -> tuple[float, float]:
     """Unbiased ``(estimate, stderr)`` of ``tr(C H C^T)/n`` with Rademacher ``z in R^n``:
     samples ``w^T H w / n``, ``w = C^T z`` (one product each)."""
@@ -186,10 +134,10 @@ def alignment_lowrank(eigenvalues: Tensor, eigenvectors: Tensor, op: Operator) -
                for lam, v in zip(eigenvalues, eigenvectors.T))
 
 
-def energy_share(c: Tensor, v: Tensor, total: Optional[float] = None) -> float:
+def energy_share(c: Tensor | GradientRows, v: Tensor, total: Optional[float] = None) -> float:
     """``||C V||_F^2 / ||C||_F^2 = tr(V^T Sigma V) / tr Sigma`` for orthonormal ``V`` (D x k);
     ``total``: ``||C||_F^2`` when known (``n * noise_trace(C)``)."""
-    total = float((c * c).sum()) if total is None else total
+    total = c.shape[0] * noise_trace(c) if total is None else total
     return float(((c @ v.to(c.dtype)) ** 2).sum()) / total if total > 0 else math.nan
 
 
@@ -258,13 +206,13 @@ def gradient_noise(model: nn.Module, data: ProbeData, *,
     op = hessian if hessian is not None else HessianOperator(model, data, params=params,
                                                              mode=mode, seed=seed)
     start = op.n_matvecs
-    grads = per_sample_gradients(model, data, params=params, mode=mode, chunk=chunk,
-                                 vectorize=vectorize)
-    if grads.shape[1] != op.dim:
-        raise LandscopeError(f"per-sample gradients have {grads.shape[1]} parameters, the "
+    # C as the parameters' column blocks, never concatenated (per_sample.py), centred in place
+    c = per_sample_rows(model, data, params=params, mode=mode, chunk=chunk, vectorize=vectorize)
+    if c.shape[1] != op.dim:
+        raise LandscopeError(f"per-sample gradients have {c.shape[1]} parameters, the "
                              f"Hessian operator {op.dim}: pass the same params to both")
-    grads = grads.to(op.dtype)
-    mean, c = center(grads, inplace=True)  # the rows are ours: computed above
+    c = c.to(op.dtype)
+    mean = c.center_()
     k_gram = gram(c)
     # tr Sigma as the Gram matrix's trace: its diagonal's dot products are as exact as the sum
     # of squares (1e-7 relative in float32) and spare another pass over C
@@ -282,7 +230,7 @@ def gradient_noise(model: nn.Module, data: ProbeData, *,
     lam_max, share, k = _lambda_max_and_share(op, top_k_eigs, c, seed, tr_sigma * c.shape[0])
     kappa = alignment_ratio(ths, tr_sigma, op.dim, tr_h)
     return GradientNoise(
-        n=grads.shape[0], dim=op.dim, mean_gradient=mean, trace_sigma=tr_sigma,
+        n=c.shape[0], dim=op.dim, mean_gradient=mean, trace_sigma=tr_sigma,
         sigma_eigenvalues=lam, sigma_eigenvectors=vecs, trace_h_sigma=ths,
         trace_h_sigma_stderr=stderr, alignment_method=alignment, alignment_hvps=align_hvps,
         trace_h=tr_h, trace_h_stderr=tr_err, isotropic_reference=tr_sigma / op.dim * tr_h,
@@ -291,8 +239,8 @@ def gradient_noise(model: nn.Module, data: ProbeData, *,
         top_k_energy_share=share, top_k=k, n_hvps=op.n_matvecs - start, seed=seed)
 
 
-def _alignment(alignment: Alignment, c: Tensor, op: Operator, lam: Tensor, vecs: Tensor,
-               n_probes: int, seed: int) -> tuple[float, float]:
+def _alignment(alignment: Alignment, c: Tensor | GradientRows, op: Operator, lam: Tensor,
+               vecs: Tensor, n_probes: int, seed: int) -> tuple[float, float]:
     """``tr(H Sigma)`` by the chosen method and its standard error (0 unless Hutchinson)."""
     stderr = 0.0
     if alignment == "exact":
@@ -304,7 +252,8 @@ def _alignment(alignment: Alignment, c: Tensor, op: Operator, lam: Tensor, vecs:
     return ths, stderr
 
 
-def _lambda_max_and_share(op: Operator, top_k_eigs: Optional[EigResult], c: Tensor,
+def _lambda_max_and_share(op: Operator, top_k_eigs: Optional[EigResult],
+                          c: Tensor | GradientRows,
                           seed: int, total: float) -> tuple[float, Optional[float], int]:
     """``lambda_max`` (from ``top_k_eigs``, else a k=1 Lanczos run) and the noise's energy
     share in the top-k eigenvectors with k (None, 0 without them)."""
