@@ -142,8 +142,7 @@ def measure(name: str, overrides: list[str], args, data_dir: str) -> dict:
     v = torch.randn(op.dim, generator=torch.Generator().manual_seed(0))
     unit = plain_gradient(model, pd)
     before = sample_times(unit)
-    t_hvp = median_time(lambda: op.matvec(v))
-    t_pyh = pyhessian_product_seconds(model, pd, v)
+    t_hvp, t_pyh = product_seconds(model, pd, op, v)
     runs, grads = [], before
     for _ in range(args.repeats):
         tic = time.perf_counter()
@@ -163,22 +162,28 @@ def measure(name: str, overrides: list[str], args, data_dir: str) -> dict:
             "cost": s.get("probe_cost_seconds", {}), "scalars": s}
 
 
-def pyhessian_product_seconds(model, pd, v) -> float | None:
-    """One PyHessian 0.1 product (its gradient graph built once, as ours; eval mode, the same
-    probe samples as one batch), median of 5; None when PyHessian is not installed."""
+def product_seconds(model, pd, op, v, repeats: int = 11) -> tuple[float, float | None]:
+    """The median time of one of our products and of one PyHessian 0.1 product (its gradient
+    graph built once, as ours; eval mode, the same probe samples as one batch; None when
+    PyHessian is not installed), timed alternately so that a drift of the machine's speed
+    moves both (until 2026-12-05: five of ours, then five of PyHessian's, which put the MLP's
+    pair, about 6 ms each, in either order from one run to the next)."""
     try:
         from pyhessian.hessian import hessian, hessian_vector_product
     except ImportError:
-        return None
+        return median_time(lambda: op.matvec(v), repeats), None
     x = torch.cat([b[0] for b in pd.batches])
     y = torch.cat([b[1] for b in pd.batches])
     model.zero_grad(set_to_none=True)  # PyHessian accumulates into .grad (GUIDE 5)
     model.eval()
     h = hessian(model, torch.nn.CrossEntropyLoss(), data=(x, y), cuda=False)
     vs = [t.view_as(q) for t, q in zip(torch.split(v, [q.numel() for q in h.params]), h.params)]
-    seconds = median_time(lambda: hessian_vector_product(h.gradsH, h.params, vs))
+    ours, theirs = [], []
+    for _ in range(repeats):
+        ours += sample_times(lambda: op.matvec(v), 1)
+        theirs += sample_times(lambda: hessian_vector_product(h.gradsH, h.params, vs), 1)
     model.zero_grad(set_to_none=True)
-    return seconds
+    return statistics.median(ours), statistics.median(theirs)
 
 
 def verify(name: str, overrides: list[str], args, data_dir: str) -> dict:
