@@ -446,6 +446,10 @@ def test_lanczos_on_a_deflated_operator_projects_once_per_step(dtype, tol):
                                                                     basis.to(dtype))
     ref = _Lanczos(dense, z.to(dtype), restart=False, capacity=60)
     run = _Lanczos(deflated, z.to(dtype), restart=False, capacity=60)
+    # a start outside the complement is projected first
+    raw = _Lanczos(deflated, (z + basis @ torch.ones(7, dtype=torch.float64)).to(dtype),
+                   restart=False, capacity=5)
+    assert (basis.to(dtype).T @ raw._next).abs().max() <= tol
     assert run.product_op is deflated.op and run.lock is deflated.basis
     for _ in range(60):
         ref.step()

@@ -87,15 +87,16 @@ class _Lanczos:
     def __init__(self, op: Operator, v0: Tensor, *, restart: bool, capacity: int,
                  gen: torch.Generator | None = None, keep_products: bool = False) -> None:
         self.op, self.restart, self.gen = op, restart, gen
-        # On a deflated operator ``P A P`` (P = I − BBᵀ) whose start is in the complement, the
-        # products are A's and the new vector is projected once, after its reorthogonalization:
-        # every basis vector stays in the complement, so A q = P A P q up to components along B
-        # of the size of B's residuals, which that one pass removes (one projection per step
-        # instead of one on each side of the product: docs/measurements.md#probes-lanczos-lock)
+        # On a deflated operator ``P A P`` (P = I − BBᵀ) the start is projected and then every
+        # new vector once, after its reorthogonalization, and the products are A's: every basis
+        # vector stays in the complement, so A q = P A P q up to components along B of the size
+        # of B's residuals, which that one pass removes (one projection per step instead of one
+        # on each side of the product: docs/measurements.md#probes-lanczos-lock)
         self.lock: Tensor | None = None
         self.product_op: Operator = op
         if isinstance(op, Deflated) and not keep_products:
             self.lock, self.product_op = op.basis, op.op
+            v0 = op.project(v0, 1)  # the callers' starts are in the complement already
         self.V = torch.empty(max(1, min(capacity, op.dim)), op.dim, dtype=op.dtype,
                              device=op.device)
         # AV[j] = A q_j as returned by the operator (before orthogonalization), when kept
