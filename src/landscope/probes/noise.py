@@ -54,17 +54,12 @@ from landscope.errors import LandscopeError
 from landscope.probes.hvp import HessianOperator, Mode
 from landscope.probes.lanczos import EigResult, lanczos_eigs
 from landscope.probes.operator import Operator
-from landscope.probes.per_sample import (
-    DEFAULT_CHUNK,
-    GradientRows,
-    per_sample_gradients,
-    per_sample_rows,
-)
+from landscope.probes.per_sample import DEFAULT_CHUNK, GradientRows, per_sample_rows
+from landscope.probes.per_sample import per_sample_gradients as per_sample_gradients  # re-export
 from landscope.probes.probe_data import ProbeData
 from landscope.probes.trace import hutchinson, probe_vector
 
 Alignment = Literal["exact", "hutchinson", "lowrank"]
-__all__ = ["DEFAULT_CHUNK", "GradientRows", "per_sample_gradients", "per_sample_rows"]
 
 
 # ------------------------------------------------------------------ pure math on C (n x D)
