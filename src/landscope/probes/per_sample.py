@@ -90,8 +90,12 @@ class _Transposed:
         self.rows = rows
 
     def __matmul__(self, u: Tensor) -> Tensor:
-        """``M^T u`` for ``u`` of shape ``(n,)`` or ``(n, r)``."""
-        return torch.cat([b.T @ u for b in self.rows.blocks])
+        """``M^T u`` for ``u`` of shape ``(n,)`` or ``(n, r)``. For ``(n, r)`` each block is
+        ``(u^T B)^T``: a product with the transposed ``n x w`` block on the left ran 2-3x slower
+        (11 ms against 3.7 for n = 256, r = 5, w = 39,562; the same values)."""
+        if u.dim() == 1:
+            return torch.cat([b.T @ u for b in self.rows.blocks])
+        return torch.cat([(u.T @ b).T for b in self.rows.blocks])
 
 
 def per_sample_rows(model: nn.Module, data: ProbeData,
