@@ -11,7 +11,12 @@ import torch
 
 from landscope.errors import LandscopeError
 from landscope.models import build_model
-from landscope.probes.flatness import WALK_OVERSHOOT, _quadratic_step
+from landscope.probes.flatness import (
+    WALK_OVERSHOOT,
+    _bracket_from,
+    _quadratic_step,
+    _secant_step,
+)
 from landscope.probes.hvp import HessianOperator
 from landscope.probes.operator import quadratic_with_spectrum
 from landscope.probes.probe_data import ProbeData
@@ -254,6 +259,50 @@ def test_quadratic_step_of_the_walk() -> None:
     assert _quadratic_step(0.1, 0.1, 4.0) == pytest.approx(WALK_OVERSHOOT)
     assert _quadratic_step(1e-6, 0.1, 4.0) == 4.0
     assert _quadratic_step(0.0, 0.1, 4.0) == 4.0 and _quadratic_step(math.inf, 0.1, 4.0) == 4.0
+
+
+def test_secant_step_of_the_walk() -> None:
+    """Where a deviation growing as sigma^p (p from the last two points) reaches the target,
+    times WALK_OVERSHOOT, within [WALK_OVERSHOOT, factor]; p = 2 is the quadratic step; points
+    that show no growth, or a zero or non-finite deviation, take the factor."""
+    t = 0.1
+    for d in (0.025, 0.04, 0.09):  # p = 2: the quadratic step, from below and from above
+        assert _secant_step([(0.5, d / 4), (1.0, d)], t, 4.0) == pytest.approx(
+            _quadratic_step(d, t, 4.0), rel=1e-12)
+        assert _secant_step([(2.0, 4 * t * t / d), (1.0, t * t / d)], t, 4.0) == pytest.approx(
+            _quadratic_step(t * t / d, t, 4.0), rel=1e-12)
+    # p = 1: the deviation doubles with sigma, so 0.05 -> 0.1 takes a factor 2
+    assert _secant_step([(1.0, 0.025), (2.0, 0.05)], t, 4.0) == pytest.approx(
+        2.0 * WALK_OVERSHOOT, rel=1e-12)
+    assert _secant_step([(1.0, 0.05), (2.0, 0.0999999)], t, 4.0) == pytest.approx(
+        WALK_OVERSHOOT, rel=1e-5)
+    assert _secant_step([(1.0, 1e-4), (2.0, 2e-4)], t, 4.0) == 4.0  # capped
+    for seen in ([(1.0, 0.05), (2.0, 0.05)], [(1.0, 0.05), (2.0, 0.04)], [(1.0, 0.0), (2.0, 0.05)],
+                 [(1.0, 0.05), (2.0, math.inf)], [(1.0, 0.05), (1.0, 0.06)]):
+        assert _secant_step(seen, t, 4.0) == 4.0
+
+
+def test_the_walk_follows_the_growth_it_has_seen() -> None:
+    """A deviation growing as sigma (slower than the sigma^2 of the first step): the first step
+    stops short of the target, and the second is placed by the growth of the first two points,
+    15 % past the crossing, not a blind factor 4 past it."""
+    target, star = 0.1, 0.3
+    seen: list[tuple[float, float]] = []
+
+    def above(sigma: float) -> bool:
+        seen.append((sigma, target * sigma / star))
+        return seen[-1][1] > target
+
+    lo, d_lo, hi, d_hi = _bracket_from(above, seen, star / 3, 4.0, 1e-6, 10.0, target)
+    assert len(seen) == 3 and lo == seen[1][0] and hi == seen[2][0]
+    assert seen[1][0] / seen[0][0] == pytest.approx(math.sqrt(3) * WALK_OVERSHOOT, rel=1e-12)
+    assert hi == pytest.approx(star * WALK_OVERSHOOT, rel=1e-12)
+    assert lo < star < hi and hi / lo < 1.8
+    # the same from above: a guess 3x too high walks down to the crossing alike
+    seen.clear()
+    lo, d_lo, hi, d_hi = _bracket_from(above, seen, 3 * star, 4.0, 1e-6, 10.0, target)
+    assert len(seen) == 3 and lo == pytest.approx(star / WALK_OVERSHOOT, rel=1e-12)
+    assert lo < star < hi and hi / lo < 1.8
 
 
 @pytest.mark.parametrize("guess", [1e-3, 1.0])

@@ -19,7 +19,9 @@ guess is tried, then points further down (or up) until one falls on the other si
 target, which brackets ``sigma'`` in one or two points instead of a search over the seven
 decades of ``sigma_range``; the ends of ``sigma_range`` stay the limits. The first step goes
 ``WALK_OVERSHOOT`` past the point where a deviation growing as ``sigma^2`` (its growth near a
-minimum) would reach the target, at most a factor ``guess_factor``, the next ones a factor
+minimum) would reach the target, the next ones ``WALK_OVERSHOOT`` past where the deviation,
+growing as the power of ``sigma`` its last two points show, would reach it (a factor
+``guess_factor`` when those points show no growth); every step is at most a factor
 ``guess_factor``: after a good guess the bracket is a few per cent wide instead of a factor
 ``guess_factor``, and the narrowing takes fewer points.
 Under the single-crossing assumption the answer is the same within ``rtol``
@@ -104,19 +106,38 @@ def _quadratic_step(deviation: float, target: float, factor: float) -> float:
     return min(max(ratio, WALK_OVERSHOOT), factor)
 
 
+def _secant_step(seen: list[tuple[float, float]], target: float, factor: float) -> float:
+    """The factor to the next point of the walk after two points on one side of the target:
+    where the deviation, growing as ``sigma^p`` with ``p`` the slope of ``log deviation`` against
+    ``log sigma`` between them, reaches the target, moved ``WALK_OVERSHOOT`` past it, within
+    ``[WALK_OVERSHOOT, factor]`` (``factor`` when the points show no growth, or a deviation is
+    zero or not finite). ``p = 2`` is :func:`_quadratic_step`."""
+    (s1, d1), (s2, d2) = seen[-2], seen[-1]
+    if not all(math.isfinite(d) and d > 0 for d in (d1, d2)) or s1 == s2:
+        return factor
+    slope = math.log(d2 / d1) / math.log(s2 / s1)
+    if not slope > 0:
+        return factor
+    ratio = math.exp(min(abs(math.log(target / d2)) / slope, math.log(factor))) * WALK_OVERSHOOT
+    return min(max(ratio, WALK_OVERSHOOT), factor)
+
+
 def _bracket_from(above: Callable[[float], bool], seen: list[tuple[float, float]], guess: float,
                   factor: float, lo: float, hi: float, target: float
                   ) -> tuple[float, Optional[float], float, Optional[float]]:
     """Walk from ``guess`` until the target is crossed, within ``(lo, hi)``: the first step by
-    :func:`_quadratic_step`, the next ones by ``factor`` (a deviation that did not grow as
-    ``sigma^2``, e.g. on an accuracy plateau, would make small steps). ``(lo, d_lo, hi, d_hi)``
+    :func:`_quadratic_step`, the next ones by :func:`_secant_step` (the growth the walk has seen,
+    so that a deviation growing slower than ``sigma^2`` is not followed in small quadratic
+    steps, nor overshot by a blind factor ``factor``). ``(lo, d_lo, hi, d_hi)``
     with the deviations at the points tried (None: an end of the range that was not tried)."""
     d_lo: Optional[float] = None
     d_hi: Optional[float] = None
     sigma = guess
 
     def step(deviation: float) -> float:
-        return _quadratic_step(deviation, target, factor) if len(seen) == 1 else factor
+        if len(seen) == 1:
+            return _quadratic_step(deviation, target, factor)
+        return _secant_step(seen, target, factor)
 
     if above(sigma):
         while True:
