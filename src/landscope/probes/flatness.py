@@ -96,30 +96,30 @@ def sigma_guess(average_increase: float, rho: float, loss_increase: float = 0.3)
     return rho * math.sqrt(loss_increase / average_increase)
 
 
-def _quadratic_step(deviation: float, target: float, factor: float) -> float:
-    """The factor to the next point of the walk: where a deviation growing as ``sigma^2``
+def _power_step(deviation: float, target: float, factor: float, power: float) -> float:
+    """The factor to the next point of the walk: where a deviation growing as ``sigma^power``
     reaches the target, moved ``WALK_OVERSHOOT`` past it so that the point likely falls on the
-    other side, within ``[WALK_OVERSHOOT, factor]`` (a zero or non-finite deviation: ``factor``)."""
-    if not (math.isfinite(deviation) and deviation > 0):
+    other side, within ``[WALK_OVERSHOOT, factor]`` (a zero or non-finite deviation, or no
+    growth: ``factor``)."""
+    if not (math.isfinite(deviation) and deviation > 0 and power > 0):
         return factor
-    ratio = math.sqrt(max(target / deviation, deviation / target)) * WALK_OVERSHOOT
-    return min(max(ratio, WALK_OVERSHOOT), factor)
+    to_target = min(abs(math.log(target / deviation)) / power, math.log(factor))
+    return min(max(math.exp(to_target) * WALK_OVERSHOOT, WALK_OVERSHOOT), factor)
+
+
+def _quadratic_step(deviation: float, target: float, factor: float) -> float:
+    """:func:`_power_step` for a deviation growing as ``sigma^2`` (its growth near a minimum)."""
+    return _power_step(deviation, target, factor, 2.0)
 
 
 def _secant_step(seen: list[tuple[float, float]], target: float, factor: float) -> float:
-    """The factor to the next point of the walk after two points on one side of the target:
-    where the deviation, growing as ``sigma^p`` with ``p`` the slope of ``log deviation`` against
-    ``log sigma`` between them, reaches the target, moved ``WALK_OVERSHOOT`` past it, within
-    ``[WALK_OVERSHOOT, factor]`` (``factor`` when the points show no growth, or a deviation is
-    zero or not finite). ``p = 2`` is :func:`_quadratic_step`."""
+    """:func:`_power_step` after two points on one side of the target, with the power their
+    slope of ``log deviation`` against ``log sigma`` shows (``factor`` when they show no growth
+    or a deviation is zero or not finite). ``p = 2`` is :func:`_quadratic_step`."""
     (s1, d1), (s2, d2) = seen[-2], seen[-1]
     if not all(math.isfinite(d) and d > 0 for d in (d1, d2)) or s1 == s2:
         return factor
-    slope = math.log(d2 / d1) / math.log(s2 / s1)
-    if not slope > 0:
-        return factor
-    ratio = math.exp(min(abs(math.log(target / d2)) / slope, math.log(factor))) * WALK_OVERSHOOT
-    return min(max(ratio, WALK_OVERSHOOT), factor)
+    return _power_step(d2, target, factor, math.log(d2 / d1) / math.log(s2 / s1))
 
 
 def _bracket_from(above: Callable[[float], bool], seen: list[tuple[float, float]], guess: float,
