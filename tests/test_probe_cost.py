@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import types
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -90,6 +91,21 @@ def test_trace_and_slq_stopped_by_a_cap():
     q1 = slq(spent, n_probes=5, m_steps=10, seed=0, stop=lambda: "max_products")
     assert q1.n_probes == 1 and q1.steps == [1] and q1.stopped_by == "max_products"
     assert torch.allclose(q.weights.sum(1), torch.ones(q.n_probes, dtype=torch.float64))
+
+
+def test_a_trace_without_samples_is_no_estimate():
+    """A cap spent before the first sample leaves no trace: NaN (inf stderr), not the exact part
+    alone (the deflating eigenvalues' sum) or 0 passed off as an estimate."""
+    eigs = torch.linspace(-1.0, 2.0, 60, dtype=torch.float64)
+    op = _op(eigs)
+    top = lanczos_eigs(op, k=3, which="largest", seed=0)
+    spent = lambda: "budget_s"  # noqa: E731
+    for tr in (hutchinson(op, target_rse=0.1, stop=spent),
+               deflated_trace(op, top, target_rse=0.1, stop=spent)):
+        assert tr.n_samples == 0 and tr.stopped_by == "budget_s" and op.n_matvecs == top.n_matvecs
+        assert math.isnan(tr.estimate) and tr.stderr == math.inf and tr.rse == math.inf
+    one = deflated_trace(op, top, target_rse=0.1, prior=[0.5], stop=spent)
+    assert one.n_samples == 1 and one.estimate == pytest.approx(float(top.eigenvalues.sum()) + 0.5)
 
 
 def test_budget_in_seconds():
@@ -179,7 +195,14 @@ def test_suite_records_costs_plan_and_what_a_cap_cut():
     c = run_probes(model, split, capped, log=lines.append).scalars
     assert c["hvps"] <= 21  # the cap, and at most the one product timed for the plan
     assert "max_products" in c.values() and any("cut short" in line for line in lines)
-    assert c.get("trace_stopped_by") == "max_products" and not c["trace_converged"]
+    # the cap was spent in the top-k: the density and the trace never started (no trace value:
+    # the top-k's sum alone is no estimate), and their results say why
+    assert c["trace_stopped_by"] == c["density_stopped_by"] == "max_products"
+    assert not any(k in c for k in ("trace", "trace_stderr", "trace_converged"))
+    # spent during the density: the trace keeps the density's samples and reports them
+    some = run_probes(model, split, replace(capped, max_products=36)).scalars
+    assert some["trace_stopped_by"] == "max_products" and not some["trace_converged"]
+    assert some["trace_samples"] >= 1 and math.isfinite(some["trace"])
 
     timed = ProbeConfig(top_k=3, sharpness=SharpnessConfig(enabled=True, family=True),
                         data_size=None, micro_batch=60, budget_s=1e-6, progress=False)

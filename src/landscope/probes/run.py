@@ -251,7 +251,7 @@ class ProbeRun:
     def _trace(self) -> dict[str, Any]:
         tr = self.trace
         if tr is None:
-            return {}
+            return self._stopped("trace", self.not_started.get("trace"))
         return dict(trace=tr.estimate, trace_stderr=tr.stderr, trace_samples=tr.n_samples,
                     trace_reference=tr.reference,
                     trace_converged=bool(tr.stderr <= self.cfg.trace.rse * tr.reference),

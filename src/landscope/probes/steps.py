@@ -151,10 +151,13 @@ def step_trace(run: ProbeRun) -> None:
     cap, rse = cfg.trace.max_samples, cfg.trace.rse
     block = TRACE_GPU_BLOCK if op.device.type == "cuda" else 1  # batching did not pay on CPU
     with ledger.stage("trace", run.plan.get("trace")):
+        prior = (q.trace_samples.tolist() if top is not None and q is not None
+                 and q.trace_samples is not None else [])
+        if not prior and (why := ledger.stop()) is not None:
+            _not_started(run, "trace", why)  # no sample at all: the top-k sum is no trace
+            return
         scale = q.trace_f(q.nodes.abs()).estimate if q is not None else 0.0
         if top is not None:
-            prior = (q.trace_samples.tolist() if q is not None and q.trace_samples is not None
-                     else ())
             basis = q.deflation if q is not None and q.deflation is not None else top
             run.trace = deflated_trace(op, basis, seed=cfg.seed + 1, target_rse=rse,
                                        max_samples=cap, prior=prior, scale=scale,

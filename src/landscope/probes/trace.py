@@ -34,7 +34,9 @@ Dist = Literal["rademacher", "gaussian"]
 class TraceResult:
     """``estimate`` of tr A with its ``stderr``; ``samples`` (n,) float64 are the stochastic terms
     ``zᵀ A z`` (of the deflated/projected operator for Hutch++ and deflated traces), ``exact_part``
-    the deterministic term added to their mean (0 for plain Hutchinson)."""
+    the deterministic term added to their mean (0 for plain Hutchinson). A cap that stopped
+    sampling before the first sample leaves ``estimate`` NaN and ``stderr`` inf: the exact part
+    alone is no estimate of the trace."""
 
     estimate: float
     stderr: float
@@ -47,8 +49,11 @@ class TraceResult:
 
     @property
     def rse(self) -> float:
-        """Relative standard error ``stderr / |estimate|`` (inf when the estimate is 0)."""
-        return self.stderr / abs(self.estimate) if self.estimate != 0 else math.inf
+        """Relative standard error ``stderr / |estimate|`` (inf when the estimate is 0 or
+        there are no samples)."""
+        if self.n_samples == 0 or self.estimate == 0:
+            return math.inf
+        return self.stderr / abs(self.estimate)
 
 
 def probe_vector(dim: int, gen: torch.Generator, dist: Dist, dtype: torch.dtype,
@@ -115,7 +120,8 @@ def _hutchinson(op: Operator, *, n_samples: int | None, gen: torch.Generator, di
         samples.append(pending.pop(0))
     n = len(samples)
     mean = sum(samples) / n if n else 0.0
-    return TraceResult(estimate=exact_part + mean, stderr=_stderr(samples) if n else math.inf,
+    return TraceResult(estimate=exact_part + mean if n else math.nan,
+                       stderr=_stderr(samples) if n else math.inf,
                        n_samples=n, n_matvecs=op.n_matvecs - start,
                        samples=torch.tensor(samples, dtype=torch.float64), exact_part=exact_part,
                        stopped_by=stopped_by, reference=max(abs(exact_part + mean), scale))
