@@ -214,8 +214,10 @@ def test_augment_none_is_the_job_without_the_option(compose, tmp_path):
 
 def test_the_release_fixture_is_reproduced_with_augment_none(tmp_path, data_dir):
     """The December 2026 release's SGD job (tests/fixtures/release_2026_12), retrained from
-    scratch with today's code and augment=none: the same metrics bit for bit (less the
-    wall-clock seconds) and the same final weights."""
+    scratch with today's code and augment=none: the same metrics (less the wall-clock seconds)
+    and the same final weights, to float32 rounding (the fixture comes from another host:
+    conftest.RELEASE_RTOL)."""
+    from conftest import close_to_fixture, weights_close_to_fixture
     from landscope.io import read_jsonl
     from landscope.jobs import train_job
     from test_migration import FIXTURE, JOBS, _compose, _overrides
@@ -226,8 +228,8 @@ def test_the_release_fixture_is_reproduced_with_augment_none(tmp_path, data_dir)
     result = train_job(_compose(overrides), tmp_path / "job", overrides)
     old = [{k: v for k, v in row.items() if k != "seconds"}
            for row in read_jsonl(FIXTURE / name / "metrics.jsonl")]
-    assert metrics_without_time(tmp_path / "job") == old and len(old) == 2
-    assert _same_weights(_weights(tmp_path / "job", 2), _weights(FIXTURE / name, 2))
+    assert close_to_fixture(metrics_without_time(tmp_path / "job"), old) and len(old) == 2
+    assert weights_close_to_fixture(_weights(tmp_path / "job", 2), _weights(FIXTURE / name, 2))
     assert "augment" not in result
 
 
