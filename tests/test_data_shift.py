@@ -263,14 +263,14 @@ def test_ood_metrics_only_when_enabled_and_nothing_else_changes(tmp_path, compos
     ref_weights = load_checkpoint(fixture / "checkpoints" / "epoch_000002.pt")["model"]
     runs = {"absent": [], "off": ["dataset.ood.enabled=false", "dataset.ood.severity=5"],
             "on": ["dataset.ood.enabled=true", "dataset.ood.severity=5"]}
-    fp, today = {}, {}
+    fp, weights_today, rows_today = {}, {}, {}
     for name, extra in runs.items():
         job = tmp_path / name
         result = train_job(compose([*SMALL, *extra]), job, [*SMALL, *extra])
         fp[name] = result["fingerprint"]
         weights = load_checkpoint(job / "checkpoints" / "epoch_000002.pt")["model"]
         assert weights_close_to_fixture(weights, ref_weights)
-        today[name] = weights
+        weights_today[name] = weights
         rows = metrics_without_time(job)
         written = json.loads((job / "result.json").read_text())["final"]
         if name == "on":
@@ -281,12 +281,13 @@ def test_ood_metrics_only_when_enabled_and_nothing_else_changes(tmp_path, compos
         else:
             assert not any(k.startswith("ood") for k in written)
         assert close_to_fixture(rows, ref_metrics), name
-        today[name + "_rows"] = rows
+        rows_today[name] = rows
     assert fp["absent"] == fp["off"] != fp["on"]  # ood settings count only when it is on
     # on this host the three trainings are one and the same, bit for bit
-    assert today["absent_rows"] == today["off_rows"] == today["on_rows"]
+    assert rows_today["absent"] == rows_today["off"] == rows_today["on"]
     for name in ("off", "on"):
-        assert all(torch.equal(today[name][k], today["absent"][k]) for k in today["absent"])
+        same = weights_today["absent"]
+        assert all(torch.equal(weights_today[name][k], same[k]) for k in same)
 
 
 def test_a_resumed_job_with_the_ood_split_is_bit_identical(tmp_path, compose,
