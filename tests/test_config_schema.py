@@ -50,7 +50,8 @@ def test_the_training_fingerprint_ignores_every_result_free_option_and_nothing_e
                "dataset.download": True, "train.checkpoint_every": 3,
                "train.checkpoint_interval_s": 1.0, "train.keep_checkpoints": 5,
                "train.threads": 1, "train.progress": True, "probe.progress": True,
-               "probe.ranks": 2, "landscape.figures": False, "logger.project": "p"}
+               "probe.ranks": 2, "landscape.figures": False, "landscape.progress": True,
+               "logger.project": "p"}
     assert set(changed) >= set(result_free_keys()) - {"logger"}
     for key, value in changed.items():
         cfg = compose([f"{key}={value}" if not isinstance(value, bool) else

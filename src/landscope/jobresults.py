@@ -33,6 +33,7 @@ from landscope.fingerprints import checkpoint_of, landscape_fingerprint, probe_f
 from landscope.io import jsonable, read_json, write_json, write_jsonl
 from landscope.jobcheck import metrics_intact, read_result
 from landscope.jobdir import JobDir
+from landscope.progress import wanted
 from landscope.stages import CachedStage, Report, StageContext, cached_run, run_stages
 
 log = logging.getLogger("landscope")
@@ -131,7 +132,9 @@ class LandscapeStage(CachedStage):
             trajectory_path=job.path / TRAJECTORY_FILE, init_model=init_model,
             reference_acc=(result.get("final") or {}).get("test_acc"),
             batch_size=min(cfg.train.batch_size, len(ctx.data.train)),
-            store_dir=job.path / "landscape")
+            store_dir=job.path / "landscape",
+            progress=wanted(getattr(cfg.landscape, "progress", None)),
+            log=lambda line: log.info("%s: %s", job.path, line))
         for note in report.notes:
             log.warning("warning: %s: %s", job.path, note)
         return Report(report.scalars, report.arrays, report.notes)

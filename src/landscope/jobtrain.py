@@ -15,7 +15,6 @@ import platform
 import random
 import socket
 import subprocess
-import sys
 import time
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -46,6 +45,7 @@ from landscope.models import build_model, count_parameters
 from landscope.optim import build_optimizer, build_scheduler, make_precision
 from landscope.probes.step_curvature import StepCurvature
 from landscope.probes.suite import curvature_during_training, probe_data
+from landscope.progress import bar, wanted
 from landscope.stages import StageContext, run_stages
 from landscope.tracking import Tracker
 from landscope.train import OOD_KEYS, STOP_DIVERGED, TrainState, evaluate, fit
@@ -258,15 +258,9 @@ def _final_metrics(cfg: DictConfig, data, state: TrainState) -> dict:
 
 
 def _progress_factory(cfg: DictConfig, steps_per_epoch: int):
-    show = cfg.train.progress
-    if show is None:
-        show = sys.stderr.isatty()
-    if not show:
+    if not wanted(cfg.train.progress):
         return None
-    from tqdm.auto import tqdm
-
-    return lambda epoch, epochs: tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}",
-                                      leave=False, dynamic_ncols=True)
+    return lambda epoch, epochs: bar(f"epoch {epoch + 1}/{epochs}", steps_per_epoch)
 
 
 def _step_curvature(cfg: DictConfig, data, state: TrainState) -> Optional[StepCurvature]:

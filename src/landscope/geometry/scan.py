@@ -51,6 +51,7 @@ from landscope.geometry.scan_store import save_store as _save_store
 from landscope.geometry.scan_store import scan_key as _scan_key
 from landscope.geometry.space import ParamSpace
 from landscope.probes.probe_data import ProbeData
+from landscope.progress import bar
 
 SAVE_EVERY_S = 5.0  # default seconds between store writes
 
@@ -304,9 +305,10 @@ def _own_share(space: ParamSpace, scan: Scan, chunks: list[np.ndarray], workdir:
 
 
 def run_scan(space: ParamSpace, scan: Scan, workers: int, store: Optional[Path],
-         save_every: float) -> tuple[np.ndarray, int]:
+             save_every: float, progress: Optional[str] = None) -> tuple[np.ndarray, int]:
     """Values ``(n_points, width)`` of every point (from the store or evaluated) and the
-    number of points evaluated now."""
+    number of points evaluated now. ``progress``: the label of a tqdm bar of the points (those
+    read from the store count as done; None: no bar)."""
     n = len(scan.terms)
     values = np.full((n, scan.width), np.nan)
     done = np.zeros(n, bool)
@@ -318,6 +320,7 @@ def run_scan(space: ParamSpace, scan: Scan, workers: int, store: Optional[Path],
             done, values = loaded
     todo = np.flatnonzero(~done)
     state = {"last": time.monotonic(), "dirty": False}
+    shown = bar(progress, n, unit="pt", initial=n - len(todo))
 
     def save(force: bool) -> None:
         if store is None or not state["dirty"]:
@@ -326,17 +329,12 @@ def run_scan(space: ParamSpace, scan: Scan, workers: int, store: Optional[Path],
             _save_store(store, key, done, values)
             state["last"], state["dirty"] = time.monotonic(), False
 
-    def on_point(i: int, vals: list[float]) -> None:
-        values[i] = vals
-        done[i] = True
-        state["dirty"] = True
-        save(False)
-
-    def on_chunk(idx: np.ndarray, vals: np.ndarray) -> None:
+    def on_chunk(idx: Any, vals: Any) -> None:  # one point (an index) or a chunk (an array)
         values[idx] = vals
         done[idx] = True
         state["dirty"] = True
         save(False)
+        shown.update(np.size(idx))
 
     parallel = workers > 1 and len(todo) > 1
     if parallel and space.device.type != "cpu":
@@ -347,7 +345,7 @@ def run_scan(space: ParamSpace, scan: Scan, workers: int, store: Optional[Path],
         if parallel:
             _run_parallel(space, scan, todo, int(workers), on_chunk, files=store is not None)
         elif len(todo):
-            evaluate_points(space, scan, todo.tolist(), on_point)
+            evaluate_points(space, scan, todo.tolist(), on_chunk)
     except BaseException:
         try:
             save(True)
@@ -359,5 +357,6 @@ def run_scan(space: ParamSpace, scan: Scan, workers: int, store: Optional[Path],
         save(True)
     finally:
         space.set_point(space.theta0)
+        shown.close()
     return values, len(todo)
 

@@ -293,14 +293,16 @@ def line_slice(space: ParamSpace, directions: Any, coords: Any, train: ProbeData
                bn_data: Optional[ProbeData] = None, workers: int = 1,
                store: Optional[Union[str, os.PathLike]] = None, *,
                save_every: float = SAVE_EVERY_S,
-               meta: Optional[Mapping[str, Any]] = None) -> LineSlice:
+               meta: Optional[Mapping[str, Any]] = None,
+               progress: Optional[str] = None) -> LineSlice:
     """Loss and accuracy at ``theta0 + a d_k`` for every direction ``d_k`` (rows of
     ``directions``, shape ``(K, D)`` or ``(D,)``) and coordinate ``a`` in ``coords``
     (symmetric, odd count, see :func:`symmetric_grid`).
 
     Evaluates ``K (P - 1) + 1`` points (the centre once). ``meta`` (e.g. normalization, seed,
     direction source) is copied into the result's metadata. See the module docstring for
-    ``bn``, ``workers``, ``store`` (resume) and ``save_every`` (seconds between store writes).
+    ``bn``, ``workers``, ``store`` (resume) and ``save_every`` (seconds between store writes);
+    ``progress`` labels a tqdm bar of the points (None: no bar).
     """
     mode = _check_common(space, train, test, bn, bn_data, workers, save_every)
     dirs = _check_directions(space, directions, "line directions")
@@ -316,7 +318,8 @@ def line_slice(space: ParamSpace, directions: Any, coords: Any, train: ProbeData
     sets = [train] if test is None else [train, test]
     scan = Scan("line", dirs, np.asarray(rows, np.float64), [a], sets, mode,
                  bn_data if mode == "recompute" else None)
-    values, n_new = run_scan(space, scan, int(workers), store_path(store), float(save_every))
+    values, n_new = run_scan(space, scan, int(workers), store_path(store), float(save_every),
+                             progress)
     grid = values[index]  # (K, P, width)
     md = _metadata(space, scan, train, test, n_new, directions=k, points=p,
                    range=float(a[-1]), meta=meta)
@@ -331,7 +334,8 @@ def plane_slice(space: ParamSpace, d1: Any, d2: Any, xs: Any, ys: Any, train: Pr
                 bn_data: Optional[ProbeData] = None, workers: int = 1,
                 store: Optional[Union[str, os.PathLike]] = None, *,
                 save_every: float = SAVE_EVERY_S,
-                meta: Optional[Mapping[str, Any]] = None) -> PlaneSlice:
+                meta: Optional[Mapping[str, Any]] = None,
+                progress: Optional[str] = None) -> PlaneSlice:
     """Loss and accuracy at ``theta0 + xs[i] d1 + ys[j] d2`` on the full grid (``P x Q``
     points, arrays indexed ``[i, j]``). ``xs``/``ys`` are symmetric with odd counts (see
     :func:`symmetric_grid`), so ``(0, 0)`` is evaluated exactly. Other arguments as in
@@ -349,7 +353,8 @@ def plane_slice(space: ParamSpace, d1: Any, d2: Any, xs: Any, ys: Any, train: Pr
     sets = [train] if test is None else [train, test]
     scan = Scan("plane", torch.cat([v1, v2]), terms, [x, y], sets, mode,
                  bn_data if mode == "recompute" else None)
-    values, n_new = run_scan(space, scan, int(workers), store_path(store), float(save_every))
+    values, n_new = run_scan(space, scan, int(workers), store_path(store), float(save_every),
+                             progress)
     grid = values.reshape(len(x), len(y), scan.width)
     md = _metadata(space, scan, train, test, n_new, points=(len(x), len(y)),
                    range=(float(x[-1]), float(y[-1])), meta=meta)

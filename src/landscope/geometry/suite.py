@@ -33,13 +33,20 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 from torch import nn
 
 from landscope.geometry.directions import eigen_directions, random_directions
 from landscope.geometry.intrinsic_dim import intrinsic_dimension
+from landscope.geometry.plan import (
+    SLICES,
+    plan_line,
+    planned_points,
+    slice_seconds,
+    train_seconds,
+)
 from landscope.geometry.slices import line_slice, plane_slice, symmetric_grid
 from landscope.geometry.snapshots import load as load_trajectory
 from landscope.geometry.space import ParamSpace
@@ -69,23 +76,33 @@ def run_landscape(model: nn.Module, data: Any, cfg: Any, *,
                   init_model: Optional[nn.Module] = None,
                   reference_acc: Optional[float] = None,
                   batch_size: int = 128,
-                  store_dir: Optional[Path] = None) -> LandscapeReport:
+                  store_dir: Optional[Path] = None,
+                  progress: bool = False,
+                  log: Optional[Callable[[str], None]] = None) -> LandscapeReport:
     """Run the parts of the landscape suite that ``cfg`` (a ``LandscapeConfig``) switches on.
 
     ``data`` has ``.train``/``.test`` splits; ``eigenvectors`` is the probes'
     ``eigenvectors_top`` (D, k) array; ``trajectory_path`` the job's recorded snapshots;
     ``init_model`` the job's model at initialization and ``reference_acc`` its final test
     accuracy (both for the intrinsic dimension, trained with ``batch_size``);
-    ``store_dir`` keeps partial grids so an interrupted scan resumes. The model is left
-    untouched.
+    ``store_dir`` keeps partial grids so an interrupted scan resumes. ``progress``: a tqdm
+    bar per part; ``log``: where the plan line goes (:mod:`~landscope.geometry.plan`; ``None``:
+    no plan, and no evaluation timed for it). The model is left untouched.
     """
-    suite = _Suite(model, data, cfg)
+    suite = _Suite(model, data, cfg, progress)
     eig = None if eigenvectors is None else np.asarray(eigenvectors)
+    traj = None
+    if cfg.trajectory.enabled and trajectory_path is not None and Path(trajectory_path).is_file():
+        traj = load_trajectory(trajectory_path)
+    if log is not None:
+        intrinsic = (len(cfg.intrinsic.dims), cfg.intrinsic.epochs) \
+            if cfg.intrinsic.enabled and init_model is not None else None
+        suite.plan(eig, traj, intrinsic, log)
     suite.lines(store_dir, eig)
     if cfg.plane.enabled:
         suite.plane(store_dir, eig)
     if cfg.trajectory.enabled:
-        suite.trajectory(trajectory_path)
+        suite.trajectory(traj)
     if cfg.intrinsic.enabled:
         suite.intrinsic(init_model, reference_acc, batch_size)
     return suite.rep
@@ -95,8 +112,8 @@ class _Suite:
     """The parts of one :func:`run_landscape` call, each adding its scalars, arrays and notes
     to ``rep`` (in the order the parts run)."""
 
-    def __init__(self, model: nn.Module, data: Any, cfg: Any) -> None:
-        self.rep, self.data, self.cfg = LandscapeReport(), data, cfg
+    def __init__(self, model: nn.Module, data: Any, cfg: Any, progress: bool = False) -> None:
+        self.rep, self.data, self.cfg, self.progress = LandscapeReport(), data, cfg, progress
         self.space = space = ParamSpace(model)
         self.train = train = ProbeData.from_split(data.train, cfg.data_size, cfg.seed,
                                                   cfg.batch_size)
@@ -109,6 +126,28 @@ class _Suite:
         k_rand = max(cfg.line.directions if cfg.line.enabled else 0, 2 if cfg.plane.enabled else 0)
         self.dirs = random_directions(space, k_rand, cfg.seed, norm, cfg.include_bias_norm) \
             if k_rand else None
+
+    def bar(self, part: str) -> Optional[str]:
+        """The label of ``part``'s bar (None: no bar)."""
+        return f"landscape {part}" if self.progress else None
+
+    def plan(self, eig: Optional[np.ndarray], traj: Any, intrinsic: Optional[tuple[int, int]],
+             log: Callable[[str], None]) -> None:
+        """Log the plan line: the points of the parts that will run and their time, from a few
+        points timed the way each part evaluates them (:mod:`~landscope.geometry.plan`)."""
+        plan = planned_points(self.cfg, self.n_eig(eig), None if traj is None else len(traj))
+        if not plan and intrinsic is None:
+            return
+        bn, bn_data, space = self.bn, self.common["bn_data"], self.space
+        slice_s = train_s = 0.0
+        if any(k in SLICES for k in plan):
+            d = self.dirs[0] if self.dirs is not None else random_directions(
+                space, 1, self.cfg.seed, str(self.cfg.normalization))[0]
+            slice_s = slice_seconds(space, d, [self.train, self.test], bn, bn_data)
+        if "trajectory" in plan:
+            train_s = train_seconds(space, self.train, bn, bn_data)
+        log(plan_line(plan, (slice_s, train_s), (self.train.n, self.test.n),
+                      int(self.cfg.workers), intrinsic))
 
     def timed(self, part: str, tic: float) -> None:
         self.rep.scalars[f"landscape_{part}_seconds"] = time.perf_counter() - tic
@@ -126,7 +165,7 @@ class _Suite:
             res = line_slice(space, self.dirs[:cfg.directions],  # type: ignore[index]
                              symmetric_grid(cfg.range, cfg.points), self.train,
                              self.test, store=_store(store_dir, "line.partial.npz"),
-                             **self.common)
+                             progress=self.bar("line"), **self.common)
             rep.arrays.update(_prefixed("line", res.arrays()))
             rep.scalars.update(res.scalars())
             self.timed("line", tic)
@@ -140,7 +179,8 @@ class _Suite:
         tic = time.perf_counter()
         res = line_slice(space, eigen_directions(eig, space, cfg.eigen),
                          symmetric_grid(cfg.range, cfg.points), self.train, self.test,
-                         store=_store(store_dir, "eigline.partial.npz"), **self.common)
+                         store=_store(store_dir, "eigline.partial.npz"),
+                         progress=self.bar("eigline"), **self.common)
         rep.arrays.update(_prefixed("eigline", res.arrays()))
         rep.scalars.update(_renamed(res.scalars(), "line_", "eigline_"))
         self.timed("eigline", tic)
@@ -155,22 +195,24 @@ class _Suite:
         d = eigen_directions(eig, self.space, 2) if use_eig else self.dirs[:2]  # type: ignore
         grid = symmetric_grid(cfg.range, cfg.points)
         res = plane_slice(self.space, d[0], d[1], grid, grid, self.train, self.test,
-                          store=_store(store_dir, "plane.partial.npz"), **self.common)
+                          store=_store(store_dir, "plane.partial.npz"),
+                          progress=self.bar("plane"), **self.common)
         rep.arrays.update(_prefixed("plane", res.arrays()))
         rep.scalars.update(res.scalars())
         rep.scalars["plane_directions_eigen"] = use_eig
         self.timed("plane", tic)
 
-    def trajectory(self, trajectory_path: Optional[Path]) -> None:
-        if trajectory_path is None or not Path(trajectory_path).is_file():
+    def trajectory(self, snapshots: Any) -> None:
+        """The trajectory's plane from the job's recorded ``snapshots`` (None: none)."""
+        if snapshots is None:
             self.rep.notes.append("trajectory skipped: no snapshots were recorded (train the "
                                   "job with landscape.trajectory.enabled=true)")
             return
         tic = time.perf_counter()
         train, bn = self.train, self.bn
-        traj = trajectory_landscape(self.space, load_trajectory(trajectory_path), train,
-                                    self.cfg.trajectory.points, bn=bn,
-                                    bn_data=train if bn == "recompute" else None)
+        traj = trajectory_landscape(self.space, snapshots, train, self.cfg.trajectory.points,
+                                    bn=bn, bn_data=train if bn == "recompute" else None,
+                                    progress=self.bar("trajectory"))
         self.rep.arrays.update(_prefixed("traj", traj.arrays()))
         self.rep.scalars.update(traj.scalars())
         self.timed("trajectory", tic)

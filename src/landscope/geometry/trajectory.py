@@ -32,6 +32,7 @@ from landscope.errors import LandscopeError
 from landscope.geometry.snapshots import Trajectory
 from landscope.geometry.space import BNMode, ParamSpace
 from landscope.probes.probe_data import ProbeData
+from landscope.progress import bar
 
 
 # ---------------------------------------------------------------------------- PCA
@@ -209,9 +210,10 @@ def _check_centre(pca: TrajectoryPCA, theta0: Tensor) -> None:
 
 
 def _plane_grid(space: ParamSpace, pca: TrajectoryPCA, gx: np.ndarray, gy: np.ndarray,
-                train: ProbeData, bn: BNMode, bn_data: Optional[ProbeData]
+                train: ProbeData, bn: BNMode, bn_data: Optional[ProbeData], shown: Any
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Loss and accuracy ``[j, i]`` at ``theta0 + gx[i] d1 + gy[j] d2``."""
+    """Loss and accuracy ``[j, i]`` at ``theta0 + gx[i] d1 + gy[j] d2`` (``shown``: a
+    :func:`~landscope.progress.bar` moved once per point)."""
     theta0 = space.theta0
     d1 = pca.d1.to(theta0.device)
     d2 = pca.d2.to(theta0.device)
@@ -223,15 +225,28 @@ def _plane_grid(space: ParamSpace, pca: TrajectoryPCA, gx: np.ndarray, gy: np.nd
             theta = theta0 + (float(x) * d1 + float(y) * d2).to(space.dtype)
             ev = space.evaluate(theta, train, bn, bn_data)[0]
             loss[j, i], acc[j, i] = ev.loss, ev.acc
+            shown.update(1)
     return loss, acc
+
+
+def _path(space: ParamSpace, snaps: Tensor, train: ProbeData, bn: BNMode,
+          bn_data: Optional[ProbeData], shown: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Loss and accuracy of each snapshot (``shown``: a bar moved once per snapshot)."""
+    path_loss, path_acc = np.empty(len(snaps)), np.empty(len(snaps))
+    for k in range(len(snaps)):
+        theta = snaps[k].to(space.theta0.device, space.dtype)
+        ev = space.evaluate(theta, train, bn, bn_data)[0]
+        path_loss[k], path_acc[k] = ev.loss, ev.acc
+        shown.update(1)
+    return path_loss, path_acc
 
 
 def trajectory_on_plane(space: ParamSpace, pca: TrajectoryPCA, train: ProbeData,
                         points: int = 21, margin: float = 0.2, *, snapshots: Any,
                         steps: Optional[Sequence[int]] = None,
                         epochs: Optional[Sequence[int]] = None,
-                        bn: BNMode = "keep", bn_data: Optional[ProbeData] = None
-                        ) -> TrajectoryPlane:
+                        bn: BNMode = "keep", bn_data: Optional[ProbeData] = None,
+                        progress: Optional[str] = None) -> TrajectoryPlane:
     """Loss contour of the PC plane through the final point and the path on it.
 
     ``space`` is the final model's parameter space: the grid point ``(x, y)`` is
@@ -240,7 +255,8 @@ def trajectory_on_plane(space: ParamSpace, pca: TrajectoryPCA, train: ProbeData,
     ``"recompute"`` re-estimates BatchNorm statistics at every point). ``pca.centre`` must
     be that same point. ``snapshots`` (S, D) (array, tensor or :class:`Trajectory`, whose
     steps and epochs are then used) are the points ``pca`` was computed from; each is
-    evaluated itself for ``path_loss``. Costs ``points**2 + S`` evaluations of ``train``.
+    evaluated itself for ``path_loss``. Costs ``points**2 + S`` evaluations of ``train``;
+    ``progress`` labels a tqdm bar of them (None: no bar).
     """
     if isinstance(snapshots, Trajectory):
         steps = snapshots.steps if steps is None else steps
@@ -267,12 +283,12 @@ def trajectory_on_plane(space: ParamSpace, pca: TrajectoryPCA, train: ProbeData,
     coords = pca.coords.numpy()
     gx = plane_axis(coords[:, 0].min(), coords[:, 0].max(), points, margin)
     gy = plane_axis(coords[:, 1].min(), coords[:, 1].max(), points, margin)
-    loss, acc = _plane_grid(space, pca, gx, gy, train, bn, bn_data)
-    path_loss = np.empty(S)
-    path_acc = np.empty(S)
-    for k in range(S):
-        ev = space.evaluate(snaps[k].to(theta0.device, space.dtype), train, bn, bn_data)[0]
-        path_loss[k], path_acc[k] = ev.loss, ev.acc
+    shown = bar(progress, points * points + S, unit="pt")
+    try:
+        loss, acc = _plane_grid(space, pca, gx, gy, train, bn, bn_data, shown)
+        path_loss, path_acc = _path(space, snaps, train, bn, bn_data, shown)
+    finally:
+        shown.close()
     contour = bilinear(gx, gy, loss, coords[:, 0], coords[:, 1])
     return TrajectoryPlane(
         steps=steps_a, epochs=epochs_a, pc_coords=coords.copy(),
@@ -284,9 +300,10 @@ def trajectory_on_plane(space: ParamSpace, pca: TrajectoryPCA, train: ProbeData,
 
 def trajectory_landscape(space: ParamSpace, trajectory: Trajectory, train: ProbeData,
                          points: int = 21, margin: float = 0.2, bn: BNMode = "keep",
-                         bn_data: Optional[ProbeData] = None) -> TrajectoryPlane:
+                         bn_data: Optional[ProbeData] = None,
+                         progress: Optional[str] = None) -> TrajectoryPlane:
     """PCA of ``trajectory`` about the final model (``space.theta0``), then
     :func:`trajectory_on_plane`: the whole analysis of one recorded run."""
     pca = trajectory_pca(trajectory.snapshots, space.theta0)
     return trajectory_on_plane(space, pca, train, points, margin, snapshots=trajectory,
-                               bn=bn, bn_data=bn_data)
+                               bn=bn, bn_data=bn_data, progress=progress)

@@ -22,6 +22,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
+from landscope.progress import bar
+
 STOPPED_BY_PRODUCTS = "max_products"
 STOPPED_BY_TIME = "budget_s"
 
@@ -78,10 +80,7 @@ class ProbeLedger:
         tic, p0, (l0, g0) = time.perf_counter(), self.counter(), self.evals()
         self._last = p0
         if self.progress:
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(total=planned, desc=f"probe {name}", unit="hvp", leave=False,
-                             dynamic_ncols=True)
+            self._bar = bar(f"probe {name}", planned, unit="hvp")
         try:
             yield cost
         finally:

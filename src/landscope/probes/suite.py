@@ -12,7 +12,6 @@ N epochs.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -35,6 +34,7 @@ from landscope.probes.steps import (
     steps_for,
 )
 from landscope.probes.trace import hutchinson
+from landscope.progress import wanted
 
 __all__ = ["ProbeReport", "ProbeRun", "probe_data", "run_probes", "start_run", "finish_run",
            "curvature_during_training", "PAC_BAYES_SIGMA_RTOL", "TRACE_GPU_BLOCK",
@@ -107,7 +107,7 @@ def start_run(model: nn.Module, train_split, cfg: Any,
     op = hessian_operator(model, data, mode=str(cfg.mode), seed=cfg.seed,
                           checkpointing=bool(getattr(cfg, "checkpointing", False)))
     ranks = rank_and_world()[1]
-    show = cfg.progress if getattr(cfg, "progress", None) is not None else sys.stderr.isatty()
+    show = wanted(getattr(cfg, "progress", None))
     ledger = ProbeLedger(counter=lambda: op.n_matvecs,
                          max_products=getattr(cfg, "max_products", None),
                          budget_s=getattr(cfg, "budget_s", None), progress=bool(show), log=log,

@@ -1,0 +1,163 @@
+"""The landscape's cost made visible: the plan line a job logs before its landscape (points per
+part, from the suite's own counts, and the time), a bar per part whose count is the part's
+points, and neither changes a value."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from landscope.config.landscape import LandscapeConfig
+from landscope.data import load_data
+from landscope.geometry.directions import random_directions
+from landscope.geometry.plan import plan_line, planned_points
+from landscope.geometry.slices import line_slice, plane_slice, symmetric_grid
+from landscope.geometry.snapshots import load as load_trajectory
+from landscope.geometry.space import ParamSpace
+from landscope.geometry.suite import run_landscape
+from landscope.jobs import train_job
+from landscope.models import build_model
+from landscope.probes.probe_data import ProbeData
+
+TINY = ["dataset.train_size=256", "dataset.test_size=128", "train.batch_size=64",
+        "model.width=16", "model.depth=2", "landscape.data_size=64", "landscape.line.points=5",
+        "landscape.line.directions=2", "probe=none"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    torch.set_num_threads(1)
+
+
+class Bars:
+    """Stands in for tqdm: records each bar's label, total, start and updates."""
+
+    def __init__(self) -> None:
+        self.made: list[dict] = []
+
+    def __call__(self, total=None, initial=0, desc=None, disable=False, **_):
+        rec = {"desc": desc, "total": total, "n": initial, "initial": initial,
+               "disable": disable, "closed": False}
+        self.made.append(rec)
+
+        class _Bar:
+            def update(self, k=1):
+                rec["n"] += k
+
+            def close(self):
+                rec["closed"] = True
+
+        return _Bar()
+
+    def shown(self) -> list[dict]:
+        return [b for b in self.made if not b["disable"]]
+
+
+@pytest.fixture
+def bars(monkeypatch):
+    import tqdm.auto
+
+    rec = Bars()
+    monkeypatch.setattr(tqdm.auto, "tqdm", rec)
+    return rec
+
+
+def test_planned_points_are_the_suites_counts():
+    cfg = LandscapeConfig()
+    cfg.line.enabled, cfg.line.directions, cfg.line.points, cfg.line.eigen = True, 3, 51, 2
+    cfg.plane.enabled, cfg.plane.points = True, 21
+    cfg.trajectory.enabled, cfg.trajectory.points = True, 21
+    # each direction's 50 points off the shared centre, plus the centre once
+    assert planned_points(cfg, n_eig=5, snapshots=11) == {
+        "line": 151, "eigline": 101, "plane": 441, "trajectory": 452}
+    # parts the suite skips are not planned: too few eigenvectors, no recorded snapshots
+    assert planned_points(cfg, n_eig=1, snapshots=None) == {"line": 151, "plane": 441}
+    cfg.line.enabled = cfg.plane.enabled = cfg.trajectory.enabled = False
+    assert planned_points(cfg, n_eig=5, snapshots=11) == {}
+
+
+def test_plan_line_time_is_points_times_seconds():
+    plan = {"line": 151, "plane": 441, "trajectory": 452}
+    line = plan_line(plan, (0.1, 0.04), (1000, 500), workers=1)
+    # (151 + 441) slice points at 0.1 s, 452 trajectory points at 0.04 s
+    assert "1044 points (line 151, plane 441, trajectory 452)" in line
+    assert "1000 train + 500 test samples" in line and line.endswith("~77 s")
+    two = plan_line(plan, (0.1, 0.04), (1000, 500), workers=2, intrinsic=(5, 20))
+    assert "~48 s with the slices over 2 processes" in two  # 592 × 0.1 / 2 + 452 × 0.04
+    assert two.endswith("5 subspace trainings of 20 epochs")
+
+
+def test_a_job_logs_its_landscape_plan_and_shows_a_bar_per_part(compose, tmp_path, caplog,
+                                                                bars):
+    cfg = compose([*TINY, "landscape=basic", "train.epochs=2", "landscape.plane.enabled=true",
+                   "landscape.plane.points=3", "landscape.trajectory.enabled=true",
+                   "landscape.trajectory.points=3", "landscape.progress=true"])
+    with caplog.at_level(logging.INFO, logger="landscope"):
+        result = train_job(cfg, tmp_path, [])
+    snapshots = len(load_trajectory(tmp_path / "trajectory.npz"))
+    lines = [r.getMessage() for r in caplog.records if "landscape plan:" in r.getMessage()]
+    assert len(lines) == 1
+    # 2 directions x 4 points + the centre; 3 x 3 plane; 3 x 3 contour + the snapshots
+    expected = f"{9 + 9 + 9 + snapshots} points (line 9, plane 9, trajectory {9 + snapshots})"
+    assert expected in lines[0]
+    assert re.search(r"~\d+ ms a slice point, ~\d+ ms a trajectory point, so ~\d+ s$", lines[0])
+    shown = {b["desc"]: b for b in bars.shown() if b["desc"].startswith("landscape")}
+    assert {k: (b["total"], b["n"], b["closed"]) for k, b in shown.items()} == {
+        "landscape line": (9, 9, True), "landscape plane": (9, 9, True),
+        "landscape trajectory": (9 + snapshots, 9 + snapshots, True)}
+    assert result["landscape"]["trajectory_snapshots"] == snapshots
+
+
+def test_the_plan_and_the_bars_change_no_value(compose):
+    cfg = compose([*TINY, "landscape=basic", "landscape.plane.enabled=true",
+                   "landscape.plane.points=3", "landscape.bn=recompute", "model=cnn",
+                   "model.norm=batch", "model.width=4", "model.depth=1"])
+    data = load_data(cfg.dataset)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, data.meta)
+    plain = run_landscape(model, data, cfg.landscape)
+    said: list[str] = []
+    shown = run_landscape(model, data, cfg.landscape, progress=True, log=said.append)
+    assert len(said) == 1 and "line 9, plane 9" in said[0]
+    assert shown.arrays.keys() == plain.arrays.keys()
+    for key, value in plain.arrays.items():
+        assert np.array_equal(shown.arrays[key], value, equal_nan=True), key
+    timing = [k for k in plain.scalars if k.endswith("_seconds")]
+    assert {k: v for k, v in shown.scalars.items() if k not in timing} == \
+        {k: v for k, v in plain.scalars.items() if k not in timing}
+
+
+def _space_and_data():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    g = torch.Generator().manual_seed(0)
+    data = ProbeData.from_tensors(torch.randn(40, 6, generator=g),
+                                  torch.randint(0, 3, (40,), generator=g), 20)
+    space = ParamSpace(model)
+    return space, random_directions(space, 2, 0), data
+
+
+def test_a_resumed_scan_counts_its_stored_points_as_done(tmp_path, bars):
+    space, dirs, data = _space_and_data()
+    xs = symmetric_grid(1.0, 5)
+    store = tmp_path / "line.partial.npz"
+    first = line_slice(space, dirs, xs, data, store=store, save_every=0, progress="a")
+    again = line_slice(space, dirs, xs, data, store=store, progress="b")
+    assert again.n_evaluated == 0 and np.array_equal(again.train_loss, first.train_loss)
+    a, b = bars.shown()
+    assert (a["total"], a["initial"], a["n"]) == (9, 0, 9)
+    assert (b["total"], b["initial"], b["n"]) == (9, 9, 9) and a["closed"] and b["closed"]
+    line_slice(space, dirs, xs, data)  # no label: no bar shown
+    assert len(bars.shown()) == 2
+
+
+def test_a_parallel_scan_moves_its_bar_by_whole_chunks(bars):
+    space, dirs, data = _space_and_data()
+    xs = symmetric_grid(1.0, 5)
+    res = plane_slice(space, dirs[0], dirs[1], xs, xs, data, workers=2, progress="plane")
+    (b,) = bars.shown()
+    assert (b["total"], b["n"], b["closed"]) == (25, 25, True) and res.n_evaluated == 25
