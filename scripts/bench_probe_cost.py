@@ -14,14 +14,17 @@ CPU) it measures, side by side in one process:
   gradient-equivalents; issue #18's goal: <= 400), and each estimator's share from the suite's
   own ledger (``probe_cost``: seconds and products per estimator). With ``--repeats N`` the
   preset runs N times (the unit timed before and after each run): the table holds the median
-  run (the lower middle one for even N) and the line above it every run's figure.
+  run (the lower middle one for even N) and the line above it every run's figure. With
+  ``--seeds S1,S2,...`` each model is trained once per seed (the cost depends on the point
+  it was trained to) and the goal is judged on the medians over the seeds.
 
 glibc's allocator is fixed first in the regime of a process that has trained
 (:func:`steady_allocator`), so that a model's figures do not depend on the models before it.
 
     python scripts/bench_probe_cost.py [--models mlp,cnn,resnet,resnet_ln_noskip,vit]
                                        [--preset standard] [--samples 1000] [--epochs 3]
-                                       [--threads 1] [--repeats 1] [--verify]
+                                       [--threads 1] [--repeats 1] [--seeds 0,1,2]
+                                       [--verify]
 
 ``--verify`` runs the preset again in verify mode on a small width (8, depth 2) of each model
 and prints the errors against the dense float64 Hessian.
@@ -130,11 +133,11 @@ def median_time(fn, repeats: int = 5) -> float:
     return statistics.median(sample_times(fn, repeats))
 
 
-def measure(name: str, overrides: list[str], args, data_dir: str) -> dict:
+def measure(name: str, overrides: list[str], args, data_dir: str, seed: int = 0) -> dict:
     from landscope.probes.hvp import HessianOperator
     from landscope.probes.suite import probe_data, run_probes
 
-    cfg, model, data = trained(overrides, data_dir, args.epochs)
+    cfg, model, data = trained([*overrides, f"seed={seed}"], data_dir, args.epochs)
     pcfg = compose([*overrides, f"probe={args.preset}", f"probe.data_size={args.samples}",
                     "probe.progress=false"]).probe
     pd = probe_data(data.train, pcfg)
@@ -155,7 +158,8 @@ def measure(name: str, overrides: list[str], args, data_dir: str) -> dict:
     walls = sorted(w for w, _ in runs)
     wall = statistics.median_low(walls)
     s = next(sc for w, sc in runs if w == wall)  # the median run's own ledger
-    return {"name": name, "params": op.dim, "grad_s": t_grad, "hvp_ratio": t_hvp / t_grad,
+    return {"name": name, "seed": seed, "params": op.dim, "grad_s": t_grad,
+            "hvp_ratio": t_hvp / t_grad,
             "pyh_ratio": None if t_pyh is None else t_pyh / t_grad,
             "wall_s": wall, "grad_eq": wall / t_grad, "products": s["hvps"],
             "grad_eq_all": [w / t_grad for w in walls],
@@ -197,6 +201,26 @@ def verify(name: str, overrides: list[str], args, data_dir: str) -> dict:
     return {k: v for k, v in s.items() if k.startswith("verify_")}
 
 
+def over_seeds(rows: list[dict], seeds: list[int]) -> bool:
+    """Whether every model meets issue #18's goal (the median over the training seeds of its
+    preset's cost and of its product's ratio); with several seeds, one line per model with the
+    medians and ranges, since the cost depends on the point the model was trained to (the
+    plain ResNet's trace stops after 30-40 samples, the density after 7-13 steps a run)."""
+    met = True
+    for name in dict.fromkeys(r["name"] for r in rows):
+        mine = [r for r in rows if r["name"] == name]
+        cost = statistics.median_low([r["grad_eq"] for r in mine])
+        ratio = statistics.median_low([r["hvp_ratio"] for r in mine])
+        met = met and cost <= 400 and ratio <= 2.5
+        if len(seeds) > 1:
+            print(f"{name} over seeds {','.join(map(str, seeds))}: preset {cost:.0f} "
+                  f"({min(r['grad_eq'] for r in mine):.0f}-{max(r['grad_eq'] for r in mine):.0f}),"
+                  f" product {ratio:.2f} ({min(r['hvp_ratio'] for r in mine):.2f}-"
+                  f"{max(r['hvp_ratio'] for r in mine):.2f}), products "
+                  f"{', '.join(str(r['products']) for r in mine)}")
+    return met
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS))
@@ -205,18 +229,23 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--seeds", default="0", help="training seeds, comma-separated")
     ap.add_argument("--verify", action="store_true")
     args = ap.parse_args()
     if args.repeats < 1:
         ap.error(f"--repeats must be >= 1 (got {args.repeats})")
+    try:
+        seeds = [int(v) for v in args.seeds.split(",")]
+    except ValueError:
+        ap.error(f"--seeds must be integers separated by commas (got {args.seeds!r})")
     torch.set_num_threads(args.threads)
     steady = steady_allocator()
     data_dir = tempfile.mkdtemp(prefix="bench_probe_cost_")
     rows = []
-    for name in args.models.split(","):
-        rows.append(measure(name, MODELS[name], args, data_dir))
+    for name, seed in ((n, sd) for n in args.models.split(",") for sd in seeds):
+        rows.append(measure(name, MODELS[name], args, data_dir, seed))
         r = rows[-1]
-        print(f"{name}: {r['params']} params, grad {r['grad_s'] * 1e3:.1f} ms, "
+        print(f"{name} (seed {seed}): {r['params']} params, grad {r['grad_s'] * 1e3:.1f} ms, "
               f"hvp/grad {r['hvp_ratio']:.2f}, probe {r['wall_s']:.1f} s = "
               f"{r['grad_eq']:.0f} gradient-equivalents, {r['products']} products"
               + (f" (runs: {', '.join(f'{g:.0f}' for g in r['grad_eq_all'])})"
@@ -224,25 +253,26 @@ def main() -> None:
     print(f"\nprobe={args.preset}, {args.samples} probe samples, {args.epochs} training epochs, "
           f"{args.threads} thread(s), float32, CPU, "
           f"{'malloc fixed (steady_allocator)' if steady else 'malloc as found'}")
-    print("| model | params | product / gradient | PyHessian product / gradient | "
+    print("| model | seed | params | product / gradient | PyHessian product / gradient | "
           "preset (gradient-equivalents) | products | per estimator (gradient-equivalents) |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         parts = ", ".join(f"{k.removesuffix('_seconds')} {sec / r['grad_s']:.0f}"
                           for k, sec in r["cost"].items())
         pyh = "n/a" if r["pyh_ratio"] is None else f"{r['pyh_ratio']:.2f}"
-        print(f"| {r['name']} | {r['params']:,} | {r['hvp_ratio']:.2f} | {pyh} | "
+        print(f"| {r['name']} | {r['seed']} | {r['params']:,} | {r['hvp_ratio']:.2f} | {pyh} | "
               f"{r['grad_eq']:.0f} | {r['products']} | {parts} |")
-    goal = all(r["grad_eq"] <= 400 for r in rows) and all(r["hvp_ratio"] <= 2.5 for r in rows)
-    print(f"goal (<= 400 gradient-equivalents, product <= 2.5 gradients): "
+    goal = over_seeds(rows, seeds)
+    print(f"goal (<= 400 gradient-equivalents, product <= 2.5 gradients"
+          f"{', medians over the training seeds' if len(seeds) > 1 else ''}): "
           f"{'met' if goal else 'MISSED'}")
     for r in rows:
         s = r["scalars"]
         keys = ("lambda_max", "trace", "trace_stderr", "trace_samples", "density_steps_mean",
                 "density_n_outliers", "density_negative_mass", "sharpness_loss_evals",
                 "sharpness_grad_evals", "sharpness_acc_evals")
-        print(r["name"], {k: (round(s[k], 4) if isinstance(s.get(k), float) else s.get(k))
-                          for k in keys})
+        print(r["name"], r["seed"],
+              {k: (round(s[k], 4) if isinstance(s.get(k), float) else s.get(k)) for k in keys})
     if args.verify:
         print("\nverify mode (width 8, depth 2, float64 dense Hessian):")
         for name in args.models.split(","):
