@@ -161,3 +161,21 @@ def test_a_parallel_scan_moves_its_bar_by_whole_chunks(bars):
     res = plane_slice(space, dirs[0], dirs[1], xs, xs, data, workers=2, progress="plane")
     (b,) = bars.shown()
     assert (b["total"], b["n"], b["closed"]) == (25, 25, True) and res.n_evaluated == 25
+
+
+def test_a_plan_of_eigenvector_lines_only_times_a_point_too(compose):
+    """No random line and no plane: the slice point is timed along a direction of its own."""
+    cfg = compose([*TINY, "landscape=basic", "landscape.line.directions=0",
+                   "landscape.line.eigen=1"])
+    data = load_data(cfg.dataset)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, data.meta)
+    dim = ParamSpace(model).dim
+    eig = np.random.default_rng(0).standard_normal((dim, 1))
+    said: list[str] = []
+    rep = run_landscape(model, data, cfg.landscape, eigenvectors=eig / np.linalg.norm(eig),
+                        log=said.append)
+    # 4 points off the centre, and the centre
+    assert len(said) == 1 and "5 points (eigline 5)" in said[0]
+    assert re.search(r"~\d+ ms a slice point, so ~\d+ s$", said[0])
+    assert rep.arrays["eigline_train_loss"].shape == (1, 5)
