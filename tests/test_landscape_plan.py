@@ -95,7 +95,9 @@ def test_a_job_logs_its_landscape_plan_and_shows_a_bar_per_part(compose, tmp_pat
                                                                 bars):
     cfg = compose([*TINY, "landscape=basic", "train.epochs=2", "landscape.plane.enabled=true",
                    "landscape.plane.points=3", "landscape.trajectory.enabled=true",
-                   "landscape.trajectory.points=3", "landscape.progress=true"])
+                   "landscape.trajectory.points=3", "landscape.intrinsic.enabled=true",
+                   "landscape.intrinsic.dims=[4,16]", "landscape.intrinsic.epochs=1",
+                   "landscape.progress=true"])
     with caplog.at_level(logging.INFO, logger="landscope"):
         result = train_job(cfg, tmp_path, [])
     snapshots = len(load_trajectory(tmp_path / "trajectory.npz"))
@@ -104,11 +106,13 @@ def test_a_job_logs_its_landscape_plan_and_shows_a_bar_per_part(compose, tmp_pat
     # 2 directions x 4 points + the centre; 3 x 3 plane; 3 x 3 contour + the snapshots
     expected = f"{9 + 9 + 9 + snapshots} points (line 9, plane 9, trajectory {9 + snapshots})"
     assert expected in lines[0]
-    assert re.search(r"~\d+ ms a slice point, ~\d+ ms a trajectory point, so ~\d+ s$", lines[0])
+    assert re.search(r"~\d+ ms a slice point, ~\d+ ms a trajectory point, so ~\d+ s; then the "
+                     r"intrinsic dimension: 2 subspace trainings of 1 epochs$", lines[0])
     shown = {b["desc"]: b for b in bars.shown() if b["desc"].startswith("landscape")}
     assert {k: (b["total"], b["n"], b["closed"]) for k, b in shown.items()} == {
         "landscape line": (9, 9, True), "landscape plane": (9, 9, True),
-        "landscape trajectory": (9 + snapshots, 9 + snapshots, True)}
+        "landscape trajectory": (9 + snapshots, 9 + snapshots, True),
+        "landscape intrinsic": (2, 2, True)}
     assert result["landscape"]["trajectory_snapshots"] == snapshots
 
 

@@ -135,7 +135,7 @@ class LandscapeConfig:
     bezier: BezierConfig = field(default_factory=BezierConfig)
     # PNG figures into the job's figures/ directory
     figures: bool = field(default=True, metadata=LAYOUT)
-    # a tqdm bar per part (line, eigline, plane, trajectory); null = on a terminal
+    # a tqdm bar per part (line, eigline, plane, trajectory, intrinsic); null = on a terminal
     progress: Optional[bool] = field(default=None, metadata=LAYOUT)
 
     def check(self) -> None:

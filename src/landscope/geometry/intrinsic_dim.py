@@ -43,6 +43,7 @@ from landscope.geometry.projections import PROJECTIONS, RandomProjection, check_
 from landscope.geometry.space import ParamSpace
 from landscope.losses import n_correct, task_loss
 from landscope.probes.probe_data import ProbeData
+from landscope.progress import bar
 from landscope.train import epoch_generator
 
 SUBSPACE_BN = ("recompute", "running")
@@ -258,12 +259,13 @@ def intrinsic_dimension(model: nn.Module, dims: Sequence[int], reference_acc: fl
                         train_split: Any, test_split: Any, projection: Any = "sparse",
                         epochs: int = 10, lr: float = 0.01, batch_size: int = 128,
                         seed: int = 0, *, fraction: float = 0.9, absolute: float = 0.9,
-                        **kwargs: Any) -> IntrinsicDimResult:
+                        progress: Optional[str] = None, **kwargs: Any) -> IntrinsicDimResult:
     """:func:`train_subspace` for every ``d`` in ``dims`` (sorted, deduplicated) from the
     same ``theta0`` (``model``: for Li et al.'s measure, the *initialized*, untrained model
     with the training run's seed) and the d_int90 estimates (see
     :class:`IntrinsicDimResult`). ``reference_acc``: the fully trained model's test accuracy.
-    ``kwargs`` go to :func:`train_subspace`."""
+    ``progress`` labels a tqdm bar of the subspace trainings (None: no bar); ``kwargs`` go to
+    :func:`train_subspace`."""
     grid = sorted({int(d) for d in dims}) if dims else []
     if not grid or any(d <= 0 for d in grid):
         raise LandscopeError(f"intrinsic dims must be positive integers (got {list(dims)})")
@@ -279,8 +281,15 @@ def intrinsic_dimension(model: nn.Module, dims: Sequence[int], reference_acc: fl
     D = sum(p.numel() for p in model.parameters())
     if grid[-1] > D:
         raise LandscopeError(f"subspace dimension d={grid[-1]} exceeds the {D} parameters")
-    runs = [train_subspace(model, d, name, train_split, test_split, epochs, lr, batch_size,
-                           seed, **kwargs) for d in grid]
+    shown = bar(progress, len(grid), unit="subspace")
+    runs = []
+    try:
+        for d in grid:
+            runs.append(train_subspace(model, d, name, train_split, test_split, epochs, lr,
+                                       batch_size, seed, **kwargs))
+            shown.update(1)
+    finally:
+        shown.close()
     acc = [r.test_acc for r in runs]
     rel, rel_i = crossing(grid, acc, fraction * float(reference_acc))
     ab, ab_i = crossing(grid, acc, absolute)

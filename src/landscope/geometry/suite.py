@@ -234,7 +234,8 @@ class _Suite:
         res = intrinsic_dimension(init_model, dims, float(reference_acc),
                                   self.data.train, self.data.test,
                                   str(cfg.projection), epochs=cfg.epochs, lr=cfg.lr,
-                                  batch_size=batch_size, seed=self.cfg.seed)
+                                  batch_size=batch_size, seed=self.cfg.seed,
+                                  progress=self.bar("intrinsic"))
         rep.arrays.update(_prefixed("intrinsic", res.arrays()))
         rep.scalars.update(res.scalars())
         self.timed("intrinsic_dim", tic)
