@@ -30,7 +30,6 @@ from landscope.probes.probe_data import ProbeData
 from landscope.probes.trace import hutchinson
 from probe_models import seeded_model
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = 3

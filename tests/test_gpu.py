@@ -30,7 +30,6 @@ DEVICE = os.environ.get("LANDSCOPE_TEST_DEVICE", "cuda")
 pytestmark = [
     pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(),
                        reason="needs a CUDA GPU (LANDSCOPE_TEST_DEVICE=cpu: a dry run on CPU)"),
-    pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning"),
 ]
 TINY = ["dataset.train_size=256", "dataset.test_size=128", "train.batch_size=32",
         "landscape=none", f"train.device={DEVICE}"]

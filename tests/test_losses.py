@@ -22,7 +22,6 @@ TINY = ["model.width=8", "model.depth=1", "dataset.train_size=64", "dataset.test
         "train.epochs=2", "train.batch_size=16", "landscape=none"]
 
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 
 
 @pytest.fixture(autouse=True)

@@ -28,7 +28,6 @@ class Meta:
     num_classes: int
 
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 
 ARCHS = [m.value for m in ModelName if m.value not in SYNTHETIC]  # classifiers
 NORMS = [n.value for n in Norm]

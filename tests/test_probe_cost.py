@@ -23,7 +23,6 @@ from landscope.probes.suite import run_probes
 from landscope.probes.trace import deflated_trace, hutchinson
 from probe_models import seeded_model
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 torch.set_num_threads(1)
 
 

@@ -34,8 +34,6 @@ from landscope.probes.run import ProbeRun  # noqa: E402
 from landscope.probes.suite import finish_run, run_probes, start_run  # noqa: E402
 from probe_models import seeded_model  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
-
 DATA = Path(__file__).resolve().parent / "expected"
 EXPECTED_JSON = DATA / "probe_run_expected.json"
 EXPECTED_NPZ = DATA / "probe_run_expected.npz"

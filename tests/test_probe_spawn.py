@@ -27,7 +27,6 @@ from landscope.probes.spawn import run_probes_on_ranks
 from landscope.probes.suite import run_probes
 from probe_models import seeded_model
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 

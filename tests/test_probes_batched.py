@@ -15,7 +15,6 @@ from landscope.probes.operator import DenseOperator
 from landscope.probes.probe_data import ProbeData
 from probe_models import seeded_model
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 torch.set_num_threads(1)
 
 MODELS = {  # name -> (model config, input shape); small, float64, eval mode

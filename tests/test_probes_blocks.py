@@ -19,7 +19,6 @@ from landscope.probes.suite import run_probes
 from landscope.probes.verify import dense_hessian, spectrum
 from probe_models import seeded_model
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 torch.set_num_threads(1)
 
 META = types.SimpleNamespace(input_shape=(1, 12), num_classes=3)

@@ -19,7 +19,6 @@ from landscope.probes.probe_data import ProbeData
 from landscope.probes.verify import dense_hessian, spectrum
 from probe_models import seeded_model
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 torch.set_num_threads(1)
 
 CLASSES = 3

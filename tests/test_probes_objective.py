@@ -14,7 +14,6 @@ from landscope.probes.objective import ModelObjective
 from landscope.probes.probe_data import ProbeData
 from probe_models import seeded_model
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 torch.set_num_threads(1)
 
 MODELS = {

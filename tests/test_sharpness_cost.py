@@ -26,7 +26,6 @@ from landscope.probes.sharpness import (
     worst_case_sharpness,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 torch.set_num_threads(1)
 
 F64 = torch.float64
