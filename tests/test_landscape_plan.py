@@ -89,6 +89,9 @@ def test_plan_line_time_is_points_times_seconds():
     two = plan_line(plan, (0.1, 0.04), (1000, 500), workers=2, intrinsic=(5, 20))
     assert "~48 s with the slices over 2 processes" in two  # 592 × 0.1 / 2 + 452 × 0.04
     assert two.endswith("5 subspace trainings of 20 epochs")
+    # a short plan keeps a decimal rather than reading as 0 s
+    assert plan_line({"line": 151}, (0.0027, 0.0), (1000, 1000), workers=1).endswith(
+        "~2.7 ms a slice point, so ~0.4 s")
 
 
 def test_a_job_logs_its_landscape_plan_and_shows_a_bar_per_part(compose, tmp_path, caplog,
@@ -106,8 +109,8 @@ def test_a_job_logs_its_landscape_plan_and_shows_a_bar_per_part(compose, tmp_pat
     # 2 directions x 4 points + the centre; 3 x 3 plane; 3 x 3 contour + the snapshots
     expected = f"{9 + 9 + 9 + snapshots} points (line 9, plane 9, trajectory {9 + snapshots})"
     assert expected in lines[0]
-    assert re.search(r"~\d+ ms a slice point, ~\d+ ms a trajectory point, so ~\d+ s; then the "
-                     r"intrinsic dimension: 2 subspace trainings of 1 epochs$", lines[0])
+    assert re.search(r"~[\d.]+ ms a slice point, ~[\d.]+ ms a trajectory point, so ~[\d.]+ s; "
+                     r"then the intrinsic dimension: 2 subspace trainings of 1 epochs$", lines[0])
     shown = {b["desc"]: b for b in bars.shown() if b["desc"].startswith("landscape")}
     assert {k: (b["total"], b["n"], b["closed"]) for k, b in shown.items()} == {
         "landscape line": (9, 9, True), "landscape plane": (9, 9, True),
@@ -181,5 +184,5 @@ def test_a_plan_of_eigenvector_lines_only_times_a_point_too(compose):
                         log=said.append)
     # 4 points off the centre, and the centre
     assert len(said) == 1 and "5 points (eigline 5)" in said[0]
-    assert re.search(r"~\d+ ms a slice point, so ~\d+ s$", said[0])
+    assert re.search(r"~[\d.]+ ms a slice point, so ~[\d.]+ s$", said[0])
     assert rep.arrays["eigline_train_loss"].shape == (1, 5)

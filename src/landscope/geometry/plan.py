@@ -73,14 +73,19 @@ def plan_line(plan: dict[str, int], seconds: tuple[float, float], samples: tuple
     est = slices * slice_s / max(1, workers) + plan.get("trajectory", 0) * train_s
     parts = ", ".join(f"{k} {v}" for k, v in plan.items())
     only = " (the trajectory's on train only)" if "trajectory" in plan else ""
-    each = [f"~{slice_s * 1e3:.0f} ms a slice point" if slices else "",
-            f"~{train_s * 1e3:.0f} ms a trajectory point" if "trajectory" in plan else ""]
+    each = [f"~{_figure(slice_s * 1e3)} ms a slice point" if slices else "",
+            f"~{_figure(train_s * 1e3)} ms a trajectory point" if "trajectory" in plan else ""]
     line = (f"landscape plan: {sum(plan.values())} points ({parts or 'none'}) on "
             f"{samples[0]} train + {samples[1]} test samples{only}; "
-            f"{', '.join(e for e in each if e) or 'nothing to evaluate'}, so ~{est:.0f} s")
+            f"{', '.join(e for e in each if e) or 'nothing to evaluate'}, so ~{_figure(est)} s")
     if workers > 1 and slices:
         line += f" with the slices over {workers} processes"
     if intrinsic is not None:
         line += (f"; then the intrinsic dimension: {intrinsic[0]} subspace trainings of "
                  f"{intrinsic[1]} epochs")
     return line
+
+
+def _figure(x: float) -> str:
+    """``x`` with one decimal under 10 (a plan of 0.4 s does not read as 0 s), else none."""
+    return f"{x:.1f}" if x < 10 else f"{x:.0f}"
