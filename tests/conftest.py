@@ -189,3 +189,37 @@ def _frozen_heap():
     gc.collect()
     gc.freeze()
     yield
+
+
+class Bars:
+    """Stands in for tqdm: records each bar's label, total, start and updates."""
+
+    def __init__(self) -> None:
+        self.made: list[dict] = []
+
+    def __call__(self, total=None, initial=0, desc=None, disable=False, **_):
+        rec = {"desc": desc, "total": total, "n": initial, "initial": initial,
+               "disable": disable, "closed": False}
+        self.made.append(rec)
+
+        class _Bar:
+            def update(self, k=1):
+                rec["n"] += k
+
+            def close(self):
+                rec["closed"] = True
+
+        return _Bar()
+
+    def shown(self) -> list[dict]:
+        return [b for b in self.made if not b["disable"]]
+
+
+@pytest.fixture
+def bars(monkeypatch):
+    """The tqdm bars made during the test (:class:`Bars`), none of them drawn."""
+    import tqdm.auto
+
+    rec = Bars()
+    monkeypatch.setattr(tqdm.auto, "tqdm", rec)
+    return rec

@@ -174,6 +174,27 @@ def test_2d_landscape_centre_is_the_model_and_the_picture_is_written(tmp_path):
     assert _same(before, _state(model))
 
 
+def test_progress_bars_count_the_products_and_points_and_change_no_value(bars):
+    x, y = _data()
+    plain = Analyzer(_tanh_mlp(), _loader(x, y), _loader(*_data(seed=1)), progress=False)
+    shown = Analyzer(_tanh_mlp(), _loader(x, y), _loader(*_data(seed=1)), progress=True)
+    a = plain.full_analysis(slq_steps=10)
+    assert not bars.shown()  # progress=False: every bar disabled
+    b = shown.full_analysis(slq_steps=10)
+    assert {**vars(a), "seconds": 0} == {**vars(b), "seconds": 0}
+    made = {r["desc"]: r for r in bars.shown()}
+    assert list(made) == ["probe top", "probe bottom", "probe trace", "probe density"]
+    assert all(r["closed"] for r in made.values())
+    # every product of the analysis is on one bar; the density's planned at 10 runs x 10 steps
+    assert sum(r["n"] for r in made.values()) == b.hessian_products
+    assert made["probe density"]["total"] == 100
+    p1 = plain.visualize_2d_landscape(distance=0.5, resolution=5)
+    p2 = shown.visualize_2d_landscape(distance=0.5, resolution=5)
+    assert np.array_equal(p1.arrays()["train_loss"], p2.arrays()["train_loss"])
+    (plane,) = [r for r in bars.shown() if r["desc"] == "landscape plane"]
+    assert (plane["total"], plane["n"], plane["closed"]) == (25, 25, True)
+
+
 # ------------------------------------------------------------------------ dynamics
 def test_trajectory_records_exact_measurements_while_training():
     x, y = _data()

@@ -33,39 +33,6 @@ def one_thread():
     torch.set_num_threads(1)
 
 
-class Bars:
-    """Stands in for tqdm: records each bar's label, total, start and updates."""
-
-    def __init__(self) -> None:
-        self.made: list[dict] = []
-
-    def __call__(self, total=None, initial=0, desc=None, disable=False, **_):
-        rec = {"desc": desc, "total": total, "n": initial, "initial": initial,
-               "disable": disable, "closed": False}
-        self.made.append(rec)
-
-        class _Bar:
-            def update(self, k=1):
-                rec["n"] += k
-
-            def close(self):
-                rec["closed"] = True
-
-        return _Bar()
-
-    def shown(self) -> list[dict]:
-        return [b for b in self.made if not b["disable"]]
-
-
-@pytest.fixture
-def bars(monkeypatch):
-    import tqdm.auto
-
-    rec = Bars()
-    monkeypatch.setattr(tqdm.auto, "tqdm", rec)
-    return rec
-
-
 def test_planned_points_are_the_suites_counts():
     cfg = LandscapeConfig()
     cfg.line.enabled, cfg.line.directions, cfg.line.points, cfg.line.eigen = True, 3, 51, 2

@@ -12,10 +12,9 @@
 
 **Data.** Each loader is read once, in its own order, when the analyzer is built: the first
 ``max_samples`` samples (default 1,000; ``None``: all) become a fixed sample set, cut into
-micro-batches of ``micro_batch``. Every measurement uses these sets, so repeated calls see
-the same data (a shuffling loader is fine). Training in
-:meth:`~Analyzer.analyze_optimization_trajectory` iterates ``train_loader`` itself, as many
-passes as it needs.
+micro-batches of ``micro_batch``. Every measurement uses these sets, so repeated calls see the
+same data (a shuffling loader is fine). :meth:`~Analyzer.analyze_optimization_trajectory`
+iterates ``train_loader`` itself, as many passes as it needs.
 
 **Loss.** ``criterion=None`` or a plain ``nn.CrossEntropyLoss()`` is the engine's own
 cross-entropy (the same function the runner's jobs are probed with). Any other torch loss
@@ -47,7 +46,9 @@ from torch import Tensor, nn
 
 from landscope.analyzer_results import Connectivity, CurvatureSummary, TrajectoryHistory
 from landscope.errors import LandscopeError
+from landscope.probes.cost import ProbeLedger
 from landscope.probes.probe_data import ProbeData
+from landscope.progress import wanted
 
 DEFAULT_SAMPLES = 1000
 ONE_HOT_FLOAT = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -113,6 +114,20 @@ def _gather(loader: Iterable, max_samples: Optional[int], what: str) -> tuple[Te
     return torch.cat(xs), torch.cat(ys)
 
 
+def _check_analysis(top_k: Any, sharpness_rho: Any, trace_rse: Any, negative_tol: Any,
+                    slq_steps: Any) -> None:
+    """:meth:`Analyzer.full_analysis`'s arguments, or a :class:`LandscopeError` naming one."""
+    _check_count(top_k, "top_k")
+    if not (isinstance(sharpness_rho, (int, float)) and math.isfinite(sharpness_rho)
+            and sharpness_rho > 0):
+        raise LandscopeError(f"sharpness_rho must be > 0 (got {sharpness_rho!r})")
+    if not (isinstance(trace_rse, (int, float)) and 0 < trace_rse < 1):
+        raise LandscopeError(f"trace_rse must be in (0, 1) (got {trace_rse!r})")
+    if not (isinstance(negative_tol, (int, float)) and 0 <= negative_tol < 1):
+        raise LandscopeError(f"negative_tol must be in [0, 1) (got {negative_tol!r})")
+    _check_count(slq_steps, "slq_steps", 2)
+
+
 def _check_count(value: Any, what: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise LandscopeError(f"{what} must be an integer >= {minimum} (got {value!r})")
@@ -129,13 +144,15 @@ class Analyzer:
     None); ``criterion``: a torch loss module (default cross-entropy); ``device``: where
     the model and the sample sets live; ``max_samples``: samples taken from each loader for
     the measurements (None: all); ``micro_batch``: samples per forward pass; ``seed``:
-    every random choice (Lanczos starts, Hutchinson probes, directions)."""
+    every random choice (Lanczos starts, Hutchinson probes, directions); ``progress``: tqdm bars
+    of each estimator's products and of the slice's points (None: on a terminal; True in a
+    notebook)."""
 
     def __init__(self, model: nn.Module, train_loader: Iterable, test_loader: Optional[Iterable]
                  = None, criterion: Optional[nn.Module] = None,
                  device: Union[str, torch.device] = "cpu", *,
                  max_samples: Optional[int] = DEFAULT_SAMPLES, micro_batch: int = 1000,
-                 seed: int = 0) -> None:
+                 seed: int = 0, progress: Optional[bool] = None) -> None:
         if not isinstance(model, nn.Module):
             raise LandscopeError(f"model must be a torch.nn.Module (got {type(model).__name__})")
         if max_samples is not None:
@@ -148,6 +165,7 @@ class Analyzer:
         self.model = model.to(self.device)
         self.criterion = criterion
         self.seed = int(seed)
+        self.progress = wanted(progress)
         self.train_loader = train_loader
         self._custom = criterion is not None and not _plain_cross_entropy(criterion)
         self._net = _WithCriterion(self.model, criterion) if self._custom else self.model
@@ -188,9 +206,8 @@ class Analyzer:
         """Hessian spectrum (top-k, checked for copies of a repeated eigenvalue, and bottom
         eigenvalue, Lanczos), trace (to relative standard error ``trace_rse``), spectral
         density (10 probes of ``slq_steps`` Lanczos steps: the number of eigenvalues below
-        −``negative_tol``·|λmax|), worst-case
-        sharpness at radius ``sharpness_rho`` and PAC-Bayes flatness at the model's weights,
-        on the train sample set (eval mode)."""
+        −``negative_tol``·|λmax|), worst-case sharpness at radius ``sharpness_rho`` and
+        PAC-Bayes flatness at the model's weights, on the train sample set (eval mode)."""
         from landscope.probes.complement import complement_check
         from landscope.probes.density import slq
         from landscope.probes.hvp import HessianOperator
@@ -202,25 +219,26 @@ class Analyzer:
         )
         from landscope.probes.trace import deflated_trace
 
-        _check_count(top_k, "top_k")
-        if not (isinstance(sharpness_rho, (int, float)) and math.isfinite(sharpness_rho)
-                and sharpness_rho > 0):
-            raise LandscopeError(f"sharpness_rho must be > 0 (got {sharpness_rho!r})")
-        if not (isinstance(trace_rse, (int, float)) and 0 < trace_rse < 1):
-            raise LandscopeError(f"trace_rse must be in (0, 1) (got {trace_rse!r})")
-        if not (isinstance(negative_tol, (int, float)) and 0 <= negative_tol < 1):
-            raise LandscopeError(f"negative_tol must be in [0, 1) (got {negative_tol!r})")
-        _check_count(slq_steps, "slq_steps", 2)
+        _check_analysis(top_k, sharpness_rho, trace_rse, negative_tol, slq_steps)
         tic, seed = time.perf_counter(), self.seed
         op = HessianOperator(self._net, self.train, mode="eval", seed=seed)
         k = min(top_k, op.dim)
-        top = lanczos_eigs(op, k=k, which="largest", seed=seed)
-        if k >= 2:  # copies of a repeated eigenvalue one Lanczos run misses
-            top = complement_check(op, top, seed=seed + 2)
-        bottom = lanczos_eigs(op, k=1, which="smallest", atol=1e-6, seed=seed + 1)
+        # no caps: the ledger only moves a bar of each estimator's products
+        ledger = ProbeLedger(counter=lambda: op.n_matvecs, progress=self.progress)
+        with ledger.stage("top"):
+            top = lanczos_eigs(op, k=k, which="largest", seed=seed, stop=ledger.stop)
+            if k >= 2:  # copies of a repeated eigenvalue one Lanczos run misses
+                top = complement_check(op, top, seed=seed + 2, stop=ledger.stop)
+        with ledger.stage("bottom"):
+            bottom = lanczos_eigs(op, k=1, which="smallest", atol=1e-6, seed=seed + 1,
+                                  stop=ledger.stop)
         summary = spectral_summary(top, bottom)
-        tr = deflated_trace(op, top, seed=seed, target_rse=trace_rse, max_samples=2000)
-        q = slq(op, n_probes=10, m_steps=min(slq_steps, op.dim), seed=seed)
+        with ledger.stage("trace"):
+            tr = deflated_trace(op, top, seed=seed, target_rse=trace_rse, max_samples=2000,
+                                stop=ledger.stop)
+        with ledger.stage("density", 10 * min(slq_steps, op.dim)):
+            q = slq(op, n_probes=10, m_steps=min(slq_steps, op.dim), seed=seed,
+                    stop=ledger.stop)
         cut = -negative_tol * abs(summary["lambda_max"])
         negative = q.trace_f((q.nodes < cut).to(torch.float64))  # tr 1[H < cut] = count
         obj = ModelObjective(self._net, self.train, mode="eval")
@@ -259,7 +277,7 @@ class Analyzer:
         space = ParamSpace(self._net)
         d1, d2 = random_directions(space, 2, seed=self.seed, normalization=normalization)
         plane = plane_slice(space, d1, d2, grid, grid, self.train, self.test, bn=bn,
-                            workers=workers)
+                            workers=workers, progress="landscape plane" if self.progress else None)
         if save_path is not None:
             from landscope.plots import plot_plane
 

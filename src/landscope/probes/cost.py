@@ -85,6 +85,7 @@ class ProbeLedger:
             yield cost
         finally:
             if self._bar is not None:
+                self.stop(products=False)  # the stage's last products onto its bar
                 self._bar.close()
                 self._bar = None
             l1, g1 = self.evals()
