@@ -3,14 +3,15 @@
 ``bench_probe_cost.py``'s models at a small width.
 
 For each model (width 8, depth 2, trained ``--epochs`` epochs, ``--samples`` probe samples) the
-Hessian is formed densely, its top-5 deflated exactly, and the preset's stopping rule simulated
-``--seeds`` times: the density's 10 Gaussian samples first, then Rademacher ones, stop once the
-standard error is at most ``rse · max(|estimate|, Σ|λ|)`` with at least the minimum number of
-samples. ``--stop-near N`` sets the rse at which the stop would fire near N samples (the regime
-of the full-size models, whose traces stop at the minimum); 0 uses the preset's 1 %. Printed:
-the mean and sd of (estimate − trace) / stderr (about 0 and 1 for an honest error; a stop that
-fires when the stderr happens to be underestimated makes the sd larger), the fraction within 2
-and 3 stderrs, and the samples taken.
+Hessian is formed densely, its top-5 deflated exactly, and the suite's own ``deflated_trace``
+run ``--seeds`` times on it: the density's 10 Gaussian samples first (as ``prior``), then
+Rademacher ones, stopping once the standard error is at most ``rse · max(|estimate|, Σ|λ|)``
+with at least the minimum number of samples. ``--stop-near N`` sets the rse at which the stop
+would fire near N samples (the regime of the full-size models, whose traces stop at the
+minimum); 0 uses the preset's 1 %. Printed: the mean and sd of (estimate − trace) / stderr
+(about 0 and 1 for an honest error; a stop that fires when the stderr happens to be
+underestimated makes the sd larger), the fraction within 2 and 3 stderrs, and the samples
+taken.
 
     python scripts/calibrate_trace_stop.py [--models mlp,cnn,resnet,resnet_ln_noskip,vit]
                                            [--seeds 2000] [--stop-near 12] [--epochs 3]
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_probe_cost as bench  # noqa: E402
@@ -35,8 +37,11 @@ MINIMA = (10, 20, 30)
 MAX_SAMPLES = 130
 
 
-def deflated_hessian(name: str, epochs: int, samples: int, data_dir: str):
-    """(P H P, Σλ of the top-5, tr H, Σ|λ|) of the small model ``name``."""
+def deflated_problem(name: str, epochs: int, samples: int, data_dir: str):
+    """(the dense Hessian as an operator, its exact top-5 as an ``EigResult``, P H P with P the
+    projection off the top-5, tr H, Σ|λ|) of the small model ``name``."""
+    from landscope.probes.lanczos import EigResult
+    from landscope.probes.operator import DenseOperator
     from landscope.probes.probe_data import ProbeData
     from landscope.probes.suite import probe_data
     from landscope.probes.verify import dense_hessian
@@ -48,32 +53,33 @@ def deflated_hessian(name: str, epochs: int, samples: int, data_dir: str):
     pd = probe_data(data.train, pcfg)
     x = torch.cat([b[0] for b in pd.batches]).double()
     y = torch.cat([b[1] for b in pd.batches])
-    h = dense_hessian(model.double(), ProbeData.from_tensors(x, y, len(y))).numpy()
-    lam, u = np.linalg.eigh((h + h.T) / 2)
-    top = np.argsort(-lam)[:5]
-    p = np.eye(len(lam)) - u[:, top] @ u[:, top].T
-    return p @ h @ p, lam[top].sum(), lam.sum(), max(np.abs(lam).sum(), np.abs(lam[top]).sum())
+    h = dense_hessian(model.double(), ProbeData.from_tensors(x, y, len(y)))
+    h = (h + h.T) / 2
+    lam, u = torch.linalg.eigh(h)
+    top = torch.argsort(-lam)[:5]
+    v = u[:, top]
+    eig = EigResult(eigenvalues=lam[top], eigenvectors=v, residuals=torch.zeros(5),
+                    converged=torch.ones(5, dtype=torch.bool), n_matvecs=0, iterations=5)
+    p = torch.eye(len(lam), dtype=h.dtype) - v @ v.T
+    return DenseOperator(h), eig, p @ h @ p, float(lam.sum()), float(lam.abs().sum())
 
 
-def simulate(a: np.ndarray, exact: float, trace: float, scale: float, rse: float, seeds: int
+def simulate(op, eig, deflated: Tensor, trace: float, scale: float, rse: float, seeds: int
              ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Per minimum: (estimate − trace) / stderr and the samples taken, over ``seeds`` runs."""
-    rng = np.random.default_rng(0)
+    """Per minimum: (estimate − trace) / stderr and the samples taken, over ``seeds`` runs of
+    the suite's own :func:`~landscope.probes.trace.deflated_trace` (the same Rademacher draws
+    for every minimum), after the density's ``PRIOR`` Gaussian samples zᵀ P H P z."""
+    from landscope.probes.trace import deflated_trace
+
+    gen = torch.Generator().manual_seed(0)
     out: dict[int, list[tuple[float, int]]] = {m: [] for m in MINIMA}
-    n = np.arange(1, PRIOR + MAX_SAMPLES + 1)
-    for _ in range(seeds):
-        z = np.vstack([rng.standard_normal((PRIOR, len(a))),
-                       rng.choice([-1.0, 1.0], size=(MAX_SAMPLES, len(a)))])
-        s = np.einsum("ij,ij->i", z @ a, z)
-        mean = np.cumsum(s) / n
-        var = (np.cumsum(s * s) - n * mean ** 2) / np.maximum(n - 1, 1)
-        se = np.where(n > 1, np.sqrt(np.maximum(var, 0) / n), np.inf)
-        est = exact + mean
-        ok = se <= rse * np.maximum(np.abs(est), scale)
+    for seed in range(seeds):
+        z = torch.randn(PRIOR, op.dim, generator=gen, dtype=torch.float64)
+        prior = ((z @ deflated) * z).sum(1).tolist()
         for m in MINIMA:
-            hit = np.flatnonzero(ok & (n >= m))
-            k = hit[0] if len(hit) else len(s) - 1
-            out[m].append(((est[k] - trace) / se[k], int(n[k])))
+            r = deflated_trace(op, eig, seed=seed, target_rse=rse, min_samples=m,
+                               max_samples=PRIOR + MAX_SAMPLES, scale=scale, prior=prior)
+            out[m].append(((r.estimate - trace) / r.stderr, r.n_samples))
     return {m: (np.array([e for e, _ in v]), np.array([c for _, c in v])) for m, v in out.items()}
 
 
@@ -88,13 +94,14 @@ def main() -> None:
     torch.set_num_threads(2)
     data_dir = tempfile.mkdtemp(prefix="calibrate_trace_stop_")
     for name in args.models.split(","):
-        a, exact, trace, scale = deflated_hessian(name, args.epochs, args.samples, data_dir)
-        var = 2 * (np.sum(a * a) - np.sum(np.diag(a) ** 2))  # a Rademacher sample's variance
+        op, eig, a, trace, scale = deflated_problem(name, args.epochs, args.samples, data_dir)
+        # a Rademacher sample's variance, 2 (||A||_F^2 - sum A_ii^2)
+        var = 2 * float((a * a).sum() - (a.diagonal() ** 2).sum())
         rse = (math.sqrt(var / args.stop_near) / max(abs(trace), scale) if args.stop_near
                else 0.01)
-        print(f"{name}: D={len(a)}, trace {trace:.4f}, top-5 {exact:.4f}, sum|lambda| "
-              f"{scale:.3f}, rse {rse:.4f}")
-        for m, (err, used) in simulate(a, exact, trace, scale, rse, args.seeds).items():
+        print(f"{name}: D={op.dim}, trace {trace:.4f}, top-5 {float(eig.eigenvalues.sum()):.4f}, "
+              f"sum|lambda| {scale:.3f}, rse {rse:.4f}")
+        for m, (err, used) in simulate(op, eig, a, trace, scale, rse, args.seeds).items():
             print(f"  at least {m}: samples {used.mean():.1f}, err/stderr mean {err.mean():+.3f} "
                   f"sd {err.std():.3f}, within 2 stderr {np.mean(np.abs(err) <= 2):.3f}, "
                   f"within 3 {np.mean(np.abs(err) <= 3):.3f}", flush=True)
