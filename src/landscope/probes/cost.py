@@ -60,15 +60,20 @@ class ProbeLedger:
         """The cap that is spent (``"max_products"``, ``"budget_s"``) or None; also moves the
         current estimator's bar. Estimators call it before each product; ``products=False``
         asks only about the time (work that spends no products)."""
-        n = self.counter()
-        if self._bar is not None and n > self._last:
-            self._bar.update(n - self._last)
-        self._last = n
+        n = self._advance()
         if products and self.max_products is not None and n >= self.max_products:
             return STOPPED_BY_PRODUCTS
         if self.budget_s is not None and time.perf_counter() - self.started >= self.budget_s:
             return STOPPED_BY_TIME
         return None
+
+    def _advance(self) -> int:
+        """Move the current estimator's bar to the products spent so far; their count."""
+        n = self.counter()
+        if self._bar is not None and n > self._last:
+            self._bar.update(n - self._last)
+        self._last = n
+        return n
 
     def products_left(self) -> Optional[int]:
         return None if self.max_products is None else max(0, self.max_products - self.counter())
@@ -85,7 +90,7 @@ class ProbeLedger:
             yield cost
         finally:
             if self._bar is not None:
-                self.stop(products=False)  # the stage's last products onto its bar
+                self._advance()  # the stage's last products onto its bar
                 self._bar.close()
                 self._bar = None
             l1, g1 = self.evals()
