@@ -174,6 +174,10 @@ def test_a_failing_pair_exits_1_and_the_others_still_run(tmp_path, capsys):
     out = capsys.readouterr()
     assert info.value.code == 1, out.out + out.err
     assert "failed: seeds/seed=0__seed=1: seed=0 has no checkpoint" in out.err
+    # the plan still speaks for both groups: the broken pair untimed, the cached one done
+    assert "connect plan, seeds: 1 pairs, 0 cached; not timed (" in out.out
+    assert "seed=0 has no checkpoint)" in out.out
+    assert "connect plan, model.width=8: 1 pairs, 1 cached, nothing to compute" in out.out
     assert "cached: model.width=8/model.width=8,seed=0__model.width=8,seed=1" in out.out
     assert "linear train loss barrier 0.5/0.25" in out.out
     assert "2 pairs: 0 computed, 1 cached, 1 failed" in out.out

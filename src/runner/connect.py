@@ -37,7 +37,11 @@ Output per pair (written atomically), in ``SWEEP_DIR/connectivity/<group>/``, wh
   (the bend as a flat parameter vector) and ``bezier_loss_history``.
 
 A pair whose JSON file already holds the same checkpoint digests and settings is not
-recomputed.  One line per pair, then a summary.  Exit codes: 0 all pairs done, 1 a pair
+recomputed.  Before any pair runs, one plan line per group: its pairs, those cached, each
+pair's path points and bend steps and about how long they take (one pair of the group timed:
+two points of each path twice, seven bend steps). With ``landscape.progress`` (default: on a
+terminal) each path's points and the bend's steps get a tqdm bar. One line per pair, then a
+summary.  Exit codes: 0 all pairs done, 1 a pair
 failed (the others still ran), 2 bad input (not a sweep directory, no pairs to connect,
 an unknown or non-landscape override, an output directory that cannot be written, checked
 before anything is computed): one ``error:`` line on stderr.
@@ -52,14 +56,15 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from landscope.errors import LandscopeError
-from landscope.geometry.pairs import KEYS, plan_pairs, run_pair, summary, validate
+from landscope.geometry.pairs import KEYS, plan_lines, plan_pairs, run_pair, summary, validate
+from landscope.progress import wanted
 from landscope.settings import only_group
 
 
-def _landscape_config(overrides: list[str]) -> dict:
+def _landscape_config(overrides: list[str]) -> tuple[dict, bool]:
     """The connectivity settings: the landscape group (default ``landscape=basic``) composed
     with the overrides as the runner would, its :data:`KEYS` (under their cache-key names),
-    checked."""
+    checked; and whether to show bars (``landscape.progress``)."""
     from runner.cli import group_config
 
     only_group(overrides, "landscape", "landscape.path_points=11", group_choice=True)
@@ -69,7 +74,7 @@ def _landscape_config(overrides: list[str]) -> dict:
                                                 resolve=True, enum_to_str=True))
     settings = {k: OmegaConf.select(c, path) for k, path in KEYS.items()}
     validate(settings)
-    return settings
+    return settings, wanted(c.progress)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,14 +87,14 @@ def main(argv: list[str] | None = None) -> None:
         if len(paths) != 1:
             raise LandscopeError(f"expected one sweep directory, got {len(paths)}: "
                                  f"{' '.join(paths) or '(none)'}")
-        settings = _landscape_config(overrides)
+        settings, progress = _landscape_config(overrides)
         sweep = Path(paths[0])
         pairs, notes = plan_pairs(sweep)
         check_writable(sweep / "connectivity" / g for g in sorted({p["group"] for p in pairs}))
-    for note in notes:
-        print(note, flush=True)
+    for line in [*notes, *plan_lines(pairs, settings, sweep / "connectivity")]:
+        print(line, flush=True)
     counts = run_each(pairs, lambda p: f"{p['group']}/{p['a']['name']}__{p['b']['name']}",
-                      lambda p: run_pair(p, settings, sweep / "connectivity"),
+                      lambda p: run_pair(p, settings, sweep / "connectivity", progress),
                       lambda record: summary(record["scalars"]))
     print(f"{len(pairs)} pairs: {counts['computed']} computed, {counts['cached']} cached, "
           f"{counts['failed']} failed ({sweep / 'connectivity'})")

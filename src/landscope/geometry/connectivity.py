@@ -14,25 +14,24 @@ end at 1 and increase (:func:`path_ts` makes an evenly spaced grid with exact en
 
 **BatchNorm.** ``bn="recompute"`` re-estimates the running statistics at every t on
 ``bn_data`` (default: the train data) with :meth:`ParamSpace.recompute_batchnorm`, as
-Garipov et al. do; it is the default for Bezier curves and the right choice for BN models
-(a mixture of two networks does not have either network's activation statistics).
-``bn="keep"`` uses buffers interpolated linearly in t between ``buffers_a`` and
-``buffers_b`` (each defaulting to the space's model's own buffers; floating buffers are
-mixed as ``(1-t) b_a + t b_b``, integer ones such as ``num_batches_tracked`` -- unused in
-eval mode -- are taken from the nearer endpoint), so each endpoint is evaluated with its own
-model's statistics.  Models without BatchNorm ignore the option.
+Garipov et al. do: the default for Bezier curves and the right choice for BN models (a
+mixture of two networks has neither network's activation statistics). ``bn="keep"`` uses
+buffers interpolated linearly in t between ``buffers_a`` and ``buffers_b`` (default: the
+space's model's own; floating buffers mixed as ``(1-t) b_a + t b_b``, integer ones such as
+``num_batches_tracked``, unused in eval mode, from the nearer endpoint), so each endpoint
+has its own model's statistics.  Models without BatchNorm ignore the option.
 
-**Bend training** (:func:`train_bezier`): only ``theta_c`` is trained, initialised at the
-midpoint ``(theta_a + theta_b) / 2`` (the curve then starts as the straight line).  Each
-mini-batch draws ``t ~ U[0, 1]`` from a generator seeded with ``seed``; batch orders come
-from :func:`landscope.train.epoch_generator` ``(seed, epoch)``.  The loss at ``phi(t)`` is the
-model's task loss through ``torch.func.functional_call`` on a private copy of the model in
-train mode, with BatchNorm normalising by the batch statistics and writing no running
-statistics (the model passed in is never modified).  Optimizer: Adam (default; insensitive
-to the scale of the loss, which differs a lot between tasks) or SGD with momentum 0.9,
-with the learning rate cosine-annealed from ``lr`` to 0 over all steps, so the bend
-settles instead of hovering at the noise level of the random ``t``.  One mini-batch
-forward+backward counts as one gradient evaluation.
+**Bend training** (:func:`train_bezier`): only ``theta_c`` is trained, from the midpoint
+``(theta_a + theta_b) / 2`` (the curve starts as the straight line).  Each mini-batch draws
+``t ~ U[0, 1]`` from a generator seeded with ``seed``; batch orders come from
+:func:`landscope.train.epoch_generator` ``(seed, epoch)``.  The loss at ``phi(t)`` is the
+task loss through ``torch.func.functional_call`` on a private copy of the model in train
+mode, BatchNorm normalising by the batch statistics and writing no running statistics (the
+model passed in is never modified).  Optimizer: Adam (default; insensitive to the loss's
+scale, which differs a lot between tasks) or SGD with momentum 0.9, the learning rate
+cosine-annealed from ``lr`` to 0 over all steps, so the bend settles instead of hovering at
+the noise level of the random ``t``.  One mini-batch forward+backward is one gradient
+evaluation.
 
 **Scalars** (:meth:`PathResult.scalars`), for ``<split>`` in ``train``, ``test`` (test only
 when test data were given) and ``<metric>`` in ``loss``, ``error`` (error = 1 - accuracy),
@@ -74,6 +73,7 @@ from landscope.geometry.space import BN_MODES, ParamSpace
 from landscope.losses import task_loss
 from landscope.models.blocks import frozen_batchnorm_stats
 from landscope.probes.probe_data import ProbeData
+from landscope.progress import bar
 from landscope.train import epoch_generator
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
@@ -217,15 +217,12 @@ def _mixed_buffers(space: ParamSpace, buffers_a: Optional[Mapping[str, Tensor]],
 
 
 def _vector(space: ParamSpace, theta: Tensor, what: str) -> Tensor:
-    if not isinstance(theta, Tensor) or theta.shape != (space.dim,):
-        shape = tuple(theta.shape) if isinstance(theta, Tensor) else type(theta).__name__
-        raise LandscopeError(f"{what} must be a flat vector of shape ({space.dim},), got {shape}")
-    return theta.detach().to(space.device, space.dtype)
+    return _flat_vector(theta, what, dim=space.dim, device=space.device, dtype=space.dtype)
 
 
 def _walk(space: ParamSpace, kind: str, point: Callable[[float], Tensor], ts,
           train: ProbeData, test: Optional[ProbeData], bn: str, bn_data: Optional[ProbeData],
-          buffers_a, buffers_b, grad_evals: int = 0) -> PathResult:
+          buffers_a, buffers_b, grad_evals: int = 0, progress: Optional[str] = None):
     t = check_ts(ts)
     if bn not in BN_MODES:
         raise LandscopeError(f"bn must be one of {', '.join(BN_MODES)} (got {bn!r})")
@@ -233,6 +230,7 @@ def _walk(space: ParamSpace, kind: str, point: Callable[[float], Tensor], ts,
         raise LandscopeError("train (and test, when given) must be ProbeData")
     sets = [train] if test is None else [train, test]
     values = np.empty((len(t), len(sets), 2), dtype=np.float64)
+    points = bar(progress, len(t), unit="point")
     for i, ti in enumerate(t.tolist()):
         if bn == "recompute":
             space.set_point(point(ti))
@@ -242,6 +240,8 @@ def _walk(space: ParamSpace, kind: str, point: Callable[[float], Tensor], ts,
         for j, data in enumerate(sets):
             ev = space.evaluate_current(data)
             values[i, j] = (ev.loss, ev.acc)
+        points.update()
+    points.close()
     space.set_point(space.theta0)  # leave the working copy at the model's own point
     has_test = test is not None
     return PathResult(kind=kind, t=t, train_loss=values[:, 0, 0], train_acc=values[:, 0, 1],
@@ -254,13 +254,15 @@ def linear_path(space: ParamSpace, theta_a: Tensor, theta_b: Tensor, ts,
                 train: ProbeData, test: Optional[ProbeData] = None, bn: str = "keep",
                 bn_data: Optional[ProbeData] = None,
                 buffers_a: Optional[Mapping[str, Tensor]] = None,
-                buffers_b: Optional[Mapping[str, Tensor]] = None) -> PathResult:
+                buffers_b: Optional[Mapping[str, Tensor]] = None,
+                progress: Optional[str] = None) -> PathResult:
     """Loss and accuracy along ``(1-t) theta_a + t theta_b`` at each of ``ts`` (exact means
-    over ``train`` and ``test``, eval mode).  ``bn``: see the module docstring."""
+    over ``train`` and ``test``, eval mode).  ``bn``: see the module docstring.
+    ``progress``: the label of a tqdm bar over the points (None: no bar)."""
     a = _vector(space, theta_a, "theta_a")
     b = _vector(space, theta_b, "theta_b")
     return _walk(space, "linear", lambda t: linear_point(a, b, t), ts, train, test, bn,
-                 bn_data, buffers_a, buffers_b)
+                 bn_data, buffers_a, buffers_b, progress=progress)
 
 
 def bezier_path(space: ParamSpace, theta_a: Tensor, theta_b: Tensor, theta_c: Tensor, ts,
@@ -268,15 +270,15 @@ def bezier_path(space: ParamSpace, theta_a: Tensor, theta_b: Tensor, theta_c: Te
                 bn_data: Optional[ProbeData] = None,
                 buffers_a: Optional[Mapping[str, Tensor]] = None,
                 buffers_b: Optional[Mapping[str, Tensor]] = None,
-                grad_evals: int = 0) -> PathResult:
+                grad_evals: int = 0, progress: Optional[str] = None) -> PathResult:
     """Loss and accuracy along the quadratic Bezier curve with bend ``theta_c`` at ``ts``
     (BatchNorm re-estimated at every t by default). ``grad_evals`` is recorded as given
-    (pass the bend's :attr:`Bend.grad_evals`)."""
+    (pass the bend's :attr:`Bend.grad_evals`); ``progress`` as for :func:`linear_path`."""
     a = _vector(space, theta_a, "theta_a")
     b = _vector(space, theta_b, "theta_b")
     c = _vector(space, theta_c, "theta_c")
     return _walk(space, "bezier", lambda t: bezier_point(a, b, c, t), ts, train, test, bn,
-                 bn_data, buffers_a, buffers_b, grad_evals)
+                 bn_data, buffers_a, buffers_b, grad_evals, progress)
 
 
 # ---------------------------------------------------------------------- bend training
@@ -335,13 +337,15 @@ def _loss_at(work: nn.Module, names: list[str], shapes: list[torch.Size], numels
 
 def train_bezier(model: nn.Module, theta_a: Tensor, theta_b: Tensor, data: BendData, *,
                  epochs: int, lr: float, batch_size: int, seed: int,
-                 optimizer: str = "adam", theta_c: Optional[Tensor] = None) -> Bend:
+                 optimizer: str = "adam", theta_c: Optional[Tensor] = None,
+                 progress: Optional[str] = None) -> Bend:
     """Train the bend of the quadratic Bezier curve from ``theta_a`` to ``theta_b``.
 
     ``data`` is a split (shuffled per epoch), :class:`ProbeData` or a list of ``(x, y)``
     batches (concatenated, then treated like a split). ``theta_c`` is the starting bend
     (default: the midpoint).  ``model`` supplies the architecture and the task loss and is
     left untouched.  Deterministic given ``seed`` (on CPU).  See the module docstring.
+    ``progress``: the label of a tqdm bar over the steps (None: no bar).
     """
     _check_bend(epochs, lr, batch_size, optimizer)
     named = list(model.named_parameters())
@@ -368,7 +372,7 @@ def train_bezier(model: nn.Module, theta_a: Tensor, theta_b: Tensor, data: BendD
     work.train()
     t_gen = torch.Generator().manual_seed(int(seed))
     history: list[float] = []
-    step = 0
+    step, steps = 0, bar(progress, total, unit="step")
     with frozen_batchnorm_stats(work):
         for epoch in range(int(epochs)):
             loss_sum, seen = 0.0, 0
@@ -387,8 +391,10 @@ def train_bezier(model: nn.Module, theta_a: Tensor, theta_b: Tensor, data: BendD
                 loss.backward()
                 opt.step()
                 step += 1
+                steps.update()
                 loss_sum += value * len(y)
                 seen += len(y)
             history.append(loss_sum / seen)
+    steps.close()
     return Bend(theta_c=c.detach().clone(), grad_evals=step, steps=step, epochs=int(epochs),
                 optimizer=optimizer, lr=float(lr), seed=int(seed), loss_history=history)

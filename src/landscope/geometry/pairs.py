@@ -10,8 +10,9 @@ import itertools
 import math
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 from omegaconf import DictConfig
 
@@ -97,57 +98,101 @@ def plan_pairs(sweep: Path) -> tuple[list[dict], list[str]]:
     return pairs, notes
 
 
-def connect_pair(pair: dict, settings: dict) -> tuple[dict, dict]:
-    """Compute one pair: ``(record for the JSON file, arrays for the npz)``."""
-    import numpy as np
+@dataclass
+class _Pair:
+    """What one pair's paths start from: the first job's model and data, both points, the
+    second model's buffers, the train and test subsets and the bend's batch size."""
+
+    model: Any
+    data: Any
+    space: Any
+    theta_a: Any
+    theta_b: Any
+    buffers_b: dict
+    train: Any
+    test: Any
+    batch: int
+    epochs: tuple[int, int]
+
+
+def _load_pair(pair: dict, settings: dict) -> _Pair:
     import torch
 
-    from landscope.geometry.connectivity import bezier_path, linear_path, path_ts, train_bezier
     from landscope.geometry.space import ParamSpace
     from landscope.jobs import default_threads
     from landscope.models import count_parameters
     from landscope.probes.probe_data import ProbeData
 
-    a, b = pair["a"], pair["b"]
+    a, b, s = pair["a"], pair["b"], settings
     _, state_a = a["job"].final_checkpoint(a["result"])
     _, state_b = b["job"].final_checkpoint(b["result"])
     model_a, data = a["job"].load_model(state_a["model"], a["cfg"])
     model_b, _ = b["job"].load_model(state_b["model"], b["cfg"])
     torch.set_num_threads(default_threads(count_parameters(model_a)))
     torch.use_deterministic_algorithms(True, warn_only=True)
-    s = settings
-    train = ProbeData.from_split(data.train, s["data_size"], s["seed"], s["batch_size"])
-    test = ProbeData.from_split(data.test, s["data_size"], s["seed"], s["batch_size"])
     space = ParamSpace(model_a)
-    theta_a = space.theta0
-    theta_b = space.flatten_params(dict(model_b.named_parameters()))
-    buffers_b = {n: t.detach().clone() for n, t in model_b.named_buffers()}
+    tcfg = a["cfg"].train
+    return _Pair(model_a, data, space, space.theta0,
+                 space.flatten_params(dict(model_b.named_parameters())),
+                 {n: t.detach().clone() for n, t in model_b.named_buffers()},
+                 ProbeData.from_split(data.train, s["data_size"], s["seed"], s["batch_size"]),
+                 ProbeData.from_split(data.test, s["data_size"], s["seed"], s["batch_size"]),
+                 len(data.train) if tcfg.full_batch else int(tcfg.batch_size),
+                 (state_a["epoch"], state_b["epoch"]))
+
+
+def _linear(p: _Pair, s: dict, ts, progress: Optional[str] = None):
+    from landscope.geometry.connectivity import linear_path
+
+    return linear_path(p.space, p.theta_a, p.theta_b, ts, p.train, p.test, bn=s["bn"],
+                       buffers_a=p.space.buffers0, buffers_b=p.buffers_b, progress=progress)
+
+
+def _bend(p: _Pair, s: dict, data, epochs: int, progress: Optional[str] = None):
+    from landscope.geometry.connectivity import train_bezier
+
+    return train_bezier(p.model, p.theta_a, p.theta_b, data, epochs=epochs,
+                        lr=s["bezier_lr"], batch_size=p.batch, seed=s["seed"],
+                        progress=progress)
+
+
+def _bezier(p: _Pair, theta_c, ts, grad_evals: int = 0, progress: Optional[str] = None):
+    from landscope.geometry.connectivity import bezier_path
+
+    return bezier_path(p.space, p.theta_a, p.theta_b, theta_c, ts, p.train, p.test,
+                       bn="recompute", grad_evals=grad_evals, progress=progress)
+
+
+def connect_pair(pair: dict, settings: dict, progress: bool = False) -> tuple[dict, dict]:
+    """Compute one pair: ``(record for the JSON file, arrays for the npz)``; ``progress``:
+    a tqdm bar for each path's points and the bend's steps."""
+    import numpy as np
+
+    from landscope.geometry.connectivity import path_ts
+
+    s, p = settings, _load_pair(pair, settings)
+    label = (lambda part: part) if progress else (lambda part: None)
     ts = path_ts(s["path_points"])
-    lin = linear_path(space, theta_a, theta_b, ts, train, test, bn=s["bn"],
-                      buffers_a=space.buffers0, buffers_b=buffers_b)
+    lin = _linear(p, s, ts, label("linear"))
     scalars = lin.scalars("linear")
     arrays = {f"linear_{k}": v for k, v in lin.arrays().items()}
-    record: dict[str, Any] = {"bn": {"linear": s["bn"]}, "has_batchnorm": space.has_batchnorm,
-                              "data": {"train": train.n, "test": test.n}}
+    record: dict[str, Any] = {"bn": {"linear": s["bn"]}, "has_batchnorm": p.space.has_batchnorm,
+                              "data": {"train": p.train.n, "test": p.test.n}}
     if s["bezier"]:
-        tcfg = a["cfg"].train
-        batch = len(data.train) if tcfg.full_batch else int(tcfg.batch_size)
-        bend = train_bezier(model_a, theta_a, theta_b, data.train, epochs=s["bezier_epochs"],
-                            lr=s["bezier_lr"], batch_size=batch, seed=s["seed"])
-        bez = bezier_path(space, theta_a, theta_b, bend.theta_c, ts, train, test,
-                          bn="recompute", grad_evals=bend.grad_evals)
+        bend = _bend(p, s, p.data.train, s["bezier_epochs"], label("bend"))
+        bez = _bezier(p, bend.theta_c, ts, bend.grad_evals, label("Bezier"))
         scalars.update(bez.scalars("bezier"))
         arrays.update({f"bezier_{k}": v for k, v in bez.arrays().items()})
         arrays["bezier_bend"] = bend.theta_c.cpu().numpy()
         arrays["bezier_loss_history"] = np.asarray(bend.loss_history, dtype=np.float64)
         record["bn"]["bezier"] = "recompute"
         record["bend"] = {"optimizer": bend.optimizer, "lr": bend.lr, "schedule": "cosine",
-                          "epochs": bend.epochs, "batch_size": batch, "steps": bend.steps,
+                          "epochs": bend.epochs, "batch_size": p.batch, "steps": bend.steps,
                           "grad_evals": bend.grad_evals, "seed": bend.seed,
-                          "train_samples": len(data.train),
+                          "train_samples": len(p.data.train),
                           "final_loss": bend.loss_history[-1]}
-    record.update(checkpoint_epoch_a=state_a["epoch"], checkpoint_epoch_b=state_b["epoch"],
-                  n_params=space.dim)
+    record.update(checkpoint_epoch_a=p.epochs[0], checkpoint_epoch_b=p.epochs[1],
+                  n_params=p.space.dim)
     return {**record, "scalars": scalars}, arrays
 
 
@@ -173,24 +218,114 @@ def pair_file_name(job_a: str, job_b: str) -> str:
     return "__".join(digest)
 
 
-def run_pair(pair: dict, settings: dict, out_dir: Path) -> tuple[str, dict]:
-    """Connect one pair (or read its cached result): ``("computed"|"cached", record)``."""
+def _cache_of(pair: dict, settings: dict, out_dir: Path) -> tuple[Any, dict]:
+    """The pair's cache and the key its result is stored under (checkpoints and settings)."""
     from landscope.checkpoint import payload_digest
     from landscope.jobdir import Cache
 
     ckpts = (pair["a"]["job"].newest_checkpoint(), pair["b"]["job"].newest_checkpoint())
     key = {"checkpoint_a": payload_digest(ckpts[0]), "checkpoint_b": payload_digest(ckpts[1]),
            "landscape": settings}
-    cache = Cache(out_dir / pair["group"], pair_file_name(pair["a"]["name"], pair["b"]["name"]))
+    return Cache(out_dir / pair["group"], pair_file_name(pair["a"]["name"],
+                                                         pair["b"]["name"])), key
+
+
+def run_pair(pair: dict, settings: dict, out_dir: Path,
+             progress: bool = False) -> tuple[str, dict]:
+    """Connect one pair (or read its cached result): ``("computed"|"cached", record)``."""
+    cache, key = _cache_of(pair, settings, out_dir)
     cached = cache.read(key, npz="present")
     if cached is not None:
         return "cached", cached
     tic = time.perf_counter()
-    record, arrays = connect_pair(pair, settings)
+    record, arrays = connect_pair(pair, settings, progress)
     record = {"group": pair["group"], "job_a": pair["a"]["name"], "job_b": pair["b"]["name"],
               "seed_a": int(pair["a"]["cfg"].seed), "seed_b": int(pair["b"]["cfg"].seed),
               **key, **record, "wall_time_s": time.perf_counter() - tic}
     return "computed", cache.write(record, arrays)
+
+
+# ---------------------------------------------------------------------- the plan
+def _cached(pair: dict, settings: dict, out_dir: Path) -> bool:
+    try:
+        cache, key = _cache_of(pair, settings, out_dir)
+        return cache.read(key, npz="present") is not None
+    except Exception:  # noqa: BLE001 - such a pair fails when it runs, and says why there
+        return False
+
+
+def _warm_seconds(work: Callable[[], Any], warm: bool = True) -> float:
+    """Seconds of ``work()`` run a second time (the first call warms the caches up; with
+    ``warm=False``, the only call)."""
+    if warm:
+        work()
+    tic = time.perf_counter()
+    work()
+    return time.perf_counter() - tic
+
+
+def pair_seconds(pair: dict, settings: dict) -> dict[str, Any]:
+    """The seconds of one ``linear`` and one ``bezier`` path point and of one bend ``step`` of
+    ``pair``, each point evaluated (train and test) and each step trained as
+    :func:`connect_pair` does, with the bend's steps ``per_epoch`` and the path's ``samples``
+    (train, test). Two points of each path are evaluated twice; the bend is trained on one
+    batch twice, then on five: a step is the difference over four steps."""
+    from landscope.geometry.connectivity import path_ts
+
+    s, p = settings, _load_pair(pair, settings)
+    ends = path_ts(2)
+    linear = _warm_seconds(lambda: _linear(p, s, ends)) / 2
+    out = {"linear": linear, "bezier": linear, "step": 0.0, "per_epoch": 0,
+           "samples": (p.train.n, p.test.n)}
+    if not s["bezier"]:
+        return out
+    if p.space.has_batchnorm and s["bn"] != "recompute":  # the curve always recomputes
+        middle = 0.5 * (p.theta_a + p.theta_b)
+        out["bezier"] = _warm_seconds(lambda: _bezier(p, middle, ends)) / 2
+    batches = list(itertools.islice(p.data.train.batches(p.batch), 5))
+    one = _warm_seconds(lambda: _bend(p, s, batches[:1], 1))
+    every = _warm_seconds(lambda: _bend(p, s, batches, 1), warm=False)
+    k = len(batches)  # the bend's copy of the model and its optimizer come once a training
+    out["step"] = (every - one) / (k - 1) if k > 1 and every > one else every / k
+    out["per_epoch"] = math.ceil(len(p.data.train) / p.batch)
+    return out
+
+
+def plan_lines(pairs: list[dict], settings: dict, out_dir: Path) -> list[str]:
+    """One line per group of pairs, said before any is connected: the pairs to compute (those
+    cached are read back), each one's path points and bend steps, and about how long they
+    take, from one pair of the group timed by :func:`pair_seconds` (model loading aside)."""
+    from landscope.errors import one_line
+    from landscope.geometry.plan import figure
+
+    s, groups, lines = settings, {}, []
+    for pair in pairs:
+        groups.setdefault(pair["group"], []).append(pair)
+    for group, members in groups.items():
+        todo = [p for p in members if not _cached(p, s, out_dir)]
+        head = (f"connect plan, {group}: {len(members)} pairs, "
+                f"{len(members) - len(todo)} cached")
+        if not todo:
+            lines.append(f"{head}, nothing to compute")
+            continue
+        try:
+            t = pair_seconds(todo[0], s)
+        except Exception as exc:  # noqa: BLE001 - the pair fails when it runs, and says why
+            lines.append(f"{head}; not timed ({one_line(exc, typed=True)})")
+            continue
+        points, steps = s["path_points"], s["bezier_epochs"] * t["per_epoch"]
+        each = t["linear"] * points
+        work, rates = f"linear {points} points", f"~{figure(t['linear'] * 1e3)} ms a linear point"
+        if s["bezier"]:
+            each += t["bezier"] * points + t["step"] * steps
+            work += (f", bend {s['bezier_epochs']} epochs of {t['per_epoch']} steps, "
+                     f"Bezier {points} points")
+            rates += (f", ~{figure(t['bezier'] * 1e3)} ms a Bezier point, "
+                      f"~{figure(t['step'] * 1e3)} ms a bend step")
+        lines.append(f"{head}, {len(todo)} to compute, each {work} on {t['samples'][0]} train "
+                     f"+ {t['samples'][1]} test samples; {rates}, so ~{figure(each)} s a pair, "
+                     f"~{figure(each * len(todo))} s in all")
+    return lines
 
 
 def summary(scalars: dict) -> str:

@@ -73,11 +73,11 @@ def plan_line(plan: dict[str, int], seconds: tuple[float, float], samples: tuple
     est = slices * slice_s / max(1, workers) + plan.get("trajectory", 0) * train_s
     parts = ", ".join(f"{k} {v}" for k, v in plan.items())
     only = " (the trajectory's on train only)" if "trajectory" in plan else ""
-    each = [f"~{_figure(slice_s * 1e3)} ms a slice point" if slices else "",
-            f"~{_figure(train_s * 1e3)} ms a trajectory point" if "trajectory" in plan else ""]
+    each = [f"~{figure(slice_s * 1e3)} ms a slice point" if slices else "",
+            f"~{figure(train_s * 1e3)} ms a trajectory point" if "trajectory" in plan else ""]
     line = (f"landscape plan: {sum(plan.values())} points ({parts or 'none'}) on "
             f"{samples[0]} train + {samples[1]} test samples{only}; "
-            f"{', '.join(e for e in each if e) or 'nothing to evaluate'}, so ~{_figure(est)} s")
+            f"{', '.join(e for e in each if e) or 'nothing to evaluate'}, so ~{figure(est)} s")
     if workers > 1 and slices:
         line += f" with the slices over {workers} processes"
     if intrinsic is not None:
@@ -86,6 +86,7 @@ def plan_line(plan: dict[str, int], seconds: tuple[float, float], samples: tuple
     return line
 
 
-def _figure(x: float) -> str:
-    """``x`` with one decimal under 10 (a plan of 0.4 s does not read as 0 s), else none."""
-    return f"{x:.1f}" if x < 10 else f"{x:.0f}"
+def figure(x: float) -> str:
+    """``x`` with two significant digits under 0.1 and one decimal under 10 (a plan of 0.4 s
+    or 0.04 s does not read as 0 s), else none."""
+    return f"{x:.2g}" if x < 0.1 else f"{x:.1f}" if x < 10 else f"{x:.0f}"
