@@ -59,6 +59,52 @@ def test_plan_line_time_is_points_times_seconds():
     # a short plan keeps a decimal rather than reading as 0 s
     assert plan_line({"line": 151}, (0.0027, 0.0), (1000, 1000), workers=1).endswith(
         "~2.7 ms a slice point, so ~0.4 s")
+    # points an interrupted run stored are planned but cost no time: (592 - 92) × 0.1
+    kept = plan_line(plan, (0.1, 0.0), (1000, 500), workers=1, stored={"plane": 92})
+    assert "1044 points" in kept and kept.endswith(
+        "so ~50 s (92 slice points stored by an interrupted run are read back)")
+
+
+def test_with_workers_a_slice_point_is_timed_on_one_thread(monkeypatch):
+    """The scan's processes evaluate on one torch thread each: so is the timed point."""
+    from landscope.geometry import plan as plan_mod
+
+    space, dirs, data = _space_and_data()
+    seen = []
+    real = plan_mod.evaluate_points
+
+    def spy(*args):
+        seen.append(torch.get_num_threads())
+        return real(*args)
+
+    monkeypatch.setattr(plan_mod, "evaluate_points", spy)
+    torch.set_num_threads(2)
+    assert plan_mod.slice_seconds(space, dirs[0], [data], "keep", None, workers=2) > 0
+    assert plan_mod.slice_seconds(space, dirs[0], [data], "keep", None) > 0
+    assert seen == [1, 2] and torch.get_num_threads() == 2
+
+
+def test_the_plan_counts_the_points_a_resumed_scan_reads_back(compose, tmp_path, bars):
+    """A store left by an interrupted run: the plan says how many of its points are read back
+    and leaves them out of its time; the line's bar starts at them."""
+    cfg = compose([*TINY, "landscape=basic"])
+    data = load_data(cfg.dataset)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, data.meta)
+    first = run_landscape(model, data, cfg.landscape, store_dir=tmp_path)
+    store = tmp_path / "line.partial.npz"
+    with np.load(store) as z:
+        saved = {k: z[k] for k in z.files}
+    saved["done"][:4] = False  # as if the run stopped with 5 of the 9 points stored
+    np.savez(store, **saved)
+    said: list[str] = []
+    again = run_landscape(model, data, cfg.landscape, store_dir=tmp_path, progress=True,
+                          log=said.append)
+    assert "9 points (line 9)" in said[0]
+    assert said[0].endswith("(5 slice points stored by an interrupted run are read back)")
+    (line_bar,) = [b for b in bars.shown() if b["desc"] == "landscape line"]
+    assert (line_bar["initial"], line_bar["n"], line_bar["total"]) == (5, 9, 9)
+    assert np.array_equal(again.arrays["line_train_loss"], first.arrays["line_train_loss"])
 
 
 def test_a_job_logs_its_landscape_plan_and_shows_a_bar_per_part(compose, tmp_path, caplog,

@@ -11,9 +11,11 @@ turns both into the line the job logs: how many points, and about how long they 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from landscope.geometry.scan import Scan, evaluate_points
@@ -21,6 +23,7 @@ from landscope.geometry.space import BNMode, ParamSpace
 from landscope.probes.probe_data import ProbeData
 
 SLICES = ("line", "eigline", "plane")  # evaluated on train and test, by ``workers`` processes
+STORES = {part: f"{part}.partial.npz" for part in SLICES}  # each slice's resume store
 
 
 def planned_points(cfg: Any, n_eig: int, snapshots: Optional[int]) -> dict[str, int]:
@@ -39,16 +42,42 @@ def planned_points(cfg: Any, n_eig: int, snapshots: Optional[int]) -> dict[str, 
 
 
 def slice_seconds(space: ParamSpace, direction: Tensor, sets: list[ProbeData], bn: BNMode,
-                  bn_data: Optional[ProbeData]) -> float:
+                  bn_data: Optional[ProbeData], workers: int = 1) -> float:
     """One slice point's seconds: three points along ``direction`` (one row) evaluated by the
-    slices' own engine on ``sets``, the time between the first and the last (warm) ones."""
+    slices' own engine on ``sets``, the time between the first and the last (warm) ones; with
+    ``workers > 1`` on one torch thread, as each of the scan's processes evaluates them."""
     terms = np.array([[-1.0, 0.0, 0.0, c] for c in (0.1, 0.2, 0.3)])
     scan = Scan("line", direction.reshape(1, -1), terms, [terms[:, 3]], sets, bn,
                 bn_data if bn == "recompute" else None)
     stamps: list[float] = []
-    evaluate_points(space, scan, [0, 1, 2], lambda i, vals: stamps.append(time.perf_counter()))
-    space.set_point(space.theta0)
+    threads = torch.get_num_threads()
+    if workers > 1:
+        torch.set_num_threads(1)
+    try:
+        evaluate_points(space, scan, [0, 1, 2],
+                        lambda i, vals: stamps.append(time.perf_counter()))
+    finally:
+        torch.set_num_threads(threads)
+        space.set_point(space.theta0)
     return (stamps[-1] - stamps[0]) / 2
+
+
+def stored_points(store_dir: Optional[Path], plan: dict[str, int]) -> dict[str, int]:
+    """The points of each planned slice that an interrupted run left in its store in
+    ``store_dir``: read back, not evaluated, when the store's key matches the scan (checked
+    only when the scan runs; an unreadable store or one of another size counts none)."""
+    out = {}
+    for part, name in STORES.items():
+        if store_dir is None or part not in plan:
+            continue
+        try:
+            with np.load(Path(store_dir) / name, allow_pickle=False) as z:
+                done = np.asarray(z["done"], dtype=bool)
+        except Exception:  # noqa: BLE001 - no store, or one the scan will not reuse
+            continue
+        if done.shape == (plan[part],) and done.any():
+            out[part] = int(done.sum())
+    return out
 
 
 def train_seconds(space: ParamSpace, train: ProbeData, bn: BNMode,
@@ -63,13 +92,16 @@ def train_seconds(space: ParamSpace, train: ProbeData, bn: BNMode,
 
 
 def plan_line(plan: dict[str, int], seconds: tuple[float, float], samples: tuple[int, int],
-              workers: int, intrinsic: Optional[tuple[int, int]] = None) -> str:
+              workers: int, intrinsic: Optional[tuple[int, int]] = None,
+              stored: Optional[dict[str, int]] = None) -> str:
     """The line logged before the landscape runs. ``seconds``: one slice point (train and test)
     and one trajectory point (train); ``samples``: the train and test samples; ``workers``:
     the processes of the slices; ``intrinsic``: (subspaces, epochs) of the intrinsic
-    dimension's trainings, when it runs."""
+    dimension's trainings, when it runs; ``stored``: the slices' points an interrupted run
+    stored (:func:`stored_points`), counted in the plan but not in its time."""
     slice_s, train_s = seconds
-    slices = sum(v for k, v in plan.items() if k in SLICES)
+    kept = sum((stored or {}).values())
+    slices = sum(v for k, v in plan.items() if k in SLICES) - kept
     est = slices * slice_s / max(1, workers) + plan.get("trajectory", 0) * train_s
     parts = ", ".join(f"{k} {v}" for k, v in plan.items())
     only = " (the trajectory's on train only)" if "trajectory" in plan else ""
@@ -80,6 +112,8 @@ def plan_line(plan: dict[str, int], seconds: tuple[float, float], samples: tuple
             f"{', '.join(e for e in each if e) or 'nothing to evaluate'}, so ~{figure(est)} s")
     if workers > 1 and slices:
         line += f" with the slices over {workers} processes"
+    if kept:
+        line += f" ({kept} slice points stored by an interrupted run are read back)"
     if intrinsic is not None:
         line += (f"; then the intrinsic dimension: {intrinsic[0]} subspace trainings of "
                  f"{intrinsic[1]} epochs")

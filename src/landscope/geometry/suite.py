@@ -42,9 +42,11 @@ from landscope.geometry.directions import eigen_directions, random_directions
 from landscope.geometry.intrinsic_dim import intrinsic_dimension
 from landscope.geometry.plan import (
     SLICES,
+    STORES,
     plan_line,
     planned_points,
     slice_seconds,
+    stored_points,
     train_seconds,
 )
 from landscope.geometry.slices import line_slice, plane_slice, symmetric_grid
@@ -97,7 +99,7 @@ def run_landscape(model: nn.Module, data: Any, cfg: Any, *,
     if log is not None:
         intrinsic = (len(cfg.intrinsic.dims), cfg.intrinsic.epochs) \
             if cfg.intrinsic.enabled and init_model is not None else None
-        suite.plan(eig, traj, intrinsic, log)
+        suite.plan(eig, traj, intrinsic, store_dir, log)
     suite.lines(store_dir, eig)
     if cfg.plane.enabled:
         suite.plane(store_dir, eig)
@@ -132,7 +134,7 @@ class _Suite:
         return f"landscape {part}" if self.progress else None
 
     def plan(self, eig: Optional[np.ndarray], traj: Any, intrinsic: Optional[tuple[int, int]],
-             log: Callable[[str], None]) -> None:
+             store_dir: Optional[Path], log: Callable[[str], None]) -> None:
         """Log the plan line: the points of the parts that will run and their time, from a few
         points timed the way each part evaluates them (:mod:`~landscope.geometry.plan`)."""
         plan = planned_points(self.cfg, self.n_eig(eig), None if traj is None else len(traj))
@@ -143,11 +145,12 @@ class _Suite:
         if any(k in SLICES for k in plan):
             d = self.dirs[0] if self.dirs is not None else random_directions(
                 space, 1, self.cfg.seed, str(self.cfg.normalization))[0]
-            slice_s = slice_seconds(space, d, [self.train, self.test], bn, bn_data)
+            slice_s = slice_seconds(space, d, [self.train, self.test], bn, bn_data,
+                                    int(self.cfg.workers))
         if "trajectory" in plan:
             train_s = train_seconds(space, self.train, bn, bn_data)
         log(plan_line(plan, (slice_s, train_s), (self.train.n, self.test.n),
-                      int(self.cfg.workers), intrinsic))
+                      int(self.cfg.workers), intrinsic, stored_points(store_dir, plan)))
 
     def timed(self, part: str, tic: float) -> None:
         self.rep.scalars[f"landscape_{part}_seconds"] = time.perf_counter() - tic
@@ -164,7 +167,7 @@ class _Suite:
             tic = time.perf_counter()
             res = line_slice(space, self.dirs[:cfg.directions],  # type: ignore[index]
                              symmetric_grid(cfg.range, cfg.points), self.train,
-                             self.test, store=_store(store_dir, "line.partial.npz"),
+                             self.test, store=_store(store_dir, "line"),
                              progress=self.bar("line"), **self.common)
             rep.arrays.update(_prefixed("line", res.arrays()))
             rep.scalars.update(res.scalars())
@@ -179,7 +182,7 @@ class _Suite:
         tic = time.perf_counter()
         res = line_slice(space, eigen_directions(eig, space, cfg.eigen),
                          symmetric_grid(cfg.range, cfg.points), self.train, self.test,
-                         store=_store(store_dir, "eigline.partial.npz"),
+                         store=_store(store_dir, "eigline"),
                          progress=self.bar("eigline"), **self.common)
         rep.arrays.update(_prefixed("eigline", res.arrays()))
         rep.scalars.update(_renamed(res.scalars(), "line_", "eigline_"))
@@ -195,7 +198,7 @@ class _Suite:
         d = eigen_directions(eig, self.space, 2) if use_eig else self.dirs[:2]  # type: ignore
         grid = symmetric_grid(cfg.range, cfg.points)
         res = plane_slice(self.space, d[0], d[1], grid, grid, self.train, self.test,
-                          store=_store(store_dir, "plane.partial.npz"),
+                          store=_store(store_dir, "plane"),
                           progress=self.bar("plane"), **self.common)
         rep.arrays.update(_prefixed("plane", res.arrays()))
         rep.scalars.update(res.scalars())
@@ -241,6 +244,6 @@ class _Suite:
         self.timed("intrinsic_dim", tic)
 
 
-def _store(store_dir: Optional[Path], name: str) -> Optional[Path]:
-    """Where a scan keeps its partial grid (None: nowhere)."""
-    return None if store_dir is None else Path(store_dir) / name
+def _store(store_dir: Optional[Path], part: str) -> Optional[Path]:
+    """Where the slice ``part`` keeps its partial grid (None: nowhere)."""
+    return None if store_dir is None else Path(store_dir) / STORES[part]
