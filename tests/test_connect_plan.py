@@ -97,3 +97,14 @@ def test_connect_says_its_plan_shows_bars_and_changes_no_value(sweep, bars, caps
     assert info.value.code == 0
     assert out.splitlines()[0].endswith(": 1 pairs, 1 cached, nothing to compute")
     assert "1 pairs: 0 computed, 1 cached, 0 failed" in out
+
+
+def test_ctrl_c_while_planning_exits_130_with_the_resume_hint(sweep, monkeypatch, capsys):
+    def interrupted(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(connect, "plan_lines", interrupted)
+    with pytest.raises(SystemExit) as info:
+        connect.main([str(sweep), *SETTINGS, "landscape.path_points=3"])
+    assert info.value.code == 130
+    assert capsys.readouterr().err.strip() == "interrupted: run the same command again to resume"

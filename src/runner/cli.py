@@ -253,6 +253,16 @@ def _update_finished_job(job: Path, cfg, previous: dict, verb: str,
         return False
     print(f"{verb}: {job} {shown(result)}", flush=True)
     return True
+@contextmanager
+def resumable() -> Iterator[None]:
+    """Ctrl-C inside exits 130 with the hint that the same command resumes."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        sys.exit(130)
+
+
 def run_each(items: Iterable[Any], label: Callable[[Any], str],
              work: Callable[[Any], tuple[str, Any]], shown: Callable[[Any], str]) -> dict:
     """``work(item) -> (how, record)`` for every item, ``how`` being ``computed`` or
@@ -267,10 +277,8 @@ def run_each(items: Iterable[Any], label: Callable[[Any], str],
     for item in items:
         tic = time.perf_counter()
         try:
-            how, record = work(item)
-        except KeyboardInterrupt:
-            print("interrupted: run the same command again to resume", file=sys.stderr)
-            sys.exit(130)
+            with resumable():
+                how, record = work(item)
         except Exception as exc:
             counts["failed"] += 1
             print(f"failed: {label(item)}: {one_line(exc, typed=True)}", file=sys.stderr,

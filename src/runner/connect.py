@@ -78,7 +78,14 @@ def _landscape_config(overrides: list[str]) -> tuple[dict, bool]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from runner.cli import arguments, check_writable, input_errors, paths_and_overrides, run_each
+    from runner.cli import (
+        arguments,
+        check_writable,
+        input_errors,
+        paths_and_overrides,
+        resumable,
+        run_each,
+    )
 
     args = arguments(argv, __doc__)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -91,8 +98,11 @@ def main(argv: list[str] | None = None) -> None:
         sweep = Path(paths[0])
         pairs, notes = plan_pairs(sweep)
         check_writable(sweep / "connectivity" / g for g in sorted({p["group"] for p in pairs}))
-    for line in [*notes, *plan_lines(pairs, settings, sweep / "connectivity")]:
-        print(line, flush=True)
+    for note in notes:
+        print(note, flush=True)
+    with resumable():
+        for line in plan_lines(pairs, settings, sweep / "connectivity"):
+            print(line, flush=True)
     counts = run_each(pairs, lambda p: f"{p['group']}/{p['a']['name']}__{p['b']['name']}",
                       lambda p: run_pair(p, settings, sweep / "connectivity", progress),
                       lambda record: summary(record["scalars"]))
