@@ -28,6 +28,14 @@ glibc's allocator is fixed first in the regime of a process that has trained
 
 ``--verify`` runs the preset again in verify mode on a small width (8, depth 2) of each model
 and prints the errors against the dense float64 Hessian.
+
+``--products`` measures only one product against one gradient (ours and PyHessian's,
+alternated, at least 3 times) at each model's seeded initialization, for the MNIST-1D models
+above and for the research plan's ``resnet18``, ``resnet18_ln_noskip``, ``resnet34`` and
+``vit_small`` on ``cifar_like`` data, which are too large to train and probe whole here:
+
+    python scripts/bench_probe_cost.py --products --samples 32 --repeats 3 \
+        --models resnet18,resnet18_ln_noskip,resnet34,vit_small
 """
 
 from __future__ import annotations
@@ -50,6 +58,15 @@ MODELS = {
     "resnet": ["model=resnet", "model.norm=batch"],
     "resnet_ln_noskip": ["model=resnet", "model.norm=layer", "model.skip=false"],
     "vit": ["model=vit", "model.norm=none"],
+}
+# the research plan's models on CIFAR-shaped data, for --products (too large to train and
+# probe whole on a CPU here): each with the norm/skip switches of its hardest MNIST-1D cousin
+PLAN_MODELS = {
+    "resnet18": ["model=resnet18", "dataset=cifar_like"],
+    "resnet18_ln_noskip": ["model=resnet18", "model.norm=layer", "model.skip=false",
+                           "dataset=cifar_like"],
+    "resnet34": ["model=resnet34", "dataset=cifar_like"],
+    "vit_small": ["model=vit_small", "dataset=cifar_like"],
 }
 
 
@@ -190,6 +207,56 @@ def product_seconds(model, pd, op, v, repeats: int = 11) -> tuple[float, float |
     return statistics.median(ours), statistics.median(theirs)
 
 
+def product_only(name: str, overrides: list[str], args, data_dir: str) -> dict:
+    """One product against one gradient (ours and PyHessian's, alternated, ``--repeats``
+    each) on ``--samples`` probe samples, the model at its seeded initialization with
+    BatchNorm statistics from a train-mode pass over those samples: issue #18's goal of a
+    product of at most 2.5 gradients, no slower than PyHessian's, on models too large to
+    train and probe here. The unit is the median of 3 gradients before and 3 after."""
+    from landscope.data import load_data
+    from landscope.jobs import seed_everything
+    from landscope.models import build_model
+    from landscope.probes.hvp import HessianOperator
+    from landscope.probes.suite import probe_data
+
+    cfg = compose([*overrides, f"dataset.data_dir={data_dir}", "dataset.train_size="
+                   f"{max(args.samples, 64)}", "dataset.test_size=64", "probe=standard",
+                   f"probe.data_size={args.samples}", "probe.progress=false"])
+    data = load_data(cfg.dataset)
+    seed_everything(0)
+    model = build_model(cfg.model, data.meta)
+    pd = probe_data(data.train, cfg.probe)
+    with torch.no_grad():
+        model.train()
+        for x, _ in pd.batches:
+            model(x)
+    op = HessianOperator(model, pd, check_determinism=False)
+    v = torch.randn(op.dim, generator=torch.Generator().manual_seed(0))
+    unit = plain_gradient(model, pd)
+    grads = sample_times(unit, 3)
+    t_hvp, t_pyh = product_seconds(model, pd, op, v, repeats=max(3, args.repeats))
+    t_grad = statistics.median(grads + sample_times(unit, 3))
+    return {"name": name, "params": op.dim, "grad_s": t_grad, "hvp_ratio": t_hvp / t_grad,
+            "pyh_ratio": None if t_pyh is None else t_pyh / t_grad}
+
+
+def products_table(args, data_dir: str) -> None:
+    """``--products``: the product/gradient table of ``--models`` (names of MODELS or
+    PLAN_MODELS) and whether each meets the goal."""
+    print(f"one product / one gradient, {args.samples} probe samples, seeded initialization, "
+          f"{args.threads} thread(s), float32, CPU, median of {max(3, args.repeats)} alternated")
+    print("| model | params | gradient (s) | product / gradient | PyHessian product / gradient |"
+          " goal (<= 2.5, <= PyHessian's) |")
+    print("|---|---|---|---|---|---|")
+    for name in args.models.split(","):
+        r = product_only(name, {**MODELS, **PLAN_MODELS}[name], args, data_dir)
+        pyh = "n/a" if r["pyh_ratio"] is None else f"{r['pyh_ratio']:.2f}"
+        met = r["hvp_ratio"] <= 2.5 and (r["pyh_ratio"] is None
+                                         or r["hvp_ratio"] <= r["pyh_ratio"])
+        print(f"| {name} | {r['params']:,} | {r['grad_s']:.3g} | {r['hvp_ratio']:.2f} | {pyh} | "
+              f"{'met' if met else 'MISSED'} |", flush=True)
+
+
 def verify(name: str, overrides: list[str], args, data_dir: str) -> dict:
     from landscope.probes.suite import run_probes
 
@@ -231,6 +298,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--seeds", default="0", help="training seeds, comma-separated")
     ap.add_argument("--verify", action="store_true")
+    ap.add_argument("--products", action="store_true",
+                    help="only one product against one gradient, at initialization (also for "
+                         f"{', '.join(PLAN_MODELS)})")
     args = ap.parse_args()
     if args.repeats < 1:
         ap.error(f"--repeats must be >= 1 (got {args.repeats})")
@@ -241,6 +311,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     steady = steady_allocator()
     data_dir = tempfile.mkdtemp(prefix="bench_probe_cost_")
+    if args.products:
+        return products_table(args, data_dir)
     rows = []
     for name, seed in ((n, sd) for n in args.models.split(",") for sd in seeds):
         rows.append(measure(name, MODELS[name], args, data_dir, seed))
