@@ -41,10 +41,10 @@ recomputed.  Before any pair runs, one plan line per group: its pairs, those cac
 pair's path points and bend steps and about how long they take (one pair of the group timed:
 two points of each path twice, seven bend steps). With ``landscape.progress`` (default: on a
 terminal) each path's points and the bend's steps get a tqdm bar. One line per pair, then a
-summary.  Exit codes: 0 all pairs done, 1 a pair
-failed (the others still ran), 2 bad input (not a sweep directory, no pairs to connect,
-an unknown or non-landscape override, an output directory that cannot be written, checked
-before anything is computed): one ``error:`` line on stderr.
+summary.  Exit codes: 0 all pairs done, 1 a pair failed (the others still ran), 2 bad input
+(not a sweep directory, no pairs to connect, an unknown or non-landscape override, an output
+directory that cannot be written, checked before anything is computed): one ``error:`` line
+on stderr; 130 interrupted (the same command resumes).
 """
 
 from __future__ import annotations
