@@ -226,8 +226,8 @@ def _cache_of(pair: dict, settings: dict, out_dir: Path) -> tuple[Any, dict]:
     ckpts = (pair["a"]["job"].newest_checkpoint(), pair["b"]["job"].newest_checkpoint())
     key = {"checkpoint_a": payload_digest(ckpts[0]), "checkpoint_b": payload_digest(ckpts[1]),
            "landscape": settings}
-    return Cache(out_dir / pair["group"], pair_file_name(pair["a"]["name"],
-                                                         pair["b"]["name"])), key
+    name = pair_file_name(pair["a"]["name"], pair["b"]["name"])
+    return Cache(out_dir / pair["group"], name), key
 
 
 def run_pair(pair: dict, settings: dict, out_dir: Path,
