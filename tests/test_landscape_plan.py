@@ -78,10 +78,14 @@ def test_with_workers_a_slice_point_is_timed_on_one_thread(monkeypatch):
         return real(*args)
 
     monkeypatch.setattr(plan_mod, "evaluate_points", spy)
+    before = torch.get_num_threads()
     torch.set_num_threads(2)
-    assert plan_mod.slice_seconds(space, dirs[0], [data], "keep", None, workers=2) > 0
-    assert plan_mod.slice_seconds(space, dirs[0], [data], "keep", None) > 0
-    assert seen == [1, 2] and torch.get_num_threads() == 2
+    try:
+        assert plan_mod.slice_seconds(space, dirs[0], [data], "keep", None, workers=2) > 0
+        assert plan_mod.slice_seconds(space, dirs[0], [data], "keep", None) > 0
+        assert seen == [1, 2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_the_plan_counts_the_points_a_resumed_scan_reads_back(compose, tmp_path, bars):
