@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 
 import pytest
 import torch
@@ -151,3 +152,22 @@ def test_probe_data_on_the_cpu_with_the_model_on_the_device():
     assert got["lambda_max"] == pytest.approx(want["lambda_max"], rel=1e-4)
     assert abs(got["trace"] - want["trace"]) <= 4 * math.hypot(got["trace_stderr"],
                                                                want["trace_stderr"]) + 1e-6
+
+
+def test_the_landscape_plan_on_the_device_counts_no_worker_processes(compose):
+    """Slices on a GPU run in the calling process whatever ``landscape.workers`` says (the scan
+    warns and evaluates there), so the plan does not divide their time by the workers."""
+    from landscope.data import load_data
+    from landscope.geometry.suite import run_landscape
+
+    cfg = compose([*TINY[:3], "model.width=16", "landscape=basic", "landscape.workers=2",
+                   "landscape.data_size=64", "landscape.line.points=5", "probe=none"])
+    data = load_data(cfg.dataset)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, data.meta).to(DEVICE)
+    said: list[str] = []
+    with warnings.catch_warnings():  # on the device: "slice workers > 1 run on CPU only"
+        warnings.simplefilter("ignore", RuntimeWarning)
+        run_landscape(model, data, cfg.landscape, log=said.append)
+    assert len(said) == 1
+    assert ("over 2 processes" in said[0]) == (DEVICE == "cpu"), said[0]

@@ -141,16 +141,16 @@ class _Suite:
         if not plan and intrinsic is None:
             return
         bn, bn_data, space = self.bn, self.common["bn_data"], self.space
+        workers = int(self.cfg.workers) if space.device.type == "cpu" else 1  # as run_scan
         slice_s = train_s = 0.0
         if any(k in SLICES for k in plan):
             d = self.dirs[0] if self.dirs is not None else random_directions(
                 space, 1, self.cfg.seed, str(self.cfg.normalization))[0]
-            slice_s = slice_seconds(space, d, [self.train, self.test], bn, bn_data,
-                                    int(self.cfg.workers))
+            slice_s = slice_seconds(space, d, [self.train, self.test], bn, bn_data, workers)
         if "trajectory" in plan:
             train_s = train_seconds(space, self.train, bn, bn_data)
-        log(plan_line(plan, (slice_s, train_s), (self.train.n, self.test.n),
-                      int(self.cfg.workers), intrinsic, stored_points(store_dir, plan)))
+        log(plan_line(plan, (slice_s, train_s), (self.train.n, self.test.n), workers,
+                      intrinsic, stored_points(store_dir, plan)))
 
     def timed(self, part: str, tic: float) -> None:
         self.rep.scalars[f"landscape_{part}_seconds"] = time.perf_counter() - tic
