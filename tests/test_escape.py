@@ -232,3 +232,31 @@ def test_command_bad_override_is_one_line_exit_2(tmp_path, capsys, override, nee
 def test_command_refuses_a_directory_without_jobs(tmp_path, capsys):
     code, out, err = _run([tmp_path], capsys)
     assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+
+
+def test_on_a_terminal_each_job_shows_a_bar_of_its_continuations(tiny_sweep, capsys, bars,
+                                                                 monkeypatch):
+    """One bar per job counts its continuations (lrs x batch sizes x seeds x noise types);
+    a partial file's runs start it; off a terminal no bar is shown."""
+    import landscope.escape.jobs as escape_jobs
+    from landscope.escape.settings import escape_config, settings_fingerprint
+    from landscope.io import write_json
+
+    code, out, err = _run([tiny_sweep, *SMALL], capsys)  # a log, not a terminal
+    assert code == 0 and bars.shown() == [], out + err
+    monkeypatch.setattr(escape_jobs, "wanted", lambda setting: True)
+    two_seeds = [*SMALL, "escape.seeds=[0,1]"]
+    code, out, err = _run([tiny_sweep, *two_seeds], capsys)
+    assert code == 0, out + err
+    shown = sorted((b["desc"], b["total"], b["initial"], b["n"], b["closed"])
+                   for b in bars.shown())
+    assert shown == [("escape seed=0", 4, 0, 4, True), ("escape seed=1", 4, 0, 4, True)]
+    (path,) = tiny_sweep.glob(f"seed=0/escape/{settings_fingerprint(escape_config(two_seeds))}"
+                              ".json")
+    record = read_json(path)
+    write_json(path, {**record, "complete": False, "runs": record["runs"][:3]})
+    code, out, err = _run([tiny_sweep / "seed=0", *two_seeds], capsys)
+    assert code == 0, out + err
+    last = bars.shown()[-1]
+    assert (last["total"], last["initial"], last["n"], last["closed"]) == (4, 3, 4, True)
+    assert read_json(path)["runs"] == record["runs"]

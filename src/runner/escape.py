@@ -48,7 +48,8 @@ hash of the settings: the settings, the checkpoint's name, epoch and SHA-256, ``
 and ``runs`` (one per continuation: lr, batch_size, seed, escaped, escape_step, radius_step,
 diverged, loss0, threshold, steps_run, the trace of steps, losses and distances).  The file
 is rewritten after each (lr, B) cell, so an interrupted run resumes there; a complete file
-for the same checkpoint is not recomputed.  One line per job, then a summary.  Exit codes:
+for the same checkpoint is not recomputed.  On a terminal each job shows a tqdm bar of its
+continuations (those a partial file holds start it).  One line per job, then a summary.  Exit codes:
 0 every job done, 1 a job failed (the others still ran), 2 bad input (no job found, an
 unknown key, a wrong type or an impossible value, a job's ``escape/`` directory that cannot
 be written, checked before anything is computed): one ``error:`` line on stderr.

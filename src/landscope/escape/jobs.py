@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 from landscope.errors import ConfigError, LandscopeError
 from landscope.escape.settings import LATER_DEFAULTS, RESULTS_DIR, settings_fingerprint
+from landscope.progress import bar, wanted
 
 
 def completed_jobs(paths: list[str]) -> tuple[list[dict], list[str]]:
@@ -128,6 +129,10 @@ def continue_job(job: dict, settings: dict) -> tuple[str, dict]:
     record.update({k: v for k, v in extra.items() if k != "basis"})
     stability = full["lr_unit"] == "stability"
     runs: list[dict] = []
+    total = (len(full["noise"]) * len(settings["lrs"]) * len(settings["batch_sizes"])
+             * len(settings["seeds"]))
+    shown = bar(f"escape {job['name']}" if wanted(None) else None, total, unit="run",
+                initial=min(len(done), total))  # on a terminal: the continuations
     for noise in full["noise"]:
         for lr in settings["lrs"]:
             eta = lr * 2.0 / extra["lambda_max"] if stability else lr
@@ -140,10 +145,12 @@ def continue_job(job: dict, settings: dict) -> tuple[str, dict]:
                         continue
                     runs.append(_escape_row(model, data, settings, rule, extra, noise, lr,
                                             eta, b, seed, stability))
+                    shown.update()
                     fresh = True
                 if fresh:
                     cache.write({**record, "runs": runs,
                                  "wall_time_s": time.perf_counter() - tic})
+    shown.close()
     record.update(runs=runs, complete=True, wall_time_s=time.perf_counter() - tic)
     cache.write(record)
     return "computed", record
