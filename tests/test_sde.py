@@ -136,6 +136,18 @@ def test_batched_runs_equal_plain_sgd_loops(sampling, b):
         assert all(sorted(epoch[:, r].tolist()) == list(range(n)) for r in range(3))
 
 
+def test_a_bar_counts_the_steps_and_changes_no_value(bars):
+    ref = TwoBasinReference(sharp=10.0, flat=1.0, barrier=0.5, tilt=0.05, noise=4.0)
+    rows = torch.from_numpy(_two_basin_rows(ref, 16, 0.0, np.random.default_rng([0, 4])))
+    kw = dict(eta=0.03, batch_size=3, runs=5, steps=40, seed=7, start=(0.05, 0.0),
+              checkpoints=[10, 20])
+    plain = simulate(ref, rows[:, 2:4], **kw)
+    shown = simulate(ref, rows[:, 2:4], progress="sde", **kw)
+    assert torch.equal(plain.final, shown.final) and plain.sharp == shown.sharp
+    assert [(b["desc"], b["total"], b["n"], b["closed"]) for b in bars.shown()] == [
+        ("sde", 40, 40, True)]
+
+
 def test_batch_noise_is_the_mean_of_the_drawn_rows():
     xi = torch.arange(20, dtype=torch.float64).view(10, 2)
     idx = torch.tensor([[0, 9], [1, 9], [2, 0]])  # (B=3, R=2)
@@ -276,7 +288,7 @@ def test_bad_settings_are_one_config_error_line_exit_2(tmp_path, capsys, overrid
     assert needle in lines[0] and out == ""
 
 
-def test_sweep_command_and_report_section(tmp_path, data_dir, capsys):
+def test_sweep_command_and_report_section(tmp_path, data_dir, capsys, bars, monkeypatch):
     """Two real jobs of the preset (eta 0.05, B 1 and 2), runner.sde with 200 runs of 400
     steps, a cached second call, and the report's section and figure."""
     from landscope.analysis.report import build_report
@@ -291,6 +303,7 @@ def test_sweep_command_and_report_section(tmp_path, data_dir, capsys):
     assert code == 0 and "2 computed" in out, out + err
     code, out, _ = _run([sweep, *small], capsys)
     assert code == 0 and "2 cached" in out
+    assert bars.shown() == []  # not a terminal: no bar
     files = sorted(sweep.glob("*/sde/*.json"))
     assert len(files) == 2
     rec = read_json(files[0])
@@ -307,6 +320,15 @@ def test_sweep_command_and_report_section(tmp_path, data_dir, capsys):
     table = pd.read_csv(tmp_path / "report" / "sde.csv")
     assert sorted(table["batch_size"]) == [1, 2] and (table["runs"] == 200).all()
     assert (tmp_path / "report" / "figures" / "sde.png").stat().st_size > 0
+    # on a terminal each job's simulation shows a bar of its steps
+    import landscope.sde.jobs as sde_jobs
+
+    monkeypatch.setattr(sde_jobs, "wanted", lambda setting: True)
+    code, out, err = _run([sweep, "sde.runs=100", "sde.steps=50"], capsys)
+    assert code == 0, out + err
+    shown = bars.shown()
+    assert len(shown) == 2 and all(b["desc"].startswith("sde ") and b["desc"].endswith(
+        " replacement") and (b["total"], b["n"], b["closed"]) == (50, 50, True) for b in shown)
 
 
 def test_command_refuses_sweeps_without_two_basin_sgd_jobs(tmp_path, compose, capsys):

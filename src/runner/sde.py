@@ -20,7 +20,8 @@ Settings (``SdeConfig``; override as ``sde.KEY=VALUE``)::
     sde.start=saddle           the common start: saddle (tilt, 0) or origin (0, 0)
 
 Output per job, written atomically: ``<job>/sde/<fingerprint>.json`` (the fingerprint a hash
-of the settings); a complete file for the same settings and problem is not recomputed.
+of the settings); a complete file for the same settings and problem is not recomputed.  On a
+terminal each job's simulation shows a tqdm bar of its steps, one per sampling.
 Exit codes: 0 every job done, 1 a job failed (the others still ran), 2 bad input (no
 two-basin SGD job, an unknown key, a wrong type or an impossible value, a job's ``sde/``
 directory that cannot be written): one ``error:`` line on stderr.

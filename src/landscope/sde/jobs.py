@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from landscope.errors import LandscopeError
+from landscope.progress import wanted
 from landscope.sde.settings import RESULTS_DIR, settings_fingerprint
 
 CHECKPOINT_FRACTIONS = (0.125, 0.25, 0.5)  # besides the last step: the mixing curve
@@ -98,8 +99,8 @@ def run_job(job: dict, settings: dict) -> tuple[str, dict]:
     for sampling in settings["sampling"]:
         tr = simulate(ref, xi, eta=eta, batch_size=b, runs=settings["runs"],
                       steps=settings["steps"], seed=cell_seed(settings["seed"], sampling, eta, b),
-                      start=start,
-                      sampling=sampling, checkpoints=marks)
+                      start=start, sampling=sampling, checkpoints=marks,
+                      progress=f"sde {job['name']} {sampling}" if wanted(None) else None)
         cells.append({"sampling": sampling, "eta": eta, "batch_size": b, "runs": tr.runs,
                       "sharp": tr.sharp[-1], "diverged": tr.diverged,
                       "checkpoints": tr.checkpoints, "sharp_at": tr.sharp,

@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from landscope.progress import bar
 from landscope.synthetic_forms import TwoBasinReference
 
 _CHUNK = 64  # steps of replacement indices drawn at once
@@ -82,11 +83,12 @@ def _sharp(ref: TwoBasinReference, theta: Tensor) -> Tensor:
 def simulate(ref: TwoBasinReference, xi: Tensor, *, eta: float, batch_size: int, runs: int,
              steps: int, seed: int, start: Sequence[float], sampling: str = "replacement",
              checkpoints: Optional[Sequence[int]] = None,
-             indices_out: Optional[list] = None) -> Trajectories:
+             indices_out: Optional[list] = None, progress: Optional[str] = None
+             ) -> Trajectories:
     """``runs`` SGD runs of ``steps`` steps from ``start`` (float64).  ``xi``: the ``(n, 2)``
     noise rows; ``checkpoints``: steps (<= ``steps``) at which to count the sharp side (the
     last step always); ``indices_out``: when a list, each step's ``(B, R)`` batch indices are
-    appended (for tests)."""
+    appended (for tests); ``progress``: the label of a tqdm bar of the steps (None: none)."""
     xi = xi.to(torch.float64)
     n, b = len(xi), min(int(batch_size), len(xi))
     gen = torch.Generator().manual_seed(int(seed))
@@ -95,6 +97,7 @@ def simulate(ref: TwoBasinReference, xi: Tensor, *, eta: float, batch_size: int,
     counts: list[int] = []
     state: dict = {}
     half = torch.zeros(runs, dtype=torch.bool)
+    shown = bar(progress, steps, unit="step")
     for step in range(steps):
         idx = _indices(sampling, n, b, runs, step, state, gen).contiguous()
         if indices_out is not None:
@@ -104,6 +107,8 @@ def simulate(ref: TwoBasinReference, xi: Tensor, *, eta: float, batch_size: int,
             counts.append(int(_sharp(ref, theta).sum()))
         if step + 1 == steps // 2:
             half = _sharp(ref, theta)
+        shown.update()
+    shown.close()
     finite = torch.isfinite(theta).all(1)
     end = _sharp(ref, theta)
     switched = (int((half & ~end & finite).sum()), int((~half & end).sum()))
