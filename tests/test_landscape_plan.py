@@ -53,9 +53,9 @@ def test_plan_line_time_is_points_times_seconds():
     # (151 + 441) slice points at 0.1 s, 452 trajectory points at 0.04 s
     assert "1044 points (line 151, plane 441, trajectory 452)" in line
     assert "1000 train + 500 test samples" in line and line.endswith("~77 s")
-    two = plan_line(plan, (0.1, 0.04), (1000, 500), workers=2, intrinsic=(5, 20))
+    two = plan_line(plan, (0.1, 0.04), (1000, 500), workers=2, intrinsic=(5, 20, 75.4))
     assert "~48 s with the slices over 2 processes" in two  # 592 × 0.1 / 2 + 452 × 0.04
-    assert two.endswith("5 subspace trainings of 20 epochs")
+    assert two.endswith("5 subspace trainings of 20 epochs, ~75 s of training steps")
     # a short plan keeps a decimal rather than reading as 0 s
     assert plan_line({"line": 151}, (0.0027, 0.0), (1000, 1000), workers=1).endswith(
         "~2.7 ms a slice point, so ~0.4 s")
@@ -127,7 +127,8 @@ def test_a_job_logs_its_landscape_plan_and_shows_a_bar_per_part(compose, tmp_pat
     expected = f"{9 + 9 + 9 + snapshots} points (line 9, plane 9, trajectory {9 + snapshots})"
     assert expected in lines[0]
     assert re.search(r"~[\d.]+ ms a slice point, ~[\d.]+ ms a trajectory point, so ~[\d.]+ s; "
-                     r"then the intrinsic dimension: 2 subspace trainings of 1 epochs$", lines[0])
+                     r"then the intrinsic dimension: 2 subspace trainings of 1 epochs, "
+                     r"~[\d.]+ s of training steps$", lines[0])
     shown = {b["desc"]: b for b in bars.shown() if b["desc"].startswith("landscape")}
     assert {k: (b["total"], b["n"], b["closed"]) for k, b in shown.items()} == {
         "landscape line": (9, 9, True), "landscape plane": (9, 9, True),
@@ -203,3 +204,32 @@ def test_a_plan_of_eigenvector_lines_only_times_a_point_too(compose):
     assert len(said) == 1 and "5 points (eigline 5)" in said[0]
     assert re.search(r"~[\d.]+ ms a slice point, so ~[\d.]+ s$", said[0])
     assert rep.arrays["eigline_train_loss"].shape == (1, 5)
+
+
+def test_the_intrinsic_dimensions_time_is_its_steps_interpolated_in_d(monkeypatch):
+    """Steps timed at the smallest and the largest d, interpolated linearly in d between them,
+    times the epochs' steps; a timed step leaves the model untouched."""
+    from landscope.data import TensorSplit
+    from landscope.geometry import intrinsic_dim
+    from landscope.geometry.plan import intrinsic_seconds
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    g = torch.Generator().manual_seed(0)
+    split = TensorSplit(torch.randn(100, 6, generator=g), torch.randint(0, 3, (100,),
+                                                                        generator=g))
+    before = [p.detach().clone() for p in model.parameters()]
+    assert intrinsic_dim.step_seconds(model, 10, "sparse", split, 16, seed=0) > 0
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    timed = []
+
+    def step(model, d, projection, train, batch_size, seed, lr):
+        timed.append(d)
+        return {2: 0.01, 10: 0.03}[d]
+
+    monkeypatch.setattr(intrinsic_dim, "step_seconds", step)
+    cfg = LandscapeConfig().intrinsic
+    cfg.epochs, cfg.projection = 3, "dense"
+    # d = 2, 6, 10: 0.01 + 0.02 + 0.03 s a step, 3 epochs of ceil(100 / 16) = 7 steps
+    assert intrinsic_seconds(model, [2, 6, 10], cfg, split, 16, 0) == pytest.approx(0.06 * 21)
+    assert sorted(timed) == [2, 10]

@@ -28,6 +28,7 @@ during training are kept (``bn="running"``). Evaluation is in eval mode on whole
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from landscope.data import TensorSplit
 from landscope.errors import LandscopeError
 from landscope.geometry.projections import PROJECTIONS, RandomProjection, check_dim, make_projection
 from landscope.geometry.space import ParamSpace
@@ -137,6 +139,44 @@ def _adam_epochs(sub: SubspaceModel, theta_d: Tensor, opt: torch.optim.Optimizer
     return grad_evals, steps, diverged
 
 
+def _subspace(model: nn.Module, d: int, projection: Any, seed: int, lr: float
+              ) -> tuple[SubspaceModel, Tensor, torch.optim.Optimizer]:
+    """The d-dimensional subspace of ``model`` (``projection``: a name, built with seed
+    ``(seed, d)``, or a :class:`RandomProjection`) in train mode, ``theta_d`` at 0 and its
+    Adam(lr)."""
+    first = next(iter(model.parameters()), None)
+    if first is None:
+        raise LandscopeError("the model has no parameters")
+    D = sum(p.numel() for p in model.parameters())
+    check_dim(d, D)
+    if not isinstance(projection, RandomProjection):
+        pseed = int(np.random.SeedSequence([int(seed), int(d)]).generate_state(1)[0])
+        projection = make_projection(projection, D, d, pseed, first.dtype, first.device)
+    elif projection.d != d:
+        raise LandscopeError(f"projection has d={projection.d}, asked for d={d}")
+    sub = SubspaceModel(model, projection)
+    sub.work.train()
+    theta_d = torch.zeros(d, dtype=first.dtype, device=first.device, requires_grad=True)
+    return sub, theta_d, torch.optim.Adam([theta_d], lr=lr)
+
+
+def step_seconds(model: nn.Module, d: int, projection: Any, train_split: Any,
+                 batch_size: int, seed: int, lr: float = 0.01, steps: int = 3) -> float:
+    """Seconds of one step of :func:`train_subspace` in the d-dimensional subspace: the first
+    ``steps + 1`` mini-batches of its epoch 0 trained as it trains them, timed after the
+    first one alone (warm); the model is left untouched."""
+    sub, theta_d, opt = _subspace(model, d, projection, seed, lr)
+    batches = list(itertools.islice(train_split.batches(
+        batch_size, shuffle=True, generator=epoch_generator(seed, 0)), steps + 1))
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    _adam_epochs(sub, theta_d, opt, TensorSplit(x[:len(batches[0][1])],
+                                                y[:len(batches[0][1])]), 1, batch_size, seed)
+    tic = time.perf_counter()
+    _, done, _ = _adam_epochs(sub, theta_d, opt, TensorSplit(x, y), 1, batch_size, seed)
+    return (time.perf_counter() - tic) / max(done, 1)
+
+
 def train_subspace(model: nn.Module, d: int, projection: Any, train_split: Any, test_split: Any,
                    epochs: int = 10, lr: float = 0.01, batch_size: int = 128, seed: int = 0, *,
                    eval_batch_size: int = 2048, bn: str = "recompute",
@@ -151,20 +191,8 @@ def train_subspace(model: nn.Module, d: int, projection: Any, train_split: Any, 
     if bn not in SUBSPACE_BN:
         raise LandscopeError(f"subspace bn must be one of {', '.join(SUBSPACE_BN)} (got {bn!r})")
     tic = time.perf_counter()
-    first = next(iter(model.parameters()), None)
-    if first is None:
-        raise LandscopeError("the model has no parameters")
-    D = sum(p.numel() for p in model.parameters())
-    check_dim(d, D)
-    if not isinstance(projection, RandomProjection):
-        pseed = int(np.random.SeedSequence([int(seed), int(d)]).generate_state(1)[0])
-        projection = make_projection(projection, D, d, pseed, first.dtype, first.device)
-    elif projection.d != d:
-        raise LandscopeError(f"projection has d={projection.d}, asked for d={d}")
-    sub = SubspaceModel(model, projection)
-    sub.work.train()
-    theta_d = torch.zeros(d, dtype=first.dtype, device=first.device, requires_grad=True)
-    opt = torch.optim.Adam([theta_d], lr=lr)
+    sub, theta_d, opt = _subspace(model, d, projection, seed, lr)
+    projection = sub.projection
     grad_evals, steps, diverged = _adam_epochs(sub, theta_d, opt, train_split, epochs,
                                                batch_size, seed)
     theta = sub.theta(theta_d.detach())

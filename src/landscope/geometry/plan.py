@@ -10,6 +10,7 @@ turns both into the line the job logs: how many points, and about how long they 
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -91,14 +92,32 @@ def train_seconds(space: ParamSpace, train: ProbeData, bn: BNMode,
     return seconds
 
 
+def intrinsic_seconds(model: Any, dims: list[int], cfg: Any, train: Any, batch_size: int,
+                      seed: int) -> float:
+    """The intrinsic dimension's training steps, timed: ``cfg.epochs`` epochs of
+    ``len(train) / batch_size`` steps in each subspace of ``dims``, a step timed by
+    :func:`~landscope.geometry.intrinsic_dim.step_seconds` at the smallest and the largest
+    ``d`` and interpolated linearly in ``d`` between them (the projection's cost grows with
+    ``d``). The final evaluations are left out."""
+    from landscope.geometry.intrinsic_dim import step_seconds
+
+    lo, hi = min(dims), max(dims)
+    at = {d: step_seconds(model, d, str(cfg.projection), train, batch_size, seed, cfg.lr)
+          for d in {lo, hi}}
+    per_d = [at[lo] + (at[hi] - at[lo]) * ((d - lo) / (hi - lo) if hi > lo else 0.0)
+             for d in dims]
+    return sum(per_d) * cfg.epochs * math.ceil(len(train) / batch_size)
+
+
 def plan_line(plan: dict[str, int], seconds: tuple[float, float], samples: tuple[int, int],
-              workers: int, intrinsic: Optional[tuple[int, int]] = None,
+              workers: int, intrinsic: Optional[tuple[int, int, float]] = None,
               stored: Optional[dict[str, int]] = None) -> str:
     """The line logged before the landscape runs. ``seconds``: one slice point (train and test)
     and one trajectory point (train); ``samples``: the train and test samples; ``workers``:
-    the processes of the slices; ``intrinsic``: (subspaces, epochs) of the intrinsic
-    dimension's trainings, when it runs; ``stored``: the slices' points an interrupted run
-    stored (:func:`stored_points`), counted in the plan but not in its time."""
+    the processes of the slices; ``intrinsic``: (subspaces, epochs, seconds) of the intrinsic
+    dimension's trainings, when it runs (:func:`intrinsic_seconds`);
+    ``stored``: the slices' points an interrupted run stored (:func:`stored_points`),
+    counted in the plan but not in its time."""
     slice_s, train_s = seconds
     kept = sum((stored or {}).values())
     slices = sum(v for k, v in plan.items() if k in SLICES) - kept
@@ -116,7 +135,7 @@ def plan_line(plan: dict[str, int], seconds: tuple[float, float], samples: tuple
         line += f" ({kept} slice points stored by an interrupted run are read back)"
     if intrinsic is not None:
         line += (f"; then the intrinsic dimension: {intrinsic[0]} subspace trainings of "
-                 f"{intrinsic[1]} epochs")
+                 f"{intrinsic[1]} epochs, ~{figure(intrinsic[2])} s of training steps")
     return line
 
 

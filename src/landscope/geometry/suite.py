@@ -43,6 +43,7 @@ from landscope.geometry.intrinsic_dim import intrinsic_dimension
 from landscope.geometry.plan import (
     SLICES,
     STORES,
+    intrinsic_seconds,
     plan_line,
     planned_points,
     slice_seconds,
@@ -97,8 +98,11 @@ def run_landscape(model: nn.Module, data: Any, cfg: Any, *,
     if cfg.trajectory.enabled and trajectory_path is not None and Path(trajectory_path).is_file():
         traj = load_trajectory(trajectory_path)
     if log is not None:
-        intrinsic = (len(cfg.intrinsic.dims), cfg.intrinsic.epochs) \
-            if cfg.intrinsic.enabled and init_model is not None else None
+        intrinsic = None
+        if cfg.intrinsic.enabled and init_model is not None and reference_acc is not None:
+            dims = _grid(cfg.intrinsic.dims, init_model)[0]
+            intrinsic = (len(dims), cfg.intrinsic.epochs, intrinsic_seconds(
+                init_model, dims, cfg.intrinsic, data.train, batch_size, cfg.seed))
         suite.plan(eig, traj, intrinsic, store_dir, log)
     suite.lines(store_dir, eig)
     if cfg.plane.enabled:
@@ -228,12 +232,9 @@ class _Suite:
                              "final test accuracy")
             return
         tic = time.perf_counter()
-        dims = list(cfg.dims)
-        n_params = sum(p.numel() for p in init_model.parameters())
-        if max(dims) > n_params:  # a subspace cannot be larger than the space
-            dims = sorted({d for d in dims if d < n_params} | {n_params})
-            rep.notes.append(f"intrinsic_dim: dims above the model's {n_params} parameters "
-                             f"replaced by {n_params} (grid {dims})")
+        dims, note = _grid(cfg.dims, init_model)
+        if note:
+            rep.notes.append(note)
         res = intrinsic_dimension(init_model, dims, float(reference_acc),
                                   self.data.train, self.data.test,
                                   str(cfg.projection), epochs=cfg.epochs, lr=cfg.lr,
@@ -242,6 +243,17 @@ class _Suite:
         rep.arrays.update(_prefixed("intrinsic", res.arrays()))
         rep.scalars.update(res.scalars())
         self.timed("intrinsic_dim", tic)
+
+
+def _grid(dims: Any, model: nn.Module) -> tuple[list[int], str]:
+    """The intrinsic dimension's subspace dimensions for ``model``, and a note when those
+    above its parameter count were replaced by it (a subspace cannot be larger)."""
+    dims, n_params = list(dims), sum(p.numel() for p in model.parameters())
+    if max(dims) <= n_params:
+        return dims, ""
+    dims = sorted({d for d in dims if d < n_params} | {n_params})
+    return dims, (f"intrinsic_dim: dims above the model's {n_params} parameters replaced by "
+                  f"{n_params} (grid {dims})")
 
 
 def _store(store_dir: Optional[Path], part: str) -> Optional[Path]:
