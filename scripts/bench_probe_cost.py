@@ -298,9 +298,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--seeds", default="0", help="training seeds, comma-separated")
     ap.add_argument("--verify", action="store_true")
-    ap.add_argument("--products", action="store_true",
-                    help="only one product against one gradient, at initialization (also for "
-                         f"{', '.join(PLAN_MODELS)})")
+    ap.add_argument("--products", action="store_true", help="only a product against a gradient")
     args = ap.parse_args()
     if args.repeats < 1:
         ap.error(f"--repeats must be >= 1 (got {args.repeats})")

@@ -351,9 +351,7 @@ def train_bezier(model: nn.Module, theta_a: Tensor, theta_b: Tensor, data: BendD
     named = list(model.named_parameters())
     if not named:
         raise LandscopeError("the model has no parameters")
-    names = [n for n, _ in named]
-    shapes = [p.shape for _, p in named]
-    numels = [p.numel() for _, p in named]
+    names, shapes, numels = map(list, zip(*[(n, p.shape, p.numel()) for n, p in named]))
     dim, dtype, device = sum(numels), named[0][1].dtype, named[0][1].device
     flat = functools.partial(_flat_vector, dim=dim, device=device, dtype=dtype)
     a, b = flat(theta_a, "theta_a"), flat(theta_b, "theta_b")
@@ -367,9 +365,7 @@ def train_bezier(model: nn.Module, theta_a: Tensor, theta_b: Tensor, data: BendD
     total = int(epochs) * (-(-n // bs))
     opt = (torch.optim.Adam([c], lr=lr) if optimizer == "adam"
            else torch.optim.SGD([c], lr=lr, momentum=0.9))
-    work = copy.deepcopy(model)
-    work.requires_grad_(False)
-    work.train()
+    work = copy.deepcopy(model).requires_grad_(False).train()
     t_gen = torch.Generator().manual_seed(int(seed))
     history: list[float] = []
     step, steps = 0, bar(progress, total, unit="step")
