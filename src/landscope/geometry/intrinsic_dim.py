@@ -170,8 +170,7 @@ def step_seconds(model: nn.Module, d: int, projection: Any, train_split: Any,
         batch_size, shuffle=True, generator=epoch_generator(seed, 0)), steps + 1))
     x = torch.cat([b[0] for b in batches])
     y = torch.cat([b[1] for b in batches])
-    _adam_epochs(sub, theta_d, opt, TensorSplit(x[:len(batches[0][1])],
-                                                y[:len(batches[0][1])]), 1, batch_size, seed)
+    _adam_epochs(sub, theta_d, opt, TensorSplit(*batches[0]), 1, batch_size, seed)
     tic = time.perf_counter()
     _, done, _ = _adam_epochs(sub, theta_d, opt, TensorSplit(x, y), 1, batch_size, seed)
     return (time.perf_counter() - tic) / max(done, 1)

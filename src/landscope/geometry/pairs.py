@@ -12,7 +12,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from omegaconf import DictConfig
 
@@ -254,16 +254,6 @@ def _cached(pair: dict, settings: dict, out_dir: Path) -> bool:
         return False
 
 
-def _warm_seconds(work: Callable[[], Any], warm: bool = True) -> float:
-    """Seconds of ``work()`` run a second time (the first call warms the caches up; with
-    ``warm=False``, the only call)."""
-    if warm:
-        work()
-    tic = time.perf_counter()
-    work()
-    return time.perf_counter() - tic
-
-
 def pair_seconds(pair: dict, settings: dict) -> dict[str, Any]:
     """The seconds of one ``linear`` and one ``bezier`` path point and of one bend ``step`` of
     ``pair``, each point evaluated (train and test) and each step trained as
@@ -271,20 +261,21 @@ def pair_seconds(pair: dict, settings: dict) -> dict[str, Any]:
     (train, test). Two points of each path are evaluated twice; the bend is trained on one
     batch twice, then on five: a step is the difference over four steps."""
     from landscope.geometry.connectivity import path_ts
+    from landscope.geometry.plan import warm_seconds
 
     s, p = settings, _load_pair(pair, settings)
     ends = path_ts(2)
-    linear = _warm_seconds(lambda: _linear(p, s, ends)) / 2
+    linear = warm_seconds(lambda: _linear(p, s, ends)) / 2
     out = {"linear": linear, "bezier": linear, "step": 0.0, "per_epoch": 0,
            "samples": (p.train.n, p.test.n)}
     if not s["bezier"]:
         return out
     if p.space.has_batchnorm and s["bn"] != "recompute":  # the curve always recomputes
         middle = 0.5 * (p.theta_a + p.theta_b)
-        out["bezier"] = _warm_seconds(lambda: _bezier(p, middle, ends)) / 2
+        out["bezier"] = warm_seconds(lambda: _bezier(p, middle, ends)) / 2
     batches = list(itertools.islice(p.data.train.batches(p.batch), 5))
-    one = _warm_seconds(lambda: _bend(p, s, batches[:1], 1))
-    every = _warm_seconds(lambda: _bend(p, s, batches, 1), warm=False)
+    one = warm_seconds(lambda: _bend(p, s, batches[:1], 1))
+    every = warm_seconds(lambda: _bend(p, s, batches, 1), warm=False)
     k = len(batches)  # the bend's copy of the model and its optimizer come once a training
     out["step"] = (every - one) / (k - 1) if k > 1 and every > one else every / k
     out["per_epoch"] = math.ceil(len(p.data.train) / p.batch)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -81,15 +81,21 @@ def stored_points(store_dir: Optional[Path], plan: dict[str, int]) -> dict[str, 
     return out
 
 
+def warm_seconds(work: Callable[[], Any], warm: bool = True) -> float:
+    """Seconds of ``work()`` run a second time (the first call warms the caches up; with
+    ``warm=False``, the only call)."""
+    if warm:
+        work()
+    tic = time.perf_counter()
+    work()
+    return time.perf_counter() - tic
+
+
 def train_seconds(space: ParamSpace, train: ProbeData, bn: BNMode,
                   bn_data: Optional[ProbeData]) -> float:
     """One trajectory point's seconds: the model's point evaluated on ``train`` as the
     trajectory evaluates it, twice, the second (warm) one timed."""
-    for _ in range(2):
-        tic = time.perf_counter()
-        space.evaluate(space.theta0, train, bn, bn_data)
-        seconds = time.perf_counter() - tic
-    return seconds
+    return warm_seconds(lambda: space.evaluate(space.theta0, train, bn, bn_data))
 
 
 def intrinsic_seconds(model: Any, dims: list[int], cfg: Any, train: Any, batch_size: int,
