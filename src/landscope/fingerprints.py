@@ -39,22 +39,32 @@ from landscope.config.renames import to_legacy
 
 FINGERPRINT_VERSION = 2
 
+#: Options marked ``read_if`` after version 2 was released (the optimizer's settings that
+#: only some optimizers or schedules read). The defaults they are compared with keep them,
+#: so a job that reads one at its default hashes as before; a job that set one it does not
+#: read now hashes as the job without it, and was hashed with it before
+#: (:func:`earlier_fingerprint`).
+MARKED_LATER = ("optimizer.momentum", "optimizer.nesterov", "optimizer.betas", "optimizer.eps",
+                "optimizer.rho", "optimizer.adaptive", "optimizer.base", "optimizer.step_size",
+                "optimizer.gamma", "optimizer.min_lr")
 
-def _tree(cfg: Any) -> dict:
+
+def _tree(cfg: Any, keep: tuple[str, ...] = ()) -> dict:
     """``cfg`` on the schema (options it lacks at their defaults) as plain data without the
-    options it does not read (:func:`~landscope.config.check.unread_keys`), each option
-    under its first name (:func:`~landscope.config.renames.to_legacy`): renaming or nesting
-    an option changes no hash."""
+    options it does not read (:func:`~landscope.config.check.unread_keys`; those in ``keep``
+    stay), each option under its first name (:func:`~landscope.config.renames.to_legacy`):
+    renaming or nesting an option changes no hash."""
     tree = OmegaConf.to_container(OmegaConf.structured(typed(cfg)), resolve=True,
                                   enum_to_str=True)
     for key in unread_keys(Config, tree):
-        _drop(tree, key)
+        if key not in keep:
+            _drop(tree, key)
     return to_legacy(tree)
 
 
 @lru_cache(maxsize=1)
 def _defaults() -> str:
-    return json.dumps(_tree(Config()))
+    return json.dumps(_tree(Config(), keep=MARKED_LATER))
 
 
 def _default_tree() -> dict:
@@ -126,6 +136,15 @@ def fingerprint(cfg: Any) -> str:
                                    _training_options(_default_tree())))
 
 
+def earlier_fingerprint(cfg: Any) -> Optional[str]:
+    """The version-2 training hash ``cfg`` had before :data:`MARKED_LATER` were marked,
+    when it differs from :func:`fingerprint` (the config sets an option it does not read),
+    else None: a job directory written then holds this config's job."""
+    before = _hash("train", _changed(_training_options(_tree(cfg, keep=MARKED_LATER)),
+                                     _training_options(_default_tree())))
+    return None if before == fingerprint(cfg) else before
+
+
 def probe_fingerprint(cfg: Any) -> Optional[str]:
     """Hash of the probe options (None when probes are off): a completed job whose
     result.json carries another one gets its probes (re)computed, without retraining."""
@@ -151,25 +170,29 @@ def legacy_fingerprint(cfg: Any) -> str:
     return fingerprint_v1(cfg)
 
 
-def same_config(record: Mapping, fp: str, legacy: Optional[str] = None) -> bool:
+def same_config(record: Mapping, fp: str, legacy: Optional[str] = None,
+                earlier: Optional[str] = None) -> bool:
     """Whether ``record`` (a result.json or checkpoint) holds a job of the config whose
-    fingerprint is ``fp``: by its version-2 fingerprint, or, for a record written before
-    version 2, by ``legacy`` (the config's version-1 fingerprint) or the record's own
-    ``fingerprint_v1`` (kept by the migration)."""
+    fingerprint is ``fp``: by its version-2 fingerprint or ``earlier`` (the config's
+    :func:`earlier_fingerprint`), or, for a record written before version 2, by ``legacy``
+    (the config's version-1 fingerprint) or the record's own ``fingerprint_v1`` (kept by the
+    migration)."""
     stored = record.get("fingerprint")
     if stored is None:
         return False
     if stored == fp:
         return True
     if record.get("fingerprint_version", 1) >= 2:
-        return False
+        return earlier is not None and stored == earlier
     return stored in {legacy, record.get("fingerprint_v1")} - {None}
 
 
 def checkpoint_of(ckpt: Mapping, result: Mapping) -> bool:
     """Whether checkpoint ``ckpt`` was written by the job whose result is ``result`` (a
     checkpoint from before version 2 carries the fingerprint the migration kept as the
-    result's ``fingerprint_v1``)."""
+    result's ``fingerprint_v1``; one from before :data:`MARKED_LATER`, the result's
+    ``fingerprint_earlier`` when the job resumed from it)."""
     stored = ckpt.get("fingerprint")
     return stored is not None and stored in {result.get("fingerprint"),
-                                             result.get("fingerprint_v1")}
+                                             result.get("fingerprint_v1"),
+                                             result.get("fingerprint_earlier")}

@@ -91,11 +91,12 @@ def saved_config_fingerprint(job_dir: Path, fingerprint: Callable) -> Optional[s
 
 
 def conflict_reason(job_dir: Path, fp: str, fingerprint: Callable,
-                    legacy: Optional[str] = None) -> Optional[str]:
+                    legacy: Optional[str] = None, earlier: Optional[str] = None
+                    ) -> Optional[str]:
     """The one-line refusal when ``job_dir`` holds a job of another config than ``fp``;
     None when it is absent, empty, holds this job (a record written before fingerprint
-    version 2 may carry ``legacy``, the config's version-1 fingerprint), or only unreadable
-    leftovers."""
+    version 2 may carry ``legacy``, the config's version-1 fingerprint; one written before
+    the optimizer's options were marked, ``earlier``), or only unreadable leftovers."""
     from landscope.fingerprints import FINGERPRINT_VERSION, same_config
 
     job_dir = Path(job_dir)
@@ -114,7 +115,7 @@ def conflict_reason(job_dir: Path, fp: str, fingerprint: Callable,
                 return None
             record = {"fingerprint": saved, "fingerprint_version": FINGERPRINT_VERSION}
             source = "config.yaml"
-    if same_config(record, fp, legacy):
+    if same_config(record, fp, legacy, earlier):
         return None
     other = record.get("fingerprint")
     return (f"{job_dir} holds a job with a different config ({source} has fingerprint {other}, "

@@ -20,6 +20,7 @@ from landscope.data import check_available
 from landscope.errors import LandscopeError, one_line
 from landscope.fingerprints import (  # noqa: F401
     FINGERPRINT_VERSION,
+    earlier_fingerprint,
     fingerprint,
     landscape_fingerprint,
     legacy_fingerprint,
@@ -78,7 +79,8 @@ def directory_conflict(cfg: DictConfig, job_dir: Path) -> Optional[str]:
     """One line when ``job_dir`` already holds a job of another config (by its result.json,
     else its newest valid checkpoint, else its config.yaml), None when it is absent, empty,
     holds this job or only unreadable leftovers. Reads only: call it before writing."""
-    return conflict_reason(Path(job_dir), fingerprint(cfg), fingerprint, legacy_fingerprint(cfg))
+    return conflict_reason(Path(job_dir), fingerprint(cfg), fingerprint, legacy_fingerprint(cfg),
+                           earlier_fingerprint(cfg))
 
 
 def train_job(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: int = 1) -> dict:
@@ -177,7 +179,8 @@ def record_failure(cfg: DictConfig, job_dir: Path, overrides: list[str], message
     previous = read_result(job_dir / "result.json", warn=False)
     keep = (user_error and (job_dir / "result.json").exists()) or (
         previous is not None and previous["status"] in FINISHED
-        and same_config(previous, fingerprint(cfg), legacy_fingerprint(cfg)))
+        and same_config(previous, fingerprint(cfg), legacy_fingerprint(cfg),
+                        earlier_fingerprint(cfg)))
     try:
         atomic_write_text(job_dir / "traceback.txt", traceback.format_exc())
         if not keep:

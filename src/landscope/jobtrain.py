@@ -32,6 +32,7 @@ from landscope.data import load_data
 from landscope.errors import CheckpointError, LandscopeError
 from landscope.fingerprints import (
     FINGERPRINT_VERSION,
+    earlier_fingerprint,
     landscape_fingerprint,
     legacy_fingerprint,
     probe_fingerprint,
@@ -154,10 +155,12 @@ def resume(cfg: DictConfig, job_dir: Path, state: TrainState, fp: str) -> None:
         if cfg.resume else None
     if ckpt is None:
         return
-    if not same_config(ckpt, fp, legacy_fingerprint(cfg)):
+    if not same_config(ckpt, fp, legacy_fingerprint(cfg), earlier_fingerprint(cfg)):
         raise CheckpointError(f"checkpoint in {ckpt_dir} was written by a different config")
-    if ckpt["fingerprint"] != fp:  # written before fingerprint version 2
-        state.fingerprint_v1 = ckpt["fingerprint"]
+    if ckpt["fingerprint"] != fp:  # written before version 2, or before MARKED_LATER
+        key = "fingerprint_v1" if ckpt.get("fingerprint_version", 1) < 2 else \
+            "fingerprint_earlier"
+        state.older_fingerprint = {key: ckpt["fingerprint"]}
     state.restore(ckpt, f"checkpoint in {ckpt_dir}")
     log.info("%s: resuming from epoch %d", job_dir, ckpt["epoch"])
 
@@ -225,7 +228,7 @@ def finalize(cfg: DictConfig, job_dir: Path, overrides: list[str], data, state: 
         "dataset": {"name": data.meta.name, "train_size": data.meta.train_size,
                     "test_size": data.meta.test_size},
         "fingerprint": fp, "fingerprint_version": FINGERPRINT_VERSION,
-        **({"fingerprint_v1": state.fingerprint_v1} if state.fingerprint_v1 else {}),
+        **state.older_fingerprint,
         "versions": package_versions(), "git_commit": git_commit(),
         "host": socket.gethostname(), "torch_threads": torch.get_num_threads(),
         **augment_fields(cfg.augment),  # augment=none: nothing (the result as before)

@@ -61,9 +61,10 @@ class TrainState:
     tic: float = field(default_factory=time.perf_counter)
     last_save: float = field(default_factory=time.perf_counter)
     resumed_from: Optional[int] = None
-    # the fingerprint of a checkpoint resumed from before fingerprint version 2 (the job's
-    # result keeps it, so that checkpoint still counts as this job's)
-    fingerprint_v1: Optional[str] = None
+    # the older hash of this config that a checkpoint resumed from carries, under its result
+    # key: fingerprint_v1 (before fingerprint version 2) or fingerprint_earlier (before
+    # fingerprints.MARKED_LATER); the job's result keeps it, so that checkpoint still counts
+    older_fingerprint: dict = field(default_factory=dict)
 
     def seconds(self) -> float:
         """Training seconds so far, earlier processes included."""

@@ -4,7 +4,9 @@ Every job directory found is a row, whatever became of the job: completed jobs a
 ``included``; diverged, failed, incomplete (no ``result.json``) and unreadable ones
 (corrupt ``result.json``) are kept as rows with their ``status`` and a ``reason``, listed
 in :attr:`Collection.excluded` and counted in :attr:`Collection.counts`, never silently
-dropped.
+dropped. So is a completed job that repeats an earlier one's config and seed (status
+``duplicate``: the same job in two directories, counted once; see
+:mod:`landscope.analysis.effective`).
 
 Columns of :attr:`Collection.jobs`:
 
@@ -22,7 +24,8 @@ Columns of :attr:`Collection.jobs`:
   ``ood_test_error`` = 1 − ``final.ood_test_acc`` (NaN for a job without the split); sweeps
   without one get none of these columns;
 - ``probe.*`` and ``landscape.*``: the scalars of ``result.json``'s ``probes`` and ``landscape``;
-- the flattened ``config.yaml`` (``optimizer.lr``, ``model.width``, ...; lists as JSON strings).
+- the flattened ``config.yaml`` (``optimizer.lr``, ``model.width``, ...; lists as JSON strings),
+  each option the job does not read at its default (``optimizer.betas`` of an SGD job).
   The config groups ``probe`` and ``landscape`` become ``config.probe.*`` and
   ``config.landscape.*``, because ``probe.*`` and ``landscape.*`` hold the measured scalars
   (``probe.trace`` is the Hessian trace, ``config.probe.trace.enabled`` the switch that asked
@@ -42,6 +45,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from landscope.analysis.effective import (  # noqa: F401 - DUPLICATE: a status, as below
+    DUPLICATE,
+    effective_columns,
+    mark_duplicates,
+)
 from landscope.io import atomic_write_bytes, atomic_write_text, write_json
 from landscope.jobdir import CONFIG_FILE, JOB_MARKERS, RESULT_FILE, JobDir, find_jobs
 
@@ -130,8 +138,13 @@ def config_columns(job: JobDir) -> tuple[dict[str, Any] | None, str | None]:
         return None, f"unreadable config.yaml: {type(exc).__name__}: {exc}"
     if not isinstance(cfg, dict):  # an empty file
         return None, None
-    return {(f"config.{k}" if k.split(".")[0] in _PREFIXED_GROUPS else k): v
-            for k, v in flatten(cfg).items()}, None
+    columns = {_column(k): v for k, v in flatten(cfg).items()}
+    return effective_columns(cfg, columns, flatten, _column), None
+
+
+def _column(key: str) -> str:
+    """The column of config option ``key`` (the groups probe and landscape prefixed)."""
+    return f"config.{key}" if key.split(".")[0] in _PREFIXED_GROUPS else key
 
 
 def _read_overrides(job: Path, result: dict | None) -> str | None:
@@ -178,7 +191,8 @@ def _reason(status: str, reason: str | None, result: dict, config_note: str | No
     return reason
 
 
-def _job_row(job: JobDir, sweep: str) -> dict[str, Any]:
+def _job_row(job: JobDir, sweep: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The job's row, and its config columns."""
     row: dict[str, Any] = {"sweep": sweep, "job": job.name, "path": str(job.path.resolve())}
     config, config_note = config_columns(job)
     config = config or {}
@@ -203,7 +217,7 @@ def _job_row(job: JobDir, sweep: str) -> dict[str, Any]:
                 row[f"{prefix}.{key}"] = _scalar(value)
     for key, value in config.items():
         row.setdefault(key, value)
-    return row
+    return row, config
 
 
 def swept_keys(jobs: pd.DataFrame, config_columns: Iterable[str]) -> list[str]:
@@ -261,7 +275,7 @@ def collect(sweep_dirs: Iterable[str | os.PathLike] | str | os.PathLike) -> Coll
     """Collect sweep directories (or single job directories) into a :class:`Collection`."""
     if isinstance(sweep_dirs, (str, os.PathLike)):
         sweep_dirs = [sweep_dirs]
-    rows, sources, columns, seen = [], [], {}, set()
+    rows, sources, columns, seen, has_config = [], [], {}, set(), []
     for sweep_dir in sweep_dirs:
         sweep_dir = Path(sweep_dir)
         jobs = job_dirs(sweep_dir)
@@ -272,9 +286,10 @@ def collect(sweep_dirs: Iterable[str | os.PathLike] | str | os.PathLike) -> Coll
             if job.path.resolve() in seen:  # the same job named twice
                 continue
             seen.add(job.path.resolve())
-            row = _job_row(job, sweep)
-            columns.update(dict.fromkeys(config_columns(job)[0] or {}))
+            row, config = _job_row(job, sweep)
+            columns.update(dict.fromkeys(config))
             rows.append(row)
+            has_config.append(bool(config))
     jobs = pd.DataFrame(rows, columns=_column_order(rows, columns))
     if len(jobs):
         jobs["included"] = jobs["included"].astype(bool)
@@ -285,6 +300,8 @@ def collect(sweep_dirs: Iterable[str | os.PathLike] | str | os.PathLike) -> Coll
         jobs.insert(jobs.columns.get_loc("final.train_acc") + 1, "train_error",
                     1.0 - jobs["final.train_acc"])
         _add_ood_error(jobs)
+        mark_duplicates(jobs, [c for c in columns if c in jobs],
+                        pd.Series(has_config, index=jobs.index), _column)
     excluded = (jobs.loc[~jobs["included"], ["sweep", "job", "status", "reason", "path"]]
                 .reset_index(drop=True) if len(jobs)
                 else pd.DataFrame(columns=["sweep", "job", "status", "reason", "path"]))

@@ -262,27 +262,44 @@ class LLPConfig:
              self.meta_min_scale)
 
 
+def _stepper(opt: dict) -> str:
+    """The optimizer that takes the steps: ``base`` under sam and llp, else ``name``."""
+    return opt["base"] if opt["name"] in ("sam", "llp") else opt["name"]
+
+
+# What landscope.optim.build_optimizer and build_scheduler read (fingerprints.MARKED_LATER
+# keeps the version-2 hashes of the jobs that read them)
+_WRAPPING = read_if(lambda opt, root: opt["name"] in ("sam", "llp"))
+_MOMENTUM = read_if(lambda opt, root: _stepper(opt) == "momentum")
+_ADAM = read_if(lambda opt, root: _stepper(opt) in ("adam", "adamw"))
+_SAM = read_if(lambda opt, root: opt["name"] == "sam")
+_STEP = read_if(lambda opt, root: opt["schedule"] == "step")
+_COSINE = read_if(lambda opt, root: opt["schedule"] == "cosine")
+
+
 @dataclass
 class OptimizerConfig:
     name: OptimizerName = OptimizerName.sgd
     lr: float = 0.1
-    momentum: float = 0.0
-    nesterov: bool = False
+    momentum: float = field(default=0.0, metadata=_MOMENTUM)
+    nesterov: bool = field(default=False, metadata=_MOMENTUM)
     weight_decay: float = 0.0
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999], metadata=_ADAM)
+    eps: float = field(default=1e-8, metadata=_ADAM)
     # SAM (Foret et al. 2021): two-step ascent/descent around a base optimizer.
-    rho: float = 0.05
-    adaptive: bool = False  # ASAM (Kwon et al. 2021): perturbation scaled by |theta|
-    base: BaseOptimizerName = BaseOptimizerName.momentum  # what sam and llp wrap
+    rho: float = field(default=0.05, metadata=_SAM)
+    # ASAM (Kwon et al. 2021): perturbation scaled by |theta|
+    adaptive: bool = field(default=False, metadata=_SAM)
+    # what sam and llp wrap
+    base: BaseOptimizerName = field(default=BaseOptimizerName.momentum, metadata=_WRAPPING)
     # LLP (landscope.optim.llp), the curvature-probing optimizer around ``base``
     llp: LLPConfig = field(default_factory=LLPConfig,
                            metadata=read_if(lambda opt, root: opt["name"] == "llp"))
     # learning-rate schedule, stepped once per epoch
     schedule: Schedule = Schedule.constant
-    step_size: int = 10  # step: epochs between decays
-    gamma: float = 0.1  # step: decay factor
-    min_lr: float = 0.0  # cosine: final learning rate
+    step_size: int = field(default=10, metadata=_STEP)  # step: epochs between decays
+    gamma: float = field(default=0.1, metadata=_STEP)  # step: decay factor
+    min_lr: float = field(default=0.0, metadata=_COSINE)  # cosine: final learning rate
 
     def check(self) -> None:
         """Refuse impossible values (:class:`ConfigError` naming the key)."""

@@ -49,6 +49,19 @@ def _group_key(cfg: DictConfig) -> str:
     return fingerprint(unseeded)
 
 
+def _one_per_seed(members: list[dict], notes: list[str]) -> list[dict]:
+    """The group's jobs by seed, one per seed: two directories of one seed hold one job (their
+    configs differ only in options it does not read), and a pair of it with itself is no pair."""
+    members = sorted(members, key=lambda m: (int(m["cfg"].seed), m["name"]))
+    kept: dict[int, dict] = {}
+    for m in members:
+        first = kept.setdefault(int(m["cfg"].seed), m)
+        if first is not m:
+            notes.append(f"skipped: {m['name']} (the same job as {first['name']}: the same "
+                         "seed, and its config differs only in options it does not read)")
+    return list(kept.values())
+
+
 def _group_name(job_name: str) -> str:
     items = [i for i in job_name.split(",") if not _SEED_ITEM.match(i)]
     return ",".join(items) or "seeds"
@@ -83,7 +96,9 @@ def plan_pairs(sweep: Path) -> tuple[list[dict], list[str]]:
     for key, members in groups.items():
         if len(members) < 2:
             continue
-        members.sort(key=lambda m: (int(m["cfg"].seed), m["name"]))
+        members = _one_per_seed(members, notes)
+        if len(members) < 2:
+            continue
         name = _group_name(members[0]["name"])
         if name in names:
             name = f"{name}_{key[:8]}"
