@@ -258,3 +258,21 @@ def test_mode_connectivity_pairs_seeds_not_two_directories_of_one_job(tmp_path):
         f"skipped: optimizer.betas=[0.9,0.99],seed={s} (the same job as "
         f"optimizer.betas=[0.8,0.99],seed={s}: the same seed, and its config differs only in "
         "options it does not read)" for s in (0, 1)]
+
+
+def test_the_escapes_of_h3_read_one_directory_per_job(tmp_path):
+    from landscope.analysis.hypotheses.escapes import escape_jobs
+
+    sweep = tmp_path / "sweep"
+    for rho, seed in itertools.product(("0.05", "0.1"), (0, 1)):
+        job = sweep / f"optimizer.rho={rho},seed={seed}"
+        (job / "escape").mkdir(parents=True)
+        (job / "config.yaml").write_text(f"seed: {seed}\noptimizer:\n  rho: {rho}\n")
+        (job / "result.json").write_text(json.dumps({"status": "completed", "seed": seed}))
+        (job / "escape" / "abc.json").write_text("{}")
+    notes: list[str] = []
+    assert [j.name for j in escape_jobs(sweep, notes)] == [
+        "optimizer.rho=0.05,seed=0", "optimizer.rho=0.05,seed=1"]
+    assert notes == [f"left out optimizer.rho=0.1,seed={s}: the same config and seed as "
+                     f"optimizer.rho=0.05,seed={s} (it differs at most in options it does not "
+                     "read or that change no result): one job, counted once" for s in (0, 1)]

@@ -47,7 +47,10 @@ import yaml
 
 from landscope.analysis.effective import (  # noqa: F401 - DUPLICATE: a status, as below
     DUPLICATE,
+    copy_reason,
     effective_columns,
+    first_copies,
+    identity,
     mark_duplicates,
 )
 from landscope.io import atomic_write_bytes, atomic_write_text, write_json
@@ -147,6 +150,21 @@ def _column(key: str) -> str:
     return f"config.{key}" if key.split(".")[0] in _PREFIXED_GROUPS else key
 
 
+def distinct_jobs(jobs: list[JobDir], notes: list[str] | None = None) -> list[JobDir]:
+    """``jobs`` without the later directories of one job (the same seed and effective config,
+    as :func:`collect` excludes them), each left out with a note in ``notes``."""
+    idents = []
+    for job in jobs:
+        config = config_columns(job)[0]
+        seed = config.get("seed") if config else None
+        idents.append(identity(config, seed, _column) if config else None)
+    firsts = first_copies(idents)
+    for job, first in zip(jobs, firsts):
+        if first is not None and notes is not None:
+            notes.append(f"left out {job.name}: {copy_reason(jobs[first].name)}")
+    return [job for job, first in zip(jobs, firsts) if first is None]
+
+
 def _read_overrides(job: Path, result: dict | None) -> str | None:
     overrides = (result or {}).get("overrides")
     if overrides is None and (job / "overrides.yaml").is_file():
@@ -192,7 +210,7 @@ def _reason(status: str, reason: str | None, result: dict, config_note: str | No
 
 
 def _job_row(job: JobDir, sweep: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The job's row, and its config columns."""
+    """The job's row, and its config columns (effective: :mod:`landscope.analysis.effective`)."""
     row: dict[str, Any] = {"sweep": sweep, "job": job.name, "path": str(job.path.resolve())}
     config, config_note = config_columns(job)
     config = config or {}
@@ -275,7 +293,7 @@ def collect(sweep_dirs: Iterable[str | os.PathLike] | str | os.PathLike) -> Coll
     """Collect sweep directories (or single job directories) into a :class:`Collection`."""
     if isinstance(sweep_dirs, (str, os.PathLike)):
         sweep_dirs = [sweep_dirs]
-    rows, sources, columns, seen, has_config = [], [], {}, set(), []
+    rows, sources, columns, seen, identities = [], [], {}, set(), []
     for sweep_dir in sweep_dirs:
         sweep_dir = Path(sweep_dir)
         jobs = job_dirs(sweep_dir)
@@ -289,7 +307,7 @@ def collect(sweep_dirs: Iterable[str | os.PathLike] | str | os.PathLike) -> Coll
             row, config = _job_row(job, sweep)
             columns.update(dict.fromkeys(config))
             rows.append(row)
-            has_config.append(bool(config))
+            identities.append(identity(config, row["seed"], _column) if config else None)
     jobs = pd.DataFrame(rows, columns=_column_order(rows, columns))
     if len(jobs):
         jobs["included"] = jobs["included"].astype(bool)
@@ -300,8 +318,7 @@ def collect(sweep_dirs: Iterable[str | os.PathLike] | str | os.PathLike) -> Coll
         jobs.insert(jobs.columns.get_loc("final.train_acc") + 1, "train_error",
                     1.0 - jobs["final.train_acc"])
         _add_ood_error(jobs)
-        mark_duplicates(jobs, [c for c in columns if c in jobs],
-                        pd.Series(has_config, index=jobs.index), _column)
+        mark_duplicates(jobs, identities)
     excluded = (jobs.loc[~jobs["included"], ["sweep", "job", "status", "reason", "path"]]
                 .reset_index(drop=True) if len(jobs)
                 else pd.DataFrame(columns=["sweep", "job", "status", "reason", "path"]))

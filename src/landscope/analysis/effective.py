@@ -13,8 +13,10 @@ test that counts configurations or seeds.
 - :func:`effective_columns`: a job's flattened config with each unread option at its schema
   default, so two jobs that differ only in unread options have the same columns (and labels).
 - :func:`mark_duplicates`: of jobs whose effective configs (options that change no result
-  aside, :func:`landscope.config.layout_keys`) and seeds are equal, the first collected stays
-  included; the others get status ``duplicate`` and a reason naming the one kept.
+  aside, :func:`landscope.config.layout_keys`) and seeds are equal (:func:`identity`), the
+  first collected stays included; the others get status ``duplicate`` and a reason naming
+  the one kept. :func:`landscope.analysis.collect.distinct_jobs` does the same for the
+  readers of job directories (the escapes of H3).
 
 Torch-free, like :mod:`landscope.analysis.collect`.
 """
@@ -31,31 +33,39 @@ DUPLICATE = "duplicate"  # status of a job that repeats an included job's config
 
 
 @lru_cache(maxsize=1)
-def _schema() -> tuple[Any, str]:
-    """The schema as an omegaconf node, and its defaults flattened (as JSON, so the cache
-    hands out copies)."""
+def _defaults() -> str:
+    """The schema's defaults as plain data (JSON, so that each caller gets its own copy)."""
     from omegaconf import OmegaConf
 
     from landscope.config import Config
 
-    node = OmegaConf.structured(Config)
-    return node, json.dumps(OmegaConf.to_container(node, enum_to_str=True))
+    return json.dumps(OmegaConf.to_container(OmegaConf.structured(Config), enum_to_str=True))
+
+
+def _over(default: Any, saved: Any) -> Any:
+    """``saved`` over ``default``, group by group (plain data; a saved config written by the
+    runner holds every option, an older or hand-written one may not)."""
+    if not isinstance(default, dict) or not isinstance(saved, dict):
+        return saved
+    return {**default, **{k: _over(default.get(k), v) for k, v in saved.items()}}
 
 
 def unread_options(cfg: dict) -> list[str]:
     """Dotted names of the options (or groups) ``cfg`` (a saved config, current names) does
-    not read; empty when the schema cannot read ``cfg`` (an option it no longer has)."""
-    from omegaconf import OmegaConf
-
+    not read; empty when its marks cannot be read off ``cfg`` (values of another shape)."""
     from landscope.config import Config
     from landscope.config.check import unread_keys
 
     try:
-        tree = OmegaConf.to_container(OmegaConf.merge(_schema()[0], cfg), resolve=True,
-                                      enum_to_str=True)
-        return unread_keys(Config, tree)
+        return unread_keys(Config, _over(json.loads(_defaults()), cfg))
     except Exception:  # noqa: BLE001 - not on the schema: taken as written
         return []
+
+
+@lru_cache(maxsize=4)
+def _flat_defaults(flatten: Callable[[Any], dict], column: Callable[[str], str]) -> dict:
+    """The defaults flattened, by column (read only)."""
+    return {column(k): v for k, v in flatten(json.loads(_defaults())).items()}
 
 
 def effective_columns(cfg: dict, columns: dict[str, Any], flatten: Callable[[Any], dict],
@@ -65,7 +75,7 @@ def effective_columns(cfg: dict, columns: dict[str, Any], flatten: Callable[[Any
     unread = unread_options(cfg)
     if not unread:
         return columns
-    defaults = {column(k): v for k, v in flatten(json.loads(_schema()[1])).items()}
+    defaults = _flat_defaults(flatten, column)
     names = [column(k) for k in unread]
     out = dict(columns)
     for key in columns:
@@ -74,30 +84,45 @@ def effective_columns(cfg: dict, columns: dict[str, Any], flatten: Callable[[Any
     return out
 
 
-def _identity(jobs: pd.DataFrame, config: list[str], free: list[str]) -> pd.Series:
-    """Per row, its seed and effective config as one string (options in ``free``, which
-    change no result, left out)."""
-    keep = [c for c in config if c in jobs and not any(c == f or c.startswith(f + ".")
-                                                          for f in free)]
-    cells = jobs[["seed", *keep]].astype(object).where(jobs[["seed", *keep]].notna(), None)
-    return cells.apply(lambda row: json.dumps(list(row), default=str), axis=1)
-
-
-def mark_duplicates(jobs: pd.DataFrame, config: list[str], has_config: pd.Series,
-                    column: Callable[[str], str]) -> None:
-    """In place: every included job (with a readable config) whose seed and effective config
-    equal an earlier included job's is excluded, status :data:`DUPLICATE`."""
+@lru_cache(maxsize=1)
+def _free(column: Callable[[str], str]) -> tuple[str, ...]:
     from landscope.config import Config, layout_keys
 
-    rows = jobs["included"] & has_config
-    if rows.sum() < 2:
-        return
-    free = [column(k) for k in layout_keys(Config) if k != "seed"]
-    ident = _identity(jobs[rows], config, free)
-    first = ident.groupby(ident, sort=False).transform(lambda s: s.index[0])
-    for i in ident.index[first.values != ident.index.values]:
-        kept = jobs.loc[first[i]]
-        jobs.loc[i, ["status", "included"]] = [DUPLICATE, False]
-        jobs.loc[i, "reason"] = (f"the same config and seed as {kept['sweep']}/{kept['job']} "
-                                 "(it differs at most in options it does not read or that "
-                                 "change no result): one job, counted once")
+    return tuple(column(k) for k in layout_keys(Config))
+
+
+def identity(columns: dict[str, Any], seed: Any, column: Callable[[str], str]) -> str:
+    """A job's seed and effective config columns (options that change no result, named by
+    :func:`landscope.config.layout_keys`, left out) as one string: equal for one job."""
+    free = _free(column)
+    kept = sorted((k, v) for k, v in columns.items()
+                  if k != "seed" and not any(k == f or k.startswith(f + ".") for f in free))
+    return json.dumps([seed, kept], default=str)
+
+
+def first_copies(identities: list[Any]) -> list[Any]:
+    """Per position, the position of the first equal identity before it (None for a first
+    one, and for None: a job without a config is nobody's copy)."""
+    first: dict[str, int] = {}
+    out = []
+    for i, ident in enumerate(identities):
+        out.append(None if ident is None or first.setdefault(ident, i) == i else first[ident])
+    return out
+
+
+def copy_reason(kept: str) -> str:
+    return (f"the same config and seed as {kept} (it differs at most in options it does not "
+            "read or that change no result): one job, counted once")
+
+
+def mark_duplicates(jobs: pd.DataFrame, identities: list[Any]) -> None:
+    """In place: every included job whose :func:`identity` equals an earlier included job's
+    is excluded, status :data:`DUPLICATE` (``identities`` per row; None: no config)."""
+    included = jobs["included"].tolist()
+    idents = [ident if ok else None for ident, ok in zip(identities, included)]
+    for i, first in enumerate(first_copies(idents)):
+        if first is not None:
+            kept = jobs.iloc[first]
+            row = jobs.index[i]
+            jobs.loc[row, ["status", "included"]] = [DUPLICATE, False]
+            jobs.loc[row, "reason"] = copy_reason(f"{kept['sweep']}/{kept['job']}")

@@ -35,13 +35,17 @@ def is_noise_comparison(rec: dict) -> bool:
     return _noise_list(rec) != ["sgd"]
 
 
-def escape_jobs(path: Path) -> list[JobDir]:
+def escape_jobs(path: Path, notes: Optional[list[str]] = None) -> list[JobDir]:
     """The jobs with escape results: ``[path]`` when it is such a job directory (it holds
-    ``result.json`` and ``escape/``), else those below it holding ``escape/*.json``."""
+    ``result.json`` and ``escape/``), else those below it holding ``escape/*.json``, one
+    directory per job (:func:`~landscope.analysis.collect.distinct_jobs`; the others noted in
+    ``notes``)."""
+    from landscope.analysis.collect import distinct_jobs
+
     job = JobDir(path)
     if job.holds((ESCAPE_DIR,)) and job.has_result():
         return [job]
-    return Sweep(path).job_dirs((f"{ESCAPE_DIR}/*.json",))
+    return distinct_jobs(Sweep(path).job_dirs((f"{ESCAPE_DIR}/*.json",)), notes)
 
 
 def has_escapes(path: str | Path) -> bool:
@@ -91,13 +95,12 @@ def load_escapes(sweep_dir: str | Path, settings: Optional[str] = None) -> pd.Da
     2/λmax (``escape.lr_unit=stability``; NaN otherwise).
     Incomplete files (an interrupted run) are left out and noted.  Raises
     :class:`LandscopeError` when there are no escape results."""
-    root = Path(sweep_dir)
-    jobs = escape_jobs(root) if root.is_dir() else []
+    root, notes = Path(sweep_dir), []
+    jobs = escape_jobs(root, notes) if root.is_dir() else []
     files = [(job, p) for job in jobs for p in sorted((job.path / ESCAPE_DIR).glob("*.json"))]
     if not files:
         raise LandscopeError(f"no escape results in {root}: run python -m runner.escape "
                              f"{root} first")
-    notes: list[str] = []
     records = _complete_records(root, files, notes)
     settings = _choose_settings(root, records, settings, notes)
     rows = []
