@@ -9,8 +9,9 @@ later at a default that keeps the old behaviour changes no hash, with no special
 Options are hashed under their first names (a rename or a nesting changes no hash).
 Options marked LAYOUT (threads, progress bars, checkpoint cadence, W&B...) and options the
 config does not read (marked ``read_if`` on the schema: LLP's settings under another
-optimizer, the synthetic problems' settings on real data, PAC-Bayes settings with the bound
-off...) are left out. Changing a default, or what an option means, needs a new version
+optimizer, Adam's betas under SGD and the other optimizer settings of :data:`MARKED_LATER`,
+the synthetic problems' settings on real data, PAC-Bayes settings with the bound off...) are
+left out. Changing a default, or what an option means, needs a new version
 and a migration (a test holds the version-2 defaults). Jobs written before version 2 are
 recognized by their version-1 fingerprints (:mod:`landscope.fingerprints_v1`) and migrated
 once (:mod:`landscope.migrate`).
