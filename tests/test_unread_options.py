@@ -276,3 +276,20 @@ def test_the_escapes_of_h3_read_one_directory_per_job(tmp_path):
     assert notes == [f"left out optimizer.rho=0.1,seed={s}: the same config and seed as "
                      f"optimizer.rho=0.05,seed={s} (it differs at most in options it does not "
                      "read or that change no result): one job, counted once" for s in (0, 1)]
+
+
+def test_runner_escape_continues_one_directory_per_job(tmp_path):
+    from landscope.escape.jobs import completed_jobs
+
+    sweep = tmp_path / "sweep"
+    for step_size, seed in itertools.product((5, 10), (0, 1)):
+        job = sweep / f"optimizer.step_size={step_size},seed={seed}"
+        job.mkdir(parents=True)
+        (job / "config.yaml").write_text(f"seed: {seed}\noptimizer:\n  step_size: {step_size}\n")
+        (job / "result.json").write_text(json.dumps({
+            "status": "completed", "seed": seed, "fingerprint": "x", "final": {}}))
+    jobs, notes = completed_jobs([str(sweep)])
+    assert [j["name"] for j in jobs] == ["optimizer.step_size=10,seed=0",
+                                         "optimizer.step_size=10,seed=1"]
+    assert [n.split(":")[0] for n in notes] == ["left out optimizer.step_size=5,seed=0",
+                                                "left out optimizer.step_size=5,seed=1"]
