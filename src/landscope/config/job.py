@@ -135,18 +135,26 @@ class DatasetConfig:
         self.ood.check()
 
 
+# What landscope.models.build_model reads (fingerprints.MARKED_LATER): the synthetic
+# problems' models only init_scale, the convolutions' kernel and the ViTs' patch and heads
+_NETWORK = read_if(lambda model, root: model["name"] not in ("quadratic", "two_basin"))
+_CONV = read_if(lambda model, root: model["name"] in ("cnn", "resnet", "resnet18", "resnet34"))
+_VIT = read_if(lambda model, root: model["name"] in ("vit", "vit_small"))
+
+
 @dataclass
 class ModelConfig:
     name: ModelName = ModelName.mlp
-    width: int = 128
-    depth: int = 3
-    norm: Norm = Norm.none
-    skip: bool = False
-    activation: Activation = Activation.relu
+    width: int = field(default=128, metadata=_NETWORK)
+    depth: int = field(default=3, metadata=_NETWORK)
+    norm: Norm = field(default=Norm.none, metadata=_NETWORK)
+    skip: bool = field(default=False, metadata=_NETWORK)
+    activation: Activation = field(default=Activation.relu, metadata=_NETWORK)
     init_scale: float = 1.0
-    patch_size: int = 4  # vit: patch length (1-D) or side (images)
-    heads: int = 4  # vit: attention heads (must divide width)
-    kernel_size: int = 3  # cnn / resnet
+    # vit: patch length (1-D) or side (images)
+    patch_size: int = field(default=4, metadata=_VIT)
+    heads: int = field(default=4, metadata=_VIT)  # vit: attention heads (must divide width)
+    kernel_size: int = field(default=3, metadata=_CONV)  # cnn / resnet
 
     def check(self) -> None:
         """Refuse impossible values (:class:`ConfigError` naming the key)."""
