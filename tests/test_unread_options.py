@@ -294,3 +294,20 @@ def test_runner_escape_continues_one_directory_per_job(tmp_path):
                                          "optimizer.step_size=10,seed=1"]
     assert [n.split(":")[0] for n in notes] == ["left out optimizer.step_size=5,seed=0",
                                                 "left out optimizer.step_size=5,seed=1"]
+
+
+def test_edge_of_stability_reads_an_sgd_jobs_momentum_as_the_zero_it_trained_with(tmp_path):
+    """SGD forces momentum 0 whatever optimizer.momentum says: the EoS threshold 2(1+β)/η
+    must use β = 0 for such a job (it used the config's 0.9, and dropped it for nesterov)."""
+    from landscope.analysis.eos import eos_jobs
+
+    job = tmp_path / "sweep" / "job"
+    job.mkdir(parents=True)
+    (job / "config.yaml").write_text(
+        "seed: 0\noptimizer:\n  name: sgd\n  momentum: 0.9\n  nesterov: true\n"
+        "probe:\n  name: basic\n  every_n_steps: 5\n")
+    (job / "result.json").write_text(json.dumps(
+        {"status": "completed", "seed": 0, "final": {"test_acc": 0.5}}))
+    row = collect(tmp_path / "sweep").included.iloc[0]
+    assert (row["optimizer.momentum"], row["optimizer.nesterov"]) == (0.0, False)
+    assert len(eos_jobs(collect(tmp_path / "sweep").included)) == 1
