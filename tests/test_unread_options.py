@@ -311,3 +311,18 @@ def test_edge_of_stability_reads_an_sgd_jobs_momentum_as_the_zero_it_trained_wit
     row = collect(tmp_path / "sweep").included.iloc[0]
     assert (row["optimizer.momentum"], row["optimizer.nesterov"]) == (0.0, False)
     assert len(eos_jobs(collect(tmp_path / "sweep").included)) == 1
+
+
+def test_the_sweep_warns_before_training_a_job_again(tmp_path, data_dir):
+    from conftest import run_cli
+
+    proc = run_cli(["-m", "experiment=smoke", "optimizer=sgd,adam",
+                    "optimizer.betas=[0.9,0.99],[0.8,0.9]", "seed=0", "train.epochs=1",
+                    "hydra.sweep.dir=sweep"], tmp_path, data_dir=data_dir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    warnings = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "again" in ln]
+    assert len(warnings) == 1, warnings
+    assert ("warning: job optimizer.betas=[0.8,0.9],optimizer=sgd,seed=0,train.epochs=1 is job "
+            "optimizer.betas=[0.9,0.99],optimizer=sgd,seed=0,train.epochs=1 again") in warnings[0]
+    assert "4 jobs: 4 completed" in proc.stdout
+    assert collect(tmp_path / "sweep").counts == {"completed": 3, "duplicate": 1}

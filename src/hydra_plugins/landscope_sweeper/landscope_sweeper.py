@@ -11,7 +11,9 @@ run, which aborts the sweep.  This sweeper:
    config (``landscope.jobs.directory_conflict``), before any job starts or any file
    (multirun.yaml included) is written, so a refused sweep is one error line and a
    byte-identical output tree; then renames the job directories an earlier release named
-   with an option's old spelling (``landscope.legacy_dirs``) to the current names;
+   with an option's old spelling (``landscope.legacy_dirs``) to the current names, and
+   warns of jobs that are another job again (the same training fingerprint: they differ only
+   in options the job does not read, such as ``optimizer.betas`` under SGD);
 3. runs all batches; a job that raised through the launcher is recorded as
    ``failed`` instead of stopping the sweep;
 4. prints a table of job statuses and records it in :data:`LAST_SWEEP` for the
@@ -109,12 +111,13 @@ class LandscopeSweeper(BasicSweeper):
         ``(legacy, job_dir)`` pairs of directories an earlier release named with an option's
         old spelling (renamed once every job passed)."""
         from landscope.errors import LandscopeError
-        from landscope.jobs import check_inputs, directory_conflict
+        from landscope.jobs import check_inputs, directory_conflict, fingerprint
         from landscope.legacy_dirs import legacy_job_dir, separators
 
         loader = self.hydra_context.config_loader
         dirs: dict = {}
         moves: list = []  # (legacy, job_dir): job directories named by an earlier release
+        jobs: dict = {}  # training fingerprint -> the first job's directory
         for batch in self.overrides:
             for job_overrides in batch:
                 job_cfg = loader.load_sweep_config(self.config, list(job_overrides))
@@ -139,7 +142,18 @@ class LandscopeSweeper(BasicSweeper):
                     raise LandscopeError(conflict)
                 if legacy is not None:
                     moves.append((legacy, job_dir))
+                _warn_if_again(jobs, fingerprint(_task_config(job_cfg)), subdir)
         return moves
+
+
+def _warn_if_again(jobs: dict, fp: str, subdir: str) -> None:
+    """Warn when the job of training fingerprint ``fp`` was met before (jobs named by their
+    directories, as in the status table)."""
+    first = jobs.setdefault(fp, subdir)
+    if first != subdir:
+        log.warning("warning: job %s is job %s again (the same seed, and they differ only in "
+                    "options the job does not read): it trains the same model a second time, "
+                    "and the analysis counts it once", subdir, first)
 
 
 def _task_config(job_cfg: Any) -> Any:
