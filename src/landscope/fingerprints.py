@@ -42,10 +42,9 @@ FINGERPRINT_VERSION = 2
 
 #: Options marked ``read_if`` after version 2 was released (the optimizer's settings that
 #: only some optimizers or schedules read, the model's that only some models read). The
-#: defaults they are compared with keep them,
-#: so a job that reads one at its default hashes as before; a job that set one it does not
-#: read now hashes as the job without it, and was hashed with it before
-#: (:func:`earlier_fingerprint`).
+#: defaults they are compared with keep them, so a job that reads one at its default hashes
+#: as before; a job that set one it does not read now hashes as the job without it, and was
+#: hashed with it before (:func:`earlier_fingerprint`).
 MARKED_LATER = ("optimizer.momentum", "optimizer.nesterov", "optimizer.betas", "optimizer.eps",
                 "optimizer.rho", "optimizer.adaptive", "optimizer.base", "optimizer.step_size",
                 "optimizer.gamma", "optimizer.min_lr", "model.width", "model.depth", "model.norm",

@@ -96,7 +96,8 @@ def conflict_reason(job_dir: Path, fp: str, fingerprint: Callable,
     """The one-line refusal when ``job_dir`` holds a job of another config than ``fp``;
     None when it is absent, empty, holds this job (a record written before fingerprint
     version 2 may carry ``legacy``, the config's version-1 fingerprint; one written before
-    the optimizer's options were marked, ``earlier``), or only unreadable leftovers."""
+    the optimizer's and the model's options were marked, ``earlier``), or only unreadable
+    leftovers."""
     from landscope.fingerprints import FINGERPRINT_VERSION, same_config
 
     job_dir = Path(job_dir)
