@@ -170,7 +170,13 @@ def test_what_a_config_does_not_read_is_marked_on_the_schema():
     unread = unread_keys(Config, tree)
     assert "optimizer.llp" in unread and "dataset.ood.severity" in unread
     assert "probe.pacbayes.n_mc" in unread and "dataset.tilt" in unread
-    assert not any(k.startswith(("model.", "train.", "optimizer.lr")) for k in unread)
+    assert not any(k.startswith(("train.", "optimizer.lr")) for k in unread)
+    # the MLP reads neither the convolutions' kernel nor the ViTs' patch and heads; SGD
+    # reads no momentum, betas or SAM radius, and the constant schedule no step or floor
+    assert [k for k in unread if k.startswith("model.")] == [
+        "model.patch_size", "model.heads", "model.kernel_size"]
+    assert {"optimizer.momentum", "optimizer.betas", "optimizer.rho",
+            "optimizer.step_size", "optimizer.min_lr"} <= set(unread)
     tree["optimizer"]["name"] = "llp"
     tree["dataset"]["ood"]["enabled"] = True
     tree["probe"]["pacbayes"].update(enabled=True, posterior="grid")

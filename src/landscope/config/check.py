@@ -33,8 +33,10 @@ def unread_keys(schema: type, tree: dict, root: dict | None = None,
     >>> from landscope.config import Config
     >>> from omegaconf import OmegaConf
     >>> tree = OmegaConf.to_container(OmegaConf.structured(Config()), enum_to_str=True)
-    >>> [k for k in unread_keys(Config, tree) if k.startswith("optimizer")]
+    >>> [k for k in unread_keys(Config, tree) if k.startswith("optimizer.l")]
     ['optimizer.llp']
+    >>> [k for k in unread_keys(Config, tree) if k.startswith("model")]
+    ['model.patch_size', 'model.heads', 'model.kernel_size']
     """
     root = tree if root is None else root
     keys: list[str] = []
