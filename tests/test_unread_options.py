@@ -326,3 +326,16 @@ def test_the_sweep_warns_before_training_a_job_again(tmp_path, data_dir):
             "optimizer.betas=[0.9,0.99],optimizer=sgd,seed=0,train.epochs=1 again") in warnings[0]
     assert "4 jobs: 4 completed" in proc.stdout
     assert collect(tmp_path / "sweep").counts == {"completed": 3, "duplicate": 1}
+
+
+def test_the_sweeper_calls_two_jobs_one_only_when_their_stages_agree_too(compose):
+    """The training fingerprint leaves the probe and landscape settings out; a sweep over
+    them (probe.data_size=500,1000) trains one model twice on purpose and is not warned."""
+    from hydra_plugins.landscope_sweeper.landscope_sweeper import job_key
+
+    def key(*overrides):
+        return job_key(compose(["probe=basic", *overrides]))
+
+    assert key("optimizer.betas=[0.8,0.9]") == key()
+    assert key("probe.data_size=500") != key()
+    assert key("landscape=none") != key()

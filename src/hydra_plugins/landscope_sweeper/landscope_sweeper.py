@@ -12,8 +12,9 @@ run, which aborts the sweep.  This sweeper:
    (multirun.yaml included) is written, so a refused sweep is one error line and a
    byte-identical output tree; then renames the job directories an earlier release named
    with an option's old spelling (``landscope.legacy_dirs``) to the current names, and
-   warns of jobs that are another job again (the same training fingerprint: they differ only
-   in options the job does not read, such as ``optimizer.betas`` under SGD);
+   warns of jobs that are another job again (the same training, probe and landscape
+   fingerprints: they differ only in options the job does not read, such as
+   ``optimizer.betas`` under SGD);
 3. runs all batches; a job that raised through the launcher is recorded as
    ``failed`` instead of stopping the sweep;
 4. prints a table of job statuses and records it in :data:`LAST_SWEEP` for the
@@ -111,13 +112,13 @@ class LandscopeSweeper(BasicSweeper):
         ``(legacy, job_dir)`` pairs of directories an earlier release named with an option's
         old spelling (renamed once every job passed)."""
         from landscope.errors import LandscopeError
-        from landscope.jobs import check_inputs, directory_conflict, fingerprint
+        from landscope.jobs import check_inputs, directory_conflict
         from landscope.legacy_dirs import legacy_job_dir, separators
 
         loader = self.hydra_context.config_loader
         dirs: dict = {}
         moves: list = []  # (legacy, job_dir): job directories named by an earlier release
-        jobs: dict = {}  # training fingerprint -> the first job's directory
+        jobs: dict = {}  # job_key -> the first job's directory
         for batch in self.overrides:
             for job_overrides in batch:
                 job_cfg = loader.load_sweep_config(self.config, list(job_overrides))
@@ -142,14 +143,22 @@ class LandscopeSweeper(BasicSweeper):
                     raise LandscopeError(conflict)
                 if legacy is not None:
                     moves.append((legacy, job_dir))
-                _warn_if_again(jobs, fingerprint(_task_config(job_cfg)), subdir)
+                _warn_if_again(jobs, job_key(_task_config(job_cfg)), subdir)
         return moves
 
 
-def _warn_if_again(jobs: dict, fp: str, subdir: str) -> None:
-    """Warn when the job of training fingerprint ``fp`` was met before (jobs named by their
+def job_key(task_cfg: Any) -> tuple:
+    """What a job computes: its training, probe and landscape fingerprints (equal for two
+    configs that differ only in options neither reads)."""
+    from landscope.jobs import fingerprint, landscape_fingerprint, probe_fingerprint
+
+    return (fingerprint(task_cfg), probe_fingerprint(task_cfg), landscape_fingerprint(task_cfg))
+
+
+def _warn_if_again(jobs: dict, key: tuple, subdir: str) -> None:
+    """Warn when the job of ``key`` (:func:`job_key`) was met before (jobs named by their
     directories, as in the status table)."""
-    first = jobs.setdefault(fp, subdir)
+    first = jobs.setdefault(key, subdir)
     if first != subdir:
         log.warning("warning: job %s is job %s again (the same seed, and they differ only in "
                     "options the job does not read): it trains the same model a second time, "
