@@ -256,27 +256,34 @@ def test_mode_connectivity_pairs_seeds_not_two_directories_of_one_job(tmp_path):
     assert [(p["a"]["name"], p["b"]["name"]) for p in pairs] == [
         ("optimizer.betas=[0.8,0.99],seed=0", "optimizer.betas=[0.8,0.99],seed=1")]
     assert notes == [
-        f"skipped: optimizer.betas=[0.9,0.99],seed={s} (the same job as "
+        f"skipped: optimizer.betas=[0.9,0.99],seed={s} (the same trained model as "
         f"optimizer.betas=[0.8,0.99],seed={s}: the same seed, and its config differs only in "
-        "options it does not read)" for s in (0, 1)]
+        "options training does not read)" for s in (0, 1)]
 
 
-def test_the_escapes_of_h3_read_one_directory_per_job(tmp_path):
+def test_the_escapes_of_h3_read_one_directory_per_trained_model(tmp_path):
+    """The escapes start from a job's minimum: directories of one seed whose configs differ
+    only in options training does not read (SGD's rho, the probe's sample count) are one."""
     from landscope.analysis.hypotheses.escapes import escape_jobs
 
     sweep = tmp_path / "sweep"
-    for rho, seed in itertools.product(("0.05", "0.1"), (0, 1)):
-        job = sweep / f"optimizer.rho={rho},seed={seed}"
+    for other, seed in itertools.product(("optimizer.rho=0.05", "optimizer.rho=0.1",
+                                          "probe.data_size=500"), (0, 1)):
+        job = sweep / f"{other},seed={seed}"
         (job / "escape").mkdir(parents=True)
-        (job / "config.yaml").write_text(f"seed: {seed}\noptimizer:\n  rho: {rho}\n")
+        group, key = other.split("=")[0].split(".")
+        (job / "config.yaml").write_text(
+            f"seed: {seed}\n{group}:\n  {key}: {other.split('=')[1]}\n")
         (job / "result.json").write_text(json.dumps({"status": "completed", "seed": seed}))
         (job / "escape" / "abc.json").write_text("{}")
     notes: list[str] = []
     assert [j.name for j in escape_jobs(sweep, notes)] == [
         "optimizer.rho=0.05,seed=0", "optimizer.rho=0.05,seed=1"]
-    assert notes == [f"left out optimizer.rho=0.1,seed={s}: the same config and seed as "
-                     f"optimizer.rho=0.05,seed={s} (it differs at most in options it does not "
-                     "read or that change no result): one job, counted once" for s in (0, 1)]
+    assert notes == [f"left out {other},seed={s}: the same trained model as "
+                     f"optimizer.rho=0.05,seed={s} (the same seed and training config; it "
+                     "differs at most in options training does not read): one minimum, counted "
+                     "once" for other in ("optimizer.rho=0.1", "probe.data_size=500")
+                     for s in (0, 1)]
 
 
 def test_runner_escape_continues_one_directory_per_job(tmp_path):

@@ -64,6 +64,7 @@ UNREADABLE = "unreadable"  # result.json that is not valid JSON or not an object
 
 # Config groups whose names the measured scalars use; their config keys get a "config." prefix.
 _PREFIXED_GROUPS = ("probe", "landscape")
+_STAGE_COLUMNS = tuple(f"config.{g}." for g in _PREFIXED_GROUPS)
 # Config keys that never count as swept hyperparameters: seeds and bookkeeping that do not
 # change what a job computes (landscope.jobs._NON_RESULT_KEYS).
 _NOT_SWEPT = ("seed", "name", "resume", "train.progress", "train.threads", "train.checkpoint_every",
@@ -150,18 +151,20 @@ def _column(key: str) -> str:
     return f"config.{key}" if key.split(".")[0] in _PREFIXED_GROUPS else key
 
 
-def distinct_jobs(jobs: list[JobDir], notes: list[str] | None = None) -> list[JobDir]:
+def distinct_jobs(jobs: list[JobDir], notes: list[str] | None = None,
+                  trained: bool = False) -> list[JobDir]:
     """``jobs`` without the later directories of one job (the same seed and effective config,
-    as :func:`collect` excludes them), each left out with a note in ``notes``."""
+    as :func:`collect` excludes them; with ``trained``, of one trained model: the probe and
+    landscape settings aside), each left out with a note in ``notes``."""
     idents = []
     for job in jobs:
         config = config_columns(job)[0]
-        seed = config.get("seed") if config else None
-        idents.append(identity(config, seed, _column) if config else None)
+        idents.append(identity(config, config.get("seed"), flatten, _column,
+                               _STAGE_COLUMNS if trained else ()) if config else None)
     firsts = first_copies(idents)
     for job, first in zip(jobs, firsts):
         if first is not None and notes is not None:
-            notes.append(f"left out {job.name}: {copy_reason(jobs[first].name)}")
+            notes.append(f"left out {job.name}: {copy_reason(jobs[first].name, trained)}")
     return [job for job, first in zip(jobs, firsts) if first is None]
 
 
@@ -307,7 +310,8 @@ def collect(sweep_dirs: Iterable[str | os.PathLike] | str | os.PathLike) -> Coll
             row, config = _job_row(job, sweep)
             columns.update(dict.fromkeys(config))
             rows.append(row)
-            identities.append(identity(config, row["seed"], _column) if config else None)
+            identities.append(identity(config, row["seed"], flatten, _column) if config
+                              else None)
     jobs = pd.DataFrame(rows, columns=_column_order(rows, columns))
     if len(jobs):
         jobs["included"] = jobs["included"].astype(bool)

@@ -91,12 +91,16 @@ def _free(column: Callable[[str], str]) -> tuple[str, ...]:
     return tuple(column(k) for k in layout_keys(Config))
 
 
-def identity(columns: dict[str, Any], seed: Any, column: Callable[[str], str]) -> str:
-    """A job's seed and effective config columns (options that change no result, named by
-    :func:`landscope.config.layout_keys`, left out) as one string: equal for one job."""
+def identity(columns: dict[str, Any], seed: Any, flatten: Callable[[Any], dict],
+             column: Callable[[str], str], prefixes: tuple[str, ...] = ()) -> str:
+    """A job's seed and effective config columns as one string, equal for one job: options
+    the config lacks at their defaults; options that change no result (named by
+    :func:`landscope.config.layout_keys`) and columns starting with ``prefixes`` left out."""
     free = _free(column)
-    kept = sorted((k, v) for k, v in columns.items()
-                  if k != "seed" and not any(k == f or k.startswith(f + ".") for f in free))
+    full = {**_flat_defaults(flatten, column), **columns}
+    kept = sorted((k, v) for k, v in full.items()
+                  if k != "seed" and not k.startswith(prefixes)
+                  and not any(k == f or k.startswith(f + ".") for f in free))
     return json.dumps([seed, kept], default=str)
 
 
@@ -110,7 +114,11 @@ def first_copies(identities: list[Any]) -> list[Any]:
     return out
 
 
-def copy_reason(kept: str) -> str:
+def copy_reason(kept: str, trained: bool = False) -> str:
+    """Why a job is left out as a copy of ``kept`` (``trained``: of its trained model)."""
+    if trained:
+        return (f"the same trained model as {kept} (the same seed and training config; it "
+                "differs at most in options training does not read): one minimum, counted once")
     return (f"the same config and seed as {kept} (it differs at most in options it does not "
             "read or that change no result): one job, counted once")
 

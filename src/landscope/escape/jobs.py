@@ -15,9 +15,9 @@ from landscope.progress import bar, wanted
 
 def completed_jobs(paths: list[str]) -> tuple[list[dict], list[str]]:
     """``(jobs, notes)``: the completed jobs under ``paths`` (each a sweep directory, whose
-    ``*/result.json`` are its jobs, or a job directory), one directory per job (a second
-    directory of one seed and config is skipped with a note: its continuations would be the
-    first's, and H3 reads one directory per job)."""
+    ``*/result.json`` are its jobs, or a job directory), one directory per trained model (a
+    second directory of one seed and training config is skipped with a note: its
+    continuations would be the first's, and H3 reads one directory per model)."""
     from landscope.analysis.collect import distinct_jobs
     from landscope.jobdir import find_jobs, screen
 
@@ -31,7 +31,7 @@ def completed_jobs(paths: list[str]) -> tuple[list[dict], list[str]]:
             jobs.append({"job": s.job, "name": s.job.name, "result": s.result})
     if not jobs:
         raise LandscopeError(f"no completed jobs in {' '.join(paths)}")
-    kept = set(distinct_jobs([j["job"] for j in jobs], notes))
+    kept = set(distinct_jobs([j["job"] for j in jobs], notes, trained=True))
     return [j for j in jobs if j["job"] in kept], notes
 
 

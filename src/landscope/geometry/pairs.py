@@ -50,15 +50,17 @@ def _group_key(cfg: DictConfig) -> str:
 
 
 def _one_per_seed(members: list[dict], notes: list[str]) -> list[dict]:
-    """The group's jobs by seed, one per seed: two directories of one seed hold one job (their
-    configs differ only in options it does not read), and a pair of it with itself is no pair."""
+    """The group's jobs by seed, one per seed: two directories of one seed hold one trained
+    model (their configs differ only in options training does not read, such as the probe's),
+    and a pair of it with itself is no pair."""
     members = sorted(members, key=lambda m: (int(m["cfg"].seed), m["name"]))
     kept: dict[int, dict] = {}
     for m in members:
         first = kept.setdefault(int(m["cfg"].seed), m)
         if first is not m:
-            notes.append(f"skipped: {m['name']} (the same job as {first['name']}: the same "
-                         "seed, and its config differs only in options it does not read)")
+            notes.append(f"skipped: {m['name']} (the same trained model as {first['name']}: "
+                         "the same seed, and its config differs only in options training does "
+                         "not read)")
     return list(kept.values())
 
 

@@ -38,14 +38,14 @@ def is_noise_comparison(rec: dict) -> bool:
 def escape_jobs(path: Path, notes: Optional[list[str]] = None) -> list[JobDir]:
     """The jobs with escape results: ``[path]`` when it is such a job directory (it holds
     ``result.json`` and ``escape/``), else those below it holding ``escape/*.json``, one
-    directory per job (:func:`~landscope.analysis.collect.distinct_jobs`; the others noted in
-    ``notes``)."""
+    directory per trained model (:func:`~landscope.analysis.collect.distinct_jobs`: the escapes
+    start from the minimum; the others noted in ``notes``)."""
     from landscope.analysis.collect import distinct_jobs
 
     job = JobDir(path)
     if job.holds((ESCAPE_DIR,)) and job.has_result():
         return [job]
-    return distinct_jobs(Sweep(path).job_dirs((f"{ESCAPE_DIR}/*.json",)), notes)
+    return distinct_jobs(Sweep(path).job_dirs((f"{ESCAPE_DIR}/*.json",)), notes, trained=True)
 
 
 def has_escapes(path: str | Path) -> bool:
