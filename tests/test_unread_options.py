@@ -338,10 +338,13 @@ def test_the_sweep_warns_before_training_a_job_again(tmp_path, data_dir):
 def test_the_sweeper_calls_two_jobs_one_only_when_their_stages_agree_too(compose):
     """The training fingerprint leaves the probe and landscape settings out; a sweep over
     them (probe.data_size=500,1000) trains one model twice on purpose and is not warned."""
-    from hydra_plugins.landscope_sweeper.landscope_sweeper import job_key
+    from landscope.fingerprints import job_fingerprints, landscape_fingerprint, probe_fingerprint
 
     def key(*overrides):
-        return job_key(compose(["probe=basic", *overrides]))
+        cfg = compose(["probe=basic", *overrides])
+        keys = job_fingerprints(cfg)
+        assert keys == (fingerprint(cfg), probe_fingerprint(cfg), landscape_fingerprint(cfg))
+        return keys
 
     assert key("optimizer.betas=[0.8,0.9]") == key()
     assert key("probe.data_size=500") != key()

@@ -52,13 +52,19 @@ MARKED_LATER = ("optimizer.momentum", "optimizer.nesterov", "optimizer.betas", "
                 "model.kernel_size")
 
 
-def _tree(cfg: Any, keep: tuple[str, ...] = ()) -> dict:
-    """``cfg`` on the schema (options it lacks at their defaults) as plain data without the
-    options it does not read (:func:`~landscope.config.check.unread_keys`; those in ``keep``
-    stay), each option under its first name (:func:`~landscope.config.renames.to_legacy`):
-    renaming or nesting an option changes no hash."""
-    tree = OmegaConf.to_container(OmegaConf.structured(typed(cfg)), resolve=True,
+def _plain(cfg: Any) -> dict:
+    """``cfg`` on the schema (options it lacks at their defaults) as plain data (the costly
+    part, about 0.1 s: build it once per config)."""
+    return OmegaConf.to_container(OmegaConf.structured(typed(cfg)), resolve=True,
                                   enum_to_str=True)
+
+
+def _tree(cfg: Any, keep: tuple[str, ...] = (), plain: Optional[dict] = None) -> dict:
+    """``cfg`` (or its :func:`_plain` data) without the options it does not read
+    (:func:`~landscope.config.check.unread_keys`; those in ``keep`` stay), each option under
+    its first name (:func:`~landscope.config.renames.to_legacy`): renaming or nesting an
+    option changes no hash."""
+    tree = json.loads(json.dumps(plain)) if plain is not None else _plain(cfg)
     for key in unread_keys(Config, tree):
         if key not in keep:
             _drop(tree, key)
@@ -133,36 +139,56 @@ def _landscape_options(landscape: dict) -> dict:
     return landscape
 
 
+def _train_hash(tree: dict) -> str:
+    return _hash("train", _changed(_training_options(tree), _training_options(_default_tree())))
+
+
 def fingerprint(cfg: Any) -> str:
     """Hash of the options training reads that differ from their defaults."""
-    return _hash("train", _changed(_training_options(_tree(cfg)),
-                                   _training_options(_default_tree())))
+    return _train_hash(_tree(cfg))
+
+
+def training_fingerprints(cfg: Any) -> tuple[str, Optional[str]]:
+    """``(fingerprint(cfg), earlier_fingerprint(cfg))`` from one conversion of ``cfg``."""
+    plain = _plain(cfg)
+    now = _train_hash(_tree(cfg, plain=plain))
+    before = _train_hash(_tree(cfg, keep=MARKED_LATER, plain=plain))
+    return now, None if before == now else before
 
 
 def earlier_fingerprint(cfg: Any) -> Optional[str]:
     """The version-2 training hash ``cfg`` had before :data:`MARKED_LATER` were marked,
     when it differs from :func:`fingerprint` (the config sets an option it does not read),
     else None: a job directory written then holds this config's job."""
-    before = _hash("train", _changed(_training_options(_tree(cfg, keep=MARKED_LATER)),
-                                     _training_options(_default_tree())))
-    return None if before == fingerprint(cfg) else before
+    return training_fingerprints(cfg)[1]
 
 
-def probe_fingerprint(cfg: Any) -> Optional[str]:
+def probe_fingerprint(cfg: Any, tree: Optional[dict] = None) -> Optional[str]:
     """Hash of the probe options (None when probes are off): a completed job whose
-    result.json carries another one gets its probes (re)computed, without retraining."""
+    result.json carries another one gets its probes (re)computed, without retraining.
+    ``tree``: ``cfg``'s :func:`_tree`, when the caller has it."""
     if str(cfg.probe.name) == "none":
         return None
-    return _hash("probe", _changed(_probe_options(_tree(cfg)["probe"]),
+    tree = _tree(cfg) if tree is None else tree
+    return _hash("probe", _changed(_probe_options(tree["probe"]),
                                    _probe_options(_default_tree()["probe"])))
 
 
-def landscape_fingerprint(cfg: Any) -> Optional[str]:
+def landscape_fingerprint(cfg: Any, tree: Optional[dict] = None) -> Optional[str]:
     """Hash of the landscape options (None when it is off), like :func:`probe_fingerprint`."""
     if str(cfg.landscape.name) == "none":
         return None
-    return _hash("landscape", _changed(_landscape_options(_tree(cfg)["landscape"]),
+    tree = _tree(cfg) if tree is None else tree
+    return _hash("landscape", _changed(_landscape_options(tree["landscape"]),
                                        _landscape_options(_default_tree()["landscape"])))
+
+
+def job_fingerprints(cfg: Any) -> tuple[str, Optional[str], Optional[str]]:
+    """What a job computes: its training, probe and landscape fingerprints, from one
+    conversion of ``cfg`` (equal for two configs that differ only in options none reads)."""
+    tree = _tree(cfg)
+    probe, landscape = probe_fingerprint(cfg, tree), landscape_fingerprint(cfg, tree)
+    return _train_hash(tree), probe, landscape
 
 
 def legacy_fingerprint(cfg: Any) -> str:

@@ -20,12 +20,12 @@ from landscope.data import check_available
 from landscope.errors import LandscopeError, one_line
 from landscope.fingerprints import (  # noqa: F401
     FINGERPRINT_VERSION,
-    earlier_fingerprint,
     fingerprint,
     landscape_fingerprint,
     legacy_fingerprint,
     probe_fingerprint,
     same_config,
+    training_fingerprints,
 )
 from landscope.io import atomic_write_text, write_json
 from landscope.jobcheck import FINISHED, JobRefused, conflict_reason, read_result
@@ -79,8 +79,8 @@ def directory_conflict(cfg: DictConfig, job_dir: Path) -> Optional[str]:
     """One line when ``job_dir`` already holds a job of another config (by its result.json,
     else its newest valid checkpoint, else its config.yaml), None when it is absent, empty,
     holds this job or only unreadable leftovers. Reads only: call it before writing."""
-    return conflict_reason(Path(job_dir), fingerprint(cfg), fingerprint, legacy_fingerprint(cfg),
-                           earlier_fingerprint(cfg))
+    fp, earlier = training_fingerprints(cfg)
+    return conflict_reason(Path(job_dir), fp, fingerprint, legacy_fingerprint(cfg), earlier)
 
 
 def train_job(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: int = 1) -> dict:
@@ -177,16 +177,16 @@ def record_failure(cfg: DictConfig, job_dir: Path, overrides: list[str], message
     if not job_dir.is_dir():
         return None
     previous = read_result(job_dir / "result.json", warn=False)
+    fp, earlier = training_fingerprints(cfg)
     keep = (user_error and (job_dir / "result.json").exists()) or (
         previous is not None and previous["status"] in FINISHED
-        and same_config(previous, fingerprint(cfg), legacy_fingerprint(cfg),
-                        earlier_fingerprint(cfg)))
+        and same_config(previous, fp, legacy_fingerprint(cfg), earlier))
     try:
         atomic_write_text(job_dir / "traceback.txt", traceback.format_exc())
         if not keep:
             write_json(job_dir / "result.json", {
                 "status": FAILED, "error": message, "seed": cfg.seed,
-                "overrides": overrides, "fingerprint": fingerprint(cfg),
+                "overrides": overrides, "fingerprint": fp,
                 "fingerprint_version": FINGERPRINT_VERSION,
                 "versions": package_versions(), "git_commit": git_commit()})
     except OSError as exc:

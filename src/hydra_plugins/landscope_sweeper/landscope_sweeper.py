@@ -112,13 +112,14 @@ class LandscopeSweeper(BasicSweeper):
         ``(legacy, job_dir)`` pairs of directories an earlier release named with an option's
         old spelling (renamed once every job passed)."""
         from landscope.errors import LandscopeError
+        from landscope.fingerprints import job_fingerprints
         from landscope.jobs import check_inputs, directory_conflict
         from landscope.legacy_dirs import legacy_job_dir, separators
 
         loader = self.hydra_context.config_loader
         dirs: dict = {}
         moves: list = []  # (legacy, job_dir): job directories named by an earlier release
-        jobs: dict = {}  # job_key -> the first job's directory
+        jobs: dict = {}  # job_fingerprints -> the first job's directory
         for batch in self.overrides:
             for job_overrides in batch:
                 job_cfg = loader.load_sweep_config(self.config, list(job_overrides))
@@ -143,21 +144,13 @@ class LandscopeSweeper(BasicSweeper):
                     raise LandscopeError(conflict)
                 if legacy is not None:
                     moves.append((legacy, job_dir))
-                _warn_if_again(jobs, job_key(_task_config(job_cfg)), subdir)
+                _warn_if_again(jobs, job_fingerprints(_task_config(job_cfg)), subdir)
         return moves
 
 
-def job_key(task_cfg: Any) -> tuple:
-    """What a job computes: its training, probe and landscape fingerprints (equal for two
-    configs that differ only in options neither reads)."""
-    from landscope.jobs import fingerprint, landscape_fingerprint, probe_fingerprint
-
-    return (fingerprint(task_cfg), probe_fingerprint(task_cfg), landscape_fingerprint(task_cfg))
-
-
 def _warn_if_again(jobs: dict, key: tuple, subdir: str) -> None:
-    """Warn when the job of ``key`` (:func:`job_key`) was met before (jobs named by their
-    directories, as in the status table)."""
+    """Warn when the job of ``key`` (:func:`landscope.fingerprints.job_fingerprints`) was met
+    before (jobs named by their directories, as in the status table)."""
     first = jobs.setdefault(key, subdir)
     if first != subdir:
         log.warning("warning: job %s is job %s again (the same seed, and they differ only in "

@@ -45,13 +45,16 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from landscope.analysis.effective import (  # noqa: F401 - DUPLICATE: a status, as below
+from landscope.analysis.effective import (  # noqa: F401 - DUPLICATE, flatten: re-exported
     DUPLICATE,
+    STAGE_COLUMNS,
     copy_reason,
     effective_columns,
     first_copies,
+    flatten,
     identity,
     mark_duplicates,
+    scalar,
 )
 from landscope.io import atomic_write_bytes, atomic_write_text, write_json
 from landscope.jobdir import CONFIG_FILE, JOB_MARKERS, RESULT_FILE, JobDir, find_jobs
@@ -62,9 +65,6 @@ COMPLETED, DIVERGED, FAILED = "completed", "diverged", "failed"
 INCOMPLETE = "incomplete"  # a job directory without result.json (running, killed, never finished)
 UNREADABLE = "unreadable"  # result.json that is not valid JSON or not an object
 
-# Config groups whose names the measured scalars use; their config keys get a "config." prefix.
-_PREFIXED_GROUPS = ("probe", "landscape")
-_STAGE_COLUMNS = tuple(f"config.{g}." for g in _PREFIXED_GROUPS)
 # Config keys that never count as swept hyperparameters: seeds and bookkeeping that do not
 # change what a job computes (landscope.jobs._NON_RESULT_KEYS).
 _NOT_SWEPT = ("seed", "name", "resume", "train.progress", "train.threads", "train.checkpoint_every",
@@ -89,31 +89,6 @@ class Collection:
     def included(self) -> pd.DataFrame:
         """The completed jobs only."""
         return self.jobs[self.jobs["included"]].reset_index(drop=True)
-
-
-def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1, "c": [1, 2]}}`` → ``{"a.b": 1, "a.c": "[1, 2]"}`` (lists as JSON)."""
-    out: dict[str, Any] = {}
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            name = f"{prefix}.{key}" if prefix else str(key)
-            if isinstance(value, dict) and value:
-                out.update(flatten(value, name))
-            else:
-                out.update(flatten(value, name) if isinstance(value, dict)
-                           else {name: _scalar(value)})
-        return out
-    return {prefix: _scalar(obj)}
-
-
-def _scalar(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return json.dumps(value)
-    if isinstance(value, dict):  # empty dict
-        return json.dumps(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)  # enums and anything else
 
 
 def job_dirs(path: str | os.PathLike) -> list[JobDir]:
@@ -142,13 +117,7 @@ def config_columns(job: JobDir) -> tuple[dict[str, Any] | None, str | None]:
         return None, f"unreadable config.yaml: {type(exc).__name__}: {exc}"
     if not isinstance(cfg, dict):  # an empty file
         return None, None
-    columns = {_column(k): v for k, v in flatten(cfg).items()}
-    return effective_columns(cfg, columns, flatten, _column), None
-
-
-def _column(key: str) -> str:
-    """The column of config option ``key`` (the groups probe and landscape prefixed)."""
-    return f"config.{key}" if key.split(".")[0] in _PREFIXED_GROUPS else key
+    return effective_columns(cfg), None
 
 
 def distinct_jobs(jobs: list[JobDir], notes: list[str] | None = None,
@@ -159,8 +128,8 @@ def distinct_jobs(jobs: list[JobDir], notes: list[str] | None = None,
     idents = []
     for job in jobs:
         config = config_columns(job)[0]
-        idents.append(identity(config, config.get("seed"), flatten, _column,
-                               _STAGE_COLUMNS if trained else ()) if config else None)
+        idents.append(identity(config, config.get("seed"), STAGE_COLUMNS if trained else ())
+                      if config else None)
     firsts = first_copies(idents)
     for job, first in zip(jobs, firsts):
         if first is not None and notes is not None:
@@ -230,12 +199,12 @@ def _job_row(job: JobDir, sweep: str) -> tuple[dict[str, Any], dict[str, Any]]:
     for key in _FINAL_KEYS:
         row[f"final.{key}"] = final.get(key)
     for key, value in final.items():
-        row.setdefault(f"final.{key}", _scalar(value))
+        row.setdefault(f"final.{key}", scalar(value))
     for section, prefix in (("probes", "probe"), ("landscape", "landscape")):
         scalars = result.get(section)
         if isinstance(scalars, dict):
             for key, value in scalars.items():
-                row[f"{prefix}.{key}"] = _scalar(value)
+                row[f"{prefix}.{key}"] = scalar(value)
     for key, value in config.items():
         row.setdefault(key, value)
     return row, config
@@ -310,8 +279,7 @@ def collect(sweep_dirs: Iterable[str | os.PathLike] | str | os.PathLike) -> Coll
             row, config = _job_row(job, sweep)
             columns.update(dict.fromkeys(config))
             rows.append(row)
-            identities.append(identity(config, row["seed"], flatten, _column) if config
-                              else None)
+            identities.append(identity(config, row["seed"]) if config else None)
     jobs = pd.DataFrame(rows, columns=_column_order(rows, columns))
     if len(jobs):
         jobs["included"] = jobs["included"].astype(bool)

@@ -25,11 +25,46 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
 DUPLICATE = "duplicate"  # status of a job that repeats an included job's config and seed
+# Config groups whose names the measured scalars use; their config keys get a "config." prefix.
+_PREFIXED_GROUPS = ("probe", "landscape")
+STAGE_COLUMNS = tuple(f"config.{g}." for g in _PREFIXED_GROUPS)
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1, "c": [1, 2]}}`` → ``{"a.b": 1, "a.c": "[1, 2]"}`` (lists as JSON)."""
+    out: dict[str, Any] = {}
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if isinstance(value, dict) and value:
+                out.update(flatten(value, name))
+            else:
+                out.update(flatten(value, name) if isinstance(value, dict)
+                           else {name: scalar(value)})
+        return out
+    return {prefix: scalar(obj)}
+
+
+def scalar(value: Any) -> Any:
+    """A table cell: lists and dicts as JSON, enums and the like as strings."""
+    if isinstance(value, (list, tuple)):
+        return json.dumps(value)
+    if isinstance(value, dict):  # empty dict
+        return json.dumps(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)  # enums and anything else
+
+
+def column(key: str) -> str:
+    """The table column of config option ``key`` (the groups probe and landscape prefixed:
+    ``probe.*`` and ``landscape.*`` hold the measured scalars)."""
+    return f"config.{key}" if key.split(".")[0] in _PREFIXED_GROUPS else key
 
 
 @lru_cache(maxsize=1)
@@ -62,42 +97,37 @@ def unread_options(cfg: dict) -> list[str]:
         return []
 
 
-@lru_cache(maxsize=4)
-def _flat_defaults(flatten: Callable[[Any], dict], column: Callable[[str], str]) -> dict:
+@lru_cache(maxsize=1)
+def _flat_defaults() -> dict:
     """The defaults flattened, by column (read only)."""
     return {column(k): v for k, v in flatten(json.loads(_defaults())).items()}
 
 
-def effective_columns(cfg: dict, columns: dict[str, Any], flatten: Callable[[Any], dict],
-                      column: Callable[[str], str]) -> dict[str, Any]:
-    """``columns`` (``cfg`` flattened, named by ``column``) with every option ``cfg`` does not
-    read at its schema default (None where the schema has none)."""
-    unread = unread_options(cfg)
-    if not unread:
-        return columns
-    defaults = _flat_defaults(flatten, column)
-    names = [column(k) for k in unread]
-    out = dict(columns)
+def effective_columns(cfg: dict) -> dict[str, Any]:
+    """``cfg`` flattened into table columns (:func:`column`), every option it does not read at
+    its schema default (None where the schema has none)."""
+    columns = {column(k): v for k, v in flatten(cfg).items()}
+    unread = [column(k) for k in unread_options(cfg)]
+    defaults = _flat_defaults()
     for key in columns:
-        if any(key == n or key.startswith(n + ".") for n in names):
-            out[key] = defaults.get(key)
-    return out
+        if any(key == n or key.startswith(n + ".") for n in unread):
+            columns[key] = defaults.get(key)
+    return columns
 
 
 @lru_cache(maxsize=1)
-def _free(column: Callable[[str], str]) -> tuple[str, ...]:
+def _free() -> tuple[str, ...]:
     from landscope.config import Config, layout_keys
 
     return tuple(column(k) for k in layout_keys(Config))
 
 
-def identity(columns: dict[str, Any], seed: Any, flatten: Callable[[Any], dict],
-             column: Callable[[str], str], prefixes: tuple[str, ...] = ()) -> str:
+def identity(columns: dict[str, Any], seed: Any, prefixes: tuple[str, ...] = ()) -> str:
     """A job's seed and effective config columns as one string, equal for one job: options
     the config lacks at their defaults; options that change no result (named by
     :func:`landscope.config.layout_keys`) and columns starting with ``prefixes`` left out."""
-    free = _free(column)
-    full = {**_flat_defaults(flatten, column), **columns}
+    free = _free()
+    full = {**_flat_defaults(), **columns}
     kept = sorted((k, v) for k, v in full.items()
                   if k != "seed" and not k.startswith(prefixes)
                   and not any(k == f or k.startswith(f + ".") for f in free))
