@@ -73,28 +73,35 @@ def paths_and_overrides(args: list[str]) -> tuple[list[str], list[str]]:
 def pop_out(args: list[str]) -> Optional[Path]:
     """Remove ``--out DIR`` (or ``--out=DIR``) from ``args`` and return DIR (None when absent;
     exit 2 without DIR or when given twice)."""
+    found = pop_values(args, "--out", "a directory")
+    if len(found) > 1:
+        _bad_input(f"--out given {len(found)} times ({', '.join(found)}); give it once")
+    return Path(found[0]) if found else None
+
+
+def pop_values(args: list[str], name: str, what: str) -> list[str]:
+    """Remove every ``NAME VALUE`` (or ``NAME=VALUE``) from ``args`` and return the values in
+    order (exit 2 when one lacks its value, ``what``)."""
     found: list[str] = []
     rest: list[str] = []
     i = 0
     while i < len(args):
         arg = args[i]
-        if arg == "--out":
+        if arg == name:
             if i + 1 >= len(args) or args[i + 1].startswith("-"):
-                _bad_input("--out needs a directory")
+                _bad_input(f"{name} needs {what}")
             found.append(args[i + 1])
             i += 2
             continue
-        if arg.startswith("--out="):
-            if not arg[len("--out="):]:
-                _bad_input("--out needs a directory")
-            found.append(arg[len("--out="):])
+        if arg.startswith(name + "="):
+            if not arg[len(name) + 1:]:
+                _bad_input(f"{name} needs {what}")
+            found.append(arg[len(name) + 1:])
         else:
             rest.append(arg)
         i += 1
-    if len(found) > 1:
-        _bad_input(f"--out given {len(found)} times ({', '.join(found)}); give it once")
     args[:] = rest
-    return Path(found[0]) if found else None
+    return found
 
 
 def job_targets(paths: list[str]) -> list[tuple[Path, Optional[Path]]]:

@@ -7,6 +7,10 @@ the tidy tables (``jobs.csv``, ``jobs.parquet``, ``excluded.csv``, ``measures.cs
 ``measures_gap.csv``), into ``--out`` (default ``SWEEP/report`` for one sweep,
 ``outputs/report`` for several). Failed, diverged and incomplete jobs are counted and listed,
 never dropped silently. Regenerable at any time: nothing is retrained or re-probed.
+A model trained in several directories and probed or scanned with other settings in each
+(``probe.data_size=500,1000``) is analysed once, at the setting most jobs ran; the others are
+listed with status ``other_setting``. ``--setting KEY=VALUE`` (a ``probe.*`` or
+``landscape.*`` option; repeatable) chooses the setting instead.
 When the sweep's jobs were tracked with ``logger=wandb``, the report (HTML, Markdown, tables,
 figures) is also stored as a W&B artifact of type ``report`` in the sweep's group, with the
 jobs' project, entity and mode (``--no-wandb``: don't; ``--wandb``: also for untracked sweeps,
@@ -27,10 +31,12 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> None:
-    from runner.cli import arguments, check_writable, input_errors, pop_out
+    from runner.cli import arguments, check_writable, input_errors, pop_out, pop_values
 
-    args = arguments(argv, __doc__, options=("--out",), flags=("--wandb", "--no-wandb"))
+    args = arguments(argv, __doc__, options=("--out", "--setting"),
+                     flags=("--wandb", "--no-wandb"))
     out = pop_out(args)
+    chosen = pop_values(args, "--setting", "a probe or landscape option, KEY=VALUE")
     given = [f for f in ("--wandb", "--no-wandb") if f in args]
     if len(given) > 1:
         print("error: --wandb and --no-wandb contradict each other; give one", file=sys.stderr)
@@ -38,6 +44,9 @@ def main(argv: list[str] | None = None) -> None:
     wandb_flag = None if not given else given[0] == "--wandb"
     args = [a for a in args if a not in given]
     with input_errors():
+        from landscope.analysis.effective import parse_settings
+
+        setting = parse_settings(chosen)
         paths = _sources(args)
         if out is None:
             out = paths[0] / "report" if len(paths) == 1 else Path("outputs") / "report"
@@ -46,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with input_errors():
         try:
-            page = build_report(paths, out)
+            page = build_report(paths, out, setting=setting)
         except OSError as exc:  # the disk filled, or permissions changed meanwhile
             print(f"error: report not written to {out}: {exc.strerror or exc}", file=sys.stderr)
             sys.exit(1)

@@ -5,8 +5,10 @@ Every job directory found is a row, whatever became of the job: completed jobs a
 (corrupt ``result.json``) are kept as rows with their ``status`` and a ``reason``, listed
 in :attr:`Collection.excluded` and counted in :attr:`Collection.counts`, never silently
 dropped. So is a completed job that repeats an earlier one's config and seed (status
-``duplicate``: the same job in two directories, counted once; see
-:mod:`landscope.analysis.effective`).
+``duplicate``: the same job in two directories, counted once), and a completed job of a trained
+model already included that was probed or scanned with other settings (status
+``other_setting``: one model is one unit, and one setting is analysed for every model); see
+:mod:`landscope.analysis.effective`.
 
 Columns of :attr:`Collection.jobs`:
 
@@ -54,7 +56,9 @@ from landscope.analysis.effective import (  # noqa: F401 - DUPLICATE, flatten: r
     flatten,
     identity,
     mark_duplicates,
+    mark_other_settings,
     scalar,
+    stage_setting,
 )
 from landscope.io import atomic_write_bytes, atomic_write_text, write_json
 from landscope.jobdir import CONFIG_FILE, JOB_MARKERS, RESULT_FILE, JobDir, find_jobs
@@ -261,11 +265,16 @@ def _isna(value: Any) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value))
 
 
-def collect(sweep_dirs: Iterable[str | os.PathLike] | str | os.PathLike) -> Collection:
-    """Collect sweep directories (or single job directories) into a :class:`Collection`."""
+def collect(sweep_dirs: Iterable[str | os.PathLike] | str | os.PathLike,
+            setting: dict[str, Any] | None = None) -> Collection:
+    """Collect sweep directories (or single job directories) into a :class:`Collection`.
+    ``setting`` (:func:`~landscope.analysis.effective.parse_settings`) chooses the probe and
+    landscape setting kept for a trained model measured with several
+    (:func:`~landscope.analysis.effective.mark_other_settings`)."""
     if isinstance(sweep_dirs, (str, os.PathLike)):
         sweep_dirs = [sweep_dirs]
     rows, sources, columns, seen, identities = [], [], {}, set(), []
+    trained, settings = [], []
     for sweep_dir in sweep_dirs:
         sweep_dir = Path(sweep_dir)
         jobs = job_dirs(sweep_dir)
@@ -280,6 +289,8 @@ def collect(sweep_dirs: Iterable[str | os.PathLike] | str | os.PathLike) -> Coll
             columns.update(dict.fromkeys(config))
             rows.append(row)
             identities.append(identity(config, row["seed"]) if config else None)
+            trained.append(identity(config, row["seed"], STAGE_COLUMNS) if config else None)
+            settings.append(stage_setting(config) if config else {})
     jobs = pd.DataFrame(rows, columns=_column_order(rows, columns))
     if len(jobs):
         jobs["included"] = jobs["included"].astype(bool)
@@ -291,6 +302,7 @@ def collect(sweep_dirs: Iterable[str | os.PathLike] | str | os.PathLike) -> Coll
                     1.0 - jobs["final.train_acc"])
         _add_ood_error(jobs)
         mark_duplicates(jobs, identities)
+        mark_other_settings(jobs, trained, settings, setting)
     excluded = (jobs.loc[~jobs["included"], ["sweep", "job", "status", "reason", "path"]]
                 .reset_index(drop=True) if len(jobs)
                 else pd.DataFrame(columns=["sweep", "job", "status", "reason", "path"]))

@@ -178,6 +178,8 @@ def granulated_kendall(df: pd.DataFrame, measure: str, target: str | pd.Series =
     keep = np.isfinite(x.to_numpy()) & np.isfinite(y.to_numpy())
     rows, x, y = (rows[keep].reset_index(drop=True), x[keep].reset_index(drop=True),
                   y[keep].reset_index(drop=True))
+    if rows.empty:
+        return Granulated(psi=math.nan)
     if hyperparameters is None:
         config = [c for c in rows.columns if "." in c and not c.startswith(
             ("probe.", "landscape.", "final.", "config."))]

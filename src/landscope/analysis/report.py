@@ -44,6 +44,7 @@ from typing import Callable, Iterable, Optional
 from landscope.analysis import class_structure, eos, init_scale, optimizer_study, sde, studies
 from landscope.analysis.collect import Collection, collect, save
 from landscope.analysis.doc import Doc, table
+from landscope.analysis.effective import analysed_setting
 from landscope.analysis.hypotheses import h1, h2, h3, h4
 from landscope.analysis.report_measures import (
     TOP_SCATTER,
@@ -89,12 +90,13 @@ SECTIONS: list[Section] = [h1.SECTION, h2.SECTION, h3.SECTION, h4.SECTION,
 
 
 def build_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
-                 title: Optional[str] = None) -> Path:
+                 title: Optional[str] = None, setting: Optional[dict] = None) -> Path:
     """Collect the sweeps in ``paths``, analyse them and write the report into ``out_dir``.
-    Returns the path of ``report.html``. Raises :class:`LandscopeError` when no job is found."""
+    Returns the path of ``report.html``. Raises :class:`LandscopeError` when no job is found
+    (or none ran ``setting``, :func:`~landscope.analysis.collect.collect`'s choice)."""
     paths = [Path(p) for p in paths]
     out = Path(out_dir)
-    coll: Collection = collect(paths)
+    coll: Collection = collect(paths, setting)
     if coll.jobs.empty:
         raise LandscopeError(f"no jobs found in {', '.join(map(str, paths))}")
     out.mkdir(parents=True, exist_ok=True)
@@ -108,6 +110,9 @@ def build_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
     doc.para(f"{len(coll.jobs)} jobs from {', '.join(coll.sources)}: {counts}. "
              f"{len(inc)} completed jobs are analysed. Swept hyperparameters (besides the "
              f"seed): {', '.join(coll.swept) if coll.swept else 'none'}.")
+    setting_note = analysed_setting(coll.jobs)
+    if setting_note:
+        doc.para(setting_note)
     if coll.excluded.empty:
         doc.para("Every job completed; none is excluded.")
     else:

@@ -1,0 +1,179 @@
+"""One trained model measured with several probe or landscape settings is one unit.
+
+``python -m runner -m optimizer=sgd,adam seed=0,1 probe.data_size=500,1000`` trains each model
+in two directories and probes it with 500 samples in one, 1,000 in the other. Pooled, the
+report would count each model twice (its test error twice, as two seeds' worth of evidence) and
+mix two estimators of λmax in one test. ``collect`` keeps one setting for every model (the one
+most jobs ran, or the one ``runner.report --setting`` names) and lists the others as
+``other_setting``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+import yaml
+
+from landscope.analysis import collect
+from landscope.analysis.effective import (
+    OTHER_SETTING,
+    analysed_setting,
+    parse_settings,
+)
+from landscope.errors import LandscopeError
+
+
+def _job(root, name: str, optimizer: str, seed: int, probe: dict, acc: float,
+         lam: float, landscape: dict | None = None, final: dict | None = None) -> None:
+    job = root / name
+    job.mkdir(parents=True)
+    config = {"seed": seed, "model": {"name": "mlp", "width": 32},
+              "optimizer": {"name": optimizer, "lr": 0.1},
+              "probe": {"name": "basic", **probe},
+              "landscape": {"name": "none", **(landscape or {})}}
+    (job / "config.yaml").write_text(yaml.safe_dump(config))
+    (job / "result.json").write_text(json.dumps({
+        "status": "completed", "seed": seed, "probes": {"lambda_max": lam},
+        "final": final or {"test_acc": acc, "train_acc": 1.0, "train_loss": 0.01 * seed}}))
+
+
+def _sweep(tmp_path):
+    """sgd, adam × seeds 0, 1 × data_size 500, 1000, and one more model (sgd, seed 2) probed
+    only with 1,000 samples: 1,000 is the setting most jobs ran (5 against 4)."""
+    root = tmp_path / "sweep"
+    for opt in ("adam", "sgd"):
+        for seed in (0, 1):
+            for size in (500, 1000):
+                _job(root, f"{opt},n={size},seed={seed}", opt, seed, {"data_size": size},
+                     0.5 + seed / 10, lam=size / 100 + seed)
+    _job(root, "sgd,n=1000,seed=2", "sgd", 2, {"data_size": 1000}, 0.7, lam=12.0)
+    return root
+
+
+def test_a_trained_model_is_analysed_once_at_the_setting_most_jobs_ran(tmp_path):
+    c = collect(_sweep(tmp_path))
+    assert c.counts == {"completed": 5, OTHER_SETTING: 4}
+    kept = c.included
+    assert sorted(kept["job"]) == ["adam,n=1000,seed=0", "adam,n=1000,seed=1",
+                                   "sgd,n=1000,seed=0", "sgd,n=1000,seed=1", "sgd,n=1000,seed=2"]
+    assert (kept["config.probe.data_size"] == 1000).all()
+    assert not kept.duplicated(["optimizer.name", "seed"]).any()
+    other = c.excluded.set_index("job")
+    assert sorted(other.index) == ["adam,n=500,seed=0", "adam,n=500,seed=1",
+                                   "sgd,n=500,seed=0", "sgd,n=500,seed=1"]
+    assert other.loc["sgd,n=500,seed=1", "reason"].startswith(
+        "the same trained model as sweep/sgd,n=1000,seed=1, measured with other settings "
+        "(probe.data_size=500 where it has 1000): a measure taken with other settings is "
+        "another quantity and one model is one unit")
+    assert "config.probe.data_size" not in c.swept
+    assert analysed_setting(c.jobs) == (
+        "4 jobs measured a trained model already analysed with other probe or landscape "
+        "settings (status other_setting); each model is analysed once, at "
+        "probe.data_size=1000 (runner.report --setting KEY=VALUE chooses another).")
+
+
+def test_the_setting_can_be_chosen_and_a_model_without_it_keeps_its_only_job(tmp_path):
+    c = collect(_sweep(tmp_path), parse_settings(["probe.data_size=500"]))
+    assert c.counts == {"completed": 5, OTHER_SETTING: 4}
+    kept = c.included.set_index("job")
+    assert sorted(kept.index) == ["adam,n=500,seed=0", "adam,n=500,seed=1", "sgd,n=1000,seed=2",
+                                  "sgd,n=500,seed=0", "sgd,n=500,seed=1"]
+    assert kept.loc["sgd,n=500,seed=1", "probe.lambda_max"] == 6.0
+    assert "probe.data_size=500/1000" in analysed_setting(c.jobs)
+
+
+def test_a_setting_no_job_ran_is_refused_by_name(tmp_path):
+    root = _sweep(tmp_path)
+    with pytest.raises(LandscopeError, match=r"^--setting probe.data_size=300: no completed job "
+                                             r"ran it \(the jobs ran 1000, 500\)$"):
+        collect(root, parse_settings(["probe.data_size=300"]))
+    # a setting every job ran is no choice, but no error either
+    c = collect(root, parse_settings(["probe.seed=0", "probe.data_size=1000"]))
+    assert c.counts == {"completed": 5, OTHER_SETTING: 4}
+    other = tmp_path / "other"
+    _job(other, "a", "sgd", 0, {"data_size": 500}, 0.5, 1.0, {"plane": {"enabled": True}})
+    _job(other, "b", "sgd", 0, {"data_size": 1000}, 0.5, 1.0, {"plane": {"enabled": False}})
+    with pytest.raises(LandscopeError, match=r"^--setting probe.data_size=500 "
+                       r"landscape.plane.enabled=false: no completed job ran all of these "
+                       r"together$"):
+        collect(other, parse_settings(["probe.data_size=500", "landscape.plane.enabled=false"]))
+
+
+@pytest.mark.parametrize("item, message", [
+    ("probe.datasize=400", "no option probe.datasize (did you mean probe.data_size?)"),
+    ("optimizer.lr=0.1", "expected KEY=VALUE of a probe.* or landscape.* option"),
+    ("probe.data_size", "expected KEY=VALUE of a probe.* or landscape.* option"),
+    ("=3", "expected KEY=VALUE"),
+])
+def test_a_setting_that_is_not_a_probe_or_landscape_option_is_refused(item, message):
+    with pytest.raises(LandscopeError, match=f"^--setting {item}: .*"):
+        parse_settings([item])
+    with pytest.raises(LandscopeError, match=message.replace("*", r"\*").replace("(", r"\(")
+                       .replace(")", r"\)").replace("?", r"\?")):
+        parse_settings([item])
+
+
+def test_settings_are_read_as_hydra_reads_overrides(tmp_path):
+    assert parse_settings(["probe.data_size=400", "config.probe.seed=1",
+                           "landscape.plane.enabled=false", "probe.sharpness.rhos=[0.01,0.05]",
+                           "probe.data_size=null"]) == {
+        "config.probe.data_size": None, "config.probe.seed": 1,
+        "config.landscape.plane.enabled": False,
+        "config.probe.sharpness.rhos": "[0.01, 0.05]"}
+    root = tmp_path / "sweep"
+    for seed in (0, 1):
+        for on in (True, False):
+            _job(root, f"plane={on},seed={seed}", "sgd", seed, {}, 0.5, 1.0,
+                 landscape={"plane": {"enabled": on}})
+    c = collect(root, parse_settings(["landscape.plane.enabled=false"]))
+    assert sorted(c.included["job"]) == ["plane=False,seed=0", "plane=False,seed=1"]
+    assert "landscape.plane.enabled=false" in analysed_setting(c.jobs)
+
+
+def test_other_models_and_full_copies_are_not_other_settings(tmp_path):
+    """Jobs of different training configs are different models whatever their settings; a job
+    at the same setting as another of its model is a duplicate, not another setting."""
+    root = tmp_path / "sweep"
+    _job(root, "a", "sgd", 0, {"data_size": 500}, 0.5, 1.0)
+    _job(root, "b", "adam", 0, {"data_size": 1000}, 0.6, 2.0)
+    _job(root, "c", "adam", 0, {"data_size": 1000}, 0.6, 2.0)
+    c = collect(root)
+    assert c.counts == {"completed": 2, "duplicate": 1}
+    assert analysed_setting(c.jobs) is None
+
+
+def test_runner_report_takes_the_setting_and_refuses_one_no_job_ran(tmp_path, capsys):
+    from runner.report import main
+
+    root = _sweep(tmp_path)
+    out = tmp_path / "report"
+    with pytest.raises(SystemExit) as exc:
+        main([str(root), "--out", str(out), "--no-wandb", "--setting", "probe.data_size=300"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --setting probe.data_size=300: no completed job ran it (the jobs ran 1000, 500)")
+    assert not out.exists()
+    with pytest.raises(SystemExit) as exc:
+        main([str(root), "--out", str(out), "--setting"])
+    assert exc.value.code == 2
+    assert "--setting needs a probe or landscape option" in capsys.readouterr().err
+    main([str(root), "--out", str(out), "--no-wandb", "--setting=probe.data_size=500"])
+    text = (out / "report.md").read_text()
+    assert "9 jobs from" in text and "5 completed, 4 other_setting" in text
+    assert "each model is analysed once, at probe.data_size=500/1000" in text
+
+
+def test_the_measures_table_speaks_of_no_job_when_no_job_has_a_train_loss(tmp_path):
+    """Its control (the train loss) missing everywhere leaves no analysable row: n = 0 and no
+    estimate, where the granulated τ once raised a pandas error on the empty frame."""
+    from landscope.analysis.measures_table import measures_table
+
+    root = tmp_path / "sweep"
+    for opt, seed in itertools.product(("sgd", "adam"), (0, 1, 2)):
+        _job(root, f"{opt},{seed}", opt, seed, {}, 0.5, 1.0 + seed,
+             final={"test_acc": 0.5 + seed / 10, "train_acc": 1.0})
+    table = measures_table(collect(root).included, ["probe.lambda_max"])
+    assert table.loc[0, "n"] == 0 and math.isnan(table.loc[0, "psi"])
