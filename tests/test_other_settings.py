@@ -18,11 +18,7 @@ import pytest
 import yaml
 
 from landscope.analysis import collect
-from landscope.analysis.effective import (
-    OTHER_SETTING,
-    analysed_setting,
-    parse_settings,
-)
+from landscope.analysis.stage_settings import OTHER_SETTING, parse_settings
 from landscope.errors import LandscopeError
 
 
@@ -69,10 +65,10 @@ def test_a_trained_model_is_analysed_once_at_the_setting_most_jobs_ran(tmp_path)
         "(probe.data_size=500 where it has 1000): a measure taken with other settings is "
         "another quantity and one model is one unit")
     assert "config.probe.data_size" not in c.swept
-    assert analysed_setting(c.jobs) == (
+    assert c.notes == [
         "4 jobs measured a trained model already analysed with other probe or landscape "
         "settings (status other_setting); each model is analysed once, at "
-        "probe.data_size=1000 (runner.report --setting KEY=VALUE chooses another).")
+        "probe.data_size=1000 (runner.report --setting KEY=VALUE chooses another)."]
 
 
 def test_the_setting_can_be_chosen_and_a_model_without_it_keeps_its_only_job(tmp_path):
@@ -82,7 +78,11 @@ def test_the_setting_can_be_chosen_and_a_model_without_it_keeps_its_only_job(tmp
     assert sorted(kept.index) == ["adam,n=500,seed=0", "adam,n=500,seed=1", "sgd,n=1000,seed=2",
                                   "sgd,n=500,seed=0", "sgd,n=500,seed=1"]
     assert kept.loc["sgd,n=500,seed=1", "probe.lambda_max"] == 6.0
-    assert "probe.data_size=500/1000" in analysed_setting(c.jobs)
+    assert "each model is analysed once, at probe.data_size=500/1000 (" in c.notes[0]
+    # the model without a job at 500 is analysed at 1000: the report says the tests pool both
+    assert c.notes[1].startswith(
+        "The analysed jobs' measures were taken with different probe or landscape settings, "
+        "and every test pools them: probe.data_size = 500 (4 jobs), 1000 (1 job).")
 
 
 def test_a_setting_no_job_ran_is_refused_by_name(tmp_path):
@@ -130,7 +130,7 @@ def test_settings_are_read_as_hydra_reads_overrides(tmp_path):
                  landscape={"plane": {"enabled": on}})
     c = collect(root, parse_settings(["landscape.plane.enabled=false"]))
     assert sorted(c.included["job"]) == ["plane=False,seed=0", "plane=False,seed=1"]
-    assert "landscape.plane.enabled=false" in analysed_setting(c.jobs)
+    assert "landscape.plane.enabled=false" in c.notes[0]
 
 
 def test_other_models_and_full_copies_are_not_other_settings(tmp_path):
@@ -142,7 +142,12 @@ def test_other_models_and_full_copies_are_not_other_settings(tmp_path):
     _job(root, "c", "adam", 0, {"data_size": 1000}, 0.6, 2.0)
     c = collect(root)
     assert c.counts == {"completed": 2, "duplicate": 1}
-    assert analysed_setting(c.jobs) is None
+    assert c.notes == [  # two models measured with different settings: said, not dropped
+        "The analysed jobs' measures were taken with different probe or landscape settings, "
+        "and every test pools them: probe.data_size = 500 (1 job), 1000 (1 job). A measure "
+        "taken with other settings is another estimator: measure the jobs alike (runner.probe "
+        "or runner.landscape with one setting) to compare them."]
+    assert collect(root / "a").notes == []
 
 
 def test_runner_report_takes_the_setting_and_refuses_one_no_job_ran(tmp_path, capsys):
@@ -177,3 +182,44 @@ def test_the_measures_table_speaks_of_no_job_when_no_job_has_a_train_loss(tmp_pa
              final={"test_acc": 0.5 + seed / 10, "train_acc": 1.0})
     table = measures_table(collect(root).included, ["probe.lambda_max"])
     assert table.loc[0, "n"] == 0 and math.isnan(table.loc[0, "psi"])
+
+
+def test_a_job_measured_again_is_read_with_the_settings_of_its_measures(tmp_path, data_dir):
+    """runner.probe on one job of a sweep with another probe.data_size: result.json holds that
+    run's scalars while config.yaml keeps what the job started with. The table says what the
+    scalars were measured with (measured_with), and the report that the tests pool two
+    settings; the EoS and training-time columns still read config.yaml."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO, run_cli
+
+    proc = run_cli(["-m", "experiment=smoke", "seed=0,1", "probe=basic", "probe.data_size=64",
+                    "landscape=none", "hydra.sweep.dir=sweep"], tmp_path, data_dir=data_dir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    sweep = tmp_path / "sweep"
+    before = collect(sweep)
+    assert before.counts == {"completed": 2} and before.notes == []
+    assert before.included["measured_with"].isna().all()
+    job = next(sweep.glob("*seed=1*"))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    again = subprocess.run([sys.executable, "-m", "runner.probe", str(job), "probe=basic",
+                            "probe.data_size=32"], cwd=tmp_path, capture_output=True, text=True,
+                           env=env)
+    assert again.returncode == 0, again.stderr
+    after = collect(sweep)
+    rows = after.included.set_index("seed")
+    assert rows.loc[1, "measured_with"] == "probe.data_size=32"
+    assert rows.loc[1, "probe.probe_data_size"] == 32
+    assert rows.loc[1, "config.probe.data_size"] == 64  # config.yaml, as the job started
+    assert pd_isna(rows.loc[0, "measured_with"])
+    assert after.notes == [
+        "The analysed jobs' measures were taken with different probe or landscape settings, "
+        "and every test pools them: probe.data_size = 64 (1 job), 32 (1 job). A measure taken "
+        "with other settings is another estimator: measure the jobs alike (runner.probe or "
+        "runner.landscape with one setting) to compare them."]
+
+
+def pd_isna(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     wandb_flag = None if not given else given[0] == "--wandb"
     args = [a for a in args if a not in given]
     with input_errors():
-        from landscope.analysis.effective import parse_settings
+        from landscope.analysis.stage_settings import parse_settings
 
         setting = parse_settings(chosen)
         paths = _sources(args)

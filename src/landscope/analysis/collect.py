@@ -56,8 +56,13 @@ from landscope.analysis.effective import (  # noqa: F401 - DUPLICATE, flatten: r
     flatten,
     identity,
     mark_duplicates,
-    mark_other_settings,
     scalar,
+)
+from landscope.analysis.stage_settings import (
+    mark_other_settings,
+    measured_columns,
+    measured_with,
+    setting_notes,
     stage_setting,
 )
 from landscope.io import atomic_write_bytes, atomic_write_text, write_json
@@ -88,6 +93,7 @@ class Collection:
     counts: dict[str, int]  # number of jobs per status
     swept: list[str]  # config keys whose values differ across included jobs (seed excluded)
     sources: list[str] = field(default_factory=list)  # the directories collected
+    notes: list[str] = field(default_factory=list)  # on the settings measured (for the report)
 
     @property
     def included(self) -> pd.DataFrame:
@@ -185,13 +191,16 @@ def _reason(status: str, reason: str | None, result: dict, config_note: str | No
     return reason
 
 
-def _job_row(job: JobDir, sweep: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The job's row, and its config columns (effective: :mod:`landscope.analysis.effective`)."""
+def _job_row(job: JobDir, sweep: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The job's row, its config columns (effective: :mod:`landscope.analysis.effective`) and
+    the settings its measures were taken with
+    (:func:`~landscope.analysis.stage_settings.measured_columns`)."""
     row: dict[str, Any] = {"sweep": sweep, "job": job.name, "path": str(job.path.resolve())}
     config, config_note = config_columns(job)
     config = config or {}
     result, status, reason = _read_status(job)
     result = result or {}
+    measured = measured_columns(job, result)
     reason = _reason(status, reason, result, config_note)
     row.update(status=status, included=status == COMPLETED, reason=reason,
                stop_reason=result.get("stop_reason"),
@@ -209,9 +218,11 @@ def _job_row(job: JobDir, sweep: str) -> tuple[dict[str, Any], dict[str, Any]]:
         if isinstance(scalars, dict):
             for key, value in scalars.items():
                 row[f"{prefix}.{key}"] = scalar(value)
+    row["measured_with"] = measured_with(config, measured)
     for key, value in config.items():
         row.setdefault(key, value)
-    return row, config
+    return row, config, measured
+
 
 
 def swept_keys(jobs: pd.DataFrame, config_columns: Iterable[str]) -> list[str]:
@@ -274,7 +285,7 @@ def collect(sweep_dirs: Iterable[str | os.PathLike] | str | os.PathLike,
     if isinstance(sweep_dirs, (str, os.PathLike)):
         sweep_dirs = [sweep_dirs]
     rows, sources, columns, seen, identities = [], [], {}, set(), []
-    trained, settings = [], []
+    trained, settings, notes = [], [], []
     for sweep_dir in sweep_dirs:
         sweep_dir = Path(sweep_dir)
         jobs = job_dirs(sweep_dir)
@@ -285,12 +296,12 @@ def collect(sweep_dirs: Iterable[str | os.PathLike] | str | os.PathLike,
             if job.path.resolve() in seen:  # the same job named twice
                 continue
             seen.add(job.path.resolve())
-            row, config = _job_row(job, sweep)
+            row, config, measured = _job_row(job, sweep)
             columns.update(dict.fromkeys(config))
             rows.append(row)
             identities.append(identity(config, row["seed"]) if config else None)
             trained.append(identity(config, row["seed"], STAGE_COLUMNS) if config else None)
-            settings.append(stage_setting(config) if config else {})
+            settings.append(stage_setting({**config, **measured}) if config else {})
     jobs = pd.DataFrame(rows, columns=_column_order(rows, columns))
     if len(jobs):
         jobs["included"] = jobs["included"].astype(bool)
@@ -303,12 +314,14 @@ def collect(sweep_dirs: Iterable[str | os.PathLike] | str | os.PathLike,
         _add_ood_error(jobs)
         mark_duplicates(jobs, identities)
         mark_other_settings(jobs, trained, settings, setting)
+        notes = setting_notes(jobs, settings)
     excluded = (jobs.loc[~jobs["included"], ["sweep", "job", "status", "reason", "path"]]
                 .reset_index(drop=True) if len(jobs)
                 else pd.DataFrame(columns=["sweep", "job", "status", "reason", "path"]))
     counts = {str(k): int(v) for k, v in jobs["status"].value_counts().items()} if len(jobs) else {}
     swept = swept_keys(jobs, [c for c in columns if c in jobs]) if len(jobs) else []
-    return Collection(jobs=jobs, excluded=excluded, counts=counts, swept=swept, sources=sources)
+    return Collection(jobs=jobs, excluded=excluded, counts=counts, swept=swept, sources=sources,
+                      notes=notes)
 
 
 def _add_ood_error(jobs: pd.DataFrame) -> None:

@@ -44,7 +44,6 @@ from typing import Callable, Iterable, Optional
 from landscope.analysis import class_structure, eos, init_scale, optimizer_study, sde, studies
 from landscope.analysis.collect import Collection, collect, save
 from landscope.analysis.doc import Doc, table
-from landscope.analysis.effective import analysed_setting
 from landscope.analysis.hypotheses import h1, h2, h3, h4
 from landscope.analysis.report_measures import (
     TOP_SCATTER,
@@ -110,9 +109,8 @@ def build_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
     doc.para(f"{len(coll.jobs)} jobs from {', '.join(coll.sources)}: {counts}. "
              f"{len(inc)} completed jobs are analysed. Swept hyperparameters (besides the "
              f"seed): {', '.join(coll.swept) if coll.swept else 'none'}.")
-    setting_note = analysed_setting(coll.jobs)
-    if setting_note:
-        doc.para(setting_note)
+    for note in coll.notes:  # the probe and landscape settings measured
+        doc.para(note)
     if coll.excluded.empty:
         doc.para("Every job completed; none is excluded.")
     else:

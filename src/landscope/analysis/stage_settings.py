@@ -1,0 +1,219 @@
+"""The probe and landscape settings behind a job's measures, and one setting per trained model.
+
+- **What was measured with what.** A job's ``config.yaml`` holds the probe and landscape
+  settings it was started with; ``runner.probe JOB probe=full`` (or ``runner.landscape``)
+  measures it again later, and ``result.json`` then holds that run's scalars while
+  ``config.yaml`` is left as it was. The settings that produced the scalars are in the cache
+  record ``result.json`` names (``probes/<probe_fingerprint>.json``'s ``probe``,
+  ``landscape/<landscape_fingerprint>.json``'s ``landscape``): :func:`measured_columns` reads
+  them, and :func:`measured_with` names the options where they differ from ``config.yaml``
+  (the table's ``measured_with`` column). The table's ``config.probe.*`` columns stay
+  ``config.yaml``'s: they also describe what ran during training (``probe.every_n_steps``, its
+  ``probe.data_size``), which the edge-of-stability section reads.
+- **One setting per trained model.** A sweep over probe or landscape settings
+  (``probe.data_size=500,1000``) trains each model once per setting, in its own directory.
+  Pooled, those directories would count the model twice and mix two estimators in one test.
+  :func:`mark_other_settings` keeps one setting for every model (the one most jobs ran, or the
+  one ``runner.report --setting`` names, :func:`parse_settings`) and gives the other jobs the
+  status ``other_setting``. :func:`setting_notes` says which setting was analysed, and whether
+  the analysed jobs themselves were measured with different settings (pooled in every test).
+
+Torch-free, like :mod:`landscope.analysis.collect`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+
+from landscope.analysis.effective import (
+    STAGE_COLUMNS,
+    column,
+    flat_defaults,
+    flatten,
+    meant_columns,
+    scalar,
+)
+
+OTHER_SETTING = "other_setting"  # status of a trained model's job at a setting not analysed
+
+# Options of the probe group read during training (metrics.jsonl), not by the final probes
+TRAINING_TIME = ("config.probe.every_n_epochs", "config.probe.every_n_steps")
+
+# result.json's fingerprint field and the cache directory of each stage's records
+RECORDS = {"probe": ("probe_fingerprint", "probes"),
+           "landscape": ("landscape_fingerprint", "landscape")}
+
+
+def stage_setting(columns: dict[str, Any]) -> dict[str, Any]:
+    """The probe and landscape settings in ``columns`` (the ``config.probe.*`` and
+    ``config.landscape.*`` ones, missing ones at their defaults; options that change no result
+    and :data:`TRAINING_TIME` left out)."""
+    return {k: v for k, v in meant_columns(columns).items()
+            if k.startswith(STAGE_COLUMNS) and k not in TRAINING_TIME}
+
+
+def measured_columns(job: Any, result: dict) -> dict[str, Any]:
+    """The stage columns of the config groups recorded with the scalars ``result`` (the
+    job's result.json) holds, read from the cache records it names (``job``: a
+    :class:`~landscope.jobdir.JobDir`); a group without a readable record is left out."""
+    out: dict[str, Any] = {}
+    for group, (field_name, folder) in RECORDS.items():
+        fp = result.get(field_name)
+        record = job.cache(folder, fp).read(npz="none") if isinstance(fp, str) and fp else None
+        conf = record.get(group) if isinstance(record, dict) else None
+        if isinstance(conf, dict):
+            out.update({column(f"{group}.{k}"): v for k, v in flatten(conf).items()})
+    return out
+
+
+def measured_with(config: dict[str, Any], measured: dict[str, Any]) -> str | None:
+    """The options, as overrides, whose ``measured`` value differs from ``config``'s (None when
+    none does)."""
+    if not measured:
+        return None
+    started, ran = stage_setting(config), stage_setting({**config, **measured})
+    said = [f"{k[len('config.'):]}={_text(v)}" for k, v in ran.items()
+            if not _same(v, started.get(k))]
+    return " ".join(said) or None
+
+
+def _text(value: Any) -> str:
+    """A cell as the command line writes it (``400``, ``true``, ``null``, ``[0.01, 0.05]``)."""
+    if hasattr(value, "item"):  # numpy scalars
+        value = value.item()
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is None or b is None or isinstance(a, bool) or isinstance(b, bool):
+        return a == b
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
+def parse_settings(items: list[str]) -> dict[str, Any]:
+    """``["probe.data_size=400"]`` → ``{"config.probe.data_size": 400}`` (values read as YAML,
+    as Hydra reads overrides); a LandscopeError names an item that is not ``KEY=VALUE`` of a
+    probe or landscape option of the schema."""
+    import difflib
+
+    import yaml
+
+    from landscope.errors import LandscopeError
+
+    out: dict[str, Any] = {}
+    known = [k for k in flat_defaults() if k.startswith(STAGE_COLUMNS)]
+    for item in items:
+        key, sep, value = (part.strip() for part in item.partition("="))
+        col = key if key.startswith("config.") else column(key)
+        if not sep or not key or not col.startswith(STAGE_COLUMNS):
+            raise LandscopeError(f"--setting {item}: expected KEY=VALUE of a probe.* or "
+                                 "landscape.* option, e.g. --setting probe.data_size=400")
+        if col not in known:
+            close = difflib.get_close_matches(col, known, n=1)
+            hint = f" (did you mean {close[0][len('config.'):]}?)" if close else ""
+            raise LandscopeError(f"--setting {item}: no option {key}{hint}")
+        out[col] = scalar(yaml.safe_load(value)) if value else None
+    return out
+
+
+def _no_match(prefer: dict[str, Any], settings: list[dict[str, Any]]) -> str:
+    for key, value in prefer.items():
+        seen = sorted({_text(s.get(key)) for s in settings})
+        if not any(_same(s.get(key), value) for s in settings):
+            return (f"--setting {key[len('config.'):]}={_text(value)}: no completed job ran "
+                    f"it (the jobs ran {', '.join(seen)})")
+    return ("--setting " + " ".join(f"{k[len('config.'):]}={_text(v)}" for k, v in prefer.items())
+            + ": no completed job ran all of these together")
+
+
+def mark_other_settings(jobs: pd.DataFrame, trained: list[Any], settings: list[dict],
+                        prefer: dict[str, Any] | None = None) -> None:
+    """In place: of included jobs that are one trained model (equal ``trained`` identities,
+    :func:`~landscope.analysis.effective.identity` without the probe and landscape columns)
+    measured with other settings (``settings`` per row, :func:`stage_setting` of what was
+    measured), one stays included and the others get status :data:`OTHER_SETTING`. The
+    setting kept is the same for every model: the one most included jobs ran, among those that
+    match ``prefer`` (:func:`parse_settings`; the first collected on ties). A model without a
+    job at that setting keeps its first (matching) job. Raises a LandscopeError when no
+    included job matches ``prefer``."""
+    from landscope.errors import LandscopeError
+
+    rows = [i for i, ok in enumerate(jobs["included"].tolist()) if ok and trained[i] is not None]
+    key = {i: json.dumps(sorted(settings[i].items()), default=str) for i in rows}
+    matching = [i for i in rows if all(_same(settings[i].get(k), v)
+                                       for k, v in (prefer or {}).items())]
+    if prefer and not matching:
+        raise LandscopeError(_no_match(prefer, [settings[i] for i in rows]))
+    matched = set(matching)
+    groups: dict[Any, list[int]] = {}
+    for i in rows:
+        groups.setdefault(trained[i], []).append(i)
+    counts: dict[str, int] = {}
+    for i in matching:
+        counts[key[i]] = counts.get(key[i], 0) + 1
+    chosen = max(counts, key=counts.__getitem__) if counts else None
+    for group in (g for g in groups.values() if len(g) > 1):
+        keep = next((i for i in group if key[i] == chosen),
+                    next((i for i in group if i in matched), group[0]))
+        kept = jobs.iloc[keep]
+        for i in group:
+            if i != keep:
+                row = jobs.index[i]
+                jobs.loc[row, ["status", "included"]] = [OTHER_SETTING, False]
+                jobs.loc[row, "reason"] = _setting_reason(
+                    f"{kept['sweep']}/{kept['job']}", settings[i], settings[keep])
+
+
+def _differing(settings: list[dict[str, Any]]) -> list[str]:
+    keys = sorted({k for s in settings for k in s})
+    return [k for k in keys if len({_text(s.get(k)) for s in settings}) > 1]
+
+
+def _setting_reason(kept: str, mine: dict[str, Any], theirs: dict[str, Any]) -> str:
+    said = ", ".join(f"{k[len('config.'):]}={_text(mine.get(k))} where it has "
+                     f"{_text(theirs.get(k))}" for k in _differing([mine, theirs]))
+    return (f"the same trained model as {kept}, measured with other settings ({said}): a "
+            "measure taken with other settings is another quantity and one model is one unit, "
+            "so the analysis keeps one setting per model (runner.report --setting KEY=VALUE "
+            "chooses it)")
+
+
+def _values(settings: list[dict[str, Any]], key: str, counted: bool) -> str:
+    """``key``'s values in ``settings``, the most frequent first (with their counts)."""
+    counts = pd.Series([_text(s.get(key)) for s in settings]).value_counts()
+    if not counted:
+        return "/".join(counts.index)
+    return ", ".join(f"{v} ({n} job{'s' if n != 1 else ''})" for v, n in counts.items())
+
+
+def setting_notes(jobs: pd.DataFrame, settings: list[dict[str, Any]]) -> list[str]:
+    """Sentences for the report: the setting :func:`mark_other_settings` kept, and the
+    settings the analysed jobs differ in (``settings`` per row of ``jobs``)."""
+    status, included = jobs["status"].tolist(), jobs["included"].tolist()
+    kept = [s for s, ok in zip(settings, included) if ok]
+    notes = []
+    other = [s for s, st in zip(settings, status) if st == OTHER_SETTING]
+    if other:
+        shown = _differing(kept + other)
+        n = len(other)
+        notes.append(
+            f"{n} job{'s' if n != 1 else ''} measured a trained model already analysed with "
+            f"other probe or landscape settings (status {OTHER_SETTING}); each model is "
+            "analysed once, at " + ", ".join(f"{k[len('config.'):]}={_values(kept, k, False)}"
+                                             for k in shown)
+            + " (runner.report --setting KEY=VALUE chooses another).")
+    mixed = _differing(kept)
+    if mixed:
+        notes.append(
+            "The analysed jobs' measures were taken with different probe or landscape "
+            "settings, and every test pools them: "
+            + "; ".join(f"{k[len('config.'):]} = {_values(kept, k, True)}" for k in mixed)
+            + ". A measure taken with other settings is another estimator: measure the jobs "
+            "alike (runner.probe or runner.landscape with one setting) to compare them.")
+    return notes
