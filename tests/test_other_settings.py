@@ -223,3 +223,48 @@ def test_a_job_measured_again_is_read_with_the_settings_of_its_measures(tmp_path
 
 def pd_isna(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def test_the_landscape_settings_are_read_from_the_record_of_its_scalars(tmp_path):
+    """runner.landscape with other settings: result.json names landscape/<lfp>.json, whose
+    record holds the landscape group the scalars were measured with. A record that is missing
+    or unreadable leaves config.yaml's settings (nothing is made up)."""
+    root = tmp_path / "sweep"
+    for seed in (0, 1):
+        _job(root, f"seed={seed}", "sgd", seed, {}, 0.5, 1.0,
+             landscape={"name": "basic", "line": {"points": 21}})
+    scanned = {"landscape": {"name": "basic", "line": {"points": 41}}, "scalars": {}}
+    for seed, record in ((0, scanned), (1, "not json")):
+        job = root / f"seed={seed}"
+        result = json.loads((job / "result.json").read_text())
+        (job / "result.json").write_text(json.dumps({**result, "landscape_fingerprint": "abc"}))
+        (job / "landscape").mkdir()
+        (job / "landscape" / "abc.json").write_text(
+            json.dumps(record) if isinstance(record, dict) else record)
+    c = collect(root)
+    rows = c.included.set_index("seed")
+    assert rows.loc[0, "measured_with"] == "landscape.line.points=41"
+    assert pd_isna(rows.loc[1, "measured_with"])
+    assert rows.loc[0, "config.landscape.line.points"] == 21  # config.yaml's
+    assert c.notes[0].endswith("every test pools them: landscape.line.points = 41 (1 job), 21 "
+                               "(1 job)."
+                               " A measure taken with other settings is another estimator: "
+                               "measure the jobs alike (runner.probe or runner.landscape with "
+                               "one setting) to compare them.")
+
+
+def test_a_column_reads_as_the_measures_were_taken():
+    """The studies describe the landscape grid behind their measures from the settings of
+    the scan that made them (a job scanned again on a 41-point grid), not from config.yaml."""
+    import pandas as pd
+
+    from landscope.analysis.stage_settings import measured_column
+
+    jobs = pd.DataFrame({"config.landscape.plane.points": [21, 21, 21],
+                         "measured_with": [None, "landscape.plane.points=41 probe.seed=3",
+                                           "probe.sharpness.rhos=[0.01,0.05]"]})
+    assert measured_column(jobs, "config.landscape.plane.points").tolist() == [21, 41, 21]
+    rhos = measured_column(jobs, "config.probe.sharpness.rhos")  # no such column: missing
+    assert rhos.isna().tolist() == [True, True, False] and rhos[2] == "[0.01, 0.05]"
+    seeds = measured_column(jobs, "config.probe.seed")
+    assert seeds.isna().tolist() == [True, False, True] and seeds[1] == 3

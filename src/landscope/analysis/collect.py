@@ -8,7 +8,7 @@ dropped. So is a completed job that repeats an earlier one's config and seed (st
 ``duplicate``: the same job in two directories, counted once), and a completed job of a trained
 model already included that was probed or scanned with other settings (status
 ``other_setting``: one model is one unit, and one setting is analysed for every model); see
-:mod:`landscope.analysis.effective`.
+:mod:`landscope.analysis.effective` and :mod:`landscope.analysis.stage_settings`.
 
 Columns of :attr:`Collection.jobs`:
 
@@ -26,6 +26,9 @@ Columns of :attr:`Collection.jobs`:
   ``ood_test_error`` = 1 − ``final.ood_test_acc`` (NaN for a job without the split); sweeps
   without one get none of these columns;
 - ``probe.*`` and ``landscape.*``: the scalars of ``result.json``'s ``probes`` and ``landscape``;
+- ``measured_with``: the probe and landscape options, as overrides, with which those scalars
+  were measured where they differ from ``config.yaml`` (a job measured again by ``runner.probe``
+  or ``runner.landscape``; None otherwise);
 - the flattened ``config.yaml`` (``optimizer.lr``, ``model.width``, ...; lists as JSON strings),
   each option the job does not read at its default (``optimizer.betas`` of an SGD job).
   The config groups ``probe`` and ``landscape`` become ``config.probe.*`` and
@@ -224,7 +227,6 @@ def _job_row(job: JobDir, sweep: str) -> tuple[dict[str, Any], dict[str, Any], d
     return row, config, measured
 
 
-
 def swept_keys(jobs: pd.DataFrame, config_columns: Iterable[str]) -> list[str]:
     """Config columns whose values differ across the included rows (seeds and bookkeeping
     excluded). A key missing in some jobs' configs counts as the value "missing"."""
@@ -279,9 +281,9 @@ def _isna(value: Any) -> bool:
 def collect(sweep_dirs: Iterable[str | os.PathLike] | str | os.PathLike,
             setting: dict[str, Any] | None = None) -> Collection:
     """Collect sweep directories (or single job directories) into a :class:`Collection`.
-    ``setting`` (:func:`~landscope.analysis.effective.parse_settings`) chooses the probe and
-    landscape setting kept for a trained model measured with several
-    (:func:`~landscope.analysis.effective.mark_other_settings`)."""
+    ``setting`` (:func:`~landscope.analysis.stage_settings.parse_settings`) chooses the probe
+    and landscape setting kept for a trained model measured with several
+    (:func:`~landscope.analysis.stage_settings.mark_other_settings`)."""
     if isinstance(sweep_dirs, (str, os.PathLike)):
         sweep_dirs = [sweep_dirs]
     rows, sources, columns, seen, identities = [], [], {}, set(), []

@@ -75,9 +75,35 @@ def measured_with(config: dict[str, Any], measured: dict[str, Any]) -> str | Non
     if not measured:
         return None
     started, ran = stage_setting(config), stage_setting({**config, **measured})
-    said = [f"{k[len('config.'):]}={_text(v)}" for k, v in ran.items()
+    said = [f"{k[len('config.'):]}={_compact(v)}" for k, v in ran.items()
             if not _same(v, started.get(k))]
     return " ".join(said) or None
+
+
+def _compact(value: Any) -> str:
+    """:func:`_text` without spaces in lists (``[0.01,0.05]``, as an override is written)."""
+    text = _text(value)
+    if text.startswith(("[", "{")):
+        try:
+            return json.dumps(json.loads(text), separators=(",", ":"))
+        except ValueError:
+            pass
+    return text
+
+
+def measured_column(jobs: pd.DataFrame, name: str) -> pd.Series:
+    """The ``config.probe.*`` or ``config.landscape.*`` column ``name`` of ``jobs`` as the
+    measures were taken: ``measured_with``'s value where it names the option, else the
+    column's (config.yaml's)."""
+    import yaml
+
+    key = name[len("config."):] + "="
+    out = jobs[name].copy() if name in jobs else pd.Series(None, index=jobs.index, dtype=object)
+    for row, said in jobs.get("measured_with", pd.Series(dtype=object)).items():
+        for item in str(said).split(" ") if isinstance(said, str) else ():
+            if item.startswith(key):
+                out.loc[row] = scalar(yaml.safe_load(item[len(key):]))
+    return out
 
 
 def _text(value: Any) -> str:

@@ -31,6 +31,7 @@ import pandas as pd
 
 from landscope.analysis.doc import fmt
 from landscope.analysis.section import Section
+from landscope.analysis.stage_settings import measured_column
 from landscope.analysis.studies_figures import (
     plot_optimizers,
     plot_training,
@@ -75,8 +76,8 @@ def _write(ctx: Any, study: str, table: pd.DataFrame) -> None:
 
 
 def _grid_step(jobs: pd.DataFrame) -> str:
-    points, span = (_num(jobs, "config.landscape.plane.points"),
-                    _num(jobs, "config.landscape.plane.range"))
+    points, span = (pd.to_numeric(measured_column(jobs, f"config.landscape.plane.{k}"),
+                                  errors="coerce") for k in ("points", "range"))
     if points.nunique() == 1 and span.nunique() == 1 and points.iloc[0] > 1:
         n, r = int(points.iloc[0]), float(span.iloc[0])
         return f": {2 * r / (n - 1):g} on these {n} × {n} grids over [−{r:g}, {r:g}]"
