@@ -185,10 +185,12 @@ def test_the_measures_table_speaks_of_no_job_when_no_job_has_a_train_loss(tmp_pa
 
 
 def test_a_job_measured_again_is_read_with_the_settings_of_its_measures(tmp_path, data_dir):
-    """runner.probe on one job of a sweep with another probe.data_size: result.json holds that
-    run's scalars while config.yaml keeps what the job started with. The table says what the
-    scalars were measured with (measured_with), and the report that the tests pool two
-    settings; the EoS and training-time columns still read config.yaml."""
+    """runner.probe on one job of a sweep with another probe.data_size: result.json shows that
+    run's scalars (the newest of two presets with as many scalars) while config.yaml keeps what
+    the job started with, and the first run's scalars stay beside them. The report analyses
+    every model at the setting most were measured with, so the job is read with its first
+    run's scalars, and says so; --setting reads it with the new ones, and the table says what
+    each row's scalars were measured with (measured_with)."""
     import os
     import subprocess
     import sys
@@ -202,19 +204,29 @@ def test_a_job_measured_again_is_read_with_the_settings_of_its_measures(tmp_path
     before = collect(sweep)
     assert before.counts == {"completed": 2} and before.notes == []
     assert before.included["measured_with"].isna().all()
+    first = before.included.set_index("seed").loc[1, "probe.lambda_max"]
     job = next(sweep.glob("*seed=1*"))
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     again = subprocess.run([sys.executable, "-m", "runner.probe", str(job), "probe=basic",
                             "probe.data_size=32"], cwd=tmp_path, capture_output=True, text=True,
                            env=env)
     assert again.returncode == 0, again.stderr
+    result = json.loads((job / "result.json").read_text())
+    assert result["probes"]["probe_data_size"] == 32 and len(result["probes_by_fingerprint"]) == 2
     after = collect(sweep)
     rows = after.included.set_index("seed")
-    assert rows.loc[1, "measured_with"] == "probe.data_size=32"
-    assert rows.loc[1, "probe.probe_data_size"] == 32
-    assert rows.loc[1, "config.probe.data_size"] == 64  # config.yaml, as the job started
-    assert pd_isna(rows.loc[0, "measured_with"])
+    assert rows.loc[1, "probe.probe_data_size"] == 64 and rows.loc[1, "probe.lambda_max"] == first
+    assert pd_isna(rows.loc[1, "measured_with"]) and pd_isna(rows.loc[0, "measured_with"])
     assert after.notes == [
+        "1 job was measured again with other settings (runner.probe), and result.json shows "
+        "the newer measures; it is analysed with the probe results kept beside them at "
+        "probe.data_size=64, as the other models are."]
+    chosen = collect(sweep, parse_settings(["probe.data_size=32"]))
+    rows = chosen.included.set_index("seed")
+    assert rows.loc[1, "probe.probe_data_size"] == 32
+    assert rows.loc[1, "measured_with"] == "probe.data_size=32"
+    assert rows.loc[1, "config.probe.data_size"] == 64  # config.yaml, as the job started
+    assert chosen.notes == [
         "The analysed jobs' measures were taken with different probe or landscape settings, "
         "and every test pools them: probe.data_size = 64 (1 job), 32 (1 job). A measure taken "
         "with other settings is another estimator: measure the jobs alike (runner.probe or "
@@ -268,3 +280,53 @@ def test_a_column_reads_as_the_measures_were_taken():
     assert rhos.isna().tolist() == [True, True, False] and rhos[2] == "[0.01, 0.05]"
     seeds = measured_column(jobs, "config.probe.seed")
     assert seeds.isna().tolist() == [True, False, True] and seeds[1] == 3
+
+
+def _presets(job, shown: str, presets: dict) -> None:
+    """Give ``job`` probe presets side by side: ``presets`` = {fp: (probe group or None for
+    no record, scalars)}; result.json shows ``shown``."""
+    result = json.loads((job / "result.json").read_text())
+    result.update(probe_fingerprint=shown, probes=presets[shown][1],
+                  probes_by_fingerprint={fp: sc for fp, (_, sc) in presets.items()})
+    (job / "result.json").write_text(json.dumps(result))
+    (job / "probes").mkdir(exist_ok=True)
+    for fp, (group, scalars) in presets.items():
+        if group is not None:
+            (job / "probes" / f"{fp}.json").write_text(
+                json.dumps({"probe": group, "scalars": scalars}))
+
+
+def test_a_job_is_read_with_the_preset_at_the_setting_most_models_were_measured_with(tmp_path):
+    """Five models probed with 1,000 samples; three of them measured again with 5,000
+    (result.json shows the newer run), whose scalars differ in type and set (an integer count,
+    a list, one scalar only one preset has). A preset without a record of its settings is
+    never chosen (nothing says what it measured), so seed 2 has only 5,000. 1,000 covers four
+    models, 5,000 three: the models are analysed at 1,000 where they can be; the columns hold
+    that preset's scalars, those of the other are gaps, and the types follow."""
+    root = tmp_path / "sweep"
+    old = {"lambda_max": 1.0, "hvps": 10, "eigs": [3.0, 2.0]}
+    new = {"lambda_max": 2.0, "hvps": 12, "only_new": "x"}
+    for seed in range(5):
+        _job(root, f"seed={seed}", "sgd", seed, {"data_size": 1000}, 0.5, 1.0)
+    _presets(root / "seed=0", "b", {"a": ({"name": "basic", "data_size": 1000}, old),
+                                    "b": ({"name": "basic", "data_size": 5000}, new)})
+    _presets(root / "seed=1", "b", {"a": ({"name": "basic", "data_size": 1000}, old),
+                                    "b": ({"name": "basic", "data_size": 5000}, new)})
+    _presets(root / "seed=2", "b", {"a": (None, old),  # no record: not a candidate
+                                    "b": ({"name": "basic", "data_size": 5000}, new)})
+    c = collect(root)
+    rows = c.included.set_index("seed")
+    assert rows["probe.lambda_max"].tolist() == [1.0, 1.0, 2.0, 1.0, 1.0]
+    assert rows.loc[0, "probe.hvps"] == 10 and rows.loc[2, "probe.hvps"] == 12
+    assert rows.loc[0, "probe.eigs"] == "[3.0, 2.0]" and pd_isna(rows.loc[2, "probe.eigs"])
+    assert pd_isna(rows.loc[0, "probe.only_new"]) and rows.loc[2, "probe.only_new"] == "x"
+    assert pd_isna(rows.loc[0, "measured_with"])
+    assert rows.loc[2, "measured_with"] == "probe.data_size=5000"
+    assert c.notes[0] == (
+        "2 jobs were measured again with other settings (runner.probe), and result.json shows "
+        "the newer measures; they are analysed with the probe results kept beside them at "
+        "probe.data_size=1000, as the other models are.")
+    assert "probe.data_size = 1000 (4 jobs), 5000 (1 job)" in c.notes[1]
+    chosen = collect(root, parse_settings(["probe.data_size=5000"])).included
+    assert chosen["probe.lambda_max"].tolist() == [2.0, 2.0, 2.0, 1.0, 1.0]
+    assert chosen["measured_with"].tolist()[:3] == ["probe.data_size=5000"] * 3

@@ -8,9 +8,10 @@ the tidy tables (``jobs.csv``, ``jobs.parquet``, ``excluded.csv``, ``measures.cs
 ``outputs/report`` for several). Failed, diverged and incomplete jobs are counted and listed,
 never dropped silently. Regenerable at any time: nothing is retrained or re-probed.
 A model trained in several directories and probed or scanned with other settings in each
-(``probe.data_size=500,1000``) is analysed once, at the setting most jobs ran; the others are
-listed with status ``other_setting``. ``--setting KEY=VALUE`` (a ``probe.*`` or
-``landscape.*`` option; repeatable) chooses the setting instead.
+(``probe.data_size=500,1000``) is analysed once, at the setting most models were measured
+with (a job measured again by ``runner.probe`` is read with the probe results it keeps at that
+setting); the others are listed with status ``other_setting``. ``--setting KEY=VALUE`` (a
+``probe.*`` or ``landscape.*`` option; repeatable) chooses the setting instead.
 When the sweep's jobs were tracked with ``logger=wandb``, the report (HTML, Markdown, tables,
 figures) is also stored as a W&B artifact of type ``report`` in the sweep's group, with the
 jobs' project, entity and mode (``--no-wandb``: don't; ``--wandb``: also for untracked sweeps,

@@ -63,10 +63,11 @@ from landscope.analysis.effective import (  # noqa: F401 - DUPLICATE, flatten: r
 )
 from landscope.analysis.stage_settings import (
     mark_other_settings,
-    measured_columns,
     measured_with,
+    measurements,
     setting_notes,
     stage_setting,
+    use_presets,
 )
 from landscope.io import atomic_write_bytes, atomic_write_text, write_json
 from landscope.jobdir import CONFIG_FILE, JOB_MARKERS, RESULT_FILE, JobDir, find_jobs
@@ -194,16 +195,17 @@ def _reason(status: str, reason: str | None, result: dict, config_note: str | No
     return reason
 
 
-def _job_row(job: JobDir, sweep: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+def _job_row(job: JobDir, sweep: str) -> tuple[dict[str, Any], dict[str, Any], list[tuple]]:
     """The job's row, its config columns (effective: :mod:`landscope.analysis.effective`) and
-    the settings its measures were taken with
-    (:func:`~landscope.analysis.stage_settings.measured_columns`)."""
+    its measurements: ``(settings measured with, probe scalars)`` of what result.json shows
+    (scalars None: the row's), then of the other probe presets it keeps
+    (:mod:`landscope.analysis.stage_settings`)."""
     row: dict[str, Any] = {"sweep": sweep, "job": job.name, "path": str(job.path.resolve())}
     config, config_note = config_columns(job)
     config = config or {}
     result, status, reason = _read_status(job)
     result = result or {}
-    measured = measured_columns(job, result)
+    options = measurements(job, result)
     reason = _reason(status, reason, result, config_note)
     row.update(status=status, included=status == COMPLETED, reason=reason,
                stop_reason=result.get("stop_reason"),
@@ -221,10 +223,10 @@ def _job_row(job: JobDir, sweep: str) -> tuple[dict[str, Any], dict[str, Any], d
         if isinstance(scalars, dict):
             for key, value in scalars.items():
                 row[f"{prefix}.{key}"] = scalar(value)
-    row["measured_with"] = measured_with(config, measured)
+    row["measured_with"] = measured_with(config, options[0][0])
     for key, value in config.items():
         row.setdefault(key, value)
-    return row, config, measured
+    return row, config, options
 
 
 def swept_keys(jobs: pd.DataFrame, config_columns: Iterable[str]) -> list[str]:
@@ -287,7 +289,7 @@ def collect(sweep_dirs: Iterable[str | os.PathLike] | str | os.PathLike,
     if isinstance(sweep_dirs, (str, os.PathLike)):
         sweep_dirs = [sweep_dirs]
     rows, sources, columns, seen, identities = [], [], {}, set(), []
-    trained, settings, notes = [], [], []
+    trained, settings, measurements, notes = [], [], [], []
     for sweep_dir in sweep_dirs:
         sweep_dir = Path(sweep_dir)
         jobs = job_dirs(sweep_dir)
@@ -298,12 +300,14 @@ def collect(sweep_dirs: Iterable[str | os.PathLike] | str | os.PathLike,
             if job.path.resolve() in seen:  # the same job named twice
                 continue
             seen.add(job.path.resolve())
-            row, config, measured = _job_row(job, sweep)
+            row, config, options = _job_row(job, sweep)
             columns.update(dict.fromkeys(config))
             rows.append(row)
             identities.append(identity(config, row["seed"]) if config else None)
             trained.append(identity(config, row["seed"], STAGE_COLUMNS) if config else None)
-            settings.append(stage_setting({**config, **measured}) if config else {})
+            measurements.append((config, options))
+            settings.append([stage_setting({**config, **m}) for m, _ in options] if config
+                            else [{}])
     jobs = pd.DataFrame(rows, columns=_column_order(rows, columns))
     if len(jobs):
         jobs["included"] = jobs["included"].astype(bool)
@@ -315,8 +319,10 @@ def collect(sweep_dirs: Iterable[str | os.PathLike] | str | os.PathLike,
                     1.0 - jobs["final.train_acc"])
         _add_ood_error(jobs)
         mark_duplicates(jobs, identities)
-        mark_other_settings(jobs, trained, settings, setting)
-        notes = setting_notes(jobs, settings)
+        pick = mark_other_settings(jobs, trained, settings, setting)
+        use_presets(jobs, pick, measurements)
+        notes = setting_notes(jobs, [s[j] for s, j in zip(settings, pick)],
+                              [s[0] for s in settings])
     excluded = (jobs.loc[~jobs["included"], ["sweep", "job", "status", "reason", "path"]]
                 .reset_index(drop=True) if len(jobs)
                 else pd.DataFrame(columns=["sweep", "job", "status", "reason", "path"]))

@@ -13,10 +13,15 @@
 - **One setting per trained model.** A sweep over probe or landscape settings
   (``probe.data_size=500,1000``) trains each model once per setting, in its own directory.
   Pooled, those directories would count the model twice and mix two estimators in one test.
-  :func:`mark_other_settings` keeps one setting for every model (the one most jobs ran, or the
-  one ``runner.report --setting`` names, :func:`parse_settings`) and gives the other jobs the
-  status ``other_setting``. :func:`setting_notes` says which setting was analysed, and whether
-  the analysed jobs themselves were measured with different settings (pooled in every test).
+  A job measured again by ``runner.probe`` keeps the earlier probe results beside the new
+  (``probes_by_fingerprint``; :func:`other_presets`). :func:`mark_other_settings` chooses one
+  setting for every model (the one most models were measured with, in any directory or
+  preset, or the one ``runner.report --setting`` names, :func:`parse_settings`), keeps one
+  job per model and gives the other jobs the status ``other_setting``; :func:`use_presets`
+  reads a kept job with its preset at that setting. :func:`setting_notes` says which setting
+  was analysed, which jobs were read with a preset other than the one result.json shows, and
+  whether the analysed jobs were still measured with different settings (pooled in every
+  test).
 
 Torch-free, like :mod:`landscope.analysis.collect`.
 """
@@ -60,12 +65,40 @@ def measured_columns(job: Any, result: dict) -> dict[str, Any]:
     job's result.json) holds, read from the cache records it names (``job``: a
     :class:`~landscope.jobdir.JobDir`); a group without a readable record is left out."""
     out: dict[str, Any] = {}
-    for group, (field_name, folder) in RECORDS.items():
-        fp = result.get(field_name)
-        record = job.cache(folder, fp).read(npz="none") if isinstance(fp, str) and fp else None
-        conf = record.get(group) if isinstance(record, dict) else None
-        if isinstance(conf, dict):
-            out.update({column(f"{group}.{k}"): v for k, v in flatten(conf).items()})
+    for group, (field_name, _) in RECORDS.items():
+        out.update(_recorded(job, group, result.get(field_name)))
+    return out
+
+
+def _recorded(job: Any, group: str, fp: Any) -> dict[str, Any]:
+    """The stage columns of the config group recorded in ``group``'s cache record ``fp``
+    (empty when there is none, or it is unreadable)."""
+    record = job.cache(RECORDS[group][1], fp).read(npz="none") \
+        if isinstance(fp, str) and fp else None
+    conf = record.get(group) if isinstance(record, dict) else None
+    if not isinstance(conf, dict):
+        return {}
+    return {column(f"{group}.{k}"): v for k, v in flatten(conf).items()}
+
+
+def measurements(job: Any, result: dict) -> list[tuple[dict[str, Any], dict | None]]:
+    """``(measured columns, probe scalars)`` of each measurement the job holds: what
+    ``result`` shows first (:func:`measured_columns`; scalars None: the row's own), then
+    :func:`other_presets`."""
+    return [(measured_columns(job, result), None), *other_presets(job, result)]
+
+
+def other_presets(job: Any, result: dict) -> list[tuple[dict[str, Any], dict]]:
+    """``(measured columns, probe scalars)`` of each probe preset ``result`` keeps beside the
+    one it shows (``probes_by_fingerprint``; ``runner.probe`` with other settings adds one),
+    where the preset's settings are recorded."""
+    by, top = result.get("probes_by_fingerprint"), result.get("probe_fingerprint")
+    landscape = _recorded(job, "landscape", result.get("landscape_fingerprint"))
+    out = []
+    for fp, scalars in (by.items() if isinstance(by, dict) else ()):
+        probe = _recorded(job, "probe", fp) if fp != top and isinstance(scalars, dict) else {}
+        if probe:
+            out.append(({**landscape, **probe}, scalars))
     return out
 
 
@@ -158,42 +191,81 @@ def _no_match(prefer: dict[str, Any], settings: list[dict[str, Any]]) -> str:
             + ": no completed job ran all of these together")
 
 
-def mark_other_settings(jobs: pd.DataFrame, trained: list[Any], settings: list[dict],
-                        prefer: dict[str, Any] | None = None) -> None:
-    """In place: of included jobs that are one trained model (equal ``trained`` identities,
-    :func:`~landscope.analysis.effective.identity` without the probe and landscape columns)
-    measured with other settings (``settings`` per row, :func:`stage_setting` of what was
-    measured), one stays included and the others get status :data:`OTHER_SETTING`. The
-    setting kept is the same for every model: the one most included jobs ran, among those that
+def mark_other_settings(jobs: pd.DataFrame, trained: list[Any], settings: list[list[dict]],
+                        prefer: dict[str, Any] | None = None) -> list[int]:
+    """In place: of the included jobs that are one trained model (equal ``trained``
+    identities, :func:`~landscope.analysis.effective.identity` without the probe and
+    landscape columns), one stays included and the others get status :data:`OTHER_SETTING`.
+    ``settings`` per row: the settings of each measurement the job holds (:func:`stage_setting`
+    of what was measured; its result.json's own first, then :func:`other_presets`). One setting
+    is analysed for every model: the one most models were measured with, among those that
     match ``prefer`` (:func:`parse_settings`; the first collected on ties). A model without a
-    job at that setting keeps its first (matching) job. Raises a LandscopeError when no
+    measurement at that setting keeps its first (matching) job, as measured. Returns per row
+    the index of the measurement to analyse (0: the job's own); raises a LandscopeError when no
     included job matches ``prefer``."""
     from landscope.errors import LandscopeError
 
     rows = [i for i, ok in enumerate(jobs["included"].tolist()) if ok and trained[i] is not None]
-    key = {i: json.dumps(sorted(settings[i].items()), default=str) for i in rows}
-    matching = [i for i in rows if all(_same(settings[i].get(k), v)
-                                       for k, v in (prefer or {}).items())]
+    key = {(i, j): json.dumps(sorted(s.items()), default=str)
+           for i in rows for j, s in enumerate(settings[i])}
+    matching = [o for o in key if all(_same(settings[o[0]][o[1]].get(k), v)
+                                      for k, v in (prefer or {}).items())]
     if prefer and not matching:
-        raise LandscopeError(_no_match(prefer, [settings[i] for i in rows]))
-    matched = set(matching)
+        raise LandscopeError(_no_match(prefer, [settings[i][j] for i, j in key]))
+    matched, models = set(matching), {}
+    for i, j in matching:
+        models.setdefault(key[i, j], set()).add(trained[i])
+    chosen = max(models, key=lambda k: len(models[k])) if models else None
     groups: dict[Any, list[int]] = {}
     for i in rows:
         groups.setdefault(trained[i], []).append(i)
-    counts: dict[str, int] = {}
-    for i in matching:
-        counts[key[i]] = counts.get(key[i], 0) + 1
-    chosen = max(counts, key=counts.__getitem__) if counts else None
-    for group in (g for g in groups.values() if len(g) > 1):
-        keep = next((i for i in group if key[i] == chosen),
-                    next((i for i in group if i in matched), group[0]))
-        kept = jobs.iloc[keep]
-        for i in group:
-            if i != keep:
-                row = jobs.index[i]
-                jobs.loc[row, ["status", "included"]] = [OTHER_SETTING, False]
-                jobs.loc[row, "reason"] = _setting_reason(
-                    f"{kept['sweep']}/{kept['job']}", settings[i], settings[keep])
+    pick = [0] * len(settings)
+    for group in groups.values():
+        options = [(i, j) for i in group for j in range(len(settings[i]))]
+        keep = next((o for o in options if key[o] == chosen),
+                    next((o for o in options if o in matched), (group[0], 0)))
+        pick[keep[0]] = keep[1]
+        kept = jobs.iloc[keep[0]]
+        for i in (i for i in group if i != keep[0]):
+            row = jobs.index[i]
+            jobs.loc[row, ["status", "included"]] = [OTHER_SETTING, False]
+            jobs.loc[row, "reason"] = _setting_reason(
+                f"{kept['sweep']}/{kept['job']}", settings[i][0], settings[keep[0]][keep[1]])
+    return pick
+
+
+def use_presets(jobs: pd.DataFrame, pick: list[int],
+                measurements: list[tuple[dict, list[tuple[dict, Any]]]]) -> None:
+    """In place: each row whose ``pick`` (:func:`mark_other_settings`) is another probe preset
+    the job keeps gets that preset's scalars as its ``probe.*`` columns, and its
+    ``measured_with`` what the preset was measured with (``measurements`` per row: the config
+    columns and the ``(measured columns, scalars)`` of each measurement)."""
+    for i, j in enumerate(pick):
+        if not j:
+            continue
+        config, options = measurements[i]
+        measured, scalars = options[j]
+        row = jobs.index[i]
+        for name in [c for c in jobs.columns if c.startswith("probe.")]:
+            _put(jobs, row, name, None)
+        for key, value in scalars.items():
+            _put(jobs, row, f"probe.{key}", scalar(value))
+        _put(jobs, row, "measured_with", measured_with(config, measured))
+
+
+def _put(jobs: pd.DataFrame, row: Any, name: str, value: Any) -> None:
+    """``jobs.loc[row, name] = value``, the column made able to hold it first (added when it
+    is missing, float for a number or a gap in an integer column, else object)."""
+    if name not in jobs.columns:
+        jobs[name] = pd.Series(None, index=jobs.index, dtype=object)
+    col = jobs[name]
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if pd.api.types.is_integer_dtype(col) and (number or value is None):
+        jobs[name] = col.astype(float)
+    elif col.dtype != object and (pd.api.types.is_bool_dtype(col)
+                                  or not (number or value is None)):
+        jobs[name] = col.astype(object)
+    jobs.loc[row, name] = value
 
 
 def _differing(settings: list[dict[str, Any]]) -> list[str]:
@@ -218,22 +290,31 @@ def _values(settings: list[dict[str, Any]], key: str, counted: bool) -> str:
     return ", ".join(f"{v} ({n} job{'s' if n != 1 else ''})" for v, n in counts.items())
 
 
-def setting_notes(jobs: pd.DataFrame, settings: list[dict[str, Any]]) -> list[str]:
-    """Sentences for the report: the setting :func:`mark_other_settings` kept, and the
-    settings the analysed jobs differ in (``settings`` per row of ``jobs``)."""
+def setting_notes(jobs: pd.DataFrame, settings: list[dict[str, Any]],
+                  own: list[dict[str, Any]]) -> list[str]:
+    """Sentences for the report: the setting :func:`mark_other_settings` kept, the jobs analysed
+    with another preset than the one their result.json shows, and the settings the analysed
+    jobs differ in (``settings`` per row of ``jobs``: what is analysed; ``own``: what
+    result.json shows)."""
     status, included = jobs["status"].tolist(), jobs["included"].tolist()
     kept = [s for s, ok in zip(settings, included) if ok]
     notes = []
     other = [s for s, st in zip(settings, status) if st == OTHER_SETTING]
     if other:
-        shown = _differing(kept + other)
         n = len(other)
         notes.append(
             f"{n} job{'s' if n != 1 else ''} measured a trained model already analysed with "
             f"other probe or landscape settings (status {OTHER_SETTING}); each model is "
-            "analysed once, at " + ", ".join(f"{k[len('config.'):]}={_values(kept, k, False)}"
-                                             for k in shown)
-            + " (runner.report --setting KEY=VALUE chooses another).")
+            f"analysed once, at {_said(kept, _differing(kept + other))} (runner.report "
+            "--setting KEY=VALUE chooses another).")
+    swapped = [(s, o) for s, o, ok in zip(settings, own, included) if ok and s is not o]
+    if swapped:
+        n, shown = len(swapped), _differing([x for pair in swapped for x in pair])
+        notes.append(
+            f"{n} job{'s' if n != 1 else ''} {'were' if n != 1 else 'was'} measured again "
+            "with other settings (runner.probe), and result.json shows the newer measures; "
+            f"{'they are' if n != 1 else 'it is'} analysed with the probe results kept beside "
+            f"them at {_said([s for s, _ in swapped], shown)}, as the other models are.")
     mixed = _differing(kept)
     if mixed:
         notes.append(
@@ -243,3 +324,7 @@ def setting_notes(jobs: pd.DataFrame, settings: list[dict[str, Any]]) -> list[st
             + ". A measure taken with other settings is another estimator: measure the jobs "
             "alike (runner.probe or runner.landscape with one setting) to compare them.")
     return notes
+
+
+def _said(settings: list[dict[str, Any]], keys: list[str]) -> str:
+    return ", ".join(f"{k[len('config.'):]}={_values(settings, k, False)}" for k in keys)
