@@ -5,7 +5,7 @@
   measures it again later, and ``result.json`` then holds that run's scalars while
   ``config.yaml`` is left as it was. The settings that produced the scalars are in the cache
   record ``result.json`` names (``probes/<probe_fingerprint>.json``'s ``probe``,
-  ``landscape/<landscape_fingerprint>.json``'s ``landscape``): :func:`measured_columns` reads
+  ``landscape/<landscape_fingerprint>.json``'s ``landscape``): :func:`measurements` reads
   them, and :func:`measured_with` names the options where they differ from ``config.yaml``
   (the table's ``measured_with`` column). The table's ``config.probe.*`` columns stay
   ``config.yaml``'s: they also describe what ran during training (``probe.every_n_steps``, its
@@ -14,7 +14,7 @@
   (``probe.data_size=500,1000``) trains each model once per setting, in its own directory.
   Pooled, those directories would count the model twice and mix two estimators in one test.
   A job measured again by ``runner.probe`` keeps the earlier probe results beside the new
-  (``probes_by_fingerprint``; :func:`other_presets`). :func:`mark_other_settings` chooses one
+  (``probes_by_fingerprint``; :func:`measurements`). :func:`mark_other_settings` chooses one
   setting for every model (the one most models were measured with, in any directory or
   preset, or the one ``runner.report --setting`` names, :func:`parse_settings`), keeps one
   job per model and gives the other jobs the status ``other_setting``; :func:`use_presets`
@@ -60,16 +60,6 @@ def stage_setting(columns: dict[str, Any]) -> dict[str, Any]:
             if k.startswith(STAGE_COLUMNS) and k not in TRAINING_TIME}
 
 
-def measured_columns(job: Any, result: dict) -> dict[str, Any]:
-    """The stage columns of the config groups recorded with the scalars ``result`` (the
-    job's result.json) holds, read from the cache records it names (``job``: a
-    :class:`~landscope.jobdir.JobDir`); a group without a readable record is left out."""
-    out: dict[str, Any] = {}
-    for group, (field_name, _) in RECORDS.items():
-        out.update(_recorded(job, group, result.get(field_name)))
-    return out
-
-
 def _recorded(job: Any, group: str, fp: Any) -> dict[str, Any]:
     """The stage columns of the config group recorded in ``group``'s cache record ``fp``
     (empty when there is none, or it is unreadable)."""
@@ -82,19 +72,17 @@ def _recorded(job: Any, group: str, fp: Any) -> dict[str, Any]:
 
 
 def measurements(job: Any, result: dict) -> list[tuple[dict[str, Any], dict | None]]:
-    """``(measured columns, probe scalars)`` of each measurement the job holds: what
-    ``result`` shows first (:func:`measured_columns`; scalars None: the row's own), then
-    :func:`other_presets`."""
-    return [(measured_columns(job, result), None), *other_presets(job, result)]
-
-
-def other_presets(job: Any, result: dict) -> list[tuple[dict[str, Any], dict]]:
-    """``(measured columns, probe scalars)`` of each probe preset ``result`` keeps beside the
-    one it shows (``probes_by_fingerprint``; ``runner.probe`` with other settings adds one),
-    where the preset's settings are recorded."""
-    by, top = result.get("probes_by_fingerprint"), result.get("probe_fingerprint")
+    """``(measured columns, probe scalars)`` of each measurement a job holds (``job``: a
+    :class:`~landscope.jobdir.JobDir`, ``result``: its result.json): the stage columns of the
+    config groups recorded with the scalars ``result`` shows, read from the cache records it
+    names (a group without a readable record left out; scalars None: the row's own); then one
+    for each probe preset ``result`` keeps beside them (``probes_by_fingerprint``;
+    ``runner.probe`` with other settings adds one) whose settings are recorded."""
     landscape = _recorded(job, "landscape", result.get("landscape_fingerprint"))
-    out = []
+    top = result.get("probe_fingerprint")
+    out: list[tuple[dict[str, Any], dict | None]] = [
+        ({**landscape, **_recorded(job, "probe", top)}, None)]
+    by = result.get("probes_by_fingerprint")
     for fp, scalars in (by.items() if isinstance(by, dict) else ()):
         probe = _recorded(job, "probe", fp) if fp != top and isinstance(scalars, dict) else {}
         if probe:
@@ -197,12 +185,12 @@ def mark_other_settings(jobs: pd.DataFrame, trained: list[Any], settings: list[l
     identities, :func:`~landscope.analysis.effective.identity` without the probe and
     landscape columns), one stays included and the others get status :data:`OTHER_SETTING`.
     ``settings`` per row: the settings of each measurement the job holds (:func:`stage_setting`
-    of what was measured; its result.json's own first, then :func:`other_presets`). One setting
-    is analysed for every model: the one most models were measured with, among those that
-    match ``prefer`` (:func:`parse_settings`; the first collected on ties). A model without a
-    measurement at that setting keeps its first (matching) job, as measured. Returns per row
-    the index of the measurement to analyse (0: the job's own); raises a LandscopeError when no
-    included job matches ``prefer``."""
+    of what was measured; its result.json's own first, then the other presets it keeps,
+    :func:`measurements`). One setting is analysed for every model: the one most models were
+    measured with, among those that match ``prefer`` (:func:`parse_settings`; the first
+    collected on ties). A model without a measurement at that setting keeps its first
+    (matching) job, as measured. Returns per row the index of the measurement to analyse (0:
+    the job's own); raises a LandscopeError when no included job matches ``prefer``."""
     from landscope.errors import LandscopeError
 
     rows = [i for i, ok in enumerate(jobs["included"].tolist()) if ok and trained[i] is not None]
