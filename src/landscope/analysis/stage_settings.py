@@ -233,9 +233,11 @@ def use_presets(jobs: pd.DataFrame, pick: list[int],
             continue
         config, options = measurements[i]
         measured, scalars = options[j]
-        row = jobs.index[i]
-        for name in [c for c in jobs.columns if c.startswith("probe.")]:
-            _put(jobs, row, name, None)
+        row, shown = jobs.index[i], [c for c in jobs.columns if c.startswith("probe.")]
+        for name in shown:  # able to hold a gap (once per column)
+            if pd.api.types.is_integer_dtype(jobs[name]) or pd.api.types.is_bool_dtype(jobs[name]):
+                _put(jobs, row, name, None)
+        jobs.loc[row, shown] = None
         for key, value in scalars.items():
             _put(jobs, row, f"probe.{key}", scalar(value))
         _put(jobs, row, "measured_with", measured_with(config, measured))
