@@ -195,17 +195,18 @@ def _reason(status: str, reason: str | None, result: dict, config_note: str | No
     return reason
 
 
-def _job_row(job: JobDir, sweep: str) -> tuple[dict[str, Any], dict[str, Any], list[tuple]]:
+def _job_row(job: JobDir, sweep: str) -> tuple[dict[str, Any], dict[str, Any], tuple]:
     """The job's row, its config columns (effective: :mod:`landscope.analysis.effective`) and
-    its measurements: ``(settings measured with, probe scalars)`` of what result.json shows
-    (scalars None: the row's), then of the other probe presets it keeps
+    ``(settings of config.yaml, measurements)``: ``(settings measured with, probe scalars)`` of
+    what result.json shows (scalars None: the row's), then of the other probe presets it keeps
     (:mod:`landscope.analysis.stage_settings`)."""
     row: dict[str, Any] = {"sweep": sweep, "job": job.name, "path": str(job.path.resolve())}
     config, config_note = config_columns(job)
     config = config or {}
     result, status, reason = _read_status(job)
     result = result or {}
-    options = measurements(job, result)
+    started = stage_setting(config)
+    options = [(stage_setting({**config, **m}), sc) for m, sc in measurements(job, result)]
     reason = _reason(status, reason, result, config_note)
     row.update(status=status, included=status == COMPLETED, reason=reason,
                stop_reason=result.get("stop_reason"),
@@ -223,10 +224,10 @@ def _job_row(job: JobDir, sweep: str) -> tuple[dict[str, Any], dict[str, Any], l
         if isinstance(scalars, dict):
             for key, value in scalars.items():
                 row[f"{prefix}.{key}"] = scalar(value)
-    row["measured_with"] = measured_with(config, options[0][0])
+    row["measured_with"] = measured_with(started, options[0][0])
     for key, value in config.items():
         row.setdefault(key, value)
-    return row, config, options
+    return row, config, (started, options)
 
 
 def swept_keys(jobs: pd.DataFrame, config_columns: Iterable[str]) -> list[str]:
@@ -289,7 +290,7 @@ def collect(sweep_dirs: Iterable[str | os.PathLike] | str | os.PathLike,
     if isinstance(sweep_dirs, (str, os.PathLike)):
         sweep_dirs = [sweep_dirs]
     rows, sources, columns, seen, identities = [], [], {}, set(), []
-    trained, settings, measurements, notes = [], [], [], []
+    trained, settings, measured_rows, notes = [], [], [], []
     for sweep_dir in sweep_dirs:
         sweep_dir = Path(sweep_dir)
         jobs = job_dirs(sweep_dir)
@@ -300,14 +301,13 @@ def collect(sweep_dirs: Iterable[str | os.PathLike] | str | os.PathLike,
             if job.path.resolve() in seen:  # the same job named twice
                 continue
             seen.add(job.path.resolve())
-            row, config, options = _job_row(job, sweep)
+            row, config, measured = _job_row(job, sweep)
             columns.update(dict.fromkeys(config))
             rows.append(row)
             identities.append(identity(config, row["seed"]) if config else None)
             trained.append(identity(config, row["seed"], STAGE_COLUMNS) if config else None)
-            measurements.append((config, options))
-            settings.append([stage_setting({**config, **m}) for m, _ in options] if config
-                            else [{}])
+            measured_rows.append(measured)
+            settings.append([ran for ran, _ in measured[1]] if config else [{}])
     jobs = pd.DataFrame(rows, columns=_column_order(rows, columns))
     if len(jobs):
         jobs["included"] = jobs["included"].astype(bool)
@@ -320,7 +320,7 @@ def collect(sweep_dirs: Iterable[str | os.PathLike] | str | os.PathLike,
         _add_ood_error(jobs)
         mark_duplicates(jobs, identities)
         pick = mark_other_settings(jobs, trained, settings, setting)
-        use_presets(jobs, pick, measurements)
+        use_presets(jobs, pick, measured_rows)
         notes = setting_notes(jobs, [s[j] for s, j in zip(settings, pick)],
                               [s[0] for s in settings])
     excluded = (jobs.loc[~jobs["included"], ["sweep", "job", "status", "reason", "path"]]

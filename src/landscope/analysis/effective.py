@@ -135,9 +135,13 @@ def identity(columns: dict[str, Any], seed: Any, prefixes: tuple[str, ...] = ())
 
 def meant_columns(columns: dict[str, Any]) -> dict[str, Any]:
     """``columns`` over the defaults, without the options that change no result."""
-    free = _free()
-    return {k: v for k, v in {**flat_defaults(), **columns}.items()
-            if not any(k == f or k.startswith(f + ".") for f in free)}
+    return {k: v for k, v in {**flat_defaults(), **columns}.items() if not _changes_nothing(k)}
+
+
+@lru_cache(maxsize=None)
+def _changes_nothing(key: str) -> bool:
+    """Whether column ``key`` is (below) an option named by ``layout_keys`` (per key, once)."""
+    return any(key == f or key.startswith(f + ".") for f in _free())
 
 
 def first_copies(identities: list[Any]) -> list[Any]:

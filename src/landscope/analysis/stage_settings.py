@@ -90,12 +90,9 @@ def measurements(job: Any, result: dict) -> list[tuple[dict[str, Any], dict | No
     return out
 
 
-def measured_with(config: dict[str, Any], measured: dict[str, Any]) -> str | None:
-    """The options, as overrides, whose ``measured`` value differs from ``config``'s (None when
-    none does)."""
-    if not measured:
-        return None
-    started, ran = stage_setting(config), stage_setting({**config, **measured})
+def measured_with(started: dict[str, Any], ran: dict[str, Any]) -> str | None:
+    """The options, as overrides, whose value in ``ran`` (:func:`stage_setting` of what was
+    measured) differs from ``started`` (of config.yaml); None when none does."""
     said = [f"{k[len('config.'):]}={_compact(v)}" for k, v in ran.items()
             if not _same(v, started.get(k))]
     return " ".join(said) or None
@@ -226,13 +223,14 @@ def use_presets(jobs: pd.DataFrame, pick: list[int],
                 measurements: list[tuple[dict, list[tuple[dict, Any]]]]) -> None:
     """In place: each row whose ``pick`` (:func:`mark_other_settings`) is another probe preset
     the job keeps gets that preset's scalars as its ``probe.*`` columns, and its
-    ``measured_with`` what the preset was measured with (``measurements`` per row: the config
-    columns and the ``(measured columns, scalars)`` of each measurement)."""
+    ``measured_with`` what the preset was measured with (``measurements`` per row: the
+    settings of config.yaml and the ``(settings measured with, scalars)`` of each
+    measurement, :func:`stage_setting` both)."""
     for i, j in enumerate(pick):
         if not j:
             continue
-        config, options = measurements[i]
-        measured, scalars = options[j]
+        started, options = measurements[i]
+        ran, scalars = options[j]
         row, shown = jobs.index[i], [c for c in jobs.columns if c.startswith("probe.")]
         for name in shown:  # able to hold a gap (once per column)
             if pd.api.types.is_integer_dtype(jobs[name]) or pd.api.types.is_bool_dtype(jobs[name]):
@@ -240,7 +238,7 @@ def use_presets(jobs: pd.DataFrame, pick: list[int],
         jobs.loc[row, shown] = None
         for key, value in scalars.items():
             _put(jobs, row, f"probe.{key}", scalar(value))
-        _put(jobs, row, "measured_with", measured_with(config, measured))
+        _put(jobs, row, "measured_with", measured_with(started, ran))
 
 
 def _put(jobs: pd.DataFrame, row: Any, name: str, value: Any) -> None:
