@@ -75,8 +75,8 @@ class ProbeStage(CachedStage):
 
     def recorded(self, result: dict) -> set:
         """The probe fingerprints whose scalars ``result`` holds, less those written before the
-        multiplicity check (:func:`~landscope.probes.complement.predates_multiplicity_check`)."""
-        from landscope.probes.complement import predates_multiplicity_check
+        multiplicity check (:func:`~landscope.probes.checked.predates_multiplicity_check`)."""
+        from landscope.probes.checked import predates_multiplicity_check
 
         by = dict(result.get("probes_by_fingerprint") or {})
         if result.get("probe_fingerprint"):
@@ -85,7 +85,7 @@ class ProbeStage(CachedStage):
 
     def current(self, record: dict) -> bool:
         """Whether a probe cache record's scalars are of today's probes (else recomputed)."""
-        from landscope.probes.complement import predates_multiplicity_check
+        from landscope.probes.checked import predates_multiplicity_check
 
         return not predates_multiplicity_check(record.get("scalars"))
 

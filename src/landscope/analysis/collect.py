@@ -25,7 +25,8 @@ Columns of :attr:`Collection.jobs`:
   and ``final.ood_test_loss`` (its accuracy and loss, as ``final`` holds them) and the derived
   ``ood_test_error`` = 1 − ``final.ood_test_acc`` (NaN for a job without the split); sweeps
   without one get none of these columns;
-- ``probe.*`` and ``landscape.*``: the scalars of ``result.json``'s ``probes`` and ``landscape``;
+- ``probe.*`` and ``landscape.*``: the scalars of ``result.json``'s ``probes`` and ``landscape``
+  (those of a top-k's later entries left out where they predate the multiplicity check);
 - ``measured_with``: the probe and landscape options, as overrides, with which those scalars
   were measured where they differ from ``config.yaml`` (a job measured again by ``runner.probe``
   or ``runner.landscape``; None otherwise);
@@ -197,9 +198,8 @@ def _reason(status: str, reason: str | None, result: dict, config_note: str | No
 
 def _job_row(job: JobDir, sweep: str) -> tuple[dict[str, Any], dict[str, Any], tuple]:
     """The job's row, its config columns (effective: :mod:`landscope.analysis.effective`) and
-    ``(settings of config.yaml, measurements)``: ``(settings measured with, probe scalars)`` of
-    what result.json shows (scalars None: the row's), then of the other probe presets it keeps
-    (:mod:`landscope.analysis.stage_settings`)."""
+    ``(settings of config.yaml, measurements)``, each measurement (settings measured with,
+    probe scalars) as :func:`~landscope.analysis.stage_settings.measurements` lists them."""
     row: dict[str, Any] = {"sweep": sweep, "job": job.name, "path": str(job.path.resolve())}
     config, config_note = config_columns(job)
     config = config or {}
@@ -320,9 +320,9 @@ def collect(sweep_dirs: Iterable[str | os.PathLike] | str | os.PathLike,
         _add_ood_error(jobs)
         mark_duplicates(jobs, identities)
         pick = mark_other_settings(jobs, trained, settings, setting)
-        use_presets(jobs, pick, measured_rows)
+        unchecked = use_presets(jobs, pick, measured_rows)
         notes = setting_notes(jobs, [s[j] for s, j in zip(settings, pick)],
-                              [s[0] for s in settings])
+                              [s[0] for s in settings]) + unchecked
     excluded = (jobs.loc[~jobs["included"], ["sweep", "job", "status", "reason", "path"]]
                 .reset_index(drop=True) if len(jobs)
                 else pd.DataFrame(columns=["sweep", "job", "status", "reason", "path"]))

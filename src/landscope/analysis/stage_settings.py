@@ -22,6 +22,10 @@
   was analysed, which jobs were read with a preset other than the one result.json shows, and
   whether the analysed jobs were still measured with different settings (pooled in every
   test).
+- **Scalars older than the multiplicity check.** :func:`leave_out_unchecked` leaves out the
+  scalars of a top-k's later entries (``lambda_2``, ``spectral_gap``, ...) where the analysed
+  probe results predate the check for missed copies of repeated eigenvalues
+  (:mod:`landscope.probes.checked`), and says so.
 
 Torch-free, like :mod:`landscope.analysis.collect`.
 """
@@ -75,13 +79,15 @@ def measurements(job: Any, result: dict) -> list[tuple[dict[str, Any], dict | No
     """``(measured columns, probe scalars)`` of each measurement a job holds (``job``: a
     :class:`~landscope.jobdir.JobDir`, ``result``: its result.json): the stage columns of the
     config groups recorded with the scalars ``result`` shows, read from the cache records it
-    names (a group without a readable record left out; scalars None: the row's own); then one
+    names (a group without a readable record left out; scalars: result.json's ``probes``, None
+    when it has none); then one
     for each probe preset ``result`` keeps beside them (``probes_by_fingerprint``;
     ``runner.probe`` with other settings adds one) whose settings are recorded."""
     landscape = _recorded(job, "landscape", result.get("landscape_fingerprint"))
     top = result.get("probe_fingerprint")
+    own = result.get("probes")
     out: list[tuple[dict[str, Any], dict | None]] = [
-        ({**landscape, **_recorded(job, "probe", top)}, None)]
+        ({**landscape, **_recorded(job, "probe", top)}, own if isinstance(own, dict) else None)]
     by = result.get("probes_by_fingerprint")
     for fp, scalars in (by.items() if isinstance(by, dict) else ()):
         probe = _recorded(job, "probe", fp) if fp != top and isinstance(scalars, dict) else {}
@@ -220,12 +226,13 @@ def mark_other_settings(jobs: pd.DataFrame, trained: list[Any], settings: list[l
 
 
 def use_presets(jobs: pd.DataFrame, pick: list[int],
-                measurements: list[tuple[dict, list[tuple[dict, Any]]]]) -> None:
+                measurements: list[tuple[dict, list[tuple[dict, Any]]]]) -> list[str]:
     """In place: each row whose ``pick`` (:func:`mark_other_settings`) is another probe preset
     the job keeps gets that preset's scalars as its ``probe.*`` columns, and its
     ``measured_with`` what the preset was measured with (``measurements`` per row: the
     settings of config.yaml and the ``(settings measured with, scalars)`` of each
-    measurement, :func:`stage_setting` both)."""
+    measurement, :func:`stage_setting` both). Then :func:`leave_out_unchecked` on the scalars
+    picked; returns its sentences."""
     for i, j in enumerate(pick):
         if not j:
             continue
@@ -239,6 +246,7 @@ def use_presets(jobs: pd.DataFrame, pick: list[int],
         for key, value in scalars.items():
             _put(jobs, row, f"probe.{key}", scalar(value))
         _put(jobs, row, "measured_with", measured_with(started, ran))
+    return leave_out_unchecked(jobs, [m[1][j][1] for m, j in zip(measurements, pick)])
 
 
 def _put(jobs: pd.DataFrame, row: Any, name: str, value: Any) -> None:
@@ -316,3 +324,39 @@ def setting_notes(jobs: pd.DataFrame, settings: list[dict[str, Any]],
 
 def _said(settings: list[dict[str, Any]], keys: list[str]) -> str:
     return ", ".join(f"{k[len('config.'):]}={_values(settings, k, False)}" for k in keys)
+
+
+def leave_out_unchecked(jobs: pd.DataFrame, analysed: list[dict | None]) -> list[str]:
+    """In place: the included rows whose analysed probe scalars (``analysed`` per row: the
+    preset :func:`mark_other_settings` picked, :func:`measurements`) predate the multiplicity
+    check (:mod:`landscope.probes.checked`) lose the scalars that depend on their top-k's later
+    entries (:data:`~landscope.probes.checked.TOP_LIST_SCALARS`: a missed copy of a repeated
+    eigenvalue changes them); returns the report's sentence on them (empty when none)."""
+    from landscope.probes.checked import (
+        TOP_LIST_SCALARS,
+        predates_multiplicity_check,
+        top_list_predates_check,
+    )
+
+    stale, left_out = 0, set()
+    for row, scalars, ok in zip(jobs.index, analysed, jobs["included"].tolist()):
+        if not (ok and predates_multiplicity_check(scalars)):
+            continue
+        stale += 1
+        if top_list_predates_check(scalars):
+            for name in (s for s in TOP_LIST_SCALARS if f"probe.{s}" in jobs.columns):
+                _put(jobs, row, f"probe.{name}", None)
+                left_out.add(name)
+    if not stale:
+        return []
+    whose = "jobs'" if stale != 1 else "job's"
+    out = (f"{stale} {whose} probe results predate the check "
+           "for missed copies of repeated eigenvalues (December 2026), so an eigenvalue list of "
+           "theirs may name a repeated eigenvalue once and reach further down the spectrum "
+           "instead")
+    if left_out:
+        out += ("; the measures that depend on the top-k's entries after the first are left out "
+                f"for them ({', '.join(s for s in TOP_LIST_SCALARS if s in left_out)}; "
+                "lambda_max stands)")
+    return [out + ". Running the sweep's command again measures them again, without "
+            "retraining."]

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from landscope.probes.checked import predates_multiplicity_check
 from landscope.probes.lanczos import (
     EigResult,
     _eigs_iterations,
@@ -174,30 +175,3 @@ def checked_list(op: Operator, found: EigResult, *, enabled: bool = True, tol: f
     if not (enabled and check_applies(found)):
         return found
     return complement_check(op, found, tol=tol, atol=atol, seed=seed, stop=stop)
-
-
-# the lists of probe.curvature whose scalars carry their eigenvalues and, since the check,
-# ``<kind>_checked``
-CHECKED_CURVATURE_LISTS = ("ggn", "fisher", "fisher_empirical", "ntk", "residual")
-
-
-def predates_multiplicity_check(scalars: object) -> bool:
-    """Whether probe scalars were written before their eigenvalue lists were checked for missed
-    copies of repeated eigenvalues (December 2026): a top-k of k >= 2 (a finite
-    ``spectral_gap``) without ``top_checked``, a per-block summary without ``checked``, or a
-    ``probe.curvature`` list of k >= 2 without ``<kind>_checked``. A job holding such scalars is
-    probed again (:class:`~landscope.jobresults.ProbeStage`): one Lanczos run may have listed a
-    repeated eigenvalue too few times. (A bottom-k alone, without a top-k of k >= 2, is not
-    recognized.)"""
-    if not isinstance(scalars, dict):
-        return False
-    gap = scalars.get("spectral_gap")
-    if isinstance(gap, (int, float)) and math.isfinite(gap) and "top_checked" not in scalars:
-        return True
-    blocks = scalars.get("blocks")
-    if isinstance(blocks, dict) and any(isinstance(b, dict) and "checked" not in b
-                                        for b in blocks.values()):
-        return True
-    return any(isinstance(scalars.get(f"{kind}_top_eigenvalues"), list)
-               and len(scalars[f"{kind}_top_eigenvalues"]) >= 2
-               and f"{kind}_checked" not in scalars for kind in CHECKED_CURVATURE_LISTS)
