@@ -82,7 +82,7 @@ def test_older_top_lists_lose_the_scalars_of_their_later_entries(tmp_path):
         "and reach further down the spectrum instead; the measures that depend on the top-k's "
         "entries after the first are left out for them (lambda_2, spectral_gap, gap_ratio, "
         "condition_number, lambda_min_positive; lambda_max stands). Running the sweep's command "
-        "again measures them again, without retraining."]
+        "again (runner.probe, for results it added) measures them again, without retraining."]
 
 
 def test_only_per_block_lists_older_than_the_check_leave_the_measures_and_say_so(tmp_path):

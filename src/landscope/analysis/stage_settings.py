@@ -358,5 +358,5 @@ def leave_out_unchecked(jobs: pd.DataFrame, analysed: list[dict | None]) -> list
         out += ("; the measures that depend on the top-k's entries after the first are left out "
                 f"for them ({', '.join(s for s in TOP_LIST_SCALARS if s in left_out)}; "
                 "lambda_max stands)")
-    return [out + ". Running the sweep's command again measures them again, without "
-            "retraining."]
+    return [out + ". Running the sweep's command again (runner.probe, for results it added) "
+            "measures them again, without retraining."]
