@@ -260,3 +260,109 @@ def test_on_a_terminal_each_job_shows_a_bar_of_its_continuations(tiny_sweep, cap
     last = bars.shown()[-1]
     assert (last["total"], last["initial"], last["n"], last["closed"]) == (4, 3, 4, True)
     assert read_json(path)["runs"] == record["runs"]
+
+
+# --------------------------------------------------------------------------- the plan
+def _plans(out: str) -> list[str]:
+    return [ln for ln in out.splitlines() if ln.startswith("escape plan, ")]
+
+
+def test_each_job_says_its_plan_before_its_continuations(tiny_sweep, capsys):
+    """The plan line comes before the job's result line; it counts the continuations still to
+    run (a partial file's are read back) and gives their ceiling in seconds, every run
+    censored at max_steps."""
+    import re
+
+    from landscope.escape.settings import escape_config, settings_fingerprint
+
+    code, out, err = _run([tiny_sweep, *SMALL], capsys)
+    assert code == 0, out + err
+    lines = [ln for ln in out.splitlines() if ln.startswith(("escape plan, ", "computed: "))]
+    assert [ln.split(":")[0].split(",")[0] for ln in lines] == ["escape plan", "computed"] * 2
+    for plan, job in zip(_plans(out), ("seed=0", "seed=1")):
+        assert plan.startswith(
+            f"escape plan, {job}: 2 of 2 continuations to run (1 noise type × 2 learning rates × "
+            "1 batch size × 1 seed), each at most 20 steps with the loss on 100 samples every 5; ")
+        assert re.search(r"~[0-9.e-]+ ms a step at B=8, ~[0-9.e-]+ ms an evaluation, so at "
+                         r"most ~[0-9.e-]+ s \(a continuation stops when it escapes\)$", plan)
+    (path,) = tiny_sweep.glob(f"seed=0/escape/{settings_fingerprint(escape_config(SMALL))}.json")
+    record = read_json(path)
+    from landscope.io import write_json
+
+    write_json(path, {**record, "complete": False, "runs": record["runs"][:1]})
+    code, out, err = _run([tiny_sweep / "seed=0", *SMALL], capsys)
+    assert code == 0, out + err
+    (plan,) = _plans(out)
+    assert plan.startswith("escape plan, seed=0: 1 of 2 continuations to run (1 noise type × "
+                           "2 learning rates × 1 batch size × 1 seed; 1 stored by an "
+                           "interrupted run is read back), each at most 20 steps")
+    code, out, err = _run([tiny_sweep, *SMALL], capsys)  # complete: cached, no plan
+    assert code == 0 and _plans(out) == [] and "0 computed, 2 cached" in out
+
+
+def test_the_plan_adds_up_its_timings(monkeypatch):
+    """``plan``: a continuation costs its setup, max_steps steps and an evaluation at step 0
+    and every eval_every steps (the last at max_steps); plain SGD is timed per batch size,
+    an injected noise once."""
+    from landscope.escape import plan as P
+
+    timed = []
+
+    def fake(model, split, *, batch_size, noise, settings, extra):
+        timed.append((noise, batch_size))
+        return (0.5, 0.01, 0.1) if noise == "sgd" else (1.0, 0.02, 0.1)
+
+    monkeypatch.setattr(P, "step_seconds", fake)
+    settings = {"max_steps": 100, "eval_every": 30, "eval_size": 50, "eval_seed": 0}
+    p = P.plan(None, None, settings, {}, {("sgd", 4): 3, ("sgd", 16): 2, ("isotropic", 4): 2,
+                                         ("isotropic", 16): 2, ("sgd", 64): 0})
+    assert timed == [("sgd", 4), ("sgd", 16), ("isotropic", 4)]
+    evals = 1 + 4  # steps 0, 30, 60, 90, 100
+    sgd, iso = 0.5 + 100 * 0.01 + evals * 0.1, 1.0 + 100 * 0.02 + evals * 0.1
+    assert p["seconds"] == pytest.approx(5 * sgd + 4 * iso)
+    line = P.plan_line("j", {"lrs": [0.1], "batch_sizes": [4, 16], "seeds": [0, 1],
+                             "max_steps": 100, "eval_every": 30}, ["sgd", "isotropic"], 8, 0,
+                       p["timings"], p["seconds"], 50)
+    assert line == ("escape plan, j: 8 of 8 continuations to run (2 noise types × 1 learning "
+                    "rate × 2 batch sizes × 2 seeds), each at most 100 steps with the loss on 50 "
+                    "samples every 30; ~20 ms a step with isotropic noise, ~10 ms a step at B=4, "
+                    "~10 ms a step at B=16, ~100 ms an evaluation, so at most ~24 s (a "
+                    "continuation stops when it escapes)")
+
+
+def test_step_seconds_times_a_continuation_and_leaves_the_model_alone(one_torch_thread):
+    from landscope.escape.plan import step_seconds
+
+    model, data = two_basin()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    setup, step, evaluation = step_seconds(
+        model, data.train, batch_size=16, noise="sgd",
+        settings={"eval_size": 64, "eval_seed": 0}, extra={})
+    assert all(math.isfinite(t) and 0 <= t < 1.0 for t in (setup, step, evaluation))
+    assert step > 0  # (an evaluation of 64 samples may read 0 within the timing's noise)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_progress_shows_the_bars_and_changes_no_result(tiny_sweep, capsys, bars, monkeypatch):
+    """``escape.progress=true`` shows the bars off a terminal too, ``false`` hides them on one;
+    neither is stored: the results and their fingerprint are those of the run without it."""
+    import sys
+
+    from landscope.escape.settings import escape_config, settings_fingerprint
+
+    code, out, err = _run([tiny_sweep, *SMALL, "escape.progress=true"], capsys)
+    assert code == 0, out + err
+    assert sorted(b["desc"] for b in bars.shown()) == ["escape seed=0", "escape seed=1"]
+    fp = settings_fingerprint(escape_config(SMALL))
+    assert settings_fingerprint(escape_config([*SMALL, "escape.progress=true"])) == fp
+    (path,) = tiny_sweep.glob(f"seed=0/escape/{fp}.json")
+    assert "progress" not in read_json(path)["settings"]
+    code, out, err = _run([tiny_sweep, *SMALL], capsys)
+    assert code == 0 and "0 computed, 2 cached" in out
+    for job in tiny_sweep.glob("seed=[01]/escape"):
+        for f in job.iterdir():
+            f.unlink()
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    n = len(bars.shown())
+    code, out, err = _run([tiny_sweep, *SMALL, "escape.progress=false"], capsys)
+    assert code == 0 and "2 computed" in out and len(bars.shown()) == n

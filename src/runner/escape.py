@@ -30,6 +30,8 @@ Settings (``EscapeConfig``; override as ``escape.KEY=VALUE``)::
                                     probes.lambda_max of its result.json, else Lanczos)
     escape.noise_k=null             topk: the first k saved eigenvectors (null: all saved)
     escape.noise_samples=1024       samples for tr Σ (per-sample gradients at θ0; null: all)
+    escape.progress=null            a tqdm bar per job: true, false, null (on a terminal);
+                                    changes no result, so it is not stored
 
 H3's noise comparison at one minimum below the stability edge (H3 of the README)::
 
@@ -48,8 +50,12 @@ hash of the settings: the settings, the checkpoint's name, epoch and SHA-256, ``
 and ``runs`` (one per continuation: lr, batch_size, seed, escaped, escape_step, radius_step,
 diverged, loss0, threshold, steps_run, the trace of steps, losses and distances).  The file
 is rewritten after each (lr, B) cell, so an interrupted run resumes there; a complete file
-for the same checkpoint is not recomputed.  On a terminal each job shows a tqdm bar of its
-continuations (those a partial file holds start it).  One line per job, then a summary.  Exit codes:
+for the same checkpoint is not recomputed.  Before its continuations each job logs its plan
+(``landscope.escape.plan``): how many it will run (a partial file's are read back), a step's
+and an evaluation's time, measured on the spot by short continuations, and the most they can
+take, every run censored at ``max_steps`` (a run stops when it escapes).  With
+``escape.progress`` (on a terminal by default) each job shows a tqdm bar of its continuations
+(those a partial file holds start it).  One line per job, then a summary.  Exit codes:
 0 every job done, 1 a job failed (the others still ran), 2 bad input (no job found, an
 unknown key, a wrong type or an impossible value, a job's ``escape/`` directory that cannot
 be written, checked before anything is computed): one ``error:`` line on stderr.

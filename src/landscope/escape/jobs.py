@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from landscope.errors import ConfigError, LandscopeError
-from landscope.escape.settings import LATER_DEFAULTS, RESULTS_DIR, settings_fingerprint
+from landscope.escape.settings import (
+    LATER_DEFAULTS,
+    RESULTS_DIR,
+    canonical,
+    settings_fingerprint,
+)
 from landscope.progress import bar, wanted
 
 
@@ -101,11 +106,14 @@ def _noise_inputs(job: dict, settings: dict, model, data) -> dict:
     return out
 
 
-def continue_job(job: dict, settings: dict) -> tuple[str, dict]:
-    """Every continuation of one job (resuming a partial file): ``("computed"|"cached",
-    record)``."""
+def continue_job(job: dict, settings: dict, log: Callable[[str], None] = print
+                 ) -> tuple[str, dict]:
+    """Every continuation of one job (resuming a partial file), its plan logged first
+    (:mod:`landscope.escape.plan`): ``("computed"|"cached", record)``."""
     from landscope.checkpoint import payload_digest
+    from landscope.escape.plan import planned
 
+    progress, settings = settings.get("progress"), canonical(settings)
     fp = settings_fingerprint(settings)
     cache = job["job"].cache(RESULTS_DIR, fp)
     finished, done = _previous(job, settings, cache)
@@ -131,11 +139,10 @@ def continue_job(job: dict, settings: dict) -> tuple[str, dict]:
               "n_params": count_parameters(model), "train_size": len(data.train),
               "complete": False, "runs": []}
     record.update({k: v for k, v in extra.items() if k != "basis"})
+    total = planned(job, settings, full, extra, done, model, data, cell_key, log)
     stability = full["lr_unit"] == "stability"
     runs: list[dict] = []
-    total = (len(full["noise"]) * len(settings["lrs"]) * len(settings["batch_sizes"])
-             * len(settings["seeds"]))
-    shown = bar(f"escape {job['name']}" if wanted(None) else None, total, unit="run",
+    shown = bar(f"escape {job['name']}" if wanted(progress) else None, total, unit="run",
                 initial=min(len(done), total))  # on a terminal: the continuations
     for noise in full["noise"]:
         for lr in settings["lrs"]:

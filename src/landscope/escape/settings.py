@@ -37,6 +37,7 @@ class EscapeConfig:
     lr_unit: str = "absolute"
     noise_k: Optional[int] = None
     noise_samples: Optional[int] = 1024
+    progress: Optional[bool] = None  # bars: true, false, null (on a terminal); not stored
 
 
 # settings added after the first format: left out of the stored settings (and so of the
@@ -44,21 +45,25 @@ class EscapeConfig:
 LATER_DEFAULTS = {"noise": ["sgd"], "lr_unit": "absolute", "noise_k": None,
                   "noise_samples": 1024}
 LR_UNITS = ("absolute", "stability")
+# settings of how a run is shown, not of what it computes: never stored or fingerprinted
+NOT_STORED = ("progress",)
 
 
 def canonical(settings: dict) -> dict:
     """The settings as stored and fingerprinted: the later settings dropped while at their
-    defaults (:data:`LATER_DEFAULTS`)."""
+    defaults (:data:`LATER_DEFAULTS`), and those of :data:`NOT_STORED` always."""
     return {k: v for k, v in settings.items()
-            if not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
+            if not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k]) and k not in NOT_STORED}
 
 
 def escape_config(overrides: list[str]) -> dict[str, Any]:
     """The settings: :class:`EscapeConfig` merged with ``escape.KEY=VALUE`` overrides and
-    checked (ConfigError naming the key)."""
+    checked (ConfigError naming the key); as stored (:func:`canonical`), with ``progress``
+    beside them when it is set."""
     settings = structured_settings(EscapeConfig, "escape", overrides, "escape.lrs=[0.05,0.2]")
     validate(settings)
-    return canonical(settings)
+    shown = {"progress": settings["progress"]} if settings["progress"] is not None else {}
+    return {**canonical(settings), **shown}
 
 
 def validate(s: dict) -> None:
@@ -93,6 +98,7 @@ def validate(s: dict) -> None:
 
 
 def settings_fingerprint(settings: dict) -> str:
-    """16 hex digits of the SHA-256 of the settings (sorted JSON) and the format version."""
-    text = json.dumps({"format": FORMAT, **settings}, sort_keys=True)
+    """16 hex digits of the SHA-256 of the settings (sorted JSON, :func:`canonical`) and the
+    format version."""
+    text = json.dumps({"format": FORMAT, **canonical(settings)}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
