@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 TIMING_LR = 1e-12  # a step this small leaves the loss where it is: no run escapes early
-TIMING_S = 0.05  # the shortest timing run aimed at (fast models take more steps in it)
+TIMING_S = 0.03  # the shortest timing run aimed at (fast models take more steps in it)
 MAX_STEPS = 64  # ... up to this many
 
 
 def step_seconds(model: Any, train_split: Any, *, batch_size: int, noise: str, settings: dict,
-                 extra: dict) -> tuple[float, float, float]:
+                 extra: dict, known: Optional[tuple[float, float]] = None
+                 ) -> tuple[float, float, float]:
     """``(seconds of a continuation's setup, of one step, of one evaluation)`` for ``model``
     (left untouched) at ``batch_size`` with ``noise``, as
     :func:`~landscope.escape.dynamics.run_escape` runs them under ``settings`` (``eval_size``,
@@ -33,7 +34,8 @@ def step_seconds(model: Any, train_split: Any, *, batch_size: int, noise: str, s
     and 2s steps with one evaluation at the end, and s steps with an evaluation after each,
     s set so that a run takes about :data:`TIMING_S` (2 to :data:`MAX_STEPS`). The setup (the
     model's copy, the evaluation subset) is what the first run took beyond its steps and its
-    two evaluations (at step 0 and at its end)."""
+    two evaluations (at step 0 and at its end). ``known``: ``(setup, evaluation)`` timed
+    before (neither depends on the batch size), so that only the step is timed."""
     from landscope.escape.dynamics import EscapeRule, run_escape
 
     rule = EscapeRule(delta_abs=1e300)  # nothing counts as an escape
@@ -52,9 +54,11 @@ def step_seconds(model: Any, train_split: Any, *, batch_size: int, noise: str, s
 
     first = timed(2, 2, repeats=1)  # warms the caches up, and sizes the runs
     short = max(2, min(MAX_STEPS, math.ceil(2 * TIMING_S / max(first, 1e-9))))
-    one, two, each = timed(short, short), timed(2 * short, 2 * short), timed(short, 1)
+    one, two = timed(short, short), timed(2 * short, 2 * short)
     step = max(0.0, (two - one) / short)
-    evaluation = max(0.0, (each - one) / (short - 1))
+    if known is not None:
+        return known[0], step, known[1]
+    evaluation = max(0.0, (timed(short, 1) - one) / (short - 1))
     return max(0.0, one - short * step - 2 * evaluation), step, evaluation
 
 
@@ -70,8 +74,10 @@ def plan(model: Any, train_split: Any, settings: dict, extra: dict,
             continue
         key = (noise, b if noise == "sgd" else 0)
         if key not in timings:
+            first = next(iter(timings.values()), None)
             timings[key] = step_seconds(model, train_split, batch_size=b, noise=noise,
-                                        settings=settings, extra=extra)
+                                        settings=settings, extra=extra,
+                                        known=None if first is None else (first[0], first[2]))
         setup, step, evaluation = timings[key]
         seconds += count * (setup + settings["max_steps"] * step + evals * evaluation)
     return {"timings": timings, "seconds": seconds}
