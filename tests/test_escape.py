@@ -303,22 +303,23 @@ def test_each_job_says_its_plan_before_its_continuations(tiny_sweep, capsys):
 def test_the_plan_adds_up_its_timings(monkeypatch):
     """``plan``: a continuation costs its setup, max_steps steps and an evaluation at step 0
     and every eval_every steps (the last at max_steps); plain SGD is timed per batch size,
-    an injected noise once."""
+    an injected noise once, and the setup and an evaluation only the first time."""
     from landscope.escape import plan as P
 
     timed = []
 
-    def fake(model, split, *, batch_size, noise, settings, extra):
-        timed.append((noise, batch_size))
-        return (0.5, 0.01, 0.1) if noise == "sgd" else (1.0, 0.02, 0.1)
+    def fake(model, split, *, batch_size, noise, settings, extra, known=None):
+        timed.append((noise, batch_size, known))
+        setup, evaluation = known or (0.5, 0.1)
+        return setup, 0.01 if noise == "sgd" else 0.02, evaluation
 
     monkeypatch.setattr(P, "step_seconds", fake)
     settings = {"max_steps": 100, "eval_every": 30, "eval_size": 50, "eval_seed": 0}
     p = P.plan(None, None, settings, {}, {("sgd", 4): 3, ("sgd", 16): 2, ("isotropic", 4): 2,
                                          ("isotropic", 16): 2, ("sgd", 64): 0})
-    assert timed == [("sgd", 4), ("sgd", 16), ("isotropic", 4)]
+    assert timed == [("sgd", 4, None), ("sgd", 16, (0.5, 0.1)), ("isotropic", 4, (0.5, 0.1))]
     evals = 1 + 4  # steps 0, 30, 60, 90, 100
-    sgd, iso = 0.5 + 100 * 0.01 + evals * 0.1, 1.0 + 100 * 0.02 + evals * 0.1
+    sgd, iso = 0.5 + 100 * 0.01 + evals * 0.1, 0.5 + 100 * 0.02 + evals * 0.1
     assert p["seconds"] == pytest.approx(5 * sgd + 4 * iso)
     line = P.plan_line("j", {"lrs": [0.1], "batch_sizes": [4, 16], "seeds": [0, 1],
                              "max_steps": 100, "eval_every": 30}, ["sgd", "isotropic"], 8, 0,
@@ -326,7 +327,7 @@ def test_the_plan_adds_up_its_timings(monkeypatch):
     assert line == ("escape plan, j: 8 of 8 continuations to run (2 noise types × 1 learning "
                     "rate × 2 batch sizes × 2 seeds), each at most 100 steps with the loss on 50 "
                     "samples every 30; ~20 ms a step with isotropic noise, ~10 ms a step at B=4, "
-                    "~10 ms a step at B=16, ~100 ms an evaluation, so at most ~24 s (a "
+                    "~10 ms a step at B=16, ~100 ms an evaluation, so at most ~22 s (a "
                     "continuation stops when it escapes)")
 
 
@@ -335,11 +336,14 @@ def test_step_seconds_times_a_continuation_and_leaves_the_model_alone(one_torch_
 
     model, data = two_basin()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    setup, step, evaluation = step_seconds(
-        model, data.train, batch_size=16, noise="sgd",
-        settings={"eval_size": 64, "eval_seed": 0}, extra={})
+    settings = {"eval_size": 64, "eval_seed": 0}
+    setup, step, evaluation = step_seconds(model, data.train, batch_size=16, noise="sgd",
+                                           settings=settings, extra={})
     assert all(math.isfinite(t) and 0 <= t < 1.0 for t in (setup, step, evaluation))
     assert step > 0  # (an evaluation of 64 samples may read 0 within the timing's noise)
+    again = step_seconds(model, data.train, batch_size=64, noise="sgd", settings=settings,
+                         extra={}, known=(7.0, 8.0))
+    assert again[0] == 7.0 and again[2] == 8.0 and 0 < again[1] < 1.0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
