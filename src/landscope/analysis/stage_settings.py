@@ -344,7 +344,8 @@ def leave_out_unchecked(jobs: pd.DataFrame, analysed: list[dict | None]) -> list
             continue
         stale += 1
         if top_list_predates_check(scalars):
-            for name in (s for s in TOP_LIST_SCALARS if f"probe.{s}" in jobs.columns):
+            for name in (s for s in TOP_LIST_SCALARS
+                         if s in scalars and f"probe.{s}" in jobs.columns):
                 _put(jobs, row, f"probe.{name}", None)
                 left_out.add(name)
     if not stale:
