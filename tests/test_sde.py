@@ -7,6 +7,7 @@ preset, ``runner.sde``'s refusals, and the report section on a tiny real sweep."
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -301,6 +302,12 @@ def test_sweep_command_and_report_section(tmp_path, data_dir, capsys, bars, monk
     small = ["sde.runs=200", "sde.steps=400"]
     code, out, err = _run([sweep, *small], capsys)
     assert code == 0 and "2 computed" in out, out + err
+    said = [ln for ln in out.splitlines() if ln.startswith(("sde plan, ", "computed: "))]
+    assert [ln.split(",")[0].split(":")[0] for ln in said] == ["sde plan", "computed"] * 2
+    assert re.fullmatch(r"sde plan, optimizer\.lr=0\.05,seed=0,train\.batch_size=1,train\."
+                        r"epochs=1: eta 0\.05, B 1, "
+                        r"1 sampling × 200 runs × 400 steps, the runs batched as one tensor; "
+                        r"~[0-9.e-]+ ms a step \(replacement\), so ~[0-9.e-]+ s", said[0]), said[0]
     code, out, _ = _run([sweep, *small], capsys)
     assert code == 0 and "2 cached" in out
     assert bars.shown() == []  # not a terminal: no bar
@@ -320,15 +327,38 @@ def test_sweep_command_and_report_section(tmp_path, data_dir, capsys, bars, monk
     table = pd.read_csv(tmp_path / "report" / "sde.csv")
     assert sorted(table["batch_size"]) == [1, 2] and (table["runs"] == 200).all()
     assert (tmp_path / "report" / "figures" / "sde.png").stat().st_size > 0
-    # on a terminal each job's simulation shows a bar of its steps
-    import landscope.sde.jobs as sde_jobs
-
-    monkeypatch.setattr(sde_jobs, "wanted", lambda setting: True)
-    code, out, err = _run([sweep, "sde.runs=100", "sde.steps=50"], capsys)
+    # sde.progress=true: each job's simulation shows a bar of its steps (off a terminal too)
+    code, out, err = _run([sweep, "sde.runs=100", "sde.steps=50", "sde.progress=true"], capsys)
     assert code == 0, out + err
     shown = bars.shown()
     assert len(shown) == 2 and all(b["desc"].startswith("sde ") and b["desc"].endswith(
         " replacement") and (b["total"], b["n"], b["closed"]) == (50, 50, True) for b in shown)
+
+
+def test_progress_is_neither_stored_nor_fingerprinted():
+    from landscope.sde.settings import sde_config, settings_fingerprint
+
+    plain, shown = sde_config(["sde.runs=100"]), sde_config(["sde.runs=100", "sde.progress=false"])
+    assert "progress" not in plain and shown == {**plain, "progress": False}
+    assert settings_fingerprint(shown) == settings_fingerprint(plain)
+
+
+def test_a_step_is_timed_over_a_period_of_the_batch_draws():
+    from landscope.sde.jobs import plan_line, step_seconds
+    from landscope.sde.simulate import cost_period
+
+    assert cost_period("replacement", 256, 8) == 64 and cost_period("epoch", 256, 8) == 32
+    assert cost_period("epoch", 10, 3) == 4
+    ref = TwoBasinReference(sharp=10.0, flat=1.0, barrier=0.5, tilt=0.05, noise=4.0)
+    xi = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    t = step_seconds(ref, xi, eta=0.05, batch_size=4, runs=50, seed=1, start=(0.05, 0.0),
+                     sampling="epoch")
+    assert 0 < t < 0.1
+    line = plan_line("j", {"sampling": ["replacement", "epoch"], "runs": 50, "steps": 1000},
+                     0.05, 4, [0.002, 0.003])
+    assert line == ("sde plan, j: eta 0.05, B 4, 2 samplings × 50 runs × 1000 steps, the runs "
+                    "batched as one tensor; ~2.0 ms a step (replacement), ~3.0 ms a step "
+                    "(epoch), so ~5.0 s")
 
 
 def test_command_refuses_sweeps_without_two_basin_sgd_jobs(tmp_path, compose, capsys):

@@ -4,7 +4,9 @@ post-hoc commands to read their own settings from the command line.
 :func:`only_group` refuses overrides of another group (``runner.connect`` takes only
 ``landscape.*``); :func:`structured_settings` merges ``group.KEY=VALUE`` overrides into a
 dataclass schema with OmegaConf (an unknown key, a wrong type or an unparsable value is one
-:class:`~landscope.errors.ConfigError` line naming the key) and returns the plain values.
+:class:`~landscope.errors.ConfigError` line naming the key) and returns the plain values;
+:func:`stored` leaves out the options that only say how a command shows its work
+(:data:`SHOWN`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,21 @@ def only_group(overrides: list[str], group: str, example: str, *,
                                   f"e.g. {example}")
             raise ConfigError(f"only {group}.KEY=VALUE overrides are accepted here (got {o!r}), "
                               f"e.g. {example}")
+
+
+# options of how a command shows its work, not of what it computes: never stored with the
+# results or fingerprinted (``escape.progress``, ``sde.progress``)
+SHOWN = ("progress",)
+
+
+def stored(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` without the options of :data:`SHOWN`."""
+    return {k: v for k, v in settings.items() if k not in SHOWN}
+
+
+def with_shown(settings: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
+    """``out`` with the options of :data:`SHOWN` that ``settings`` sets (not None) beside it."""
+    return {**out, **{k: settings[k] for k in SHOWN if settings.get(k) is not None}}
 
 
 def structured_settings(schema: type, group: str, overrides: list[str],

@@ -18,10 +18,15 @@ Settings (``SdeConfig``; override as ``sde.KEY=VALUE``)::
     sde.sampling=[replacement] replacement (the SDE's noise model) and/or epoch (reshuffled
                                epochs, as the runner trains)
     sde.start=saddle           the common start: saddle (tilt, 0) or origin (0, 0)
+    sde.progress=null          a tqdm bar of the steps: true, false, null (on a terminal);
+                               changes no result, so it is not stored
 
 Output per job, written atomically: ``<job>/sde/<fingerprint>.json`` (the fingerprint a hash
-of the settings); a complete file for the same settings and problem is not recomputed.  On a
-terminal each job's simulation shows a tqdm bar of its steps, one per sampling.
+of the settings); a complete file for the same settings and problem is not recomputed.  Before
+its simulations each job logs its plan: the cell, runs and steps, and the time of a step of
+each sampling (timed on the spot over one period of the batch draws: 64 steps of replacement
+draws, or an epoch) times the steps.  With ``sde.progress`` (on a terminal by default) each
+job's simulation shows a tqdm bar of its steps, one per sampling.
 Exit codes: 0 every job done, 1 a job failed (the others still ran), 2 bad input (no
 two-basin SGD job, an unknown key, a wrong type or an impossible value, a job's ``sde/``
 directory that cannot be written): one ``error:`` line on stderr.

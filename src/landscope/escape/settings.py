@@ -11,7 +11,7 @@ from typing import Any, List, Optional
 
 from landscope.errors import ConfigError
 from landscope.escape.dynamics import NOISES, EscapeRule
-from landscope.settings import structured_settings
+from landscope.settings import stored, structured_settings, with_shown
 
 PREFIX = "escape."
 RESULTS_DIR = "escape"
@@ -45,15 +45,14 @@ class EscapeConfig:
 LATER_DEFAULTS = {"noise": ["sgd"], "lr_unit": "absolute", "noise_k": None,
                   "noise_samples": 1024}
 LR_UNITS = ("absolute", "stability")
-# settings of how a run is shown, not of what it computes: never stored or fingerprinted
-NOT_STORED = ("progress",)
 
 
 def canonical(settings: dict) -> dict:
     """The settings as stored and fingerprinted: the later settings dropped while at their
-    defaults (:data:`LATER_DEFAULTS`), and those of :data:`NOT_STORED` always."""
-    return {k: v for k, v in settings.items()
-            if not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k]) and k not in NOT_STORED}
+    defaults (:data:`LATER_DEFAULTS`), and ``progress`` always
+    (:func:`landscope.settings.stored`)."""
+    return {k: v for k, v in stored(settings).items()
+            if not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
 
 
 def escape_config(overrides: list[str]) -> dict[str, Any]:
@@ -62,8 +61,7 @@ def escape_config(overrides: list[str]) -> dict[str, Any]:
     beside them when it is set."""
     settings = structured_settings(EscapeConfig, "escape", overrides, "escape.lrs=[0.05,0.2]")
     validate(settings)
-    shown = {"progress": settings["progress"]} if settings["progress"] is not None else {}
-    return {**canonical(settings), **shown}
+    return with_shown(settings, canonical(settings))
 
 
 def validate(s: dict) -> None:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any
+from typing import Any, Callable
 
 from landscope.errors import LandscopeError
 from landscope.progress import wanted
 from landscope.sde.settings import RESULTS_DIR, settings_fingerprint
+from landscope.settings import stored
 
 CHECKPOINT_FRACTIONS = (0.125, 0.25, 0.5)  # besides the last step: the mixing curve
 
@@ -74,13 +75,43 @@ def dense_check(ref: Any, data: Any) -> dict:
     return out
 
 
-def run_job(job: dict, settings: dict) -> tuple[str, dict]:
-    """Every sampling of one job's cell: ``("computed"|"cached", record)``."""
+def step_seconds(ref: Any, xi: Any, **run: Any) -> float:
+    """Seconds of one batched step of :func:`~landscope.sde.simulate.simulate` with ``run``'s
+    arguments (``eta``, ``batch_size``, ``runs``, ``seed``, ``start``, ``sampling``): a run of
+    one :func:`~landscope.sde.simulate.cost_period` of steps timed after another that warms
+    the caches up."""
+    from landscope.sde.simulate import cost_period, simulate
+
+    period = cost_period(run["sampling"], len(xi), min(int(run["batch_size"]), len(xi)))
+    simulate(ref, xi, steps=period, **run)
+    tic = time.perf_counter()
+    simulate(ref, xi, steps=period, **run)
+    return (time.perf_counter() - tic) / period
+
+
+def plan_line(name: str, settings: dict, eta: float, b: int, seconds: list[float]) -> str:
+    """The line said before a job's simulations (``seconds``: a step of each sampling)."""
+    from landscope.geometry.plan import figure
+
+    samplings = settings["sampling"]
+    each = ", ".join(f"~{figure(t * 1e3)} ms a step ({s})" for s, t in zip(samplings, seconds))
+    total = sum(seconds) * settings["steps"]
+    return (f"sde plan, {name}: eta {eta:g}, B {b}, {len(samplings)} sampling"
+            f"{'s' if len(samplings) != 1 else ''} × {settings['runs']} runs × "
+            f"{settings['steps']} steps, the runs batched as one tensor; {each}, so ~"
+            f"{figure(total)} s")
+
+
+def run_job(job: dict, settings: dict, log: Callable[[str], None] = print
+            ) -> tuple[str, dict]:
+    """Every sampling of one job's cell, its plan logged first: ``("computed"|"cached",
+    record)``."""
     import torch
 
     from landscope.sde.simulate import simulate
     from landscope.synthetic import load_synthetic
 
+    progress, settings = settings.get("progress"), stored(settings)
     fp = settings_fingerprint(settings)
     cache = job["job"].cache(RESULTS_DIR, fp)
     cfg = job["cfg"]
@@ -95,12 +126,14 @@ def run_job(job: dict, settings: dict) -> tuple[str, dict]:
     start = (ref.tilt, 0.0) if settings["start"] == "saddle" else (0.0, 0.0)
     marks = [max(1, int(f * settings["steps"])) for f in CHECKPOINT_FRACTIONS]
     tic = time.perf_counter()
+    run = {s: dict(eta=eta, batch_size=b, runs=settings["runs"], start=start, sampling=s,
+                   seed=cell_seed(settings["seed"], s, eta, b)) for s in settings["sampling"]}
+    log(plan_line(job["name"], settings, eta, b, [step_seconds(ref, xi, **r)
+                                                  for r in run.values()]))
     cells = []
     for sampling in settings["sampling"]:
-        tr = simulate(ref, xi, eta=eta, batch_size=b, runs=settings["runs"],
-                      steps=settings["steps"], seed=cell_seed(settings["seed"], sampling, eta, b),
-                      start=start, sampling=sampling, checkpoints=marks,
-                      progress=f"sde {job['name']} {sampling}" if wanted(None) else None)
+        tr = simulate(ref, xi, steps=settings["steps"], checkpoints=marks, **run[sampling],
+                      progress=f"sde {job['name']} {sampling}" if wanted(progress) else None)
         cells.append({"sampling": sampling, "eta": eta, "batch_size": b, "runs": tr.runs,
                       "sharp": tr.sharp[-1], "diverged": tr.diverged,
                       "checkpoints": tr.checkpoints, "sharp_at": tr.sharp,

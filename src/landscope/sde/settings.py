@@ -6,11 +6,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, List
+from typing import Any, List, Optional
 
 from landscope.errors import ConfigError
 from landscope.sde.theory import SAMPLINGS
-from landscope.settings import structured_settings
+from landscope.settings import stored, structured_settings, with_shown
 
 RESULTS_DIR = "sde"
 FORMAT = 1  # bump when the meaning of a stored result changes
@@ -26,14 +26,16 @@ class SdeConfig:
     seed: int = 0  # batch-draw seed (each cell hashes it with its sampling, eta and B)
     sampling: List[str] = field(default_factory=lambda: ["replacement"])  # or epoch
     start: str = "saddle"  # common start: the saddle (tilt, 0) or the origin (0, 0)
+    progress: Optional[bool] = None  # bars: true, false, null (on a terminal); not stored
 
 
 def sde_config(overrides: list[str]) -> dict[str, Any]:
     """The settings: :class:`SdeConfig` merged with ``sde.KEY=VALUE`` overrides and checked
-    (ConfigError naming the key)."""
+    (ConfigError naming the key); ``progress`` beside them only when it is set (it is never
+    stored, :func:`landscope.settings.stored`)."""
     settings = structured_settings(SdeConfig, "sde", overrides, "sde.runs=2000")
     validate(settings)
-    return settings
+    return with_shown(settings, stored(settings))
 
 
 def validate(s: dict) -> None:
@@ -53,6 +55,7 @@ def validate(s: dict) -> None:
 
 
 def settings_fingerprint(settings: dict) -> str:
-    """16 hex digits of the SHA-256 of the settings (sorted JSON) and the format version."""
-    text = json.dumps({"format": FORMAT, **settings}, sort_keys=True)
+    """16 hex digits of the SHA-256 of the settings (sorted JSON, ``progress`` left out) and
+    the format version."""
+    text = json.dumps({"format": FORMAT, **stored(settings)}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -51,6 +51,12 @@ class Trajectories:
     switched: tuple[int, int]
 
 
+def cost_period(sampling: str, n: int, b: int) -> int:
+    """Steps after which the batch draws repeat their pattern of cost: a chunk of replacement
+    draws, or an epoch (its shuffle is drawn at the epoch's first step)."""
+    return _CHUNK if sampling == "replacement" else -(-n // b)
+
+
 def _indices(sampling: str, n: int, b: int, runs: int, step: int, state: dict,
              gen: torch.Generator) -> Tensor:
     """The step's ``(B, R)`` batch indices (column ``r``: run ``r``'s batch); replacement
