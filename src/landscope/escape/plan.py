@@ -19,8 +19,8 @@ import time
 from typing import Any, Callable, Optional
 
 TIMING_LR = 1e-12  # a step this small leaves the loss where it is: no run escapes early
-# the shortest timing run aimed at (fast models take more steps in it; 0.05 cost twice the
-# time for the same accuracy: docs/measurements.md#escape-plan)
+# the shortest timing run aimed at (fast models take more steps in it); the plan's accuracy
+# and cost: docs/measurements.md#escape-plan
 TIMING_S = 0.03
 MAX_STEPS = 64  # ... up to this many
 
