@@ -49,6 +49,7 @@ def test_the_training_fingerprint_ignores_every_result_free_option_and_nothing_e
     changed = {"name": "other", "resume": False, "dataset.data_dir": "/elsewhere",
                "dataset.download": True, "train.checkpoint_every": 3,
                "train.checkpoint_interval_s": 1.0, "train.keep_checkpoints": 5,
+               "train.reuse_trained": False,
                "train.threads": 1, "train.progress": True, "probe.progress": True,
                "probe.ranks": 2, "landscape.figures": False, "landscape.progress": True,
                "logger.project": "p"}

@@ -94,6 +94,26 @@ def eval_json(line: str) -> dict:
     return json.loads(line)
 
 
+def test_a_job_that_took_its_training_logs_that_jobs_history(tmp_path, warm_data):
+    """landscope.jobreuse: the second probe setting trains nothing, yet its run shows the
+    training curves and names the job they come from."""
+    args = ["-m", *SMOKE, *OFFLINE, "probe=basic", "probe.data_size=32,48", "seed=0",
+            "landscape=none", f"dataset.data_dir={warm_data}", "landscape.figures=false"]
+    proc = run_cli(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    jobs = sorted((tmp_path / "outputs" / "sweeps" / "smoke").glob("*seed=0*"))
+    results = {job.name: read_json(job / "result.json") for job in jobs}
+    (taken,) = [job for job in jobs if "trained_in" in results[job.name]]
+    source = results[taken.name]["trained_in"]
+    assert source in results and "trained_in" not in results[source]
+    run = read_run(offline_runs(taken)[0])
+    assert run.summary["trained_in"] == source
+    epochs = [r for r in run.history if "train_loss" in r]
+    metrics = [eval_json(line) for line in (taken / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in epochs] == [row["epoch"] for row in metrics] == [1, 2]
+    assert [r["test_acc"] for r in epochs] == pytest.approx([row["test_acc"] for row in metrics])
+
+
 def test_diverged_job_run_is_marked_failed(tmp_path, warm_data):
     proc = run_cli([*SMOKE, *OFFLINE, "optimizer.lr=1e6", "hydra.run.dir=job"], tmp_path,
                    data_dir=warm_data)

@@ -134,7 +134,8 @@ def test_progress_bar_when_asked_plain_log_lines_otherwise(compose, tmp_path, ca
     train_job(compose(["train.epochs=2", "train.progress=true", *TINY]), tmp_path / "bar", [])
     err = capfd.readouterr().err
     assert "epoch 2/2" in err and "it/s" in err  # tqdm's bar on stderr
-    train_job(compose(["train.epochs=2", "train.progress=false", *TINY]), tmp_path / "plain", [])
+    plain = ["train.epochs=2", "train.progress=false", "train.reuse_trained=false", *TINY]
+    train_job(compose(plain), tmp_path / "plain", [])  # trained, not taken from "bar"
     assert "it/s" not in capfd.readouterr().err
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
     assert len(lines) == 4 and "test_acc" in lines[-1]

@@ -337,7 +337,8 @@ def test_the_sweep_warns_before_training_a_job_again(tmp_path, data_dir):
 
 def test_the_sweeper_calls_two_jobs_one_only_when_their_stages_agree_too(compose):
     """The training fingerprint leaves the probe and landscape settings out; a sweep over
-    them (probe.data_size=500,1000) trains one model twice on purpose and is not warned."""
+    them (probe.data_size=500,1000) puts one model in two directories on purpose and is not
+    warned."""
     from landscope.fingerprints import job_fingerprints, landscape_fingerprint, probe_fingerprint
 
     def key(*overrides):

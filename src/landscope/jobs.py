@@ -40,6 +40,7 @@ from landscope.jobresults import (  # noqa: F401
     probe_finished_job,
     repair_finished,
 )
+from landscope.jobreuse import take_training
 from landscope.jobtrain import (  # noqa: F401
     COMPLETED,
     DIVERGED,
@@ -115,11 +116,12 @@ def _train_locked(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parall
 
     atomic_write_text(job_dir / "config.yaml", config_yaml)
     atomic_write_text(job_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
+    trained_in = take_training(cfg, job_dir, fp)  # a sibling's finished training, if any
     tracker = make_tracker(cfg)
     tracker.start(cfg, job_dir, overrides)
     failed = True  # finished as failed unless the job completes (diverged counts as failed)
     try:
-        result = train(cfg, job_dir, overrides, n_parallel, fp, tracker, previous)
+        result = train(cfg, job_dir, overrides, n_parallel, fp, tracker, previous, trained_in)
         failed = result["status"] != COMPLETED
         tracker.log_result(result, job_dir)
         return result
@@ -163,6 +165,8 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: in
         return {**summary, "status": FAILED, "message": message}
     final = result.get("final", {})
     note = "skipped: already done" if result.get("skipped") else result.get("stop_reason", "")
+    if result.get("trained_in") and not result.get("skipped"):
+        note += " (the training of a job beside it)"
     return {**summary, "status": result["status"], "message": note,
             "epochs": result.get("epochs_completed"), "test_acc": final.get("test_acc"),
             "train_loss": final.get("train_loss")}

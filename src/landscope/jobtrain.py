@@ -122,15 +122,21 @@ def default_threads(n_params: int, n_parallel: int = 1) -> int:
 
 
 def train(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: int, fp: str,
-          tracker: Tracker, previous: Optional[dict]) -> dict:
+          tracker: Tracker, previous: Optional[dict], trained_in: Optional[str] = None) -> dict:
     """Train the job in ``job_dir`` (existing, locked) and write its results; returns
-    result.json's content."""
+    result.json's content. ``trained_in``: the sibling directory whose checkpoints were
+    placed here (:func:`landscope.jobreuse.take_training`); its history goes to the
+    tracker, which saw none of it."""
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     tic = time.perf_counter()
     data = load_data(cfg.dataset)
     state = setup(cfg, data, n_parallel)
     state.tic = tic
     resume(cfg, job_dir, state, fp)
+    if trained_in is not None:
+        state.trained_in = trained_in
+        for row in state.history:
+            tracker.log_epoch(row)
     write_jsonl(job_dir / "metrics.jsonl", state.history)
     stop = fit_job(cfg, job_dir, data, state, fp, tracker)
     return finalize(cfg, job_dir, overrides, data, state, stop, started, fp, previous)
@@ -229,6 +235,7 @@ def finalize(cfg: DictConfig, job_dir: Path, overrides: list[str], data, state: 
                     "test_size": data.meta.test_size},
         "fingerprint": fp, "fingerprint_version": FINGERPRINT_VERSION,
         **state.older_fingerprint,
+        **({"trained_in": state.trained_in} if state.trained_in else {}),
         "versions": package_versions(), "git_commit": git_commit(),
         "host": socket.gethostname(), "torch_threads": torch.get_num_threads(),
         **augment_fields(cfg.augment),  # augment=none: nothing (the result as before)

@@ -10,7 +10,9 @@ A job talks to a :class:`Tracker` (:func:`make_tracker` picks it from ``cfg.logg
   continues its own run (``resume="allow"``; online the history continues where it stopped).
   Under ``wandb agent`` the agent's run id is used instead.
 - ``log_epoch``: every row of ``metrics.jsonl`` (losses, accuracies, learning rate, and the
-  curvature through training when ``probe.every_n_epochs`` is set), against ``epoch``.
+  curvature through training when ``probe.every_n_epochs`` is set), against ``epoch``; a job
+  that took its training from a job beside it (:mod:`landscope.jobreuse`) logs that job's
+  rows, and its summary names it (``trained_in``).
 - ``log_result``: the final metrics, probe and landscape scalars as the run summary (keys
   ``final/…``, ``probe/…``, ``landscape/…``) and the job's ``figures/*.png`` as images.
 - ``finish``: always called (also when the job raises); a failed or diverged job finishes
@@ -174,7 +176,8 @@ class WandbTracker(Tracker):
         summary: dict[str, Any] = {"status": result.get("status"),
                                    "stop_reason": result.get("stop_reason"),
                                    "n_params": result.get("n_params"),
-                                   "wall_time_s": result.get("wall_time_s")}
+                                   "wall_time_s": result.get("wall_time_s"),
+                                   "trained_in": result.get("trained_in")}
         for section, prefix in (("final", "final"), ("probes", "probe"),
                                 ("landscape", "landscape")):
             values = result.get(section)

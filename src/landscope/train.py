@@ -65,6 +65,8 @@ class TrainState:
     # key: fingerprint_v1 (before fingerprint version 2) or fingerprint_earlier (before
     # fingerprints.MARKED_LATER); the job's result keeps it, so that checkpoint still counts
     older_fingerprint: dict = field(default_factory=dict)
+    # the sibling directory whose training this job took (landscope.jobreuse), else None
+    trained_in: Optional[str] = None
 
     def seconds(self) -> float:
         """Training seconds so far, earlier processes included."""

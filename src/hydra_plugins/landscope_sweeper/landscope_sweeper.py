@@ -154,8 +154,9 @@ def _warn_if_again(jobs: dict, key: tuple, subdir: str) -> None:
     first = jobs.setdefault(key, subdir)
     if first != subdir:
         log.warning("warning: job %s is job %s again (the same seed, and they differ only in "
-                    "options the job does not read): it trains the same model a second time, "
-                    "and the analysis counts it once", subdir, first)
+                    "options the job does not read): it computes the same results a second "
+                    "time (its training taken from the first once that has finished, "
+                    "train.reuse_trained), and the analysis counts it once", subdir, first)
 
 
 def _task_config(job_cfg: Any) -> Any:

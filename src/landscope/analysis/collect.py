@@ -82,8 +82,8 @@ UNREADABLE = "unreadable"  # result.json that is not valid JSON or not an object
 # Config keys that never count as swept hyperparameters: seeds and bookkeeping that do not
 # change what a job computes (landscope.jobs._NON_RESULT_KEYS).
 _NOT_SWEPT = ("seed", "name", "resume", "train.progress", "train.threads", "train.checkpoint_every",
-              "train.checkpoint_interval_s", "train.keep_checkpoints", "dataset.data_dir",
-              "dataset.download")
+              "train.checkpoint_interval_s", "train.keep_checkpoints", "train.reuse_trained",
+              "dataset.data_dir", "dataset.download")
 _NOT_SWEPT_PREFIXES = ("logger.",)
 _FINAL_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "generalization_gap", "epoch",
                "grad_evals")

@@ -341,6 +341,10 @@ class TrainConfig:
     checkpoint_every: int = field(default=1, metadata=LAYOUT)
     checkpoint_interval_s: float = field(default=10.0, metadata=LAYOUT)
     keep_checkpoints: int = field(default=2, metadata=LAYOUT)
+    # a job that would train from scratch starts from the checkpoints of a finished job of the
+    # same training in a directory beside it (a sweep over probe or landscape settings), as
+    # landscope.jobreuse says; false: every job trains
+    reuse_trained: bool = field(default=True, metadata=LAYOUT)
     # torch intra-op threads; null = auto
     threads: Optional[int] = field(default=None, metadata=LAYOUT)
     # tqdm bar; null = only on an interactive terminal

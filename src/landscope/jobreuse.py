@@ -1,0 +1,140 @@
+"""A job trained already in a sibling directory is not trained again.
+
+A sweep over probe or landscape settings (``python -m runner -m probe.data_size=500,1000
+seed=0,1``) puts each trained model in one directory per setting. Before a job trains from
+scratch, :func:`take_training` looks in the directories beside it for a finished job of the
+same training and, when one is found, starts this job from that job's checkpoints instead.
+Resumed from a final checkpoint, training takes no step: the model, the metric history and
+the final metrics are the other job's, and this job's probe and landscape stages run with
+its own settings. ``result.json`` names the directory in ``trained_in``.
+
+A directory is taken when all of these hold:
+
+- its ``result.json`` is finished (completed or diverged) and carries this job's training
+  fingerprint (:func:`landscope.fingerprints.fingerprint`);
+- its newest checkpoint is the final one (the epoch ``result.json`` completed) and was
+  written under that fingerprint;
+- it recorded during training what this job records (:func:`recorded_in_training`): the
+  curvature every ``probe.every_n_epochs`` epochs, with the same probe settings, and the
+  trajectory's snapshots, with the same snapshot settings (its ``trajectory.npz`` present).
+  Training writes both, but the training fingerprint leaves the probe and landscape groups
+  out.
+
+Its checkpoints (and the trajectory) are hard-linked into this job's directory, or copied
+where the file system cannot link. Checkpoints and snapshots are always written as new files
+that replace the old, never in place, so neither job's later writes reach the other. Jobs
+that run at the same time (a parallel launcher) each train: only a finished job is taken.
+``train.reuse_trained=false`` trains every job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+log = logging.getLogger("landscope")
+
+
+def recorded_in_training(cfg: Any) -> dict:
+    """What training writes under ``cfg`` beyond what the training fingerprint keys: the
+    probe fingerprint of the curvature recorded every ``probe.every_n_epochs`` epochs (None
+    when none is), and the trajectory's snapshot settings (None when it is off)."""
+    from landscope.fingerprints import landscape_fingerprint, probe_fingerprint
+
+    probe = probe_fingerprint(cfg)
+    traj = cfg.landscape.trajectory
+    on = landscape_fingerprint(cfg) is not None and bool(traj.enabled)
+    return {"curvature": probe if probe and cfg.probe.every_n_epochs else None,
+            "trajectory": [traj.snapshot_every_steps, str(traj.snapshot_dtype)] if on else None}
+
+
+def _candidates(job_dir: Path, fp: str):
+    """The finished sibling directories of ``job_dir`` whose result.json carries ``fp``, by
+    name, with their results."""
+    from landscope.jobcheck import FINISHED, read_result
+    from landscope.jobdir import RESULT_FILE
+
+    try:
+        siblings = sorted(p for p in job_dir.parent.iterdir() if p.is_dir() and p != job_dir)
+    except OSError:
+        return
+    for path in siblings:
+        try:
+            text = (path / RESULT_FILE).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        if fp not in text:  # most siblings: skipped without parsing
+            continue
+        result = read_result(path / RESULT_FILE, warn=False)
+        if result is not None and result.get("status") in FINISHED \
+                and result.get("fingerprint") == fp:
+            yield path, result
+
+
+def _usable(path: Path, result: dict, fp: str, wanted: dict) -> Optional[list[Path]]:
+    """The files to take from the sibling ``path`` (its checkpoints, newest last, and its
+    trajectory when this job records one), or None when it cannot stand in for this job."""
+    from landscope.jobdir import JobDir
+    from landscope.jobresults import TRAJECTORY_FILE
+
+    job = JobDir(path)
+    try:
+        if recorded_in_training(job.config()) != wanted:
+            return None
+        final, ckpt = job.final_checkpoint(result)
+    except Exception as exc:  # noqa: BLE001 (config.yaml unreadable or off the schema, the
+        log.debug("%s cannot stand in: %s", path, exc)  # checkpoint corrupt or not final)
+        return None
+    if ckpt.get("fingerprint") != fp:
+        return None
+    files = list(reversed(job.checkpoints()))
+    if wanted["trajectory"] is not None:
+        if not (path / TRAJECTORY_FILE).is_file():
+            return None
+        files.insert(0, path / TRAJECTORY_FILE)
+    return files if files and files[-1] == final else None
+
+
+def _place(source: Path, target: Path) -> None:
+    """``target`` becomes a hard link to ``source`` (a copy where links fail), in one step."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+def take_training(cfg: Any, job_dir: Path, fp: str) -> Optional[str]:
+    """Start ``job_dir`` (locked, no checkpoint yet) from a finished job of the same training
+    beside it; returns that directory's name, or None (nothing taken: the job trains).
+    A file that cannot be taken leaves the job to train from whatever was placed (a
+    checkpoint of the same training resumes as its own would)."""
+    from landscope.checkpoint import list_checkpoints
+    from landscope.jobdir import CHECKPOINT_DIR
+
+    job_dir = Path(job_dir)
+    if not cfg.resume or not cfg.train.reuse_trained or list_checkpoints(job_dir / CHECKPOINT_DIR):
+        return None
+    wanted = recorded_in_training(cfg)
+    for path, result in _candidates(job_dir, fp):
+        files = _usable(path, result, fp, wanted)
+        if files is None:
+            continue
+        (job_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+        try:
+            for source in files:
+                where = job_dir if source.parent == path else job_dir / CHECKPOINT_DIR
+                _place(source, where / source.name)
+        except OSError as exc:
+            log.warning("warning: %s: could not take the training of %s (%s); training",
+                        job_dir, path.name, " ".join(str(exc).split()))
+            return None
+        log.info("%s: the same training as %s, finished there: its checkpoints are taken, "
+                 "no step is trained", job_dir, path.name)
+        return path.name
+    return None

@@ -1,0 +1,136 @@
+"""A sweep over probe or landscape settings trains each model once (landscope.jobreuse).
+
+``python -m runner -m probe.data_size=32,48`` puts one trained model in two directories. The
+second job starts from the first's final checkpoint: nothing is trained again, and every file
+it writes is what training it again would have written (training is deterministic), less the
+time and the ``trained_in`` that says where the training was done.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from landscope.checkpoint import list_checkpoints, load_checkpoint
+from landscope.io import read_json, read_jsonl
+
+TINY = ["dataset.train_size=128", "dataset.test_size=64", "train.batch_size=32",
+        "train.epochs=2", "model.width=8", "model.depth=1", "probe=basic", "probe.top_k=2",
+        "probe.sharpness.enabled=false", "landscape=none"]
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _rows(job) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "seconds"}
+            for row in read_jsonl(job / "metrics.jsonl")]
+
+
+def _untimed(scalars: dict) -> dict:
+    return {k: v for k, v in scalars.items() if "seconds" not in k}
+
+
+def _model(job) -> dict:
+    return load_checkpoint(list_checkpoints(job / "checkpoints")[0])["model"]
+
+
+def _same_model(a, b) -> bool:
+    ma, mb = _model(a), _model(b)
+    return ma.keys() == mb.keys() and all((ma[k] == mb[k]).all() for k in ma)
+
+
+def test_a_second_setting_takes_the_first_jobs_training(tiny_job):
+    first, a = tiny_job(["probe.data_size=32"], "a")
+    taken, b = tiny_job(["probe.data_size=48"], "b")
+    again, c = tiny_job(["probe.data_size=48", "train.reuse_trained=false"], "c")
+    assert "trained_in" not in first and "trained_in" not in again
+    assert taken["trained_in"] == "a" and taken["resumed_from_epoch"] == 2
+    assert again["resumed_from_epoch"] is None
+    # the same model, history and final metrics as the job it was taken from
+    assert taken["final"] == first["final"] == again["final"]
+    assert read_jsonl(b / "metrics.jsonl") == read_jsonl(a / "metrics.jsonl")
+    assert _rows(c) == _rows(a)
+    assert _same_model(a, b) and _same_model(b, c)
+    # the linked checkpoint is the sibling's file; b's own probes ran with 48 samples
+    assert (b / "checkpoints" / "epoch_000002.pt").read_bytes() == \
+        (a / "checkpoints" / "epoch_000002.pt").read_bytes()
+    assert taken["probe_fingerprint"] != first["probe_fingerprint"]
+    assert read_json(b / "probes" / f"{taken['probe_fingerprint']}.json")["probe"]["data_size"] \
+        == 48
+    # exactly what training it again gives (the timings aside)
+    assert _untimed(taken["probes"]) == _untimed(again["probes"])
+    assert taken["probe_fingerprint"] == again["probe_fingerprint"]
+
+
+def test_other_training_records_or_a_defective_sibling_train_again(tiny_job):
+    curv = ["probe.every_n_epochs=1"]
+    first, a = tiny_job([*curv, "probe.data_size=32"], "a")
+    assert "curv_lambda_max" in read_jsonl(a / "metrics.jsonl")[-1]
+    # the curvature during training is recorded with other probe settings: trained
+    other, _ = tiny_job([*curv, "probe.data_size=48"], "b")
+    # none recorded here, a's history holds some: trained, and no curvature in its history
+    plain, c = tiny_job(["probe.data_size=48"], "c")
+    assert "trained_in" not in other and "trained_in" not in plain
+    assert "curv_lambda_max" not in read_jsonl(c / "metrics.jsonl")[-1]
+    assert other["final"] == plain["final"] == first["final"]
+
+
+def test_a_sibling_whose_final_checkpoint_is_damaged_is_not_taken(tiny_job, tmp_path):
+    tiny_job(["probe.data_size=32"], "a")
+    path = list_checkpoints(tmp_path / "a" / "checkpoints")[0]
+    raw = bytearray(path.read_bytes())
+    raw[-10] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    result, b = tiny_job(["probe.data_size=48"], "b")
+    assert "trained_in" not in result and result["status"] == "completed"
+    assert path.read_bytes() == bytes(raw)  # the sibling's files untouched
+
+
+def test_an_unfinished_sibling_is_not_taken(tiny_job, tmp_path):
+    tiny_job(["probe.data_size=32"], "a")
+    (tmp_path / "a" / "result.json").unlink()
+    result, _ = tiny_job(["probe.data_size=48"], "b")
+    assert "trained_in" not in result
+
+
+def test_the_trajectory_is_taken_with_the_training_when_recorded_alike(compose, tmp_path):
+    from landscope.jobs import train_job
+
+    def tiny_job(overrides, name):
+        tiny = [o for o in TINY if not o.startswith("landscape=")]
+        cfg = compose([*tiny, "landscape=basic", "landscape.trajectory.enabled=true",
+                       "landscape.line.enabled=false", "landscape.trajectory.points=3",
+                       *overrides])
+        return train_job(cfg, tmp_path / name, []), tmp_path / name
+
+    first, a = tiny_job(["landscape.data_size=32"], "a")
+    assert (a / "trajectory.npz").is_file()
+    taken, b = tiny_job(["landscape.data_size=48"], "b")
+    assert taken["trained_in"] == "a"
+    assert (b / "trajectory.npz").read_bytes() == (a / "trajectory.npz").read_bytes()
+    # snapshots every step instead of every epoch: not what a recorded, so trained
+    other, c = tiny_job(["landscape.data_size=48", "landscape.trajectory.snapshot_every_steps=1"],
+                        "c")
+    assert "trained_in" not in other
+    assert (c / "trajectory.npz").read_bytes() != (a / "trajectory.npz").read_bytes()
+
+
+def test_the_tracker_gets_the_history_and_the_sweep_table_says_so(compose, tmp_path,
+                                                                   monkeypatch):
+    import landscope.jobs as jobs
+    from landscope.tracking import Tracker
+
+    logged: list[dict] = []
+
+    class Recording(Tracker):
+        def log_epoch(self, row: dict) -> None:
+            logged.append(row)
+
+    monkeypatch.setattr(jobs, "make_tracker", lambda cfg: Recording())
+    first = jobs.run_job(compose([*TINY, "probe.data_size=32"]), tmp_path / "a", [])
+    assert first["message"] == "max_epochs" and len(logged) == 2
+    logged.clear()
+    second = jobs.run_job(compose([*TINY, "probe.data_size=48"]), tmp_path / "b", [])
+    assert second["status"] == "completed"
+    assert second["message"] == "max_epochs (the training of a job beside it)"
+    assert [r["epoch"] for r in logged] == [1, 2]
+    assert logged == read_jsonl(tmp_path / "a" / "metrics.jsonl")
