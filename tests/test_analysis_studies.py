@@ -255,7 +255,7 @@ def test_width_section_counts_not_reached(tmp_path):
     ctx = _ctx(width_frame(tmp_path / "w"), tmp_path / "r")
     st.section_study_width(ctx, target=0.4)
     md = ctx.doc.render_md()
-    assert "1 jobs never reached it" in md and "1 without a readable metrics.jsonl" in md
+    assert "1 job never reached it" in md and "1 without a readable metrics.jsonl" in md
     assert "| 2/3 |" in md
 
 

@@ -36,7 +36,7 @@ def test_connect_sweep_writes_pairs_and_caches(tmp_path, data_dir):
                 "landscape.data_size=100"]
     first = run_connect([sweep, *settings], tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
-    assert "1 pairs: 1 computed, 0 cached, 0 failed" in first.stdout
+    assert "1 pair: 1 computed, 0 cached, 0 failed" in first.stdout
     group = (sweep / "connectivity"
              / "dataset.train_size=200,model.width=16,probe=none,train.epochs=1")
     stem = ("dataset.train_size=200,model.width=16,probe=none,seed=0,train.epochs=1__"
@@ -72,7 +72,7 @@ def test_connect_sweep_writes_pairs_and_caches(tmp_path, data_dir):
     before = {p: p.stat().st_mtime_ns for p in (json_path, npz_path)}
     second = run_connect([sweep, *settings], tmp_path)
     assert second.returncode == 0, second.stderr
-    assert "1 pairs: 0 computed, 1 cached, 0 failed" in second.stdout
+    assert "1 pair: 0 computed, 1 cached, 0 failed" in second.stdout
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
     # another setting is another computation, without the Bezier curve
@@ -175,9 +175,9 @@ def test_a_failing_pair_exits_1_and_the_others_still_run(tmp_path, capsys):
     assert info.value.code == 1, out.out + out.err
     assert "failed: seeds/seed=0__seed=1: seed=0 has no checkpoint" in out.err
     # the plan still speaks for both groups: the broken pair untimed, the cached one done
-    assert "connect plan, seeds: 1 pairs, 0 cached; not timed (" in out.out
+    assert "connect plan, seeds: 1 pair, 0 cached; not timed (" in out.out
     assert "seed=0 has no checkpoint)" in out.out
-    assert "connect plan, model.width=8: 1 pairs, 1 cached, nothing to compute" in out.out
+    assert "connect plan, model.width=8: 1 pair, 1 cached, nothing to compute" in out.out
     assert "cached: model.width=8/model.width=8,seed=0__model.width=8,seed=1" in out.out
     assert "linear train loss barrier 0.5/0.25" in out.out
     assert "2 pairs: 0 computed, 1 cached, 1 failed" in out.out

@@ -55,7 +55,7 @@ def test_plan_line_arithmetic(sweep, monkeypatch, tmp_path):
     (line,) = P.plan_lines(pairs, settings, tmp_path)
     # 5 linear points at 2 ms, 5 Bezier points at 4 ms, 2 epochs of 4 steps at 10 ms: 0.11 s,
     # shown to one decimal; 5 linear points alone: 0.01 s, two significant digits
-    assert line.startswith(f"connect plan, {pairs[0]['group']}: 1 pairs, 0 cached, "
+    assert line.startswith(f"connect plan, {pairs[0]['group']}: 1 pair, 0 cached, "
                            "1 to compute, each linear 5 points, bend 2 epochs of 4 steps, "
                            "Bezier 5 points on 100 train + 100 test samples; ")
     assert line.endswith("~2.0 ms a linear point, ~4.0 ms a Bezier point, ~10 ms a bend step, "
@@ -95,8 +95,8 @@ def test_connect_says_its_plan_shows_bars_and_changes_no_value(sweep, bars, caps
         connect.main([str(sweep), *SETTINGS, "landscape.progress=false"])
     out = capsys.readouterr().out
     assert info.value.code == 0
-    assert out.splitlines()[0].endswith(": 1 pairs, 1 cached, nothing to compute")
-    assert "1 pairs: 0 computed, 1 cached, 0 failed" in out
+    assert out.splitlines()[0].endswith(": 1 pair, 1 cached, nothing to compute")
+    assert "1 pair: 0 computed, 1 cached, 0 failed" in out
 
 
 def test_ctrl_c_while_planning_exits_130_with_the_resume_hint(sweep, monkeypatch, capsys):

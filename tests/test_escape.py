@@ -209,7 +209,7 @@ def test_command_writes_cached_results(tiny_sweep, capsys):
 
     write_json(files[0], partial)
     code, out, err = _run([job, *SMALL], capsys)
-    assert code == 0 and "1 jobs: 1 computed, 0 cached, 0 failed" in out
+    assert code == 0 and "1 job: 1 computed, 0 cached, 0 failed" in out
     again = read_json(files[0])
     assert again["complete"] and again["runs"] == record["runs"]
 

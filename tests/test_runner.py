@@ -86,7 +86,7 @@ def test_multirun_isolates_diverged_and_failed_jobs(tmp_path, warm_data):
 def test_diverged_only_sweep_exits_zero(tmp_path, warm_data):
     proc = run_cli(["-m", *SMOKE, "optimizer.lr=1e6"], tmp_path, data_dir=warm_data)
     assert proc.returncode == 0, proc.stderr
-    assert "1 jobs: 1 diverged" in proc.stdout
+    assert "1 job: 1 diverged" in proc.stdout
 
 
 def _bad_dir(tmp_path: Path) -> str:

@@ -309,6 +309,7 @@ def run_sweep_command(argv: Optional[list[str]], doc: str, *,
     import logging
 
     from landscope.errors import LandscopeError
+    from landscope.wording import counted
 
     args = arguments(argv, doc)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -324,6 +325,7 @@ def run_sweep_command(argv: Optional[list[str]], doc: str, *,
     fp = fingerprint_of(settings)
     counts = run_each(jobs, lambda job: str(job["job"]), lambda job: run_one(job, settings),
                       summary)
-    print(f"{len(jobs)} jobs: {counts['computed']} computed, {counts['cached']} cached, "
-          f"{counts['failed']} failed (results in <job>/{results_dir}/{fp}.json)")
+    print(f"{counted(len(jobs), 'job')}: {counts['computed']} computed, "
+          f"{counts['cached']} cached, {counts['failed']} failed "
+          f"(results in <job>/{results_dir}/{fp}.json)")
     sys.exit(1 if counts["failed"] else 0)

@@ -59,6 +59,7 @@ from landscope.errors import LandscopeError
 from landscope.geometry.pairs import KEYS, plan_lines, plan_pairs, run_pair, summary, validate
 from landscope.progress import wanted
 from landscope.settings import only_group
+from landscope.wording import counted
 
 
 def _landscape_config(overrides: list[str]) -> tuple[dict, bool]:
@@ -106,8 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     counts = run_each(pairs, lambda p: f"{p['group']}/{p['a']['name']}__{p['b']['name']}",
                       lambda p: run_pair(p, settings, sweep / "connectivity", progress),
                       lambda record: summary(record["scalars"]))
-    print(f"{len(pairs)} pairs: {counts['computed']} computed, {counts['cached']} cached, "
-          f"{counts['failed']} failed ({sweep / 'connectivity'})")
+    print(f"{counted(len(pairs), 'pair')}: {counts['computed']} computed, "
+          f"{counts['cached']} cached, {counts['failed']} failed ({sweep / 'connectivity'})")
     sys.exit(1 if counts["failed"] else 0)
 
 

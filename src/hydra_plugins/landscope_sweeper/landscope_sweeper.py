@@ -40,6 +40,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobStatus
 from omegaconf import OmegaConf, open_dict, read_write
 
+from landscope.wording import counted
+
 log = logging.getLogger(__name__)
 
 #: Summaries of the last sweep run in this process (read by runner.app).
@@ -189,4 +191,5 @@ def format_status_table(summaries: list[dict]) -> str:
     for s in summaries:
         counts[s["status"]] = counts.get(s["status"], 0) + 1
     total = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:], f"{len(summaries)} jobs: {total}"])
+    end = f"{counted(len(summaries), 'job')}: {total}"
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:], end])

@@ -68,6 +68,7 @@ from landscope.analysis.studies_tables import (  # noqa: F401 - the public names
     width_table,
 )
 from landscope.io import atomic_write_text
+from landscope.wording import counted
 
 
 # --------------------------------------------------------------------------- report sections
@@ -130,7 +131,7 @@ def section_study_width(ctx: Any, target: float = TARGET_TEST_ACC) -> None:
         f"{len(jobs)} jobs of experiment=study_width (SGD lr 0.01, momentum 0.9). Epochs to "
         f"target: the first epoch whose test accuracy is at least {target:g} (metrics.jsonl); "
         f"the mean ± sd is over the seeds that reached it, and 'reached' counts them "
-        f"({not_reached} jobs never reached it within their budget"
+        f"({counted(not_reached, 'job')} never reached it within their budget"
         + (f", {missing} without a readable metrics.jsonl" if missing else "") + "). λmax: top "
         "Hessian eigenvalue at the final checkpoint. 2-D slice (filter-normalized random "
         "plane): border rise = mean train loss on the grid's border minus the centre's, basin "

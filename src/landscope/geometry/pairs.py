@@ -17,6 +17,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig
 
 from landscope.errors import ConfigError, LandscopeError
+from landscope.wording import counted
 
 # the landscape settings a connectivity result depends on (its cache key, under the names the
 # cached results carry) -> the option of the landscape group each is read from
@@ -311,7 +312,7 @@ def plan_lines(pairs: list[dict], settings: dict, out_dir: Path) -> list[str]:
         groups.setdefault(pair["group"], []).append(pair)
     for group, members in groups.items():
         todo = [p for p in members if not _cached(p, s, out_dir)]
-        head = (f"connect plan, {group}: {len(members)} pairs, "
+        head = (f"connect plan, {group}: {counted(len(members), 'pair')}, "
                 f"{len(members) - len(todo)} cached")
         if not todo:
             lines.append(f"{head}, nothing to compute")

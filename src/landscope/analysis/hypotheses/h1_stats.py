@@ -23,6 +23,7 @@ from landscope.analysis.hypotheses.h1_result import (
     _ci,
 )
 from landscope.analysis.hypotheses.mediation import Effect, Mediation, mediation
+from landscope.wording import counted
 
 
 def _design_columns(rows: pd.DataFrame, design: Sequence[str]) -> tuple[list[str], np.ndarray,
@@ -98,14 +99,14 @@ def _mark_used(data: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
          for r in data[reached & ~finite].itertuples(index=False)],
         columns=["job", "seed", "batch_size", "reason"])
     if len(dropped):
-        notes.append(f"{len(dropped)} jobs without finite values left out")
+        notes.append(f"{counted(len(dropped), 'job')} without finite values left out")
     used = reached & finite
     codes = seed_codes(data["seed"].to_numpy())
     sizes = np.bincount(codes[used], minlength=codes.max() + 1 if len(codes) else 0)
     alone = used & (sizes[codes] == 1) if len(codes) else used
     if alone.any():
-        notes.append(f"{int(alone.sum())} jobs alone in their seed left out (no within-seed "
-                     "comparison)")
+        notes.append(f"{counted(int(alone.sum()), 'job')} alone in their seed left out (no "
+                     "within-seed comparison)")
     data["used"] = used & ~alone
     return dropped
 
@@ -163,8 +164,8 @@ def h1_test(jobs: pd.DataFrame, alpha: float = 0.05, n_boot: int = 2000, seed: i
                                  extra=[c for c in design if c in jobs.columns])
     off = off_target(data)
     if len(off):
-        notes.append(f"{len(off)} of {len(data)} jobs did not reach the target train loss: "
-                     "left out")
+        notes.append(f"{len(off)} of {counted(len(data), 'job')} did not reach the target "
+                     "train loss: left out")
     dropped = _mark_used(data, notes)
     rows = data[data["used"]].reset_index(drop=True)
     dnames, dcols, words = _design_columns(rows, design)

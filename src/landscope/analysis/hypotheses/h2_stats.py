@@ -38,6 +38,7 @@ from landscope.analysis.hypotheses.pairing import (
     resolve_level,
 )
 from landscope.errors import LandscopeError
+from landscope.wording import counted
 
 
 # --------------------------------------------------------------------------- the statistics
@@ -237,7 +238,8 @@ def _compare(jobs: pd.DataFrame, factor: str, level: Any, off: Any, measures: Se
         ok = np.isfinite(on) & np.isfinite(off_values)
         row = _per_job_row(measure, on[ok], off_values[ok])
         if (~ok).any() and not row["reason"]:
-            notes.append(f"{measure}: {int((~ok).sum())} pairs without finite values left out")
+            notes.append(f"{measure}: {counted(int((~ok).sum()), 'pair')} without finite values "
+                         "left out")
         if row.get("ci_note"):
             notes.append(f"{measure}: {row['ci_note']}")
         rows.append(row)
