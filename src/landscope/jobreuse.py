@@ -24,7 +24,8 @@ Its checkpoints (and the trajectory) are hard-linked into this job's directory, 
 where the file system cannot link. Checkpoints and snapshots are always written as new files
 that replace the old, never in place, so neither job's later writes reach the other. Jobs
 that run at the same time (a parallel launcher) each train: only a finished job is taken.
-``train.reuse_trained=false`` trains every job.
+``train.reuse_trained=false`` trains every job. What it saves: see
+docs/measurements.md#jobreuse.
 """
 
 from __future__ import annotations
