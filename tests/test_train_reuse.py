@@ -8,6 +8,8 @@ time and the ``trained_in`` that says where the training was done.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from landscope.checkpoint import list_checkpoints, load_checkpoint
@@ -134,3 +136,32 @@ def test_the_tracker_gets_the_history_and_the_sweep_table_says_so(compose, tmp_p
     assert second["message"] == "max_epochs (the training of a job beside it)"
     assert [r["epoch"] for r in logged] == [1, 2]
     assert logged == read_jsonl(tmp_path / "a" / "metrics.jsonl")
+
+
+def test_a_launcher_that_runs_jobs_at_once_gets_each_models_first_job_first():
+    from hydra_plugins.landscope_sweeper.landscope_sweeper import first_trainings_first
+
+    jobs = [["seed=0", "n=32"], ["seed=0", "n=48"], ["seed=1", "n=32"], ["seed=1", "n=48"]]
+    trainings = ["A", "A", "B", "B"]
+    assert first_trainings_first([jobs], trainings, None) == [[jobs[0], jobs[2], jobs[1], jobs[3]]]
+    assert first_trainings_first([jobs[:3], jobs[3:]], trainings, 3) == \
+        [[jobs[0], jobs[2], jobs[1]], [jobs[3]]]
+    batches = [jobs[:2], jobs[2:]]  # no two jobs share a training: left as they are
+    assert first_trainings_first(batches, ["A", "B", "C", "D"], 2) is batches
+
+
+def test_the_sweep_order_under_the_parallel_launcher(tmp_path, data_dir):
+    from conftest import run_cli
+
+    args = ["-m", "experiment=smoke", "train.epochs=1", "hydra/launcher=parallel", "seed=0,1",
+            "probe=basic", "probe.data_size=32,48", "probe.sharpness.enabled=false",
+            "landscape=none", "hydra.sweep.dir=par"]
+    proc = run_cli(args, tmp_path, data_dir=data_dir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    table = proc.stdout[proc.stdout.index("job "):].splitlines()[2:6]
+    names = [line.split()[0] for line in table]
+    order = [re.search(r"probe.data_size=(\d+).*seed=(\d)", name).groups() for name in names]
+    # Hydra's order was (32, 0), (48, 0), (32, 1), (48, 1): both settings of seed 0 at once
+    assert order == [("32", "0"), ("32", "1"), ("48", "0"), ("48", "1")]
+    first = [read_json(tmp_path / "par" / name / "result.json") for name in names[:2]]
+    assert not any("trained_in" in r for r in first)  # they ran first: nothing to take

@@ -23,7 +23,8 @@ A directory is taken when all of these hold:
 Its checkpoints (and the trajectory) are hard-linked into this job's directory, or copied
 where the file system cannot link. Checkpoints and snapshots are always written as new files
 that replace the old, never in place, so neither job's later writes reach the other. Jobs
-that run at the same time (a parallel launcher) each train: only a finished job is taken.
+that run at the same time (a parallel launcher) each train: only a finished job is taken, and
+the sweeper puts each model's first job before the others under such launchers.
 ``train.reuse_trained=false`` trains every job. What it saves: see
 docs/measurements.md#jobreuse.
 """

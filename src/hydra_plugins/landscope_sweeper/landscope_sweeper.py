@@ -16,7 +16,10 @@ run, which aborts the sweep.  This sweeper:
    fingerprints: they differ only in options the job does not read, such as
    ``optimizer.betas`` under SGD);
 3. runs all batches; a job that raised through the launcher is recorded as
-   ``failed`` instead of stopping the sweep;
+   ``failed`` instead of stopping the sweep. Under a launcher other than the basic one (which
+   runs one job at a time), each trained model's first job runs before any model's second
+   (:func:`first_trainings_first`), so that a sweep over probe or landscape settings trains
+   each model once where it can (:mod:`landscope.jobreuse`);
 4. prints a table of job statuses and records it in :data:`LAST_SWEEP` for the
    runner, which exits non-zero when any job failed.
 
@@ -86,8 +89,11 @@ class LandscopeSweeper(BasicSweeper):
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         self.overrides = self._expand(parser, list(arguments))
 
-        for legacy, job_dir in self._check_jobs():
+        trainings: list = []
+        for legacy, job_dir in self._check_jobs(trainings):
             adopt_legacy_dir(job_dir, legacy)
+        if "BasicLauncher" not in str(self.config.hydra.launcher.get("_target_", "")):
+            self.overrides = first_trainings_first(self.overrides, trainings, self.max_batch_size)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         try:
             sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -109,10 +115,11 @@ class LandscopeSweeper(BasicSweeper):
         print("\n" + format_status_table(summaries) + f"\nsweep directory: {sweep_dir}", flush=True)
         return returns
 
-    def _check_jobs(self) -> list:
+    def _check_jobs(self, trainings: list) -> list:
         """Every job's inputs and directory, checked before anything is written; returns the
         ``(legacy, job_dir)`` pairs of directories an earlier release named with an option's
-        old spelling (renamed once every job passed)."""
+        old spelling (renamed once every job passed). ``trainings`` gets each job's training
+        fingerprint, in the sweep's order."""
         from landscope.errors import LandscopeError
         from landscope.fingerprints import job_fingerprints
         from landscope.jobs import check_inputs, directory_conflict
@@ -146,7 +153,9 @@ class LandscopeSweeper(BasicSweeper):
                     raise LandscopeError(conflict)
                 if legacy is not None:
                     moves.append((legacy, job_dir))
-                _warn_if_again(jobs, job_fingerprints(_task_config(job_cfg)), subdir)
+                keys = job_fingerprints(_task_config(job_cfg))
+                trainings.append(keys[0])
+                _warn_if_again(jobs, keys, subdir)
         return moves
 
 
@@ -159,6 +168,28 @@ def _warn_if_again(jobs: dict, key: tuple, subdir: str) -> None:
                     "options the job does not read): it computes the same results a second "
                     "time (its training taken from the first once that has finished, "
                     "train.reuse_trained), and the analysis counts it once", subdir, first)
+
+
+def first_trainings_first(batches: List[List[List[str]]], trainings: list,
+                          size: Optional[int]) -> List[List[List[str]]]:
+    """The jobs re-batched so that each trained model's first job (of its training
+    fingerprint, ``trainings`` per job) comes before every model's second, and so on; the
+    order is otherwise kept. A launcher that runs jobs at once then trains each model once
+    and has its other jobs (other probe or landscape settings) take that training
+    (:mod:`landscope.jobreuse`), where it would start them together. Unchanged when no two
+    jobs share a training."""
+    jobs = [job for batch in batches for job in batch]
+    seen: dict = {}
+    rank = []
+    for key in trainings:
+        rank.append(seen.get(key, 0))
+        seen[key] = rank[-1] + 1
+    order = sorted(range(len(jobs)), key=rank.__getitem__)
+    if order == list(range(len(jobs))):
+        return batches
+    jobs = [jobs[i] for i in order]
+    n = size or len(jobs) or 1
+    return [jobs[i:i + n] for i in range(0, len(jobs), n)]
 
 
 def _task_config(job_cfg: Any) -> Any:
