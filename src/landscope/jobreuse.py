@@ -54,41 +54,33 @@ def recorded_in_training(cfg: Any) -> dict:
 
 
 def _candidates(job_dir: Path, fp: str):
-    """The finished sibling directories of ``job_dir`` whose result.json carries ``fp``, by
-    name, with their results."""
-    from landscope.jobcheck import FINISHED, read_result
-    from landscope.jobdir import RESULT_FILE
+    """The finished jobs beside ``job_dir`` (:class:`~landscope.jobdir.JobDir`, by name) whose
+    result.json carries ``fp``, with their results."""
+    from landscope.jobcheck import FINISHED
+    from landscope.jobdir import Sweep, screen
 
     try:
-        siblings = sorted(p for p in job_dir.parent.iterdir() if p.is_dir() and p != job_dir)
+        siblings = [job for job in Sweep(job_dir.parent).job_dirs() if job.path != job_dir]
     except OSError:
         return
-    for path in siblings:
-        try:
-            text = (path / RESULT_FILE).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            continue
-        if fp not in text:  # most siblings: skipped without parsing
-            continue
-        result = read_result(path / RESULT_FILE, warn=False)
-        if result is not None and result.get("status") in FINISHED \
-                and result.get("fingerprint") == fp:
-            yield path, result
+    for found in screen(siblings, FINISHED):
+        if found.ok and found.result.get("fingerprint") == fp:
+            yield found.job, found.result
 
 
-def _usable(path: Path, result: dict, fp: str, wanted: dict) -> Optional[list[Path]]:
-    """The files to take from the sibling ``path`` (its checkpoints, newest last, and its
-    trajectory when this job records one), or None when it cannot stand in for this job."""
-    from landscope.jobdir import JobDir
+def _usable(job: Any, result: dict, fp: str, wanted: dict) -> Optional[list[Path]]:
+    """The files to take from the finished job ``job`` beside this one (its checkpoints,
+    newest last, and its trajectory when this job records one), or None when it cannot stand
+    in for this job."""
     from landscope.jobresults import TRAJECTORY_FILE
 
-    job = JobDir(path)
+    path = job.path
     try:
         if recorded_in_training(job.config()) != wanted:
             return None
         final, ckpt = job.final_checkpoint(result)
     except Exception as exc:  # noqa: BLE001 (config.yaml unreadable or off the schema, the
-        log.debug("%s cannot stand in: %s", path, exc)  # checkpoint corrupt or not final)
+        log.debug("%s cannot stand in: %s", job, exc)  # checkpoint corrupt or not final)
         return None
     if ckpt.get("fingerprint") != fp:
         return None
@@ -123,10 +115,11 @@ def take_training(cfg: Any, job_dir: Path, fp: str) -> Optional[str]:
     if not cfg.resume or not cfg.train.reuse_trained or list_checkpoints(job_dir / CHECKPOINT_DIR):
         return None
     wanted = recorded_in_training(cfg)
-    for path, result in _candidates(job_dir, fp):
-        files = _usable(path, result, fp, wanted)
+    for job, result in _candidates(job_dir, fp):
+        files = _usable(job, result, fp, wanted)
         if files is None:
             continue
+        path = job.path
         (job_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
         try:
             for source in files:
