@@ -165,3 +165,31 @@ def test_the_sweep_order_under_the_parallel_launcher(tmp_path, data_dir):
     assert order == [("32", "0"), ("32", "1"), ("48", "0"), ("48", "1")]
     first = [read_json(tmp_path / "par" / name / "result.json") for name in names[:2]]
     assert not any("trained_in" in r for r in first)  # they ran first: nothing to take
+
+
+def test_atomic_link_links_or_copies_and_clears_a_killed_writes_leftover(tmp_path, monkeypatch):
+    import os
+
+    from landscope import io as lio
+
+    source = tmp_path / "a" / "epoch_000002.pt"
+    source.parent.mkdir()
+    source.write_bytes(b"checkpoint")
+    dead = tmp_path / "b" / ".epoch_000002.pt.nohost_here-1.dead.tmp"  # not this host's: kept
+    gone = tmp_path / "b" / f".epoch_000001.pt.{lio._HOST}-999999999.dead.tmp"  # no such pid
+    dead.parent.mkdir()
+    dead.write_bytes(b"x")
+    gone.write_bytes(b"x")
+    lio.atomic_link(source, tmp_path / "b" / source.name)
+    linked = tmp_path / "b" / source.name
+    assert linked.read_bytes() == b"checkpoint" and os.path.samefile(linked, source)
+    assert sorted(p.name for p in linked.parent.iterdir()) == sorted([dead.name, source.name])
+
+    def no_links(*_):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_links)
+    lio.atomic_link(source, tmp_path / "c" / source.name)
+    copied = tmp_path / "c" / source.name
+    assert copied.read_bytes() == b"checkpoint" and not os.path.samefile(copied, source)
+    assert [p.name for p in copied.parent.iterdir()] == [source.name]

@@ -92,6 +92,28 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> list[str]:
     return removed
 
 
+def atomic_link(source: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Make ``path`` a hard link to ``source``, a copy where the file system cannot link, swapped
+    in as :func:`atomic_write_bytes` swaps a file (the same temporaries, removed once their
+    writer is gone). For files that are only ever replaced, never written in place."""
+    import secrets
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path.parent)
+    tmp = path.parent / f".{path.name}.{_OWNER}.{secrets.token_hex(4)}.tmp"
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _write(fh: Any, data: bytes) -> None:
     """The one write of :func:`atomic_write_bytes` (a seam for tests that fill the disk)."""
     fh.write(data)

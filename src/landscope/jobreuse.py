@@ -21,10 +21,11 @@ A directory is taken when all of these hold:
   out.
 
 Its checkpoints (and the trajectory) are hard-linked into this job's directory, or copied
-where the file system cannot link. Checkpoints and snapshots are always written as new files
-that replace the old, never in place, so neither job's later writes reach the other. Jobs
-that run at the same time (a parallel launcher) each train: only a finished job is taken, and
-the sweeper puts each model's first job before the others under such launchers.
+where the file system cannot link (:func:`landscope.io.atomic_link`). Checkpoints and
+snapshots are always written as new files that replace the old, never in place, so neither
+job's later writes reach the other. Jobs that run at the same time (a parallel launcher) each
+train: only a finished job is taken, and the sweeper puts each model's first job before the
+others under such launchers.
 ``train.reuse_trained=false`` trains every job. What it saves: see
 docs/measurements.md#jobreuse.
 """
@@ -32,8 +33,6 @@ docs/measurements.md#jobreuse.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -92,23 +91,13 @@ def _usable(job: Any, result: dict, fp: str, wanted: dict) -> Optional[list[Path
     return files if files and files[-1] == final else None
 
 
-def _place(source: Path, target: Path) -> None:
-    """``target`` becomes a hard link to ``source`` (a copy where links fail), in one step."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
-
-
 def take_training(cfg: Any, job_dir: Path, fp: str) -> Optional[str]:
     """Start ``job_dir`` (locked, no checkpoint yet) from a finished job of the same training
     beside it; returns that directory's name, or None (nothing taken: the job trains).
     A file that cannot be taken leaves the job to train from whatever was placed (a
     checkpoint of the same training resumes as its own would)."""
     from landscope.checkpoint import list_checkpoints
+    from landscope.io import atomic_link
     from landscope.jobdir import CHECKPOINT_DIR
 
     job_dir = Path(job_dir)
@@ -120,11 +109,10 @@ def take_training(cfg: Any, job_dir: Path, fp: str) -> Optional[str]:
         if files is None:
             continue
         path = job.path
-        (job_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
         try:
             for source in files:
                 where = job_dir if source.parent == path else job_dir / CHECKPOINT_DIR
-                _place(source, where / source.name)
+                atomic_link(source, where / source.name)
         except OSError as exc:
             log.warning("warning: %s: could not take the training of %s (%s); training",
                         job_dir, path.name, " ".join(str(exc).split()))
