@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
+import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -96,9 +98,6 @@ def atomic_link(source: str | os.PathLike, path: str | os.PathLike) -> None:
     """Make ``path`` a hard link to ``source``, a copy where the file system cannot link, swapped
     in as :func:`atomic_write_bytes` swaps a file (the same temporaries, removed once their
     writer is gone). For files that are only ever replaced, never written in place."""
-    import secrets
-    import shutil
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path.parent)

@@ -67,13 +67,13 @@ def _candidates(job_dir: Path, fp: str):
             yield found.job, found.result
 
 
-def _usable(job: Any, result: dict, fp: str, wanted: dict) -> Optional[list[Path]]:
-    """The files to take from the finished job ``job`` beside this one (its checkpoints,
-    newest last, and its trajectory when this job records one), or None when it cannot stand
-    in for this job."""
+def _usable(job: Any, result: dict, fp: str, wanted: dict) -> Optional[list[tuple[Path, str]]]:
+    """The files to take from the finished job ``job`` beside this one, as ``(file, its path
+    in a job directory)``: its trajectory when this job records one, then its checkpoints,
+    the final one last; None when it cannot stand in for this job."""
+    from landscope.jobdir import CHECKPOINT_DIR
     from landscope.jobresults import TRAJECTORY_FILE
 
-    path = job.path
     try:
         if recorded_in_training(job.config()) != wanted:
             return None
@@ -83,12 +83,13 @@ def _usable(job: Any, result: dict, fp: str, wanted: dict) -> Optional[list[Path
         return None
     if ckpt.get("fingerprint") != fp:
         return None
-    files = list(reversed(job.checkpoints()))
-    if wanted["trajectory"] is not None:
-        if not (path / TRAJECTORY_FILE).is_file():
-            return None
-        files.insert(0, path / TRAJECTORY_FILE)
-    return files if files and files[-1] == final else None
+    files = [(p, f"{CHECKPOINT_DIR}/{p.name}") for p in reversed(job.checkpoints())]
+    if not files or files[-1][0] != final:
+        return None
+    if wanted["trajectory"] is None:
+        return files
+    trajectory = job.path / TRAJECTORY_FILE
+    return [(trajectory, TRAJECTORY_FILE), *files] if trajectory.is_file() else None
 
 
 def take_training(cfg: Any, job_dir: Path, fp: str) -> Optional[str]:
@@ -108,16 +109,14 @@ def take_training(cfg: Any, job_dir: Path, fp: str) -> Optional[str]:
         files = _usable(job, result, fp, wanted)
         if files is None:
             continue
-        path = job.path
         try:
-            for source in files:
-                where = job_dir if source.parent == path else job_dir / CHECKPOINT_DIR
-                atomic_link(source, where / source.name)
+            for source, name in files:
+                atomic_link(source, job_dir / name)
         except OSError as exc:
             log.warning("warning: %s: could not take the training of %s (%s); training",
-                        job_dir, path.name, " ".join(str(exc).split()))
+                        job_dir, job.name, " ".join(str(exc).split()))
             return None
         log.info("%s: the same training as %s, finished there: its checkpoints are taken, "
-                 "no step is trained", job_dir, path.name)
-        return path.name
+                 "no step is trained", job_dir, job.name)
+        return job.name
     return None
