@@ -76,6 +76,39 @@ def test_other_training_records_or_a_defective_sibling_train_again(tiny_job):
     assert other["final"] == plain["final"] == first["final"]
 
 
+def test_a_job_killed_after_taking_its_training_still_says_where_it_was_done(
+        tiny_job, monkeypatch):
+    import landscope.jobtrain as jobtrain
+
+    first, a = tiny_job(["probe.data_size=32"], "a")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+    with monkeypatch.context() as patched:  # killed in the probe stage, after the take
+        patched.setattr(jobtrain, "run_stages", killed)
+        with pytest.raises(KeyboardInterrupt):
+            tiny_job(["probe.data_size=48"], "b")
+    b = a.parent / "b"
+    assert not (b / "result.json").exists() and list_checkpoints(b / "checkpoints")
+    assert read_json(b / "trained_in.json") == {"trained_in": "a", "epoch": 2}
+    rerun, _ = tiny_job(["probe.data_size=48"], "b")
+    assert rerun["trained_in"] == "a" and rerun["resumed_from_epoch"] == 2
+    assert rerun["final"] == first["final"] and _same_model(a, b)
+
+
+def test_the_record_of_a_take_names_the_training_only_at_its_final_epoch(tmp_path):
+    from landscope.io import write_json
+    from landscope.jobreuse import TAKEN_FILE, taken_earlier
+
+    assert taken_earlier(tmp_path, 2) is None  # nothing taken
+    write_json(tmp_path / TAKEN_FILE, {"trained_in": "a", "epoch": 2})
+    assert taken_earlier(tmp_path, 2) == "a"
+    # resumed from an earlier checkpoint (the final one never placed): trained here
+    assert taken_earlier(tmp_path, 1) is None and taken_earlier(tmp_path, 0) is None
+    (tmp_path / TAKEN_FILE).write_text("{ cut sh", encoding="utf-8")
+    assert taken_earlier(tmp_path, 2) is None
+
+
 def test_a_sibling_whose_final_checkpoint_is_damaged_is_not_taken(tiny_job, tmp_path):
     tiny_job(["probe.data_size=32"], "a")
     path = list_checkpoints(tmp_path / "a" / "checkpoints")[0]

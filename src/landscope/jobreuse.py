@@ -6,7 +6,10 @@ scratch, :func:`take_training` looks in the directories beside it for a finished
 same training and, when one is found, starts this job from that job's checkpoints instead.
 Resumed from a final checkpoint, training takes no step: the model, the metric history and
 the final metrics are the other job's, and this job's probe and landscape stages run with
-its own settings. ``result.json`` names the directory in ``trained_in``.
+its own settings. ``result.json`` names the directory in ``trained_in``; so does
+``trained_in.json`` (:data:`TAKEN_FILE`), written before the files are placed, so that a job
+killed after the take and run again still says where its training was done
+(:func:`taken_earlier`).
 
 A directory is taken when all of these hold:
 
@@ -37,6 +40,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 log = logging.getLogger("landscope")
+
+TAKEN_FILE = "trained_in.json"  # {"trained_in": the directory's name, "epoch": its final epoch}
 
 
 def recorded_in_training(cfg: Any) -> dict:
@@ -98,7 +103,7 @@ def take_training(cfg: Any, job_dir: Path, fp: str) -> Optional[str]:
     A file that cannot be taken leaves the job to train from whatever was placed (a
     checkpoint of the same training resumes as its own would)."""
     from landscope.checkpoint import list_checkpoints
-    from landscope.io import atomic_link
+    from landscope.io import atomic_link, write_json
     from landscope.jobdir import CHECKPOINT_DIR
 
     job_dir = Path(job_dir)
@@ -109,14 +114,31 @@ def take_training(cfg: Any, job_dir: Path, fp: str) -> Optional[str]:
         files = _usable(job, result, fp, wanted)
         if files is None:
             continue
-        try:
+        try:  # the record first: a kill between the files leaves it naming a final epoch
+            write_json(job_dir / TAKEN_FILE,  # that the files placed do not reach
+                       {"trained_in": job.name, "epoch": result["epochs_completed"]})
             for source, name in files:
                 atomic_link(source, job_dir / name)
         except OSError as exc:
             log.warning("warning: %s: could not take the training of %s (%s); training",
                         job_dir, job.name, " ".join(str(exc).split()))
+            (job_dir / TAKEN_FILE).unlink(missing_ok=True)
             return None
         log.info("%s: the same training as %s, finished there: its checkpoints are taken, "
                  "no step is trained", job_dir, job.name)
         return job.name
     return None
+
+
+def taken_earlier(job_dir: Path, epoch: int) -> Optional[str]:
+    """The directory whose training an earlier run of this job took (:data:`TAKEN_FILE`),
+    when the job resumed from that training's final epoch ``epoch``; else None (nothing was
+    taken, or the job resumed from an earlier checkpoint and trained the rest itself)."""
+    from landscope.io import read_json
+
+    try:
+        taken = read_json(Path(job_dir) / TAKEN_FILE)
+        name, final = taken["trained_in"], taken["epoch"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return name if isinstance(name, str) and final == epoch and epoch > 0 else None

@@ -42,6 +42,7 @@ from landscope.geometry.snapshots import SnapshotRecorder
 from landscope.io import append_jsonl, write_jsonl
 from landscope.jobdir import JobDir
 from landscope.jobresults import JOB_STAGES, TRAJECTORY_FILE, remove_traceback
+from landscope.jobreuse import taken_earlier
 from landscope.models import build_model, count_parameters
 from landscope.optim import build_optimizer, build_scheduler, make_precision
 from landscope.probes.step_curvature import StepCurvature
@@ -137,6 +138,8 @@ def train(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: int,
         state.trained_in = trained_in
         for row in state.history:
             tracker.log_epoch(row)
+    else:  # taken by a run killed since: that run's tracker had the history
+        state.trained_in = taken_earlier(job_dir, state.epoch)
     write_jsonl(job_dir / "metrics.jsonl", state.history)
     stop = fit_job(cfg, job_dir, data, state, fp, tracker)
     return finalize(cfg, job_dir, overrides, data, state, stop, started, fp, previous)
