@@ -127,7 +127,8 @@ def plan_line(plan: dict[str, int], seconds: tuple[float, float], samples: tuple
     slice_s, train_s = seconds
     kept = sum((stored or {}).values())
     slices = sum(v for k, v in plan.items() if k in SLICES) - kept
-    est = slices * slice_s / max(1, workers) + plan.get("trajectory", 0) * train_s
+    rest = plan.get("trajectory", 0) * train_s
+    est = slices * slice_s / max(1, workers) + rest
     parts = ", ".join(f"{k} {v}" for k, v in plan.items())
     only = " (the trajectory's on train only)" if "trajectory" in plan else ""
     each = [f"~{figure(slice_s * 1e3)} ms a slice point" if slices else "",
@@ -135,8 +136,10 @@ def plan_line(plan: dict[str, int], seconds: tuple[float, float], samples: tuple
     line = (f"landscape plan: {sum(plan.values())} points ({parts or 'none'}) on "
             f"{samples[0]} train + {samples[1]} test samples{only}; "
             f"{', '.join(e for e in each if e) or 'nothing to evaluate'}, so ~{figure(est)} s")
-    if workers > 1 and slices:
-        line += f" with the slices over {workers} processes"
+    if workers > 1 and slices:  # perfect scaling is a floor: processes that share cores or
+        # memory bandwidth gain less (1.28x from 2 on a 2-vCPU host, docs/measurements.md)
+        serial = figure(slices * slice_s + rest)
+        line += f" with the slices over {workers} processes, up to ~{serial} s if they gain nothing"
     if kept:
         line += f" ({kept} slice points stored by an interrupted run are read back)"
     if intrinsic is not None:
