@@ -24,7 +24,7 @@ from landscope.config import (
 from landscope.config.choices import Norm
 from landscope.config_checks import option_names
 from landscope.errors import ConfigError
-from landscope.fingerprints import fingerprint, probe_fingerprint
+from landscope.fingerprints import fingerprint, landscape_fingerprint, probe_fingerprint
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -52,7 +52,7 @@ def test_the_training_fingerprint_ignores_every_result_free_option_and_nothing_e
                "train.reuse_trained": False,
                "train.threads": 1, "train.progress": True, "probe.progress": True,
                "probe.ranks": 2, "landscape.figures": False, "landscape.progress": True,
-               "logger.project": "p"}
+               "landscape.workers": 2, "logger.project": "p"}
     assert set(changed) >= set(result_free_keys()) - {"logger"}
     for key, value in changed.items():
         cfg = compose([f"{key}={value}" if not isinstance(value, bool) else
@@ -66,6 +66,18 @@ def test_the_probe_fingerprint_ignores_progress_and_ranks_only(compose):
     fp = probe_fingerprint(compose([]))
     assert probe_fingerprint(compose(["probe.progress=true", "probe.ranks=3"])) == fp
     assert probe_fingerprint(compose(["probe.top_k=3"])) != fp
+
+
+def test_the_landscape_fingerprint_ignores_its_processes_progress_and_figures(compose):
+    """Every grid point is computed by the same code whatever process runs it
+    (tests/test_geometry_slices.py compares the values with 1 and 2 workers)."""
+    base = ["landscape=basic"]
+    fp = landscape_fingerprint(compose(base))
+    assert fp is not None
+    assert landscape_fingerprint(compose([*base, "landscape.workers=4",
+                                          "landscape.progress=true",
+                                          "landscape.figures=false"])) == fp
+    assert landscape_fingerprint(compose([*base, "landscape.batch_size=512"])) != fp
 
 
 def _presets() -> list[Path]:

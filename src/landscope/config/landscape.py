@@ -120,7 +120,8 @@ class LandscapeConfig:
     normalization: DirectionNorm = DirectionNorm.filter
     include_bias_norm: bool = False  # give biases and norm parameters direction components
     bn: BNStats = BNStats.keep
-    workers: int = 1  # processes evaluating grid points (joblib)
+    # processes evaluating grid points (joblib); the values do not depend on it
+    workers: int = field(default=1, metadata=LAYOUT)
     # 1-D slices, switched on and set up by landscape.line.enabled / landscape.line.*
     line: LineConfig = field(default_factory=LineConfig)
     # 2-D slice, landscape.plane.enabled / landscape.plane.*
