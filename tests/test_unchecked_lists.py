@@ -127,6 +127,25 @@ def test_a_job_read_with_an_older_preset_loses_them_too(tmp_path):
     assert any(n.startswith("1 job's probe results predate") for n in c.notes)
 
 
+def test_on_a_tie_the_setting_measured_after_the_check_is_analysed(tmp_path):
+    """Both models keep a preset from before the check (1,000 samples, shown by result.json)
+    and a checked one (5,000): as many models were measured with each, so the checked one is
+    analysed and no list scalar is left out."""
+    root = tmp_path / "sweep"
+    for seed in range(2):
+        _job(root, f"seed={seed}", seed, OLD, probe_fingerprint="old",
+             probes_by_fingerprint={"old": OLD, "new": CHECKED})
+        (root / f"seed={seed}" / "probes").mkdir()
+        for fp, size in (("old", 1000), ("new", 5000)):
+            (root / f"seed={seed}" / "probes" / f"{fp}.json").write_text(json.dumps(
+                {"probe": {"name": "basic", "top_k": 5, "data_size": size}, "scalars": {}}))
+    c = collect(root)
+    assert c.included["probe.spectral_gap"].tolist() == [0.0, 0.0]
+    assert c.included["probe.top_checked"].tolist() == [True, True]
+    assert c.included["measured_with"].tolist() == ["probe.data_size=5000"] * 2
+    assert not any("predate" in n for n in c.notes)
+
+
 def test_the_report_says_so(tmp_path):
     from runner.report import main
 

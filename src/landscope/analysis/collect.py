@@ -319,7 +319,7 @@ def collect(sweep_dirs: Iterable[str | os.PathLike] | str | os.PathLike,
                     1.0 - jobs["final.train_acc"])
         _add_ood_error(jobs)
         mark_duplicates(jobs, identities)
-        pick = mark_other_settings(jobs, trained, settings, setting)
+        pick = mark_other_settings(jobs, trained, settings, setting, measured_rows)
         unchecked = use_presets(jobs, pick, measured_rows)
         notes = setting_notes(jobs, [s[j] for s, j in zip(settings, pick)],
                               [s[0] for s in settings]) + unchecked

@@ -183,18 +183,23 @@ def _no_match(prefer: dict[str, Any], settings: list[dict[str, Any]]) -> str:
 
 
 def mark_other_settings(jobs: pd.DataFrame, trained: list[Any], settings: list[list[dict]],
-                        prefer: dict[str, Any] | None = None) -> list[int]:
+                        prefer: dict[str, Any] | None = None,
+                        measured: list[tuple[dict, list]] | None = None) -> list[int]:
     """In place: of the included jobs that are one trained model (equal ``trained``
     identities, :func:`~landscope.analysis.effective.identity` without the probe and
     landscape columns), one stays included and the others get status :data:`OTHER_SETTING`.
     ``settings`` per row: the settings of each measurement the job holds (:func:`stage_setting`
     of what was measured; its result.json's own first, then the other presets it keeps,
     :func:`measurements`). One setting is analysed for every model: the one most models were
-    measured with, among those that match ``prefer`` (:func:`parse_settings`; the first
-    collected on ties). A model without a measurement at that setting keeps its first
-    (matching) job, as measured. Returns per row the index of the measurement to analyse (0:
-    the job's own); raises a LandscopeError when no included job matches ``prefer``."""
+    measured with, among those that match ``prefer`` (:func:`parse_settings`); on a tie the
+    one more of them were measured with after the multiplicity check (``measured`` per row:
+    ``(started, [(ran, scalars), ...])`` of :func:`measurements`, aligned with ``settings``;
+    :func:`leave_out_unchecked` blanks an older measurement's list scalars), then the first
+    collected. A model without a measurement at that setting keeps its first (matching) job,
+    as measured. Returns per row the index of the measurement to analyse (0: the job's own);
+    raises a LandscopeError when no included job matches ``prefer``."""
     from landscope.errors import LandscopeError
+    from landscope.probes.checked import predates_multiplicity_check
 
     rows = [i for i, ok in enumerate(jobs["included"].tolist()) if ok and trained[i] is not None]
     key = {(i, j): json.dumps(sorted(s.items()), default=str)
@@ -203,10 +208,13 @@ def mark_other_settings(jobs: pd.DataFrame, trained: list[Any], settings: list[l
                                       for k, v in (prefer or {}).items())]
     if prefer and not matching:
         raise LandscopeError(_no_match(prefer, [settings[i][j] for i, j in key]))
-    matched, models = set(matching), {}
+    matched, models, checked = set(matching), {}, {}
     for i, j in matching:
         models.setdefault(key[i, j], set()).add(trained[i])
-    chosen = max(models, key=lambda k: len(models[k])) if models else None
+        if measured is None or not predates_multiplicity_check(measured[i][1][j][1]):
+            checked.setdefault(key[i, j], set()).add(trained[i])
+    chosen = max(models, key=lambda k: (len(models[k]), len(checked.get(k, ())))) \
+        if models else None
     groups: dict[Any, list[int]] = {}
     for i in rows:
         groups.setdefault(trained[i], []).append(i)
