@@ -283,3 +283,24 @@ def test_negative_mass_broadened_and_its_bracket():
     lo, hi = rough.negative_mass_bracket()
     assert hi - lo > 0.5 and lo - 0.05 <= exact <= hi + 0.05
     assert abs(rough.negative_mass(sigma=0.5) - 0.5) < 0.1  # unresolved: about half, not 0 or 1
+
+
+def test_the_timed_product_pays_no_first_call_imports():
+    """A process's first ``autograd.grad`` with ``grad_outputs`` imports part of torch (about
+    0.45 s here: ``runner.probe``'s plan read 274 ms a product for products of 6 ms).
+    After :func:`warm_autograd` such a call imports nothing, so the plan's product is one."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from landscope.probes.cost import warm_autograd\n"
+        "warm_autograd('cpu', torch.float32)\n"
+        "before = set(sys.modules)\n"
+        "w = torch.randn(4, 3, requires_grad=True)\n"
+        "g, = torch.autograd.grad((w ** 3).sum(), w, create_graph=True)\n"
+        "torch.autograd.grad(g, w, grad_outputs=torch.ones_like(g))\n"
+        "print(sorted(set(sys.modules) - before))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -12,7 +12,9 @@ reports what it has and records ``<estimator>_stopped_by``. Nothing is cut silen
 
 The plan (:meth:`ProbeLedger.plan`) is the number of products each switched-on estimator may
 spend at most (its own caps: Lanczos iterations, trace samples, SLQ probes × steps), and the
-estimate of the time is that plan times one product timed at the start.
+estimate of the time is that plan times one product timed at the start, after
+:func:`warm_autograd` (a process's first product with ``grad_outputs`` imports part of
+torch: about 0.45 s, 45 times a small model's product, in ``runner.probe``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,18 @@ from landscope.progress import bar
 
 STOPPED_BY_PRODUCTS = "max_products"
 STOPPED_BY_TIME = "budget_s"
+
+
+def warm_autograd(device: Any, dtype: Any) -> None:
+    """Run a tiny vector-Jacobian product on ``device`` in ``dtype``, so that the one-time
+    work of a process's first one (``torch.autograd.grad`` imports ``torch.fx`` and sympy the
+    first time it is given ``grad_outputs``; a device's first kernels) is not counted in a
+    product timed for the plan. Costs nothing after the first call."""
+    import torch
+
+    x = torch.ones(1, device=device, dtype=dtype, requires_grad=True)
+    with torch.enable_grad():
+        torch.autograd.grad(x * 2.0, x, grad_outputs=torch.ones_like(x))
 
 
 @dataclass

@@ -6,9 +6,8 @@ multiplication by the Hessian", Neural Computation 6(1), 1994)::
     H v = grad_theta( grad_theta L(theta) . v )
 
 so a product costs a small multiple of a gradient and ``H`` is never formed.  The loss is
-the exact sample-weighted mean cross-entropy over a fixed :class:`ProbeData`
-(``L = sum_b w_b * mean_b CE``, ``w_b = |b| / n``), evaluated with
-``torch.func.functional_call`` so the model's own parameters are never written.
+the sample-weighted mean cross-entropy over a fixed :class:`ProbeData` (``L = sum_b w_b *
+mean_b CE``, ``w_b = |b| / n``) through ``functional_call``: the model is never written.
 
 Three ways to compute the same product (``method``):
 
@@ -61,6 +60,7 @@ from torch.func import functional_call
 from landscope.errors import LandscopeError
 from landscope.losses import task_loss
 from landscope.models import frozen_batchnorm_stats
+from landscope.probes.cost import warm_autograd
 from landscope.probes.determinism import same_products
 from landscope.probes.lanczos import _random_vector
 from landscope.probes.memory import activation_checkpointing
@@ -376,11 +376,12 @@ class HessianOperator:
         return out
 
     def prime(self, seed: int) -> float:
-        """Compute and keep ``H q`` for the unit vector ``q`` that ``lanczos_eigs(seed=seed)``
-        starts from (a seeded Gaussian, normalized), so that its first step reads it; the
-        product's seconds. Not counted in ``n_matvecs`` until a :meth:`matvec` reads it."""
+        """Keep ``H q`` for the unit vector ``q`` that ``lanczos_eigs(seed=seed)`` starts from
+        (a seeded Gaussian, normalized) for its first step; the product's seconds, one-time
+        work aside (:func:`warm_autograd`). Not in ``n_matvecs`` until a :meth:`matvec` reads it."""
         q = _random_vector(self, torch.Generator().manual_seed(int(seed)))
         q = q / torch.linalg.vector_norm(q)  # as _Lanczos normalizes its start
+        warm_autograd(self.device, self.dtype)
         tic = time.perf_counter()
         self._kept = (q, self._product(q, self.method))
         return time.perf_counter() - tic
