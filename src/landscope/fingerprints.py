@@ -28,7 +28,9 @@ from omegaconf import OmegaConf
 
 from landscope.config import (
     STAGE_GROUPS,
+    SYNTHETIC,
     Config,
+    DatasetConfig,
     LandscapeConfig,
     ProbeConfig,
     layout_keys,
@@ -41,15 +43,23 @@ from landscope.config.renames import to_legacy
 FINGERPRINT_VERSION = 2
 
 #: Options marked ``read_if`` after version 2 was released (the optimizer's settings that
-#: only some optimizers or schedules read, the model's that only some models read). The
-#: defaults they are compared with keep them, so a job that reads one at its default hashes
-#: as before; a job that set one it does not read now hashes as the job without it, and was
-#: hashed with it before (:func:`earlier_fingerprint`).
+#: only some optimizers or schedules read, the model's that only some models read, the
+#: synthetic problems' that only one of them reads). The defaults they are compared with keep
+#: them, so a job that reads one at its default hashes as before; a job that set one it does
+#: not read now hashes as the job without it, and was hashed with it before
+#: (:func:`earlier_fingerprint`; the ``dataset.*`` ones only on a synthetic problem, which
+#: read them all before).
 MARKED_LATER = ("optimizer.momentum", "optimizer.nesterov", "optimizer.betas", "optimizer.eps",
                 "optimizer.rho", "optimizer.adaptive", "optimizer.base", "optimizer.step_size",
                 "optimizer.gamma", "optimizer.min_lr", "model.width", "model.depth", "model.norm",
                 "model.skip", "model.activation", "model.patch_size", "model.heads",
-                "model.kernel_size")
+                "model.kernel_size", "dataset.spectrum", "dataset.dim", "dataset.condition",
+                "dataset.outliers", "dataset.tolerance", "dataset.sharp_curvature",
+                "dataset.flat_curvature", "dataset.barrier", "dataset.tilt")
+#: The synthetic problems' options among them. Version 2 hashed all of them at their values
+#: on either problem (the defaults, on mnist1d, never held them); one the problem does not
+#: read is hashed at its default now, so a job that leaves it alone hashes as before.
+_SYNTHETIC_LATER = tuple(k for k in MARKED_LATER if k.startswith("dataset."))
 
 
 def _plain(cfg: Any) -> dict:
@@ -65,15 +75,21 @@ def _tree(cfg: Any, keep: tuple[str, ...] = (), plain: Optional[dict] = None) ->
     its first name (:func:`~landscope.config.renames.to_legacy`): renaming or nesting an
     option changes no hash."""
     tree = json.loads(json.dumps(plain)) if plain is not None else _plain(cfg)
+    at_default = str(tree["dataset"]["name"]) in SYNTHETIC
     for key in unread_keys(Config, tree):
-        if key not in keep:
+        if key in keep:
+            continue
+        if at_default and key in _SYNTHETIC_LATER:
+            tree["dataset"][key.split(".")[1]] = getattr(DatasetConfig(), key.split(".")[1])
+        else:
             _drop(tree, key)
     return to_legacy(tree)
 
 
 @lru_cache(maxsize=1)
 def _defaults() -> str:
-    return json.dumps(_tree(Config(), keep=MARKED_LATER))
+    return json.dumps(_tree(Config(), keep=tuple(k for k in MARKED_LATER
+                                                 if k not in _SYNTHETIC_LATER)))
 
 
 def _default_tree() -> dict:
@@ -152,7 +168,9 @@ def training_fingerprints(cfg: Any) -> tuple[str, Optional[str]]:
     """``(fingerprint(cfg), earlier_fingerprint(cfg))`` from one conversion of ``cfg``."""
     plain = _plain(cfg)
     now = _train_hash(_tree(cfg, plain=plain))
-    before = _train_hash(_tree(cfg, keep=MARKED_LATER, plain=plain))
+    synthetic = str(plain["dataset"]["name"]) in SYNTHETIC
+    kept = tuple(k for k in MARKED_LATER if synthetic or k not in _SYNTHETIC_LATER)
+    before = _train_hash(_tree(cfg, keep=kept, plain=plain))
     return now, None if before == now else before
 
 

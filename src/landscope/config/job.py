@@ -62,6 +62,11 @@ class OODConfig:
 
 _SYNTHETIC = (DatasetName.quadratic, DatasetName.two_basin)
 _SYNTHETIC_ONLY = read_if(lambda dataset, root: dataset["name"] in _SYNTHETIC)
+_QUADRATIC_ONLY = read_if(lambda dataset, root: dataset["name"] == "quadratic")
+# the generated spectrum's settings: unread when dataset.spectrum gives the eigenvalues
+_GENERATED_ONLY = read_if(lambda dataset, root: dataset["name"] == "quadratic"
+                          and dataset["spectrum"] is None)
+_TWO_BASIN_ONLY = read_if(lambda dataset, root: dataset["name"] == "two_basin")
 _NOT_IMAGES = (DatasetName.mnist1d, *_SYNTHETIC)  # dataset.image_size makes no sense for them
 
 
@@ -99,21 +104,21 @@ class DatasetConfig:
     test_shift: float = field(default=0.3, metadata=_SYNTHETIC_ONLY)
     # quadratic: eigenvalues of A; null = generated: the outliers, then dim - len(outliers)
     # values from 1 down to 1/condition
-    spectrum: Optional[List[float]] = field(default=None, metadata=_SYNTHETIC_ONLY)
-    dim: int = field(default=20, metadata=_SYNTHETIC_ONLY)
-    condition: float = field(default=100.0, metadata=_SYNTHETIC_ONLY)
+    spectrum: Optional[List[float]] = field(default=None, metadata=_QUADRATIC_ONLY)
+    dim: int = field(default=20, metadata=_GENERATED_ONLY)
+    condition: float = field(default=100.0, metadata=_GENERATED_ONLY)
     outliers: List[float] = field(default_factory=lambda: [10.0, 5.0],
-                                  metadata=_SYNTHETIC_ONLY)
+                                  metadata=_GENERATED_ONLY)
     # quadratic: correct iff |noise-free residual| < tolerance
-    tolerance: float = field(default=0.5, metadata=_SYNTHETIC_ONLY)
+    tolerance: float = field(default=0.5, metadata=_QUADRATIC_ONLY)
     # two_basin: d2L/dv2 at the sharp minimum (-1, 0)
-    sharp_curvature: float = field(default=10.0, metadata=_SYNTHETIC_ONLY)
+    sharp_curvature: float = field(default=10.0, metadata=_TWO_BASIN_ONLY)
     # two_basin: d2L/dv2 at the flat minimum (1, 0)
-    flat_curvature: float = field(default=1.0, metadata=_SYNTHETIC_ONLY)
+    flat_curvature: float = field(default=1.0, metadata=_TWO_BASIN_ONLY)
     # two_basin: saddle loss minus the mean of the minima's losses
-    barrier: float = field(default=0.125, metadata=_SYNTHETIC_ONLY)
+    barrier: float = field(default=0.125, metadata=_TWO_BASIN_ONLY)
     # two_basin: saddle at u = tilt in (-1, 1); > 0: sharp minimum deeper
-    tilt: float = field(default=0.0, metadata=_SYNTHETIC_ONLY)
+    tilt: float = field(default=0.0, metadata=_TWO_BASIN_ONLY)
 
     def check(self) -> None:
         """Refuse impossible values (:class:`ConfigError` naming the key)."""
