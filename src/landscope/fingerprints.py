@@ -73,14 +73,16 @@ def _tree(cfg: Any, keep: tuple[str, ...] = (), plain: Optional[dict] = None) ->
     """``cfg`` (or its :func:`_plain` data) without the options it does not read
     (:func:`~landscope.config.check.unread_keys`; those in ``keep`` stay), each option under
     its first name (:func:`~landscope.config.renames.to_legacy`): renaming or nesting an
-    option changes no hash."""
+    option changes no hash. On a synthetic problem the unread ones of
+    :data:`_SYNTHETIC_LATER` are set to their defaults instead of left out."""
     tree = json.loads(json.dumps(plain)) if plain is not None else _plain(cfg)
-    at_default = str(tree["dataset"]["name"]) in SYNTHETIC
+    synthetic = str(tree["dataset"]["name"]) in SYNTHETIC
     for key in unread_keys(Config, tree):
         if key in keep:
             continue
-        if at_default and key in _SYNTHETIC_LATER:
-            tree["dataset"][key.split(".")[1]] = getattr(DatasetConfig(), key.split(".")[1])
+        if synthetic and key in _SYNTHETIC_LATER:
+            leaf = key.split(".")[1]
+            tree["dataset"][leaf] = getattr(DatasetConfig(), leaf)
         else:
             _drop(tree, key)
     return to_legacy(tree)
