@@ -62,7 +62,7 @@ from landscope.losses import task_loss
 from landscope.models import frozen_batchnorm_stats
 from landscope.probes.cost import warm_autograd
 from landscope.probes.determinism import same_products
-from landscope.probes.lanczos import _random_vector
+from landscope.probes.lanczos import start_vector
 from landscope.probes.memory import activation_checkpointing
 from landscope.probes.primitives import CurvaturePrimitives
 from landscope.probes.probe_data import ProbeData
@@ -379,8 +379,7 @@ class HessianOperator:
         """Keep ``H q`` for the unit vector ``q`` that ``lanczos_eigs(seed=seed)`` starts from
         (a seeded Gaussian, normalized) for its first step; the product's seconds, one-time
         work aside (:func:`warm_autograd`). Not in ``n_matvecs`` until a :meth:`matvec` reads it."""
-        q = _random_vector(self, torch.Generator().manual_seed(int(seed)))
-        q = q / torch.linalg.vector_norm(q)  # as _Lanczos normalizes its start
+        q = start_vector(self, seed)
         warm_autograd(self.device, self.dtype)
         tic = time.perf_counter()
         self._kept = (q, self._product(q, self.method))
@@ -391,9 +390,10 @@ class HessianOperator:
     def _check_determinism(self, seed: int) -> None:
         """Refuse the operator when two products with the same vector differ (the cached
         method against a fresh double backward: a dropout baked into the graph is caught)."""
+        second = self._product(start_vector(self, seed),  # first: it warms the timed one
+                               "double_backward" if self.method == "cached" else self.method)
         self.first_product_seconds = self.prime(seed)  # kept for the top-k's first step
         v, first = self._kept  # type: ignore[misc]
-        second = self._product(v, "double_backward" if self.method == "cached" else self.method)
         self.n_check_matvecs += 2
         same_products(first, second, "the Hessian", "the loss, its derivatives or the "
                       "parameters", "randomness in the forward (or train-mode BatchNorm with "

@@ -73,6 +73,13 @@ def _random_vector(op: Operator, gen: torch.Generator) -> Tensor:
     return torch.randn(op.dim, generator=gen, dtype=op.dtype).to(op.device)
 
 
+def start_vector(op: Operator, seed: int) -> Tensor:
+    """The unit vector :func:`lanczos_eigs` with ``seed`` starts from on ``op`` (a seeded
+    Gaussian, normalized as :class:`_Lanczos` normalizes its start)."""
+    q = _random_vector(op, torch.Generator().manual_seed(int(seed)))
+    return q / torch.linalg.vector_norm(q)
+
+
 class _Lanczos:
     """The Lanczos recurrence with full (CGS2) reorthogonalization, one step at a time.
 
