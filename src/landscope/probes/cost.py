@@ -15,7 +15,7 @@ spend at most (its own caps: Lanczos iterations, trace samples, SLQ probes × st
 estimate of the time is that plan times one product timed at the start, after
 :func:`warm_autograd` (a process's first product with ``grad_outputs`` imports part of
 torch: about 0.45 s, 45 times a small model's product, in ``runner.probe``) and after the
-determinism check's other product, which warms it.
+determinism check's other product, which warms it (docs/measurements.md#probes-plan-product).
 """
 
 from __future__ import annotations
