@@ -90,7 +90,7 @@ def plan_line(name: str, settings: dict, noises: list[str], total: int, stored: 
               eval_samples: int) -> str:
     """The line said before ``name``'s continuations (:func:`plan`'s ``timings`` and
     ``seconds``; ``stored``: those a partial file holds, read back)."""
-    from landscope.geometry.plan import figure
+    from landscope.wording import figure
 
     s = settings
     counts = " × ".join(_count(n, word) for n, word in (

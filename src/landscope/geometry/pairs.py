@@ -305,7 +305,7 @@ def plan_lines(pairs: list[dict], settings: dict, out_dir: Path) -> list[str]:
     cached are read back), each one's path points and bend steps, and about how long they
     take, from one pair of the group timed by :func:`pair_seconds` (model loading aside)."""
     from landscope.errors import one_line
-    from landscope.geometry.plan import figure
+    from landscope.wording import figure
 
     s, groups, lines = settings, {}, []
     for pair in pairs:

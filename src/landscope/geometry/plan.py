@@ -22,6 +22,7 @@ from torch import Tensor
 from landscope.geometry.scan import Scan, evaluate_points
 from landscope.geometry.space import BNMode, ParamSpace
 from landscope.probes.probe_data import ProbeData
+from landscope.wording import figure
 
 SLICES = ("line", "eigline", "plane")  # evaluated on train and test, by ``workers`` processes
 STORES = {part: f"{part}.partial.npz" for part in SLICES}  # each slice's resume store
@@ -146,9 +147,3 @@ def plan_line(plan: dict[str, int], seconds: tuple[float, float], samples: tuple
         line += (f"; then the intrinsic dimension: {intrinsic[0]} subspace trainings of "
                  f"{intrinsic[1]} epochs, ~{figure(intrinsic[2])} s of training steps")
     return line
-
-
-def figure(x: float) -> str:
-    """``x`` with two significant digits under 0.1 and one decimal under 10 (a plan of 0.4 s
-    or 0.04 s does not read as 0 s), else none."""
-    return f"{x:.2g}" if x < 0.1 else f"{x:.1f}" if x < 10 else f"{x:.0f}"

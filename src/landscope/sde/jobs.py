@@ -91,7 +91,7 @@ def step_seconds(ref: Any, xi: Any, **run: Any) -> float:
 
 def plan_line(name: str, settings: dict, eta: float, b: int, seconds: list[float]) -> str:
     """The line said before a job's simulations (``seconds``: a step of each sampling)."""
-    from landscope.geometry.plan import figure
+    from landscope.wording import figure
 
     samplings = settings["sampling"]
     each = ", ".join(f"~{figure(t * 1e3)} ms a step ({s})" for s, t in zip(samplings, seconds))
