@@ -176,7 +176,11 @@ def test_suite_records_costs_plan_and_what_a_cap_cut():
                       sharpness=SharpnessConfig(enabled=True, rhos=[0.05]), data_size=None,
                       micro_batch=60, progress=False)
     s = run_probes(model, split, cfg, log=lines.append).scalars
-    assert lines and lines[0].startswith("probe plan: at most")
+    # the fewest products the stopping rules allow: 3 top-k steps and the check's one, the
+    # density's first run of 12 steps and 9 later runs of 6, the trace's 30 samples less the
+    # density's 10
+    assert lines and lines[0].startswith("probe plan: 90 to 2301 Hessian-vector products")
+    assert "the sharpness measures' usual 8 loss-and-gradient evaluations" in lines[0]
     assert set(s["probe_cost"]) == {"top", "density", "trace", "sharpness"}
     assert set(s["probe_cost_seconds"]) == {f"{k}_seconds" for k in s["probe_cost"]}
     # the top-k's plan holds one round of the multiplicity check (a k=1 run and its residual)
@@ -254,7 +258,7 @@ def test_a_job_logs_its_plan_and_records_what_the_cap_cut(compose, tmp_path, cap
     assert cut and set(cut.values()) == {"max_products"}
     assert p["probe_plan"]["top"] == 150 + 71 and p["probe_dtype"] == "float32"
     text = caplog.text
-    assert "probe plan: at most" in text and "probe caps cut short" in text
+    assert "Hessian-vector products" in text and "probe caps cut short" in text
 
 
 def test_density_without_top_k_runs_fixed_steps():

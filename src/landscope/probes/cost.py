@@ -4,18 +4,21 @@ A :class:`ProbeLedger` watches one probe run: the Hessian operator's product cou
 sharpness objective's loss and gradient counters and the wall clock. Each estimator runs
 inside :meth:`ProbeLedger.stage`, which records its seconds, products and evaluations
 (``probe_cost``: {estimator: {seconds, products, loss_evals, grad_evals}}) and shows a tqdm
-bar of its products when asked. The caps ``max_products`` (Hessian-vector products over the
-whole run) and ``budget_s`` (wall seconds since the run started) are checked through
+bar of its products (the sharpness measures': their evaluations) when asked. The caps
+``max_products`` (Hessian-vector products over the whole run) and ``budget_s`` (wall seconds
+since the run started) are checked through
 :meth:`ProbeLedger.stop`, which the estimators call once per product: it returns the name of
 the cap that is spent (``"max_products"`` or ``"budget_s"``) and the estimator stops there,
 reports what it has and records ``<estimator>_stopped_by``. Nothing is cut silently.
 
-The plan (:meth:`ProbeLedger.plan`) is the number of products each switched-on estimator may
-spend at most (its own caps: Lanczos iterations, trace samples, SLQ probes × steps), and the
-estimate of the time is that plan times one product timed at the start, after
-:func:`warm_autograd` (a process's first product with ``grad_outputs`` imports part of
-torch: about 0.45 s, 45 times a small model's product, in ``runner.probe``) and after the
-determinism check's other product, which warms it (docs/measurements.md#probes-plan-product).
+The plan (:meth:`ProbeLedger.plan`; :mod:`~landscope.probes.plan`) is the fewest products the
+stopping rules allow, the most each switched-on estimator may spend (its own caps: Lanczos
+iterations, trace samples, SLQ probes × steps) and the sharpness measures' usual evaluations;
+the estimate of the time is those counts times a loss-and-gradient evaluation and a forward
+pass timed at the start and one product timed there, after :func:`warm_autograd` (a
+process's first product with ``grad_outputs`` imports part of torch: about 0.45 s, 45 times a
+small model's product, in ``runner.probe``) and after the determinism check's other product,
+which warms it (docs/measurements.md#probes-plan-product).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
 from landscope.progress import bar
+from landscope.wording import figure
 
 STOPPED_BY_PRODUCTS = "max_products"
 STOPPED_BY_TIME = "budget_s"
@@ -70,6 +74,8 @@ class ProbeLedger:
     stopped: dict[str, str] = field(default_factory=dict)
     _bar: Any = None
     _last: int = 0
+    _shown: Optional[Callable[[], int]] = None  # what the current stage's bar counts
+
 
     def stop(self, products: bool = True) -> Optional[str]:
         """The cap that is spent (``"max_products"``, ``"budget_s"``) or None; also moves the
@@ -83,31 +89,43 @@ class ProbeLedger:
         return None
 
     def _advance(self) -> int:
-        """Move the current estimator's bar to the products spent so far; their count."""
-        n = self.counter()
-        if self._bar is not None and n > self._last:
+        """Move the current estimator's bar to what it counts; the products spent so far."""
+        self.tick()
+        return self.counter()
+
+    def tick(self) -> None:
+        """Move the current estimator's bar to what it counts (products, or the evaluations a
+        stage counts instead); an objective's ``watch`` calls it once per evaluation."""
+        if self._bar is None:
+            return
+        n = (self._shown or self.counter)()
+        if n > self._last:
             self._bar.update(n - self._last)
         self._last = n
-        return n
 
     def products_left(self) -> Optional[int]:
         return None if self.max_products is None else max(0, self.max_products - self.counter())
 
     @contextlib.contextmanager
-    def stage(self, name: str, planned: Optional[int] = None) -> Iterator[StageCost]:
-        """Record the cost of the block under ``name`` (added to earlier blocks of that name)."""
+    def stage(self, name: str, planned: Optional[int] = None,
+              shown: Optional[Callable[[], int]] = None, unit: str = "hvp"
+              ) -> Iterator[StageCost]:
+        """Record the cost of the block under ``name`` (added to earlier blocks of that name).
+        Its bar counts products of ``planned``, or what ``shown`` counts, in ``unit``s."""
         cost = self.stages.setdefault(name, StageCost())
         tic, p0, (l0, g0) = time.perf_counter(), self.counter(), self.evals()
-        self._last = p0
+        self._shown = shown
+        self._last = (shown or self.counter)()
         if self.progress:
-            self._bar = bar(f"probe {name}", planned, unit="hvp")
+            self._bar = bar(f"probe {name}", planned, unit=unit)
         try:
             yield cost
         finally:
             if self._bar is not None:
-                self._advance()  # the stage's last products onto its bar
+                self.tick()  # the stage's last products onto its bar
                 self._bar.close()
                 self._bar = None
+            self._shown = None
             l1, g1 = self.evals()
             cost.seconds += time.perf_counter() - tic
             cost.products += self.counter() - p0
@@ -118,13 +136,33 @@ class ProbeLedger:
         if reason is not None:
             self.stopped[name] = reason
 
-    def plan(self, planned: dict[str, int], seconds_per_product: float) -> str:
-        """The line printed before probing: products planned per estimator and the time."""
-        total = sum(planned.values())
-        parts = ", ".join(f"{k} <= {v}" for k, v in planned.items())
-        line = (f"probe plan: at most {total} Hessian-vector products ({parts}); "
-                f"~{seconds_per_product * 1e3:.1f} ms per product, so up to "
-                f"~{total * seconds_per_product:.0f} s plus the sharpness and noise evaluations")
+    def plan(self, planned: dict[str, int], fewest: int, seconds_per_product: Optional[float],
+             evaluations: Optional[dict[str, int]] = None,
+             eval_seconds: tuple[float, float] = (0.0, 0.0)) -> str:
+        """The line printed before probing: the products (``fewest`` to the estimators' caps
+        ``planned``) at ``seconds_per_product``; the sharpness step's usual ``evaluations``
+        (``{"gradient": n, "forward": n}``, :func:`~landscope.probes.plan.sharpness_evaluations`)
+        at ``eval_seconds`` (a loss and gradient, a forward pass); the time they make."""
+        parts, usual, most = [], 0.0, 0.0
+        if planned and seconds_per_product is not None:
+            total = sum(planned.values())
+            each = ", ".join(f"{k} <= {v}" for k, v in planned.items())
+            parts.append(f"{fewest} to {total} Hessian-vector products ({each}), "
+                         f"~{figure(seconds_per_product * 1e3)} ms each")
+            usual, most = fewest * seconds_per_product, total * seconds_per_product
+        if evaluations:
+            g, f = evaluations.get("gradient", 0), evaluations.get("forward", 0)
+            text = f"{g} loss-and-gradient evaluations at ~{figure(eval_seconds[0] * 1e3)} ms"
+            if f:
+                text += f" and {f} loss or accuracy passes at ~{figure(eval_seconds[1] * 1e3)} ms"
+            parts.append(f"the sharpness measures' usual {text}")
+            spent = g * eval_seconds[0] + f * eval_seconds[1]
+            usual, most = usual + spent, most + spent
+        line = f"probe plan: {'; '.join(parts)}; so about ~{figure(usual)} s"
+        if "noise" in planned:
+            line += " plus the noise step's per-sample gradients"
+        if most > usual:
+            line += f"; up to ~{figure(most)} s with every estimator at its cap of products"
         caps = [f"max_products={self.max_products}" if self.max_products is not None else "",
                 f"budget_s={self.budget_s:g}" if self.budget_s is not None else ""]
         caps = [c for c in caps if c]

@@ -2,7 +2,8 @@
 
 An :class:`Objective` has a probed point ``theta0`` and evaluates ``loss``, ``loss_and_grad``
 and (optionally) ``accuracy`` at any flat vector; counters ``n_loss`` / ``n_grad`` / ``n_acc``
-record every evaluation.  The value and gradient at ``theta0`` are needed by every measure of
+record every evaluation (and ``watch``, when set, hears of each: a progress bar's tick).  The
+value and gradient at ``theta0`` are needed by every measure of
 :mod:`landscope.probes.sharpness`, so :meth:`Objective.origin` computes them once per
 objective (or takes them precomputed: ``at_origin=(loss, grad)``, e.g. from
 :meth:`landscope.probes.hvp.HessianOperator.loss` / ``.gradient()``, which the operator has
@@ -19,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -51,15 +52,38 @@ class Objective:
     """
 
     theta0: Tensor
+    #: called once per loss or accuracy evaluation as it starts (a progress bar's tick, as
+    #: :meth:`~landscope.probes.cost.ProbeLedger.tick`); None: nothing
+    watch: Optional[Callable[[], None]] = None
 
     def __init__(self, at_origin: Optional[Origin] = None) -> None:
-        self.n_loss = 0
+        self._n_loss = 0
         self.n_grad = 0
-        self.n_acc = 0
+        self._n_acc = 0
         self._at_origin = at_origin
         self._origin: Optional[Origin] = None
         self._origin_loss: Optional[float] = None
         self._origin_acc: Optional[float] = None
+
+    @property
+    def n_loss(self) -> int:
+        return self._n_loss
+
+    @n_loss.setter
+    def n_loss(self, n: int) -> None:
+        self._n_loss = n
+        if self.watch is not None:
+            self.watch()
+
+    @property
+    def n_acc(self) -> int:
+        return self._n_acc
+
+    @n_acc.setter
+    def n_acc(self, n: int) -> None:
+        self._n_acc = n
+        if self.watch is not None:
+            self.watch()
 
     def _take_origin(self) -> None:
         """Validate and store ``at_origin`` (after the subclass has set ``theta0``)."""

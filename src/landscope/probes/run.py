@@ -73,6 +73,7 @@ from landscope.probes.density import SLQResult
 from landscope.probes.hvp import HessianOperator
 from landscope.probes.lanczos import EigResult, spectral_summary
 from landscope.probes.noise import GradientNoise
+from landscope.probes.objective import ModelObjective
 from landscope.probes.probe_data import ProbeData
 from landscope.probes.sharpness import (
     AverageSharpness,
@@ -131,6 +132,7 @@ class ProbeRun:
     w0: Optional[nn.Module | torch.Tensor] = None  # the PAC-Bayes prior mean
     ranks: int = 1
     product_seconds: Optional[float] = None  # one product, timed for the plan
+    objective: Optional[ModelObjective] = None  # the sharpness measures', timed for the plan
     top: Optional[EigResult] = None
     bottom: Optional[EigResult] = None
     density: Optional[SLQResult] = None

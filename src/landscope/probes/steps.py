@@ -203,9 +203,11 @@ def step_sharpness(run: ProbeRun) -> None:
     """The sharpness measures on one objective whose loss and gradient at the trained point
     come from the operator (computed once): ``run.sharpness``."""
     op = run.op
-    obj = ModelObjective(run.model, run.data, mode=op.mode, at_origin=(op.loss(), op.gradient()))
+    obj = run.objective or ModelObjective(run.model, run.data, mode=op.mode,
+                                          at_origin=(op.loss(), op.gradient()))
     run.ledger.evals = lambda: (obj.n_loss + obj.n_acc, obj.n_grad)
-    with run.ledger.stage("sharpness"):
+    obj.watch = run.ledger.tick  # its bar counts evaluations: the family spends no products
+    with run.ledger.stage("sharpness", shown=lambda: obj.n_loss + obj.n_acc, unit="eval"):
         run.sharpness = _sharpness(obj, run.cfg, run.ledger)
 
 

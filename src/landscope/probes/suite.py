@@ -24,6 +24,13 @@ from landscope.probes.cost import ProbeLedger
 from landscope.probes.distributed import hessian_operator, rank_and_world
 from landscope.probes.hvp import HessianOperator, forward_mode
 from landscope.probes.lanczos import lanczos_eigs
+from landscope.probes.objective import ModelObjective
+from landscope.probes.plan import (
+    evaluation_seconds,
+    fewest_products,
+    most_products,
+    sharpness_evaluations,
+)
 from landscope.probes.probe_data import ProbeData
 from landscope.probes.run import ProbeRun
 from landscope.probes.steps import (
@@ -50,25 +57,6 @@ class ProbeReport:
 def probe_data(train_split, cfg: Any) -> ProbeData:
     return ProbeData.from_split(train_split, size=cfg.data_size, seed=cfg.seed,
                                 micro_batch=cfg.micro_batch)
-
-
-def _planned(cfg: Any, dim: int) -> dict[str, int]:
-    """The most products each switched-on full-Hessian estimator may spend (its own caps); a
-    list checked for missed copies of repeated eigenvalues adds one round of the check (each
-    copy found costs another)."""
-    plan: dict[str, int] = {}
-    check = min(dim, 70) + 1 if cfg.multiplicity_check else 0  # a k=1 Lanczos run + a residual
-    if cfg.top_k > 0:
-        plan["top"] = min(dim, 50 + 20 * min(cfg.top_k, dim))
-        plan["top"] += check if cfg.top_k >= 2 else 0
-    if cfg.bottom_k > 0:
-        plan["bottom"] = min(dim, 50 + 20 * min(cfg.bottom_k, dim))
-        plan["bottom"] += check if cfg.bottom_k >= 2 else 0
-    if cfg.density.enabled:
-        plan["density"] = cfg.density.probes * min(cfg.density.steps, dim)
-    if cfg.trace.enabled:
-        plan["trace"] = cfg.trace.max_samples
-    return plan
 
 
 def run_probes(model: nn.Module, train_split, cfg: Any,
@@ -113,11 +101,18 @@ def start_run(model: nn.Module, train_split, cfg: Any,
                          budget_s=getattr(cfg, "budget_s", None), progress=bool(show), log=log,
                          started=tic)
     run = ProbeRun(model=model, train_split=train_split, cfg=cfg, data=data, op=op,
-                   ledger=ledger, plan=_planned(cfg, op.dim), w0=w0, ranks=ranks)
+                   ledger=ledger, plan=most_products(cfg, op.dim), w0=w0, ranks=ranks)
     if run.plan:  # the determinism check's timed product, else one kept for the top-k
         seconds = op.first_product_seconds
         run.product_seconds = op.prime(cfg.seed) if seconds is None else seconds
-        ledger.plan(run.plan, run.product_seconds)
+    evaluations, eval_seconds = sharpness_evaluations(cfg), (0.0, 0.0)
+    if evaluations:  # the objective the sharpness step will use, timed
+        run.objective = ModelObjective(model, data, mode=op.mode,
+                                       at_origin=(op.loss(), op.gradient()))
+        eval_seconds = evaluation_seconds(run.objective)
+    if run.plan or evaluations:
+        ledger.plan(run.plan, fewest_products(cfg, op.dim), run.product_seconds, evaluations,
+                    eval_seconds)
     return run
 
 

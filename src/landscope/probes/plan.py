@@ -1,0 +1,122 @@
+"""The probe plan: what a run of the probe suite will spend, said before it spends it.
+
+* :func:`most_products`: the Hessian-vector products each switched-on estimator may spend at
+  most (its own caps: Lanczos iterations, SLQ probes × steps, trace samples);
+* :func:`fewest_products`: the fewest the stopping rules allow (Lanczos needs k steps for k
+  pairs, the density's first run grows the top-k's Krylov space to k + steps vectors and each
+  later run takes at least its minimum of steps, the trace at least ``TRACE_MIN_SAMPLES``
+  samples with the density's runs counted among them). The products the suite spends stay close
+  to it on the models measured (docs/measurements.md#probes-plan-estimate);
+* :func:`sharpness_evaluations`: the sharpness family's evaluations: the averages' exactly, the
+  ascents' and the sigma' searches' at their medians over the models measured there (they stop
+  on their tolerances, and their caps are far above what they spend).
+
+The estimate of the time (:meth:`~landscope.probes.cost.ProbeLedger.plan`) is the fewest
+products and the usual evaluations at the times measured on the spot, with the caps' time as
+the ceiling.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: products of the multiplicity check's round at most (a k=1 Lanczos run and a residual) and
+#: at least
+CHECK_MOST = 71
+CHECK_FEWEST = 1
+#: the fewest steps of each later density run (``density.slq``'s ``min_steps``)
+DENSITY_MIN_STEPS = 6
+#: the noise step's products for tr(H Sigma) by the low-rank method (Sigma's top pairs)
+NOISE_LOWRANK_PAIRS = 5
+#: its own trace samples (without the trace step) and the Lanczos cap of its lambda_max
+#: (without the top-k)
+NOISE_TRACE_SAMPLES = 100
+NOISE_LAMBDA_MAX = 70
+#: medians over 15 trained models (5 architectures × 3 seeds,
+#: docs/measurements.md#probes-plan-estimate): loss-and-gradient evaluations of one ascent
+#: measure per radius (the worst case, the adaptive worst case, Keskar's box) and accuracy
+#: evaluations of one sigma' search
+ASCENT_EVALS = {"worst_case": 8, "adaptive": 6, "keskar": 12}
+SIGMA_SEARCH_EVALS = 50
+
+
+def most_products(cfg: Any, dim: int) -> dict[str, int]:
+    """The most products each switched-on full-Hessian estimator may spend (its own caps); a
+    list checked for missed copies of repeated eigenvalues adds one round of the check (each
+    copy found costs another)."""
+    plan: dict[str, int] = {}
+    check = min(dim, CHECK_MOST - 1) + 1 if cfg.multiplicity_check else 0
+    for name, k in (("top", cfg.top_k), ("bottom", cfg.bottom_k)):
+        if k > 0:
+            plan[name] = min(dim, 50 + 20 * min(k, dim)) + (check if k >= 2 else 0)
+    if cfg.density.enabled:
+        plan["density"] = cfg.density.probes * min(cfg.density.steps, dim)
+    if cfg.trace.enabled:
+        plan["trace"] = cfg.trace.max_samples
+    if cfg.noise.enabled:
+        plan["noise"] = _noise(cfg, NOISE_LAMBDA_MAX)
+    return plan
+
+
+def fewest_products(cfg: Any, dim: int) -> int:
+    """The fewest products the switched-on estimators' stopping rules allow, all together
+    (the density's first run shares the top-k's space, so the two have a floor together)."""
+    n = 0
+    check = CHECK_FEWEST if cfg.multiplicity_check else 0
+    for k in (cfg.top_k, cfg.bottom_k):
+        n += min(k, dim) + (check if k >= 2 else 0) if k > 0 else 0
+    steps = min(cfg.density.steps, dim)
+    samples = 0  # trace samples the density's runs give
+    if cfg.density.enabled:
+        n += steps  # the first run: the top-k's space grown by steps vectors, or a run of its own
+        later = min(DENSITY_MIN_STEPS, steps) if cfg.top_k > 0 else steps
+        n += (cfg.density.probes - 1) * later
+        samples = cfg.density.probes if cfg.top_k > 0 else 0
+    if cfg.trace.enabled:
+        from landscope.probes.steps import TRACE_MIN_SAMPLES
+
+        n += max(0, min(TRACE_MIN_SAMPLES, cfg.trace.max_samples) - samples)
+    if cfg.noise.enabled:
+        n += _noise(cfg, 1)
+    return n
+
+
+def _noise(cfg: Any, lambda_max: int) -> int:
+    """The noise step's products: tr(H Sigma) by its method, and its own trace and lambda_max
+    where the trace step and the top-k give none."""
+    method = str(cfg.noise.alignment)
+    n = {"lowrank": min(NOISE_LOWRANK_PAIRS, cfg.noise.samples - 1),
+         "exact": cfg.noise.samples}.get(method, 30)  # hutchinson: its 30 probes
+    n += 0 if cfg.trace.enabled else NOISE_TRACE_SAMPLES
+    return n + (0 if cfg.top_k > 0 else lambda_max)
+
+
+def sharpness_evaluations(cfg: Any) -> dict[str, int]:
+    """The sharpness step's usual evaluations: ``{"gradient": loss-and-gradient evaluations,
+    "forward": loss and accuracy passes}`` (empty without the step)."""
+    sh = cfg.sharpness
+    if not (sh.enabled or sh.family):
+        return {}
+    rhos, eps = len(sh.rhos), len(sh.keskar_epsilons)
+    grads = ASCENT_EVALS["worst_case"] * rhos
+    forward = 0
+    if sh.family:
+        grads += ASCENT_EVALS["adaptive"] * rhos + ASCENT_EVALS["keskar"] * eps
+        forward = 2 * rhos * sh.samples + 2 * SIGMA_SEARCH_EVALS
+    return {"gradient": grads, "forward": forward}
+
+
+def evaluation_seconds(obj: Any) -> tuple[float, float]:
+    """One loss-and-gradient evaluation and one accuracy pass of the objective ``obj`` (a
+    :class:`~landscope.probes.objective.ModelObjective`), timed at its point; its counters are
+    left as they were, so that the sharpness measures' counts are their own."""
+    import time
+
+    counts = obj.n_loss, obj.n_grad, obj.n_acc
+    tic = time.perf_counter()
+    obj.loss_and_grad(obj.theta0)
+    mid = time.perf_counter()
+    obj.accuracy(obj.theta0)
+    end = time.perf_counter()
+    obj.n_loss, obj.n_grad, obj.n_acc = counts
+    return mid - tic, end - mid

@@ -1,0 +1,145 @@
+"""The probe plan (issue #18 item 1): the fewest products the stopping rules allow is a floor of
+what the suite spends, the caps a ceiling, the sharpness measures' evaluations are timed on an
+objective whose counts stay the measures' own, and their bar counts evaluations."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from landscope.config import (
+    DensityConfig,
+    NoiseConfig,
+    ProbeConfig,
+    SharpnessConfig,
+    TraceConfig,
+)
+from landscope.data import TensorSplit
+from landscope.probes.cost import ProbeLedger
+from landscope.probes.objective import ModelObjective, QuadraticObjective
+from landscope.probes.plan import (
+    ASCENT_EVALS,
+    SIGMA_SEARCH_EVALS,
+    evaluation_seconds,
+    fewest_products,
+    most_products,
+    sharpness_evaluations,
+)
+from landscope.probes.probe_data import ProbeData
+from landscope.probes.sharpness import worst_case_sharpness
+from landscope.probes.suite import run_probes
+from probe_models import seeded_model
+
+torch.set_num_threads(1)
+META = types.SimpleNamespace(input_shape=(1, 12), num_classes=3)
+
+
+def _split_and_model(n: int = 60):
+    model, x, y = seeded_model(dict(name="mlp", width=8, depth=2), META.input_shape,
+                               META.num_classes, n, shift=0.3)
+    return model.float(), TensorSplit(x.float(), y)
+
+
+CONFIGS = {
+    "standard-like": ProbeConfig(top_k=5, trace=TraceConfig(enabled=True),
+                                 density=DensityConfig(enabled=True, steps=20),
+                                 noise=NoiseConfig(enabled=True, samples=40)),
+    "no top-k": ProbeConfig(top_k=0, trace=TraceConfig(enabled=True),
+                            density=DensityConfig(enabled=True, probes=4, steps=10),
+                            noise=NoiseConfig(enabled=True, samples=20, alignment="exact")),
+    "bottom-k and noise alone": ProbeConfig(top_k=0, bottom_k=3,
+                                            noise=NoiseConfig(enabled=True, samples=20,
+                                                              alignment="hutchinson")),
+    "no check": ProbeConfig(top_k=4, multiplicity_check=False, trace=TraceConfig(enabled=True)),
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_fewest_products_is_a_floor_and_the_caps_a_ceiling(name):
+    model, split = _split_and_model()
+    cfg = CONFIGS[name]
+    cfg = type(cfg)(**{**cfg.__dict__, "data_size": None, "micro_batch": 60, "progress": False})
+    lines: list[str] = []
+    s = run_probes(model, split, cfg, log=lines.append).scalars
+    spent = {k: c["products"] for k, c in s["probe_cost"].items()}
+    dim = s["n_params"]
+    assert fewest_products(cfg, dim) <= sum(spent.values())
+    most = most_products(cfg, dim)
+    assert set(most) == {k for k, v in spent.items() if v > 0} | set(most)
+    for k, n in spent.items():
+        assert n <= most[k], (k, n, most[k])
+    assert s["probe_plan"] == most
+    assert lines[0].startswith(f"probe plan: {fewest_products(cfg, dim)} to {sum(most.values())} ")
+
+
+def test_fewest_products_counts_each_rule():
+    cfg = ProbeConfig(top_k=5, trace=TraceConfig(enabled=True, max_samples=500),
+                      density=DensityConfig(enabled=True, probes=10, steps=30),
+                      noise=NoiseConfig(enabled=True))
+    # top-k 5 + the check's 1; the density's first run 30, 9 later runs of 6; the trace 30
+    # less the density's 10 samples; the noise's 5 low-rank products
+    assert fewest_products(cfg, 10_000) == 5 + 1 + 30 + 9 * 6 + 20 + 5
+    assert most_products(cfg, 10_000) == {"top": 150 + 71, "density": 300, "trace": 500,
+                                          "noise": 5}
+    alone = ProbeConfig(top_k=0, trace=TraceConfig(enabled=False),
+                        noise=NoiseConfig(enabled=True, alignment="exact", samples=64))
+    # tr(H Sigma) exactly (64), its own trace (100) and lambda_max (at least 1, at most 70)
+    assert fewest_products(alone, 10_000) == 64 + 100 + 1
+    assert most_products(alone, 10_000) == {"noise": 64 + 100 + 70}
+
+
+def test_sharpness_evaluations_and_the_averages_exact_count():
+    model, split = _split_and_model()
+    cfg = ProbeConfig(top_k=0, data_size=None, micro_batch=60, progress=False,
+                      sharpness=SharpnessConfig(enabled=True, family=True, rhos=[0.02, 0.05],
+                                                samples=8))
+    usual = sharpness_evaluations(cfg)
+    assert usual == {"gradient": 2 * (ASCENT_EVALS["worst_case"] + ASCENT_EVALS["adaptive"])
+                     + 2 * ASCENT_EVALS["keskar"],
+                     "forward": 2 * 2 * 8 + 2 * SIGMA_SEARCH_EVALS}
+    lines: list[str] = []
+    s = run_probes(model, split, cfg, log=lines.append).scalars
+    # loss passes without a gradient: the two averages' 2 radii x 8 samples, exactly
+    assert s["sharpness_loss_evals"] - s["sharpness_grad_evals"] == 2 * 2 * 8
+    assert lines[0].startswith("probe plan: the sharpness measures' usual ")
+    assert "Hessian-vector" not in lines[0] and "so about ~" in lines[0]
+    assert sharpness_evaluations(ProbeConfig(sharpness=SharpnessConfig(enabled=False))) == {}
+
+
+def test_timing_the_objective_leaves_the_measures_counts_their_own():
+    model, split = _split_and_model()
+    data = ProbeData.from_tensors(split.x, split.y, micro_batch=60)
+    timed, fresh = ModelObjective(model, data), ModelObjective(model, data)
+    seconds = evaluation_seconds(timed)
+    assert all(t > 0 for t in seconds)
+    assert (timed.n_loss, timed.n_grad, timed.n_acc) == (0, 0, 0)
+    a = worst_case_sharpness(timed, [0.05], seed=0)
+    b = worst_case_sharpness(fresh, [0.05], seed=0)
+    assert a.values == b.values
+    assert (a.n_loss_evals, a.n_grad_evals) == (b.n_loss_evals, b.n_grad_evals)
+
+
+def test_an_objective_tells_its_watcher_of_each_evaluation():
+    obj = QuadraticObjective(torch.eye(3, dtype=torch.float64))
+    heard: list[int] = []
+    obj.watch = lambda: heard.append(obj.n_loss + obj.n_acc)
+    obj.loss(torch.ones(3, dtype=torch.float64))
+    obj.loss_and_grad(torch.ones(3, dtype=torch.float64))
+    assert heard == [1, 2] and obj.n_grad == 1  # a loss and gradient is one evaluation
+
+
+def test_the_sharpness_bar_counts_evaluations(capsys):
+    model, split = _split_and_model()
+    cfg = ProbeConfig(top_k=2, data_size=None, micro_batch=60, progress=True,
+                      sharpness=SharpnessConfig(enabled=True, rhos=[0.05]))
+    run_probes(model, split, cfg)
+    err = capsys.readouterr().err
+    assert "probe sharpness" in err and "eval" in err and "probe top" in err
+
+
+def test_the_ledger_tick_without_a_bar_does_nothing():
+    ledger = ProbeLedger(counter=lambda: 3)
+    ledger.tick()
+    assert ledger.stop() is None and ledger.products_left() is None
