@@ -209,6 +209,7 @@ def step_sharpness(run: ProbeRun) -> None:
     obj.watch = run.ledger.tick  # its bar counts evaluations: the family spends no products
     with run.ledger.stage("sharpness", shown=lambda: obj.n_loss + obj.n_acc, unit="eval"):
         run.sharpness = _sharpness(obj, run.cfg, run.ledger)
+    run.objective = None  # its copy of the model is not needed after the measures
 
 
 def _sharpness(obj: ModelObjective, cfg: Any, ledger: ProbeLedger) -> SharpnessResults:

@@ -88,8 +88,10 @@ def start_run(model: nn.Module, train_split, cfg: Any,
               w0: Optional[nn.Module | torch.Tensor] = None,
               log: Optional[Callable[[str], None]] = None) -> ProbeRun:
     """The run before any estimator: probe data, Hessian operator (data-parallel over
-    torch.distributed ranks when a process group is up), ledger and plan; with a plan, one
-    product is timed and the plan line goes to ``log``."""
+    torch.distributed ranks when a process group is up), ledger and plan: one product is
+    timed when products are planned, and with the sharpness step its objective is made here and
+    one loss-and-gradient evaluation and one accuracy pass of it are timed
+    (:mod:`~landscope.probes.plan`); the plan line goes to ``log``."""
     tic = time.perf_counter()
     data = probe_data(train_split, cfg)
     op = hessian_operator(model, data, mode=str(cfg.mode), seed=cfg.seed,
