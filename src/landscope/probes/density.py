@@ -210,9 +210,13 @@ class SLQResult:
                         tail_mass=max(0.0, above - float(m.sum())))
 
 
+#: the fewest Lanczos steps of each adaptive run after the first (``slq``'s ``min_steps``)
+MIN_STEPS = 6
+
+
 def slq(op: Operator, n_probes: int = 10, m_steps: int = 30, seed: int = 0,
         dist: Dist = "gaussian", *, deflate: EigResult | None = None,
-        resolution: float | None = None, resolution_tol: float = 0.05, min_steps: int = 6,
+        resolution: float | None = None, resolution_tol: float = 0.05, min_steps: int = MIN_STEPS,
         stop: Callable[[], str | None] | None = None,
         first: _Lanczos | None = None, block: int = 1) -> SLQResult:
     """Stochastic Lanczos quadrature: ``n_probes`` unit probes (Gaussian or Rademacher, normalized),

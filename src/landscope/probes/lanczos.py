@@ -244,13 +244,18 @@ def lanczos_eigs(op: Operator, k: int = 5, which: Which = "largest", tol: float 
         stopped_by=stopped_by, krylov=lz if keep_krylov else None)
 
 
+def default_iterations(k: int, dim: int) -> int:
+    """The Krylov dimension limit of a k-pair run when none is given: ``min(dim, 50 + 20k)``."""
+    return min(dim, 50 + 20 * k)
+
+
 def _eigs_iterations(op: Operator, k: int, which: str, max_iter: int | None) -> int:
     """The checked arguments' Krylov dimension limit (at least k, at most dim)."""
     if which not in ("largest", "smallest"):
         raise ValueError(f"which must be 'largest' or 'smallest', got {which!r}")
     if not 1 <= k <= op.dim:
         raise ValueError(f"need 1 <= k <= dim={op.dim}, got k={k}")
-    max_iter = min(op.dim, max_iter if max_iter is not None else 50 + 20 * k)
+    max_iter = min(op.dim, max_iter) if max_iter is not None else default_iterations(k, op.dim)
     return max(max_iter, k)
 
 

@@ -179,12 +179,19 @@ class GradientNoise:
     seed: int
 
 
+#: Sigma's top pairs (the low-rank alignment's products), the alignment's Hutchinson probes,
+#: and the trace samples taken when no tr H is given: ``gradient_noise``'s defaults
+K_SIGMA = 5
+ALIGNMENT_PROBES = 30
+TRACE_SAMPLES = 100
+
+
 def gradient_noise(model: nn.Module, data: ProbeData, *,
                    hessian: Optional[HessianOperator] = None,
-                   top_k_eigs: Optional[EigResult] = None, k_sigma: int = 5, seed: int = 0,
+                   top_k_eigs: Optional[EigResult] = None, k_sigma: int = K_SIGMA, seed: int = 0,
                    params: Optional[dict[str, Tensor]] = None, mode: Mode = "eval",
-                   alignment: Alignment = "exact", n_probes: int = 30,
-                   trace_h: Optional[float] = None, trace_samples: int = 100,
+                   alignment: Alignment = "exact", n_probes: int = ALIGNMENT_PROBES,
+                   trace_h: Optional[float] = None, trace_samples: int = TRACE_SAMPLES,
                    chunk: int = DEFAULT_CHUNK, vectorize: bool = True) -> GradientNoise:
     """Gradient-noise covariance, its top eigenpairs and its alignment with the Hessian.
 

@@ -20,18 +20,11 @@ from __future__ import annotations
 
 from typing import Any
 
-#: products of the multiplicity check's round at most (a k=1 Lanczos run and a residual) and
-#: at least
-CHECK_MOST = 71
-CHECK_FEWEST = 1
-#: the fewest steps of each later density run (``density.slq``'s ``min_steps``)
-DENSITY_MIN_STEPS = 6
-#: the noise step's products for tr(H Sigma) by the low-rank method (Sigma's top pairs)
-NOISE_LOWRANK_PAIRS = 5
-#: its own trace samples (without the trace step) and the Lanczos cap of its lambda_max
-#: (without the top-k)
-NOISE_TRACE_SAMPLES = 100
-NOISE_LAMBDA_MAX = 70
+from landscope.probes.density import MIN_STEPS as DENSITY_MIN_STEPS
+from landscope.probes.lanczos import default_iterations
+from landscope.probes.noise import ALIGNMENT_PROBES, K_SIGMA, TRACE_SAMPLES
+from landscope.probes.steps import TRACE_MIN_SAMPLES
+
 #: medians over 15 trained models (5 architectures × 3 seeds,
 #: docs/measurements.md#probes-plan-estimate): loss-and-gradient evaluations of one ascent
 #: measure per radius (the worst case, the adaptive worst case, Keskar's box) and accuracy
@@ -45,16 +38,17 @@ def most_products(cfg: Any, dim: int) -> dict[str, int]:
     list checked for missed copies of repeated eigenvalues adds one round of the check (each
     copy found costs another)."""
     plan: dict[str, int] = {}
-    check = min(dim, CHECK_MOST - 1) + 1 if cfg.multiplicity_check else 0
+    # a round of the check: a k=1 Lanczos run and its pair's residual
+    check = default_iterations(1, dim) + 1 if cfg.multiplicity_check else 0
     for name, k in (("top", cfg.top_k), ("bottom", cfg.bottom_k)):
         if k > 0:
-            plan[name] = min(dim, 50 + 20 * min(k, dim)) + (check if k >= 2 else 0)
+            plan[name] = default_iterations(min(k, dim), dim) + (check if k >= 2 else 0)
     if cfg.density.enabled:
         plan["density"] = cfg.density.probes * min(cfg.density.steps, dim)
     if cfg.trace.enabled:
         plan["trace"] = cfg.trace.max_samples
     if cfg.noise.enabled:
-        plan["noise"] = _noise(cfg, NOISE_LAMBDA_MAX)
+        plan["noise"] = _noise(cfg, default_iterations(1, dim))
     return plan
 
 
@@ -62,7 +56,7 @@ def fewest_products(cfg: Any, dim: int) -> int:
     """The fewest products the switched-on estimators' stopping rules allow, all together
     (the density's first run shares the top-k's space, so the two have a floor together)."""
     n = 0
-    check = CHECK_FEWEST if cfg.multiplicity_check else 0
+    check = 1 if cfg.multiplicity_check else 0  # the check's round: one product at least
     for k in (cfg.top_k, cfg.bottom_k):
         n += min(k, dim) + (check if k >= 2 else 0) if k > 0 else 0
     steps = min(cfg.density.steps, dim)
@@ -73,8 +67,6 @@ def fewest_products(cfg: Any, dim: int) -> int:
         n += (cfg.density.probes - 1) * later
         samples = cfg.density.probes if cfg.top_k > 0 else 0
     if cfg.trace.enabled:
-        from landscope.probes.steps import TRACE_MIN_SAMPLES
-
         n += max(0, min(TRACE_MIN_SAMPLES, cfg.trace.max_samples) - samples)
     if cfg.noise.enabled:
         n += _noise(cfg, 1)
@@ -85,9 +77,9 @@ def _noise(cfg: Any, lambda_max: int) -> int:
     """The noise step's products: tr(H Sigma) by its method, and its own trace and lambda_max
     where the trace step and the top-k give none."""
     method = str(cfg.noise.alignment)
-    n = {"lowrank": min(NOISE_LOWRANK_PAIRS, cfg.noise.samples - 1),
-         "exact": cfg.noise.samples}.get(method, 30)  # hutchinson: its 30 probes
-    n += 0 if cfg.trace.enabled else NOISE_TRACE_SAMPLES
+    n = {"lowrank": min(K_SIGMA, cfg.noise.samples - 1),
+         "exact": cfg.noise.samples}.get(method, ALIGNMENT_PROBES)  # else hutchinson's probes
+    n += 0 if cfg.trace.enabled else TRACE_SAMPLES
     return n + (0 if cfg.top_k > 0 else lambda_max)
 
 
