@@ -347,6 +347,27 @@ def test_step_seconds_times_a_continuation_and_leaves_the_model_alone(one_torch_
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_step_seconds_is_never_0_when_the_timing_noise_swamps_the_difference(monkeypatch):
+    # CI once read a step of 0.0 on a loaded host: the 2s-step run timed no slower than the
+    # s-step one. A clock under which every run takes the same 5 ms plays that out.
+    import itertools
+    import types
+
+    from landscope.escape import plan as escape_plan
+
+    clock = itertools.count(0.0, 0.005)
+    fake_time = types.SimpleNamespace(perf_counter=lambda: next(clock))
+    monkeypatch.setattr(escape_plan, "time", fake_time)
+    model, data = two_basin()
+    setup, step, evaluation = escape_plan.step_seconds(
+        model, data.train, batch_size=16, noise="sgd",
+        settings={"eval_size": 64, "eval_seed": 0}, extra={})
+    short = math.ceil(2 * escape_plan.TIMING_S / 0.005)  # 12 steps for a 5 ms first run
+    assert step == pytest.approx(0.005 / (2 * short))  # the 2s-step run over its steps
+    assert evaluation == pytest.approx(0.005 / (short + 1))  # the s+1 evaluations' run
+    assert setup == pytest.approx(max(0.0, 0.005 - short * step - 2 * evaluation))
+
+
 def test_progress_shows_the_bars_and_changes_no_result(tiny_sweep, capsys, bars, monkeypatch):
     """``escape.progress=true`` shows the bars off a terminal too, ``false`` hides them on one;
     neither is stored: the results and their fingerprint are those of the run without it."""

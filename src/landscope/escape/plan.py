@@ -37,7 +37,9 @@ def step_seconds(model: Any, train_split: Any, *, batch_size: int, noise: str, s
     s set so that a run takes about :data:`TIMING_S` (2 to :data:`MAX_STEPS`). The setup (the
     model's copy, the evaluation subset) is what the first run took beyond its steps and its
     two evaluations (at step 0 and at its end). ``known``: ``(setup, evaluation)`` timed
-    before (neither depends on the batch size), so that only the step is timed."""
+    before (neither depends on the batch size), so that only the step is timed. Where the
+    timing's noise swamps a difference (the longer run no slower), the step or the evaluation
+    is its run's time over its steps or evaluations: an upper bound, never 0."""
     from landscope.escape.dynamics import EscapeRule, run_escape
 
     rule = EscapeRule(delta_abs=1e300)  # nothing counts as an escape
@@ -57,10 +59,13 @@ def step_seconds(model: Any, train_split: Any, *, batch_size: int, noise: str, s
     first = timed(2, 2, repeats=1)  # warms the caches up, and sizes the runs
     short = max(2, min(MAX_STEPS, math.ceil(2 * TIMING_S / max(first, 1e-9))))
     one, two = timed(short, short), timed(2 * short, 2 * short)
-    step = max(0.0, (two - one) / short)
+    # a difference the timing's noise swamped (a loaded host) falls back to an upper bound:
+    # the whole run over its steps (evaluations), rather than reading 0
+    step = (two - one) / short if two > one else two / (2 * short)
     if known is not None:
         return known[0], step, known[1]
-    evaluation = max(0.0, (timed(short, 1) - one) / (short - 1))
+    each = timed(short, 1)
+    evaluation = (each - one) / (short - 1) if each > one else each / (short + 1)
     return max(0.0, one - short * step - 2 * evaluation), step, evaluation
 
 
