@@ -18,6 +18,7 @@ from landscope.config import (
 )
 from landscope.data import TensorSplit
 from landscope.probes.cost import ProbeLedger
+from landscope.probes.hvp import forward_mode
 from landscope.probes.objective import ModelObjective, QuadraticObjective
 from landscope.probes.plan import (
     ASCENT_EVALS,
@@ -29,7 +30,8 @@ from landscope.probes.plan import (
 )
 from landscope.probes.probe_data import ProbeData
 from landscope.probes.sharpness import worst_case_sharpness
-from landscope.probes.suite import run_probes
+from landscope.probes.steps import step_sharpness
+from landscope.probes.suite import finish_run, run_probes, start_run
 from probe_models import seeded_model
 
 torch.set_num_threads(1)
@@ -127,7 +129,59 @@ def test_an_objective_tells_its_watcher_of_each_evaluation():
     obj.watch = lambda: heard.append(obj.n_loss + obj.n_acc)
     obj.loss(torch.ones(3, dtype=torch.float64))
     obj.loss_and_grad(torch.ones(3, dtype=torch.float64))
-    assert heard == [1, 2] and obj.n_grad == 1  # a loss and gradient is one evaluation
+    assert heard == [0, 1] and obj.n_grad == 1  # before each; a loss and gradient is one
+
+    def time_up():
+        raise TimeoutError
+
+    obj.watch = time_up  # a watch that raises stops the evaluation, which is not counted
+    with pytest.raises(TimeoutError):
+        obj.loss_and_grad(torch.ones(3, dtype=torch.float64))
+    assert (obj.n_loss, obj.n_grad, obj.n_acc) == (2, 1, 0)
+
+
+def _sharpness_cut_after(model, split, cfg, evaluations):
+    """The sharpness step of a run whose time cap runs out once ``evaluations`` loss or
+    accuracy evaluations have been made (None: never)."""
+    with forward_mode(model, str(cfg.mode)):
+        run = start_run(model, split, cfg)
+        real, obj = run.ledger.stop, run.objective
+        run.ledger.stop = lambda products=True: (
+            "budget_s" if evaluations is not None and obj.n_loss + obj.n_acc >= evaluations
+            else real(products))
+        step_sharpness(run)
+        finish_run(run)
+    return run.scalars()
+
+
+def test_the_time_cap_cuts_a_sharpness_measure_midway():
+    """budget_s was checked only between measures, so one measure could run on long past it:
+    now it is checked before each evaluation, and a measure it cut is named in
+    sharpness_skipped with every measure after it; the measures before keep their values."""
+    model, split = _split_and_model()
+    cfg = ProbeConfig(top_k=0, data_size=None, micro_batch=60, progress=False,
+                      sharpness=SharpnessConfig(enabled=True, family=True))
+    full = _sharpness_cut_after(model, split, cfg, None)
+    spent = full["sharpness_loss_evals"] + full["sharpness_acc_evals"]
+    assert "sharpness_skipped" not in full and spent > 40
+
+    early = _sharpness_cut_after(model, split, cfg, 3)  # in the first ascent
+    assert early["sharpness_stopped_by"] == "budget_s"
+    assert early["sharpness_skipped"] == ["worst_case", "adaptive", "keskar", "average_random",
+                                          "average_adaptive", "pac_bayes",
+                                          "pac_bayes_magnitude"]
+    assert early["sharpness_loss_evals"] + early["sharpness_acc_evals"] == 3
+    assert not any(k.startswith(("sharpness_l2", "pac_bayes_")) for k in early)
+
+    late = _sharpness_cut_after(model, split, cfg, spent - 1)  # in the last evaluation
+    assert late["sharpness_skipped"] == ["pac_bayes_magnitude"]
+    assert late["sharpness_loss_evals"] + late["sharpness_acc_evals"] == spent - 1
+    assert "pac_bayes_magnitude_sigma" not in late and "sharpness_stopped_by" in late
+    kept = {k: v for k, v in full.items() if k.startswith(("sharpness_l2", "sharpness_adaptive",
+                                                            "sharpness_keskar",
+                                                            "sharpness_average", "pac_bayes_"))
+            and not k.startswith("pac_bayes_magnitude")}
+    assert kept and all(late[k] == v for k, v in kept.items())
 
 
 def test_the_sharpness_bar_counts_evaluations(capsys):

@@ -2,8 +2,8 @@
 
 An :class:`Objective` has a probed point ``theta0`` and evaluates ``loss``, ``loss_and_grad``
 and (optionally) ``accuracy`` at any flat vector; counters ``n_loss`` / ``n_grad`` / ``n_acc``
-record every evaluation (and ``watch``, when set, hears of each: a progress bar's tick).  The
-value and gradient at ``theta0`` are needed by every measure of
+record every evaluation (and ``watch``, when set, hears of each before it runs: a progress
+bar's tick, a time cap).  The value and gradient at ``theta0`` are needed by every measure of
 :mod:`landscope.probes.sharpness`, so :meth:`Objective.origin` computes them once per
 objective (or takes them precomputed: ``at_origin=(loss, grad)``, e.g. from
 :meth:`landscope.probes.hvp.HessianOperator.loss` / ``.gradient()``, which the operator has
@@ -52,8 +52,9 @@ class Objective:
     """
 
     theta0: Tensor
-    #: called once per loss or accuracy evaluation as it starts (a progress bar's tick, as
-    #: :meth:`~landscope.probes.cost.ProbeLedger.tick`); None: nothing
+    #: called once per loss or accuracy evaluation before it starts and is counted (a
+    #: progress bar's tick, as :meth:`~landscope.probes.cost.ProbeLedger.tick`); an exception
+    #: it raises stops the evaluation uncounted (the probe run's time cap); None: nothing
     watch: Optional[Callable[[], None]] = None
 
     def __init__(self, at_origin: Optional[Origin] = None) -> None:
@@ -71,9 +72,9 @@ class Objective:
 
     @n_loss.setter
     def n_loss(self, n: int) -> None:
-        self._n_loss = n
         if self.watch is not None:
             self.watch()
+        self._n_loss = n
 
     @property
     def n_acc(self) -> int:
@@ -81,9 +82,9 @@ class Objective:
 
     @n_acc.setter
     def n_acc(self, n: int) -> None:
-        self._n_acc = n
         if self.watch is not None:
             self.watch()
+        self._n_acc = n
 
     def _take_origin(self) -> None:
         """Validate and store ``at_origin`` (after the subclass has set ``theta0``)."""

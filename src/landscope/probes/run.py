@@ -90,8 +90,8 @@ SPECTRAL_NAMES = ("lambda_max", "lambda_2", "spectral_gap", "negative_ratio", "c
 
 @dataclass
 class SharpnessResults:
-    """The sharpness measures of one run (None / absent: switched off or skipped by the time
-    cap); ``average`` by kind (``random``, ``adaptive``), ``pac_bayes`` by name
+    """The sharpness measures of one run (None / absent: switched off, or skipped or cut by the
+    time cap); ``average`` by kind (``random``, ``adaptive``), ``pac_bayes`` by name
     (``pac_bayes``, ``pac_bayes_magnitude``); the shared objective's evaluation counts."""
 
     rhos: list[float]
@@ -335,10 +335,10 @@ def logdet_scalars(q: SLQResult, eps: float, bottom: Optional[EigResult]) -> dic
 
 def sharpness_scalars(sh: SharpnessResults) -> dict[str, Any]:
     """Sharpness scalars; each name carries its radius, e.g. ``sharpness_l2_rho0.05``. A
-    measure the time cap skipped is named in ``sharpness_skipped`` (``sharpness_stopped_by``
-    says which cap); a measure whose ascent or average met a non-finite loss is inf (or NaN
-    when the loss at the trained point is not finite), which result.json stores as null, so
-    ``<name>_diverged`` says why."""
+    measure the time cap skipped or cut midway is named in ``sharpness_skipped``
+    (``sharpness_stopped_by`` says which cap); a measure whose ascent or average met a
+    non-finite loss is inf (or NaN when the loss at the trained point is not finite), which
+    result.json stores as null, so ``<name>_diverged`` says why."""
     out: dict[str, Any] = {}
     if sh.worst_case is not None:
         for r, v, v1 in zip(sh.rhos, sh.worst_case.values, sh.worst_case.one_step):

@@ -199,62 +199,81 @@ def step_blocks(run: ProbeRun) -> None:
     cost.products += sum(b.n_matvecs for b in run.blocks)
 
 
+class _TimeUp(Exception):
+    """The time cap ran out inside a sharpness measure (raised by the objective's ``watch``)."""
+
+
 def step_sharpness(run: ProbeRun) -> None:
     """The sharpness measures on one objective whose loss and gradient at the trained point
     come from the operator (computed once): ``run.sharpness``."""
-    op = run.op
+    op, ledger = run.op, run.ledger
     obj = run.objective or ModelObjective(run.model, run.data, mode=op.mode,
                                           at_origin=(op.loss(), op.gradient()))
-    run.ledger.evals = lambda: (obj.n_loss + obj.n_acc, obj.n_grad)
-    obj.watch = run.ledger.tick  # its bar counts evaluations: the family spends no products
-    with run.ledger.stage("sharpness", shown=lambda: obj.n_loss + obj.n_acc, unit="eval"):
-        run.sharpness = _sharpness(obj, run.cfg, run.ledger)
+    ledger.evals = lambda: (obj.n_loss + obj.n_acc, obj.n_grad)
+
+    def watch() -> None:  # before each evaluation: the bar counts them (the family spends no
+        why = ledger.stop(products=False)  # products), and the time cap may cut the measure
+        if why is not None:
+            raise _TimeUp(why)
+
+    obj.watch = watch
+    try:
+        with ledger.stage("sharpness", shown=lambda: obj.n_loss + obj.n_acc, unit="eval"):
+            run.sharpness = _sharpness(obj, run.cfg, ledger)
+    finally:
+        obj.watch = None
     run.objective = None  # its copy of the model is not needed after the measures
 
 
 def _sharpness(obj: ModelObjective, cfg: Any, ledger: ProbeLedger) -> SharpnessResults:
-    """``budget_s`` is checked between measures; a measure it skips is named in ``skipped``."""
+    """``budget_s`` is checked before each measure and each of its evaluations; a
+    measure it skipped, or cut midway (its partial result is dropped), is named in
+    ``skipped``, and so is every measure after it."""
     res = SharpnessResults(rhos=[float(r) for r in cfg.sharpness.rhos],
                            epsilons=[float(e) for e in cfg.sharpness.keskar_epsilons])
 
-    def go(name: str) -> bool:
-        why = ledger.stop(products=False)
-        if why is not None:
-            res.skipped.append(name)
-            res.stopped_by = why
-            ledger.record_stop("sharpness", why)
-        return why is None
+    def measure(name: str, fn: Callable[[], Any]) -> Any:
+        why = res.stopped_by or ledger.stop(products=False)
+        if why is None:
+            try:
+                return fn()
+            except _TimeUp as up:
+                why = str(up)
+        res.skipped.append(name)
+        res.stopped_by = why
+        ledger.record_stop("sharpness", why)
+        return None
 
-    if go("worst_case"):
-        res.worst_case = worst_case_sharpness(obj, res.rhos, seed=cfg.seed)
+    res.worst_case = measure("worst_case",
+                             lambda: worst_case_sharpness(obj, res.rhos, seed=cfg.seed))
     if cfg.sharpness.family:
-        _family(obj, cfg, res, go)
+        _family(obj, cfg, res, measure)
     res.loss_evals, res.grad_evals, res.acc_evals = obj.n_loss, obj.n_grad, obj.n_acc
     return res
 
 
 def _family(obj: ModelObjective, cfg: Any, res: SharpnessResults,
-            go: Callable[[str], bool]) -> None:
+            measure: Callable[[str, Callable[[], Any]], Any]) -> None:
     """Adaptive worst case, Keskar, the averages and PAC-Bayes flatness (``sharpness.family``);
     sigma' starts from the guess the average of the largest radius gives."""
-    if go("adaptive"):
-        res.adaptive = worst_case_sharpness(obj, res.rhos, adaptive=True, seed=cfg.seed)
-    if go("keskar"):
-        res.keskar = keskar_sharpness(obj, res.epsilons, seed=cfg.seed)
+    res.adaptive = measure("adaptive", lambda: worst_case_sharpness(
+        obj, res.rhos, adaptive=True, seed=cfg.seed))
+    res.keskar = measure("keskar", lambda: keskar_sharpness(obj, res.epsilons, seed=cfg.seed))
     guesses: dict[bool, Optional[float]] = {}
     for adaptive, name in ((False, "random"), (True, "adaptive")):
-        if go(f"average_{name}"):
-            avg = average_sharpness(obj, res.rhos, adaptive=adaptive,
-                                    n_samples=cfg.sharpness.samples,
-                                    antithetic=cfg.sharpness.antithetic, seed=cfg.seed)
+        avg = measure(f"average_{name}", lambda adaptive=adaptive: average_sharpness(
+            obj, res.rhos, adaptive=adaptive, n_samples=cfg.sharpness.samples,
+            antithetic=cfg.sharpness.antithetic, seed=cfg.seed))
+        if avg is not None:
             res.average[name] = avg
             r_max, m_max = max(zip(avg.rhos, avg.means))
             guesses[adaptive] = sigma_guess(m_max, r_max)
     for aware, name in ((False, "pac_bayes"), (True, "pac_bayes_magnitude")):
-        if go(name):
-            res.pac_bayes[name] = pac_bayes_flatness(obj, magnitude_aware=aware, seed=cfg.seed,
-                                                     rtol=PAC_BAYES_SIGMA_RTOL,
-                                                     guess=guesses.get(aware))
+        pb = measure(name, lambda aware=aware: pac_bayes_flatness(
+            obj, magnitude_aware=aware, seed=cfg.seed, rtol=PAC_BAYES_SIGMA_RTOL,
+            guess=guesses.get(aware)))
+        if pb is not None:
+            res.pac_bayes[name] = pb
 
 
 def step_noise(run: ProbeRun) -> None:
