@@ -165,6 +165,36 @@ def test_wrong_setups_are_refused_on_every_rank(tmp_path):
     assert "not deterministic" in dropout
 
 
+def _clocks_that_differ() -> dict:
+    """A time-capped probe run whose ranks' clocks disagree: rank 0's runs a second a reading
+    (its time is up within the top-k's run), rank 1's is the real one (up much later)."""
+    import itertools
+    import time
+    import types
+
+    from landscope.config import ProbeConfig, TraceConfig
+    from landscope.data import TensorSplit
+    from landscope.probes import cost
+    from landscope.probes.suite import run_probes
+
+    if rank_and_world()[0] == 0:
+        base, ticks = time.perf_counter(), itertools.count()
+        cost.time = types.SimpleNamespace(perf_counter=lambda: base + next(ticks))
+    model, x, y = seeded_model(*MODELS["mlp"], CLASSES, 40, seed=0)
+    cfg = ProbeConfig(top_k=3, trace=TraceConfig(enabled=True), data_size=None, micro_batch=20,
+                      budget_s=8.0, progress=False)
+    s = run_probes(model, TensorSplit(x, y), cfg).scalars
+    return {k: s.get(k) for k in ("top_stopped_by", "trace_stopped_by", "hvps", "lambda_max")}
+
+
+def test_ranks_whose_clocks_differ_stop_at_the_same_product(tmp_path):
+    """Each rank's time cap read its own clock, so one rank could stop while another went on
+    into a product's all-reduce and waited there: now the ranks agree before each product."""
+    a, b = _spawn(tmp_path, "_clocks_that_differ")
+    assert a == b, (a, b)
+    assert a["top_stopped_by"] == a["trace_stopped_by"] == "budget_s" and 1 < a["hvps"] < 20
+
+
 # ------------------------------------------------------------------ one process, no group
 def test_without_a_group_everything_is_the_one_process_operator():
     assert rank_and_world() == (0, 1) and init_from_env() == (0, 1)

@@ -61,7 +61,11 @@ class ProbeLedger:
 
     ``counter()`` returns the products spent so far; ``evals()`` the (loss, gradient)
     evaluations spent outside products (the sharpness family's). ``progress``: show a tqdm
-    bar per estimator. ``log``: where the plan line goes (``None``: nowhere)."""
+    bar per estimator. ``log``: where the plan line goes (``None``: nowhere). ``agree``: with
+    data-parallel ranks, turns this rank's "the time is up" before a product into the ranks'
+    common verdict (any rank's), so that every rank stops at the same product; the ranks'
+    clocks differ, and a rank that went on alone would wait in a product's all-reduce that
+    the others never make."""
 
     counter: Callable[[], int]
     max_products: Optional[int] = None
@@ -69,6 +73,7 @@ class ProbeLedger:
     progress: bool = False
     log: Optional[Callable[[str], None]] = None
     evals: Callable[[], tuple[int, int]] = lambda: (0, 0)
+    agree: Optional[Callable[[bool], bool]] = None
     started: float = field(default_factory=time.perf_counter)
     stages: dict[str, StageCost] = field(default_factory=dict)
     stopped: dict[str, str] = field(default_factory=dict)
@@ -80,12 +85,17 @@ class ProbeLedger:
     def stop(self, products: bool = True) -> Optional[str]:
         """The cap that is spent (``"max_products"``, ``"budget_s"``) or None; also moves the
         current estimator's bar. Estimators call it before each product; ``products=False``
-        asks only about the time (work that spends no products)."""
+        asks only about the time (work that spends no products, which each rank does whole:
+        its own clock decides, without ``agree``)."""
         n = self._advance()
         if products and self.max_products is not None and n >= self.max_products:
             return STOPPED_BY_PRODUCTS
-        if self.budget_s is not None and time.perf_counter() - self.started >= self.budget_s:
-            return STOPPED_BY_TIME
+        if self.budget_s is not None:
+            up = time.perf_counter() - self.started >= self.budget_s
+            if products and self.agree is not None:
+                up = self.agree(up)
+            if up:
+                return STOPPED_BY_TIME
         return None
 
     def _advance(self) -> int:

@@ -139,6 +139,11 @@ def quiet_other_ranks(rank: int) -> Iterator[None]:
             raise
 
 
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` holds on any rank of the default group (every rank must call it)."""
+    return agree_max(int(flag), rank_and_world()[1]) > 0
+
+
 def agree_max(code: int, world: int) -> int:
     """The largest of the ranks' exit codes (every rank stops when one refused its input)."""
     if world == 1:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from landscope.probes.cost import ProbeLedger
-from landscope.probes.distributed import hessian_operator, rank_and_world
+from landscope.probes.distributed import any_rank, hessian_operator, rank_and_world
 from landscope.probes.hvp import HessianOperator, forward_mode
 from landscope.probes.lanczos import lanczos_eigs
 from landscope.probes.objective import ModelObjective
@@ -101,7 +101,7 @@ def start_run(model: nn.Module, train_split, cfg: Any,
     ledger = ProbeLedger(counter=lambda: op.n_matvecs,
                          max_products=getattr(cfg, "max_products", None),
                          budget_s=getattr(cfg, "budget_s", None), progress=bool(show), log=log,
-                         started=tic)
+                         started=tic, agree=any_rank if ranks > 1 else None)
     run = ProbeRun(model=model, train_split=train_split, cfg=cfg, data=data, op=op,
                    ledger=ledger, plan=most_products(cfg, op.dim), w0=w0, ranks=ranks)
     if run.plan:  # the determinism check's timed product, else one kept for the top-k
