@@ -172,7 +172,7 @@ def _clocks_that_differ() -> dict:
     import time
     import types
 
-    from landscope.config import ProbeConfig, TraceConfig
+    from landscope.config import ProbeConfig, SharpnessConfig, TraceConfig
     from landscope.data import TensorSplit
     from landscope.probes import cost
     from landscope.probes.suite import run_probes
@@ -182,17 +182,57 @@ def _clocks_that_differ() -> dict:
         cost.time = types.SimpleNamespace(perf_counter=lambda: base + next(ticks))
     model, x, y = seeded_model(*MODELS["mlp"], CLASSES, 40, seed=0)
     cfg = ProbeConfig(top_k=3, trace=TraceConfig(enabled=True), data_size=None, micro_batch=20,
-                      budget_s=8.0, progress=False)
+                      budget_s=8.0, progress=False, sharpness=SharpnessConfig(enabled=True))
     s = run_probes(model, TensorSplit(x, y), cfg).scalars
-    return {k: s.get(k) for k in ("top_stopped_by", "trace_stopped_by", "hvps", "lambda_max")}
+    return {k: s.get(k) for k in ("top_stopped_by", "trace_stopped_by", "hvps", "lambda_max",
+                                  "sharpness_stopped_by", "sharpness_skipped")}
 
 
 def test_ranks_whose_clocks_differ_stop_at_the_same_product(tmp_path):
     """Each rank's time cap read its own clock, so one rank could stop while another went on
-    into a product's all-reduce and waited there: now the ranks agree before each product."""
+    into a product's all-reduce and waited there: now the ranks agree before each product and
+    each sharpness evaluation."""
     a, b = _spawn(tmp_path, "_clocks_that_differ")
     assert a == b, (a, b)
     assert a["top_stopped_by"] == a["trace_stopped_by"] == "budget_s" and 1 < a["hvps"] < 20
+    # the sharpness evaluations are collectives too (summed over the ranks' shards)
+    assert a["sharpness_stopped_by"] == "budget_s" and a["sharpness_skipped"] == ["worst_case"]
+
+
+SHARPNESS = dict(top_k=0, data_size=None, micro_batch=10, progress=False)
+
+
+def _sharpness_scalars(s: dict) -> dict:
+    return {k: v for k, v in s.items() if k.startswith(("sharpness_", "pac_bayes"))}
+
+
+def _sharpness_run() -> dict:
+    from landscope.config import ProbeConfig, SharpnessConfig
+    from landscope.data import TensorSplit
+    from landscope.probes.suite import run_probes, start_run
+
+    model, x, y = seeded_model(*MODELS["mlp"], CLASSES, 40, seed=0)
+    cfg = ProbeConfig(sharpness=SharpnessConfig(enabled=True, family=True), **SHARPNESS)
+    out = _sharpness_scalars(run_probes(model, TensorSplit(x, y), cfg).scalars)
+    objective = start_run(model, TensorSplit(x, y), cfg).objective  # what it evaluates on
+    return {**out, "objective_samples": (objective.data.n, objective.data.n_total)}
+
+
+def test_two_ranks_split_the_sharpness_measures_and_give_the_one_process_values(tmp_path):
+    """The sharpness measures ran whole on every rank; their evaluations are now summed over
+    the ranks' shards like the products: identical on both ranks, the one-process values to
+    rounding (float64), with the same number of evaluations."""
+    a, b = _spawn(tmp_path, "_sharpness_run")
+    ref = _sharpness_run()
+    assert ref.pop("objective_samples") == (40, 40)  # one process: the whole set
+    assert a.pop("objective_samples") == b.pop("objective_samples") == (20, 40)  # a shard each
+    assert a == b
+    assert set(a) == set(ref) and a["sharpness_loss_evals"] == ref["sharpness_loss_evals"]
+    assert a["sharpness_acc_evals"] == ref["sharpness_acc_evals"] > 0
+    floats = [k for k, v in ref.items() if isinstance(v, float)]
+    assert len(floats) > 10
+    for k in floats:
+        assert a[k] == pytest.approx(ref[k], rel=1e-9, abs=1e-12), k
 
 
 # ------------------------------------------------------------------ one process, no group

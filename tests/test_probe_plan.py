@@ -146,9 +146,9 @@ def _sharpness_cut_after(model, split, cfg, evaluations):
     with forward_mode(model, str(cfg.mode)):
         run = start_run(model, split, cfg)
         real, obj = run.ledger.stop, run.objective
-        run.ledger.stop = lambda products=True: (
+        run.ledger.stop = lambda products=True, together=None: (
             "budget_s" if evaluations is not None and obj.n_loss + obj.n_acc >= evaluations
-            else real(products))
+            else real(products, together))
         step_sharpness(run)
         finish_run(run)
     return run.scalars()

@@ -82,17 +82,19 @@ class ProbeLedger:
     _shown: Optional[Callable[[], int]] = None  # what the current stage's bar counts
 
 
-    def stop(self, products: bool = True) -> Optional[str]:
+    def stop(self, products: bool = True, together: Optional[bool] = None) -> Optional[str]:
         """The cap that is spent (``"max_products"``, ``"budget_s"``) or None; also moves the
         current estimator's bar. Estimators call it before each product; ``products=False``
-        asks only about the time (work that spends no products, which each rank does whole:
-        its own clock decides, without ``agree``)."""
+        asks only about the time (work that spends no products). ``together``: whether the
+        ranks decide together (``agree``), as they must where the work is a collective; the
+        default: for products, not for other work (which each rank does whole, on its own
+        clock)."""
         n = self._advance()
         if products and self.max_products is not None and n >= self.max_products:
             return STOPPED_BY_PRODUCTS
         if self.budget_s is not None:
             up = time.perf_counter() - self.started >= self.budget_s
-            if products and self.agree is not None:
+            if (products if together is None else together) and self.agree is not None:
                 up = self.agree(up)
             if up:
                 return STOPPED_BY_TIME

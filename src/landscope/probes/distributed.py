@@ -6,7 +6,9 @@ ranks' partial products, losses and gradients with ``all_reduce``: the operator 
 one-process operator on the whole data up to rounding, and is the same on every rank.  The
 estimators (Lanczos, Hutchinson, SLQ) draw their random vectors on the CPU from seeded
 generators, so every rank draws the same ones, takes the same steps and ends with the same
-result; only the products are split.
+result; only the products are split (and, in the probe suite, the sharpness measures' loss,
+gradient and accuracy evaluations: :class:`~landscope.probes.objective.ModelObjective` with
+``group``).
 
 Usage (``torchrun --nproc_per_node=2 script.py``)::
 

@@ -11,8 +11,10 @@ anyway), and :meth:`Objective.origin_accuracy` caches the accuracy there.
 
 :class:`ModelObjective` evaluates a network without writing it: on a private copy whose probed
 parameters are overwritten with each point (or, for a model that cannot be copied, through
-``torch.func.functional_call``); :class:`QuadraticObjective` is the closed-form oracle of the
-tests.
+``torch.func.functional_call``); with ``group`` (data-parallel ranks, each holding a shard of
+the data as :class:`~landscope.probes.hvp.HessianOperator` does) every loss, gradient and count
+of correct samples is summed over the ranks, so each rank sees the whole set's values and takes
+the same steps. :class:`QuadraticObjective` is the closed-form oracle of the tests.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import math
 from typing import Callable, Optional
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -187,14 +190,16 @@ class ModelObjective(Objective):
     subset as in :func:`landscope.probes.hvp.resolve_params`.  ``at_origin=(loss, grad)``
     skips the evaluation at ``theta0``: pass ``(op.loss(), op.gradient())`` of a
     :class:`~landscope.probes.hvp.HessianOperator` built on the same model, data, params and
-    mode (its loss agrees up to rounding: float32 ~1e-7 relative).
+    mode (its loss agrees up to rounding: float32 ~1e-7 relative). ``group``: a
+    ``torch.distributed`` process group whose ranks each hold a shard of the data
+    (:meth:`ProbeData.shard`); every evaluation is then a collective that every rank makes.
     """
 
     def __init__(self, model: nn.Module, data: ProbeData, params: Optional[dict[str, Tensor]]
                  = None, mode: Mode = "eval", *, at_origin: Optional[Origin] = None,
-                 copy_model: bool = True) -> None:
+                 copy_model: bool = True, group: Optional[object] = None) -> None:
         super().__init__(at_origin)
-        self.model, self.mode = model, mode
+        self.model, self.mode, self.group = model, mode, group
         self.names, values = resolve_params(model, params)
         self.dtype, self.device = values[0].dtype, values[0].device
         self._shapes = [v.shape for v in values]
@@ -246,6 +251,17 @@ class ModelObjective(Objective):
         return forward_mode(self.model, self.mode) if self._replica is None \
             else contextlib.nullcontext()
 
+    def _sum(self, t: Tensor) -> Tensor:
+        """``t`` summed over the ranks of ``group`` (in place); ``t`` itself without one."""
+        if self.group is not None:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
+        return t
+
+    def _sum_float(self, x: float) -> float:
+        if self.group is None:
+            return x
+        return float(self._sum(torch.tensor([x], dtype=torch.float64, device=self.device)))
+
     def loss(self, theta: Tensor) -> float:
         self.n_loss += 1
         total = 0.0
@@ -253,7 +269,7 @@ class ModelObjective(Objective):
             net = self._at(theta.detach())
             for (x, y), w in zip(self.data.batches, self.data.weights):
                 total += w * float(task_loss(self.model, net(x), y))
-        return total
+        return self._sum_float(total)
 
     def loss_and_grad(self, theta: Tensor) -> tuple[float, Tensor]:
         self.n_loss += 1
@@ -270,7 +286,7 @@ class ModelObjective(Objective):
                 grads = gs if grads is None else [a + b for a, b in zip(grads, gs)]
                 total += float(lb.detach())
         assert grads is not None
-        return total, torch.cat([g.reshape(-1) for g in grads])
+        return self._sum_float(total), self._sum(torch.cat([g.reshape(-1) for g in grads]))
 
     def _functional_loss_and_grad(self, theta: Tensor) -> tuple[float, Tensor]:
         leaf = theta.detach().clone().requires_grad_(True)
@@ -281,7 +297,7 @@ class ModelObjective(Objective):
                 lb = w * task_loss(self.model, functional_call(self.model, params, (x,)), y)
                 grad += torch.autograd.grad(lb, leaf)[0]
                 total += float(lb.detach())
-        return total, grad
+        return self._sum_float(total), self._sum(grad)
 
     def accuracy(self, theta: Tensor) -> float:
         """Exact fraction of correctly classified probe samples."""
@@ -291,4 +307,7 @@ class ModelObjective(Objective):
             net = self._at(theta.detach())
             for x, y in self.data.batches:
                 correct += n_correct(self.model, net(x), y)
-        return correct / self.data.n
+        if self.group is not None:
+            correct = int(self._sum(torch.tensor([correct], dtype=torch.int64,
+                                                 device=self.device)))
+        return correct / self.data.n_total

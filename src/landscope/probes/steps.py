@@ -203,29 +203,40 @@ class _TimeUp(Exception):
     """The time cap ran out inside a sharpness measure (raised by the objective's ``watch``)."""
 
 
+def sharpness_objective(model: Any, data: ProbeData, op: Any) -> ModelObjective:
+    """The sharpness measures' objective, whose loss and gradient at the trained point are the
+    operator's. With data-parallel products (``op.group``) it is data-parallel too: on the
+    operator's shard, each evaluation summed over the ranks, so that the measures' loss and
+    gradient evaluations are split like the products; else on ``data``."""
+    group = getattr(op, "group", None)
+    return ModelObjective(model, data if group is None else op.data, mode=op.mode,
+                          at_origin=(op.loss(), op.gradient()), group=group)
+
+
 def step_sharpness(run: ProbeRun) -> None:
-    """The sharpness measures on one objective whose loss and gradient at the trained point
-    come from the operator (computed once): ``run.sharpness``."""
-    op, ledger = run.op, run.ledger
-    obj = run.objective or ModelObjective(run.model, run.data, mode=op.mode,
-                                          at_origin=(op.loss(), op.gradient()))
+    """The sharpness measures on one objective (:func:`sharpness_objective`):
+    ``run.sharpness``."""
+    ledger = run.ledger
+    obj = run.objective or sharpness_objective(run.model, run.data, run.op)
     ledger.evals = lambda: (obj.n_loss + obj.n_acc, obj.n_grad)
+    together = obj.group is not None  # evaluations are collectives: the ranks stop together
 
     def watch() -> None:  # before each evaluation: the bar counts them (the family spends no
-        why = ledger.stop(products=False)  # products), and the time cap may cut the measure
-        if why is not None:
+        why = ledger.stop(products=False, together=together)  # products), and the time cap
+        if why is not None:  # may cut the measure
             raise _TimeUp(why)
 
     obj.watch = watch
     try:
         with ledger.stage("sharpness", shown=lambda: obj.n_loss + obj.n_acc, unit="eval"):
-            run.sharpness = _sharpness(obj, run.cfg, ledger)
+            run.sharpness = _sharpness(obj, run.cfg, ledger, together)
     finally:
         obj.watch = None
     run.objective = None  # its copy of the model is not needed after the measures
 
 
-def _sharpness(obj: ModelObjective, cfg: Any, ledger: ProbeLedger) -> SharpnessResults:
+def _sharpness(obj: ModelObjective, cfg: Any, ledger: ProbeLedger,
+               together: bool = False) -> SharpnessResults:
     """``budget_s`` is checked before each measure and each of its evaluations; a
     measure it skipped, or cut midway (its partial result is dropped), is named in
     ``skipped``, and so is every measure after it."""
@@ -233,7 +244,7 @@ def _sharpness(obj: ModelObjective, cfg: Any, ledger: ProbeLedger) -> SharpnessR
                            epsilons=[float(e) for e in cfg.sharpness.keskar_epsilons])
 
     def measure(name: str, fn: Callable[[], Any]) -> Any:
-        why = res.stopped_by or ledger.stop(products=False)
+        why = res.stopped_by or ledger.stop(products=False, together=together)
         if why is None:
             try:
                 return fn()

@@ -24,7 +24,6 @@ from landscope.probes.cost import ProbeLedger
 from landscope.probes.distributed import any_rank, hessian_operator, rank_and_world
 from landscope.probes.hvp import HessianOperator, forward_mode
 from landscope.probes.lanczos import lanczos_eigs
-from landscope.probes.objective import ModelObjective
 from landscope.probes.plan import (
     evaluation_seconds,
     fewest_products,
@@ -37,6 +36,7 @@ from landscope.probes.steps import (
     PAC_BAYES_SIGMA_RTOL,
     TRACE_GPU_BLOCK,
     TRACE_MIN_SAMPLES,
+    sharpness_objective,
     step_verify,
     steps_for,
 )
@@ -109,8 +109,7 @@ def start_run(model: nn.Module, train_split, cfg: Any,
         run.product_seconds = op.prime(cfg.seed) if seconds is None else seconds
     evaluations, eval_seconds = sharpness_evaluations(cfg), (0.0, 0.0)
     if evaluations:  # the objective the sharpness step will use, timed
-        run.objective = ModelObjective(model, data, mode=op.mode,
-                                       at_origin=(op.loss(), op.gradient()))
+        run.objective = sharpness_objective(model, data, op)
         eval_seconds = evaluation_seconds(run.objective)
     if run.plan or evaluations:
         ledger.plan(run.plan, fewest_products(cfg, op.dim), run.product_seconds, evaluations,
