@@ -65,7 +65,7 @@ from landscope.probes.determinism import same_products
 from landscope.probes.lanczos import start_vector
 from landscope.probes.memory import activation_checkpointing
 from landscope.probes.primitives import CurvaturePrimitives
-from landscope.probes.probe_data import ProbeData
+from landscope.probes.probe_data import ProbeData, float_summed_over_ranks, summed_over_ranks
 
 Method = Literal["cached", "double_backward", "forward_over_reverse"]
 Mode = Literal["eval", "train"]
@@ -203,15 +203,10 @@ class HessianOperator:
 
     # ----------------------------------------------------------------- ranks
     def _reduce(self, t: Tensor) -> Tensor:
-        """``t`` summed over the ranks of ``group`` (in place); ``t`` itself without one."""
-        if self.group is not None:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
-        return t
+        return summed_over_ranks(t, self.group)
 
     def _reduce_float(self, x: float) -> float:
-        if self.group is None:
-            return x
-        return float(self._reduce(torch.tensor([x], dtype=torch.float64, device=self.device)))
+        return float_summed_over_ranks(x, self.group, self.device)
 
     def _check_ranks(self) -> None:
         """Every rank probes the same parameters and the shards' weights add up to 1."""

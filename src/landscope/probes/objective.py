@@ -25,14 +25,13 @@ import math
 from typing import Callable, Optional
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from landscope.errors import LandscopeError
 from landscope.losses import n_correct, task_loss
 from landscope.probes.hvp import MODES, Mode, fixed_tensors, forward_mode, resolve_params
-from landscope.probes.probe_data import ProbeData
+from landscope.probes.probe_data import ProbeData, float_summed_over_ranks, summed_over_ranks
 
 Origin = tuple[float, Tensor]
 
@@ -252,15 +251,10 @@ class ModelObjective(Objective):
             else contextlib.nullcontext()
 
     def _sum(self, t: Tensor) -> Tensor:
-        """``t`` summed over the ranks of ``group`` (in place); ``t`` itself without one."""
-        if self.group is not None:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
-        return t
+        return summed_over_ranks(t, self.group)
 
     def _sum_float(self, x: float) -> float:
-        if self.group is None:
-            return x
-        return float(self._sum(torch.tensor([x], dtype=torch.float64, device=self.device)))
+        return float_summed_over_ranks(x, self.group, self.device)
 
     def loss(self, theta: Tensor) -> float:
         self.n_loss += 1

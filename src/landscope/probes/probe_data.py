@@ -188,3 +188,20 @@ def _gather(split: Split, order: Tensor) -> Batch:
         start += len(yb)
     assert x_out is not None and y_out is not None
     return x_out, y_out
+
+
+def summed_over_ranks(t: Tensor, group: Optional[object]) -> Tensor:
+    """``t`` summed over the ranks of ``group`` in place (each rank holding a shard, whose
+    weighted sums add up to the whole set's); ``t`` itself without a group."""
+    if group is not None:
+        import torch.distributed as dist
+
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    return t
+
+
+def float_summed_over_ranks(x: float, group: Optional[object], device: torch.device) -> float:
+    """:func:`summed_over_ranks` of a float (in float64)."""
+    if group is None:
+        return x
+    return float(summed_over_ranks(torch.tensor([x], dtype=torch.float64, device=device), group))
