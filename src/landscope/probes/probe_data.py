@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from landscope.data import Split
@@ -194,8 +195,6 @@ def summed_over_ranks(t: Tensor, group: Optional[object]) -> Tensor:
     """``t`` summed over the ranks of ``group`` in place (each rank holding a shard, whose
     weighted sums add up to the whole set's); ``t`` itself without a group."""
     if group is not None:
-        import torch.distributed as dist
-
         dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
     return t
 

@@ -229,22 +229,21 @@ def step_sharpness(run: ProbeRun) -> None:
     obj.watch = watch
     try:
         with ledger.stage("sharpness", shown=lambda: obj.n_loss + obj.n_acc, unit="eval"):
-            run.sharpness = _sharpness(obj, run.cfg, ledger, together)
+            run.sharpness = _sharpness(obj, run.cfg, ledger)
     finally:
         obj.watch = None
     run.objective = None  # its copy of the model is not needed after the measures
 
 
-def _sharpness(obj: ModelObjective, cfg: Any, ledger: ProbeLedger,
-               together: bool = False) -> SharpnessResults:
-    """``budget_s`` is checked before each measure and each of its evaluations; a
-    measure it skipped, or cut midway (its partial result is dropped), is named in
-    ``skipped``, and so is every measure after it."""
+def _sharpness(obj: ModelObjective, cfg: Any, ledger: ProbeLedger) -> SharpnessResults:
+    """``budget_s`` is checked before each evaluation (the objective's ``watch``); a measure
+    it cut (its partial result is dropped) is named in ``skipped``, and so is every measure
+    after it, which does not start."""
     res = SharpnessResults(rhos=[float(r) for r in cfg.sharpness.rhos],
                            epsilons=[float(e) for e in cfg.sharpness.keskar_epsilons])
 
     def measure(name: str, fn: Callable[[], Any]) -> Any:
-        why = res.stopped_by or ledger.stop(products=False, together=together)
+        why = res.stopped_by
         if why is None:
             try:
                 return fn()
