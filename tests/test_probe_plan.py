@@ -110,6 +110,33 @@ def test_sharpness_evaluations_and_the_averages_exact_count():
     assert sharpness_evaluations(ProbeConfig(sharpness=SharpnessConfig(enabled=False))) == {}
 
 
+def test_sharpness_enabled_false_switches_the_family_off_too():
+    """``probe=standard probe.sharpness.enabled=false`` used to run the whole family anyway
+    (it ran on ``enabled or family``), and the plan counted its evaluations."""
+    from omegaconf import OmegaConf
+
+    from landscope.config import Config
+    from landscope.config.check import unread_keys
+    from landscope.probes.steps import steps_for
+
+    model, split = _split_and_model()
+    off = ProbeConfig(top_k=2, data_size=None, micro_batch=60, progress=False,
+                      multiplicity_check=False,
+                      sharpness=SharpnessConfig(enabled=False, family=True))
+    assert step_sharpness not in steps_for(off) and sharpness_evaluations(off) == {}
+    assert step_sharpness in steps_for(ProbeConfig(sharpness=SharpnessConfig(enabled=True)))
+    lines: list[str] = []
+    s = run_probes(model, split, off, log=lines.append).scalars
+    assert "sharpness" not in lines[0]
+    assert not any(k.startswith("sharpness") for k in s) and "lambda_max" in s
+    # the family's own settings are not read then (changing them re-probes nothing)
+    tree = OmegaConf.to_container(OmegaConf.structured(Config()), enum_to_str=True)
+    tree["probe"]["sharpness"].update(enabled=False, family=True)
+    assert "probe.sharpness.samples" in unread_keys(Config, tree)
+    tree["probe"]["sharpness"]["enabled"] = True
+    assert "probe.sharpness.samples" not in unread_keys(Config, tree)
+
+
 def test_timing_the_objective_leaves_the_measures_counts_their_own():
     model, split = _split_and_model()
     data = ProbeData.from_tensors(split.x, split.y, micro_batch=60)

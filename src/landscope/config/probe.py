@@ -54,8 +54,8 @@ class DensityConfig:
         need(self.logdet_eps >= 0, "probe.density.logdet_eps", ">= 0", self.logdet_eps)
 
 
-#: average sharpness (its samples) runs only in the family
-_FAMILY = read_if(lambda sharpness, root: sharpness["family"])
+#: average sharpness (its samples) runs only in the family, and the family only with the step on
+_FAMILY = read_if(lambda sharpness, root: sharpness["enabled"] and sharpness["family"])
 #: the bounds' settings are read only with the bounds on; the Adam search's only when it runs
 _BOUNDS_ON = read_if(lambda pacbayes, root: pacbayes["enabled"])
 _OPTIMIZED = read_if(lambda pacbayes, root: pacbayes["enabled"]
@@ -65,12 +65,13 @@ _OPTIMIZED = read_if(lambda pacbayes, root: pacbayes["enabled"]
 @dataclass
 class SharpnessConfig:
     """The sharpness measures (``probe.sharpness.*``; :mod:`landscope.probes.sharpness`).
-    Only read with ``enabled`` or ``family``."""
+    Only read with ``enabled``, which, as every estimator group's, switches the whole group
+    off: the family too."""
 
-    # worst-case l2 (SAM) at rhos always; the family adds adaptive (ASAM), Keskar
-    # epsilon-sharpness, average sharpness and PAC-Bayes flatness
+    # worst-case l2 (SAM) at rhos; the family adds adaptive (ASAM), Keskar epsilon-sharpness,
+    # average sharpness and PAC-Bayes flatness
     enabled: bool = False
-    family: bool = False
+    family: bool = False  # only with enabled
     rhos: List[float] = field(default_factory=lambda: [0.05])  # radii of the l2 balls
     # Keskar epsilon-sharpness: the boxes |y_i| <= eps (|theta_i| + 1)
     keskar_epsilons: List[float] = field(default_factory=lambda: [1e-3, 5e-3])

@@ -87,7 +87,7 @@ def sharpness_evaluations(cfg: Any) -> dict[str, int]:
     """The sharpness step's usual evaluations: ``{"gradient": loss-and-gradient evaluations,
     "forward": loss and accuracy passes}`` (empty without the step)."""
     sh = cfg.sharpness
-    if not (sh.enabled or sh.family):
+    if not sh.enabled:
         return {}
     rhos, eps = len(sh.rhos), len(sh.keskar_epsilons)
     grads = ASCENT_EVALS["worst_case"] * rhos

@@ -77,7 +77,7 @@ def steps_for(cfg: Any) -> list[Step]:
         (bool(cfg.density.enabled), step_density), (bool(cfg.trace.enabled), step_trace),
         (bool(list(getattr(cfg, "curvature", None) or [])), step_curvature),
         (str(cfg.per_block) != "none", step_blocks),
-        (bool(cfg.sharpness.enabled or cfg.sharpness.family), step_sharpness),
+        (bool(cfg.sharpness.enabled), step_sharpness),
         (bool(cfg.noise.enabled), step_noise), (bool(cfg.pacbayes.enabled), step_pacbayes),
         (bool(getattr(cfg, "classes", False)), step_classes)]
     return [step for on, step in steps if on]
