@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import os
 
 import pytest
 import torch
@@ -311,3 +312,76 @@ def test_gram_trick_on_known_covariance():
     assert torch.allclose(lam, ref[:n - 1], rtol=1e-12, atol=0)
     assert float((sigma @ v - v * lam).norm()) <= 1e-12
     assert math.isclose(noise_trace(c), float(torch.trace(sigma)), rel_tol=1e-13)
+
+
+# ------------------------------------------------------------ the per-sample rows' memory
+def test_available_memory_is_read_on_the_cpu():
+    from landscope.probes.per_sample import available_bytes
+
+    avail = available_bytes(torch.device("cpu"))
+    if not os.path.exists("/proc/meminfo"):
+        pytest.skip("no /proc/meminfo here")
+    total = next(int(line.split()[1]) * 1024 for line in open("/proc/meminfo")
+                 if line.startswith("MemTotal:"))
+    assert avail is not None and 0 < avail <= total
+
+
+def test_rows_that_do_not_fit_are_refused_with_the_most_that_fit(monkeypatch):
+    from landscope.probes import per_sample
+
+    monkeypatch.setattr(per_sample, "available_bytes", lambda device: 10 * 2 ** 30)
+    # 256 x 21.8M float32 rows, twice that at the peak: 41.6 GiB
+    line = per_sample.rows_memory_problem(256, 21_800_000, torch.float32, torch.device("cpu"))
+    assert line.startswith("probe.noise.samples=256 needs about 41.6 GiB")
+    assert "256 x 21,800,000 parameters in float32" in line and "10.0 GiB are available" in line
+    most = int(line.split("probe.noise.samples <= ")[1].split(",")[0])
+    assert most == 61  # 10 GiB / (2 x 4 B x 21.8M)
+    assert per_sample.rows_memory_problem(most, 21_800_000, torch.float32,
+                                          torch.device("cpu")) is None
+    two = per_sample.rows_memory_problem(most, 21_800_000, torch.float32, torch.device("cpu"),
+                                         processes=2)
+    assert ", 2 processes)" in two and "probe.noise.samples <= 30," in two
+    assert "no 2 samples fit" in per_sample.rows_memory_problem(
+        256, 10 ** 10, torch.float64, torch.device("cpu"))
+    monkeypatch.setattr(per_sample, "available_bytes", lambda device: None)
+    assert per_sample.rows_memory_problem(256, 10 ** 12, torch.float32,
+                                          torch.device("cpu")) is None  # unknown: no refusal
+
+
+def test_a_probe_run_whose_noise_step_cannot_fit_stops_before_any_estimator(monkeypatch):
+    from landscope.config import NoiseConfig, ProbeConfig, TraceConfig
+    from landscope.data import TensorSplit
+    from landscope.probes import per_sample
+    from landscope.probes.suite import run_probes
+
+    model, x, y = seeded_model(dict(name="mlp", width=8, depth=2), (1, 40), 10, 60)
+    split = TensorSplit(x.float(), y)
+    model = model.float()
+    cfg = ProbeConfig(top_k=3, data_size=None, micro_batch=60, progress=False,
+                      trace=TraceConfig(enabled=True), noise=NoiseConfig(enabled=True, samples=40))
+    d = sum(p.numel() for p in model.parameters())
+    monkeypatch.setattr(per_sample, "available_bytes", lambda device: 20 * 2 * 4 * d)
+    lines: list[str] = []
+    with pytest.raises(LandscopeError, match=r"^probe.noise.samples=40 needs about .* use "
+                                             r"probe.noise.samples <= 20, or probe.noise"):
+        run_probes(model, split, cfg, log=lines.append)
+    assert lines == []  # refused before the plan line: nothing ran
+    cfg.noise.samples = 20
+    s = run_probes(model, split, cfg).scalars
+    assert s["noise_samples"] == 20 and "lambda_max" in s
+
+
+def test_the_noise_steps_peak_is_within_its_rows_peak_factor():
+    """The factor the refusal uses (ROWS_PEAK) bounds the noise step's live tensors on an MLP
+    whose rows dominate (the figures for other models: docs/measurements.md)."""
+    from landscope.probes.memory import peak_memory
+    from landscope.probes.per_sample import ROWS_PEAK
+
+    model, x, y = seeded_model(dict(name="mlp", width=256, depth=3), (1, 40), 10, 256)
+    model = model.float()
+    data = ProbeData.from_tensors(x.float(), y, micro_batch=1000)
+    op = HessianOperator(model, data)
+    peak = peak_memory(lambda: gradient_noise(model, data, hessian=op, seed=0,
+                                              alignment="lowrank"), torch.device("cpu"))
+    rows = 256 * op.dim * 4
+    assert rows < peak.peak_bytes <= ROWS_PEAK * rows

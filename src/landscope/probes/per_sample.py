@@ -15,7 +15,9 @@ its page faults, which on the default MLP took longer than the per-sample gradie
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -30,6 +32,63 @@ from landscope.probes.probe_data import ProbeData
 # samples vmapped at a time: 256 took 26-32 % less time than 64 on every CPU model of
 # scripts/bench_probe_cost.py (docs/measurements.md#probes-noise)
 DEFAULT_CHUNK = 256
+
+#: the noise step's peak over its rows' own n x D bytes: 1.46 (MLP, D = 551k), 1.49 (ViT),
+#: 1.86 (ResNet-18 width 16) with 256 samples, 2.04 with 64
+#: (docs/measurements.md#probes-noise-memory)
+ROWS_PEAK = 2.0
+
+
+def available_bytes(device: torch.device) -> Optional[int]:
+    """Memory free for new tensors on ``device``: on CUDA the driver's free memory plus what
+    the caching allocator holds unused; on the CPU Linux's ``MemAvailable``, at most what the
+    process's cgroup (v2 or v1) still allows. None where it cannot be read."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    if device.type != "cpu":
+        return None
+    found: list[int] = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit, usage in (("memory.max", "memory.current"),
+                         ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        try:
+            cap = Path("/sys/fs/cgroup", limit).read_text().strip()
+            if cap != "max" and int(cap) < 2 ** 60:
+                found.append(int(cap) - int(Path("/sys/fs/cgroup", usage).read_text()))
+                break
+        except (OSError, ValueError):
+            continue
+    return max(min(found), 0) if found else None
+
+
+def rows_memory_problem(n: int, n_params: int, dtype: torch.dtype, device: torch.device,
+                        processes: int = 1) -> Optional[str]:
+    """One line when ``n`` per-sample gradient rows of ``n_params`` (about :data:`ROWS_PEAK`
+    times their own bytes at the noise step's peak, in each of ``processes`` sharing the
+    memory) do not fit in :func:`available_bytes`; None when they fit or it is unknown."""
+    avail, kind = available_bytes(device), str(dtype).replace("torch.", "")
+    each = ROWS_PEAK * n_params * torch.empty((), dtype=dtype).element_size() * processes
+    if avail is None or n * each <= avail:
+        return None
+    most = int(avail // each)
+    fix = (f"use probe.noise.samples <= {most}" if most >= 2 else "no 2 samples fit")
+    return (f"probe.noise.samples={n} needs about {n * each / 2 ** 30:.1f} GiB for the noise "
+            f"step's per-sample gradients ({n} x {n_params:,} parameters in {kind}"
+            + (f", {processes} processes" if processes > 1 else "")
+            + f") but {avail / 2 ** 30:.1f} GiB are available on {device}: {fix}, "
+            "or probe.noise.enabled=false")
+
+
+def local_processes(ranks: int) -> int:
+    """How many probe processes share this host's memory: torchrun's ``LOCAL_WORLD_SIZE``,
+    else ``ranks`` (``probe.ranks`` starts them all here)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", ranks))
 
 
 class GradientRows:

@@ -20,10 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from landscope.errors import LandscopeError
 from landscope.probes.cost import ProbeLedger
 from landscope.probes.distributed import any_rank, hessian_operator, rank_and_world
 from landscope.probes.hvp import HessianOperator, forward_mode
 from landscope.probes.lanczos import lanczos_eigs
+from landscope.probes.per_sample import local_processes, rows_memory_problem
 from landscope.probes.plan import (
     evaluation_seconds,
     fewest_products,
@@ -94,6 +96,7 @@ def start_run(model: nn.Module, train_split, cfg: Any,
     (:mod:`~landscope.probes.plan`); the plan line goes to ``log``."""
     tic = time.perf_counter()
     data = probe_data(train_split, cfg)
+    _check_noise_memory(cfg, model, data)
     op = hessian_operator(model, data, mode=str(cfg.mode), seed=cfg.seed,
                           checkpointing=bool(getattr(cfg, "checkpointing", False)))
     ranks = rank_and_world()[1]
@@ -115,6 +118,23 @@ def start_run(model: nn.Module, train_split, cfg: Any,
         ledger.plan(run.plan, fewest_products(cfg, op.dim), run.product_seconds, evaluations,
                     eval_seconds)
     return run
+
+
+def _check_noise_memory(cfg: Any, model: nn.Module, data: ProbeData) -> None:
+    """Refuse, before anything is computed, a noise step whose per-sample gradients do not
+    fit in memory (the ranks decide together: each computes them whole)."""
+    noise = getattr(cfg, "noise", None)
+    if noise is None or not noise.enabled:
+        return
+    params = [p for p in model.parameters() if p.requires_grad]
+    first, ranks = params[0], rank_and_world()[1]
+    problem = rows_memory_problem(
+        min(int(noise.samples), data.n_total), sum(p.numel() for p in params), first.dtype,
+        first.device, local_processes(ranks) if first.device.type == "cpu" else 1)
+    if ranks > 1 and any_rank(problem is not None) and problem is None:
+        problem = "another rank has no memory for the noise step's per-sample gradients"
+    if problem is not None:
+        raise LandscopeError(problem)
 
 
 def finish_run(run: ProbeRun, log: Optional[Callable[[str], None]] = None) -> None:
