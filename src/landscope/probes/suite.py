@@ -127,6 +127,8 @@ def _check_noise_memory(cfg: Any, model: nn.Module, data: ProbeData) -> None:
     if noise is None or not noise.enabled:
         return
     params = [p for p in model.parameters() if p.requires_grad]
+    if not params:  # the operator names that problem
+        return
     first, ranks = params[0], rank_and_world()[1]
     problem = rows_memory_problem(
         min(int(noise.samples), data.n_total), sum(p.numel() for p in params), first.dtype,
