@@ -73,7 +73,7 @@ def rows_memory_problem(n: int, n_params: int, dtype: torch.dtype, device: torch
     times their own bytes at the noise step's peak, in each of ``processes`` sharing the
     memory) do not fit in :func:`available_bytes`; None when they fit or it is unknown."""
     avail, kind = available_bytes(device), str(dtype).replace("torch.", "")
-    each = ROWS_PEAK * n_params * torch.empty((), dtype=dtype).element_size() * processes
+    each = ROWS_PEAK * n_params * dtype.itemsize * processes
     if avail is None or n * each <= avail:
         return None
     most = int(avail // each)

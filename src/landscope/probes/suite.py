@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from landscope.errors import LandscopeError
+from landscope.models import count_parameters
 from landscope.probes.cost import ProbeLedger
 from landscope.probes.distributed import any_rank, hessian_operator, rank_and_world
 from landscope.probes.hvp import HessianOperator, forward_mode
@@ -126,13 +127,13 @@ def _check_noise_memory(cfg: Any, model: nn.Module, data: ProbeData) -> None:
     noise = getattr(cfg, "noise", None)
     if noise is None or not noise.enabled:
         return
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:  # the operator names that problem
+    first = next((p for p in model.parameters() if p.requires_grad), None)
+    if first is None:  # the operator names that problem
         return
-    first, ranks = params[0], rank_and_world()[1]
+    ranks = rank_and_world()[1]
     problem = rows_memory_problem(
-        min(int(noise.samples), data.n_total), sum(p.numel() for p in params), first.dtype,
-        first.device, local_processes(ranks) if first.device.type == "cpu" else 1)
+        min(int(noise.samples), data.n_total), count_parameters(model, trainable_only=True),
+        first.dtype, first.device, local_processes(ranks) if first.device.type == "cpu" else 1)
     if ranks > 1 and any_rank(problem is not None) and problem is None:
         problem = "another rank has no memory for the noise step's per-sample gradients"
     if problem is not None:
