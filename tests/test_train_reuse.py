@@ -8,6 +8,7 @@ time and the ``trained_in`` that says where the training was done.
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -125,6 +126,55 @@ def test_an_unfinished_sibling_is_not_taken(tiny_job, tmp_path):
     (tmp_path / "a" / "result.json").unlink()
     result, _ = tiny_job(["probe.data_size=48"], "b")
     assert "trained_in" not in result
+
+
+def test_a_job_whose_probes_failed_after_training_keeps_it_for_a_sibling_and_runner_probe(
+        compose, tmp_path, monkeypatch, capsys):
+    """The noise step refused for memory after training: the failed result.json keeps the
+    training, a sibling with the setting changed takes it, and runner.probe finishes the job,
+    neither training again."""
+    import landscope.jobs as jobs
+    from landscope.jobcheck import finished_training
+    from landscope.probes import per_sample
+    from runner.cli import update_finished_jobs
+
+    def cfg(samples):
+        return compose([*TINY, "probe.noise.enabled=true", f"probe.noise.samples={samples}"])
+
+    with monkeypatch.context() as patched:  # room for a few rows of its 418 parameters
+        patched.setattr(per_sample, "available_bytes", lambda device: 20_000)
+        failed = jobs.run_job(cfg(32), tmp_path / "a", [])
+    assert failed["status"] == "failed" and failed["message"].endswith(jobs.KEPT_TRAINING)
+    assert failed["message"].startswith("probe.noise.samples=32 needs about")
+    record = read_json(tmp_path / "a" / "result.json")
+    assert record["status"] == "failed" and record["error"] == \
+        failed["message"][:-len(jobs.KEPT_TRAINING)]
+    trained = finished_training(record)
+    assert trained["status"] == "completed" and trained["epochs_completed"] == 2
+    assert "probes" not in trained and (tmp_path / "a" / "traceback.txt").is_file()
+
+    taken, b = jobs.train_job(cfg(16), tmp_path / "b", []), tmp_path / "b"
+    assert taken["trained_in"] == "a" and taken["resumed_from_epoch"] == 2
+    assert taken["final"] == trained["final"] and _same_model(tmp_path / "a", b)
+    assert taken["probes"]["noise_samples"] == 16
+
+    assert update_finished_jobs([(tmp_path / "a", cfg(16))], "probed", "probe", dict) == 0
+    done = read_json(tmp_path / "a" / "result.json")
+    assert done["status"] == "completed" and "error" not in done and "trained" not in done
+    assert done["final"] == trained["final"] and done["epochs_completed"] == 2
+    assert _untimed(done["probes"]) == _untimed(taken["probes"])
+    assert not (tmp_path / "a" / "traceback.txt").exists()
+    assert read_jsonl(tmp_path / "a" / "metrics.jsonl") == read_jsonl(b / "metrics.jsonl")
+
+    # a job that failed in training has no training to probe: skipped, saying so
+    record.pop("trained")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "result.json").write_text(json.dumps(record), encoding="utf-8")
+    assert finished_training(record) is None
+    capsys.readouterr()
+    assert update_finished_jobs([(tmp_path / "c", cfg(16))], "probed", "probe", dict) == 0
+    assert capsys.readouterr().out.strip() == \
+        f"skipped: {tmp_path / 'c'} (status failed in training: the runner resumes it)"
 
 
 def test_the_trajectory_is_taken_with_the_training_when_recorded_alike(compose, tmp_path):

@@ -4,6 +4,8 @@ finished job is missing.
 - :func:`read_result`: ``result.json`` when it is well-formed, else None (a file without a
   fingerprint, a status or, for a finished job, its final metrics is as good as absent: the
   job reruns from its checkpoints).
+- :func:`finished_training`: the result of a training that finished, also when a stage after
+  it failed.
 - :func:`conflict_reason`: the one line that refuses a config whose job directory holds
   another job (decided from result.json, else the newest valid checkpoint, else
   config.yaml), before anything is written.
@@ -25,6 +27,9 @@ log = logging.getLogger("landscope")
 
 FINISHED = ("completed", "diverged")
 STATUSES = (*FINISHED, "failed")
+# a failed result's field: the training's own result, when the training finished and a stage
+# after it (the probes, the landscape) failed; read through finished_training
+TRAINED = "trained"
 
 
 def result_defect(result: object) -> Optional[str]:
@@ -40,6 +45,19 @@ def result_defect(result: object) -> Optional[str]:
                 not isinstance(result.get("final"), dict):
             return "no final metrics"
     return None
+
+
+def finished_training(result: dict) -> Optional[dict]:
+    """The result of the job's finished training: ``result`` itself when it is finished,
+    the training's own result kept in a failed one whose stages after training failed (so
+    that ``runner.probe`` and a sibling job can use the trained model), else None."""
+    if result.get("status") in FINISHED:
+        return result
+    trained = result.get(TRAINED)
+    if result.get("status") != "failed" or result_defect(trained) is not None:
+        return None
+    same = trained.get("fingerprint") == result.get("fingerprint")
+    return trained if same and trained["status"] in FINISHED else None
 
 
 def read_result(path: Path, warn: bool = True) -> Optional[dict]:

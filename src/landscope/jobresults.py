@@ -31,7 +31,7 @@ from landscope.config import plain, typed
 from landscope.errors import ConfigError, one_line
 from landscope.fingerprints import checkpoint_of, landscape_fingerprint, probe_fingerprint
 from landscope.io import jsonable, read_json, write_json, write_jsonl
-from landscope.jobcheck import metrics_intact, read_result
+from landscope.jobcheck import finished_training, metrics_intact, read_result
 from landscope.jobdir import JobDir
 from landscope.progress import wanted
 from landscope.stages import CachedStage, Report, StageContext, cached_run, run_stages
@@ -300,7 +300,9 @@ def probe_checkpoint(cfg: DictConfig, ckpt_path: Path) -> dict:
 def probe_finished_job(cfg: DictConfig, job_dir: Path, previous: dict) -> dict:
     """Run the configured probes and landscape on a finished job's final checkpoint (no
     retraining; cached results are reused) and update its result.json and figures, holding
-    the job directory's lock (:class:`JobLocked` when another process has it)."""
+    the job directory's lock (:class:`JobLocked` when another process has it). ``previous``
+    is the finished training's result (a failed job's, when only its later stages failed:
+    :func:`landscope.jobcheck.finished_training`)."""
     from landscope.joblock import job_lock
     from landscope.migrate import migrate_job
 
@@ -308,6 +310,7 @@ def probe_finished_job(cfg: DictConfig, job_dir: Path, previous: dict) -> dict:
     with job_lock(job_dir):
         migrate_job(job_dir, cfg)  # written before fingerprint version 2: records moved, once
         current = read_result(job_dir / "result.json")  # another process may have updated it
+        current = None if current is None else finished_training(current)
         return probe_finished(typed(cfg), job_dir, current if current is not None else previous)
 
 

@@ -13,8 +13,9 @@ killed after the take and run again still says where its training was done
 
 A directory is taken when all of these hold:
 
-- its ``result.json`` is finished (completed or diverged) and carries this job's training
-  fingerprint (:func:`landscope.fingerprints.fingerprint`);
+- its ``result.json`` is finished (completed or diverged), or failed after a finished
+  training (its probes or landscape failed: :func:`landscope.jobcheck.finished_training`),
+  and carries this job's training fingerprint (:func:`landscope.fingerprints.fingerprint`);
 - its newest checkpoint is the final one (the epoch ``result.json`` completed) and was
   written under that fingerprint;
 - it recorded during training what this job records (:func:`recorded_in_training`): the
@@ -58,9 +59,9 @@ def recorded_in_training(cfg: Any) -> dict:
 
 
 def _candidates(job_dir: Path, fp: str):
-    """The finished jobs beside ``job_dir`` (:class:`~landscope.jobdir.JobDir`, by name) whose
-    result.json carries ``fp``, with their results."""
-    from landscope.jobcheck import FINISHED
+    """The jobs beside ``job_dir`` (:class:`~landscope.jobdir.JobDir`, by name) whose training
+    finished under ``fp``, with their trainings' results."""
+    from landscope.jobcheck import FINISHED, finished_training
     from landscope.jobdir import Sweep, screen
 
     try:
@@ -68,8 +69,9 @@ def _candidates(job_dir: Path, fp: str):
     except OSError:
         return
     for found in screen(siblings, FINISHED):
-        if found.ok and found.result.get("fingerprint") == fp:
-            yield found.job, found.result
+        trained = None if found.result is None else finished_training(found.result)
+        if trained is not None and trained.get("fingerprint") == fp:
+            yield found.job, trained
 
 
 def _usable(job: Any, result: dict, fp: str, wanted: dict) -> Optional[list[tuple[Path, str]]]:

@@ -28,7 +28,7 @@ from landscope.fingerprints import (  # noqa: F401
     training_fingerprints,
 )
 from landscope.io import atomic_write_text, write_json
-from landscope.jobcheck import FINISHED, JobRefused, conflict_reason, read_result
+from landscope.jobcheck import FINISHED, TRAINED, JobRefused, conflict_reason, read_result
 from landscope.joblock import JobLocked, job_lock
 
 # Re-exported: commands, scripts and tests import these from here.
@@ -62,6 +62,9 @@ from landscope.tracking import make_tracker
 log = logging.getLogger("landscope")
 
 FAILED, INVALID, SKIPPED = "failed", "invalid", "skipped"  # skipped: a summary's only (locked)
+# what a failure after training adds to its line (the failed result.json keeps the training)
+KEPT_TRAINING = ("; the training is kept: runner.probe on this job, or the runner with the "
+                 "setting changed, finishes it without training again")
 
 
 def check_inputs(cfg: DictConfig) -> None:
@@ -156,11 +159,14 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: in
         return {**summary, "status": INVALID, "message": str(exc)}
     except Exception as exc:
         message = one_line(exc, typed=True, plain=True)
+        trained = getattr(exc, "landscope_trained", None)  # the stages after training failed
         problem = record_failure(cfg, job_dir, overrides, message,
-                                 isinstance(exc, LandscopeError))
+                                 isinstance(exc, LandscopeError), trained)
         if problem is not None:  # one line says both
             message += ("; the failure could not be recorded either" if problem == message
                         else f"; the failure could not be recorded ({problem})")
+        elif trained is not None:
+            message += KEPT_TRAINING
         log.error("error: %s: %s", name, message)
         return {**summary, "status": FAILED, "message": message}
     final = result.get("final", {})
@@ -173,16 +179,19 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str], n_parallel: in
 
 
 def record_failure(cfg: DictConfig, job_dir: Path, overrides: list[str], message: str,
-                   user_error: bool) -> Optional[str]:
+                   user_error: bool, trained: Optional[dict] = None) -> Optional[str]:
     """traceback.txt, and a failed result.json unless one is there that must stay (a finished
     job's, of this config: a failed probe pass or checkpoint read does not undo the training;
-    or any, for a user error). A write that fails (a full disk) is never raised: its one-line
-    reason is returned for the caller's message (None when everything was recorded)."""
+    or any, for a user error before training finished). ``trained``: the result of a training
+    that finished before a later stage failed, kept in the failed result.json (``trained``,
+    read by :func:`landscope.jobcheck.finished_training`). A write that fails (a full disk) is
+    never raised: its one-line reason is returned for the caller's message (None when
+    everything was recorded)."""
     if not job_dir.is_dir():
         return None
     previous = read_result(job_dir / "result.json", warn=False)
     fp, earlier = training_fingerprints(cfg)
-    keep = (user_error and (job_dir / "result.json").exists()) or (
+    keep = (user_error and trained is None and (job_dir / "result.json").exists()) or (
         previous is not None and previous["status"] in FINISHED
         and same_config(previous, fp, legacy_fingerprint(cfg), earlier))
     try:
@@ -192,7 +201,8 @@ def record_failure(cfg: DictConfig, job_dir: Path, overrides: list[str], message
                 "status": FAILED, "error": message, "seed": cfg.seed,
                 "overrides": overrides, "fingerprint": fp,
                 "fingerprint_version": FINGERPRINT_VERSION,
-                "versions": package_versions(), "git_commit": git_commit()})
+                "versions": package_versions(), "git_commit": git_commit(),
+                **({TRAINED: trained} if trained is not None else {})})
     except OSError as exc:
         return one_line(exc, typed=True, plain=True)
     return None

@@ -225,7 +225,8 @@ def fit_job(cfg: DictConfig, job_dir: Path, data, state: TrainState, fp: str,
 def finalize(cfg: DictConfig, job_dir: Path, overrides: list[str], data, state: TrainState,
              stop: str, started: str, fp: str, previous: Optional[dict]) -> dict:
     """The result of the training, then the post-training stages (which write result.json
-    and the figures); a traceback of an earlier attempt is removed."""
+    and the figures); a traceback of an earlier attempt is removed. An exception of a stage
+    carries the training's result as ``landscope_trained``."""
     model = state.model
     result = {
         "status": DIVERGED if stop == STOP_DIVERGED else COMPLETED,
@@ -243,8 +244,13 @@ def finalize(cfg: DictConfig, job_dir: Path, overrides: list[str], data, state: 
         "host": socket.gethostname(), "torch_threads": torch.get_num_threads(),
         **augment_fields(cfg.augment),  # augment=none: nothing (the result as before)
     }
+    trained = dict(result)
     ctx = StageContext(cfg, JobDir(job_dir), model, data, result, previous)
-    run_stages(ctx, JOB_STAGES)
+    try:
+        run_stages(ctx, JOB_STAGES)
+    except Exception as exc:
+        exc.landscope_trained = trained  # the failure's record keeps it (jobs.record_failure)
+        raise
     remove_traceback(job_dir)
     return ctx.result
 

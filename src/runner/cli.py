@@ -213,31 +213,34 @@ def finished_job_outputs(job: Path, cfg) -> list[Path]:
 def update_finished_jobs(plans: Sequence[tuple[Path, Any]], verb: str, purpose: str,
                          shown: Callable[[dict], dict]) -> int:
     """Run the configured probes and landscape on finished jobs (no retraining), one line
-    each. Every job is checked first: one not completed or diverged is skipped; one whose
+    each. Every job is checked first: one whose training did not finish is skipped (a job
+    whose training finished and whose probes or landscape failed is taken); one whose
     final checkpoint is missing or corrupt gets one ``error: JOB: no final checkpoint to
     <purpose>: ...`` line and is left alone. Returns how many jobs failed."""
+    from landscope.jobcheck import FINISHED, finished_training
     from landscope.jobdir import FinalCheckpointError, JobDir, screen
-    from landscope.jobs import COMPLETED, DIVERGED
 
     ready, failed = [], 0
-    found = screen((JobDir(job) for job, _ in plans), (COMPLETED, DIVERGED))
+    found = screen((JobDir(job) for job, _ in plans), FINISHED)
     for (job, cfg), s in zip(plans, found):
         if s.error is not None:
             print(f"error: {job}: result.json unreadable ({type(s.error).__name__})",
                   file=sys.stderr)
             failed += 1
             continue
-        if not s.ok:
-            print(f"skipped: {job} (status {s.status})")
+        trained = finished_training(s.result)
+        if trained is None:
+            print(f"skipped: {job} (status {s.status}"
+                  f"{' in training: the runner resumes it' if s.status == 'failed' else ''})")
             continue
         try:
-            s.job.final_checkpoint(s.result)
+            s.job.final_checkpoint(trained)
         except FinalCheckpointError as exc:
             print(f"error: {job}: no final checkpoint to {purpose}: {exc.problem}",
                   file=sys.stderr, flush=True)
             failed += 1
             continue
-        ready.append((job, cfg, s.result))
+        ready.append((job, cfg, trained))
     for job, cfg, previous in ready:
         failed += not _update_finished_job(job, cfg, previous, verb, shown)
     return failed
