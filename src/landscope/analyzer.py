@@ -25,11 +25,9 @@ differs from the module's own ``"mean"``. Accuracy is ``argmax(output) == target
 class-index targets and ``argmax(output) == argmax(target)`` for one-hot or probability
 targets of the output's shape.
 
-**The model.** It is moved to ``device`` (``model.to(device)``, as for training). Only
-:meth:`~Analyzer.analyze_optimization_trajectory` changes its weights (it trains them with
-the optimizer you pass). The other methods evaluate private copies or functional calls and
-leave the model as it was. All measurements are in eval mode: BatchNorm uses its running
-statistics.
+**The model.** It is moved to ``device``. Only :meth:`~Analyzer.analyze_optimization_trajectory`
+changes its weights (with the optimizer you pass); the other methods evaluate private copies or
+functional calls. All measurements are in eval mode: BatchNorm uses its running statistics.
 """
 
 from __future__ import annotations
@@ -204,10 +202,11 @@ class Analyzer:
                       trace_rse: float = 0.01, negative_tol: float = 1e-3,
                       slq_steps: int = 80) -> CurvatureSummary:
         """Hessian spectrum (top-k, checked for copies of a repeated eigenvalue, and bottom
-        eigenvalue, Lanczos), trace (to relative standard error ``trace_rse``), spectral
-        density (10 probes of ``slq_steps`` Lanczos steps: the number of eigenvalues below
-        −``negative_tol``·|λmax|), worst-case sharpness at radius ``sharpness_rho`` and
-        PAC-Bayes flatness at the model's weights, on the train sample set (eval mode)."""
+        eigenvalue, Lanczos), trace (≥ 30 samples, to a stderr of ``trace_rse`` · max(|tr H|,
+        an estimate of Σ|λ|), as the probes), spectral density (10 probes of ``slq_steps``
+        Lanczos steps: the number of eigenvalues below −``negative_tol``·|λmax|), worst-case
+        sharpness at radius ``sharpness_rho`` and PAC-Bayes flatness at the model's weights, on
+        the train sample set (eval mode)."""
         from landscope.probes.complement import complement_check
         from landscope.probes.density import slq
         from landscope.probes.hvp import HessianOperator
@@ -217,6 +216,7 @@ class Analyzer:
             pac_bayes_flatness,
             worst_case_sharpness,
         )
+        from landscope.probes.steps import TRACE_MIN_SAMPLES
         from landscope.probes.trace import deflated_trace
 
         _check_analysis(top_k, sharpness_rho, trace_rse, negative_tol, slq_steps)
@@ -235,7 +235,7 @@ class Analyzer:
         summary = spectral_summary(top, bottom)
         with ledger.stage("trace"):
             tr = deflated_trace(op, top, seed=seed, target_rse=trace_rse, max_samples=2000,
-                                stop=ledger.stop)
+                                min_samples=TRACE_MIN_SAMPLES, stop=ledger.stop)
         with ledger.stage("density", 10 * min(slq_steps, op.dim)):
             q = slq(op, n_probes=10, m_steps=min(slq_steps, op.dim), seed=seed,
                     stop=ledger.stop)

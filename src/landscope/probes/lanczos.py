@@ -7,10 +7,8 @@ basis ``Q_m = [q_1 … q_m]`` of the Krylov space ``K_m(A, q_1)`` with
 The Ritz pairs ``(θ_i, y_i = Q_m s_i)`` from ``T_m s_i = θ_i s_i`` approximate the extreme
 eigenpairs, and the Ritz residual is available without products:
 ``‖A y_i − θ_i y_i‖ = β_m |e_mᵀ s_i|`` (Parlett, *The Symmetric Eigenvalue Problem*, §13.2).
-Every new vector is orthogonalized against the whole basis twice (classical Gram–Schmidt
-twice, "twice is enough", Giraud et al. 2005), which removes the ghost copies of converged
-eigenvalues that plain Lanczos produces. Vectors are stored in the operator's dtype; the
-tridiagonal eigenproblem is solved in float64 (``scipy.linalg.eigh_tridiagonal``).
+Every new vector is orthogonalized against the whole basis twice (CGS2, "twice is enough",
+Giraud et al. 2005): no ghost copies of converged eigenvalues. Vectors in the operator's dtype.
 
 Convergence (GUIDE §3): pair i is converged when ``‖A y_i − θ_i y_i‖ ≤ max(tol·|θ_i|, atol,
 floor)`` with ``floor = 100·eps(dtype)·‖T‖`` (the working-precision limit, which only matters in
@@ -67,6 +65,8 @@ class EigResult:
     # its first quadrature rule from it instead of running Lanczos again from the same start
     # (:func:`~landscope.probes.density.slq`, ``first=``); None once the density has read it
     krylov: _Lanczos | None = field(default=None, repr=False, compare=False)
+    # one SLQ sample of Σ|λ(A)|, D·Σ_j w_j|θ_j| from the run's random start: the trace's scale
+    abs_trace: float | None = None
 
 
 def _random_vector(op: Operator, gen: torch.Generator) -> Tensor:
@@ -241,7 +241,8 @@ def lanczos_eigs(op: Operator, k: int = 5, which: Which = "largest", tol: float 
         residuals=torch.from_numpy(np.asarray(res, dtype=np.float64)),
         converged=torch.from_numpy(res <= want.thresholds(vals)),
         n_matvecs=op.n_matvecs - start, iterations=m, which=which, n_restarts=lz.n_restarts,
-        stopped_by=stopped_by, krylov=lz if keep_krylov else None)
+        stopped_by=stopped_by, krylov=lz if keep_krylov else None, abs_trace=op.dim * float(
+            s[0] ** 2 @ np.abs(theta)))
 
 
 def default_iterations(k: int, dim: int) -> int:

@@ -198,7 +198,11 @@ def deflated_trace(op: Operator, eig: EigResult, n_samples: int | None = 30, see
     error of the whole estimate is at most ``target_rse``, as :func:`hutchinson` does, relative to
     ``max(|estimate|, scale, Σ|λ_i|)``: by pinching, ``Σ|λ_i| ≤ ‖VᵀAV‖_* ≤ ‖A‖_* = Σ|eig(A)|``, so
     the reference never exceeds the nuclear norm, and the stop is well posed for an indefinite A
-    whose trace is near zero (a purely relative stop would never fire there).
+    whose trace is near zero (a purely relative stop would never fire there). Without a
+    ``scale`` of the caller's, the Lanczos run that found the pairs gives one (``eig.abs_trace``:
+    its random start's quadrature rule on ``|A|``, one SLQ sample of ``Σ|eig(A)|``); the top-k
+    alone can be a small part of it, and the stop then waited for the cap
+    (docs/measurements.md#probes-trace-scale).
     ``prior``: samples ``zᵀPAPz`` drawn elsewhere (the deflated SLQ runs of
     :func:`~landscope.probes.density.slq`, one per probe), counted first. ``stop``: a cap.
     """
@@ -207,6 +211,8 @@ def deflated_trace(op: Operator, eig: EigResult, n_samples: int | None = 30, see
                          "(call lanczos_eigs with return_vectors=True)")
     v = eig.eigenvectors.to(dtype=op.dtype, device=op.device)
     auto = target_rse is not None
+    if scale <= 0.0 and eig.abs_trace is not None:
+        scale = eig.abs_trace
     return _hutchinson(op, n_samples=None if auto else n_samples,
                        gen=torch.Generator().manual_seed(seed), dist=dist, target_rse=target_rse,
                        min_samples=max(2, min_samples) if auto else 2,
