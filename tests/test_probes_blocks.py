@@ -112,6 +112,38 @@ def test_per_block_in_the_probe_suite_with_verify():
 
 
 
+def test_the_plan_counts_the_blocks_and_a_cap_stops_them():
+    """The per-block spectra are in the plan (their fewest and most products, from the groups'
+    sizes) and under probe.max_products: their products count with the run's, a cap stops them
+    between blocks or inside one, and the run says so (blocks_stopped_by, the caps' line)."""
+    from landscope.probes.blocks import group_sizes
+    from landscope.probes.plan import fewest_products, most_products
+
+    model, data = make("mlp", n=40)
+    x = torch.cat([b[0] for b in data.batches]).float()
+    split = TensorSplit(x, torch.cat([b[1] for b in data.batches]))
+    cfg = ProbeConfig(top_k=2, trace=TraceConfig(enabled=True), per_block="layer",
+                      block_top_k=2, data_size=None, micro_batch=40, progress=False)
+    sizes = group_sizes(model, "layer")
+    assert sizes == [104, 72, 72, 27]  # (12 + 1) x 8, (8 + 1) x 8 twice, (8 + 1) x 3
+    lines: list[str] = []
+    free = run_probes(model.float(), split, cfg, log=lines.append).scalars
+    full = fewest_products(cfg, 275)
+    assert free["probe_plan"]["blocks"] == most_products(cfg, 275, sizes)["blocks"]
+    assert fewest_products(cfg, 275, sizes) - full <= free["block_hvps"] \
+        <= free["probe_plan"]["blocks"]
+    assert "blocks <= " in lines[0] and "blocks_stopped_by" not in free
+    assert free["probe_cost"]["blocks"]["products"] == free["block_hvps"]
+
+    lines.clear()
+    cap = free["hvps"] + 40  # the full-Hessian estimators, then 40 of the blocks' products
+    cut = run_probes(model.float(), split, ProbeConfig(**{**cfg.__dict__, "max_products": cap}),
+                     log=lines.append).scalars
+    assert cut["blocks_stopped_by"] == "max_products" and cut["block_hvps"] == 40
+    assert len(cut["blocks"]) < 4 or any(b.get("stopped_by") for b in cut["blocks"].values())
+    assert any("blocks (max_products)" in line for line in lines)
+
+
 def test_suite_trace_stops_at_trace_max_samples():
     """An unreachable target RSE runs to probe.trace.max_samples, and trace_stderr tells."""
     model, data = make("mlp", n=40)

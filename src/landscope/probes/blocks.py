@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -40,7 +40,9 @@ from landscope.probes.probe_data import ProbeData
 from landscope.probes.trace import deflated_trace
 
 LEVELS: tuple[str, ...] = ("layer", "block")
+Stop = Optional[Callable[[], Optional[str]]]
 EXACT_TRACE_MAX = 64  # blocks this small get tr H_bb from D_b unit-vector products
+TRACE_SAMPLES = (10, 500)  # a larger block's Hutchinson samples: at least, at most
 
 
 def _split_container(module: nn.Module) -> bool:
@@ -73,6 +75,13 @@ def parameter_groups(model: nn.Module, level: str) -> dict[str, list[str]]:
     return groups
 
 
+def group_sizes(model: nn.Module, level: str) -> list[int]:
+    """The parameters of each group of :func:`parameter_groups`, in order (for the plan)."""
+    named = dict(model.named_parameters())
+    return [sum(named[n].numel() for n in members)
+            for members in parameter_groups(model, level).values()]
+
+
 @dataclass
 class BlockSpectrum:
     """Top eigenvalues (descending, float64) and trace of one diagonal block ``H_bb``."""
@@ -88,6 +97,7 @@ class BlockSpectrum:
     n_matvecs: int
     checked: bool = False    # the list was checked for missed copies of repeated eigenvalues
     missed_copies: int = 0   # copies the check put in the list
+    stopped_by: str | None = None  # the cap that cut its Lanczos run or trace short
 
     def summary(self, lambda_max: float | None = None) -> dict[str, Any]:
         finite = math.isfinite(self.trace)
@@ -97,44 +107,69 @@ class BlockSpectrum:
                                "trace_stderr": self.trace_stderr if finite else None,
                                "converged": self.converged, "hvps": self.n_matvecs,
                                "checked": self.checked, "missed_copies": self.missed_copies}
+        if self.stopped_by is not None:
+            out["stopped_by"] = self.stopped_by
         if lambda_max:
             out["lambda_max_share"] = float(self.eigenvalues[0]) / lambda_max
         return out
 
 
-def _exact_trace(op: HessianOperator) -> float:
-    eye = torch.eye(op.dim, dtype=op.dtype, device=op.device)
-    return float(sum(float(op.matvec(eye[:, i])[i]) for i in range(op.dim)))
+class BlockSpectra(list):
+    """The blocks' spectra in order, and the cap that ended them early (``stopped_by``): a
+    block cut short says so itself, and the blocks after a spent cap are not in the list."""
+
+    stopped_by: str | None = None
+
+
+def _exact_trace(op: HessianOperator, stop: Stop) -> tuple[float, str | None]:
+    eye, total = torch.eye(op.dim, dtype=op.dtype, device=op.device), 0.0
+    for i in range(op.dim):
+        if stop is not None and (why := stop()) is not None:
+            return float("nan"), why
+        total += float(op.matvec(eye[:, i])[i])
+    return total, None
 
 
 def block_spectra(model: nn.Module, data: ProbeData, groups: dict[str, Sequence[str]], *,
                   k: int = 3, mode: Mode = "eval", tol: float = 1e-6, trace_rse: float = 0.01,
-                  trace: bool = True, seed: int = 0,
-                  multiplicity_check: bool = True) -> list[BlockSpectrum]:
+                  trace: bool = True, seed: int = 0, multiplicity_check: bool = True,
+                  stop: Stop = None, operators: list | None = None) -> BlockSpectra:
     """Top-``k`` eigenpairs (Lanczos, relative residual ``tol``; with ``multiplicity_check``
     checked for missed copies of repeated eigenvalues) and the trace of ``H_bb`` for every
-    group of :func:`parameter_groups`; ``model`` is not modified."""
+    group of :func:`parameter_groups`; ``model`` is not modified. ``stop``: a cap asked before
+    each product (:class:`BlockSpectra`). ``operators``: each block's operator is appended as
+    it starts, so that a caller can count the products spent so far."""
     named = dict(model.named_parameters())
-    out = []
+    out = BlockSpectra()
     for i, (name, members) in enumerate(groups.items()):
+        if stop is not None and (why := stop()) is not None:
+            out.stopped_by = why
+            break
         op = HessianOperator(model, data, params={n: named[n] for n in members}, mode=mode,
                              check_determinism=False)
+        if operators is not None:
+            operators.append(op)
         eig = lanczos_eigs(op, k=min(k, op.dim), which="largest", tol=tol, atol=1e-10,
-                           seed=seed + i)
+                           seed=seed + i, stop=stop)
         # the check's start: a seed no block's own Lanczos run uses
         eig = checked_list(op, eig, enabled=multiplicity_check, tol=tol, atol=1e-10,
-                           seed=seed + len(groups) + i)
-        tr, se = float("nan"), float("nan")
-        if trace and op.dim <= EXACT_TRACE_MAX:
-            tr, se = _exact_trace(op), 0.0
-        elif trace:
-            t = deflated_trace(op, eig, seed=seed + i, target_rse=trace_rse, max_samples=500)
-            tr, se = t.estimate, t.stderr
+                           seed=seed + len(groups) + i, stop=stop)
+        tr, se, cut = float("nan"), float("nan"), eig.stopped_by
+        if trace and op.dim <= EXACT_TRACE_MAX and cut is None:
+            tr, cut = _exact_trace(op, stop)
+            se = 0.0 if cut is None else float("nan")
+        elif trace and cut is None:
+            t = deflated_trace(op, eig, seed=seed + i, target_rse=trace_rse,
+                               min_samples=TRACE_SAMPLES[0], max_samples=TRACE_SAMPLES[1],
+                               stop=stop)
+            tr, se, cut = t.estimate, t.stderr, t.stopped_by
         out.append(BlockSpectrum(name=name, params=list(members), n_params=op.dim,
                                  eigenvalues=eig.eigenvalues, residuals=eig.residuals,
                                  converged=bool(eig.converged.all()), trace=tr,
                                  trace_stderr=se, n_matvecs=op.n_matvecs,
-                                 checked=eig.checked, missed_copies=eig.added_by_check))
+                                 checked=eig.checked, missed_copies=eig.added_by_check,
+                                 stopped_by=cut))
+        out.stopped_by = out.stopped_by or cut
     return out
 
 

@@ -1,7 +1,8 @@
 """The probe plan: what a run of the probe suite will spend, said before it spends it.
 
 * :func:`most_products`: the Hessian-vector products each switched-on estimator may spend at
-  most (its own caps: Lanczos iterations, SLQ probes × steps, trace samples);
+  most (its own caps: Lanczos iterations, SLQ probes × steps, trace samples; the per-block
+  spectra's on each block);
 * :func:`fewest_products`: the fewest the stopping rules allow (Lanczos needs k steps for k
   pairs, the density's first run grows the top-k's Krylov space to k + steps vectors and each
   later run takes at least its minimum of steps, the trace at least ``TRACE_MIN_SAMPLES``
@@ -18,8 +19,10 @@ the ceiling.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
+from landscope.probes.blocks import EXACT_TRACE_MAX
+from landscope.probes.blocks import TRACE_SAMPLES as BLOCK_TRACE_SAMPLES
 from landscope.probes.density import MIN_STEPS as DENSITY_MIN_STEPS
 from landscope.probes.lanczos import default_iterations
 from landscope.probes.noise import ALIGNMENT_PROBES, K_SIGMA, TRACE_SAMPLES
@@ -33,10 +36,10 @@ ASCENT_EVALS = {"worst_case": 8, "adaptive": 6, "keskar": 12}
 SIGMA_SEARCH_EVALS = 50
 
 
-def most_products(cfg: Any, dim: int) -> dict[str, int]:
-    """The most products each switched-on full-Hessian estimator may spend (its own caps); a
-    list checked for missed copies of repeated eigenvalues adds one round of the check (each
-    copy found costs another)."""
+def most_products(cfg: Any, dim: int, blocks: Sequence[int] = ()) -> dict[str, int]:
+    """The most products each switched-on estimator may spend (its own caps); a list checked
+    for missed copies of repeated eigenvalues adds one round of the check (each copy found
+    costs another). ``blocks``: the sizes of ``probe.per_block``'s parameter groups."""
     plan: dict[str, int] = {}
     # a round of the check: a k=1 Lanczos run and its pair's residual
     check = default_iterations(1, dim) + 1 if cfg.multiplicity_check else 0
@@ -49,13 +52,27 @@ def most_products(cfg: Any, dim: int) -> dict[str, int]:
         plan["trace"] = cfg.trace.max_samples
     if cfg.noise.enabled:
         plan["noise"] = _noise(cfg, default_iterations(1, dim))
+    if blocks:
+        plan["blocks"] = sum(_block(cfg, d, most=True) for d in blocks)
     return plan
 
 
-def fewest_products(cfg: Any, dim: int) -> int:
+def _block(cfg: Any, d: int, most: bool) -> int:
+    """One block's products (:func:`~landscope.probes.blocks.block_spectra`): its top-k
+    Lanczos run and the check's round, its trace (exact on a small block)."""
+    k = min(cfg.block_top_k, d)
+    check = (default_iterations(1, d) + 1 if most else 1) if cfg.multiplicity_check and k >= 2 \
+        else 0
+    n = (default_iterations(k, d) if most else k) + check
+    if cfg.trace.enabled:
+        n += d if d <= EXACT_TRACE_MAX else BLOCK_TRACE_SAMPLES[1 if most else 0]
+    return n
+
+
+def fewest_products(cfg: Any, dim: int, blocks: Sequence[int] = ()) -> int:
     """The fewest products the switched-on estimators' stopping rules allow, all together
     (the density's first run shares the top-k's space, so the two have a floor together)."""
-    n = 0
+    n = sum(_block(cfg, d, most=False) for d in blocks)
     check = 1 if cfg.multiplicity_check else 0  # the check's round: one product at least
     for k in (cfg.top_k, cfg.bottom_k):
         n += min(k, dim) + (check if k >= 2 else 0) if k > 0 else 0

@@ -25,11 +25,11 @@ pairs it put in the list; k >= 2 only), ``trace``, ``trace_stderr``,
 ``noise_alignment_ratio`` (kappa = tr(H Sigma) / ((tr Sigma / D) tr H)),
 ``noise_top_k_energy_share``, ``difficulty_index`` (lambda_max^2 / tr H * kappa),
 ``per_block`` and ``blocks`` ({name: {n_params, lambda_max, lambda_max_share, trace, trace_stderr,
-converged, hvps, checked, missed_copies}}, see :mod:`~landscope.probes.blocks`), ``block_hvps``,
-``hvps`` (products used by the full-Hessian probes), ``probe_cost`` (products and evaluations
-per estimator) and ``probe_cost_seconds``, ``<estimator>_stopped_by`` (the cap that cut it
-short), ``probe_seconds``, ``probe_data_size``, ``probe_mode``, ``n_params``; with verify mode
-``verify_*`` errors against the dense float64 Hessian
+converged, hvps, checked, missed_copies[, stopped_by]}}, :mod:`~landscope.probes.blocks`),
+``block_hvps``, ``hvps`` (products used by the full-Hessian probes), ``probe_cost`` (products
+and evaluations per estimator) and ``probe_cost_seconds``, ``<estimator>_stopped_by`` (the cap
+that cut it short), ``probe_seconds``, ``probe_data_size``, ``probe_mode``, ``n_params``; with
+verify mode ``verify_*`` errors against the dense float64 Hessian
 (:class:`~landscope.probes.verify.Verification`). With ``pacbayes.enabled``, the PAC-Bayes bounds of
 :func:`~landscope.probes.pacbayes.pac_bayes_bounds` with a ``pacbayes_`` prefix:
 ``pacbayes_naive``, ``pacbayes_isotropic``, ``pacbayes_hessian``,
@@ -265,7 +265,8 @@ class ProbeRun:
         lambda_max = float(self.top.eigenvalues[0]) if self.top is not None else None
         return {"per_block": str(self.cfg.per_block),
                 "blocks": {b.name: b.summary(lambda_max) for b in self.blocks},
-                "block_hvps": sum(b.n_matvecs for b in self.blocks)}
+                "block_hvps": sum(b.n_matvecs for b in self.blocks),
+                **self._stopped("blocks", getattr(self.blocks, "stopped_by", None))}
 
     def _sharpness(self) -> dict[str, Any]:
         return {} if self.sharpness is None else sharpness_scalars(self.sharpness)

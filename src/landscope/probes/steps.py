@@ -187,16 +187,20 @@ def step_curvature(run: ProbeRun) -> None:
 
 
 def step_blocks(run: ProbeRun) -> None:
-    """Top-k eigenvalues and trace of each diagonal block (``probe.per_block``): ``run.blocks``."""
-    cfg = run.cfg
-    with run.ledger.stage("blocks") as cost:
+    """Top-k eigenvalues and trace of each diagonal block (``probe.per_block``): ``run.blocks``.
+    The blocks' operators are their own: from here the ledger counts their products too, so
+    that the caps, the bar and the costs see them."""
+    cfg, ledger, ops = run.cfg, run.ledger, []
+    run_products = ledger.counter
+    ledger.counter = lambda: run_products() + sum(op.n_matvecs for op in ops)
+    with ledger.stage("blocks", run.plan.get("blocks")):
         groups = parameter_groups(run.model, str(cfg.per_block))
         run.blocks = block_spectra(run.model, run.data, groups, k=cfg.block_top_k,
                                    mode=run.op.mode, tol=cfg.lanczos_tol,
                                    trace_rse=cfg.trace.rse, trace=bool(cfg.trace.enabled),
-                                   seed=cfg.seed,
-                                   multiplicity_check=bool(cfg.multiplicity_check))
-    cost.products += sum(b.n_matvecs for b in run.blocks)
+                                   seed=cfg.seed, multiplicity_check=bool(cfg.multiplicity_check),
+                                   stop=ledger.stop, operators=ops)
+    ledger.record_stop("blocks", run.blocks.stopped_by)
 
 
 class _TimeUp(Exception):

@@ -22,6 +22,7 @@ from torch import nn
 
 from landscope.errors import LandscopeError
 from landscope.models import count_parameters
+from landscope.probes.blocks import group_sizes
 from landscope.probes.cost import ProbeLedger
 from landscope.probes.distributed import any_rank, hessian_operator, rank_and_world
 from landscope.probes.hvp import HessianOperator, forward_mode
@@ -106,8 +107,10 @@ def start_run(model: nn.Module, train_split, cfg: Any,
                          max_products=getattr(cfg, "max_products", None),
                          budget_s=getattr(cfg, "budget_s", None), progress=bool(show), log=log,
                          started=tic, agree=any_rank if ranks > 1 else None)
+    level = str(getattr(cfg, "per_block", "none"))
+    blocks = group_sizes(model, level) if level != "none" else []
     run = ProbeRun(model=model, train_split=train_split, cfg=cfg, data=data, op=op,
-                   ledger=ledger, plan=most_products(cfg, op.dim), w0=w0, ranks=ranks)
+                   ledger=ledger, plan=most_products(cfg, op.dim, blocks), w0=w0, ranks=ranks)
     if run.plan:  # the determinism check's timed product, else one kept for the top-k
         seconds = op.first_product_seconds
         run.product_seconds = op.prime(cfg.seed) if seconds is None else seconds
@@ -116,8 +119,8 @@ def start_run(model: nn.Module, train_split, cfg: Any,
         run.objective = sharpness_objective(model, data, op)
         eval_seconds = evaluation_seconds(run.objective)
     if run.plan or evaluations:
-        ledger.plan(run.plan, fewest_products(cfg, op.dim), run.product_seconds, evaluations,
-                    eval_seconds)
+        ledger.plan(run.plan, fewest_products(cfg, op.dim, blocks), run.product_seconds,
+                    evaluations, eval_seconds)
     return run
 
 
