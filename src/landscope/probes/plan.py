@@ -37,15 +37,12 @@ SIGMA_SEARCH_EVALS = 50
 
 
 def most_products(cfg: Any, dim: int, blocks: Sequence[int] = ()) -> dict[str, int]:
-    """The most products each switched-on estimator may spend (its own caps); a list checked
-    for missed copies of repeated eigenvalues adds one round of the check (each copy found
-    costs another). ``blocks``: the sizes of ``probe.per_block``'s parameter groups."""
+    """The most products each switched-on estimator may spend (its own caps); ``blocks``: the
+    sizes of ``probe.per_block``'s parameter groups."""
     plan: dict[str, int] = {}
-    # a round of the check: a k=1 Lanczos run and its pair's residual
-    check = default_iterations(1, dim) + 1 if cfg.multiplicity_check else 0
     for name, k in (("top", cfg.top_k), ("bottom", cfg.bottom_k)):
         if k > 0:
-            plan[name] = default_iterations(min(k, dim), dim) + (check if k >= 2 else 0)
+            plan[name] = _pairs(cfg, k, dim, most=True)
     if cfg.density.enabled:
         plan["density"] = cfg.density.probes * min(cfg.density.steps, dim)
     if cfg.trace.enabled:
@@ -57,13 +54,20 @@ def most_products(cfg: Any, dim: int, blocks: Sequence[int] = ()) -> dict[str, i
     return plan
 
 
+def _pairs(cfg: Any, k: int, dim: int, most: bool) -> int:
+    """The most or the fewest products of a Lanczos list of k pairs on ``dim`` parameters; a
+    list of k >= 2 adds a round of the multiplicity check (at most a k=1 Lanczos run and its
+    pair's residual, at least one product; each copy found costs another)."""
+    k = min(k, dim)
+    check = (default_iterations(1, dim) + 1 if most else 1) \
+        if cfg.multiplicity_check and k >= 2 else 0
+    return (default_iterations(k, dim) if most else k) + check
+
+
 def _block(cfg: Any, d: int, most: bool) -> int:
     """One block's products (:func:`~landscope.probes.blocks.block_spectra`): its top-k
     Lanczos run and the check's round, its trace (exact on a small block)."""
-    k = min(cfg.block_top_k, d)
-    check = (default_iterations(1, d) + 1 if most else 1) if cfg.multiplicity_check and k >= 2 \
-        else 0
-    n = (default_iterations(k, d) if most else k) + check
+    n = _pairs(cfg, cfg.block_top_k, d, most)
     if cfg.trace.enabled:
         n += d if d <= EXACT_TRACE_MAX else BLOCK_TRACE_SAMPLES[1 if most else 0]
     return n
@@ -73,9 +77,7 @@ def fewest_products(cfg: Any, dim: int, blocks: Sequence[int] = ()) -> int:
     """The fewest products the switched-on estimators' stopping rules allow, all together
     (the density's first run shares the top-k's space, so the two have a floor together)."""
     n = sum(_block(cfg, d, most=False) for d in blocks)
-    check = 1 if cfg.multiplicity_check else 0  # the check's round: one product at least
-    for k in (cfg.top_k, cfg.bottom_k):
-        n += min(k, dim) + (check if k >= 2 else 0) if k > 0 else 0
+    n += sum(_pairs(cfg, k, dim, most=False) for k in (cfg.top_k, cfg.bottom_k) if k > 0)
     steps = min(cfg.density.steps, dim)
     samples = 0  # trace samples the density's runs give
     if cfg.density.enabled:
