@@ -295,3 +295,44 @@ def test_dense_references_of_verify_mode():
     op = FisherOperator(model, data, kind="true", mc_samples=3, seed=2)
     assert torch.allclose(dense_curvature("fisher", model, data, sampled=op.sampled), _dense(op),
                           rtol=0, atol=1e-14)
+
+
+def test_curvature_is_in_the_plan_and_under_the_caps():
+    """probe.curvature's products are in the plan (each kind's list and trace, the residual's
+    Hessian and GGN products) and count against probe.max_products: a cap stops a kind or keeps
+    the next from starting and the run says so; a small operator's trace (the NTK Gram here) is
+    its exact sum over unit vectors once sampling would take more products."""
+    from landscope.data import TensorSplit
+    from landscope.probes.plan import curvature_sizes, fewest_products, most_products
+    from landscope.probes.suite import run_probes
+
+    model, x, y = _model()
+    split = TensorSplit(x, y)
+    cfg = ProbeConfig(top_k=2, curvature=["ggn", "ntk"], curvature_ntk_samples=8,
+                      data_size=None, micro_batch=N, progress=False, verify=True)
+    dim = sum(p.numel() for p in model.parameters())
+    sizes = curvature_sizes(cfg, dim, N, C)
+    assert sizes == [dim, 8 * C]
+    lines: list[str] = []
+    free = run_probes(model, split, cfg, log=lines.append).scalars
+    assert free["probe_plan"]["curvature"] == most_products(cfg, dim, (), sizes)["curvature"]
+    spent = free["probe_cost"]["curvature"]["products"]
+    assert spent == free["ggn_products"] + 2 * free["residual_products"] + free["ntk_products"]
+    assert fewest_products(cfg, dim, (), sizes) - fewest_products(cfg, dim) <= spent \
+        <= free["probe_plan"]["curvature"]
+    assert "curvature <= " in lines[0] and "curvature_stopped_by" not in free
+    assert free["ntk_trace_unit_vectors"] is True and free["ntk_trace_stderr"] == 0
+    assert abs(free["ntk_trace"] - free["verify_ntk_trace_exact"]) \
+        <= 1e-5 * free["verify_ntk_trace_exact"]  # float32 products, float64 reference
+
+    capped = ProbeConfig(**{**cfg.__dict__, "verify": False,
+                            "max_products": free["hvps_top"] + free["ggn_products"] + 5})
+    cut = run_probes(model, split, capped, log=lines.append).scalars
+    assert cut["curvature_stopped_by"] == cut["residual_stopped_by"] == "max_products"
+    assert cut["residual_converged"] is False and "ntk_lambda_max" not in cut
+    assert cut["ggn_products"] == free["ggn_products"] and cut["residual_products"] == 3
+    assert cut["probe_cost"]["curvature"]["products"] == cut["ggn_products"] + 2 * 3
+    assert any("curvature (max_products)" in line for line in lines)
+    none = run_probes(model, split, ProbeConfig(**{**capped.__dict__, "max_products": 1}))
+    assert none.scalars["curvature_stopped_by"] == "max_products"
+    assert "ggn_lambda_max" not in none.scalars

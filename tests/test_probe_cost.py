@@ -87,13 +87,42 @@ def test_a_trace_deflated_by_the_top_one_alone_stops_on_its_runs_scale(seed):
     eigs = _indefinite()
     top = lanczos_eigs(_op(eigs), k=1, seed=seed)
     without = deflated_trace(_op(eigs), replace(top, abs_trace=None), seed=seed,
-                             target_rse=0.01, min_samples=30, max_samples=1500)
-    assert without.n_samples == 1500  # the cap decided
+                             target_rse=0.01, min_samples=30, max_samples=300)
+    assert without.n_samples == 300  # the cap decided (too low for the unit vectors)
     tr = deflated_trace(_op(eigs), top, seed=seed, target_rse=0.01, min_samples=30,
                         max_samples=1500)
     assert 30 <= tr.n_samples < 200 and tr.reference == pytest.approx(top.abs_trace)
     assert tr.stderr <= 0.01 * top.abs_trace
     assert abs(tr.estimate - float(eigs.sum())) <= 4 * tr.stderr
+
+
+def test_a_trace_that_needs_more_samples_than_dimensions_takes_the_unit_vectors():
+    """Once the samples the target still asks for (projected from the stderr) outnumber the
+    dimension, the trace is the exact sum of e_i^T A e_i: dim products, stderr 0. An operator
+    no larger than the minimum of samples goes there at once; a cap inside the unit vectors
+    keeps the samples' estimate and says so; a sample cap below n + dim keeps sampling."""
+    eigs = _indefinite(80)  # tr = 5 exactly, sum |lambda| about 50
+    op = _op(eigs)
+    tr = hutchinson(op, seed=0, target_rse=1e-3, min_samples=30, max_samples=2000)
+    assert tr.unit_vectors and tr.stderr == 0.0 and tr.n_samples == 30
+    assert tr.n_matvecs == op.n_matvecs == 30 + 80
+    assert tr.estimate == pytest.approx(5.0, abs=1e-10)
+    top = lanczos_eigs(_op(eigs), k=3, seed=0)
+    dtr = deflated_trace(_op(eigs), top, seed=0, target_rse=1e-3, min_samples=30)
+    assert dtr.unit_vectors and dtr.estimate == pytest.approx(5.0, abs=1e-10)
+
+    small = _op(eigs[:20] - 0.5)
+    tiny = hutchinson(small, seed=0, target_rse=1e-3, min_samples=30)
+    assert tiny.unit_vectors and tiny.n_samples == 0 and small.n_matvecs == 20
+    assert tiny.estimate == pytest.approx(float((eigs[:20] - 0.5).sum()), abs=1e-10)
+
+    cut_op = _op(eigs)
+    cap = ProbeLedger(counter=lambda: cut_op.n_matvecs, max_products=60)
+    cut = hutchinson(cut_op, seed=0, target_rse=1e-3, min_samples=30, stop=cap.stop)
+    assert cut.stopped_by == "max_products" and not cut.unit_vectors
+    assert cut.n_samples == 30 and cut.estimate == pytest.approx(tr.samples.mean().item())
+    capped = hutchinson(_op(eigs), seed=0, target_rse=1e-3, min_samples=30, max_samples=100)
+    assert not capped.unit_vectors and capped.n_samples == 100
 
 
 def test_lanczos_stopped_by_a_cap_says_so():

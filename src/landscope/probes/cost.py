@@ -115,6 +115,13 @@ class ProbeLedger:
             self._bar.update(n - self._last)
         self._last = n
 
+    def count_also(self, operators: list) -> None:
+        """From here count the products of the operators in ``operators`` (appended as they
+        start: the blocks', the curvature matrices') with the run's, so that the caps, the bar
+        and the costs see them."""
+        run_products = self.counter
+        self.counter = lambda: run_products() + sum(op.n_matvecs for op in operators)
+
     def products_left(self) -> Optional[int]:
         return None if self.max_products is None else max(0, self.max_products - self.counter())
 

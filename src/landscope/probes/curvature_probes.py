@@ -16,7 +16,10 @@ eigenspaces coincide, about ``k / D`` for random ones). With ``ggn``: ``residual
 ``residual_top_eigenvalues``, ``residual_converged``, ``residual_checked``,
 ``residual_missed_copies``, ``residual_products`` of ``H - G`` (Papyan 2020's split of the Hessian;
 each of its products costs one Hessian and one GGN product, the Hessian's counted in ``hvps``).
-``ntk_samples``: the Gram's samples. Arrays: ``eigenvalues_p``, ``residuals_p``,
+``ntk_samples``: the Gram's samples. A cap (``probe.max_products``, which counts these
+operators' products, or ``probe.budget_s``) that cut a kind short: ``p_stopped_by`` (no trace
+when it cut the pairs), ``residual_stopped_by``, ``curvature_stopped_by`` (the kinds after it do
+not start); ``p_trace_unit_vectors`` when the trace is the exact sum over unit vectors. Arrays: ``eigenvalues_p``, ``residuals_p``,
 ``eigenvalues_residual``. Verify mode adds ``verify_p_top_max_rel_error``, ``verify_p_trace_exact``,
 ``verify_p_trace_error_in_stderr``, ``verify_residual_top_max_rel_error`` and
 ``verify_hessian_p_overlap_error`` (absolute).
@@ -25,6 +28,7 @@ each of its products costs one Hessian and one GGN product, the Hessian's counte
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -56,9 +60,10 @@ class CurvatureSpectrum:
     """One operator's top-k pairs, trace, products and overlap with the Hessian's top-k."""
 
     top: EigResult
-    trace: TraceResult
+    trace: Optional[TraceResult]  # None when a cap cut the pairs short
     products: int
     overlap: Optional[float] = None
+    stopped_by: Optional[str] = None  # the cap that cut its pairs or its trace short
 
 
 @dataclass
@@ -72,6 +77,7 @@ class CurvatureResults:
     fisher_sampled: Optional[list[Tensor]] = None
     ntk_samples: Optional[int] = None
     verification: dict[str, Any] = field(default_factory=dict)
+    stopped_by: Optional[str] = None  # the cap that cut a kind short or kept the next from starting
 
 
 def overlap(a: Tensor, b: Tensor) -> float:
@@ -81,29 +87,41 @@ def overlap(a: Tensor, b: Tensor) -> float:
 
 
 def curvature_spectra(model: nn.Module, data: ProbeData, hessian: Any, top_h: EigResult,
-                      cfg: Any, stop: Callable[[], Optional[str]],
-                      min_samples: int) -> CurvatureResults:
-    """Every kind in ``cfg.curvature`` (module docstring); ``hessian``: the run's operator."""
+                      cfg: Any, stop: Callable[[], Optional[str]], min_samples: int,
+                      operators: Optional[list] = None) -> CurvatureResults:
+    """Every kind in ``cfg.curvature`` (module docstring); ``hessian``: the run's operator.
+    ``stop`` (a cap) is asked before each kind and each product; a kind whose pairs it cut
+    short gets no trace, and the kinds after it do not start (``stopped_by``). ``operators``:
+    each kind's operator is appended as it starts, so that a caller can count its products."""
     res = CurvatureResults()
     k, check = int(cfg.top_k), bool(cfg.multiplicity_check)
     for kind in (str(c) for c in cfg.curvature):
+        if (why := stop()) is not None:
+            res.stopped_by = why
+            break
         op = curvature_operator(kind, model, data, mode=hessian.mode, seed=cfg.seed,
                                 ntk_samples=cfg.curvature_ntk_samples,
                                 mc_samples=cfg.curvature_mc_samples)
+        if operators is not None:
+            operators.append(op)
         top = lanczos_eigs(op, k=min(k, op.dim), which="largest", tol=cfg.lanczos_tol,
                            seed=cfg.seed, stop=stop)
         top = checked_list(op, top, enabled=check, tol=cfg.lanczos_tol, seed=cfg.seed + 2,
                            stop=stop)
-        tr = deflated_trace(op, top, seed=cfg.seed + 1, target_rse=cfg.trace.rse,
-                            max_samples=cfg.trace.max_samples, min_samples=min_samples, stop=stop)
-        spec = CurvatureSpectrum(top, tr, op.n_matvecs)
+        tr = None
+        if top.stopped_by is None:
+            tr = deflated_trace(op, top, seed=cfg.seed + 1, target_rse=cfg.trace.rse,
+                                max_samples=cfg.trace.max_samples, min_samples=min_samples,
+                                stop=stop)
+        spec = CurvatureSpectrum(top, tr, op.n_matvecs,
+                                 stopped_by=top.stopped_by or (tr and tr.stopped_by))
         if kind == "ntk":
             res.ntk_samples = op.data.n
         else:
             spec.overlap = overlap(top_h.eigenvectors, top.eigenvectors)
         if kind == "fisher":
             res.fisher_sampled = op.sampled
-        if kind == "ggn":
+        if kind == "ggn" and spec.stopped_by is None:
             diff = DifferenceOperator(hessian, op)
             res.residual = checked_list(
                 diff, lanczos_eigs(diff, k=min(k, op.dim), which="largest",
@@ -111,7 +129,18 @@ def curvature_spectra(model: nn.Module, data: ProbeData, hessian: Any, top_h: Ei
                 enabled=check, tol=cfg.lanczos_tol, seed=cfg.seed + 2, stop=stop)
             res.residual_products = diff.n_matvecs
         res.spectra[kind] = spec
+        res.stopped_by = res.stopped_by or spec.stopped_by or (
+            res.residual.stopped_by if kind == "ggn" and res.residual is not None else None)
+        if res.stopped_by is not None:
+            break
     return res
+
+
+def outputs_per_sample(model: nn.Module, data: ProbeData) -> int:
+    """The model's outputs for one sample (one eval-mode forward pass of the first sample)."""
+    dtype = next(model.parameters()).dtype
+    with torch.no_grad(), forward_mode(model, "eval"):
+        return int(model(data.batches[0][0][:1].to(dtype)).numel())
 
 
 def curvature_scalars(res: CurvatureResults) -> dict[str, Any]:
@@ -123,8 +152,13 @@ def curvature_scalars(res: CurvatureResults) -> dict[str, Any]:
                   f"{kind}_converged": bool(spec.top.converged.all()),
                   f"{kind}_checked": spec.top.checked,
                   f"{kind}_missed_copies": spec.top.added_by_check,
-                  f"{kind}_trace": spec.trace.estimate, f"{kind}_trace_stderr": spec.trace.stderr,
+                  f"{kind}_trace": spec.trace.estimate if spec.trace else math.nan,
+                  f"{kind}_trace_stderr": spec.trace.stderr if spec.trace else math.nan,
                   f"{kind}_products": spec.products})
+        if spec.trace is not None and spec.trace.unit_vectors:
+            s[f"{kind}_trace_unit_vectors"] = True
+        if spec.stopped_by is not None:
+            s[f"{kind}_stopped_by"] = spec.stopped_by
         if spec.overlap is not None:
             s[f"hessian_{kind}_overlap"] = spec.overlap
     if res.residual is not None:
@@ -134,6 +168,8 @@ def curvature_scalars(res: CurvatureResults) -> dict[str, Any]:
                  residual_checked=res.residual.checked,
                  residual_missed_copies=res.residual.added_by_check,
                  residual_products=res.residual_products)
+        if res.residual.stopped_by is not None:
+            s["residual_stopped_by"] = res.residual.stopped_by
     if res.ntk_samples is not None:
         s["ntk_samples"] = res.ntk_samples
     s.update({f"verify_{k}": v for k, v in res.verification.items()})
@@ -229,8 +265,7 @@ def verify_curvature(model: nn.Module, data: ProbeData, mode: str, res: Curvatur
     """Each estimate of ``res`` against its dense float64 matrix (small models only)."""
     names, values = resolve_params(model, None)
     dim = sum(v.numel() for v in values)
-    with torch.no_grad(), forward_mode(model, "eval"):
-        c = int(model(data.batches[0][0][:1].to(values[0].dtype)).numel())
+    c = outputs_per_sample(model, data)
     biggest = max(len(y) for _, y in data.batches) * c * dim * 8
     if dim > max_params or biggest > MAX_DENSE_JACOBIAN_BYTES:
         return {"curvature_skipped": f"{dim} parameters > probe.verify_max_params={max_params} "
@@ -245,9 +280,10 @@ def verify_curvature(model: nn.Module, data: ProbeData, mode: str, res: Curvatur
         out[f"{kind}_top_max_rel_error"] = float(((spec.top.eigenvalues - exact).abs()
                                                   / exact.abs().clamp_min(1e-12)).max())
         out[f"{kind}_trace_exact"] = float(eig.sum())
-        floor = max(1e-6 * abs(float(eig.sum())), 1e-300)
-        out[f"{kind}_trace_error_in_stderr"] = float(
-            (spec.trace.estimate - float(eig.sum())) / max(spec.trace.stderr, floor))
+        if spec.trace is not None:
+            floor = max(1e-6 * abs(float(eig.sum())), 1e-300)
+            out[f"{kind}_trace_error_in_stderr"] = float(
+                (spec.trace.estimate - float(eig.sum())) / max(spec.trace.stderr, floor))
         if spec.overlap is not None:
             vh = torch.linalg.eigh((hess + hess.T) / 2)[1].flip(1)[:, :k]
             out[f"hessian_{kind}_overlap_error"] = abs(spec.overlap

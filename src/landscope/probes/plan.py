@@ -36,9 +36,11 @@ ASCENT_EVALS = {"worst_case": 8, "adaptive": 6, "keskar": 12}
 SIGMA_SEARCH_EVALS = 50
 
 
-def most_products(cfg: Any, dim: int, blocks: Sequence[int] = ()) -> dict[str, int]:
+def most_products(cfg: Any, dim: int, blocks: Sequence[int] = (),
+                  curvature: Sequence[int] = ()) -> dict[str, int]:
     """The most products each switched-on estimator may spend (its own caps); ``blocks``: the
-    sizes of ``probe.per_block``'s parameter groups."""
+    sizes of ``probe.per_block``'s parameter groups; ``curvature``: the sizes of
+    ``probe.curvature``'s operators (:func:`curvature_sizes`)."""
     plan: dict[str, int] = {}
     for name, k in (("top", cfg.top_k), ("bottom", cfg.bottom_k)):
         if k > 0:
@@ -51,6 +53,8 @@ def most_products(cfg: Any, dim: int, blocks: Sequence[int] = ()) -> dict[str, i
         plan["noise"] = _noise(cfg, default_iterations(1, dim))
     if blocks:
         plan["blocks"] = sum(_block(cfg, d, most=True) for d in blocks)
+    if curvature:
+        plan["curvature"] = _curvature(cfg, dim, curvature, most=True)
     return plan
 
 
@@ -73,10 +77,32 @@ def _block(cfg: Any, d: int, most: bool) -> int:
     return n
 
 
-def fewest_products(cfg: Any, dim: int, blocks: Sequence[int] = ()) -> int:
+def _curvature(cfg: Any, dim: int, sizes: Sequence[int], most: bool) -> int:
+    """``probe.curvature``'s products (:func:`~landscope.probes.curvature_probes.
+    curvature_spectra`): per kind its top-k list and trace; with the GGN, the residual H - G's
+    list, whose products are one Hessian and one GGN product each."""
+    n = 0
+    for kind, d in zip(cfg.curvature, sizes):
+        trace = cfg.trace.max_samples if most else min(TRACE_MIN_SAMPLES, d)
+        n += _pairs(cfg, cfg.top_k, d, most) + trace
+        if str(kind) == "ggn":
+            n += 2 * _pairs(cfg, cfg.top_k, dim, most)
+    return n
+
+
+def curvature_sizes(cfg: Any, dim: int, data_size: int, outputs: int) -> list[int]:
+    """The sizes of ``probe.curvature``'s operators: ``dim`` in parameter space, the NTK's
+    samples × ``outputs`` (a sample's) in output space."""
+    ntk = min(cfg.curvature_ntk_samples or data_size, data_size) * outputs
+    return [ntk if str(kind) == "ntk" else dim for kind in cfg.curvature]
+
+
+def fewest_products(cfg: Any, dim: int, blocks: Sequence[int] = (),
+                    curvature: Sequence[int] = ()) -> int:
     """The fewest products the switched-on estimators' stopping rules allow, all together
     (the density's first run shares the top-k's space, so the two have a floor together)."""
     n = sum(_block(cfg, d, most=False) for d in blocks)
+    n += _curvature(cfg, dim, curvature, most=False) if curvature else 0
     n += sum(_pairs(cfg, k, dim, most=False) for k in (cfg.top_k, cfg.bottom_k) if k > 0)
     steps = min(cfg.density.steps, dim)
     samples = 0  # trace samples the density's runs give

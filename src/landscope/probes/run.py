@@ -13,7 +13,8 @@ Scalar names: ``lambda_max``, ``lambda_2``, ``spectral_gap``, ``negative_ratio``
 are the arrays ``residuals_top`` / ``residuals_bottom``), ``top_checked`` / ``bottom_checked``
 and ``top_missed_copies`` / ``bottom_missed_copies`` (the check for missed copies of repeated
 eigenvalues, :mod:`~landscope.probes.complement`: whether it reached its conclusion, and how many
-pairs it put in the list; k >= 2 only), ``trace``, ``trace_stderr``,
+pairs it put in the list; k >= 2 only), ``trace``, ``trace_stderr``, ``trace_unit_vectors``
+(present when the trace is the exact sum over unit vectors: a small model, stderr 0),
 ``density_negative_mass``, ``density_n_outliers``, ``density_outlier_mass``,
 ``density_bulk_edge``, ``density_tail_mass``, ``logdet``, ``logdet_stderr`` (or
 ``logdet_skipped``, the reason, when H + eps I is not positive definite),
@@ -161,6 +162,8 @@ class ProbeRun:
                       if v is not None})
         if self.curvature is not None:
             s.update(curvature_scalars(self.curvature))
+        s.update(self._stopped("curvature", self.curvature.stopped_by if self.curvature
+                               else self.not_started.get("curvature")))
         if self.seconds is not None:
             s["probe_seconds"] = self.seconds
         for key, value in s.items():  # undefined quantities (lambda_2 with top_k=1, ...) -> None
@@ -257,6 +260,7 @@ class ProbeRun:
         return dict(trace=tr.estimate, trace_stderr=tr.stderr, trace_samples=tr.n_samples,
                     trace_reference=tr.reference,
                     trace_converged=bool(tr.stderr <= self.cfg.trace.rse * tr.reference),
+                    **({"trace_unit_vectors": True} if tr.unit_vectors else {}),
                     **self._stopped("trace", tr.stopped_by))
 
     def _blocks(self) -> dict[str, Any]:

@@ -173,26 +173,31 @@ def step_trace(run: ProbeRun) -> None:
 def step_curvature(run: ProbeRun) -> None:
     """The Gauss-Newton, Fisher and NTK spectra, the residual H - G and the overlaps with the
     Hessian's top-k (``probe.curvature``; :mod:`~landscope.probes.curvature_probes`):
-    ``run.curvature``. Their own products are counted per kind (``<kind>_products``); the
-    residual's Hessian products count in this stage's."""
+    ``run.curvature``. Their products are counted per kind (``<kind>_products``) and, from
+    here, by the ledger too (a GGN, Fisher or NTK product is a Jacobian-vector and a
+    vector-Jacobian product); the residual's Hessian products count in this stage's."""
     if run.top is None:
         raise ConfigError("probe.curvature needs probe.top_k >= 1 (the curvature matrices' "
                           "top-k eigenvalues and their overlap with the Hessian's)")
     if run.ranks > 1:
         raise ConfigError("probe.curvature runs in one process (probe.ranks=1, no "
                           "torch.distributed group)")
-    with run.ledger.stage("curvature"):
+    ledger, ops = run.ledger, []
+    if (why := ledger.stop()) is not None:
+        _not_started(run, "curvature", why)
+        return
+    ledger.count_also(ops)
+    with ledger.stage("curvature", run.plan.get("curvature")):
         run.curvature = curvature_spectra(run.model, run.data, run.op, run.top, run.cfg,
-                                          run.ledger.stop, TRACE_MIN_SAMPLES)
+                                          ledger.stop, TRACE_MIN_SAMPLES, operators=ops)
+    ledger.record_stop("curvature", run.curvature.stopped_by)
 
 
 def step_blocks(run: ProbeRun) -> None:
     """Top-k eigenvalues and trace of each diagonal block (``probe.per_block``): ``run.blocks``.
-    The blocks' operators are their own: from here the ledger counts their products too, so
-    that the caps, the bar and the costs see them."""
+    The blocks' operators are their own: from here the ledger counts their products too."""
     cfg, ledger, ops = run.cfg, run.ledger, []
-    run_products = ledger.counter
-    ledger.counter = lambda: run_products() + sum(op.n_matvecs for op in ops)
+    ledger.count_also(ops)
     with ledger.stage("blocks", run.plan.get("blocks")):
         groups = parameter_groups(run.model, str(cfg.per_block))
         run.blocks = block_spectra(run.model, run.data, groups, k=cfg.block_top_k,

@@ -24,11 +24,13 @@ from landscope.errors import LandscopeError
 from landscope.models import count_parameters
 from landscope.probes.blocks import group_sizes
 from landscope.probes.cost import ProbeLedger
+from landscope.probes.curvature_probes import outputs_per_sample
 from landscope.probes.distributed import any_rank, hessian_operator, rank_and_world
 from landscope.probes.hvp import HessianOperator, forward_mode
 from landscope.probes.lanczos import lanczos_eigs
 from landscope.probes.per_sample import local_processes, rows_memory_problem
 from landscope.probes.plan import (
+    curvature_sizes,
     evaluation_seconds,
     fewest_products,
     most_products,
@@ -109,8 +111,10 @@ def start_run(model: nn.Module, train_split, cfg: Any,
                          started=tic, agree=any_rank if ranks > 1 else None)
     level = str(getattr(cfg, "per_block", "none"))
     blocks = group_sizes(model, level) if level != "none" else []
-    run = ProbeRun(model=model, train_split=train_split, cfg=cfg, data=data, op=op,
-                   ledger=ledger, plan=most_products(cfg, op.dim, blocks), w0=w0, ranks=ranks)
+    kinds = list(getattr(cfg, "curvature", None) or [])
+    curv = curvature_sizes(cfg, op.dim, data.n, outputs_per_sample(model, data)) if kinds else []
+    run = ProbeRun(model=model, train_split=train_split, cfg=cfg, data=data, op=op, ledger=ledger,
+                   plan=most_products(cfg, op.dim, blocks, curv), w0=w0, ranks=ranks)
     if run.plan:  # the determinism check's timed product, else one kept for the top-k
         seconds = op.first_product_seconds
         run.product_seconds = op.prime(cfg.seed) if seconds is None else seconds
@@ -119,7 +123,7 @@ def start_run(model: nn.Module, train_split, cfg: Any,
         run.objective = sharpness_objective(model, data, op)
         eval_seconds = evaluation_seconds(run.objective)
     if run.plan or evaluations:
-        ledger.plan(run.plan, fewest_products(cfg, op.dim, blocks), run.product_seconds,
+        ledger.plan(run.plan, fewest_products(cfg, op.dim, blocks, curv), run.product_seconds,
                     evaluations, eval_seconds)
     return run
 

@@ -10,6 +10,10 @@
 - Deflated trace (GUIDE §6): the top-k eigenpairs ``(Λ, V)`` computed anyway give
   ``tr A = Σ λ_i + tr((I − VVᵀ) A (I − VVᵀ))``, the remainder by Hutchinson.
 
+The auto-stopped ones (Hutchinson, deflated) switch to the exact ``Σ e_iᵀ A e_i`` (``dim``
+products, ``unit_vectors``) once the samples their target still asks for, projected from the
+stderr so far, outnumber the dimension (small operators: the NTK Gram, a parameter block).
+
 Every estimator reports ``n_matvecs`` (products used, from the operator's counter) and a standard
 error ``stderr = std(samples, ddof=1)/√n`` of its stochastic part (deterministic parts add none).
 """
@@ -46,6 +50,10 @@ class TraceResult:
     exact_part: float = 0.0
     stopped_by: str | None = None  # the cap that ended sampling early, else None
     reference: float = 0.0  # what the auto-stop compares the stderr with: max(|estimate|, scale)
+    # tr A = Σ e_iᵀ A e_i from the dim unit vectors (exact to rounding, stderr 0): the auto-stop
+    # takes it when the samples its target still asks for outnumber them (``samples`` then
+    # holds the ones drawn before)
+    unit_vectors: bool = False
 
     @property
     def rse(self) -> float:
@@ -100,8 +108,29 @@ def _hutchinson(op: Operator, *, n_samples: int | None, gen: torch.Generator, di
         reference = max(abs(est), scale)
         return reference > 0 and _stderr(samples) <= target_rse * reference
 
+    def exact_is_cheaper() -> bool:  # the samples still needed (projected) exceed dim
+        n = len(samples)
+        if target_rse is None or n + op.dim > limit:
+            return False
+        if op.dim <= min_samples - n:  # fewer products than the samples it must still draw
+            return True
+        if n < min_samples:
+            return False
+        reference = max(abs(exact_part + sum(samples) / n), scale)
+        return reference > 0 and n * (_stderr(samples) / (target_rse * reference)) ** 2 \
+            > n + op.dim
+
     pending: list[float] = []
     while len(samples) < limit and not done():
+        if not pending and exact_is_cheaper():
+            total, stopped_by = _unit_vector_trace(op, stop)
+            if stopped_by is not None:
+                break
+            return TraceResult(estimate=total, stderr=0.0, n_samples=len(samples),
+                               n_matvecs=op.n_matvecs - start,
+                               samples=torch.tensor(samples, dtype=torch.float64),
+                               exact_part=exact_part, reference=max(abs(total), scale),
+                               unit_vectors=True)
         if not pending:
             if stop is not None and (stopped_by := stop()) is not None:
                 break
@@ -125,6 +154,19 @@ def _hutchinson(op: Operator, *, n_samples: int | None, gen: torch.Generator, di
                        n_samples=n, n_matvecs=op.n_matvecs - start,
                        samples=torch.tensor(samples, dtype=torch.float64), exact_part=exact_part,
                        stopped_by=stopped_by, reference=max(abs(exact_part + mean), scale))
+
+
+def _unit_vector_trace(op: Operator, stop: Callable[[], str | None] | None
+                       ) -> tuple[float, str | None]:
+    """``Σ_i e_iᵀ A e_i`` (float64 sum; ``dim`` products), or the cap that stopped it."""
+    total = 0.0
+    for i in range(op.dim):
+        if stop is not None and (why := stop()) is not None:
+            return math.nan, why
+        e = torch.zeros(op.dim, dtype=op.dtype, device=op.device)
+        e[i] = 1.0
+        total += float(op.matvec(e)[i])
+    return total, None
 
 
 def hutchinson(op: Operator, n_samples: int | None = None, seed: int = 0,
