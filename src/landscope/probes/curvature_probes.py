@@ -19,10 +19,10 @@ each of its products costs one Hessian and one GGN product, the Hessian's counte
 ``ntk_samples``: the Gram's samples. A cap (``probe.max_products``, which counts these
 operators' products, or ``probe.budget_s``) that cut a kind short: ``p_stopped_by`` (no trace
 when it cut the pairs), ``residual_stopped_by``, ``curvature_stopped_by`` (the kinds after it do
-not start); ``p_trace_unit_vectors`` when the trace is the exact sum over unit vectors. Arrays: ``eigenvalues_p``, ``residuals_p``,
-``eigenvalues_residual``. Verify mode adds ``verify_p_top_max_rel_error``, ``verify_p_trace_exact``,
-``verify_p_trace_error_in_stderr``, ``verify_residual_top_max_rel_error`` and
-``verify_hessian_p_overlap_error`` (absolute).
+not start); ``p_trace_unit_vectors`` when the trace is the exact sum over unit vectors.
+Arrays: ``eigenvalues_p``, ``residuals_p``, ``eigenvalues_residual``. Verify mode adds
+``verify_p_top_max_rel_error``, ``verify_p_trace_exact``, ``verify_p_trace_error_in_stderr``,
+``verify_residual_top_max_rel_error`` and ``verify_hessian_p_overlap_error`` (absolute).
 """
 
 from __future__ import annotations
