@@ -286,21 +286,25 @@ def test_suite_progress_bars_and_verify_accuracy(capsys):
     assert abs(s["verify_trace_error_in_stderr"]) <= 4
 
 
+@pytest.mark.parametrize("top_k", [1, 0])
 @pytest.mark.parametrize("name, most", [("mlp", 100), ("resnet", 1000)])
-def test_the_basic_presets_trace_at_initialization_stops_and_holds_the_dense_trace(name, most):
-    """probe=basic (top-1 and the trace, no density) on models at their seeded initialization,
-    whose traces are small against sum |lambda| (dense: 2.87 against 32.1 on the MLP, D = 1013;
-    14.3 against 67.8 on the plain ResNet, D = 501, where |lambda_1| is 8.3): it stops before
-    the cap (measured: 32 and 659 samples; before, the cap, 2000), within 4 of its standard
-    errors of the dense float64 Hessian's trace (verify mode)."""
+def test_the_basic_presets_trace_at_initialization_stops_and_holds_the_dense_trace(name, most,
+                                                                                    top_k):
+    """probe=basic (top-1 and the trace, no density) and the trace alone (top_k=0: a short SLQ
+    run gives its scale) on models at their seeded initialization, whose traces are small
+    against sum |lambda| (dense: 2.87 against 32.1 on the MLP, D = 1013; 14.3 against 67.8 on
+    the plain ResNet, D = 501, where |lambda_1| is 8.3): it stops before the cap (measured with
+    top-1: 32 samples, and on the ResNet 30 samples and its 501 unit vectors; before, the cap,
+    2000), within 4 of its standard errors of the dense float64 Hessian's trace (verify mode)."""
     cfg = {"mlp": dict(name="mlp", width=16, depth=2),
            "resnet": dict(name="resnet", width=8, depth=1, norm="layer", skip=False)}[name]
     model, x, y = seeded_model(cfg, (1, 40), 5, 60)
-    probe = ProbeConfig(top_k=1, trace=TraceConfig(enabled=True, max_samples=2000),
+    probe = ProbeConfig(top_k=top_k, trace=TraceConfig(enabled=True, max_samples=2000),
                         data_size=None, micro_batch=60, verify=True, progress=False)
     s = run_probes(model, TensorSplit(x, y), probe).scalars
-    assert s["trace_samples"] < most
+    assert s["trace_samples"] < most and s["probe_cost"]["trace"]["products"] < 600
     assert abs(s["verify_trace_error_in_stderr"]) <= 4
+    assert s["probe_plan"]["trace"] == 2000 + (20 if top_k == 0 else 0)
 
 
 def test_batched_trace_samples_match_single_products():

@@ -2,11 +2,12 @@
 
 * :func:`most_products`: the Hessian-vector products each switched-on estimator may spend at
   most (its own caps: Lanczos iterations, SLQ probes × steps, trace samples; the per-block
-  spectra's on each block);
+  spectra's on each block, ``probe.curvature``'s on each of its operators);
 * :func:`fewest_products`: the fewest the stopping rules allow (Lanczos needs k steps for k
   pairs, the density's first run grows the top-k's Krylov space to k + steps vectors and each
   later run takes at least its minimum of steps, the trace at least ``TRACE_MIN_SAMPLES``
-  samples with the density's runs counted among them). The products the suite spends stay close
+  samples with the density's runs counted among them, and with neither the top-k nor the
+  density the SLQ run of its scale). The products the suite spends stay close
   to it on the models measured (docs/measurements.md#probes-plan-estimate);
 * :func:`sharpness_evaluations`: the sharpness family's evaluations: the averages' exactly, the
   ascents' and the sigma' searches' at their medians over the models measured there (they stop
@@ -26,7 +27,7 @@ from landscope.probes.blocks import TRACE_SAMPLES as BLOCK_TRACE_SAMPLES
 from landscope.probes.density import MIN_STEPS as DENSITY_MIN_STEPS
 from landscope.probes.lanczos import default_iterations
 from landscope.probes.noise import ALIGNMENT_PROBES, K_SIGMA, TRACE_SAMPLES
-from landscope.probes.steps import TRACE_MIN_SAMPLES
+from landscope.probes.steps import TRACE_MIN_SAMPLES, TRACE_SCALE_STEPS
 
 #: medians over 15 trained models (5 architectures × 3 seeds,
 #: docs/measurements.md#probes-plan-estimate): loss-and-gradient evaluations of one ascent
@@ -48,7 +49,7 @@ def most_products(cfg: Any, dim: int, blocks: Sequence[int] = (),
     if cfg.density.enabled:
         plan["density"] = cfg.density.probes * min(cfg.density.steps, dim)
     if cfg.trace.enabled:
-        plan["trace"] = cfg.trace.max_samples
+        plan["trace"] = cfg.trace.max_samples + _trace_scale(cfg, dim)
     if cfg.noise.enabled:
         plan["noise"] = _noise(cfg, default_iterations(1, dim))
     if blocks:
@@ -113,9 +114,15 @@ def fewest_products(cfg: Any, dim: int, blocks: Sequence[int] = (),
         samples = cfg.density.probes if cfg.top_k > 0 else 0
     if cfg.trace.enabled:
         n += max(0, min(TRACE_MIN_SAMPLES, cfg.trace.max_samples) - samples)
+        n += _trace_scale(cfg, dim)
     if cfg.noise.enabled:
         n += _noise(cfg, 1)
     return n
+
+
+def _trace_scale(cfg: Any, dim: int) -> int:
+    """The SLQ run that gives the trace its scale when neither the top-k nor the density does."""
+    return min(TRACE_SCALE_STEPS, dim) if cfg.top_k == 0 and not cfg.density.enabled else 0
 
 
 def _noise(cfg: Any, lambda_max: int) -> int:

@@ -60,6 +60,8 @@ TRACE_MIN_SAMPLES = 30
 # one probe.seed to another by far more than 1e-2, so 1e-3 was spurious precision, and 1e-2
 # saves accuracy evaluations (docs/measurements.md#probes-steps).
 PAC_BAYES_SIGMA_RTOL = 1e-2
+# steps of the SLQ run that gives the trace a scale when neither top-k nor density does
+TRACE_SCALE_STEPS = 20
 # Hutchinson products per batched call on a GPU (probes.batched.matmat); 1 on CPU, where
 # batching is slower than single products (docs/measurements.md#probes-steps)
 TRACE_GPU_BLOCK = 8
@@ -146,9 +148,9 @@ def _top_krylov(top: Optional[EigResult]):
 
 def step_trace(run: ProbeRun) -> None:
     """Tr H: deflated by the top-k pairs computed anyway (GUIDE §6), the density's runs as its
-    first samples, its stop relative to Σ|λ| where the density knows it: ``run.trace``."""
+    first samples, its stop relative to an estimate of Σ|λ| (the density's, the top-k run's, or
+    without either a short SLQ run's): ``run.trace``."""
     cfg, op, ledger, top, q = run.cfg, run.op, run.ledger, run.top, run.density
-    cap, rse = cfg.trace.max_samples, cfg.trace.rse
     block = TRACE_GPU_BLOCK if op.device.type == "cuda" else 1  # batching did not pay on CPU
     with ledger.stage("trace", run.plan.get("trace")):
         prior = (q.trace_samples.tolist() if top is not None and q is not None
@@ -156,26 +158,25 @@ def step_trace(run: ProbeRun) -> None:
         if not prior and (why := ledger.stop()) is not None:
             _not_started(run, "trace", why)  # no sample at all: the top-k sum is no trace
             return
-        scale = q.trace_f(q.nodes.abs()).estimate if q is not None else 0.0
+        if q is None and top is None:  # no scale: a short SLQ run's rule on |H| gives one
+            q = slq(op, n_probes=1, m_steps=min(TRACE_SCALE_STEPS, op.dim), seed=cfg.seed + 4,
+                    stop=ledger.stop)
+        kw = dict(seed=cfg.seed + 1, target_rse=cfg.trace.rse, stop=ledger.stop, block=block,
+                  max_samples=cfg.trace.max_samples, min_samples=TRACE_MIN_SAMPLES,
+                  scale=q.trace_f(q.nodes.abs()).estimate if q is not None else 0.0)
         if top is not None:
             basis = q.deflation if q is not None and q.deflation is not None else top
-            run.trace = deflated_trace(op, basis, seed=cfg.seed + 1, target_rse=rse,
-                                       max_samples=cap, prior=prior, scale=scale,
-                                       stop=ledger.stop, min_samples=TRACE_MIN_SAMPLES,
-                                       block=block)
+            run.trace = deflated_trace(op, basis, prior=prior, **kw)
         else:
-            run.trace = hutchinson(op, seed=cfg.seed + 1, target_rse=rse,
-                                   max_samples=cap, scale=scale, stop=ledger.stop,
-                                   min_samples=TRACE_MIN_SAMPLES, block=block)
+            run.trace = hutchinson(op, **kw)
     ledger.record_stop("trace", run.trace.stopped_by)
 
 
 def step_curvature(run: ProbeRun) -> None:
     """The Gauss-Newton, Fisher and NTK spectra, the residual H - G and the overlaps with the
     Hessian's top-k (``probe.curvature``; :mod:`~landscope.probes.curvature_probes`):
-    ``run.curvature``. Their products are counted per kind (``<kind>_products``) and, from
-    here, by the ledger too (a GGN, Fisher or NTK product is a Jacobian-vector and a
-    vector-Jacobian product); the residual's Hessian products count in this stage's."""
+    ``run.curvature``. Their products count per kind (``<kind>_products``) and in the ledger;
+    the residual's Hessian products count in this stage's."""
     if run.top is None:
         raise ConfigError("probe.curvature needs probe.top_k >= 1 (the curvature matrices' "
                           "top-k eigenvalues and their overlap with the Hessian's)")
@@ -194,8 +195,8 @@ def step_curvature(run: ProbeRun) -> None:
 
 
 def step_blocks(run: ProbeRun) -> None:
-    """Top-k eigenvalues and trace of each diagonal block (``probe.per_block``): ``run.blocks``.
-    The blocks' operators are their own: from here the ledger counts their products too."""
+    """Top-k eigenvalues and trace of each diagonal block (``probe.per_block``): ``run.blocks``
+    (the ledger counts the blocks' operators' products too)."""
     cfg, ledger, ops = run.cfg, run.ledger, []
     ledger.count_also(ops)
     with ledger.stage("blocks", run.plan.get("blocks")):
