@@ -343,6 +343,9 @@ def test_rows_that_do_not_fit_are_refused_with_the_most_that_fit(monkeypatch):
     assert ", 2 processes)" in two and "probe.noise.samples <= 30," in two
     assert "no 2 samples fit" in per_sample.rows_memory_problem(
         256, 10 ** 10, torch.float64, torch.device("cpu"))
+    monkeypatch.setattr(per_sample, "available_bytes", lambda device: 40 * 2 ** 20)
+    small = per_sample.rows_memory_problem(256, 39_562, torch.float32, torch.device("cpu"))
+    assert "needs about 77 MiB" in small and "but 40 MiB are available" in small
     monkeypatch.setattr(per_sample, "available_bytes", lambda device: None)
     assert per_sample.rows_memory_problem(256, 10 ** 12, torch.float32,
                                           torch.device("cpu")) is None  # unknown: no refusal

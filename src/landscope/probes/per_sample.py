@@ -78,11 +78,16 @@ def rows_memory_problem(n: int, n_params: int, dtype: torch.dtype, device: torch
         return None
     most = int(avail // each)
     fix = (f"use probe.noise.samples <= {most}" if most >= 2 else "no 2 samples fit")
-    return (f"probe.noise.samples={n} needs about {n * each / 2 ** 30:.1f} GiB for the noise "
+    return (f"probe.noise.samples={n} needs about {_size(n * each)} for the noise "
             f"step's per-sample gradients ({n} x {n_params:,} parameters in {kind}"
             + (f", {processes} processes" if processes > 1 else "")
-            + f") but {avail / 2 ** 30:.1f} GiB are available on {device}: {fix}, "
+            + f") but {_size(avail)} are available on {device}: {fix}, "
             "or probe.noise.enabled=false")
+
+
+def _size(nbytes: float) -> str:
+    """Bytes in GiB, or in MiB below one GiB (a nearly full device read "0.0 GiB")."""
+    return f"{nbytes / 2 ** 30:.1f} GiB" if nbytes >= 2 ** 30 else f"{nbytes / 2 ** 20:.0f} MiB"
 
 
 def local_processes(ranks: int) -> int:
