@@ -88,7 +88,8 @@ def _hutchinson(op: Operator, *, n_samples: int | None, gen: torch.Generator, di
                 target_rse: float | None, min_samples: int, max_samples: int,
                 project: Callable[[Tensor], Tensor] | None, exact_part: float,
                 start: int, scale: float = 0.0, prior: Sequence[float] = (),
-                stop: Callable[[], str | None] | None = None, block: int = 1) -> TraceResult:
+                stop: Callable[[], str | None] | None = None, block: int = 1,
+                unit_vectors: bool = False) -> TraceResult:
     """Core loop: samples ``(Pz)ᵀ A (Pz)`` until ``n_samples`` (fixed mode) or until
     ``stderr ≤ target_rse · max(|estimate|, scale)`` with at least ``min_samples`` (auto-stop
     mode). ``prior``: samples of the same quantity drawn elsewhere (SLQ's first Lanczos steps),
@@ -110,7 +111,7 @@ def _hutchinson(op: Operator, *, n_samples: int | None, gen: torch.Generator, di
 
     def exact_is_cheaper() -> bool:  # the samples still needed (projected) exceed dim
         n = len(samples)
-        if target_rse is None or n + op.dim > limit:
+        if not unit_vectors or target_rse is None or n + op.dim > limit:
             return False
         if op.dim <= min_samples - n:  # fewer products than the samples it must still draw
             return True
@@ -172,7 +173,8 @@ def _unit_vector_trace(op: Operator, stop: Callable[[], str | None] | None
 def hutchinson(op: Operator, n_samples: int | None = None, seed: int = 0,
                dist: Dist = "rademacher", *, target_rse: float | None = None, min_samples: int = 10,
                max_samples: int = 10_000, scale: float = 0.0,
-               stop: Callable[[], str | None] | None = None, block: int = 1) -> TraceResult:
+               stop: Callable[[], str | None] | None = None, block: int = 1,
+               unit_vectors: bool = True) -> TraceResult:
     """Hutchinson's estimator ``tr A ≈ (1/n) Σ z_iᵀ A z_i`` (one product per sample).
 
     Fixed mode: ``n_samples`` samples (default 100). Auto-stop mode (``target_rse`` given, then
@@ -182,7 +184,9 @@ def hutchinson(op: Operator, n_samples: int | None = None, seed: int = 0,
     ``scale`` makes the stop well posed for traces near zero: it stops once
     ``stderr ≤ target_rse · max(|estimate|, scale)``; pass an estimate of ``Σ|λ_i|`` (the
     nuclear norm, which is ``|tr A|`` for a definite A), never more. ``stop``: a cap asked
-    before each product; ``stopped_by`` names it when it ended the run.
+    before each product; ``stopped_by`` names it when it ended the run. ``unit_vectors``
+    (auto-stop mode): take the exact sum over unit vectors once the target asks for more
+    samples than A has dimensions (module docstring); False keeps sampling.
     """
     if target_rse is not None and n_samples is not None:
         raise ValueError("give either n_samples (fixed) or target_rse (auto-stop), not both")
@@ -193,7 +197,7 @@ def hutchinson(op: Operator, n_samples: int | None = None, seed: int = 0,
     return _hutchinson(op, n_samples=n_samples, gen=torch.Generator().manual_seed(seed), dist=dist,
                        target_rse=target_rse, min_samples=max(2, min_samples),
                        max_samples=max_samples, project=None, exact_part=0.0, start=op.n_matvecs,
-                       scale=scale, stop=stop, block=block)
+                       scale=scale, stop=stop, block=block, unit_vectors=unit_vectors)
 
 
 def _projector(basis: Tensor) -> Callable[[Tensor], Tensor]:
@@ -231,7 +235,8 @@ def deflated_trace(op: Operator, eig: EigResult, n_samples: int | None = 30, see
                    dist: Dist = "rademacher", *, target_rse: float | None = None,
                    min_samples: int = 10, max_samples: int = 10_000, scale: float = 0.0,
                    prior: Sequence[float] = (),
-                   stop: Callable[[], str | None] | None = None, block: int = 1) -> TraceResult:
+                   stop: Callable[[], str | None] | None = None, block: int = 1,
+                   unit_vectors: bool = True) -> TraceResult:
     """``tr A ≈ Σ_i λ_i + Hutchinson[(I − VVᵀ) A (I − VVᵀ)]`` from eigenpairs already computed
     (no products spent on them). Unbiased for any orthonormal V whose λ_i are the Rayleigh quotients
     ``v_iᵀ A v_i`` (Ritz pairs are), since ``tr A = tr(VᵀAV) + tr(PAP)`` for ``P = I − VVᵀ``; the
@@ -247,6 +252,7 @@ def deflated_trace(op: Operator, eig: EigResult, n_samples: int | None = 30, see
     (docs/measurements.md#probes-trace-scale).
     ``prior``: samples ``zᵀPAPz`` drawn elsewhere (the deflated SLQ runs of
     :func:`~landscope.probes.density.slq`, one per probe), counted first. ``stop``: a cap.
+    ``unit_vectors``: as for :func:`hutchinson`.
     """
     if eig.eigenvectors is None:
         raise ValueError("deflated_trace needs eigenvectors "
@@ -261,4 +267,4 @@ def deflated_trace(op: Operator, eig: EigResult, n_samples: int | None = 30, see
                        max_samples=max_samples if auto else 0, project=_projector(v),
                        exact_part=float(eig.eigenvalues.sum()), start=op.n_matvecs,
                        scale=max(scale, float(eig.eigenvalues.abs().sum())), prior=prior,
-                       stop=stop, block=block)
+                       stop=stop, block=block, unit_vectors=unit_vectors)
