@@ -37,7 +37,7 @@ from landscope.probes.complement import checked_list
 from landscope.probes.hvp import HessianOperator, Mode
 from landscope.probes.lanczos import lanczos_eigs
 from landscope.probes.probe_data import ProbeData
-from landscope.probes.trace import deflated_trace
+from landscope.probes.trace import deflated_trace, unit_vector_trace
 
 LEVELS: tuple[str, ...] = ("layer", "block")
 Stop = Optional[Callable[[], Optional[str]]]
@@ -121,15 +121,6 @@ class BlockSpectra(list):
     stopped_by: str | None = None
 
 
-def _exact_trace(op: HessianOperator, stop: Stop) -> tuple[float, str | None]:
-    eye, total = torch.eye(op.dim, dtype=op.dtype, device=op.device), 0.0
-    for i in range(op.dim):
-        if stop is not None and (why := stop()) is not None:
-            return float("nan"), why
-        total += float(op.matvec(eye[:, i])[i])
-    return total, None
-
-
 def block_spectra(model: nn.Module, data: ProbeData, groups: dict[str, Sequence[str]], *,
                   k: int = 3, mode: Mode = "eval", tol: float = 1e-6, trace_rse: float = 0.01,
                   trace: bool = True, seed: int = 0, multiplicity_check: bool = True,
@@ -156,7 +147,7 @@ def block_spectra(model: nn.Module, data: ProbeData, groups: dict[str, Sequence[
                            seed=seed + len(groups) + i, stop=stop)
         tr, se, cut = float("nan"), float("nan"), eig.stopped_by
         if trace and op.dim <= EXACT_TRACE_MAX and cut is None:
-            tr, cut = _exact_trace(op, stop)
+            tr, cut = unit_vector_trace(op, stop)
             se = 0.0 if cut is None else float("nan")
         elif trace and cut is None:
             t = deflated_trace(op, eig, seed=seed + i, target_rse=trace_rse,

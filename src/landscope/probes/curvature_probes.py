@@ -129,8 +129,8 @@ def curvature_spectra(model: nn.Module, data: ProbeData, hessian: Any, top_h: Ei
                 enabled=check, tol=cfg.lanczos_tol, seed=cfg.seed + 2, stop=stop)
             res.residual_products = diff.n_matvecs
         res.spectra[kind] = spec
-        res.stopped_by = res.stopped_by or spec.stopped_by or (
-            res.residual.stopped_by if kind == "ggn" and res.residual is not None else None)
+        res.stopped_by = spec.stopped_by or (res.residual.stopped_by
+                                             if kind == "ggn" and res.residual else None)
         if res.stopped_by is not None:
             break
     return res

@@ -124,7 +124,7 @@ def _hutchinson(op: Operator, *, n_samples: int | None, gen: torch.Generator, di
     pending: list[float] = []
     while len(samples) < limit and not done():
         if not pending and exact_is_cheaper():
-            total, stopped_by = _unit_vector_trace(op, stop)
+            total, stopped_by = unit_vector_trace(op, stop)
             if stopped_by is not None:
                 break
             return TraceResult(estimate=total, stderr=0.0, n_samples=len(samples),
@@ -157,9 +157,9 @@ def _hutchinson(op: Operator, *, n_samples: int | None, gen: torch.Generator, di
                        stopped_by=stopped_by, reference=max(abs(exact_part + mean), scale))
 
 
-def _unit_vector_trace(op: Operator, stop: Callable[[], str | None] | None
-                       ) -> tuple[float, str | None]:
-    """``Σ_i e_iᵀ A e_i`` (float64 sum; ``dim`` products), or the cap that stopped it."""
+def unit_vector_trace(op: Operator, stop: Callable[[], str | None] | None
+                      ) -> tuple[float, str | None]:
+    """``Σ_i e_iᵀ A e_i`` (float64 sum; ``dim`` products), or NaN and the cap that stopped it."""
     total = 0.0
     for i in range(op.dim):
         if stop is not None and (why := stop()) is not None:
