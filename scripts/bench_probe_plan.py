@@ -8,10 +8,15 @@ float32, CPU, one thread) it prints:
   passes; the two sigma' searches: accuracy passes), and their medians over every model and
   seed: the figures behind ``probes.plan.ASCENT_EVALS`` and ``SIGMA_SEARCH_EVALS``;
 * with ``--suite``, the whole preset through ``run_probes``: its plan line, and the products,
-  evaluations and seconds it took.
+  evaluations and seconds it took;
+* with ``--lists``, instead of the sharpness measures, the Lanczos lists beyond the top-k as
+  the suite runs them (``probe.per_block`` at ``block`` and ``layer`` with k = 3; the GGN,
+  Fisher and NTK with k = 5): each list's steps, the check's round and its trace's samples, and
+  their medians, the figures behind ``probes.plan.LIST_STEPS_BEYOND_K``, ``LIST_CHECK`` and
+  ``USUAL_TRACE``.
 
     python scripts/bench_probe_plan.py [--models mlp,cnn,resnet,resnet_ln_noskip,vit]
-                                       [--seeds 0,1,2] [--epochs 3] [--suite]
+                                       [--seeds 0,1,2] [--epochs 3] [--suite | --lists]
 """
 
 from __future__ import annotations
@@ -79,6 +84,64 @@ def measure_counts(cfg, model, data) -> dict[str, int]:
     return out
 
 
+def list_counts(cfg, model, data) -> list[dict]:
+    """Each Lanczos list beyond the top-k, run as the suite runs it: its products by part."""
+    from landscope.probes.blocks import EXACT_TRACE_MAX, TRACE_SAMPLES, parameter_groups
+    from landscope.probes.complement import checked_list
+    from landscope.probes.curvature_ops import curvature_operator
+    from landscope.probes.hvp import HessianOperator
+    from landscope.probes.lanczos import lanczos_eigs
+    from landscope.probes.steps import TRACE_MIN_SAMPLES
+    from landscope.probes.suite import probe_data
+    from landscope.probes.trace import deflated_trace
+
+    pc, rows = cfg.probe, []
+    pd = probe_data(data.train, pc)
+    model.eval()
+    named = dict(model.named_parameters())
+
+    def run(kind, op, k, seed, check_seed, trace_kw):
+        eig = lanczos_eigs(op, k=min(k, op.dim), tol=pc.lanczos_tol, atol=1e-10, seed=seed)
+        steps = op.n_matvecs
+        eig = checked_list(op, eig, tol=pc.lanczos_tol, atol=1e-10, seed=check_seed)
+        check = op.n_matvecs - steps
+        if trace_kw is None:
+            trace = op.dim  # exact over the unit vectors
+        else:
+            deflated_trace(op, eig, seed=seed, **trace_kw)
+            trace = op.n_matvecs - steps - check
+        rows.append(dict(kind=kind, dim=op.dim, k=min(k, op.dim), beyond_k=steps - min(k, op.dim),
+                         check=check, trace=trace))
+
+    for level in ("block", "layer"):
+        groups = parameter_groups(model, level)
+        for i, members in enumerate(groups.values()):
+            op = HessianOperator(model, pd, params={n: named[n] for n in members}, mode="eval",
+                                 check_determinism=False)
+            kw = None if op.dim <= EXACT_TRACE_MAX else dict(
+                target_rse=pc.trace.rse, min_samples=TRACE_SAMPLES[0],
+                max_samples=TRACE_SAMPLES[1])
+            run(level, op, 3, i, len(groups) + i, kw)
+    for kind in ("ggn", "fisher", "ntk"):
+        op = curvature_operator(kind, model, pd, mode="eval", seed=pc.seed)
+        run("curvature", op, 5, pc.seed, pc.seed + 2,
+            dict(target_rse=pc.trace.rse, min_samples=TRACE_MIN_SAMPLES,
+                 max_samples=pc.trace.max_samples))
+    return rows
+
+
+def print_lists(rows: list[dict]) -> None:
+    med = statistics.median
+    beyond, check = med(r["beyond_k"] for r in rows), med(r["check"] for r in rows)
+    print(f"{len(rows)} lists: Lanczos steps beyond k, median {beyond:g}; "
+          f"the check's round {check:g}")
+    for kind in ("block", "layer", "curvature"):
+        traces = [r["trace"] for r in rows if r["kind"] == kind and r["dim"] > 64]
+        if traces:
+            print(f"  {kind} traces (operators > 64 dimensions): median {med(traces):g}, "
+                  f"{min(traces)}-{max(traces)} over {len(traces)}")
+
+
 def suite(cfg, model, data) -> None:
     """The preset through ``run_probes``: its plan line against what it took."""
     from landscope.probes.suite import run_probes
@@ -102,6 +165,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--suite", action="store_true", help="also the whole preset, plan and cost")
+    ap.add_argument("--lists", action="store_true",
+                    help="the Lanczos lists beyond the top-k instead of the sharpness measures")
     args = ap.parse_args()
     torch.set_num_threads(1)
     steady_allocator()
@@ -111,12 +176,22 @@ def main() -> None:
             for seed in (int(s) for s in args.seeds.split(",")):
                 cfg, model, data = trained([*MODELS[name], f"seed={seed}"], data_dir,
                                            args.epochs)
+                if args.lists:
+                    lists = list_counts(cfg, model, data)
+                    print(f"{name:18s} seed {seed}:", flush=True)
+                    print_lists(lists)
+                    rows.extend(lists)
+                    continue
                 row = measure_counts(cfg, model, data)
                 rows.append(row)
                 print(f"{name:18s} seed {seed}: "
                       + ", ".join(f"{k} {row[k]}" for k in MEASURES), flush=True)
                 if args.suite:
                     suite(cfg, model, data)
+    if args.lists:
+        print("all models and seeds:")
+        print_lists(rows)
+        return
     print("median: " + ", ".join(f"{k} {statistics.median(r[k] for r in rows):g}"
                                  for k in MEASURES))
 

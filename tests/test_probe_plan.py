@@ -22,16 +22,21 @@ from landscope.probes.hvp import forward_mode
 from landscope.probes.objective import ModelObjective, QuadraticObjective
 from landscope.probes.plan import (
     ASCENT_EVALS,
+    LIST_CHECK,
+    LIST_STEPS_BEYOND_K,
     SIGMA_SEARCH_EVALS,
+    USUAL_TRACE,
     evaluation_seconds,
     fewest_products,
     most_products,
     sharpness_evaluations,
+    usual_products,
 )
 from landscope.probes.probe_data import ProbeData
 from landscope.probes.sharpness import worst_case_sharpness
 from landscope.probes.steps import step_sharpness
 from landscope.probes.suite import finish_run, run_probes, start_run
+from landscope.wording import figure
 from probe_models import seeded_model
 
 torch.set_num_threads(1)
@@ -90,6 +95,39 @@ def test_fewest_products_counts_each_rule():
     # tr(H Sigma) exactly (64), its own trace (100) and lambda_max (at least 1, at most 70)
     assert fewest_products(alone, 10_000) == 64 + 100 + 1
     assert most_products(alone, 10_000) == {"noise": 64 + 100 + 70}
+
+
+def test_usual_products_count_the_lists_beyond_the_top_k_at_their_medians():
+    """The estimate counts the per-block spectra's and ``probe.curvature``'s Lanczos lists and
+    traces at their measured medians (their floors, k + 1 products and 10 or 30 samples, are
+    several times below what they spend), bounded by the fewest and the most, and by what an
+    operator of few dimensions can take; the plan line says how many it counts."""
+    k, check = 3, LIST_CHECK
+    cfg = ProbeConfig(top_k=5, trace=TraceConfig(enabled=True, max_samples=2000),
+                      density=DensityConfig(enabled=True), noise=NoiseConfig(enabled=True),
+                      per_block="block", block_top_k=k, curvature=["ggn", "ntk"])
+    dim, blocks, curv = 10_000, [40, 5_000], [10_000, 160]
+    base = fewest_products(cfg, dim)
+    assert usual_products(cfg, dim) == base  # no lists beyond the top-k: the fewest
+    # a block of 40 parameters: its list on 40 dimensions and an exact trace (40 products)
+    block = min(k + LIST_STEPS_BEYOND_K, 40) + min(check, 40) + 40
+    block += k + LIST_STEPS_BEYOND_K + check + USUAL_TRACE["block"]
+    pairs5 = 5 + LIST_STEPS_BEYOND_K + check
+    ggn = pairs5 + USUAL_TRACE["curvature"] + 2 * pairs5  # its residual H - G: 2 per product
+    ntk = min(5 + LIST_STEPS_BEYOND_K, 160) + min(check, 160) \
+        + min(USUAL_TRACE["curvature"], 160 + 30)
+    assert usual_products(cfg, dim, blocks, curv) == base + block + ggn + ntk
+    fewest = fewest_products(cfg, dim, blocks, curv)
+    most = sum(most_products(cfg, dim, blocks, curv).values())
+    assert fewest < usual_products(cfg, dim, blocks, curv) < most
+    ledger = ProbeLedger(counter=lambda: 0)
+    usual = usual_products(cfg, dim, blocks, curv)
+    line = ledger.plan(most_products(cfg, dim, blocks, curv), fewest, 0.01,
+                       usual_products=usual)
+    assert line.startswith(f"probe plan: {fewest} to {most} Hessian-vector products (")
+    assert f"), usually about {usual}, ~10 ms each; so about ~{figure(usual * 0.01)} s" in line
+    assert "usually" not in ledger.plan(most_products(cfg, dim), base, 0.01,
+                                        usual_products=usual_products(cfg, dim))
 
 
 def test_sharpness_evaluations_and_the_averages_exact_count():

@@ -13,10 +13,11 @@ reports what it has and records ``<estimator>_stopped_by``. Nothing is cut silen
 
 The plan (:meth:`ProbeLedger.plan`; :mod:`~landscope.probes.plan`) is the fewest products the
 stopping rules allow, the most each switched-on estimator may spend (its own caps: Lanczos
-iterations, trace samples, SLQ probes × steps) and the sharpness measures' usual evaluations;
-the estimate of the time is those counts times a loss-and-gradient evaluation and a forward
-pass timed at the start and one product timed there, after :func:`warm_autograd` (a
-process's first product with ``grad_outputs`` imports part of torch: about 0.45 s, 45 times a
+iterations, trace samples, SLQ probes × steps), the usual products (the fewest, with the lists
+beyond the top-k and their traces at their medians) and the sharpness measures' usual
+evaluations; the estimate of the time is the usual counts times a loss-and-gradient evaluation
+and a forward pass timed at the start and one product timed there, after :func:`warm_autograd`
+(a process's first product with ``grad_outputs`` imports part of torch: about 0.45 s, 45 times a
 small model's product, in ``runner.probe``) and after the determinism check's other product,
 which warms it (docs/measurements.md#probes-plan-product).
 """
@@ -157,18 +158,23 @@ class ProbeLedger:
 
     def plan(self, planned: dict[str, int], fewest: int, seconds_per_product: Optional[float],
              evaluations: Optional[dict[str, int]] = None,
-             eval_seconds: tuple[float, float] = (0.0, 0.0)) -> str:
+             eval_seconds: tuple[float, float] = (0.0, 0.0),
+             usual_products: Optional[int] = None) -> str:
         """The line printed before probing: the products (``fewest`` to the estimators' caps
-        ``planned``) at ``seconds_per_product``; the sharpness step's usual ``evaluations``
-        (``{"gradient": n, "forward": n}``, :func:`~landscope.probes.plan.sharpness_evaluations`)
-        at ``eval_seconds`` (a loss and gradient, a forward pass); the time they make."""
+        ``planned``; ``usual_products``, :func:`~landscope.probes.plan.usual_products`, where it
+        is more than the fewest) at ``seconds_per_product``; the sharpness step's usual
+        ``evaluations`` (``{"gradient": n, "forward": n}``,
+        :func:`~landscope.probes.plan.sharpness_evaluations`) at ``eval_seconds`` (a loss and
+        gradient, a forward pass); the time they make."""
         parts, usual, most = [], 0.0, 0.0
         if planned and seconds_per_product is not None:
             total = sum(planned.values())
             each = ", ".join(f"{k} <= {v}" for k, v in planned.items())
-            parts.append(f"{fewest} to {total} Hessian-vector products ({each}), "
+            count = max(fewest, usual_products or 0)
+            often = f", usually about {count}" if count > fewest else ""
+            parts.append(f"{fewest} to {total} Hessian-vector products ({each}){often}, "
                          f"~{figure(seconds_per_product * 1e3)} ms each")
-            usual, most = fewest * seconds_per_product, total * seconds_per_product
+            usual, most = count * seconds_per_product, total * seconds_per_product
         if evaluations:
             g, f = evaluations.get("gradient", 0), evaluations.get("forward", 0)
             text = f"{g} loss-and-gradient evaluations at ~{figure(eval_seconds[0] * 1e3)} ms"

@@ -9,13 +9,16 @@
   samples with the density's runs counted among them, and with neither the top-k nor the
   density the SLQ run of its scale). The products the suite spends stay close
   to it on the models measured (docs/measurements.md#probes-plan-estimate);
+* :func:`usual_products`: the fewest, with the Lanczos lists beyond the top-k (the per-block
+  spectra, ``probe.curvature``'s operators) and their traces at the medians measured on the
+  benchmark's models instead of their floors, which they overrun several times
+  (docs/measurements.md#probes-plan-lists);
 * :func:`sharpness_evaluations`: the sharpness family's evaluations: the averages' exactly, the
   ascents' and the sigma' searches' at their medians over the models measured there (they stop
   on their tolerances, and their caps are far above what they spend).
 
-The estimate of the time (:meth:`~landscope.probes.cost.ProbeLedger.plan`) is the fewest
-products and the usual evaluations at the times measured on the spot, with the caps' time as
-the ceiling.
+The estimate of the time (:meth:`~landscope.probes.cost.ProbeLedger.plan`) is the usual
+products and evaluations at the times measured on the spot, with the caps' time as the ceiling.
 """
 
 from __future__ import annotations
@@ -35,6 +38,13 @@ from landscope.probes.steps import TRACE_MIN_SAMPLES, TRACE_SCALE_STEPS
 #: evaluations of one sigma' search
 ASCENT_EVALS = {"worst_case": 8, "adaptive": 6, "keskar": 12}
 SIGMA_SEARCH_EVALS = 50
+#: medians over 10 trained models (5 architectures × 2 seeds, docs/measurements.md#probes-plan-
+#: lists) of the lists beyond the top-k: Lanczos steps beyond k for k pairs, products of the
+#: check's round, and trace samples of a block (``probe.per_block`` at either level) and of a
+#: curvature operator
+LIST_STEPS_BEYOND_K = 10
+LIST_CHECK = 7
+USUAL_TRACE = {"block": 80, "layer": 175, "curvature": 110}
 
 
 def most_products(cfg: Any, dim: int, blocks: Sequence[int] = (),
@@ -59,35 +69,52 @@ def most_products(cfg: Any, dim: int, blocks: Sequence[int] = (),
     return plan
 
 
-def _pairs(cfg: Any, k: int, dim: int, most: bool) -> int:
-    """The most or the fewest products of a Lanczos list of k pairs on ``dim`` parameters; a
-    list of k >= 2 adds a round of the multiplicity check (at most a k=1 Lanczos run and its
-    pair's residual, at least one product; each copy found costs another)."""
+def _pairs(cfg: Any, k: int, dim: int, most: bool, usual: bool = False) -> int:
+    """The most, the fewest or (``usual``) the usual products of a Lanczos list of k pairs on
+    ``dim`` parameters; a list of k >= 2 adds a round of the multiplicity check (at most a k=1
+    Lanczos run and its pair's residual, at least one product; each copy found costs another)."""
     k = min(k, dim)
-    check = (default_iterations(1, dim) + 1 if most else 1) \
-        if cfg.multiplicity_check and k >= 2 else 0
-    return (default_iterations(k, dim) if most else k) + check
+    if not (cfg.multiplicity_check and k >= 2):
+        check = 0
+    elif most:
+        check = default_iterations(1, dim) + 1
+    else:
+        check = min(LIST_CHECK, dim) if usual else 1
+    steps = min(k + LIST_STEPS_BEYOND_K, dim) if usual else k
+    return (default_iterations(k, dim) if most else steps) + check
 
 
-def _block(cfg: Any, d: int, most: bool) -> int:
+def _trace(d: int, most: bool, usual: bool, floor: int, cap: int, kind: str) -> int:
+    """A list's trace: its cap, its floor, or its usual samples within them; never more than
+    the operator's dimension and the samples before it (the switch to unit vectors)."""
+    if most:
+        return cap
+    n = max(floor, min(USUAL_TRACE[kind], cap)) if usual else floor
+    return min(n, d + floor)
+
+
+def _block(cfg: Any, d: int, most: bool, usual: bool = False) -> int:
     """One block's products (:func:`~landscope.probes.blocks.block_spectra`): its top-k
     Lanczos run and the check's round, its trace (exact on a small block)."""
-    n = _pairs(cfg, cfg.block_top_k, d, most)
+    n = _pairs(cfg, cfg.block_top_k, d, most, usual)
     if cfg.trace.enabled:
-        n += d if d <= EXACT_TRACE_MAX else BLOCK_TRACE_SAMPLES[1 if most else 0]
+        level = "layer" if str(cfg.per_block) == "layer" else "block"
+        n += d if d <= EXACT_TRACE_MAX else _trace(d, most, usual, *BLOCK_TRACE_SAMPLES, level)
     return n
 
 
-def _curvature(cfg: Any, dim: int, sizes: Sequence[int], most: bool) -> int:
+def _curvature(cfg: Any, dim: int, sizes: Sequence[int], most: bool,
+               usual: bool = False) -> int:
     """``probe.curvature``'s products (:func:`~landscope.probes.curvature_probes.
     curvature_spectra`): per kind its top-k list and trace; with the GGN, the residual H - G's
     list, whose products are one Hessian and one GGN product each."""
     n = 0
     for kind, d in zip(cfg.curvature, sizes):
-        trace = cfg.trace.max_samples if most else min(TRACE_MIN_SAMPLES, d)
-        n += _pairs(cfg, cfg.top_k, d, most) + trace
+        floor = min(TRACE_MIN_SAMPLES, d)
+        n += _pairs(cfg, cfg.top_k, d, most, usual)
+        n += _trace(d, most, usual, floor, cfg.trace.max_samples, "curvature")
         if str(kind) == "ggn":
-            n += 2 * _pairs(cfg, cfg.top_k, dim, most)
+            n += 2 * _pairs(cfg, cfg.top_k, dim, most, usual)
     return n
 
 
@@ -118,6 +145,17 @@ def fewest_products(cfg: Any, dim: int, blocks: Sequence[int] = (),
     if cfg.noise.enabled:
         n += _noise(cfg, 1)
     return n
+
+
+def usual_products(cfg: Any, dim: int, blocks: Sequence[int] = (),
+                   curvature: Sequence[int] = ()) -> int:
+    """The products the estimate of the time counts: the fewest for the top-k, the density,
+    the trace and the noise step (what they spend stays close to it), and the usual for the
+    per-block spectra and ``probe.curvature`` (what their lists and traces spend on the
+    benchmark's models: several times their floors)."""
+    n = fewest_products(cfg, dim)
+    n += sum(_block(cfg, d, most=False, usual=True) for d in blocks)
+    return n + (_curvature(cfg, dim, curvature, most=False, usual=True) if curvature else 0)
 
 
 def _trace_scale(cfg: Any, dim: int) -> int:

@@ -35,6 +35,7 @@ from landscope.probes.plan import (
     fewest_products,
     most_products,
     sharpness_evaluations,
+    usual_products,
 )
 from landscope.probes.probe_data import ProbeData
 from landscope.probes.run import ProbeRun
@@ -124,7 +125,7 @@ def start_run(model: nn.Module, train_split, cfg: Any,
         eval_seconds = evaluation_seconds(run.objective)
     if run.plan or evaluations:
         ledger.plan(run.plan, fewest_products(cfg, op.dim, blocks, curv), run.product_seconds,
-                    evaluations, eval_seconds)
+                    evaluations, eval_seconds, usual_products(cfg, op.dim, blocks, curv))
     return run
 
 
