@@ -38,10 +38,10 @@ from landscope.probes.steps import TRACE_MIN_SAMPLES, TRACE_SCALE_STEPS
 #: evaluations of one sigma' search
 ASCENT_EVALS = {"worst_case": 8, "adaptive": 6, "keskar": 12}
 SIGMA_SEARCH_EVALS = 50
-#: medians over 10 trained models (5 architectures × 2 seeds, docs/measurements.md#probes-plan-
-#: lists) of the lists beyond the top-k: Lanczos steps beyond k for k pairs, products of the
-#: check's round, and trace samples of a block (``probe.per_block`` at either level) and of a
-#: curvature operator
+#: medians over 10 trained models (5 architectures × 2 seeds,
+#: docs/measurements.md#probes-plan-lists) of the lists beyond the top-k: Lanczos steps beyond k
+#: for k pairs, products of the check's round, and trace samples of a block (``probe.per_block``
+#: at either level) and of a curvature operator
 LIST_STEPS_BEYOND_K = 10
 LIST_CHECK = 7
 USUAL_TRACE = {"block": 80, "layer": 175, "curvature": 110}
