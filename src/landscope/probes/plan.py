@@ -23,7 +23,7 @@ products and evaluations at the times measured on the spot, with the caps' time 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 from landscope.probes.blocks import EXACT_TRACE_MAX
 from landscope.probes.blocks import TRACE_SAMPLES as BLOCK_TRACE_SAMPLES
@@ -45,6 +45,7 @@ SIGMA_SEARCH_EVALS = 50
 LIST_STEPS_BEYOND_K = 10
 LIST_CHECK = 7
 USUAL_TRACE = {"block": 80, "layer": 175, "curvature": 110}
+Count = Literal["most", "fewest", "usual"]
 
 
 def most_products(cfg: Any, dim: int, blocks: Sequence[int] = (),
@@ -55,7 +56,7 @@ def most_products(cfg: Any, dim: int, blocks: Sequence[int] = (),
     plan: dict[str, int] = {}
     for name, k in (("top", cfg.top_k), ("bottom", cfg.bottom_k)):
         if k > 0:
-            plan[name] = _pairs(cfg, k, dim, most=True)
+            plan[name] = _pairs(cfg, k, dim, "most")
     if cfg.density.enabled:
         plan["density"] = cfg.density.probes * min(cfg.density.steps, dim)
     if cfg.trace.enabled:
@@ -63,58 +64,55 @@ def most_products(cfg: Any, dim: int, blocks: Sequence[int] = (),
     if cfg.noise.enabled:
         plan["noise"] = _noise(cfg, default_iterations(1, dim))
     if blocks:
-        plan["blocks"] = sum(_block(cfg, d, most=True) for d in blocks)
+        plan["blocks"] = sum(_block(cfg, d, "most") for d in blocks)
     if curvature:
-        plan["curvature"] = _curvature(cfg, dim, curvature, most=True)
+        plan["curvature"] = _curvature(cfg, dim, curvature, "most")
     return plan
 
 
-def _pairs(cfg: Any, k: int, dim: int, most: bool, usual: bool = False) -> int:
-    """The most, the fewest or (``usual``) the usual products of a Lanczos list of k pairs on
+def _pairs(cfg: Any, k: int, dim: int, count: Count) -> int:
+    """The ``count`` ("most", "fewest" or "usual") products of a Lanczos list of k pairs on
     ``dim`` parameters; a list of k >= 2 adds a round of the multiplicity check (at most a k=1
     Lanczos run and its pair's residual, at least one product; each copy found costs another)."""
     k = min(k, dim)
-    if not (cfg.multiplicity_check and k >= 2):
-        check = 0
-    elif most:
-        check = default_iterations(1, dim) + 1
-    else:
-        check = min(LIST_CHECK, dim) if usual else 1
-    steps = min(k + LIST_STEPS_BEYOND_K, dim) if usual else k
-    return (default_iterations(k, dim) if most else steps) + check
+    checked = cfg.multiplicity_check and k >= 2
+    if count == "most":
+        return default_iterations(k, dim) + (default_iterations(1, dim) + 1 if checked else 0)
+    if count == "usual":
+        return min(k + LIST_STEPS_BEYOND_K, dim) + (min(LIST_CHECK, dim) if checked else 0)
+    return k + (1 if checked else 0)
 
 
-def _trace(d: int, most: bool, usual: bool, floor: int, cap: int, kind: str) -> int:
+def _trace(d: int, count: Count, floor: int, cap: int, kind: str) -> int:
     """A list's trace: its cap, its floor, or its usual samples within them; never more than
     the operator's dimension and the samples before it (the switch to unit vectors)."""
-    if most:
+    if count == "most":
         return cap
-    n = max(floor, min(USUAL_TRACE[kind], cap)) if usual else floor
+    n = max(floor, min(USUAL_TRACE[kind], cap)) if count == "usual" else floor
     return min(n, d + floor)
 
 
-def _block(cfg: Any, d: int, most: bool, usual: bool = False) -> int:
+def _block(cfg: Any, d: int, count: Count) -> int:
     """One block's products (:func:`~landscope.probes.blocks.block_spectra`): its top-k
     Lanczos run and the check's round, its trace (exact on a small block)."""
-    n = _pairs(cfg, cfg.block_top_k, d, most, usual)
+    n = _pairs(cfg, cfg.block_top_k, d, count)
     if cfg.trace.enabled:
         level = "layer" if str(cfg.per_block) == "layer" else "block"
-        n += d if d <= EXACT_TRACE_MAX else _trace(d, most, usual, *BLOCK_TRACE_SAMPLES, level)
+        n += d if d <= EXACT_TRACE_MAX else _trace(d, count, *BLOCK_TRACE_SAMPLES, level)
     return n
 
 
-def _curvature(cfg: Any, dim: int, sizes: Sequence[int], most: bool,
-               usual: bool = False) -> int:
+def _curvature(cfg: Any, dim: int, sizes: Sequence[int], count: Count) -> int:
     """``probe.curvature``'s products (:func:`~landscope.probes.curvature_probes.
     curvature_spectra`): per kind its top-k list and trace; with the GGN, the residual H - G's
     list, whose products are one Hessian and one GGN product each."""
     n = 0
     for kind, d in zip(cfg.curvature, sizes):
         floor = min(TRACE_MIN_SAMPLES, d)
-        n += _pairs(cfg, cfg.top_k, d, most, usual)
-        n += _trace(d, most, usual, floor, cfg.trace.max_samples, "curvature")
+        n += _pairs(cfg, cfg.top_k, d, count)
+        n += _trace(d, count, floor, cfg.trace.max_samples, "curvature")
         if str(kind) == "ggn":
-            n += 2 * _pairs(cfg, cfg.top_k, dim, most, usual)
+            n += 2 * _pairs(cfg, cfg.top_k, dim, count)
     return n
 
 
@@ -129,9 +127,9 @@ def fewest_products(cfg: Any, dim: int, blocks: Sequence[int] = (),
                     curvature: Sequence[int] = ()) -> int:
     """The fewest products the switched-on estimators' stopping rules allow, all together
     (the density's first run shares the top-k's space, so the two have a floor together)."""
-    n = sum(_block(cfg, d, most=False) for d in blocks)
-    n += _curvature(cfg, dim, curvature, most=False) if curvature else 0
-    n += sum(_pairs(cfg, k, dim, most=False) for k in (cfg.top_k, cfg.bottom_k) if k > 0)
+    n = sum(_block(cfg, d, "fewest") for d in blocks)
+    n += _curvature(cfg, dim, curvature, "fewest") if curvature else 0
+    n += sum(_pairs(cfg, k, dim, "fewest") for k in (cfg.top_k, cfg.bottom_k) if k > 0)
     steps = min(cfg.density.steps, dim)
     samples = 0  # trace samples the density's runs give
     if cfg.density.enabled:
@@ -154,8 +152,8 @@ def usual_products(cfg: Any, dim: int, blocks: Sequence[int] = (),
     per-block spectra and ``probe.curvature`` (what their lists and traces spend on the
     benchmark's models: several times their floors)."""
     n = fewest_products(cfg, dim)
-    n += sum(_block(cfg, d, most=False, usual=True) for d in blocks)
-    return n + (_curvature(cfg, dim, curvature, most=False, usual=True) if curvature else 0)
+    n += sum(_block(cfg, d, "usual") for d in blocks)
+    return n + (_curvature(cfg, dim, curvature, "usual") if curvature else 0)
 
 
 def _trace_scale(cfg: Any, dim: int) -> int:
